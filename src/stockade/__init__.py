@@ -1,0 +1,3 @@
+"""Stockade: an API security gateway and toolkit."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+"""`python -m stockade` runs the CLI."""
+
+from stockade.cli import main
+
+main()

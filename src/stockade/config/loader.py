@@ -1,0 +1,284 @@
+"""Load a config file: YAML, environment overrides, strict validation, stage configs, cross-checks.
+
+Every problem is collected and reported at once, each naming the file, line, route id, stage and field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from stockade.config.models import GatewayConfig, StageEntry
+from stockade.errors import ConfigError
+from stockade.pipeline.phase import Phase
+from stockade.pipeline.routing import RouteSpec, RouteTemplateError, Router
+from stockade.pipeline.stage import Stage, StageConfig
+from stockade.stages import BUILTIN_STAGES, UnknownStageError, load_stage_class
+
+ENV_PREFIX = "STOCKADE_"
+_Loc = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """A validated stage entry, ready to be instantiated."""
+
+    cls: type[Stage]
+    config: StageConfig
+    entry: StageEntry
+    where: str  # "route 'items' > stage 'jwt' (stages[1])" for messages
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A config that passed every check: the model, plus each route's stage plan."""
+
+    config: GatewayConfig
+    source: str  # the file name for messages ("<string>" when loaded from text)
+    base_dir: Path
+    text: str
+    global_stages: tuple[StagePlan, ...] = ()
+    route_stages: dict[str, tuple[StagePlan, ...]] = field(default_factory=dict)
+
+
+def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None, **kw: Any) -> LoadedConfig:
+    """Read and validate a config file. Raises ConfigError listing every problem."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{p}: cannot read config: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{p}: config is not UTF-8 text"]) from None
+    return load_config_text(text, source=str(p), base_dir=p.resolve().parent, env=env, **kw)
+
+
+def load_config_text(
+    text: str,
+    *,
+    source: str = "<string>",
+    base_dir: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    require_upstreams: bool = True,
+) -> LoadedConfig:
+    """Validate config text. `env` defaults to os.environ; pass {} to ignore STOCKADE_* overrides."""
+    try:
+        raw = yaml.safe_load(text) if text.strip() else {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{where}: YAML syntax error: {problem}"]) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{source}: the top level must be a mapping, not {type(raw).__name__}"])
+    lines = _line_map(text)
+    overrides = _apply_env(raw, os.environ if env is None else env)
+    ctx = _Reporter(source, raw, lines, overrides)
+    try:
+        config = GatewayConfig.model_validate(raw)
+    except ValidationError as exc:
+        for err in exc.errors():
+            ctx.add(err["loc"], _message(err))
+        raise ConfigError(ctx.problems) from None
+
+    global_plans = _plan_stages(ctx, config.stages, ("stages",))
+    route_plans: dict[str, tuple[StagePlan, ...]] = {}
+    seen: dict[str, int] = {}
+    for i, route in enumerate(config.routes):
+        loc: _Loc = ("routes", i)
+        if route.id in seen:
+            ctx.add((*loc, "id"), f"duplicate route id (also routes[{seen[route.id]}])")
+        seen[route.id] = i
+        if require_upstreams and route.upstream is None:
+            ctx.add((*loc, "upstream"), "a route needs an upstream URL")
+        plans = _plan_stages(ctx, route.stages, (*loc, "stages"))
+        route_plans[route.id] = _merge(global_plans, plans)
+        _check_route_stages(ctx, loc, route.id, route_plans[route.id])
+        if route.websocket and route.match.methods and "GET" not in route.match.methods:
+            ctx.add((*loc, "websocket"), "websocket upgrades arrive as GET, but the route does not allow GET")
+    try:
+        Router([RouteSpec(r.id, r.match.path, _methods(r.match.methods), r.match.hosts()) for r in config.routes])
+    except RouteTemplateError as exc:
+        ctx.add(("routes",), str(exc))
+    if ctx.problems:
+        raise ConfigError(ctx.problems)
+    return LoadedConfig(
+        config=config,
+        source=source,
+        base_dir=base_dir or Path.cwd(),
+        text=text,
+        global_stages=global_plans,
+        route_stages=route_plans,
+    )
+
+
+def _methods(methods: list[str] | None) -> frozenset[str] | None:
+    return frozenset(methods) if methods else None
+
+
+def _merge(global_plans: tuple[StagePlan, ...], route_plans: tuple[StagePlan, ...]) -> tuple[StagePlan, ...]:
+    """Global stages first; a route stage with the same `use` replaces the global one (route config wins)."""
+    own = {p.entry.use for p in route_plans}
+    return tuple(p for p in global_plans if p.entry.use not in own) + route_plans
+
+
+def _plan_stages(ctx: _Reporter, entries: Sequence[StageEntry], loc: _Loc) -> tuple[StagePlan, ...]:
+    plans: list[StagePlan] = []
+    for j, entry in enumerate(entries):
+        sloc = (*loc, j)
+        try:
+            cls = load_stage_class(entry.use)
+        except UnknownStageError:
+            close = difflib.get_close_matches(entry.use, BUILTIN_STAGES, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(sorted(BUILTIN_STAGES))}"
+            ctx.add((*sloc, "use"), f"unknown stage {entry.use!r}{hint}")
+            continue
+        if entry.fail_open and cls.phase not in (Phase.RATE_LIMIT, Phase.DETECT):
+            ctx.add((*sloc, "fail_open"), f"fail_open is allowed only for rate-limit and detect stages, not {entry.use}")
+        try:
+            stage_config = cls.Config.model_validate(entry.config)
+        except ValidationError as exc:
+            for err in exc.errors():
+                ctx.add((*sloc, "config", *err["loc"]), _message(err))
+            continue
+        plans.append(StagePlan(cls, stage_config, entry, ctx.describe(sloc)))
+    return tuple(plans)
+
+
+def _check_route_stages(ctx: _Reporter, loc: _Loc, route_id: str, plans: tuple[StagePlan, ...]) -> None:
+    authenticators = [p for p in plans if p.cls.phase is Phase.AUTHENTICATE]
+    if not authenticators:
+        ctx.add(
+            (*loc, "stages"),
+            "route has no authenticator; add one (e.g. `use: api_key`) or say `use: anonymous` explicitly",
+        )
+        return
+    for p in authenticators[:-1]:
+        if p.entry.use == "anonymous":
+            ctx.add((*loc, "stages"), "`anonymous` must be the last authenticator: it accepts every request")
+
+
+def _message(err: Mapping[str, Any]) -> str:
+    msg = str(err.get("msg", "invalid"))
+    if err.get("type") == "extra_forbidden":
+        return "unknown field (not allowed here)"
+    if err.get("type") == "missing":
+        return "field required"
+    return msg.removeprefix("Value error, ")
+
+
+class _Reporter:
+    """Turns a location tuple into `file:line: route 'id' > stage 'use' (stages[n]) > field: message`."""
+
+    def __init__(self, source: str, raw: dict[str, Any], lines: dict[_Loc, int], overrides: dict[_Loc, str]) -> None:
+        self.source = source
+        self.raw = raw
+        self.lines = lines
+        self.overrides = overrides
+        self.problems: list[str] = []
+
+    def add(self, loc: Sequence[str | int], message: str) -> None:
+        loc = tuple(loc)
+        env = next((name for oloc, name in self.overrides.items() if loc[: len(oloc)] == oloc), None)
+        line = self._line(loc)
+        where = f"{self.source}:{line}" if line else self.source
+        suffix = f" (from environment variable {env})" if env else ""
+        self.problems.append(f"{where}: {self.describe(loc)}: {message}{suffix}")
+
+    def _line(self, loc: _Loc) -> int | None:
+        for n in range(len(loc), 0, -1):
+            line = self.lines.get(loc[:n])
+            if line is not None:
+                return line
+        return None
+
+    def describe(self, loc: Sequence[str | int]) -> str:
+        parts: list[str] = []
+        rest: list[str] = []
+        node: Any = self.raw
+        i = 0
+        while i < len(loc):
+            key = loc[i]
+            nxt = loc[i + 1] if i + 1 < len(loc) else None
+            if key in ("routes", "stages") and isinstance(nxt, int) and isinstance(node, dict):
+                items = node.get(key)
+                item = items[nxt] if isinstance(items, list) and 0 <= nxt < len(items) else None
+                label = "id" if key == "routes" else "use"
+                name = item.get(label) if isinstance(item, dict) else None
+                kind = "route" if key == "routes" else ("stage" if parts else "global stage")
+                parts.append(f"{kind} {name!r} ({key}[{nxt}])" if name else f"{key}[{nxt}]")
+                node = item
+                rest = []
+                i += 2
+                continue
+            rest.append(f"[{key}]" if isinstance(key, int) else str(key))
+            node = node.get(key) if isinstance(node, dict) else None
+            i += 1
+        if rest:
+            parts.append("field '" + ".".join(rest).replace(".[", "[") + "'")
+        return " > ".join(parts) if parts else "top level"
+
+
+def _line_map(text: str) -> dict[_Loc, int]:
+    """Map each YAML path to its 1-based line, for messages. Best effort: never raises."""
+    out: dict[_Loc, int] = {}
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return out
+
+    def walk(node: yaml.Node, loc: _Loc) -> None:
+        out[loc] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode):
+                    out[(*loc, k.value)] = k.start_mark.line + 1
+                    walk(v, (*loc, k.value))
+        elif isinstance(node, yaml.SequenceNode):
+            for idx, item in enumerate(node.value):
+                walk(item, (*loc, idx))
+
+    if root is not None:
+        walk(root, ())
+    return out
+
+
+_ENV_SECTIONS = frozenset(GatewayConfig.model_fields) - {"routes", "stages"}
+
+
+def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[_Loc, str]:
+    """Apply STOCKADE_<SECTION>[__<FIELD>...]=value overrides (values parsed as YAML scalars).
+
+    Only names whose first part is a top-level setting are overrides; other STOCKADE_* variables (secrets,
+    the CLI's STOCKADE_CONFIG) are left alone. Routes are not overridable: they belong in the file.
+    """
+    applied: dict[_Loc, str] = {}
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        if parts[0] not in _ENV_SECTIONS or not all(parts):
+            continue
+        try:
+            value = yaml.safe_load(env[name])
+        except yaml.YAMLError:
+            value = env[name]
+        node = raw
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[parts[-1]] = value
+        applied[tuple(parts)] = name
+    return applied

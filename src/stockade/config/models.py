@@ -1,0 +1,174 @@
+"""The configuration models. Closed (`extra="forbid"`), validated once at load, never coerced when unsafe."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+KIB = 1024
+MIB = 1024 * KIB
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Port = Annotated[int, Field(ge=0, le=65535)]
+Seconds = Annotated[float, Field(gt=0, le=86400)]
+
+
+class TlsListen(Strict):
+    """TLS on the client listener. Mozilla "intermediate": TLS 1.2+, AEAD ciphers, X25519/P-256/P-384."""
+
+    cert: str
+    key: str
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    client_ca: str | None = None  # verify client certificates against this CA bundle (mTLS)
+    client_auth: Literal["none", "optional", "required"] = "none"
+
+    @model_validator(mode="after")
+    def _client_auth_needs_ca(self) -> TlsListen:
+        if self.client_auth != "none" and not self.client_ca:
+            raise ValueError("client_auth requires client_ca")
+        return self
+
+
+class Listen(Strict):
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    backlog: Annotated[int, Field(ge=1, le=65535)] = 1024
+    tls: TlsListen | None = None
+
+
+class Admin(Strict):
+    """The control-plane listener: loopback by default."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Port = 8081
+
+
+class Limits(Strict):
+    """Client-side protocol limits and timeouts (nginx-like defaults)."""
+
+    max_header_bytes: Annotated[int, Field(ge=1 * KIB, le=1 * MIB)] = 16 * KIB
+    max_headers: Annotated[int, Field(ge=8, le=1000)] = 100
+    max_body_bytes: Annotated[int, Field(ge=0)] = 10 * MIB
+    header_timeout: Seconds = 10.0
+    body_timeout: Seconds = 30.0  # longest pause between two reads of a request body
+    keepalive_timeout: Seconds = 75.0
+    keepalive_requests: Annotated[int, Field(ge=1)] = 1000
+    max_pipelined: Annotated[int, Field(ge=1, le=1024)] = 16
+    send_timeout: Seconds = 60.0  # longest a response may wait for a client that does not read
+    drain_timeout: Seconds = 30.0  # on SIGTERM, how long in-flight requests get to finish
+    pipeline_timeout: Seconds = 10.0  # a stage awaiting I/O longer than this denies with 503
+    buffer_bytes: Annotated[int, Field(ge=4 * KIB, le=64 * MIB)] = 64 * KIB  # body buffered before reads pause
+
+
+class Upstream(Strict):
+    """Where a route forwards to, and how."""
+
+    url: str
+    connect_timeout: Seconds = 5.0
+    read_timeout: Seconds = 60.0
+    ca_file: str | None = None  # verify an HTTPS upstream against this CA bundle instead of the system store
+    server_name: str | None = None  # SNI and certificate name, if not the URL host
+    preserve_host: bool = False  # send the client's Host instead of the upstream's
+    max_idle: Annotated[int, Field(ge=0, le=10000)] = 64
+    idle_timeout: Seconds = 60.0
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https"):
+            raise ValueError("upstream url must be http:// or https://")
+        if not parts.hostname:
+            raise ValueError("upstream url has no host")
+        if parts.query or parts.fragment or parts.username or parts.password:
+            raise ValueError("upstream url must not carry a query, fragment or credentials")
+        try:
+            _ = parts.port
+        except ValueError as exc:
+            raise ValueError(f"upstream url: {exc}") from None
+        return v
+
+
+class StageEntry(Strict):
+    """A stage on a route. `config` is validated against the stage's own model in a second pass."""
+
+    use: str
+    config: dict[str, Any] = Field(default_factory=dict)
+    fail_open: bool = False
+
+
+def _listify(v: object) -> object:
+    return [v] if isinstance(v, str) else v
+
+
+def _upstream_from_url(v: object) -> object:
+    return {"url": v} if isinstance(v, str) else v
+
+
+class Match(Strict):
+    path: str
+    methods: list[str] | None = None
+    host: Annotated[list[str] | None, BeforeValidator(_listify)] = None
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return None
+        allowed = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+        out = [m.upper() for m in v]
+        bad = [m for m in out if m not in allowed]
+        if bad:
+            raise ValueError(f"unsupported method(s) {bad}; allowed: {sorted(allowed)}")
+        if not out:
+            raise ValueError("methods must not be empty (omit it to allow every method)")
+        return out
+
+    def hosts(self) -> tuple[str, ...] | None:
+        return tuple(self.host) if self.host else None
+
+
+class Route(Strict):
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+    match: Match
+    upstream: Annotated[Upstream | None, BeforeValidator(_upstream_from_url)] = None  # a URL or a mapping
+    stages: list[StageEntry] = Field(default_factory=list)
+    websocket: bool = False  # allow WebSocket upgrades once the pipeline has allowed the request
+
+
+class Log(Strict):
+    decisions: str = "stdout"  # stdout | stderr | off | a file path
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class GatewayConfig(Strict):
+    """The whole gateway: listeners, stores, limits, global stages and routes."""
+
+    listen: Listen = Field(default_factory=Listen)
+    admin: Admin = Field(default_factory=Admin)
+    workers: Annotated[int, Field(ge=1, le=256)] = 1
+    storage: str = "sqlite:///.stockade/stockade.db"
+    limits_storage: str = "memory://"
+    trusted_proxies: list[str] = Field(default_factory=list)
+    limits: Limits = Field(default_factory=Limits)
+    log: Log = Field(default_factory=Log)
+    stages: list[StageEntry] = Field(default_factory=list)  # run on every route, before the route's own
+    routes: list[Route] = Field(default_factory=list)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        for item in v:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
+        return v

@@ -1,0 +1,95 @@
+"""The decision log: one JSON line per request, buffered and written in whole lines; never a credential."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING
+
+import orjson
+
+if TYPE_CHECKING:
+    from stockade.clock import Clock
+    from stockade.pipeline.context import RequestContext
+    from stockade.pipeline.response import Outcome
+
+_FLUSH_AT = 64 * 1024
+_PIPE_BUF = 4096  # writes up to this size are atomic on a pipe, so workers sharing stdout never interleave
+
+
+class DecisionLog:
+    """Appends lines to stdout, stderr or a file. `flush()` runs on a short timer and at shutdown."""
+
+    def __init__(self, target: str, clock: Clock) -> None:
+        self.clock = clock
+        self._buf: list[bytes] = []
+        self._size = 0
+        self._owned = False
+        if target == "off":
+            self._fd = -1
+        elif target == "stdout":
+            self._fd = sys.stdout.fileno()
+        elif target == "stderr":
+            self._fd = sys.stderr.fileno()
+        else:
+            self._fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            self._owned = True
+
+    @property
+    def enabled(self) -> bool:
+        return self._fd >= 0
+
+    def record(self, ctx: RequestContext, outcome: Outcome) -> None:
+        if self._fd < 0:
+            return
+        p = ctx.principal
+        entry = {
+            "ts": round(self.clock.time(), 3),
+            "request_id": ctx.request_id,
+            "route": ctx.route_id,
+            "method": ctx.method,
+            "path": ctx.path,
+            "principal": p.id if p is not None else None,
+            "decision": ctx.decision,
+            "reason": ctx.reason,
+            "stage": ctx.stage,
+            "status": outcome.status,
+            "latency_us": outcome.total_us,
+            "upstream_us": outcome.upstream_us,
+            "client_ip": ctx.client_ip,
+        }
+        if ctx.detail:
+            entry["detail"] = ctx.detail
+        if outcome.error:
+            entry["error"] = outcome.error
+        if ctx.findings:
+            entry["findings"] = [f.rule for f in ctx.findings]
+        if "failed_open" in ctx.state:
+            entry["failed_open"] = ctx.state["failed_open"]
+        line = orjson.dumps(entry) + b"\n"
+        self._buf.append(line)
+        self._size += len(line)
+        if self._size >= _FLUSH_AT:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._buf or self._fd < 0:
+            return
+        data = b"".join(self._buf)
+        self._buf.clear()
+        self._size = 0
+        try:
+            while data:
+                cut = len(data) if len(data) <= _PIPE_BUF else data.rfind(b"\n", 0, _PIPE_BUF) + 1
+                if cut <= 0:
+                    cut = data.find(b"\n") + 1 or len(data)
+                written = os.write(self._fd, data[:cut])
+                data = data[written:]
+        except OSError:
+            pass  # a closed stdout must not take the data plane down; metrics still count the requests
+
+    def close(self) -> None:
+        self.flush()
+        if self._owned and self._fd >= 0:
+            os.close(self._fd)
+        self._fd = -1

@@ -1,0 +1,148 @@
+"""Request metrics kept as plain counters on the hot path, exported to Prometheus on scrape.
+
+Workers keep their own counters; with several workers the supervisor merges snapshots for `/metrics`.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+OVERHEAD_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.5, 1.0)
+UPSTREAM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+Snapshot = dict[str, Any]
+
+
+class Histogram:
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+
+class Metrics:
+    """Counters for one process. Gauges (pools, connections) are read from providers at scrape time."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, str, int], int] = {}
+        self.overhead: dict[str, Histogram] = {}
+        self.upstream: dict[str, Histogram] = {}
+        self.events: dict[tuple[str, str], int] = {}  # (event, label): reloads, stage failures, upstream errors
+        self.gauge_providers: list[Callable[[], Iterable[tuple[str, dict[str, str], float]]]] = []
+
+    def request(self, route: str, decision: str, reason: str, status: int, overhead: float, upstream: float) -> None:
+        key = (route, decision, reason, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        h = self.overhead.get(route)
+        if h is None:
+            h = self.overhead[route] = Histogram(OVERHEAD_BUCKETS)
+        h.observe(overhead)
+        if upstream > 0.0:
+            u = self.upstream.get(route)
+            if u is None:
+                u = self.upstream[route] = Histogram(UPSTREAM_BUCKETS)
+            u.observe(upstream)
+
+    def event(self, name: str, label: str = "") -> None:
+        key = (name, label)
+        self.events[key] = self.events.get(key, 0) + 1
+
+    def snapshot(self) -> Snapshot:
+        """A JSON-able copy (workers send these to the supervisor)."""
+        return {
+            "requests": [[*k, v] for k, v in self.requests.items()],
+            "overhead": {r: [h.counts, h.sum] for r, h in self.overhead.items()},
+            "upstream": {r: [h.counts, h.sum] for r, h in self.upstream.items()},
+            "events": [[*k, v] for k, v in self.events.items()],
+            "gauges": [[n, labels, v] for p in self.gauge_providers for n, labels, v in p()],
+        }
+
+
+def merge(snapshots: Iterable[Snapshot]) -> Snapshot:
+    requests: dict[tuple[Any, ...], int] = {}
+    events: dict[tuple[Any, ...], int] = {}
+    hists: dict[str, dict[str, list[Any]]] = {"overhead": {}, "upstream": {}}
+    gauges: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for snap in snapshots:
+        for *key, v in snap["requests"]:
+            requests[tuple(key)] = requests.get(tuple(key), 0) + v
+        for *key, v in snap["events"]:
+            events[tuple(key)] = events.get(tuple(key), 0) + v
+        for kind in ("overhead", "upstream"):
+            for route, (counts, total) in snap[kind].items():
+                cur = hists[kind].get(route)
+                if cur is None:
+                    hists[kind][route] = [list(counts), total]
+                else:
+                    cur[0] = [a + b for a, b in zip(cur[0], counts, strict=True)]
+                    cur[1] += total
+        for name, labels, v in snap["gauges"]:
+            gkey = (name, tuple(sorted(labels.items())))
+            gauges[gkey] = gauges.get(gkey, 0.0) + v
+    return {
+        "requests": [[*k, v] for k, v in requests.items()],
+        "events": [[*k, v] for k, v in events.items()],
+        "overhead": hists["overhead"],
+        "upstream": hists["upstream"],
+        "gauges": [[n, dict(lbls), v] for (n, lbls), v in gauges.items()],
+    }
+
+
+class SnapshotCollector(Collector):
+    """Exposes a snapshot source (one process, or the supervisor's merge) as Prometheus metric families."""
+
+    def __init__(self, source: Callable[[], Snapshot]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.source()
+        req = CounterMetricFamily(
+            "stockade_requests", "Requests by route, decision, reason and status",
+            labels=["route", "decision", "reason", "status"],
+        )
+        for route, decision, reason, status, v in snap["requests"]:
+            req.add_metric([route, decision, reason, str(status)], v)
+        yield req
+        ev = CounterMetricFamily("stockade_events", "Gateway events (reloads, stage failures, upstream errors)",
+                                 labels=["event", "label"])
+        for name, label, v in snap["events"]:
+            ev.add_metric([name, label], v)
+        yield ev
+        for kind, bounds, help_text in (
+            ("overhead", OVERHEAD_BUCKETS, "Time spent in the gateway itself per request (excludes upstream)"),
+            ("upstream", UPSTREAM_BUCKETS, "Upstream time to first response byte"),
+        ):
+            name = "stockade_gateway_overhead_seconds" if kind == "overhead" else "stockade_upstream_latency_seconds"
+            fam = HistogramMetricFamily(name, help_text, labels=["route"])
+            for route, (counts, total) in snap[kind].items():
+                cumulative, buckets = 0, []
+                for bound, c in zip((*map(str, bounds), "+Inf"), counts, strict=True):
+                    cumulative += c
+                    buckets.append((bound, cumulative))
+                fam.add_metric([route], buckets, total)
+            yield fam
+        by_name: dict[str, GaugeMetricFamily] = {}
+        for name, labels, v in snap["gauges"]:
+            fam_g = by_name.get(name)
+            if fam_g is None:
+                fam_g = by_name[name] = GaugeMetricFamily(name, _GAUGE_HELP.get(name, name), labels=sorted(labels))
+            fam_g.add_metric([labels[k] for k in sorted(labels)], v)
+        yield from by_name.values()
+
+
+_GAUGE_HELP = {
+    "stockade_upstream_connections": "Upstream pool connections by upstream and state (idle, active)",
+    "stockade_client_connections": "Open client connections",
+    "stockade_workers_ready": "Workers serving traffic",
+}

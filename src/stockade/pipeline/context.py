@@ -1,0 +1,129 @@
+"""RequestContext: everything the stages may read about one request, and what the runner records of it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+from stockade.pipeline.headers import Headers
+
+if TYPE_CHECKING:
+    from stockade.clock import Clock
+    from stockade.pipeline.principal import Principal
+    from stockade.pipeline.verdict import Finding
+
+
+class BodyTooLargeError(Exception):
+    """The request body exceeded the route's limit while it was being read."""
+
+
+class RequestContext:
+    """One request as the pipeline sees it. Stages read it; only the runner writes the decision fields."""
+
+    __slots__ = (
+        "_body",
+        "_body_reader",
+        "_query_params",
+        "client_ip",
+        "clock",
+        "decision",
+        "detail",
+        "findings",
+        "headers",
+        "host",
+        "http_version",
+        "method",
+        "path",
+        "path_params",
+        "peer_cert",
+        "peer_ip",
+        "principal",
+        "query",
+        "raw_path",
+        "reason",
+        "remove_headers",
+        "request_id",
+        "route_id",
+        "scheme",
+        "set_headers",
+        "stage",
+        "started",
+        "state",
+        "status",
+    )
+
+    def __init__(
+        self,
+        *,
+        request_id: str,
+        method: str,
+        path: str,
+        raw_path: str,
+        query: str,
+        headers: Headers,
+        client_ip: str,
+        peer_ip: str,
+        host: str,
+        scheme: str,
+        clock: Clock,
+        http_version: str = "1.1",
+        started: float = 0.0,
+        peer_cert: dict[str, Any] | None = None,
+    ) -> None:
+        self.request_id = request_id
+        self.method = method
+        self.path = path  # percent-decoded and normalised: what routing and stages see
+        self.raw_path = raw_path  # canonical encoded form: what goes upstream
+        self.query = query  # raw query string, without '?'
+        self.headers = headers
+        self.client_ip = client_ip
+        self.peer_ip = peer_ip
+        self.host = host
+        self.scheme = scheme
+        self.clock = clock
+        self.http_version = http_version
+        self.started = started
+        self.peer_cert = peer_cert
+        self.route_id = ""
+        self.path_params: dict[str, str] = {}
+        self.principal: Principal | None = None
+        self.findings: list[Finding] = []
+        self.state: dict[str, Any] = {}
+        self.set_headers: dict[str, str] | None = None
+        self.remove_headers: set[str] | None = None
+        self.decision = "allow"
+        self.reason = ""
+        self.stage = ""
+        self.detail = ""
+        self.status = 0
+        self._query_params: dict[str, list[str]] | None = None
+        self._body: bytes | None = None
+        self._body_reader: Callable[[], Awaitable[bytes]] | None = None
+
+    @property
+    def query_params(self) -> dict[str, list[str]]:
+        """Query parameters, parsed on first use (blank values kept)."""
+        q = self._query_params
+        if q is None:
+            q = parse_qs(self.query, keep_blank_values=True) if self.query else {}
+            self._query_params = q
+        return q
+
+    @property
+    def body(self) -> bytes | None:
+        """The buffered request body if it has been read, else None."""
+        return self._body
+
+    def attach_body_reader(self, reader: Callable[[], Awaitable[bytes]]) -> None:
+        self._body_reader = reader
+
+    async def read_body(self) -> bytes:
+        """Wait for the whole request body (bounded by the route's limit); raises BodyTooLargeError."""
+        if self._body is None:
+            reader = self._body_reader
+            self._body = await reader() if reader is not None else b""
+        return self._body
+
+    def __repr__(self) -> str:
+        return f"RequestContext({self.method} {self.path} route={self.route_id!r} id={self.request_id})"

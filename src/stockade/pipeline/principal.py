@@ -1,0 +1,29 @@
+"""Who is making a request, as established by an authenticator."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+
+def _no_claims() -> Mapping[str, Any]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated (or explicitly anonymous) caller. Never holds the credential itself."""
+
+    id: str
+    kind: str  # which authenticator established it: anonymous, api_key, jwt, mtls, introspection, ...
+    anonymous: bool = False
+    scopes: frozenset[str] = frozenset()
+    roles: frozenset[str] = frozenset()
+    consumer_id: str | None = None
+    credential_id: str | None = None  # key id / token jti / certificate fingerprint: an identifier, not a secret
+    claims: Mapping[str, Any] = field(default_factory=_no_claims)
+
+
+ANONYMOUS = Principal(id="anonymous", kind="anonymous", anonymous=True)

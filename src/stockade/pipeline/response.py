@@ -1,0 +1,100 @@
+"""The upstream response as response hooks see it, and the outcome completion hooks see."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class Response:
+    """Status, headers and (when a hook asked for it) the body; edits are recorded, not applied in place.
+
+    The proxy builds it from the raw upstream head and forwards that head verbatim unless an edit was made;
+    header parsing happens only if a hook reads a header.
+    """
+
+    __slots__ = ("_body", "_headers", "_raw_head", "added", "body_replaced", "removed", "status")
+
+    def __init__(
+        self,
+        status: int,
+        *,
+        raw_head: bytes | None = None,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes | None = None,
+    ) -> None:
+        self.status = status
+        self._raw_head = raw_head
+        self._headers = headers
+        self._body = body
+        self.removed: set[str] = set()
+        self.added: list[tuple[str, str]] = []
+        self.body_replaced = False
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """Headers as received from upstream (names lower-cased), before edits."""
+        h = self._headers
+        if h is None:
+            h = []
+            raw = self._raw_head or b""
+            for line in raw.split(b"\r\n")[1:]:
+                if not line:
+                    continue
+                name, _, value = line.partition(b":")
+                h.append((name.decode("latin-1").strip().lower(), value.decode("latin-1").strip()))
+            self._headers = h
+        return h
+
+    def get(self, name: str) -> str | None:
+        """Current value of a header, edits included."""
+        for n, v in reversed(self.added):
+            if n == name:
+                return v
+        if name in self.removed:
+            return None
+        for n, v in self.headers:
+            if n == name:
+                return v
+        return None
+
+    def set_header(self, name: str, value: str) -> None:
+        name = name.lower()
+        self.remove_header(name)
+        self.added.append((name, value))
+
+    def remove_header(self, name: str) -> None:
+        name = name.lower()
+        self.removed.add(name)
+        self.added = [(n, v) for n, v in self.added if n != name]
+
+    @property
+    def modified(self) -> bool:
+        return bool(self.removed or self.added)
+
+    @property
+    def body(self) -> bytes | None:
+        """The buffered body if a hook declared `needs_response_body`, else None (it is streamed)."""
+        return self._body
+
+    def replace_body(self, body: bytes) -> None:
+        self._body = body
+        self.body_replaced = True
+
+    def final_headers(self) -> list[tuple[str, str]]:
+        """Headers after edits, in order: surviving upstream headers, then added ones."""
+        removed = self.removed
+        out = [(n, v) for n, v in self.headers if n not in removed]
+        out.extend(self.added)
+        return out
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What happened to a request after the pipeline: completion hooks and the decision log read it."""
+
+    status: int
+    upstream_status: int = 0
+    upstream_us: int = 0
+    total_us: int = 0
+    bytes_sent: int = 0
+    error: str = ""  # a stable code such as upstream.timeout, or "" on success

@@ -1,0 +1,217 @@
+"""Route matching compiled once: host groups, then a segment trie (cost grows with path depth, not route count)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+_PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+ALL_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
+
+
+class RouteTemplateError(ValueError):
+    """A path template or host pattern is invalid, or two routes overlap exactly."""
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    """What the router needs of a route: its id, path template, methods (None = any) and hosts (None = any)."""
+
+    id: str
+    path: str
+    methods: frozenset[str] | None = None
+    hosts: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NoRoute:
+    """No route: 404, or 405 with the methods that the matched path does allow."""
+
+    status: int
+    allow: tuple[str, ...] = ()
+
+
+class _Endpoint:
+    __slots__ = ("any", "by_method", "implicit")
+
+    def __init__(self) -> None:
+        self.by_method: dict[str, tuple[str, tuple[str, ...]]] = {}
+        self.any: tuple[str, tuple[str, ...]] | None = None
+        self.implicit: set[str] = set()
+
+    def allow(self) -> tuple[str, ...]:
+        return tuple(sorted(ALL_METHODS if self.any else self.by_method))
+
+
+class _Node:
+    __slots__ = ("leaf", "param", "static", "tail")
+
+    def __init__(self) -> None:
+        self.static: dict[str, _Node] = {}
+        self.param: _Node | None = None
+        self.leaf: _Endpoint | None = None
+        self.tail: _Endpoint | None = None
+
+
+def parse_template(template: str) -> list[tuple[str, str]]:
+    """Split a template into (kind, value) segments: ('lit', text), ('param', name), ('star', ''), ('tail', '')."""
+    if not template.startswith("/"):
+        raise RouteTemplateError(f"path {template!r} must start with '/'")
+    raw = template.split("/")[1:]
+    out: list[tuple[str, str]] = []
+    names: set[str] = set()
+    for i, seg in enumerate(raw):
+        if seg == "**":
+            if i != len(raw) - 1:
+                raise RouteTemplateError(f"path {template!r}: '**' is allowed only as the last segment")
+            out.append(("tail", ""))
+        elif seg == "*":
+            out.append(("star", ""))
+        elif m := _PARAM.match(seg):
+            if m.group(1) in names:
+                raise RouteTemplateError(f"path {template!r}: parameter {{{m.group(1)}}} repeats")
+            names.add(m.group(1))
+            out.append(("param", m.group(1)))
+        elif any(c in seg for c in "{}*?#%"):
+            raise RouteTemplateError(f"path {template!r}: segment {seg!r} must be literal text, {{name}}, * or **")
+        elif seg in (".", "..") or (seg == "" and i != len(raw) - 1):
+            raise RouteTemplateError(f"path {template!r}: empty or dot segment")
+        else:
+            out.append(("lit", seg))
+    return out
+
+
+class _Trie:
+    __slots__ = ("root",)
+
+    def __init__(self) -> None:
+        self.root = _Node()
+
+    def add(self, spec: RouteSpec) -> None:
+        node = self.root
+        names: list[str] = []
+        endpoint_is_tail = False
+        for kind, value in parse_template(spec.path):
+            if kind == "lit":
+                node = node.static.setdefault(value, _Node())
+            elif kind in ("param", "star"):
+                if node.param is None:
+                    node.param = _Node()
+                node = node.param
+                names.append(value or f"_{len(names)}")
+            else:
+                endpoint_is_tail = True
+                names.append("**")
+        if endpoint_is_tail:
+            if node.tail is None:
+                node.tail = _Endpoint()
+            endpoint = node.tail
+        else:
+            if node.leaf is None:
+                node.leaf = _Endpoint()
+            endpoint = node.leaf
+        target = (spec.id, tuple(names))
+        if spec.methods is None:
+            if endpoint.any is not None:
+                raise RouteTemplateError(f"routes {endpoint.any[0]!r} and {spec.id!r} both match {spec.path}")
+            endpoint.any = target
+            return
+        for method in sorted(spec.methods):
+            other = endpoint.by_method.get(method)
+            if other is not None and method not in endpoint.implicit:
+                raise RouteTemplateError(f"routes {other[0]!r} and {spec.id!r} both match {method} {spec.path}")
+            endpoint.by_method[method] = target
+            endpoint.implicit.discard(method)
+        # HEAD is GET without a body: a route that allows GET also answers HEAD unless another route claims it.
+        if "GET" in spec.methods and "HEAD" not in endpoint.by_method:
+            endpoint.by_method["HEAD"] = target
+            endpoint.implicit.add("HEAD")
+
+    def match(self, segs: list[str], method: str) -> tuple[str, dict[str, str]] | NoRoute | None:
+        """A `(route_id, params)` match, a 405 NoRoute (path matched, method did not), or None."""
+        allow: list[tuple[str, ...]] = []
+        values: list[str] = []
+        found = _walk(self.root, segs, 0, values, method, allow)
+        if found is not None:
+            route_id, names = found
+            if not names:
+                return route_id, {}
+            return route_id, {n: v for n, v in zip(names, values, strict=True) if not n.startswith("_")}
+        if allow:
+            return NoRoute(405, allow[0])
+        return None
+
+
+def _take(endpoint: _Endpoint, method: str, allow: list[tuple[str, ...]]) -> tuple[str, tuple[str, ...]] | None:
+    hit = endpoint.by_method.get(method) or endpoint.any
+    if hit is None and not allow:
+        allow.append(endpoint.allow())
+    return hit
+
+
+def _walk(
+    node: _Node, segs: list[str], i: int, values: list[str], method: str, allow: list[tuple[str, ...]]
+) -> tuple[str, tuple[str, ...]] | None:
+    if i == len(segs):
+        if node.leaf is not None and (hit := _take(node.leaf, method, allow)):
+            return hit
+        if node.tail is not None and (hit := _take(node.tail, method, allow)):
+            values.append("")
+            return hit
+        return None
+    seg = segs[i]
+    child = node.static.get(seg)
+    if child is not None and (hit := _walk(child, segs, i + 1, values, method, allow)):
+        return hit
+    if node.param is not None and seg:
+        values.append(seg)
+        if hit := _walk(node.param, segs, i + 1, values, method, allow):
+            return hit
+        values.pop()
+    if node.tail is not None and (hit := _take(node.tail, method, allow)):
+        values.append("/".join(segs[i:]))
+        return hit
+    return None
+
+
+class Router:
+    """Host groups tried most specific first (exact, then wildcard suffix, then any host); each is a trie."""
+
+    __slots__ = ("_any", "_exact", "_wild")
+
+    def __init__(self, routes: Sequence[RouteSpec]) -> None:
+        self._exact: dict[str, _Trie] = {}
+        self._wild: list[tuple[str, _Trie]] = []
+        self._any: _Trie | None = None
+        wild: dict[str, _Trie] = {}
+        for spec in routes:
+            for host in spec.hosts or (None,):
+                if host is None:
+                    if self._any is None:
+                        self._any = _Trie()
+                    trie = self._any
+                elif host.startswith("*."):
+                    trie = wild.setdefault(host[1:].lower(), _Trie())
+                elif "*" in host:
+                    raise RouteTemplateError(f"host {host!r}: only a leading '*.' wildcard is supported")
+                else:
+                    trie = self._exact.setdefault(host.lower().rstrip("."), _Trie())
+                trie.add(spec)
+        # Longest suffix first, so '*.api.example.com' wins over '*.example.com'.
+        self._wild = sorted(wild.items(), key=lambda kv: -len(kv[0]))
+
+    def match(self, host: str, path: str, method: str) -> tuple[str, dict[str, str]] | NoRoute:
+        segs = path.split("/")[1:]
+        trie = self._exact.get(host)
+        if trie is not None and (found := trie.match(segs, method)) is not None:
+            return found
+        for suffix, trie in self._wild:
+            if host.endswith(suffix) and (found := trie.match(segs, method)) is not None:
+                return found
+        if self._any is not None and (found := self._any.match(segs, method)) is not None:
+            return found
+        return _NOT_FOUND
+
+
+_NOT_FOUND = NoRoute(404)

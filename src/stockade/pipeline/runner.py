@@ -1,0 +1,274 @@
+"""The runner: applies stage verdicts in phase order, fails closed, and is the only writer of request edits."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Coroutine, Generator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from stockade.pipeline.context import BodyTooLargeError
+from stockade.pipeline.phase import Phase
+from stockade.pipeline.verdict import CONTINUE, Continue, Deny, Skip
+
+if TYPE_CHECKING:
+    from stockade.pipeline.context import RequestContext
+    from stockade.pipeline.response import Outcome, Response
+    from stockade.pipeline.stage import Stage
+
+log = logging.getLogger("stockade.pipeline")
+
+IDENTITY_PREFIX = "x-stockade-"
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_UNSAFE_VALUE = re.compile(r"[^\x20-\x7e]")
+
+PipelineResult = Deny | None
+
+
+@dataclass(frozen=True, slots=True)
+class StageSlot:
+    """A stage as placed on one route."""
+
+    stage: Stage
+    id: str
+    phase: Phase
+    fail_open: bool = False
+
+
+class _Resume:
+    """Awaitable that finishes a coroutine which was already started with `send(None)` and suspended.
+
+    The runner steps each stage eagerly; if one awaits real I/O, the value it yielded is handed up to the
+    Task that now drives us, exactly as `yield from coro` would have done from the start.
+    """
+
+    __slots__ = ("_coro", "_first")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
+        self._coro = coro
+        self._first = first
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro = self._coro
+        value = self._first
+        while True:
+            try:
+                sent = yield value
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # noqa: BLE001 - forwarded into the stage, as `yield from` would
+                try:
+                    value = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+                continue
+            try:
+                value = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
+
+
+def header_safe(value: str) -> str:
+    """Percent-encode anything that is not visible ASCII, so no value can split or smuggle a header."""
+    if _UNSAFE_VALUE.search(value) is None:
+        return value
+    return _UNSAFE_VALUE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode("utf-8")), value)
+
+
+class Pipeline:
+    """One route's compiled pipeline: its stages sorted by phase, hooks collected, challenges precomputed."""
+
+    __slots__ = (
+        "auth_end",
+        "body_limit",
+        "body_limit_stage",
+        "challenges",
+        "completion_hooks",
+        "needs_response_body",
+        "response_hooks",
+        "route_id",
+        "slots",
+    )
+
+    def __init__(self, route_id: str, slots: Sequence[StageSlot], *, body_limit: int) -> None:
+        ordered = sorted(slots, key=lambda s: s.phase)  # stable: declaration order within a phase
+        self.route_id = route_id
+        self.slots = tuple(ordered)
+        # Index of the first stage after the authenticators: reaching it with no principal is a 401.
+        self.auth_end = next((i for i, s in enumerate(ordered) if s.phase > Phase.AUTHENTICATE), len(ordered))
+        self.challenges = tuple(c for s in ordered if (c := getattr(s.stage, "challenge", None)))
+        self.response_hooks = tuple(s for s in reversed(ordered) if hasattr(s.stage, "on_response"))
+        self.completion_hooks = tuple(s for s in ordered if hasattr(s.stage, "on_complete"))
+        self.needs_response_body = any(getattr(s.stage, "needs_response_body", False) for s in self.response_hooks)
+        self.body_limit = body_limit
+        self.body_limit_stage = ""
+        for s in ordered:
+            limit = getattr(s.stage, "max_body_bytes", None)
+            if isinstance(limit, int) and limit < self.body_limit:
+                self.body_limit = limit
+                self.body_limit_stage = s.id
+
+    def run(self, ctx: RequestContext) -> PipelineResult | Coroutine[Any, Any, PipelineResult]:
+        """Run the stages. Returns None (allowed) or a Deny, or - only if a stage really awaited I/O -
+        a coroutine for the caller to drive as a Task."""
+        slots = self.slots
+        auth_end = self.auth_end
+        for i in range(len(slots)):
+            if i == auth_end and ctx.principal is None:
+                return self._unauthenticated(ctx)
+            slot = slots[i]
+            if ctx.principal is not None and slot.phase is Phase.AUTHENTICATE:
+                continue  # first authenticator that recognised a credential wins
+            ctx.stage = slot.id
+            coro = slot.stage.check(ctx)
+            try:
+                yielded = coro.send(None)
+            except StopIteration as stop:
+                verdict = stop.value
+            except Exception as exc:
+                verdict = self._failed(ctx, slot, exc)
+            else:
+                return self._continue(ctx, i, coro, yielded)
+            if verdict is not CONTINUE and (deny := self._apply(ctx, slot, verdict)) is not None:
+                return deny
+        if auth_end == len(slots) and ctx.principal is None:
+            return self._unauthenticated(ctx)
+        ctx.stage = ""
+        return None
+
+    async def _continue(
+        self, ctx: RequestContext, i: int, coro: Coroutine[Any, Any, Any], yielded: Any
+    ) -> PipelineResult:
+        slots = self.slots
+        slot = slots[i]
+        try:
+            verdict = await _Resume(coro, yielded)
+        except Exception as exc:
+            verdict = self._failed(ctx, slot, exc)
+        if (deny := self._apply(ctx, slot, verdict)) is not None:
+            return deny
+        for j in range(i + 1, len(slots)):
+            if j == self.auth_end and ctx.principal is None:
+                return self._unauthenticated(ctx)
+            slot = slots[j]
+            if ctx.principal is not None and slot.phase is Phase.AUTHENTICATE:
+                continue
+            ctx.stage = slot.id
+            try:
+                verdict = await slot.stage.check(ctx)
+            except Exception as exc:
+                verdict = self._failed(ctx, slot, exc)
+            if (deny := self._apply(ctx, slot, verdict)) is not None:
+                return deny
+        if self.auth_end == len(slots) and ctx.principal is None:
+            return self._unauthenticated(ctx)
+        ctx.stage = ""
+        return None
+
+    def _apply(self, ctx: RequestContext, slot: StageSlot, verdict: object) -> Deny | None:
+        kind = type(verdict)
+        if kind is Continue:
+            assert isinstance(verdict, Continue)  # noqa: S101 - narrowing for the type checker only
+            if verdict is CONTINUE:
+                return None
+            return self._edit(ctx, slot, verdict)
+        if kind is Skip:
+            return None
+        if kind is Deny:
+            assert isinstance(verdict, Deny)  # noqa: S101 - narrowing for the type checker only
+            if verdict.status == 401 and self.challenges and not _has_header(verdict, "www-authenticate"):
+                verdict = Deny(
+                    401,
+                    verdict.reason,
+                    headers={**(verdict.headers or {}), "www-authenticate": ", ".join(self.challenges)},
+                    detail=verdict.detail,
+                )
+            return self.deny(ctx, slot.id, verdict)
+        return self.deny(ctx, slot.id, Deny(500, "stage.error", detail=f"stage returned {kind.__name__}"))
+
+    def _edit(self, ctx: RequestContext, slot: StageSlot, verdict: Continue) -> Deny | None:
+        if verdict.principal is not None:
+            if slot.phase is not Phase.AUTHENTICATE:
+                return self.deny(ctx, slot.id, Deny(500, "stage.error", detail="only authenticators set principals"))
+            ctx.principal = verdict.principal
+        if verdict.set_headers:
+            target = ctx.set_headers if ctx.set_headers is not None else {}
+            for name, value in verdict.set_headers.items():
+                lname = name.lower()
+                if not _TOKEN.match(lname):
+                    return self.deny(ctx, slot.id, Deny(500, "stage.error", detail=f"invalid header name {name!r}"))
+                target[lname] = header_safe(value)
+            ctx.set_headers = target
+        if verdict.remove_headers:
+            removed = ctx.remove_headers if ctx.remove_headers is not None else set()
+            removed.update(n.lower() for n in verdict.remove_headers)
+            ctx.remove_headers = removed
+        if verdict.findings:
+            ctx.findings.extend(verdict.findings)
+        return None
+
+    def _failed(self, ctx: RequestContext, slot: StageSlot, exc: Exception) -> Continue | Deny:
+        """Fail closed: a stage that raises denies - unless it is explicitly `fail_open`, which is logged."""
+        if isinstance(exc, BodyTooLargeError):
+            return Deny(413, "request.body_too_large", detail="body exceeds the route's limit")
+        if slot.fail_open:
+            log.warning(
+                "stage failed open",
+                extra={"route": self.route_id, "stage": slot.id, "request_id": ctx.request_id, "error": repr(exc)},
+            )
+            ctx.state.setdefault("failed_open", []).append(slot.id)
+            return CONTINUE
+        log.error(
+            "stage raised; request denied",
+            exc_info=exc,
+            extra={"route": self.route_id, "stage": slot.id, "request_id": ctx.request_id},
+        )
+        return Deny(500, "stage.error", detail=type(exc).__name__)
+
+    def _unauthenticated(self, ctx: RequestContext) -> Deny:
+        headers = {"www-authenticate": ", ".join(self.challenges)} if self.challenges else None
+        return self.deny(ctx, "authenticate", Deny(401, "auth.required", headers=headers))
+
+    @staticmethod
+    def deny(ctx: RequestContext, stage: str, verdict: Deny) -> Deny:
+        ctx.decision = "deny"
+        ctx.reason = verdict.reason
+        ctx.stage = stage
+        ctx.status = verdict.status
+        ctx.detail = verdict.detail
+        return verdict
+
+    def identity_headers(self, ctx: RequestContext) -> list[tuple[str, str]]:
+        """Trusted identity headers for the upstream; client-sent `x-stockade-*` headers are stripped first."""
+        p = ctx.principal
+        if p is None:
+            return []
+        out = [("x-stockade-principal", header_safe(p.id)), ("x-stockade-auth", p.kind)]
+        if p.anonymous:
+            out.append(("x-stockade-anonymous", "true"))
+        if p.consumer_id:
+            out.append(("x-stockade-consumer", header_safe(p.consumer_id)))
+        if p.scopes:
+            out.append(("x-stockade-scopes", header_safe(" ".join(sorted(p.scopes)))))
+        if p.roles:
+            out.append(("x-stockade-roles", header_safe(" ".join(sorted(p.roles)))))
+        return out
+
+    def response(self, ctx: RequestContext, response: Response) -> None:
+        """Run response hooks in reverse stage order. A hook that raises fails the response closed (502)."""
+        for slot in self.response_hooks:
+            slot.stage.on_response(ctx, response)  # type: ignore[attr-defined]
+
+    def complete(self, ctx: RequestContext, outcome: Outcome) -> None:
+        """Run completion hooks; they observe, so an exception is logged and never changes the outcome."""
+        for slot in self.completion_hooks:
+            try:
+                slot.stage.on_complete(ctx, outcome)  # type: ignore[attr-defined]
+            except Exception:
+                log.exception("completion hook raised", extra={"route": self.route_id, "stage": slot.id})
+
+
+def _has_header(verdict: Deny, name: str) -> bool:
+    return bool(verdict.headers) and any(k.lower() == name for k in verdict.headers or {})

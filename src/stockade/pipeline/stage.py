@@ -1,0 +1,66 @@
+"""The Stage extension point, its config base and the optional response and completion hooks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from stockade.clock import Clock
+    from stockade.pipeline.context import RequestContext
+    from stockade.pipeline.phase import Phase
+    from stockade.pipeline.response import Outcome, Response
+    from stockade.pipeline.verdict import Continue, Deny, Skip
+
+
+class StageConfig(BaseModel):
+    """Base for every stage's config: closed (unknown fields are errors), immutable, validated once at load."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Stage(Protocol):
+    """One security check. `id` is the `use:` name in config and the label in logs and metrics."""
+
+    id: ClassVar[str]
+    phase: ClassVar[Phase]
+    Config: ClassVar[type[StageConfig]]
+
+    async def check(self, ctx: RequestContext) -> Continue | Skip | Deny: ...
+
+
+class ResponseHook(Protocol):
+    """Optional: sees the upstream response head (and body if `needs_response_body`), in reverse stage order."""
+
+    def on_response(self, ctx: RequestContext, response: Response) -> None: ...
+
+
+class CompletionHook(Protocol):
+    """Optional: called after the response was sent (or the connection failed). Must not block."""
+
+    def on_complete(self, ctx: RequestContext, outcome: Outcome) -> None: ...
+
+
+@dataclass
+class Services:
+    """Process-wide shared resources handed to stages at construction (stores, counters come later)."""
+
+    clock: Clock
+    workers: int = 1
+    shared: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StageEnv:
+    """What a stage is given when it is built: where it runs and the shared services."""
+
+    route_id: str  # "*" for a stage declared at top level and shared by every route
+    base_dir: Path  # the config file's directory: relative paths in stage config resolve against it
+    services: Services
+
+    @property
+    def clock(self) -> Clock:
+        return self.services.clock

@@ -1,0 +1,76 @@
+"""What a stage returns: Continue, Skip or Deny. Stages return values; only the runner acts on them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from stockade.pipeline.principal import Principal
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """Something a detector saw. Findings never deny by themselves; ACT stages turn them into decisions."""
+
+    rule: str
+    severity: str = "medium"  # low | medium | high | critical
+    detail: str = ""  # for operators; never a credential
+
+
+class Continue:
+    """Go on to the next stage, optionally editing the upstream request or establishing the principal."""
+
+    __slots__ = ("findings", "principal", "remove_headers", "set_headers")
+
+    def __init__(
+        self,
+        *,
+        set_headers: Mapping[str, str] | None = None,
+        remove_headers: Sequence[str] | None = None,
+        principal: Principal | None = None,
+        findings: Sequence[Finding] | None = None,
+    ) -> None:
+        self.set_headers = set_headers
+        self.remove_headers = remove_headers
+        self.principal = principal
+        self.findings = findings
+
+    def __repr__(self) -> str:
+        return f"Continue(principal={self.principal!r}, findings={self.findings!r})"
+
+
+class Skip:
+    """The stage does not apply (an authenticator that found no credential of its kind)."""
+
+    __slots__ = ("why",)
+
+    def __init__(self, why: str = "") -> None:
+        self.why = why
+
+    def __repr__(self) -> str:
+        return f"Skip({self.why!r})"
+
+
+class Deny:
+    """Stop and answer the client. `reason` is a stable code; `detail` goes to the decision log only."""
+
+    __slots__ = ("detail", "headers", "reason", "status")
+
+    def __init__(
+        self, status: int, reason: str, *, headers: Mapping[str, str] | None = None, detail: str = ""
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.detail = detail
+
+    def __repr__(self) -> str:
+        return f"Deny({self.status}, {self.reason!r})"
+
+
+Verdict = Continue | Skip | Deny
+
+CONTINUE = Continue()
+SKIP = Skip()

@@ -1,0 +1,1 @@
+"""The data plane: an asyncio.Protocol reverse proxy on uvloop + httptools (llhttp)."""

@@ -1,0 +1,393 @@
+"""The client side of the proxy: one asyncio.Protocol per connection, parsing requests with llhttp.
+
+Requests are parsed as bytes arrive and queued as exchanges; the head of the queue is served, the rest
+wait (pipelining answered in order). Reads pause whenever the gateway would otherwise buffer without
+bound: a full body buffer, too many pipelined requests, or an upstream that does not keep up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, cast
+
+from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
+
+from stockade.proxy.exchange import (
+    PAUSE_BUFFER,
+    PAUSE_PIPELINE,
+    PAUSE_TUNNEL,
+    Exchange,
+    RequestHead,
+)
+from stockade.proxy.http import (
+    CONNECTION,
+    CRLF,
+    EXPECT,
+    FORWARDING,
+    HOST,
+    IDENTITY_PREFIX,
+    REQUEST_HEADER_CLASS,
+    REQUEST_ID,
+    UPGRADE,
+)
+
+from stockade.security.netaddr import canonical_ip
+
+if TYPE_CHECKING:
+    from stockade.proxy.server import ProxyServer
+
+log = logging.getLogger("stockade.proxy")
+
+INF = float("inf")
+LINGER_SECONDS = 2.0
+
+
+
+class HttpRejectError(Exception):
+    """Raised inside a parser callback to stop parsing and answer with a protocol-level error."""
+
+    def __init__(self, status: int, reason: str, detail: str = "") -> None:
+        super().__init__(detail or reason)
+        self.status = status
+        self.reason = reason
+        self.detail = detail
+
+
+class _StopParsingError(Exception):
+    """Raised inside a parser callback when the connection is already closing."""
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection: parse, queue, serve in order, keep alive, time out, close."""
+
+    def __init__(self, server: ProxyServer) -> None:
+        self.server = server
+        limits = server.runtime.config.limits
+        self.limits = limits
+        self.max_header_bytes = limits.max_header_bytes
+        self.max_headers = limits.max_headers
+        self.transport: asyncio.Transport | None = None
+        self.parser = HttpRequestParser(self)
+        self.queue: deque[Exchange] = deque()
+        self.parsing: Exchange | None = None  # the exchange whose body is being received
+        self.head: RequestHead | None = None  # the request head being received
+        self.peer_ip = ""
+        self.tls = False
+        self.peer_cert: dict[str, object] | None = None
+        self.requests = 0
+        self.closing = False
+        self.lingering = False
+        self.upgraded = False  # llhttp stopped at an Upgrade/CONNECT; no more HTTP on this connection
+        self.tunnel: Exchange | None = None
+        self.early_data = b""  # bytes after an upgrade request, held until the tunnel opens
+        self.pause_mask = 0
+        self.write_paused_at = INF
+        self.read_deadline = INF
+        self.read_kind = "idle"
+
+    # -- asyncio.Protocol -------------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop transports do not subclass asyncio.Transport
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = peer[0] if isinstance(peer, tuple) else "unix"
+        if self.peer_ip.startswith("::ffff:"):
+            self.peer_ip = canonical_ip(self.peer_ip)  # an IPv4 client on a dual-stack socket is an IPv4 client
+        if transport.get_extra_info("sslcontext") is not None:
+            self.tls = True
+            cert = transport.get_extra_info("peercert")
+            self.peer_cert = cert if cert else None
+        server = self.server
+        server.connections.add(self)
+        if server.draining:
+            self.close()
+            return
+        # A new connection gets header_timeout for its first request (as nginx's client_header_timeout).
+        self.set_read_deadline(server.clock.monotonic() + self.limits.header_timeout, "head")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.server.connections.discard(self)
+        for ex in list(self.queue):
+            ex.client_lost()
+        self.queue.clear()
+        if self.tunnel is not None:
+            self.tunnel.client_lost()
+            self.tunnel = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return  # lingering close: read and discard until the client is done or the linger timer fires
+        if self.tunnel is not None:
+            self.tunnel.tunnel_from_client(data)
+            return
+        if self.upgraded:
+            self.early_data += data
+            if len(self.early_data) > self.limits.buffer_bytes:
+                self.pause(PAUSE_TUNNEL)
+            return
+        head = self.head
+        if head is not None:
+            # llhttp holds a header value until it is complete; count the raw bytes so a header that never
+            # ends cannot grow without bound before on_header would see it.
+            head.wire_bytes += len(data)
+            if head.wire_bytes > self.max_header_bytes + 65536:
+                self.protocol_error(431, "http.headers_too_large", "request head exceeds the limit")
+                return
+        try:
+            self.parser.feed_data(data)
+        except HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, HttpRejectError):
+                self.protocol_error(cause.status, cause.reason, cause.detail)
+            elif not isinstance(cause, _StopParsingError):
+                log.error("parser callback failed", exc_info=cause)
+                self.protocol_error(500, "gateway.error", repr(cause))
+        except HttpParserUpgrade as exc:
+            self.upgraded = True
+            offset = exc.args[0] if exc.args else len(data)
+            self.early_data = data[offset:]
+            self.set_read_deadline(INF, "upgrade")
+        except HttpParserError as exc:
+            self.protocol_error(400, "http.bad_request", str(exc))
+
+    def eof_received(self) -> bool | None:
+        if self.lingering:
+            self.abort()
+        return None  # close the transport: a half-closed client gets its pending responses, then we close
+
+    def pause_writing(self) -> None:
+        self.write_paused_at = self.server.clock.monotonic()
+        if self.queue:
+            self.queue[0].client_pause(True)
+        elif self.tunnel is not None:
+            self.tunnel.client_pause(True)
+
+    def resume_writing(self) -> None:
+        self.write_paused_at = INF
+        if self.queue:
+            self.queue[0].client_pause(False)
+        elif self.tunnel is not None:
+            self.tunnel.client_pause(False)
+
+    # -- llhttp callbacks -------------------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.closing:
+            raise _StopParsingError
+        self.head = RequestHead()
+        if self.read_kind == "idle":
+            self.set_read_deadline(self.server.clock.monotonic() + self.limits.header_timeout, "head")
+
+    def on_url(self, url: bytes) -> None:
+        head = self.head
+        assert head is not None  # noqa: S101 - llhttp calls on_message_begin first
+        head.url += url
+        head.size += len(url)
+        if head.size > self.max_header_bytes:
+            raise HttpRejectError(414 if len(head.url) > self.max_header_bytes // 2 else 431, "http.headers_too_large")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        head = self.head
+        assert head is not None  # noqa: S101 - llhttp calls on_message_begin first
+        head.size += len(name) + len(value) + 4
+        head.count += 1
+        if head.size > self.max_header_bytes or head.count > self.max_headers:
+            raise HttpRejectError(431, "http.headers_too_large")
+        if value[-1:] in (b" ", b"\t"):
+            value = value.rstrip(b" \t")
+        head.raw.append((name, value))
+        lname = name.lower()
+        kind = REQUEST_HEADER_CLASS.get(lname)
+        if kind is None:
+            if lname.startswith(IDENTITY_PREFIX):
+                return  # never forward a client's claim to be the gateway
+            if lname == b"content-length":
+                head.content_length = int(value)
+            head.fwd += (name, b": ", value, CRLF)
+        elif kind == HOST:
+            head.hosts.append(value)
+        elif kind == FORWARDING:
+            head.forwarding.append((lname, name, value))
+        elif kind == CONNECTION:
+            head.connection.append(value)
+        elif kind == EXPECT:
+            head.expect = value
+        elif kind == REQUEST_ID:
+            if head.request_id is None:
+                head.request_id = value
+        elif kind == UPGRADE:
+            head.upgrade = value
+        elif lname == b"transfer-encoding":
+            head.chunked = True
+
+    def on_headers_complete(self) -> None:
+        head = self.head
+        assert head is not None  # noqa: S101 - llhttp calls on_message_begin first
+        self.head = None
+        parser = self.parser
+        head.method = parser.get_method()
+        head.version = parser.get_http_version()
+        head.keep_alive = parser.should_keep_alive()
+        head.upgrade_flag = parser.should_upgrade()
+        ex = Exchange(self, head)
+        self.parsing = ex
+        self.queue.append(ex)
+        if head.chunked or head.content_length:
+            self.set_read_deadline(self.server.clock.monotonic() + self.limits.body_timeout, "body")
+        else:
+            self.set_read_deadline(INF, "busy")
+        if len(self.queue) == 1:
+            ex.start()
+        elif len(self.queue) > self.limits.max_pipelined:
+            self.pause(PAUSE_PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.parsing
+        if ex is not None:
+            if self.read_kind == "body":
+                self.read_deadline = self.server.clock.monotonic() + self.limits.body_timeout
+            ex.request_body(body)
+
+    def on_message_complete(self) -> None:
+        ex = self.parsing
+        self.parsing = None
+        if self.read_kind == "body":
+            if self.queue:
+                self.set_read_deadline(INF, "busy")
+            else:  # the response went out early (a denial); the drained body was the last thing in flight
+                self.set_read_deadline(self.server.clock.monotonic() + self.limits.keepalive_timeout, "idle")
+        if ex is not None:
+            ex.request_complete()
+
+    # -- used by exchanges ------------------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    def pause(self, reason: int) -> None:
+        if not self.pause_mask and self.transport is not None:
+            self.transport.pause_reading()
+        self.pause_mask |= reason
+
+    def resume(self, reason: int) -> None:
+        if self.pause_mask & reason:
+            self.pause_mask &= ~reason
+            if not self.pause_mask and self.transport is not None and not self.closing:
+                self.transport.resume_reading()
+
+    def set_read_deadline(self, deadline: float, kind: str) -> None:
+        self.read_deadline = deadline
+        self.read_kind = kind
+
+    def exchange_finished(self, ex: Exchange, close: bool) -> None:
+        """The head of the queue has sent its whole response: close, or serve the next request."""
+        if self.queue and self.queue[0] is ex:
+            self.queue.popleft()
+        self.requests += 1
+        if self.tunnel is not None:
+            return
+        if close or self.closing or self.upgraded or self.server.draining:
+            self.close(linger=not ex.request_done)
+            return
+        self.resume(PAUSE_PIPELINE)
+        if self.queue:
+            self.queue[0].start()
+        elif self.head is None and self.parsing is None:
+            self.set_read_deadline(self.server.clock.monotonic() + self.limits.keepalive_timeout, "idle")
+
+    def should_close_after(self, ex: Exchange) -> bool:
+        """Whether the response now starting must be the connection's last."""
+        return (
+            not ex.head.keep_alive
+            or self.upgraded
+            or self.closing
+            or self.server.draining
+            or self.requests + 1 >= self.limits.keepalive_requests
+        )
+
+    def start_tunnel(self, ex: Exchange) -> None:
+        """The upstream accepted a WebSocket upgrade: from now on bytes pass through both ways."""
+        self.tunnel = ex
+        if self.queue and self.queue[0] is ex:
+            self.queue.popleft()
+        self.set_read_deadline(INF, "tunnel")
+        early, self.early_data = self.early_data, b""
+        self.resume(PAUSE_TUNNEL)
+        if early:
+            ex.tunnel_from_client(early)
+
+    def protocol_error(self, status: int, reason: str, detail: str) -> None:
+        """The request stream is broken: answer once every earlier response is out, then close."""
+        self.head = None
+        ex = self.parsing
+        self.parsing = None
+        if ex is not None and ex.started:
+            ex.request_aborted(status, reason, detail)
+            return
+        failed = ex if ex is not None else Exchange(self, RequestHead())
+        failed.fail_on_start(status, reason, detail)
+        if ex is None:
+            self.queue.append(failed)
+        self.closing_soon()
+        if self.queue and self.queue[0] is failed:
+            failed.start()
+
+    def closing_soon(self) -> None:
+        """Stop reading new requests; what is queued is still answered."""
+        self.pause(PAUSE_PIPELINE)
+        self.set_read_deadline(INF, "busy")
+
+    def close(self, *, linger: bool = False) -> None:
+        """Close after the pending writes are flushed. With `linger`, half-close first and discard what the
+        client is still sending, so it reads our response instead of a reset."""
+        if self.closing:
+            return
+        self.closing = True
+        transport = self.transport
+        if transport is None:
+            return
+        if linger and transport.can_write_eof():
+            self.lingering = True
+            transport.write_eof()
+            if self.pause_mask:
+                self.pause_mask = 0
+                transport.resume_reading()
+            self.set_read_deadline(self.server.clock.monotonic() + LINGER_SECONDS, "linger")
+        else:
+            transport.close()
+
+    def abort(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def check_deadlines(self, now: float) -> None:
+        """Called by the server's sweep: enforce client read/write timeouts and each exchange's deadline."""
+        if self.write_paused_at + self.limits.send_timeout <= now:
+            self.abort()
+            return
+        if self.queue:
+            self.queue[0].check_deadline(now)
+        if self.read_deadline > now:
+            return
+        kind = self.read_kind
+        self.read_deadline = INF
+        if kind in ("idle", "linger"):
+            self.abort() if kind == "linger" else self.close()
+        elif kind == "head":
+            if self.queue:
+                self.close()  # responses in flight: just stop; nothing to answer for a head never finished
+            else:
+                self.protocol_error(408, "http.timeout", "request head not received in time")
+        elif kind == "body":
+            ex = self.parsing
+            if ex is not None and ex.started:
+                ex.request_aborted(408, "http.timeout", "request body stalled")
+            else:
+                self.close()

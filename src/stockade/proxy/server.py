@@ -1,0 +1,175 @@
+"""The proxy server: listeners, live connections, upstream pools, the deadline sweep, reload and drain."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+import socket
+import ssl
+from typing import TYPE_CHECKING
+
+from stockade.clock import SYSTEM_CLOCK, Clock
+from stockade.observability.decision_log import DecisionLog
+from stockade.observability.metrics import Metrics
+from stockade.proxy.client import ClientConnection
+from stockade.proxy.http import DateCache
+from stockade.proxy.tls import listener_context
+from stockade.proxy.upstream import PoolManager
+
+if TYPE_CHECKING:
+    from stockade.runtime import Runtime
+
+log = logging.getLogger("stockade.proxy")
+
+SWEEP_INTERVAL = 0.25
+
+
+class TlsListener:
+    """Holds the current listener TLS context; an SNI callback hands each new handshake the newest one, so a
+    reload rotates certificates without closing the listening socket."""
+
+    def __init__(self, ctx: ssl.SSLContext) -> None:
+        self.current = ctx
+        self.base = ctx
+        ctx.sni_callback = self._select
+
+    def _select(self, sslobj: ssl.SSLObject, name: str | None, ctx: ssl.SSLContext) -> None:
+        if self.current is not ctx:
+            sslobj.context = self.current
+        return None
+
+    def replace(self, ctx: ssl.SSLContext) -> None:
+        ctx.sni_callback = self._select
+        self.current = ctx
+
+
+class ProxyServer:
+    """One worker's data plane."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        metrics: Metrics | None = None,
+        decision_log: DecisionLog | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.clock = clock
+        self.metrics = metrics or Metrics()
+        self.decision_log = decision_log or DecisionLog(runtime.config.log.decisions, clock)
+        self._log_target = runtime.config.log.decisions
+        self.connections: set[ClientConnection] = set()
+        self.pools = PoolManager(clock)
+        self.dates = DateCache()
+        self.draining = False
+        self.ready = False
+        self.tls: TlsListener | None = None
+        self._servers: list[asyncio.AbstractServer] = []
+        self._tick_handle: asyncio.TimerHandle | None = None
+        self._ids = itertools.count(1)
+        self._id_prefix = secrets.token_hex(4)
+        self.metrics.gauge_providers.append(self._gauges)
+
+    def next_request_id(self) -> str:
+        return f"{self._id_prefix}{next(self._ids):012x}"
+
+    async def start(self, *, reuse_port: bool = False, sock: socket.socket | None = None) -> None:
+        """Bind the listener (or serve on `sock`) and start the periodic sweep."""
+        loop = asyncio.get_running_loop()
+        cfg = self.runtime.config
+        ssl_ctx = None
+        if cfg.listen.tls is not None:
+            self.tls = TlsListener(listener_context(cfg.listen.tls))
+            ssl_ctx = self.tls.base
+        timeout = cfg.limits.header_timeout
+        if sock is not None:
+            server = await loop.create_server(
+                lambda: ClientConnection(self), sock=sock, ssl=ssl_ctx, ssl_handshake_timeout=timeout if ssl_ctx else None
+            )
+        else:
+            server = await loop.create_server(
+                lambda: ClientConnection(self),
+                cfg.listen.host,
+                cfg.listen.port,
+                ssl=ssl_ctx,
+                backlog=cfg.listen.backlog,
+                reuse_port=reuse_port or None,
+                ssl_handshake_timeout=timeout if ssl_ctx else None,
+            )
+        self._servers.append(server)
+        self._tick_handle = loop.call_later(SWEEP_INTERVAL, self._tick)
+        self.ready = True
+
+    @property
+    def ports(self) -> list[int]:
+        out = []
+        for server in self._servers:
+            for s in server.sockets:
+                out.append(s.getsockname()[1])
+        return out
+
+    def _tick(self) -> None:
+        try:
+            self.sweep()
+            self.decision_log.flush()
+        finally:
+            if not self.draining or self.connections:
+                self._tick_handle = asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self._tick)
+
+    def sweep(self) -> None:
+        """Enforce every deadline (client timeouts, stage, connect and upstream timeouts, idle pool entries)."""
+        now = self.clock.monotonic()
+        for conn in list(self.connections):
+            conn.check_deadlines(now)
+        self.pools.sweep(now)
+
+    def reload(self, runtime: Runtime) -> None:
+        """Swap in a new runtime: requests already under way finish on the one they started with."""
+        cfg = runtime.config
+        if self.tls is not None and cfg.listen.tls is not None:
+            self.tls.replace(listener_context(cfg.listen.tls))
+        self.runtime = runtime
+        self.pools.retain([r.upstream for r in cfg.routes if r.upstream is not None])
+        if cfg.log.decisions != self._log_target:
+            old = self.decision_log
+            self.decision_log = DecisionLog(cfg.log.decisions, self.clock)
+            self._log_target = cfg.log.decisions
+            old.close()
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Graceful stop: close listeners, close idle connections, let in-flight requests finish (up to
+        `limits.drain_timeout`), then cut what is left."""
+        self.draining = True
+        self.ready = False
+        for server in self._servers:
+            server.close()
+        for conn in list(self.connections):
+            if not conn.queue and conn.head is None and conn.parsing is None and conn.tunnel is None:
+                conn.close()
+        limit = self.runtime.config.limits.drain_timeout if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        end = loop.time() + limit
+        while self.connections and loop.time() < end:
+            await asyncio.sleep(0.02)
+        for conn in list(self.connections):
+            conn.abort()
+        await self.close()
+
+    async def close(self) -> None:
+        self.ready = False
+        for server in self._servers:
+            server.close()
+        for conn in list(self.connections):
+            conn.abort()
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+        self.pools.close()
+        self.decision_log.flush()
+
+    def _gauges(self) -> list[tuple[str, dict[str, str], float]]:
+        out = self.pools.gauges()
+        out.append(("stockade_client_connections", {}, len(self.connections)))
+        return out

@@ -1,0 +1,82 @@
+"""A Runtime: one validated config compiled into a router and per-route pipelines, swapped atomically on reload."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
+
+from stockade.config.loader import LoadedConfig, StagePlan
+from stockade.config.models import GatewayConfig, Upstream
+from stockade.errors import ConfigError
+from stockade.pipeline.routing import RouteSpec, Router
+from stockade.pipeline.runner import Pipeline, StageSlot
+from stockade.pipeline.stage import Services, Stage, StageConfig, StageEnv
+from stockade.security.netaddr import NetSet
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRoute:
+    id: str
+    pipeline: Pipeline
+    upstream: Upstream | None
+    websocket: bool
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Everything the request path needs, built once per (re)load. Requests hold the one they started with."""
+
+    loaded: LoadedConfig
+    router: Router
+    routes: dict[str, CompiledRoute]
+    trusted_proxies: NetSet
+    services: Services
+
+    @property
+    def config(self) -> GatewayConfig:
+        return self.loaded.config
+
+
+def build_runtime(loaded: LoadedConfig, services: Services) -> Runtime:
+    """Instantiate stages (global ones once, shared by every route) and compile routes. Raises ConfigError."""
+    config = loaded.config
+    problems: list[str] = []
+    instances: dict[int, Stage] = {}
+
+    def instantiate(plan: StagePlan, route_id: str, base_dir: Path) -> Stage | None:
+        key = id(plan)
+        if key in instances:
+            return instances[key]
+        factory = cast(Callable[[StageConfig, StageEnv], Stage], plan.cls)
+        try:
+            stage = factory(plan.config, StageEnv(route_id=route_id, base_dir=base_dir, services=services))
+        except (ValueError, OSError) as exc:
+            problems.append(f"{loaded.source}: {plan.where}: {exc}")
+            return None
+        instances[key] = stage
+        return stage
+
+    for plan in loaded.global_stages:
+        instantiate(plan, "*", loaded.base_dir)
+    routes: dict[str, CompiledRoute] = {}
+    for route in config.routes:
+        slots = []
+        for plan in loaded.route_stages.get(route.id, ()):
+            stage = instantiate(plan, route.id, loaded.base_dir)
+            if stage is not None:
+                slots.append(StageSlot(stage, plan.entry.use, plan.cls.phase, plan.entry.fail_open))
+        pipeline = Pipeline(route.id, slots, body_limit=config.limits.max_body_bytes)
+        routes[route.id] = CompiledRoute(route.id, pipeline, route.upstream, route.websocket)
+    if problems:
+        raise ConfigError(problems)
+    router = Router(
+        [
+            RouteSpec(r.id, r.match.path, frozenset(r.match.methods) if r.match.methods else None, r.match.hosts())
+            for r in config.routes
+        ]
+    )
+    return Runtime(loaded, router, routes, NetSet(config.trusted_proxies), services)

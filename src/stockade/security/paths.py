@@ -1,0 +1,94 @@
+"""Request-target normalisation: the path routing sees is exactly the path the upstream receives."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+# RFC 3986 pchar without '%': unreserved, sub-delims, ':' and '@'. '/' separates segments.
+_SEGMENT_SAFE = "-._~!$&'()*+,;=:@"
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+# Decoded bytes that must never appear in a path: they mean something else to someone downstream.
+_FORBIDDEN_DECODED = frozenset(range(0x20)) | {0x7F, ord("/"), ord("\\")}
+
+
+class BadPathError(ValueError):
+    """The request target cannot be routed safely. `reason` is the client-facing code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+def normalize_target(target: bytes) -> tuple[str, str, str]:
+    """Split and normalise an origin-form request target.
+
+    Returns `(path, canonical, query)`: `path` is percent-decoded with dot-segments resolved and repeated
+    slashes merged; `canonical` is `path` re-encoded, which is what goes upstream; `query` is raw.
+    Encoded '/', '\\', NUL and control characters, '..' above the root, and '..;' segments are rejected:
+    they are how a path that a gateway reads one way reaches an application that reads it another.
+    """
+    if not target.startswith(b"/"):
+        raise BadPathError("http.bad_target", "request target is not in origin form")
+    if b"#" in target:
+        raise BadPathError("http.bad_target", "fragment in request target")
+    raw_path, sep, raw_query = target.partition(b"?")
+    query = raw_query.decode("latin-1") if sep else ""
+    if b"%" not in raw_path and b"/." not in raw_path and b"//" not in raw_path and b"\\" not in raw_path:
+        path = raw_path.decode("latin-1")
+        return path, path, query
+    return _normalize_slow(raw_path, query)
+
+
+def _normalize_slow(raw_path: bytes, query: str) -> tuple[str, str, str]:
+    if b"\\" in raw_path:
+        raise BadPathError("http.bad_path", "backslash in path")
+    decoded = _percent_decode(raw_path)
+    try:
+        text = decoded.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadPathError("http.bad_path", "path is not valid UTF-8 after percent-decoding") from None
+    segments = text.split("/")[1:]
+    out: list[str] = []
+    for i, seg in enumerate(segments):
+        last = i == len(segments) - 1
+        if seg == "" and not last:
+            continue  # merge repeated slashes
+        if seg == ".":
+            if last:
+                out.append("")
+            continue
+        if seg == "..":
+            if not out or out == [""]:
+                raise BadPathError("http.bad_path", "path climbs above the root")
+            out.pop()
+            if last:
+                out.append("")
+            continue
+        if seg.startswith(("..;", ".;")):
+            raise BadPathError("http.bad_path", "dot-segment with parameters")
+        out.append(seg)
+    path = "/" + "/".join(out)
+    canonical = "/" + "/".join(quote(seg, safe=_SEGMENT_SAFE) for seg in out)
+    return path, canonical, query
+
+
+def _percent_decode(raw: bytes) -> bytes:
+    if b"%" not in raw:
+        return raw
+    out = bytearray()
+    i = 0
+    n = len(raw)
+    while i < n:
+        c = raw[i]
+        if c == 0x25:  # '%'
+            if i + 2 >= n or raw[i + 1] not in _HEX or raw[i + 2] not in _HEX:
+                raise BadPathError("http.bad_path", "invalid percent-encoding")
+            b = int(raw[i + 1 : i + 3], 16)
+            if b in _FORBIDDEN_DECODED:
+                raise BadPathError("http.bad_path", f"encoded byte 0x{b:02x} in path")
+            out.append(b)
+            i += 3
+        else:
+            out.append(c)
+            i += 1
+    return bytes(out)

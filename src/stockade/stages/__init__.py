@@ -1,0 +1,32 @@
+"""Built-in stages, registered explicitly by import string and imported only when a config uses them."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from stockade.pipeline.stage import Stage
+
+BUILTIN_STAGES: dict[str, str] = {
+    "anonymous": "stockade.stages.authn.anonymous:AnonymousAuthenticator",
+    "ip_filter": "stockade.stages.preauth.ip_filter:IpFilter",
+    "request_size": "stockade.stages.validate.request_size:RequestSize",
+    "security_headers": "stockade.stages.response.security_headers:SecurityHeaders",
+}
+
+
+class UnknownStageError(LookupError):
+    """No stage is registered under that `use:` name."""
+
+
+def load_stage_class(name: str) -> type[Stage]:
+    """Import the stage class registered as `name` (only now, so optional dependencies load on demand)."""
+    target = BUILTIN_STAGES.get(name)
+    if target is None:
+        raise UnknownStageError(name)
+    module_name, _, attr = target.partition(":")
+    cls = getattr(importlib.import_module(module_name), attr)
+    if getattr(cls, "id", None) != name:
+        raise UnknownStageError(f"{target} declares id {getattr(cls, 'id', None)!r}, registered as {name!r}")
+    return cast("type[Stage]", cls)

@@ -1,0 +1,1 @@
+"""Authenticators (AUTHENTICATE phase): the first that recognises a credential wins."""

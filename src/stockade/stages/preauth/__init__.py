@@ -1,0 +1,1 @@
+"""PRE_AUTH stages: cheap checks that run before any credential is examined."""

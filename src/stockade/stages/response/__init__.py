@@ -1,0 +1,1 @@
+"""Stages whose work is on the response (response hooks)."""

@@ -1,0 +1,1 @@
+"""VALIDATE stages: the request is well-formed and within bounds."""
