@@ -88,6 +88,7 @@ def load_config_text(
     except ValidationError as exc:
         for err in exc.errors():
             ctx.add(err["loc"], _message(err))
+        _check_raw_stages(ctx, raw)  # report stage-config problems in the same run, not one fix later
         raise ConfigError(ctx.problems) from None
 
     global_plans = _plan_stages(ctx, config.stages, ("stages",))
@@ -152,6 +153,24 @@ def _plan_stages(ctx: _Reporter, entries: Sequence[StageEntry], loc: _Loc) -> tu
             continue
         plans.append(StagePlan(cls, stage_config, entry, ctx.describe(sloc)))
     return tuple(plans)
+
+
+def _check_raw_stages(ctx: _Reporter, raw: dict[str, Any]) -> None:
+    """Validate stage configs straight from the raw document (used when the document itself is invalid)."""
+    sources: list[tuple[object, _Loc]] = [(raw.get("stages"), ("stages",))]
+    routes = raw.get("routes")
+    if isinstance(routes, list):
+        sources += [(r.get("stages"), ("routes", i, "stages")) for i, r in enumerate(routes) if isinstance(r, dict)]
+    for entries, loc in sources:
+        if not isinstance(entries, list):
+            continue
+        valid: list[StageEntry] = []
+        for item in entries:
+            try:
+                valid.append(StageEntry.model_validate(item))
+            except ValidationError:
+                return  # already reported by the document pass; indices would no longer line up
+        _plan_stages(ctx, valid, loc)
 
 
 def _check_route_stages(ctx: _Reporter, loc: _Loc, route_id: str, plans: tuple[StagePlan, ...]) -> None:

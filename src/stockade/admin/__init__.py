@@ -1,0 +1,1 @@
+"""The control plane: admin API (health, readiness, metrics; later keys, clients, reviews) and dashboard."""

@@ -1,0 +1,35 @@
+"""The `stockade` command. Each command group lives in its own module; only the CLI calls sys.exit."""
+
+from __future__ import annotations
+
+import click
+
+from stockade import __version__
+from stockade.cli.common import CONFIG_OPTION_HELP
+from stockade.cli.config_cmd import config_group
+from stockade.cli.serve import serve
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "STOCKADE"})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="STOCKADE_CONFIG",
+              help=CONFIG_OPTION_HELP)
+@click.version_option(__version__, prog_name="stockade")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """Stockade: an API security gateway.
+
+    \b
+    stockade serve --config stockade.yaml          run the gateway
+    stockade config check stockade.yaml            validate a config file
+    stockade config schema > stockade.schema.json  JSON Schema for editors
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["config"] = config_path
+
+
+cli.add_command(serve)
+cli.add_command(config_group)
+
+
+def main() -> None:
+    cli(prog_name="stockade")

@@ -1,0 +1,42 @@
+"""Helpers shared by the command modules: finding the config file and reporting config errors."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from stockade.config.loader import LoadedConfig, load_config
+from stockade.errors import ConfigError
+
+CONFIG_OPTION_HELP = "Config file (default: $STOCKADE_CONFIG, else ./stockade.yaml). May also follow the subcommand."
+DEFAULT_CONFIG = "stockade.yaml"
+
+
+def config_option(fn: click.decorators.FC) -> click.decorators.FC:
+    """`--config` accepted after the subcommand too (`stockade keys create --config x.yaml`)."""
+    return click.option(
+        "--config", "config_path", type=click.Path(dir_okay=False), default=None, help=CONFIG_OPTION_HELP
+    )(fn)
+
+
+def resolve_config_path(ctx: click.Context, local: str | None) -> str:
+    if local:
+        return local
+    root = ctx.find_root().obj or {}
+    return root.get("config") or DEFAULT_CONFIG
+
+
+def load_or_exit(path: str, env: dict[str, str] | None = None) -> LoadedConfig:
+    try:
+        return load_config(path, env=env)
+    except ConfigError as exc:
+        report_config_error(exc)
+        sys.exit(2)
+
+
+def report_config_error(exc: ConfigError) -> None:
+    click.echo(f"configuration invalid ({len(exc.problems)} problem{'s' if len(exc.problems) != 1 else ''}):",
+               err=True)
+    for problem in exc.problems:
+        click.echo(f"  {problem}", err=True)

@@ -1,0 +1,36 @@
+"""`stockade config check|schema`."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from stockade.cli.common import load_or_exit, resolve_config_path
+
+
+@click.group("config")
+def config_group() -> None:
+    """Validate configuration files and export their JSON Schema."""
+
+
+@config_group.command("check")
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+@click.pass_context
+def check(ctx: click.Context, file: str | None) -> None:
+    """Validate FILE. Exit 0 if valid; else exit 2, naming the file, line, route id, stage and field."""
+    path = resolve_config_path(ctx, file)
+    loaded = load_or_exit(path)
+    cfg = loaded.config
+    stages = sum(len(p) for p in loaded.route_stages.values())
+    click.echo(f"{path}: OK ({len(cfg.routes)} routes, {stages} stage placements, {cfg.workers} worker(s))")
+
+
+@config_group.command("schema")
+def schema() -> None:
+    """Print the JSON Schema of the config file (for editor completion and validation)."""
+    from stockade.config.schema import config_schema
+
+    json.dump(config_schema(), sys.stdout, indent=2)
+    sys.stdout.write("\n")

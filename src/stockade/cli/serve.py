@@ -1,0 +1,49 @@
+"""`stockade serve`: run the gateway."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from stockade.cli.common import config_option, load_or_exit, resolve_config_path
+
+
+@click.command()
+@config_option
+@click.option("--workers", type=click.IntRange(1, 256), default=None,
+              help="Worker processes sharing the port (SO_REUSEPORT); overrides `workers:` in the config.")
+@click.option("--worker-fd", type=int, default=None, hidden=True)
+@click.option("--worker-index", type=int, default=0, hidden=True)
+@click.pass_context
+def serve(
+    ctx: click.Context, config_path: str | None, workers: int | None, worker_fd: int | None, worker_index: int
+) -> None:
+    """Run the gateway: the data plane on `listen`, the admin API (/metrics, /healthz, /readyz) on `admin`.
+
+    SIGHUP reloads the config atomically (a bad file changes nothing and is logged); SIGTERM or Ctrl-C
+    drains in-flight requests, then exits.
+    """
+    import uvloop
+
+    from stockade.observability.logs import setup_logging
+
+    path = resolve_config_path(ctx, config_path)
+    env = dict(os.environ)
+    if workers is not None:
+        env["STOCKADE_WORKERS"] = str(workers)  # so the loader checks the config against the real worker count
+    loaded = load_or_exit(path, env)
+    setup_logging(loaded.config.log.level)
+    n = loaded.config.workers
+    if worker_fd is not None:
+        from stockade.proxy.workers import serve_worker
+
+        uvloop.run(serve_worker(path, loaded, worker_fd, worker_index, n))
+    elif n > 1:
+        from stockade.proxy.workers import supervise
+
+        uvloop.run(supervise(path, loaded, n))
+    else:
+        from stockade.proxy.process import serve_single
+
+        uvloop.run(serve_single(path, loaded))

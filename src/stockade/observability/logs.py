@@ -1,0 +1,26 @@
+"""Operational logging (startup, reloads, failures) to stderr; decision lines go to the decision log instead."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName"}
+
+
+class _Formatter(logging.Formatter):
+    """`time level logger: message key=value ...` where the keys are the record's `extra` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        base = super().format(record)
+        extras = " ".join(f"{k}={v!r}" for k, v in record.__dict__.items() if k not in _STANDARD)
+        return f"{base} {extras}" if extras else base
+
+
+def setup_logging(level: str = "info") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("stockade")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False

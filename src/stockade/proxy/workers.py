@@ -1,0 +1,204 @@
+"""Several worker processes sharing the listen port with SO_REUSEPORT, under one supervisor.
+
+The supervisor validates the config, spawns workers, serves the admin listener (merging the workers'
+metrics, which each sends every second), coordinates reloads (it validates the file once and sends the
+same text to every worker, so all workers change together or none does) and restarts a worker that dies.
+Messages on each control socket are newline-delimited JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from stockade.admin.app import AdminState, admin_app
+from stockade.admin.server import AdminServer
+from stockade.clock import SYSTEM_CLOCK
+from stockade.config.loader import LoadedConfig
+from stockade.observability.metrics import Snapshot, merge
+from stockade.pipeline.stage import Services
+from stockade.proxy.process import load_for_reload, restart_only_changes, try_reload
+from stockade.proxy.server import ProxyServer
+from stockade.runtime import build_runtime
+
+log = logging.getLogger("stockade")
+METRICS_INTERVAL = 1.0
+
+
+async def _send(writer: asyncio.StreamWriter, msg: dict[str, Any]) -> None:
+    writer.write(orjson.dumps(msg) + b"\n")
+    await writer.drain()
+
+
+# -- worker side -------------------------------------------------------------------------------------------------
+
+
+async def serve_worker(path: str, loaded: LoadedConfig, control_fd: int, index: int, workers: int) -> None:
+    sock = socket.socket(fileno=control_fd)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    services = Services(clock=SYSTEM_CLOCK, workers=workers)
+    server = ProxyServer(build_runtime(loaded, services))
+    await server.start(reuse_port=True)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the supervisor coordinates reloads
+    await _send(writer, {"op": "ready", "index": index})
+    current = [loaded]
+
+    async def push_metrics() -> None:
+        while True:
+            await asyncio.sleep(METRICS_INTERVAL)
+            await _send(writer, {"op": "metrics", "snap": server.metrics.snapshot()})
+
+    async def commands() -> None:
+        while line := await reader.readline():
+            msg = orjson.loads(line)
+            if msg["op"] == "reload":
+                new, problems = load_for_reload(path, msg["text"], current[0])
+                ok = try_reload(server, current[0], new, problems)
+                if ok and new is not None:
+                    current[0] = new
+                await _send(writer, {"op": "reloaded", "ok": ok})
+            elif msg["op"] == "stop":
+                break
+        stop.set()  # the supervisor asked us to stop, or went away
+
+    tasks = [loop.create_task(push_metrics()), loop.create_task(commands())]
+    await stop.wait()
+    await server.drain()
+    server.decision_log.close()
+    for task in tasks:
+        task.cancel()
+    with contextlib.suppress(Exception):
+        await _send(writer, {"op": "metrics", "snap": server.metrics.snapshot()})
+        writer.close()
+
+
+# -- supervisor side ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Worker:
+    index: int
+    proc: asyncio.subprocess.Process | None = None
+    writer: asyncio.StreamWriter | None = None
+    ready: bool = False
+    snapshot: Snapshot | None = None
+    retired: list[Snapshot] = field(default_factory=list)  # counters of earlier incarnations (kept monotonic)
+
+
+class Supervisor:
+    def __init__(self, path: str, loaded: LoadedConfig, workers: int) -> None:
+        self.path = path
+        self.loaded = loaded
+        self.n = workers
+        self.workers = [_Worker(i) for i in range(workers)]
+        self.stopping = False
+        self.admin: AdminServer | None = None
+        self.reloads: dict[str, int] = {"ok": 0, "error": 0}
+
+    def snapshot(self) -> Snapshot:
+        snaps = [s for w in self.workers for s in (*w.retired, w.snapshot) if s is not None]
+        merged = merge(snaps) if snaps else merge([])
+        merged["gauges"].append(["stockade_workers_ready", {}, float(sum(w.ready for w in self.workers))])
+        merged["events"].extend([["config_reload_supervisor", k, v] for k, v in self.reloads.items() if v])
+        return merged
+
+    def ready(self) -> bool:
+        return not self.stopping and all(w.ready for w in self.workers)
+
+    async def run(self) -> None:
+        cfg = self.loaded.config
+        for w in self.workers:
+            await self._spawn(w)
+        if cfg.admin.enabled:
+            self.admin = AdminServer(admin_app(AdminState(self.snapshot, self.ready)), cfg.admin.host, cfg.admin.port)
+            await self.admin.start()
+        log.info("stockade supervisor serving", extra={"workers": self.n, "listen": f"{cfg.listen.host}:{cfg.listen.port}"})
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        await stop.wait()
+        await self.stop()
+
+    async def _spawn(self, w: _Worker) -> None:
+        parent, child = socket.socketpair()
+        args = [sys.executable, "-m", "stockade", "serve", "--config", self.path, "--workers", str(self.n)]
+        args += ["--worker-fd", str(child.fileno()), "--worker-index", str(w.index)]
+        w.proc = await asyncio.create_subprocess_exec(*args, pass_fds=(child.fileno(),))
+        child.close()
+        reader, w.writer = await asyncio.open_connection(sock=parent)
+        w.ready = False
+        asyncio.get_running_loop().create_task(self._watch(w, reader))
+
+    async def _watch(self, w: _Worker, reader: asyncio.StreamReader) -> None:
+        while line := await reader.readline():
+            msg = orjson.loads(line)
+            op = msg["op"]
+            if op == "ready":
+                w.ready = True
+            elif op == "metrics":
+                w.snapshot = msg["snap"]
+        w.ready = False
+        if w.snapshot is not None:
+            w.retired.append(w.snapshot)
+            w.snapshot = None
+        if w.proc is not None:
+            await w.proc.wait()
+        if not self.stopping:
+            log.error("worker exited; restarting", extra={"worker": w.index, "code": w.proc.returncode if w.proc else None})
+            await asyncio.sleep(1.0)
+            if not self.stopping:
+                await self._spawn(w)
+
+    async def reload(self) -> None:
+        new, problems = load_for_reload(self.path)
+        if new is not None and (blocked := restart_only_changes(self.loaded, new)):
+            problems = [f"{new.source}: reload cannot change {', '.join(blocked)}; restart instead"]
+            new = None
+        if new is None:
+            self.reloads["error"] += 1
+            for problem in problems:
+                log.error("reload refused, configuration unchanged: %s", problem)
+            return
+        self.loaded = new
+        self.reloads["ok"] += 1
+        for w in self.workers:
+            if w.writer is not None:
+                with contextlib.suppress(ConnectionError):
+                    await _send(w.writer, {"op": "reload", "text": new.text})
+        log.info("configuration sent to workers", extra={"workers": self.n})
+
+    async def stop(self) -> None:
+        self.stopping = True
+        for w in self.workers:
+            if w.writer is not None:
+                with contextlib.suppress(ConnectionError):
+                    await _send(w.writer, {"op": "stop"})
+        grace = self.loaded.config.limits.drain_timeout + 5.0
+        for w in self.workers:
+            if w.proc is not None and w.proc.returncode is None:
+                try:
+                    await asyncio.wait_for(w.proc.wait(), grace)
+                except TimeoutError:
+                    w.proc.kill()
+                    await w.proc.wait()
+        if self.admin is not None:
+            await self.admin.stop()
+        log.info("stopped")
+
+
+async def supervise(path: str, loaded: LoadedConfig, workers: int) -> None:
+    await Supervisor(path, loaded, workers).run()
