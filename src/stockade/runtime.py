@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, cast
 from stockade.config.loader import LoadedConfig, StagePlan
 from stockade.config.models import GatewayConfig, Upstream
 from stockade.errors import ConfigError
-from stockade.pipeline.routing import RouteSpec, Router
+from stockade.pipeline.routing import Router, RouteSpec
 from stockade.pipeline.runner import Pipeline, StageSlot
 from stockade.pipeline.stage import Services, Stage, StageConfig, StageEnv
 from stockade.security.netaddr import NetSet

@@ -409,18 +409,21 @@ class TestGateway:
         hdrs = {"Host": "localhost", "Connection": "close", **(headers or {})}
         if body and "Content-Length" not in hdrs and "Transfer-Encoding" not in hdrs:
             hdrs["Content-Length"] = str(len(body))
-        raw = f"{method} {target} HTTP/1.1\r\n".encode() + b"".join(
-            f"{k}: {v}\r\n".encode("latin-1") for k, v in hdrs.items()
-        ) + b"\r\n" + body
+        raw = (
+            f"{method} {target} HTTP/1.1\r\n".encode()
+            + b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in hdrs.items())
+            + b"\r\n"
+            + body
+        )
         with self.connect(timeout) as sock:
             sock.sendall(raw)
             responses = read_responses(sock, 1, head_request=method == "HEAD")
         return responses[0]
 
 
-def http_request(sock: socket.socket, raw: bytes, count: int = 1, *, head_request: bool = False) -> list[
-    tuple[int, dict[str, str], bytes]
-]:
+def http_request(
+    sock: socket.socket, raw: bytes, count: int = 1, *, head_request: bool = False
+) -> list[tuple[int, dict[str, str], bytes]]:
     """Send raw bytes and read `count` responses."""
     sock.sendall(raw)
     return read_responses(sock, count, head_request=head_request)

@@ -11,8 +11,9 @@ from stockade.cli.serve import serve
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "STOCKADE"})
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="STOCKADE_CONFIG",
-              help=CONFIG_OPTION_HELP)
+@click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), envvar="STOCKADE_CONFIG", help=CONFIG_OPTION_HELP
+)
 @click.version_option(__version__, prog_name="stockade")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None) -> None:

@@ -36,7 +36,6 @@ def load_or_exit(path: str, env: dict[str, str] | None = None) -> LoadedConfig:
 
 
 def report_config_error(exc: ConfigError) -> None:
-    click.echo(f"configuration invalid ({len(exc.problems)} problem{'s' if len(exc.problems) != 1 else ''}):",
-               err=True)
+    click.echo(f"configuration invalid ({len(exc.problems)} problem{'s' if len(exc.problems) != 1 else ''}):", err=True)
     for problem in exc.problems:
         click.echo(f"  {problem}", err=True)

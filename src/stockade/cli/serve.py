@@ -11,8 +11,12 @@ from stockade.cli.common import config_option, load_or_exit, resolve_config_path
 
 @click.command()
 @config_option
-@click.option("--workers", type=click.IntRange(1, 256), default=None,
-              help="Worker processes sharing the port (SO_REUSEPORT); overrides `workers:` in the config.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Worker processes sharing the port (SO_REUSEPORT); overrides `workers:` in the config.",
+)
 @click.option("--worker-fd", type=int, default=None, hidden=True)
 @click.option("--worker-index", type=int, default=0, hidden=True)
 @click.pass_context

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from stockade.config.models import GatewayConfig, StageEntry
 from stockade.errors import ConfigError
 from stockade.pipeline.phase import Phase
-from stockade.pipeline.routing import RouteSpec, RouteTemplateError, Router
+from stockade.pipeline.routing import Router, RouteSpec, RouteTemplateError
 from stockade.pipeline.stage import Stage, StageConfig
 from stockade.stages import BUILTIN_STAGES, UnknownStageError, load_stage_class
 
@@ -144,7 +144,9 @@ def _plan_stages(ctx: _Reporter, entries: Sequence[StageEntry], loc: _Loc) -> tu
             ctx.add((*sloc, "use"), f"unknown stage {entry.use!r}{hint}")
             continue
         if entry.fail_open and cls.phase not in (Phase.RATE_LIMIT, Phase.DETECT):
-            ctx.add((*sloc, "fail_open"), f"fail_open is allowed only for rate-limit and detect stages, not {entry.use}")
+            ctx.add(
+                (*sloc, "fail_open"), f"fail_open is allowed only for rate-limit and detect stages, not {entry.use}"
+            )
         try:
             stage_config = cls.Config.model_validate(entry.config)
         except ValidationError as exc:

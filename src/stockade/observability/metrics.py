@@ -108,14 +108,16 @@ class SnapshotCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         snap = self.source()
         req = CounterMetricFamily(
-            "stockade_requests", "Requests by route, decision, reason and status",
+            "stockade_requests",
+            "Requests by route, decision, reason and status",
             labels=["route", "decision", "reason", "status"],
         )
         for route, decision, reason, status, v in snap["requests"]:
             req.add_metric([route, decision, reason, str(status)], v)
         yield req
-        ev = CounterMetricFamily("stockade_events", "Gateway events (reloads, stage failures, upstream errors)",
-                                 labels=["event", "label"])
+        ev = CounterMetricFamily(
+            "stockade_events", "Gateway events (reloads, stage failures, upstream errors)", labels=["event", "label"]
+        )
         for name, label, v in snap["events"]:
             ev.add_metric([name, label], v)
         yield ev

@@ -58,7 +58,7 @@ class _Resume:
             except GeneratorExit:
                 coro.close()
                 raise
-            except BaseException as exc:  # noqa: BLE001 - forwarded into the stage, as `yield from` would
+            except BaseException as exc:
                 try:
                     value = coro.throw(exc)
                 except StopIteration as stop:

@@ -58,9 +58,7 @@ class Deny:
 
     __slots__ = ("detail", "headers", "reason", "status")
 
-    def __init__(
-        self, status: int, reason: str, *, headers: Mapping[str, str] | None = None, detail: str = ""
-    ) -> None:
+    def __init__(self, status: int, reason: str, *, headers: Mapping[str, str] | None = None, detail: str = "") -> None:
         self.status = status
         self.reason = reason
         self.headers = headers

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, cast
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from stockade.proxy.exchange import (
-    PAUSE_BUFFER,
     PAUSE_PIPELINE,
     PAUSE_TUNNEL,
     Exchange,
@@ -32,7 +31,6 @@ from stockade.proxy.http import (
     REQUEST_ID,
     UPGRADE,
 )
-
 from stockade.security.netaddr import canonical_ip
 
 if TYPE_CHECKING:
@@ -42,7 +40,6 @@ log = logging.getLogger("stockade.proxy")
 
 INF = float("inf")
 LINGER_SECONDS = 2.0
-
 
 
 class HttpRejectError(Exception):

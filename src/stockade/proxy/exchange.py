@@ -491,11 +491,11 @@ class Exchange:
             parts.append(b"transfer-encoding: chunked\r\n")
         if self.upgrade_ok:
             parts.append(b"connection: upgrade\r\nupgrade: websocket\r\n")
-        for name, value in pipeline.identity_headers(ctx):
-            parts.extend((name.encode("latin-1"), b": ", value.encode("latin-1"), CRLF))
+        for iname, ivalue in pipeline.identity_headers(ctx):
+            parts.extend((iname.encode("latin-1"), b": ", ivalue.encode("latin-1"), CRLF))
         if ctx.set_headers:
-            for name, value in ctx.set_headers.items():
-                parts.extend((name.encode("latin-1"), b": ", value.encode("latin-1"), CRLF))
+            for sname, svalue in ctx.set_headers.items():
+                parts.extend((sname.encode("latin-1"), b": ", svalue.encode("latin-1"), CRLF))
         parts.append(CRLF)
         return b"".join(parts)
 
@@ -512,7 +512,9 @@ class Exchange:
             if not self.upgrade_ok:
                 self._upstream_broken("upstream.bad_response", "101 without an upgrade request")
                 return
-            self._write_head(head, status, ResponseFraming(head), None, b"connection: upgrade\r\nupgrade: websocket\r\n")
+            self._write_head(
+                head, status, ResponseFraming(head), None, b"connection: upgrade\r\nupgrade: websocket\r\n"
+            )
             self.tunnel_open = True
             self.deadline = INF
             self._record()
@@ -542,7 +544,9 @@ class Exchange:
         )
         self.close_after = close
         if extra is None:
-            extra = b"connection: close\r\n" if close else (b"connection: keep-alive\r\n" if h.version == "1.0" else b"")
+            extra = (
+                b"connection: close\r\n" if close else (b"connection: keep-alive\r\n" if h.version == "1.0" else b"")
+            )
         if pipeline.response_hooks or framing.needs_rebuild or dechunk or body is not None:
             resp = Response(status, raw_head=head, body=body)
             try:
@@ -740,9 +744,7 @@ class Exchange:
         else:
             self._respond_local(status, reason, None, close=not self.request_done)
 
-    def _respond_local(
-        self, status: int, reason: str, headers: Any, *, close: bool = False
-    ) -> None:
+    def _respond_local(self, status: int, reason: str, headers: Any, *, close: bool = False) -> None:
         """Render a gateway-generated response (RFC 9457 problem+json) and finish the exchange."""
         if self.finished:
             return

@@ -45,8 +45,9 @@ _RESPONSE_SCAN = re.compile(
     rb"|content-length)[ \t]*:[ \t]*([^\r\n]*)",
     re.IGNORECASE,
 )
-_RESPONSE_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade",
-                           b"proxy-authenticate"})
+_RESPONSE_HOP = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade", b"proxy-authenticate"}
+)
 _CONNECTION_STANDARD = frozenset({b"close", b"keep-alive", b"upgrade", b""})
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 

@@ -58,9 +58,9 @@ def try_reload(server: ProxyServer, current: LoadedConfig, new: LoadedConfig | N
     return False
 
 
-def load_for_reload(path: str, text: str | None = None, base: LoadedConfig | None = None) -> tuple[
-    LoadedConfig | None, list[str]
-]:
+def load_for_reload(
+    path: str, text: str | None = None, base: LoadedConfig | None = None
+) -> tuple[LoadedConfig | None, list[str]]:
     try:
         if text is not None and base is not None:
             return load_config_text(text, source=base.source, base_dir=base.base_dir), []

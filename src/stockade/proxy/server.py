@@ -67,7 +67,7 @@ class ProxyServer:
         self.draining = False
         self.ready = False
         self.tls: TlsListener | None = None
-        self._servers: list[asyncio.AbstractServer] = []
+        self._servers: list[asyncio.Server] = []
         self._tick_handle: asyncio.TimerHandle | None = None
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(4)
@@ -87,7 +87,10 @@ class ProxyServer:
         timeout = cfg.limits.header_timeout
         if sock is not None:
             server = await loop.create_server(
-                lambda: ClientConnection(self), sock=sock, ssl=ssl_ctx, ssl_handshake_timeout=timeout if ssl_ctx else None
+                lambda: ClientConnection(self),
+                sock=sock,
+                ssl=ssl_ctx,
+                ssl_handshake_timeout=timeout if ssl_ctx else None,
             )
         else:
             server = await loop.create_server(

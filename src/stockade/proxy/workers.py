@@ -124,7 +124,9 @@ class Supervisor:
         if cfg.admin.enabled:
             self.admin = AdminServer(admin_app(AdminState(self.snapshot, self.ready)), cfg.admin.host, cfg.admin.port)
             await self.admin.start()
-        log.info("stockade supervisor serving", extra={"workers": self.n, "listen": f"{cfg.listen.host}:{cfg.listen.port}"})
+        log.info(
+            "stockade supervisor serving", extra={"workers": self.n, "listen": f"{cfg.listen.host}:{cfg.listen.port}"}
+        )
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -158,7 +160,9 @@ class Supervisor:
         if w.proc is not None:
             await w.proc.wait()
         if not self.stopping:
-            log.error("worker exited; restarting", extra={"worker": w.index, "code": w.proc.returncode if w.proc else None})
+            log.error(
+                "worker exited; restarting", extra={"worker": w.index, "code": w.proc.returncode if w.proc else None}
+            )
             await asyncio.sleep(1.0)
             if not self.stopping:
                 await self._spawn(w)

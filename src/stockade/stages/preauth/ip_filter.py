@@ -15,12 +15,12 @@ from stockade.security.netaddr import NetSet
 
 
 class IpFilterConfig(StageConfig):
-    allow: list[str] = []  # if set, only these networks may call
-    deny: list[str] = []  # always refused, even if also allowed
+    allow: tuple[str, ...] = ()  # if set, only these networks may call
+    deny: tuple[str, ...] = ()  # always refused, even if also allowed
 
     @field_validator("allow", "deny")
     @classmethod
-    def _cidrs(cls, v: list[str]) -> list[str]:
+    def _cidrs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         for item in v:
             try:
                 ipaddress.ip_network(item, strict=False)

@@ -14,7 +14,7 @@ from stockade.pipeline.verdict import CONTINUE, Continue
 
 
 class SecurityHeadersConfig(StageConfig):
-    remove: list[str] = ["server", "x-powered-by", "x-aspnet-version", "x-aspnetmvc-version"]
+    remove: tuple[str, ...] = ("server", "x-powered-by", "x-aspnet-version", "x-aspnetmvc-version")
     nosniff: bool = True
     hsts: bool = True  # sent only on TLS connections
     hsts_max_age: int = Field(default=31_536_000, ge=0)
