@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, cast
 from stockade.config.loader import LoadedConfig, StagePlan
 from stockade.config.models import GatewayConfig, Upstream
 from stockade.errors import ConfigError
+from stockade.handlers.base import Handler
 from stockade.pipeline.routing import Router, RouteSpec
 from stockade.pipeline.runner import Pipeline, StageSlot
 from stockade.pipeline.stage import Services, Stage, StageConfig, StageEnv
@@ -24,6 +25,7 @@ class CompiledRoute:
     pipeline: Pipeline
     upstream: Upstream | None
     websocket: bool
+    handler: Handler | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class Runtime:
 def build_runtime(loaded: LoadedConfig, services: Services) -> Runtime:
     """Instantiate stages (global ones once, shared by every route) and compile routes. Raises ConfigError."""
     config = loaded.config
+    services.config = config
     problems: list[str] = []
     instances: dict[int, Stage] = {}
 
@@ -70,7 +73,15 @@ def build_runtime(loaded: LoadedConfig, services: Services) -> Runtime:
             if stage is not None:
                 slots.append(StageSlot(stage, plan.entry.use, plan.cls.phase, plan.entry.fail_open))
         pipeline = Pipeline(route.id, slots, body_limit=config.limits.max_body_bytes)
-        routes[route.id] = CompiledRoute(route.id, pipeline, route.upstream, route.websocket)
+        handler = None
+        hplan = loaded.route_handlers.get(route.id)
+        if hplan is not None:
+            make = cast(Callable[[StageConfig, StageEnv], Handler], hplan.cls)
+            try:
+                handler = make(hplan.config, StageEnv(route_id=route.id, base_dir=loaded.base_dir, services=services))
+            except (ValueError, OSError) as exc:
+                problems.append(f"{loaded.source}: {hplan.where}: {exc}")
+        routes[route.id] = CompiledRoute(route.id, pipeline, route.upstream, route.websocket, handler)
     if problems:
         raise ConfigError(problems)
     router = Router(

@@ -10,16 +10,20 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import ValidationError
 
-from stockade.config.models import GatewayConfig, StageEntry
+from stockade.config.models import GatewayConfig, HandlerEntry, StageEntry
 from stockade.errors import ConfigError
+from stockade.handlers import BUILTIN_HANDLERS, UnknownHandlerError, load_handler_class
 from stockade.pipeline.phase import Phase
 from stockade.pipeline.routing import Router, RouteSpec, RouteTemplateError
 from stockade.pipeline.stage import Stage, StageConfig
+
+if TYPE_CHECKING:
+    from stockade.handlers.base import Handler
 from stockade.stages import BUILTIN_STAGES, UnknownStageError, load_stage_class
 
 ENV_PREFIX = "STOCKADE_"
@@ -37,6 +41,15 @@ class StagePlan:
 
 
 @dataclass(frozen=True)
+class HandlerPlan:
+    """A validated handler entry, ready to be instantiated."""
+
+    cls: type[Handler]
+    config: StageConfig
+    where: str
+
+
+@dataclass(frozen=True)
 class LoadedConfig:
     """A config that passed every check: the model, plus each route's stage plan."""
 
@@ -46,6 +59,7 @@ class LoadedConfig:
     text: str
     global_stages: tuple[StagePlan, ...] = ()
     route_stages: dict[str, tuple[StagePlan, ...]] = field(default_factory=dict)
+    route_handlers: dict[str, HandlerPlan] = field(default_factory=dict)
 
 
 def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None, **kw: Any) -> LoadedConfig:
@@ -91,17 +105,21 @@ def load_config_text(
         _check_raw_stages(ctx, raw)  # report stage-config problems in the same run, not one fix later
         raise ConfigError(ctx.problems) from None
 
-    global_plans = _plan_stages(ctx, config.stages, ("stages",))
+    global_plans = _plan_stages(ctx, config.stages, ("stages",), config)
     route_plans: dict[str, tuple[StagePlan, ...]] = {}
+    handler_plans: dict[str, HandlerPlan] = {}
     seen: dict[str, int] = {}
     for i, route in enumerate(config.routes):
         loc: _Loc = ("routes", i)
         if route.id in seen:
             ctx.add((*loc, "id"), f"duplicate route id (also routes[{seen[route.id]}])")
         seen[route.id] = i
-        if require_upstreams and route.upstream is None:
-            ctx.add((*loc, "upstream"), "a route needs an upstream URL")
-        plans = _plan_stages(ctx, route.stages, (*loc, "stages"))
+        if route.handler is not None:
+            if (hplan := _plan_handler(ctx, route.handler, (*loc, "handler"))) is not None:
+                handler_plans[route.id] = hplan
+        elif require_upstreams and route.upstream is None:
+            ctx.add((*loc, "upstream"), "a route needs an upstream URL (or a built-in `handler`)")
+        plans = _plan_stages(ctx, route.stages, (*loc, "stages"), config)
         route_plans[route.id] = _merge(global_plans, plans)
         _check_route_stages(ctx, loc, route.id, route_plans[route.id])
         if route.websocket and route.match.methods and "GET" not in route.match.methods:
@@ -119,6 +137,7 @@ def load_config_text(
         text=text,
         global_stages=global_plans,
         route_stages=route_plans,
+        route_handlers=handler_plans,
     )
 
 
@@ -132,7 +151,24 @@ def _merge(global_plans: tuple[StagePlan, ...], route_plans: tuple[StagePlan, ..
     return tuple(p for p in global_plans if p.entry.use not in own) + route_plans
 
 
-def _plan_stages(ctx: _Reporter, entries: Sequence[StageEntry], loc: _Loc) -> tuple[StagePlan, ...]:
+def _plan_handler(ctx: _Reporter, entry: HandlerEntry, loc: _Loc) -> HandlerPlan | None:
+    try:
+        cls = load_handler_class(entry.use)
+    except UnknownHandlerError:
+        ctx.add((*loc, "use"), f"unknown handler {entry.use!r}; known: {', '.join(sorted(BUILTIN_HANDLERS))}")
+        return None
+    try:
+        config = cls.Config.model_validate(entry.config)
+    except ValidationError as exc:
+        for err in exc.errors():
+            ctx.add((*loc, "config", *err["loc"]), _message(err))
+        return None
+    return HandlerPlan(cls, config, ctx.describe(loc))
+
+
+def _plan_stages(
+    ctx: _Reporter, entries: Sequence[StageEntry], loc: _Loc, gateway: GatewayConfig | None = None
+) -> tuple[StagePlan, ...]:
     plans: list[StagePlan] = []
     for j, entry in enumerate(entries):
         sloc = (*loc, j)
@@ -153,6 +189,10 @@ def _plan_stages(ctx: _Reporter, entries: Sequence[StageEntry], loc: _Loc) -> tu
             for err in exc.errors():
                 ctx.add((*sloc, "config", *err["loc"]), _message(err))
             continue
+        check = getattr(cls, "check_deployment", None)
+        if gateway is not None and check is not None:
+            for problem in check(stage_config, gateway):
+                ctx.add((*sloc, "config"), problem)
         plans.append(StagePlan(cls, stage_config, entry, ctx.describe(sloc)))
     return tuple(plans)
 

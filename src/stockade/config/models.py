@@ -113,6 +113,13 @@ def _upstream_from_url(v: object) -> object:
     return {"url": v} if isinstance(v, str) else v
 
 
+class HandlerEntry(Strict):
+    """A built-in handler answering the route instead of an upstream (`use:` names it)."""
+
+    use: str
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
 class Match(Strict):
     path: str
     methods: list[str] | None = None
@@ -140,8 +147,15 @@ class Route(Strict):
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
     match: Match
     upstream: Annotated[Upstream | None, BeforeValidator(_upstream_from_url)] = None  # a URL or a mapping
+    handler: HandlerEntry | None = None  # answered by the gateway itself (instead of `upstream`)
     stages: list[StageEntry] = Field(default_factory=list)
     websocket: bool = False  # allow WebSocket upgrades once the pipeline has allowed the request
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Route:
+        if self.upstream is not None and self.handler is not None:
+            raise ValueError("a route has either an upstream or a handler, not both")
+        return self
 
 
 class Log(Strict):

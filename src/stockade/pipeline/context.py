@@ -14,6 +14,11 @@ if TYPE_CHECKING:
     from stockade.pipeline.verdict import Finding
 
 
+# Authenticators that parse a credential record a keyed hash of the identifier presented (key id, JWT `sub`,
+# client id - never the secret) under this `ctx.state` key, so failures can be counted per identity.
+AUTH_IDENTITY = "auth.identity"
+
+
 class BodyTooLargeError(Exception):
     """The request body exceeded the route's limit while it was being read."""
 
@@ -37,6 +42,7 @@ class RequestContext:
         "path",
         "path_params",
         "peer_cert",
+        "peer_cert_der",
         "peer_ip",
         "principal",
         "query",
@@ -70,6 +76,7 @@ class RequestContext:
         http_version: str = "1.1",
         started: float = 0.0,
         peer_cert: dict[str, Any] | None = None,
+        peer_cert_der: bytes | None = None,
     ) -> None:
         self.request_id = request_id
         self.method = method
@@ -84,7 +91,8 @@ class RequestContext:
         self.clock = clock
         self.http_version = http_version
         self.started = started
-        self.peer_cert = peer_cert
+        self.peer_cert = peer_cert  # the verified client certificate (mTLS), as ssl.getpeercert() returns it
+        self.peer_cert_der = peer_cert_der  # the same certificate, DER-encoded (for thumbprints, RFC 8705)
         self.route_id = ""
         self.path_params: dict[str, str] = {}
         self.principal: Principal | None = None

@@ -33,6 +33,8 @@ REASONS: dict[str, int] = {
     "upstream.timeout": 504,
     "gateway.draining": 503,
     "gateway.error": 500,
+    "handler.error": 500,
+    "handler.timeout": 504,
 }
 
 

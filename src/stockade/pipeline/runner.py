@@ -70,6 +70,20 @@ class _Resume:
                 return stop.value
 
 
+def step_eagerly(coro: Coroutine[Any, Any, Any]) -> tuple[bool, Any]:
+    """Run a coroutine until it first suspends. `(True, result)` if it finished without awaiting I/O,
+    else `(False, coroutine)` that finishes it, for the caller to drive as a Task. Exceptions propagate."""
+    try:
+        yielded = coro.send(None)
+    except StopIteration as stop:
+        return True, stop.value
+    return False, _finish(coro, yielded)
+
+
+async def _finish(coro: Coroutine[Any, Any, Any], yielded: Any) -> Any:
+    return await _Resume(coro, yielded)
+
+
 def header_safe(value: str) -> str:
     """Percent-encode anything that is not visible ASCII, so no value can split or smuggle a header."""
     if _UNSAFE_VALUE.search(value) is None:

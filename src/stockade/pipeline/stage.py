@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
     from stockade.clock import Clock
+    from stockade.config.models import GatewayConfig
     from stockade.pipeline.context import RequestContext
     from stockade.pipeline.phase import Phase
     from stockade.pipeline.response import Outcome, Response
@@ -23,7 +24,14 @@ class StageConfig(BaseModel):
 
 
 class Stage(Protocol):
-    """One security check. `id` is the `use:` name in config and the label in logs and metrics."""
+    """One security check. `id` is the `use:` name in config and the label in logs and metrics.
+
+    Built once per route at load as `cls(config, env)`. Optional members, found by name:
+    `challenge: str` (an authenticator's WWW-Authenticate challenge), `max_body_bytes: int` (a body limit the
+    fronts enforce while streaming), `on_response` / `on_complete` (the hooks below), `needs_response_body`,
+    and the classmethod `check_deployment(config, gateway_config) -> list[str]`, whose messages become config
+    errors at this stage's location (e.g. a memory-backed limiter under several workers).
+    """
 
     id: ClassVar[str]
     phase: ClassVar[Phase]
@@ -46,10 +54,15 @@ class CompletionHook(Protocol):
 
 @dataclass
 class Services:
-    """Process-wide shared resources handed to stages at construction (stores, counters come later)."""
+    """Process-wide resources handed to stages at construction, shared across routes and reloads.
+
+    Feature modules keep their backends in `shared` under their own key (e.g. the key store, the limiter's
+    counter backend), created on first use from `config`, so the core never imports optional backends.
+    """
 
     clock: Clock
     workers: int = 1
+    config: GatewayConfig | None = None  # the config being built; set by build_runtime
     shared: dict[str, Any] = field(default_factory=dict)
 
 

@@ -73,6 +73,7 @@ class ClientConnection(asyncio.Protocol):
         self.peer_ip = ""
         self.tls = False
         self.peer_cert: dict[str, object] | None = None
+        self.peer_cert_der: bytes | None = None
         self.requests = 0
         self.closing = False
         self.lingering = False
@@ -93,10 +94,11 @@ class ClientConnection(asyncio.Protocol):
         self.peer_ip = peer[0] if isinstance(peer, tuple) else "unix"
         if self.peer_ip.startswith("::ffff:"):
             self.peer_ip = canonical_ip(self.peer_ip)  # an IPv4 client on a dual-stack socket is an IPv4 client
-        if transport.get_extra_info("sslcontext") is not None:
+        sslobj = transport.get_extra_info("ssl_object")
+        if sslobj is not None:
             self.tls = True
-            cert = transport.get_extra_info("peercert")
-            self.peer_cert = cert if cert else None
+            self.peer_cert = sslobj.getpeercert() or None  # only a certificate the listener verified
+            self.peer_cert_der = sslobj.getpeercert(binary_form=True) if self.peer_cert else None
         server = self.server
         server.connections.add(self)
         if server.draining:

@@ -17,7 +17,7 @@ from stockade.pipeline.headers import Headers
 from stockade.pipeline.render import problem_body, problem_headers
 from stockade.pipeline.response import Outcome, Response
 from stockade.pipeline.routing import NoRoute
-from stockade.pipeline.runner import Pipeline, header_safe
+from stockade.pipeline.runner import Pipeline, header_safe, step_eagerly
 from stockade.pipeline.verdict import Deny
 from stockade.proxy.http import (
     CRLF,
@@ -32,6 +32,7 @@ from stockade.security.forwarded import client_ip, forwarded_for
 from stockade.security.paths import BadPathError, normalize_target
 
 if TYPE_CHECKING:
+    from stockade.handlers.base import Handler, LocalResponse
     from stockade.proxy.client import ClientConnection
     from stockade.proxy.upstream import UpstreamConnection, UpstreamPool
     from stockade.runtime import CompiledRoute, Runtime
@@ -228,6 +229,7 @@ class Exchange:
             http_version=h.version,
             started=self.t0,
             peer_cert=conn.peer_cert,
+            peer_cert_der=conn.peer_cert_der,
         )
         self.ctx = ctx
         match = rt.router.match(host, path, ctx.method)
@@ -380,6 +382,9 @@ class Exchange:
     def _forward(self) -> None:
         route = self.route
         assert route is not None  # noqa: S101 - only called after routing
+        if route.handler is not None:
+            self._run_handler(route.handler)
+            return
         if route.upstream is None:
             self._error_local(502, "upstream.unavailable", "route has no upstream")
             return
@@ -389,6 +394,57 @@ class Exchange:
             self._send(up)
         else:
             self._connect()
+
+    def _run_handler(self, handler: Handler) -> None:
+        ctx = self.ctx
+        assert ctx is not None  # noqa: S101
+        try:
+            done, value = step_eagerly(handler.handle(ctx))
+        except Exception as exc:
+            self._handler_failed(exc)
+            return
+        if done:
+            self._handler_reply(value)
+            return
+        self.task = task = asyncio.get_running_loop().create_task(value)
+        task.add_done_callback(self._handler_done)
+        self._set_deadline(self.clock.monotonic() + self.conn.limits.pipeline_timeout, "handler")
+
+    def _handler_done(self, task: asyncio.Future[Any]) -> None:
+        if self.task is task:
+            self.task = None
+        if self.finished or task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self._handler_failed(exc)
+        else:
+            self._handler_reply(task.result())
+
+    def _handler_failed(self, exc: BaseException) -> None:
+        log.error("handler raised", exc_info=exc)
+        ctx = self.ctx
+        assert ctx is not None  # noqa: S101
+        Pipeline.deny(ctx, "handler", Deny(500, "handler.error", detail=type(exc).__name__))
+        self._respond_local(500, "handler.error", None)
+
+    def _handler_reply(self, reply: LocalResponse) -> None:
+        ctx = self.ctx
+        pipeline = self.pipeline
+        assert ctx is not None and pipeline is not None  # noqa: S101
+        self.deadline = INF
+        headers = reply.headers
+        body = reply.body
+        if pipeline.response_hooks:
+            resp = Response(reply.status, headers=list(headers), body=body)
+            try:
+                pipeline.response(ctx, resp)
+            except Exception as exc:
+                self._handler_failed(exc)
+                return
+            headers = resp.final_headers()
+            body = resp.body if resp.body is not None else b""
+        self._write_local(reply.status, headers, body, close=False)
 
     def _connect(self) -> None:
         pool = self.pool
@@ -702,6 +758,9 @@ class Exchange:
         if kind == "pipeline":
             self.timed_out = True
             self._cancel_task()
+        elif kind == "handler":
+            self._cancel_task()
+            self._error_local(504, "handler.timeout", "handler did not finish in time")
         elif kind == "connect":
             self._cancel_task()
             self._error_local(504, "upstream.timeout", "connect timeout")
@@ -745,10 +804,19 @@ class Exchange:
             self._respond_local(status, reason, None, close=not self.request_done)
 
     def _respond_local(self, status: int, reason: str, headers: Any, *, close: bool = False) -> None:
-        """Render a gateway-generated response (RFC 9457 problem+json) and finish the exchange."""
+        """Render a gateway-generated problem (RFC 9457 problem+json) and finish the exchange."""
         if self.finished:
             return
         ctx = self.ctx or self._bare_context()
+        body = problem_body(status, reason, ctx.request_id)
+        self._write_local(status, problem_headers(len(body), headers), body, close=close, framed=True)
+
+    def _write_local(
+        self, status: int, headers: list[tuple[str, str]], body: bytes, *, close: bool, framed: bool = False
+    ) -> None:
+        """Write a response made by the gateway (a problem or a handler's reply) and finish the exchange."""
+        if self.finished:
+            return
         h = self.head
         conn = self.conn
         if not self.request_done and not close:
@@ -756,10 +824,13 @@ class Exchange:
             remaining = h.content_length - self.body_size
             close = h.chunked or remaining > MAX_DISCARD or (self.expect_continue and not self.continue_sent)
         close = close or conn.should_close_after(self)
-        body = problem_body(status, reason, ctx.request_id)
         lines = [status_line(status)]
-        for name, value in problem_headers(len(body), headers):
+        for name, value in headers:
+            if not framed and name in ("content-length", "transfer-encoding", "connection"):
+                continue
             lines.append(b"%b: %b\r\n" % (name.encode("latin-1"), header_safe(value).encode("latin-1")))
+        if not framed:
+            lines.append(b"content-length: %d\r\n" % len(body))
         lines.append(b"date: " + self.server.dates.get(self.clock.time()) + CRLF)
         if close:
             lines.append(b"connection: close\r\n")

@@ -1,0 +1,28 @@
+"""Built-in handlers: routes answered by the gateway itself (token endpoint, JWKS, static replies).
+
+A handler takes the place of an upstream on a route; the route's pipeline still runs first.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from stockade.handlers.base import Handler
+
+BUILTIN_HANDLERS: dict[str, str] = {
+    "static": "stockade.handlers.static:StaticHandler",
+}
+
+
+class UnknownHandlerError(LookupError):
+    """No handler is registered under that `use:` name."""
+
+
+def load_handler_class(name: str) -> type[Handler]:
+    target = BUILTIN_HANDLERS.get(name)
+    if target is None:
+        raise UnknownHandlerError(name)
+    module_name, _, attr = target.partition(":")
+    return cast("type[Handler]", getattr(importlib.import_module(module_name), attr))
