@@ -1,26 +1,57 @@
-"""The admin ASGI app: /metrics, /healthz and /readyz (a framework is fine here: it is not the data plane)."""
+"""The admin ASGI app: /metrics, /healthz and /readyz, plus the admin API endpoints features contribute.
+
+A framework is fine here: this is the control plane, not the data plane. Feature modules listed in
+`ADMIN_MODULES` each expose `endpoints(state) -> list[AdminEndpoint]`; every endpoint declares the minimum
+role it needs (viewer < operator < admin), which the admin authentication enforces.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import importlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from stockade.observability.metrics import Snapshot, SnapshotCollector
 
+Role = Literal["viewer", "operator", "admin"]
+ROLE_RANK: dict[str, int] = {"viewer": 0, "operator": 1, "admin": 2}
+
+# Modules that contribute admin endpoints (explicit, like the stage registry).
+ADMIN_MODULES: list[str] = []
+# Middleware factories that wrap the admin app (admin authentication registers itself here).
+ADMIN_MIDDLEWARE: list[str] = []
+
+
+@dataclass(frozen=True)
+class AdminEndpoint:
+    path: str
+    endpoint: Callable[[Request], Awaitable[Response]]
+    methods: tuple[str, ...]
+    role: Role  # minimum role allowed to call it
+
 
 @dataclass
 class AdminState:
-    """What the admin app reads: a metrics snapshot source and a readiness check."""
+    """What the admin app reads: a metrics snapshot source, a readiness check, and shared services."""
 
     snapshot: Callable[[], Snapshot]
     ready: Callable[[], bool]
+    services: Any = None  # stockade.pipeline.stage.Services of this process (stores live in services.shared)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _load(target: str) -> Any:
+    module_name, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module_name), attr or "endpoints")
 
 
 def admin_app(state: AdminState) -> Starlette:
@@ -38,10 +69,13 @@ def admin_app(state: AdminState) -> Starlette:
             return JSONResponse({"status": "ready"})
         return JSONResponse({"status": "not ready"}, status_code=503)
 
-    return Starlette(
-        routes=[
-            Route("/metrics", metrics),
-            Route("/healthz", healthz),
-            Route("/readyz", readyz),
-        ]
-    )
+    routes = [Route("/metrics", metrics), Route("/healthz", healthz), Route("/readyz", readyz)]
+    endpoints: list[AdminEndpoint] = []
+    for target in ADMIN_MODULES:
+        endpoints.extend(_load(target)(state))
+    routes += [Route(e.path, e.endpoint, methods=list(e.methods)) for e in endpoints]
+    middleware = [_load(target)(state, endpoints) for target in ADMIN_MIDDLEWARE]
+    app = Starlette(routes=routes, middleware=[m for m in middleware if isinstance(m, Middleware)])
+    app.state.admin = state
+    app.state.endpoints = endpoints
+    return app

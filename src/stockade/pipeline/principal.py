@@ -22,6 +22,7 @@ class Principal:
     scopes: frozenset[str] = frozenset()
     roles: frozenset[str] = frozenset()
     consumer_id: str | None = None
+    plan: str | None = None  # the consumer's plan: rate limits and quotas can be overridden per plan
     credential_id: str | None = None  # key id / token jti / certificate fingerprint: an identifier, not a secret
     claims: Mapping[str, Any] = field(default_factory=_no_claims)
 
