@@ -1,0 +1,162 @@
+"""`redis://`: limits exact across workers and nodes - one EVALSHA per request, time from Redis, TTL cleanup.
+
+Every limit of a request is decided by one Lua script (`lua/limits.lua`) in one round trip; keys of one
+request share a hash tag, so the script runs on Redis Cluster too. An outage raises LimiterUnavailableError
+(the stage answers 503 or, if `fail_open`, lets the request through); it is logged once when it starts and
+once when it ends, counted in metrics, and the next call after `retry` seconds reconnects by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine, Sequence
+from importlib.resources import files
+from typing import TYPE_CHECKING, Any
+
+from stockade.ratelimit.backend import US, Decision, Hit, HitResult, LimiterUnavailableError, Lockout, LockoutRule
+from stockade.ratelimit.resp import RedisClient, RedisReplyError, RedisUnavailableError, RedisUrl, Script
+
+if TYPE_CHECKING:
+    from stockade.clock import Clock
+    from stockade.observability.metrics import Metrics
+
+log = logging.getLogger("stockade.ratelimit")
+
+LIMITS = Script(files("stockade.ratelimit").joinpath("lua/limits.lua").read_text(encoding="utf-8"))
+LOCKOUTS = Script(files("stockade.ratelimit").joinpath("lua/lockouts.lua").read_text(encoding="utf-8"))
+LOCK_TAG = "{bf}:"  # lockouts share one slot: they are few, and listing them is one SCAN
+
+
+class RedisBackend:
+    """Limits and lockouts in Redis. `use_clock=True` passes the injected clock's time to the scripts instead
+    of Redis TIME, so the contract tests can drive both backends with one FakeClock."""
+
+    sync = False
+
+    def __init__(self, url: str, clock: Clock, metrics: Metrics | None = None, *, use_clock: bool = False) -> None:
+        self.url = RedisUrl.parse(url)
+        self.prefix = self.url.prefix
+        self.client = RedisClient(self.url, clock)
+        self.clock = clock
+        self.metrics = metrics
+        self.use_clock = use_clock
+        self.down = False
+        self._pending: set[asyncio.Task[Any]] = set()
+
+    def _now(self) -> str:
+        return str(round(self.clock.time() * US)) if self.use_clock else ""
+
+    async def _run(self, script: Script, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        try:
+            reply = await self.client.evalsha(script, keys, args)
+        except (RedisUnavailableError, RedisReplyError) as exc:
+            # A reply error (e.g. a key of the wrong type, or a read-only replica) is as fatal as an outage:
+            # the request cannot be counted.
+            if not self.down:
+                self.down = True
+                log.error("limits backend unavailable: %s", exc, extra={"backend": self._where()})
+                if self.metrics is not None:
+                    self.metrics.event("limits_backend", "down")
+            raise LimiterUnavailableError(str(exc)) from None
+        if self.down:
+            self.down = False
+            log.warning("limits backend reachable again", extra={"backend": self._where()})
+            if self.metrics is not None:
+                self.metrics.event("limits_backend", "up")
+        return reply
+
+    def _where(self) -> str:
+        return f"redis://{self.url.host}:{self.url.port}/{self.url.db}"
+
+    def hit(self, hits: Sequence[Hit], token: str) -> Decision:
+        raise NotImplementedError("the Redis backend is asynchronous: use hit_async")
+
+    async def hit_async(self, hits: Sequence[Hit], token: str) -> Decision:
+        args: list[str | int] = [self._now()]
+        for kind, _key, p1, p2, cost in hits:
+            args += (kind, p1, p2, cost)
+        args.append(token)
+        reply = await self._run(LIMITS, [h[1] for h in hits], args)
+        results: list[HitResult] = [
+            (reply[i] == 1, reply[i + 1], reply[i + 2], reply[i + 3]) for i in range(1, len(reply), 4)
+        ]
+        return reply[0] == 1, results
+
+    def release(self, keys: Sequence[str], token: str) -> None:
+        """Give back concurrency slots, without waiting (a slot that cannot be released expires with its lease)."""
+        for key in keys:
+            self._spawn(self.client.call("ZREM", key, token))
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("concurrency slot not released (it will expire): %s", task.exception())
+
+    # -- brute-force lockouts --------------------------------------------------------------------------------
+
+    def _lock_key(self, subject: str) -> str:
+        return f"{self.prefix}{LOCK_TAG}{subject}"
+
+    async def blocked(self, subjects: Sequence[str]) -> list[tuple[float, bool, int]]:
+        reply = await self._run(LOCKOUTS, [self._lock_key(s) for s in subjects], ["check", self._now()])
+        return [(reply[i] / US, reply[i + 1] == 1, reply[i + 2]) for i in range(0, len(reply), 3)]
+
+    async def failed(self, subjects: Sequence[tuple[str, LockoutRule]]) -> list[Lockout | None]:
+        args: list[str | int] = ["fail", self._now()]
+        for _, rule in subjects:
+            args += (rule.free_failures, rule.lockout_after, round(rule.backoff_base * US))
+            args += (round(rule.backoff_max * US), round(rule.lockout_seconds * US), round(rule.window * US))
+        reply = await self._run(LOCKOUTS, [self._lock_key(s) for s, _ in subjects], args)
+        now = self.clock.time()
+        out: list[Lockout | None] = []
+        for j, (subject, _) in enumerate(subjects):
+            failures, wait, locked = reply[3 * j : 3 * j + 3]
+            out.append(Lockout(subject, failures, now + wait / US, locked == 1) if wait > 0 else None)
+        return out
+
+    async def succeeded(self, subjects: Sequence[str]) -> None:
+        await self._run(LOCKOUTS, [self._lock_key(s) for s in subjects], ["ok", self._now()])
+
+    async def _call(self, *args: str | bytes | int) -> Any:
+        try:
+            return await self.client.call(*args)
+        except (RedisUnavailableError, RedisReplyError) as exc:
+            raise LimiterUnavailableError(str(exc)) from None
+
+    async def _scan(self) -> list[str]:
+        pattern = self._lock_key("*")
+        keys: list[str] = []
+        cursor = b"0"
+        while True:
+            cursor, batch = await self._call("SCAN", cursor, "MATCH", pattern, "COUNT", 500)
+            keys.extend(k.decode() for k in batch)
+            if cursor == b"0":
+                return sorted(set(keys))
+
+    async def lockouts(self) -> list[Lockout]:
+        keys = await self._scan()
+        if not keys:
+            return []
+        head = len(self._lock_key(""))
+        out = []
+        for key in keys:  # control plane: a round trip per subject is fine here
+            [(wait, locked, failures)] = await self.blocked([key[head:]])
+            if wait > 0:
+                out.append(Lockout(key[head:], failures, self.clock.time() + wait, locked))
+        return out
+
+    async def clear(self, subject: str | None) -> int:
+        keys = await self._scan() if subject is None else [self._lock_key(subject)]
+        removed = 0
+        for key in keys:
+            removed += int(await self._call("DEL", key))
+        return removed
+
+    async def close(self) -> None:
+        await self.client.close()

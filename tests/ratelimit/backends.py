@@ -1,0 +1,49 @@
+"""Running a coroutine against a fresh limits backend of each kind (memory, Redis on the shared server)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from stockade.clock import SYSTEM_CLOCK, FakeClock
+from stockade.ratelimit.backend import LimiterBackend
+from stockade.ratelimit.memory import MemoryBackend
+from tests.ratelimit.redisutil import fresh_redis_url
+
+T = TypeVar("T")
+KINDS = ["memory", "redis"]
+
+
+def fake_clock() -> FakeClock:
+    # Starts at the real time so Redis expiries computed from it (PEXPIREAT) are neither past nor far future.
+    return FakeClock(start=round(SYSTEM_CLOCK.time()))
+
+
+def run_on(kind: str, clock: FakeClock, body: Callable[[LimiterBackend], Awaitable[T]], url: str = "") -> T:
+    """Run `body(backend)` on a new backend; Redis ones read the fake clock and are emptied afterwards."""
+
+    async def go() -> T:
+        if kind == "memory":
+            return await body(MemoryBackend(clock))
+        from stockade.ratelimit.redis import RedisBackend
+
+        backend = RedisBackend(url or fresh_redis_url(), clock, use_clock=True)
+        try:
+            return await body(backend)
+        finally:
+            await drop_keys(backend)
+            await backend.close()
+
+    return asyncio.run(go())
+
+
+async def drop_keys(backend: LimiterBackend) -> None:
+    client = backend.client  # type: ignore[attr-defined]
+    cursor = b"0"
+    while True:
+        cursor, keys = await client.call("SCAN", cursor, "MATCH", backend.prefix + "*", "COUNT", 1000)
+        if keys:
+            await client.call("DEL", *keys)
+        if cursor == b"0":
+            return
