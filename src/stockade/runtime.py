@@ -56,7 +56,8 @@ def build_runtime(loaded: LoadedConfig, services: Services) -> Runtime:
             return instances[key]
         factory = cast(Callable[[StageConfig, StageEnv], Stage], plan.cls)
         try:
-            stage = factory(plan.config, StageEnv(route_id=route_id, base_dir=base_dir, services=services))
+            env = StageEnv(route_id=route_id, base_dir=base_dir, services=services, fail_open=plan.entry.fail_open)
+            stage = factory(plan.config, env)
         except (ValueError, OSError) as exc:
             problems.append(f"{loaded.source}: {plan.where}: {exc}")
             return None

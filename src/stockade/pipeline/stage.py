@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict
 if TYPE_CHECKING:
     from stockade.clock import Clock
     from stockade.config.models import GatewayConfig
+    from stockade.observability.metrics import Metrics
     from stockade.pipeline.context import RequestContext
     from stockade.pipeline.phase import Phase
     from stockade.pipeline.response import Outcome, Response
@@ -29,8 +30,9 @@ class Stage(Protocol):
     Built once per route at load as `cls(config, env)`. Optional members, found by name:
     `challenge: str` (an authenticator's WWW-Authenticate challenge), `max_body_bytes: int` (a body limit the
     fronts enforce while streaming), `on_response` / `on_complete` (the hooks below), `needs_response_body`,
-    and the classmethod `check_deployment(config, gateway_config) -> list[str]`, whose messages become config
-    errors at this stage's location (e.g. a memory-backed limiter under several workers).
+    `after_authenticate` (the guard below), and the classmethod `check_deployment(config, gateway_config) ->
+    list[str]`, whose messages become config errors at this stage's location (e.g. a memory-backed limiter
+    under several workers).
     """
 
     id: ClassVar[str]
@@ -44,6 +46,14 @@ class ResponseHook(Protocol):
     """Optional: sees the upstream response head (and body if `needs_response_body`), in reverse stage order."""
 
     def on_response(self, ctx: RequestContext, response: Response) -> None: ...
+
+
+class AuthGuard(Protocol):
+    """Optional: runs when an authenticator recognised a credential (returned a principal or denied), before
+    that outcome takes effect; a Deny replaces it. `ctx.state[AUTH_IDENTITY]` names the presented identity.
+    Because the answer does not depend on the credential's validity, a refused identity learns nothing."""
+
+    async def after_authenticate(self, ctx: RequestContext) -> Deny | None: ...
 
 
 class CompletionHook(Protocol):
@@ -64,6 +74,13 @@ class Services:
     workers: int = 1
     config: GatewayConfig | None = None  # the config being built; set by build_runtime
     shared: dict[str, Any] = field(default_factory=dict)
+    metrics: Metrics = field(default_factory=lambda: _new_metrics())  # this process's counters (Metrics.event)
+
+
+def _new_metrics() -> Metrics:
+    from stockade.observability.metrics import Metrics
+
+    return Metrics()
 
 
 @dataclass(frozen=True)
@@ -73,6 +90,8 @@ class StageEnv:
     route_id: str  # "*" for a stage declared at top level and shared by every route
     base_dir: Path  # the config file's directory: relative paths in stage config resolve against it
     services: Services
+    fail_open: bool = False  # the entry's explicit `fail_open` (RATE_LIMIT/DETECT only): a stage that detects its
+    # own backend outage lets the request through instead of answering 503 (the runner covers exceptions)
 
     @property
     def clock(self) -> Clock:

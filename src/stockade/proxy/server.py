@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING
 
 from stockade.clock import SYSTEM_CLOCK, Clock
 from stockade.observability.decision_log import DecisionLog
-from stockade.observability.metrics import Metrics
 from stockade.proxy.client import ClientConnection
 from stockade.proxy.http import DateCache
 from stockade.proxy.tls import listener_context
 from stockade.proxy.upstream import PoolManager
 
 if TYPE_CHECKING:
+    from stockade.observability.metrics import Metrics
     from stockade.runtime import Runtime
 
 log = logging.getLogger("stockade.proxy")
@@ -58,7 +58,7 @@ class ProxyServer:
     ) -> None:
         self.runtime = runtime
         self.clock = clock
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or runtime.services.metrics  # shared with the stages (backend outages, ...)
         self.decision_log = decision_log or DecisionLog(runtime.config.log.decisions, clock)
         self._log_target = runtime.config.log.decisions
         self.connections: set[ClientConnection] = set()
