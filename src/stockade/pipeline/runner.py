@@ -96,6 +96,7 @@ class Pipeline:
 
     __slots__ = (
         "auth_end",
+        "auth_guards",
         "body_limit",
         "body_limit_stage",
         "challenges",
@@ -115,6 +116,9 @@ class Pipeline:
         self.challenges = tuple(c for s in ordered if (c := getattr(s.stage, "challenge", None)))
         self.response_hooks = tuple(s for s in reversed(ordered) if hasattr(s.stage, "on_response"))
         self.completion_hooks = tuple(s for s in ordered if hasattr(s.stage, "on_complete"))
+        # Stages that decide once a credential was recognised (a principal or a denial), before that outcome
+        # takes effect: e.g. an identity lockout, which must answer the same whether the credential was right.
+        self.auth_guards = tuple(s for s in ordered if hasattr(s.stage, "after_authenticate"))
         self.needs_response_body = any(getattr(s.stage, "needs_response_body", False) for s in self.response_hooks)
         self.body_limit = body_limit
         self.body_limit_stage = ""
@@ -145,6 +149,10 @@ class Pipeline:
                 verdict = self._failed(ctx, slot, exc)
             else:
                 return self._continue(ctx, i, coro, yielded)
+            if self.auth_guards and slot.phase is Phase.AUTHENTICATE and type(verdict) is not Skip:
+                guarded: PipelineResult | Coroutine[Any, Any, PipelineResult]
+                _, guarded = step_eagerly(self._guarded(ctx, i, verdict))  # the result, or what finishes it
+                return guarded
             if verdict is not CONTINUE and (deny := self._apply(ctx, slot, verdict)) is not None:
                 return deny
         if auth_end == len(slots) and ctx.principal is None:
@@ -155,13 +163,31 @@ class Pipeline:
     async def _continue(
         self, ctx: RequestContext, i: int, coro: Coroutine[Any, Any, Any], yielded: Any
     ) -> PipelineResult:
-        slots = self.slots
-        slot = slots[i]
+        slot = self.slots[i]
         try:
             verdict = await _Resume(coro, yielded)
         except Exception as exc:
             verdict = self._failed(ctx, slot, exc)
-        if (deny := self._apply(ctx, slot, verdict)) is not None:
+        if self.auth_guards and slot.phase is Phase.AUTHENTICATE and type(verdict) is not Skip:
+            return await self._guarded(ctx, i, verdict)
+        return await self._rest(ctx, i, verdict)
+
+    async def _guarded(self, ctx: RequestContext, i: int, verdict: object) -> PipelineResult:
+        """Authenticator `i` recognised a credential: its guards may refuse the request whatever the verdict."""
+        for guard in self.auth_guards:
+            try:
+                refusal = await guard.stage.after_authenticate(ctx)  # type: ignore[attr-defined]
+            except Exception as exc:
+                failed = self._failed(ctx, guard, exc)
+                refusal = failed if type(failed) is Deny else None
+            if refusal is not None:
+                return self.deny(ctx, guard.id, refusal)
+        return await self._rest(ctx, i, verdict)
+
+    async def _rest(self, ctx: RequestContext, i: int, verdict: object) -> PipelineResult:
+        """Apply stage `i`'s verdict, then run the stages after it (awaiting whatever they await)."""
+        slots = self.slots
+        if (deny := self._apply(ctx, slots[i], verdict)) is not None:
             return deny
         for j in range(i + 1, len(slots)):
             if j == self.auth_end and ctx.principal is None:
@@ -174,6 +200,8 @@ class Pipeline:
                 verdict = await slot.stage.check(ctx)
             except Exception as exc:
                 verdict = self._failed(ctx, slot, exc)
+            if self.auth_guards and slot.phase is Phase.AUTHENTICATE and type(verdict) is not Skip:
+                return await self._guarded(ctx, j, verdict)
             if (deny := self._apply(ctx, slot, verdict)) is not None:
                 return deny
         if self.auth_end == len(slots) and ctx.principal is None:
