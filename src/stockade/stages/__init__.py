@@ -10,7 +10,10 @@ if TYPE_CHECKING:
 
 BUILTIN_STAGES: dict[str, str] = {
     "anonymous": "stockade.stages.authn.anonymous:AnonymousAuthenticator",
+    "brute_force": "stockade.stages.ratelimit.brute_force:BruteForce",
     "ip_filter": "stockade.stages.preauth.ip_filter:IpFilter",
+    "pre_auth_rate_limit": "stockade.stages.ratelimit.rate_limit:PreAuthRateLimit",
+    "rate_limit": "stockade.stages.ratelimit.rate_limit:RateLimit",
     "request_size": "stockade.stages.validate.request_size:RequestSize",
     "security_headers": "stockade.stages.response.security_headers:SecurityHeaders",
 }

@@ -1,0 +1,1 @@
+"""Rate limits, quotas, concurrency limits and brute-force protection."""

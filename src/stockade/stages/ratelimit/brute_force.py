@@ -1,0 +1,217 @@
+"""`brute_force`: failed authentications counted per client IP and per presented identity, answered with
+exponential back-off and then a temporary lockout (429 + Retry-After), on gateway auth and on login routes."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import parse_qs
+
+import orjson
+from pydantic import Field
+
+from stockade.config.models import KIB
+from stockade.pipeline.context import AUTH_IDENTITY
+from stockade.pipeline.phase import Phase
+from stockade.pipeline.runner import step_eagerly
+from stockade.pipeline.stage import AuthGuard, Stage, StageConfig, StageEnv
+from stockade.pipeline.verdict import CONTINUE, Continue, Deny
+from stockade.ratelimit.backend import LimiterUnavailableError, LockoutRule, limits_backend, storage_problems
+from stockade.ratelimit.keys import IpGrouper, encode
+from stockade.ratelimit.limitset import seconds_up
+
+if TYPE_CHECKING:
+    from stockade.config.models import GatewayConfig
+    from stockade.pipeline.context import RequestContext
+    from stockade.pipeline.response import Outcome
+
+log = logging.getLogger("stockade.ratelimit")
+
+IP, USER, IDENT = "bf.ip", "bf.user", "bf.identity"  # ctx.state: the subjects this request was checked as
+FAILURES = "bf.failures"  # ctx.state: subjects that already had failures (a success then forgets them)
+
+
+class Rule(StageConfig):
+    free_failures: int = Field(default=5, ge=0, le=1000)  # failures tolerated before back-off starts
+    lockout_after: int = Field(default=10, ge=1, le=100_000)  # failures that lock the subject out
+    backoff_base: float = Field(default=1.0, gt=0, le=3600)  # seconds after the first failure past the free ones
+    backoff_max: float = Field(default=60.0, gt=0, le=86400)  # the doubling stops here
+    lockout_seconds: float = Field(default=900.0, gt=0, le=30 * 86400)
+    window: float = Field(default=900.0, gt=0, le=30 * 86400)  # failures are forgotten this long after the last
+
+    def rule(self) -> LockoutRule:
+        return LockoutRule(
+            self.free_failures,
+            self.lockout_after,
+            self.backoff_base,
+            self.backoff_max,
+            self.lockout_seconds,
+            self.window,
+        )
+
+
+class Login(StageConfig):
+    """A login route the gateway does not authenticate itself: the upstream's 401/403 are the failures."""
+
+    username_field: str = Field(default="username", pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # JSON path or form field
+    failure_statuses: tuple[int, ...] = Field(default=(401, 403), min_length=1)
+    max_body_bytes: int = Field(default=16 * KIB, ge=256, le=1024 * KIB)
+
+
+class BruteForceConfig(StageConfig):
+    per_ip: Rule | None = Field(default_factory=lambda: Rule(free_failures=10, lockout_after=50))
+    per_identity: Rule | None = Field(default_factory=Rule)
+    login: Login | None = None
+    ipv6_prefix: int = Field(default=64, ge=32, le=128)
+
+
+class BruteForce:
+    """Counts failed authentications and refuses subjects that are backing off or locked out (429 with
+    `Retry-After`, reason `auth.throttled` or `auth.locked_out`).
+
+    - PRE_AUTH `check`: refuses a locked client IP, and on a login route the locked username read from the
+      body, before anything else runs.
+    - `after_authenticate` (a runner guard): once an authenticator has parsed a credential, refuses a locked
+      identity whether the credential was right or wrong, so the answer reveals nothing to a guesser.
+    - `on_complete`: a 401 from an authenticator (or, on a login route, an upstream 401/403) counts against
+      the IP and the identity; a success forgets the identity's failures. Identities are hashes, never secrets.
+    """
+
+    id: ClassVar[str] = "brute_force"
+    phase: ClassVar[Phase] = Phase.PRE_AUTH
+    Config: ClassVar[type[StageConfig]] = BruteForceConfig
+
+    def __init__(self, config: BruteForceConfig, env: StageEnv) -> None:
+        self._backend = limits_backend(env.services)
+        self._metrics = env.services.metrics
+        self._ip_rule = config.per_ip.rule() if config.per_ip is not None else None
+        self._id_rule = config.per_identity.rule() if config.per_identity is not None else None
+        self._login = config.login
+        self._group = IpGrouper(config.ipv6_prefix)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        if config.login is not None:
+            self.max_body_bytes = config.login.max_body_bytes  # login bodies are small; read one at most this big
+
+    @classmethod
+    def check_deployment(cls, config: StageConfig, gateway_config: GatewayConfig) -> list[str]:
+        return storage_problems(gateway_config.limits_storage, gateway_config.workers)
+
+    async def check(self, ctx: RequestContext) -> Continue | Deny:
+        subjects: list[str] = []
+        if self._ip_rule is not None and ctx.client_ip:
+            subjects.append(ip := f"ip:{self._group(ctx.client_ip)}")
+            ctx.state[IP] = ip
+        if self._login is not None and self._id_rule is not None:
+            name = username(await ctx.read_body(), ctx.headers.get("content-type"), self._login.username_field)
+            if name is not None:
+                subjects.append(user := f"user:{hash_username(name)}")
+                ctx.state[USER] = user
+        return await self._refuse(ctx, subjects) or CONTINUE
+
+    async def after_authenticate(self, ctx: RequestContext) -> Deny | None:
+        identity = ctx.state.get(AUTH_IDENTITY)
+        if self._id_rule is None or not identity:
+            return None
+        ctx.state[IDENT] = subject = f"id:{encode(str(identity))}"
+        return await self._refuse(ctx, [subject])
+
+    async def _refuse(self, ctx: RequestContext, subjects: list[str]) -> Deny | None:
+        if not subjects:
+            return None
+        try:
+            states = await self._backend.blocked(subjects)
+        except LimiterUnavailableError as exc:
+            self._metrics.event("brute_force", "unavailable")
+            return Deny(503, "brute_force.unavailable", detail=str(exc))
+        worst: tuple[float, bool, str] | None = None
+        for subject, (wait, locked, failures) in zip(subjects, states, strict=True):
+            if failures:
+                ctx.state.setdefault(FAILURES, set()).add(subject)
+            if wait > 0 and (worst is None or wait > worst[0]):
+                worst = (wait, locked, subject)
+        if worst is None:
+            return None
+        wait, locked, subject = worst
+        self._metrics.event("brute_force", "refused")
+        reason = "auth.locked_out" if locked else "auth.throttled"
+        retry = str(max(1, seconds_up(round(wait * 1_000_000))))
+        return Deny(429, reason, headers={"retry-after": retry}, detail=f"{subject} {reason.split('.')[1]}")
+
+    def on_complete(self, ctx: RequestContext, outcome: Outcome) -> None:
+        ip, user = ctx.state.get(IP), ctx.state.get(USER)
+        if self._login is not None:
+            if outcome.upstream_status in self._login.failure_statuses:
+                self._failed(ip, user)
+            elif user is not None and 200 <= outcome.upstream_status < 300 and user in ctx.state.get(FAILURES, ()):
+                self._later(self._backend.succeeded([user]))
+            return
+        if ctx.decision == "deny":
+            if ctx.status == 401 and ctx.reason != "auth.required" and ctx.stage != self.id:
+                identity = ctx.state.get(AUTH_IDENTITY)
+                self._failed(ip, ctx.state.get(IDENT) or (f"id:{encode(str(identity))}" if identity else None))
+        elif (ident := ctx.state.get(IDENT)) is not None and ident in ctx.state.get(FAILURES, ()):
+            self._later(self._backend.succeeded([ident]))
+
+    def _failed(self, ip: str | None, identity: str | None) -> None:
+        subjects = []
+        if ip is not None and self._ip_rule is not None:
+            subjects.append((ip, self._ip_rule))
+        if identity is not None and self._id_rule is not None:
+            subjects.append((identity, self._id_rule))
+        if subjects:
+            self._metrics.event("brute_force", "failure")
+            self._later(self._record(subjects))
+
+    async def _record(self, subjects: Sequence[tuple[str, LockoutRule]]) -> None:
+        for (_, rule), lockout in zip(subjects, await self._backend.failed(subjects), strict=True):
+            if lockout is not None and lockout.locked and lockout.failures == rule.lockout_after:
+                self._metrics.event("brute_force", "lockout")
+                log.warning("locked out after repeated authentication failures", extra={"subject": lockout.subject})
+
+    def _later(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Completion hooks must not block: finish now if no I/O is needed, else in a task."""
+        try:
+            done, rest = step_eagerly(coro)
+        except LimiterUnavailableError as exc:
+            log.warning("authentication failure not recorded: %s", exc)
+            return
+        if not done:
+            task = asyncio.get_running_loop().create_task(rest)
+            self._tasks.add(task)
+            task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("authentication failure not recorded: %s", exc)
+
+
+def hash_username(name: str) -> str:
+    """The stored form of a username: normalised (case and surrounding space do not make a new identity)."""
+    return hashlib.sha256(b"stockade-login:" + name.strip().casefold().encode("utf-8")).hexdigest()[:32]
+
+
+def username(body: bytes, content_type: str | None, field: str) -> str | None:
+    """The username a login request presents, from a JSON object (dotted path) or a form; None if absent."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    value: object = None
+    if media == "application/x-www-form-urlencoded":
+        values = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=False).get(field)
+        value = values[0] if values else None
+    elif media == "application/json" or media.endswith("+json"):
+        try:
+            value = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None
+        for part in field.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+    if not isinstance(value, str) or not value.strip() or len(value) > 512:
+        return None
+    return value
+
+
+_: type[Stage] = BruteForce
+_guard: type[AuthGuard] = BruteForce
