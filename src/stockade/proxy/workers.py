@@ -122,7 +122,10 @@ class Supervisor:
         for w in self.workers:
             await self._spawn(w)
         if cfg.admin.enabled:
-            self.admin = AdminServer(admin_app(AdminState(self.snapshot, self.ready)), cfg.admin.host, cfg.admin.port)
+            # The supervisor's own services: admin endpoints reach shared backends (Redis, the store) from here.
+            services = Services(clock=SYSTEM_CLOCK, workers=self.n, config=cfg)
+            state = AdminState(self.snapshot, self.ready, services)
+            self.admin = AdminServer(admin_app(state), cfg.admin.host, cfg.admin.port)
             await self.admin.start()
         log.info(
             "stockade supervisor serving", extra={"workers": self.n, "listen": f"{cfg.listen.host}:{cfg.listen.port}"}

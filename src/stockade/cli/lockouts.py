@@ -1,0 +1,109 @@
+"""`stockade lockouts list|clear`: brute-force lockouts in the shared limits backend (`limits_storage`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import click
+
+from stockade.cli.common import config_option, load_or_exit, resolve_config_path
+from stockade.clock import SYSTEM_CLOCK
+from stockade.ratelimit.backend import LimiterBackend, LimiterUnavailableError
+from stockade.ratelimit.keys import IpGrouper
+from stockade.security.netaddr import parse_ip
+
+T = TypeVar("T")
+
+
+def _run(ctx: click.Context, config_path: str | None, op: Callable[[LimiterBackend], Awaitable[T]]) -> T:
+    loaded = load_or_exit(resolve_config_path(ctx, config_path))
+    url = loaded.config.limits_storage
+    if not url.startswith(("redis://", "rediss://")):
+        click.echo(
+            f"limits_storage is {url}: lockouts live inside the running gateway process. "
+            "Use its admin API instead (GET /lockouts, POST /lockouts/clear).",
+            err=True,
+        )
+        sys.exit(1)
+    from stockade.ratelimit.redis import RedisBackend
+
+    async def go() -> T:
+        backend = RedisBackend(url, SYSTEM_CLOCK)
+        try:
+            return await op(backend)
+        finally:
+            await backend.close()
+
+    try:
+        return asyncio.run(go())
+    except LimiterUnavailableError as exc:
+        click.echo(f"limits backend unavailable: {exc}", err=True)
+        sys.exit(1)
+
+
+@click.group("lockouts")
+def lockouts_group() -> None:
+    """List and lift brute-force lockouts (subjects are `ip:<address>`, `id:<hash>` or `user:<hash>`)."""
+
+
+@lockouts_group.command("list")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_context
+def list_cmd(ctx: click.Context, config_path: str | None, as_json: bool) -> None:
+    """Subjects backing off or locked out right now."""
+    from stockade.admin.lockouts import lockout_json
+
+    items = _run(ctx, config_path, lambda b: b.lockouts())
+    now = SYSTEM_CLOCK.time()
+    rows = [lockout_json(lk, now) for lk in items]
+    if as_json:
+        click.echo(json.dumps({"lockouts": rows}, indent=2))
+        return
+    if not rows:
+        click.echo("no lockouts")
+        return
+    width = max(len(r["subject"]) for r in rows)
+    click.echo(f"{'SUBJECT':<{width}}  {'STATE':<11}  FAILURES  SECONDS LEFT")
+    for r in rows:
+        click.echo(f"{r['subject']:<{width}}  {r['state']:<11}  {r['failures']:>8}  {r['seconds_left']:>12}")
+
+
+@lockouts_group.command("clear")
+@config_option
+@click.argument("subject", required=False)
+@click.option("--ip", help="Lift the lockout of this client address (IPv6: its /64, the default grouping).")
+@click.option("--username", help="Lift the lockout of this login-route username.")
+@click.option("--all", "everything", is_flag=True, help="Lift every lockout.")
+@click.pass_context
+def clear_cmd(
+    ctx: click.Context,
+    config_path: str | None,
+    subject: str | None,
+    ip: str | None,
+    username: str | None,
+    everything: bool,
+) -> None:
+    """Lift the lockout of SUBJECT (as `lockouts list` shows it), of --ip, of --username, or --all."""
+    from stockade.stages.ratelimit.brute_force import hash_username
+
+    chosen = [x for x in (subject, ip, username) if x] + (["all"] if everything else [])
+    if len(chosen) != 1:
+        raise click.UsageError("give exactly one of SUBJECT, --ip, --username or --all")
+    if ip is not None:
+        addr = parse_ip(ip)
+        if addr is None:
+            raise click.BadParameter(f"{ip!r} is not an IP address", param_hint="--ip")
+        subject = f"ip:{IpGrouper(64)(str(addr))}"
+    elif username is not None:
+        subject = f"user:{hash_username(username)}"
+    target = None if everything else subject
+    cleared = _run(ctx, config_path, lambda b: b.clear(target))
+    if target is not None and not cleared:
+        click.echo(f"{target}: no lockout", err=True)
+        sys.exit(1)
+    click.echo(f"cleared {cleared} lockout{'s' if cleared != 1 else ''}")
