@@ -114,3 +114,45 @@ def private_redis(workdir: Path) -> Iterator[PrivateRedis]:
 def closed_port_url() -> str:
     """A Redis URL nothing listens on: every call fails at once (connection refused)."""
     return f"redis://127.0.0.1:{free_port()}/0"
+
+
+class Monitor:
+    """Redis MONITOR on its own connection: the commands clients sent (commands run by scripts are tagged
+    `lua` by Redis and left out), read up to a marker this helper sends itself."""
+
+    def __init__(self, url: str) -> None:
+        host_port = url.split("//", 1)[1].split("/", 1)[0]
+        host, _, port = host_port.rpartition(":")
+        self.addr = (host, int(port))
+        self.sock = socket.create_connection(self.addr, timeout=10)
+        self.sock.sendall(b"MONITOR\r\n")
+        self.buf = b""
+        assert self._line() == "+OK"
+
+    def _line(self) -> str:
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise OSError("monitor connection closed")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line.decode("utf-8", "replace")
+
+    def client_commands(self) -> list[str]:
+        """Commands received since the last call (client-issued only), e.g. ['EVALSHA', ...]."""
+        marker = f"monitor-marker-{secrets.token_hex(4)}"
+        with socket.create_connection(self.addr, timeout=10) as other:
+            other.sendall(f"ECHO {marker}\r\n".encode())
+            other.recv(256)
+        out = []
+        while True:
+            line = self._line()
+            if marker in line:
+                return out
+            source = line.split("[", 1)[1].split("]", 1)[0] if "[" in line else ""
+            if source.endswith(" lua") or source == "lua":
+                continue
+            out.append(line.split("] ", 1)[1].split(" ", 1)[0].strip('"').upper())
+
+    def close(self) -> None:
+        self.sock.close()

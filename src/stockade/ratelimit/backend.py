@@ -88,6 +88,13 @@ def storage_problems(url: str, workers: int) -> list[str]:
     scheme = urlsplit(url).scheme
     if scheme not in SCHEMES:
         return [f"limits_storage {url!r}: unsupported scheme {scheme!r}; use memory:// or redis://host:port/db"]
+    if scheme in ("redis", "rediss"):
+        from stockade.ratelimit.resp import RedisUrl
+
+        try:
+            RedisUrl.parse(url)
+        except ValueError as exc:
+            return [f"limits_storage: {exc}"]
     if scheme == "memory" and workers > 1:
         return [
             f"limits_storage is memory:// but the gateway runs {workers} workers: each would count on its own and "

@@ -95,12 +95,13 @@ class MemoryBackend:
             elif kind == QUOTA:
                 entry = self._quota.get(key)
                 used = entry[0] if entry is not None else 0
+                left = max(0, p1 - now)
                 if used + cost <= p2:
-                    results.append((True, p2 - used - cost, p1 - now, 0))
+                    results.append((True, p2 - used - cost, left, 0))
                     writes.append((kind, key, [used + cost, p1]))
                 else:
                     ok = False
-                    results.append((False, p2 - used if used < p2 else 0, p1 - now, p1 - now))
+                    results.append((False, p2 - used if used < p2 else 0, left, left))
             elif kind == CONCURRENCY:
                 slots = self._conc.get(key)
                 if slots:

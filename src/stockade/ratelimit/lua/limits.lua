@@ -75,12 +75,12 @@ for i = 1, n do
     end
   elseif kind == 'q' then
     local used = tonumber(redis.call('GET', key)) or 0
-    reset = p1 - now
+    reset = math.max(0, p1 - now) -- the period end comes from the gateway's clock: never report it as past
     if used + cost <= p2 then
       remaining = p2 - used - cost
-      writes[#writes + 1] = {'q', key, cost, p1}
+      writes[#writes + 1] = {'q', key, cost, reset}
     else
-      allowed, remaining, retry = 0, math.max(0, p2 - used), p1 - now
+      allowed, remaining, retry = 0, math.max(0, p2 - used), reset
     end
   elseif kind == 'c' then
     redis.call('ZREMRANGEBYSCORE', key, '-inf', fmt(now)) -- leases of requests never released
@@ -111,7 +111,7 @@ if ok == 1 then
       redis.call('PEXPIRE', key, ceil(2 * w[6] / 1000))
     elseif kind == 'q' then
       redis.call('INCRBY', key, fmt(w[3]))
-      redis.call('PEXPIREAT', key, fmt(idiv(w[4], 1000) + 60000))
+      redis.call('PEXPIRE', key, ceil(w[4] / 1000) + 60000) -- a minute past the period end
     else
       redis.call('ZADD', key, fmt(w[3]), token)
       redis.call('PEXPIRE', key, ceil(w[4] / 1000))

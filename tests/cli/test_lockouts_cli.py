@@ -1,0 +1,83 @@
+"""`stockade lockouts list|clear` against Redis, and its refusal for a memory backend."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from stockade.cli import cli
+from stockade.clock import SYSTEM_CLOCK
+from stockade.ratelimit.backend import LockoutRule
+from stockade.stages.ratelimit.brute_force import hash_username
+from tests.ratelimit.redisutil import fresh_redis_url
+
+LOCK = LockoutRule(free_failures=0, lockout_after=1, backoff_base=1, backoff_max=1, lockout_seconds=600, window=600)
+
+
+def write_config(tmp_path: Path, storage: str) -> Path:
+    path = tmp_path / "stockade.yaml"
+    path.write_text(f'limits_storage: "{storage}"\nroutes: []\n')
+    return path
+
+
+def lock(url: str, *subjects: str) -> None:
+    from stockade.ratelimit.redis import RedisBackend
+
+    async def go() -> None:
+        backend = RedisBackend(url, SYSTEM_CLOCK)
+        await backend.failed([(s, LOCK) for s in subjects])
+        await backend.close()
+
+    asyncio.run(go())
+
+
+@pytest.mark.redis
+def test_list_and_clear_lockouts(tmp_path: Path) -> None:
+    url = fresh_redis_url()
+    config = str(write_config(tmp_path, url))
+    user = f"user:{hash_username('alice@example.com')}"
+    lock(url, "ip:203.0.113.5", user, "ip:2001:db8:1:2::/64", "id:abc")
+    runner = CliRunner()
+    listed = runner.invoke(cli, ["lockouts", "list", "--config", config])
+    assert listed.exit_code == 0, listed.output
+    lines = listed.output.splitlines()
+    assert lines[0].split() == ["SUBJECT", "STATE", "FAILURES", "SECONDS", "LEFT"]
+    assert {line.split()[0] for line in lines[1:]} == {"ip:203.0.113.5", user, "ip:2001:db8:1:2::/64", "id:abc"}
+    assert all("locked_out" in line for line in lines[1:])
+    assert (
+        runner.invoke(cli, ["--config", config, "lockouts", "clear", "--username", "Alice@Example.com"]).exit_code == 0
+    )
+    assert runner.invoke(cli, ["lockouts", "clear", "--ip", "2001:db8:1:2::99", "--config", config]).exit_code == 0
+    assert runner.invoke(cli, ["lockouts", "clear", "id:abc", "--config", config]).output == "cleared 1 lockout\n"
+    missing = runner.invoke(cli, ["lockouts", "clear", "id:abc", "--config", config])
+    assert missing.exit_code == 1 and "no lockout" in missing.output
+    as_json = runner.invoke(cli, ["lockouts", "list", "--json", "--config", config])
+    assert '"subject": "ip:203.0.113.5"' in as_json.output and user not in as_json.output
+    assert runner.invoke(cli, ["lockouts", "clear", "--all", "--config", config]).output == "cleared 1 lockout\n"
+    assert runner.invoke(cli, ["lockouts", "list", "--config", config]).output == "no lockouts\n"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["lockouts", "clear"], ["lockouts", "clear", "ip:1", "--all"], ["lockouts", "clear", "--ip", "nonsense"]],
+    ids=["nothing", "two", "bad-ip"],
+)
+def test_clear_usage_errors(tmp_path: Path, args: list[str]) -> None:
+    result = CliRunner().invoke(cli, [*args, "--config", str(write_config(tmp_path, "redis://127.0.0.1:1/0"))])
+    assert result.exit_code == 2
+
+
+def test_memory_backend_points_to_the_admin_api(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["lockouts", "list", "--config", str(write_config(tmp_path, "memory://"))])
+    assert result.exit_code == 1 and "GET /lockouts" in result.output
+
+
+def test_unreachable_redis_is_reported(tmp_path: Path) -> None:
+    from tests.ratelimit.redisutil import closed_port_url
+
+    config = str(write_config(tmp_path, closed_port_url()))
+    result = CliRunner().invoke(cli, ["lockouts", "list", "--config", config])
+    assert result.exit_code == 1 and "limits backend unavailable" in result.output

@@ -1,0 +1,189 @@
+"""The Redis backend against real servers: Redis time, TTL cleanup, hash tags, one round trip per request,
+NOSCRIPT recovery, outages (fail closed / fail open) and recovery without a restart."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from stockade.clock import SYSTEM_CLOCK
+from stockade.ratelimit.backend import GCRA, US, LimiterUnavailableError
+from stockade.ratelimit.redis import RedisBackend
+from stockade.testing import gateway_with_upstream, make_context
+from tests.ratelimit.redisutil import Monitor, closed_port_url, fresh_redis_url, private_redis, redis_command
+
+pytestmark = pytest.mark.redis
+
+ROUTE = """
+limits_storage: "{url}"
+routes:
+  - id: items
+    match: {{path: /items}}
+    upstream: "{{upstream}}"
+    stages:
+      - use: anonymous
+      - use: rate_limit
+        {fail_open}
+        config:
+          limits:
+            - {{rate: "3/hour", key: ip}}
+            - {{rate: "100/second", key: [ip, route]}}
+            - {{quota: "1000/day", key: ip, timezone: Europe/Berlin}}
+"""
+
+
+def config(url: str, *, fail_open: bool = False) -> str:
+    return ROUTE.format(url=url, fail_open="fail_open: true" if fail_open else "")
+
+
+def commandstats(url: str) -> dict[str, int]:
+    out = {}
+    for line in redis_command(url, "INFO", "commandstats").splitlines():
+        if line.startswith("cmdstat_"):
+            name, _, rest = line.partition(":")
+            fields = dict(kv.split("=") for kv in rest.split(","))
+            out[name.removeprefix("cmdstat_")] = int(fields["calls"]) + int(fields.get("failed_calls", 0))
+    return out
+
+
+def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0) and k != "info"}
+
+
+def test_redis_time_is_authoritative() -> None:
+    async def body() -> None:
+        backend = RedisBackend(fresh_redis_url(), SYSTEM_CLOCK)  # no clock passed to the script: Redis TIME
+        hit = [(GCRA, backend.prefix + "t", 720 * US, 5 * 720 * US, 1)]
+        results = [await backend.hit_async(hit, "") for _ in range(6)]
+        assert [ok for ok, _ in results] == [True] * 5 + [False]
+        retry = results[5][1][0][3]
+        assert 700 * US < retry <= 720 * US  # one interval, less the (real) time the calls took
+        await backend.close()
+
+    asyncio.run(body())
+
+
+def test_keys_share_one_hash_tag_and_expire(tmp_path: Path) -> None:
+    url = fresh_redis_url()
+    with gateway_with_upstream(config(url)) as (gw, _up):
+        assert gw.request("GET", "/items")[0] == 200
+    prefix = url.split("prefix=")[1]
+    keys = sorted(redis_command(url, "--scan", "--pattern", prefix + "*").split())
+    head = prefix + "{127.0.0.1}:rate_limit:items::"  # the part every limit shares is the tag: one Cluster slot
+    expected = {
+        head + "ip-3-per-3600s:g",
+        head + "ip-1000-per-day:q:2023-11-14",  # the quota key names its (gateway-clock) day
+        head + "ip+route-100-per-1s:g:items",  # gone within 10 ms: kept only while it matters
+    }
+    assert set(keys) <= expected and len(keys) >= 2
+    for key in keys:
+        ttl = int(redis_command(url, "PTTL", key))
+        assert ttl == -2 or 0 < ttl <= 3600 * 1000  # nothing is kept forever (-2: already expired)
+        redis_command(url, "DEL", key)
+
+
+def test_one_round_trip_per_request_evalsha_only(tmp_path: Path) -> None:
+    with private_redis(tmp_path) as server, gateway_with_upstream(config(server.url)) as (gw, _up):
+        assert gw.request("GET", "/items")[0] == 200  # first request: connection set-up, script load
+        monitor = Monitor(server.url)
+        before = commandstats(server.url)
+        status, headers, _ = gw.request("GET", "/items")
+        after = commandstats(server.url)
+        sent = monitor.client_commands()
+        monitor.close()
+        assert status == 200 and "ratelimit" in headers
+        assert sent.count("EVALSHA") == 1  # three limits, one command ...
+        assert [c for c in sent if c not in ("INFO", "EVALSHA")] == []  # ... and nothing else
+        assert delta(before, after)["evalsha"] == 1
+        assert "eval" not in delta(before, after) and "script" not in delta(before, after)
+
+
+def test_script_flushed_is_reloaded_with_one_eval(tmp_path: Path) -> None:
+    with private_redis(tmp_path) as server, gateway_with_upstream(config(server.url)) as (gw, _up):
+        assert gw.request("GET", "/items")[0] == 200
+        redis_command(server.url, "SCRIPT", "FLUSH")
+        monitor = Monitor(server.url)
+        assert gw.request("GET", "/items")[0] == 200
+        assert monitor.client_commands() == ["EVALSHA", "EVAL"]  # NOSCRIPT, then EVAL (which caches it)
+        assert gw.request("GET", "/items")[0] == 200
+        assert monitor.client_commands() == ["EVALSHA"]
+        monitor.close()
+        assert gw.request("GET", "/items")[0] == 429  # and the counting went on across it
+
+
+@pytest.mark.parametrize("fail_open", [False, True], ids=["fail-closed", "fail-open"])
+def test_unreachable_redis_fails_closed_or_open_and_is_counted(fail_open: bool) -> None:
+    with gateway_with_upstream(config(closed_port_url(), fail_open=fail_open)) as (gw, up):
+        for _ in range(3):
+            gw.advance(2)  # past the reconnect pause: every request really tries
+            status, headers, body = gw.request("GET", "/items")
+            if fail_open:
+                assert status == 200 and "ratelimit" not in headers
+            else:
+                assert status == 503 and b'"reason":"rate_limit.unavailable"' in body
+                assert "retry-after" not in headers
+        events = gw.services.metrics.events
+        label = "rate_limit_failed_open" if fail_open else "rate_limit_unavailable"
+        assert events[(label, "items")] == 3
+        assert events[("limits_backend", "down")] == 1  # logged and counted once per outage
+        assert len(up.received) == (3 if fail_open else 0)
+
+
+def test_outage_then_recovery_without_restart(tmp_path: Path) -> None:
+    with private_redis(tmp_path) as server, gateway_with_upstream(config(server.url)) as (gw, _up):
+        assert gw.request("GET", "/items")[0] == 200
+        server.stop()
+        assert gw.request("GET", "/items")[0] == 503
+        server.start()  # same port, empty (no persistence): a restarted Redis
+        assert gw.request("GET", "/items")[0] == 503  # still within the reconnect pause
+        gw.advance(1.0)
+        assert [gw.request("GET", "/items")[0] for _ in range(4)] == [200, 200, 200, 429]
+        events = gw.services.metrics.events
+        assert events[("limits_backend", "down")] == 1 and events[("limits_backend", "up")] == 1
+
+
+def test_stalled_redis_times_out_to_503_and_counts_survive(tmp_path: Path) -> None:
+    url_opts = "?timeout=0.2"
+    with private_redis(tmp_path) as server:
+        with gateway_with_upstream(config(server.url + url_opts)) as (gw, _up):
+            assert gw.request("GET", "/items")[0] == 200
+            redis_command(server.url, "CLIENT", "PAUSE", "3000", "ALL")  # Redis hangs, the socket stays open
+            try:
+                status, _, body = gw.request("GET", "/items")
+            finally:
+                redis_command(server.url, "CLIENT", "UNPAUSE")
+            assert status == 503 and b"rate_limit.unavailable" in body
+            gw.advance(1.0)
+            # the paused call may have executed once Redis resumed: 1 or 2 of 3 used, never more than 3 pass
+            statuses = [gw.request("GET", "/items")[0] for _ in range(3)]
+            assert statuses in ([200, 200, 429], [200, 429, 429])
+
+
+def test_backend_error_surfaces_as_unavailable() -> None:
+    async def body() -> None:
+        backend = RedisBackend(closed_port_url(), SYSTEM_CLOCK)
+        with pytest.raises(LimiterUnavailableError, match="cannot connect"):
+            await backend.hit_async([(GCRA, "x", 1, 1, 1)], "")
+        with pytest.raises(LimiterUnavailableError, match="waiting before the next attempt"):
+            await backend.hit_async([(GCRA, "x", 1, 1, 1)], "")  # no reconnect storm during an outage
+        await backend.close()
+
+    asyncio.run(body())
+
+
+def test_wrong_type_key_is_an_outage_not_a_crash() -> None:
+    url = fresh_redis_url()
+
+    async def body() -> None:
+        backend = RedisBackend(url, SYSTEM_CLOCK)
+        key = backend.prefix + "wrongtype"
+        await backend.client.call("LPUSH", key, "x")
+        with pytest.raises(LimiterUnavailableError, match="WRONGTYPE"):
+            await backend.hit_async([(GCRA, key, US, US, 1)], "")
+        await backend.client.call("DEL", key)
+        await backend.close()
+
+    asyncio.run(body())
+    assert make_context() is not None

@@ -1,0 +1,195 @@
+"""brute_force end to end through a real gateway: identity and IP back-off and lockout on gateway auth,
+the login-route mode counting upstream 401/403 per username, and lockouts shared through Redis."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+
+from stockade.ratelimit.backend import SHARED_KEY, LimiterBackend
+from stockade.stages.ratelimit.brute_force import hash_username, username
+from stockade.testing import Reply, TestGateway, gateway_with_upstream
+from tests.ratelimit.redisutil import fresh_redis_url
+
+AUTH = """
+{head}
+routes:
+  - id: items
+    match: {{path: /items}}
+    upstream: "{{upstream}}"
+    stages:
+      - use: brute_force
+        config:
+          per_ip: {per_ip}
+          per_identity: {{free_failures: 2, lockout_after: 4, backoff_base: 1, backoff_max: 10, lockout_seconds: 300}}
+      - use: test_auth
+"""
+
+ANN_WRONG = {"x-user": "ann", "x-password": "wrong"}
+ANN_RIGHT = {"x-user": "ann", "x-password": "right"}
+
+
+def answer(gw: TestGateway, headers: dict[str, str], path: str = "/items") -> tuple[int, str, str | None]:
+    status, hdrs, body = gw.request("GET", path, headers=headers)
+    reason = orjson.loads(body).get("reason", "") if hdrs.get("content-type") == "application/problem+json" else ""
+    return status, reason, hdrs.get("retry-after")
+
+
+def backend(gw: TestGateway) -> LimiterBackend:
+    return gw.services.shared[SHARED_KEY][1]  # type: ignore[no-any-return]
+
+
+def test_identity_backs_off_then_locks_and_answers_the_same_for_right_and_wrong() -> None:
+    with gateway_with_upstream(AUTH.format(head="", per_ip="null")) as (gw, up):
+        assert [answer(gw, ANN_WRONG)[0] for _ in range(3)] == [401, 401, 401]  # 2 free, the 3rd backs off
+        assert answer(gw, ANN_RIGHT) == (429, "auth.throttled", "1")  # even the right password must wait
+        gw.advance(1)
+        assert answer(gw, ANN_WRONG)[0] == 401  # 4th failure: locked out
+        locked = (429, "auth.locked_out", "300")
+        assert answer(gw, ANN_RIGHT) == locked
+        assert answer(gw, ANN_WRONG) == locked  # same answer: a guesser learns nothing
+        assert answer(gw, {"x-user": "bob", "x-password": "right"})[0] == 200  # others are unaffected
+        assert len(up.received) == 1
+        [lockout] = asyncio.run(backend(gw).lockouts())
+        assert lockout.subject.startswith("id:") and lockout.locked and lockout.failures == 4
+        assert "ann" not in lockout.subject  # a hash of the identity, never the name or the secret
+        gw.advance(300)
+        assert answer(gw, ANN_RIGHT)[0] == 200
+
+
+def test_success_forgets_earlier_failures() -> None:
+    with gateway_with_upstream(AUTH.format(head="", per_ip="null")) as (gw, _up):
+        assert [answer(gw, ANN_WRONG)[0] for _ in range(2)] == [401, 401]
+        assert answer(gw, ANN_RIGHT)[0] == 200
+        assert [answer(gw, ANN_WRONG)[0] for _ in range(3)] == [401, 401, 401]  # two free failures again
+        assert answer(gw, ANN_RIGHT)[0] == 429
+
+
+def test_requests_without_credentials_are_not_failures() -> None:
+    with gateway_with_upstream(AUTH.format(head="", per_ip="{free_failures: 0, lockout_after: 2}")) as (gw, _up):
+        assert [answer(gw, {})[1] for _ in range(5)] == ["auth.required"] * 5
+
+
+def test_ip_locks_out_across_identities_before_authentication() -> None:
+    per_ip = "{free_failures: 3, lockout_after: 5, lockout_seconds: 600}"
+    head = "trusted_proxies: [127.0.0.1/32]"
+    with gateway_with_upstream(AUTH.format(head=head, per_ip=per_ip)) as (gw, up):
+        sprayer = {"X-Forwarded-For": "203.0.113.66"}
+        for i in range(5):  # credential stuffing: one wrong guess per account, patient enough to wait out back-off
+            assert answer(gw, {**sprayer, "x-user": f"user{i}", "x-password": "guess"})[0] == 401
+            if i == 3:
+                assert answer(gw, {**sprayer, "x-user": "x", "x-password": "right"}) == (429, "auth.throttled", "1")
+            gw.advance(1)
+        assert answer(gw, {**sprayer, "x-user": "zed", "x-password": "right"}) == (429, "auth.locked_out", "599")
+        assert answer(gw, sprayer)[1] == "auth.locked_out"  # refused in PRE_AUTH: no credential needed
+        assert answer(gw, {"X-Forwarded-For": "198.51.100.2", **ANN_RIGHT})[0] == 200  # another client
+        assert len(up.received) == 1
+
+
+LOGIN = """
+routes:
+  - id: login
+    match: {path: /login, methods: [POST]}
+    upstream: "{upstream}"
+    stages:
+      - use: anonymous
+      - use: brute_force
+        config:
+          per_ip: {free_failures: 100, lockout_after: 1000}
+          per_identity: {free_failures: 1, lockout_after: 3, backoff_base: 2, lockout_seconds: 120}
+          login: {username_field: user.email}
+"""
+
+
+def login(gw: TestGateway, email: str, *, form: bool = False) -> tuple[int, str]:
+    if form:
+        body = f"user.email={email}&password=x".encode()
+        ctype = "application/x-www-form-urlencoded"
+    else:
+        body = orjson.dumps({"user": {"email": email}, "password": "x"})
+        ctype = "application/json"
+    status, headers, raw = gw.request("POST", "/login", headers={"Content-Type": ctype}, body=body)
+    reason = orjson.loads(raw).get("reason", "") if headers.get("content-type") == "application/problem+json" else ""
+    return status, reason
+
+
+def test_login_route_counts_upstream_401_per_username() -> None:
+    with gateway_with_upstream(LOGIN) as (gw, up):
+        up.reply("/login", Reply(401, [("Content-Type", "text/plain")], b"no"))
+        assert login(gw, "alice@example.com") == (401, "")  # the upstream's own answer, forwarded
+        assert login(gw, "Alice@Example.com ") == (401, "")  # same account: case and spaces do not matter
+        assert login(gw, "alice@example.com") == (429, "auth.throttled")  # backing off 2 s
+        assert len(up.received) == 2  # refused before the upstream saw it
+        gw.advance(2)
+        assert login(gw, "ALICE@example.com", form=True) == (401, "")  # third failure: locked
+        assert login(gw, "alice@example.com") == (429, "auth.locked_out")
+        up.reply("/login", Reply(200, [("Content-Type", "application/json")], b"{}"))
+        assert login(gw, "bob@example.com")[0] == 200  # other accounts log in
+        assert login(gw, "alice@example.com") == (429, "auth.locked_out")  # even with the right password
+        assert asyncio.run(backend(gw).clear(f"user:{hash_username('alice@example.com')}")) == 1
+        assert login(gw, "alice@example.com")[0] == 200
+
+
+def test_login_route_403_counts_and_success_resets() -> None:
+    with gateway_with_upstream(LOGIN) as (gw, up):
+        up.reply("/login", Reply(403))
+        assert login(gw, "carol@example.com")[0] == 403
+        up.reply("/login", Reply(200))
+        assert login(gw, "carol@example.com")[0] == 200
+        up.reply("/login", Reply(403))
+        assert login(gw, "carol@example.com")[0] == 403  # the success forgot the first failure: still free
+        assert login(gw, "carol@example.com")[0] == 403
+
+
+@pytest.mark.parametrize(
+    ("body", "ctype", "field", "expected"),
+    [
+        (b'{"username": "ann"}', "application/json", "username", "ann"),
+        (b'{"user": {"email": "a@b"}}', "application/json; charset=utf-8", "user.email", "a@b"),
+        (b'{"username": 5}', "application/json", "username", None),
+        (b'{"username": "  "}', "application/json", "username", None),
+        (b"not json", "application/json", "username", None),
+        (b"[1, 2]", "application/json", "username", None),
+        (b"username=ann&password=x", "application/x-www-form-urlencoded", "username", "ann"),
+        (b"password=x", "application/x-www-form-urlencoded", "username", None),
+        (b'{"username": "ann"}', "text/plain", "username", None),
+        (b'{"username": "' + b"a" * 600 + b'"}', "application/json", "username", None),
+    ],
+    ids=["json", "nested", "number", "blank", "bad-json", "array", "form", "form-missing", "other-type", "too-long"],
+)
+def test_username_extraction(body: bytes, ctype: str, field: str, expected: str | None) -> None:
+    assert username(body, ctype, field) == expected
+
+
+def test_login_body_is_bounded() -> None:
+    with gateway_with_upstream(LOGIN) as (gw, _up):
+        big = orjson.dumps({"user": {"email": "a@b"}, "pad": "x" * 20_000})
+        status, _, _ = gw.request("POST", "/login", headers={"Content-Type": "application/json"}, body=big)
+    assert status == 413
+
+
+@pytest.mark.redis
+def test_lockouts_are_shared_through_redis() -> None:
+    head = f'limits_storage: "{fresh_redis_url()}"'
+    # Redis keeps real time, so no back-off step here: the fourth failure locks at once.
+    config = AUTH.format(head=head, per_ip="null").replace("free_failures: 2,", "free_failures: 3,")
+    with gateway_with_upstream(config) as (gw1, _up1), gateway_with_upstream(config) as (gw2, _up2):
+        for gw in (gw1, gw2, gw1, gw2):  # failures spread over two gateways (as over two nodes)
+            assert answer(gw, ANN_WRONG)[0] in (401, 429)
+        assert answer(gw2, ANN_RIGHT)[1] == "auth.locked_out"
+        assert answer(gw1, ANN_RIGHT)[1] == "auth.locked_out"
+        assert asyncio.run(_clear_all(gw1)) >= 1
+        assert answer(gw2, ANN_RIGHT)[0] == 200
+
+
+async def _clear_all(gw: TestGateway) -> int:
+    from stockade.ratelimit.redis import RedisBackend
+
+    url = gw.services.config.limits_storage  # type: ignore[union-attr]
+    other = RedisBackend(url, gw.clock)  # a separate client, as the CLI would be
+    try:
+        return await other.clear(None)
+    finally:
+        await other.close()
