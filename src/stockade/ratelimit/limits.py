@@ -140,6 +140,7 @@ class Limit:
         "calendar",
         "cost",
         "costs",
+        "item",
         "name",
         "p1",
         "p2",
@@ -152,6 +153,7 @@ class Limit:
 
     def __init__(self, cfg: LimitConfig, namespace: str, default_cost: Cost) -> None:
         self.name = cfg.name or cfg.default_name()
+        self.item = f'"{self.name}";r='  # the start of this limit's item in the RateLimit field
         self.parts = cfg.key
         self.skip_missing = cfg.missing == "skip"
         self.cost, self.costs = cost_table(cfg.cost if cfg.cost is not None else default_cost)

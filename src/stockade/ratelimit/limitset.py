@@ -66,9 +66,10 @@ class LimitSet:
         """The backend hits for this request, and the limit behind each (limits that do not apply are left out)."""
         values = [f(ctx) for f in self._extract]
         tag_idx = self._tag_idx
-        if tag_idx:
-            tag = "|".join([values[i] or MISSING for i in tag_idx])
-            head = f"{self.prefix}{{{tag}}}"
+        if len(tag_idx) == 1:
+            head = f"{self.prefix}{{{values[tag_idx[0]] or MISSING}}}"
+        elif tag_idx:
+            head = f"{self.prefix}{{{'|'.join([values[i] or MISSING for i in tag_idx])}}}"
         else:
             head = self._head_ns
         hits: list[Hit] = []
@@ -96,12 +97,15 @@ class LimitSet:
 
 def ratelimit_field(used: Sequence[Limit], results: Sequence[HitResult]) -> str:
     """The `RateLimit` field (draft-ietf-httpapi-ratelimit-headers): remaining `r` and reset `t` per policy."""
+    if len(used) == 1:
+        lim, (_ok, remaining, reset, _retry) = used[0], results[0]
+        return f"{lim.item}{remaining}" if lim.algo == CONCURRENCY else f"{lim.item}{remaining};t={-(-reset // US)}"
     items = []
     for lim, (_ok, remaining, reset, _retry) in zip(used, results, strict=True):
         if lim.algo == CONCURRENCY:
-            items.append(f'"{lim.name}";r={remaining}')
+            items.append(f"{lim.item}{remaining}")
         else:
-            items.append(f'"{lim.name}";r={remaining};t={seconds_up(reset)}')
+            items.append(f"{lim.item}{remaining};t={-(-reset // US)}")
     return ", ".join(items)
 
 
