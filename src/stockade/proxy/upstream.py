@@ -70,6 +70,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_sent = False
         self.head_done = False
         self.done = False
+        self.reusable = False
         self.status = 0
         self.interim = 0
         self.skip_complete = 0
@@ -163,12 +164,17 @@ class UpstreamConnection(asyncio.Protocol):
         self.status = status
         self.head_done = True
         if self.head_only:
+            self.reusable = self.parser.should_keep_alive()
             self.done = True
 
     def on_message_complete(self) -> None:
         if self.skip_complete:
             self.skip_complete -= 1
             return
+        if not self.done:
+            # llhttp resets its flags once feed_data returns, so keep-alive must be read here.
+            assert self.parser is not None  # noqa: S101
+            self.reusable = self.parser.should_keep_alive()
         self.done = True
 
     # -- used by the exchange ---------------------------------------------------------------------------------
@@ -180,7 +186,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_only = head_only
         self.parser = HttpResponseParser(_Decoder(self) if decode else self)
         self.head_buf = b""
-        self.head_sent = self.head_done = self.done = self.received_any = False
+        self.head_sent = self.head_done = self.done = self.received_any = self.reusable = False
         self.status = self.interim = self.skip_complete = 0
         self.decoded = []
 
@@ -190,7 +196,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     @property
     def keep_alive(self) -> bool:
-        return self.parser is not None and self.parser.should_keep_alive() and self.status != 101
+        return self.reusable and self.status != 101
 
     def detach(self) -> None:
         self.user = None
