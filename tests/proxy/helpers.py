@@ -38,9 +38,3 @@ def echo(response: Response) -> dict[str, object]:
     """The test upstream's JSON echo of what it received."""
     doc: dict[str, object] = json.loads(response[2])
     return doc
-
-
-def upstream_headers(response: Response) -> dict[str, str]:
-    headers = echo(response)["headers"]
-    assert isinstance(headers, list)
-    return {k.lower(): v for k, v in headers}

@@ -6,11 +6,11 @@ import pytest
 
 from stockade.testing import Reply, TestGateway, TestUpstream, read_responses
 from tests.conftest import GatewayFactory
-from tests.proxy.helpers import closed, echo, exchange, upstream_headers
+from tests.proxy.helpers import closed, echo, exchange
 
 
 def test_request_reaches_upstream_with_forwarding_headers(gateway: TestGateway, upstream: TestUpstream) -> None:
-    status, _, body = gateway.request("GET", "/api/books?q=1", headers={"X-Custom": "yes"})
+    status, _, _ = gateway.request("GET", "/api/books?q=1", headers={"X-Custom": "yes"})
     assert status == 200
     got = upstream.received[0]
     assert got.target == "/api/books?q=1"
@@ -211,7 +211,10 @@ def test_bodyless_statuses_keep_the_connection_usable(
 
 
 def test_interim_responses_from_upstream_are_not_forwarded(gateway: TestGateway, upstream: TestUpstream) -> None:
-    raw = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    raw = (
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    )
     upstream.reply("/api/interim", Reply(raw=raw))
     status, headers, body = gateway.request("GET", "/api/interim")
     assert (status, body) == (200, b"ok")
