@@ -139,9 +139,11 @@ def test_upstream_refusing_connections_gives_502(make_gateway: GatewayFactory) -
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
-    gw = make_gateway(f"routes:\n  - id: r\n    match: {{path: /**}}\n    upstream: http://127.0.0.1:{port}\n"
-                      "    stages: [{use: anonymous}]\n")
-    status, headers, body = gw.request("GET", "/x")
+    gw = make_gateway(
+        f"routes:\n  - id: r\n    match: {{path: /**}}\n    upstream: http://127.0.0.1:{port}\n"
+        "    stages: [{use: anonymous}]\n"
+    )
+    status, _, body = gw.request("GET", "/x")
     assert status == 502
     assert b"upstream.unavailable" in body
     assert b"refused" not in body.lower()  # the detail goes to the log, not the client

@@ -61,6 +61,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.user: UpstreamUser | None = None
         self.parser: HttpResponseParser | None = None
         self.closed = False
+        self.tunnel = False
         self.reused = False
         self.idle_since = 0.0
         self.received_any = False
@@ -100,6 +101,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         user = self.user
+        if self.tunnel and user is not None:
+            user.upstream_body(data)  # after a 101 the bytes are the upgraded protocol's, not HTTP
+            return
         if user is None or self.done:
             # Bytes on an idle connection, or after a complete response: this connection cannot be trusted.
             self.close()
@@ -137,6 +141,7 @@ class UpstreamConnection(asyncio.Protocol):
                 return
             data = buf[end:]
         if upgraded or self.status == 101:
+            self.tunnel = True
             if data:
                 user.upstream_body(data)
             return
