@@ -117,10 +117,10 @@ def start_demo(tmp: Path) -> Demo:
     return demo
 
 
-def stop_demo(demo: Demo) -> int:
-    """Ctrl-C, as a terminal would send it; the return code of run.py."""
+def stop_demo(demo: Demo, sig: signal.Signals = signal.SIGINT) -> int:
+    """Ctrl-C (SIGINT, as a terminal sends it) by default; the return code of run.py."""
     if demo.proc.poll() is None:
-        demo.proc.send_signal(signal.SIGINT)
+        demo.proc.send_signal(sig)
         try:
             demo.proc.wait(30)
         except subprocess.TimeoutExpired:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -48,15 +49,17 @@ def test_demo_config_passes_config_check() -> None:
     assert "OK (14 routes" in result.stdout
 
 
-def test_banner_prints_every_example_as_a_curl_command(demo: Demo) -> None:
+def test_banner_prints_every_example_with_its_promised_status(demo: Demo) -> None:
     banner = demo.banner()
     for ex in run.EXAMPLES:
-        assert ex.curl(demo.ports, ROOT) in banner
-        assert f"-> {ex.status}" in banner
+        promise = f"{ex.status} {ex.reason}" if ex.reason else str(ex.status)
+        assert f"# {ex.says}  -> {promise}\n  {ex.curl(demo.ports, ROOT)}\n" in banner
     assert f"tail -f {demo.state / 'decisions.log'}" in banner
 
 
-@pytest.mark.parametrize("example", run.EXAMPLES, ids=[f"{e.method}-{e.target}{e.path}" for e in run.EXAMPLES])
+@pytest.mark.parametrize(
+    "example", run.EXAMPLES, ids=[f"{i:02d}-{e.method}-{e.target}{e.path}" for i, e in enumerate(run.EXAMPLES)]
+)
 def test_example_answers_as_the_banner_promises(demo: Demo, example: Any) -> None:
     status, headers, body = call(
         demo.port(example.target), example.method, example.path, example.body_bytes(), example.headers
@@ -83,19 +86,27 @@ def test_gateway_strips_client_identity_and_api_sees_the_anonymous_principal(dem
     assert json.loads(body) == {"principal": "anonymous", "anonymous": True, "user": None}
 
 
-def test_demo_writes_its_state_under_the_state_dir_only(demo: Demo) -> None:
+def test_demo_keeps_its_log_and_config_copy_in_the_state_dir(demo: Demo) -> None:
     assert (demo.state / "decisions.log").is_file()
     config_copy = demo.state / "demo-stockade.yaml"
     assert f"http://127.0.0.1:{demo.ports.upstream}" in config_copy.read_text()
     assert "http://127.0.0.1:9000" not in config_copy.read_text()
 
 
-def test_ctrl_c_stops_the_gateway_and_the_api(tmp_path: Path) -> None:
+def cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_signal_stops_the_gateway_and_the_api_and_frees_the_ports(tmp_path: Path, sig: signal.Signals) -> None:
     d = start_demo(tmp_path)
     children = children_of(d.proc.pid)
-    assert len(children) == 2, children
-    assert stop_demo(d) == 0, d.err.read_text()
-    assert "SIGINT received" in d.err.read_text()
+    commands = [cmdline(pid) for pid in children]
+    assert len(commands) == 2, commands
+    assert any("examples/demo/api.py --port" in c for c in commands), commands
+    assert any("stockade serve --config" in c for c in commands), commands
+    assert stop_demo(d, sig) == 0, d.err.read_text()
+    assert f"{sig.name} received" in d.err.read_text()
     assert [pid for pid in children if alive(pid)] == []
     for port in (d.ports.gateway, d.ports.admin, d.ports.upstream):
         assert not run.port_in_use(port), port
