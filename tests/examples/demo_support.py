@@ -3,9 +3,11 @@ the demo as a real process (run.py, which starts the API and the gateway)."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import importlib.util
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -117,13 +119,31 @@ def start_demo(tmp: Path) -> Demo:
     return demo
 
 
+def children_of(pid: int) -> list[int]:
+    """Direct children of a process, from /proc (Linux)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
 def stop_demo(demo: Demo, sig: signal.Signals = signal.SIGINT) -> int:
-    """Ctrl-C (SIGINT, as a terminal sends it) by default; the return code of run.py."""
+    """Ctrl-C (SIGINT, as a terminal sends it) by default; the return code of run.py. If run.py does not
+    stop, it is killed along with its children, so a failing test never leaves servers behind."""
     if demo.proc.poll() is None:
+        children = children_of(demo.proc.pid)
         demo.proc.send_signal(sig)
         try:
             demo.proc.wait(30)
         except subprocess.TimeoutExpired:
             demo.proc.kill()
             demo.proc.wait()
+            for pid in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
     return demo.proc.returncode

@@ -14,23 +14,11 @@ from typing import Any
 
 import pytest
 
-from .demo_support import DEMO, ROOT, Demo, call, free_ports, run, start_demo, stop_demo
+from .demo_support import DEMO, ROOT, Demo, call, children_of, free_ports, run, start_demo, stop_demo
 
 pytestmark = pytest.mark.slow
 
 STOCKADE = Path(sys.executable).parent / "stockade"
-
-
-def children_of(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
 
 
 def alive(pid: int) -> bool:
@@ -100,12 +88,15 @@ def cmdline(pid: int) -> str:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_signal_stops_the_gateway_and_the_api_and_frees_the_ports(tmp_path: Path, sig: signal.Signals) -> None:
     d = start_demo(tmp_path)
-    children = children_of(d.proc.pid)
-    commands = [cmdline(pid) for pid in children]
-    assert len(commands) == 2, commands
-    assert any("examples/demo/api.py --port" in c for c in commands), commands
-    assert any("stockade serve --config" in c for c in commands), commands
-    assert stop_demo(d, sig) == 0, d.err.read_text()
+    try:
+        children = children_of(d.proc.pid)
+        commands = [cmdline(pid) for pid in children]
+        assert len(commands) == 2, commands
+        assert any("examples/demo/api.py --port" in c for c in commands), commands
+        assert any("stockade serve --config" in c for c in commands), commands
+        assert stop_demo(d, sig) == 0, d.err.read_text()
+    finally:
+        stop_demo(d)  # a failed assertion above must not leave the demo running
     assert f"{sig.name} received" in d.err.read_text()
     assert [pid for pid in children if alive(pid)] == []
     for port in (d.ports.gateway, d.ports.admin, d.ports.upstream):
