@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, cast
 
 from stockade.config.loader import LoadedConfig, StagePlan
 from stockade.config.models import GatewayConfig, Upstream
@@ -37,6 +37,7 @@ class Runtime:
     routes: dict[str, CompiledRoute]
     trusted_proxies: NetSet
     services: Services
+    target_cache: dict[Any, Any] = field(default_factory=dict)  # (host, target, method) bytes -> route match
 
     @property
     def config(self) -> GatewayConfig:

@@ -21,14 +21,18 @@ from stockade.proxy.exchange import (
     RequestHead,
 )
 from stockade.proxy.http import (
+    COMMON_SPELLINGS,
     CONNECTION,
+    CONTENT_LENGTH,
     CRLF,
     EXPECT,
     FORWARDING,
     HOST,
     IDENTITY_PREFIX,
+    PLAIN,
     REQUEST_HEADER_CLASS,
     REQUEST_ID,
+    TRANSFER_ENCODING,
     UPGRADE,
 )
 from stockade.security.netaddr import canonical_ip
@@ -209,20 +213,36 @@ class ClientConnection(asyncio.Protocol):
         if value[-1:] in (b" ", b"\t"):
             value = value.rstrip(b" \t")
         head.raw.append((name, value))
-        lname = name.lower()
-        kind = REQUEST_HEADER_CLASS.get(lname)
+        kind = COMMON_SPELLINGS.get(name)  # the usual spellings skip the lower-casing
         if kind is None:
-            if lname.startswith(IDENTITY_PREFIX):
-                return  # never forward a client's claim to be the gateway
-            if lname == b"content-length":
-                head.content_length = int(value)
+            lname = name.lower()
+            kind = REQUEST_HEADER_CLASS.get(lname)
+            if kind is None:
+                if lname.startswith(IDENTITY_PREFIX):
+                    return  # never forward a client's claim to be the gateway
+                if lname == b"content-length":
+                    head.content_length = int(value)
+                head.fwd += (name, b": ", value, CRLF)
+                return
+        if kind == PLAIN:
             head.fwd += (name, b": ", value, CRLF)
         elif kind == HOST:
             head.hosts.append(value)
+        elif kind == CONTENT_LENGTH:
+            head.content_length = int(value)
+            head.fwd += (name, b": ", value, CRLF)
         elif kind == FORWARDING:
-            head.forwarding.append((lname, name, value))
+            forwarding = head.forwarding
+            if forwarding:
+                forwarding.append((name.lower(), name, value))
+            else:
+                head.forwarding = [(name.lower(), name, value)]
         elif kind == CONNECTION:
-            head.connection.append(value)
+            connection = head.connection
+            if connection:
+                connection.append(value)
+            else:
+                head.connection = [value]
         elif kind == EXPECT:
             head.expect = value
         elif kind == REQUEST_ID:
@@ -230,8 +250,8 @@ class ClientConnection(asyncio.Protocol):
                 head.request_id = value
         elif kind == UPGRADE:
             head.upgrade = value
-        elif lname == b"transfer-encoding":
-            head.chunked = True
+        elif kind == TRANSFER_ENCODING:
+            head.chunked = True  # llhttp has validated it; the gateway re-frames the body itself
 
     def on_headers_complete(self) -> None:
         head = self.head

@@ -74,7 +74,7 @@ class ProxyServer:
         self.metrics.gauge_providers.append(self._gauges)
 
     def next_request_id(self) -> str:
-        return f"{self._id_prefix}{next(self._ids):012x}"
+        return self._id_prefix + format(next(self._ids), "012x")
 
     async def start(self, *, reuse_port: bool = False, sock: socket.socket | None = None) -> None:
         """Bind the listener (or serve on `sock`) and start the periodic sweep."""

@@ -26,7 +26,7 @@ MAX_RESPONSE_HEAD = 64 * 1024
 class UpstreamUser(Protocol):
     """What an upstream connection reports to the exchange it serves."""
 
-    def upstream_head(self, head: bytes, status: int) -> None: ...
+    def upstream_head(self, head: bytes, status: int, first: bytes) -> None: ...
     def upstream_body(self, data: bytes) -> None: ...
     def upstream_done(self) -> None: ...
     def upstream_closed(self, conn: UpstreamConnection) -> None: ...
@@ -135,17 +135,23 @@ class UpstreamConnection(asyncio.Protocol):
             for _ in range(self.interim):  # 1xx interim responses (100, 103) are not forwarded
                 pos = buf.index(b"\r\n\r\n", pos) + 4
             end = buf.index(b"\r\n\r\n", pos) + 4
+            head = buf[pos:end]
+            rest = buf[end:]
             self.head_sent = True
-            user.upstream_head(buf[pos:end], self.status)
-            if self.user is None:
+            if upgraded or self.status == 101:
+                self.tunnel = True
+                user.upstream_head(head, self.status, b"")
+                if rest and self.user is not None:
+                    user.upstream_body(rest)  # bytes of the upgraded protocol that followed the 101
                 return
-            data = buf[end:]
-        if upgraded or self.status == 101:
-            self.tunnel = True
-            if data:
-                user.upstream_body(data)
-            return
-        if self.decode:
+            if self.decode:
+                first = b"".join(self.decoded)
+                self.decoded = []
+            else:
+                first = b"" if self.head_only else rest
+            # The head and the body bytes that came with it go to the client in one write (one syscall).
+            user.upstream_head(head, self.status, first)
+        elif self.decode:
             if self.decoded:
                 chunks = self.decoded
                 self.decoded = []
