@@ -123,6 +123,45 @@ def table(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+GOAL = {"profile": "stockade-bare", "connections": 50, "min_rps_ratio": 0.85}  # DESIGN.md section 2
+BUSY_CORE = 0.9  # a proxy using less of its core than this was not the only thing running there
+
+
+def goal(summary: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The data-plane goal: stockade-bare throughput at least 0.85x nginx at 50 connections, one worker each."""
+    for row in summary:
+        if (row["profile"], row["connections"]) == (GOAL["profile"], GOAL["connections"]):
+            ratio = row["vs_nginx"]["rps_ratio"]
+            if ratio is not None:
+                return GOAL | {"measured": ratio["median"], "met": ratio["median"] >= GOAL["min_rps_ratio"]}
+    return None
+
+
+def notes(summary: list[dict[str, Any]], loadavg: dict[str, list[float]]) -> list[str]:
+    """What the reader must know before trusting the table: the goal, and where the numbers are noisy."""
+    out = []
+    verdict = goal(summary)
+    if verdict is not None:
+        out.append(
+            f"goal: {verdict['profile']} req/s >= {verdict['min_rps_ratio']}x nginx at {verdict['connections']} "
+            f"connections: measured {verdict['measured']:.2f}x, {'met' if verdict['met'] else 'NOT met'}"
+        )
+    for row in summary:
+        proxy, load = row["proxy_cores"], row["load_cores"]
+        if load is None or max(load["median"], proxy["median"] if proxy else 0.0) >= BUSY_CORE:
+            continue
+        used = f"proxy {proxy['median']:.0%}, " if proxy else ""
+        out.append(
+            f"noisy: {row['profile']} (c={row['connections']}): no side used its whole core ({used}load "
+            f"{load['median']:.0%}), so other work took CPU; trust the cpu ratio more, or rerun on a quiet machine"
+        )
+    out.append(
+        "load average (1/5/15 min): "
+        + ", ".join(f"{when} {' '.join(f'{x:.2f}' for x in avg)}" for when, avg in loadavg.items())
+    )
+    return out
+
+
 def _run(cmd: list[str]) -> str:
     """First line a tool prints about itself (nginx -v and wrk -v write to stderr and may exit non-zero)."""
     if shutil.which(cmd[0]) is None:

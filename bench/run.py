@@ -177,7 +177,10 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
     doc["loadavg"]["end"] = procfs.loadavg()
     doc["summary"] = report.summarise(doc["runs"], [p.name for p in profiles], args.connections)
+    doc["goal"] = report.goal(doc["summary"])
     print(report.table(doc["summary"]))
+    for line in report.notes(doc["summary"], doc["loadavg"]):
+        print(line)
     for name, why in skipped.items():
         print(f"{name}: skipped ({why})")
     path = args.json or RESULTS / f"{doc['started_utc'].replace(':', '').replace('-', '')}.json"

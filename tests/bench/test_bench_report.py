@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from bench.report import derive, stats, summarise, table
+from bench.report import derive, goal, notes, stats, summarise, table
 
 
 def raw(requests: int, proxy: float | None, rps: float, errors: int = 0) -> dict[str, Any]:
@@ -85,3 +85,22 @@ def test_summarise_ratios_are_paired_by_round_and_skip_invalid_runs() -> None:
 def test_summarise_without_nginx_has_no_ratios() -> None:
     (row,) = summarise([run("stockade", 0, 100, 1.0, 50.0)], ["stockade"], [50])
     assert row["vs_nginx"] == {"rps_ratio": None, "cpu_ratio": None}
+
+
+def test_notes_state_the_goal_and_flag_rows_where_no_side_was_saturated() -> None:
+    runs = [
+        run("nginx", 0, 100_000, 1.9, 50_000.0),  # proxy core 95%: nginx was the bottleneck, not noisy
+        run("stockade-bare", 0, 100_000, 1.2, 30_000.0),  # proxy 60%, load 75%: something else ran
+    ]
+    rows = summarise(runs, ["nginx", "stockade-bare"], [50])
+    lines = notes(rows, {"start": [0.5, 0.4, 0.3], "end": [2.0, 1.0, 0.5]})
+    assert lines[0] == "goal: stockade-bare req/s >= 0.85x nginx at 50 connections: measured 0.60x, NOT met"
+    assert [line.split(":")[1].strip() for line in lines if line.startswith("noisy")] == ["stockade-bare (c=50)"]
+    assert lines[-1] == "load average (1/5/15 min): start 0.50 0.40 0.30, end 2.00 1.00 0.50"
+    assert goal(rows) == {
+        "profile": "stockade-bare",
+        "connections": 50,
+        "min_rps_ratio": 0.85,
+        "measured": 0.6,
+        "met": False,
+    }
