@@ -9,7 +9,7 @@ import resource
 import subprocess
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from bench import procfs
 from bench.servers import PATH, ROOT, pinned
@@ -20,6 +20,20 @@ _TOTAL = re.compile(r"^\s+(\d+) requests in ([\d.]+)(us|ms|s|m|h)", re.MULTILINE
 _RPS = re.compile(r"^Requests/sec:\s+([\d.]+)", re.MULTILINE)
 _SOCKET = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
 _NON_2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
+
+
+class Runner(Protocol):
+    """One load run against 127.0.0.1:`port`, reading the CPU time of each named group of pids around it."""
+
+    def __call__(
+        self,
+        port: int,
+        headers: Mapping[str, str],
+        connections: int,
+        seconds: int,
+        cpus: set[int] | None,
+        groups: Mapping[str, list[int]],
+    ) -> dict[str, Any]: ...
 
 
 def parse_wrk(text: str) -> dict[str, Any]:
@@ -100,3 +114,6 @@ def run_builtin(
         raise RuntimeError(f"bench/loadgen.py failed ({done.returncode}): {done.stderr}")
     result: dict[str, Any] = json.loads(done.stdout)
     return result
+
+
+_: list[Runner] = [run_wrk, run_builtin]

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -59,21 +60,20 @@ def cpu_plan(no_pin: bool) -> tuple[set[int] | None, set[int] | None]:
 
 
 def start(profile: Profile, tmp: Path, proxy_cpus: set[int] | None, upstream: servers.Server) -> servers.Server | None:
-    """Start the profile's proxy (None for `direct`: the load goes straight to the upstream)."""
+    """Start the profile's proxy (None for `direct`: the load goes straight to the upstream). Not yet probed."""
     workdir = tmp / profile.name
     if profile.kind == "direct":
         return None
     if profile.kind == "nginx":
         server = servers.start_nginx(profile.name, workdir, proxy_cpus, upstream=upstream.port)
         server.headers = dict(profile.headers)
-    else:
-        server = servers.start_stockade(profile, workdir, proxy_cpus, upstream.port)
-    servers.probe(server, profile.expect_headers)
-    return server
+        return server
+    return servers.start_stockade(profile, workdir, proxy_cpus, upstream.port)
 
 
 def measure(
     args: argparse.Namespace,
+    run_load: load.Runner,
     profile: Profile,
     target: servers.Server,
     proxy: servers.Server | None,
@@ -82,7 +82,6 @@ def measure(
     load_cpus: set[int] | None,
 ) -> dict[str, Any]:
     """Warm up, then one measured run; CPU of the proxy's and the upstream's process trees is read around it."""
-    run_load = load.run_builtin if args.builtin or shutil.which("wrk") is None else load.run_wrk
     headers = proxy.headers if proxy else profile.headers
     log = proxy.decision_log if proxy is not None else None
     if args.warmup:
@@ -153,19 +152,21 @@ def main(argv: list[str] | None = None) -> int:
         for profile in profiles:
             proxies[profile.name] = server = start(profile, tmp, proxy_cpus, upstream)
             if server is not None:
-                started.append(server)
+                started.append(server)  # before probing, so a proxy that fails its probe is stopped too
+                servers.probe(server, profile.expect_headers)
             doc["profiles"][profile.name] = describe(profile, server)
+        run_load = load.run_wrk if tools["load"] == "wrk" else load.run_builtin
         total = len(args.connections) * args.runs * len(profiles)
         for conns in args.connections:
             for rnd in range(args.runs):
                 order = profiles[rnd % len(profiles) :] + profiles[: rnd % len(profiles)]  # no fixed position
                 for profile in order:
                     proxy = proxies[profile.name]
-                    run = measure(args, profile, proxy or upstream, proxy, upstream, conns, load_cpus)
+                    run = measure(args, run_load, profile, proxy or upstream, proxy, upstream, conns, load_cpus)
                     run.update(profile=profile.name, connections=conns, round=rnd)
                     doc["runs"].append(run)
                     progress(len(doc["runs"]), total, run)
-    except (servers.BenchError, RuntimeError, ValueError) as exc:
+    except (RuntimeError, ValueError, subprocess.SubprocessError) as exc:  # BenchError is a RuntimeError
         print(f"bench: {exc}", file=sys.stderr)
         return 2
     finally:
