@@ -907,6 +907,7 @@ class Exchange:
                 ),
             )
         self.server.decision_log.record(ctx, self.status, total_us, upstream_us, self.error)
+        ctx.attach_body_reader(None)
         self.server.metrics.request(
             ctx.route_id, ctx.decision, ctx.reason, self.status, overhead, upstream_s if t_head else None
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import logging
 import secrets
@@ -104,6 +105,10 @@ class ProxyServer:
             )
         self._servers.append(server)
         self._tick_handle = loop.call_later(SWEEP_INTERVAL, self._tick)
+        # Everything built so far (modules, config, compiled routes) lives for the process: move it out of the
+        # collector's generations so collections only look at per-request objects.
+        gc.collect()
+        gc.freeze()
         self.ready = True
 
     @property
