@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, cast
 from urllib.parse import urlsplit
 
@@ -226,7 +228,7 @@ class UpstreamConnection(asyncio.Protocol):
 class UpstreamPool:
     """Idle keep-alive connections to one upstream origin (LIFO, so the warmest is reused first)."""
 
-    def __init__(self, spec: Upstream, clock: Clock) -> None:
+    def __init__(self, spec: Upstream, clock: Clock, ssl_ctx: ssl.SSLContext | None = None) -> None:
         parts = urlsplit(spec.url)
         self.spec = spec
         self.clock = clock
@@ -241,7 +243,9 @@ class UpstreamPool:
         if self.port != default_port:
             self.host_header += b":%d" % self.port
         self.base_path = parts.path.rstrip("/").encode("ascii")
-        self.ssl: ssl.SSLContext | None = upstream_context(spec.ca_file) if self.tls else None
+        if self.tls and ssl_ctx is None:  # normally built at config load (relative to the config file)
+            ssl_ctx = upstream_context(Path(spec.ca_file) if spec.ca_file else None)
+        self.ssl: ssl.SSLContext | None = ssl_ctx if self.tls else None
         self.server_hostname = (spec.server_name or self.host) if self.tls else None
         self.idle: list[UpstreamConnection] = []
         self.active = 0
@@ -311,19 +315,26 @@ class UpstreamPool:
 class PoolManager:
     """Pools by upstream identity, kept across config reloads so warm connections survive a reload."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, tls: Mapping[str | None, ssl.SSLContext] | None = None) -> None:
         self.clock = clock
+        self.tls = tls or {}  # HTTPS client contexts by `ca_file`, built at config load
         self.pools: dict[tuple[object, ...], UpstreamPool] = {}
 
     def get(self, spec: Upstream) -> UpstreamPool:
         key = (spec.url, spec.ca_file, spec.server_name, spec.max_idle, spec.idle_timeout)
         pool = self.pools.get(key)
         if pool is None:
-            pool = self.pools[key] = UpstreamPool(spec, self.clock)
+            pool = self.pools[key] = UpstreamPool(spec, self.clock, self.tls.get(spec.ca_file))
         return pool
 
-    def retain(self, specs: list[Upstream]) -> None:
-        """After a reload: close pools no route uses any more."""
+    def retain(self, specs: list[Upstream], tls: Mapping[str | None, ssl.SSLContext] | None = None) -> None:
+        """After a reload: close pools no route uses any more; new connections of the others verify with the
+        reloaded CA files (idle connections, already verified, stay)."""
+        if tls is not None:
+            self.tls = tls
+            for pool in self.pools.values():
+                if pool.tls and (ctx := tls.get(pool.spec.ca_file)) is not None:
+                    pool.ssl = ctx
         keep = {(s.url, s.ca_file, s.server_name, s.max_idle, s.idle_timeout) for s in specs}
         for key in [k for k in self.pools if k not in keep]:
             self.pools.pop(key).close()
