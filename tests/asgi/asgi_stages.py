@@ -9,7 +9,7 @@ from typing import ClassVar
 from stockade.handlers.base import LocalResponse
 from stockade.pipeline.context import RequestContext
 from stockade.pipeline.phase import Phase
-from stockade.pipeline.response import Response
+from stockade.pipeline.response import Outcome, Response
 from stockade.pipeline.stage import StageConfig, StageEnv
 from stockade.pipeline.verdict import CONTINUE, Continue
 
@@ -117,9 +117,29 @@ class StallHandler:
         return LocalResponse(200)
 
 
+COMPLETED: dict[str, Outcome] = {}
+
+
+class CompletionProbe:
+    """Records the outcome its completion hook is given, by request id."""
+
+    id: ClassVar[str] = "test_probe"
+    phase: ClassVar[Phase] = Phase.DETECT
+    Config: ClassVar[type[StageConfig]] = StageConfig
+
+    def __init__(self, config: StageConfig, env: StageEnv) -> None:
+        pass
+
+    async def check(self, ctx: RequestContext) -> Continue:
+        return CONTINUE
+
+    def on_complete(self, ctx: RequestContext, outcome: Outcome) -> None:
+        COMPLETED[ctx.request_id] = outcome
+
+
 def _registered(*classes: type) -> dict[str, str]:
     return {getattr(cls, "id"): f"{__name__}:{cls.__name__}" for cls in classes}  # noqa: B009
 
 
-TEST_STAGES = _registered(RaisingStage, BodyReaderStage, StallStage, UpperHook, RaisingHook)
+TEST_STAGES = _registered(RaisingStage, BodyReaderStage, StallStage, UpperHook, RaisingHook, CompletionProbe)
 TEST_HANDLERS = _registered(StallHandler)

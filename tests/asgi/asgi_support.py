@@ -73,6 +73,10 @@ routes:
     match: {path: "/raw/early", methods: [POST]}
     UPSTREAM
     stages: [{use: anonymous}, {use: request_size, config: {max_bytes: 64}}]
+  - id: probe
+    match: {path: "/probe/**"}
+    UPSTREAM
+    stages: [{use: anonymous}, {use: test_probe}]
   - id: ws
     match: {path: "/ws", methods: [GET]}
     UPSTREAM

@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from stockade.testing import read_responses
-from tests.asgi.asgi_stages import HANDLER_ENTERED, STALL_ENTERED
+from tests.asgi.asgi_stages import COMPLETED, HANDLER_ENTERED, STALL_ENTERED
 from tests.asgi.asgi_support import Served, problem, request_id_for
 
 # -- responses ----------------------------------------------------------------------------------------------------
@@ -204,3 +204,19 @@ def test_metrics_count_requests_by_route_decision_reason_status(served: Served) 
     served.request("GET", "/metrics-nowhere")
     served.request("GET", "/metrics-nowhere")
     assert count(key) == before + 2
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "app_status"),
+    [
+        pytest.param(b"", 200, 200, id="app-answered"),
+        pytest.param(b"x" * 5000, 413, 0, id="gateway-denied-before-the-app"),
+    ],
+)
+def test_completion_hooks_see_the_outcome(served: Served, body: bytes, status: int, app_status: int) -> None:
+    rid = request_id_for("probe", served.flavor, status)
+    got, _, resp_body = served.request("POST", "/probe/x", headers={"X-Request-Id": rid}, body=body)
+    assert got == status
+    outcome = served.server.bg.call(COMPLETED.pop, rid)  # on the loop: the hook ran before the line was logged
+    assert (outcome.status, outcome.upstream_status, outcome.error) == (status, app_status, "")
+    assert outcome.bytes_sent == len(resp_body)
