@@ -51,5 +51,5 @@ def record_request(
     """
     if pipeline is not None:
         pipeline.complete(ctx, outcome)
-    decision_log.record(ctx, outcome)
+    decision_log.record(ctx, outcome.status, outcome.total_us, outcome.upstream_us, outcome.error)
     metrics.request(ctx.route_id, ctx.decision, ctx.reason, outcome.status, overhead, upstream)
