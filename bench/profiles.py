@@ -45,6 +45,10 @@ class Profile:
 
 
 ANONYMOUS = {"use": "anonymous"}
+# A limit the load never reaches (a refused request would be an error in the run): what is measured is the
+# check itself, the counter update, and the RateLimit fields written into every response head.
+RATE_LIMIT = {"use": "rate_limit", "config": {"limits": [{"rate": "1000000/second", "key": "ip"}]}}
+RATE_POLICY = '"ip-1000000-per-1s";q=1000000;w=1'
 
 PROFILES: tuple[Profile, ...] = (
     Profile("direct", "direct", "the load side alone: wrk straight to the upstream (the ceiling of the load core)"),
@@ -68,6 +72,21 @@ PROFILES: tuple[Profile, ...] = (
         "bare + security_headers: the response head is rewritten instead of forwarded verbatim",
         stages=(ANONYMOUS, {"use": "security_headers"}),
         expect_headers={"x-content-type-options": "nosniff", "cache-control": "no-store"},
+    ),
+    Profile(
+        "ratelimit-memory",
+        "stockade",
+        "bare + rate_limit (GCRA per client IP) on memory://, RateLimit fields on every response",
+        stages=(ANONYMOUS, RATE_LIMIT),
+        expect_headers={"ratelimit-policy": RATE_POLICY},
+    ),
+    Profile(
+        "ratelimit-redis",
+        "stockade",
+        "the same limit on Redis (127.0.0.1:6379): one EVALSHA round trip per request",
+        stages=(ANONYMOUS, RATE_LIMIT),
+        gateway={"limits_storage": "redis://127.0.0.1:6379/0?prefix=stockade-bench:"},
+        expect_headers={"ratelimit-policy": RATE_POLICY},
     ),
 )
 

@@ -56,10 +56,10 @@ class StockadeMiddleware:
             loaded = load_config_text(config_text, require_upstreams=False)
         self.app = app
         self.clock = clock
-        self.services = Services(clock=clock)
+        self.services = Services(clock=clock, metrics=metrics or Metrics())  # stages count events here too
         self.runtime: Runtime = build_runtime(loaded, self.services)
         self.decision_log = decision_log or DecisionLog(loaded.config.log.decisions, clock)
-        self.metrics = metrics or Metrics()
+        self.metrics = self.services.metrics
         self.request_ids = RequestIds()
         self._watched: set[Exchange] = set()
         self._timer: asyncio.TimerHandle | None = None

@@ -7,7 +7,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 from urllib.parse import parse_qs
 
 import orjson
@@ -57,7 +57,7 @@ class Login(StageConfig):
     """A login route the gateway does not authenticate itself: the upstream's 401/403 are the failures."""
 
     username_field: str = Field(default="username", pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # JSON path or form field
-    failure_statuses: tuple[int, ...] = Field(default=(401, 403), min_length=1)
+    failure_statuses: tuple[Annotated[int, Field(ge=400, le=599)], ...] = Field(default=(401, 403), min_length=1)
     max_body_bytes: int = Field(default=16 * KIB, ge=256, le=1024 * KIB)
 
 
