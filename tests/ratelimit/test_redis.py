@@ -4,6 +4,7 @@ NOSCRIPT recovery, outages (fail closed / fail open) and recovery without a rest
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import pytest
@@ -114,7 +115,10 @@ def test_script_flushed_is_reloaded_with_one_eval(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("fail_open", [False, True], ids=["fail-closed", "fail-open"])
-def test_unreachable_redis_fails_closed_or_open_and_is_counted(fail_open: bool) -> None:
+def test_unreachable_redis_fails_closed_or_open_and_is_counted(
+    fail_open: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="stockade.ratelimit")
     with gateway_with_upstream(config(closed_port_url(), fail_open=fail_open)) as (gw, up):
         for _ in range(3):
             gw.advance(2)  # past the reconnect pause: every request really tries
@@ -129,6 +133,8 @@ def test_unreachable_redis_fails_closed_or_open_and_is_counted(fail_open: bool) 
         assert events[(label, "items")] == 3
         assert events[("limits_backend", "down")] == 1  # logged and counted once per outage
         assert len(up.received) == (3 if fail_open else 0)
+    outage_lines = [r for r in caplog.records if r.getMessage().startswith("limits backend unavailable")]
+    assert len(outage_lines) == 1 and "cannot connect" in outage_lines[0].getMessage()
 
 
 def test_outage_then_recovery_without_restart(tmp_path: Path) -> None:
