@@ -6,13 +6,15 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import pytest
+
 from stockade.clock import SYSTEM_CLOCK, FakeClock
 from stockade.ratelimit.backend import LimiterBackend
 from stockade.ratelimit.memory import MemoryBackend
 from tests.ratelimit.redisutil import fresh_redis_url
 
 T = TypeVar("T")
-KINDS = ["memory", "redis"]
+KINDS = ["memory", pytest.param("redis", marks=pytest.mark.redis)]
 
 
 def fake_clock() -> FakeClock:
