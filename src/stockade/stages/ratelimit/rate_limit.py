@@ -73,7 +73,6 @@ class RateLimit:
         self._clock = env.clock
         self._metrics = env.services.metrics
         self._fail_open = env.fail_open
-        self._route = env.route_id
         self._headers = config.headers
         self._legacy = config.legacy_headers
 
@@ -127,10 +126,10 @@ class RateLimit:
     def _unavailable(self, ctx: RequestContext, exc: LimiterUnavailableError) -> Continue | Deny:
         # The backend logs the outage once when it starts and once when it ends; every request is counted.
         if self._fail_open:
-            self._metrics.event("rate_limit_failed_open", self._route)
+            self._metrics.event("rate_limit_failed_open", ctx.route_id)
             ctx.state.setdefault("failed_open", []).append(self.id)
             return CONTINUE
-        self._metrics.event("rate_limit_unavailable", self._route)
+        self._metrics.event("rate_limit_unavailable", ctx.route_id)
         return Deny(503, "rate_limit.unavailable", detail=str(exc))
 
     def on_response(self, ctx: RequestContext, response: Response) -> None:
