@@ -196,7 +196,8 @@ def test_api_key_env_restriction(tmp_path: Path) -> None:
     ids=["memory-store-with-workers", "reserved-env"],
 )
 def test_api_key_config_errors(extra: str, message: str) -> None:
-    config = "routes:\n  - id: r\n    match: {path: /}\n    upstream: http://127.0.0.1:9\n    stages:\n      - use: api_key\n"
+    config = "routes:\n  - id: r\n    match: {path: /}\n    upstream: http://127.0.0.1:9\n"
+    config += "    stages:\n      - use: api_key\n"
     if not extra:
         config += "        config: {env: admin}\n"
     with pytest.raises(ConfigError, match=message) as info:
