@@ -8,6 +8,7 @@ change the endpoints make is recorded with who made it.
 
 from __future__ import annotations
 
+import hmac
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -19,16 +20,34 @@ from stockade.admin.app import ROLE_RANK, AdminEndpoint, AdminState
 from stockade.errors import StorageError
 from stockade.pipeline.render import problem_body, problem_headers
 from stockade.security import keys
+from stockade.security.secrets import shared_secrets
+from stockade.storage import shared_store
 
 if TYPE_CHECKING:
     from re import Pattern
 
     from starlette.types import ASGIApp, Receive, Scope, Send
 
+    from stockade.pipeline.stage import Services
+    from stockade.storage.records import AdminToken
+
 log = logging.getLogger("stockade.admin")
 
 OPEN_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
 CHALLENGE = 'Bearer realm="stockade-admin"'
+
+
+async def authenticate(services: Services, token: str) -> AdminToken | None:
+    """The usable admin token `token` is, or None (unknown, malformed, revoked and expired alike)."""
+    try:
+        keys.parse(token, env="admin")
+    except keys.KeyFormatError:
+        return None
+    token_hash = keys.hash_secret(shared_secrets(services).pepper, token)
+    found = await shared_store(services).find_admin_token(token_hash)
+    if found is None or not hmac.compare_digest(found.token_hash, token_hash):
+        return None
+    return found if found.usable(services.clock.time()) else None
 
 
 async def _problem(send: Send, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
@@ -57,8 +76,6 @@ class AdminAuth:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
-        from stockade.identity.admin_tokens import authenticate  # the store is imported only when needed
-
         headers = [v for k, v in scope["headers"] if k == b"authorization"]
         token = None
         if len(headers) == 1:
