@@ -92,7 +92,7 @@ async def redis_path(url: str, n: int) -> dict[str, float]:
         out[f"redis {label}: CPU us/check"] = best_cpu
         out[f"redis {label}: wall us/check"] = best_wall
     await backend.client.call("DEL", hits[0][1])
-    await backend.close()
+    await backend.aclose()
     return out
 
 

@@ -1,8 +1,10 @@
-"""The lockouts admin endpoints: viewers list, operators clear; bad requests are precise 4xx."""
+"""The lockouts admin endpoints behind admin authentication: viewers list, operators clear, bad requests
+are precise 4xx."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -11,79 +13,99 @@ import pytest
 from stockade.admin.app import AdminState, admin_app
 from stockade.clock import FakeClock
 from stockade.config.models import GatewayConfig
+from stockade.identity.service import IdentityService
 from stockade.pipeline.stage import Services
 from stockade.ratelimit.backend import LockoutRule, limits_backend
+from stockade.security.secrets import shared_secrets
+from stockade.storage import shared_store
 
 LOCK = LockoutRule(free_failures=0, lockout_after=2, backoff_base=5, backoff_max=5, lockout_seconds=600, window=600)
+ROLES = ("viewer", "operator", "admin")
 
 
-@pytest.fixture
-def services() -> Services:
-    svc = Services(clock=FakeClock(), config=GatewayConfig())
-    backend = limits_backend(svc)
-    asyncio.run(backend.failed([("ip:203.0.113.5", LOCK), ("id:abc", LOCK)]))
-    asyncio.run(backend.failed([("ip:203.0.113.5", LOCK)]))
-    return svc
+class Api:
+    def __init__(self, client: httpx.AsyncClient, tokens: dict[str, str]) -> None:
+        self.client = client
+        self.tokens = tokens
+
+    async def call(self, method: str, path: str, role: str | None = "viewer", **kw: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.tokens[role]}"} if role else {}
+        return await self.client.request(method, path, headers=headers, **kw)
 
 
-class Client:
-    """The admin app over httpx's ASGI transport (no server, no thread): one request per call."""
+def with_api(body: Callable[[Api], Awaitable[None]], *, services: Services | None = None) -> None:
+    """Run `body` against the admin app (over httpx's ASGI transport) with a token per role."""
 
-    def __init__(self, services: Services | None) -> None:
-        self.app = admin_app(AdminState(lambda: {}, lambda: True, services))
+    async def go() -> None:
+        svc = services or Services(clock=FakeClock(), config=GatewayConfig.model_validate({"storage": "memory://"}))
+        backend = limits_backend(svc)
+        await backend.failed([("ip:203.0.113.5", LOCK), ("id:abc", LOCK)])
+        await backend.failed([("ip:203.0.113.5", LOCK)])
+        identity = IdentityService(shared_store(svc), shared_secrets(svc).pepper, svc.clock, "cli:test")
+        tokens = {role: (await identity.create_admin_token(f"{role}-bot", role)).secret for role in ROLES}
+        app = admin_app(AdminState(lambda: {}, lambda: True, svc))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://admin") as client:
+            await body(Api(client, tokens))
+        await svc.close()
 
-    def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        async def go() -> httpx.Response:
-            transport = httpx.ASGITransport(app=self.app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://admin") as c:
-                return await c.request(method, path, **kw)
-
-        return asyncio.run(go())
-
-    def get(self, path: str) -> httpx.Response:
-        return self._call("GET", path)
-
-    def post(self, path: str, **kw: Any) -> httpx.Response:
-        return self._call("POST", path, **kw)
+    asyncio.run(go())
 
 
-def client(services: Services | None) -> Client:
-    return Client(services)
+def test_list_shows_state_failures_and_time_left() -> None:
+    async def body(api: Api) -> None:
+        response = await api.call("GET", "/lockouts")
+        assert response.json() == {
+            "lockouts": [
+                {
+                    "subject": "id:abc",
+                    "state": "backing_off",
+                    "failures": 1,
+                    "until": "2023-11-14T22:13:25+00:00",
+                    "seconds_left": 5,
+                },
+                {
+                    "subject": "ip:203.0.113.5",
+                    "state": "locked_out",
+                    "failures": 2,
+                    "until": "2023-11-14T22:23:20+00:00",
+                    "seconds_left": 600,
+                },
+            ]
+        }
 
-
-def test_list_shows_state_failures_and_time_left(services: Services) -> None:
-    body = client(services).get("/lockouts").json()
-    assert body == {
-        "lockouts": [
-            {
-                "subject": "id:abc",
-                "state": "backing_off",
-                "failures": 1,
-                "until": "2023-11-14T22:13:25+00:00",
-                "seconds_left": 5,
-            },
-            {
-                "subject": "ip:203.0.113.5",
-                "state": "locked_out",
-                "failures": 2,
-                "until": "2023-11-14T22:23:20+00:00",
-                "seconds_left": 600,
-            },
-        ]
-    }
-
-
-def test_clear_one_then_all(services: Services) -> None:
-    c = client(services)
-    assert c.post("/lockouts/clear", json={"subject": "ip:203.0.113.5"}).json() == {"cleared": 1}
-    assert c.post("/lockouts/clear", json={"subject": "ip:203.0.113.5"}).status_code == 404
-    assert [lk["subject"] for lk in c.get("/lockouts").json()["lockouts"]] == ["id:abc"]
-    assert c.post("/lockouts/clear", json={"all": True}).json() == {"cleared": 1}
-    assert c.get("/lockouts").json() == {"lockouts": []}
+    with_api(body)
 
 
 @pytest.mark.parametrize(
-    ("body", "reason"),
+    ("method", "path", "body", "expected"),
+    [
+        ("GET", "/lockouts", None, {None: 401, "viewer": 200, "operator": 200, "admin": 200}),
+        ("POST", "/lockouts/clear", {"subject": "id:abc"}, {None: 401, "viewer": 403, "operator": 200, "admin": 404}),
+    ],
+    ids=["list", "clear"],
+)
+def test_roles(method: str, path: str, body: Any, expected: dict[str | None, int]) -> None:
+    async def run(api: Api) -> None:
+        got = {role: (await api.call(method, path, role, json=body)).status_code for role in (None, *ROLES)}
+        assert got == expected  # the admin's clear found nothing left: the operator had lifted it
+
+    with_api(run)
+
+
+def test_clear_one_then_all() -> None:
+    async def body(api: Api) -> None:
+        clear = "/lockouts/clear"
+        assert (await api.call("POST", clear, "operator", json={"subject": "ip:203.0.113.5"})).json() == {"cleared": 1}
+        assert (await api.call("POST", clear, "operator", json={"subject": "ip:203.0.113.5"})).status_code == 404
+        assert [lk["subject"] for lk in (await api.call("GET", "/lockouts")).json()["lockouts"]] == ["id:abc"]
+        assert (await api.call("POST", clear, "operator", json={"all": True})).json() == {"cleared": 1}
+        assert (await api.call("GET", "/lockouts")).json() == {"lockouts": []}
+
+    with_api(body)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
     [
         (b"not json", "request.invalid_json"),
         (b"{}", "lockouts.bad_request"),
@@ -94,13 +116,12 @@ def test_clear_one_then_all(services: Services) -> None:
     ],
     ids=["not-json", "empty", "both", "not-string", "all-false", "array"],
 )
-def test_clear_bad_requests(services: Services, body: bytes, reason: str) -> None:
-    response = client(services).post("/lockouts/clear", content=body)
-    assert response.status_code == 400 and response.json()["reason"] == reason
+def test_clear_bad_requests(raw: bytes, reason: str) -> None:
+    async def body(api: Api) -> None:
+        response = await api.call("POST", "/lockouts/clear", "operator", content=raw)
+        assert response.status_code == 400 and response.json()["reason"] == reason
 
-
-def test_without_services_the_endpoints_say_unavailable() -> None:
-    assert client(None).get("/lockouts").status_code == 503
+    with_api(body)
 
 
 def test_endpoints_declare_roles() -> None:

@@ -29,7 +29,7 @@ def lock(url: str, *subjects: str) -> None:
     async def go() -> None:
         backend = RedisBackend(url, SYSTEM_CLOCK)
         await backend.failed([(s, LOCK) for s in subjects])
-        await backend.close()
+        await backend.aclose()
 
     asyncio.run(go())
 

@@ -35,7 +35,7 @@ def run_on(kind: str, clock: FakeClock, body: Callable[[LimiterBackend], Awaitab
             return await body(backend)
         finally:
             await drop_keys(backend)
-            await backend.close()
+            await backend.aclose()
 
     return asyncio.run(go())
 

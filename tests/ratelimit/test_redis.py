@@ -61,7 +61,7 @@ def test_redis_time_is_authoritative() -> None:
         assert [ok for ok, _ in results] == [True] * 5 + [False]
         retry = results[5][1][0][3]
         assert 700 * US < retry <= 720 * US  # one interval, less the (real) time the calls took
-        await backend.close()
+        await backend.aclose()
 
     asyncio.run(body())
 
@@ -174,7 +174,7 @@ def test_backend_error_surfaces_as_unavailable() -> None:
             await backend.hit_async([(GCRA, "x", 1, 1, 1)], "")
         with pytest.raises(LimiterUnavailableError, match="waiting before the next attempt"):
             await backend.hit_async([(GCRA, "x", 1, 1, 1)], "")  # no reconnect storm during an outage
-        await backend.close()
+        await backend.aclose()
 
     asyncio.run(body())
 
@@ -189,7 +189,7 @@ def test_wrong_type_key_is_an_outage_not_a_crash() -> None:
         with pytest.raises(LimiterUnavailableError, match="WRONGTYPE"):
             await backend.hit_async([(GCRA, key, US, US, 1)], "")
         await backend.client.call("DEL", key)
-        await backend.close()
+        await backend.aclose()
 
     asyncio.run(body())
     assert make_context() is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,8 @@ from stockade.ratelimit.backend import LimiterBackend, LimiterUnavailableError, 
 if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
+
+log = logging.getLogger("stockade.admin")
 
 
 def lockout_json(lk: Lockout, now: float) -> dict[str, Any]:
@@ -66,6 +69,8 @@ def endpoints(state: AdminState) -> list[AdminEndpoint]:
             return _problem(503, "rate_limit.unavailable")
         if subject is not None and not cleared:
             return _problem(404, "lockouts.not_found")
+        actor = request.scope.get("state", {}).get("admin_actor", "admin-token:unknown")
+        log.warning("lockout lifted", extra={"actor": actor, "subject": subject or "*", "cleared": cleared})
         return JSONResponse({"cleared": cleared})
 
     return [

@@ -36,7 +36,7 @@ def _run(ctx: click.Context, config_path: str | None, op: Callable[[LimiterBacke
         try:
             return await op(backend)
         finally:
-            await backend.close()
+            await backend.aclose()
 
     try:
         return asyncio.run(go())

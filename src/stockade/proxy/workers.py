@@ -106,6 +106,8 @@ class Supervisor:
         self.stopping = False
         self.admin: AdminServer | None = None
         self.reloads: dict[str, int] = {"ok": 0, "error": 0}
+        # The admin API's store and secrets (the supervisor runs no pipeline, so nothing else uses these).
+        self.services = Services(clock=SYSTEM_CLOCK, workers=workers, config=loaded.config, base_dir=loaded.base_dir)
 
     def snapshot(self) -> Snapshot:
         snaps = [s for w in self.workers for s in (*w.retired, w.snapshot) if s is not None]
@@ -122,9 +124,7 @@ class Supervisor:
         for w in self.workers:
             await self._spawn(w)
         if cfg.admin.enabled:
-            # The supervisor's own services: admin endpoints reach shared backends (Redis, the store) from here.
-            services = Services(clock=SYSTEM_CLOCK, workers=self.n, config=cfg)
-            state = AdminState(self.snapshot, self.ready, services)
+            state = AdminState(self.snapshot, self.ready, self.services)
             self.admin = AdminServer(admin_app(state), cfg.admin.host, cfg.admin.port)
             await self.admin.start()
         log.info(
@@ -204,6 +204,7 @@ class Supervisor:
                     await w.proc.wait()
         if self.admin is not None:
             await self.admin.stop()
+        await self.services.close()
         log.info("stopped")
 
 

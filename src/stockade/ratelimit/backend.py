@@ -70,6 +70,7 @@ class LimiterBackend(Protocol):
     """
 
     sync: bool
+    url: str  # the `limits_storage` it was made from
     prefix: str  # prepended to every key (Redis: `?prefix=` of the URL, so tenants and tests stay apart)
 
     def hit(self, hits: Sequence[Hit], token: str) -> Decision: ...
@@ -80,7 +81,7 @@ class LimiterBackend(Protocol):
     async def succeeded(self, subjects: Sequence[str]) -> None: ...
     async def lockouts(self) -> list[Lockout]: ...
     async def clear(self, subject: str | None) -> int: ...
-    async def close(self) -> None: ...
+    async def aclose(self) -> None: ...
 
 
 def storage_problems(url: str, workers: int) -> list[str]:
@@ -120,9 +121,9 @@ def backend_from_url(url: str, services: Services) -> LimiterBackend:
 def limits_backend(services: Services) -> LimiterBackend:
     """The process's one backend, created on first use from `limits_storage` (every route shares it)."""
     url = services.config.limits_storage if services.config is not None else "memory://"
-    current: tuple[str, LimiterBackend] | None = services.shared.get(SHARED_KEY)
-    if current is not None and current[0] == url:  # a reload cannot change the URL; a test harness may
-        return current[1]
+    current: LimiterBackend | None = services.shared.get(SHARED_KEY)
+    if current is not None and current.url == url:  # a reload cannot change the URL; a test harness may
+        return current
     backend = backend_from_url(url, services)
-    services.shared[SHARED_KEY] = (url, backend)
+    services.shared[SHARED_KEY] = backend  # Services.close() calls its aclose() when the process stops
     return backend

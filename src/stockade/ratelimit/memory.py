@@ -34,6 +34,7 @@ class MemoryBackend:
     """
 
     sync = True
+    url = "memory://"
     prefix = ""
 
     def __init__(self, clock: Clock) -> None:
@@ -207,7 +208,7 @@ class MemoryBackend:
             return n
         return 1 if self._locks.pop(subject, None) is not None else 0
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         return None
 
 

@@ -35,9 +35,10 @@ class RedisBackend:
     sync = False
 
     def __init__(self, url: str, clock: Clock, metrics: Metrics | None = None, *, use_clock: bool = False) -> None:
-        self.url = RedisUrl.parse(url)
-        self.prefix = self.url.prefix
-        self.client = RedisClient(self.url, clock)
+        self.url = url
+        self.where = RedisUrl.parse(url)
+        self.prefix = self.where.prefix
+        self.client = RedisClient(self.where, clock)
         self.clock = clock
         self.metrics = metrics
         self.use_clock = use_clock
@@ -67,7 +68,7 @@ class RedisBackend:
         return reply
 
     def _where(self) -> str:
-        return f"redis://{self.url.host}:{self.url.port}/{self.url.db}"
+        return f"redis://{self.where.host}:{self.where.port}/{self.where.db}"  # never the password
 
     def hit(self, hits: Sequence[Hit], token: str) -> Decision:
         raise NotImplementedError("the Redis backend is asynchronous: use hit_async")
@@ -158,5 +159,5 @@ class RedisBackend:
             removed += int(await self._call("DEL", key))
         return removed
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         await self.client.close()

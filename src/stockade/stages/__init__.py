@@ -10,6 +10,7 @@ if TYPE_CHECKING:
 
 BUILTIN_STAGES: dict[str, str] = {
     "anonymous": "stockade.stages.authn.anonymous:AnonymousAuthenticator",
+    "api_key": "stockade.stages.authn.api_key:ApiKeyAuthenticator",
     "brute_force": "stockade.stages.ratelimit.brute_force:BruteForce",
     "ip_filter": "stockade.stages.preauth.ip_filter:IpFilter",
     "pre_auth_rate_limit": "stockade.stages.ratelimit.rate_limit:PreAuthRateLimit",

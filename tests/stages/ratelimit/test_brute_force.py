@@ -38,7 +38,7 @@ def answer(gw: TestGateway, headers: dict[str, str], path: str = "/items") -> tu
 
 
 def backend(gw: TestGateway) -> LimiterBackend:
-    return gw.services.shared[SHARED_KEY][1]  # type: ignore[no-any-return]
+    return gw.services.shared[SHARED_KEY]  # type: ignore[no-any-return]
 
 
 def test_identity_backs_off_then_locks_and_answers_the_same_for_right_and_wrong() -> None:
@@ -192,4 +192,4 @@ async def _clear_all(gw: TestGateway) -> int:
     try:
         return await other.clear(None)
     finally:
-        await other.close()
+        await other.aclose()

@@ -37,7 +37,7 @@ def wait_for(condition: Callable[[], bool]) -> None:
 
 
 def held(gw: TestGateway) -> int:
-    backend = gw.services.shared[SHARED_KEY][1]
+    backend = gw.services.shared[SHARED_KEY]
     return sum(len(v) for v in backend._conc.values())
 
 
