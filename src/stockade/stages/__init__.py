@@ -10,6 +10,7 @@ if TYPE_CHECKING:
 
 BUILTIN_STAGES: dict[str, str] = {
     "anonymous": "stockade.stages.authn.anonymous:AnonymousAuthenticator",
+    "api_key": "stockade.stages.authn.api_key:ApiKeyAuthenticator",
     "ip_filter": "stockade.stages.preauth.ip_filter:IpFilter",
     "request_size": "stockade.stages.validate.request_size:RequestSize",
     "security_headers": "stockade.stages.response.security_headers:SecurityHeaders",
