@@ -47,6 +47,7 @@ def build_runtime(loaded: LoadedConfig, services: Services) -> Runtime:
     """Instantiate stages (global ones once, shared by every route) and compile routes. Raises ConfigError."""
     config = loaded.config
     services.config = config
+    services.base_dir = loaded.base_dir
     problems: list[str] = []
     instances: dict[int, Stage] = {}
 

@@ -63,6 +63,7 @@ class Services:
     clock: Clock
     workers: int = 1
     config: GatewayConfig | None = None  # the config being built; set by build_runtime
+    base_dir: Path | None = None  # the config file's directory (relative store/secret paths); set by build_runtime
     shared: dict[str, Any] = field(default_factory=dict)
 
 
