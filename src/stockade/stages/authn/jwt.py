@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import logging
 from collections import OrderedDict
-from collections.abc import Container, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from stockade.errors import StorageError
 from stockade.pipeline.context import AUTH_IDENTITY, RequestContext
 from stockade.pipeline.headers import DuplicateHeaderError
 from stockade.pipeline.phase import Phase
@@ -20,9 +23,13 @@ from stockade.security.jwk import Jwk, thumbprint_sha256
 from stockade.security.jwks import KeySet, StaticKeys, fetcher_for
 from stockade.stages.authn.jwt_config import IssuerConfig, JwtConfig
 
+if TYPE_CHECKING:
+    from stockade.oauth2.revocation import RevokedJtis
+
+log = logging.getLogger("stockade.jwt")
+
 _NO_CREDENTIAL = Skip("no Authorization header")
 _DUPLICATE = Deny(400, "http.duplicate_header", detail="Authorization header repeated")
-_NO_REVOCATIONS: frozenset[str] = frozenset()
 
 
 class KeySource(Protocol):
@@ -73,7 +80,7 @@ class JwtAuthenticator:
         self._max_bytes = config.max_token_bytes
         self.challenge = f'Bearer realm="{config.realm}"'
         self._invalid = {"www-authenticate": f'Bearer realm="{config.realm}", error="invalid_token"'}
-        self._revoked: Container[str] = _NO_REVOCATIONS
+        self._revoked: RevokedJtis | None = None
         if any(i.revocation for i in self._issuers.values()):
             from stockade.oauth2.revocation import revoked_jtis
 
@@ -94,7 +101,7 @@ class JwtAuthenticator:
                 now <= entry.exp_limit
                 and entry.keys is source.keys
                 and now < source.fresh_until
-                and (entry.jti is None or entry.jti not in self._revoked)
+                and (entry.jti is None or self._not_revoked(entry.jti))
                 and (entry.cnf is None or _thumbprint(ctx) == entry.cnf)
             ):
                 self._cache.move_to_end(value)
@@ -102,6 +109,10 @@ class JwtAuthenticator:
                 return entry.verdict
             del self._cache[value]
         return await self._verify(ctx, value)
+
+    def _not_revoked(self, jti: str) -> bool:
+        revoked = self._revoked
+        return revoked is not None and jti not in revoked and revoked.fresh()
 
     async def _verify(self, ctx: RequestContext, value: str) -> Continue | Skip | Deny:
         scheme, _, token = value.partition(" ")
@@ -120,7 +131,11 @@ class JwtAuthenticator:
                 raise jose.UnknownIssuer("iss missing or not a configured issuer")
             alg = jose.check_header(parsed.header, issuer.policy)  # the pin applies before any key is looked at
             now = self._clock.time()
-            keys = await issuer.source.current(now)
+            try:
+                keys = await issuer.source.current(now)
+            except StorageError as exc:
+                keys = None
+                log.error("signing keys unavailable: %s", exc)
             if keys is None:
                 return Deny(503, "auth.unavailable", detail=f"no usable key set for issuer {iss!r}")
             try:
@@ -131,6 +146,11 @@ class JwtAuthenticator:
                 keys = issuer.source.keys
                 key = jose.verify_signature(parsed, alg, keys.find)
             exp = jose.check_claims(parsed.claims, issuer.policy, now)
+            if issuer.revocation and self._revoked is not None:
+                try:
+                    await self._revoked.ensure_fresh()
+                except StorageError:  # a revocation list we cannot trust fails closed
+                    return Deny(503, "auth.unavailable", detail="revocation list unavailable")
             entry = self._accept(ctx, parsed.claims, issuer, key, exp)
         except jose.JoseError as exc:
             return Deny(401, "auth.invalid_token", headers=self._invalid, detail=_detail(exc, iss, kid))
@@ -146,7 +166,7 @@ class JwtAuthenticator:
         if not isinstance(sub, str) or not sub:
             raise jose.BadClaim("claim 'sub' missing or not a string")
         jti = claims.get("jti")
-        if issuer.revocation:
+        if issuer.revocation and self._revoked is not None:
             if not isinstance(jti, str) or not jti:
                 raise jose.BadClaim("claim 'jti' is required where revocation is honoured")
             if jti in self._revoked:
@@ -171,16 +191,22 @@ class JwtAuthenticator:
 
 def _issuer(cfg: IssuerConfig, env: StageEnv) -> _Issuer:
     source: KeySource
+    policy = cfg.policy()
     if cfg.gateway:
         from stockade.oauth2.signing import gateway_key_source
 
         source = gateway_key_source(env.services, cfg.issuer)
+        server = env.services.config.oauth2_server if env.services.config is not None else None
+        if server is not None and "algorithms" not in cfg.model_fields_set:  # pinned to what the gateway signs
+            policy = dataclasses.replace(policy, algorithms=frozenset({server.algorithm}))
+        if "types" not in cfg.model_fields_set:
+            policy = dataclasses.replace(policy, types=frozenset({"at+jwt"}))  # RFC 9068 explicit typing
     elif cfg.jwks_url is not None:
         source = fetcher_for(env.services.shared, cfg.jwks_url, env.clock, cfg.fetch_policy(env.base_dir))
     else:
         source = StaticKeys(cfg.static_keys(env.base_dir))
     revocation = cfg.revocation if cfg.revocation is not None else cfg.gateway
-    return _Issuer(cfg.policy(), source, tuple(cfg.roles_claim.split(".")), revocation)
+    return _Issuer(policy, source, tuple(cfg.roles_claim.split(".")), revocation)
 
 
 def _thumbprint(ctx: RequestContext) -> str | None:
