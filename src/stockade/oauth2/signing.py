@@ -30,6 +30,7 @@ log = logging.getLogger("stockade.oauth2")
 SHARED_KEY = "oauth2.signing_keys"
 RELOAD_INTERVAL = 1.0  # an unknown kid of ours reloads from the store at most this often
 ACTOR = "system:key-rotation"
+MAINTAIN_INTERVAL = 60.0
 
 
 def generate_key(alg: str) -> PrivateKey:
@@ -54,6 +55,11 @@ class SigningKeys:
         self._signer: tuple[str, str, PrivateKey] | None = None
         self._last_reload = float("-inf")
         self._reload_task: asyncio.Task[None] | None = None
+        self.policy: OAuth2Server | None = None  # set by the token server; rotation runs only where one exists
+
+    async def maintain_if_serving(self) -> None:
+        if self.policy is not None:
+            await self.maintain(self.policy)
 
     # -- the jwt stage's view --------------------------------------------------------------------------------
 
@@ -171,6 +177,7 @@ def shared_signing_keys(services: Services) -> SigningKeys:
     watcher = shared_watcher(services)
     keys = SigningKeys(shared_store(services), shared_secrets(services).keyring, services.clock, watcher)
     watcher.subscribe(keys.on_changes)
+    watcher.every(MAINTAIN_INTERVAL, keys.maintain_if_serving)
     services.shared[SHARED_KEY] = keys
     return keys
 
