@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import re
 import secrets
 from collections import OrderedDict
@@ -198,3 +199,12 @@ def _basic(authorization: str) -> tuple[str, str]:
     if not sep:
         raise invalid_client(True, "malformed Basic credentials")
     return unquote_plus(client_id), unquote_plus(secret)  # RFC 6749 §2.3.1: both are form-encoded first
+
+
+async def disable_client(store: Store, client_id: str, *, actor: str, at: float) -> OAuthClient:
+    """Disable a client (idempotent). Its tokens stop verifying through the `client` change on the feed."""
+    client = await store.get_client(client_id)
+    if client.disabled_at is None:
+        client = dataclasses.replace(client, disabled_at=at)
+        await store.update_client(client, actor=actor, at=at)
+    return client

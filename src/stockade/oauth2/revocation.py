@@ -1,4 +1,4 @@
-"""Revoked token ids (RFC 7009), held in memory and kept current from the store's change feed.
+"""Revoked token ids (RFC 7009) and disabled clients, held in memory and kept current from the store's change feed.
 
 The `jwt` stage asks `jti in revoked` on every request for issuers that honour revocation: a set lookup. The set
 is filled once from the store, then every `revoked_token` change (from this or any worker, the CLI or the admin
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 from typing import TYPE_CHECKING
+
+from stockade.storage.base import NotFoundError
 
 if TYPE_CHECKING:
     from stockade.clock import Clock
@@ -31,6 +33,8 @@ class RevokedJtis:
         self.watcher = watcher
         self.clock = clock
         self._jtis: set[str] = set()
+        self.disabled_clients: set[str] = set()  # tokens of a revoked (disabled) client stop verifying too
+        self._pending: set[asyncio.Task[None]] = set()
         self.loaded = False
         self._reload_task: asyncio.Task[None] | None = None
         watcher.subscribe(self._on_changes)
@@ -54,6 +58,7 @@ class RevokedJtis:
         await self.watcher.ensure_baseline()  # changes after this point reach _on_changes: none can be missed
         records = await self.store.list_revoked_tokens(self.clock.time())
         self._jtis = {r.jti for r in records} | (self._jtis if not self.loaded else set())
+        self.disabled_clients = {c.client_id for c in await self.store.list_clients() if c.disabled_at is not None}
         self.loaded = True
 
     def add(self, jti: str) -> None:
@@ -64,8 +69,26 @@ class RevokedJtis:
         for change in batch.changes:
             if change.kind == "revoked_token":
                 self._jtis.add(change.ref)
+            elif change.kind == "client":
+                task = asyncio.get_running_loop().create_task(self._client_changed(change.ref))
+                self._pending.add(task)
+                task.add_done_callback(self._pending.discard)
         if batch.truncated and (self._reload_task is None or self._reload_task.done()):
             self._reload_task = asyncio.get_running_loop().create_task(self.load())
+
+    async def _client_changed(self, client_id: str) -> None:
+        try:
+            client = await self.store.get_client(client_id)
+        except NotFoundError:
+            self.disabled_clients.add(client_id)  # deleted: its tokens must not outlive it
+            return
+        if client.disabled_at is not None:
+            self.disabled_clients.add(client_id)
+        else:
+            self.disabled_clients.discard(client_id)
+
+    def disable(self, client_id: str) -> None:
+        self.disabled_clients.add(client_id)
 
 
 def revoked_jtis(services: Services) -> RevokedJtis:

@@ -53,7 +53,7 @@ class _Issuer:
 class _Entry:
     """A verified token: the verdict to return and what must still hold for it to be reused."""
 
-    __slots__ = ("cnf", "exp_limit", "identity", "jti", "keys", "source", "verdict")
+    __slots__ = ("client_id", "cnf", "exp_limit", "identity", "jti", "keys", "source", "verdict")
 
     def __init__(self, verdict: Continue, exp_limit: float, source: KeySource, identity: str) -> None:
         self.verdict = verdict
@@ -62,6 +62,7 @@ class _Entry:
         self.keys = source.keys  # a rotated key set (new object) sends the token back through full verification
         self.identity = identity
         self.jti: str | None = None  # set only where revocation is honoured
+        self.client_id: str | None = None
         self.cnf: str | None = None  # RFC 8705 certificate thumbprint the token is bound to
 
 
@@ -101,7 +102,7 @@ class JwtAuthenticator:
                 now <= entry.exp_limit
                 and entry.keys is source.keys
                 and now < source.fresh_until
-                and (entry.jti is None or self._not_revoked(entry.jti))
+                and (entry.jti is None or self._not_revoked(entry.jti, entry.client_id))
                 and (entry.cnf is None or _thumbprint(ctx) == entry.cnf)
             ):
                 self._cache.move_to_end(value)
@@ -110,9 +111,11 @@ class JwtAuthenticator:
             del self._cache[value]
         return await self._verify(ctx, value)
 
-    def _not_revoked(self, jti: str) -> bool:
+    def _not_revoked(self, jti: str, client_id: str | None) -> bool:
         revoked = self._revoked
-        return revoked is not None and jti not in revoked and revoked.fresh()
+        return (
+            revoked is not None and jti not in revoked and client_id not in revoked.disabled_clients and revoked.fresh()
+        )
 
     async def _verify(self, ctx: RequestContext, value: str) -> Continue | Skip | Deny:
         scheme, _, token = value.partition(" ")
@@ -171,6 +174,9 @@ class JwtAuthenticator:
                 raise jose.BadClaim("claim 'jti' is required where revocation is honoured")
             if jti in self._revoked:
                 raise jose.Revoked(f"jti {jti!r} was revoked")
+            client_id = claims.get("client_id")
+            if isinstance(client_id, str) and client_id in self._revoked.disabled_clients:
+                raise jose.Revoked(f"client {client_id!r} was revoked")
         cnf = _bound_thumbprint(claims)
         if cnf is not None and _thumbprint(ctx) != cnf:
             raise jose.CnfMismatch("token is bound to another client certificate (cnf.x5t#S256)")
@@ -185,6 +191,8 @@ class JwtAuthenticator:
         identity = hashlib.sha256(f"{issuer.policy.issuer}\x00{sub}".encode()).hexdigest()[:32]
         entry = _Entry(Continue(principal=principal), exp + issuer.policy.leeway, issuer.source, identity)
         entry.jti = jti if issuer.revocation and isinstance(jti, str) else None
+        client_id = claims.get("client_id")
+        entry.client_id = client_id if isinstance(client_id, str) else None
         entry.cnf = cnf
         return entry
 
