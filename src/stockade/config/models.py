@@ -166,6 +166,18 @@ class Log(Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class Secrets(Strict):
+    """Where the API-key pepper and the key-encryption keys come from (env STOCKADE_PEPPER / STOCKADE_KEK win).
+
+    Unset files default to `.stockade/pepper` and `.stockade/kek` next to the config, generated (mode 0600)
+    on first use when `generate` is true.
+    """
+
+    pepper_file: str | None = None
+    kek_file: str | None = None
+    generate: bool = True
+
+
 class GatewayConfig(Strict):
     """The whole gateway: listeners, stores, limits, global stages and routes."""
 
@@ -174,6 +186,7 @@ class GatewayConfig(Strict):
     workers: Annotated[int, Field(ge=1, le=256)] = 1
     storage: str = "sqlite:///.stockade/stockade.db"
     limits_storage: str = "memory://"
+    secrets: Secrets = Field(default_factory=Secrets)
     trusted_proxies: list[str] = Field(default_factory=list)
     limits: Limits = Field(default_factory=Limits)
     log: Log = Field(default_factory=Log)
@@ -185,6 +198,16 @@ class GatewayConfig(Strict):
     @classmethod
     def _expand_oauth2_server(cls, data: Any) -> Any:
         return expand_oauth2_routes(data)
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_url(cls, v: str) -> str:
+        from stockade.storage import check_url  # the storage registry; no backend driver is imported
+
+        problem = check_url(v)
+        if problem is not None:
+            raise ValueError(problem)
+        return v
 
     @field_validator("trusted_proxies")
     @classmethod

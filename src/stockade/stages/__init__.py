@@ -10,6 +10,7 @@ if TYPE_CHECKING:
 
 BUILTIN_STAGES: dict[str, str] = {
     "anonymous": "stockade.stages.authn.anonymous:AnonymousAuthenticator",
+    "api_key": "stockade.stages.authn.api_key:ApiKeyAuthenticator",
     "ip_filter": "stockade.stages.preauth.ip_filter:IpFilter",
     "jwt": "stockade.stages.authn.jwt:JwtAuthenticator",
     "mtls": "stockade.stages.authn.mtls:MtlsAuthenticator",

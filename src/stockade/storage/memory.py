@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 
 from stockade.storage import audit
 from stockade.storage.base import ConflictError, NotFoundError, Store
@@ -25,6 +26,10 @@ class MemoryStore:
     """Dicts behind one lock (the store may be used from the gateway's loop and a test thread at once)."""
 
     shared_across_processes = False
+
+    @classmethod
+    def from_url(cls, url: str, base_dir: Path) -> MemoryStore:
+        return cls(url)
 
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
@@ -81,6 +86,9 @@ class MemoryStore:
             if self._consumers.pop(consumer_id, None) is None:
                 raise NotFoundError(f"no consumer {consumer_id!r}")
             self._keys = {k: v for k, v in self._keys.items() if v.consumer_id != consumer_id}
+            for cid, client in list(self._clients.items()):
+                if client.consumer_id == consumer_id:
+                    self._clients[cid] = dataclasses.replace(client, consumer_id=None)
             self._record(audit.consumer_deleted(consumer_id), actor, at)
 
     # -- API keys ----------------------------------------------------------------------------------------------
