@@ -7,7 +7,6 @@ import base64
 import binascii
 import dataclasses
 import re
-import secrets
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -65,14 +64,14 @@ def new_client(
     consumer_id: str | None = None,
 ) -> tuple[OAuthClient, str | None]:
     """A client record and, for secret methods, its secret (shown once; only its keyed hash is kept)."""
-    from stockade.security.keys import hash_secret, new_id
+    from stockade.security.keys import generate, hash_secret, new_id
 
     if auth_method not in SUPPORTED_METHODS:
         raise ValueError(f"auth method must be one of {', '.join(SUPPORTED_METHODS)}")
     secret: str | None = None
     secret_hash: str | None = None
     if auth_method in SECRET_METHODS:
-        secret = "cs_" + secrets.token_urlsafe(32)
+        secret = generate("secret")  # stk_secret_...: 256 random bits, checksummed, recognisable by scanners
         secret_hash = hash_secret(pepper, secret)
     elif auth_method == "private_key_jwt":
         if jwks is None:
@@ -81,7 +80,7 @@ def new_client(
         if not keys:
             raise ValueError("the client's JWK Set has no usable signing key")
     client = OAuthClient(
-        client_id=new_id("client"),
+        client_id=new_id("cl"),
         name=name,
         auth_method=auth_method,
         created_at=now,
