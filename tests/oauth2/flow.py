@@ -63,7 +63,9 @@ def post_form(
 
 
 def get_token(gw: TestGateway, client_id: str, secret: str, **form: str) -> str:
-    status, _, doc = post_form(gw, "/oauth2/token", {"grant_type": "client_credentials", **form}, basic(client_id, secret))
+    status, _, doc = post_form(
+        gw, "/oauth2/token", {"grant_type": "client_credentials", **form}, basic(client_id, secret)
+    )
     assert status == 200, doc
     token = doc["access_token"]
     assert isinstance(token, str)

@@ -85,8 +85,12 @@ def test_no_issued_secret_or_token_in_the_database_or_logs(tmp_path: Path, caplo
                 )[2]["access_token"]
                 assert isinstance(posted, str)
                 assert call_books(gw, token)[0] == 200
-                assert post_form(gw, "/oauth2/token", {"grant_type": "client_credentials"},
-                                 basic(client_id, secret + "wrong"))[0] == 401
+                assert (
+                    post_form(
+                        gw, "/oauth2/token", {"grant_type": "client_credentials"}, basic(client_id, secret + "wrong")
+                    )[0]
+                    == 401
+                )
                 assert call_books(gw, token[:-4] + "AAAA")[0] == 401
                 assert post_form(gw, "/oauth2/revoke", {"token": token}, basic(client_id, secret))[0] == 200
                 assert call_books(gw, token)[0] == 401

@@ -43,7 +43,9 @@ def test_token_client_secret_basic_calls_a_protected_route(env: tuple[TestGatewa
     gw, up, config = env
     client_id, secret = create_client(config, "--name", "ci", "--scopes", "books:read,books:write")
     assert secret is not None and secret.startswith("stk_secret_")
-    status, headers, doc = post_form(gw, "/oauth2/token", {"grant_type": "client_credentials"}, basic(client_id, secret))
+    status, headers, doc = post_form(
+        gw, "/oauth2/token", {"grant_type": "client_credentials"}, basic(client_id, secret)
+    )
     assert status == 200, doc
     assert headers["cache-control"] == "no-store"
     assert doc["token_type"] == "Bearer" and doc["expires_in"] == 600 and doc["scope"] == "books:read books:write"
@@ -51,7 +53,7 @@ def test_token_client_secret_basic_calls_a_protected_route(env: tuple[TestGatewa
     assert parsed.header["typ"] == "at+jwt" and parsed.header["alg"] == "ES256"
     assert parsed.claims["iss"] == ISSUER and parsed.claims["sub"] == client_id == parsed.claims["client_id"]
     assert parsed.claims["aud"] == "api" and parsed.claims["exp"] - parsed.claims["iat"] == 600
-    status, _, body = call_books(gw, str(doc["access_token"]))
+    status, _, _ = call_books(gw, str(doc["access_token"]))
     assert status == 200
     assert up.received[-1].header("x-stockade-principal") == client_id
     assert up.received[-1].header("authorization") is not None
@@ -67,13 +69,23 @@ def test_token_client_secret_post_and_scope_subset(env: tuple[TestGateway, TestU
     assert call_books(gw, str(doc["access_token"]))[0] == 200
 
 
-def test_token_private_key_jwt_and_assertion_replay(env: tuple[TestGateway, TestUpstream, Path], tmp_path: Path) -> None:
+def test_token_private_key_jwt_and_assertion_replay(
+    env: tuple[TestGateway, TestUpstream, Path], tmp_path: Path
+) -> None:
     gw, _, config = env
     keys = TestIssuer().add_ec("client-key")
     jwks_file = tmp_path / "client-jwks.json"
     jwks_file.write_text(json.dumps(keys.jwks()))
     client_id, secret = create_client(
-        config, "--name", "signer", "--scopes", "books:read", "--auth-method", "private_key_jwt", "--jwks", str(jwks_file)
+        config,
+        "--name",
+        "signer",
+        "--scopes",
+        "books:read",
+        "--auth-method",
+        "private_key_jwt",
+        "--jwks",
+        str(jwks_file),
     )
     assert secret is None
     now = gw.clock.time()
@@ -97,13 +109,25 @@ def test_token_private_key_jwt_and_assertion_replay(env: tuple[TestGateway, Test
     status, doc = token_request(first)
     assert status == 200, doc
     assert call_books(gw, str(doc["access_token"]))[0] == 200
-    assert token_request(first) == (401, {"error": "invalid_client", "error_description": "client authentication failed"})
-    for bad in (assertion(aud="https://elsewhere.example"), assertion(exp=now + 3600), assertion(jti=None),
-                assertion(iss="someone-else"), assertion(exp=now - 120)):
+    assert token_request(first) == (
+        401,
+        {"error": "invalid_client", "error_description": "client authentication failed"},
+    )
+    for bad in (
+        assertion(aud="https://elsewhere.example"),
+        assertion(exp=now + 3600),
+        assertion(jti=None),
+        assertion(iss="someone-else"),
+        assertion(exp=now - 120),
+    ):
         assert token_request(bad)[0] == 401
     other = TestIssuer().add_ec("client-key")  # same kid, a key the client never registered
-    forged = jose.sign({"iss": client_id, "sub": client_id, "aud": ISSUER, "exp": now + 60, "jti": "x"},
-                       other.keys["client-key"][0], "ES256", kid="client-key")
+    forged = jose.sign(
+        {"iss": client_id, "sub": client_id, "aud": ISSUER, "exp": now + 60, "jti": "x"},
+        other.keys["client-key"][0],
+        "ES256",
+        kid="client-key",
+    )
     assert token_request(forged)[0] == 401
 
 
@@ -118,8 +142,9 @@ def test_token_revocation_is_honoured_through_jti(env: tuple[TestGateway, TestUp
     assert other_secret is not None
     status, _, _ = post_form(gw, "/oauth2/revoke", {"token": token}, basic(other_id, other_secret))
     assert status == 200 and call_books(gw, token)[0] == 200  # another client cannot revoke it
-    status, headers, _ = post_form(gw, "/oauth2/revoke", {"token": token, "token_type_hint": "access_token"},
-                                   basic(client_id, secret))
+    status, headers, _ = post_form(
+        gw, "/oauth2/revoke", {"token": token, "token_type_hint": "access_token"}, basic(client_id, secret)
+    )
     assert status == 200 and headers["cache-control"] == "no-store"
     status, headers, body = call_books(gw, token)
     assert status == 401
@@ -169,8 +194,17 @@ async def _drain() -> None:
         ("grant_type=client_credentials&grant_type=client_credentials", "basic", 400, "invalid_request"),
         ({"grant_type": "client_credentials", "client_secret": "x"}, "basic", 400, "invalid_request"),
     ],
-    ids=["password-grant", "no-grant", "scope-beyond", "scope-double-space", "wrong-secret", "unknown-client",
-         "no-client-auth", "duplicate-param", "two-auth-methods"],
+    ids=[
+        "password-grant",
+        "no-grant",
+        "scope-beyond",
+        "scope-double-space",
+        "wrong-secret",
+        "unknown-client",
+        "no-client-auth",
+        "duplicate-param",
+        "two-auth-methods",
+    ],
 )
 def test_token_errors_follow_rfc6749(
     env: tuple[TestGateway, TestUpstream, Path], form: dict[str, str] | str, auth: str | None, status: int, error: str

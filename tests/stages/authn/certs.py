@@ -62,4 +62,6 @@ class Pki:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
         safe = cn.replace("/", "_")
-        return self._write(f"{safe}.pem", cert.public_bytes(serialization.Encoding.PEM)), self._write(f"{safe}.key", key_pem)
+        return self._write(f"{safe}.pem", cert.public_bytes(serialization.Encoding.PEM)), self._write(
+            f"{safe}.key", key_pem
+        )

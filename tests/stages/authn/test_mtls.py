@@ -45,8 +45,9 @@ class Tls:
         self.gw = gw
         self.pki = pki
 
-    def request(self, method: str, path: str, client: str | None, headers: dict[str, str] | None = None,
-                body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+    def request(
+        self, method: str, path: str, client: str | None, headers: dict[str, str] | None = None, body: bytes = b""
+    ) -> tuple[int, dict[str, str], bytes]:
         ctx = ssl.create_default_context(cafile=str(self.pki.ca_file))
         if client is not None:
             ctx.load_cert_chain(self.pki.dir / f"{client}.pem", self.pki.dir / f"{client}.key")
@@ -68,7 +69,11 @@ def start(tmp_path: Path, principal_from: str = "subject_cn") -> Iterator[tuple[
     try:
         with TestUpstream(bg) as up:
             config = tmp_path / "stockade.yaml"
-            config.write_text(CONFIG.replace("{upstream}", up.url).replace("PRINCIPAL_FROM", principal_from).replace("DIR", str(tmp_path)))
+            config.write_text(
+                CONFIG.replace("{upstream}", up.url)
+                .replace("PRINCIPAL_FROM", principal_from)
+                .replace("DIR", str(tmp_path))
+            )
             with TestGateway(config.read_text(), loop=bg, base_dir=tmp_path) as gw:
                 yield Tls(gw, pki), up, config
     finally:
@@ -127,5 +132,5 @@ def test_mtls_stage_requires_client_ca_on_the_listener() -> None:
     from stockade.errors import ConfigError
 
     text = "routes:\n  - {id: r, match: {path: /}, upstream: 'http://127.0.0.1:1', stages: [{use: mtls}]}\n"
-    with pytest.raises(ConfigError, match="mtls needs `listen.tls`"):
+    with pytest.raises(ConfigError, match=r"mtls needs `listen\.tls`"):
         load_config_text(text, env={})

@@ -191,16 +191,17 @@ class IntrospectionAuthenticator:
             return None
 
     def _client(self, httpx: Any) -> Any:
-        clients: dict[tuple[str | None, int], Any] = self._shared.setdefault("oauth2_introspection.http", {})
-        loop_key = (self._ca, id(asyncio.get_running_loop()))
-        client = clients.get(loop_key)
-        if client is None:
-            import ssl
+        """One pooled client per endpoint CA and event loop (a client must not outlive or change its loop)."""
+        clients: dict[str | None, tuple[object, Any]] = self._shared.setdefault("oauth2_introspection.http", {})
+        loop = asyncio.get_running_loop()
+        found = clients.get(self._ca)
+        if found is not None and found[0] is loop:
+            return found[1]
+        import ssl
 
-            verify = ssl.create_default_context(cafile=self._ca)
-            client = clients[loop_key] = httpx.AsyncClient(
-                timeout=self._config.timeout, follow_redirects=False, trust_env=False, verify=verify
-            )
+        verify = ssl.create_default_context(cafile=self._ca)
+        client = httpx.AsyncClient(timeout=self._config.timeout, follow_redirects=False, trust_env=False, verify=verify)
+        clients[self._ca] = (loop, client)
         return client
 
 
