@@ -102,7 +102,7 @@ class _Trie:
                 names.append(value or f"_{len(names)}")
             else:
                 endpoint_is_tail = True
-                names.append("**")
+                names.append("_tail")
         if endpoint_is_tail:
             if node.tail is None:
                 node.tail = _Endpoint()

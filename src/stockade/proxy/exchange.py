@@ -899,7 +899,9 @@ class Exchange:
         if self.pipeline is not None:
             self.pipeline.complete(ctx, outcome)
         self.server.decision_log.record(ctx, outcome)
-        self.server.metrics.request(ctx.route_id, ctx.decision, ctx.reason, self.status, overhead, upstream_s)
+        self.server.metrics.request(
+            ctx.route_id, ctx.decision, ctx.reason, self.status, overhead, upstream_s if self.t_head else None
+        )
 
     def _set_deadline(self, when: float, kind: str) -> None:
         self.deadline = when

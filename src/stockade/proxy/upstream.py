@@ -61,6 +61,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.user: UpstreamUser | None = None
         self.parser: HttpResponseParser | None = None
         self.closed = False
+        self.tunnel = False
         self.reused = False
         self.idle_since = 0.0
         self.received_any = False
@@ -70,6 +71,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_sent = False
         self.head_done = False
         self.done = False
+        self.reusable = False
         self.status = 0
         self.interim = 0
         self.skip_complete = 0
@@ -99,6 +101,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         user = self.user
+        if self.tunnel and user is not None:
+            user.upstream_body(data)  # after a 101 the bytes are the upgraded protocol's, not HTTP
+            return
         if user is None or self.done:
             # Bytes on an idle connection, or after a complete response: this connection cannot be trusted.
             self.close()
@@ -136,6 +141,7 @@ class UpstreamConnection(asyncio.Protocol):
                 return
             data = buf[end:]
         if upgraded or self.status == 101:
+            self.tunnel = True
             if data:
                 user.upstream_body(data)
             return
@@ -163,12 +169,17 @@ class UpstreamConnection(asyncio.Protocol):
         self.status = status
         self.head_done = True
         if self.head_only:
+            self.reusable = self.parser.should_keep_alive()
             self.done = True
 
     def on_message_complete(self) -> None:
         if self.skip_complete:
             self.skip_complete -= 1
             return
+        if not self.done:
+            # llhttp resets its flags once feed_data returns, so keep-alive must be read here.
+            assert self.parser is not None  # noqa: S101
+            self.reusable = self.parser.should_keep_alive()
         self.done = True
 
     # -- used by the exchange ---------------------------------------------------------------------------------
@@ -180,7 +191,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_only = head_only
         self.parser = HttpResponseParser(_Decoder(self) if decode else self)
         self.head_buf = b""
-        self.head_sent = self.head_done = self.done = self.received_any = False
+        self.head_sent = self.head_done = self.done = self.received_any = self.reusable = False
         self.status = self.interim = self.skip_complete = 0
         self.decoded = []
 
@@ -190,7 +201,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     @property
     def keep_alive(self) -> bool:
-        return self.parser is not None and self.parser.should_keep_alive() and self.status != 101
+        return self.reusable and self.status != 101
 
     def detach(self) -> None:
         self.user = None
