@@ -15,6 +15,8 @@ from stockade.handlers.base import LocalResponse
 from stockade.oauth2.clients import ASSERTION_ALGS, SUPPORTED_METHODS, ClientAuthenticator, OAuthError
 from stockade.pipeline.context import BodyTooLargeError
 from stockade.pipeline.headers import DuplicateHeaderError
+from stockade.pipeline.runner import Pipeline
+from stockade.pipeline.verdict import Deny
 from stockade.security import jose
 from stockade.security.jwk import thumbprint_sha256
 
@@ -161,7 +163,7 @@ class TokenServer:
         return LocalResponse(200, [("content-type", "application/json")], self.metadata_body)
 
     def _error(self, ctx: RequestContext, exc: OAuthError) -> LocalResponse:
-        ctx.detail = f"{exc.error}: {exc.log}"
+        Pipeline.deny(ctx, "oauth2", Deny(exc.status, f"oauth2.{exc.error}", detail=exc.log))  # for the decision log
         headers = [("content-type", "application/json"), *_NO_STORE]
         if exc.status == 401:
             scheme = "Basic" if exc.basic else "Bearer"  # RFC 6749 §5.2: match the scheme the client tried

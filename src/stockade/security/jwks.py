@@ -23,7 +23,7 @@ MAX_REDIRECTS = 3
 _MAX_AGE = re.compile(r"(?:^|[,\s])max-age\s*=\s*\"?(\d{1,10})", re.IGNORECASE)
 
 
-class JwksError(Exception):
+class JwksError(ValueError):
     """A JWKS document could not be fetched or parsed (the previous good set, if any, stays in use)."""
 
 
