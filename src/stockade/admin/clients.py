@@ -1,4 +1,4 @@
-"""Admin API for OAuth2 clients: list (viewer), create (admin; the secret is in the response, once), revoke."""
+"""Admin API for OAuth2 clients: list (viewer), create (operator; the secret is in the response, once), revoke."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def _public(c: OAuthClient) -> dict[str, Any]:
 
 
 def _actor(request: Request) -> str:
-    return str(getattr(request.state, "actor", "admin-api"))
+    return str(getattr(request.state, "admin_actor", "admin-api"))
 
 
 def endpoints(state: AdminState) -> list[AdminEndpoint]:
@@ -82,7 +82,7 @@ def endpoints(state: AdminState) -> list[AdminEndpoint]:
         return JSONResponse(_public(client))
 
     return [
-        AdminEndpoint("/api/clients", list_clients, ("GET",), "viewer"),
-        AdminEndpoint("/api/clients", create_client, ("POST",), "admin"),
-        AdminEndpoint("/api/clients/{client_id}/revoke", revoke_client, ("POST",), "operator"),
+        AdminEndpoint("/clients", list_clients, ("GET",), "viewer"),
+        AdminEndpoint("/clients", create_client, ("POST",), "operator"),
+        AdminEndpoint("/clients/{client_id}/revoke", revoke_client, ("POST",), "operator"),
     ]

@@ -5,9 +5,12 @@ from __future__ import annotations
 import click
 
 from stockade import __version__
+from stockade.cli.admin import admin_group
 from stockade.cli.clients import clients_group
 from stockade.cli.common import CONFIG_OPTION_HELP
 from stockade.cli.config_cmd import config_group
+from stockade.cli.consumers import consumers_group
+from stockade.cli.keys import keys_group
 from stockade.cli.serve import serve
 
 
@@ -32,7 +35,10 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 
 cli.add_command(serve)
 cli.add_command(config_group)
+cli.add_command(consumers_group)
+cli.add_command(keys_group)
 cli.add_command(clients_group)
+cli.add_command(admin_group)
 
 
 def main() -> None:

@@ -121,6 +121,18 @@ class ChangeWatcher:
         except Exception:
             log.exception("periodic identity job failed")
 
+    async def aclose(self) -> None:
+        """Stop polling and run every job one last time (flushes last-used times). Services.close() calls it."""
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        if task is not None:
+            await self.run_jobs()
+
     async def run_jobs(self) -> None:
         """Run every periodic job now (tests, and shutdown flushes)."""
         for _, job in self._jobs:

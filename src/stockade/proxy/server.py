@@ -171,6 +171,7 @@ class ProxyServer:
             self._tick_handle.cancel()
         self.pools.close()
         self.decision_log.flush()
+        await self.runtime.services.close()
 
     def _gauges(self) -> list[tuple[str, dict[str, str], float]]:
         out = self.pools.gauges()

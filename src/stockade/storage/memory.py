@@ -305,6 +305,9 @@ class MemoryStore:
     async def ping(self) -> None:
         return None
 
+    async def aclose(self) -> None:  # Services.close() calls this at shutdown
+        await self.close()
+
     async def close(self) -> None:
         return None
 

@@ -242,6 +242,9 @@ class SqlStore(SqlAuthMixin):
     async def ping(self) -> None:
         await self.engine.read(lambda tx: tx.one("SELECT 1"))
 
+    async def aclose(self) -> None:  # Services.close() calls this at shutdown
+        await self.close()
+
     async def close(self) -> None:
         self.engine.close()
 

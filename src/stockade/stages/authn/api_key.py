@@ -93,7 +93,7 @@ class ApiKeyAuthenticator:
                         return Deny(400, "auth.ambiguous_credentials", detail="API key in two headers")
                     value, strip = auth[7:].strip(), self._strip_authorization
         except DuplicateHeaderError as exc:
-            return Deny(400, "auth.duplicate_credentials", detail=f"repeated {exc.name} header")
+            return Deny(400, "http.duplicate_header", detail=f"repeated {exc.name} header")
         query = None
         if self._query is not None:
             found = ctx.query_params.get(self._query)
