@@ -12,7 +12,11 @@ BUILTIN_STAGES: dict[str, str] = {
     "anonymous": "stockade.stages.authn.anonymous:AnonymousAuthenticator",
     "api_key": "stockade.stages.authn.api_key:ApiKeyAuthenticator",
     "ip_filter": "stockade.stages.preauth.ip_filter:IpFilter",
+    "jwt": "stockade.stages.authn.jwt:JwtAuthenticator",
+    "mtls": "stockade.stages.authn.mtls:MtlsAuthenticator",
+    "oauth2_introspection": "stockade.stages.authn.introspection:IntrospectionAuthenticator",
     "request_size": "stockade.stages.validate.request_size:RequestSize",
+    "scopes": "stockade.stages.authz.scopes:ScopesAuthorizer",
     "security_headers": "stockade.stages.response.security_headers:SecurityHeaders",
 }
 
