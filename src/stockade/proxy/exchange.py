@@ -179,22 +179,22 @@ class Exchange:
         trusted = bool(rt.trusted_proxies) and peer in rt.trusted_proxies
         self.trusted = trusted
         made = request_context(
-            method=h.method,
-            target=h.url,
-            version=h.version,
-            headers=h.raw,
-            hosts=h.hosts,
-            expect=h.expect,
-            request_id=h.request_id,
-            forwarded_for=[v for n, _, v in h.forwarding if n == b"x-forwarded-for"] if h.forwarding else (),
-            peer_ip=peer,
-            trusted_proxies=rt.trusted_proxies,
-            scheme="https" if conn.tls else "http",
-            clock=self.clock,
-            started=self.t0,
-            new_id=self.server.request_ids,
-            peer_cert=conn.peer_cert,
-            peer_cert_der=conn.peer_cert_der,
+            h.method,
+            h.url,
+            h.version,
+            h.raw,
+            h.hosts,
+            h.expect,
+            h.request_id,
+            [v for n, _, v in h.forwarding if n == b"x-forwarded-for"] if h.forwarding else (),
+            peer,
+            rt.trusted_proxies,
+            "https" if conn.tls else "http",
+            self.clock,
+            self.t0,
+            self.server.request_ids,
+            conn.peer_cert,
+            conn.peer_cert_der,
         )
         if isinstance(made, Deny):
             self._deny_local(made.status, made.reason, "http", made.detail, close=True)

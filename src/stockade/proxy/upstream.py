@@ -195,9 +195,12 @@ class UpstreamConnection(asyncio.Protocol):
     def begin(self, user: UpstreamUser, *, decode: bool, head_only: bool) -> None:
         """Start serving one exchange: a fresh parser, in the body mode it needs."""
         self.user = user
+        # llhttp resets itself after a complete keep-alive message, so the parser is reused unless the body
+        # mode changes or the last response ended early (a HEAD response stops at its head; llhttp cannot know).
+        if self.parser is None or decode != self.decode or self.head_only:
+            self.parser = HttpResponseParser(_Decoder(self) if decode else self)
         self.decode = decode
         self.head_only = head_only
-        self.parser = HttpResponseParser(_Decoder(self) if decode else self)
         self.head_buf = b""
         self.head_sent = self.head_done = self.done = self.received_any = self.reusable = False
         self.status = self.interim = self.skip_complete = 0
