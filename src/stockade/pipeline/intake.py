@@ -83,7 +83,8 @@ def request_context(
 ) -> RequestContext | Deny:
     """Check the head and build the context, or say why not (a Deny with `detail`, for stage "http").
 
-    Arguments may be passed positionally (the proxy does, on its hot path). `hosts` are the Host header values, `expect` the Expect value, `request_id` the first X-Request-Id value and
+    Arguments may be passed positionally (the proxy does, on its hot path). `hosts` are the Host header values,
+    `expect` the Expect value, `request_id` the first X-Request-Id value and
     `forwarded_for` the X-Forwarded-For values (read only when the peer is a trusted proxy). A Deny here comes
     before any context exists: the front logs it against `bare_context(...)`.
     """
