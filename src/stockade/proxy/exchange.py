@@ -258,7 +258,7 @@ class Exchange:
         if result is None:
             self._forward()
         elif type(result) is Deny:
-            self._respond_local(result.status, result.reason, result.headers)
+            self._respond_local(result.status, result.reason, result.headers, extra=result.extra)
         else:
             self.task = task = asyncio.get_running_loop().create_task(result)  # type: ignore[arg-type]
             task.add_done_callback(self._pipeline_done)
@@ -287,7 +287,7 @@ class Exchange:
         if result is None:
             self._forward()
         else:
-            self._respond_local(result.status, result.reason, result.headers)
+            self._respond_local(result.status, result.reason, result.headers, extra=result.extra)
 
     async def _read_body(self) -> bytes:
         """The body reader handed to stages that need the whole body (bounded by the route's limit)."""
@@ -612,6 +612,11 @@ class Exchange:
                 Pipeline.deny(ctx, ctx.stage or "response", Deny(500, "stage.error", detail=type(exc).__name__))
                 self._error_local(500, "stage.error", type(exc).__name__, keep_decision=True)
                 return None
+            if resp.rejection is not None:  # a hook replaced the response with a problem (Response.reject)
+                rstatus, reason, detail = resp.rejection
+                Pipeline.deny(ctx, resp.rejected_by or "response", Deny(rstatus, reason, detail=detail))
+                self._error_local(rstatus, reason, detail, keep_decision=True)
+                return None
             if body is not None:
                 body = resp.body
             if resp.modified or framing.needs_rebuild or dechunk or body is not None:
@@ -803,12 +808,12 @@ class Exchange:
         else:
             self._respond_local(status, reason, None, close=not self.request_done)
 
-    def _respond_local(self, status: int, reason: str, headers: Any, *, close: bool = False) -> None:
+    def _respond_local(self, status: int, reason: str, headers: Any, *, close: bool = False, extra: Any = None) -> None:
         """Render a gateway-generated problem (RFC 9457 problem+json) and finish the exchange."""
         if self.finished:
             return
         ctx = self.ctx or self._bare_context()
-        body = problem_body(status, reason, ctx.request_id)
+        body = problem_body(status, reason, ctx.request_id, extra)
         self._write_local(status, problem_headers(len(body), headers), body, close=close, framed=True)
 
     def _write_local(

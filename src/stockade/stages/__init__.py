@@ -11,6 +11,8 @@ if TYPE_CHECKING:
 BUILTIN_STAGES: dict[str, str] = {
     "anonymous": "stockade.stages.authn.anonymous:AnonymousAuthenticator",
     "ip_filter": "stockade.stages.preauth.ip_filter:IpFilter",
+    "json_limits": "stockade.stages.validate.json_limits:JsonLimits",
+    "openapi": "stockade.stages.validate.openapi:OpenApiStage",
     "request_size": "stockade.stages.validate.request_size:RequestSize",
     "security_headers": "stockade.stages.response.security_headers:SecurityHeaders",
 }
