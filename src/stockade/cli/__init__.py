@@ -7,6 +7,7 @@ import click
 from stockade import __version__
 from stockade.cli.common import CONFIG_OPTION_HELP
 from stockade.cli.config_cmd import config_group
+from stockade.cli.openapi import openapi_group
 from stockade.cli.serve import serve
 
 
@@ -23,6 +24,7 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
     stockade serve --config stockade.yaml          run the gateway
     stockade config check stockade.yaml            validate a config file
     stockade config schema > stockade.schema.json  JSON Schema for editors
+    stockade openapi routes openapi.yaml           routes config generated from a spec
     """
     ctx.ensure_object(dict)
     ctx.obj["config"] = config_path
@@ -30,6 +32,7 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 
 cli.add_command(serve)
 cli.add_command(config_group)
+cli.add_command(openapi_group)
 
 
 def main() -> None:

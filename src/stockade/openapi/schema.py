@@ -278,6 +278,7 @@ class SchemaSet:
         prop = disc["propertyName"]
         cases: list[Any] = [
             {
+                "type": "object",
                 "required": [prop],
                 "properties": {prop: {"type": "string", "enum": sorted(targets), RULE: "discriminator"}},
             }

@@ -1,0 +1,378 @@
+"""The `openapi` stage through a real gateway and upstream: what is refused, how, and what reaches the upstream."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from stockade.testing import TestGateway, TestUpstream, gateway_with_upstream
+
+SPECS = Path(__file__).resolve().parents[2] / "openapi" / "specs"
+
+CONFIG = """
+routes:
+  - id: api
+    match: {path: "/**"}
+    upstream: "{upstream}"
+    stages:
+      - use: anonymous
+      - use: openapi
+        config: {spec: %s, strict: %s}
+"""
+
+JSON = {"Content-Type": "application/json"}
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+SHOP_JSON = {"Content-Type": "application/vnd.shop+json"}
+
+
+@dataclass(frozen=True)
+class Case:
+    method: str
+    target: str
+    status: int
+    reason: str = ""
+    errors: tuple[tuple[str, str], ...] = ()  # (pointer, rule) pairs that must all be listed
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _gateway(spec: str, strict: bool = False) -> Iterator[tuple[TestGateway, TestUpstream]]:
+    with gateway_with_upstream(CONFIG % (spec, str(strict).lower()), base_dir=SPECS) as pair:
+        yield pair
+
+
+@pytest.fixture(scope="module")
+def demo() -> Iterator[tuple[TestGateway, TestUpstream]]:
+    yield from _gateway("demo.yaml")
+
+
+@pytest.fixture(scope="module")
+def petstore() -> Iterator[tuple[TestGateway, TestUpstream]]:
+    yield from _gateway("petstore.yaml")
+
+
+@pytest.fixture(scope="module")
+def petstore_strict() -> Iterator[tuple[TestGateway, TestUpstream]]:
+    yield from _gateway("petstore.yaml", strict=True)
+
+
+@pytest.fixture(scope="module")
+def shop() -> Iterator[tuple[TestGateway, TestUpstream]]:
+    yield from _gateway("shop.yaml")
+
+
+def _run(pair: tuple[TestGateway, TestUpstream], case: Case) -> None:
+    gw, up = pair
+    before = len(up.received)
+    status, headers, body = gw.request(case.method, case.target, headers=case.headers, body=case.body)
+    forwarded = up.received[before:]
+    if case.status == 200:
+        assert status == 200, body
+        assert len(forwarded) == 1
+        assert forwarded[0].body == case.body  # the body goes upstream exactly as sent
+        return
+    assert status == case.status, body
+    assert forwarded == []
+    doc = json.loads(body)
+    assert headers["content-type"] == "application/problem+json"
+    assert doc["reason"] == case.reason
+    listed = {(e["pointer"], e["rule"]) for e in doc.get("errors", ())}
+    assert set(case.errors) <= listed, listed
+    for value in _string_values(case.body):  # never the submitted values (property names may appear in pointers)
+        assert value.encode() not in body or any(value in pointer for pointer, _ in listed)
+
+
+def _string_values(raw: bytes) -> list[str]:
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return []
+    values = doc.values() if isinstance(doc, dict) else []
+    return [v for v in values if isinstance(v, str) and len(v) > 3]
+
+
+INVALID = "openapi.invalid_request"
+UNKNOWN = "openapi.unknown_operation"
+MEDIA = "openapi.unsupported_media_type"
+MALFORMED = "openapi.malformed_body"
+BAD_PARAM = "openapi.bad_parameter"
+
+DEMO_CASES = {
+    "list-ok": Case("GET", "/books?limit=5&author=Tolkien", 200),
+    "head-maps-to-get": Case("HEAD", "/books", 200),
+    "limit-above-maximum": Case("GET", "/books?limit=500", 422, INVALID, (("/query/limit", "maximum"),)),
+    "limit-not-integer": Case("GET", "/books?limit=ten", 422, INVALID, (("/query/limit", "type"),)),
+    "limit-twice": Case("GET", "/books?limit=1&limit=2", 400, BAD_PARAM, (("/query/limit", "duplicate"),)),
+    "path-id-zero": Case("GET", "/books/0", 422, INVALID, (("/path/book_id", "minimum"),)),
+    "path-id-text": Case("GET", "/books/abc", 422, INVALID, (("/path/book_id", "type"),)),
+    "unknown-path": Case("GET", "/internal/debug", 404, UNKNOWN),
+    "unknown-method": Case("DELETE", "/users", 404, UNKNOWN),
+    "trailing-slash-is-another-path": Case("GET", "/books/", 404, UNKNOWN),
+    "order-ok": Case("POST", "/orders", 200, body=b'{"items":[{"book_id":1,"quantity":2}]}', headers=JSON),
+    "order-quantity-zero": Case(
+        "POST",
+        "/orders",
+        422,
+        INVALID,
+        (("/body/items/0/quantity", "minimum"),),
+        b'{"items":[{"book_id":1,"quantity":0}]}',
+        JSON,
+    ),
+    "order-owner-injected": Case(
+        "POST",
+        "/orders",
+        422,
+        INVALID,
+        (("/body/owner", "additionalProperties"),),
+        b'{"items":[{"book_id":1,"quantity":1}],"owner":"mallory"}',
+        JSON,
+    ),
+    "order-no-body": Case("POST", "/orders", 422, INVALID, (("/body", "required"),), headers=JSON),
+    "order-not-json": Case("POST", "/orders", 400, MALFORMED, (("/body", "json"),), b"{items:", JSON),
+    "order-duplicate-key": Case(
+        "POST", "/orders", 400, MALFORMED, (("/body/items", "duplicate_key"),), b'{"items":[],"items":[]}', JSON
+    ),
+    "order-as-text": Case("POST", "/orders", 415, MEDIA, body=b"items=1", headers={"Content-Type": "text/plain"}),
+    "order-no-content-type": Case("POST", "/orders", 415, MEDIA, body=b'{"items":[]}'),
+    "json-charset-ok": Case(
+        "POST",
+        "/orders",
+        200,
+        body=b'{"items":[{"book_id":3,"quantity":1}]}',
+        headers={"Content-Type": "Application/JSON; charset=utf-8"},
+    ),
+    "body-on-bodiless-operation": Case("GET", "/books", 415, MEDIA, body=b'{"a":1}', headers=JSON),
+    "signup-role-readonly": Case(
+        "POST",
+        "/users",
+        422,
+        INVALID,
+        (("/body/role", "additionalProperties"), ("/body/email", "format")),
+        b'{"username":"alice","name":"Alice","email":"not-an-email","password":"correct horse battery","role":"staff"}',
+        JSON,
+    ),
+    "book-isbn-pattern": Case(
+        "POST",
+        "/books",
+        422,
+        INVALID,
+        (("/body/isbn", "pattern"),),
+        b'{"isbn":"123","title":"T","author":"A","year":2000,"price_cents":100}',
+        JSON,
+    ),
+    "book-update-empty": Case("PATCH", "/books/1", 422, INVALID, (("/body", "minProperties"),), b"{}", JSON),
+    "book-update-isbn-not-changeable": Case(
+        "PATCH", "/books/1", 422, INVALID, (("/body/isbn", "additionalProperties"),), b'{"isbn":"9780000000000"}', JSON
+    ),
+}
+
+PETSTORE_CASES = {
+    "base-path-required": Case("GET", "/pets", 404, UNKNOWN),
+    "list-ok": Case("GET", "/v1/pets?limit=10&tags=a&tags=b&status=sold", 200),
+    "limit-int32-overflow": Case("GET", "/v1/pets?limit=99999999999", 422, INVALID, (("/query/limit", "maximum"),)),
+    "tags-too-many": Case("GET", "/v1/pets?tags=a&tags=b&tags=c&tags=d", 422, INVALID, (("/query/tags", "maxItems"),)),
+    "status-enum": Case("GET", "/v1/pets?status=lost", 422, INVALID, (("/query/status", "enum"),)),
+    "header-uuid": Case(
+        "GET", "/v1/pets", 422, INVALID, (("/header/x-request-id", "format"),), headers={"X-Request-Id": "nope"}
+    ),
+    "header-uuid-ok": Case("GET", "/v1/pets", 200, headers={"X-Request-Id": "9b2f3c1e-8d4a-4b6e-9f0a-1c2d3e4f5a6b"}),
+    "literal-beats-template": Case("GET", "/v1/pets/mine", 200),
+    "create-ok": Case("POST", "/v1/pets", 200, body=b'{"name":"Rex","tag":null,"weight":3.5}', headers=JSON),
+    "create-open-schema-extra-allowed": Case("POST", "/v1/pets", 200, body=b'{"name":"Rex","admin":true}', headers=JSON),
+    "create-weight-exclusive-zero": Case(
+        "POST", "/v1/pets", 422, INVALID, (("/body/weight", "exclusiveMinimum"),), b'{"name":"Rex","weight":0}', JSON
+    ),
+    "create-date-format": Case(
+        "POST", "/v1/pets", 422, INVALID, (("/body/birthday", "format"),), b'{"name":"Rex","birthday":"2024-13-45"}', JSON
+    ),
+    "create-name-missing": Case("POST", "/v1/pets", 422, INVALID, (("/body/name", "required"),), b'{"tag":"x"}', JSON),
+    "create-form-ok": Case("POST", "/v1/pets", 200, body=b"name=Rex&weight=2.5&vaccinated=true", headers=FORM),
+    "create-form-bad-number": Case(
+        "POST", "/v1/pets", 422, INVALID, (("/body/weight", "type"),), b"name=Rex&weight=heavy", FORM
+    ),
+    "create-form-duplicate": Case(
+        "POST", "/v1/pets", 400, MALFORMED, (("/body/name", "duplicate"),), b"name=Rex&name=Max", FORM
+    ),
+    "replace-readonly-id": Case(
+        "PUT", "/v1/pets/7", 422, INVALID, (("/body/id", "readOnly"),), b'{"id":7,"name":"Rex"}', JSON
+    ),
+    "replace-without-id-ok": Case("PUT", "/v1/pets/7", 200, body=b'{"name":"Rex"}', headers=JSON),
+    "delete-ok": Case("DELETE", "/v1/pets/7", 200),
+    "owner-uuid-path": Case("GET", "/v1/owners/42", 422, INVALID, (("/path/ownerId", "format"),)),
+    "owner-writeonly-accepted-in-request": Case(
+        "PUT",
+        "/v1/owners/9b2f3c1e-8d4a-4b6e-9f0a-1c2d3e4f5a6b",
+        200,
+        body=b'{"email":"a@example.com","password":"long enough"}',
+        headers=JSON,
+    ),
+}
+
+STRICT_CASES = {
+    "create-extra-property": Case(
+        "POST", "/v1/pets", 422, INVALID, (("/body/admin", "unevaluatedProperties"),), b'{"name":"Rex","admin":true}', JSON
+    ),
+    "replace-allof-sees-both-parts": Case("PUT", "/v1/pets/7", 200, body=b'{"name":"Rex","tag":"x"}', headers=JSON),
+    "replace-allof-extra": Case(
+        "PUT", "/v1/pets/7", 422, INVALID, (("/body/owner", "unevaluatedProperties"),), b'{"name":"Rex","owner":1}', JSON
+    ),
+    "nested-object-closed": Case(
+        "PUT",
+        "/v1/owners/9b2f3c1e-8d4a-4b6e-9f0a-1c2d3e4f5a6b",
+        422,
+        INVALID,
+        (("/body/address/planet", "unevaluatedProperties"),),
+        b'{"email":"a@example.com","address":{"city":"X","planet":"Mars"}}',
+        JSON,
+    ),
+    "free-form-map-stays-open": Case(
+        "PUT",
+        "/v1/owners/9b2f3c1e-8d4a-4b6e-9f0a-1c2d3e4f5a6b",
+        200,
+        body=b'{"email":"a@example.com","labels":{"any":"thing"}}',
+        headers=JSON,
+    ),
+    "undeclared-query-key": Case("GET", "/v1/pets?limit=1&debug=1", 422, INVALID, (("/query/debug", "additionalProperties"),)),
+}
+
+SEARCH_OK = "/api/v2/search?q=books&price[min]=1&price[max]=9&ids=1|2|3"
+SEARCH_HEADERS = {"Cookie": "session=0123456789abcdef", "X-Api-Version": "2"}
+
+SHOP_CASES = {
+    "server-variable-v1": Case("GET", "/api/v1/items/.5", 200),
+    "server-variable-other": Case("GET", "/api/v3/items/.5", 404, UNKNOWN),
+    "label-style-bad": Case("GET", "/api/v2/items/5", 400, BAD_PARAM, (("/path/id", "style"),)),
+    "label-style-invalid": Case("GET", "/api/v2/items/.0", 422, INVALID, (("/path/id", "minimum"),)),
+    "matrix-ok": Case("GET", "/api/v2/stores/;coords=1.5,2", 200),
+    "matrix-one-number": Case("GET", "/api/v2/stores/;coords=1.5", 422, INVALID, (("/path/coords", "minItems"),)),
+    "mixed-segment-ok": Case("GET", "/api/v2/reports/sales.csv", 200),
+    "mixed-segment-enum": Case("GET", "/api/v2/reports/sales.exe", 422, INVALID, (("/path/format", "enum"),)),
+    "search-ok": Case("GET", SEARCH_OK, 200, headers=SEARCH_HEADERS),
+    "search-deep-object-extra": Case(
+        "GET", SEARCH_OK + "&price[avg]=3", 422, INVALID, (("/query/price/avg", "additionalProperties"),), headers=SEARCH_HEADERS
+    ),
+    "search-pipe-item-type": Case(
+        "GET", "/api/v2/search?q=books&ids=1|x", 422, INVALID, (("/query/ids/1", "type"),), headers=SEARCH_HEADERS
+    ),
+    "search-q-missing": Case("GET", "/api/v2/search", 422, INVALID, (("/query/q", "required"),), headers=SEARCH_HEADERS),
+    "search-cookie-missing": Case(
+        "GET", "/api/v2/search?q=books", 422, INVALID, (("/cookie/session", "required"),), headers={"X-Api-Version": "1"}
+    ),
+    "search-cookie-pattern": Case(
+        "GET",
+        "/api/v2/search?q=books",
+        422,
+        INVALID,
+        (("/cookie/session", "pattern"),),
+        headers={"Cookie": "session=zz", "X-Api-Version": "1"},
+    ),
+    "search-header-enum": Case(
+        "GET",
+        "/api/v2/search?q=books",
+        422,
+        INVALID,
+        (("/header/x-api-version", "enum"),),
+        headers={**SEARCH_HEADERS, "X-Api-Version": "3"},
+    ),
+    "search-json-param": Case(
+        "GET", "/api/v2/search?q=books&filter=%7B%22x%22%3A1%7D", 422, INVALID, (("/query/filter/field", "required"),), headers=SEARCH_HEADERS
+    ),
+    "search-json-param-malformed": Case(
+        "GET", "/api/v2/search?q=books&filter=%7B", 400, BAD_PARAM, (("/query/filter", "json"),), headers=SEARCH_HEADERS
+    ),
+    "order-external-refs-ok": Case(
+        "POST",
+        "/api/v2/orders",
+        200,
+        body=b'{"lines":[{"sku":"ABC-1234","quantity":2}],"ship_to":{"street":"1 Main","city":"X","country":"DE","zip":null}}',
+        headers=JSON,
+    ),
+    "order-external-sku-pattern": Case(
+        "POST",
+        "/api/v2/orders",
+        422,
+        INVALID,
+        (("/body/lines/0/sku", "pattern"), ("/body/ship_to/country", "required")),
+        b'{"lines":[{"sku":"abc","quantity":1}],"ship_to":{"street":"1 Main","city":"X"}}',
+        JSON,
+    ),
+    "order-readonly-total": Case(
+        "POST",
+        "/api/v2/orders",
+        422,
+        INVALID,
+        (("/body/total", "readOnly"),),
+        b'{"lines":[{"sku":"ABC-1234","quantity":1}],"ship_to":{"street":"a","city":"b","country":"DE"},"total":1}',
+        JSON,
+    ),
+    "order-int32-quantity": Case(
+        "POST",
+        "/api/v2/orders",
+        422,
+        INVALID,
+        (("/body/lines/0/quantity", "maximum"),),
+        b'{"lines":[{"sku":"ABC-1234","quantity":3000000000}],"ship_to":{"street":"a","city":"b","country":"DE"}}',
+        JSON,
+    ),
+    "payment-card-ok": Case(
+        "POST", "/api/v2/payments", 200, body=b'{"method":"card","amount":5,"card_number":"4111111111111111"}', headers=JSON
+    ),
+    "payment-sepa-mapped": Case(
+        "POST", "/api/v2/payments", 200, body=b'{"method":"sepa","amount":5,"iban":"DE89370400440532013000"}', headers=JSON
+    ),
+    "payment-unknown-method": Case(
+        "POST", "/api/v2/payments", 422, INVALID, (("/body/method", "discriminator"),), b'{"method":"cash","amount":5}', JSON
+    ),
+    "payment-branch-errors-precise": Case(
+        "POST", "/api/v2/payments", 422, INVALID, (("/body/card_number", "required"),), b'{"method":"card","amount":5}', JSON
+    ),
+    "payment-amount-exclusive-zero": Case(
+        "POST",
+        "/api/v2/payments",
+        422,
+        INVALID,
+        (("/body/amount", "exclusiveMinimum"),),
+        b'{"method":"card","amount":0,"card_number":"4111111111111111"}',
+        JSON,
+    ),
+    "payment-not-an-object": Case("POST", "/api/v2/payments", 422, INVALID, (("/body", "type"),), b'"card"', JSON),
+    "animal-implicit-mapping": Case("POST", "/api/v2/animals", 200, body=b'{"kind":"Cat","name":"Tom"}', headers=SHOP_JSON),
+    "animal-vendor-json-required": Case("POST", "/api/v2/animals", 415, MEDIA, body=b'{"kind":"Cat","name":"Tom"}', headers=JSON),
+    "animal-unknown-kind": Case(
+        "POST", "/api/v2/animals", 422, INVALID, (("/body/kind", "discriminator"),), b'{"kind":"Cow","name":"Tom"}', SHOP_JSON
+    ),
+    "inventory-nullable-ok": Case(
+        "PATCH", "/api/v2/inventory/ABC-1234", 200, body=b'{"quantity":null,"discount":50,"note":null}', headers=JSON
+    ),
+    "inventory-exclusive-min-bool": Case(
+        "PATCH", "/api/v2/inventory/ABC-1234", 422, INVALID, (("/body/quantity", "exclusiveMinimum"),), b'{"quantity":0}', JSON
+    ),
+    "inventory-nullable-enum": Case(
+        "PATCH", "/api/v2/inventory/ABC-1234", 422, INVALID, (("/body/note", "enum"),), b'{"note":"free"}', JSON
+    ),
+    "inventory-sku-path-external": Case("PATCH", "/api/v2/inventory/abc", 422, INVALID, (("/path/sku", "pattern"),), b"{}", JSON),
+}
+
+
+@pytest.mark.parametrize("case", DEMO_CASES.values(), ids=DEMO_CASES.keys())
+def test_openapi_demo_spec(demo: tuple[TestGateway, TestUpstream], case: Case) -> None:
+    _run(demo, case)
+
+
+@pytest.mark.parametrize("case", PETSTORE_CASES.values(), ids=PETSTORE_CASES.keys())
+def test_openapi_petstore_spec(petstore: tuple[TestGateway, TestUpstream], case: Case) -> None:
+    _run(petstore, case)
+
+
+@pytest.mark.parametrize("case", STRICT_CASES.values(), ids=STRICT_CASES.keys())
+def test_openapi_strict_mode_closes_objects(petstore_strict: tuple[TestGateway, TestUpstream], case: Case) -> None:
+    _run(petstore_strict, case)
+
+
+@pytest.mark.parametrize("case", SHOP_CASES.values(), ids=SHOP_CASES.keys())
+def test_openapi_shop_spec(shop: tuple[TestGateway, TestUpstream], case: Case) -> None:
+    _run(shop, case)
