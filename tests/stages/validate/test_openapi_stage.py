@@ -182,12 +182,20 @@ PETSTORE_CASES = {
     "header-uuid-ok": Case("GET", "/v1/pets", 200, headers={"X-Request-Id": "9b2f3c1e-8d4a-4b6e-9f0a-1c2d3e4f5a6b"}),
     "literal-beats-template": Case("GET", "/v1/pets/mine", 200),
     "create-ok": Case("POST", "/v1/pets", 200, body=b'{"name":"Rex","tag":null,"weight":3.5}', headers=JSON),
-    "create-open-schema-extra-allowed": Case("POST", "/v1/pets", 200, body=b'{"name":"Rex","admin":true}', headers=JSON),
+    "create-open-schema-extra-allowed": Case(
+        "POST", "/v1/pets", 200, body=b'{"name":"Rex","admin":true}', headers=JSON
+    ),
     "create-weight-exclusive-zero": Case(
         "POST", "/v1/pets", 422, INVALID, (("/body/weight", "exclusiveMinimum"),), b'{"name":"Rex","weight":0}', JSON
     ),
     "create-date-format": Case(
-        "POST", "/v1/pets", 422, INVALID, (("/body/birthday", "format"),), b'{"name":"Rex","birthday":"2024-13-45"}', JSON
+        "POST",
+        "/v1/pets",
+        422,
+        INVALID,
+        (("/body/birthday", "format"),),
+        b'{"name":"Rex","birthday":"2024-13-45"}',
+        JSON,
     ),
     "create-name-missing": Case("POST", "/v1/pets", 422, INVALID, (("/body/name", "required"),), b'{"tag":"x"}', JSON),
     "create-form-ok": Case("POST", "/v1/pets", 200, body=b"name=Rex&weight=2.5&vaccinated=true", headers=FORM),
@@ -212,13 +220,91 @@ PETSTORE_CASES = {
     ),
 }
 
+
+def _multipart(*parts: tuple[str, str, bytes]) -> bytes:
+    """(name, extra headers, content) parts, boundary `XyZ`."""
+    out = b""
+    for name, extra, content in parts:
+        out += f'--XyZ\r\nContent-Disposition: form-data; name="{name}"{extra}\r\n\r\n'.encode() + content + b"\r\n"
+    return out + b"--XyZ--\r\n"
+
+
+MULTIPART = {"Content-Type": "multipart/form-data; boundary=XyZ"}
+FILE = ('; filename="a.png"\r\nContent-Type: image/png', b"\x89PNG\x00\xff")
+PETSTORE_CASES |= {
+    "photo-ok": Case(
+        "POST",
+        "/v1/pets/3/photo",
+        200,
+        body=_multipart(("file", *FILE), ("caption", "", b"cute"), ("rating", "", b"5")),
+        headers=MULTIPART,
+    ),
+    "photo-json-part": Case(
+        "POST",
+        "/v1/pets/3/photo",
+        422,
+        INVALID,
+        (("/body/meta/width", "minimum"),),
+        _multipart(("file", *FILE), ("meta", "\r\nContent-Type: application/json", b'{"width":0}')),
+        MULTIPART,
+    ),
+    "photo-rating-bounds": Case(
+        "POST",
+        "/v1/pets/3/photo",
+        422,
+        INVALID,
+        (("/body/rating", "maximum"), ("/body/caption", "maxLength")),
+        _multipart(("file", *FILE), ("rating", "", b"9"), ("caption", "", b"x" * 30)),
+        MULTIPART,
+    ),
+    "photo-file-missing": Case(
+        "POST",
+        "/v1/pets/3/photo",
+        422,
+        INVALID,
+        (("/body/file", "required"),),
+        _multipart(("caption", "", b"x")),
+        MULTIPART,
+    ),
+    "photo-truncated": Case(
+        "POST",
+        "/v1/pets/3/photo",
+        400,
+        MALFORMED,
+        (("/body", "multipart"),),
+        _multipart(("caption", "", b"x"))[:-9],
+        MULTIPART,
+    ),
+    "photo-no-boundary": Case(
+        "POST",
+        "/v1/pets/3/photo",
+        400,
+        MALFORMED,
+        (("/body", "multipart"),),
+        _multipart(("caption", "", b"x")),
+        {"Content-Type": "multipart/form-data"},
+    ),
+}
+
 STRICT_CASES = {
     "create-extra-property": Case(
-        "POST", "/v1/pets", 422, INVALID, (("/body/admin", "unevaluatedProperties"),), b'{"name":"Rex","admin":true}', JSON
+        "POST",
+        "/v1/pets",
+        422,
+        INVALID,
+        (("/body/admin", "unevaluatedProperties"),),
+        b'{"name":"Rex","admin":true}',
+        JSON,
     ),
     "replace-allof-sees-both-parts": Case("PUT", "/v1/pets/7", 200, body=b'{"name":"Rex","tag":"x"}', headers=JSON),
     "replace-allof-extra": Case(
-        "PUT", "/v1/pets/7", 422, INVALID, (("/body/owner", "unevaluatedProperties"),), b'{"name":"Rex","owner":1}', JSON
+        "PUT",
+        "/v1/pets/7",
+        422,
+        INVALID,
+        (("/body/owner", "unevaluatedProperties"),),
+        b'{"name":"Rex","owner":1}',
+        JSON,
     ),
     "nested-object-closed": Case(
         "PUT",
@@ -236,7 +322,9 @@ STRICT_CASES = {
         body=b'{"email":"a@example.com","labels":{"any":"thing"}}',
         headers=JSON,
     ),
-    "undeclared-query-key": Case("GET", "/v1/pets?limit=1&debug=1", 422, INVALID, (("/query/debug", "additionalProperties"),)),
+    "undeclared-query-key": Case(
+        "GET", "/v1/pets?limit=1&debug=1", 422, INVALID, (("/query/debug", "additionalProperties"),)
+    ),
 }
 
 SEARCH_OK = "/api/v2/search?q=books&price[min]=1&price[max]=9&ids=1|2|3"
@@ -253,14 +341,26 @@ SHOP_CASES = {
     "mixed-segment-enum": Case("GET", "/api/v2/reports/sales.exe", 422, INVALID, (("/path/format", "enum"),)),
     "search-ok": Case("GET", SEARCH_OK, 200, headers=SEARCH_HEADERS),
     "search-deep-object-extra": Case(
-        "GET", SEARCH_OK + "&price[avg]=3", 422, INVALID, (("/query/price/avg", "additionalProperties"),), headers=SEARCH_HEADERS
+        "GET",
+        SEARCH_OK + "&price[avg]=3",
+        422,
+        INVALID,
+        (("/query/price/avg", "additionalProperties"),),
+        headers=SEARCH_HEADERS,
     ),
     "search-pipe-item-type": Case(
         "GET", "/api/v2/search?q=books&ids=1|x", 422, INVALID, (("/query/ids/1", "type"),), headers=SEARCH_HEADERS
     ),
-    "search-q-missing": Case("GET", "/api/v2/search", 422, INVALID, (("/query/q", "required"),), headers=SEARCH_HEADERS),
+    "search-q-missing": Case(
+        "GET", "/api/v2/search", 422, INVALID, (("/query/q", "required"),), headers=SEARCH_HEADERS
+    ),
     "search-cookie-missing": Case(
-        "GET", "/api/v2/search?q=books", 422, INVALID, (("/cookie/session", "required"),), headers={"X-Api-Version": "1"}
+        "GET",
+        "/api/v2/search?q=books",
+        422,
+        INVALID,
+        (("/cookie/session", "required"),),
+        headers={"X-Api-Version": "1"},
     ),
     "search-cookie-pattern": Case(
         "GET",
@@ -279,7 +379,12 @@ SHOP_CASES = {
         headers={**SEARCH_HEADERS, "X-Api-Version": "3"},
     ),
     "search-json-param": Case(
-        "GET", "/api/v2/search?q=books&filter=%7B%22x%22%3A1%7D", 422, INVALID, (("/query/filter/field", "required"),), headers=SEARCH_HEADERS
+        "GET",
+        "/api/v2/search?q=books&filter=%7B%22x%22%3A1%7D",
+        422,
+        INVALID,
+        (("/query/filter/field", "required"),),
+        headers=SEARCH_HEADERS,
     ),
     "search-json-param-malformed": Case(
         "GET", "/api/v2/search?q=books&filter=%7B", 400, BAD_PARAM, (("/query/filter", "json"),), headers=SEARCH_HEADERS
@@ -319,16 +424,36 @@ SHOP_CASES = {
         JSON,
     ),
     "payment-card-ok": Case(
-        "POST", "/api/v2/payments", 200, body=b'{"method":"card","amount":5,"card_number":"4111111111111111"}', headers=JSON
+        "POST",
+        "/api/v2/payments",
+        200,
+        body=b'{"method":"card","amount":5,"card_number":"4111111111111111"}',
+        headers=JSON,
     ),
     "payment-sepa-mapped": Case(
-        "POST", "/api/v2/payments", 200, body=b'{"method":"sepa","amount":5,"iban":"DE89370400440532013000"}', headers=JSON
+        "POST",
+        "/api/v2/payments",
+        200,
+        body=b'{"method":"sepa","amount":5,"iban":"DE89370400440532013000"}',
+        headers=JSON,
     ),
     "payment-unknown-method": Case(
-        "POST", "/api/v2/payments", 422, INVALID, (("/body/method", "discriminator"),), b'{"method":"cash","amount":5}', JSON
+        "POST",
+        "/api/v2/payments",
+        422,
+        INVALID,
+        (("/body/method", "discriminator"),),
+        b'{"method":"cash","amount":5}',
+        JSON,
     ),
     "payment-branch-errors-precise": Case(
-        "POST", "/api/v2/payments", 422, INVALID, (("/body/card_number", "required"),), b'{"method":"card","amount":5}', JSON
+        "POST",
+        "/api/v2/payments",
+        422,
+        INVALID,
+        (("/body/card_number", "required"),),
+        b'{"method":"card","amount":5}',
+        JSON,
     ),
     "payment-amount-exclusive-zero": Case(
         "POST",
@@ -340,21 +465,39 @@ SHOP_CASES = {
         JSON,
     ),
     "payment-not-an-object": Case("POST", "/api/v2/payments", 422, INVALID, (("/body", "type"),), b'"card"', JSON),
-    "animal-implicit-mapping": Case("POST", "/api/v2/animals", 200, body=b'{"kind":"Cat","name":"Tom"}', headers=SHOP_JSON),
-    "animal-vendor-json-required": Case("POST", "/api/v2/animals", 415, MEDIA, body=b'{"kind":"Cat","name":"Tom"}', headers=JSON),
+    "animal-implicit-mapping": Case(
+        "POST", "/api/v2/animals", 200, body=b'{"kind":"Cat","name":"Tom"}', headers=SHOP_JSON
+    ),
+    "animal-vendor-json-required": Case(
+        "POST", "/api/v2/animals", 415, MEDIA, body=b'{"kind":"Cat","name":"Tom"}', headers=JSON
+    ),
     "animal-unknown-kind": Case(
-        "POST", "/api/v2/animals", 422, INVALID, (("/body/kind", "discriminator"),), b'{"kind":"Cow","name":"Tom"}', SHOP_JSON
+        "POST",
+        "/api/v2/animals",
+        422,
+        INVALID,
+        (("/body/kind", "discriminator"),),
+        b'{"kind":"Cow","name":"Tom"}',
+        SHOP_JSON,
     ),
     "inventory-nullable-ok": Case(
         "PATCH", "/api/v2/inventory/ABC-1234", 200, body=b'{"quantity":null,"discount":50,"note":null}', headers=JSON
     ),
     "inventory-exclusive-min-bool": Case(
-        "PATCH", "/api/v2/inventory/ABC-1234", 422, INVALID, (("/body/quantity", "exclusiveMinimum"),), b'{"quantity":0}', JSON
+        "PATCH",
+        "/api/v2/inventory/ABC-1234",
+        422,
+        INVALID,
+        (("/body/quantity", "exclusiveMinimum"),),
+        b'{"quantity":0}',
+        JSON,
     ),
     "inventory-nullable-enum": Case(
         "PATCH", "/api/v2/inventory/ABC-1234", 422, INVALID, (("/body/note", "enum"),), b'{"note":"free"}', JSON
     ),
-    "inventory-sku-path-external": Case("PATCH", "/api/v2/inventory/abc", 422, INVALID, (("/path/sku", "pattern"),), b"{}", JSON),
+    "inventory-sku-path-external": Case(
+        "PATCH", "/api/v2/inventory/abc", 422, INVALID, (("/path/sku", "pattern"),), b"{}", JSON
+    ),
 }
 
 
