@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from stockade.openapi.loader import Documents, Located, SpecError
+from stockade.openapi.loader import Documents, Located, SpecError, join
 from stockade.openapi.matcher import PathTrie, TemplateError
 from stockade.openapi.operations import Operation, build_operation
 from stockade.openapi.schema import SchemaSet
@@ -100,7 +100,8 @@ def _bases(root: Located, override: str | None) -> tuple[str, ...]:
     for i, server in enumerate(servers):
         if not isinstance(server, dict) or not isinstance(server.get("url"), str):
             raise root.error("a server needs a url", "servers", i)
-        out.update(_expand(server["url"], server.get("variables") or {}, root.child("servers", i)))
+        at = Located(server, root.file, join(root.pointer, "servers", i))
+        out.update(_expand(server["url"], server.get("variables") or {}, at))
     return tuple(sorted(out, key=len, reverse=True))
 
 
