@@ -25,7 +25,8 @@ def _spec(tmp_path: Path, body: str, name: str = "api.yaml") -> Path:
     ("body", "pointer", "words"),
     [
         (
-            "paths: {/a: {post: {requestBody: {content: {application/json: {schema: {type: string, pattern: '(?=x)'}}}}}}}",
+            "paths: {/a: {post: {requestBody: {content: {application/json: "
+            "{schema: {type: string, pattern: '(?=x)'}}}}}}}",
             "#/paths/~1a/post/requestBody/content/application~1json/schema/pattern",
             "linear-time",
         ),
@@ -71,7 +72,7 @@ def _spec(tmp_path: Path, body: str, name: str = "api.yaml") -> Path:
         "duplicate-template",
         "circular-ref",
         "missing-file",
-    ],  # fmt: skip
+    ],
 )
 def test_broken_spec_names_file_and_pointer(tmp_path: Path, body: str, pointer: str, words: str) -> None:
     path = _spec(tmp_path, body)

@@ -81,7 +81,7 @@ def gateway_path(template: str) -> str:
 
 
 def _route_id(template: str, taken: set[str]) -> str:
-    words = [re.sub(r"[^A-Za-z0-9_-]", "_", s.strip("{}")) for s in template.split("/") if s]
+    words = [re.sub(r"[^A-Za-z0-9_.-]", "_", s.replace("{", "").replace("}", "")) for s in template.split("/") if s]
     base = ".".join(words)[:60] or "root"
     rid = base
     n = 1

@@ -133,7 +133,7 @@ def test_enforce_answers_502_when_the_response_cannot_be_repaired(
 ) -> None:
     gw, up, log = enforce
     up.reply(OWNER, reply)
-    status, headers, body = gw.request("GET", OWNER)
+    status, _headers, body = gw.request("GET", OWNER)
     assert status == 502, why
     assert json.loads(body)["reason"] == "response.invalid"
     assert b"hunter2" not in body and b"oops" not in body

@@ -393,7 +393,8 @@ SHOP_CASES = {
         "POST",
         "/api/v2/orders",
         200,
-        body=b'{"lines":[{"sku":"ABC-1234","quantity":2}],"ship_to":{"street":"1 Main","city":"X","country":"DE","zip":null}}',
+        body=b'{"lines":[{"sku":"ABC-1234","quantity":2}],'
+        b'"ship_to":{"street":"1 Main","city":"X","country":"DE","zip":null}}',
         headers=JSON,
     ),
     "order-external-sku-pattern": Case(
@@ -519,3 +520,50 @@ def test_openapi_strict_mode_closes_objects(petstore_strict: tuple[TestGateway, 
 @pytest.mark.parametrize("case", SHOP_CASES.values(), ids=SHOP_CASES.keys())
 def test_openapi_shop_spec(shop: tuple[TestGateway, TestUpstream], case: Case) -> None:
     _run(shop, case)
+
+
+MODES = """
+routes:
+  - id: api
+    match: {path: "/**"}
+    upstream: "{upstream}"
+    stages:
+      - use: anonymous
+      - use: json_limits
+      - use: openapi
+        config: {spec: demo.yaml, requests: %s, unknown_operations: %s}
+"""
+
+
+def test_decision_log_names_rule_and_pointer_never_the_value(tmp_path: Path) -> None:
+    log = tmp_path / "decisions.log"
+    with gateway_with_upstream(MODES % ("enforce", "deny"), base_dir=SPECS, log_path=log) as (gw, _):
+        body = b'{"items":[{"book_id":1,"quantity":99}],"note":"secret-value-123"}'
+        assert gw.request("POST", "/orders", headers=JSON, body=body)[0] == 422
+        gw.flush_log()
+    entry = json.loads(log.read_text().splitlines()[-1])
+    assert (entry["decision"], entry["reason"], entry["stage"]) == ("deny", "openapi.invalid_request", "openapi")
+    assert "createOrder" in entry["detail"] and "maximum at /body/items/0/quantity" in entry["detail"]
+    assert "secret-value-123" not in log.read_text()
+
+
+def test_monitor_modes_forward_and_record_findings(tmp_path: Path) -> None:
+    log = tmp_path / "decisions.log"
+    with gateway_with_upstream(MODES % ("monitor", "monitor"), base_dir=SPECS, log_path=log) as (gw, up):
+        assert gw.request("GET", "/internal/shadow")[0] == 200
+        assert gw.request("GET", "/books?limit=5000")[0] == 200
+        assert [r.target for r in up.received] == ["/internal/shadow", "/books?limit=5000"]
+        gw.flush_log()
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [e["findings"] for e in entries] == [["openapi.unknown_operation"], ["openapi.invalid_request"]]
+    assert all(e["decision"] == "allow" for e in entries)
+
+
+def test_json_limits_in_front_shares_its_parse_and_its_limits(tmp_path: Path) -> None:
+    with gateway_with_upstream(MODES % ("enforce", "deny"), base_dir=SPECS) as (gw, up):
+        deep = b'{"items":' + b"[" * 40 + b"]" * 40 + b"}"
+        status, _, body = gw.request("POST", "/orders", headers=JSON, body=deep)
+        assert (status, json.loads(body)["reason"]) == (413, "json.too_deep")
+        ok = b'{"items":[{"book_id":1,"quantity":1}]}'
+        assert gw.request("POST", "/orders", headers=JSON, body=ok)[0] == 200
+        assert up.received[-1].body == ok
