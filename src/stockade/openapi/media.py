@@ -27,6 +27,17 @@ def is_json(media: str) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
+def media_kind(media: str) -> str:
+    """How a body of this (concrete) media type is read for validation."""
+    if is_json(media):
+        return "json"
+    if media == "application/x-www-form-urlencoded":
+        return "form"
+    if media == "multipart/form-data":
+        return "multipart"
+    return "text" if media.startswith("text/") else "opaque"
+
+
 def pick(declared: dict[str, Any], media: str) -> str | None:
     """The declared media-type key that serves `media`: exact, then `type/*`, then `*/*`."""
     if not media or "/" not in media:

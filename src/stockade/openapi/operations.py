@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from stockade.openapi.loader import Documents, Located
-from stockade.openapi.media import is_json
+from stockade.openapi.media import is_json, media_kind
 from stockade.openapi.params import DEFAULT_STYLE, STYLES, Param
 from stockade.openapi.shapes import ANY, Shape, shape_of
 
@@ -29,7 +29,7 @@ class Compiled:
 @dataclass(frozen=True, slots=True)
 class BodyRule:
     media: str  # the declared media-type key
-    kind: str  # json | form | multipart | text | opaque
+    kind: str  # json | form | multipart | text | opaque, or auto (a wildcard key: decided by the request's type)
     shape: Shape
     check: Compiled  # parameters and body together, one validator call per request
 
@@ -47,6 +47,7 @@ class Operation:
     template: str
     pointer: str
     operation_id: str
+    deprecated: bool
     params: dict[str, tuple[Param, ...]]  # by location: path, query, header, cookie
     check: Compiled  # parameters only (no body, or a body without a schema)
     bodies: dict[str, BodyRule] = field(default_factory=dict)
@@ -78,6 +79,7 @@ def build_operation(
         template=template,
         pointer=at.pointer,
         operation_id=str(op.get("operationId") or f"{method.upper()} {template}"),
+        deprecated=op.get("deprecated") is True,
         params=params,
         check=_compile(schemas, base, variant, at),
     )
@@ -160,19 +162,9 @@ def _body_rule(
 ) -> BodyRule:
     entry = body.child("content", media)
     essence = media.lower()
-    kind = (
-        "json"
-        if is_json(essence)
-        else "form"
-        if essence == "application/x-www-form-urlencoded"
-        else "multipart"
-        if essence == "multipart/form-data"
-        else "text"
-        if essence.startswith("text/")
-        else "opaque"
-    )
+    kind = "auto" if "*" in essence else media_kind(essence)
     has_schema = isinstance(entry.node, dict) and "schema" in entry.node
-    if not has_schema or kind == "opaque":
+    if not has_schema or kind == "opaque":  # no schema, or bytes the gateway cannot read: presence only
         return BodyRule(essence, "opaque", ANY, _compile(schemas, base, variant, at))
     schema_at = entry.child("schema")
     root = {**base, "properties": {**base["properties"], "body": schemas.convert(schema_at, variant)}}

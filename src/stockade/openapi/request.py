@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from stockade.openapi.errors import Problem, pointer
-from stockade.openapi.media import decode_form, decode_multipart
+from stockade.openapi.media import decode_form, decode_multipart, essence, media_kind
 from stockade.openapi.params import Malformed, header_value, parse_cookies, path_value, query_value
 from stockade.security.jsonscan import PARSED_KEY, Limits, Violation, parse
 
@@ -67,6 +67,8 @@ def parameters(
 def body_value(rule: BodyRule, body: bytes, content_type: str, ctx: RequestContext) -> tuple[bool, Any]:
     """(has a value to validate, value). Raises Malformed for a body that does not parse as its media type."""
     kind = rule.kind
+    if kind == "auto":
+        kind = media_kind(essence(content_type))
     if kind == "json":
         cached = ctx.state.get(PARSED_KEY)
         if cached is not None and cached[0] is body:  # json_limits already parsed exactly these bytes

@@ -286,6 +286,22 @@ PETSTORE_CASES |= {
     ),
 }
 
+PETSTORE_CASES |= {
+    "deprecated-allowed-by-default": Case("GET", "/v1/pets/legacy", 200),
+    "wildcard-media-json-validated": Case(
+        "POST", "/v1/pets/3/notes", 422, INVALID, (("/body/text", "maxLength"),), b'{"text":"' + b"x" * 30 + b'"}', JSON
+    ),
+    "wildcard-media-form-validated": Case(
+        "POST", "/v1/pets/3/notes", 422, INVALID, (("/body/text", "required"),), b"note=hi", FORM
+    ),
+    "wildcard-media-opaque-passes": Case(
+        "POST", "/v1/pets/3/notes", 200, body=b"\x00\x01", headers={"Content-Type": "application/octet-stream"}
+    ),
+    "content-type-list": Case(
+        "POST", "/v1/pets", 415, MEDIA, body=b'{"name":"Rex"}', headers={"Content-Type": "application/json, text/plain"}
+    ),
+}
+
 STRICT_CASES = {
     "create-extra-property": Case(
         "POST",
@@ -567,3 +583,40 @@ def test_json_limits_in_front_shares_its_parse_and_its_limits(tmp_path: Path) ->
         ok = b'{"items":[{"book_id":1,"quantity":1}]}'
         assert gw.request("POST", "/orders", headers=JSON, body=ok)[0] == 200
         assert up.received[-1].body == ok
+
+
+def test_deprecated_operations_can_be_refused_as_zombies() -> None:
+    config = CONFIG.replace("strict: %s", "deprecated: deny") % "petstore.yaml"
+    with gateway_with_upstream(config, base_dir=SPECS) as (gw, up):
+        status, _, body = gw.request("GET", "/v1/pets/legacy")
+        assert (status, json.loads(body)["reason"]) == (404, "openapi.unknown_operation")
+        assert gw.request("GET", "/v1/pets/mine")[0] == 200
+        assert [r.target for r in up.received] == ["/v1/pets/mine"]
+
+
+def test_response_hook_exists_only_when_responses_are_checked() -> None:
+    from stockade.pipeline.stage import Services, StageEnv
+    from stockade.stages.validate.openapi import OpenApiConfig, OpenApiStage
+    from stockade.testing import FakeClock
+
+    env = StageEnv(route_id="r", base_dir=SPECS, services=Services(clock=FakeClock()))
+    plain = OpenApiStage(OpenApiConfig(spec="petstore.yaml"), env)
+    checking = OpenApiStage(OpenApiConfig(spec="petstore.yaml", responses="monitor"), env)
+    assert not hasattr(plain, "on_response") and not getattr(plain, "needs_response_body", False)
+    assert hasattr(checking, "on_response") and checking.needs_response_body is True  # type: ignore[attr-defined]
+    assert isinstance(checking, OpenApiStage)
+
+
+def test_two_content_type_headers_are_ambiguous(petstore: tuple[TestGateway, TestUpstream]) -> None:
+    from stockade.testing import http_request
+
+    gw, up = petstore
+    before = len(up.received)
+    raw = (
+        b"POST /v1/pets HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Type: text/plain\r\n"
+        b'Content-Length: 14\r\nConnection: close\r\n\r\n{"name":"Rex"}'
+    )
+    with gw.connect() as sock:
+        [(status, _, body)] = http_request(sock, raw)
+    assert (status, json.loads(body)["reason"]) == (400, "http.duplicate_header")
+    assert len(up.received) == before

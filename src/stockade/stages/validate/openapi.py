@@ -15,6 +15,7 @@ from stockade.openapi.request import body_value, has_body, parameters
 from stockade.openapi.responses import check_response
 from stockade.openapi.spec import Options, Spec, load_spec
 from stockade.pipeline.context import RequestContext
+from stockade.pipeline.headers import DuplicateHeaderError
 from stockade.pipeline.phase import Phase
 from stockade.pipeline.response import Response
 from stockade.pipeline.stage import Stage, StageConfig, StageEnv
@@ -31,6 +32,7 @@ class OpenApiConfig(StageConfig):
     response_action: Literal["strip", "reject"] = "strip"
     requests: Literal["enforce", "monitor"] = "enforce"
     unknown_operations: Literal["deny", "monitor"] = "deny"
+    deprecated: Literal["allow", "monitor", "deny"] = "allow"  # `deprecated: true` operations (zombie endpoints)
     strict: bool = False  # close every object schema that lists properties, and refuse undeclared query keys
     base_path: str | None = Field(default=None, pattern=r"^/[^?#]*$")  # overrides the spec's `servers`
 
@@ -44,6 +46,11 @@ class OpenApiStage:
     phase: ClassVar[Phase] = Phase.VALIDATE
     Config: ClassVar[type[StageConfig]] = OpenApiConfig
 
+    def __new__(cls, config: OpenApiConfig, env: StageEnv) -> OpenApiStage:
+        # Only a stage that checks responses has a response hook: without one the proxy forwards the upstream
+        # head verbatim and never buffers a body.
+        return super().__new__(_ResponseChecking if config.responses != "off" and cls is OpenApiStage else cls)
+
     def __init__(self, config: OpenApiConfig, env: StageEnv) -> None:
         path = Path(config.spec)
         if not path.is_absolute():
@@ -53,11 +60,12 @@ class OpenApiStage:
         self.strict = config.strict
         self.monitor_requests = config.requests == "monitor"
         self.monitor_unknown = config.unknown_operations == "monitor"
+        self.deprecated = config.deprecated
         self.responses = config.responses
         self.reject_responses = config.response_action == "reject"
-        self.needs_response_body = config.responses != "off"
+        checks_responses = config.responses != "off"
         # Response checks need the body as sent: ask the upstream for no content coding.
-        self._allow = Continue(remove_headers=("accept-encoding",)) if self.needs_response_body else CONTINUE
+        self._allow = Continue(remove_headers=("accept-encoding",)) if checks_responses else CONTINUE
 
     async def check(self, ctx: RequestContext) -> Continue | Deny:
         found = self.spec.match(ctx.path, ctx.method)
@@ -68,6 +76,12 @@ class OpenApiStage:
             return Deny(404, "openapi.unknown_operation", detail=detail)
         op, path_values = found
         ctx.state[OPERATION_KEY] = op
+        if op.deprecated and self.deprecated != "allow":
+            detail = f"{op.operation_id} is deprecated"
+            if self.deprecated == "monitor":
+                ctx.findings.append(Finding("openapi.deprecated_operation", "low", detail))
+            else:
+                return Deny(404, "openapi.unknown_operation", detail=detail)
         extra: list[Problem] = []
         try:
             instance = parameters(op, ctx, path_values, self.strict, extra)
@@ -77,7 +91,10 @@ class OpenApiStage:
         if op.declares_body or has_body(ctx):
             body = await ctx.read_body() if has_body(ctx) else b""
             if body:
-                content_type = ctx.headers.get("content-type") or ""
+                try:
+                    content_type = ctx.headers.get_single("content-type") or ""
+                except DuplicateHeaderError:
+                    return Deny(400, "http.duplicate_header", detail="more than one Content-Type")
                 key = pick(op.bodies, essence(content_type))
                 if key is None:
                     found_type = essence(content_type)[:100] or "none"
@@ -90,7 +107,7 @@ class OpenApiStage:
                     return self._fail(op, 400, "openapi.malformed_body", [{"pointer": exc.pointer, "rule": exc.rule}])
                 if present:
                     instance["body"] = value
-                check = rule.check
+                    check = rule.check
             elif op.body_required:
                 extra.append({"pointer": "/body", "rule": "required"})
         if check.validator.is_valid(instance) and not extra:
@@ -109,10 +126,16 @@ class OpenApiStage:
             return Continue(findings=(Finding(verdict.reason, "medium", verdict.detail),))
         return verdict
 
+
+class _ResponseChecking(OpenApiStage):
+    """The `openapi` stage with `responses: monitor|enforce`: also checks (and filters) JSON responses."""
+
+    needs_response_body = True
+
     def on_response(self, ctx: RequestContext, response: Response) -> None:
         op = ctx.state.get(OPERATION_KEY)
         body = response.body
-        if self.responses == "off" or op is None or body is None:
+        if op is None or body is None:
             return
         rule = op.response_rule(response.status, essence(response.get("content-type")))
         if rule is None:
@@ -131,3 +154,4 @@ class OpenApiStage:
 
 
 _: type[Stage] = OpenApiStage
+_r: type[Stage] = _ResponseChecking
