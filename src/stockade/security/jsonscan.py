@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,10 +15,9 @@ import orjson
 # quantifiers: a string is scanned once, never re-tried, so the scan is linear in the body size.
 _TOKEN = re.compile(
     rb'"((?:[^"\\]++|\\.)*+)"(?:\s*+(:)\s*+(?:"((?:[^"\\]++|\\.)*+)"|[-+.0-9A-Za-z]++)?)?'
-    rb"|[\[{]|[\]}]|[-+.0-9A-Za-z]++"
+    rb"|(\{)|(\[)|(\})|(\])|[-+.0-9A-Za-z]++"
 )
 PARSED_KEY = "json.document"  # ctx.state: (body bytes, document) once a stage has parsed the body
-_OPEN_OBJECT, _OPEN_ARRAY, _CLOSE_OBJECT, _CLOSE_ARRAY, _QUOTE = 0x7B, 0x5B, 0x7D, 0x5D, 0x22
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,71 +119,84 @@ def _text(raw: bytes) -> str:
     return str(value)
 
 
-def _string_ok(raw: bytes, limit: int | None) -> bool:
-    return limit is None or len(raw) <= limit or len(_text(raw)) <= limit
+def _too_long(raw: bytes, limit: int) -> bool:
+    return len(raw) > limit and len(_text(raw)) > limit  # bytes >= characters: decode only when it matters
+
+
+def _key(raw: bytes) -> bytes:
+    """A key in comparable form: the raw bytes, or re-encoded when escapes could spell the same key."""
+    return _text(raw).encode("utf-8", "surrogatepass") if b"\\" in raw else raw
 
 
 def scan(body: bytes, limits: Limits) -> None:
     """Raise Violation at the first broken limit. Syntax is not fully checked here: parse afterwards."""
-    max_depth = limits.max_depth
-    max_keys = limits.max_keys
-    max_array = limits.max_array
-    max_string = limits.max_string
+    unlimited = sys.maxsize
+    max_depth = limits.max_depth or unlimited
+    max_keys = limits.max_keys or unlimited
+    max_array = limits.max_array or unlimited
+    max_string = limits.max_string or unlimited
     check_dupes = not limits.duplicate_keys
-    # One frame per open container: a set of keys for an object, a one-item list (the count) for an array.
-    frames: list[set[str] | list[int]] = []
-    path: list[str] = []
+    # One frame per open container: the set of its keys (an object) or a one-item list, its count (an array).
+    # `last` holds each object's current key, so a violation's pointer can be rebuilt; nothing else is kept.
+    frames: list[Any] = []
+    last: list[bytes] = []
     for m in _TOKEN.finditer(body):
-        c = body[m.start()]
-        if c == _QUOTE:
+        kind = m.lastindex
+        if kind is None:  # a scalar
+            if frames and type(top := frames[-1]) is list:
+                if top[0] >= max_array:
+                    raise Violation("array_too_long", _pointer(frames, last, 1))
+                top[0] += 1
+        elif kind <= 3:  # a string; with group 2 (the colon) a key, with group 3 its string value
+            raw = m.group(1)
             top = frames[-1] if frames else None
-            if m.group(2) is not None:  # a key
-                if not isinstance(top, set):
-                    raise Violation("malformed", _pointer(path[:-1]))
-                raw = m.group(1)
-                if not _string_ok(raw, max_string):
-                    raise Violation("string_too_long", _pointer(path[:-1]))
-                key = _text(raw)
-                if check_dupes and key in top:
-                    raise Violation("duplicate_key", _pointer([*path[:-1], key]))
-                top.add(key)
-                if max_keys is not None and len(top) > max_keys:
-                    raise Violation("too_many_keys", _pointer(path[:-1]))
-                path[-1] = key
-                value = m.group(3)
-                if value is not None and not _string_ok(value, max_string):
-                    raise Violation("string_too_long", _pointer(path))
+            if kind == 1:
+                if type(top) is list:
+                    if top[0] >= max_array:
+                        raise Violation("array_too_long", _pointer(frames, last, 1))
+                    top[0] += 1
+                if _too_long(raw, max_string):
+                    raise Violation("string_too_long", _pointer(frames, last))
                 continue
-            _element(top, max_array, path)
-            if not _string_ok(m.group(1), max_string):
-                raise Violation("string_too_long", _pointer(path))
-        elif c == _OPEN_OBJECT or c == _OPEN_ARRAY:
-            _element(frames[-1] if frames else None, max_array, path)
-            frames.append(set() if c == _OPEN_OBJECT else [0])
-            path.append("")
-            if max_depth is not None and len(frames) > max_depth:
-                raise Violation("too_deep", _pointer(path[:-1]))
-        elif c == _CLOSE_OBJECT or c == _CLOSE_ARRAY:
-            if not frames or isinstance(frames[-1], set) != (c == _CLOSE_OBJECT):
-                raise Violation("malformed", _pointer(path))
+            if type(top) is not set:
+                raise Violation("malformed", _pointer(frames, last))
+            if _too_long(raw, max_string):
+                raise Violation("string_too_long", _pointer(frames, last, 1))
+            key = _key(raw) if check_dupes else raw
+            if key in top and check_dupes:
+                last[-1] = key
+                raise Violation("duplicate_key", _pointer(frames, last))
+            top.add(key)
+            last[-1] = key
+            if len(top) > max_keys:
+                raise Violation("too_many_keys", _pointer(frames, last, 1))
+            if kind == 3 and _too_long(m.group(3), max_string):
+                raise Violation("string_too_long", _pointer(frames, last))
+        elif kind <= 5:  # { or [
+            if frames and type(top := frames[-1]) is list:
+                if top[0] >= max_array:
+                    raise Violation("array_too_long", _pointer(frames, last, 1))
+                top[0] += 1
+            if len(frames) >= max_depth:
+                raise Violation("too_deep", _pointer(frames, last))
+            frames.append(set() if kind == 4 else [0])
+            last.append(b"")
+        else:  # } or ]
+            if not frames or (type(frames[-1]) is set) != (kind == 6):
+                raise Violation("malformed", _pointer(frames, last))
             frames.pop()
-            path.pop()
-        else:
-            _element(frames[-1] if frames else None, max_array, path)
+            last.pop()
     if frames:
-        raise Violation("malformed", _pointer(path))
+        raise Violation("malformed", _pointer(frames, last))
 
 
-def _element(top: set[str] | list[int] | None, max_array: int | None, path: list[str]) -> None:
-    """Count one element of the enclosing array (values inside objects are counted with their key)."""
-    if isinstance(top, list):
-        n = top[0]
-        if max_array is not None and n >= max_array:
-            raise Violation("array_too_long", _pointer(path[:-1]))
-        path[-1] = str(n)
-        top[0] = n + 1
-
-
-def _pointer(path: list[str]) -> str:
-    out = "".join("/" + p.replace("~", "~0").replace("/", "~1") for p in path)
+def _pointer(frames: list[Any], last: list[bytes], container: int = 0) -> str:
+    """The JSON pointer of the current position; `container=1`: of the innermost container instead."""
+    parts = [
+        str(frame[0] - 1) if type(frame) is list else key.decode("utf-8", "replace")
+        for frame, key in zip(frames, last, strict=True)
+    ]
+    if container:
+        parts.pop()
+    out = "".join("/" + p.replace("~", "~0").replace("/", "~1") for p in parts)
     return out if len(out) <= 256 else out[:256] + "..."
