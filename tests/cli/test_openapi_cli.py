@@ -19,9 +19,9 @@ def test_routes_are_generated_one_per_path_and_pass_config_check() -> None:
     loaded = load_config_text(result.output, base_dir=SPECS, env={})
     routes = {r.id: r for r in loaded.config.routes}
     assert len(routes) == 8
-    assert routes["inventory.sku"].match.path == "/api/v1/inventory/{sku}"  # the base path every server shares
+    assert routes["inventory.sku"].match.path == "/api/*/inventory/{sku}"  # servers /api/v1 and /api/v2
     assert routes["inventory.sku"].match.methods == ["PATCH"]
-    assert routes["reports.name.format"].match.path == "/api/v1/reports/*"  # `{name}.{format}`: no gateway syntax
+    assert routes["reports.name.format"].match.path == "/api/*/reports/*"  # `{name}.{format}`: no gateway syntax
     assert [s.use for s in routes["orders"].stages] == ["anonymous", "openapi"]
     assert routes["orders"].stages[1].config == {"spec": "shop.yaml"}
     assert str(routes["orders"].upstream and routes["orders"].upstream.url) == "http://127.0.0.1:9000"
@@ -40,3 +40,20 @@ def test_broken_spec_exits_2_naming_file_and_pointer(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["openapi", "routes", str(spec)])
     assert result.exit_code == 2
     assert f"{spec.resolve()}#/paths/~1a/get/parameters/0/$ref" in result.output
+
+
+def test_serve_reports_a_broken_spec_as_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text(
+        "openapi: 3.1.0\ninfo: {title: t, version: '1'}\npaths: {}\n"
+        "components: {schemas: {Sku: {type: string, pattern: '(?<=a)b'}}}\n"
+    )
+    config = tmp_path / "stockade.yaml"
+    config.write_text(
+        "routes:\n  - id: api\n    match: {path: /**}\n    upstream: http://127.0.0.1:9\n"
+        "    stages: [{use: anonymous}, {use: openapi, config: {spec: bad.yaml}}]\n"
+    )
+    result = CliRunner().invoke(cli, ["serve", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "stage 'openapi'" in result.output
+    assert f"{(tmp_path / 'bad.yaml').resolve()}#/components/schemas/Sku/pattern" in result.output
+    assert "Traceback" not in result.output

@@ -148,3 +148,9 @@ def test_compiled_spec_is_shared_and_recompiled_when_the_file_changes(tmp_path: 
     second = load_spec(path, Options(), shared)
     assert second is not first and second.match("/b", "GET") is not None
     assert SHARED_KEY in shared
+
+
+def test_unused_component_schemas_are_checked_too(tmp_path: Path) -> None:
+    path = _spec(tmp_path, "paths: {}\ncomponents: {schemas: {Unused: {type: string, pattern: '(?<=a)b'}}}\n")
+    with pytest.raises(SpecError, match="components/schemas/Unused/pattern"):
+        Spec(path, Options())

@@ -49,20 +49,30 @@ def build_routes(spec: Spec, upstream: str, spec_ref: str) -> list[dict[str, Any
         methods = by_path.setdefault(op.template, [])
         if op.method.upper() in _GATEWAY_METHODS and op.method.upper() not in methods:
             methods.append(op.method.upper())
-    base = spec.bases[-1] if spec.bases else ""  # the shortest base path: the one every server shares
     out: list[dict[str, Any]] = []
     taken: set[str] = set()
-    for template, methods in by_path.items():
-        if not methods:
-            continue
-        route: dict[str, Any] = {
-            "id": _route_id(template, taken),
-            "match": {"path": gateway_path(base + template), "methods": methods},
-            "upstream": upstream,
-            "stages": [{"use": "anonymous"}, {"use": "openapi", "config": {"spec": spec_ref}}],
-        }
-        out.append(route)
+    bases = shared_bases(spec.bases)
+    for base in bases:
+        for template, methods in by_path.items():
+            if not methods:
+                continue
+            name = template if len(bases) == 1 else base + template
+            route: dict[str, Any] = {
+                "id": _route_id(name, taken),
+                "match": {"path": gateway_path(base + template), "methods": methods},
+                "upstream": upstream,
+                "stages": [{"use": "anonymous"}, {"use": "openapi", "config": {"spec": spec_ref}}],
+            }
+            out.append(route)
     return out
+
+
+def shared_bases(bases: tuple[str, ...]) -> list[str]:
+    """One base path covering every server where they differ only segment by segment (`/api/*`), else each."""
+    split = [b.split("/") for b in bases]
+    if not split or any(len(s) != len(split[0]) for s in split):
+        return list(bases)
+    return ["/".join(parts[0] if len(set(parts)) == 1 else "*" for parts in zip(*split, strict=True))]
 
 
 def gateway_path(template: str) -> str:

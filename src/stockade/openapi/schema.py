@@ -46,6 +46,8 @@ def _is_base64(value: str) -> bool:
 
 FORMATS: dict[str, Callable[[str], bool]] = {"byte": _is_base64}
 PATTERN_OPTIONS = jsonschema_rs.RegexOptions()  # the `regex` crate: finite automata, never backtracks
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # the reason goes into our config error, not to stderr
 
 
 def check_pattern(pattern: object, at: Located, *tokens: str | int) -> None:
@@ -53,9 +55,10 @@ def check_pattern(pattern: object, at: Located, *tokens: str | int) -> None:
     if not isinstance(pattern, str):
         raise at.error("pattern must be a string", *tokens)
     try:
-        re2.compile(pattern)
+        re2.compile(pattern, _RE2_OPTIONS)
     except re2.error as exc:
-        raise at.error(f"pattern {pattern!r} is not a linear-time (RE2) regular expression: {exc}", *tokens) from None
+        why = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise at.error(f"pattern {pattern!r} is not a linear-time (RE2) regular expression: {why}", *tokens) from None
 
 
 class SchemaSet:

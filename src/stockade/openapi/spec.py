@@ -65,7 +65,18 @@ class Spec:
                 except TemplateError as exc:
                     raise root.error(str(exc), "paths", template) from None
                 self.operations.append(op)
+        self._check_components(root)
         self.files = {f: f.stat().st_mtime_ns for f in self.docs.files}
+
+    def _check_components(self, root: Located) -> None:
+        """Compile every component schema too, so a broken one is an error even before an operation uses it."""
+        components = root.node.get("components") or {}
+        schemas = components.get("schemas") if isinstance(components, dict) else None
+        if not isinstance(schemas, dict) or not schemas:
+            return
+        at = root.child("components", "schemas")
+        refs = [self.schemas.convert(at.child(name), "response_open", close=False) for name in schemas]
+        self.schemas.validator({"anyOf": refs}, "response_open", at)
 
     def match(self, path: str, method: str) -> tuple[Operation, dict[str, str]] | None:
         """The operation for a request path (as routed: decoded, normalised) and method, with path values."""
@@ -102,7 +113,7 @@ def _bases(root: Located, override: str | None) -> tuple[str, ...]:
             raise root.error("a server needs a url", "servers", i)
         at = Located(server, root.file, join(root.pointer, "servers", i))
         out.update(_expand(server["url"], server.get("variables") or {}, at))
-    return tuple(sorted(out, key=len, reverse=True))
+    return tuple(sorted(out, key=lambda b: (-len(b), b)))
 
 
 def _expand(url: str, variables: dict[str, Any], at: Located) -> list[str]:
