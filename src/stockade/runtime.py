@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, cast
 
 from stockade.config.loader import LoadedConfig, StagePlan
 from stockade.config.models import GatewayConfig, Upstream
@@ -13,6 +13,7 @@ from stockade.handlers.base import Handler
 from stockade.pipeline.routing import Router, RouteSpec
 from stockade.pipeline.runner import Pipeline, StageSlot
 from stockade.pipeline.stage import Services, Stage, StageConfig, StageEnv
+from stockade.proxy.tls import TlsContexts, build_tls
 from stockade.security.netaddr import NetSet
 
 if TYPE_CHECKING:
@@ -37,6 +38,8 @@ class Runtime:
     routes: dict[str, CompiledRoute]
     trusted_proxies: NetSet
     services: Services
+    target_cache: dict[Any, Any] = field(default_factory=dict)  # (host, target, method) bytes -> route match
+    tls: TlsContexts = field(default_factory=TlsContexts)  # listener and upstream contexts, loaded with the config
 
     @property
     def config(self) -> GatewayConfig:
@@ -82,6 +85,11 @@ def build_runtime(loaded: LoadedConfig, services: Services) -> Runtime:
             except (ValueError, OSError) as exc:
                 problems.append(f"{loaded.source}: {hplan.where}: {exc}")
         routes[route.id] = CompiledRoute(route.id, pipeline, route.upstream, route.websocket, handler)
+    tls = TlsContexts()
+    try:
+        tls = build_tls(config, loaded.base_dir, loaded.source)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
     if problems:
         raise ConfigError(problems)
     router = Router(
@@ -90,4 +98,4 @@ def build_runtime(loaded: LoadedConfig, services: Services) -> Runtime:
             for r in config.routes
         ]
     )
-    return Runtime(loaded, router, routes, NetSet(config.trusted_proxies), services)
+    return Runtime(loaded, router, routes, NetSet(config.trusted_proxies), services, tls=tls)

@@ -380,9 +380,14 @@ class TestGateway:
             self.bg.stop()
 
     def advance(self, seconds: float) -> None:
-        """Move the fake clock and run the deadline sweep on the gateway's loop."""
-        self.clock.advance(seconds)
-        self.bg.call(self.server.sweep)
+        """Move the fake clock and run the deadline sweep, both on the gateway's loop (so nothing the loop is
+        doing sees the clock move halfway)."""
+
+        def step() -> None:
+            self.clock.advance(seconds)
+            self.server.sweep()
+
+        self.bg.call(step)
 
     def reload(self, config_text: str, base_dir: Path | None = None) -> None:
         loaded = load_config_text(config_text, base_dir=base_dir, env={})

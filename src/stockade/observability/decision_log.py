@@ -11,7 +11,6 @@ import orjson
 if TYPE_CHECKING:
     from stockade.clock import Clock
     from stockade.pipeline.context import RequestContext
-    from stockade.pipeline.response import Outcome
 
 _FLUSH_AT = 64 * 1024
 _PIPE_BUF = 4096  # writes up to this size are atomic on a pipe, so workers sharing stdout never interleave
@@ -39,12 +38,12 @@ class DecisionLog:
     def enabled(self) -> bool:
         return self._fd >= 0
 
-    def record(self, ctx: RequestContext, outcome: Outcome) -> None:
+    def record(self, ctx: RequestContext, status: int, total_us: int, upstream_us: int, error: str = "") -> None:
         if self._fd < 0:
             return
         p = ctx.principal
         entry = {
-            "ts": round(self.clock.time(), 3),
+            "ts": int(self.clock.time() * 1000) / 1000,
             "request_id": ctx.request_id,
             "route": ctx.route_id,
             "method": ctx.method,
@@ -53,15 +52,15 @@ class DecisionLog:
             "decision": ctx.decision,
             "reason": ctx.reason,
             "stage": ctx.stage,
-            "status": outcome.status,
-            "latency_us": outcome.total_us,
-            "upstream_us": outcome.upstream_us,
+            "status": status,
+            "latency_us": total_us,
+            "upstream_us": upstream_us,
             "client_ip": ctx.client_ip,
         }
         if ctx.detail:
             entry["detail"] = ctx.detail
-        if outcome.error:
-            entry["error"] = outcome.error
+        if error:
+            entry["error"] = error
         if ctx.findings:
             entry["findings"] = [f.rule for f in ctx.findings]
         if "failed_open" in ctx.state:

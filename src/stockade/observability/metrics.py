@@ -41,14 +41,17 @@ class Metrics:
         self.events: dict[tuple[str, str], int] = {}  # (event, label): reloads, stage failures, upstream errors
         self.gauge_providers: list[Callable[[], Iterable[tuple[str, dict[str, str], float]]]] = []
 
-    def request(self, route: str, decision: str, reason: str, status: int, overhead: float, upstream: float) -> None:
+    def request(
+        self, route: str, decision: str, reason: str, status: int, overhead: float, upstream: float | None
+    ) -> None:
+        """Count one request; `upstream` is the time to the upstream's response head, None if none came."""
         key = (route, decision, reason, status)
         self.requests[key] = self.requests.get(key, 0) + 1
         h = self.overhead.get(route)
         if h is None:
             h = self.overhead[route] = Histogram(OVERHEAD_BUCKETS)
         h.observe(overhead)
-        if upstream > 0.0:
+        if upstream is not None:
             u = self.upstream.get(route)
             if u is None:
                 u = self.upstream[route] = Histogram(UPSTREAM_BUCKETS)

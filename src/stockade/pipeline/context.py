@@ -123,7 +123,9 @@ class RequestContext:
         """The buffered request body if it has been read, else None."""
         return self._body
 
-    def attach_body_reader(self, reader: Callable[[], Awaitable[bytes]]) -> None:
+    def attach_body_reader(self, reader: Callable[[], Awaitable[bytes]] | None) -> None:
+        """Set by the front; cleared when the exchange ends, which breaks the context <-> front reference cycle
+        (otherwise every request would wait for the cyclic garbage collector)."""
         self._body_reader = reader
 
     async def read_body(self) -> bytes:

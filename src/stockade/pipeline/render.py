@@ -35,6 +35,7 @@ REASONS: dict[str, int] = {
     "gateway.error": 500,
     "handler.error": 500,
     "handler.timeout": 504,
+    "websocket.not_allowed": 403,
 }
 
 

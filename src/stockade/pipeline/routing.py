@@ -10,6 +10,9 @@ _PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 ALL_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
 
 
+_TAIL_ONLY = ("_tail",)
+
+
 class RouteTemplateError(ValueError):
     """A path template or host pattern is invalid, or two routes overlap exactly."""
 
@@ -102,7 +105,7 @@ class _Trie:
                 names.append(value or f"_{len(names)}")
             else:
                 endpoint_is_tail = True
-                names.append("**")
+                names.append("_tail")
         if endpoint_is_tail:
             if node.tail is None:
                 node.tail = _Endpoint()
@@ -135,7 +138,7 @@ class _Trie:
         found = _walk(self.root, segs, 0, values, method, allow)
         if found is not None:
             route_id, names = found
-            if not names:
+            if not names or names == _TAIL_ONLY:
                 return route_id, {}
             return route_id, {n: v for n, v in zip(names, values, strict=True) if not n.startswith("_")}
         if allow:

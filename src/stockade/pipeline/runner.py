@@ -14,6 +14,7 @@ from stockade.pipeline.verdict import CONTINUE, Continue, Deny, Skip
 
 if TYPE_CHECKING:
     from stockade.pipeline.context import RequestContext
+    from stockade.pipeline.principal import Principal
     from stockade.pipeline.response import Outcome, Response
     from stockade.pipeline.stage import Stage
 
@@ -95,6 +96,7 @@ class Pipeline:
     """One route's compiled pipeline: its stages sorted by phase, hooks collected, challenges precomputed."""
 
     __slots__ = (
+        "_identity_cache",
         "auth_end",
         "body_limit",
         "body_limit_stage",
@@ -118,6 +120,7 @@ class Pipeline:
         self.needs_response_body = any(getattr(s.stage, "needs_response_body", False) for s in self.response_hooks)
         self.body_limit = body_limit
         self.body_limit_stage = ""
+        self._identity_cache: dict[int, tuple[Principal, bytes]] = {}
         for s in ordered:
             limit = getattr(s.stage, "max_body_bytes", None)
             if isinstance(limit, int) and limit < self.body_limit:
@@ -269,6 +272,23 @@ class Pipeline:
         if p.roles:
             out.append(("x-stockade-roles", header_safe(" ".join(sorted(p.roles)))))
         return out
+
+    def identity_header_bytes(self, ctx: RequestContext) -> bytes:
+        """`identity_headers` as wire bytes, memoised per principal object: authenticators hand out the same
+        object for the same credential (anonymous always), so the usual request pays one dict lookup."""
+        p = ctx.principal
+        if p is None:
+            return b""
+        hit = self._identity_cache.get(id(p))
+        if hit is not None and hit[0] is p:
+            return hit[1]
+        raw = b"".join(
+            b"%s: %s\r\n" % (n.encode("latin-1"), v.encode("latin-1")) for n, v in self.identity_headers(ctx)
+        )
+        if len(self._identity_cache) >= 4096:
+            self._identity_cache.clear()
+        self._identity_cache[id(p)] = (p, raw)  # holding `p` keeps its id from being reused while cached
+        return raw
 
     def response(self, ctx: RequestContext, response: Response) -> None:
         """Run response hooks in reverse stage order. A hook that raises fails the response closed (500); one

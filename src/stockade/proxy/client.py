@@ -21,14 +21,18 @@ from stockade.proxy.exchange import (
     RequestHead,
 )
 from stockade.proxy.http import (
+    COMMON_SPELLINGS,
     CONNECTION,
+    CONTENT_LENGTH,
     CRLF,
     EXPECT,
     FORWARDING,
     HOST,
     IDENTITY_PREFIX,
+    PLAIN,
     REQUEST_HEADER_CLASS,
     REQUEST_ID,
+    TRANSFER_ENCODING,
     UPGRADE,
 )
 from stockade.security.netaddr import canonical_ip
@@ -81,6 +85,8 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel: Exchange | None = None
         self.early_data = b""  # bytes after an upgrade request, held until the tunnel opens
         self.pause_mask = 0
+        self.trailer_bytes = 0
+        self.head_began = False
         self.write_paused_at = INF
         self.read_deadline = INF
         self.read_kind = "idle"
@@ -128,14 +134,7 @@ class ClientConnection(asyncio.Protocol):
             if len(self.early_data) > self.limits.buffer_bytes:
                 self.pause(PAUSE_TUNNEL)
             return
-        head = self.head
-        if head is not None:
-            # llhttp holds a header value until it is complete; count the raw bytes so a header that never
-            # ends cannot grow without bound before on_header would see it.
-            head.wire_bytes += len(data)
-            if head.wire_bytes > self.max_header_bytes + 65536:
-                self.protocol_error(431, "http.headers_too_large", "request head exceeds the limit")
-                return
+        self.head_began = False
         try:
             self.parser.feed_data(data)
         except HttpParserCallbackError as exc:
@@ -152,6 +151,14 @@ class ClientConnection(asyncio.Protocol):
             self.set_read_deadline(INF, "upgrade")
         except HttpParserError as exc:
             self.protocol_error(400, "http.bad_request", str(exc))
+        else:
+            head = self.head
+            if head is not None:
+                # Still inside a request head. llhttp holds an unfinished header value until it ends, so count
+                # raw bytes too: a header that never ends must not grow past the limit by more than one read.
+                head.wire_bytes = head.size if self.head_began else head.wire_bytes + len(data)
+                if head.wire_bytes > self.max_header_bytes:
+                    self.protocol_error(431, "http.headers_too_large", "request head exceeds the limit")
 
     def eof_received(self) -> bool | None:
         if self.lingering:
@@ -178,6 +185,8 @@ class ClientConnection(asyncio.Protocol):
         if self.closing:
             raise _StopParsingError
         self.head = RequestHead()
+        self.head_began = True
+        self.trailer_bytes = 0
         if self.read_kind == "idle":
             self.set_read_deadline(self.server.clock.monotonic() + self.limits.header_timeout, "head")
 
@@ -191,7 +200,12 @@ class ClientConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         head = self.head
-        assert head is not None  # noqa: S101 - llhttp calls on_message_begin first
+        if head is None:
+            # A trailer field after a chunked body: never forwarded, but it counts against the head limit.
+            self.trailer_bytes += len(name) + len(value) + 4
+            if self.trailer_bytes > self.max_header_bytes:
+                raise HttpRejectError(431, "http.headers_too_large", "trailer fields exceed the limit")
+            return
         head.size += len(name) + len(value) + 4
         head.count += 1
         if head.size > self.max_header_bytes or head.count > self.max_headers:
@@ -199,20 +213,36 @@ class ClientConnection(asyncio.Protocol):
         if value[-1:] in (b" ", b"\t"):
             value = value.rstrip(b" \t")
         head.raw.append((name, value))
-        lname = name.lower()
-        kind = REQUEST_HEADER_CLASS.get(lname)
+        kind = COMMON_SPELLINGS.get(name)  # the usual spellings skip the lower-casing
         if kind is None:
-            if lname.startswith(IDENTITY_PREFIX):
-                return  # never forward a client's claim to be the gateway
-            if lname == b"content-length":
-                head.content_length = int(value)
+            lname = name.lower()
+            kind = REQUEST_HEADER_CLASS.get(lname)
+            if kind is None:
+                if lname.startswith(IDENTITY_PREFIX):
+                    return  # never forward a client's claim to be the gateway
+                if lname == b"content-length":
+                    head.content_length = int(value)
+                head.fwd += (name, b": ", value, CRLF)
+                return
+        if kind == PLAIN:
             head.fwd += (name, b": ", value, CRLF)
         elif kind == HOST:
             head.hosts.append(value)
+        elif kind == CONTENT_LENGTH:
+            head.content_length = int(value)
+            head.fwd += (name, b": ", value, CRLF)
         elif kind == FORWARDING:
-            head.forwarding.append((lname, name, value))
+            forwarding = head.forwarding
+            if forwarding:
+                forwarding.append((name.lower(), name, value))
+            else:
+                head.forwarding = [(name.lower(), name, value)]
         elif kind == CONNECTION:
-            head.connection.append(value)
+            connection = head.connection
+            if connection:
+                connection.append(value)
+            else:
+                head.connection = [value]
         elif kind == EXPECT:
             head.expect = value
         elif kind == REQUEST_ID:
@@ -220,8 +250,8 @@ class ClientConnection(asyncio.Protocol):
                 head.request_id = value
         elif kind == UPGRADE:
             head.upgrade = value
-        elif lname == b"transfer-encoding":
-            head.chunked = True
+        elif kind == TRANSFER_ENCODING:
+            head.chunked = True  # llhttp has validated it; the gateway re-frames the body itself
 
     def on_headers_complete(self) -> None:
         head = self.head

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from typing import TYPE_CHECKING, Any
 
 from stockade.pipeline.context import BodyTooLargeError, RequestContext
@@ -28,8 +27,8 @@ from stockade.proxy.http import (
     status_line,
     valid_request_id,
 )
+from stockade.proxy.targets import TargetError, resolve
 from stockade.security.forwarded import client_ip, forwarded_for
-from stockade.security.paths import BadPathError, normalize_target
 
 if TYPE_CHECKING:
     from stockade.handlers.base import Handler, LocalResponse
@@ -49,21 +48,6 @@ MAX_BUFFERED_RESPONSE = 16 * 1024 * 1024
 MAX_DISCARD = 64 * 1024  # a denied request's unread body up to this size is drained to keep the connection
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 _XF_REBUILT = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
-_HOST = re.compile(rb"^(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9._-]*))(?::([0-9]{1,5}))?$")
-_host_cache: dict[bytes, str | None] = {}
-
-
-def parse_host(value: bytes) -> str | None:
-    """The host name (lower-case, no port, no trailing dot) from a Host header, or None if malformed."""
-    hit = _host_cache.get(value, False)
-    if hit is not False:
-        return hit  # type: ignore[return-value]
-    m = _HOST.match(value)
-    host = None if m is None else (m.group(1) or m.group(2) or b"").decode("ascii").lower().rstrip(".")
-    if len(_host_cache) > 4096:
-        _host_cache.clear()
-    _host_cache[value] = host
-    return host
 
 
 class RequestHead:
@@ -98,8 +82,8 @@ class RequestHead:
         self.raw: list[tuple[bytes, bytes]] = []
         self.fwd: list[bytes] = []  # name, ": ", value, CRLF pieces of the headers that are forwarded
         self.hosts: list[bytes] = []
-        self.forwarding: list[tuple[bytes, bytes, bytes]] = []
-        self.connection: list[bytes] = []
+        self.forwarding: list[tuple[bytes, bytes, bytes]] | tuple[()] = ()  # created when one arrives (rare)
+        self.connection: list[bytes] | tuple[()] = ()
         self.expect: bytes | None = None
         self.request_id: bytes | None = None
         self.upgrade: bytes | None = None
@@ -114,52 +98,56 @@ class RequestHead:
 class Exchange:
     """One request and its response on a client connection."""
 
+    # Defaults at class level: construction assigns only what differs per exchange (it runs per request).
+    t_sent = 0.0
+    t_head = 0.0
+    t_fwd = 0.0
+    started = False
+    finished = False
+    request_done = False
+    too_large = False
+    timed_out = False
+    retried = False
+    resp_started = False
+    close_after = False
+    expect_continue = False
+    continue_sent = False
+    streaming = False
+    upgrade_ok = False
+    tunnel_open = False
+    trusted = False
+    ctx: RequestContext | None = None
+    route: CompiledRoute | None = None
+    pipeline: Pipeline | None = None
+    pool: UpstreamPool | None = None
+    upstream: UpstreamConnection | None = None
+    task: asyncio.Future[Any] | None = None
+    body_waiter: asyncio.Future[None] | None = None
+    body: list[bytes] | tuple[()] = ()
+    body_size = 0
+    deadline = INF
+    deadline_kind = ""
+    status = 0
+    upstream_status = 0
+    bytes_sent = 0
+    error = ""
+    pending_failure: tuple[int, str, str] | None = None
+    framing: ResponseFraming | None = None
+    resp_head = b""
+    collected: list[bytes] | None = None
+    collected_size = 0
+
     def __init__(self, conn: ClientConnection, head: RequestHead) -> None:
         self.conn = conn
         self.head = head
-        self.server = conn.server
-        self.runtime: Runtime = conn.server.runtime
-        self.clock = conn.server.clock
-        self.t0 = self.clock.monotonic()
-        self.t_sent = 0.0
-        self.t_head = 0.0
-        self.t_fwd = 0.0
-        self.started = False
-        self.finished = False
-        self.request_done = False
-        self.too_large = False
-        self.timed_out = False
-        self.retried = False
-        self.resp_started = False
-        self.close_after = False
-        self.expect_continue = False
-        self.continue_sent = False
-        self.streaming = False
-        self.upgrade_ok = False
-        self.tunnel_open = False
-        self.trusted = False
-        self.ctx: RequestContext | None = None
-        self.route: CompiledRoute | None = None
-        self.pipeline: Pipeline | None = None
-        self.pool: UpstreamPool | None = None
-        self.upstream: UpstreamConnection | None = None
-        self.task: asyncio.Future[Any] | None = None
-        self.body_waiter: asyncio.Future[None] | None = None
-        self.body: list[bytes] = []
-        self.body_size = 0
-        self.body_limit = conn.limits.max_body_bytes
-        self.buffer_cap = conn.limits.buffer_bytes
-        self.deadline = INF
-        self.deadline_kind = ""
-        self.status = 0
-        self.upstream_status = 0
-        self.bytes_sent = 0
-        self.error = ""
-        self.pending_failure: tuple[int, str, str] | None = None
-        self.framing: ResponseFraming | None = None
-        self.resp_head = b""
-        self.collected: list[bytes] | None = None
-        self.collected_size = 0
+        server = conn.server
+        self.server = server
+        self.runtime: Runtime = server.runtime
+        self.clock = clock = server.clock
+        self.t0 = clock.monotonic()
+        limits = conn.limits
+        self.body_limit = limits.max_body_bytes
+        self.buffer_cap = limits.buffer_bytes
 
     # -- request side -----------------------------------------------------------------------------------------
 
@@ -184,20 +172,13 @@ class Exchange:
         if len(h.hosts) > 1:
             self._deny_local(400, "http.bad_host", "http", "more than one Host header", close=True)
             return
-        if h.hosts:
-            host = parse_host(h.hosts[0])
-            if host is None:
-                self._deny_local(400, "http.bad_host", "http", "malformed Host header", close=True)
-                return
-        elif h.version == "1.1":
+        if not h.hosts and h.version == "1.1":
             self._deny_local(400, "http.bad_host", "http", "HTTP/1.1 request without Host", close=True)
             return
-        else:
-            host = ""
         try:
-            path, canonical, query = normalize_target(h.url)
-        except BadPathError as exc:
-            self._deny_local(400, exc.reason, "http", str(exc), close=True)
+            target = resolve(rt, h.hosts[0] if h.hosts else None, h.url, h.method)
+        except TargetError as exc:
+            self._deny_local(exc.status, exc.reason, "http", exc.detail, close=True)
             return
         if h.expect is not None:
             if h.expect.lower() != b"100-continue":
@@ -216,14 +197,14 @@ class Exchange:
         request_id = rid.decode("ascii") if rid is not None and valid_request_id(rid) else self.server.next_request_id()
         ctx = RequestContext(
             request_id=request_id,
-            method=h.method.decode("ascii"),
-            path=path,
-            raw_path=canonical,
-            query=query,
+            method=target.method,
+            path=target.path,
+            raw_path=target.canonical,
+            query=target.query,
             headers=Headers(h.raw),
             client_ip=cip,
             peer_ip=peer,
-            host=host,
+            host=target.host,
             scheme="https" if conn.tls else "http",
             clock=self.clock,
             http_version=h.version,
@@ -232,7 +213,7 @@ class Exchange:
             peer_cert_der=conn.peer_cert_der,
         )
         self.ctx = ctx
-        match = rt.router.match(host, path, ctx.method)
+        match = target.match
         if type(match) is NoRoute:
             if match.status == 405:
                 allow = {"allow": ", ".join(match.allow)}
@@ -245,7 +226,8 @@ class Exchange:
         self.route = route
         self.pipeline = pipeline = route.pipeline
         ctx.route_id = route_id
-        ctx.path_params = params
+        if params:
+            ctx.path_params = dict(params)  # the cached match is shared: stages get their own copy
         self.body_limit = pipeline.body_limit
         if self.too_large or h.content_length > self.body_limit or self.body_size > self.body_limit:
             self._body_too_large()
@@ -307,7 +289,7 @@ class Exchange:
         size = self.body_size = self.body_size + len(chunk)
         if size > self.body_limit:
             self.too_large = True
-            self.body = []
+            self.body = ()
             if self.started:
                 self._body_too_large()
             return
@@ -316,7 +298,11 @@ class Exchange:
             if up is not None:
                 up.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if self.head.chunked else chunk)
             return
-        self.body.append(chunk)
+        body = self.body
+        if body:
+            body.append(chunk)
+        else:
+            self.body = [chunk]
         if size > self.buffer_cap:
             self.conn.pause(PAUSE_BUFFER)
 
@@ -487,7 +473,7 @@ class Exchange:
         if self.request_done and h.chunked:
             data += b"0\r\n\r\n"
         if not (self.request_done and h.method in _IDEMPOTENT):
-            self.body = []  # kept only while a retry on a fresh connection is still possible
+            self.body = ()  # kept only while a retry on a fresh connection is still possible
         up.write(data)
         self.conn.resume(PAUSE_BUFFER)
         now = self.clock.monotonic()
@@ -547,8 +533,7 @@ class Exchange:
             parts.append(b"transfer-encoding: chunked\r\n")
         if self.upgrade_ok:
             parts.append(b"connection: upgrade\r\nupgrade: websocket\r\n")
-        for iname, ivalue in pipeline.identity_headers(ctx):
-            parts.extend((iname.encode("latin-1"), b": ", ivalue.encode("latin-1"), CRLF))
+        parts.append(pipeline.identity_header_bytes(ctx))
         if ctx.set_headers:
             for sname, svalue in ctx.set_headers.items():
                 parts.extend((sname.encode("latin-1"), b": ", svalue.encode("latin-1"), CRLF))
@@ -557,7 +542,8 @@ class Exchange:
 
     # -- response side (called by the upstream connection) ----------------------------------------------------
 
-    def upstream_head(self, head: bytes, status: int) -> None:
+    def upstream_head(self, head: bytes, status: int, first: bytes) -> None:
+        """The upstream's response head arrived, with `first`: the body bytes that came in the same read."""
         now = self.clock.monotonic()
         self.t_head = now
         self.upstream_status = status
@@ -576,16 +562,25 @@ class Exchange:
             self._record()
             self.conn.start_tunnel(self)
             return
-        framing = self.framing = ResponseFraming(head)
+        framing = self.framing = ResponseFraming.of(head)
         if self.collected is not None:
             self.resp_head = head
+            if first:
+                self.upstream_body(first)
             return
-        self._write_head(head, status, framing, None, None)
+        self._write_head(head, status, framing, None, None, first)
 
     def _write_head(
-        self, head: bytes, status: int, framing: ResponseFraming, body: bytes | None, extra: bytes | None
+        self,
+        head: bytes,
+        status: int,
+        framing: ResponseFraming,
+        body: bytes | None,
+        extra: bytes | None,
+        first: bytes = b"",
     ) -> bytes | None:
-        """Write the response head to the client; returns the body to send (hooks may have replaced it)."""
+        """Write the response head (and `first`, streamed body bytes that came with it) to the client; returns the
+        buffered body to send when hooks had it (they may have replaced it)."""
         h = self.head
         conn = self.conn
         pipeline = self.pipeline
@@ -630,11 +625,12 @@ class Exchange:
                 out = rewrite_response_head(head, framing, extra)
         else:
             out = rewrite_response_head(head, framing, extra)
+        if first:
+            out += first
         conn.write(out)
         self.resp_started = True
         self.status = status
         self.bytes_sent += len(out)
-        self.t_fwd = self.clock.monotonic()
         return body
 
     def upstream_body(self, data: bytes) -> None:
@@ -652,7 +648,10 @@ class Exchange:
         self.bytes_sent += len(data)
         pool = self.pool
         if pool is not None:
-            self.deadline = self.clock.monotonic() + pool.spec.read_timeout
+            now = self.clock.monotonic()
+            if not self.t_fwd:
+                self.t_fwd = now
+            self.deadline = now + pool.spec.read_timeout
 
     def upstream_done(self) -> None:
         up = self.upstream
@@ -888,23 +887,35 @@ class Exchange:
         self.deadline = INF
         now = self.clock.monotonic()
         ctx = self.ctx or self._bare_context()
-        upstream_s = (self.t_head - self.t_sent) if self.t_head else 0.0
-        if self.t_sent:
-            overhead = (self.t_sent - self.t0) + max(0.0, (self.t_fwd or now) - (self.t_head or now))
+        t_head = self.t_head
+        t_sent = self.t_sent
+        upstream_s = (t_head - t_sent) if t_head else 0.0
+        if t_sent:
+            # Time before the request went upstream, plus from the upstream's head to the end of the exchange
+            # (for streamed bodies, from the head to the first write after it).
+            overhead = (t_sent - self.t0) + max(0.0, (self.t_fwd or now) - (t_head or now))
         else:
             overhead = now - self.t0
-        outcome = Outcome(
-            status=self.status,
-            upstream_status=self.upstream_status,
-            upstream_us=int(upstream_s * 1e6),
-            total_us=int((now - self.t0) * 1e6),
-            bytes_sent=self.bytes_sent,
-            error=self.error,
+        total_us = int((now - self.t0) * 1e6)
+        upstream_us = int(upstream_s * 1e6)
+        pipeline = self.pipeline
+        if pipeline is not None and pipeline.completion_hooks:
+            pipeline.complete(
+                ctx,
+                Outcome(
+                    status=self.status,
+                    upstream_status=self.upstream_status,
+                    upstream_us=upstream_us,
+                    total_us=total_us,
+                    bytes_sent=self.bytes_sent,
+                    error=self.error,
+                ),
+            )
+        self.server.decision_log.record(ctx, self.status, total_us, upstream_us, self.error)
+        ctx.attach_body_reader(None)
+        self.server.metrics.request(
+            ctx.route_id, ctx.decision, ctx.reason, self.status, overhead, upstream_s if t_head else None
         )
-        if self.pipeline is not None:
-            self.pipeline.complete(ctx, outcome)
-        self.server.decision_log.record(ctx, outcome)
-        self.server.metrics.request(ctx.route_id, ctx.decision, ctx.reason, self.status, overhead, upstream_s)
 
     def _set_deadline(self, when: float, kind: str) -> None:
         self.deadline = when

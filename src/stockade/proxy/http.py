@@ -16,6 +16,7 @@ EXPECT = 4
 CONNECTION = 5
 REQUEST_ID = 6
 UPGRADE = 7
+TRANSFER_ENCODING = 10
 REQUEST_HEADER_CLASS: dict[bytes, int] = {
     b"connection": CONNECTION,
     b"keep-alive": DROP,
@@ -23,7 +24,7 @@ REQUEST_HEADER_CLASS: dict[bytes, int] = {
     b"proxy-authorization": DROP,
     b"te": DROP,
     b"trailer": DROP,
-    b"transfer-encoding": DROP,  # the gateway re-frames chunked bodies itself
+    b"transfer-encoding": TRANSFER_ENCODING,  # dropped: the gateway re-frames chunked bodies itself
     b"upgrade": UPGRADE,
     b"http2-settings": DROP,
     b"host": HOST,
@@ -38,6 +39,53 @@ REQUEST_HEADER_CLASS: dict[bytes, int] = {
     b"forwarded": FORWARDING,
 }
 IDENTITY_PREFIX = b"x-stockade-"
+PLAIN = 8  # forwarded as is
+CONTENT_LENGTH = 9
+# Exact spellings seen on almost every request, classified without lower-casing the name first.
+COMMON_SPELLINGS: dict[bytes, int] = {
+    **{n: c for n, c in REQUEST_HEADER_CLASS.items()},
+    b"Host": HOST,
+    b"Connection": CONNECTION,
+    b"Content-Length": CONTENT_LENGTH,
+    b"content-length": CONTENT_LENGTH,
+    b"Transfer-Encoding": TRANSFER_ENCODING,
+    b"Expect": EXPECT,
+    b"X-Forwarded-For": FORWARDING,
+    b"X-Forwarded-Proto": FORWARDING,
+    b"X-Request-Id": REQUEST_ID,
+    b"X-Request-ID": REQUEST_ID,
+    b"Upgrade": UPGRADE,
+    b"Keep-Alive": DROP,
+    **{
+        n: PLAIN
+        for n in (
+            b"User-Agent",
+            b"user-agent",
+            b"Accept",
+            b"accept",
+            b"Accept-Encoding",
+            b"accept-encoding",
+            b"Accept-Language",
+            b"accept-language",
+            b"Content-Type",
+            b"content-type",
+            b"Authorization",
+            b"authorization",
+            b"Cookie",
+            b"cookie",
+            b"Origin",
+            b"origin",
+            b"Referer",
+            b"referer",
+            b"Cache-Control",
+            b"cache-control",
+            b"If-None-Match",
+            b"if-none-match",
+            b"X-API-Key",
+            b"x-api-key",
+        )
+    },
+}
 
 # Response headers that matter to the proxy, found with one scan over the raw head.
 _RESPONSE_SCAN = re.compile(
@@ -88,15 +136,23 @@ class DateCache:
 
 
 class ResponseFraming:
-    """What one scan of an upstream response head says about framing and hop-by-hop headers."""
+    """What one scan of an upstream response head says about framing and hop-by-hop headers.
 
-    __slots__ = ("chunked", "content_length", "cut", "needs_rebuild")
+    Built through `ResponseFraming.of(head)`, which caches the analysis by the head's exact bytes: an
+    upstream sends the same head for the same kind of response (the Date changes once a second).
+    """
+
+    __slots__ = ("chunked", "content_length", "cut", "needs_rebuild", "rewritten")
+
+    _cache: dict[bytes, ResponseFraming] = {}  # noqa: RUF012 - a deliberate process-wide cache
 
     def __init__(self, head: bytes) -> None:
         self.chunked = False
         self.content_length = False
-        self.cut: list[tuple[int, int]] = []  # spans of hop-by-hop lines to remove, each starting at its CRLF
+        self.cut: tuple[tuple[int, int], ...] = ()  # spans of hop-by-hop lines to remove, each from its CRLF
         self.needs_rebuild = False  # Connection names a non-standard header: fall back to a full rebuild
+        self.rewritten: dict[bytes, bytes] = {}  # extra header lines -> the head as sent (for this exact head)
+        cut = []
         for m in _RESPONSE_SCAN.finditer(head):
             name = m.group(1).lower()
             if name == b"content-length":
@@ -105,10 +161,24 @@ class ResponseFraming:
                 self.chunked = True
             else:
                 if name == b"connection":
-                    tokens = {t.strip().lower() for t in m.group(2).split(b",")}
-                    if not tokens <= _CONNECTION_STANDARD:
+                    value = m.group(2).strip().lower()
+                    if (
+                        value not in _CONNECTION_STANDARD
+                        and not {t.strip() for t in value.split(b",")} <= _CONNECTION_STANDARD
+                    ):
                         self.needs_rebuild = True
-                self.cut.append(m.span())
+                cut.append(m.span())
+        self.cut = tuple(cut)
+
+    @classmethod
+    def of(cls, head: bytes) -> ResponseFraming:
+        framing = cls._cache.get(head)
+        if framing is None:
+            framing = cls(head)
+            if len(cls._cache) >= 1024:
+                cls._cache.clear()
+            cls._cache[head] = framing
+        return framing
 
     @property
     def delimited_by_close(self) -> bool:
@@ -129,8 +199,16 @@ def connection_tokens(values: list[bytes]) -> set[bytes]:
 def rewrite_response_head(head: bytes, framing: ResponseFraming, extra: bytes) -> bytes:
     """The upstream head minus hop-by-hop lines plus `extra` (complete header lines), status line as HTTP/1.1.
 
-    The common case - nothing to remove or add - returns the bytes received, untouched.
+    The common case - nothing to remove or add - returns the bytes received, untouched. Results are kept on
+    the framing object, which is itself cached by the exact head bytes.
     """
+    out = framing.rewritten.get(extra)
+    if out is None:
+        out = framing.rewritten[extra] = _rewrite(head, framing, extra)
+    return out
+
+
+def _rewrite(head: bytes, framing: ResponseFraming, extra: bytes) -> bytes:
     if head.startswith(b"HTTP/1.0 "):
         head = b"HTTP/1.1 " + head[9:]
         if framing.cut:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import logging
 import secrets
 import socket
-import ssl
 from typing import TYPE_CHECKING
 
 from stockade.clock import SYSTEM_CLOCK, Clock
@@ -15,7 +15,7 @@ from stockade.observability.decision_log import DecisionLog
 from stockade.observability.metrics import Metrics
 from stockade.proxy.client import ClientConnection
 from stockade.proxy.http import DateCache
-from stockade.proxy.tls import listener_context
+from stockade.proxy.tls import ListenerContext
 from stockade.proxy.upstream import PoolManager
 
 if TYPE_CHECKING:
@@ -24,25 +24,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("stockade.proxy")
 
 SWEEP_INTERVAL = 0.25
-
-
-class TlsListener:
-    """Holds the current listener TLS context; an SNI callback hands each new handshake the newest one, so a
-    reload rotates certificates without closing the listening socket."""
-
-    def __init__(self, ctx: ssl.SSLContext) -> None:
-        self.current = ctx
-        self.base = ctx
-        ctx.sni_callback = self._select
-
-    def _select(self, sslobj: ssl.SSLObject, name: str | None, ctx: ssl.SSLContext) -> None:
-        if self.current is not ctx:
-            sslobj.context = self.current
-        return None
-
-    def replace(self, ctx: ssl.SSLContext) -> None:
-        ctx.sni_callback = self._select
-        self.current = ctx
 
 
 class ProxyServer:
@@ -62,11 +43,11 @@ class ProxyServer:
         self.decision_log = decision_log or DecisionLog(runtime.config.log.decisions, clock)
         self._log_target = runtime.config.log.decisions
         self.connections: set[ClientConnection] = set()
-        self.pools = PoolManager(clock)
+        self.pools = PoolManager(clock, runtime.tls.upstreams)
         self.dates = DateCache()
         self.draining = False
         self.ready = False
-        self.tls: TlsListener | None = None
+        self.tls: ListenerContext | None = None  # set when listening with TLS; reload swaps its context
         self._servers: list[asyncio.Server] = []
         self._tick_handle: asyncio.TimerHandle | None = None
         self._ids = itertools.count(1)
@@ -74,16 +55,15 @@ class ProxyServer:
         self.metrics.gauge_providers.append(self._gauges)
 
     def next_request_id(self) -> str:
-        return f"{self._id_prefix}{next(self._ids):012x}"
+        return self._id_prefix + format(next(self._ids), "012x")
 
     async def start(self, *, reuse_port: bool = False, sock: socket.socket | None = None) -> None:
         """Bind the listener (or serve on `sock`) and start the periodic sweep."""
         loop = asyncio.get_running_loop()
         cfg = self.runtime.config
-        ssl_ctx = None
-        if cfg.listen.tls is not None:
-            self.tls = TlsListener(listener_context(cfg.listen.tls))
-            ssl_ctx = self.tls.base
+        if self.runtime.tls.listener is not None:
+            self.tls = ListenerContext(self.runtime.tls.listener)
+        ssl_ctx = self.tls
         timeout = cfg.limits.header_timeout
         if sock is not None:
             server = await loop.create_server(
@@ -104,6 +84,10 @@ class ProxyServer:
             )
         self._servers.append(server)
         self._tick_handle = loop.call_later(SWEEP_INTERVAL, self._tick)
+        # Everything built so far (modules, config, compiled routes) lives for the process: move it out of the
+        # collector's generations so collections only look at per-request objects.
+        gc.collect()
+        gc.freeze()
         self.ready = True
 
     @property
@@ -132,10 +116,10 @@ class ProxyServer:
     def reload(self, runtime: Runtime) -> None:
         """Swap in a new runtime: requests already under way finish on the one they started with."""
         cfg = runtime.config
-        if self.tls is not None and cfg.listen.tls is not None:
-            self.tls.replace(listener_context(cfg.listen.tls))
+        if self.tls is not None and runtime.tls.listener is not None:
+            self.tls.current = runtime.tls.listener  # new handshakes only; TLS on/off needs a restart
         self.runtime = runtime
-        self.pools.retain([r.upstream for r in cfg.routes if r.upstream is not None])
+        self.pools.retain([r.upstream for r in cfg.routes if r.upstream is not None], runtime.tls.upstreams)
         if cfg.log.decisions != self._log_target:
             old = self.decision_log
             self.decision_log = DecisionLog(cfg.log.decisions, self.clock)

@@ -1,20 +1,27 @@
-"""TLS contexts: the listener (Mozilla "intermediate") and verified upstream connections."""
+"""TLS contexts: the listener (Mozilla "intermediate"), its reloadable front, and verified HTTPS upstreams; all
+built and checked when a config is loaded, so a bad certificate path is a config error, not a failed request."""
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import ssl
-from functools import lru_cache
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from stockade.errors import ConfigError
+from stockade.proxy import ossl
+
 if TYPE_CHECKING:
-    from stockade.config.models import TlsListen
+    from stockade.config.models import GatewayConfig, TlsListen
 
 log = logging.getLogger("stockade.tls")
 
-# Mozilla Server Side TLS, "intermediate" configuration (TLS 1.2 suites; TLS 1.3 suites are OpenSSL's defaults,
-# which are exactly Mozilla's).
+# Mozilla Server Side TLS "intermediate" (ssl-config.mozilla.org). TLS 1.2 suites: ECDHE with AEAD only. The
+# profile's three DHE-RSA suites are left out: OpenSSL negotiates DHE only with DH parameters, which we do not
+# load (finite-field DHE is slow, a CPU-exhaustion lever for clients (CVE-2002-20001), and every client that
+# Mozilla's intermediate profile supports speaks ECDHE); Mozilla's own guidelines v6 dropped them too.
 INTERMEDIATE_CIPHERS = ":".join(
     [
         "ECDHE-ECDSA-AES128-GCM-SHA256",
@@ -23,64 +30,183 @@ INTERMEDIATE_CIPHERS = ":".join(
         "ECDHE-RSA-AES256-GCM-SHA384",
         "ECDHE-ECDSA-CHACHA20-POLY1305",
         "ECDHE-RSA-CHACHA20-POLY1305",
-        "DHE-RSA-AES128-GCM-SHA256",
-        "DHE-RSA-AES256-GCM-SHA384",
-        "DHE-RSA-CHACHA20-POLY1305",
     ]
 )
-INTERMEDIATE_GROUPS = b"X25519:P-256:P-384"
-_SSL_CTRL_SET_GROUPS_LIST = 92  # OpenSSL's SSL_CTX_set1_groups_list is this SSL_CTX_ctrl call (a macro)
+# OpenSSL's default TLS 1.3 suites are these three, but openssl.cnf can change the default: pin them.
+INTERMEDIATE_CIPHERSUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+INTERMEDIATE_GROUPS = "X25519:P-256:P-384"
+CERT_CURVES = frozenset({"secp256r1", "secp384r1"})  # the certificate curves the profile allows
+MIN_RSA_BITS = 2048
 
 
-def listener_context(cfg: TlsListen) -> ssl.SSLContext:
-    """A server context: TLS 1.2+, intermediate ciphers, X25519/P-256/P-384 only, no compression or
-    renegotiation; client certificates verified against `client_ca` when mTLS is configured."""
+class _Problem(Exception):
+    """One TLS setting that cannot be used: `field` is its path under the config section being built."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+def _no_password() -> bytes:
+    # Without a callback OpenSSL would prompt on the terminal for an encrypted key's passphrase (and a
+    # daemon would hang); refuse instead.
+    raise _Problem("key", "the private key is encrypted; give the gateway an unencrypted key file (mode 0600)")
+
+
+def _existing(base_dir: Path, name: str, field: str) -> Path:
+    path = base_dir / Path(name).expanduser()  # relative paths are relative to the config file, like stages'
+    if not path.is_file():
+        raise _Problem(field, f"no such file: {path}")
+    try:
+        path.open("rb").close()
+    except OSError as exc:
+        raise _Problem(field, f"cannot read {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def _check_leaf(cert: Path) -> None:
+    """The certificate's key must meet the profile (RSA >= 2048 bits, ECDSA on P-256 or P-384)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    try:
+        leaf = x509.load_pem_x509_certificates(cert.read_bytes())[0]
+    except ValueError:
+        raise _Problem("cert", f"{cert} is not a PEM certificate (chain)") from None
+    key = leaf.public_key()
+    if isinstance(key, rsa.RSAPublicKey):
+        if key.key_size < MIN_RSA_BITS:
+            raise _Problem("cert", f"RSA key of {key.key_size} bits; at least {MIN_RSA_BITS} are required")
+    elif isinstance(key, ec.EllipticCurvePublicKey):
+        if key.curve.name not in CERT_CURVES:
+            raise _Problem("cert", f"ECDSA key on {key.curve.name}; use P-256 or P-384")
+    else:
+        raise _Problem("cert", f"{type(key).__name__.removeprefix('_')} keys are not supported; use RSA or ECDSA")
+
+
+def listener_context(cfg: TlsListen, base_dir: Path) -> ssl.SSLContext:
+    """A server context: TLS 1.2+ (or 1.3 only), intermediate ciphers, X25519/P-256/P-384 only, no compression,
+    renegotiation or session tickets; client certificates requested and verified against `client_ca` when
+    `client_auth` is optional or required. Raises _Problem naming the offending field."""
+    cert = _existing(base_dir, cfg.cert, "cert")
+    key = _existing(base_dir, cfg.key, "key")
+    _check_leaf(cert)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if cfg.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
     ctx.set_ciphers(INTERMEDIATE_CIPHERS)
+    # No tickets: a TLS 1.2 ticket key lives as long as the process and would undo forward secrecy (Mozilla's
+    # advice). TLS 1.3 then resumes from the server-side session cache instead.
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_TICKET
-    ctx.load_cert_chain(cfg.cert, cfg.key)
-    if cfg.client_ca:
-        ctx.load_verify_locations(cfg.client_ca)
+    # Every suite left is strong, so the client's order decides (the profile's choice): a phone without AES
+    # instructions gets ChaCha20. Python sets server preference by default.
+    ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+    try:
+        ctx.load_cert_chain(cert, key, password=_no_password)
+    except ssl.SSLError as exc:
+        reason = exc.reason or exc
+        raise _Problem(
+            "key", f"cannot use {key} with certificate {cert} (is it that certificate's key?): {reason}"
+        ) from None
+    if cfg.client_auth != "none" and cfg.client_ca:  # the model requires client_ca for optional/required
+        ca = _existing(base_dir, cfg.client_ca, "client_ca")
+        try:
+            ctx.load_verify_locations(cafile=ca)
+        except ssl.SSLError as exc:
+            raise _Problem("client_ca", f"no usable CA certificates in {ca}: {exc.reason or exc}") from None
         ctx.verify_mode = ssl.CERT_REQUIRED if cfg.client_auth == "required" else ssl.CERT_OPTIONAL
-    restrict_groups(ctx)
+        if not ossl.set_client_ca_names(ctx, ca):
+            log.warning("TLS: cannot announce client CA names; clients with several certificates may pick wrong")
+    if not ossl.set_groups(ctx, INTERMEDIATE_GROUPS):
+        # Still compliant with the profile, only narrower: X25519 and P-384 clients fall back to P-256.
+        log.warning("TLS: cannot set the key-exchange group list; restricting key exchange to P-256 only")
+        ctx.set_ecdh_curve("prime256v1")
+    if not ossl.set_ciphersuites(ctx, INTERMEDIATE_CIPHERSUITES):
+        log.warning("TLS: cannot pin TLS 1.3 cipher suites; OpenSSL's configured defaults apply")
     return ctx
 
 
-def restrict_groups(ctx: ssl.SSLContext) -> None:
-    """Limit key-exchange groups to X25519, P-256 and P-384 (Mozilla intermediate).
-
-    Python's ssl module exposes no way to set the group list before 3.13's set_groups-less API, and
-    `set_ecdh_curve` takes a single curve (it would drop X25519). So call OpenSSL's SSL_CTX_ctrl on the
-    context's SSL_CTX, located right after the object header in CPython's PySSLContext. The pointer is
-    checked first: if the verify mode read through it does not match the Python object, we fall back to
-    P-256 alone (still compliant, only fewer groups) rather than touch memory we do not understand.
-    """
-    try:
-        import _ssl
-
-        lib = ctypes.CDLL(_ssl.__file__)
-        ctrl = lib.SSL_CTX_ctrl
-        ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
-        ctrl.restype = ctypes.c_long
-        get_verify_mode = lib.SSL_CTX_get_verify_mode
-        get_verify_mode.argtypes = [ctypes.c_void_p]
-        get_verify_mode.restype = ctypes.c_int
-        ptr = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
-        expected = {ssl.CERT_NONE: 0, ssl.CERT_OPTIONAL: 1, ssl.CERT_REQUIRED: 3}[ctx.verify_mode]
-        if not ptr or get_verify_mode(ptr) != expected:
-            raise RuntimeError("unexpected PySSLContext layout")
-        groups = ctypes.create_string_buffer(INTERMEDIATE_GROUPS)
-        if ctrl(ptr, _SSL_CTRL_SET_GROUPS_LIST, 0, ctypes.cast(groups, ctypes.c_void_p)) != 1:
-            raise RuntimeError("OpenSSL refused the group list")
-    except (OSError, AttributeError, RuntimeError, KeyError) as exc:
-        log.warning("TLS groups: %s; restricting key exchange to P-256 only", exc)
-        ctx.set_ecdh_curve("prime256v1")
-
-
-@lru_cache(maxsize=32)
-def upstream_context(ca_file: str | None) -> ssl.SSLContext:
-    """Client context for HTTPS upstreams: certificates and host names always verified."""
+def upstream_context(ca_file: Path | None) -> ssl.SSLContext:
+    """Client context for HTTPS upstreams: TLS 1.2+, certificate and host name always verified, against
+    `ca_file` alone when given, else the system trust store."""
     ctx = ssl.create_default_context(cafile=ca_file)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     return ctx
+
+
+class ListenerContext(ssl.SSLContext):
+    """What the listening socket is given: it hands every new connection to the newest listener context.
+
+    The event loop creates each connection's SSL object with `wrap_bio` on the context it was given, so
+    delegating that call means a reload (SIGHUP) changes certificates, client CAs and every other setting for
+    new handshakes, while the listening socket stays open and established connections keep the context they
+    started with. (An SNI callback could swap only the certificate: verify mode and versions are copied from
+    the original context when the connection is created.)
+    """
+
+    current: ssl.SSLContext
+
+    def __new__(cls, current: ssl.SSLContext) -> ListenerContext:
+        self = super().__new__(cls, ssl.PROTOCOL_TLS_SERVER)
+        self.current = current
+        return self
+
+    def __init__(self, current: ssl.SSLContext) -> None:
+        pass  # state set in __new__; ssl.SSLContext has no __init__ to call
+
+    def wrap_bio(
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLObject:
+        return self.current.wrap_bio(incoming, outgoing, server_side, server_hostname, session)
+
+
+@dataclass(frozen=True)
+class TlsContexts:
+    """A config's TLS, ready to use: the listener context, and one upstream context per `ca_file` as written
+    (None: the system store)."""
+
+    listener: ssl.SSLContext | None = None
+    upstreams: Mapping[str | None, ssl.SSLContext] = field(default_factory=dict)
+
+
+def build_tls(config: GatewayConfig, base_dir: Path, source: str) -> TlsContexts:
+    """Load every certificate, key and CA file the config names. Raises ConfigError listing each problem."""
+    problems: list[str] = []
+    listener = None
+    tls = config.listen.tls
+    if tls is not None:
+        if tls.client_ca and tls.client_auth == "none":
+            # Fail closed: whoever names a client CA means to check client certificates; say how strictly.
+            problems.append(f"{source}: field 'listen.tls.client_auth': client_ca is set; say optional or required")
+        try:
+            listener = listener_context(tls, base_dir)
+        except _Problem as p:
+            problems.append(f"{source}: field 'listen.tls.{p.field}': {p.message}")
+    upstreams: dict[str | None, ssl.SSLContext] = {}
+    for i, route in enumerate(config.routes):
+        up = route.upstream
+        if up is None:
+            continue
+        where = f"{source}: route {route.id!r} (routes[{i}]) > field 'upstream"
+        if not up.url.startswith("https://"):
+            for name in ("ca_file", "server_name"):
+                if getattr(up, name) is not None:
+                    problems.append(f"{where}.{name}': only used with an https:// upstream url")
+            continue
+        if up.ca_file in upstreams:
+            continue
+        try:
+            ca = _existing(base_dir, up.ca_file, "ca_file") if up.ca_file is not None else None
+            upstreams[up.ca_file] = upstream_context(ca)
+        except _Problem as p:
+            problems.append(f"{where}.{p.field}': {p.message}")
+        except ssl.SSLError as exc:
+            problems.append(f"{where}.ca_file': no usable CA certificates: {exc.reason or exc}")
+    if problems:
+        raise ConfigError(problems)
+    return TlsContexts(listener, upstreams)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, cast
 from urllib.parse import urlsplit
 
@@ -26,7 +28,7 @@ MAX_RESPONSE_HEAD = 64 * 1024
 class UpstreamUser(Protocol):
     """What an upstream connection reports to the exchange it serves."""
 
-    def upstream_head(self, head: bytes, status: int) -> None: ...
+    def upstream_head(self, head: bytes, status: int, first: bytes) -> None: ...
     def upstream_body(self, data: bytes) -> None: ...
     def upstream_done(self) -> None: ...
     def upstream_closed(self, conn: UpstreamConnection) -> None: ...
@@ -61,6 +63,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.user: UpstreamUser | None = None
         self.parser: HttpResponseParser | None = None
         self.closed = False
+        self.tunnel = False
         self.reused = False
         self.idle_since = 0.0
         self.received_any = False
@@ -70,6 +73,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_sent = False
         self.head_done = False
         self.done = False
+        self.reusable = False
         self.status = 0
         self.interim = 0
         self.skip_complete = 0
@@ -99,6 +103,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         user = self.user
+        if self.tunnel and user is not None:
+            user.upstream_body(data)  # after a 101 the bytes are the upgraded protocol's, not HTTP
+            return
         if user is None or self.done:
             # Bytes on an idle connection, or after a complete response: this connection cannot be trusted.
             self.close()
@@ -130,16 +137,23 @@ class UpstreamConnection(asyncio.Protocol):
             for _ in range(self.interim):  # 1xx interim responses (100, 103) are not forwarded
                 pos = buf.index(b"\r\n\r\n", pos) + 4
             end = buf.index(b"\r\n\r\n", pos) + 4
+            head = buf[pos:end]
+            rest = buf[end:]
             self.head_sent = True
-            user.upstream_head(buf[pos:end], self.status)
-            if self.user is None:
+            if upgraded or self.status == 101:
+                self.tunnel = True
+                user.upstream_head(head, self.status, b"")
+                if rest and self.user is not None:
+                    user.upstream_body(rest)  # bytes of the upgraded protocol that followed the 101
                 return
-            data = buf[end:]
-        if upgraded or self.status == 101:
-            if data:
-                user.upstream_body(data)
-            return
-        if self.decode:
+            if self.decode:
+                first = b"".join(self.decoded)
+                self.decoded = []
+            else:
+                first = b"" if self.head_only else rest
+            # The head and the body bytes that came with it go to the client in one write (one syscall).
+            user.upstream_head(head, self.status, first)
+        elif self.decode:
             if self.decoded:
                 chunks = self.decoded
                 self.decoded = []
@@ -163,12 +177,17 @@ class UpstreamConnection(asyncio.Protocol):
         self.status = status
         self.head_done = True
         if self.head_only:
+            self.reusable = self.parser.should_keep_alive()
             self.done = True
 
     def on_message_complete(self) -> None:
         if self.skip_complete:
             self.skip_complete -= 1
             return
+        if not self.done:
+            # llhttp resets its flags once feed_data returns, so keep-alive must be read here.
+            assert self.parser is not None  # noqa: S101
+            self.reusable = self.parser.should_keep_alive()
         self.done = True
 
     # -- used by the exchange ---------------------------------------------------------------------------------
@@ -180,7 +199,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_only = head_only
         self.parser = HttpResponseParser(_Decoder(self) if decode else self)
         self.head_buf = b""
-        self.head_sent = self.head_done = self.done = self.received_any = False
+        self.head_sent = self.head_done = self.done = self.received_any = self.reusable = False
         self.status = self.interim = self.skip_complete = 0
         self.decoded = []
 
@@ -190,7 +209,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     @property
     def keep_alive(self) -> bool:
-        return self.parser is not None and self.parser.should_keep_alive() and self.status != 101
+        return self.reusable and self.status != 101
 
     def detach(self) -> None:
         self.user = None
@@ -209,7 +228,7 @@ class UpstreamConnection(asyncio.Protocol):
 class UpstreamPool:
     """Idle keep-alive connections to one upstream origin (LIFO, so the warmest is reused first)."""
 
-    def __init__(self, spec: Upstream, clock: Clock) -> None:
+    def __init__(self, spec: Upstream, clock: Clock, ssl_ctx: ssl.SSLContext | None = None) -> None:
         parts = urlsplit(spec.url)
         self.spec = spec
         self.clock = clock
@@ -224,7 +243,9 @@ class UpstreamPool:
         if self.port != default_port:
             self.host_header += b":%d" % self.port
         self.base_path = parts.path.rstrip("/").encode("ascii")
-        self.ssl: ssl.SSLContext | None = upstream_context(spec.ca_file) if self.tls else None
+        if self.tls and ssl_ctx is None:  # normally built at config load (relative to the config file)
+            ssl_ctx = upstream_context(Path(spec.ca_file) if spec.ca_file else None)
+        self.ssl: ssl.SSLContext | None = ssl_ctx if self.tls else None
         self.server_hostname = (spec.server_name or self.host) if self.tls else None
         self.idle: list[UpstreamConnection] = []
         self.active = 0
@@ -294,19 +315,26 @@ class UpstreamPool:
 class PoolManager:
     """Pools by upstream identity, kept across config reloads so warm connections survive a reload."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, tls: Mapping[str | None, ssl.SSLContext] | None = None) -> None:
         self.clock = clock
+        self.tls = tls or {}  # HTTPS client contexts by `ca_file`, built at config load
         self.pools: dict[tuple[object, ...], UpstreamPool] = {}
 
     def get(self, spec: Upstream) -> UpstreamPool:
         key = (spec.url, spec.ca_file, spec.server_name, spec.max_idle, spec.idle_timeout)
         pool = self.pools.get(key)
         if pool is None:
-            pool = self.pools[key] = UpstreamPool(spec, self.clock)
+            pool = self.pools[key] = UpstreamPool(spec, self.clock, self.tls.get(spec.ca_file))
         return pool
 
-    def retain(self, specs: list[Upstream]) -> None:
-        """After a reload: close pools no route uses any more."""
+    def retain(self, specs: list[Upstream], tls: Mapping[str | None, ssl.SSLContext] | None = None) -> None:
+        """After a reload: close pools no route uses any more; new connections of the others verify with the
+        reloaded CA files (idle connections, already verified, stay)."""
+        if tls is not None:
+            self.tls = tls
+            for pool in self.pools.values():
+                if pool.tls and (ctx := tls.get(pool.spec.ca_file)) is not None:
+                    pool.ssl = ctx
         keep = {(s.url, s.ca_file, s.server_name, s.max_idle, s.idle_timeout) for s in specs}
         for key in [k for k in self.pools if k not in keep]:
             self.pools.pop(key).close()

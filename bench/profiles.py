@@ -1,0 +1,85 @@
+"""The benchmark profiles: one row per thing we measure. Later features add rows here (API key, JWT, limits...)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Kind = Literal["direct", "nginx", "stockade"]
+
+
+@dataclass(frozen=True)
+class SetupEnv:
+    """What a setup hook gets: the profile's own scratch directory and the stockade config written into it."""
+
+    workdir: Path
+    config: Path
+    python: str  # an interpreter with stockade installed: run `[python, "-m", "stockade", ...]`
+
+
+# Runs before the proxy starts (so it can fill the store, e.g. create an API key); returns extra request headers.
+Setup = Callable[[SetupEnv], Mapping[str, str]]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One row of the comparison.
+
+    `kind` says what is started: `direct` (nothing, the load hits the upstream), `nginx` (nginx `proxy_pass`) or
+    `stockade` (`stockade serve`, one route `/**` to the upstream with `stages`). `gateway` adds top-level
+    stockade settings (e.g. `limits_storage`). `expect_headers` is checked on a probe request before loading,
+    proving the stages really ran (None = the header must be absent).
+    """
+
+    name: str
+    kind: Kind
+    measures: str
+    stages: tuple[Mapping[str, Any], ...] = ()
+    decision_log: bool = True  # stockade writes its decision log to a file in the profile's directory
+    gateway: Mapping[str, Any] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)
+    setup: Setup | None = None
+    expect_headers: Mapping[str, str | None] = field(default_factory=dict)
+
+
+ANONYMOUS = {"use": "anonymous"}
+
+PROFILES: tuple[Profile, ...] = (
+    Profile("direct", "direct", "the load side alone: wrk straight to the upstream (the ceiling of the load core)"),
+    Profile("nginx", "nginx", "the reference: nginx proxy_pass, upstream keep-alive, one worker"),
+    Profile(
+        "stockade-bare",
+        "stockade",
+        "the data plane: one route, anonymous, decision log to a file",
+        stages=(ANONYMOUS,),
+    ),
+    Profile(
+        "stockade-bare-nolog",
+        "stockade",
+        "the same without the decision log (the difference is the log's cost)",
+        stages=(ANONYMOUS,),
+        decision_log=False,
+    ),
+    Profile(
+        "stockade-headers",
+        "stockade",
+        "bare + security_headers: the response head is rewritten instead of forwarded verbatim",
+        stages=(ANONYMOUS, {"use": "security_headers"}),
+        expect_headers={"x-content-type-options": "nosniff", "cache-control": "no-store"},
+    ),
+)
+
+
+def select(names: str | None) -> list[Profile]:
+    """The profiles named in a comma-separated list (in table order), or all of them. `nginx` is added when
+    another profile is chosen, because every ratio is relative to it."""
+    if not names:
+        return list(PROFILES)
+    wanted = {n.strip() for n in names.split(",") if n.strip()}
+    unknown = wanted - {p.name for p in PROFILES}
+    if unknown:
+        raise ValueError(f"unknown profile(s) {sorted(unknown)}; known: {[p.name for p in PROFILES]}")
+    wanted.add("nginx")
+    return [p for p in PROFILES if p.name in wanted]

@@ -1,0 +1,199 @@
+"""What an HTTP request and a WebSocket handshake share in the middleware: intake, the pipeline, the record."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from stockade.asgi.scope import (
+    INVALID_LENGTH,
+    HeadFields,
+    Receive,
+    Scope,
+    Send,
+    http_scheme,
+    peer_address,
+    scope_headers,
+)
+from stockade.asgi.scope import request_target as scope_target
+from stockade.pipeline.intake import bare_context, body_too_large, request_context, route_request
+from stockade.pipeline.local import pipeline_failed, pipeline_timed_out
+from stockade.pipeline.record import Timings, record_request
+from stockade.pipeline.response import Outcome
+from stockade.pipeline.runner import Pipeline
+from stockade.pipeline.verdict import Deny
+
+if TYPE_CHECKING:
+    from stockade.asgi.middleware import StockadeMiddleware
+    from stockade.pipeline.context import RequestContext
+    from stockade.runtime import CompiledRoute, Runtime
+
+T = TypeVar("T")
+INF = float("inf")
+
+
+class ClientDisconnectedError(BaseException):
+    """The client went away while a stage was reading the body.
+
+    A BaseException on purpose, like CancelledError: the runner turns every Exception from a stage into a
+    500 `stage.error`, and a client hanging up is not a stage failure (it is logged as 499 `client.closed`).
+    """
+
+
+class DeadlineExpiredError(Exception):
+    """A stage or handler ran past `limits.pipeline_timeout` and was cancelled by the sweep."""
+
+
+class Exchange:
+    """One request through the middleware. Subclasses supply the body reader and how answers are sent."""
+
+    def __init__(self, mw: StockadeMiddleware, scope: Scope, receive: Receive, send: Send) -> None:
+        self.mw = mw
+        self.runtime: Runtime = mw.runtime  # a reload mid-request does not change the rules it is judged by
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.clock = mw.clock
+        self.times = Timings(self.clock.monotonic())
+        self.ctx: RequestContext | None = None
+        self.pipeline: Pipeline | None = None
+        self.status = 0
+        self.app_status = 0
+        self.bytes_sent = 0
+        self.error = ""
+        self.recorded = False
+        self.disconnected = False
+        self.deadline = INF
+        self.task: asyncio.Task[Any] | None = None
+        self.expired = False
+
+    def _bare(self, method: bytes) -> RequestContext:
+        """A context for a request refused (or broken) before a full one could be built."""
+        scope = self.scope
+        ctx = self.ctx = bare_context(
+            method=method,
+            version=str(scope.get("http_version", "1.1")),
+            headers=scope_headers(scope),
+            peer_ip=peer_address(scope),
+            scheme=http_scheme(scope),
+            clock=self.clock,
+            started=self.times.t0,
+            new_id=self.mw.request_ids,
+        )
+        return ctx
+
+    def intake(self, method: bytes) -> tuple[RequestContext, CompiledRoute | Deny]:
+        """Build the context and route the request exactly as the proxy does; a Deny is already recorded."""
+        scope = self.scope
+        rt = self.runtime
+        headers = scope_headers(scope)
+        fields = HeadFields(headers)
+        version = str(scope.get("http_version", "1.1"))
+        peer = peer_address(scope)
+        scheme = http_scheme(scope)
+        result = request_context(
+            method=method,
+            target=scope_target(scope),
+            version=version,
+            headers=headers,
+            hosts=fields.hosts,
+            expect=fields.expect,
+            request_id=fields.request_id,
+            forwarded_for=fields.forwarded_for,
+            peer_ip=peer,
+            trusted_proxies=rt.trusted_proxies,
+            scheme=scheme,
+            clock=self.clock,
+            started=self.times.t0,
+            new_id=self.mw.request_ids,
+        )
+        if isinstance(result, Deny):
+            ctx = self._bare(method)
+            return ctx, Pipeline.deny(ctx, "http", result)
+        ctx = self.ctx = result
+        route = route_request(rt, ctx)
+        if isinstance(route, Deny):
+            return ctx, route
+        self.pipeline = pipeline = route.pipeline
+        length = fields.content_length
+        if length == INVALID_LENGTH:
+            return ctx, Pipeline.deny(ctx, "http", Deny(400, "http.bad_request", detail="invalid Content-Length"))
+        if length is not None and length > pipeline.body_limit:
+            return ctx, body_too_large(pipeline, ctx)
+        return ctx, route
+
+    async def run_pipeline(self, ctx: RequestContext, pipeline: Pipeline) -> Deny | None:
+        """Run the route's pipeline: stepped eagerly, driven as a Task under the deadline only if it awaits."""
+        try:
+            result = pipeline.run(ctx)
+            if result is None or isinstance(result, Deny):
+                return result
+            return await self.bounded(result)
+        except DeadlineExpiredError:
+            return pipeline_timed_out(ctx)
+        except Exception as exc:
+            return pipeline_failed(ctx, exc)
+
+    async def bounded(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Await `coro` as a Task the sweep cancels at `limits.pipeline_timeout` (on the injected clock).
+
+        Raises DeadlineExpiredError if it was cut off; its own exceptions propagate.
+        """
+        task = asyncio.get_running_loop().create_task(coro)
+        self.task = task
+        self.expired = False
+        self.deadline = self.clock.monotonic() + self.runtime.config.limits.pipeline_timeout
+        self.mw.watch(self)
+        try:
+            await asyncio.wait((task,))  # never raises the task's outcome; read below
+        finally:
+            self.mw.unwatch(self)
+            self.deadline = INF
+            self.task = None
+            if not task.done():
+                task.cancel()  # we ourselves were cancelled (server shutdown): take the stage down with us
+        if task.cancelled() and self.expired:
+            raise DeadlineExpiredError
+        return task.result()
+
+    def expire(self) -> None:
+        """Called by the middleware's sweep when the deadline has passed."""
+        task = self.task
+        if task is not None and not task.done():
+            self.expired = True
+            task.cancel()
+
+    def client_gone(self) -> None:
+        self.disconnected = True
+        self.error = "client.closed"
+        if not self.status:
+            self.status = 499  # nginx's code for "client closed the connection before the response"
+
+    def record(self) -> None:
+        """Completion hooks, the decision log line and the metrics: exactly once."""
+        if self.recorded:
+            return
+        self.recorded = True
+        now = self.clock.monotonic()
+        ctx = self.ctx or self._bare(b"")
+        times = self.times
+        outcome = Outcome(
+            status=self.status,
+            upstream_status=self.app_status,
+            upstream_us=int(times.upstream() * 1e6),
+            total_us=int((now - times.t0) * 1e6),
+            bytes_sent=self.bytes_sent,
+            error=self.error,
+        )
+        mw = self.mw
+        record_request(
+            self.pipeline,
+            ctx,
+            outcome,
+            mw.decision_log,
+            mw.metrics,
+            overhead=times.overhead(now),
+            upstream=times.upstream(),
+        )
+        mw.logged()

@@ -1,0 +1,134 @@
+"""`StockadeMiddleware`: the gateway's pipeline and routes in front of any ASGI app, in the same process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from stockade.asgi.exchange import HttpExchange
+from stockade.asgi.scope import ASGIApp, Message, Receive, Scope, Send
+from stockade.asgi.websocket import WebSocketExchange
+from stockade.clock import SYSTEM_CLOCK, Clock
+from stockade.config.loader import LoadedConfig, load_config, load_config_text
+from stockade.observability.decision_log import DecisionLog
+from stockade.observability.metrics import Metrics
+from stockade.pipeline.intake import RequestIds
+from stockade.pipeline.stage import Services
+from stockade.runtime import Runtime, build_runtime
+
+if TYPE_CHECKING:
+    from stockade.asgi.base import Exchange
+
+log = logging.getLogger("stockade.asgi")
+
+SWEEP_INTERVAL = 0.25  # as the proxy: deadlines and decision-log flushes are checked four times a second
+
+
+class StockadeMiddleware:
+    """Wrap an ASGI app so every request passes the Stockade pipeline first.
+
+    `config` is a file path or an already loaded config; `config_text` is YAML. Routes may omit `upstream` (the
+    wrapped app is the upstream; a route's `upstream` is ignored here). Unknown routes are denied. The decision
+    log goes where `log.decisions` says unless `decision_log` is given; `metrics` collects request counters
+    (expose them with `stockade.observability.metrics.SnapshotCollector(metrics.snapshot)`).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        config: str | Path | LoadedConfig | None = None,
+        config_text: str | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        decision_log: DecisionLog | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        if (config is None) == (config_text is None):
+            raise TypeError("StockadeMiddleware needs exactly one of config= (a path or LoadedConfig) or config_text=")
+        if isinstance(config, LoadedConfig):
+            loaded = config
+        elif config is not None:
+            loaded = load_config(config, require_upstreams=False)
+        else:
+            assert config_text is not None  # noqa: S101 - narrowed by the check above
+            loaded = load_config_text(config_text, require_upstreams=False)
+        self.app = app
+        self.clock = clock
+        self.services = Services(clock=clock)
+        self.runtime: Runtime = build_runtime(loaded, self.services)
+        self.decision_log = decision_log or DecisionLog(loaded.config.log.decisions, clock)
+        self.metrics = metrics or Metrics()
+        self.request_ids = RequestIds()
+        self._watched: set[Exchange] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await HttpExchange(self, scope, receive, send).run()
+        elif kind == "websocket":
+            await WebSocketExchange(self, scope, receive, send).run()
+        elif kind == "lifespan":
+            await self.app(scope, self._lifespan_receive(receive), send)
+        else:
+            # A connection type this version does not know could carry requests the pipeline never saw.
+            raise ValueError(f"StockadeMiddleware: unsupported ASGI scope type {kind!r}")
+
+    def reload(self, config: LoadedConfig) -> None:
+        """Swap in a new config atomically (it was validated when loaded); requests under way keep the old one."""
+        self.runtime = build_runtime(config, self.services)
+
+    # -- deadlines and the decision log -----------------------------------------------------------------------
+
+    def watch(self, ex: Exchange) -> None:
+        """Track an exchange whose pipeline or handler is awaiting, so the sweep can enforce its deadline."""
+        self._watched.add(ex)
+        self._schedule()
+
+    def unwatch(self, ex: Exchange) -> None:
+        self._watched.discard(ex)
+
+    def logged(self) -> None:
+        """A decision line was buffered: make sure a flush is coming."""
+        self._schedule()
+
+    def sweep(self) -> None:
+        """Cut off pipelines and handlers past their deadline (by the injected clock). Runs on a timer."""
+        now = self.clock.monotonic()
+        for ex in list(self._watched):
+            if ex.deadline <= now:
+                self._watched.discard(ex)
+                ex.expire()
+
+    def flush(self) -> None:
+        """Write buffered decision lines now (also done on a timer and at lifespan shutdown)."""
+        self.decision_log.flush()
+
+    def _schedule(self) -> None:
+        loop = asyncio.get_running_loop()
+        # One app object may be served by several loops in turn (test clients make one per request): a timer left
+        # on a loop that stopped would never fire, so a timer only counts on the loop that is running now.
+        if self._timer is None or self._timer_loop is not loop:
+            self._timer_loop = loop
+            self._timer = loop.call_later(SWEEP_INTERVAL, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        try:
+            self.sweep()
+            self.flush()
+        finally:
+            if self._watched:
+                self._schedule()
+
+    def _lifespan_receive(self, receive: Receive) -> Receive:
+        async def wrapped() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                self.flush()  # the server has drained its connections: every line is written before exit
+            return message
+
+        return wrapped

@@ -1,0 +1,113 @@
+"""ASGI types, reading a scope as a request head, and writing the scope the application receives."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from stockade.pipeline.forward import forwarded_headers
+from stockade.pipeline.runner import header_safe
+from stockade.security.netaddr import canonical_ip
+
+if TYPE_CHECKING:
+    from stockade.pipeline.context import RequestContext
+    from stockade.pipeline.runner import Pipeline
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+RawHeaders = list[tuple[bytes, bytes]]
+
+INVALID_LENGTH = -1
+# Response extensions that bypass `http.response.body`: hidden from the app when a hook must see the body.
+_BODY_BYPASS_EXTENSIONS = ("http.response.pathsend", "http.response.zerocopy")
+
+
+class HeadFields:
+    """The request headers the intake checks look at, found in one pass over the scope's header list."""
+
+    __slots__ = ("content_length", "expect", "forwarded_for", "hosts", "request_id")
+
+    def __init__(self, headers: RawHeaders) -> None:
+        self.hosts: list[bytes] = []
+        self.expect: bytes | None = None
+        self.request_id: bytes | None = None
+        self.forwarded_for: list[bytes] = []
+        self.content_length: int | None = None
+        for name, value in headers:
+            lname = name.lower()
+            if lname == b"host":
+                self.hosts.append(value)
+            elif lname == b"x-forwarded-for":
+                self.forwarded_for.append(value)
+            elif lname == b"x-request-id":
+                if self.request_id is None:
+                    self.request_id = value
+            elif lname == b"expect":
+                self.expect = value
+            elif lname == b"content-length":
+                # The server framed the body by it; two different values would be ambiguous, so refuse them.
+                length = int(value) if value.isdigit() else INVALID_LENGTH
+                if self.content_length is not None and self.content_length != length:
+                    length = INVALID_LENGTH
+                self.content_length = length
+
+
+def scope_headers(scope: Scope) -> RawHeaders:
+    """The request headers as a list (ASGI allows any iterable; they are read more than once)."""
+    headers = scope.get("headers") or []
+    return headers if isinstance(headers, list) else list(headers)
+
+
+def request_target(scope: Scope) -> bytes:
+    """The request target as the client sent it (path still percent-encoded, then `?query`).
+
+    `raw_path` is optional in ASGI; without it the decoded `path` is re-encoded, which loses nothing the
+    normaliser would have accepted (an encoded '/' is refused either way).
+    """
+    raw = scope.get("raw_path")
+    if not raw:
+        raw = quote(scope["path"], safe="/:@!$&'()*+,;=-._~").encode("ascii")
+    query = scope.get("query_string", b"")
+    return raw + b"?" + query if query else bytes(raw)
+
+
+def peer_address(scope: Scope) -> str:
+    """The address of whoever opened the connection; '' if the server does not say."""
+    client = scope.get("client")
+    if not client:
+        return ""
+    return canonical_ip(str(client[0]))
+
+
+def http_scheme(scope: Scope) -> str:
+    """`https` for TLS connections (`https` and `wss`), else `http`: what stages compare `ctx.scheme` against."""
+    return "https" if scope.get("scheme") in ("https", "wss") else "http"
+
+
+def to_raw_headers(headers: list[tuple[str, str]]) -> RawHeaders:
+    return [(n.encode("latin-1"), header_safe(v).encode("latin-1")) for n, v in headers]
+
+
+def from_raw_headers(headers: RawHeaders) -> list[tuple[str, str]]:
+    return [(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in headers]
+
+
+def app_scope(scope: Scope, ctx: RequestContext, pipeline: Pipeline, *, hide_body_bypass: bool = False) -> Scope:
+    """A copy of the scope for the application: the path the pipeline judged, and the gateway's header edits.
+
+    The app routes by `path`, so it must see the normalised path the routes matched, never the client's raw one
+    (`/public/..%2e/admin` must not reach a handler the gateway did not check).
+    """
+    out = dict(scope)
+    out["path"] = ctx.path
+    out["raw_path"] = ctx.raw_path.encode("latin-1")
+    out["headers"] = forwarded_headers(ctx.headers.raw, pipeline, ctx)
+    if hide_body_bypass:
+        extensions = scope.get("extensions")
+        if extensions and any(e in extensions for e in _BODY_BYPASS_EXTENSIONS):
+            out["extensions"] = {k: v for k, v in extensions.items() if k not in _BODY_BYPASS_EXTENSIONS}
+    return out

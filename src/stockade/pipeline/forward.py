@@ -1,0 +1,69 @@
+"""What an allowed request carries on to the application: the client's identity claims out, the gateway's in.
+
+Every front applies the same edits: client-sent `x-stockade-*` headers are dropped (only the gateway may say
+who the caller is), so are the names stages removed or replaced, and the request id is the one the decision
+log uses; then the runner's identity headers and the stages' `set_headers` are added.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from stockade.pipeline.runner import IDENTITY_PREFIX
+
+if TYPE_CHECKING:
+    from stockade.pipeline.context import RequestContext
+    from stockade.pipeline.runner import Pipeline
+
+IDENTITY_PREFIX_BYTES = IDENTITY_PREFIX.encode("ascii")
+REQUEST_ID = b"x-request-id"
+
+
+def is_identity_header(lower_name: bytes) -> bool:
+    """Whether a (lower-case) header name is one only the gateway may set."""
+    return lower_name.startswith(IDENTITY_PREFIX_BYTES)
+
+
+def replaced_headers(ctx: RequestContext) -> set[str] | None:
+    """Names (lower-case) of client headers a stage removed or replaced; None when there are none."""
+    removed = ctx.remove_headers
+    added = ctx.set_headers
+    if not removed and not added:
+        return None
+    out = set(removed or ())
+    if added:
+        out.update(added)
+    return out
+
+
+def added_headers(pipeline: Pipeline, ctx: RequestContext) -> list[tuple[str, str]]:
+    """Headers the gateway adds, in order: the runner's identity headers, then the stages' `set_headers`.
+
+    Values are already header-safe (the runner encodes them when it accepts a verdict).
+    """
+    out = pipeline.identity_headers(ctx)
+    if ctx.set_headers:
+        out.extend(ctx.set_headers.items())
+    return out
+
+
+def forwarded_headers(
+    raw: list[tuple[bytes, bytes]], pipeline: Pipeline, ctx: RequestContext
+) -> list[tuple[bytes, bytes]]:
+    """The request headers an in-process application receives (ASGI form: lower-case byte names).
+
+    Framing and hop-by-hop headers are left alone: the server that parsed the request still owns the connection.
+    """
+    drop = replaced_headers(ctx)
+    out: list[tuple[bytes, bytes]] = []
+    for name, value in raw:
+        lname = name.lower()
+        if is_identity_header(lname) or lname == REQUEST_ID:
+            continue
+        if drop is not None and lname.decode("latin-1") in drop:
+            continue
+        out.append((lname, value))
+    out.append((REQUEST_ID, ctx.request_id.encode("ascii")))
+    for name_s, value_s in added_headers(pipeline, ctx):
+        out.append((name_s.encode("latin-1"), value_s.encode("latin-1")))
+    return out

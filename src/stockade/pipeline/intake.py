@@ -1,0 +1,188 @@
+"""From a parsed request head to a routed RequestContext: the checks every front makes, in one order, one set of codes.
+
+The proxy, the ASGI middleware and the decision endpoint read requests off different wires; once they hold the
+method, target, headers and peer, everything up to the pipeline is decided here, so the same request gets the
+same answer (status, reason, stage) whichever front it came through.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import secrets
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from stockade.pipeline.context import RequestContext
+from stockade.pipeline.headers import Headers
+from stockade.pipeline.routing import NoRoute
+from stockade.pipeline.runner import Pipeline
+from stockade.pipeline.verdict import Deny
+from stockade.security.forwarded import client_ip
+from stockade.security.paths import BadPathError, normalize_target
+
+if TYPE_CHECKING:
+    from stockade.clock import Clock
+    from stockade.runtime import CompiledRoute, Runtime
+    from stockade.security.netaddr import NetSet
+
+_HOST = re.compile(rb"^(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9._-]*))(?::([0-9]{1,5}))?$")
+_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+_HOST_CACHE_MAX = 4096
+_host_cache: dict[bytes, str | None] = {}
+
+
+def parse_host(value: bytes) -> str | None:
+    """The host name (lower-case, no port, no trailing dot) from a Host header, or None if malformed."""
+    hit = _host_cache.get(value, False)
+    if hit is not False:
+        return hit  # type: ignore[return-value]
+    m = _HOST.match(value)
+    host = None if m is None else (m.group(1) or m.group(2) or b"").decode("ascii").lower().rstrip(".")
+    if len(_host_cache) > _HOST_CACHE_MAX:
+        _host_cache.clear()
+    _host_cache[value] = host
+    return host
+
+
+def valid_request_id(value: bytes) -> bool:
+    """A client's X-Request-Id is kept only if it is short and plain, so it can go into logs and headers as is."""
+    return _REQUEST_ID.match(value) is not None
+
+
+class RequestIds:
+    """Ids for requests that did not bring a valid one: a random per-process prefix and a counter."""
+
+    __slots__ = ("_ids", "_prefix")
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+        self._prefix = secrets.token_hex(4)
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._ids):012x}"
+
+
+def request_context(
+    *,
+    method: bytes,
+    target: bytes,
+    version: str,
+    headers: list[tuple[bytes, bytes]],
+    hosts: Sequence[bytes],
+    expect: bytes | None,
+    request_id: bytes | None,
+    forwarded_for: Sequence[bytes],
+    peer_ip: str,
+    trusted_proxies: NetSet,
+    scheme: str,
+    clock: Clock,
+    started: float,
+    new_id: RequestIds,
+    peer_cert: dict[str, Any] | None = None,
+    peer_cert_der: bytes | None = None,
+) -> RequestContext | Deny:
+    """Check the head and build the context, or say why not (a Deny with `detail`, for stage "http").
+
+    `hosts` are the Host header values, `expect` the Expect value, `request_id` the first X-Request-Id value and
+    `forwarded_for` the X-Forwarded-For values (read only when the peer is a trusted proxy). A Deny here comes
+    before any context exists: the front logs it against `bare_context(...)`.
+    """
+    if method == b"CONNECT":
+        return Deny(405, "http.method_not_allowed", detail="CONNECT")
+    if len(hosts) > 1:
+        return Deny(400, "http.bad_host", detail="more than one Host header")
+    if hosts:
+        host = parse_host(hosts[0])
+        if host is None:
+            return Deny(400, "http.bad_host", detail="malformed Host header")
+    elif version == "1.1":
+        return Deny(400, "http.bad_host", detail="HTTP/1.1 request without Host")
+    else:
+        host = ""
+    try:
+        path, canonical, query = normalize_target(target)
+    except BadPathError as exc:
+        return Deny(400, exc.reason, detail=str(exc))
+    if expect is not None and expect.lower() != b"100-continue":
+        return Deny(417, "http.expectation_failed", detail="unsupported Expect")
+    if forwarded_for and trusted_proxies and peer_ip in trusted_proxies:
+        cip = client_ip(peer_ip, [v.decode("latin-1") for v in forwarded_for], trusted_proxies)
+    else:
+        cip = peer_ip
+    rid = request_id.decode("ascii") if request_id is not None and valid_request_id(request_id) else new_id()
+    return RequestContext(
+        request_id=rid,
+        method=method.decode("ascii", "replace"),
+        path=path,
+        raw_path=canonical,
+        query=query,
+        headers=Headers(headers),
+        client_ip=cip,
+        peer_ip=peer_ip,
+        host=host,
+        scheme=scheme,
+        clock=clock,
+        http_version=version,
+        started=started,
+        peer_cert=peer_cert,
+        peer_cert_der=peer_cert_der,
+    )
+
+
+def bare_context(
+    *,
+    method: bytes,
+    version: str,
+    headers: list[tuple[bytes, bytes]],
+    peer_ip: str,
+    scheme: str,
+    clock: Clock,
+    started: float,
+    new_id: RequestIds,
+) -> RequestContext:
+    """A context for a request rejected before one could be built, so it is logged the same way as the rest.
+
+    The client's request id is not trusted here (the head was not accepted), so a fresh one is made.
+    """
+    return RequestContext(
+        request_id=new_id(),
+        method=method.decode("ascii", "replace"),
+        path="",
+        raw_path="",
+        query="",
+        headers=Headers(headers),
+        client_ip=peer_ip,
+        peer_ip=peer_ip,
+        host="",
+        scheme=scheme,
+        clock=clock,
+        http_version=version,
+        started=started,
+    )
+
+
+def route_request(runtime: Runtime, ctx: RequestContext) -> CompiledRoute | Deny:
+    """Match the route (setting `ctx.route_id` and `ctx.path_params`), or deny: unknown routes fail closed.
+
+    A denial is recorded on `ctx` (stage "router"); a 405 carries the `Allow` header.
+    """
+    match = runtime.router.match(ctx.host, ctx.path, ctx.method)
+    if type(match) is NoRoute:
+        if match.status == 405:
+            return Pipeline.deny(
+                ctx, "router", Deny(405, "route.method_not_allowed", headers={"allow": ", ".join(match.allow)})
+            )
+        return Pipeline.deny(ctx, "router", Deny(404, "route.not_found"))
+    route_id, params = match  # type: ignore[misc]
+    ctx.route_id = route_id
+    ctx.path_params = params
+    return runtime.routes[route_id]
+
+
+def body_too_large(pipeline: Pipeline, ctx: RequestContext) -> Deny:
+    """Record and return the 413 for a body over the route's limit (declared up front or found while streaming)."""
+    stage = pipeline.body_limit_stage or "limits"
+    return Pipeline.deny(
+        ctx, stage, Deny(413, "request.body_too_large", detail=f"body exceeds {pipeline.body_limit} bytes")
+    )

@@ -1,0 +1,105 @@
+"""Reading an ASGI scope as a request head, and the scope the app receives."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from stockade.asgi.scope import (
+    INVALID_LENGTH,
+    HeadFields,
+    app_scope,
+    http_scheme,
+    peer_address,
+    request_target,
+    scope_headers,
+)
+from stockade.pipeline.runner import Pipeline
+from stockade.testing import make_context
+
+
+@pytest.mark.parametrize(
+    ("scope", "target"),
+    [
+        pytest.param({"raw_path": b"/a%2Fb", "path": "/a/b", "query_string": b"x=1"}, b"/a%2Fb?x=1", id="raw-path"),
+        pytest.param({"raw_path": b"/a", "path": "/a", "query_string": b""}, b"/a", id="no-query"),
+        pytest.param({"path": "/a b/\u00e9", "query_string": b""}, b"/a%20b/%C3%A9", id="no-raw-path-reencoded"),
+        pytest.param({"raw_path": None, "path": "/a/../b"}, b"/a/../b", id="dots-kept-for-the-normaliser"),
+    ],
+)
+def test_request_target(scope: dict[str, Any], target: bytes) -> None:
+    assert request_target(scope) == target
+
+
+@pytest.mark.parametrize(
+    ("client", "peer"),
+    [
+        (("127.0.0.1", 5000), "127.0.0.1"),
+        (["::ffff:10.0.0.1", 5000], "10.0.0.1"),
+        (("2001:db8::1", 1), "2001:db8::1"),
+        (None, ""),
+        (("testclient", 50000), "testclient"),
+    ],
+)
+def test_peer_address(client: Any, peer: str) -> None:
+    assert peer_address({"client": client}) == peer
+
+
+@pytest.mark.parametrize(("scheme", "http"), [("http", "http"), ("https", "https"), ("ws", "http"), ("wss", "https")])
+def test_http_scheme(scheme: str, http: str) -> None:
+    assert http_scheme({"scheme": scheme}) == http
+
+
+@pytest.mark.parametrize(
+    ("headers", "length"),
+    [
+        pytest.param([], None, id="none"),
+        pytest.param([(b"content-length", b"12")], 12, id="one"),
+        pytest.param([(b"Content-Length", b"12"), (b"content-length", b"12")], 12, id="repeated-same"),
+        pytest.param([(b"content-length", b"12"), (b"content-length", b"13")], INVALID_LENGTH, id="conflicting"),
+        pytest.param([(b"content-length", b"-1")], INVALID_LENGTH, id="negative"),
+        pytest.param([(b"content-length", b"1e3")], INVALID_LENGTH, id="not-digits"),
+    ],
+)
+def test_head_fields_content_length(headers: list[tuple[bytes, bytes]], length: int | None) -> None:
+    assert HeadFields(headers).content_length == length
+
+
+def test_head_fields_collects_what_intake_checks() -> None:
+    fields = HeadFields(
+        [
+            (b"Host", b"a"),
+            (b"host", b"b"),
+            (b"X-Request-Id", b"first"),
+            (b"x-request-id", b"second"),
+            (b"X-Forwarded-For", b"1.1.1.1"),
+            (b"x-forwarded-for", b"2.2.2.2"),
+            (b"Expect", b"100-continue"),
+        ]
+    )
+    assert fields.hosts == [b"a", b"b"]
+    assert fields.request_id == b"first"
+    assert fields.forwarded_for == [b"1.1.1.1", b"2.2.2.2"]
+    assert fields.expect == b"100-continue"
+
+
+def test_scope_headers_accepts_any_iterable() -> None:
+    pairs = [(b"a", b"1")]
+    assert scope_headers({"headers": iter(pairs)}) == pairs
+    assert scope_headers({}) == []
+
+
+def test_app_scope_is_a_copy_with_the_judged_path_and_edited_headers() -> None:
+    ctx = make_context(path="/a/b", headers=[("x-stockade-principal", "evil"), ("accept", "*/*")])
+    ext = {"http.response.pathsend": {}, "http.response.zerocopy": {}, "http.response.trailers": {}}
+    scope = {"type": "http", "path": "//a/./b", "raw_path": b"//a/./b", "headers": ctx.headers.raw, "extensions": ext}
+    pipeline = Pipeline("r", [], body_limit=1)
+    out = app_scope(scope, ctx, pipeline)
+    assert (out["path"], out["raw_path"]) == ("/a/b", b"/a/b")
+    assert out["headers"] == [(b"accept", b"*/*"), (b"x-request-id", b"test-request")]
+    assert out["extensions"] is ext
+    assert scope["path"] == "//a/./b"  # the server's scope is not changed
+    hidden = app_scope(scope, ctx, pipeline, hide_body_bypass=True)
+    assert hidden["extensions"] == {"http.response.trailers": {}}  # hooks that need the body must see it
+    assert len(ext) == 3

@@ -1,0 +1,226 @@
+"""Config errors name the file, line, route, stage and field; everything wrong is reported at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stockade.config.loader import load_config, load_config_text
+from stockade.errors import ConfigError
+
+GOOD = """\
+listen: {host: 127.0.0.1, port: 8080}
+admin: {host: 127.0.0.1, port: 8081}
+routes:
+  - id: items
+    match: {path: "/api/**", methods: [GET, POST]}
+    upstream: http://127.0.0.1:9000
+    stages:
+      - use: anonymous
+      - use: request_size
+        config: {max_bytes: 1024}
+      - use: security_headers
+"""
+
+
+def problems(text: str, **kw: object) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text, source="gw.yaml", env={}, **kw)  # type: ignore[arg-type]
+    return info.value.problems
+
+
+def test_the_issue_example_is_valid() -> None:
+    loaded = load_config_text(GOOD, env={})
+    assert [p.entry.use for p in loaded.route_stages["items"]] == ["anonymous", "request_size", "security_headers"]
+
+
+BROKEN = [
+    ("unknown-top-level", "routez: []\n", ["gw.yaml:1:", "field 'routez'", "unknown field"]),
+    ("bad-port", GOOD.replace("port: 8080", "port: 99999"), ["gw.yaml:1:", "field 'listen.port'", "65535"]),
+    ("port-not-int", GOOD.replace("port: 8080", "port: eighty"), ["field 'listen.port'", "integer"]),
+    (
+        "unknown-stage",
+        GOOD.replace("use: security_headers", "use: security_header"),
+        [
+            "gw.yaml:11:",
+            "route 'items' (routes[0])",
+            "stage 'security_header' (stages[2])",
+            "field 'use'",
+            "did you mean 'security_headers'",
+        ],
+    ),
+    (
+        "stage-field-type",
+        GOOD.replace("max_bytes: 1024", "max_bytes: lots"),
+        ["gw.yaml:10:", "route 'items'", "stage 'request_size' (stages[1])", "field 'config.max_bytes'", "integer"],
+    ),
+    (
+        "stage-unknown-field",
+        GOOD.replace("max_bytes: 1024", "max_bytes: 1024, maxbytes: 5"),
+        ["stage 'request_size'", "field 'config.maxbytes'", "unknown field"],
+    ),
+    (
+        "stage-missing-field",
+        GOOD.replace("config: {max_bytes: 1024}", "config: {}"),
+        ["stage 'request_size'", "field 'config.max_bytes'", "field required"],
+    ),
+    (
+        "no-authenticator",
+        GOOD.replace("      - use: anonymous\n", ""),
+        ["route 'items'", "field 'stages'", "no authenticator", "use: anonymous"],
+    ),
+    (
+        "missing-upstream",
+        GOOD.replace("    upstream: http://127.0.0.1:9000\n", ""),
+        ["route 'items'", "field 'upstream'", "needs an upstream"],
+    ),
+    (
+        "upstream-scheme",
+        GOOD.replace("http://127.0.0.1:9000", "ftp://x"),
+        ["route 'items'", "field 'upstream.url'", "http:// or https://"],
+    ),
+    (
+        "upstream-credentials",
+        GOOD.replace("http://127.0.0.1:9000", "http://u:p@x"),
+        ["field 'upstream.url'", "credentials"],
+    ),
+    ("bad-method", GOOD.replace("[GET, POST]", "[GET, FETCH]"), ["field 'match.methods'", "FETCH"]),
+    ("bad-template", GOOD.replace('"/api/**"', '"/api/**/x"'), ["routes", "only as the last segment"]),
+    ("bad-route-id", GOOD.replace("id: items", "id: 'has space'"), ["routes[0]", "field 'id'"]),
+    (
+        "fail-open-on-authn",
+        GOOD.replace("- use: anonymous", "- {use: anonymous, fail_open: true}"),
+        ["stage 'anonymous'", "field 'fail_open'", "rate-limit and detect"],
+    ),
+    (
+        "anonymous-not-last",
+        GOOD.replace("      - use: request_size", "      - use: anonymous\n      - use: request_size").replace(
+            "      - use: anonymous\n      - use: anonymous",
+            "      - {use: anonymous, config: {id: a}}\n      - {use: anonymous, config: {id: b}}",
+        ),
+        ["must be the last authenticator"],
+    ),
+    (
+        "ip-filter-bad-cidr",
+        GOOD.replace("- use: security_headers", "- {use: ip_filter, config: {allow: [10.0.0.0/33]}}"),
+        ["stage 'ip_filter'", "field 'config.allow'", "10.0.0.0/33"],
+    ),
+    (
+        "ip-filter-empty",
+        GOOD.replace("- use: security_headers", "- {use: ip_filter, config: {}}"),
+        ["stage 'ip_filter'", "set `allow`, `deny` or both"],
+    ),
+    ("trusted-proxy-cidr", "trusted_proxies: [nonsense]\n", ["field 'trusted_proxies'", "nonsense"]),
+    ("yaml-syntax", "routes: [\n", ["gw.yaml:2:", "YAML syntax error"]),
+    ("not-a-mapping", "- a\n- b\n", ["top level must be a mapping"]),
+    ("tls-half", GOOD.replace("port: 8080}", "port: 8080, tls: {cert: c.pem}}"), ["field 'listen.tls.key'"]),
+    (
+        "duplicate-route-id",
+        GOOD + GOOD[GOOD.index("  - id: items") :].replace('"/api/**"', '"/b/**"'),
+        ["field 'id'", "duplicate route id"],
+    ),
+    (
+        "overlapping-routes",
+        GOOD + GOOD[GOOD.index("  - id: items") :].replace("id: items", "id: twin"),
+        ["routes 'items' and 'twin' both match"],
+    ),
+    (
+        "handler-and-upstream",
+        GOOD.replace("    stages:", "    handler: {use: static}\n    stages:", 1),
+        ["route 'items'", "either an upstream or a handler"],
+    ),
+    (
+        "unknown-handler",
+        GOOD.replace("    upstream: http://127.0.0.1:9000\n", "    handler: {use: nope}\n"),
+        ["field 'handler.use'", "unknown handler"],
+    ),
+    (
+        "global-stage-error",
+        "stages:\n  - use: request_size\n    config: {max_bytes: -5}\n",
+        ["global stage 'request_size' (stages[0])", "field 'config.max_bytes'"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "fragments"), [c[1:] for c in BROKEN], ids=[c[0] for c in BROKEN])
+def test_broken_config_names_where(text: str, fragments: list[str]) -> None:
+    found = problems(text)
+    joined = "\n".join(found)
+    for fragment in fragments:
+        assert fragment in joined, f"{fragment!r} not in:\n{joined}"
+    assert all(p.startswith("gw.yaml") for p in found)
+
+
+def test_every_problem_is_reported_in_one_run() -> None:
+    text = (
+        GOOD.replace("port: 8080", "port: -1")
+        .replace("max_bytes: 1024", "max_bytes: x")
+        .replace("use: security_headers", "use: nope")
+    )
+    found = problems(text)
+    assert len(found) == 3
+    assert any("listen.port" in p for p in found)
+    assert any("config.max_bytes" in p for p in found)
+    assert any("unknown stage 'nope'" in p for p in found)
+
+
+def test_environment_overrides_settings() -> None:
+    env = {
+        "STOCKADE_LISTEN__PORT": "9999",
+        "STOCKADE_LIMITS__HEADER_TIMEOUT": "2.5",
+        "STOCKADE_WORKERS": "3",
+        "STOCKADE_CONFIG": "ignored.yaml",
+        "STOCKADE_PEPPER": "not-a-setting",
+    }
+    loaded = load_config_text(GOOD, env=env)
+    assert loaded.config.listen.port == 9999
+    assert loaded.config.listen.host == "127.0.0.1"
+    assert loaded.config.limits.header_timeout == 2.5
+    assert loaded.config.workers == 3
+
+
+def test_bad_environment_override_is_named() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config_text(GOOD, source="gw.yaml", env={"STOCKADE_ADMIN__PORT": "many"})
+    assert "field 'admin.port'" in info.value.problems[0]
+    assert "STOCKADE_ADMIN__PORT" in info.value.problems[0]
+
+
+def test_routes_are_not_overridable_from_the_environment() -> None:
+    loaded = load_config_text(GOOD, env={"STOCKADE_ROUTES": "[]"})
+    assert len(loaded.config.routes) == 1
+
+
+def test_global_stages_apply_to_every_route_and_route_stages_override_them() -> None:
+    text = """\
+stages:
+  - use: request_size
+    config: {max_bytes: 10}
+  - use: security_headers
+routes:
+  - id: a
+    match: {path: /a}
+    upstream: http://x
+    stages: [{use: anonymous}]
+  - id: b
+    match: {path: /b}
+    upstream: http://x
+    stages: [{use: anonymous}, {use: request_size, config: {max_bytes: 99}}]
+"""
+    loaded = load_config_text(text, env={})
+    assert [p.entry.use for p in loaded.route_stages["a"]] == ["request_size", "security_headers", "anonymous"]
+    b = {p.entry.use: p for p in loaded.route_stages["b"]}
+    assert b["request_size"].config.max_bytes == 99  # type: ignore[attr-defined]
+    assert loaded.route_stages["a"][0] is loaded.global_stages[0]
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "nope.yaml", env={})
+
+
+def test_relative_paths_resolve_against_the_config_directory(tmp_path: Path) -> None:
+    (tmp_path / "gw.yaml").write_text(GOOD)
+    loaded = load_config(tmp_path / "gw.yaml", env={})
+    assert loaded.base_dir == tmp_path.resolve()

@@ -1,0 +1,60 @@
+"""One JSON decision line per request with the agreed fields, and never a credential."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from stockade.testing import TestUpstream
+from tests.conftest import BASIC, GatewayFactory
+
+FIELDS = {"request_id", "route", "principal", "decision", "reason", "stage", "status", "latency_us", "client_ip"}
+SECRETS = ["Bearer eyJhbGciOiJIUzI1NiJ9.c2VjcmV0.c2ln", "stk_live_9f8e7d6c5b4a", "hunter2-password"]
+
+
+def lines(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_one_line_per_request_with_fields(tmp_path: Path, make_gateway: GatewayFactory, upstream: TestUpstream) -> None:
+    log = tmp_path / "decisions.log"
+    gw = make_gateway(BASIC, log_path=log)
+    gw.request("GET", "/api/ok")
+    gw.request("GET", "/nowhere")
+    gw.request("POST", "/upload/x", body=b"x" * 2000)
+    with gw.connect() as sock:
+        sock.sendall(b"GET /api/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n")
+        sock.recv(65536)
+    gw.flush_log()
+    entries = lines(log)
+    assert len(entries) == 4
+    for entry in entries:
+        assert FIELDS <= set(entry)
+    ok, missing, big, smuggle = entries
+    assert (ok["route"], ok["decision"], ok["status"], ok["principal"]) == ("api", "allow", 200, "anonymous")
+    assert (missing["decision"], missing["reason"], missing["stage"], missing["status"]) == (
+        "deny",
+        "route.not_found",
+        "router",
+        404,
+    )
+    assert (big["reason"], big["stage"], big["status"]) == ("request.body_too_large", "request_size", 413)
+    assert (smuggle["reason"], smuggle["status"]) == ("http.bad_request", 400)
+    assert "Content-Length" in str(smuggle["detail"])  # operators see why; the client did not
+
+
+def test_credentials_never_reach_the_log(tmp_path: Path, make_gateway: GatewayFactory) -> None:
+    log = tmp_path / "decisions.log"
+    gw = make_gateway(BASIC, log_path=log)
+    for path in ("/api/x", "/nowhere"):
+        gw.request(
+            "GET",
+            path + "?token=hunter2-password",
+            headers={"Authorization": SECRETS[0], "X-API-Key": SECRETS[1], "Cookie": "session=" + SECRETS[2]},
+        )
+    gw.flush_log()
+    text = log.read_text()
+    assert len(text.splitlines()) == 2
+    for secret in SECRETS:
+        assert secret not in text
+    assert "token=" not in text  # the query string is not logged

@@ -1,0 +1,69 @@
+"""The per-request record: completion hooks, the decision line and the metrics, with the time split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import orjson
+import pytest
+
+from stockade.clock import FakeClock
+from stockade.observability.decision_log import DecisionLog
+from stockade.observability.metrics import Metrics
+from stockade.pipeline.phase import Phase
+from stockade.pipeline.record import Timings, record_request
+from stockade.pipeline.response import Outcome
+from stockade.pipeline.runner import Pipeline, StageSlot
+from stockade.pipeline.stage import StageConfig
+from stockade.pipeline.verdict import CONTINUE, Continue
+from stockade.testing import make_context
+
+
+@pytest.mark.parametrize(
+    ("marks", "now", "overhead", "upstream"),
+    [
+        pytest.param((0.0, 0.0, 0.0), 10.5, 0.5, 0.0, id="answered-locally"),
+        pytest.param((10.1, 10.4, 10.45), 10.6, 0.15, 0.3, id="forwarded"),
+        pytest.param((10.1, 0.0, 0.0), 10.6, 0.1, 0.0, id="forwarded-no-response"),
+    ],
+)
+def test_timings_split_gateway_and_upstream_time(
+    marks: tuple[float, float, float], now: float, overhead: float, upstream: float
+) -> None:
+    t = Timings(10.0)
+    t.t_sent, t.t_head, t.t_fwd = marks
+    assert t.overhead(now) == pytest.approx(overhead)
+    assert t.upstream() == pytest.approx(upstream)
+
+
+class _Counter:
+    id: ClassVar[str] = "counter"
+    phase: ClassVar[Phase] = Phase.DETECT
+    Config: ClassVar[type[StageConfig]] = StageConfig
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    async def check(self, ctx: Any) -> Continue:
+        return CONTINUE
+
+    def on_complete(self, ctx: Any, outcome: Outcome) -> None:
+        self.seen.append(outcome.status)
+
+
+def test_record_runs_hooks_writes_one_line_and_counts(tmp_path: Path) -> None:
+    clock = FakeClock()
+    log = DecisionLog(str(tmp_path / "d.log"), clock)
+    metrics = Metrics()
+    counter = _Counter()
+    ctx = make_context()
+    ctx.route_id = "r"
+    pipeline = Pipeline("r", [StageSlot(counter, "counter", Phase.DETECT)], body_limit=1)
+    record_request(pipeline, ctx, Outcome(status=204), log, metrics, overhead=0.001, upstream=0.0)
+    record_request(None, ctx, Outcome(status=400), log, metrics, overhead=0.001, upstream=0.0)
+    log.close()
+    assert counter.seen == [204]  # no pipeline (rejected before routing): no completion hooks
+    lines = [orjson.loads(x) for x in (tmp_path / "d.log").read_bytes().splitlines()]
+    assert [(x["route"], x["status"]) for x in lines] == [("r", 204), ("r", 400)]
+    assert metrics.requests == {("r", "allow", "", 204): 1, ("r", "allow", "", 400): 1}

@@ -1,0 +1,95 @@
+"""The router: templates, precedence, methods, hosts, and conflicts found at load."""
+
+from __future__ import annotations
+
+import pytest
+
+from stockade.pipeline.routing import NoRoute, Router, RouteSpec, RouteTemplateError
+
+ROUTES = [
+    RouteSpec("book", "/books/{id}", frozenset({"GET", "DELETE"})),
+    RouteSpec("new-book", "/books/new", frozenset({"GET"})),
+    RouteSpec("books", "/books", frozenset({"GET", "POST"})),
+    RouteSpec("reviews", "/books/{id}/reviews/{rid}"),
+    RouteSpec("api", "/api/**"),
+    RouteSpec("files", "/files/*/raw"),
+    RouteSpec("root", "/", frozenset({"GET"})),
+    RouteSpec("admin-host", "/**", hosts=("admin.example.com",)),
+    RouteSpec("tenant", "/tenant/**", hosts=("*.tenants.example.com",)),
+    RouteSpec("new-post", "/books/new/x", frozenset({"POST"})),
+]
+
+CASES = [
+    ("static-beats-param", "a", "/books/new", "GET", ("new-book", {})),
+    ("param", "a", "/books/42", "GET", ("book", {"id": "42"})),
+    ("param-other-method", "a", "/books/42", "DELETE", ("book", {"id": "42"})),
+    ("head-follows-get", "a", "/books/42", "HEAD", ("book", {"id": "42"})),
+    ("method-not-allowed", "a", "/books/42", "PUT", NoRoute(405, ("DELETE", "GET", "HEAD"))),
+    ("backtrack-to-param", "a", "/books/new/reviews/7", "GET", ("reviews", {"id": "new", "rid": "7"})),
+    ("two-params", "a", "/books/1/reviews/2", "PATCH", ("reviews", {"id": "1", "rid": "2"})),
+    ("collection", "a", "/books", "POST", ("books", {})),
+    ("trailing-slash-is-distinct", "a", "/books/", "GET", NoRoute(404)),
+    ("empty-param-refused", "a", "/books//reviews/1", "GET", NoRoute(404)),
+    ("tail-matches-base", "a", "/api", "GET", ("api", {})),
+    ("tail-matches-slash", "a", "/api/", "GET", ("api", {})),
+    ("tail-matches-deep", "a", "/api/a/b/c", "POST", ("api", {})),
+    ("tail-not-prefix", "a", "/apix", "GET", NoRoute(404)),
+    ("star-one-segment", "a", "/files/x/raw", "GET", ("files", {})),
+    ("star-not-two", "a", "/files/x/y/raw", "GET", NoRoute(404)),
+    ("root", "a", "/", "GET", ("root", {})),
+    ("unknown", "a", "/nope", "GET", NoRoute(404)),
+    ("case-sensitive", "a", "/BOOKS/1", "GET", NoRoute(404)),
+    ("exact-host-first", "admin.example.com", "/books/1", "GET", ("admin-host", {})),
+    ("wildcard-host", "acme.tenants.example.com", "/tenant/x", "GET", ("tenant", {})),
+    ("wildcard-host-falls-back", "acme.tenants.example.com", "/books/1", "GET", ("book", {"id": "1"})),
+    ("wildcard-needs-subdomain", "tenants.example.com", "/tenant/x", "GET", NoRoute(404)),
+    ("post-only-static", "a", "/books/new/x", "GET", NoRoute(405, ("POST",))),
+]
+
+
+@pytest.mark.parametrize(("host", "path", "method", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_router_match(host: str, path: str, method: str, expected: object) -> None:
+    assert Router(ROUTES).match(host, path, method) == expected
+
+
+BAD = [
+    ("no-leading-slash", [RouteSpec("a", "books")], "must start with '/'"),
+    ("tail-not-last", [RouteSpec("a", "/a/**/b")], "only as the last segment"),
+    ("repeated-param", [RouteSpec("a", "/a/{id}/{id}")], "repeats"),
+    ("partial-param", [RouteSpec("a", "/a/x{id}")], "must be literal"),
+    ("percent", [RouteSpec("a", "/a/%2f")], "must be literal"),
+    ("dot-segment", [RouteSpec("a", "/a/../b")], "dot segment"),
+    (
+        "same-path-same-method",
+        [RouteSpec("a", "/x", frozenset({"GET"})), RouteSpec("b", "/x", frozenset({"GET"}))],
+        "both match GET /x",
+    ),
+    ("same-path-any-method", [RouteSpec("a", "/x"), RouteSpec("b", "/x")], "both match /x"),
+    (
+        "param-names-differ-same-shape",
+        [RouteSpec("a", "/x/{id}", frozenset({"GET"})), RouteSpec("b", "/x/{key}", frozenset({"GET"}))],
+        "both match GET",
+    ),
+    ("bad-host-wildcard", [RouteSpec("a", "/x", hosts=("a.*.com",))], "only a leading"),
+]
+
+
+@pytest.mark.parametrize(("routes", "message"), [c[1:] for c in BAD], ids=[c[0] for c in BAD])
+def test_router_rejects_bad_tables(routes: list[RouteSpec], message: str) -> None:
+    with pytest.raises(RouteTemplateError, match=message):
+        Router(routes)
+
+
+def test_explicit_head_route_overrides_implicit_head() -> None:
+    router = Router([RouteSpec("get", "/x", frozenset({"GET"})), RouteSpec("head", "/x", frozenset({"HEAD"}))])
+    assert router.match("a", "/x", "HEAD") == ("head", {})
+    assert router.match("a", "/x", "GET") == ("get", {})
+
+
+def test_matching_cost_does_not_depend_on_route_count() -> None:
+    many = [RouteSpec(f"r{i}", f"/svc{i}/items/{{id}}", frozenset({"GET"})) for i in range(2000)]
+    router = Router(many)
+    assert router.match("a", "/svc1999/items/7", "GET") == ("r1999", {"id": "7"})
+    root = router._any
+    assert root is not None
+    assert len(root.root.static) == 2000  # one dict lookup per segment, whatever the count

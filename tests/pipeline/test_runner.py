@@ -1,0 +1,248 @@
+"""The runner: phase order, first authenticator wins, fail closed, explicit fail_open, hooks, header safety."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, ClassVar
+
+import pytest
+
+from stockade.pipeline.context import RequestContext
+from stockade.pipeline.phase import Phase
+from stockade.pipeline.principal import Principal
+from stockade.pipeline.response import Outcome, Response
+from stockade.pipeline.runner import Pipeline, StageSlot, header_safe
+from stockade.pipeline.stage import StageConfig
+from stockade.pipeline.verdict import CONTINUE, Continue, Deny, Finding, Skip
+from stockade.testing import make_context
+
+
+class Probe:
+    """A scriptable stage: returns `verdict` (or raises it), optionally after awaiting once."""
+
+    id: ClassVar[str] = "probe"
+    phase: ClassVar[Phase] = Phase.AUTHORIZE
+    Config: ClassVar[type[StageConfig]] = StageConfig
+
+    def __init__(
+        self,
+        verdict: object,
+        *,
+        awaits: bool = False,
+        challenge: str | None = None,
+        log: list[str] | None = None,
+        name: str = "probe",
+    ) -> None:
+        self.verdict = verdict
+        self.awaits = awaits
+        self.log = log if log is not None else []
+        self.name = name
+        if challenge:
+            self.challenge = challenge
+
+    async def check(self, ctx: RequestContext) -> Any:
+        self.log.append(self.name)
+        if self.awaits:
+            await asyncio.sleep(0)
+        if isinstance(self.verdict, BaseException):
+            raise self.verdict
+        return self.verdict
+
+
+def slot(stage: Probe, phase: Phase, *, fail_open: bool = False, name: str | None = None) -> StageSlot:
+    return StageSlot(stage, name or stage.name, phase, fail_open)  # type: ignore[arg-type]
+
+
+def run(pipeline: Pipeline, ctx: RequestContext) -> Deny | None:
+    result = pipeline.run(ctx)
+    if result is None or isinstance(result, Deny):
+        return result
+    assert isinstance(result, Coroutine)
+    return asyncio.run(result)  # type: ignore[arg-type]
+
+
+ALICE = Principal(id="alice", kind="test")
+BOB = Principal(id="bob", kind="test")
+
+
+@pytest.mark.parametrize("awaits", [False, True], ids=["eager", "suspending"])
+def test_stages_run_in_phase_order_whatever_the_declaration_order(awaits: bool) -> None:
+    log: list[str] = []
+    slots = [
+        slot(Probe(CONTINUE, log=log, name="detect", awaits=awaits), Phase.DETECT),
+        slot(Probe(Continue(principal=ALICE), log=log, name="authn"), Phase.AUTHENTICATE),
+        slot(Probe(CONTINUE, log=log, name="pre"), Phase.PRE_AUTH),
+        slot(Probe(CONTINUE, log=log, name="validate", awaits=awaits), Phase.VALIDATE),
+    ]
+    ctx = make_context()
+    assert run(Pipeline("r", slots, body_limit=10), ctx) is None
+    assert log == ["pre", "authn", "validate", "detect"]
+    assert ctx.principal == ALICE
+    assert ctx.decision == "allow"
+
+
+@pytest.mark.parametrize("awaits", [False, True], ids=["eager", "suspending"])
+def test_first_authenticator_with_a_principal_wins(awaits: bool) -> None:
+    log: list[str] = []
+    slots = [
+        slot(Probe(Skip("no key"), log=log, name="api_key", awaits=awaits), Phase.AUTHENTICATE),
+        slot(Probe(Continue(principal=ALICE), log=log, name="jwt", awaits=awaits), Phase.AUTHENTICATE),
+        slot(Probe(Continue(principal=BOB), log=log, name="anonymous"), Phase.AUTHENTICATE),
+    ]
+    ctx = make_context()
+    assert run(Pipeline("r", slots, body_limit=10), ctx) is None
+    assert log == ["api_key", "jwt"]
+    assert ctx.principal == ALICE
+
+
+def test_all_authenticators_skip_gives_401_with_every_challenge() -> None:
+    slots = [
+        slot(Probe(Skip(), challenge='ApiKey realm="stockade"', name="api_key"), Phase.AUTHENTICATE),
+        slot(Probe(Skip(), challenge='Bearer realm="stockade"', name="jwt"), Phase.AUTHENTICATE),
+        slot(Probe(CONTINUE, name="after"), Phase.AUTHORIZE),
+    ]
+    ctx = make_context()
+    deny = run(Pipeline("r", slots, body_limit=10), ctx)
+    assert isinstance(deny, Deny)
+    assert (deny.status, deny.reason) == (401, "auth.required")
+    assert deny.headers == {"www-authenticate": 'ApiKey realm="stockade", Bearer realm="stockade"'}
+    assert (ctx.decision, ctx.stage) == ("deny", "authenticate")
+
+
+def test_no_principal_after_last_phase_is_still_401() -> None:
+    ctx = make_context()
+    deny = run(Pipeline("r", [slot(Probe(Skip()), Phase.AUTHENTICATE)], body_limit=10), ctx)
+    assert isinstance(deny, Deny) and deny.status == 401
+
+
+def test_authenticator_deny_gets_route_challenges() -> None:
+    slots = [
+        slot(Probe(Deny(401, "auth.invalid_credentials", detail="revoked key"), challenge="ApiKey"), Phase.AUTHENTICATE)
+    ]
+    ctx = make_context()
+    deny = run(Pipeline("r", slots, body_limit=10), ctx)
+    assert isinstance(deny, Deny)
+    assert deny.headers == {"www-authenticate": "ApiKey"}
+    assert (ctx.reason, ctx.detail, ctx.stage) == ("auth.invalid_credentials", "revoked key", "probe")
+
+
+DENIALS = [
+    ("deny-stops", Deny(403, "x.denied"), False, 403, "x.denied"),
+    ("raise-fails-closed", RuntimeError("boom"), False, 500, "stage.error"),
+    ("raise-after-await", RuntimeError("boom"), True, 500, "stage.error"),
+    ("wrong-return-type", "not a verdict", False, 500, "stage.error"),
+    ("none-return", None, False, 500, "stage.error"),
+    ("principal-from-non-authenticator", Continue(principal=BOB), False, 500, "stage.error"),
+]
+
+
+@pytest.mark.parametrize(("verdict", "awaits", "status", "code"), [c[1:] for c in DENIALS], ids=[c[0] for c in DENIALS])
+def test_failures_deny(verdict: object, awaits: bool, status: int, code: str) -> None:
+    log: list[str] = []
+    slots = [
+        slot(Probe(Continue(principal=ALICE)), Phase.AUTHENTICATE),
+        slot(Probe(verdict, awaits=awaits, log=log, name="bad"), Phase.AUTHORIZE),
+        slot(Probe(CONTINUE, log=log, name="never"), Phase.VALIDATE),
+    ]
+    ctx = make_context()
+    deny = run(Pipeline("r", slots, body_limit=10), ctx)
+    assert isinstance(deny, Deny)
+    assert (deny.status, deny.reason) == (status, code)
+    assert log == ["bad"]
+    assert ctx.stage == "bad"
+
+
+@pytest.mark.parametrize("awaits", [False, True])
+def test_fail_open_is_explicit_and_recorded(awaits: bool) -> None:
+    slots = [
+        slot(Probe(Continue(principal=ALICE)), Phase.AUTHENTICATE),
+        slot(Probe(ConnectionError("redis down"), awaits=awaits, name="rate_limit"), Phase.RATE_LIMIT, fail_open=True),
+    ]
+    ctx = make_context()
+    assert run(Pipeline("r", slots, body_limit=10), ctx) is None
+    assert ctx.state["failed_open"] == ["rate_limit"]
+
+
+def test_edits_and_findings_accumulate() -> None:
+    slots = [
+        slot(Probe(Continue(principal=ALICE, set_headers={"X-A": "1"})), Phase.AUTHENTICATE),
+        slot(
+            Probe(
+                Continue(set_headers={"x-b": "2"}, remove_headers=["Authorization"], findings=[Finding("sqli", "high")])
+            ),
+            Phase.DETECT,
+        ),
+    ]
+    ctx = make_context()
+    assert run(Pipeline("r", slots, body_limit=10), ctx) is None
+    assert ctx.set_headers == {"x-a": "1", "x-b": "2"}
+    assert ctx.remove_headers == {"authorization"}
+    assert [f.rule for f in ctx.findings] == ["sqli"]
+
+
+def test_invalid_header_name_from_a_stage_fails_closed() -> None:
+    slots = [slot(Probe(Continue(principal=ALICE, set_headers={"bad header\r\n": "x"})), Phase.AUTHENTICATE)]
+    deny = run(Pipeline("r", slots, body_limit=10), make_context())
+    assert isinstance(deny, Deny) and deny.reason == "stage.error"
+
+
+@pytest.mark.parametrize(
+    ("value", "safe"),
+    [
+        ("alice", "alice"),
+        ("a\r\nX-Admin: true", "a%0D%0AX-Admin: true"),
+        ("caf\u00e9", "caf%C3%A9"),
+        ("tab\there", "tab%09here"),
+        ("nul\x00", "nul%00"),
+    ],
+)
+def test_header_safe(value: str, safe: str) -> None:
+    assert header_safe(value) == safe
+
+
+def test_identity_headers_cannot_be_used_to_inject_headers() -> None:
+    ctx = make_context()
+    ctx.principal = Principal(id="evil\r\nX-Admin: true", kind="jwt", scopes=frozenset({"a\nb"}))
+    headers = Pipeline("r", [], body_limit=10).identity_headers(ctx)
+    assert all("\r" not in v and "\n" not in v for _, v in headers)
+    assert ("x-stockade-principal", "evil%0D%0AX-Admin: true") in headers
+
+
+class Hook(Probe):
+    def __init__(self, name: str, log: list[str], *, raise_on_complete: bool = False) -> None:
+        super().__init__(CONTINUE, name=name, log=log)
+        self.raise_on_complete = raise_on_complete
+
+    def on_response(self, ctx: RequestContext, response: Response) -> None:
+        self.log.append(f"response:{self.name}")
+        response.set_header("x-seen", self.name)
+
+    def on_complete(self, ctx: RequestContext, outcome: Outcome) -> None:
+        self.log.append(f"complete:{self.name}")
+        if self.raise_on_complete:
+            raise RuntimeError("hook bug")
+
+
+def test_response_hooks_run_in_reverse_and_completion_hooks_never_raise() -> None:
+    log: list[str] = []
+    slots = [
+        slot(Probe(Continue(principal=ALICE)), Phase.AUTHENTICATE),
+        slot(Hook("first", log, raise_on_complete=True), Phase.VALIDATE),
+        slot(Hook("second", log), Phase.ACT),
+    ]
+    pipeline = Pipeline("r", slots, body_limit=10)
+    ctx = make_context()
+    run(pipeline, ctx)
+    response = Response(200, headers=[("x-seen", "upstream")])
+    pipeline.response(ctx, response)
+    pipeline.complete(ctx, Outcome(status=200))
+    assert [e for e in log if ":" in e] == ["response:second", "response:first", "complete:first", "complete:second"]
+    assert response.get("x-seen") == "first"
+
+
+def test_body_limit_is_the_smallest_declared() -> None:
+    small = Probe(CONTINUE, name="request_size")
+    small.max_body_bytes = 100  # type: ignore[attr-defined]
+    pipeline = Pipeline("r", [slot(small, Phase.VALIDATE)], body_limit=1000)
+    assert (pipeline.body_limit, pipeline.body_limit_stage) == (100, "request_size")

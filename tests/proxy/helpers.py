@@ -1,0 +1,40 @@
+"""Raw-socket helpers for proxy tests."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+from stockade.testing import TestGateway, read_responses
+
+Response = tuple[int, dict[str, str], bytes]
+
+
+def exchange(gw: TestGateway, raw: bytes, count: int = 1, *, head: bool = False) -> tuple[list[Response], bool]:
+    """Send raw bytes on a fresh connection; return the responses and whether the gateway then closed it."""
+    with gw.connect() as sock:
+        sock.sendall(raw)
+        responses = read_responses(sock, count, head_request=head)
+        return responses, closed(sock)
+
+
+def closed(sock: socket.socket, timeout: float = 5.0) -> bool:
+    """True if the peer closed (EOF or reset). Returns at once on a close; waits `timeout` only on failure."""
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def reason(response: Response) -> str:
+    body = json.loads(response[2])
+    return str(body["reason"])
+
+
+def echo(response: Response) -> dict[str, object]:
+    """The test upstream's JSON echo of what it received."""
+    doc: dict[str, object] = json.loads(response[2])
+    return doc

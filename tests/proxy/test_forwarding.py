@@ -1,0 +1,340 @@
+"""What the upstream receives and what the client gets back: headers, bodies, framing, keep-alive."""
+
+from __future__ import annotations
+
+import pytest
+
+from stockade.testing import Reply, TestGateway, TestUpstream, read_responses
+from tests.conftest import GatewayFactory
+from tests.proxy.helpers import closed, echo, exchange
+
+
+def test_request_reaches_upstream_with_forwarding_headers(gateway: TestGateway, upstream: TestUpstream) -> None:
+    status, _, _ = gateway.request("GET", "/api/books?q=1", headers={"X-Custom": "yes"})
+    assert status == 200
+    got = upstream.received[0]
+    assert got.target == "/api/books?q=1"
+    assert got.header("host") == f"127.0.0.1:{upstream.port}"
+    assert got.header("x-custom") == "yes"
+    assert got.header("x-forwarded-for") == "127.0.0.1"
+    assert got.header("x-forwarded-proto") == "http"
+    assert got.header("x-forwarded-host") == "localhost"
+    assert got.header("x-stockade-principal") == "anonymous"
+    assert got.header("x-stockade-anonymous") == "true"
+    assert got.header("x-request-id")
+
+
+REQUEST_HOP_BY_HOP = [
+    ("connection-named", {"Connection": "X-Secret, keep-alive", "X-Secret": "s"}, "x-secret"),
+    ("keep-alive", {"Keep-Alive": "timeout=5"}, "keep-alive"),
+    ("te", {"TE": "trailers"}, "te"),
+    ("trailer", {"Trailer": "X-T"}, "trailer"),
+    ("proxy-authorization", {"Proxy-Authorization": "Basic eDp5"}, "proxy-authorization"),
+    ("proxy-connection", {"Proxy-Connection": "keep-alive"}, "proxy-connection"),
+    ("upgrade-h2c", {"Upgrade": "h2c", "HTTP2-Settings": "AAA"}, "http2-settings"),
+    ("identity-spoof", {"X-Stockade-Principal": "admin"}, "x-stockade-principal-spoof"),
+    ("identity-spoof-case", {"x-STOCKADE-roles": "admin"}, "x-stockade-roles"),
+    ("expect", {"Expect": "100-continue"}, "expect"),
+]
+
+
+@pytest.mark.parametrize(
+    ("sent", "absent"), [c[1:] for c in REQUEST_HOP_BY_HOP], ids=[c[0] for c in REQUEST_HOP_BY_HOP]
+)
+def test_hop_by_hop_and_spoofed_headers_are_not_forwarded(
+    gateway: TestGateway, upstream: TestUpstream, sent: dict[str, str], absent: str
+) -> None:
+    status, _, _ = gateway.request("GET", "/api/x", headers=sent)
+    assert status == 200
+    got = {k.lower(): v for k, v in upstream.received[0].headers}
+    assert absent not in got
+    assert "connection" not in got and "upgrade" not in got
+    if "X-Stockade-Principal" in sent:
+        assert got["x-stockade-principal"] == "anonymous"
+    if "x-STOCKADE-roles" in sent:
+        assert "x-stockade-roles" not in got
+
+
+def test_spoofed_x_forwarded_headers_from_untrusted_peer_are_replaced(
+    gateway: TestGateway, upstream: TestUpstream
+) -> None:
+    spoof = {
+        "X-Forwarded-For": "1.2.3.4",
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "bank.example",
+        "X-Real-IP": "1.2.3.4",
+        "Forwarded": "for=1.2.3.4",
+    }
+    gateway.request("GET", "/api/x", headers=spoof)
+    got = upstream.received[0]
+    assert got.header_all("x-forwarded-for") == ["127.0.0.1"]
+    assert got.header("x-forwarded-proto") == "http"
+    assert got.header("x-forwarded-host") == "localhost"
+    assert got.header("x-real-ip") is None
+    assert got.header("forwarded") is None
+
+
+TRUSTED = """
+trusted_proxies: ["127.0.0.0/8"]
+routes:
+  - id: api
+    match: {path: "/api/**"}
+    upstream: {upstream}
+    stages:
+      - use: ip_filter
+        config: {deny: ["203.0.113.0/24"]}
+      - use: anonymous
+"""
+
+
+@pytest.mark.parametrize(
+    ("xff", "status", "forwarded"),
+    [
+        ("198.51.100.7", 200, "198.51.100.7, 127.0.0.1"),
+        ("203.0.113.9", 403, None),  # the real client, named by a trusted proxy, is denied
+        ("203.0.113.9, 198.51.100.7", 200, "203.0.113.9, 198.51.100.7, 127.0.0.1"),  # spoofed leftmost is ignored
+        ("198.51.100.7, 127.0.0.2", 200, "198.51.100.7, 127.0.0.2, 127.0.0.1"),  # trusted hops are skipped
+        ("garbage", 200, "garbage, 127.0.0.1"),
+    ],
+)
+def test_client_ip_comes_from_trusted_proxies_only(
+    make_gateway: GatewayFactory, upstream: TestUpstream, xff: str, status: int, forwarded: str | None
+) -> None:
+    gw = make_gateway(TRUSTED)
+    got_status, _, _ = gw.request("GET", "/api/x", headers={"X-Forwarded-For": xff, "X-Forwarded-Proto": "https"})
+    assert got_status == status
+    if forwarded is not None:
+        assert upstream.received[-1].header("x-forwarded-for") == forwarded
+        assert upstream.received[-1].header("x-forwarded-proto") == "https"
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [("abc-123", True), ("req.1:2_3", True), ("has space", False), ("x" * 129, False), ("bad\x7fchar", False)],
+)
+def test_request_id_is_propagated_only_when_well_formed(
+    gateway: TestGateway, upstream: TestUpstream, sent: str, kept: bool
+) -> None:
+    raw = (
+        b"GET /api/x HTTP/1.1\r\nHost: a\r\nX-Request-Id: " + sent.encode("latin-1") + b"\r\nConnection: close\r\n\r\n"
+    )
+    responses, _ = exchange(gateway, raw)
+    if "\x7f" in sent:
+        assert responses[0][0] == 400  # llhttp refuses DEL in a header value
+        return
+    got = upstream.received[0].header("x-request-id")
+    assert (got == sent) is kept
+    assert got
+
+
+def test_content_length_body_is_forwarded(gateway: TestGateway, upstream: TestUpstream) -> None:
+    status, _, _ = gateway.request("POST", "/api/x", body=b"hello world")
+    assert status == 200
+    assert upstream.received[0].body == b"hello world"
+    assert upstream.received[0].header("content-length") == "11"
+
+
+def test_chunked_body_is_reframed_without_extensions_or_trailers(gateway: TestGateway, upstream: TestUpstream) -> None:
+    raw = (
+        b"POST /api/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        b'5;ext="x"\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n'
+    )
+    responses, _ = exchange(gateway, raw)
+    assert responses[0][0] == 200
+    got = upstream.received[0]
+    assert got.body == b"hello world"
+    assert got.header("transfer-encoding") == "chunked"
+    assert got.header("content-length") is None
+    assert got.header("x-trailer") is None
+
+
+def test_large_body_is_streamed(gateway: TestGateway, upstream: TestUpstream) -> None:
+    body = bytes(range(256)) * 8192  # 2 MiB
+    status, _, _ = gateway.request("POST", "/api/x", body=body)
+    assert status == 200
+    assert upstream.received[0].body == body
+
+
+def test_large_response_is_streamed(gateway: TestGateway, upstream: TestUpstream) -> None:
+    payload = bytes(range(256)) * 12000  # ~3 MiB, far above the transport's write buffer
+    upstream.reply("/api/big", Reply(200, [("Content-Type", "application/octet-stream")], payload))
+    status, headers, body = gateway.request("GET", "/api/big")
+    assert status == 200
+    assert int(headers["content-length"]) == len(payload)
+    assert body == payload
+
+
+def test_expect_100_continue_gets_interim_then_final(gateway: TestGateway, upstream: TestUpstream) -> None:
+    with gateway.connect() as sock:
+        sock.sendall(b"POST /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        interim = sock.recv(4096)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(b"hello")
+        responses = read_responses(sock, 1)
+    assert responses[0][0] == 200
+    assert upstream.received[0].body == b"hello"
+    assert upstream.received[0].header("expect") is None
+
+
+def test_expect_100_continue_denied_without_interim(gateway: TestGateway, upstream: TestUpstream) -> None:
+    raw = b"POST /upload/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n"
+    responses, was_closed = exchange(gateway, raw)
+    assert [r[0] for r in responses] == [413]
+    assert was_closed
+    assert upstream.received == []
+
+
+def test_head_response_has_no_body_and_connection_is_reused(gateway: TestGateway, upstream: TestUpstream) -> None:
+    with gateway.connect() as sock:
+        sock.sendall(b"HEAD /api/x HTTP/1.1\r\nHost: a\r\n\r\n")
+        head = read_responses(sock, 1, head_request=True)
+        assert head[0][0] == 200
+        assert int(head[0][1]["content-length"]) > 0
+        sock.sendall(b"GET /api/y HTTP/1.1\r\nHost: a\r\n\r\n")
+        follow = read_responses(sock, 1)
+    assert follow[0][0] == 200
+    assert echo(follow[0])["target"] == "/api/y"
+    assert upstream.connections == 1
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_bodyless_statuses_keep_the_connection_usable(
+    gateway: TestGateway, upstream: TestUpstream, status: int
+) -> None:
+    upstream.reply("/api/empty", Reply(status, [("ETag", '"x"')]))
+    with gateway.connect() as sock:
+        sock.sendall(b"GET /api/empty HTTP/1.1\r\nHost: a\r\n\r\nGET /api/after HTTP/1.1\r\nHost: a\r\n\r\n")
+        responses = read_responses(sock, 2)
+    assert [r[0] for r in responses] == [status, 200]
+    assert responses[0][2] == b""
+    assert echo(responses[1])["target"] == "/api/after"
+
+
+def test_interim_responses_from_upstream_are_not_forwarded(gateway: TestGateway, upstream: TestUpstream) -> None:
+    raw = (
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    )
+    upstream.reply("/api/interim", Reply(raw=raw))
+    status, headers, body = gateway.request("GET", "/api/interim")
+    assert (status, body) == (200, b"ok")
+    assert "link" not in headers
+
+
+def test_response_hop_by_hop_headers_are_removed(gateway: TestGateway, upstream: TestUpstream) -> None:
+    raw = (
+        b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Internal\r\nX-Internal: secret\r\nKeep-Alive: timeout=5\r\n"
+        b"Proxy-Authenticate: Basic\r\nUpgrade: h2c\r\nTrailer: X-T\r\nX-Kept: yes\r\nContent-Length: 2\r\n\r\nok"
+    )
+    upstream.reply("/api/hop", Reply(raw=raw))
+    status, headers, body = gateway.request("GET", "/api/hop")
+    assert (status, body) == (200, b"ok")
+    for name in ("x-internal", "keep-alive", "proxy-authenticate", "upgrade", "trailer"):
+        assert name not in headers
+    assert headers["x-kept"] == "yes"
+    assert headers["connection"] == "close"  # our own, because the client asked to close
+
+
+def test_chunked_upstream_response(gateway: TestGateway, upstream: TestUpstream) -> None:
+    upstream.reply(
+        "/api/chunks", Reply(raw=b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+    )
+    status, headers, body = gateway.request("GET", "/api/chunks")
+    assert (status, body) == (200, b"abc")
+    assert headers["transfer-encoding"] == "chunked"
+
+
+def test_http10_client_gets_chunked_response_decoded(gateway: TestGateway, upstream: TestUpstream) -> None:
+    upstream.reply(
+        "/api/chunks",
+        Reply(raw=b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"),
+    )
+    with gateway.connect() as sock:
+        sock.sendall(b"GET /api/chunks HTTP/1.0\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"transfer-encoding" not in head.lower()
+    assert body == b"abcde"
+
+
+def test_http10_keep_alive_is_honoured(gateway: TestGateway) -> None:
+    with gateway.connect() as sock:
+        sock.sendall(b"GET /api/a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        first = read_responses(sock, 1)
+        assert first[0][1]["connection"] == "keep-alive"
+        sock.sendall(b"GET /api/b HTTP/1.0\r\n\r\n")
+        second = read_responses(sock, 1)
+        assert second[0][0] == 200
+        assert closed(sock)
+
+
+def test_keep_alive_reuses_one_upstream_connection(gateway: TestGateway, upstream: TestUpstream) -> None:
+    with gateway.connect() as sock:
+        for i in range(5):
+            sock.sendall(b"GET /api/%d HTTP/1.1\r\nHost: a\r\n\r\n" % i)
+            assert read_responses(sock, 1)[0][0] == 200
+    for i in range(3):
+        assert gateway.request("GET", f"/api/new-conn-{i}")[0] == 200
+    assert upstream.connections == 1
+
+
+def test_pipelined_requests_are_answered_in_order(gateway: TestGateway, upstream: TestUpstream) -> None:
+    raw = b"".join(b"GET /api/%d HTTP/1.1\r\nHost: a\r\n\r\n" % i for i in range(10))
+    raw += (
+        b"POST /api/body HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nxyzGET /api/last HTTP/1.1\r\nHost: a\r\n\r\n"
+    )
+    with gateway.connect() as sock:
+        sock.sendall(raw)
+        responses = read_responses(sock, 12)
+    targets = [echo(r)["target"] for r in responses]
+    assert targets == [f"/api/{i}" for i in range(10)] + ["/api/body", "/api/last"]
+    assert upstream.received[10].body == b"xyz"
+
+
+def test_pipelined_requests_wait_for_a_slow_first_response(gateway: TestGateway, upstream: TestUpstream) -> None:
+    upstream.stall()
+    with gateway.connect() as sock:
+        sock.sendall(b"GET /api/slow HTTP/1.1\r\nHost: a\r\n\r\nGET /nowhere HTTP/1.1\r\nHost: a\r\n\r\n")
+        upstream.release()
+        responses = read_responses(sock, 2)
+    assert [r[0] for r in responses] == [200, 404]
+
+
+def test_connection_close_from_client_is_honoured(gateway: TestGateway) -> None:
+    responses, was_closed = exchange(gateway, b"GET /api/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert responses[0][0] == 200
+    assert responses[0][1]["connection"] == "close"
+    assert was_closed
+
+
+def test_upstream_close_delimited_response_closes_client(gateway: TestGateway, upstream: TestUpstream) -> None:
+    upstream.reply("/api/eof", Reply(raw=b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil close", close=True))
+    with gateway.connect() as sock:
+        sock.sendall(b"GET /api/eof HTTP/1.1\r\nHost: a\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200")
+    assert b"connection: close" in data.lower()
+    assert data.endswith(b"until close")
+
+
+def test_denied_request_with_small_body_keeps_connection(gateway: TestGateway, upstream: TestUpstream) -> None:
+    with gateway.connect() as sock:
+        sock.sendall(b"POST /nowhere HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
+        first = read_responses(sock, 1)
+        sock.sendall(b"GET /api/after HTTP/1.1\r\nHost: a\r\n\r\n")
+        second = read_responses(sock, 1)
+    assert first[0][0] == 404
+    assert second[0][0] == 200
+    assert [r.target for r in upstream.received] == ["/api/after"]
+
+
+def test_head_request_to_unknown_route_has_no_body(gateway: TestGateway) -> None:
+    responses, _ = exchange(gateway, b"HEAD /nowhere HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", head=True)
+    assert responses[0][0] == 404
+    assert responses[0][2] == b""
+    assert int(responses[0][1]["content-length"]) > 0

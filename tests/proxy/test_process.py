@@ -1,0 +1,187 @@
+"""`stockade serve` as a real process: reload on SIGHUP, drain on SIGTERM, several workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stockade.testing import TestUpstream, read_responses
+
+pytestmark = pytest.mark.slow
+
+STOCKADE = str(Path(sys.executable).parent / "stockade")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def config(upstream: str, port: int, admin: int, max_bytes: int = 1024, workers: int = 1) -> str:
+    return f"""
+listen: {{host: 127.0.0.1, port: {port}}}
+admin: {{host: 127.0.0.1, port: {admin}}}
+workers: {workers}
+log: {{decisions: stdout}}
+limits: {{drain_timeout: 20}}
+routes:
+  - id: api
+    match: {{path: "/api/**"}}
+    upstream: {upstream}
+    stages:
+      - use: anonymous
+      - use: request_size
+        config: {{max_bytes: {max_bytes}}}
+"""
+
+
+class Served:
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, admin: int, path: Path) -> None:
+        self.proc = proc
+        self.port = port
+        self.admin = admin
+        self.path = path
+
+    def get(self, path: str, *, body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+        method = b"POST" if body else b"GET"
+        raw = method + b" " + path.encode() + b" HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
+        raw += b"Content-Length: %d\r\n\r\n" % len(body) + body
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+            sock.sendall(raw)
+            return read_responses(sock, 1)[0]
+
+    def admin_get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}{path}", timeout=5) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+        except OSError:
+            return 0, b""
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        end = time.monotonic() + timeout
+        while self.admin_get("/readyz")[0] != 200:
+            assert self.proc.poll() is None, self.proc.stderr.read().decode() if self.proc.stderr else ""
+            assert time.monotonic() < end, "gateway did not become ready"
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def serve(tmp_path: Path, upstream: TestUpstream) -> Iterator[object]:
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(workers: int = 1, max_bytes: int = 1024) -> Served:
+        port, admin = free_port(), free_port()
+        path = tmp_path / "gw.yaml"
+        path.write_text(config(upstream.url, port, admin, max_bytes, workers))
+        proc = subprocess.Popen(
+            [STOCKADE, "serve", "--config", str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        procs.append(proc)
+        served = Served(proc, port, admin, path)
+        served.wait_ready()
+        return served
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def until(condition: object, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < end, "condition not reached"
+        time.sleep(0.05)
+
+
+def test_sighup_reloads_atomically(serve: object, upstream: TestUpstream) -> None:
+    gw: Served = serve()  # type: ignore[operator]
+    assert gw.get("/api/x", body=b"a" * 500)[0] == 200
+    gw.path.write_text(gw.path.read_text().replace("max_bytes: 1024", "max_bytes: 100"))
+    gw.proc.send_signal(signal.SIGHUP)
+    until(lambda: gw.get("/api/x", body=b"a" * 500)[0] == 413)
+    good = gw.path.read_text()
+    gw.path.write_text(good.replace("max_bytes: 100", "max_bytes: lots"))  # a bad file changes nothing
+    gw.proc.send_signal(signal.SIGHUP)
+    until(lambda: b"config_reload" in gw.admin_get("/metrics")[1] and b'label="error"' in gw.admin_get("/metrics")[1])
+    assert gw.get("/api/x", body=b"a" * 500)[0] == 413
+    assert gw.get("/api/x", body=b"a" * 50)[0] == 200
+    gw.proc.send_signal(signal.SIGTERM)
+    assert gw.proc.wait(20) == 0
+    stderr = gw.proc.stderr.read().decode() if gw.proc.stderr else ""
+    assert "reload refused, configuration unchanged" in stderr
+    assert "field 'config.max_bytes'" in stderr
+
+
+def test_sigterm_drains_in_flight_requests(serve: object, upstream: TestUpstream) -> None:
+    gw: Served = serve()  # type: ignore[operator]
+    upstream.stall()
+    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+    sock.sendall(b"GET /api/slow HTTP/1.1\r\nHost: a\r\n\r\n")
+    until(lambda: upstream.received)
+    gw.proc.send_signal(signal.SIGTERM)
+    until(lambda: gw.admin_get("/readyz")[0] != 200)
+    with pytest.raises(OSError):  # the listener is closed while draining
+        socket.create_connection(("127.0.0.1", gw.port), timeout=2).close()
+    upstream.release()
+    responses = read_responses(sock, 1)
+    sock.close()
+    assert responses[0][0] == 200
+    assert responses[0][1]["connection"] == "close"
+    assert gw.proc.wait(20) == 0
+    out = gw.proc.stdout.read().decode() if gw.proc.stdout else ""
+    assert json.loads(out.strip().splitlines()[-1])["status"] == 200  # the decision log was flushed on exit
+
+
+def test_two_workers_share_the_port_and_reload_together(serve: object, upstream: TestUpstream) -> None:
+    gw: Served = serve(workers=2)  # type: ignore[operator]
+    prefixes: set[str] = set()
+    end = time.monotonic() + 20
+    while len(prefixes) < 2 and time.monotonic() < end:
+        status, _, body = gw.get("/api/who")
+        assert status == 200
+        echoed = dict((k.lower(), v) for k, v in json.loads(body)["headers"])
+        prefixes.add(echoed["x-request-id"][:8])  # each worker has its own request-id prefix
+    assert len(prefixes) == 2, "requests were not spread over two workers"
+    gw.path.write_text(gw.path.read_text().replace("max_bytes: 1024", "max_bytes: 100"))
+    gw.proc.send_signal(signal.SIGHUP)
+    until(lambda: all(gw.get("/api/x", body=b"a" * 500)[0] == 413 for _ in range(20)))
+    _, metrics = gw.admin_get("/metrics")
+    until(lambda: b"stockade_workers_ready 2.0" in gw.admin_get("/metrics")[1])
+    assert b"stockade_requests_total" in metrics
+    gw.proc.send_signal(signal.SIGTERM)
+    assert gw.proc.wait(30) == 0
+
+
+def test_memory_counter_text_of_workers_is_merged(serve: object) -> None:
+    gw: Served = serve(workers=2)  # type: ignore[operator]
+    for _ in range(10):
+        assert gw.get("/api/n")[0] == 200
+
+    def total() -> float:
+        _, text = gw.admin_get("/metrics")
+        value = 0.0
+        for line in text.decode().splitlines():
+            if line.startswith("stockade_requests_total{") and 'route="api"' in line:
+                value += float(line.rsplit(" ", 1)[1])
+        return value
+
+    until(lambda: total() == 10.0)

@@ -1,0 +1,266 @@
+"""Slow clients, slow or broken upstreams, and stages that await: every deadline driven by the fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import ClassVar
+
+import pytest
+
+from stockade.pipeline.context import RequestContext
+from stockade.pipeline.phase import Phase
+from stockade.pipeline.stage import StageConfig, StageEnv
+from stockade.pipeline.verdict import CONTINUE, Continue, Deny
+from stockade.stages import BUILTIN_STAGES
+from stockade.testing import Reply, TestGateway, TestUpstream, read_responses
+from tests.conftest import GatewayFactory
+from tests.proxy.helpers import closed, reason
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 5.0) -> None:
+    """Poll until the gateway reaches a state (a synchronisation point, not a timing assertion)."""
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError("condition not reached")
+        time.sleep(0.002)
+
+
+def test_slowloris_head_gets_408_after_header_timeout(gateway: TestGateway, upstream: TestUpstream) -> None:
+    with gateway.connect() as sock:
+        sock.sendall(b"GET /api/x HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+        wait_for(lambda: any(c.head is not None for c in gateway.server.connections))
+        gateway.advance(9.0)
+        sock.sendall(b"still-")
+        gateway.advance(1.5)  # 10.5 s since the first byte: the head timeout is total, not per read
+        responses = read_responses(sock, 1)
+        assert [r[0] for r in responses] == [408]
+        assert reason(responses[0]) == "http.timeout"
+        assert closed(sock)
+    assert upstream.received == []
+
+
+def test_silent_connection_is_closed_after_header_timeout(gateway: TestGateway) -> None:
+    with gateway.connect() as sock:
+        wait_for(lambda: gateway.server.connections)
+        gateway.advance(10.5)
+        responses = read_responses(sock, 1)
+        assert [r[0] for r in responses] == [408]
+        assert closed(sock)
+
+
+def test_idle_keep_alive_connection_is_closed_quietly(gateway: TestGateway) -> None:
+    with gateway.connect() as sock:
+        sock.sendall(b"GET /api/x HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert read_responses(sock, 1)[0][0] == 200
+        gateway.advance(74.0)
+        sock.sendall(b"GET /api/y HTTP/1.1\r\nHost: a\r\n\r\n")  # activity resets the idle timer
+        assert read_responses(sock, 1)[0][0] == 200
+        gateway.advance(76.0)
+        sock.settimeout(5)
+        assert sock.recv(65536) == b""  # closed without a response
+
+
+def test_stalled_body_gets_408(gateway: TestGateway, upstream: TestUpstream) -> None:
+    with gateway.connect() as sock:
+        sock.sendall(b"POST /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n0123456789")
+        wait_for(lambda: upstream.connections)
+        gateway.advance(29.0)
+        sock.sendall(b"0123456789")  # each read restarts the body timer
+        wait_for(lambda: any(c.parsing is not None and c.parsing.body_size == 20 for c in gateway.server.connections))
+        gateway.advance(29.0)
+        assert gateway.server.connections
+        gateway.advance(2.0)
+        responses = read_responses(sock, 1)
+        assert [r[0] for r in responses] == [408]
+        assert closed(sock)
+    assert upstream.received == []  # the upstream saw a partial request and then a closed connection
+
+
+def test_upstream_read_timeout_gives_504(gateway: TestGateway, upstream: TestUpstream) -> None:
+    upstream.stall()
+    try:
+        with gateway.connect() as sock:
+            sock.sendall(b"GET /api/slow HTTP/1.1\r\nHost: a\r\n\r\n")
+            wait_for(lambda: upstream.received)
+            gateway.advance(59.0)
+            gateway.advance(2.0)
+            responses = read_responses(sock, 1)
+        assert [r[0] for r in responses] == [504]
+        assert reason(responses[0]) == "upstream.timeout"
+    finally:
+        upstream.release()
+
+
+@contextlib.contextmanager
+def black_hole() -> Iterator[int]:
+    """A port whose accept queue is full, so connecting to it hangs (SYNs are dropped)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        s = socket.socket()
+        s.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            s.connect(("127.0.0.1", port))
+        fillers.append(s)
+    try:
+        yield port
+    finally:
+        for s in fillers:
+            s.close()
+        server.close()
+
+
+def test_upstream_connect_timeout_gives_504(make_gateway: GatewayFactory) -> None:
+    with black_hole() as port:
+        gw = make_gateway(
+            "routes:\n  - id: r\n    match: {path: /**}\n"
+            f"    upstream: {{url: 'http://127.0.0.1:{port}', connect_timeout: 2}}\n"
+            "    stages: [{use: anonymous}]\n"
+        )
+        with gw.connect() as sock:
+            sock.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+            wait_for(lambda: any(c.queue and c.queue[0].deadline_kind == "connect" for c in gw.server.connections))
+            gw.advance(2.5)
+            responses = read_responses(sock, 1)
+    assert [r[0] for r in responses] == [504]
+    assert reason(responses[0]) == "upstream.timeout"
+
+
+def test_upstream_refusing_connections_gives_502(make_gateway: GatewayFactory) -> None:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    gw = make_gateway(
+        f"routes:\n  - id: r\n    match: {{path: /**}}\n    upstream: http://127.0.0.1:{port}\n"
+        "    stages: [{use: anonymous}]\n"
+    )
+    status, _, body = gw.request("GET", "/x")
+    assert status == 502
+    assert b"upstream.unavailable" in body
+    assert b"refused" not in body.lower()  # the detail goes to the log, not the client
+
+
+@pytest.mark.parametrize(
+    ("raw", "expect"),
+    [
+        (b"NOT HTTP AT ALL\r\n\r\n", 502),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n", 502),
+        (b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n", 502),
+        (b"HTTP/1.1 2000 OK\r\n\r\n", 502),
+    ],
+    ids=["garbage", "cl-and-te", "header-without-colon", "bad-status"],
+)
+def test_invalid_upstream_response_gives_502(
+    gateway: TestGateway, upstream: TestUpstream, raw: bytes, expect: int
+) -> None:
+    upstream.reply("/api/bad", Reply(raw=raw, close=True))
+    status, _, body = gateway.request("GET", "/api/bad")
+    assert status == expect
+    assert b"upstream.bad_response" in body
+
+
+def test_truncated_upstream_response_closes_client(gateway: TestGateway, upstream: TestUpstream) -> None:
+    upstream.reply("/api/short", Reply(raw=b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten..", close=True))
+    with gateway.connect() as sock:
+        sock.sendall(b"GET /api/short HTTP/1.1\r\nHost: a\r\n\r\n")
+        data = b""
+        sock.settimeout(5)
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200")
+    assert data.endswith(b"only ten..")  # the client sees a short body and a closed connection, never a stale one
+
+
+def test_stale_pooled_connection_is_retried_for_idempotent_requests(
+    gateway: TestGateway, upstream: TestUpstream
+) -> None:
+    upstream.reply("/api/bye", Reply(200, [("Content-Length", "2")], b"ok", close=True))
+    assert gateway.request("GET", "/api/bye")[0] == 200
+    assert gateway.request("GET", "/api/again")[0] == 200
+
+
+def test_client_that_stops_reading_is_dropped_after_send_timeout(gateway: TestGateway, upstream: TestUpstream) -> None:
+    upstream.reply("/api/huge", Reply(200, [], b"x" * 30_000_000))
+    sock = gateway.connect()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.sendall(b"GET /api/huge HTTP/1.1\r\nHost: a\r\n\r\n")
+    wait_for(lambda: any(c.write_paused_at != float("inf") for c in gateway.server.connections))
+    gateway.advance(61.0)
+    wait_for(lambda: not gateway.server.connections)
+    sock.close()
+
+
+# -- stages that await I/O --------------------------------------------------------------------------------------
+
+
+class _Cfg(StageConfig):
+    mode: str = "forever"
+
+
+class AwaitingStage:
+    id: ClassVar[str] = "test_await"
+    phase: ClassVar[Phase] = Phase.AUTHORIZE
+    Config: ClassVar[type[StageConfig]] = _Cfg
+
+    def __init__(self, config: _Cfg, env: StageEnv) -> None:
+        self.mode = config.mode
+
+    async def check(self, ctx: RequestContext) -> Continue | Deny:
+        if self.mode == "forever":
+            await asyncio.Event().wait()
+        await asyncio.sleep(0)
+        if self.mode == "raise":
+            raise RuntimeError("backend exploded with secret=hunter2")
+        if self.mode == "deny":
+            return Deny(403, "test.denied")
+        return CONTINUE
+
+
+@pytest.fixture
+def awaiting_stage(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(BUILTIN_STAGES, "test_await", f"{__name__}:AwaitingStage")
+
+
+def _awaiting(mode: str) -> str:
+    return (
+        "routes:\n  - id: r\n    match: {path: /**}\n    upstream: {upstream}\n"
+        f"    stages: [{{use: anonymous}}, {{use: test_await, config: {{mode: {mode}}}}}]\n"
+    )
+
+
+@pytest.mark.usefixtures("awaiting_stage")
+@pytest.mark.parametrize(
+    ("mode", "status", "code"),
+    [("pass", 200, None), ("deny", 403, "test.denied"), ("raise", 500, "stage.error")],
+)
+def test_stage_that_awaits_is_driven_to_completion(
+    make_gateway: GatewayFactory, mode: str, status: int, code: str | None
+) -> None:
+    gw = make_gateway(_awaiting(mode))
+    got, _, body = gw.request("GET", "/x")
+    assert got == status
+    if code:
+        assert f'"reason":"{code}"'.encode() in body
+    assert b"hunter2" not in body
+
+
+@pytest.mark.usefixtures("awaiting_stage")
+def test_stage_that_never_finishes_times_out_with_503(make_gateway: GatewayFactory, upstream: TestUpstream) -> None:
+    gw = make_gateway(_awaiting("forever"))
+    with gw.connect() as sock:
+        sock.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        wait_for(lambda: any(c.queue and c.queue[0].task is not None for c in gw.server.connections))
+        gw.advance(10.5)
+        responses = read_responses(sock, 1)
+    assert [r[0] for r in responses] == [503]
+    assert reason(responses[0]) == "stage.timeout"
+    assert upstream.received == []

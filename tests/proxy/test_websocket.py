@@ -1,0 +1,81 @@
+"""WebSocket upgrades pass through only on routes that allow them, after the pipeline allowed the request."""
+
+from __future__ import annotations
+
+from stockade.testing import TestUpstream, read_responses
+from tests.conftest import GatewayFactory
+
+CONFIG = """
+routes:
+  - id: ws
+    match: {path: /ws, methods: [GET]}
+    upstream: {upstream}
+    websocket: true
+    stages: [{use: anonymous}]
+  - id: plain
+    match: {path: "/api/**"}
+    upstream: {upstream}
+    stages: [{use: anonymous}]
+  - id: guarded
+    match: {path: /guarded}
+    upstream: {upstream}
+    websocket: true
+    stages: [{use: ip_filter, config: {allow: [10.0.0.0/8]}}, {use: anonymous}]
+"""
+
+UPGRADE = (
+    b"GET %s HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def test_upgrade_is_tunnelled(make_gateway: GatewayFactory, upstream: TestUpstream) -> None:
+    gw = make_gateway(CONFIG)
+    with gw.connect() as sock:
+        sock.sendall(UPGRADE % b"/ws")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(4096)
+        assert head.startswith(b"HTTP/1.1 101")
+        assert b"upgrade: websocket" in head.lower()
+        sock.sendall(b"frame-1")
+        got = b""
+        while len(got) < len(b"echo:frame-1"):
+            got += sock.recv(4096)
+        assert got == b"echo:frame-1"
+    forwarded = upstream.received[0]
+    assert forwarded.header("upgrade") == "websocket"
+    assert forwarded.header("sec-websocket-key") == "dGhlIHNhbXBsZSBub25jZQ=="
+
+
+def test_upgrade_on_route_without_websocket_is_a_plain_request(
+    make_gateway: GatewayFactory, upstream: TestUpstream
+) -> None:
+    gw = make_gateway(CONFIG)
+    with gw.connect() as sock:
+        sock.sendall(UPGRADE % b"/api/ws")
+        responses = read_responses(sock, 1)
+    assert responses[0][0] == 200
+    assert upstream.received[0].header("upgrade") is None
+
+
+def test_h2c_upgrade_is_never_forwarded(make_gateway: GatewayFactory, upstream: TestUpstream) -> None:
+    gw = make_gateway(CONFIG)
+    with gw.connect() as sock:
+        sock.sendall(
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+            b"HTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
+        )
+        responses = read_responses(sock, 1)
+    assert responses[0][0] == 200
+    got = upstream.received[0]
+    assert got.header("upgrade") is None and got.header("http2-settings") is None
+
+
+def test_denied_upgrade_never_reaches_upstream(make_gateway: GatewayFactory, upstream: TestUpstream) -> None:
+    gw = make_gateway(CONFIG)
+    with gw.connect() as sock:
+        sock.sendall(UPGRADE % b"/guarded")
+        responses = read_responses(sock, 1)
+    assert responses[0][0] == 403
+    assert upstream.received == []
