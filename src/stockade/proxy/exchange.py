@@ -428,6 +428,11 @@ class Exchange:
             except Exception as exc:
                 self._handler_failed(exc)
                 return
+            if resp.rejection is not None:  # Response.reject: the hook's problem replaces the reply
+                rstatus, reason, detail = resp.rejection
+                Pipeline.deny(ctx, resp.rejected_by, Deny(rstatus, reason, detail=detail))
+                self._respond_local(rstatus, reason, None)
+                return
             headers = resp.final_headers()
             body = resp.body if resp.body is not None else b""
         self._write_local(reply.status, headers, body, close=False)
