@@ -26,9 +26,9 @@ Role = Literal["viewer", "operator", "admin"]
 ROLE_RANK: dict[str, int] = {"viewer": 0, "operator": 1, "admin": 2}
 
 # Modules that contribute admin endpoints (explicit, like the stage registry).
-ADMIN_MODULES: list[str] = []
+ADMIN_MODULES: list[str] = ["stockade.admin.identity:endpoints", "stockade.admin.clients:endpoints"]
 # Middleware factories that wrap the admin app (admin authentication registers itself here).
-ADMIN_MIDDLEWARE: list[str] = []
+ADMIN_MIDDLEWARE: list[str] = ["stockade.admin.auth:middleware"]
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from stockade.config.oauth2 import OAuth2Server, expand_oauth2_routes
+
 KIB = 1024
 MIB = 1024 * KIB
 
@@ -150,6 +152,7 @@ class Route(Strict):
     handler: HandlerEntry | None = None  # answered by the gateway itself (instead of `upstream`)
     stages: list[StageEntry] = Field(default_factory=list)
     websocket: bool = False  # allow WebSocket upgrades once the pipeline has allowed the request
+    own_auth: bool = False  # the handler authenticates callers itself: global authn/authz stages do not apply
 
     @model_validator(mode="after")
     def _one_target(self) -> Route:
@@ -163,6 +166,18 @@ class Log(Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class Secrets(Strict):
+    """Where the API-key pepper and the key-encryption keys come from (env STOCKADE_PEPPER / STOCKADE_KEK win).
+
+    Unset files default to `.stockade/pepper` and `.stockade/kek` next to the config, generated (mode 0600)
+    on first use when `generate` is true.
+    """
+
+    pepper_file: str | None = None
+    kek_file: str | None = None
+    generate: bool = True
+
+
 class GatewayConfig(Strict):
     """The whole gateway: listeners, stores, limits, global stages and routes."""
 
@@ -171,11 +186,28 @@ class GatewayConfig(Strict):
     workers: Annotated[int, Field(ge=1, le=256)] = 1
     storage: str = "sqlite:///.stockade/stockade.db"
     limits_storage: str = "memory://"
+    secrets: Secrets = Field(default_factory=Secrets)
     trusted_proxies: list[str] = Field(default_factory=list)
     limits: Limits = Field(default_factory=Limits)
     log: Log = Field(default_factory=Log)
     stages: list[StageEntry] = Field(default_factory=list)  # run on every route, before the route's own
     routes: list[Route] = Field(default_factory=list)
+    oauth2_server: OAuth2Server | None = None  # the gateway's own token endpoint (expanded into four routes)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_oauth2_server(cls, data: Any) -> Any:
+        return expand_oauth2_routes(data)
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_url(cls, v: str) -> str:
+        from stockade.storage import check_url  # the storage registry; no backend driver is imported
+
+        problem = check_url(v)
+        if problem is not None:
+            raise ValueError(problem)
+        return v
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -12,6 +12,10 @@ if TYPE_CHECKING:
     from stockade.handlers.base import Handler
 
 BUILTIN_HANDLERS: dict[str, str] = {
+    "oauth2_jwks": "stockade.handlers.oauth2:JwksHandler",
+    "oauth2_metadata": "stockade.handlers.oauth2:MetadataHandler",
+    "oauth2_revoke": "stockade.handlers.oauth2:RevokeHandler",
+    "oauth2_token": "stockade.handlers.oauth2:TokenHandler",
     "static": "stockade.handlers.static:StaticHandler",
 }
 

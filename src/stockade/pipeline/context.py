@@ -118,6 +118,11 @@ class RequestContext:
             self._query_params = q
         return q
 
+    def replace_query(self, query: str) -> None:
+        """Set the raw query string forwarded upstream (the runner applies `Continue(set_query=...)`)."""
+        self.query = query
+        self._query_params = None
+
     @property
     def body(self) -> bytes | None:
         """The buffered request body if it has been read, else None."""

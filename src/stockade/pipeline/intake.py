@@ -60,7 +60,7 @@ class RequestIds:
         self._prefix = secrets.token_hex(4)
 
     def __call__(self) -> str:
-        return f"{self._prefix}{next(self._ids):012x}"
+        return self._prefix + format(next(self._ids), "012x")
 
 
 def request_context(
@@ -176,7 +176,8 @@ def route_request(runtime: Runtime, ctx: RequestContext) -> CompiledRoute | Deny
         return Pipeline.deny(ctx, "router", Deny(404, "route.not_found"))
     route_id, params = match  # type: ignore[misc]
     ctx.route_id = route_id
-    ctx.path_params = params
+    if params:
+        ctx.path_params = dict(params)  # the router caches its matches: stages get their own copy
     return runtime.routes[route_id]
 
 

@@ -222,6 +222,8 @@ class Pipeline:
             removed = ctx.remove_headers if ctx.remove_headers is not None else set()
             removed.update(n.lower() for n in verdict.remove_headers)
             ctx.remove_headers = removed
+        if verdict.set_query is not None:
+            ctx.replace_query(verdict.set_query)
         if verdict.findings:
             ctx.findings.extend(verdict.findings)
         return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -63,7 +64,23 @@ class Services:
     clock: Clock
     workers: int = 1
     config: GatewayConfig | None = None  # the config being built; set by build_runtime
+    base_dir: Path | None = None  # the config file's directory (relative store/secret paths); set by build_runtime
     shared: dict[str, Any] = field(default_factory=dict)
+    closed: bool = False
+
+    async def close(self) -> None:
+        """Release what features keep in `shared` (flush buffers, stop background tasks, close stores): every
+        value with an async `aclose()` is closed, newest first, once, when the process stops serving."""
+        if self.closed:
+            return
+        self.closed = True
+        for value in reversed(list(self.shared.values())):
+            aclose = getattr(value, "aclose", None)
+            if aclose is not None:
+                try:
+                    await aclose()
+                except Exception:
+                    logging.getLogger("stockade").exception("closing %s failed", type(value).__name__)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ class Finding:
 class Continue:
     """Go on to the next stage, optionally editing the upstream request or establishing the principal."""
 
-    __slots__ = ("findings", "principal", "remove_headers", "set_headers")
+    __slots__ = ("findings", "principal", "remove_headers", "set_headers", "set_query")
 
     def __init__(
         self,
@@ -31,8 +31,10 @@ class Continue:
         remove_headers: Sequence[str] | None = None,
         principal: Principal | None = None,
         findings: Sequence[Finding] | None = None,
+        set_query: str | None = None,
     ) -> None:
         self.set_headers = set_headers
+        self.set_query = set_query  # replaces the raw query string sent upstream (e.g. a credential removed)
         self.remove_headers = remove_headers
         self.principal = principal
         self.findings = findings

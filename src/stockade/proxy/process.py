@@ -78,7 +78,9 @@ async def serve_single(path: str, loaded: LoadedConfig) -> None:
     admin = None
     if cfg.admin.enabled:
         admin = AdminServer(
-            admin_app(AdminState(server.metrics.snapshot, lambda: server.ready)), cfg.admin.host, cfg.admin.port
+            admin_app(AdminState(server.metrics.snapshot, lambda: server.ready, services)),
+            cfg.admin.host,
+            cfg.admin.port,
         )
         await admin.start()
     log.info(

@@ -106,6 +106,8 @@ class Supervisor:
         self.stopping = False
         self.admin: AdminServer | None = None
         self.reloads: dict[str, int] = {"ok": 0, "error": 0}
+        # The admin API's store and secrets (the supervisor runs no pipeline, so nothing else uses these).
+        self.services = Services(clock=SYSTEM_CLOCK, workers=workers, config=loaded.config, base_dir=loaded.base_dir)
 
     def snapshot(self) -> Snapshot:
         snaps = [s for w in self.workers for s in (*w.retired, w.snapshot) if s is not None]
@@ -122,7 +124,8 @@ class Supervisor:
         for w in self.workers:
             await self._spawn(w)
         if cfg.admin.enabled:
-            self.admin = AdminServer(admin_app(AdminState(self.snapshot, self.ready)), cfg.admin.host, cfg.admin.port)
+            state = AdminState(self.snapshot, self.ready, self.services)
+            self.admin = AdminServer(admin_app(state), cfg.admin.host, cfg.admin.port)
             await self.admin.start()
         log.info(
             "stockade supervisor serving", extra={"workers": self.n, "listen": f"{cfg.listen.host}:{cfg.listen.port}"}
@@ -201,6 +204,7 @@ class Supervisor:
                     await w.proc.wait()
         if self.admin is not None:
             await self.admin.stop()
+        await self.services.close()
         log.info("stopped")
 
 

@@ -10,10 +10,15 @@ if TYPE_CHECKING:
 
 BUILTIN_STAGES: dict[str, str] = {
     "anonymous": "stockade.stages.authn.anonymous:AnonymousAuthenticator",
+    "api_key": "stockade.stages.authn.api_key:ApiKeyAuthenticator",
     "ip_filter": "stockade.stages.preauth.ip_filter:IpFilter",
     "json_limits": "stockade.stages.validate.json_limits:JsonLimits",
+    "jwt": "stockade.stages.authn.jwt:JwtAuthenticator",
+    "mtls": "stockade.stages.authn.mtls:MtlsAuthenticator",
+    "oauth2_introspection": "stockade.stages.authn.introspection:IntrospectionAuthenticator",
     "openapi": "stockade.stages.validate.openapi:OpenApiStage",
     "request_size": "stockade.stages.validate.request_size:RequestSize",
+    "scopes": "stockade.stages.authz.scopes:ScopesAuthorizer",
     "security_headers": "stockade.stages.response.security_headers:SecurityHeaders",
 }
 

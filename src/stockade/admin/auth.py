@@ -1,0 +1,122 @@
+"""Admin API authentication: bearer admin tokens (keyed hashes in the store) and per-endpoint minimum roles.
+
+`/metrics`, `/healthz` and `/readyz` stay open (the listener is loopback by default); everything else needs
+`Authorization: Bearer <admin token>`. A missing or bad token is 401; a role below the endpoint's is 403.
+The authenticated actor (`admin-token:<id> (<name>)`) is put in `scope["state"]["admin_actor"]` so every
+change the endpoints make is recorded with who made it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.middleware import Middleware
+from starlette.routing import compile_path
+
+from stockade.admin.app import ROLE_RANK, AdminEndpoint, AdminState
+from stockade.errors import StorageError
+from stockade.pipeline.render import problem_body, problem_headers
+from stockade.security import keys
+from stockade.security.secrets import shared_secrets
+from stockade.storage import shared_store
+
+if TYPE_CHECKING:
+    from re import Pattern
+
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+    from stockade.pipeline.stage import Services
+    from stockade.storage.records import AdminToken
+
+log = logging.getLogger("stockade.admin")
+
+OPEN_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
+CHALLENGE = 'Bearer realm="stockade-admin"'
+
+
+async def authenticate(services: Services, token: str) -> AdminToken | None:
+    """The usable admin token `token` is, or None (unknown, malformed, revoked and expired alike)."""
+    try:
+        keys.parse(token, env="admin")
+    except keys.KeyFormatError:
+        return None
+    token_hash = keys.hash_secret(shared_secrets(services).pepper, token)
+    found = await shared_store(services).find_admin_token(token_hash)
+    if found is None or not hmac.compare_digest(found.token_hash, token_hash):
+        return None
+    return found if found.usable(services.clock.time()) else None
+
+
+async def _problem(send: Send, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
+    body = problem_body(status, reason, "admin")
+    raw = [(k.encode(), v.encode()) for k, v in problem_headers(len(body), headers)]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+class AdminAuth:
+    """Pure ASGI middleware (no body buffering, no framework state)."""
+
+    def __init__(self, app: ASGIApp, state: AdminState, endpoints: list[AdminEndpoint]) -> None:
+        self.app = app
+        self.state = state
+        self.routes: list[tuple[Pattern[str], frozenset[str], int]] = [
+            (compile_path(e.path)[0], frozenset(e.methods), ROLE_RANK[e.role]) for e in endpoints
+        ]
+
+    def _required(self, path: str, method: str) -> int:
+        """The minimum role rank: the strictest matching endpoint (unmatched paths fall through to a 404)."""
+        ranks = [rank for rx, methods, rank in self.routes if rx.match(path) and method in methods]
+        return max(ranks) if ranks else ROLE_RANK["viewer"]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        headers = [v for k, v in scope["headers"] if k == b"authorization"]
+        token = None
+        if len(headers) == 1:
+            scheme, _, value = headers[0].decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and value.strip().startswith(keys.PREFIX + "_admin_"):
+                token = value.strip()
+        if token is None:
+            await _problem(send, 401, "admin.unauthenticated", {"www-authenticate": CHALLENGE})
+            return
+        try:
+            found = await authenticate(self.state.services, token)
+        except StorageError as exc:
+            log.error("admin token lookup failed: %s", exc)
+            await _problem(send, 503, "admin.unavailable")
+            return
+        if found is None:
+            log.warning("admin API: invalid, revoked or expired token", extra={"path": scope["path"]})
+            await _problem(send, 401, "admin.unauthenticated", {"www-authenticate": CHALLENGE})
+            return
+        if ROLE_RANK[found.role] < self._required(scope["path"], scope["method"]):
+            log.warning("admin API: role too low", extra={"token": found.id, "role": found.role, "path": scope["path"]})
+            await _problem(send, 403, "admin.forbidden")
+            return
+        state: dict[str, Any] = scope.setdefault("state", {})
+        state["admin_actor"] = f"admin-token:{found.id} ({found.name})"
+        state["admin_role"] = found.role
+        await self.app(scope, receive, send)
+
+
+def middleware(state: AdminState, endpoints: list[AdminEndpoint]) -> Middleware:
+    return Middleware(AdminAuth, state=state, endpoints=endpoints)
+
+
+def json_body(raw: bytes) -> dict[str, Any]:
+    """A request body that must be a JSON object (empty means {}). Raises ValueError with a safe message."""
+    if not raw.strip():
+        return {}
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ValueError("the body is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise ValueError("the body must be a JSON object")
+    return doc

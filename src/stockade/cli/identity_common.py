@@ -1,0 +1,81 @@
+"""What the identity command groups share: opening the store and secrets from the config, durations, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import re
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+from typing import NoReturn, TypeVar
+
+import click
+
+from stockade.cli.common import load_or_exit, resolve_config_path
+from stockade.clock import SYSTEM_CLOCK
+from stockade.errors import StorageError
+from stockade.identity.service import IdentityService, InvalidInput
+from stockade.security.crypto import CryptoError
+from stockade.security.secrets import SecretsError, load_secrets
+from stockade.storage import storage_from_url
+from stockade.storage.base import ConflictError, NotFoundError
+
+T = TypeVar("T")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: str | None, option: str) -> float | None:
+    """`90`, `90s`, `15m`, `12h`, `30d`, `2w` -> seconds."""
+    if value is None:
+        return None
+    m = _DURATION.fullmatch(value.strip())
+    if m is None:
+        raise click.BadParameter(f"{value!r} is not a duration like 3600, 15m, 12h or 30d", param_hint=option)
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def cli_actor() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"cli:{user}@{socket.gethostname()}"
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def with_service(ctx: click.Context, config_path: str | None, work: Callable[[IdentityService], Awaitable[T]]) -> T:
+    """Open the configured store and secrets, run `work`, close the store; errors become messages and exit codes."""
+    loaded = load_or_exit(resolve_config_path(ctx, config_path))
+    try:
+        secrets = load_secrets(loaded.config.secrets, loaded.base_dir)
+        store = storage_from_url(loaded.config.storage, base_dir=loaded.base_dir)
+    except (SecretsError, StorageError) as exc:
+        fail(str(exc), 2)
+    service = IdentityService(store, secrets.pepper, SYSTEM_CLOCK, cli_actor())
+
+    async def go() -> T:
+        try:
+            return await work(service)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(go())
+    except (NotFoundError, ConflictError, InvalidInput) as exc:
+        fail(str(exc))
+    except (StorageError, CryptoError) as exc:
+        fail(f"storage: {exc}", 3)
+
+
+def when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    import datetime
+
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,117 @@
+"""API key format (`stk_<env>_<random><checksum>`), public ids, and the keyed hash every stored secret gets.
+
+A key is `stk_`, an environment label, `_`, 43 base62 characters of randomness (256 bits from `secrets`) and
+6 base62 characters of CRC32 over everything before them. The fixed prefix lets secret scanners find leaked
+keys (`stk_[a-z0-9]{1,16}_[0-9A-Za-z]{49}`); the checksum lets them - and the gateway, before any lookup -
+reject a mistyped or invented key without a database round trip. Only HMAC-SHA256(pepper, key) is stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import zlib
+from dataclasses import dataclass
+
+PREFIX = "stk"
+RANDOM_CHARS = 43  # 62**43 > 2**256
+CHECKSUM_CHARS = 6  # 62**6 > 2**32
+ID_CHARS = 16
+ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+ENV_PATTERN = r"[a-z0-9]{1,16}"
+RESERVED_ENVS = frozenset({"admin", "secret"})  # admin API tokens and OAuth client secrets
+MAX_KEY_LENGTH = len(PREFIX) + 2 + 16 + RANDOM_CHARS + CHECKSUM_CHARS
+SCANNER_PATTERN = rf"\b{PREFIX}_{ENV_PATTERN}_[0-9A-Za-z]{{{RANDOM_CHARS + CHECKSUM_CHARS}}}\b"
+
+_KEY = re.compile(rf"{PREFIX}_({ENV_PATTERN})_([0-9A-Za-z]{{{RANDOM_CHARS}}})([0-9A-Za-z]{{{CHECKSUM_CHARS}}})")
+_ENV = re.compile(ENV_PATTERN)
+
+
+class KeyFormatError(ValueError):
+    """The presented value is not a well-formed key. `reason`: prefix | format | checksum | env."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedKey:
+    env: str
+    random: str  # the secret part; never log it
+
+
+def _base62(n: int, width: int) -> str:
+    out = []
+    for _ in range(width):
+        n, r = divmod(n, 62)
+        out.append(ALPHABET[r])
+    return "".join(reversed(out))
+
+
+def _checksum(body: str) -> str:
+    return _base62(zlib.crc32(body.encode("ascii")), CHECKSUM_CHARS)
+
+
+def check_env(env: str) -> str:
+    if not _ENV.fullmatch(env):
+        raise ValueError(f"key environment must match {ENV_PATTERN}, got {env!r}")
+    return env
+
+
+def generate(env: str = "live") -> str:
+    """A new key (or token/secret, with a reserved env). Show it once; store only `hash_secret` of it."""
+    check_env(env)
+    body = f"{PREFIX}_{env}_{_base62(int.from_bytes(secrets.token_bytes(32), 'big'), RANDOM_CHARS)}"
+    return body + _checksum(body)
+
+
+def parse(value: str, *, env: str | None = None) -> ParsedKey:
+    """Validate format and checksum (no I/O). Raises KeyFormatError with the precise reason."""
+    if not value.startswith(PREFIX + "_"):
+        raise KeyFormatError("prefix")
+    m = _KEY.fullmatch(value)
+    if m is None:
+        raise KeyFormatError("format")
+    body_end = len(value) - CHECKSUM_CHARS
+    if not hmac.compare_digest(_checksum(value[:body_end]), m.group(3)):
+        raise KeyFormatError("checksum")
+    if env is not None and m.group(1) != env:
+        raise KeyFormatError("env")
+    return ParsedKey(m.group(1), m.group(2))
+
+
+def new_id(prefix: str) -> str:
+    """A public identifier such as `key_8Hq...` (~95 bits): safe to show, log and use in URLs."""
+    return f"{prefix}_{_base62(int.from_bytes(secrets.token_bytes(12), 'big'), ID_CHARS)}"
+
+
+def digest(pepper: bytes, secret: str | bytes) -> bytes:
+    """HMAC-SHA256(pepper, secret): the raw keyed hash (the C one-shot; this is on the request path)."""
+    data = secret.encode("latin-1") if isinstance(secret, str) else secret
+    return hmac.digest(pepper, data, "sha256")
+
+
+def hash_secret(pepper: bytes, secret: str | bytes) -> str:
+    """The stored form of a key, token or client secret: hex HMAC-SHA256 with the server pepper."""
+    return digest(pepper, secret).hex()
+
+
+def verify_secret(pepper: bytes, presented: str | bytes, stored_hash: str) -> bool:
+    """Constant-time check of a presented secret against its stored hash."""
+    return hmac.compare_digest(hash_secret(pepper, presented), stored_hash)
+
+
+def identity_hash(pepper: bytes, identifier: str) -> str:
+    """A short keyed hash of a public identifier, for `ctx.state[AUTH_IDENTITY]` (failure counting)."""
+    return hmac.digest(pepper, b"identity:" + identifier.encode(), "sha256")[:12].hex()
+
+
+def fingerprint(secret: str) -> bytes:
+    """SHA-256 of a presented secret: the key of in-memory caches only (4x cheaper than the HMAC, never stored).
+
+    Safe because every secret we issue carries 256 random bits; the persisted form stays the peppered HMAC.
+    """
+    return hashlib.sha256(secret.encode("latin-1")).digest()

@@ -1,0 +1,167 @@
+"""Loading the server's secret material: the API-key pepper and the key-encryption keys (KEKs).
+
+Precedence: environment (`STOCKADE_PEPPER`, `STOCKADE_KEK`), then the `secrets:` files in the config, then
+`.stockade/pepper` and `.stockade/kek` next to the config, generated on first use with mode 0600 so the
+embedded default works with zero set-up (and said in the log: losing the pepper invalidates every key).
+
+Formats: the pepper is base64 of at least 32 bytes. KEKs are `id:base64-of-32-bytes` entries separated by
+newlines or commas; the first seals, every one opens (so KEKs rotate without downtime).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import logging
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from stockade.security.crypto import Keyring
+
+if TYPE_CHECKING:
+    from stockade.config.models import Secrets as SecretsConfig
+    from stockade.pipeline.stage import Services
+
+log = logging.getLogger("stockade.secrets")
+
+PEPPER_ENV = "STOCKADE_PEPPER"
+KEK_ENV = "STOCKADE_KEK"
+DEFAULT_DIR = ".stockade"
+MIN_PEPPER_BYTES = 32
+SHARED_KEY = "secrets"
+
+
+class SecretsError(ValueError):
+    """Secret material is missing, malformed or unsafe. The message never contains the material."""
+
+
+@dataclass(frozen=True)
+class Secrets:
+    pepper: bytes
+    keyring: Keyring
+
+    def __repr__(self) -> str:
+        return f"Secrets(keyring={self.keyring.ids})"
+
+
+def _b64(text: str, what: str) -> bytes:
+    text = text.strip()
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_" if "-" in text or "_" in text else None)
+    except (binascii.Error, ValueError):
+        raise SecretsError(f"{what} is not valid base64") from None
+
+
+def parse_pepper(text: str, where: str) -> bytes:
+    pepper = _b64(text, f"the pepper from {where}")
+    if len(pepper) < MIN_PEPPER_BYTES:
+        raise SecretsError(f"the pepper from {where} is {len(pepper)} bytes; at least {MIN_PEPPER_BYTES} required")
+    return pepper
+
+
+def parse_keks(text: str, where: str) -> Keyring:
+    keys: dict[str, bytes] = {}
+    for raw in text.replace(",", "\n").splitlines():
+        entry = raw.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        kid, sep, material = entry.partition(":")
+        if not sep:
+            raise SecretsError(f"KEK entries in {where} look like id:base64key")
+        if kid in keys:
+            raise SecretsError(f"KEK id {kid!r} appears twice in {where}")
+        keys[kid.strip()] = _b64(material, f"KEK {kid.strip()!r} from {where}")
+    if not keys:
+        raise SecretsError(f"no KEK found in {where}")
+    try:
+        return Keyring(keys, active=next(iter(keys)))
+    except ValueError as exc:
+        raise SecretsError(f"{where}: {exc}") from None
+
+
+def _read(path: Path) -> str:
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SecretsError(f"cannot read {path}: {getattr(exc, 'strerror', None) or type(exc).__name__}") from None
+    if mode & 0o077:
+        log.warning("secret file %s is readable by group or others (mode %o); chmod 600 it", path, mode & 0o777)
+    return text
+
+
+def _create_exclusive(path: Path, text: str) -> bool:
+    """Write `text` to `path` only if it does not exist (atomic: concurrent workers agree on one value)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(text)
+        try:
+            os.link(tmp, path)  # fails if another process published first
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def _material(env_value: str | None, file: str | None, default: str, base_dir: Path, generate: bool, make: str) -> str:
+    if env_value:
+        return env_value
+    path = Path(file) if file else Path(DEFAULT_DIR) / default
+    path = path if path.is_absolute() else base_dir / path
+    if not path.exists():
+        if file or not generate:
+            raise SecretsError(f"{path} does not exist")
+        if _create_exclusive(path, make):
+            log.warning(
+                "generated %s at %s (mode 0600); back it up and keep it secret: losing it invalidates %s",
+                default,
+                path,
+                "every API key, admin token and client secret" if default == "pepper" else "encrypted fields",
+            )
+    return _read(path)
+
+
+def load_secrets(config: SecretsConfig, base_dir: Path, env: Mapping[str, str] | None = None) -> Secrets:
+    """Resolve the pepper and KEKs (generating the default files if allowed). Raises SecretsError."""
+    env = os.environ if env is None else env
+    pepper_text = _material(
+        env.get(PEPPER_ENV),
+        config.pepper_file,
+        "pepper",
+        base_dir,
+        config.generate,
+        base64.b64encode(secrets.token_bytes(MIN_PEPPER_BYTES)).decode() + "\n",
+    )
+    kek_text = _material(
+        env.get(KEK_ENV),
+        config.kek_file,
+        "kek",
+        base_dir,
+        config.generate,
+        f"k1:{base64.b64encode(Keyring.new_key()).decode()}\n",
+    )
+    pepper_where = PEPPER_ENV if env.get(PEPPER_ENV) else "the pepper file"
+    kek_where = KEK_ENV if env.get(KEK_ENV) else "the KEK file"
+    return Secrets(parse_pepper(pepper_text, pepper_where), parse_keks(kek_text, kek_where))
+
+
+def shared_secrets(services: Services) -> Secrets:
+    """The process's secrets (`services.shared["secrets"]`), loaded on first use from `services.config.secrets`."""
+    found = services.shared.get(SHARED_KEY)
+    if isinstance(found, Secrets):
+        return found
+    if services.config is None:
+        raise SecretsError("no configuration: cannot locate the secrets")
+    loaded = load_secrets(services.config.secrets, services.base_dir or Path.cwd())
+    services.shared[SHARED_KEY] = loaded
+    return loaded

@@ -1,0 +1,151 @@
+"""`api_key`: authenticate by an API key in `X-API-Key`, `Authorization: ApiKey ...` or (opt-in) a query param.
+
+A cache hit costs one SHA-256 and one dict lookup: no I/O, no HMAC. Unknown, revoked, expired and malformed
+keys all get the same 401 `auth.invalid_credentials`; the decision log's `detail` says which. The credential
+is removed before the request goes upstream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import TYPE_CHECKING, ClassVar
+from urllib.parse import unquote_plus
+
+from pydantic import Field, field_validator
+
+from stockade.errors import StorageError
+from stockade.identity.key_cache import MAX_STALE, KeyEntry, shared_key_cache
+from stockade.pipeline.context import AUTH_IDENTITY, RequestContext
+from stockade.pipeline.headers import DuplicateHeaderError
+from stockade.pipeline.phase import Phase
+from stockade.pipeline.stage import Stage, StageConfig, StageEnv
+from stockade.pipeline.verdict import Continue, Deny, Skip
+from stockade.security import keys
+
+if TYPE_CHECKING:
+    from stockade.config.models import GatewayConfig
+
+log = logging.getLogger("stockade.stages.api_key")
+
+INVALID = "auth.invalid_credentials"
+_sha256 = hashlib.sha256
+
+
+class ApiKeyConfig(StageConfig):
+    header: str = Field(default="X-API-Key", pattern=r"^[A-Za-z0-9-]{1,64}$")
+    authorization: bool = True  # also accept `Authorization: ApiKey <key>`
+    query_param: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # off unless named
+    env: str | None = None  # accept only keys of this environment (stk_<env>_...)
+    realm: str = Field(default="stockade", pattern=r"^[\x20-\x21\x23-\x5b\x5d-\x7e]{1,64}$")
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: str | None) -> str | None:
+        if v is not None:
+            keys.check_env(v)
+            if v in keys.RESERVED_ENVS:
+                raise ValueError(f"{v!r} is reserved (admin tokens / client secrets are not API keys)")
+        return v
+
+
+class ApiKeyAuthenticator:
+    """Looks the key up in the per-process cache (store on a miss) and establishes the consumer as principal."""
+
+    id: ClassVar[str] = "api_key"
+    phase: ClassVar[Phase] = Phase.AUTHENTICATE
+    Config: ClassVar[type[StageConfig]] = ApiKeyConfig
+
+    def __init__(self, config: ApiKeyConfig, env: StageEnv) -> None:
+        self._header = config.header.lower()
+        self._authorization = config.authorization
+        self._query = config.query_param
+        self._env_prefix = f"{keys.PREFIX}_{config.env}_" if config.env else keys.PREFIX + "_"
+        self.challenge = f'ApiKey realm="{config.realm}"'
+        self._cache = shared_key_cache(env.services)
+        self._entries = self._cache.entries
+        self._watcher = self._cache.watcher
+        self._clock = env.services.clock
+        self._strip_header = (self._header,)
+        self._strip_authorization = ("authorization",)
+        if self._query:
+            log.warning(
+                "api_key on route %r accepts keys in the query parameter %r: URLs end up in logs and caches; "
+                "prefer the X-API-Key header",
+                env.route_id,
+                self._query,
+            )
+
+    @classmethod
+    def check_deployment(cls, config: ApiKeyConfig, gateway: GatewayConfig) -> list[str]:
+        if gateway.storage.startswith("memory:") and gateway.workers > 1:
+            return ["storage memory:// is per process: with several workers each would see different keys"]
+        return []
+
+    async def check(self, ctx: RequestContext) -> Continue | Skip | Deny:
+        try:
+            value = ctx.headers.get_single(self._header)
+            strip: tuple[str, ...] = self._strip_header
+            if self._authorization:
+                auth = ctx.headers.get_single("authorization")
+                if auth is not None and auth[:7].lower() == "apikey ":
+                    if value is not None:
+                        return Deny(400, "auth.ambiguous_credentials", detail="API key in two headers")
+                    value, strip = auth[7:].strip(), self._strip_authorization
+        except DuplicateHeaderError as exc:
+            return Deny(400, "http.duplicate_header", detail=f"repeated {exc.name} header")
+        query = None
+        if self._query is not None:
+            found = ctx.query_params.get(self._query)
+            if found is not None:
+                if value is not None or len(found) > 1:
+                    return Deny(400, "auth.ambiguous_credentials", detail="more than one API key presented")
+                value, strip, query = found[0].strip(), (), self._without_param(ctx.query)
+        if value is None:
+            return Skip("no API key")
+        if len(value) > keys.MAX_KEY_LENGTH or not value.startswith(self._env_prefix):
+            return Deny(
+                401, INVALID, detail="malformed key" if len(value) > keys.MAX_KEY_LENGTH else "wrong key prefix"
+            )
+        fp = _sha256(value.encode("latin-1")).digest()
+        entry = self._entries.get(fp)
+        if entry is not None:
+            now = self._clock.monotonic()
+            if now >= entry.stale_at or now - self._watcher.last_ok > MAX_STALE:
+                entry = None
+        if entry is None:
+            return await self._miss(ctx, value, fp, strip, query)
+        return self._verdict(ctx, entry, strip, query)
+
+    async def _miss(
+        self, ctx: RequestContext, value: str, fp: bytes, strip: tuple[str, ...], query: str | None
+    ) -> Continue | Deny:
+        try:
+            keys.parse(value)
+        except keys.KeyFormatError as exc:
+            return Deny(401, INVALID, detail=f"malformed key ({exc.reason})")
+        try:
+            entry = await self._cache.load(fp, value)
+        except StorageError as exc:
+            return Deny(503, "auth.unavailable", detail=f"key store: {exc}")
+        return self._verdict(ctx, entry, strip, query)
+
+    def _verdict(
+        self, ctx: RequestContext, entry: KeyEntry, strip: tuple[str, ...], query: str | None
+    ) -> Continue | Deny:
+        ctx.state[AUTH_IDENTITY] = entry.identity
+        if entry.principal is None:
+            return Deny(401, INVALID, detail=entry.problem)
+        if entry.expires_at is not None and self._clock.time() >= entry.expires_at:
+            return Deny(401, INVALID, detail=f"expired key {entry.key_id}")
+        if entry.key_id is not None:
+            self._cache.used.add(entry.key_id)  # last-used, flushed in batches off the request path
+        return Continue(principal=entry.principal, remove_headers=strip, set_query=query)
+
+    def _without_param(self, query: str) -> str:
+        """The raw query minus every occurrence of the key parameter (other parameters byte-for-byte)."""
+        name = self._query
+        return "&".join(p for p in query.split("&") if unquote_plus(p.partition("=")[0]) != name)
+
+
+_: type[Stage] = ApiKeyAuthenticator

@@ -1,0 +1,91 @@
+"""Storage chosen by URL (`memory://`, `sqlite:///PATH`, `postgresql://...`) and the process-wide shared store."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, cast
+from urllib.parse import urlsplit, urlunsplit
+
+from stockade.errors import StorageError
+from stockade.storage.base import ConflictError, NotFoundError, Store
+
+if TYPE_CHECKING:
+    from stockade.pipeline.stage import Services
+
+__all__ = [
+    "STORAGE_BACKENDS",
+    "ConflictError",
+    "NotFoundError",
+    "Store",
+    "mask_url",
+    "shared_store",
+    "storage_from_url",
+]
+
+# Explicit registry: a backend's driver is imported only when a URL names it.
+STORAGE_BACKENDS: dict[str, str] = {
+    "memory": "stockade.storage.memory:MemoryStore",
+    "sqlite": "stockade.storage.sqlite:SqliteStore",
+    "postgresql": "stockade.storage.postgres:PostgresStore",
+    "postgres": "stockade.storage.postgres:PostgresStore",
+}
+SHARED_KEY = "store"
+
+
+class _FromUrl(Protocol):
+    @classmethod
+    def from_url(cls, url: str, base_dir: Path) -> Store: ...
+
+
+def scheme_of(url: str) -> str:
+    return url.partition(":")[0].lower()
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced, for logs and messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = (parts.username or "") + ":***"
+    return urlunsplit(parts._replace(netloc=f"{user}@{netloc[-1]}"))
+
+
+def check_url(url: str) -> str | None:
+    """A problem with a storage URL (for config validation), or None. Does not connect."""
+    scheme = scheme_of(url)
+    if scheme not in STORAGE_BACKENDS:
+        known = ", ".join(f"{s}://" for s in STORAGE_BACKENDS)
+        return f"unsupported storage URL {mask_url(url)!r}; use one of {known}"
+    if scheme == "sqlite" and not url.lower().startswith("sqlite:///"):
+        return "sqlite URLs look like sqlite:///relative/path.db or sqlite:////absolute/path.db"
+    return None
+
+
+def storage_from_url(url: str, *, base_dir: Path | None = None) -> Store:
+    """A store for `url` (not yet connected: backends connect and migrate on first use).
+
+    Relative sqlite paths resolve against `base_dir` (the config file's directory), else the working directory.
+    """
+    problem = check_url(url)
+    if problem is not None:
+        raise StorageError(problem)
+    module_name, _, attr = STORAGE_BACKENDS[scheme_of(url)].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise StorageError(f"the {scheme_of(url)} backend needs a driver that is not installed: {exc}") from None
+    cls = cast(_FromUrl, getattr(module, attr))
+    return cls.from_url(url, base_dir or Path.cwd())
+
+
+def shared_store(services: Services) -> Store:
+    """The process's store (`services.shared["store"]`), created on first use from `services.config.storage`."""
+    store = services.shared.get(SHARED_KEY)
+    if store is None:
+        if services.config is None:
+            raise StorageError("no configuration: the store URL is unknown")
+        store = storage_from_url(services.config.storage, base_dir=services.base_dir)
+        services.shared[SHARED_KEY] = store
+    return cast(Store, store)

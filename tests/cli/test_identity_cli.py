@@ -1,0 +1,121 @@
+"""`stockade consumers|keys|admin` through click's runner against a real sqlite store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from stockade.cli import cli
+from stockade.security import keys
+
+CONFIG = """
+storage: sqlite:///state/stockade.db
+routes:
+  - id: books
+    match: {path: /books}
+    upstream: http://127.0.0.1:9
+    stages:
+      - use: api_key
+"""
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "stockade.yaml"
+    path.write_text(CONFIG)
+    return path
+
+
+def invoke(*args: str) -> Result:
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def last_line(result: Result) -> str:
+    return result.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("position", ["before", "after"])
+def test_keys_create_prints_the_key_last_and_creates_the_consumer(config: Path, position: str) -> None:
+    args = ["keys", "create", "--consumer", "alice", "--scopes", "a,b"]
+    result = invoke("--config", str(config), *args) if position == "before" else invoke(*args, "--config", str(config))
+    assert result.exit_code == 0, result.stderr
+    key = last_line(result)
+    assert keys.parse(key, env="live")
+    assert "created consumer alice" in result.stderr and "shown only once" in result.stderr
+    listed = invoke("keys", "list", "--config", str(config))
+    assert "scopes=a,b" in listed.stdout and key not in listed.stdout and key[9:30] not in listed.stdout
+    assert (config.parent / "state" / "stockade.db").exists()  # relative to the config file
+
+
+def test_keys_revoke_by_key_and_by_id(config: Path) -> None:
+    k1 = last_line(invoke("--config", str(config), "keys", "create", "--consumer", "alice"))
+    k2 = last_line(invoke("--config", str(config), "keys", "create", "--consumer", "alice"))
+    result = invoke("--config", str(config), "keys", "revoke", k1)
+    assert result.exit_code == 0 and result.stdout.startswith("revoked API key key_")
+    key_id = [line.split()[0] for line in invoke("--config", str(config), "keys", "list").stdout.splitlines()]
+    active = [i for i in key_id if i not in result.stdout]
+    assert len(active) == 1
+    assert invoke("--config", str(config), "keys", "revoke", active[0]).exit_code == 0
+    statuses = invoke("--config", str(config), "keys", "list", "--json").stdout
+    assert statuses.count('"status":"revoked"') == 2 and k2 not in statuses
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["keys", "revoke", "key_doesnotexist00"], 1, "no API key"),
+        (["keys", "revoke", keys.generate("live")], 1, "no such API key"),
+        (["keys", "create", "--consumer", "bad name!"], 1, "name must be"),
+        (["keys", "create", "--consumer", "alice", "--ttl", "soon"], 2, "not a duration"),
+        (["keys", "create", "--consumer", "alice", "--env", "admin"], 1, "reserved"),
+        (["consumers", "delete", "nobody"], 1, "no consumer"),
+        (["admin", "token", "create", "--role", "root"], 2, "root"),
+    ],
+    ids=[
+        "revoke-unknown-id",
+        "revoke-unknown-key",
+        "bad-consumer-name",
+        "bad-ttl",
+        "reserved-env",
+        "delete-unknown",
+        "bad-role",
+    ],
+)
+def test_identity_cli_errors(config: Path, args: list[str], code: int, message: str) -> None:
+    result = invoke("--config", str(config), *args)
+    assert result.exit_code == code
+    assert message in result.stderr
+
+
+def test_keys_rotate_prints_new_key_and_keeps_old_one_for_the_overlap(config: Path) -> None:
+    old = last_line(invoke("--config", str(config), "keys", "create", "--consumer", "alice", "--scopes", "x"))
+    result = invoke("--config", str(config), "keys", "rotate", old, "--overlap", "1h")
+    assert result.exit_code == 0, result.stderr
+    new = last_line(result)
+    assert new != old and keys.parse(new)
+    listing = invoke("--config", str(config), "keys", "list").stdout
+    assert "rotated_to=key_" in listing and listing.count("active") == 2 and listing.count("scopes=x") == 2
+
+
+def test_consumers_create_list_delete(config: Path) -> None:
+    created = invoke(
+        "consumers", "create", "bob", "--role", "reader", "--plan", "gold", "--meta", "team=x", "--config", str(config)
+    )
+    assert created.exit_code == 0, created.stderr
+    invoke("--config", str(config), "keys", "create", "--consumer", "bob")
+    listed = invoke("--config", str(config), "consumers", "list", "--json").stdout
+    assert '"name":"bob"' in listed and '"plan":"gold"' in listed and '"team":"x"' in listed
+    assert invoke("--config", str(config), "consumers", "delete", "bob").exit_code == 0
+    assert invoke("--config", str(config), "keys", "list").stdout == ""
+
+
+def test_admin_token_create_and_change_log_names_the_cli_user(config: Path) -> None:
+    result = invoke("--config", str(config), "admin", "token", "create", "--role", "operator", "--name", "ci")
+    token = last_line(result)
+    assert keys.parse(token, env="admin")
+    tokens = invoke("--config", str(config), "admin", "token", "list").stdout
+    assert "role=operator" in tokens and token not in tokens
+    changes = invoke("--config", str(config), "admin", "changes").stdout
+    assert "admin_token.create" in changes and "cli:" in changes and token not in changes

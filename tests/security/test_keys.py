@@ -1,0 +1,98 @@
+"""API key format, checksum, ids and the keyed hash."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from stockade.security import keys
+
+PEPPER = b"p" * 32
+VALID = keys.generate("live")
+
+
+def _flip_last(value: str) -> str:
+    return value[:-1] + ("A" if value[-1] != "A" else "B")
+
+
+@pytest.mark.parametrize(
+    ("value", "env", "reason"),
+    [
+        (VALID, None, None),
+        (VALID, "live", None),
+        (_flip_last(VALID), None, "checksum"),
+        (VALID[:20] + ("x" if VALID[20] != "x" else "y") + VALID[21:], None, "checksum"),
+        ("sk_live_" + VALID[9:], None, "prefix"),
+        ("STK_live_" + VALID[9:], None, "prefix"),
+        (VALID[:-1], None, "format"),
+        (VALID + "0", None, "format"),
+        (VALID[:30] + "-" + VALID[31:], None, "format"),
+        (VALID[:30] + "é" + VALID[31:], None, "format"),
+        ("stk_LIVE_" + VALID[9:], None, "format"),
+        ("stk__" + VALID[9:], None, "format"),
+        (VALID, "test", "env"),
+        ("", None, "prefix"),
+    ],
+    ids=[
+        "valid",
+        "valid-env",
+        "wrong-checksum",
+        "changed-random",
+        "wrong-prefix",
+        "prefix-case",
+        "truncated",
+        "too-long",
+        "non-base62",
+        "non-ascii",
+        "env-uppercase",
+        "empty-env",
+        "env-mismatch",
+        "empty",
+    ],
+)
+def test_parse_table(value: str, env: str | None, reason: str | None) -> None:
+    if reason is None:
+        parsed = keys.parse(value, env=env)
+        assert parsed.env == "live" and len(parsed.random) == keys.RANDOM_CHARS
+    else:
+        with pytest.raises(keys.KeyFormatError) as info:
+            keys.parse(value, env=env)
+        assert info.value.reason == reason
+
+
+def test_generate_is_random_long_and_scannable() -> None:
+    made = {keys.generate("test") for _ in range(200)}
+    assert len(made) == 200
+    scanner = re.compile(keys.SCANNER_PATTERN)
+    for key in made:
+        assert key.startswith("stk_test_") and len(key) <= keys.MAX_KEY_LENGTH
+        assert scanner.fullmatch(key)
+        keys.parse(key, env="test")
+
+
+@pytest.mark.parametrize(
+    "env", ["", "Live", "a_b", "x" * 17, "li ve"], ids=["empty", "upper", "underscore", "long", "space"]
+)
+def test_generate_rejects_bad_env(env: str) -> None:
+    with pytest.raises(ValueError, match="environment"):
+        keys.generate(env)
+
+
+def test_keyed_hash_depends_on_pepper_and_verifies_in_constant_time() -> None:
+    h = keys.hash_secret(PEPPER, VALID)
+    assert len(h) == 64 and h != keys.hash_secret(b"q" * 32, VALID)
+    assert VALID not in h
+    assert keys.verify_secret(PEPPER, VALID, h)
+    assert not keys.verify_secret(PEPPER, _flip_last(VALID), h)
+
+
+def test_ids_are_public_shaped_and_unique() -> None:
+    ids = {keys.new_id("key") for _ in range(500)}
+    assert len(ids) == 500
+    assert all(re.fullmatch(r"key_[0-9A-Za-z]{16}", i) for i in ids)
+
+
+def test_identity_hash_is_keyed_and_short() -> None:
+    a = keys.identity_hash(PEPPER, "key_1")
+    assert len(a) == 24 and a != keys.identity_hash(b"z" * 32, "key_1") and "key_1" not in a

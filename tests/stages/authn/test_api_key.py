@@ -1,0 +1,205 @@
+"""The api_key stage over a real gateway and upstream: where keys are read, what is stripped, what fails how."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from stockade.config.loader import load_config_text
+from stockade.errors import ConfigError
+from stockade.security import keys
+from tests.identity.support import keyed_gateway
+
+CHALLENGE = 'ApiKey realm="stockade"'
+
+
+def _problem(body: bytes) -> dict[str, object]:
+    doc = orjson.loads(body)
+    doc.pop("request_id")
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("headers", "stripped"),
+    [
+        ({"X-API-Key": "{k}"}, "x-api-key"),
+        ({"x-api-key": "{k}"}, "x-api-key"),
+        ({"Authorization": "ApiKey {k}"}, "authorization"),
+        ({"Authorization": "apikey {k}"}, "authorization"),
+        ({"Authorization": "APIKEY    {k}  "}, "authorization"),
+        ({"X-API-Key": "  {k}"}, "x-api-key"),
+    ],
+    ids=["x-api-key", "lowercase-header", "authorization", "scheme-lowercase", "scheme-upper-extra-space", "padded"],
+)
+def test_api_key_accepted_and_stripped(tmp_path: Path, headers: dict[str, str], stripped: str) -> None:
+    with keyed_gateway(tmp_path) as env:
+        issued = env.issue(scopes=["books:read"])
+        status, _, _ = env.gw.request(
+            "GET", "/books", headers={k: v.format(k=issued.secret) for k, v in headers.items()}
+        )
+        assert status == 200
+        seen = env.up.received[-1]
+        assert seen.header(stripped) is None
+        assert issued.secret not in repr(seen.headers)
+        assert seen.header("x-stockade-principal") == "alice"
+        assert seen.header("x-stockade-auth") == "api_key"
+        assert seen.header("x-stockade-scopes") == "books:read"
+        assert seen.header("x-stockade-roles") == "reader"
+
+
+def test_api_key_other_authorization_scheme_is_left_for_other_authenticators(tmp_path: Path) -> None:
+    with keyed_gateway(tmp_path) as env:
+        status, headers, body = env.get(Authorization="Bearer abc")
+        assert (status, _problem(body)["reason"], headers["www-authenticate"]) == (401, "auth.required", CHALLENGE)
+
+
+def test_api_key_query_param_only_when_enabled_and_never_forwarded(tmp_path: Path) -> None:
+    with keyed_gateway(tmp_path, "- use: api_key\n  config: {query_param: api_key}") as env:
+        issued = env.issue()
+        status, _, _ = env.get(f"/books?a=1&api_key={issued.secret}&b=%20x")
+        assert status == 200
+        assert env.up.received[-1].target == "/books?a=1&b=%20x"
+
+
+def test_api_key_query_param_ignored_when_not_enabled(tmp_path: Path) -> None:
+    with keyed_gateway(tmp_path) as env:
+        issued = env.issue()
+        status, _, body = env.get(f"/books?api_key={issued.secret}")
+        assert (status, _problem(body)["reason"]) == (401, "auth.required")
+        assert not env.up.received
+
+
+@pytest.mark.parametrize(
+    ("target", "headers", "reason"),
+    [
+        ("/books", [("X-API-Key", "{k}"), ("X-API-Key", "{k}")], "http.duplicate_header"),
+        ("/books", [("Authorization", "ApiKey {k}"), ("Authorization", "ApiKey {k}")], "http.duplicate_header"),
+        ("/books", [("X-API-Key", "{k}"), ("Authorization", "ApiKey {k}")], "auth.ambiguous_credentials"),
+        ("/books?api_key={k}", [("X-API-Key", "{k}")], "auth.ambiguous_credentials"),
+        ("/books?api_key={k}&api_key={k}", [], "auth.ambiguous_credentials"),
+    ],
+    ids=["two-x-api-key", "two-authorization", "header-and-authorization", "query-and-header", "query-twice"],
+)
+def test_api_key_ambiguous_credentials_are_400(
+    tmp_path: Path, target: str, headers: list[tuple[str, str]], reason: str
+) -> None:
+    with keyed_gateway(tmp_path, "- use: api_key\n  config: {query_param: api_key}") as env:
+        k = env.issue().secret
+        raw = f"GET {target.format(k=k)} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        raw += "".join(f"{n}: {v.format(k=k)}\r\n" for n, v in headers) + "\r\n"
+        from stockade.testing import http_request
+
+        with env.gw.connect() as sock:
+            ((status, _, body),) = http_request(sock, raw.encode())
+        assert (status, _problem(body)["reason"]) == (400, reason)
+        assert k.encode() not in body
+
+
+def test_api_key_failures_look_identical_but_log_distinct_details(tmp_path: Path) -> None:
+    with keyed_gateway(tmp_path) as env:
+        revoked = env.issue()
+        env.run(env.service.revoke_key(revoked.record.id))
+        expired = env.issue(ttl=10)
+        env.gw.advance(11)
+        valid = env.issue().secret
+        cases = {
+            "unknown key": keys.generate("live"),
+            f"revoked key {revoked.record.id}": revoked.secret,
+            f"expired key {expired.record.id}": expired.secret,
+            "malformed key (checksum)": valid[:-1] + ("A" if valid[-1] != "A" else "B"),
+            "malformed key": valid + "x" * keys.MAX_KEY_LENGTH,
+            "wrong key prefix": "sk_live_abc",
+            "malformed key (format)": valid[:-3],
+        }
+        answers = set()
+        for value in cases.values():
+            status, headers, body = env.get(X_API_Key=value)
+            answers.add((status, headers["www-authenticate"], orjson.dumps(_problem(body))))
+        assert answers == {
+            (
+                401,
+                CHALLENGE,
+                b'{"type":"about:blank","title":"Unauthorized","status":401,"reason":"auth.invalid_credentials"}',
+            )
+        }
+        details = [d["detail"] for d in env.decisions()]
+        assert details == list(cases)
+        assert not env.up.received
+        logged = env.log_path.read_text()
+        assert all(v[9:] not in logged for v in cases.values() if len(v) > 20)
+
+
+def test_api_key_revocation_applies_on_the_next_feed_poll(tmp_path: Path) -> None:
+    with keyed_gateway(tmp_path) as env:
+        issued = env.issue()
+        assert env.get(X_API_Key=issued.secret)[0] == 200  # now cached
+        env.run(env.service.revoke_key(issued.secret))
+        env.sync()
+        assert env.get(X_API_Key=issued.secret)[0] == 401
+        assert env.decisions()[-1]["detail"] == f"revoked key {issued.record.id}"
+
+
+def test_api_key_consumer_deletion_invalidates_its_keys(tmp_path: Path) -> None:
+    with keyed_gateway(tmp_path) as env:
+        issued = env.issue()
+        assert env.get(X_API_Key=issued.secret)[0] == 200
+        env.run(env.service.delete_consumer("alice"))
+        env.sync()
+        assert env.get(X_API_Key=issued.secret)[0] == 401
+
+
+def test_api_key_rotation_overlap_then_old_key_expires(tmp_path: Path) -> None:
+    with keyed_gateway(tmp_path) as env:
+        old = env.issue(scopes=["books:read"])
+        assert env.get(X_API_Key=old.secret)[0] == 200
+        new = env.run(env.service.rotate_key(old.record.id, overlap=60))
+        env.sync()
+        assert env.get(X_API_Key=old.secret)[0] == 200  # inside the overlap window
+        assert env.get(X_API_Key=new.secret)[0] == 200
+        assert env.up.received[-1].header("x-stockade-scopes") == "books:read"
+        env.gw.advance(61)
+        assert env.get(X_API_Key=old.secret)[0] == 401
+        assert env.decisions()[-1]["detail"] == f"expired key {old.record.id}"
+        assert env.get(X_API_Key=new.secret)[0] == 200
+
+
+def test_api_key_last_used_written_in_one_batch_off_the_request_path(tmp_path: Path) -> None:
+    with keyed_gateway(tmp_path) as env:
+        a, b = env.issue(), env.issue()
+        for _ in range(5):
+            assert env.get(X_API_Key=a.secret)[0] == 200
+        assert env.get(X_API_Key=b.secret)[0] == 200
+        store = env.service.store
+        assert env.run(store.get_api_key(a.record.id)).last_used_at is None  # nothing written per request
+        env.gw.advance(30)
+        from stockade.identity.watch import shared_watcher
+
+        env.run(shared_watcher(env.gw.services).run_jobs())
+        used = {k.id: k.last_used_at for k in env.run(store.list_api_keys())}
+        assert used == {a.record.id: env.gw.clock.time(), b.record.id: env.gw.clock.time()}
+
+
+def test_api_key_env_restriction(tmp_path: Path) -> None:
+    with keyed_gateway(tmp_path, "- use: api_key\n  config: {env: test}") as env:
+        assert env.get(X_API_Key=env.issue(env="live").secret)[0] == 401
+        assert env.get(X_API_Key=env.issue(env="test").secret)[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("storage: 'memory://'\nworkers: 2\n", "per process"),
+        ("", "reserved"),
+    ],
+    ids=["memory-store-with-workers", "reserved-env"],
+)
+def test_api_key_config_errors(extra: str, message: str) -> None:
+    config = "routes:\n  - id: r\n    match: {path: /}\n    upstream: http://127.0.0.1:9\n"
+    config += "    stages:\n      - use: api_key\n"
+    if not extra:
+        config += "        config: {env: admin}\n"
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config_text(extra + config, env={})
+    assert "route 'r'" in str(info.value) and "api_key" in str(info.value)

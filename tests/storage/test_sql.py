@@ -1,0 +1,108 @@
+"""SQL backends beyond the contract: migrations, sharing between instances, file permissions, error wrapping."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+
+from stockade.errors import StorageError
+from stockade.storage import mask_url, storage_from_url
+from stockade.storage.memory import MemoryStore
+from stockade.storage.records import Consumer
+from stockade.storage.sqlite import SqliteStore
+from tests.storage.conftest import dispose, postgres_store_url
+
+T0 = 1_700_000_000.0
+
+
+def test_sqlite_migrations_recorded_once_and_file_private(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "s.db"
+    for _ in range(2):  # reopening applies nothing twice
+        store = SqliteStore(path)
+        asyncio.run(store.ping())
+        dispose(store)
+    rows = sqlite3.connect(path).execute("SELECT version FROM schema_version").fetchall()
+    assert rows == [(1,)]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+def test_sqlite_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = SqliteStore(path)
+    asyncio.run(store.ping())
+    dispose(store)
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO schema_version (version) VALUES (99)")
+    store = SqliteStore(path)
+    with pytest.raises(StorageError, match="newer"):
+        asyncio.run(store.ping())
+    dispose(store)
+
+
+def test_sqlite_unusable_path_is_a_storage_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    store = SqliteStore(blocker / "s.db")
+    with pytest.raises(StorageError, match="cannot create"):
+        asyncio.run(store.ping())
+    dispose(store)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_two_instances_share_one_database(backend: str, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/s.db" if backend == "sqlite" else postgres_store_url()
+    a, b = storage_from_url(url), storage_from_url(url)
+    try:
+        asyncio.run(a.create_consumer(Consumer("con_1", "alice", T0), actor="t", at=T0))
+        assert asyncio.run(b.get_consumer("alice")).id == "con_1"
+        assert asyncio.run(b.current_change_seq()) == asyncio.run(a.current_change_seq()) == 1
+    finally:
+        asyncio.run(b.close())
+        dispose(a)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("memory://", MemoryStore),
+        ("sqlite:///rel/x.db", SqliteStore),
+    ],
+    ids=["memory", "sqlite-relative"],
+)
+def test_storage_from_url_picks_backend(url: str, expected: type, tmp_path: Path) -> None:
+    store = storage_from_url(url, base_dir=tmp_path)
+    assert isinstance(store, expected)
+    if isinstance(store, SqliteStore):
+        assert store.path == tmp_path / "rel" / "x.db"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis://localhost", "unsupported storage URL"),
+        ("mysql://x", "unsupported storage URL"),
+        ("sqlite://relative.db", "sqlite URLs look like"),
+        ("postgresql://u@h/db?schema=Bad-Name", "must match"),
+    ],
+    ids=["redis", "mysql", "sqlite-two-slashes", "bad-schema"],
+)
+def test_storage_from_url_rejects(url: str, message: str) -> None:
+    with pytest.raises(StorageError, match=message):
+        storage_from_url(url)
+
+
+def test_mask_url_hides_password() -> None:
+    assert mask_url("postgresql://u:secret@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert mask_url("postgresql://u@h/db") == "postgresql://u@h/db"
+
+
+def test_postgres_unreachable_is_a_storage_error() -> None:
+    store = storage_from_url("postgresql://nobody@127.0.0.1:1/none?connect_timeout=1")
+    with pytest.raises(StorageError, match="postgresql"):
+        asyncio.run(store.ping())
+    asyncio.run(store.close())
