@@ -65,6 +65,11 @@ def shop() -> Iterator[tuple[TestGateway, TestUpstream]]:
     yield from _gateway("shop.yaml")
 
 
+@pytest.fixture(scope="module")
+def shop_strict() -> Iterator[tuple[TestGateway, TestUpstream]]:
+    yield from _gateway("shop.yaml", strict=True)
+
+
 def _run(pair: tuple[TestGateway, TestUpstream], case: Case) -> None:
     gw, up = pair
     before = len(up.received)
@@ -516,6 +521,42 @@ SHOP_CASES = {
         "PATCH", "/api/v2/inventory/abc", 422, INVALID, (("/path/sku", "pattern"),), b"{}", JSON
     ),
 }
+
+
+SHOP_STRICT_CASES = {
+    "payment-branch-properties-count": Case(
+        "POST",
+        "/api/v2/payments",
+        200,
+        body=b'{"method":"card","amount":5,"card_number":"4111111111111111"}',
+        headers=JSON,
+    ),
+    "payment-other-branch-property": Case(
+        "POST",
+        "/api/v2/payments",
+        422,
+        INVALID,
+        (("/body/iban", "unevaluatedProperties"),),
+        b'{"method":"card","amount":5,"card_number":"4111111111111111","iban":"DE89370400440532013000"}',
+        JSON,
+    ),
+    "order-nested-external-closed": Case(
+        "POST",
+        "/api/v2/orders",
+        422,
+        INVALID,
+        (("/body/lines/0/price", "unevaluatedProperties"), ("/body/ship_to/geo", "unevaluatedProperties")),
+        b'{"lines":[{"sku":"ABC-1234","quantity":1,"price":0}],"ship_to":{"street":"a","city":"b","country":"DE","geo":1}}',
+        JSON,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", SHOP_STRICT_CASES.values(), ids=SHOP_STRICT_CASES.keys())
+def test_openapi_strict_mode_through_discriminators_and_files(
+    shop_strict: tuple[TestGateway, TestUpstream], case: Case
+) -> None:
+    _run(shop_strict, case)
 
 
 @pytest.mark.parametrize("case", DEMO_CASES.values(), ids=DEMO_CASES.keys())
