@@ -48,6 +48,44 @@ class Profile:
 ANONYMOUS = {"use": "anonymous"}
 
 
+def _api_key_setup(env: SetupEnv) -> Mapping[str, str]:
+    """Create a consumer and key in the profile's own store with the CLI; the load presents the key."""
+    import subprocess
+
+    out = subprocess.run(
+        [env.python, "-m", "stockade", "--config", str(env.config), "keys", "create", "--consumer", "bench"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return {"X-API-Key": out.stdout.strip().splitlines()[-1]}
+
+
+def _jwt_material() -> tuple[dict[str, Any], str]:
+    """A signing key made for this run: the route trusts its public half; the load presents one long-lived token."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from stockade.clock import SYSTEM_CLOCK
+    from stockade.security import jose
+    from stockade.security.jwk import public_jwk
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    issuer = {
+        "issuer": "https://idp.bench",
+        "audiences": ["api"],
+        "algorithms": ["ES256"],
+        "keys": [public_jwk(key.public_key(), "bench-1", "ES256")],
+        "max_lifetime": 31 * 86400,
+    }
+    now = int(SYSTEM_CLOCK.time())
+    claims = {"iss": "https://idp.bench", "sub": "bench", "aud": "api", "iat": now, "exp": now + 30 * 86400}
+    claims["scope"] = "books:read"
+    return {"use": "jwt", "config": {"issuers": [issuer]}}, jose.sign(claims, key, "ES256", kid="bench-1")
+
+
+_JWT_STAGE, _JWT_TOKEN = _jwt_material()
+
+
 def _openapi_spec(env: SetupEnv) -> Mapping[str, str]:
     """Write the spec the `openapi` profiles enforce: 200 operations, the probed one among them, with a
     typed path parameter, a header parameter and a response schema for the upstream's JSON body."""
@@ -92,6 +130,20 @@ PROFILES: tuple[Profile, ...] = (
         "bare + security_headers: the response head is rewritten instead of forwarded verbatim",
         stages=(ANONYMOUS, {"use": "security_headers"}),
         expect_headers={"x-content-type-options": "nosniff", "cache-control": "no-store"},
+    ),
+    Profile(
+        "api-key",
+        "stockade",
+        "bare + api_key: a key created with the CLI, found in the in-memory cache (header stripped upstream)",
+        stages=({"use": "api_key"},),
+        setup=_api_key_setup,
+    ),
+    Profile(
+        "jwt-cached",
+        "stockade",
+        "bare + jwt: an ES256 token verified once, then served from the verified-token cache",
+        stages=(_JWT_STAGE,),
+        headers={"Authorization": f"Bearer {_JWT_TOKEN}"},
     ),
     Profile(
         "stockade-openapi",

@@ -43,7 +43,7 @@ def serve(
     n = loaded.config.workers
     try:
         _run(path, loaded, n, worker_fd, worker_index)
-    except ConfigError as exc:  # raised while building stages (e.g. an OpenAPI spec that cannot be enforced)
+    except ConfigError as exc:  # a file the runtime loads (a TLS key, a spec) is unusable: report, do not trace
         report_config_error(exc)
         sys.exit(2)
 
