@@ -57,3 +57,17 @@ def test_serve_reports_a_broken_spec_as_a_config_error(tmp_path: Path) -> None:
     assert "stage 'openapi'" in result.output
     assert f"{(tmp_path / 'bad.yaml').resolve()}#/components/schemas/Sku/pattern" in result.output
     assert "Traceback" not in result.output
+
+
+def test_config_check_reports_a_broken_spec(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text(
+        "openapi: 3.1.0\ninfo: {title: t, version: '1'}\npaths: {/a: {get: {parameters: 1}}}\n"
+    )
+    config = tmp_path / "stockade.yaml"
+    config.write_text(
+        "routes:\n  - id: api\n    match: {path: /**}\n    upstream: http://127.0.0.1:9\n"
+        "    stages: [{use: anonymous}, {use: openapi, config: {spec: bad.yaml}}]\n"
+    )
+    result = CliRunner().invoke(cli, ["config", "check", str(config)])
+    assert result.exit_code == 2
+    assert f"{(tmp_path / 'bad.yaml').resolve()}#/paths/~1a/get/parameters: parameters must be a list" in result.output
