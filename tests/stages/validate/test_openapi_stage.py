@@ -12,6 +12,7 @@ import pytest
 from stockade.testing import TestGateway, TestUpstream, gateway_with_upstream
 
 SPECS = Path(__file__).resolve().parents[2] / "openapi" / "specs"
+DEMO_SPEC = Path(__file__).resolve().parents[3] / "examples" / "demo" / "openapi.yaml"  # the demo API's own
 
 CONFIG = """
 routes:
@@ -47,7 +48,7 @@ def _gateway(spec: str, strict: bool = False) -> Iterator[tuple[TestGateway, Tes
 
 @pytest.fixture(scope="module")
 def demo() -> Iterator[tuple[TestGateway, TestUpstream]]:
-    yield from _gateway("demo.yaml")
+    yield from _gateway(str(DEMO_SPEC))
 
 
 @pytest.fixture(scope="module")
@@ -588,13 +589,13 @@ routes:
       - use: anonymous
       - use: json_limits
       - use: openapi
-        config: {spec: demo.yaml, requests: %s, unknown_operations: %s}
+        config: {spec: "%s", requests: %s, unknown_operations: %s}
 """
 
 
 def test_decision_log_names_rule_and_pointer_never_the_value(tmp_path: Path) -> None:
     log = tmp_path / "decisions.log"
-    with gateway_with_upstream(MODES % ("enforce", "deny"), base_dir=SPECS, log_path=log) as (gw, _):
+    with gateway_with_upstream(MODES % (DEMO_SPEC, "enforce", "deny"), base_dir=SPECS, log_path=log) as (gw, _):
         body = b'{"items":[{"book_id":1,"quantity":99}],"note":"secret-value-123"}'
         assert gw.request("POST", "/orders", headers=JSON, body=body)[0] == 422
         gw.flush_log()
@@ -606,7 +607,7 @@ def test_decision_log_names_rule_and_pointer_never_the_value(tmp_path: Path) -> 
 
 def test_monitor_modes_forward_and_record_findings(tmp_path: Path) -> None:
     log = tmp_path / "decisions.log"
-    with gateway_with_upstream(MODES % ("monitor", "monitor"), base_dir=SPECS, log_path=log) as (gw, up):
+    with gateway_with_upstream(MODES % (DEMO_SPEC, "monitor", "monitor"), base_dir=SPECS, log_path=log) as (gw, up):
         assert gw.request("GET", "/internal/shadow")[0] == 200
         assert gw.request("GET", "/books?limit=5000")[0] == 200
         assert [r.target for r in up.received] == ["/internal/shadow", "/books?limit=5000"]
@@ -617,7 +618,7 @@ def test_monitor_modes_forward_and_record_findings(tmp_path: Path) -> None:
 
 
 def test_json_limits_in_front_shares_its_parse_and_its_limits(tmp_path: Path) -> None:
-    with gateway_with_upstream(MODES % ("enforce", "deny"), base_dir=SPECS) as (gw, up):
+    with gateway_with_upstream(MODES % (DEMO_SPEC, "enforce", "deny"), base_dir=SPECS) as (gw, up):
         deep = b'{"items":' + b"[" * 40 + b"]" * 40 + b"}"
         status, _, body = gw.request("POST", "/orders", headers=JSON, body=deep)
         assert (status, json.loads(body)["reason"]) == (413, "json.too_deep")
