@@ -79,3 +79,33 @@ def test_large_hostile_body_is_refused_by_the_scanner_not_built(monkeypatch: pyt
 
 def test_duplicates_allowed_when_configured() -> None:
     assert parse(b'{"a":1,"a":2}', Limits(duplicate_keys=True)) == {"a": 2}
+
+
+def test_many_small_containers_within_limits_skip_the_scanner(monkeypatch: pytest.MonkeyPatch) -> None:
+    """More brackets than the allowed depth, but few members: parsed directly, depth measured on the result."""
+    calls: list[bytes] = []
+    monkeypatch.setattr(jsonscan, "scan", lambda body, limits: calls.append(body))
+    body = b"[" + b",".join(b'{"a":[1]}' for _ in range(40)) + b"]"
+    assert len(parse(body, Limits(max_depth=3, max_keys=100, max_array=100))) == 40
+    assert calls == []
+
+
+def test_depth_found_after_a_direct_parse_still_names_the_place() -> None:
+    body = b'{"a":[{"b":[{"c":1}]}]}'  # depth 5, few members
+    with pytest.raises(Violation) as info:
+        parse(body, Limits(max_depth=4, max_keys=100, max_array=100))
+    assert (info.value.rule, info.value.pointer) == ("too_deep", "/a/0/b/0")
+
+
+@pytest.mark.parametrize("duplicates", [False, True])
+def test_nesting_deeper_than_the_decoders_recurse_is_too_deep_not_malformed(duplicates: bool) -> None:
+    body = b"[" * 3000 + b"]" * 3000
+    with pytest.raises(Violation) as info:
+        parse(body, Limits(max_depth=100, duplicate_keys=duplicates))
+    assert info.value.rule == "too_deep"
+
+
+def test_nesting_beyond_what_is_parsed_is_refused_even_without_limits() -> None:
+    with pytest.raises(Violation) as info:
+        parse(b"[" * 3000 + b"]" * 3000, Limits())
+    assert info.value.rule == "too_deep"

@@ -44,32 +44,62 @@ class Violation(Exception):
 def parse(body: bytes, limits: Limits) -> Any:
     """The document, if it keeps every limit; else Violation. Duplicate keys are refused unless allowed.
 
-    Counting bytes (C speed) bounds every limit from above: with no more commas than allowed keys and array
-    elements, no more brackets than the allowed depth and no more bytes than the longest allowed string, no
-    limit can be broken and the (then provably small) document is parsed directly. Otherwise the exact
-    scanner runs first, so an oversized document is refused before anything of it is built.
+    Counting bytes (C speed) bounds the size limits from above: with no more commas than allowed keys and
+    array elements and no more bytes than the longest allowed string, none of them can be broken, so the
+    document is small and is parsed directly; its depth is then measured on the (few) containers, unless
+    there are fewer brackets than the allowed depth anyway. Otherwise the exact scanner runs first, so an
+    oversized document is refused before anything of it is built.
     """
-    if not _bounded(body, limits):
-        scan(body, limits)
-        if not limits.duplicate_keys:
-            return _decode(body, orjson_ok=True)
+    containers = _bounded(body, limits)
+    if containers >= 0:
+        try:
+            document = _decode(body, orjson_ok=limits.duplicate_keys)
+        except Violation as exc:
+            if exc.rule == "duplicate_key":
+                scan(body, limits)  # to name where (the fast decoder does not know)
+            raise
+        except RecursionError:
+            pass  # nested deeper than the C decoder recurses: the scanner decides
+        else:
+            if limits.max_depth is not None and containers > limits.max_depth and _depth(document) > limits.max_depth:
+                scan(body, limits)  # to name where
+                raise Violation("too_deep", "")
+            return document
+    scan(body, limits)
     try:
-        return _decode(body, orjson_ok=limits.duplicate_keys)
-    except Violation as exc:
-        if exc.rule == "duplicate_key":
-            scan(body, limits)  # to name where (the fast decoder does not know)
-        raise
+        return _decode(body, orjson_ok=True)
+    except RecursionError:  # within every configured limit, yet deeper than the 1024 levels orjson parses
+        raise Violation("too_deep", "") from None
 
 
-def _bounded(body: bytes, limits: Limits) -> bool:
+def _bounded(body: bytes, limits: Limits) -> int:
+    """-1 if byte counts cannot rule out a broken size limit (the scanner must run first), else the number
+    of brackets: an upper bound on the containers, and so on the depth."""
     if limits.max_string is not None and len(body) > limits.max_string:
-        return False
-    if limits.max_depth is not None and body.count(b"{") + body.count(b"[") > limits.max_depth:
-        return False
+        return -1
     members = body.count(b",") + 1
-    return (limits.max_keys is None or members <= limits.max_keys) and (
-        limits.max_array is None or members <= limits.max_array
-    )
+    if (limits.max_keys is not None and members > limits.max_keys) or (
+        limits.max_array is not None and members > limits.max_array
+    ):
+        return -1
+    return body.count(b"{") + body.count(b"[")
+
+
+def _depth(document: Any) -> int:
+    """Nesting depth of a parsed document (containers only are visited)."""
+    deepest = 0
+    stack = [(document, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return deepest
 
 
 class _Duplicate(Exception):
@@ -95,13 +125,15 @@ def _decode(body: bytes, *, orjson_ok: bool) -> Any:
     if orjson_ok:
         try:
             return orjson.loads(body)
-        except orjson.JSONDecodeError:
+        except orjson.JSONDecodeError as exc:
+            if "depth limit" in str(exc):  # orjson stops at 1024 levels: deeper than any limit allows
+                raise RecursionError from None
             raise Violation("malformed", "") from None
     try:
         return _STRICT.decode(body.decode("utf-8"))
     except _Duplicate:
         raise Violation("duplicate_key", "") from None
-    except (ValueError, RecursionError):  # JSONDecodeError, bad UTF-8, NaN, over-long integers
+    except ValueError:  # JSONDecodeError, bad UTF-8, NaN, over-long integers
         raise Violation("malformed", "") from None
 
 

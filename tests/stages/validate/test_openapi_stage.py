@@ -142,6 +142,15 @@ DEMO_CASES = {
     "order-duplicate-key": Case(
         "POST", "/orders", 400, MALFORMED, (("/body/items", "duplicate_key"),), b'{"items":[],"items":[]}', JSON
     ),
+    "order-nested-beyond-parsing": Case(
+        "POST",
+        "/orders",
+        400,
+        MALFORMED,
+        (("/body", "too_deep"),),
+        b'{"items":' + b"[" * 3000 + b"]" * 3000 + b"}",
+        JSON,
+    ),
     "order-as-text": Case("POST", "/orders", 415, MEDIA, body=b"items=1", headers={"Content-Type": "text/plain"}),
     "order-no-content-type": Case("POST", "/orders", 415, MEDIA, body=b'{"items":[]}'),
     "json-charset-ok": Case(
