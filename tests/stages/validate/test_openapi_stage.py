@@ -95,7 +95,7 @@ def _run(pair: tuple[TestGateway, TestUpstream], case: Case) -> None:
 def _string_values(raw: bytes) -> list[str]:
     try:
         doc = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return []
     values = doc.values() if isinstance(doc, dict) else []
     return [v for v in values if isinstance(v, str) and len(v) > 3]
