@@ -219,9 +219,10 @@ class Pipeline:
                 target[lname] = header_safe(value)
             ctx.set_headers = target
         if verdict.remove_headers:
-            removed = ctx.remove_headers if ctx.remove_headers is not None else set()
-            removed.update(n.lower() for n in verdict.remove_headers)
-            ctx.remove_headers = removed
+            if ctx.remove_headers is None:
+                ctx.remove_headers = {n.lower() for n in verdict.remove_headers}
+            else:
+                ctx.remove_headers.update(n.lower() for n in verdict.remove_headers)
         if verdict.set_query is not None:
             ctx.replace_query(verdict.set_query)
         if verdict.findings:

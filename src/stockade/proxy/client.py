@@ -229,15 +229,18 @@ class ClientConnection(asyncio.Protocol):
                     return  # never forward a client's claim to be the gateway
                 if lname == b"content-length":
                     head.content_length = int(value)
-                head.fwd += (name, b": ", value, CRLF)
+                head.fwd.append(name + b": " + value + CRLF)
+                head.fwd_names.append(name)
                 return
         if kind == PLAIN:
-            head.fwd += (name, b": ", value, CRLF)
+            head.fwd.append(name + b": " + value + CRLF)
+            head.fwd_names.append(name)
         elif kind == HOST:
             head.hosts.append(value)
         elif kind == CONTENT_LENGTH:
             head.content_length = int(value)
-            head.fwd += (name, b": ", value, CRLF)
+            head.fwd.append(name + b": " + value + CRLF)
+            head.fwd_names.append(name)
         elif kind == FORWARDING:
             forwarding = head.forwarding
             if forwarding:

@@ -68,6 +68,7 @@ class RequestHead:
         "expect",
         "forwarding",
         "fwd",
+        "fwd_names",
         "hosts",
         "keep_alive",
         "method",
@@ -87,7 +88,8 @@ class RequestHead:
         self.count = 0
         self.wire_bytes = 0
         self.raw: list[tuple[bytes, bytes]] = []
-        self.fwd: list[bytes] = []  # name, ": ", value, CRLF pieces of the headers that are forwarded
+        self.fwd: list[bytes] = []  # the forwarded headers, each a whole "name: value\r\n" line
+        self.fwd_names: list[bytes] = []  # their names as received (same order)
         self.hosts: list[bytes] = []
         self.forwarding: list[tuple[bytes, bytes, bytes]] | tuple[()] = ()  # created when one arrives (rare)
         self.connection: list[bytes] | tuple[()] = ()
@@ -462,19 +464,17 @@ class Exchange:
             target += b"?" + ctx.query.encode("latin-1")
         host = h.hosts[0] if pool.spec.preserve_host and h.hosts else pool.host_header
         parts = [h.method, b" ", target, b" HTTP/1.1\r\nhost: ", host, CRLF]
-        drop: set[bytes] = set()
-        if h.connection:
-            drop |= connection_tokens(h.connection)
-        replaced = replaced_headers(ctx)
-        if replaced:
-            drop |= {n.encode("latin-1") for n in replaced}
-        if drop:
-            fwd = h.fwd
-            for i in range(0, len(fwd), 4):
-                if fwd[i].lower() not in drop:
-                    parts.extend(fwd[i : i + 4])
+        removed = ctx.remove_headers
+        if h.connection or removed or ctx.set_headers:
+            if ctx.set_headers:
+                drop = {n.encode("latin-1") for n in replaced_headers(ctx) or ()}
+            else:
+                drop = {n.encode("latin-1") for n in removed or ()}
+            if h.connection:
+                drop |= connection_tokens(h.connection)
+            parts += [line for name, line in zip(h.fwd_names, h.fwd, strict=True) if name.lower() not in drop]
         else:
-            parts.extend(h.fwd)
+            parts += h.fwd
         conn = self.conn
         proto = b"https" if conn.tls else b"http"
         fhost = h.hosts[0] if h.hosts else pool.host_header
