@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,29 @@ def _jwt_material() -> tuple[dict[str, Any], str]:
 
 _JWT_STAGE, _JWT_TOKEN = _jwt_material()
 
+
+def _openapi_spec(env: SetupEnv) -> Mapping[str, str]:
+    """Write the spec the `openapi` profiles enforce: 200 operations, the probed one among them, with a
+    typed path parameter, a header parameter and a response schema for the upstream's JSON body."""
+    item = {"type": "object", "properties": {"id": {"type": "integer"}, "name": {"type": "string"},
+                                              "ok": {"type": "boolean"}}, "required": ["id", "name"]}  # fmt: skip
+    ok = {"200": {"description": "ok", "content": {"application/json": {"schema": item}}}}
+    paths: dict[str, Any] = {}
+    for i in range(50):
+        paths[f"/api/r{i}"] = {"get": {"responses": ok}, "post": {"responses": ok}}
+        paths[f"/api/r{i}/{{id}}"] = {"get": {"responses": ok}, "delete": {"responses": ok}}
+    paths["/api/items/{id}"] = {
+        "parameters": [
+            {"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}},
+            {"name": "X-Client", "in": "header", "schema": {"type": "string", "pattern": "^[a-z]{1,16}$"}},
+        ],
+        "get": {"responses": ok},
+    }
+    spec = {"openapi": "3.1.0", "info": {"title": "bench", "version": "1"}, "paths": paths}
+    (env.workdir / "openapi.yaml").write_text(json.dumps(spec))  # JSON is YAML
+    return {"X-Client": "bench"}
+
+
 PROFILES: tuple[Profile, ...] = (
     Profile("direct", "direct", "the load side alone: wrk straight to the upstream (the ceiling of the load core)"),
     Profile("nginx", "nginx", "the reference: nginx proxy_pass, upstream keep-alive, one worker"),
@@ -120,6 +144,20 @@ PROFILES: tuple[Profile, ...] = (
         "bare + jwt: an ES256 token verified once, then served from the verified-token cache",
         stages=(_JWT_STAGE,),
         headers={"Authorization": f"Bearer {_JWT_TOKEN}"},
+    ),
+    Profile(
+        "stockade-openapi",
+        "stockade",
+        "bare + openapi: the operation matched in a 200-operation spec, path and header parameters validated",
+        stages=(ANONYMOUS, {"use": "openapi", "config": {"spec": "openapi.yaml"}}),
+        setup=_openapi_spec,
+    ),
+    Profile(
+        "stockade-openapi-responses",
+        "stockade",
+        "openapi with `responses: enforce`: the upstream's JSON body buffered and checked against its schema",
+        stages=(ANONYMOUS, {"use": "openapi", "config": {"spec": "openapi.yaml", "responses": "enforce"}}),
+        setup=_openapi_spec,
     ),
 )
 

@@ -294,9 +294,13 @@ class Pipeline:
         return raw
 
     def response(self, ctx: RequestContext, response: Response) -> None:
-        """Run response hooks in reverse stage order. A hook that raises fails the response closed (502)."""
+        """Run response hooks in reverse stage order. A hook that raises fails the response closed (500); one
+        that calls `response.reject()` stops the rest and is recorded as the deciding stage."""
         for slot in self.response_hooks:
             slot.stage.on_response(ctx, response)  # type: ignore[attr-defined]
+            if response.rejection is not None:
+                response.rejected_by = slot.id
+                return
 
     def complete(self, ctx: RequestContext, outcome: Outcome) -> None:
         """Run completion hooks; they observe, so an exception is logged and never changes the outcome."""

@@ -220,7 +220,7 @@ class Exchange:
         if result is None:
             self._forward()
         elif type(result) is Deny:
-            self._respond_local(result.status, result.reason, result.headers)
+            self._respond_local(result.status, result.reason, result.headers, extra=result.extra)
         else:
             self.task = task = asyncio.get_running_loop().create_task(result)  # type: ignore[arg-type]
             task.add_done_callback(self._pipeline_done)
@@ -248,7 +248,7 @@ class Exchange:
         if result is None:
             self._forward()
         else:
-            self._respond_local(result.status, result.reason, result.headers)
+            self._respond_local(result.status, result.reason, result.headers, extra=result.extra)
 
     async def _read_body(self) -> bytes:
         """The body reader handed to stages that need the whole body (bounded by the route's limit)."""
@@ -768,12 +768,12 @@ class Exchange:
         else:
             self._respond_local(status, reason, None, close=not self.request_done)
 
-    def _respond_local(self, status: int, reason: str, headers: Any, *, close: bool = False) -> None:
+    def _respond_local(self, status: int, reason: str, headers: Any, *, close: bool = False, extra: Any = None) -> None:
         """Render a gateway-generated problem (RFC 9457 problem+json) and finish the exchange."""
         if self.finished:
             return
         ctx = self.ctx or self._bare_context()
-        reply = problem(status, reason, ctx.request_id, headers)
+        reply = problem(status, reason, ctx.request_id, headers, extra)
         self._write_local(status, reply.headers, reply.body, close=close, framed=True)
 
     def _write_local(
