@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from stockade.config.oauth2 import OAuth2Server, expand_oauth2_routes
+from stockade.security.netaddr import check_networks
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -212,9 +212,5 @@ class GatewayConfig(Strict):
     @field_validator("trusted_proxies")
     @classmethod
     def _cidrs(cls, v: list[str]) -> list[str]:
-        for item in v:
-            try:
-                ipaddress.ip_network(item, strict=False)
-            except ValueError:
-                raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
+        check_networks(v)
         return v

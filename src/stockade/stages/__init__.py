@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, cast
+
+from stockade.registry import load_registered
 
 if TYPE_CHECKING:
     from stockade.pipeline.stage import Stage
@@ -29,11 +30,4 @@ class UnknownStageError(LookupError):
 
 def load_stage_class(name: str) -> type[Stage]:
     """Import the stage class registered as `name` (only now, so optional dependencies load on demand)."""
-    target = BUILTIN_STAGES.get(name)
-    if target is None:
-        raise UnknownStageError(name)
-    module_name, _, attr = target.partition(":")
-    cls = getattr(importlib.import_module(module_name), attr)
-    if getattr(cls, "id", None) != name:
-        raise UnknownStageError(f"{target} declares id {getattr(cls, 'id', None)!r}, registered as {name!r}")
-    return cast("type[Stage]", cls)
+    return cast("type[Stage]", load_registered(BUILTIN_STAGES, name, UnknownStageError))
