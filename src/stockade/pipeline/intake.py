@@ -57,10 +57,10 @@ class RequestIds:
 
     def __init__(self) -> None:
         self._ids = itertools.count(1)
-        self._prefix = secrets.token_hex(4)
+        self._prefix = secrets.token_hex(4) + "-"
 
     def __call__(self) -> str:
-        return self._prefix + format(next(self._ids), "012x")
+        return self._prefix + str(next(self._ids))
 
 
 def request_context(
