@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from stockade.config.loader import LoadedConfig, StagePlan
 from stockade.config.models import GatewayConfig, Upstream
@@ -38,7 +38,6 @@ class Runtime:
     routes: dict[str, CompiledRoute]
     trusted_proxies: NetSet
     services: Services
-    target_cache: dict[Any, Any] = field(default_factory=dict)  # (host, target, method) bytes -> route match
     tls: TlsContexts = field(default_factory=TlsContexts)  # listener and upstream contexts, loaded with the config
 
     @property

@@ -103,3 +103,13 @@ def test_app_scope_is_a_copy_with_the_judged_path_and_edited_headers() -> None:
     hidden = app_scope(scope, ctx, pipeline, hide_body_bypass=True)
     assert hidden["extensions"] == {"http.response.trailers": {}}  # hooks that need the body must see it
     assert len(ext) == 3
+
+
+def test_app_scope_carries_the_query_a_stage_rewrote() -> None:
+    """A credential a stage removed from the query (api_key `query_param`) must not reach the app either."""
+    ctx = make_context(path="/a", query="api_key=stk_live_secret&page=2")
+    ctx.replace_query("page=2")
+    scope = {"type": "http", "path": "/a", "query_string": b"api_key=stk_live_secret&page=2", "headers": []}
+    out = app_scope(scope, ctx, Pipeline("r", [], body_limit=1))
+    assert out["query_string"] == b"page=2"
+    assert scope["query_string"] == b"api_key=stk_live_secret&page=2"

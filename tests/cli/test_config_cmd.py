@@ -57,3 +57,33 @@ def test_help_lists_commands() -> None:
     result = CliRunner().invoke(cli, ["--help"])
     assert result.exit_code == 0
     assert "serve" in result.output and "config" in result.output
+
+
+def test_check_loads_runtime_files_and_reports_them(tmp_path: Path) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(GOOD.replace("port: 8080}", "port: 8080, tls: {cert: missing.pem, key: missing.key}}"))
+    result = CliRunner().invoke(cli, ["config", "check", str(path)])
+    assert result.exit_code == 2
+    assert "listen.tls" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_check_has_no_side_effects(tmp_path: Path) -> None:
+    """Checking a config that uses the key store creates no database and no secret files."""
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "storage: sqlite:///state/gw.db\nroutes:\n  - id: r\n    match: {path: /**}\n    upstream: http://x\n"
+        "    stages: [{use: api_key}]\n"
+    )
+    result = CliRunner().invoke(cli, ["config", "check", str(path)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gw.yaml"]
+
+
+def test_serve_reports_runtime_config_errors_without_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(GOOD.replace("port: 8080}", "port: 0, tls: {cert: missing.pem, key: missing.key}}"))
+    result = CliRunner().invoke(cli, ["serve", "--config", str(path)])
+    assert result.exit_code == 2
+    assert "listen.tls" in result.output
+    assert "Traceback" not in result.output

@@ -23,18 +23,31 @@ from stockade.testing import make_context
 @pytest.mark.parametrize(
     ("marks", "now", "overhead", "upstream"),
     [
-        pytest.param((0.0, 0.0, 0.0), 10.5, 0.5, 0.0, id="answered-locally"),
+        pytest.param((0.0, 0.0, 0.0), 10.5, 0.5, None, id="answered-locally"),
         pytest.param((10.1, 10.4, 10.45), 10.6, 0.15, 0.3, id="forwarded"),
-        pytest.param((10.1, 0.0, 0.0), 10.6, 0.1, 0.0, id="forwarded-no-response"),
+        pytest.param((10.1, 10.4, 0.0), 10.6, 0.3, 0.3, id="forwarded-whole-response-at-once"),
+        pytest.param((10.1, 0.0, 0.0), 10.6, 0.1, None, id="forwarded-no-response"),
     ],
 )
-def test_timings_split_gateway_and_upstream_time(
-    marks: tuple[float, float, float], now: float, overhead: float, upstream: float
+def test_record_splits_gateway_and_upstream_time(
+    tmp_path: Path, marks: tuple[float, float, float], now: float, overhead: float, upstream: float | None
 ) -> None:
     t = Timings(10.0)
     t.t_sent, t.t_head, t.t_fwd = marks
-    assert t.overhead(now) == pytest.approx(overhead)
-    assert t.upstream() == pytest.approx(upstream)
+    log = DecisionLog(str(tmp_path / "d.log"), FakeClock())
+    metrics = Metrics()
+    ctx = make_context()
+    ctx.route_id = "r"
+    record_request(None, ctx, t, now, 200, 200, 10, "", log, metrics)
+    log.close()
+    line = orjson.loads((tmp_path / "d.log").read_bytes())
+    assert line["latency_us"] == int((now - 10.0) * 1e6)
+    assert line["upstream_us"] == (int(upstream * 1e6) if upstream is not None else 0)
+    assert metrics.overhead["r"].sum == pytest.approx(overhead)
+    if upstream is None:
+        assert "r" not in metrics.upstream
+    else:
+        assert metrics.upstream["r"].sum == pytest.approx(upstream)
 
 
 class _Counter:
@@ -60,8 +73,9 @@ def test_record_runs_hooks_writes_one_line_and_counts(tmp_path: Path) -> None:
     ctx = make_context()
     ctx.route_id = "r"
     pipeline = Pipeline("r", [StageSlot(counter, "counter", Phase.DETECT)], body_limit=1)
-    record_request(pipeline, ctx, Outcome(status=204), log, metrics, overhead=0.001, upstream=0.0)
-    record_request(None, ctx, Outcome(status=400), log, metrics, overhead=0.001, upstream=0.0)
+    marks = Timings(clock.monotonic())
+    record_request(pipeline, ctx, marks, clock.monotonic(), 204, 0, 0, "", log, metrics)
+    record_request(None, ctx, marks, clock.monotonic(), 400, 0, 0, "", log, metrics)
     log.close()
     assert counter.seen == [204]  # no pipeline (rejected before routing): no completion hooks
     lines = [orjson.loads(x) for x in (tmp_path / "d.log").read_bytes().splitlines()]

@@ -26,7 +26,11 @@ Role = Literal["viewer", "operator", "admin"]
 ROLE_RANK: dict[str, int] = {"viewer": 0, "operator": 1, "admin": 2}
 
 # Modules that contribute admin endpoints (explicit, like the stage registry).
-ADMIN_MODULES: list[str] = ["stockade.admin.identity:endpoints", "stockade.admin.lockouts:endpoints"]
+ADMIN_MODULES: list[str] = [
+    "stockade.admin.identity:endpoints",
+    "stockade.admin.clients:endpoints",
+    "stockade.admin.lockouts:endpoints",
+]
 # Middleware factories that wrap the admin app (admin authentication registers itself here).
 ADMIN_MIDDLEWARE: list[str] = ["stockade.admin.auth:middleware"]
 

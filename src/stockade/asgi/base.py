@@ -20,7 +20,6 @@ from stockade.asgi.scope import request_target as scope_target
 from stockade.pipeline.intake import bare_context, body_too_large, request_context, route_request
 from stockade.pipeline.local import pipeline_failed, pipeline_timed_out
 from stockade.pipeline.record import Timings, record_request
-from stockade.pipeline.response import Outcome
 from stockade.pipeline.runner import Pipeline
 from stockade.pipeline.verdict import Deny
 
@@ -177,23 +176,17 @@ class Exchange:
         self.recorded = True
         now = self.clock.monotonic()
         ctx = self.ctx or self._bare(b"")
-        times = self.times
-        outcome = Outcome(
-            status=self.status,
-            upstream_status=self.app_status,
-            upstream_us=int(times.upstream() * 1e6),
-            total_us=int((now - times.t0) * 1e6),
-            bytes_sent=self.bytes_sent,
-            error=self.error,
-        )
         mw = self.mw
         record_request(
             self.pipeline,
             ctx,
-            outcome,
+            self.times,
+            now,
+            self.status,
+            self.app_status,
+            self.bytes_sent,
+            self.error,
             mw.decision_log,
             mw.metrics,
-            overhead=times.overhead(now),
-            upstream=times.upstream(),
         )
         mw.logged()

@@ -105,6 +105,7 @@ def app_scope(scope: Scope, ctx: RequestContext, pipeline: Pipeline, *, hide_bod
     out = dict(scope)
     out["path"] = ctx.path
     out["raw_path"] = ctx.raw_path.encode("latin-1")
+    out["query_string"] = ctx.query.encode("latin-1")  # a stage may have removed a credential from it
     out["headers"] = forwarded_headers(ctx.headers.raw, pipeline, ctx)
     if hide_body_bypass:
         extensions = scope.get("extensions")

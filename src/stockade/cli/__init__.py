@@ -6,11 +6,13 @@ import click
 
 from stockade import __version__
 from stockade.cli.admin import admin_group
+from stockade.cli.clients import clients_group
 from stockade.cli.common import CONFIG_OPTION_HELP
 from stockade.cli.config_cmd import config_group
 from stockade.cli.consumers import consumers_group
 from stockade.cli.keys import keys_group
 from stockade.cli.lockouts import lockouts_group
+from stockade.cli.openapi import openapi_group
 from stockade.cli.serve import serve
 
 
@@ -28,6 +30,8 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
     stockade config check stockade.yaml            validate a config file
     stockade config schema > stockade.schema.json  JSON Schema for editors
     stockade lockouts list                         brute-force lockouts (Redis limits_storage)
+    stockade clients create --name ci --scopes a,b OAuth2 client for the token endpoint
+    stockade openapi routes openapi.yaml           routes config generated from a spec
     """
     ctx.ensure_object(dict)
     ctx.obj["config"] = config_path
@@ -37,8 +41,10 @@ cli.add_command(serve)
 cli.add_command(config_group)
 cli.add_command(consumers_group)
 cli.add_command(keys_group)
+cli.add_command(clients_group)
 cli.add_command(admin_group)
 cli.add_command(lockouts_group)
+cli.add_command(openapi_group)
 
 
 def main() -> None:

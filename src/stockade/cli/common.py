@@ -35,6 +35,19 @@ def load_or_exit(path: str, env: dict[str, str] | None = None) -> LoadedConfig:
         sys.exit(2)
 
 
+def build_or_exit(loaded: LoadedConfig) -> None:
+    """Compile the runtime in dry-run mode (no store, no secret files) so file-level problems are reported too."""
+    from stockade.clock import SYSTEM_CLOCK
+    from stockade.pipeline.stage import Services
+    from stockade.runtime import build_runtime
+
+    try:
+        build_runtime(loaded, Services(clock=SYSTEM_CLOCK, workers=loaded.config.workers, dry_run=True))
+    except ConfigError as exc:
+        report_config_error(exc)
+        sys.exit(2)
+
+
 def report_config_error(exc: ConfigError) -> None:
     click.echo(f"configuration invalid ({len(exc.problems)} problem{'s' if len(exc.problems) != 1 else ''}):", err=True)
     for problem in exc.problems:

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from stockade.cli.common import load_or_exit, resolve_config_path
+from stockade.cli.common import build_or_exit, load_or_exit, resolve_config_path
 
 
 @click.group("config")
@@ -22,6 +22,7 @@ def check(ctx: click.Context, file: str | None) -> None:
     """Validate FILE. Exit 0 if valid; else exit 2, naming the file, line, route id, stage and field."""
     path = resolve_config_path(ctx, file)
     loaded = load_or_exit(path)
+    build_or_exit(loaded)  # also loads every file the runtime needs (TLS keys, specs), without side effects
     cfg = loaded.config
     stages = sum(len(p) for p in loaded.route_stages.values())
     click.echo(f"{path}: OK ({len(cfg.routes)} routes, {stages} stage placements, {cfg.workers} worker(s))")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import click
 
-from stockade.cli.common import config_option, load_or_exit, resolve_config_path
+from stockade.cli.common import config_option, load_or_exit, report_config_error, resolve_config_path
+from stockade.config.loader import LoadedConfig
+from stockade.errors import ConfigError
 
 
 @click.command()
@@ -28,7 +31,6 @@ def serve(
     SIGHUP reloads the config atomically (a bad file changes nothing and is logged); SIGTERM or Ctrl-C
     drains in-flight requests, then exits.
     """
-    import uvloop
 
     from stockade.observability.logs import setup_logging
 
@@ -39,6 +41,16 @@ def serve(
     loaded = load_or_exit(path, env)
     setup_logging(loaded.config.log.level)
     n = loaded.config.workers
+    try:
+        _run(path, loaded, n, worker_fd, worker_index)
+    except ConfigError as exc:  # a file the runtime loads (a TLS key, a spec) is unusable: report, do not trace
+        report_config_error(exc)
+        sys.exit(2)
+
+
+def _run(path: str, loaded: LoadedConfig, n: int, worker_fd: int | None, worker_index: int) -> None:
+    import uvloop
+
     if worker_fd is not None:
         from stockade.proxy.workers import serve_worker
 

@@ -120,7 +120,7 @@ def load_config_text(
         elif require_upstreams and route.upstream is None:
             ctx.add((*loc, "upstream"), "a route needs an upstream URL (or a built-in `handler`)")
         plans = _plan_stages(ctx, route.stages, (*loc, "stages"), config)
-        route_plans[route.id] = _merge(global_plans, plans)
+        route_plans[route.id] = _merge(global_plans, plans, own_auth=route.own_auth)
         _check_route_stages(ctx, loc, route.id, route_plans[route.id])
         if route.websocket and route.match.methods and "GET" not in route.match.methods:
             ctx.add((*loc, "websocket"), "websocket upgrades arrive as GET, but the route does not allow GET")
@@ -145,10 +145,14 @@ def _methods(methods: list[str] | None) -> frozenset[str] | None:
     return frozenset(methods) if methods else None
 
 
-def _merge(global_plans: tuple[StagePlan, ...], route_plans: tuple[StagePlan, ...]) -> tuple[StagePlan, ...]:
-    """Global stages first; a route stage with the same `use` replaces the global one (route config wins)."""
+def _merge(
+    global_plans: tuple[StagePlan, ...], route_plans: tuple[StagePlan, ...], *, own_auth: bool = False
+) -> tuple[StagePlan, ...]:
+    """Global stages first; a route stage with the same `use` replaces the global one (route config wins).
+    A route whose handler authenticates its callers (`own_auth`) takes no global authenticator or authorizer."""
     own = {p.entry.use for p in route_plans}
-    return tuple(p for p in global_plans if p.entry.use not in own) + route_plans
+    skip = (Phase.AUTHENTICATE, Phase.AUTHORIZE) if own_auth else ()
+    return tuple(p for p in global_plans if p.entry.use not in own and p.cls.phase not in skip) + route_plans
 
 
 def _plan_handler(ctx: _Reporter, entry: HandlerEntry, loc: _Loc) -> HandlerPlan | None:

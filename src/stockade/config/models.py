@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from stockade.config.oauth2 import OAuth2Server, expand_oauth2_routes
+from stockade.security.netaddr import check_networks
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -150,6 +152,7 @@ class Route(Strict):
     handler: HandlerEntry | None = None  # answered by the gateway itself (instead of `upstream`)
     stages: list[StageEntry] = Field(default_factory=list)
     websocket: bool = False  # allow WebSocket upgrades once the pipeline has allowed the request
+    own_auth: bool = False  # the handler authenticates callers itself: global authn/authz stages do not apply
 
     @model_validator(mode="after")
     def _one_target(self) -> Route:
@@ -189,6 +192,12 @@ class GatewayConfig(Strict):
     log: Log = Field(default_factory=Log)
     stages: list[StageEntry] = Field(default_factory=list)  # run on every route, before the route's own
     routes: list[Route] = Field(default_factory=list)
+    oauth2_server: OAuth2Server | None = None  # the gateway's own token endpoint (expanded into four routes)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_oauth2_server(cls, data: Any) -> Any:
+        return expand_oauth2_routes(data)
 
     @field_validator("storage")
     @classmethod
@@ -203,9 +212,5 @@ class GatewayConfig(Strict):
     @field_validator("trusted_proxies")
     @classmethod
     def _cidrs(cls, v: list[str]) -> list[str]:
-        for item in v:
-            try:
-                ipaddress.ip_network(item, strict=False)
-            except ValueError:
-                raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
+        check_networks(v)
         return v

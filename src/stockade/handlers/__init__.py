@@ -5,13 +5,18 @@ A handler takes the place of an upstream on a route; the route's pipeline still 
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, cast
+
+from stockade.registry import load_registered
 
 if TYPE_CHECKING:
     from stockade.handlers.base import Handler
 
 BUILTIN_HANDLERS: dict[str, str] = {
+    "oauth2_jwks": "stockade.handlers.oauth2:JwksHandler",
+    "oauth2_metadata": "stockade.handlers.oauth2:MetadataHandler",
+    "oauth2_revoke": "stockade.handlers.oauth2:RevokeHandler",
+    "oauth2_token": "stockade.handlers.oauth2:TokenHandler",
     "static": "stockade.handlers.static:StaticHandler",
 }
 
@@ -21,8 +26,5 @@ class UnknownHandlerError(LookupError):
 
 
 def load_handler_class(name: str) -> type[Handler]:
-    target = BUILTIN_HANDLERS.get(name)
-    if target is None:
-        raise UnknownHandlerError(name)
-    module_name, _, attr = target.partition(":")
-    return cast("type[Handler]", getattr(importlib.import_module(module_name), attr))
+    """Import the handler class registered as `name` (only now, so optional dependencies load on demand)."""
+    return cast("type[Handler]", load_registered(BUILTIN_HANDLERS, name, UnknownHandlerError))

@@ -8,10 +8,11 @@ request; the store is asked (by peppered HMAC) only on a miss, never on a hit.
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from stockade.pipeline.principal import Principal
+from stockade.pipeline.verdict import Continue
 from stockade.security import keys
 from stockade.storage.base import NotFoundError
 
@@ -40,6 +41,8 @@ class KeyEntry:
     problem: str  # for the decision log only: "unknown key", "revoked key key_x"
     identity: str  # keyed hash for ctx.state[AUTH_IDENTITY]
     stale_at: float  # monotonic
+    # The stage's Continue for this key, by the header names to strip: built once, reused for every request.
+    verdicts: dict[tuple[str, ...], Continue] = field(default_factory=dict, compare=False, repr=False)
 
 
 class ApiKeyCache:

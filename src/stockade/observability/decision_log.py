@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,8 @@ class DecisionLog:
         else:
             self._fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
             self._owned = True
+        # Only a pipe needs writes cut at PIPE_BUF to keep workers' lines whole; a file or terminal takes one write.
+        self._chunk = _PIPE_BUF if self._fd >= 0 and stat.S_ISFIFO(os.fstat(self._fd).st_mode) else 1 << 30
 
     @property
     def enabled(self) -> bool:
@@ -78,8 +81,9 @@ class DecisionLog:
         self._buf.clear()
         self._size = 0
         try:
+            chunk = self._chunk
             while data:
-                cut = len(data) if len(data) <= _PIPE_BUF else data.rfind(b"\n", 0, _PIPE_BUF) + 1
+                cut = len(data) if len(data) <= chunk else data.rfind(b"\n", 0, chunk) + 1
                 if cut <= 0:
                     cut = data.find(b"\n") + 1 or len(data)
                 written = os.write(self._fd, data[:cut])

@@ -61,7 +61,6 @@ class RequestContext:
 
     def __init__(
         self,
-        *,
         request_id: str,
         method: str,
         path: str,

@@ -14,42 +14,60 @@ class DuplicateHeaderError(ValueError):
 
 
 class Headers:
-    """Raw `(name, value)` byte pairs in arrival order; the lookup map is built only when a stage asks."""
+    """Raw `(name, value)` byte pairs in arrival order.
 
-    __slots__ = ("_map", "raw")
+    The lookup map (lower-case byte names to raw values) is built only when a stage first asks, and only the
+    values asked for are decoded: a request whose stages read one header pays for that one header.
+    """
+
+    __slots__ = ("_dups", "_map", "raw")
 
     def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
         self.raw = raw
-        self._map: dict[str, list[str]] | None = None
+        self._map: dict[bytes, bytes] | None = None  # lower-case name -> first value
+        self._dups: set[bytes] | None = None  # names that appeared more than once
 
-    def _lookup(self) -> dict[str, list[str]]:
+    def _lookup(self) -> dict[bytes, bytes]:
         m = self._map
         if m is None:
             m = {}
             for name, value in self.raw:
-                m.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
+                key = name.lower()
+                if key in m:
+                    if self._dups is None:
+                        self._dups = set()
+                    self._dups.add(key)
+                else:
+                    m[key] = value
             self._map = m
         return m
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of `name` (lower-case), or `default`."""
-        values = self._lookup().get(name)
-        return values[0] if values else default
+        value = self._lookup().get(_key(name))
+        return value.decode("latin-1") if value is not None else default
 
     def get_all(self, name: str) -> list[str]:
-        return list(self._lookup().get(name, ()))
+        key = _key(name)
+        value = self._lookup().get(key)
+        if value is None:
+            return []
+        if self._dups is None or key not in self._dups:
+            return [value.decode("latin-1")]
+        return [v.decode("latin-1") for n, v in self.raw if n.lower() == key]
 
     def get_single(self, name: str) -> str | None:
         """The value of a header that must not repeat (credentials); raises DuplicateHeaderError if it does."""
-        values = self._lookup().get(name)
-        if not values:
+        key = _key(name)
+        value = self._lookup().get(key)
+        if value is None:
             return None
-        if len(values) > 1:
+        if self._dups is not None and key in self._dups:
             raise DuplicateHeaderError(name)
-        return values[0]
+        return value.decode("latin-1")
 
     def __contains__(self, name: object) -> bool:
-        return name in self._lookup()
+        return isinstance(name, str) and _key(name) in self._lookup()
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         for name, value in self.raw:
@@ -60,3 +78,16 @@ class Headers:
 
     def __repr__(self) -> str:
         return f"Headers({len(self.raw)} fields)"
+
+
+_keys: dict[str, bytes] = {}
+
+
+def _key(name: str) -> bytes:
+    """The lookup key for a header name (stages ask for the same few names, so they are encoded once)."""
+    key = _keys.get(name)
+    if key is None:
+        key = name.lower().encode("latin-1")
+        if len(_keys) < 1024:
+            _keys[name] = key
+    return key

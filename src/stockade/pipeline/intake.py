@@ -57,14 +57,13 @@ class RequestIds:
 
     def __init__(self) -> None:
         self._ids = itertools.count(1)
-        self._prefix = secrets.token_hex(4)
+        self._prefix = secrets.token_hex(4) + "-"
 
     def __call__(self) -> str:
-        return f"{self._prefix}{next(self._ids):012x}"
+        return self._prefix + str(next(self._ids))
 
 
 def request_context(
-    *,
     method: bytes,
     target: bytes,
     version: str,
@@ -84,7 +83,8 @@ def request_context(
 ) -> RequestContext | Deny:
     """Check the head and build the context, or say why not (a Deny with `detail`, for stage "http").
 
-    `hosts` are the Host header values, `expect` the Expect value, `request_id` the first X-Request-Id value and
+    Arguments may be passed positionally (the proxy does, on its hot path). `hosts` are the Host header values,
+    `expect` the Expect value, `request_id` the first X-Request-Id value and
     `forwarded_for` the X-Forwarded-For values (read only when the peer is a trusted proxy). A Deny here comes
     before any context exists: the front logs it against `bare_context(...)`.
     """
@@ -111,22 +111,23 @@ def request_context(
     else:
         cip = peer_ip
     rid = request_id.decode("ascii") if request_id is not None and valid_request_id(request_id) else new_id()
+    # Positional: this runs for every request (keyword arguments cost more to bind).
     return RequestContext(
-        request_id=rid,
-        method=method.decode("ascii", "replace"),
-        path=path,
-        raw_path=canonical,
-        query=query,
-        headers=Headers(headers),
-        client_ip=cip,
-        peer_ip=peer_ip,
-        host=host,
-        scheme=scheme,
-        clock=clock,
-        http_version=version,
-        started=started,
-        peer_cert=peer_cert,
-        peer_cert_der=peer_cert_der,
+        rid,
+        method.decode("ascii", "replace"),
+        path,
+        canonical,
+        query,
+        Headers(headers),
+        cip,
+        peer_ip,
+        host,
+        scheme,
+        clock,
+        version,
+        started,
+        peer_cert,
+        peer_cert_der,
     )
 
 
@@ -176,7 +177,8 @@ def route_request(runtime: Runtime, ctx: RequestContext) -> CompiledRoute | Deny
         return Pipeline.deny(ctx, "router", Deny(404, "route.not_found"))
     route_id, params = match  # type: ignore[misc]
     ctx.route_id = route_id
-    ctx.path_params = params
+    if params:
+        ctx.path_params = dict(params)  # the router caches its matches: stages get their own copy
     return runtime.routes[route_id]
 
 

@@ -26,15 +26,21 @@ log = logging.getLogger("stockade.pipeline")
 _FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})
 
 
-def problem(status: int, reason: str, request_id: str, headers: Mapping[str, str] | None = None) -> LocalResponse:
+def problem(
+    status: int,
+    reason: str,
+    request_id: str,
+    headers: Mapping[str, str] | None = None,
+    extra: Mapping[str, object] | None = None,
+) -> LocalResponse:
     """An RFC 9457 problem from the one renderer; header values made safe (they may come from a stage)."""
-    body = problem_body(status, reason, request_id)
+    body = problem_body(status, reason, request_id, extra)
     return LocalResponse(status, [(n, header_safe(v)) for n, v in problem_headers(len(body), headers)], body)
 
 
 def denial(ctx: RequestContext, deny: Deny) -> LocalResponse:
     """The problem for a Deny (already recorded on `ctx` by whoever decided it)."""
-    return problem(deny.status, deny.reason, ctx.request_id, deny.headers)
+    return problem(deny.status, deny.reason, ctx.request_id, deny.headers, deny.extra)
 
 
 def pipeline_failed(ctx: RequestContext, exc: BaseException) -> Deny:
@@ -49,12 +55,16 @@ def pipeline_timed_out(ctx: RequestContext) -> Deny:
 
 
 def run_response_hooks(pipeline: Pipeline, ctx: RequestContext, response: Response) -> Deny | None:
-    """Run the response hooks; a hook that raises fails the response closed (500 `stage.error`)."""
+    """Run the response hooks; a hook that raises fails the response closed (500 `stage.error`), one that calls
+    `response.reject()` replaces the response with its problem."""
     try:
         pipeline.response(ctx, response)
     except Exception as exc:
         log.exception("response hook raised", extra={"route": ctx.route_id, "request_id": ctx.request_id})
         return Pipeline.deny(ctx, ctx.stage or "response", Deny(500, "stage.error", detail=type(exc).__name__))
+    if response.rejection is not None:
+        status, reason, detail = response.rejection
+        return Pipeline.deny(ctx, response.rejected_by or "response", Deny(status, reason, detail=detail))
     return None
 
 
@@ -84,6 +94,9 @@ def handler_reply(pipeline: Pipeline, ctx: RequestContext, reply: LocalResponse)
             pipeline.response(ctx, resp)
         except Exception as exc:
             return handler_failed(ctx, exc)
+        if resp.rejection is not None:
+            status, reason, detail = resp.rejection
+            return denial(ctx, Pipeline.deny(ctx, resp.rejected_by, Deny(status, reason, detail=detail)))
         headers = resp.final_headers()
         body = resp.body if resp.body is not None else b""
     out = [(n, header_safe(v)) for n, v in headers if n not in _FRAMING]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
+
+from stockade.pipeline.response import Outcome
 
 if TYPE_CHECKING:
     from stockade.observability.decision_log import DecisionLog
     from stockade.observability.metrics import Metrics
     from stockade.pipeline.context import RequestContext
-    from stockade.pipeline.response import Outcome
     from stockade.pipeline.runner import Pipeline
 
 
@@ -24,32 +25,55 @@ class Timings:
         self.t_head = 0.0  # its response head arrived
         self.t_fwd = 0.0  # the response head (ours or theirs) was written to the client
 
-    def upstream(self) -> float:
-        return (self.t_head - self.t_sent) if self.t_head else 0.0
 
-    def overhead(self, now: float) -> float:
-        if self.t_sent:
-            return (self.t_sent - self.t0) + max(0.0, (self.t_fwd or now) - (self.t_head or now))
-        return now - self.t0
+class Marks(Protocol):
+    """The timing marks `record_request` reads: a `Timings`, or a front's exchange that keeps them itself."""
+
+    t0: float
+    t_sent: float
+    t_head: float
+    t_fwd: float
 
 
 def record_request(
     pipeline: Pipeline | None,
     ctx: RequestContext,
-    outcome: Outcome,
+    marks: Marks,
+    now: float,
+    status: int,
+    upstream_status: int,
+    bytes_sent: int,
+    error: str,
     decision_log: DecisionLog,
     metrics: Metrics,
-    *,
-    overhead: float,
-    upstream: float,
 ) -> None:
     """Called exactly once per request, after the response went out (or the exchange broke off).
 
-    `pipeline` is None for requests rejected before routing (they have no route, so no completion hooks);
-    `overhead` is the time spent in the gateway itself and `upstream` the time to the application's first
-    response byte, both in seconds.
+    `pipeline` is None for requests rejected before routing (they have no route, so no completion hooks).
+    Positional on purpose: this runs for every request on every front.
     """
-    if pipeline is not None:
-        pipeline.complete(ctx, outcome)
-    decision_log.record(ctx, outcome.status, outcome.total_us, outcome.upstream_us, outcome.error)
-    metrics.request(ctx.route_id, ctx.decision, ctx.reason, outcome.status, overhead, upstream)
+    t_head = marks.t_head
+    t_sent = marks.t_sent
+    upstream_s = (t_head - t_sent) if t_head else 0.0
+    if t_sent:
+        # Time before the request went on, plus from the response head to the end of the exchange (for streamed
+        # bodies, to the first write after the head): the gateway's own time.
+        overhead = (t_sent - marks.t0) + max(0.0, (marks.t_fwd or now) - (t_head or now))
+    else:
+        overhead = now - marks.t0
+    total_us = int((now - marks.t0) * 1e6)
+    upstream_us = int(upstream_s * 1e6)
+    if pipeline is not None and pipeline.completion_hooks:
+        pipeline.complete(
+            ctx,
+            Outcome(
+                status=status,
+                upstream_status=upstream_status,
+                upstream_us=upstream_us,
+                total_us=total_us,
+                bytes_sent=bytes_sent,
+                error=error,
+            ),
+        )
+    decision_log.record(ctx, status, total_us, upstream_us, error)
+    metrics.request(ctx.route_id, ctx.decision, ctx.reason, status, overhead, upstream_s if t_head else None)

@@ -12,7 +12,17 @@ class Response:
     header parsing happens only if a hook reads a header.
     """
 
-    __slots__ = ("_body", "_headers", "_raw_head", "added", "body_replaced", "removed", "status")
+    __slots__ = (
+        "_body",
+        "_headers",
+        "_raw_head",
+        "added",
+        "body_replaced",
+        "rejected_by",
+        "rejection",
+        "removed",
+        "status",
+    )
 
     def __init__(
         self,
@@ -29,6 +39,8 @@ class Response:
         self.removed: set[str] = set()
         self.added: list[tuple[str, str]] = []
         self.body_replaced = False
+        self.rejection: tuple[int, str, str] | None = None
+        self.rejected_by = ""
 
     @property
     def headers(self) -> list[tuple[str, str]]:
@@ -79,6 +91,14 @@ class Response:
     def replace_body(self, body: bytes) -> None:
         self._body = body
         self.body_replaced = True
+
+    def reject(self, status: int, reason: str, *, detail: str = "") -> None:
+        """Replace the upstream response with a gateway problem (e.g. 502 `response.invalid`).
+
+        The fronts render it with the one renderer instead of forwarding anything of the upstream response;
+        later hooks do not run. `reason` is the stable client-facing code, `detail` goes to the decision log.
+        """
+        self.rejection = (status, reason, detail)
 
     def final_headers(self) -> list[tuple[str, str]]:
         """Headers after edits, in order: surviving upstream headers, then added ones."""

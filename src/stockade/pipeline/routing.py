@@ -11,6 +11,7 @@ ALL_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIO
 
 
 _TAIL_ONLY = ("_tail",)
+_CACHE_MAX = 8192
 
 
 class RouteTemplateError(ValueError):
@@ -181,9 +182,10 @@ def _walk(
 class Router:
     """Host groups tried most specific first (exact, then wildcard suffix, then any host); each is a trie."""
 
-    __slots__ = ("_any", "_exact", "_wild")
+    __slots__ = ("_any", "_cache", "_exact", "_wild")
 
     def __init__(self, routes: Sequence[RouteSpec]) -> None:
+        self._cache: dict[tuple[str, str, str], tuple[str, dict[str, str]] | NoRoute] = {}
         self._exact: dict[str, _Trie] = {}
         self._wild: list[tuple[str, _Trie]] = []
         self._any: _Trie | None = None
@@ -205,6 +207,17 @@ class Router:
         self._wild = sorted(wild.items(), key=lambda kv: -len(kv[0]))
 
     def match(self, host: str, path: str, method: str) -> tuple[str, dict[str, str]] | NoRoute:
+        """The route for a request, cached by (host, path, method): callers must not mutate the params dict."""
+        key = (host, path, method)
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = self._match(host, path, method)
+            if len(self._cache) >= _CACHE_MAX:
+                self._cache.clear()
+            self._cache[key] = hit
+        return hit
+
+    def _match(self, host: str, path: str, method: str) -> tuple[str, dict[str, str]] | NoRoute:
         segs = path.split("/")[1:]
         trie = self._exact.get(host)
         if trie is not None and (found := trie.match(segs, method)) is not None:

@@ -247,9 +247,10 @@ class Pipeline:
                 target[lname] = header_safe(value)
             ctx.set_headers = target
         if verdict.remove_headers:
-            removed = ctx.remove_headers if ctx.remove_headers is not None else set()
-            removed.update(n.lower() for n in verdict.remove_headers)
-            ctx.remove_headers = removed
+            if ctx.remove_headers is None:
+                ctx.remove_headers = {n.lower() for n in verdict.remove_headers}
+            else:
+                ctx.remove_headers.update(n.lower() for n in verdict.remove_headers)
         if verdict.set_query is not None:
             ctx.replace_query(verdict.set_query)
         if verdict.findings:
@@ -321,9 +322,13 @@ class Pipeline:
         return raw
 
     def response(self, ctx: RequestContext, response: Response) -> None:
-        """Run response hooks in reverse stage order. A hook that raises fails the response closed (502)."""
+        """Run response hooks in reverse stage order. A hook that raises fails the response closed (500); one
+        that calls `response.reject()` stops the rest and is recorded as the deciding stage."""
         for slot in self.response_hooks:
             slot.stage.on_response(ctx, response)  # type: ignore[attr-defined]
+            if response.rejection is not None:
+                response.rejected_by = slot.id
+                return
 
     def complete(self, ctx: RequestContext, outcome: Outcome) -> None:
         """Run completion hooks; they observe, so an exception is logged and never changes the outcome."""

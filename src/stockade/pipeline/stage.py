@@ -74,6 +74,7 @@ class Services:
     clock: Clock
     workers: int = 1
     config: GatewayConfig | None = None  # the config being built; set by build_runtime
+    dry_run: bool = False  # `config check`: build everything to validate it, but touch no store or secret file
     base_dir: Path | None = None  # the config file's directory (relative store/secret paths); set by build_runtime
     shared: dict[str, Any] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=lambda: _new_metrics())  # this process's counters (Metrics.event)

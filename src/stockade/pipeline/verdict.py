@@ -56,15 +56,28 @@ class Skip:
 
 
 class Deny:
-    """Stop and answer the client. `reason` is a stable code; `detail` goes to the decision log only."""
+    """Stop and answer the client. `reason` is a stable code; `detail` goes to the decision log only.
 
-    __slots__ = ("detail", "headers", "reason", "status")
+    `extra` adds members to the problem document (e.g. a validator's `errors` list of JSON pointers and
+    rule names); it is client-facing, so it must never carry submitted values, credentials or internals.
+    """
 
-    def __init__(self, status: int, reason: str, *, headers: Mapping[str, str] | None = None, detail: str = "") -> None:
+    __slots__ = ("detail", "extra", "headers", "reason", "status")
+
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        detail: str = "",
+        extra: Mapping[str, object] | None = None,
+    ) -> None:
         self.status = status
         self.reason = reason
         self.headers = headers
         self.detail = detail
+        self.extra = extra
 
     def __repr__(self) -> str:
         return f"Deny({self.status}, {self.reason!r})"

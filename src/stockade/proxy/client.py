@@ -43,7 +43,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("stockade.proxy")
 
 INF = float("inf")
-LINGER_SECONDS = 2.0
+# After answering a request whose body is still arriving, keep reading (and discarding) for a while before
+# closing, or the close would reset the connection and could destroy the answer in the client's buffer
+# (nginx: lingering_timeout 5 s between reads, lingering_time 30 s in all).
+LINGER_IDLE = 5.0
+LINGER_MAX = 30.0
 
 
 class HttpRejectError(Exception):
@@ -81,6 +85,7 @@ class ClientConnection(asyncio.Protocol):
         self.requests = 0
         self.closing = False
         self.lingering = False
+        self.linger_until = INF
         self.upgraded = False  # llhttp stopped at an Upgrade/CONNECT; no more HTTP on this connection
         self.tunnel: Exchange | None = None
         self.early_data = b""  # bytes after an upgrade request, held until the tunnel opens
@@ -125,7 +130,9 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
-            return  # lingering close: read and discard until the client is done or the linger timer fires
+            if self.lingering:  # read and discard until the client is done, quiet, or out of time
+                self.read_deadline = min(self.server.clock.monotonic() + LINGER_IDLE, self.linger_until)
+            return
         if self.tunnel is not None:
             self.tunnel.tunnel_from_client(data)
             return
@@ -222,15 +229,18 @@ class ClientConnection(asyncio.Protocol):
                     return  # never forward a client's claim to be the gateway
                 if lname == b"content-length":
                     head.content_length = int(value)
-                head.fwd += (name, b": ", value, CRLF)
+                head.fwd.append(name + b": " + value + CRLF)
+                head.fwd_names.append(name)
                 return
         if kind == PLAIN:
-            head.fwd += (name, b": ", value, CRLF)
+            head.fwd.append(name + b": " + value + CRLF)
+            head.fwd_names.append(name)
         elif kind == HOST:
             head.hosts.append(value)
         elif kind == CONTENT_LENGTH:
             head.content_length = int(value)
-            head.fwd += (name, b": ", value, CRLF)
+            head.fwd.append(name + b": " + value + CRLF)
+            head.fwd_names.append(name)
         elif kind == FORWARDING:
             forwarding = head.forwarding
             if forwarding:
@@ -387,7 +397,9 @@ class ClientConnection(asyncio.Protocol):
             if self.pause_mask:
                 self.pause_mask = 0
                 transport.resume_reading()
-            self.set_read_deadline(self.server.clock.monotonic() + LINGER_SECONDS, "linger")
+            now = self.server.clock.monotonic()
+            self.linger_until = now + LINGER_MAX
+            self.set_read_deadline(now + LINGER_IDLE, "linger")
         else:
             transport.close()
 

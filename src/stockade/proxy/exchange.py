@@ -12,10 +12,19 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from stockade.pipeline.context import BodyTooLargeError, RequestContext
-from stockade.pipeline.headers import Headers
-from stockade.pipeline.render import problem_body, problem_headers
-from stockade.pipeline.response import Outcome, Response
-from stockade.pipeline.routing import NoRoute
+from stockade.pipeline.forward import replaced_headers
+from stockade.pipeline.intake import bare_context, body_too_large, request_context, route_request
+from stockade.pipeline.local import (
+    handler_failed,
+    handler_reply,
+    handler_timed_out,
+    pipeline_failed,
+    pipeline_timed_out,
+    problem,
+    run_response_hooks,
+)
+from stockade.pipeline.record import record_request
+from stockade.pipeline.response import Response
 from stockade.pipeline.runner import Pipeline, header_safe, step_eagerly
 from stockade.pipeline.verdict import Deny
 from stockade.proxy.http import (
@@ -26,10 +35,8 @@ from stockade.proxy.http import (
     connection_tokens,
     rewrite_response_head,
     status_line,
-    valid_request_id,
 )
-from stockade.proxy.targets import TargetError, resolve
-from stockade.security.forwarded import client_ip, forwarded_for
+from stockade.security.forwarded import forwarded_for
 
 if TYPE_CHECKING:
     from stockade.handlers.base import Handler, LocalResponse
@@ -62,6 +69,7 @@ class RequestHead:
         "expect",
         "forwarding",
         "fwd",
+        "fwd_names",
         "hosts",
         "keep_alive",
         "method",
@@ -81,7 +89,8 @@ class RequestHead:
         self.count = 0
         self.wire_bytes = 0
         self.raw: list[tuple[bytes, bytes]] = []
-        self.fwd: list[bytes] = []  # name, ": ", value, CRLF pieces of the headers that are forwarded
+        self.fwd: list[bytes] = []  # the forwarded headers, each a whole "name: value\r\n" line
+        self.fwd_names: list[bytes] = []  # their names as received (same order)
         self.hosts: list[bytes] = []
         self.forwarding: list[tuple[bytes, bytes, bytes]] | tuple[()] = ()  # created when one arrives (rare)
         self.connection: list[bytes] | tuple[()] = ()
@@ -163,72 +172,43 @@ class Exchange:
             return
         h = self.head
         conn = self.conn
-        rt = self.runtime
         if h.version != "1.1" and h.version != "1.0":
             self._deny_local(505, "http.version_not_supported", "http", f"HTTP/{h.version}", close=True)
             return
-        if h.method == b"CONNECT":
-            self._deny_local(405, "http.method_not_allowed", "http", "CONNECT", close=True)
-            return
-        if len(h.hosts) > 1:
-            self._deny_local(400, "http.bad_host", "http", "more than one Host header", close=True)
-            return
-        if not h.hosts and h.version == "1.1":
-            self._deny_local(400, "http.bad_host", "http", "HTTP/1.1 request without Host", close=True)
-            return
-        try:
-            target = resolve(rt, h.hosts[0] if h.hosts else None, h.url, h.method)
-        except TargetError as exc:
-            self._deny_local(exc.status, exc.reason, "http", exc.detail, close=True)
-            return
-        if h.expect is not None:
-            if h.expect.lower() != b"100-continue":
-                self._deny_local(417, "http.expectation_failed", "http", "unsupported Expect", close=True)
-                return
-            self.expect_continue = h.chunked or h.content_length > 0
         peer = conn.peer_ip
+        rt = self.runtime
         trusted = bool(rt.trusted_proxies) and peer in rt.trusted_proxies
         self.trusted = trusted
-        if trusted and h.forwarding:
-            xff = [v.decode("latin-1") for n, _, v in h.forwarding if n == b"x-forwarded-for"]
-            cip = client_ip(peer, xff, rt.trusted_proxies)
-        else:
-            cip = peer
-        rid = h.request_id
-        request_id = rid.decode("ascii") if rid is not None and valid_request_id(rid) else self.server.next_request_id()
-        ctx = RequestContext(
-            request_id=request_id,
-            method=target.method,
-            path=target.path,
-            raw_path=target.canonical,
-            query=target.query,
-            headers=Headers(h.raw),
-            client_ip=cip,
-            peer_ip=peer,
-            host=target.host,
-            scheme="https" if conn.tls else "http",
-            clock=self.clock,
-            http_version=h.version,
-            started=self.t0,
-            peer_cert=conn.peer_cert,
-            peer_cert_der=conn.peer_cert_der,
+        made = request_context(
+            h.method,
+            h.url,
+            h.version,
+            h.raw,
+            h.hosts,
+            h.expect,
+            h.request_id,
+            [v for n, _, v in h.forwarding if n == b"x-forwarded-for"] if h.forwarding else (),
+            peer,
+            rt.trusted_proxies,
+            "https" if conn.tls else "http",
+            self.clock,
+            self.t0,
+            self.server.request_ids,
+            conn.peer_cert,
+            conn.peer_cert_der,
         )
-        self.ctx = ctx
-        match = target.match
-        if type(match) is NoRoute:
-            if match.status == 405:
-                allow = {"allow": ", ".join(match.allow)}
-                self._deny_local(405, "route.method_not_allowed", "router", "", headers=allow)
-            else:
-                self._deny_local(404, "route.not_found", "router", "")
+        if isinstance(made, Deny):
+            self._deny_local(made.status, made.reason, "http", made.detail, close=True)
             return
-        route_id, params = match  # type: ignore[misc]
-        route = rt.routes[route_id]
+        ctx = self.ctx = made
+        if h.expect is not None:
+            self.expect_continue = h.chunked or h.content_length > 0
+        route = route_request(rt, ctx)
+        if isinstance(route, Deny):
+            self._respond_local(route.status, route.reason, route.headers)
+            return
         self.route = route
         self.pipeline = pipeline = route.pipeline
-        ctx.route_id = route_id
-        if params:
-            ctx.path_params = dict(params)  # the cached match is shared: stages get their own copy
         self.body_limit = pipeline.body_limit
         if self.too_large or h.content_length > self.body_limit or self.body_size > self.body_limit:
             self._body_too_large()
@@ -241,7 +221,7 @@ class Exchange:
         if result is None:
             self._forward()
         elif type(result) is Deny:
-            self._respond_local(result.status, result.reason, result.headers)
+            self._respond_local(result.status, result.reason, result.headers, extra=result.extra)
         else:
             self.task = task = asyncio.get_running_loop().create_task(result)  # type: ignore[arg-type]
             task.add_done_callback(self._pipeline_done)
@@ -257,20 +237,19 @@ class Exchange:
         assert ctx is not None and self.pipeline is not None  # noqa: S101 - set before the task was created
         if task.cancelled():
             if self.timed_out:
-                Pipeline.deny(ctx, ctx.stage, Deny(503, "stage.timeout", detail="stage did not finish in time"))
-                self._respond_local(503, "stage.timeout", None)
+                deny = pipeline_timed_out(ctx)
+                self._respond_local(deny.status, deny.reason, None)
             return
         exc = task.exception()
         if exc is not None:
-            log.error("pipeline failed", exc_info=exc)
-            Pipeline.deny(ctx, ctx.stage or "pipeline", Deny(500, "stage.error", detail=type(exc).__name__))
-            self._respond_local(500, "stage.error", None)
+            deny = pipeline_failed(ctx, exc)
+            self._respond_local(deny.status, deny.reason, None)
             return
         result = task.result()
         if result is None:
             self._forward()
         else:
-            self._respond_local(result.status, result.reason, result.headers)
+            self._respond_local(result.status, result.reason, result.headers, extra=result.extra)
 
     async def _read_body(self) -> bytes:
         """The body reader handed to stages that need the whole body (bounded by the route's limit)."""
@@ -339,9 +318,6 @@ class Exchange:
         self.pending_failure = (status, reason, detail)
 
     def _body_too_large(self) -> None:
-        ctx = self.ctx
-        stage = (self.pipeline.body_limit_stage if self.pipeline else "") or "limits"
-        detail = f"body exceeds {self.body_limit} bytes"
         waiter = self.body_waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(BodyTooLargeError())  # the waiting stage fails, and the runner answers 413
@@ -353,11 +329,14 @@ class Exchange:
             return
         self._drop_upstream(reusable=False)
         self._cancel_task()
-        if ctx is not None:
-            Pipeline.deny(ctx, stage, Deny(413, "request.body_too_large", detail=detail))
-            self._respond_local(413, "request.body_too_large", None, close=True)
+        ctx = self.ctx
+        pipeline = self.pipeline
+        if ctx is not None and pipeline is not None:
+            deny = body_too_large(pipeline, ctx)
+            self._respond_local(deny.status, deny.reason, None, close=True)
         else:
-            self._deny_local(413, "request.body_too_large", stage, detail, close=True)
+            detail = f"body exceeds {self.body_limit} bytes"
+            self._deny_local(413, "request.body_too_large", "limits", detail, close=True)
 
     def _send_continue(self) -> None:
         if self.expect_continue and not self.continue_sent and not self.request_done:
@@ -409,29 +388,18 @@ class Exchange:
             self._handler_reply(task.result())
 
     def _handler_failed(self, exc: BaseException) -> None:
-        log.error("handler raised", exc_info=exc)
         ctx = self.ctx
         assert ctx is not None  # noqa: S101
-        Pipeline.deny(ctx, "handler", Deny(500, "handler.error", detail=type(exc).__name__))
-        self._respond_local(500, "handler.error", None)
+        reply = handler_failed(ctx, exc)
+        self._write_local(reply.status, reply.headers, reply.body, close=False, framed=True)
 
     def _handler_reply(self, reply: LocalResponse) -> None:
         ctx = self.ctx
         pipeline = self.pipeline
         assert ctx is not None and pipeline is not None  # noqa: S101
         self.deadline = INF
-        headers = reply.headers
-        body = reply.body
-        if pipeline.response_hooks:
-            resp = Response(reply.status, headers=list(headers), body=body)
-            try:
-                pipeline.response(ctx, resp)
-            except Exception as exc:
-                self._handler_failed(exc)
-                return
-            headers = resp.final_headers()
-            body = resp.body if resp.body is not None else b""
-        self._write_local(reply.status, headers, body, close=False)
+        out = handler_reply(pipeline, ctx, reply)
+        self._write_local(out.status, out.headers, out.body, close=False, framed=True)
 
     def _connect(self) -> None:
         pool = self.pool
@@ -497,20 +465,17 @@ class Exchange:
             target += b"?" + ctx.query.encode("latin-1")
         host = h.hosts[0] if pool.spec.preserve_host and h.hosts else pool.host_header
         parts = [h.method, b" ", target, b" HTTP/1.1\r\nhost: ", host, CRLF]
-        drop: set[bytes] = set()
-        if h.connection:
-            drop |= connection_tokens(h.connection)
-        if ctx.remove_headers:
-            drop |= {n.encode("latin-1") for n in ctx.remove_headers}
-        if ctx.set_headers:
-            drop |= {n.encode("latin-1") for n in ctx.set_headers}
-        if drop:
-            fwd = h.fwd
-            for i in range(0, len(fwd), 4):
-                if fwd[i].lower() not in drop:
-                    parts.extend(fwd[i : i + 4])
+        removed = ctx.remove_headers
+        if h.connection or removed or ctx.set_headers:
+            if ctx.set_headers:
+                drop = {n.encode("latin-1") for n in replaced_headers(ctx) or ()}
+            else:
+                drop = {n.encode("latin-1") for n in removed or ()}
+            if h.connection:
+                drop |= connection_tokens(h.connection)
+            parts += [line for name, line in zip(h.fwd_names, h.fwd, strict=True) if name.lower() not in drop]
         else:
-            parts.extend(h.fwd)
+            parts += h.fwd
         conn = self.conn
         proto = b"https" if conn.tls else b"http"
         fhost = h.hosts[0] if h.hosts else pool.host_header
@@ -601,12 +566,9 @@ class Exchange:
             )
         if pipeline.response_hooks or framing.needs_rebuild or dechunk or body is not None:
             resp = Response(status, raw_head=head, body=body)
-            try:
-                pipeline.response(ctx, resp)
-            except Exception as exc:
-                log.exception("response hook raised", extra={"route": ctx.route_id, "request_id": ctx.request_id})
-                Pipeline.deny(ctx, ctx.stage or "response", Deny(500, "stage.error", detail=type(exc).__name__))
-                self._error_local(500, "stage.error", type(exc).__name__, keep_decision=True)
+            failed = run_response_hooks(pipeline, ctx, resp)
+            if failed is not None:
+                self._error_local(failed.status, failed.reason, failed.detail, keep_decision=True)
                 return None
             if body is not None:
                 body = resp.body
@@ -768,7 +730,11 @@ class Exchange:
             self._cancel_task()
         elif kind == "handler":
             self._cancel_task()
-            self._error_local(504, "handler.timeout", "handler did not finish in time")
+            ctx = self.ctx
+            assert ctx is not None  # noqa: S101
+            reply = handler_timed_out(ctx)
+            self.error = "handler.timeout"
+            self._write_local(reply.status, reply.headers, reply.body, close=not self.request_done, framed=True)
         elif kind == "connect":
             self._cancel_task()
             self._error_local(504, "upstream.timeout", "connect timeout")
@@ -811,13 +777,13 @@ class Exchange:
         else:
             self._respond_local(status, reason, None, close=not self.request_done)
 
-    def _respond_local(self, status: int, reason: str, headers: Any, *, close: bool = False) -> None:
+    def _respond_local(self, status: int, reason: str, headers: Any, *, close: bool = False, extra: Any = None) -> None:
         """Render a gateway-generated problem (RFC 9457 problem+json) and finish the exchange."""
         if self.finished:
             return
         ctx = self.ctx or self._bare_context()
-        body = problem_body(status, reason, ctx.request_id)
-        self._write_local(status, problem_headers(len(body), headers), body, close=close, framed=True)
+        reply = problem(status, reason, ctx.request_id, headers, extra)
+        self._write_local(status, reply.headers, reply.body, close=close, framed=True)
 
     def _write_local(
         self, status: int, headers: list[tuple[str, str]], body: bytes, *, close: bool, framed: bool = False
@@ -858,22 +824,16 @@ class Exchange:
     def _bare_context(self) -> RequestContext:
         """A context for requests rejected before one could be built (so they are logged the same way)."""
         h = self.head
-        ctx = RequestContext(
-            request_id=self.server.next_request_id(),
-            method=h.method.decode("ascii", "replace"),
-            path="",
-            raw_path="",
-            query="",
-            headers=Headers(h.raw),
-            client_ip=self.conn.peer_ip,
+        ctx = self.ctx = bare_context(
+            method=h.method,
+            version=h.version,
+            headers=h.raw,
             peer_ip=self.conn.peer_ip,
-            host="",
             scheme="https" if self.conn.tls else "http",
             clock=self.clock,
-            http_version=h.version,
             started=self.t0,
+            new_id=self.server.request_ids,
         )
-        self.ctx = ctx
         return ctx
 
     def _finish(self, *, close: bool) -> None:
@@ -889,37 +849,21 @@ class Exchange:
         """Completion hooks, the decision log line and the request metrics: once per exchange."""
         self.finished = True
         self.deadline = INF
-        now = self.clock.monotonic()
         ctx = self.ctx or self._bare_context()
-        t_head = self.t_head
-        t_sent = self.t_sent
-        upstream_s = (t_head - t_sent) if t_head else 0.0
-        if t_sent:
-            # Time before the request went upstream, plus from the upstream's head to the end of the exchange
-            # (for streamed bodies, from the head to the first write after it).
-            overhead = (t_sent - self.t0) + max(0.0, (self.t_fwd or now) - (t_head or now))
-        else:
-            overhead = now - self.t0
-        total_us = int((now - self.t0) * 1e6)
-        upstream_us = int(upstream_s * 1e6)
-        pipeline = self.pipeline
-        if pipeline is not None and pipeline.completion_hooks:
-            pipeline.complete(
-                ctx,
-                Outcome(
-                    status=self.status,
-                    upstream_status=self.upstream_status,
-                    upstream_us=upstream_us,
-                    total_us=total_us,
-                    bytes_sent=self.bytes_sent,
-                    error=self.error,
-                ),
-            )
-        self.server.decision_log.record(ctx, self.status, total_us, upstream_us, self.error)
-        ctx.attach_body_reader(None)
-        self.server.metrics.request(
-            ctx.route_id, ctx.decision, ctx.reason, self.status, overhead, upstream_s if t_head else None
+        server = self.server
+        record_request(
+            self.pipeline,
+            ctx,
+            self,
+            self.clock.monotonic(),
+            self.status,
+            self.upstream_status,
+            self.bytes_sent,
+            self.error,
+            server.decision_log,
+            server.metrics,
         )
+        ctx.attach_body_reader(None)
 
     def _set_deadline(self, when: float, kind: str) -> None:
         self.deadline = when

@@ -98,13 +98,6 @@ _RESPONSE_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade", b"proxy-authenticate"}
 )
 _CONNECTION_STANDARD = frozenset({b"close", b"keep-alive", b"upgrade", b""})
-_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
-
-
-def valid_request_id(value: bytes) -> bool:
-    return _REQUEST_ID.match(value) is not None
-
-
 _STATUS_LINES: dict[int, bytes] = {}
 
 

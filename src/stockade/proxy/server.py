@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import itertools
 import logging
-import secrets
 import socket
 from typing import TYPE_CHECKING
 
 from stockade.clock import SYSTEM_CLOCK, Clock
 from stockade.observability.decision_log import DecisionLog
+from stockade.pipeline.intake import RequestIds
 from stockade.proxy.client import ClientConnection
 from stockade.proxy.http import DateCache
 from stockade.proxy.tls import ListenerContext
@@ -50,12 +49,8 @@ class ProxyServer:
         self.tls: ListenerContext | None = None  # set when listening with TLS; reload swaps its context
         self._servers: list[asyncio.Server] = []
         self._tick_handle: asyncio.TimerHandle | None = None
-        self._ids = itertools.count(1)
-        self._id_prefix = secrets.token_hex(4)
+        self.request_ids = RequestIds()
         self.metrics.gauge_providers.append(self._gauges)
-
-    def next_request_id(self) -> str:
-        return self._id_prefix + format(next(self._ids), "012x")
 
     async def start(self, *, reuse_port: bool = False, sock: socket.socket | None = None) -> None:
         """Bind the listener (or serve on `sock`) and start the periodic sweep."""

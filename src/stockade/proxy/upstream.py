@@ -195,9 +195,12 @@ class UpstreamConnection(asyncio.Protocol):
     def begin(self, user: UpstreamUser, *, decode: bool, head_only: bool) -> None:
         """Start serving one exchange: a fresh parser, in the body mode it needs."""
         self.user = user
+        # llhttp resets itself after a complete keep-alive message, so the parser is reused unless the body
+        # mode changes or the last response ended early (a HEAD response stops at its head; llhttp cannot know).
+        if self.parser is None or decode != self.decode or self.head_only:
+            self.parser = HttpResponseParser(_Decoder(self) if decode else self)
         self.decode = decode
         self.head_only = head_only
-        self.parser = HttpResponseParser(_Decoder(self) if decode else self)
         self.head_buf = b""
         self.head_sent = self.head_done = self.done = self.received_any = self.reusable = False
         self.status = self.interim = self.skip_complete = 0
@@ -319,17 +322,23 @@ class PoolManager:
         self.clock = clock
         self.tls = tls or {}  # HTTPS client contexts by `ca_file`, built at config load
         self.pools: dict[tuple[object, ...], UpstreamPool] = {}
+        self._by_spec: dict[int, tuple[Upstream, UpstreamPool]] = {}  # per config object: no key built per request
 
     def get(self, spec: Upstream) -> UpstreamPool:
+        hit = self._by_spec.get(id(spec))
+        if hit is not None and hit[0] is spec and not hit[1].closed:
+            return hit[1]
         key = (spec.url, spec.ca_file, spec.server_name, spec.max_idle, spec.idle_timeout)
         pool = self.pools.get(key)
         if pool is None:
             pool = self.pools[key] = UpstreamPool(spec, self.clock, self.tls.get(spec.ca_file))
+        self._by_spec[id(spec)] = (spec, pool)  # holding `spec` keeps its id from being reused
         return pool
 
     def retain(self, specs: list[Upstream], tls: Mapping[str | None, ssl.SSLContext] | None = None) -> None:
         """After a reload: close pools no route uses any more; new connections of the others verify with the
         reloaded CA files (idle connections, already verified, stay)."""
+        self._by_spec.clear()
         if tls is not None:
             self.tls = tls
             for pool in self.pools.values():

@@ -23,6 +23,15 @@ def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return addr
 
 
+def check_networks(items: Iterable[str]) -> None:
+    """Raise ValueError naming the first entry that is not an IP address or CIDR network (config validation)."""
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
+
+
 def canonical_ip(text: str) -> str:
     """The address in canonical text form (so '::ffff:10.0.0.1' and '10.0.0.1' compare equal)."""
     addr = parse_ip(text)

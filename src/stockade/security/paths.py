@@ -19,6 +19,10 @@ class BadPathError(ValueError):
         self.reason = reason
 
 
+_CACHE_MAX = 8192
+_cache: dict[bytes, tuple[str, str, str]] = {}
+
+
 def normalize_target(target: bytes) -> tuple[str, str, str]:
     """Split and normalise an origin-form request target.
 
@@ -26,7 +30,19 @@ def normalize_target(target: bytes) -> tuple[str, str, str]:
     slashes merged; `canonical` is `path` re-encoded, which is what goes upstream; `query` is raw.
     Encoded '/', '\\', NUL and control characters, '..' above the root, and '..;' segments are rejected:
     they are how a path that a gateway reads one way reaches an application that reads it another.
+    Results are cached by the exact target bytes (failures are not).
     """
+    hit = _cache.get(target)
+    if hit is not None:
+        return hit
+    result = _normalize(target)
+    if len(_cache) >= _CACHE_MAX:
+        _cache.clear()
+    _cache[target] = result
+    return result
+
+
+def _normalize(target: bytes) -> tuple[str, str, str]:
     if not target.startswith(b"/"):
         raise BadPathError("http.bad_target", "request target is not in origin form")
     if b"#" in target:

@@ -162,6 +162,9 @@ def shared_secrets(services: Services) -> Secrets:
         return found
     if services.config is None:
         raise SecretsError("no configuration: cannot locate the secrets")
-    loaded = load_secrets(services.config.secrets, services.base_dir or Path.cwd())
+    if services.dry_run:  # `config check`: throwaway material, no files generated or read
+        loaded = Secrets(secrets.token_bytes(MIN_PEPPER_BYTES), Keyring({"check": secrets.token_bytes(32)}, "check"))
+    else:
+        loaded = load_secrets(services.config.secrets, services.base_dir or Path.cwd())
     services.shared[SHARED_KEY] = loaded
     return loaded

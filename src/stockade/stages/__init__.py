@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, cast
+
+from stockade.registry import load_registered
 
 if TYPE_CHECKING:
     from stockade.pipeline.stage import Stage
@@ -13,9 +14,15 @@ BUILTIN_STAGES: dict[str, str] = {
     "api_key": "stockade.stages.authn.api_key:ApiKeyAuthenticator",
     "brute_force": "stockade.stages.ratelimit.brute_force:BruteForce",
     "ip_filter": "stockade.stages.preauth.ip_filter:IpFilter",
+    "json_limits": "stockade.stages.validate.json_limits:JsonLimits",
+    "jwt": "stockade.stages.authn.jwt:JwtAuthenticator",
+    "mtls": "stockade.stages.authn.mtls:MtlsAuthenticator",
+    "oauth2_introspection": "stockade.stages.authn.introspection:IntrospectionAuthenticator",
+    "openapi": "stockade.stages.validate.openapi:OpenApiStage",
     "pre_auth_rate_limit": "stockade.stages.ratelimit.rate_limit:PreAuthRateLimit",
     "rate_limit": "stockade.stages.ratelimit.rate_limit:RateLimit",
     "request_size": "stockade.stages.validate.request_size:RequestSize",
+    "scopes": "stockade.stages.authz.scopes:ScopesAuthorizer",
     "security_headers": "stockade.stages.response.security_headers:SecurityHeaders",
 }
 
@@ -26,11 +33,4 @@ class UnknownStageError(LookupError):
 
 def load_stage_class(name: str) -> type[Stage]:
     """Import the stage class registered as `name` (only now, so optional dependencies load on demand)."""
-    target = BUILTIN_STAGES.get(name)
-    if target is None:
-        raise UnknownStageError(name)
-    module_name, _, attr = target.partition(":")
-    cls = getattr(importlib.import_module(module_name), attr)
-    if getattr(cls, "id", None) != name:
-        raise UnknownStageError(f"{target} declares id {getattr(cls, 'id', None)!r}, registered as {name!r}")
-    return cast("type[Stage]", cls)
+    return cast("type[Stage]", load_registered(BUILTIN_STAGES, name, UnknownStageError))

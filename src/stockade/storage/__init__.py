@@ -86,6 +86,7 @@ def shared_store(services: Services) -> Store:
     if store is None:
         if services.config is None:
             raise StorageError("no configuration: the store URL is unknown")
-        store = storage_from_url(services.config.storage, base_dir=services.base_dir)
+        url = "memory://" if services.dry_run else services.config.storage  # a check creates no database
+        store = storage_from_url(url, base_dir=services.base_dir)
         services.shared[SHARED_KEY] = store
     return cast(Store, store)

@@ -140,7 +140,12 @@ class ApiKeyAuthenticator:
             return Deny(401, INVALID, detail=f"expired key {entry.key_id}")
         if entry.key_id is not None:
             self._cache.used.add(entry.key_id)  # last-used, flushed in batches off the request path
-        return Continue(principal=entry.principal, remove_headers=strip, set_query=query)
+        if query is not None:
+            return Continue(principal=entry.principal, remove_headers=strip, set_query=query)
+        verdict = entry.verdicts.get(strip)
+        if verdict is None:
+            verdict = entry.verdicts[strip] = Continue(principal=entry.principal, remove_headers=strip)
+        return verdict
 
     def _without_param(self, query: str) -> str:
         """The raw query minus every occurrence of the key parameter (other parameters byte-for-byte)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from typing import ClassVar
 
 from pydantic import field_validator, model_validator
@@ -11,7 +10,7 @@ from stockade.pipeline.context import RequestContext
 from stockade.pipeline.phase import Phase
 from stockade.pipeline.stage import Stage, StageConfig, StageEnv
 from stockade.pipeline.verdict import CONTINUE, Continue, Deny
-from stockade.security.netaddr import NetSet
+from stockade.security.netaddr import NetSet, check_networks
 
 
 class IpFilterConfig(StageConfig):
@@ -21,11 +20,7 @@ class IpFilterConfig(StageConfig):
     @field_validator("allow", "deny")
     @classmethod
     def _cidrs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        for item in v:
-            try:
-                ipaddress.ip_network(item, strict=False)
-            except ValueError:
-                raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
+        check_networks(v)
         return v
 
     @model_validator(mode="after")

@@ -1,0 +1,161 @@
+"""`stockade clients create|list|revoke`: OAuth2 clients of the gateway's token endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import socket
+import sys
+from collections.abc import Awaitable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from stockade.cli.common import config_option, load_or_exit, resolve_config_path
+from stockade.clock import SYSTEM_CLOCK
+from stockade.errors import StorageError
+from stockade.oauth2.clients import SUPPORTED_METHODS, new_client
+from stockade.storage.base import NotFoundError, Store
+
+T = TypeVar("T")
+
+
+def _actor() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"cli:{user}@{socket.gethostname()}"
+
+
+def _open(ctx: click.Context, config_path: str | None) -> tuple[Store, bytes]:
+    from stockade.security.secrets import SecretsError, load_secrets
+    from stockade.storage import storage_from_url
+
+    loaded = load_or_exit(resolve_config_path(ctx, config_path))
+    try:
+        secrets = load_secrets(loaded.config.secrets, loaded.base_dir)
+        return storage_from_url(loaded.config.storage, base_dir=loaded.base_dir), secrets.pepper
+    except (SecretsError, StorageError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+def _run(store: Store, work: Awaitable[T]) -> T:
+    async def go() -> T:
+        try:
+            return await work
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(go())
+    except NotFoundError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except StorageError as exc:
+        click.echo(f"error: storage: {exc}", err=True)
+        sys.exit(1)
+
+
+@click.group("clients")
+def clients_group() -> None:
+    """OAuth2 clients of the gateway's token endpoint (`oauth2_server:`)."""
+
+
+@clients_group.command("create")
+@config_option
+@click.option("--name", required=True, help="A label for the client (shown in lists and logs).")
+@click.option(
+    "--scopes", default="", help="Comma-separated scopes the client may request, e.g. books:read,books:write."
+)
+@click.option(
+    "--auth-method",
+    type=click.Choice(SUPPORTED_METHODS),
+    default="client_secret_basic",
+    show_default=True,
+    help="How the client authenticates (a secret client may use basic or post).",
+)
+@click.option(
+    "--jwks", "jwks_file", type=click.Path(dir_okay=False, exists=True), help="Public JWK Set (private_key_jwt)."
+)
+@click.option("--consumer", default=None, help="Consumer id that owns the client.")
+@click.pass_context
+def create(
+    ctx: click.Context,
+    config_path: str | None,
+    name: str,
+    scopes: str,
+    auth_method: str,
+    jwks_file: str | None,
+    consumer: str | None,
+) -> None:
+    """Register a client. Prints `client_id:` and (for secret methods) `client_secret:` - shown once."""
+    jwks: dict[str, Any] | None = None
+    if jwks_file is not None:
+        try:
+            jwks = json.loads(Path(jwks_file).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise click.BadParameter(f"cannot read a JWK Set: {exc}", param_hint="--jwks") from None
+    store, pepper = _open(ctx, config_path)
+    try:
+        client, secret = new_client(
+            name=name,
+            scopes=[s.strip() for s in scopes.split(",") if s.strip()],
+            auth_method=auth_method,
+            pepper=pepper,
+            now=SYSTEM_CLOCK.time(),
+            jwks=jwks,
+            consumer_id=consumer,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    _run(store, store.create_client(client, actor=_actor(), at=SYSTEM_CLOCK.time()))
+    click.echo(f"client_id: {client.client_id}")
+    if secret is not None:
+        click.echo(f"client_secret: {secret}")
+        click.echo("The secret is shown only now; the gateway keeps only a keyed hash of it.", err=True)
+
+
+@clients_group.command("list")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per client.")
+@click.pass_context
+def list_clients(ctx: click.Context, config_path: str | None, as_json: bool) -> None:
+    """List clients (never their secrets)."""
+    store, _ = _open(ctx, config_path)
+    clients = _run(store, store.list_clients())
+    for c in clients:
+        status = "revoked" if c.disabled_at is not None else "active"
+        if as_json:
+            doc: dict[str, Any] = {
+                "client_id": c.client_id,
+                "name": c.name,
+                "auth_method": c.auth_method,
+                "status": status,
+            }
+            doc |= {"scopes": list(c.allowed_scopes), "created_at": c.created_at, "disabled_at": c.disabled_at}
+            click.echo(json.dumps(doc))
+        else:
+            created = datetime.fromtimestamp(c.created_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            click.echo(
+                f"{c.client_id}  {status:7}  {c.auth_method:19}  {created}  {c.name}  [{' '.join(c.allowed_scopes)}]"
+            )
+    if not clients and not as_json:
+        click.echo("no clients", err=True)
+
+
+@clients_group.command("revoke")
+@config_option
+@click.argument("client_id")
+@click.pass_context
+def revoke(ctx: click.Context, config_path: str | None, client_id: str) -> None:
+    """Disable a client: no new tokens, and tokens already issued to it stop working within a second."""
+    from stockade.oauth2.clients import disable_client
+
+    store, _ = _open(ctx, config_path)
+    _run(store, disable_client(store, client_id, actor=_actor(), at=SYSTEM_CLOCK.time()))
+    click.echo(f"revoked {client_id}")

@@ -1,0 +1,1 @@
+"""The gateway as an OAuth2 authorization server for machine clients: clients, signing keys, revocation."""

@@ -1,0 +1,103 @@
+"""Revoked token ids (RFC 7009) and disabled clients, held in memory and kept current from the store's change feed.
+
+The `jwt` stage asks `jti in revoked` on every request for issuers that honour revocation: a set lookup. The set
+is filled once from the store, then every `revoked_token` change (from this or any worker, the CLI or the admin
+API) is added as it arrives on the feed, well within a second. A feed silent for longer than MAX_STALE is not
+trusted: the stage then catches up before accepting a token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from stockade.storage.base import NotFoundError
+
+if TYPE_CHECKING:
+    from stockade.clock import Clock
+    from stockade.identity.watch import ChangeWatcher
+    from stockade.pipeline.stage import Services
+    from stockade.storage.base import Store
+    from stockade.storage.records import ChangeBatch
+
+SHARED_KEY = "oauth2.revoked_jtis"
+MAX_STALE = 5.0
+RELOAD_INTERVAL = 3600.0  # drop entries whose tokens expired by reloading the live set
+
+
+class RevokedJtis:
+    """A set of revoked jtis with the freshness of the feed that feeds it."""
+
+    def __init__(self, store: Store, watcher: ChangeWatcher, clock: Clock) -> None:
+        self.store = store
+        self.watcher = watcher
+        self.clock = clock
+        self._jtis: set[str] = set()
+        self.disabled_clients: set[str] = set()  # tokens of a revoked (disabled) client stop verifying too
+        self._pending: set[asyncio.Task[None]] = set()
+        self.loaded = False
+        self._reload_task: asyncio.Task[None] | None = None
+        watcher.subscribe(self._on_changes)
+        watcher.every(RELOAD_INTERVAL, self.load)
+
+    def __contains__(self, jti: object) -> bool:
+        return jti in self._jtis
+
+    def fresh(self) -> bool:
+        return self.loaded and self.watcher.fresh(MAX_STALE)
+
+    async def ensure_fresh(self) -> None:
+        """Load the set on first use and catch the feed up if it fell silent. Raises StorageError."""
+        self.watcher.ensure_running()
+        if not self.loaded:
+            await self.load()
+        if not self.watcher.fresh(MAX_STALE):
+            await self.watcher.poll()
+
+    async def load(self) -> None:
+        await self.watcher.ensure_baseline()  # changes after this point reach _on_changes: none can be missed
+        records = await self.store.list_revoked_tokens(self.clock.time())
+        self._jtis = {r.jti for r in records} | (self._jtis if not self.loaded else set())
+        self.disabled_clients = {c.client_id for c in await self.store.list_clients() if c.disabled_at is not None}
+        self.loaded = True
+
+    def add(self, jti: str) -> None:
+        """Effective at once in this process (the feed brings it to the others)."""
+        self._jtis.add(jti)
+
+    def _on_changes(self, batch: ChangeBatch) -> None:
+        for change in batch.changes:
+            if change.kind == "revoked_token":
+                self._jtis.add(change.ref)
+            elif change.kind == "client":
+                task = asyncio.get_running_loop().create_task(self._client_changed(change.ref))
+                self._pending.add(task)
+                task.add_done_callback(self._pending.discard)
+        if batch.truncated and (self._reload_task is None or self._reload_task.done()):
+            self._reload_task = asyncio.get_running_loop().create_task(self.load())
+
+    async def _client_changed(self, client_id: str) -> None:
+        try:
+            client = await self.store.get_client(client_id)
+        except NotFoundError:
+            self.disabled_clients.add(client_id)  # deleted: its tokens must not outlive it
+            return
+        if client.disabled_at is not None:
+            self.disabled_clients.add(client_id)
+        else:
+            self.disabled_clients.discard(client_id)
+
+    def disable(self, client_id: str) -> None:
+        self.disabled_clients.add(client_id)
+
+
+def revoked_jtis(services: Services) -> RevokedJtis:
+    found = services.shared.get(SHARED_KEY)
+    if isinstance(found, RevokedJtis):
+        return found
+    from stockade.identity.watch import shared_watcher
+    from stockade.storage import shared_store
+
+    revoked = RevokedJtis(shared_store(services), shared_watcher(services), services.clock)
+    services.shared[SHARED_KEY] = revoked
+    return revoked

@@ -1,0 +1,190 @@
+"""The gateway's token signing keys: loaded from the store (private halves sealed with the KEK), rotated with an
+overlap, published as a JWKS, and offered to the `jwt` stage as a local key source (no HTTP round trip)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from stockade.security.jose import MAX_LEEWAY
+from stockade.security.jwk import PrivateKey, parse_jwk, public_jwk
+from stockade.security.jwks import KeySet
+from stockade.storage.records import SigningKey
+
+if TYPE_CHECKING:
+    from stockade.clock import Clock
+    from stockade.config.oauth2 import OAuth2Server
+    from stockade.identity.watch import ChangeWatcher
+    from stockade.pipeline.stage import Services
+    from stockade.security.crypto import Keyring
+    from stockade.storage.base import Store
+    from stockade.storage.records import ChangeBatch
+
+log = logging.getLogger("stockade.oauth2")
+
+SHARED_KEY = "oauth2.signing_keys"
+RELOAD_INTERVAL = 1.0  # an unknown kid of ours reloads from the store at most this often
+ACTOR = "system:key-rotation"
+MAINTAIN_INTERVAL = 60.0
+
+
+def generate_key(alg: str) -> PrivateKey:
+    if alg in ("ES256", "ES384"):
+        return ec.generate_private_key(ec.SECP256R1() if alg == "ES256" else ec.SECP384R1())
+    if alg == "EdDSA":
+        return ed25519.Ed25519PrivateKey.generate()
+    return rsa.generate_private_key(public_exponent=65537, key_size=3072)
+
+
+class SigningKeys:
+    """The current view of the store's signing keys. `keys`/`current`/`refetch` make it a jwt KeySource."""
+
+    def __init__(self, store: Store, keyring: Keyring, clock: Clock, watcher: ChangeWatcher | None = None) -> None:
+        self.store = store
+        self.watcher = watcher
+        self.keyring = keyring
+        self.clock = clock
+        self.keys: KeySet | None = None
+        self.fresh_until = float("inf")  # freshness comes from the change feed, not a TTL
+        self.records: list[SigningKey] = []
+        self._signer: tuple[str, str, PrivateKey] | None = None
+        self._last_reload = float("-inf")
+        self._reload_task: asyncio.Task[None] | None = None
+        self.policy: OAuth2Server | None = None  # set by the token server; rotation runs only where one exists
+
+    async def maintain_if_serving(self) -> None:
+        if self.policy is not None:
+            await self.maintain(self.policy)
+
+    # -- the jwt stage's view --------------------------------------------------------------------------------
+
+    async def current(self, now: float) -> KeySet | None:
+        if self.watcher is not None:
+            self.watcher.ensure_running()
+        if self.keys is None:
+            await self.reload()
+        return self.keys
+
+    async def refetch(self, now: float) -> bool:
+        if now - self._last_reload < RELOAD_INTERVAL:
+            return False
+        before = self.keys
+        await self.reload()
+        return self.keys is not before
+
+    def on_changes(self, batch: ChangeBatch) -> None:
+        if batch.truncated or any(c.kind == "signing_key" for c in batch.changes):
+            if self._reload_task is None or self._reload_task.done():
+                self._reload_task = asyncio.get_running_loop().create_task(self.reload())
+
+    # -- loading -----------------------------------------------------------------------------------------------
+
+    async def reload(self) -> None:
+        """Read every key from the store; publish those not past `not_after`; pick the active signer."""
+        now = self.clock.time()
+        self._last_reload = now
+        records = await self.store.list_signing_keys()
+        live = [k for k in records if k.not_after is None or k.not_after > now]
+        digest = hashlib.sha256(",".join(f"{k.kid}:{k.state}" for k in live).encode()).hexdigest()
+        if self.keys is None or self.keys.digest != digest:  # same keys: same object, so cached tokens stay valid
+            self.keys = KeySet([parse_jwk(dict(k.public_jwk)) for k in live], digest)
+        self.records = live
+        active = next((k for k in reversed(live) if k.state == "active"), None)
+        if active is None:
+            self._signer = None
+        elif self._signer is None or self._signer[0] != active.kid:
+            pem = self.keyring.open(active.private_key, aad=active.kid.encode())
+            key = serialization.load_pem_private_key(pem, password=None)
+            self._signer = (active.kid, active.alg, key)  # type: ignore[assignment]
+
+    def signer(self) -> tuple[str, str, PrivateKey] | None:
+        """(kid, alg, private key) of the active key, or None before the first key exists."""
+        return self._signer
+
+    def jwks(self) -> dict[str, Any]:
+        """The published set: the next key (before it signs), the active one, and retired keys until their
+        tokens have expired."""
+        return {"keys": [dict(k.public_jwk) for k in self.records]}
+
+    # -- rotation ----------------------------------------------------------------------------------------------
+
+    async def maintain(self, cfg: OAuth2Server) -> None:
+        """Create the first key; publish the next one `publish_ahead` before the active key's life ends;
+        activate it once it has been published that long; drop retired keys after their tokens expired."""
+        now = self.clock.time()
+        records = await self.store.list_signing_keys()
+        active = [k for k in records if k.state == "active"]
+        upcoming = [k for k in records if k.state == "next"]
+        changed = False
+        if not active:
+            await self._add(cfg.algorithm, "active", now)
+            changed = True
+        else:
+            current = active[-1]
+            age = now - (current.activated_at or current.created_at)
+            if not upcoming and age >= cfg.rotate_every - cfg.publish_ahead:
+                await self._add(cfg.algorithm, "next", now)
+                changed = True
+            elif upcoming and age >= cfg.rotate_every and now - upcoming[0].created_at >= cfg.publish_ahead:
+                retire_after = now + cfg.token_ttl + MAX_LEEWAY  # tokens it signed still verify until they expire
+                await self.store.activate_signing_key(
+                    upcoming[0].kid, retire_not_after=retire_after, actor=ACTOR, at=now
+                )
+                log.info("signing key %s activated; %s retired until %.0f", upcoming[0].kid, current.kid, retire_after)
+                changed = True
+        for k in records:
+            if k.state == "retired" and k.not_after is not None and k.not_after <= now:
+                await self.store.delete_signing_key(k.kid, actor=ACTOR, at=now)
+                changed = True
+        if changed or self.keys is None:
+            await self.reload()
+
+    async def _add(self, alg: str, state: str, now: float) -> None:
+        from stockade.security.keys import new_id
+
+        key = generate_key(alg)
+        kid = new_id("sig")
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        record = SigningKey(
+            kid=kid,
+            alg=alg,
+            public_jwk=public_jwk(key.public_key(), kid, alg),
+            private_key=self.keyring.seal(pem, aad=kid.encode()),
+            state=state,  # type: ignore[arg-type]
+            created_at=now,
+            activated_at=now if state == "active" else None,
+        )
+        await self.store.add_signing_key(record, actor=ACTOR, at=now)
+        log.info("signing key %s (%s) added as %s", kid, alg, state)
+
+
+def shared_signing_keys(services: Services) -> SigningKeys:
+    """The process's signing keys over the shared store, following the change feed."""
+    found = services.shared.get(SHARED_KEY)
+    if isinstance(found, SigningKeys):
+        return found
+    from stockade.identity.watch import shared_watcher
+    from stockade.security.secrets import shared_secrets
+    from stockade.storage import shared_store
+
+    watcher = shared_watcher(services)
+    keys = SigningKeys(shared_store(services), shared_secrets(services).keyring, services.clock, watcher)
+    watcher.subscribe(keys.on_changes)
+    watcher.every(MAINTAIN_INTERVAL, keys.maintain_if_serving)
+    services.shared[SHARED_KEY] = keys
+    return keys
+
+
+def gateway_key_source(services: Services, issuer: str) -> SigningKeys:
+    """The `jwt` stage's key source for an issuer with `gateway: true`: this gateway's own signing keys."""
+    cfg = services.config.oauth2_server if services.config is not None else None
+    if cfg is None or cfg.issuer != issuer:
+        raise ValueError(f"issuer {issuer!r} has `gateway: true` but no `oauth2_server` with that issuer exists")
+    return shared_signing_keys(services)

@@ -1,0 +1,207 @@
+"""One compiled operation: its parameters, request bodies and response schemas, validators built at load."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from stockade.openapi.loader import Documents, Located
+from stockade.openapi.media import is_json, media_kind
+from stockade.openapi.params import DEFAULT_STYLE, STYLES, Param
+from stockade.openapi.shapes import ANY, Shape, shape_of
+
+if TYPE_CHECKING:
+    import jsonschema_rs
+
+    from stockade.openapi.schema import SchemaSet, Variant
+
+_IGNORED_HEADERS = frozenset({"accept", "content-type", "authorization"})  # OpenAPI: described elsewhere
+
+
+@dataclass(frozen=True, slots=True)
+class Compiled:
+    """A validator and the exact schema it was compiled from (error paths are resolved against it)."""
+
+    validator: jsonschema_rs.Validator
+    schema: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class BodyRule:
+    media: str  # the declared media-type key
+    kind: str  # json | form | multipart | text | opaque, or auto (a wildcard key: decided by the request's type)
+    shape: Shape
+    check: Compiled  # parameters and body together, one validator call per request
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseRule:
+    closed: Compiled  # fails on undeclared and writeOnly properties too: the fast path for a clean response
+    open: Compiled  # annotations tell the filter which properties the schema declared
+    pointer: str
+
+
+@dataclass(slots=True)
+class Operation:
+    method: str
+    template: str
+    pointer: str
+    operation_id: str
+    deprecated: bool
+    params: dict[str, tuple[Param, ...]]  # by location: path, query, header, cookie
+    check: Compiled  # parameters only (no body, or a body without a schema)
+    bodies: dict[str, BodyRule] = field(default_factory=dict)
+    declares_body: bool = False
+    body_required: bool = False
+    responses: dict[str, dict[str, ResponseRule]] = field(default_factory=dict)
+
+    def response_rule(self, status: int, media: str) -> ResponseRule | None:
+        table = self.responses.get(str(status)) or self.responses.get(f"{status // 100}XX")
+        if table is None:
+            table = self.responses.get("default")
+        if table is None:
+            return None
+        return table.get(media) or (table.get("application/json") if is_json(media) else None)
+
+
+def build_operation(
+    docs: Documents, schemas: SchemaSet, item: Located, method: str, template: str, *, strict: bool, responses: bool
+) -> Operation:
+    at = item.child(method)
+    op = at.node
+    if not isinstance(op, dict):
+        raise at.error("an operation must be an object")
+    variant: Variant = "request_strict" if strict else "request"
+    params, props = _parameters(docs, schemas, item, at, variant)
+    base = _envelope(props, params)
+    operation = Operation(
+        method=method,
+        template=template,
+        pointer=at.pointer,
+        operation_id=str(op.get("operationId") or f"{method.upper()} {template}"),
+        deprecated=op.get("deprecated") is True,
+        params=params,
+        check=_compile(schemas, base, variant, at),
+    )
+    if "requestBody" in op:
+        body = docs.deref(at.child("requestBody"))
+        if not isinstance(body.node, dict) or not isinstance(body.node.get("content"), dict):
+            raise body.error("requestBody needs a content map")
+        operation.declares_body = True
+        operation.body_required = body.node.get("required") is True
+        for media in body.node["content"]:
+            operation.bodies[media.lower()] = _body_rule(docs, schemas, body, media, base, variant, at)
+    if responses:
+        _responses(docs, schemas, at, operation)
+    return operation
+
+
+def _parameters(
+    docs: Documents, schemas: SchemaSet, item: Located, at: Located, variant: Variant
+) -> tuple[dict[str, tuple[Param, ...]], dict[str, tuple[dict[str, Any], list[str]]]]:
+    found: dict[tuple[str, str], Located] = {}
+    for owner in (item, at):  # operation-level parameters override path-level ones of the same name and place
+        raw = owner.node.get("parameters", [])
+        if not isinstance(raw, list):
+            raise owner.error("parameters must be a list", "parameters")
+        for i in range(len(raw)):
+            p = docs.deref(owner.child("parameters", i))
+            if not isinstance(p.node, dict) or not isinstance(p.node.get("name"), str):
+                raise p.error("a parameter needs a name")
+            found[(p.node["name"], str(p.node.get("in")))] = p
+    params: dict[str, list[Param]] = {"path": [], "query": [], "header": [], "cookie": []}
+    props: dict[str, tuple[dict[str, Any], list[str]]] = {k: ({}, []) for k in params}
+    for (name, location), p in found.items():
+        if location not in STYLES:
+            raise p.error(f"parameter location must be path, query, header or cookie, not {location!r}", "in")
+        if location == "header" and name.lower() in _IGNORED_HEADERS:
+            continue
+        style = p.node.get("style", DEFAULT_STYLE[location])
+        if style not in STYLES[location]:
+            raise p.error(f"style {style!r} is not allowed for {location} parameters", "style")
+        schema_at, json = _param_schema(p)
+        key = name.lower() if location == "header" else name
+        shape = shape_of(schema_at, docs) if schema_at is not None else ANY
+        params[location].append(Param(key, location, style, bool(p.node.get("explode", style == "form")), shape, json))
+        converted = schemas.convert(schema_at, variant, close=False) if schema_at is not None else {}
+        props[location][0][key] = converted
+        if p.node.get("required") is True or location == "path":
+            props[location][1].append(key)
+    return {k: tuple(v) for k, v in params.items() if v}, props
+
+
+def _param_schema(p: Located) -> tuple[Located | None, bool]:
+    if "schema" in p.node:
+        return p.child("schema"), False
+    content = p.node.get("content")
+    if isinstance(content, dict) and len(content) == 1:
+        media = next(iter(content))
+        entry = p.child("content", media)
+        return (entry.child("schema") if isinstance(entry.node, dict) and "schema" in entry.node else None), is_json(
+            media.lower()
+        )
+    if content is not None:
+        raise p.error("a parameter's content map must hold exactly one media type", "content")
+    return None, False
+
+
+def _envelope(props: dict[str, tuple[dict[str, Any], list[str]]], params: dict[str, Any]) -> dict[str, Any]:
+    """The instance the validator sees: {"path": {...}, "query": {...}, "header": ..., "cookie": ..., "body": ...}."""
+    out: dict[str, Any] = {}
+    for location, (properties, required) in props.items():
+        if location in params:
+            schema: dict[str, Any] = {"type": "object", "properties": properties}
+            if required:
+                schema["required"] = required
+            out[location] = schema
+    return {"type": "object", "properties": out}
+
+
+def _body_rule(
+    docs: Documents, schemas: SchemaSet, body: Located, media: str, base: dict[str, Any], variant: Variant, at: Located
+) -> BodyRule:
+    entry = body.child("content", media)
+    essence = media.lower()
+    kind = "auto" if "*" in essence else media_kind(essence)
+    has_schema = isinstance(entry.node, dict) and "schema" in entry.node
+    if not has_schema or kind == "opaque":  # no schema, or bytes the gateway cannot read: presence only
+        return BodyRule(essence, "opaque", ANY, _compile(schemas, base, variant, at))
+    schema_at = entry.child("schema")
+    root = {**base, "properties": {**base["properties"], "body": schemas.convert(schema_at, variant)}}
+    if body.node.get("required") is True:
+        root["required"] = ["body"]
+    return BodyRule(essence, kind, shape_of(schema_at, docs), _compile(schemas, root, variant, entry))
+
+
+def _responses(docs: Documents, schemas: SchemaSet, at: Located, operation: Operation) -> None:
+    table = at.node.get("responses")
+    if table is None:
+        return
+    if not isinstance(table, dict):
+        raise at.error("responses must be an object", "responses")
+    for code in table:
+        resp = docs.deref(at.child("responses", code))
+        content = resp.node.get("content") if isinstance(resp.node, dict) else None
+        if not isinstance(content, dict):
+            continue
+        rules: dict[str, ResponseRule] = {}
+        for media in content:
+            entry = resp.child("content", media)
+            if not is_json(media.lower()) or not isinstance(entry.node, dict) or "schema" not in entry.node:
+                continue
+            s = entry.child("schema")
+            closed = {"type": "object", "properties": {"body": schemas.convert(s, "response_closed")}}
+            opened = schemas.convert(s, "response_open", close=False)
+            rules[media.lower()] = ResponseRule(
+                _compile(schemas, closed, "response_closed", s),
+                _compile(schemas, opened, "response_open", s),
+                s.pointer,
+            )
+        if rules:
+            key = str(code).upper() if str(code).upper().endswith("XX") else str(code)
+            operation.responses[key] = rules
+
+
+def _compile(schemas: SchemaSet, root: dict[str, Any], variant: Variant, at: Located) -> Compiled:
+    validator, document = schemas.validator(root, variant, at)
+    return Compiled(validator, document)

@@ -1,0 +1,98 @@
+"""Building the instance one request is validated as: `{"path", "query", "header", "cookie", "body"}`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from stockade.openapi.errors import Problem, pointer
+from stockade.openapi.media import decode_form, decode_multipart, essence, media_kind
+from stockade.openapi.params import Malformed, header_value, parse_cookies, path_value, query_value
+from stockade.security.jsonscan import PARSED_KEY, Limits, Violation, parse
+
+if TYPE_CHECKING:
+    from stockade.openapi.operations import BodyRule, Operation
+    from stockade.pipeline.context import RequestContext
+
+DUPLICATES_ONLY = Limits()  # the openapi stage refuses duplicate keys; size limits belong to json_limits
+
+
+def parameters(
+    op: Operation, ctx: RequestContext, path_values: dict[str, str], strict: bool, undeclared: list[Problem]
+) -> dict[str, Any]:
+    """Deserialise every declared parameter (raises Malformed). Undeclared query keys go to `undeclared`
+    when `strict`."""
+    out: dict[str, Any] = {}
+    params = op.params
+    declared = params.get("path")
+    if declared:
+        out["path"] = {p.name: path_value(p, path_values[p.name]) for p in declared if p.name in path_values}
+    declared = params.get("query")
+    if declared or (strict and ctx.query):
+        query = ctx.query_params
+        used: set[str] = set()
+        values: dict[str, Any] = {}
+        for p in declared or ():
+            present, value = query_value(p, query, used)
+            if present:
+                values[p.name] = value
+        if declared:
+            out["query"] = values
+        if strict:
+            undeclared.extend(
+                {"pointer": pointer(["query", k]), "rule": "additionalProperties"} for k in query if k not in used
+            )
+    declared = params.get("header")
+    if declared:
+        headers = ctx.headers
+        values = {}
+        for p in declared:
+            raw = headers.get_all(p.name)
+            if raw:
+                values[p.name] = header_value(p, raw)
+        out["header"] = values
+    declared = params.get("cookie")
+    if declared:
+        jar = parse_cookies(ctx.headers.get_all("cookie"))
+        values = {}
+        for p in declared:
+            cookie = jar.get(p.name)
+            if cookie is not None:
+                if len(cookie) != 1:
+                    raise Malformed(p.pointer, "duplicate")
+                values[p.name] = header_value(p, cookie)
+        out["cookie"] = values
+    return out
+
+
+def body_value(rule: BodyRule, body: bytes, content_type: str, ctx: RequestContext) -> tuple[bool, Any]:
+    """(has a value to validate, value). Raises Malformed for a body that does not parse as its media type."""
+    kind = rule.kind
+    if kind == "auto":
+        kind = media_kind(essence(content_type))
+    if kind == "json":
+        cached = ctx.state.get(PARSED_KEY)
+        if cached is not None and cached[0] is body:  # json_limits already parsed exactly these bytes
+            return True, cached[1]
+        try:
+            return True, parse(body, DUPLICATES_ONLY)
+        except Violation as exc:
+            raise Malformed("/body" + exc.pointer, "json" if exc.rule == "malformed" else exc.rule) from None
+    if kind == "form":
+        return True, decode_form(body, rule.shape)
+    if kind == "multipart":
+        return True, decode_multipart(body, content_type, rule.shape)
+    if kind == "text":
+        try:
+            return True, body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise Malformed("/body", "encoding") from None
+    return False, None
+
+
+def has_body(ctx: RequestContext) -> bool:
+    """Whether the request framing announces a body (so a bodiless request never waits on a read)."""
+    headers = ctx.headers
+    if "transfer-encoding" in headers:
+        return True
+    length = headers.get("content-length")
+    return length is not None and length.strip() not in ("", "0")

@@ -1,0 +1,86 @@
+"""Response protection: check an upstream JSON body against its declared schema and strip what it does not
+declare (undeclared and `writeOnly` properties), so excessive data exposure stops at the gateway."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from stockade.openapi.errors import Problem, problems
+
+if TYPE_CHECKING:
+    from stockade.openapi.operations import ResponseRule
+
+_DECLARING = frozenset({"properties", "patternProperties", "additionalProperties", "unevaluatedProperties"})
+
+
+@dataclass(slots=True)
+class Checked:
+    """`problems` found; `fatal` if the body cannot be repaired (not JSON, encoded, or schema-invalid);
+    `body` is the filtered document when properties were removed."""
+
+    problems: list[Problem] = field(default_factory=list)
+    fatal: bool = False
+    body: bytes | None = None
+
+
+CLEAN = Checked()
+
+
+def check_response(rule: ResponseRule, raw: bytes, encoding: str | None) -> Checked:
+    if encoding and encoding.strip().lower() != "identity":
+        return Checked([{"pointer": "/body", "rule": "contentEncoding"}], fatal=True)
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return Checked([{"pointer": "/body", "rule": "json"}], fatal=True)
+    closed = rule.closed
+    envelope = {"body": doc}
+    if closed.validator.is_valid(envelope):
+        return CLEAN
+    evaluation = rule.open.validator.evaluate(doc)
+    if not evaluation.valid:
+        return Checked(problems(closed.validator.iter_errors(envelope), closed.schema), fatal=True)
+    removed = strip(doc, evaluation.annotations())
+    return Checked(removed, body=orjson.dumps(doc) if removed else None)
+
+
+def strip(doc: Any, annotations: list[Any]) -> list[Problem]:
+    """Remove, in place, every property no schema declared at its location and every `writeOnly` one.
+
+    An object whose schema lists no properties at all (a free-form map) is left as it is; so are properties
+    an explicit `additionalProperties` admits. Annotations come only from subschemas that passed, so with
+    `oneOf` only the matching branch declares anything.
+    """
+    declared: dict[str, set[str]] = {}
+    write_only: set[str] = set()
+    for entry in annotations:
+        keyword = entry["schemaLocation"].rsplit("/", 1)[-1]
+        value = entry["annotations"]
+        if keyword in _DECLARING and isinstance(value, list):
+            declared.setdefault(entry["instanceLocation"], set()).update(value)
+        elif isinstance(value, dict) and value.get("writeOnly") is True:
+            write_only.add(entry["instanceLocation"])
+    removed: list[Problem] = []
+    _walk(doc, "", declared, write_only, removed)
+    return removed
+
+
+def _walk(node: Any, at: str, declared: dict[str, set[str]], write_only: set[str], removed: list[Problem]) -> None:
+    if isinstance(node, dict):
+        keys = declared.get(at)
+        for key in list(node):
+            child = at + "/" + key.replace("~", "~0").replace("/", "~1")
+            if child in write_only:
+                del node[key]
+                removed.append({"pointer": "/body" + child, "rule": "writeOnly"})
+            elif keys is not None and key not in keys:
+                del node[key]
+                removed.append({"pointer": "/body" + child, "rule": "undeclared"})
+            else:
+                _walk(node[key], child, declared, write_only, removed)
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            _walk(item, f"{at}/{i}", declared, write_only, removed)

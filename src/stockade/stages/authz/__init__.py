@@ -1,0 +1,1 @@
+"""Authorization stages: scopes and roles, ownership, function-level rules."""

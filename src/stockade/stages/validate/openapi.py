@@ -1,0 +1,157 @@
+"""`openapi`: the API's own OpenAPI document as the enforced contract, for requests and (optionally) responses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from stockade.openapi.errors import Problem, problems, summary
+from stockade.openapi.media import essence, pick
+from stockade.openapi.operations import Operation
+from stockade.openapi.params import Malformed
+from stockade.openapi.request import body_value, has_body, parameters
+from stockade.openapi.responses import check_response
+from stockade.openapi.spec import Options, Spec, load_spec
+from stockade.pipeline.context import RequestContext
+from stockade.pipeline.headers import DuplicateHeaderError
+from stockade.pipeline.phase import Phase
+from stockade.pipeline.response import Response
+from stockade.pipeline.stage import Stage, StageConfig, StageEnv
+from stockade.pipeline.verdict import CONTINUE, Continue, Deny, Finding
+
+OPERATION_KEY = "openapi.operation"  # ctx.state: the matched Operation, for the response hook and later stages
+
+
+class OpenApiConfig(StageConfig):
+    spec: str = Field(min_length=1)  # path to the spec (YAML or JSON), relative to the config file
+    responses: Literal["off", "monitor", "enforce"] = "off"
+    # enforce: `strip` removes undeclared and writeOnly properties (502 only if the rest is invalid);
+    # `reject` answers 502 response.invalid for any deviation.
+    response_action: Literal["strip", "reject"] = "strip"
+    requests: Literal["enforce", "monitor"] = "enforce"
+    unknown_operations: Literal["deny", "monitor"] = "deny"
+    deprecated: Literal["allow", "monitor", "deny"] = "allow"  # `deprecated: true` operations (zombie endpoints)
+    strict: bool = False  # close every object schema that lists properties, and refuse undeclared query keys
+    base_path: str | None = Field(default=None, pattern=r"^/[^?#]*$")  # overrides the spec's `servers`
+
+
+class OpenApiStage:
+    """Matches the request to a spec operation (404 `openapi.unknown_operation` if none), validates its
+    parameters and body (400 malformed, 415 undeclared media type, 422 invalid) and, if configured, checks
+    and filters the JSON response."""
+
+    id: ClassVar[str] = "openapi"
+    phase: ClassVar[Phase] = Phase.VALIDATE
+    Config: ClassVar[type[StageConfig]] = OpenApiConfig
+
+    def __new__(cls, config: OpenApiConfig, env: StageEnv) -> OpenApiStage:
+        # Only a stage that checks responses has a response hook: without one the proxy forwards the upstream
+        # head verbatim and never buffers a body.
+        return super().__new__(_ResponseChecking if config.responses != "off" and cls is OpenApiStage else cls)
+
+    def __init__(self, config: OpenApiConfig, env: StageEnv) -> None:
+        path = Path(config.spec)
+        if not path.is_absolute():
+            path = env.base_dir / path
+        options = Options(strict=config.strict, responses=config.responses != "off", base_path=config.base_path)
+        self.spec: Spec = load_spec(path, options, env.services.shared)
+        self.strict = config.strict
+        self.monitor_requests = config.requests == "monitor"
+        self.monitor_unknown = config.unknown_operations == "monitor"
+        self.deprecated = config.deprecated
+        self.responses = config.responses
+        self.reject_responses = config.response_action == "reject"
+        checks_responses = config.responses != "off"
+        # Response checks need the body as sent: ask the upstream for no content coding.
+        self._allow = Continue(remove_headers=("accept-encoding",)) if checks_responses else CONTINUE
+
+    async def check(self, ctx: RequestContext) -> Continue | Deny:
+        found = self.spec.match(ctx.path, ctx.method)
+        if found is None:
+            detail = f"{ctx.method} {ctx.path[:200]} is not an operation of the spec"
+            if self.monitor_unknown:
+                return Continue(findings=(Finding("openapi.unknown_operation", "medium", detail),))
+            return Deny(404, "openapi.unknown_operation", detail=detail)
+        op, path_values = found
+        ctx.state[OPERATION_KEY] = op
+        if op.deprecated and self.deprecated != "allow":
+            detail = f"{op.operation_id} is deprecated"
+            if self.deprecated == "monitor":
+                ctx.findings.append(Finding("openapi.deprecated_operation", "low", detail))
+            else:
+                return Deny(404, "openapi.unknown_operation", detail=detail)
+        extra: list[Problem] = []
+        try:
+            instance = parameters(op, ctx, path_values, self.strict, extra)
+        except Malformed as exc:
+            return self._fail(op, 400, "openapi.bad_parameter", [{"pointer": exc.pointer, "rule": exc.rule}])
+        check = op.check
+        if op.declares_body or has_body(ctx):
+            body = await ctx.read_body() if has_body(ctx) else b""
+            if body:
+                try:
+                    content_type = ctx.headers.get_single("content-type") or ""
+                except DuplicateHeaderError:
+                    return Deny(400, "http.duplicate_header", detail="more than one Content-Type")
+                key = pick(op.bodies, essence(content_type))
+                if key is None:
+                    found_type = essence(content_type)[:100] or "none"
+                    detail = f"{op.operation_id}: content type {found_type} is not declared"
+                    return self._deny(Deny(415, "openapi.unsupported_media_type", detail=detail))
+                rule = op.bodies[key]
+                try:
+                    present, value = body_value(rule, body, content_type, ctx)
+                except Malformed as exc:
+                    return self._fail(op, 400, "openapi.malformed_body", [{"pointer": exc.pointer, "rule": exc.rule}])
+                if present:
+                    instance["body"] = value
+                    check = rule.check
+            elif op.body_required:
+                extra.append({"pointer": "/body", "rule": "required"})
+        if check.validator.is_valid(instance) and not extra:
+            return self._allow
+        found_problems = extra + problems(check.validator.iter_errors(instance), check.schema)
+        return self._fail(op, 422, "openapi.invalid_request", found_problems)
+
+    def _fail(self, op: Operation, status: int, reason: str, found: list[Problem]) -> Continue | Deny:
+        detail = f"{op.operation_id}: {summary(found)}"
+        if self.monitor_requests:
+            return Continue(findings=(Finding(reason, "medium", detail),))
+        return Deny(status, reason, detail=detail, extra={"errors": found})
+
+    def _deny(self, verdict: Deny) -> Continue | Deny:
+        if self.monitor_requests:
+            return Continue(findings=(Finding(verdict.reason, "medium", verdict.detail),))
+        return verdict
+
+
+class _ResponseChecking(OpenApiStage):
+    """The `openapi` stage with `responses: monitor|enforce`: also checks (and filters) JSON responses."""
+
+    needs_response_body = True
+
+    def on_response(self, ctx: RequestContext, response: Response) -> None:
+        op = ctx.state.get(OPERATION_KEY)
+        body = response.body
+        if op is None or body is None:
+            return
+        rule = op.response_rule(response.status, essence(response.get("content-type")))
+        if rule is None:
+            return  # no schema declared for this status and media type: passes unchanged
+        checked = check_response(rule, body, response.get("content-encoding"))
+        if not checked.problems:
+            return
+        detail = f"{op.operation_id} {response.status}: {summary(checked.problems)}"
+        if self.responses == "monitor":
+            ctx.findings.append(Finding("openapi.response_invalid", "medium", detail))
+        elif checked.fatal or self.reject_responses:
+            response.reject(502, "response.invalid", detail=detail)
+        elif checked.body is not None:
+            ctx.findings.append(Finding("openapi.response_filtered", "low", detail))
+            response.replace_body(checked.body)
+
+
+_: type[Stage] = OpenApiStage
+_r: type[Stage] = _ResponseChecking

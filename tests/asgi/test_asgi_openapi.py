@@ -1,0 +1,72 @@
+"""The `openapi` stage in StockadeMiddleware: the same errors list, response filtering and 502 as the proxy."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from stockade.asgi import StockadeMiddleware
+from stockade.clock import FakeClock
+from stockade.observability.decision_log import DecisionLog
+from tests.asgi.asgi_support import AsgiServer, raw_request, serving
+
+SPEC = Path(__file__).resolve().parents[1] / "openapi" / "specs" / "petstore.yaml"
+OWNER = "/v1/owners/9b2f3c1e-8d4a-4b6e-9f0a-1c2d3e4f5a6b"
+CONFIG = f"""
+routes:
+  - id: pets
+    match: {{path: "/v1/**"}}
+    stages:
+      - use: anonymous
+      - use: openapi
+        config: {{spec: "{SPEC}", responses: enforce}}
+"""
+REPLIES: dict[str, Any] = {}
+
+
+async def owner(request: Request) -> Response:
+    return Response(orjson.dumps(REPLIES["owner"]), media_type="application/json")
+
+
+async def create(request: Request) -> Response:
+    return Response(await request.body(), status_code=201, media_type="application/json")
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[AsgiServer]:
+    app = Starlette(routes=[Route(OWNER, owner), Route("/v1/pets", create, methods=["POST"])])
+    mw = StockadeMiddleware(app, config_text=CONFIG, decision_log=DecisionLog("off", FakeClock()))
+    with serving(mw) as srv:
+        yield srv
+
+
+def _request(server: AsgiServer, method: str, target: str, body: bytes = b"") -> tuple[int, dict[str, Any]]:
+    headers = {"Content-Type": "application/json"}
+    status, _, raw = raw_request(server.port, method, target, headers=headers, body=body)
+    return status, orjson.loads(raw) if raw else {}
+
+
+def test_invalid_request_lists_pointers_and_rules(server: AsgiServer) -> None:
+    status, doc = _request(server, "POST", "/v1/pets", b'{"name":"Rex","weight":-1}')
+    assert (status, doc["reason"]) == (422, "openapi.invalid_request")
+    assert doc["errors"] == [{"pointer": "/body/weight", "rule": "exclusiveMinimum"}]
+
+
+def test_response_is_filtered(server: AsgiServer) -> None:
+    REPLIES["owner"] = {"email": "a@example.com", "password": "hunter2hunter2", "ssn": "078-05-1120"}
+    status, doc = _request(server, "GET", OWNER)
+    assert (status, doc) == (200, {"email": "a@example.com"})
+
+
+def test_unrepairable_response_is_502(server: AsgiServer) -> None:
+    REPLIES["owner"] = {"email": 42, "password": "hunter2hunter2"}
+    status, doc = _request(server, "GET", OWNER)
+    assert (status, doc["reason"]) == (502, "response.invalid")

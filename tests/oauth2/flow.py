@@ -1,0 +1,76 @@
+"""Helpers for end-to-end token endpoint tests: a gateway with `oauth2_server`, a store in a temp dir, the CLI."""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+from urllib.parse import urlencode
+
+import orjson
+from click.testing import CliRunner
+
+from stockade.cli import cli
+from stockade.testing import TestGateway
+
+ISSUER = "http://127.0.0.1"
+CONFIG = """
+storage: sqlite:///stockade.db
+oauth2_server:
+  issuer: "http://127.0.0.1"
+  audiences: [api]
+  token_ttl: 600
+stages:
+  - use: jwt
+    config:
+      issuers:
+        - {issuer: "http://127.0.0.1", gateway: true, audiences: [api]}
+  - use: scopes
+    config: {require: ["books:read"]}
+routes:
+  - id: books
+    match: {path: /books}
+    upstream: "{upstream}"
+"""
+
+
+def write_config(tmp: Path, upstream: str, text: str = CONFIG) -> Path:
+    path = tmp / "stockade.yaml"
+    path.write_text(text.replace("{upstream}", upstream))
+    return path
+
+
+def create_client(config: Path, *args: str) -> tuple[str, str | None]:
+    result = CliRunner().invoke(cli, ["--config", str(config), "clients", "create", *args])
+    assert result.exit_code == 0, result.output
+    client_id = re.search(r"^client_id: (\S+)$", result.stdout, re.M)
+    secret = re.search(r"^client_secret: (\S+)$", result.stdout, re.M)
+    assert client_id is not None
+    return client_id.group(1), secret.group(1) if secret else None
+
+
+def basic(client_id: str, secret: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()}
+
+
+def post_form(
+    gw: TestGateway, path: str, form: dict[str, str] | str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], dict[str, object]]:
+    body = (form if isinstance(form, str) else urlencode(form)).encode()
+    hdrs = {"Content-Type": "application/x-www-form-urlencoded", **(headers or {})}
+    status, resp_headers, raw = gw.request("POST", path, headers=hdrs, body=body)
+    return status, resp_headers, orjson.loads(raw) if raw else {}
+
+
+def get_token(gw: TestGateway, client_id: str, secret: str, **form: str) -> str:
+    status, _, doc = post_form(
+        gw, "/oauth2/token", {"grant_type": "client_credentials", **form}, basic(client_id, secret)
+    )
+    assert status == 200, doc
+    token = doc["access_token"]
+    assert isinstance(token, str)
+    return token
+
+
+def call_books(gw: TestGateway, token: str) -> tuple[int, dict[str, str], bytes]:
+    return gw.request("GET", "/books", headers={"Authorization": f"Bearer {token}"})

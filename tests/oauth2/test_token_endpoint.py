@@ -1,0 +1,263 @@
+"""The token endpoint end to end: CLI-created clients, every client authentication method, a protected route,
+revocation through `jti`, client revocation, RFC 6749 §5.2 errors, JWKS and RFC 8414 metadata."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from stockade.cli import cli
+from stockade.security import jose
+from stockade.testing import BackgroundLoop, TestGateway, TestUpstream
+from tests.oauth2.flow import (
+    ISSUER,
+    basic,
+    call_books,
+    create_client,
+    get_token,
+    post_form,
+    write_config,
+)
+from tests.security.issuer import TestIssuer
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[tuple[TestGateway, TestUpstream, Path]]:
+    bg = BackgroundLoop()
+    try:
+        with TestUpstream(bg) as up:
+            config = write_config(tmp_path, up.url)
+            with TestGateway(config.read_text(), loop=bg, base_dir=tmp_path) as gw:
+                yield gw, up, config
+    finally:
+        bg.stop()
+
+
+def test_token_client_secret_basic_calls_a_protected_route(env: tuple[TestGateway, TestUpstream, Path]) -> None:
+    gw, up, config = env
+    client_id, secret = create_client(config, "--name", "ci", "--scopes", "books:read,books:write")
+    assert secret is not None and secret.startswith("stk_secret_")
+    status, headers, doc = post_form(
+        gw, "/oauth2/token", {"grant_type": "client_credentials"}, basic(client_id, secret)
+    )
+    assert status == 200, doc
+    assert headers["cache-control"] == "no-store"
+    assert doc["token_type"] == "Bearer" and doc["expires_in"] == 600 and doc["scope"] == "books:read books:write"
+    parsed = jose.parse(str(doc["access_token"]))
+    assert parsed.header["typ"] == "at+jwt" and parsed.header["alg"] == "ES256"
+    assert parsed.claims["iss"] == ISSUER and parsed.claims["sub"] == client_id == parsed.claims["client_id"]
+    assert parsed.claims["aud"] == "api" and parsed.claims["exp"] - parsed.claims["iat"] == 600
+    status, _, _ = call_books(gw, str(doc["access_token"]))
+    assert status == 200
+    assert up.received[-1].header("x-stockade-principal") == client_id
+    assert up.received[-1].header("authorization") is not None
+
+
+def test_token_client_secret_post_and_scope_subset(env: tuple[TestGateway, TestUpstream, Path]) -> None:
+    gw, _, config = env
+    client_id, secret = create_client(config, "--name", "poster", "--scopes", "books:read,books:write")
+    assert secret is not None
+    form = {"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret, "scope": "books:read"}
+    status, _, doc = post_form(gw, "/oauth2/token", form)
+    assert status == 200 and doc["scope"] == "books:read"
+    assert call_books(gw, str(doc["access_token"]))[0] == 200
+
+
+def test_token_private_key_jwt_and_assertion_replay(
+    env: tuple[TestGateway, TestUpstream, Path], tmp_path: Path
+) -> None:
+    gw, _, config = env
+    keys = TestIssuer().add_ec("client-key")
+    jwks_file = tmp_path / "client-jwks.json"
+    jwks_file.write_text(json.dumps(keys.jwks()))
+    client_id, secret = create_client(
+        config,
+        "--name",
+        "signer",
+        "--scopes",
+        "books:read",
+        "--auth-method",
+        "private_key_jwt",
+        "--jwks",
+        str(jwks_file),
+    )
+    assert secret is None
+    now = gw.clock.time()
+
+    def assertion(**over: object) -> str:
+        claims = {"iss": client_id, "sub": client_id, "aud": ISSUER + "/oauth2/token", "iat": now, "exp": now + 60}
+        claims |= {"jti": secrets.token_hex(8), **over}
+        key, _ = keys.keys["client-key"]
+        return jose.sign({k: v for k, v in claims.items() if v is not None}, key, "ES256", kid="client-key")
+
+    def token_request(a: str) -> tuple[int, dict[str, object]]:
+        form = {
+            "grant_type": "client_credentials",
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": a,
+        }
+        status, _, doc = post_form(gw, "/oauth2/token", form)
+        return status, doc
+
+    first = assertion()
+    status, doc = token_request(first)
+    assert status == 200, doc
+    assert call_books(gw, str(doc["access_token"]))[0] == 200
+    assert token_request(first) == (
+        401,
+        {"error": "invalid_client", "error_description": "client authentication failed"},
+    )
+    for bad in (
+        assertion(aud="https://elsewhere.example"),
+        assertion(exp=now + 3600),
+        assertion(jti=None),
+        assertion(iss="someone-else"),
+        assertion(exp=now - 120),
+    ):
+        assert token_request(bad)[0] == 401
+    other = TestIssuer().add_ec("client-key")  # same kid, a key the client never registered
+    forged = jose.sign(
+        {"iss": client_id, "sub": client_id, "aud": ISSUER, "exp": now + 60, "jti": "x"},
+        other.keys["client-key"][0],
+        "ES256",
+        kid="client-key",
+    )
+    assert token_request(forged)[0] == 401
+
+
+def test_token_revocation_is_honoured_through_jti(env: tuple[TestGateway, TestUpstream, Path]) -> None:
+    gw, _, config = env
+    client_id, secret = create_client(config, "--name", "rev", "--scopes", "books:read")
+    assert secret is not None
+    token = get_token(gw, client_id, secret)
+    keep = get_token(gw, client_id, secret)
+    assert call_books(gw, token)[0] == 200  # cached as verified
+    other_id, other_secret = create_client(config, "--name", "other", "--scopes", "books:read")
+    assert other_secret is not None
+    status, _, _ = post_form(gw, "/oauth2/revoke", {"token": token}, basic(other_id, other_secret))
+    assert status == 200 and call_books(gw, token)[0] == 200  # another client cannot revoke it
+    status, headers, _ = post_form(
+        gw, "/oauth2/revoke", {"token": token, "token_type_hint": "access_token"}, basic(client_id, secret)
+    )
+    assert status == 200 and headers["cache-control"] == "no-store"
+    status, headers, body = call_books(gw, token)
+    assert status == 401
+    assert orjson.loads(body)["reason"] == "auth.invalid_token"
+    assert headers["www-authenticate"] == 'Bearer realm="stockade", error="invalid_token"'
+    assert call_books(gw, keep)[0] == 200
+    assert post_form(gw, "/oauth2/revoke", {"token": "garbage"}, basic(client_id, secret))[0] == 200
+
+
+def test_token_revoking_a_client_with_the_cli_ends_its_tokens(env: tuple[TestGateway, TestUpstream, Path]) -> None:
+    gw, _, config = env
+    client_id, secret = create_client(config, "--name", "gone", "--scopes", "books:read")
+    assert secret is not None
+    token = get_token(gw, client_id, secret)
+    assert call_books(gw, token)[0] == 200
+    result = CliRunner().invoke(cli, ["clients", "revoke", client_id, "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    from stockade.identity.watch import shared_watcher
+
+    watcher = shared_watcher(gw.services)
+    gw.bg.run(watcher.poll())  # what the watcher task does every 0.5 s, run now instead of waiting for it
+    gw.bg.run(_drain())
+    assert call_books(gw, token)[0] == 401
+    status, _, doc = post_form(gw, "/oauth2/token", {"grant_type": "client_credentials"}, basic(client_id, secret))
+    assert status == 401 and doc["error"] == "invalid_client"
+    listing = CliRunner().invoke(cli, ["--config", str(config), "clients", "list"])
+    assert client_id in listing.stdout and "revoked" in listing.stdout and secret not in listing.stdout
+
+
+async def _drain() -> None:
+    import asyncio
+
+    for _ in range(5):  # let the tasks scheduled by the feed callbacks (client re-reads) finish
+        await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize(
+    ("form", "auth", "status", "error"),
+    [
+        ({"grant_type": "password"}, "basic", 400, "unsupported_grant_type"),
+        ({}, "basic", 400, "unsupported_grant_type"),
+        ({"grant_type": "client_credentials", "scope": "admin"}, "basic", 400, "invalid_scope"),
+        ({"grant_type": "client_credentials", "scope": "books:read  admin"}, "basic", 400, "invalid_scope"),
+        ({"grant_type": "client_credentials"}, "wrong-secret", 401, "invalid_client"),
+        ({"grant_type": "client_credentials"}, "unknown-client", 401, "invalid_client"),
+        ({"grant_type": "client_credentials"}, None, 400, "invalid_request"),
+        ("grant_type=client_credentials&grant_type=client_credentials", "basic", 400, "invalid_request"),
+        ({"grant_type": "client_credentials", "client_secret": "x"}, "basic", 400, "invalid_request"),
+    ],
+    ids=[
+        "password-grant",
+        "no-grant",
+        "scope-beyond",
+        "scope-double-space",
+        "wrong-secret",
+        "unknown-client",
+        "no-client-auth",
+        "duplicate-param",
+        "two-auth-methods",
+    ],
+)
+def test_token_errors_follow_rfc6749(
+    env: tuple[TestGateway, TestUpstream, Path], form: dict[str, str] | str, auth: str | None, status: int, error: str
+) -> None:
+    gw, _, config = env
+    client_id, secret = create_client(config, "--name", "e", "--scopes", "books:read")
+    assert secret is not None
+    headers = {
+        "basic": basic(client_id, secret),
+        "wrong-secret": basic(client_id, secret + "x"),
+        "unknown-client": basic("cl_nobody", secret),
+        None: {},
+    }[auth]
+    got_status, got_headers, doc = post_form(gw, "/oauth2/token", form, headers)
+    assert (got_status, doc["error"]) == (status, error)
+    assert got_headers["cache-control"] == "no-store"
+    assert secret not in json.dumps(doc)
+    if status == 401:
+        assert got_headers["www-authenticate"].startswith("Basic ")
+
+
+def test_token_endpoint_requires_a_form_body(env: tuple[TestGateway, TestUpstream, Path]) -> None:
+    gw, _, config = env
+    client_id, secret = create_client(config, "--name", "j", "--scopes", "books:read")
+    assert secret is not None
+    headers = {"Content-Type": "application/json", **basic(client_id, secret)}
+    status, _, body = gw.request("POST", "/oauth2/token", headers=headers, body=b'{"grant_type":"client_credentials"}')
+    assert status == 400 and orjson.loads(body)["error"] == "invalid_request"
+    assert gw.request("GET", "/oauth2/token")[0] == 405
+
+
+def test_token_insufficient_scope_is_403_with_challenge(env: tuple[TestGateway, TestUpstream, Path]) -> None:
+    gw, _, config = env
+    client_id, secret = create_client(config, "--name", "w", "--scopes", "books:write")
+    assert secret is not None
+    status, headers, body = call_books(gw, get_token(gw, client_id, secret))
+    assert status == 403
+    assert headers["www-authenticate"] == 'Bearer realm="stockade", error="insufficient_scope", scope="books:read"'
+    assert orjson.loads(body)["reason"] == "auth.insufficient_scope"
+
+
+def test_token_jwks_and_metadata_are_published(env: tuple[TestGateway, TestUpstream, Path]) -> None:
+    gw, _, config = env
+    status, headers, body = gw.request("GET", "/.well-known/jwks.json")
+    assert status == 200 and headers["content-type"] == "application/jwk-set+json"
+    jwks = orjson.loads(body)
+    assert len(jwks["keys"]) == 1 and jwks["keys"][0]["kty"] == "EC" and "d" not in jwks["keys"][0]
+    client_id, secret = create_client(config, "--name", "k", "--scopes", "books:read")
+    assert secret is not None
+    assert jose.parse(get_token(gw, client_id, secret)).header["kid"] == jwks["keys"][0]["kid"]
+    status, _, body = gw.request("GET", "/.well-known/oauth-authorization-server")
+    meta = orjson.loads(body)
+    assert status == 200 and meta["issuer"] == ISSUER
+    assert meta["token_endpoint"] == ISSUER + "/oauth2/token" and meta["jwks_uri"] == ISSUER + "/.well-known/jwks.json"
+    assert meta["grant_types_supported"] == ["client_credentials"]
+    assert "private_key_jwt" in meta["token_endpoint_auth_methods_supported"]

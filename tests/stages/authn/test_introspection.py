@@ -1,0 +1,149 @@
+"""`oauth2_introspection` against a real RFC 7662 endpoint: client authentication, caching, failures."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import pytest
+
+from stockade.clock import FakeClock
+from stockade.pipeline.stage import Services, StageEnv
+from stockade.pipeline.verdict import Continue, Deny, Skip
+from stockade.stages.authn.introspection import IntrospectionAuthenticator, IntrospectionConfig
+from stockade.testing import Reply, TestUpstream, make_context, run_stage
+
+NOW = 1_700_000_000
+
+
+@pytest.fixture
+def idp(monkeypatch: pytest.MonkeyPatch) -> Iterator[TestUpstream]:
+    monkeypatch.setenv("TEST_INTROSPECTION_SECRET", "s3cr:et/+")
+    with TestUpstream() as up:
+        yield up
+
+
+def answer(up: TestUpstream, doc: dict[str, Any], status: int = 200) -> None:
+    up.reply("/introspect", Reply(status, [("Content-Type", "application/json")], json.dumps(doc).encode()))
+
+
+def calls(up: TestUpstream) -> int:
+    return sum(1 for r in up.received if r.target == "/introspect")
+
+
+def make(up: TestUpstream, clock: FakeClock, **over: Any) -> IntrospectionAuthenticator:
+    cfg = {"endpoint": f"{up.url}/introspect", "client_id": "gw", "client_secret_env": "TEST_INTROSPECTION_SECRET"}
+    config = IntrospectionConfig.model_validate({**cfg, **over})
+    return IntrospectionAuthenticator(config, StageEnv("r", Path("."), Services(clock=clock)))
+
+
+def check(stage: IntrospectionAuthenticator, token: str, clock: FakeClock) -> Continue | Skip | Deny:
+    return run_stage(stage, make_context(headers={"Authorization": f"Bearer {token}"}, clock=clock))
+
+
+ACTIVE = {"active": True, "sub": "alice", "scope": "books:read", "exp": NOW + 120, "client_id": "app", "iss": "idp"}
+
+
+def test_introspection_basic_auth_and_positive_cache_until_exp(idp: TestUpstream) -> None:
+    clock = FakeClock()
+    answer(idp, ACTIVE)
+    stage = make(idp, clock, cache_ttl=300)
+    verdict = check(stage, "opaque-1", clock)
+    assert isinstance(verdict, Continue) and verdict.principal is not None
+    assert (verdict.principal.id, verdict.principal.kind, verdict.principal.scopes) == (
+        "alice",
+        "introspection",
+        {"books:read"},
+    )
+    sent = idp.received[-1]
+    assert sent.method == "POST"
+    assert parse_qs(sent.body.decode()) == {"token": ["opaque-1"], "token_type_hint": ["access_token"]}
+    user, _, password = base64.b64decode(sent.header("authorization").split()[1]).decode().partition(":")  # type: ignore[union-attr]
+    assert (user, password) == ("gw", "s3cr%3Aet%2F%2B")  # RFC 6749 §2.3.1 form-encoding before Basic
+    clock.advance(119)
+    assert isinstance(check(stage, "opaque-1", clock), Continue)
+    assert calls(idp) == 1
+    clock.advance(2)  # past the token's exp: asked again
+    answer(idp, {"active": False})
+    assert isinstance(check(stage, "opaque-1", clock), Deny)
+    assert calls(idp) == 2
+
+
+def test_introspection_client_secret_post(idp: TestUpstream) -> None:
+    clock = FakeClock()
+    answer(idp, ACTIVE)
+    assert isinstance(check(make(idp, clock, auth_method="client_secret_post"), "t", clock), Continue)
+    form = parse_qs(idp.received[-1].body.decode())
+    assert form["client_id"] == ["gw"] and form["client_secret"] == ["s3cr:et/+"]
+    assert idp.received[-1].header("authorization") is None
+
+
+def test_introspection_inactive_is_401_and_cached_briefly(idp: TestUpstream) -> None:
+    clock = FakeClock()
+    answer(idp, {"active": False})
+    stage = make(idp, clock, negative_ttl=10)
+    verdict = check(stage, "revoked", clock)
+    assert isinstance(verdict, Deny) and (verdict.status, verdict.reason) == (401, "auth.invalid_token")
+    assert verdict.headers == {"www-authenticate": 'Bearer realm="stockade", error="invalid_token"'}
+    check(stage, "revoked", clock)
+    assert calls(idp) == 1
+    clock.advance(11)
+    answer(idp, ACTIVE)
+    assert isinstance(check(stage, "revoked", clock), Continue)
+    assert calls(idp) == 2
+
+
+@pytest.mark.parametrize(
+    ("doc", "over"),
+    [
+        ({**ACTIVE, "active": "true"}, {}),
+        ({**ACTIVE, "exp": NOW - 1}, {}),
+        ({**ACTIVE, "exp": "soon"}, {}),
+        ({**ACTIVE, "iss": "other"}, {"issuer": "idp"}),
+        ({**ACTIVE, "aud": ["x"]}, {"audiences": ["api"]}),
+        ({"active": True}, {}),
+    ],
+    ids=["active-string", "expired", "exp-string", "wrong-iss", "wrong-aud", "no-subject"],
+)
+def test_introspection_rejects_unacceptable_answers(
+    idp: TestUpstream, doc: dict[str, Any], over: dict[str, Any]
+) -> None:
+    clock = FakeClock()
+    answer(idp, doc)
+    verdict = check(make(idp, clock, **over), "t", clock)
+    assert isinstance(verdict, Deny) and verdict.status == 401
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [Reply(500, [], b"oops"), Reply(200, [], b"not json"), Reply(200, [], b"[1]")],
+    ids=["http-500", "not-json", "not-object"],
+)
+def test_introspection_endpoint_failure_fails_closed_and_is_not_cached(idp: TestUpstream, reply: Reply) -> None:
+    clock = FakeClock()
+    idp.reply("/introspect", reply)
+    stage = make(idp, clock)
+    verdict = check(stage, "t", clock)
+    assert isinstance(verdict, Deny) and (verdict.status, verdict.reason) == (503, "auth.unavailable")
+    answer(idp, ACTIVE)
+    assert isinstance(check(stage, "t", clock), Continue)
+
+
+def test_introspection_skips_without_bearer(idp: TestUpstream) -> None:
+    stage = make(idp, FakeClock())
+    assert isinstance(run_stage(stage, make_context()), Skip)
+    assert isinstance(run_stage(stage, make_context(headers={"Authorization": "Basic eDp5"})), Skip)
+
+
+def test_introspection_config_needs_the_secret_and_https(idp: TestUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TEST_INTROSPECTION_SECRET")
+    with pytest.raises(ValueError, match="TEST_INTROSPECTION_SECRET"):
+        make(idp, FakeClock())
+    with pytest.raises(ValueError, match="https"):
+        IntrospectionConfig.model_validate(
+            {"endpoint": "http://idp.example/i", "client_id": "a", "client_secret_env": "X"}
+        )

@@ -1,0 +1,71 @@
+"""`json_limits` through a real gateway: statuses and reasons per limit; non-JSON bodies pass."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from stockade.testing import TestGateway, TestUpstream, gateway_with_upstream
+
+CONFIG = """
+routes:
+  - id: api
+    match: {path: "/**"}
+    upstream: "{upstream}"
+    stages:
+      - use: anonymous
+      - use: json_limits
+        config: {max_depth: 4, max_keys: 5, max_array: 5, max_string: 10}
+"""
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def gateway() -> Iterator[tuple[TestGateway, TestUpstream]]:
+    with gateway_with_upstream(CONFIG) as pair:
+        yield pair
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "reason", "pointer"),
+    [
+        (b'{"a":[[[[1]]]]}', 413, "json.too_deep", "/body/a/0/0/0"),
+        (b'{"a":1,"b":2,"c":3,"d":4,"e":5,"f":6}', 413, "json.too_many_keys", "/body"),
+        (b'{"ids":[1,2,3,4,5,6]}', 413, "json.array_too_long", "/body/ids"),
+        (b'{"name":"' + b"x" * 11 + b'"}', 413, "json.string_too_long", "/body/name"),
+        (b'{"role":"user","role":"admin"}', 400, "json.duplicate_key", "/body/role"),
+        (b'{"a":', 400, "json.malformed", "/body"),
+    ],
+    ids=["depth", "keys", "array", "string", "duplicate", "malformed"],
+)
+def test_json_limits_refuse_with_stable_reasons(
+    gateway: tuple[TestGateway, TestUpstream], body: bytes, status: int, reason: str, pointer: str
+) -> None:
+    gw, up = gateway
+    before = len(up.received)
+    got, _, raw = gw.request("POST", "/things", headers=JSON, body=body)
+    doc = json.loads(raw)
+    assert (got, doc["reason"]) == (status, reason)
+    assert doc["errors"][0]["pointer"].startswith(pointer)
+    assert len(up.received) == before
+
+
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [
+        (b'{"a":{"b":[1,2,3]},"c":"short"}', JSON),
+        (b'{"a":1}', {"Content-Type": "application/problem+json"}),
+        (b'{"a":1,"a":2}', {"Content-Type": "text/plain"}),  # not JSON by its content type: not this stage's
+        (b"", JSON),
+    ],
+    ids=["within-limits", "plus-json", "other-media-type", "empty"],
+)
+def test_json_limits_forward_what_they_do_not_refuse(
+    gateway: tuple[TestGateway, TestUpstream], body: bytes, headers: dict[str, str]
+) -> None:
+    gw, up = gateway
+    status, _, _ = gw.request("POST", "/things", headers=headers, body=body)
+    assert status == 200
+    assert up.received[-1].body == body

@@ -1,0 +1,196 @@
+"""Response protection: upstream JSON checked against the declared schema; undeclared and writeOnly data stripped."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from stockade.testing import Reply, TestGateway, TestUpstream, gateway_with_upstream
+
+SPECS = Path(__file__).resolve().parents[2] / "openapi" / "specs"
+OWNER = "/v1/owners/9b2f3c1e-8d4a-4b6e-9f0a-1c2d3e4f5a6b"
+
+CONFIG = """
+routes:
+  - id: pets
+    match: {path: "/v1/**"}
+    upstream: "{upstream}"
+    stages:
+      - use: anonymous
+      - use: openapi
+        config: {spec: petstore.yaml, responses: %s, response_action: %s}
+  - id: shop
+    match: {path: "/api/**"}
+    upstream: "{upstream}"
+    stages:
+      - use: anonymous
+      - use: openapi
+        config: {spec: shop.yaml, responses: %s, response_action: %s}
+"""
+
+
+def _json(doc: object, status: int = 200, **headers: str) -> Reply:
+    return Reply(status, [("Content-Type", "application/json"), *headers.items()], orjson.dumps(doc))
+
+
+def _gateway(tmp: Path, responses: str, action: str = "strip") -> Iterator[tuple[TestGateway, TestUpstream, Path]]:
+    log = tmp / f"{responses}-{action}.log"
+    config = CONFIG % (responses, action, responses, action)
+    with gateway_with_upstream(config, base_dir=SPECS, log_path=log) as (gw, up):
+        yield gw, up, log
+
+
+@pytest.fixture(scope="module")
+def enforce(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestGateway, TestUpstream, Path]]:
+    yield from _gateway(tmp_path_factory.mktemp("log"), "enforce")
+
+
+@pytest.fixture(scope="module")
+def reject(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestGateway, TestUpstream, Path]]:
+    yield from _gateway(tmp_path_factory.mktemp("log"), "enforce", "reject")
+
+
+@pytest.fixture(scope="module")
+def monitor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestGateway, TestUpstream, Path]]:
+    yield from _gateway(tmp_path_factory.mktemp("log"), "monitor")
+
+
+def _last_log(gw: TestGateway, log: Path) -> dict[str, object]:
+    gw.flush_log()
+    line: dict[str, object] = json.loads(log.read_text().splitlines()[-1])
+    return line
+
+
+LEAKY_OWNER = {
+    "email": "a@example.com",
+    "password": "hunter2hunter2",  # writeOnly: must never leave
+    "ssn": "078-05-1120",  # not in the schema at all
+    "address": {"city": "Springfield", "zip": "12345", "geo": [1, 2]},
+    "labels": {"free": "form", "map": "kept"},
+}
+
+
+def test_enforce_strips_undeclared_and_write_only(enforce: tuple[TestGateway, TestUpstream, Path]) -> None:
+    gw, up, log = enforce
+    up.reply(OWNER, _json(LEAKY_OWNER))
+    status, headers, body = gw.request("GET", OWNER)
+    assert status == 200
+    assert json.loads(body) == {
+        "email": "a@example.com",
+        "address": {"city": "Springfield", "zip": "12345"},
+        "labels": {"free": "form", "map": "kept"},
+    }
+    assert int(headers["content-length"]) == len(body)
+    entry = _last_log(gw, log)
+    assert entry["findings"] == ["openapi.response_filtered"]
+
+
+def test_enforce_passes_a_clean_response_byte_for_byte(enforce: tuple[TestGateway, TestUpstream, Path]) -> None:
+    gw, up, _ = enforce
+    raw = b'{ "email": "a@example.com",  "name": "Ann" }'
+    up.reply(OWNER, Reply(200, [("Content-Type", "application/json")], raw))
+    assert gw.request("GET", OWNER)[2] == raw
+
+
+def test_enforce_filters_inside_arrays_and_all_of(enforce: tuple[TestGateway, TestUpstream, Path]) -> None:
+    gw, up, _ = enforce
+    up.reply("/v1/pets", _json([{"id": 1, "name": "Rex", "internal_score": 9}, {"id": 2, "name": "Tom"}]))
+    status, _, body = gw.request("GET", "/v1/pets")
+    assert status == 200
+    assert json.loads(body) == [{"id": 1, "name": "Rex"}, {"id": 2, "name": "Tom"}]
+
+
+def test_enforce_filters_the_matching_one_of_branch(enforce: tuple[TestGateway, TestUpstream, Path]) -> None:
+    gw, up, _ = enforce
+    dog = {"kind": "Dog", "name": "Rex", "good_boy": True, "secret_chip": "123", "indoor": False}
+    up.reply("/api/v2/animals", Reply(201, [("Content-Type", "application/vnd.shop+json")], orjson.dumps(dog)))
+    status, _, body = gw.request(
+        "POST",
+        "/api/v2/animals",
+        headers={"Content-Type": "application/vnd.shop+json"},
+        body=b'{"kind":"Dog","name":"R"}',
+    )
+    assert status == 201
+    assert json.loads(body) == {"kind": "Dog", "name": "Rex", "good_boy": True}  # `indoor` is Cat's, not Dog's
+
+
+@pytest.mark.parametrize(
+    ("reply", "why"),
+    [
+        (_json({"email": 42}), "wrong type"),
+        (_json({"name": "no email"}), "required property missing"),
+        (Reply(200, [("Content-Type", "application/json")], b"<html>oops</html>"), "not JSON"),
+        (_json(LEAKY_OWNER, **{"Content-Encoding": "gzip"}), "encoded: cannot be inspected"),
+    ],
+    ids=["type", "required", "not-json", "content-encoding"],
+)
+def test_enforce_answers_502_when_the_response_cannot_be_repaired(
+    enforce: tuple[TestGateway, TestUpstream, Path], reply: Reply, why: str
+) -> None:
+    gw, up, log = enforce
+    up.reply(OWNER, reply)
+    status, _headers, body = gw.request("GET", OWNER)
+    assert status == 502, why
+    assert json.loads(body)["reason"] == "response.invalid"
+    assert b"hunter2" not in body and b"oops" not in body
+    entry = _last_log(gw, log)
+    assert (entry["decision"], entry["reason"], entry["stage"]) == ("deny", "response.invalid", "openapi")
+
+
+def test_default_response_schema_applies_to_other_statuses(enforce: tuple[TestGateway, TestUpstream, Path]) -> None:
+    gw, up, _ = enforce
+    up.reply("/v1/pets/5", _json({"code": 404, "message": "no", "trace": "at Foo.java:12"}, 404))
+    status, _, body = gw.request("GET", "/v1/pets/5")
+    assert status == 404
+    assert json.loads(body) == {"code": 404, "message": "no"}
+
+
+@pytest.mark.parametrize(
+    ("path", "reply"),
+    [
+        ("/v1/pets/mine", _json({"anything": "goes"})),  # the operation declares no content
+        ("/v1/pets/7", Reply(204)),  # delete: no body
+        (OWNER, Reply(200, [("Content-Type", "text/plain")], b"plain text")),  # no schema for this media type
+        (OWNER, _json({"anything": "goes"}, 500)),  # status not declared, no default
+    ],
+    ids=["no-content-declared", "no-body", "other-media-type", "undeclared-status"],
+)
+def test_response_without_a_schema_passes_unchanged(
+    enforce: tuple[TestGateway, TestUpstream, Path], path: str, reply: Reply
+) -> None:
+    gw, up, _ = enforce
+    up.reply(path, reply)
+    method = "DELETE" if reply.status == 204 else "GET"
+    status, _, body = gw.request(method, path)
+    assert (status, body) == (reply.status, reply.body)
+
+
+def test_accept_encoding_is_removed_so_the_body_can_be_checked(enforce: tuple[TestGateway, TestUpstream, Path]) -> None:
+    gw, up, _ = enforce
+    up.reply(OWNER, _json({"email": "a@example.com"}))
+    gw.request("GET", OWNER, headers={"Accept-Encoding": "gzip, br"})
+    assert up.received[-1].header("accept-encoding") is None
+
+
+def test_reject_mode_answers_502_for_undeclared_data(reject: tuple[TestGateway, TestUpstream, Path]) -> None:
+    gw, up, _ = reject
+    up.reply(OWNER, _json(LEAKY_OWNER))
+    status, _, body = gw.request("GET", OWNER)
+    assert status == 502
+    assert b"hunter2" not in body and b"078-05" not in body
+    up.reply(OWNER, _json({"email": "a@example.com"}))
+    assert gw.request("GET", OWNER)[0] == 200
+
+
+def test_monitor_mode_forwards_unchanged_and_logs_a_finding(monitor: tuple[TestGateway, TestUpstream, Path]) -> None:
+    gw, up, log = monitor
+    up.reply(OWNER, _json(LEAKY_OWNER))
+    status, _, body = gw.request("GET", OWNER)
+    assert (status, json.loads(body)) == (200, LEAKY_OWNER)
+    entry = _last_log(gw, log)
+    assert entry["decision"] == "allow"
+    assert entry["findings"] == ["openapi.response_invalid"]

@@ -1,0 +1,305 @@
+"""The `openapi` stage through a real gateway and upstream: the demo and petstore specs, strict mode."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from stockade.testing import TestGateway, TestUpstream
+
+from .openapi_cases import (
+    BAD_PARAM,
+    DEMO_SPEC,
+    FORM,
+    INVALID,
+    JSON,
+    MALFORMED,
+    MEDIA,
+    UNKNOWN,
+    Case,
+    gateway,
+    run_case,
+)
+
+
+@pytest.fixture(scope="module")
+def demo() -> Iterator[tuple[TestGateway, TestUpstream]]:
+    yield from gateway(str(DEMO_SPEC))
+
+
+@pytest.fixture(scope="module")
+def petstore() -> Iterator[tuple[TestGateway, TestUpstream]]:
+    yield from gateway("petstore.yaml")
+
+
+@pytest.fixture(scope="module")
+def petstore_strict() -> Iterator[tuple[TestGateway, TestUpstream]]:
+    yield from gateway("petstore.yaml", strict=True)
+
+
+DEMO_CASES = {
+    "list-ok": Case("GET", "/books?limit=5&author=Tolkien", 200),
+    "head-maps-to-get": Case("HEAD", "/books", 200),
+    "limit-above-maximum": Case("GET", "/books?limit=500", 422, INVALID, (("/query/limit", "maximum"),)),
+    "limit-not-integer": Case("GET", "/books?limit=ten", 422, INVALID, (("/query/limit", "type"),)),
+    "limit-twice": Case("GET", "/books?limit=1&limit=2", 400, BAD_PARAM, (("/query/limit", "duplicate"),)),
+    "path-id-zero": Case("GET", "/books/0", 422, INVALID, (("/path/book_id", "minimum"),)),
+    "path-id-text": Case("GET", "/books/abc", 422, INVALID, (("/path/book_id", "type"),)),
+    "unknown-path": Case("GET", "/internal/debug", 404, UNKNOWN),
+    "unknown-method": Case("DELETE", "/users", 404, UNKNOWN),
+    "trailing-slash-is-another-path": Case("GET", "/books/", 404, UNKNOWN),
+    "order-ok": Case("POST", "/orders", 200, body=b'{"items":[{"book_id":1,"quantity":2}]}', headers=JSON),
+    "order-quantity-zero": Case(
+        "POST",
+        "/orders",
+        422,
+        INVALID,
+        (("/body/items/0/quantity", "minimum"),),
+        b'{"items":[{"book_id":1,"quantity":0}]}',
+        JSON,
+    ),
+    "order-owner-injected": Case(
+        "POST",
+        "/orders",
+        422,
+        INVALID,
+        (("/body/owner", "additionalProperties"),),
+        b'{"items":[{"book_id":1,"quantity":1}],"owner":"mallory"}',
+        JSON,
+    ),
+    "order-no-body": Case("POST", "/orders", 422, INVALID, (("/body", "required"),), headers=JSON),
+    "order-not-json": Case("POST", "/orders", 400, MALFORMED, (("/body", "json"),), b"{items:", JSON),
+    "order-duplicate-key": Case(
+        "POST", "/orders", 400, MALFORMED, (("/body/items", "duplicate_key"),), b'{"items":[],"items":[]}', JSON
+    ),
+    "order-nested-beyond-parsing": Case(
+        "POST",
+        "/orders",
+        400,
+        MALFORMED,
+        (("/body", "too_deep"),),
+        b'{"items":' + b"[" * 3000 + b"]" * 3000 + b"}",
+        JSON,
+    ),
+    "order-as-text": Case("POST", "/orders", 415, MEDIA, body=b"items=1", headers={"Content-Type": "text/plain"}),
+    "order-no-content-type": Case("POST", "/orders", 415, MEDIA, body=b'{"items":[]}'),
+    "json-charset-ok": Case(
+        "POST",
+        "/orders",
+        200,
+        body=b'{"items":[{"book_id":3,"quantity":1}]}',
+        headers={"Content-Type": "Application/JSON; charset=utf-8"},
+    ),
+    "body-on-bodiless-operation": Case("GET", "/books", 415, MEDIA, body=b'{"a":1}', headers=JSON),
+    "signup-role-readonly": Case(
+        "POST",
+        "/users",
+        422,
+        INVALID,
+        (("/body/role", "additionalProperties"), ("/body/email", "format")),
+        b'{"username":"alice","name":"Alice","email":"not-an-email","password":"correct horse battery","role":"staff"}',
+        JSON,
+    ),
+    "book-isbn-pattern": Case(
+        "POST",
+        "/books",
+        422,
+        INVALID,
+        (("/body/isbn", "pattern"),),
+        b'{"isbn":"123","title":"T","author":"A","year":2000,"price_cents":100}',
+        JSON,
+    ),
+    "book-update-empty": Case("PATCH", "/books/1", 422, INVALID, (("/body", "minProperties"),), b"{}", JSON),
+    "book-update-isbn-not-changeable": Case(
+        "PATCH", "/books/1", 422, INVALID, (("/body/isbn", "additionalProperties"),), b'{"isbn":"9780000000000"}', JSON
+    ),
+}
+
+PETSTORE_CASES = {
+    "base-path-required": Case("GET", "/pets", 404, UNKNOWN),
+    "list-ok": Case("GET", "/v1/pets?limit=10&tags=a&tags=b&status=sold", 200),
+    "limit-int32-overflow": Case("GET", "/v1/pets?limit=99999999999", 422, INVALID, (("/query/limit", "maximum"),)),
+    "tags-too-many": Case("GET", "/v1/pets?tags=a&tags=b&tags=c&tags=d", 422, INVALID, (("/query/tags", "maxItems"),)),
+    "status-enum": Case("GET", "/v1/pets?status=lost", 422, INVALID, (("/query/status", "enum"),)),
+    "header-uuid": Case(
+        "GET", "/v1/pets", 422, INVALID, (("/header/x-request-id", "format"),), headers={"X-Request-Id": "nope"}
+    ),
+    "header-uuid-ok": Case("GET", "/v1/pets", 200, headers={"X-Request-Id": "9b2f3c1e-8d4a-4b6e-9f0a-1c2d3e4f5a6b"}),
+    "literal-beats-template": Case("GET", "/v1/pets/mine", 200),
+    "create-ok": Case("POST", "/v1/pets", 200, body=b'{"name":"Rex","tag":null,"weight":3.5}', headers=JSON),
+    "create-open-schema-extra-allowed": Case(
+        "POST", "/v1/pets", 200, body=b'{"name":"Rex","admin":true}', headers=JSON
+    ),
+    "create-weight-exclusive-zero": Case(
+        "POST", "/v1/pets", 422, INVALID, (("/body/weight", "exclusiveMinimum"),), b'{"name":"Rex","weight":0}', JSON
+    ),
+    "create-date-format": Case(
+        "POST",
+        "/v1/pets",
+        422,
+        INVALID,
+        (("/body/birthday", "format"),),
+        b'{"name":"Rex","birthday":"2024-13-45"}',
+        JSON,
+    ),
+    "create-name-missing": Case("POST", "/v1/pets", 422, INVALID, (("/body/name", "required"),), b'{"tag":"x"}', JSON),
+    "create-form-ok": Case("POST", "/v1/pets", 200, body=b"name=Rex&weight=2.5&vaccinated=true", headers=FORM),
+    "create-form-bad-number": Case(
+        "POST", "/v1/pets", 422, INVALID, (("/body/weight", "type"),), b"name=Rex&weight=heavy", FORM
+    ),
+    "create-form-duplicate": Case(
+        "POST", "/v1/pets", 400, MALFORMED, (("/body/name", "duplicate"),), b"name=Rex&name=Max", FORM
+    ),
+    "replace-readonly-id": Case(
+        "PUT", "/v1/pets/7", 422, INVALID, (("/body/id", "readOnly"),), b'{"id":7,"name":"Rex"}', JSON
+    ),
+    "replace-without-id-ok": Case("PUT", "/v1/pets/7", 200, body=b'{"name":"Rex"}', headers=JSON),
+    "delete-ok": Case("DELETE", "/v1/pets/7", 200),
+    "owner-uuid-path": Case("GET", "/v1/owners/42", 422, INVALID, (("/path/ownerId", "format"),)),
+    "owner-writeonly-accepted-in-request": Case(
+        "PUT",
+        "/v1/owners/9b2f3c1e-8d4a-4b6e-9f0a-1c2d3e4f5a6b",
+        200,
+        body=b'{"email":"a@example.com","password":"long enough"}',
+        headers=JSON,
+    ),
+}
+
+
+def _multipart(*parts: tuple[str, str, bytes]) -> bytes:
+    """(name, extra headers, content) parts, boundary `XyZ`."""
+    out = b""
+    for name, extra, content in parts:
+        out += f'--XyZ\r\nContent-Disposition: form-data; name="{name}"{extra}\r\n\r\n'.encode() + content + b"\r\n"
+    return out + b"--XyZ--\r\n"
+
+
+MULTIPART = {"Content-Type": "multipart/form-data; boundary=XyZ"}
+FILE = ('; filename="a.png"\r\nContent-Type: image/png', b"\x89PNG\x00\xff")
+PETSTORE_CASES |= {
+    "photo-ok": Case(
+        "POST",
+        "/v1/pets/3/photo",
+        200,
+        body=_multipart(("file", *FILE), ("caption", "", b"cute"), ("rating", "", b"5")),
+        headers=MULTIPART,
+    ),
+    "photo-json-part": Case(
+        "POST",
+        "/v1/pets/3/photo",
+        422,
+        INVALID,
+        (("/body/meta/width", "minimum"),),
+        _multipart(("file", *FILE), ("meta", "\r\nContent-Type: application/json", b'{"width":0}')),
+        MULTIPART,
+    ),
+    "photo-rating-bounds": Case(
+        "POST",
+        "/v1/pets/3/photo",
+        422,
+        INVALID,
+        (("/body/rating", "maximum"), ("/body/caption", "maxLength")),
+        _multipart(("file", *FILE), ("rating", "", b"9"), ("caption", "", b"x" * 30)),
+        MULTIPART,
+    ),
+    "photo-file-missing": Case(
+        "POST",
+        "/v1/pets/3/photo",
+        422,
+        INVALID,
+        (("/body/file", "required"),),
+        _multipart(("caption", "", b"x")),
+        MULTIPART,
+    ),
+    "photo-truncated": Case(
+        "POST",
+        "/v1/pets/3/photo",
+        400,
+        MALFORMED,
+        (("/body", "multipart"),),
+        _multipart(("caption", "", b"x"))[:-9],
+        MULTIPART,
+    ),
+    "photo-no-boundary": Case(
+        "POST",
+        "/v1/pets/3/photo",
+        400,
+        MALFORMED,
+        (("/body", "multipart"),),
+        _multipart(("caption", "", b"x")),
+        {"Content-Type": "multipart/form-data"},
+    ),
+}
+
+PETSTORE_CASES |= {
+    "deprecated-allowed-by-default": Case("GET", "/v1/pets/legacy", 200),
+    "wildcard-media-json-validated": Case(
+        "POST", "/v1/pets/3/notes", 422, INVALID, (("/body/text", "maxLength"),), b'{"text":"' + b"x" * 30 + b'"}', JSON
+    ),
+    "wildcard-media-form-validated": Case(
+        "POST", "/v1/pets/3/notes", 422, INVALID, (("/body/text", "required"),), b"note=hi", FORM
+    ),
+    "wildcard-media-opaque-passes": Case(
+        "POST", "/v1/pets/3/notes", 200, body=b"\x00\x01", headers={"Content-Type": "application/octet-stream"}
+    ),
+    "content-type-list": Case(
+        "POST", "/v1/pets", 415, MEDIA, body=b'{"name":"Rex"}', headers={"Content-Type": "application/json, text/plain"}
+    ),
+}
+
+STRICT_CASES = {
+    "create-extra-property": Case(
+        "POST",
+        "/v1/pets",
+        422,
+        INVALID,
+        (("/body/admin", "unevaluatedProperties"),),
+        b'{"name":"Rex","admin":true}',
+        JSON,
+    ),
+    "replace-allof-sees-both-parts": Case("PUT", "/v1/pets/7", 200, body=b'{"name":"Rex","tag":"x"}', headers=JSON),
+    "replace-allof-extra": Case(
+        "PUT",
+        "/v1/pets/7",
+        422,
+        INVALID,
+        (("/body/owner", "unevaluatedProperties"),),
+        b'{"name":"Rex","owner":1}',
+        JSON,
+    ),
+    "nested-object-closed": Case(
+        "PUT",
+        "/v1/owners/9b2f3c1e-8d4a-4b6e-9f0a-1c2d3e4f5a6b",
+        422,
+        INVALID,
+        (("/body/address/planet", "unevaluatedProperties"),),
+        b'{"email":"a@example.com","address":{"city":"X","planet":"Mars"}}',
+        JSON,
+    ),
+    "free-form-map-stays-open": Case(
+        "PUT",
+        "/v1/owners/9b2f3c1e-8d4a-4b6e-9f0a-1c2d3e4f5a6b",
+        200,
+        body=b'{"email":"a@example.com","labels":{"any":"thing"}}',
+        headers=JSON,
+    ),
+    "undeclared-query-key": Case(
+        "GET", "/v1/pets?limit=1&debug=1", 422, INVALID, (("/query/debug", "additionalProperties"),)
+    ),
+}
+
+
+@pytest.mark.parametrize("case", DEMO_CASES.values(), ids=DEMO_CASES.keys())
+def test_openapi_demo_spec(demo: tuple[TestGateway, TestUpstream], case: Case) -> None:
+    run_case(demo, case)
+
+
+@pytest.mark.parametrize("case", PETSTORE_CASES.values(), ids=PETSTORE_CASES.keys())
+def test_openapi_petstore_spec(petstore: tuple[TestGateway, TestUpstream], case: Case) -> None:
+    run_case(petstore, case)
+
+
+@pytest.mark.parametrize("case", STRICT_CASES.values(), ids=STRICT_CASES.keys())
+def test_openapi_strict_mode_closes_objects(petstore_strict: tuple[TestGateway, TestUpstream], case: Case) -> None:
+    run_case(petstore_strict, case)
