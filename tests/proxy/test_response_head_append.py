@@ -5,14 +5,41 @@ from __future__ import annotations
 
 import pytest
 
-from stockade.proxy.http import ResponseFraming, append_headers
+from stockade.proxy.http import append_headers, cut_headers
 from stockade.testing import gateway_with_upstream
 
 HEAD = b"HTTP/1.1 200 OK\r\nServer: up\r\nX-Trace: 1\r\nContent-Length: 2\r\n\r\n"
 
 
-def test_header_names_are_every_name_lower_case() -> None:
-    assert ResponseFraming(HEAD).header_names() == {"server", "x-trace", "content-length"}
+CUT_HEAD = (
+    b"HTTP/1.1 200 OK\r\nServer: up\r\nserver-timing: db;dur=5\r\nX-Powered-By: php\r\nSERVER : again\r\n"
+    b"X-Trace: 1\r\nContent-Length: 2\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("names", "expected"),
+    [
+        (
+            {"server"},
+            b"HTTP/1.1 200 OK\r\nserver-timing: db;dur=5\r\nX-Powered-By: php\r\nX-Trace: 1\r\n"
+            b"Content-Length: 2\r\n\r\n",
+        ),
+        (
+            {"server", "x-powered-by"},
+            b"HTTP/1.1 200 OK\r\nserver-timing: db;dur=5\r\nX-Trace: 1\r\nContent-Length: 2\r\n\r\n",
+        ),
+        ({"absent"}, CUT_HEAD),
+        (
+            {"x-trace"},
+            b"HTTP/1.1 200 OK\r\nServer: up\r\nserver-timing: db;dur=5\r\nX-Powered-By: php\r\n"
+            b"SERVER : again\r\nContent-Length: 2\r\n\r\n",
+        ),
+    ],
+    ids=["every-spelling-not-prefixes", "two-names", "absent", "middle"],
+)
+def test_cut_headers(names: set[str], expected: bytes) -> None:
+    assert cut_headers(CUT_HEAD, names) == expected
 
 
 @pytest.mark.parametrize(
@@ -59,9 +86,9 @@ def test_added_fields_go_after_the_verbatim_upstream_head() -> None:
     assert lines[-2:] == [b'ratelimit-policy: "l";q=100;w=60', b'ratelimit: "l";r=99;t=1']
 
 
-def test_replacing_an_upstream_header_still_rebuilds() -> None:
+def test_replacing_an_upstream_header_cuts_its_line_and_keeps_the_rest_verbatim() -> None:
     with gateway_with_upstream(LIMITED) as (gw, _up):
         head = raw_head(gw, "/headers?X-Mixed-Case=kept&RateLimit=%22up%22;r=5")
     lines = head.split(b"\r\n")
-    assert b"x-mixed-case: kept" in lines  # parsed and rebuilt (names lower-cased)
+    assert b"X-Mixed-Case: kept" in lines  # not rebuilt: the upstream's own spelling survives
     assert [line for line in lines if line.lower().startswith(b"ratelimit:")] == [b'ratelimit: "l";r=99;t=1']

@@ -98,7 +98,7 @@ class RequestContext:
         self.findings: list[Finding] = []
         self.state: dict[str, Any] = {}
         self.set_headers: dict[str, str] | None = None
-        self.remove_headers: set[str] | None = None
+        self.remove_headers: frozenset[str] | None = None  # lower-case names (the runner merges the stages')
         self.decision = "allow"
         self.reason = ""
         self.stage = ""

@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+_LOOKUPS: dict[str, re.Pattern[bytes]] = {}
+
+
+def _lookup_pattern(name: str) -> re.Pattern[bytes]:
+    """A compiled search for one header line in a raw head (hooks ask for the same few names)."""
+    pattern = _LOOKUPS.get(name)
+    if pattern is None:
+        pattern = re.compile(rb"\r\n" + re.escape(name.encode("latin-1")) + rb"[ \t]*:[ \t]*([^\r\n]*)", re.I)
+        if len(_LOOKUPS) < 256:
+            _LOOKUPS[name] = pattern
+    return pattern
 
 
 class Response:
@@ -58,12 +71,15 @@ class Response:
         return h
 
     def get(self, name: str) -> str | None:
-        """Current value of a header, edits included."""
+        """Current value of a header (lower-case name), edits included."""
         for n, v in reversed(self.added):
             if n == name:
                 return v
         if name in self.removed:
             return None
+        if self._headers is None and self._raw_head is not None:
+            m = _lookup_pattern(name).search(self._raw_head)  # one search, not a parse of every header
+            return m.group(1).decode("latin-1").strip() if m else None
         for n, v in self.headers:
             if n == name:
                 return v
@@ -77,7 +93,8 @@ class Response:
     def remove_header(self, name: str) -> None:
         name = name.lower()
         self.removed.add(name)
-        self.added = [(n, v) for n, v in self.added if n != name]
+        if self.added:
+            self.added = [(n, v) for n, v in self.added if n != name]
 
     @property
     def modified(self) -> bool:

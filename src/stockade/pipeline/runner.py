@@ -246,11 +246,10 @@ class Pipeline:
                     return self.deny(ctx, slot.id, Deny(500, "stage.error", detail=f"invalid header name {name!r}"))
                 target[lname] = header_safe(value)
             ctx.set_headers = target
-        if verdict.remove_headers:
-            if ctx.remove_headers is None:
-                ctx.remove_headers = {n.lower() for n in verdict.remove_headers}
-            else:
-                ctx.remove_headers.update(n.lower() for n in verdict.remove_headers)
+        removal = verdict.removal
+        if removal:
+            current = ctx.remove_headers
+            ctx.remove_headers = removal if current is None else current | removal
         if verdict.set_query is not None:
             ctx.replace_query(verdict.set_query)
         if verdict.findings:

@@ -22,7 +22,7 @@ class Finding:
 class Continue:
     """Go on to the next stage, optionally editing the upstream request or establishing the principal."""
 
-    __slots__ = ("findings", "principal", "remove_headers", "set_headers", "set_query")
+    __slots__ = ("findings", "principal", "removal", "remove_headers", "set_headers", "set_query")
 
     def __init__(
         self,
@@ -36,6 +36,8 @@ class Continue:
         self.set_headers = set_headers
         self.set_query = set_query  # replaces the raw query string sent upstream (e.g. a credential removed)
         self.remove_headers = remove_headers
+        # Lower-cased once here: a stage that reuses its verdict (most do) pays for this once, not per request.
+        self.removal = frozenset(n.lower() for n in remove_headers) if remove_headers else None
         self.principal = principal
         self.findings = findings
 

@@ -88,7 +88,6 @@ COMMON_SPELLINGS: dict[bytes, int] = {
 }
 
 # Response headers that matter to the proxy, found with one scan over the raw head.
-_NAME = re.compile(rb"\r\n([^:\r\n]+):")
 _RESPONSE_SCAN = re.compile(
     rb"\r\n(connection|keep-alive|proxy-connection|te|trailer|upgrade|proxy-authenticate|transfer-encoding"
     rb"|content-length)[ \t]*:[ \t]*([^\r\n]*)",
@@ -136,7 +135,7 @@ class ResponseFraming:
     upstream sends the same head for the same kind of response (the Date changes once a second).
     """
 
-    __slots__ = ("_head", "_names", "chunked", "content_length", "cut", "needs_rebuild", "rewritten")
+    __slots__ = ("chunked", "content_length", "cut", "needs_rebuild", "rewritten")
 
     _cache: dict[bytes, ResponseFraming] = {}  # noqa: RUF012 - a deliberate process-wide cache
 
@@ -146,8 +145,6 @@ class ResponseFraming:
         self.cut: tuple[tuple[int, int], ...] = ()  # spans of hop-by-hop lines to remove, each from its CRLF
         self.needs_rebuild = False  # Connection names a non-standard header: fall back to a full rebuild
         self.rewritten: dict[bytes, bytes] = {}  # extra header lines -> the head as sent (for this exact head)
-        self._head = head
-        self._names: frozenset[str] | None = None  # every header name, computed when a hook first asks
         cut = []
         for m in _RESPONSE_SCAN.finditer(head):
             name = m.group(1).lower()
@@ -179,13 +176,6 @@ class ResponseFraming:
     @property
     def delimited_by_close(self) -> bool:
         return not self.chunked and not self.content_length
-
-    def header_names(self) -> frozenset[str]:
-        """The (lower-case) names of every header in this head, computed once per distinct head."""
-        names = self._names
-        if names is None:
-            names = self._names = frozenset(m.group(1).decode("latin-1").lower() for m in _NAME.finditer(self._head))
-        return names
 
 
 def connection_tokens(values: list[bytes]) -> set[bytes]:
@@ -227,6 +217,21 @@ def _rewrite(head: bytes, framing: ResponseFraming, extra: bytes) -> bytes:
     if extra:
         head = head[:-2] + extra + CRLF
     return head
+
+
+_CUTTERS: dict[frozenset[str], re.Pattern[bytes]] = {}
+
+
+def cut_headers(head: bytes, names: set[str]) -> bytes:
+    """`head` (complete, ending in a blank line) without the lines of the (lower-case) named headers."""
+    key = frozenset(names)
+    cutter = _CUTTERS.get(key)
+    if cutter is None:
+        alternatives = b"|".join(re.escape(n.encode("latin-1")) for n in sorted(key))
+        cutter = re.compile(rb"\r\n(?:" + alternatives + rb")[ \t]*:[^\r\n]*", re.I)
+        if len(_CUTTERS) < 256:
+            _CUTTERS[key] = cutter
+    return cutter.sub(b"", head)
 
 
 def append_headers(head: bytes, headers: list[tuple[str, str]]) -> bytes:
