@@ -246,3 +246,16 @@ def test_body_limit_is_the_smallest_declared() -> None:
     small.max_body_bytes = 100  # type: ignore[attr-defined]
     pipeline = Pipeline("r", [slot(small, Phase.VALIDATE)], body_limit=1000)
     assert (pipeline.body_limit, pipeline.body_limit_stage) == (100, "request_size")
+
+
+def test_response_edits_compose_in_order() -> None:
+    response = Response(200, raw_head=b"HTTP/1.1 200 OK\r\nServer: up\r\nX-A: old\r\n\r\n")
+    response.set_header("X-A", "new")
+    response.set_header("x-b", "1")
+    response.remove_headers(("server",))
+    response.remove_header("x-b")
+    assert response.get("x-a") == "new"
+    assert response.get("x-b") is None
+    assert response.get("server") is None
+    assert response.added == [("x-a", "new")]
+    assert response.removed == {"x-a", "x-b", "server"}

@@ -87,14 +87,21 @@ class Response:
 
     def set_header(self, name: str, value: str) -> None:
         name = name.lower()
-        self.remove_header(name)
-        self.added.append((name, value))
+        self.removed.add(name)
+        added = self.added
+        if added:
+            self.added = added = [(n, v) for n, v in added if n != name]
+        added.append((name, value))
 
     def remove_header(self, name: str) -> None:
-        name = name.lower()
-        self.removed.add(name)
+        self.remove_headers((name,))
+
+    def remove_headers(self, names: tuple[str, ...] | list[str] | frozenset[str]) -> None:
+        """Remove several headers at once (names lower-case)."""
+        self.removed.update(names)
         if self.added:
-            self.added = [(n, v) for n, v in self.added if n != name]
+            gone = frozenset(names)  # not `self.removed`: it also holds names set_header replaced
+            self.added = [(n, v) for n, v in self.added if n not in gone]
 
     @property
     def modified(self) -> bool:

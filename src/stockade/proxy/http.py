@@ -234,16 +234,28 @@ def cut_headers(head: bytes, names: set[str]) -> bytes:
     return cutter.sub(b"", head)
 
 
+_LINES: dict[tuple[str, str], bytes] = {}
+
+
 def append_headers(head: bytes, headers: list[tuple[str, str]]) -> bytes:
     """`head` (complete, ending in a blank line) with `headers` added before its end; hop-by-hop names and
-    values that could split a header are dropped, as `build_head` drops them."""
+    values that could split a header are dropped, as `build_head` drops them. Encoded lines are cached by
+    (name, value): hooks mostly add the same fields."""
     out = [head[:-2]]
-    for name, value in headers:
-        bname = name.encode("latin-1")
-        bvalue = value.encode("latin-1", "replace")
-        if bname in _RESPONSE_HOP or b"\r" in bvalue or b"\n" in bvalue:
-            continue
-        out.append(bname + b": " + bvalue + CRLF)
+    for pair in headers:
+        line = _LINES.get(pair)
+        if line is None:
+            name, value = pair
+            bname = name.encode("latin-1")
+            bvalue = value.encode("latin-1", "replace")
+            if bname in _RESPONSE_HOP or b"\r" in bvalue or b"\n" in bvalue:
+                line = b""
+            else:
+                line = bname + b": " + bvalue + CRLF
+            if len(_LINES) >= 4096:
+                _LINES.clear()
+            _LINES[pair] = line
+        out.append(line)
     out.append(CRLF)
     return b"".join(out)
 

@@ -35,6 +35,19 @@ class SecurityHeaders:
     def __init__(self, config: SecurityHeadersConfig, env: StageEnv) -> None:
         self._remove = tuple(h.lower() for h in config.remove)
         self._cfg = config
+        # The edits are fixed per route: work them out once.
+        always = []
+        if config.nosniff:
+            always.append(("x-content-type-options", "nosniff"))
+        if config.cache_control is not None:
+            always.append(("cache-control", config.cache_control))
+        self._always = tuple(always)
+        absent = []
+        if config.frame_options is not None:
+            absent.append(("x-frame-options", config.frame_options))
+        if config.content_security_policy is not None:
+            absent.append(("content-security-policy", config.content_security_policy))
+        self._if_absent = tuple(absent)
         hsts = f"max-age={config.hsts_max_age}"
         if config.hsts_include_subdomains:
             hsts += "; includeSubDomains"
@@ -46,19 +59,14 @@ class SecurityHeaders:
         return CONTINUE
 
     def on_response(self, ctx: RequestContext, response: Response) -> None:
-        cfg = self._cfg
-        for name in self._remove:
-            response.remove_header(name)
-        if cfg.nosniff:
-            response.set_header("x-content-type-options", "nosniff")
+        response.remove_headers(self._remove)
+        for name, value in self._always:
+            response.set_header(name, value)
         if self._hsts and ctx.scheme == "https":
             response.set_header("strict-transport-security", self._hsts)
-        if cfg.cache_control is not None:
-            response.set_header("cache-control", cfg.cache_control)
-        if cfg.frame_options is not None and response.get("x-frame-options") is None:
-            response.set_header("x-frame-options", cfg.frame_options)
-        if cfg.content_security_policy is not None and response.get("content-security-policy") is None:
-            response.set_header("content-security-policy", cfg.content_security_policy)
+        for name, value in self._if_absent:
+            if response.get(name) is None:
+                response.set_header(name, value)
 
 
 _: type[Stage] = SecurityHeaders
