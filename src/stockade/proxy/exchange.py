@@ -59,6 +59,7 @@ _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 _XF_REBUILT = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
 
 
+_FRAMING_NAMES = frozenset({"content-length", "transfer-encoding"})
 _drop_cache: dict[frozenset[str], frozenset[bytes]] = {}
 
 
@@ -589,16 +590,8 @@ class Exchange:
                 return None
             if body is not None:
                 body = resp.body
-            if resp.modified and not (framing.needs_rebuild or dechunk or body is not None):
-                # Surgical edits on the verbatim head: hop-by-hop lines cut as usual, the hooks' removals cut with
-                # one search, their additions appended - instead of parsing and rebuilding every header (which
-                # costs several microseconds per response).
-                out = rewrite_response_head(head, framing, extra)
-                if resp.removed:
-                    out = cut_headers(out, resp.removed)
-                if resp.added:
-                    out = append_headers(out, resp.added)
-            elif resp.modified or framing.needs_rebuild or dechunk or body is not None:
+            if framing.needs_rebuild:
+                # The upstream's Connection header names other headers as hop-by-hop: parse and rebuild.
                 headers = resp.final_headers()
                 if dechunk or body is not None:
                     headers = [(n, v) for n, v in headers if n != "transfer-encoding" and n != "content-length"]
@@ -606,7 +599,20 @@ class Exchange:
                         headers.append(("content-length", str(len(body))))
                 out = build_head(status_line(status), headers, extra)
             else:
+                # Surgical edits on the verbatim head: hop-by-hop lines cut as usual, the hooks' removals (and,
+                # when the body is re-framed, the framing lines) cut with one search, additions appended -
+                # instead of parsing and rebuilding every header.
                 out = rewrite_response_head(head, framing, extra)
+                removed = resp.removed
+                added = resp.added
+                if dechunk or body is not None:
+                    removed = removed | _FRAMING_NAMES
+                    if body is not None:
+                        added = [*added, ("content-length", str(len(body)))]
+                if removed:
+                    out = cut_headers(out, removed)
+                if added:
+                    out = append_headers(out, added)
         else:
             out = rewrite_response_head(head, framing, extra)
         if first:
