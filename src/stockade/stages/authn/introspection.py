@@ -15,18 +15,16 @@ from urllib.parse import quote, urlsplit
 from pydantic import Field, field_validator
 
 from stockade.pipeline.context import AUTH_IDENTITY, RequestContext
-from stockade.pipeline.headers import DuplicateHeaderError
 from stockade.pipeline.phase import Phase
 from stockade.pipeline.principal import Principal
 from stockade.pipeline.stage import Stage, StageConfig, StageEnv
 from stockade.pipeline.verdict import Continue, Deny, Skip
 from stockade.security.jwk import thumbprint_sha256
+from stockade.stages.authn.authorization import authorization
 from stockade.stages.authn.jwt_config import _loopback
 
 log = logging.getLogger("stockade.introspection")
 
-_NO_CREDENTIAL = Skip("no Authorization header")
-_DUPLICATE = Deny(400, "http.duplicate_header", detail="Authorization header repeated")
 _MAX_RESPONSE = 64 * 1024
 
 
@@ -84,12 +82,9 @@ class IntrospectionAuthenticator:
         self.requests = 0  # calls made to the endpoint (tests and metrics)
 
     async def check(self, ctx: RequestContext) -> Continue | Skip | Deny:
-        try:
-            value = ctx.headers.get_single("authorization")
-        except DuplicateHeaderError:
-            return _DUPLICATE
-        if value is None:
-            return _NO_CREDENTIAL
+        value = authorization(ctx)
+        if not isinstance(value, str):
+            return value
         scheme, _, token = value.partition(" ")
         if scheme.lower() != "bearer" or not token:
             return Skip("Authorization is not a Bearer credential")

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from stockade.errors import StorageError
 from stockade.pipeline.context import AUTH_IDENTITY, RequestContext
-from stockade.pipeline.headers import DuplicateHeaderError
 from stockade.pipeline.phase import Phase
 from stockade.pipeline.principal import Principal
 from stockade.pipeline.stage import Stage, StageConfig, StageEnv
@@ -21,15 +20,13 @@ from stockade.pipeline.verdict import Continue, Deny, Skip
 from stockade.security import jose
 from stockade.security.jwk import Jwk, thumbprint_sha256
 from stockade.security.jwks import KeySet, StaticKeys, fetcher_for
+from stockade.stages.authn.authorization import authorization
 from stockade.stages.authn.jwt_config import IssuerConfig, JwtConfig
 
 if TYPE_CHECKING:
     from stockade.oauth2.revocation import RevokedJtis
 
 log = logging.getLogger("stockade.jwt")
-
-_NO_CREDENTIAL = Skip("no Authorization header")
-_DUPLICATE = Deny(400, "http.duplicate_header", detail="Authorization header repeated")
 
 
 class KeySource(Protocol):
@@ -88,12 +85,9 @@ class JwtAuthenticator:
             self._revoked = revoked_jtis(env.services)
 
     async def check(self, ctx: RequestContext) -> Continue | Skip | Deny:
-        try:
-            value = ctx.headers.get_single("authorization")
-        except DuplicateHeaderError:
-            return _DUPLICATE
-        if value is None:
-            return _NO_CREDENTIAL
+        value = authorization(ctx)
+        if not isinstance(value, str):
+            return value
         entry = self._cache.get(value)
         if entry is not None:
             now = self._clock.time()
