@@ -164,21 +164,16 @@ def test_token_revoking_a_client_with_the_cli_ends_its_tokens(env: tuple[TestGat
     assert result.exit_code == 0, result.output
     from stockade.identity.watch import shared_watcher
 
+    from stockade.oauth2.revocation import revoked_jtis
+
     watcher = shared_watcher(gw.services)
     gw.bg.run(watcher.poll())  # what the watcher task does every 0.5 s, run now instead of waiting for it
-    gw.bg.run(_drain())
+    gw.bg.run(revoked_jtis(gw.services).settle())  # and the client re-read that the change triggered
     assert call_books(gw, token)[0] == 401
     status, _, doc = post_form(gw, "/oauth2/token", {"grant_type": "client_credentials"}, basic(client_id, secret))
     assert status == 401 and doc["error"] == "invalid_client"
     listing = CliRunner().invoke(cli, ["--config", str(config), "clients", "list"])
     assert client_id in listing.stdout and "revoked" in listing.stdout and secret not in listing.stdout
-
-
-async def _drain() -> None:
-    import asyncio
-
-    for _ in range(5):  # let the tasks scheduled by the feed callbacks (client re-reads) finish
-        await asyncio.sleep(0)
 
 
 @pytest.mark.parametrize(

@@ -90,6 +90,12 @@ class RevokedJtis:
     def disable(self, client_id: str) -> None:
         self.disabled_clients.add(client_id)
 
+    async def settle(self) -> None:
+        """Wait for the re-reads the change feed has triggered (a client's state, a reload) to finish."""
+        while self._pending or (self._reload_task is not None and not self._reload_task.done()):
+            tasks = [*self._pending, *([self._reload_task] if self._reload_task is not None else [])]
+            await asyncio.gather(*tasks, return_exceptions=True)
+
 
 def revoked_jtis(services: Services) -> RevokedJtis:
     found = services.shared.get(SHARED_KEY)
