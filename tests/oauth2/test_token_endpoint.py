@@ -163,7 +163,6 @@ def test_token_revoking_a_client_with_the_cli_ends_its_tokens(env: tuple[TestGat
     result = CliRunner().invoke(cli, ["clients", "revoke", client_id, "--config", str(config)])
     assert result.exit_code == 0, result.output
     from stockade.identity.watch import shared_watcher
-
     from stockade.oauth2.revocation import revoked_jtis
 
     watcher = shared_watcher(gw.services)
