@@ -14,12 +14,8 @@ from typing import TYPE_CHECKING, cast
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
-from stockade.proxy.exchange import (
-    PAUSE_PIPELINE,
-    PAUSE_TUNNEL,
-    Exchange,
-    RequestHead,
-)
+from stockade.proxy.common import INF, PAUSE_PIPELINE, PAUSE_TUNNEL
+from stockade.proxy.exchange import Exchange
 from stockade.proxy.http import (
     COMMON_SPELLINGS,
     CONNECTION,
@@ -35,6 +31,7 @@ from stockade.proxy.http import (
     TRANSFER_ENCODING,
     UPGRADE,
 )
+from stockade.proxy.request_head import RequestHead
 from stockade.security.netaddr import canonical_ip
 
 if TYPE_CHECKING:
@@ -42,7 +39,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("stockade.proxy")
 
-INF = float("inf")
 # After answering a request whose body is still arriving, keep reading (and discarding) for a while before
 # closing, or the close would reset the connection and could destroy the answer in the client's buffer
 # (nginx: lingering_timeout 5 s between reads, lingering_time 30 s in all).

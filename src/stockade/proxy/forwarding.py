@@ -1,0 +1,162 @@
+"""Getting a request to its upstream: a pooled or new connection, the rebuilt head, the (re-framed) body.
+
+Functions of an Exchange (bound as its methods in exchange.py): split from it for size, not as a separate
+object, so they use its state directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from stockade.pipeline.forward import replaced_headers
+from stockade.proxy.common import IDEMPOTENT, INF, PAUSE_BUFFER
+from stockade.proxy.http import CRLF, connection_tokens
+from stockade.security.forwarded import forwarded_for
+
+if TYPE_CHECKING:
+    from stockade.proxy.exchange import Exchange
+    from stockade.proxy.upstream import UpstreamConnection
+
+_XF_REBUILT = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+_drop_cache: dict[frozenset[str], frozenset[bytes]] = {}
+
+
+def _drop_bytes(names: frozenset[str]) -> frozenset[bytes]:
+    """Header names to drop, as bytes, cached by the (hash-caching) frozenset a stage's verdict carries."""
+    found = _drop_cache.get(names)
+    if found is None:
+        found = frozenset(n.encode("latin-1") for n in names)
+        if len(_drop_cache) < 1024:
+            _drop_cache[names] = found
+    return found
+
+
+def _forward(ex: Exchange) -> None:
+    route = ex.route
+    assert route is not None  # noqa: S101 - only called after routing
+    if route.handler is not None:
+        ex._run_handler(route.handler)
+        return
+    if route.upstream is None:
+        ex._error_local(502, "upstream.unavailable", "route has no upstream")
+        return
+    ex.pool = pool = ex.server.pools.get(route.upstream)
+    up = pool.acquire()
+    if up is not None:
+        ex._send(up)
+    else:
+        ex._connect()
+
+
+def _connect(ex: Exchange) -> None:
+    pool = ex.pool
+    assert pool is not None  # noqa: S101
+    ex._set_deadline(ex.clock.monotonic() + pool.spec.connect_timeout, "connect")
+    ex.task = task = asyncio.get_running_loop().create_task(pool.connect())
+    task.add_done_callback(ex._connected)
+
+
+def _connected(ex: Exchange, task: asyncio.Future[Any]) -> None:
+    if ex.task is task:
+        ex.task = None
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if ex.finished:
+        if exc is None and ex.pool is not None:
+            ex.pool.release(task.result())
+        return
+    ex.deadline = INF
+    if exc is not None:
+        ex._error_local(502, "upstream.unavailable", f"connect failed: {exc!r}")
+        return
+    ex._send(task.result())
+
+
+def _send(ex: Exchange, up: UpstreamConnection) -> None:
+    ex.upstream = up
+    h = ex.head
+    pipeline = ex.pipeline
+    assert pipeline is not None and ex.pool is not None  # noqa: S101
+    head_only = h.method == b"HEAD"
+    buffer_response = pipeline.needs_response_body and not head_only
+    ex.collected = [] if buffer_response else None
+    up.begin(ex, decode=buffer_response or h.version == "1.0", head_only=head_only)
+    data = encode_request_head(ex)
+    if ex.body:
+        if h.chunked:
+            data += b"".join(b"%x\r\n%b\r\n" % (len(c), c) for c in ex.body if c)
+        else:
+            data += b"".join(ex.body)
+    if ex.request_done and h.chunked:
+        data += b"0\r\n\r\n"
+    if not (ex.request_done and h.method in IDEMPOTENT):
+        ex.body = ()  # kept only while a retry on a fresh connection is still possible
+    up.write(data)
+    ex.conn.resume(PAUSE_BUFFER)
+    now = ex.clock.monotonic()
+    ex.t_sent = now
+    if ex.request_done:
+        ex._set_deadline(now + ex.pool.spec.read_timeout, "upstream")
+    else:
+        ex.streaming = True
+        ex.deadline = INF
+        ex._send_continue()
+
+
+def encode_request_head(ex: Exchange) -> bytes:
+    """The request head sent upstream, rebuilt from parsed parts only (never the client's raw bytes)."""
+    h = ex.head
+    ctx = ex.ctx
+    pool = ex.pool
+    pipeline = ex.pipeline
+    assert ctx is not None and pool is not None and pipeline is not None  # noqa: S101
+    target = pool.base_path + ctx.raw_path.encode("latin-1")
+    if ctx.query:
+        target += b"?" + ctx.query.encode("latin-1")
+    host = h.hosts[0] if pool.spec.preserve_host and h.hosts else pool.host_header
+    parts = [h.method, b" ", target, b" HTTP/1.1\r\nhost: ", host, CRLF]
+    removed = ctx.remove_headers
+    if h.connection or removed or ctx.set_headers:
+        if ctx.set_headers:
+            drop = frozenset(n.encode("latin-1") for n in replaced_headers(ctx) or ())
+        else:
+            drop = _drop_bytes(removed or frozenset())
+        if h.connection:
+            drop |= connection_tokens(h.connection)
+        # A name cannot contain a newline: join-lower-split lower-cases every name in one C call.
+        if h.fwd:
+            lowered = b"\n".join(h.fwd_names).lower().split(b"\n")
+            parts += [line for name, line in zip(lowered, h.fwd, strict=True) if name not in drop]
+    else:
+        parts += h.fwd
+    conn = ex.conn
+    proto = b"https" if conn.tls else b"http"
+    fhost = h.hosts[0] if h.hosts else pool.host_header
+    if ex.trusted and h.forwarding:
+        xff_values = []
+        for lname, name, value in h.forwarding:
+            if lname == b"x-forwarded-for":
+                xff_values.append(value.decode("latin-1"))
+            elif lname == b"x-forwarded-proto":
+                proto = value
+            elif lname == b"x-forwarded-host":
+                fhost = value
+            if lname not in _XF_REBUILT:
+                parts.extend((name, b": ", value, CRLF))
+        xff = forwarded_for(conn.peer_ip, xff_values, ex.runtime.trusted_proxies).encode("latin-1")
+    else:
+        xff = conn.peer_ip.encode("ascii")
+    parts.extend((b"x-forwarded-for: ", xff, b"\r\nx-forwarded-proto: ", proto, b"\r\nx-forwarded-host: ", fhost))
+    parts.extend((b"\r\nx-request-id: ", ctx.request_id.encode("ascii"), CRLF))
+    if h.chunked:
+        parts.append(b"transfer-encoding: chunked\r\n")
+    if ex.upgrade_ok:
+        parts.append(b"connection: upgrade\r\nupgrade: websocket\r\n")
+    parts.append(pipeline.identity_header_bytes(ctx))
+    if ctx.set_headers:
+        for sname, svalue in ctx.set_headers.items():
+            parts.extend((sname.encode("latin-1"), b": ", svalue.encode("latin-1"), CRLF))
+    parts.append(CRLF)
+    return b"".join(parts)

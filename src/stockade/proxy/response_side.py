@@ -1,0 +1,231 @@
+"""The exchange's response side: the upstream's head and body on their way to the client.
+
+Functions of an Exchange (bound as its methods in exchange.py): split from it for size, not as a separate
+object, so they use its state directly.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from stockade.pipeline.local import run_response_hooks
+from stockade.pipeline.response import Response
+from stockade.proxy.common import IDEMPOTENT, INF, MAX_BUFFERED_RESPONSE, PAUSE_UPSTREAM
+from stockade.proxy.http import (
+    ResponseFraming,
+    append_headers,
+    build_head,
+    cut_headers,
+    rewrite_response_head,
+    status_line,
+)
+
+if TYPE_CHECKING:
+    from stockade.proxy.exchange import Exchange
+    from stockade.proxy.upstream import UpstreamConnection
+
+log = logging.getLogger("stockade.proxy")
+
+_FRAMING_NAMES = frozenset({"content-length", "transfer-encoding"})
+
+
+def upstream_head(ex: Exchange, head: bytes, status: int, first: bytes) -> None:
+    """The upstream's response head arrived, with `first`: the body bytes that came in the same read."""
+    now = ex.clock.monotonic()
+    ex.t_head = now
+    ex.upstream_status = status
+    pool = ex.pool
+    assert pool is not None  # noqa: S101
+    ex._set_deadline(now + pool.spec.read_timeout, "upstream")
+    if status == 101:
+        if not ex.upgrade_ok:
+            ex._upstream_broken("upstream.bad_response", "101 without an upgrade request")
+            return
+        ex._write_head(head, status, ResponseFraming(head), None, b"connection: upgrade\r\nupgrade: websocket\r\n")
+        ex.tunnel_open = True
+        ex.deadline = INF
+        ex._record()
+        ex.conn.start_tunnel(ex)
+        return
+    framing = ex.framing = ResponseFraming.of(head)
+    if ex.collected is not None:
+        ex.resp_head = head
+        if first:
+            ex.upstream_body(first)
+        return
+    ex._write_head(head, status, framing, None, None, first)
+
+
+def _write_head(
+    ex: Exchange,
+    head: bytes,
+    status: int,
+    framing: ResponseFraming,
+    body: bytes | None,
+    extra: bytes | None,
+    first: bytes = b"",
+) -> bytes | None:
+    """Write the response head (and `first`, streamed body bytes that came with it) to the client; returns the
+    buffered body to send when hooks had it (they may have replaced it)."""
+    h = ex.head
+    conn = ex.conn
+    pipeline = ex.pipeline
+    ctx = ex.ctx
+    assert pipeline is not None and ctx is not None  # noqa: S101
+    dechunk = h.version == "1.0" and framing.chunked
+    close = (
+        conn.should_close_after(ex)
+        or not ex.request_done
+        or dechunk
+        or (framing.delimited_by_close and status not in (204, 304) and h.method != b"HEAD" and status >= 200)
+    )
+    ex.close_after = close
+    if extra is None:
+        extra = b"connection: close\r\n" if close else (b"connection: keep-alive\r\n" if h.version == "1.0" else b"")
+    if pipeline.response_hooks or framing.needs_rebuild or dechunk or body is not None:
+        resp = Response(status, raw_head=head, body=body)
+        failed = run_response_hooks(pipeline, ctx, resp)
+        if failed is not None:
+            ex._error_local(failed.status, failed.reason, failed.detail, keep_decision=True)
+            return None
+        if body is not None:
+            body = resp.body
+        if framing.needs_rebuild:
+            # The upstream's Connection header names other headers as hop-by-hop: parse and rebuild.
+            headers = resp.final_headers()
+            if dechunk or body is not None:
+                headers = [(n, v) for n, v in headers if n != "transfer-encoding" and n != "content-length"]
+                if body is not None:
+                    headers.append(("content-length", str(len(body))))
+            out = build_head(status_line(status), headers, extra)
+        else:
+            # Surgical edits on the verbatim head: hop-by-hop lines cut as usual, the hooks' removals (and,
+            # when the body is re-framed, the framing lines) cut with one search, additions appended -
+            # instead of parsing and rebuilding every header.
+            out = rewrite_response_head(head, framing, extra)
+            removed = resp.removed
+            added = resp.added
+            if dechunk or body is not None:
+                removed = removed | _FRAMING_NAMES
+                if body is not None:
+                    added = [*added, ("content-length", str(len(body)))]
+            if removed:
+                out = cut_headers(out, removed)
+            if added:
+                out = append_headers(out, added)
+    else:
+        out = rewrite_response_head(head, framing, extra)
+    if first:
+        out += first
+    conn.write(out)
+    ex.resp_started = True
+    ex.status = status
+    ex.bytes_sent += len(out)
+    return body
+
+
+def upstream_body(ex: Exchange, data: bytes) -> None:
+    if ex.tunnel_open:
+        ex.conn.write(data)
+        return
+    collected = ex.collected
+    if collected is not None:
+        collected.append(data)
+        ex.collected_size += len(data)
+        if ex.collected_size > MAX_BUFFERED_RESPONSE:
+            ex._upstream_broken("upstream.response_too_large", "response body exceeds the buffer for hooks")
+        return
+    ex.conn.write(data)
+    ex.bytes_sent += len(data)
+    pool = ex.pool
+    if pool is not None:
+        now = ex.clock.monotonic()
+        if not ex.t_fwd:
+            ex.t_fwd = now
+        ex.deadline = now + pool.spec.read_timeout
+
+
+def upstream_done(ex: Exchange) -> None:
+    up = ex.upstream
+    if up is not None:
+        ex._drop_upstream(reusable=up.keep_alive and ex.request_done and not up.decoded)
+    if ex.collected is not None:
+        ex._flush_collected()
+        if ex.finished:
+            return
+    ex._finish(close=ex.close_after)
+
+
+def _flush_collected(ex: Exchange) -> None:
+    collected = ex.collected
+    assert collected is not None and ex.framing is not None  # noqa: S101
+    ex.collected = None
+    body = ex._write_head(ex.resp_head, ex.upstream_status, ex.framing, b"".join(collected), None)
+    if body is not None and not ex.finished:
+        ex.conn.write(body)
+        ex.bytes_sent += len(body)
+
+
+def upstream_closed(ex: Exchange, conn: UpstreamConnection) -> None:
+    if ex.tunnel_open:
+        ex.tunnel_open = False
+        ex._drop_upstream(reusable=False)
+        ex.conn.close()
+        return
+    if ex.finished or ex.upstream is not conn:
+        return
+    ex._drop_upstream(reusable=False)
+    if not conn.head_sent:
+        h = ex.head
+        if not conn.received_any and conn.reused and not ex.retried and ex.request_done and h.method in IDEMPOTENT:
+            ex.retried = True  # a pooled connection the upstream had already closed: try a fresh one
+            ex._connect()
+            return
+        ex._error_local(502, "upstream.unavailable", "upstream closed the connection")
+        return
+    framing = ex.framing
+    if framing is not None and framing.delimited_by_close:
+        if ex.collected is not None:
+            ex._flush_collected()
+        ex._finish(close=True)
+        return
+    ex._upstream_broken("upstream.truncated", "upstream closed mid-response")
+
+
+def upstream_failed(ex: Exchange, reason: str, detail: str) -> None:
+    ex._upstream_broken(reason, detail)
+
+
+def _upstream_broken(ex: Exchange, reason: str, detail: str) -> None:
+    if ex.finished:
+        return
+    ex._drop_upstream(reusable=False)
+    if ex.resp_started:
+        ex.error = reason
+        log.warning("upstream failed mid-response: %s", detail)
+        ex.conn.abort()
+        ex._finish(close=True)
+    else:
+        ex._error_local(502, "upstream.bad_response" if reason != "upstream.unavailable" else reason, detail)
+
+
+def upstream_pause(ex: Exchange, paused: bool) -> None:
+    if paused:
+        ex.conn.pause(PAUSE_UPSTREAM)
+    else:
+        ex.conn.resume(PAUSE_UPSTREAM)
+
+
+def client_pause(ex: Exchange, paused: bool) -> None:
+    up = ex.upstream
+    if up is not None and up.transport is not None and not up.closed:
+        if paused:
+            up.transport.pause_reading()
+        else:
+            up.transport.resume_reading()
+
+
+def tunnel_from_client(ex: Exchange, data: bytes) -> None:
+    if ex.upstream is not None:
+        ex.upstream.write(data)
