@@ -30,6 +30,7 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
     stockade config check stockade.yaml            validate a config file
     stockade config schema > stockade.schema.json  JSON Schema for editors
     stockade lockouts list                         brute-force lockouts (Redis limits_storage)
+    stockade keys create --consumer alice          API key (printed once; stored hashed)
     stockade clients create --name ci --scopes a,b OAuth2 client for the token endpoint
     stockade openapi routes openapi.yaml           routes config generated from a spec
     """
