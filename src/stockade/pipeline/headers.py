@@ -30,8 +30,13 @@ class Headers:
     def _lookup(self) -> dict[bytes, bytes]:
         m = self._map
         if m is None:
-            m = {}
-            for name, value in self.raw:
+            raw = self.raw
+            m = {name.lower(): value for name, value in raw}
+            if len(m) == len(raw):  # no name repeats (the usual case): done in one comprehension
+                self._map = m
+                return m
+            m = {}  # a repeated name: keep the first value and remember the name
+            for name, value in raw:
                 key = name.lower()
                 if key in m:
                     if self._dups is None:
