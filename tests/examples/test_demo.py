@@ -1,10 +1,11 @@
 """The demo (`make demo`): its policy loads, run.py starts and stops real processes on real ports, and every
-example the banner prints answers as the banner promises (the examples are run.py's own `EXAMPLES` data)."""
+example the banner prints answers as the banner promises (the examples are demo_tour.py's `SECTIONS` data)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from .demo_support import DEMO, ROOT, Demo, call, children_of, free_ports, run, start_demo, stop_demo
+from .demo_support import DEMO, ROOT, Demo, call, children_of, free_ports, run, start_demo, stop_demo, tour
 
 pytestmark = pytest.mark.slow
 
@@ -34,24 +35,28 @@ def test_demo_config_passes_config_check() -> None:
         [str(STOCKADE), "config", "check", str(DEMO / "stockade.yaml")], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
-    assert "OK (14 routes" in result.stdout
+    assert "OK (12 routes" in result.stdout
 
 
-def test_banner_prints_every_example_with_its_promised_status(demo: Demo) -> None:
+def test_banner_prints_every_example_under_its_heading_with_its_promised_status(demo: Demo) -> None:
     banner = demo.banner()
-    for ex in run.EXAMPLES:
-        promise = f"{ex.status} {ex.reason}" if ex.reason else str(ex.status)
-        assert f"# {ex.says}  -> {promise}\n  {ex.curl(demo.ports, ROOT)}\n" in banner
+    for section in tour.SECTIONS:
+        lines = "".join(
+            f"  # {ex.says}  -> {tour.promise(ex)}\n  {ex.curl(demo.ports, ROOT)}\n" for ex in section.examples
+        )
+        assert f"\n{section.title}\n" in banner
+        assert lines in banner, section.title
     assert f"tail -f {demo.state / 'decisions.log'}" in banner
 
 
-@pytest.mark.parametrize(
-    "example", run.EXAMPLES, ids=[f"{i:02d}-{e.method}-{e.target}{e.path}" for i, e in enumerate(run.EXAMPLES)]
-)
-def test_example_answers_as_the_banner_promises(demo: Demo, example: Any) -> None:
-    status, headers, body = call(
-        demo.port(example.target), example.method, example.path, example.body_bytes(), example.headers
-    )
+def test_banner_prints_a_well_formed_key_before_the_examples_that_use_it(demo: Demo) -> None:
+    banner = demo.banner()
+    first_use = min(banner.index(ex.curl(demo.ports, ROOT)) for ex in tour.EXAMPLES if ex.uses_key)
+    assert banner.index(f"  KEY={demo.key}\n") < first_use
+    assert re.fullmatch(r"stk_live_[0-9A-Za-z]{49}", demo.key)
+
+
+def _check_answer(demo: Demo, example: Any, status: int, headers: dict[str, str], body: bytes) -> None:
     assert status == example.status, body
     for name in example.has_headers:
         assert name in headers, f"{name} missing from {sorted(headers)}"
@@ -59,12 +64,45 @@ def test_example_answers_as_the_banner_promises(demo: Demo, example: Any) -> Non
         assert name not in headers, f"{name} leaked: {headers[name]}"
     if example.contains is not None:
         assert example.contains in body.decode()
+    if example.omits is not None:
+        assert example.omits not in body.decode()
     if example.reason is not None:
         problem = json.loads(body)
         assert headers["content-type"] == "application/problem+json"
         assert problem["reason"] == example.reason
         logged = demo.decision(problem["request_id"])
         assert (logged["decision"], logged["reason"], logged["status"]) == ("deny", example.reason, status)
+
+
+@pytest.mark.parametrize(
+    "example", tour.EXAMPLES, ids=[f"{i:02d}-{e.method}-{e.target}{e.path}" for i, e in enumerate(tour.EXAMPLES)]
+)
+def test_example_answers_as_the_banner_promises(demo: Demo, example: Any) -> None:
+    # Each example is the only one in the banner on its route's rate limit, so a repeated one starts from a full
+    # allowance: every answer but the last is 200.
+    port, body, headers = demo.port(example.target), example.body_bytes(), example.request_headers(demo.key)
+    for _ in range(example.repeat - 1):
+        status, _, answer = call(port, example.method, example.path, body, headers)
+        assert status == 200, answer
+    status, got, answer = call(port, example.method, example.path, body, headers)
+    _check_answer(demo, example, status, got, answer)
+
+
+def test_no_other_example_spends_a_repeated_examples_rate_limit() -> None:
+    def request(e: Any) -> tuple[str, str, str]:
+        return e.target, e.method, e.path.split("?")[0]
+
+    limited = [ex for ex in tour.EXAMPLES if ex.repeat > 1]
+    assert limited
+    for ex in limited:
+        assert [e for e in tour.EXAMPLES if request(e) == request(ex)] == [ex]
+
+
+def test_the_api_maps_the_keys_consumer_to_its_seeded_user(demo: Demo) -> None:
+    status, _, body = call(demo.ports.gateway, "GET", "/me", None, [("X-API-Key", demo.key)])
+    assert status == 200
+    me = json.loads(body)
+    assert (me["principal"], me["anonymous"], me["user"]["username"]) == (tour.CONSUMER, False, tour.CONSUMER)
 
 
 def test_gateway_strips_client_identity_and_api_sees_the_anonymous_principal(demo: Demo) -> None:
@@ -74,11 +112,32 @@ def test_gateway_strips_client_identity_and_api_sees_the_anonymous_principal(dem
     assert json.loads(body) == {"principal": "anonymous", "anonymous": True, "user": None}
 
 
-def test_demo_keeps_its_log_and_config_copy_in_the_state_dir(demo: Demo) -> None:
+def test_demo_keeps_its_store_log_secrets_and_config_copy_in_the_state_dir(demo: Demo) -> None:
     assert (demo.state / "decisions.log").is_file()
-    config_copy = demo.state / "demo-stockade.yaml"
-    assert f"http://127.0.0.1:{demo.ports.upstream}" in config_copy.read_text()
-    assert "http://127.0.0.1:9000" not in config_copy.read_text()
+    assert (demo.state / "stockade.db").is_file()  # the key run.py made lives here
+    assert (demo.state / ".stockade" / "pepper").is_file()  # generated next to the config copy
+    copy = (demo.state / "demo-stockade.yaml").read_text()
+    assert f"http://127.0.0.1:{demo.ports.upstream}" in copy
+    assert "http://127.0.0.1:9000" not in copy
+    assert copy.count(f"spec: {json.dumps(str(DEMO / 'openapi.yaml'))}") == (DEMO / "stockade.yaml").read_text().count(
+        "spec: openapi.yaml"
+    )
+
+
+def test_a_restart_makes_a_new_key_and_revokes_the_previous_one(tmp_path: Path) -> None:
+    first = start_demo(tmp_path)
+    try:
+        old = first.key
+        assert stop_demo(first) == 0, first.err.read_text()
+    finally:
+        stop_demo(first)
+    again = start_demo(tmp_path)  # the same state directory, so the same store
+    try:
+        assert again.key != old
+        assert call(again.ports.gateway, "GET", "/me", None, [("X-API-Key", old)])[0] == 401
+        assert call(again.ports.gateway, "GET", "/me", None, [("X-API-Key", again.key)])[0] == 200
+    finally:
+        stop_demo(again)
 
 
 def cmdline(pid: int) -> str:
