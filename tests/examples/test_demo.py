@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -86,6 +87,43 @@ def test_example_answers_as_the_banner_promises(demo: Demo, example: Any) -> Non
         assert status == 200, answer
     status, got, answer = call(port, example.method, example.path, body, headers)
     _check_answer(demo, example, status, got, answer)
+
+
+SHELL_REPLAYED = [e for e in tour.EXAMPLES if e.repeat == 1 and not e.pipe]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None or shutil.which("bash") is None, reason="needs curl and bash")
+@pytest.mark.parametrize("example", SHELL_REPLAYED, ids=[f"{e.method}-{e.target}{e.path}" for e in SHELL_REPLAYED])
+def test_banner_command_as_printed_gets_the_promised_status_from_a_shell(demo: Demo, example: Any) -> None:
+    # The banner's text itself, run by bash from the repository root as a user would paste it (after the KEY=
+    # line): this checks the quoting, $KEY and the body file paths, which the replay above cannot see.
+    script = f"KEY={demo.key}\n{example.curl(demo.ports, ROOT)} -o /dev/null -w '%{{http_code}}'"
+    result = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout) == (0, str(example.status)), result.stderr
+
+
+@pytest.mark.skipif(shutil.which("curl") is None or shutil.which("bash") is None, reason="needs curl and bash")
+def test_piped_banner_commands_as_printed_show_what_they_promise(tmp_path: Path) -> None:
+    # A demo of its own: the loop spends the rate limit that the shared demo's replay counts on.
+    d = start_demo(tmp_path)
+    try:
+        piped = [e for e in tour.EXAMPLES if e.pipe]
+        assert {e.repeat > 1 for e in piped} == {True, False}  # the rate-limit loop and the metrics grep
+        for example in sorted(piped, key=lambda e: e.repeat == 1):  # the loop first: the metrics then count it
+            result = subprocess.run(
+                ["bash", "-c", example.curl(d.ports, ROOT)], cwd=ROOT, capture_output=True, text=True, timeout=60
+            )
+            assert result.returncode == 0, result.stderr
+            lines = result.stdout.lower().splitlines()
+            if example.repeat > 1:
+                statuses = [line.split()[1] for line in lines if line.startswith("http/")]
+                assert statuses == ["200"] * (example.repeat - 1) + [str(example.status)], result.stdout
+                last = lines[max(i for i, line in enumerate(lines) if line.startswith("http/")) + 1 :]
+                assert sorted(line.split(":")[0] for line in last) == ["ratelimit", "retry-after"], result.stdout
+            else:
+                assert lines and all(line.startswith(example.contains) for line in lines), result.stdout
+    finally:
+        stop_demo(d)
 
 
 def test_no_other_example_spends_a_repeated_examples_rate_limit() -> None:
