@@ -44,4 +44,4 @@ bench-openapi: $(STAMP)
 	$(BIN)/python bench/micro_openapi.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .stockade
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .stockade examples/demo/.stockade

@@ -3,8 +3,9 @@
 Run it alone with `python examples/demo/api.py --port 9000`; `examples/demo/openapi.yaml` is its contract.
 It trusts the `X-Stockade-Principal` header the gateway injects to know who calls, so it must only be
 reachable through the gateway (it binds to loopback). It is deliberately careless in two ways, marked
-`DEMO FLAW`: no object-level authorization on orders, and a user endpoint that leaks secrets. Later Stockade
-features close both at the gateway without touching this code.
+`DEMO FLAW`: no object-level authorization on orders, and a user endpoint that leaks secrets. The demo policy
+(stockade.yaml) closes the leak at the gateway with the `openapi` stage, without touching this code; object-level
+authorization is for a later Stockade feature.
 """
 
 from __future__ import annotations
@@ -210,7 +211,7 @@ def validated(model: type[M], data: Any) -> M:
 
 def caller(request: Request, store: Store) -> tuple[str | None, bool, dict[str, Any] | None]:
     """(principal id, anonymous?, user record) from the headers the gateway injects (and strips if a client
-    sends them). A principal id that names a user is that user: later issues bring API keys and JWTs."""
+    sends them). A principal id that names a user is that user (an API key's consumer `alice` is user alice)."""
     principal = request.headers.get("x-stockade-principal")
     anonymous = request.headers.get("x-stockade-anonymous") == "true"
     user = None if principal is None or anonymous else store.user_by_name(principal)
@@ -252,7 +253,8 @@ def build_routes(store: Store) -> list[Route]:
 
     async def get_user(request: Request) -> Response:
         # DEMO FLAW (excessive data exposure): the stored record goes out whole, with `email`, `password_hash`
-        # and `internal_notes`; the spec promises only the public `User`. A later issue strips it at the gateway.
+        # and `internal_notes`; the spec promises only the public `User`. The demo policy's `openapi` stage, with
+        # `responses: enforce`, strips the rest at the gateway.
         return JSONResponse(user(request))
 
     async def user_orders(request: Request) -> Response:

@@ -1,14 +1,15 @@
 """`make demo`: start the demo API and a Stockade gateway in front of it, print what to try, stop both on Ctrl-C.
 
-The examples the banner prints are data (`EXAMPLES`), shared with tests/examples/test_demo.py, which makes
-each request and checks the promised status, so the banner cannot drift from what the demo does.
+Before the gateway starts, it makes an API key for the demo consumer with the CLI, as a user would, in the
+demo's own store. What the banner suggests trying is data in demo_tour.py, shared with
+tests/examples/test_demo.py, which replays every example, so the banner cannot drift from what the demo does.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import shlex
 import signal
 import socket
 import subprocess
@@ -17,181 +18,20 @@ import threading
 import time
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+
+from demo_tour import CONSUMER, HOST, SCOPES, Ports, banner
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 CONFIG = HERE / "stockade.yaml"
 CONFIG_UPSTREAM = "http://127.0.0.1:9000"  # the upstream URL written in stockade.yaml
-HOST = "127.0.0.1"
+CONFIG_SPEC = "spec: openapi.yaml"  # how stockade.yaml names the contract (relative to itself)
 READY_TIMEOUT = 60.0  # seconds; a cold start on a busy 2-core machine takes a few
+CLI_TIMEOUT = 60.0  # seconds for one `stockade keys ...` command
 DECISIONS = "decisions.log"
 STOP_TIMEOUT = 10.0  # seconds between TERM and KILL (the gateway drains for at most 5)
-
-
-@dataclass(frozen=True)
-class Ports:
-    gateway: int = 8080
-    admin: int = 8081
-    upstream: int = 9000
-
-
-@dataclass(frozen=True)
-class Example:
-    """One request the banner suggests, and what it must answer."""
-
-    says: str
-    method: str
-    path: str
-    status: int
-    target: Literal["gateway", "admin", "upstream"] = "gateway"
-    reason: str | None = None  # the problem `reason` a gateway denial carries
-    headers: tuple[tuple[str, str], ...] = ()
-    body: str | None = None
-    body_file: str | None = None  # relative to examples/demo/
-    contains: str | None = None  # a piece of the response body
-    has_headers: tuple[str, ...] = ()
-    lacks_headers: tuple[str, ...] = ()
-    curl_flags: str = "-si"
-    pipe: str = ""  # shell filter appended to the curl command
-
-    def url(self, ports: Ports) -> str:
-        return f"http://{HOST}:{getattr(ports, self.target)}{self.path}"
-
-    def curl(self, ports: Ports, cwd: Path | None = None) -> str:
-        parts = ["curl", *self.curl_flags.split()]
-        if self.method not in ("GET", "HEAD"):
-            parts += ["-X", self.method]
-        parts.append(self.url(ports))
-        for name, value in self.headers:
-            parts += ["-H", f"{name}: {value}"]
-        if self.body is not None:
-            parts += ["-d", self.body]
-        if self.body_file is not None:
-            parts += ["--data-binary", "@" + _display_path(HERE / self.body_file, cwd or Path.cwd())]
-        return " ".join(shlex.quote(p) for p in parts) + (f" | {self.pipe}" if self.pipe else "")
-
-    def body_bytes(self) -> bytes | None:
-        if self.body_file is not None:
-            return (HERE / self.body_file).read_bytes()
-        return None if self.body is None else self.body.encode()
-
-
-JSON = ("content-type", "application/json")
-EXAMPLES: tuple[Example, ...] = (
-    Example("A read, open to everyone (anonymous)", "GET", "/books?limit=2", 200, contains='"limit":2'),
-    Example(
-        "Security headers added, Server header stripped",
-        "HEAD",
-        "/books/1",
-        200,
-        curl_flags="-sI",
-        has_headers=("x-content-type-options", "cache-control", "x-frame-options"),
-        lacks_headers=("server",),
-    ),
-    Example(
-        "...compare the API answering directly",
-        "HEAD",
-        "/books/1",
-        200,
-        "upstream",
-        curl_flags="-sI",
-        has_headers=("server",),
-    ),
-    Example("Answered by the gateway itself", "GET", "/gateway/health", 200, contains='"answered_by":"stockade"'),
-    Example(
-        "Identity comes from the gateway: a spoofed X-Stockade-Principal is stripped",
-        "GET",
-        "/me",
-        200,
-        headers=(("X-Stockade-Principal", "alice"),),
-        contains='"principal":"anonymous"',
-        curl_flags="-s",
-    ),
-    Example("No route for this path: denied", "GET", "/v2/books", 404, reason="route.not_found"),
-    Example(
-        "Known path, method not allowed (see Allow)",
-        "DELETE",
-        "/users/1",
-        405,
-        reason="route.method_not_allowed",
-        has_headers=("allow",),
-    ),
-    Example("A write within the 4 KiB cap", "POST", "/books", 201, headers=(JSON,), body_file="requests/new-book.json"),
-    Example(
-        "A write over the cap, refused before the API sees it",
-        "POST",
-        "/books",
-        413,
-        reason="request.body_too_large",
-        headers=(JSON,),
-        body_file="requests/too-large-book.json",
-    ),
-    Example(
-        "The API's own validation, field by field",
-        "POST",
-        "/books",
-        422,
-        headers=(JSON,),
-        body='{"isbn": "12345", "title": "", "price_cents": -1}',
-        contains='"field":"isbn"',
-    ),
-    Example(
-        "Ops endpoints only from 10.8.0.0/16; a forged X-Forwarded-For does not help",
-        "GET",
-        "/admin/stats",
-        403,
-        reason="ip.denied",
-        headers=(("X-Forwarded-For", "10.8.0.5"),),
-    ),
-    Example(
-        "Prometheus metrics on the admin listener",
-        "GET",
-        "/metrics",
-        200,
-        "admin",
-        contains="stockade_requests_total",
-        curl_flags="-s",
-        pipe="grep '^stockade_requests_total'",
-    ),
-)
-
-BANNER_END = "Ctrl-C stops both."
-
-
-def _display_path(path: Path, cwd: Path) -> str:
-    try:
-        return str(path.relative_to(cwd))
-    except ValueError:
-        return str(path)
-
-
-def banner(ports: Ports, config: Path, decisions: Path, cwd: Path | None = None) -> str:
-    cwd = cwd or Path.cwd()
-    spec = _display_path(HERE / "openapi.yaml", cwd)
-    lines = [
-        "",
-        "Stockade demo is running",
-        f"  gateway   http://{HOST}:{ports.gateway}   policy {_display_path(config, cwd)}",
-        f"  admin     http://{HOST}:{ports.admin}   /metrics /healthz /readyz",
-        f"  upstream  http://{HOST}:{ports.upstream}   the bookshop API, spec {spec}",
-        "",
-        "Try, from another terminal:",
-    ]
-    for ex in EXAMPLES:
-        expect = f"{ex.status} {ex.reason}" if ex.reason else str(ex.status)
-        lines += ["", f"  # {ex.says}  -> {expect}", f"  {ex.curl(ports, cwd)}"]
-    lines += [
-        "",
-        "Every decision, one JSON line per request (route, principal, decision, reason, stage, status):",
-        f"  tail -f {shlex.quote(_display_path(decisions, cwd))}",
-        "",
-        BANNER_END,
-        "",
-    ]
-    return "\n".join(lines)
+KEY_NAME = "make-demo"  # marks the keys run.py makes, so the next start can revoke them
 
 
 def port_in_use(port: int) -> bool:
@@ -238,7 +78,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=Ports.gateway, help="gateway port (default 8080)")
     parser.add_argument("--admin-port", type=int, default=Ports.admin, help="admin port (default 8081)")
     parser.add_argument("--upstream-port", type=int, default=Ports.upstream, help="demo API port (default 9000)")
-    parser.add_argument("--state-dir", type=Path, default=ROOT / ".stockade", help="SQLite store and decision log")
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=HERE / ".stockade",
+        help="the store (consumers, API keys) and the decision log (default examples/demo/.stockade)",
+    )
     args = parser.parse_args(argv)
     for flag, port in (
         ("--port", args.port),
@@ -265,17 +110,49 @@ def busy_port(ports: Ports) -> str | None:
 
 
 def gateway_setup(ports: Ports, state: Path) -> tuple[Path, dict[str, str]]:
-    """The config file to serve and the environment overrides that point the gateway at these ports and files."""
+    """The config file to serve and the environment that points the gateway (and the CLI) at these ports and files."""
     config = CONFIG
     if ports.upstream != Ports.upstream:
-        # Routes are not overridable from the environment, so the upstream URL is changed in a copy.
+        # Routes are not overridable from the environment, so the upstream URL is changed in a copy. The copy
+        # lives elsewhere, so it names the spec by its absolute path (json.dumps: a quoted YAML scalar).
         config = state / "demo-stockade.yaml"
         text = CONFIG.read_text(encoding="utf-8").replace(CONFIG_UPSTREAM, f"http://{HOST}:{ports.upstream}")
+        text = text.replace(CONFIG_SPEC, f"spec: {json.dumps(str(HERE / 'openapi.yaml'))}")
         config.write_text(text, encoding="utf-8")
     env = dict(os.environ)
     env |= {"STOCKADE_LISTEN__PORT": str(ports.gateway), "STOCKADE_ADMIN__PORT": str(ports.admin)}
     env |= {"STOCKADE_STORAGE": f"sqlite:///{state / 'stockade.db'}", "STOCKADE_LOG__DECISIONS": str(state / DECISIONS)}
     return config, env
+
+
+def stockade_cli(stockade: Path, config: Path, env: dict[str, str], *args: str) -> str:
+    """Run `stockade --config CONFIG ARGS...` and return its stdout; a failure raises with its stderr."""
+    result = subprocess.run(
+        [str(stockade), "--config", str(config), *args],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        process_group=0,  # like the servers: Ctrl-C reaches this script, which lets the command finish
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"`stockade {' '.join(args)}` failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+def make_key(stockade: Path, config: Path, env: dict[str, str]) -> str:
+    """A fresh API key for the demo consumer (created with it if new), in the demo's store, made with the CLI as
+    the docs show. The keys earlier starts made are revoked first, so one demo key at a time is valid."""
+    for line in stockade_cli(stockade, config, env, "keys", "list", "--json").splitlines():
+        listed = json.loads(line)
+        if listed["name"] == KEY_NAME and listed["status"] == "active":
+            stockade_cli(stockade, config, env, "keys", "revoke", listed["id"])
+    created = stockade_cli(
+        stockade, config, env, "keys", "create", "--consumer", CONSUMER, "--scopes", SCOPES, "--name", KEY_NAME
+    )
+    return created.splitlines()[-1]  # the key is the last line of stdout; details go to stderr
 
 
 def wait_ready(checks: list[tuple[str, subprocess.Popen[bytes], str]], stopping: threading.Event) -> str | None:
@@ -320,6 +197,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     upstream = spawn([sys.executable, str(HERE / "api.py"), "--port", str(ports.upstream)])
     procs = [("upstream", upstream)]
     try:
+        try:
+            key = make_key(stockade, config, env)  # while the API starts
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            print(f"demo: could not make the demo API key: {exc}", file=sys.stderr)
+            return 1
+        if stopping.is_set():  # Ctrl-C while the key was being made: nothing more to start
+            print(f"demo: {received[0]} received, stopping the API", file=sys.stderr)
+            return 0
         gateway = spawn([str(stockade), "serve", "--config", str(config)], env)
         procs.insert(0, ("gateway", gateway))  # stopped first
         problem = wait_ready(
@@ -333,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"demo: {problem}", file=sys.stderr)
             return 1
         if not stopping.is_set():
-            print(banner(ports, config, state / DECISIONS), flush=True)
+            print(banner(ports, config, state, state / DECISIONS, key), flush=True)
         while not stopping.wait(0.5):
             for name, proc in procs:
                 if proc.poll() is not None:

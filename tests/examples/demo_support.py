@@ -8,6 +8,7 @@ import http.client
 import importlib.util
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -37,7 +38,9 @@ def load_script(name: str, path: Path) -> ModuleType:
     return module
 
 
-run = load_script("stockade_demo_run", DEMO / "run.py")  # its EXAMPLES, Ports, BANNER_END, port_in_use
+# run.py imports demo_tour by that name (run as a script, its directory is on sys.path): load it first.
+tour = load_script("demo_tour", DEMO / "demo_tour.py")  # SECTIONS, EXAMPLES, Ports, BANNER_END
+run = load_script("stockade_demo_run", DEMO / "run.py")  # port_in_use, the process handling
 
 
 def free_ports(n: int) -> list[int]:
@@ -76,10 +79,11 @@ class Demo:
     """A running `run.py`: its process, ports, state directory and captured output."""
 
     proc: subprocess.Popen[bytes]
-    ports: Any  # run.Ports
+    ports: Any  # tour.Ports
     state: Path
     out: Path
     err: Path
+    key: str = ""  # the API key the banner printed
 
     def banner(self) -> str:
         return self.out.read_text()
@@ -103,7 +107,7 @@ class Demo:
 
 def start_demo(tmp: Path) -> Demo:
     """run.py on free ports, the banner awaited. The upstream port is never 9000, so the config copy is used."""
-    ports = run.Ports(*free_ports(3))
+    ports = tour.Ports(*free_ports(3))
     out, err = tmp / "stdout", tmp / "stderr"
     cmd = [sys.executable, str(DEMO / "run.py"), "--port", str(ports.gateway), "--admin-port", str(ports.admin)]
     cmd += ["--upstream-port", str(ports.upstream), "--state-dir", str(tmp / "state")]
@@ -111,8 +115,11 @@ def start_demo(tmp: Path) -> Demo:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=o, stderr=e, stdin=subprocess.DEVNULL)
     demo = Demo(proc, ports, tmp / "state", out, err)
     try:
-        wait_for(lambda: run.BANNER_END in demo.banner() or proc.poll() is not None, 90, "the demo banner")
+        wait_for(lambda: tour.BANNER_END in demo.banner() or proc.poll() is not None, 90, "the demo banner")
         assert proc.poll() is None, f"run.py exited early with {proc.returncode}: {err.read_text()}"
+        printed = re.search(r"^  KEY=(\S+)$", demo.banner(), re.MULTILINE)
+        assert printed is not None, demo.banner()
+        demo.key = printed.group(1)
     except BaseException:
         stop_demo(demo)
         raise

@@ -1,10 +1,12 @@
 """The demo (`make demo`): its policy loads, run.py starts and stops real processes on real ports, and every
-example the banner prints answers as the banner promises (the examples are run.py's own `EXAMPLES` data)."""
+example the banner prints answers as the banner promises (the examples are demo_tour.py's `SECTIONS` data)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from .demo_support import DEMO, ROOT, Demo, call, children_of, free_ports, run, start_demo, stop_demo
+from .demo_support import DEMO, ROOT, Demo, call, children_of, free_ports, run, start_demo, stop_demo, tour
 
 pytestmark = pytest.mark.slow
 
@@ -34,24 +36,28 @@ def test_demo_config_passes_config_check() -> None:
         [str(STOCKADE), "config", "check", str(DEMO / "stockade.yaml")], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
-    assert "OK (14 routes" in result.stdout
+    assert "OK (12 routes" in result.stdout
 
 
-def test_banner_prints_every_example_with_its_promised_status(demo: Demo) -> None:
+def test_banner_prints_every_example_under_its_heading_with_its_promised_status(demo: Demo) -> None:
     banner = demo.banner()
-    for ex in run.EXAMPLES:
-        promise = f"{ex.status} {ex.reason}" if ex.reason else str(ex.status)
-        assert f"# {ex.says}  -> {promise}\n  {ex.curl(demo.ports, ROOT)}\n" in banner
+    for section in tour.SECTIONS:
+        lines = "".join(
+            f"  # {ex.says}  -> {tour.promise(ex)}\n  {ex.curl(demo.ports, ROOT)}\n" for ex in section.examples
+        )
+        assert f"\n{section.title}\n" in banner
+        assert lines in banner, section.title
     assert f"tail -f {demo.state / 'decisions.log'}" in banner
 
 
-@pytest.mark.parametrize(
-    "example", run.EXAMPLES, ids=[f"{i:02d}-{e.method}-{e.target}{e.path}" for i, e in enumerate(run.EXAMPLES)]
-)
-def test_example_answers_as_the_banner_promises(demo: Demo, example: Any) -> None:
-    status, headers, body = call(
-        demo.port(example.target), example.method, example.path, example.body_bytes(), example.headers
-    )
+def test_banner_prints_a_well_formed_key_before_the_examples_that_use_it(demo: Demo) -> None:
+    banner = demo.banner()
+    first_use = min(banner.index(ex.curl(demo.ports, ROOT)) for ex in tour.EXAMPLES if ex.uses_key)
+    assert banner.index(f"  KEY={demo.key}\n") < first_use
+    assert re.fullmatch(r"stk_live_[0-9A-Za-z]{49}", demo.key)
+
+
+def _check_answer(demo: Demo, example: Any, status: int, headers: dict[str, str], body: bytes) -> None:
     assert status == example.status, body
     for name in example.has_headers:
         assert name in headers, f"{name} missing from {sorted(headers)}"
@@ -59,12 +65,82 @@ def test_example_answers_as_the_banner_promises(demo: Demo, example: Any) -> Non
         assert name not in headers, f"{name} leaked: {headers[name]}"
     if example.contains is not None:
         assert example.contains in body.decode()
+    if example.omits is not None:
+        assert example.omits not in body.decode()
     if example.reason is not None:
         problem = json.loads(body)
         assert headers["content-type"] == "application/problem+json"
         assert problem["reason"] == example.reason
         logged = demo.decision(problem["request_id"])
         assert (logged["decision"], logged["reason"], logged["status"]) == ("deny", example.reason, status)
+
+
+@pytest.mark.parametrize(
+    "example", tour.EXAMPLES, ids=[f"{i:02d}-{e.method}-{e.target}{e.path}" for i, e in enumerate(tour.EXAMPLES)]
+)
+def test_example_answers_as_the_banner_promises(demo: Demo, example: Any) -> None:
+    # Each example is the only one in the banner on its route's rate limit, so a repeated one starts from a full
+    # allowance: every answer but the last is 200.
+    port, body, headers = demo.port(example.target), example.body_bytes(), example.request_headers(demo.key)
+    for _ in range(example.repeat - 1):
+        status, _, answer = call(port, example.method, example.path, body, headers)
+        assert status == 200, answer
+    status, got, answer = call(port, example.method, example.path, body, headers)
+    _check_answer(demo, example, status, got, answer)
+
+
+SHELL_REPLAYED = [e for e in tour.EXAMPLES if e.repeat == 1 and not e.pipe]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None or shutil.which("bash") is None, reason="needs curl and bash")
+@pytest.mark.parametrize("example", SHELL_REPLAYED, ids=[f"{e.method}-{e.target}{e.path}" for e in SHELL_REPLAYED])
+def test_banner_command_as_printed_gets_the_promised_status_from_a_shell(demo: Demo, example: Any) -> None:
+    # The banner's text itself, run by bash from the repository root as a user would paste it (after the KEY=
+    # line): this checks the quoting, $KEY and the body file paths, which the replay above cannot see.
+    script = f"KEY={demo.key}\n{example.curl(demo.ports, ROOT)} -o /dev/null -w '%{{http_code}}'"
+    result = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout) == (0, str(example.status)), result.stderr
+
+
+@pytest.mark.skipif(shutil.which("curl") is None or shutil.which("bash") is None, reason="needs curl and bash")
+def test_piped_banner_commands_as_printed_show_what_they_promise(tmp_path: Path) -> None:
+    # A demo of its own: the loop spends the rate limit that the shared demo's replay counts on.
+    d = start_demo(tmp_path)
+    try:
+        piped = [e for e in tour.EXAMPLES if e.pipe]
+        assert {e.repeat > 1 for e in piped} == {True, False}  # the rate-limit loop and the metrics grep
+        for example in sorted(piped, key=lambda e: e.repeat == 1):  # the loop first: the metrics then count it
+            result = subprocess.run(
+                ["bash", "-c", example.curl(d.ports, ROOT)], cwd=ROOT, capture_output=True, text=True, timeout=60
+            )
+            assert result.returncode == 0, result.stderr
+            lines = result.stdout.lower().splitlines()
+            if example.repeat > 1:
+                statuses = [line.split()[1] for line in lines if line.startswith("http/")]
+                assert statuses == ["200"] * (example.repeat - 1) + [str(example.status)], result.stdout
+                last = lines[max(i for i, line in enumerate(lines) if line.startswith("http/")) + 1 :]
+                assert sorted(line.split(":")[0] for line in last) == ["ratelimit", "retry-after"], result.stdout
+            else:
+                assert lines and all(line.startswith(example.contains) for line in lines), result.stdout
+    finally:
+        stop_demo(d)
+
+
+def test_no_other_example_spends_a_repeated_examples_rate_limit() -> None:
+    def request(e: Any) -> tuple[str, str, str]:
+        return e.target, e.method, e.path.split("?")[0]
+
+    limited = [ex for ex in tour.EXAMPLES if ex.repeat > 1]
+    assert limited
+    for ex in limited:
+        assert [e for e in tour.EXAMPLES if request(e) == request(ex)] == [ex]
+
+
+def test_the_api_maps_the_keys_consumer_to_its_seeded_user(demo: Demo) -> None:
+    status, _, body = call(demo.ports.gateway, "GET", "/me", None, [("X-API-Key", demo.key)])
+    assert status == 200
+    me = json.loads(body)
+    assert (me["principal"], me["anonymous"], me["user"]["username"]) == (tour.CONSUMER, False, tour.CONSUMER)
 
 
 def test_gateway_strips_client_identity_and_api_sees_the_anonymous_principal(demo: Demo) -> None:
@@ -74,11 +150,32 @@ def test_gateway_strips_client_identity_and_api_sees_the_anonymous_principal(dem
     assert json.loads(body) == {"principal": "anonymous", "anonymous": True, "user": None}
 
 
-def test_demo_keeps_its_log_and_config_copy_in_the_state_dir(demo: Demo) -> None:
+def test_demo_keeps_its_store_log_secrets_and_config_copy_in_the_state_dir(demo: Demo) -> None:
     assert (demo.state / "decisions.log").is_file()
-    config_copy = demo.state / "demo-stockade.yaml"
-    assert f"http://127.0.0.1:{demo.ports.upstream}" in config_copy.read_text()
-    assert "http://127.0.0.1:9000" not in config_copy.read_text()
+    assert (demo.state / "stockade.db").is_file()  # the key run.py made lives here
+    assert (demo.state / ".stockade" / "pepper").is_file()  # generated next to the config copy
+    copy = (demo.state / "demo-stockade.yaml").read_text()
+    assert f"http://127.0.0.1:{demo.ports.upstream}" in copy
+    assert "http://127.0.0.1:9000" not in copy
+    assert copy.count(f"spec: {json.dumps(str(DEMO / 'openapi.yaml'))}") == (DEMO / "stockade.yaml").read_text().count(
+        "spec: openapi.yaml"
+    )
+
+
+def test_a_restart_makes_a_new_key_and_revokes_the_previous_one(tmp_path: Path) -> None:
+    first = start_demo(tmp_path)
+    try:
+        old = first.key
+        assert stop_demo(first) == 0, first.err.read_text()
+    finally:
+        stop_demo(first)
+    again = start_demo(tmp_path)  # the same state directory, so the same store
+    try:
+        assert again.key != old
+        assert call(again.ports.gateway, "GET", "/me", None, [("X-API-Key", old)])[0] == 401
+        assert call(again.ports.gateway, "GET", "/me", None, [("X-API-Key", again.key)])[0] == 200
+    finally:
+        stop_demo(again)
 
 
 def cmdline(pid: int) -> str:
