@@ -83,7 +83,7 @@ class Served:
 def serve(tmp_path: Path, upstream: TestUpstream) -> Iterator[object]:
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(workers: int = 1, max_bytes: int = 1024) -> Served:
+    def start(workers: int = 1, max_bytes: int = 1024, wait: bool = True) -> Served:
         port, admin = free_port(), free_port()
         path = tmp_path / "gw.yaml"
         path.write_text(config(upstream.url, port, admin, max_bytes, workers))
@@ -95,7 +95,8 @@ def serve(tmp_path: Path, upstream: TestUpstream) -> Iterator[object]:
         )
         procs.append(proc)
         served = Served(proc, port, admin, path)
-        served.wait_ready()
+        if wait:
+            served.wait_ready()
         return served
 
     yield start
@@ -129,6 +130,23 @@ def test_sighup_reloads_atomically(serve: object, upstream: TestUpstream) -> Non
     stderr = gw.proc.stderr.read().decode() if gw.proc.stderr else ""
     assert "reload refused, configuration unchanged" in stderr
     assert "field 'config.max_bytes'" in stderr
+
+
+def test_sighup_during_start_up_does_not_kill_the_gateway(serve: object) -> None:
+    """Signal handlers are installed before the listener opens: a SIGHUP's default action is to terminate."""
+    gw: Served = serve(wait=False)  # type: ignore[operator]
+    end = time.monotonic() + 20
+    while True:  # the data port accepts before the admin listener (and readiness) exist
+        try:
+            socket.create_connection(("127.0.0.1", gw.port), timeout=1).close()
+            break
+        except OSError:
+            assert gw.proc.poll() is None and time.monotonic() < end
+            time.sleep(0.005)
+    gw.proc.send_signal(signal.SIGHUP)
+    gw.wait_ready()
+    assert gw.get("/api/x")[0] == 200
+    assert gw.proc.poll() is None
 
 
 def test_sigterm_drains_in_flight_requests(serve: object, upstream: TestUpstream) -> None:

@@ -74,6 +74,19 @@ async def serve_single(path: str, loaded: LoadedConfig) -> None:
     cfg = loaded.config
     services = Services(clock=SYSTEM_CLOCK, workers=1)
     server = ProxyServer(build_runtime(loaded, services))
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    current = [loaded]
+
+    def reload() -> None:
+        new, problems = load_for_reload(path)
+        if try_reload(server, current[0], new, problems) and new is not None:
+            current[0] = new
+
+    # Before anything can report ready: a SIGHUP's default action is to terminate the process.
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
     await server.start()
     admin = None
     if cfg.admin.enabled:
@@ -91,18 +104,6 @@ async def serve_single(path: str, loaded: LoadedConfig) -> None:
             "routes": len(cfg.routes),
         },
     )
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    current = [loaded]
-
-    def reload() -> None:
-        new, problems = load_for_reload(path)
-        if try_reload(server, current[0], new, problems) and new is not None:
-            current[0] = new
-
-    loop.add_signal_handler(signal.SIGHUP, reload)
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
     await stop.wait()
     log.info("draining", extra={"connections": len(server.connections)})
     await server.drain()

@@ -46,12 +46,12 @@ async def serve_worker(path: str, loaded: LoadedConfig, control_fd: int, index: 
     reader, writer = await asyncio.open_connection(sock=sock)
     services = Services(clock=SYSTEM_CLOCK, workers=workers)
     server = ProxyServer(build_runtime(loaded, services))
-    await server.start(reuse_port=True)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the supervisor coordinates reloads
+    await server.start(reuse_port=True)
     await _send(writer, {"op": "ready", "index": index})
     current = [loaded]
 
@@ -121,6 +121,12 @@ class Supervisor:
 
     async def run(self) -> None:
         cfg = self.loaded.config
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        # Before anything can report ready: a SIGHUP's default action is to terminate the process.
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
         for w in self.workers:
             await self._spawn(w)
         if cfg.admin.enabled:
@@ -130,11 +136,6 @@ class Supervisor:
         log.info(
             "stockade supervisor serving", extra={"workers": self.n, "listen": f"{cfg.listen.host}:{cfg.listen.port}"}
         )
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
         await stop.wait()
         await self.stop()
 
