@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast
+from pathlib import Path
+from typing import cast
 
 from stockade.config.loader import LoadedConfig, StagePlan
 from stockade.config.models import GatewayConfig, Upstream
@@ -15,9 +16,6 @@ from stockade.pipeline.runner import Pipeline, StageSlot
 from stockade.pipeline.stage import Services, Stage, StageConfig, StageEnv
 from stockade.proxy.tls import TlsContexts, build_tls
 from stockade.security.netaddr import NetSet
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +36,7 @@ class Runtime:
     routes: dict[str, CompiledRoute]
     trusted_proxies: NetSet
     services: Services
+    decision_log: str = "stdout"  # stdout | stderr | off | an absolute path (resolved against the config's dir)
     tls: TlsContexts = field(default_factory=TlsContexts)  # listener and upstream contexts, loaded with the config
 
     @property
@@ -91,6 +90,7 @@ def build_runtime(loaded: LoadedConfig, services: Services) -> Runtime:
         tls = build_tls(config, loaded.base_dir, loaded.source)
     except ConfigError as exc:
         problems.extend(exc.problems)
+    log_target = _decision_log_target(loaded, problems)
     if problems:
         raise ConfigError(problems)
     router = Router(
@@ -99,4 +99,20 @@ def build_runtime(loaded: LoadedConfig, services: Services) -> Runtime:
             for r in config.routes
         ]
     )
-    return Runtime(loaded, router, routes, NetSet(config.trusted_proxies), services, tls=tls)
+    return Runtime(loaded, router, routes, NetSet(config.trusted_proxies), services, decision_log=log_target, tls=tls)
+
+
+def _decision_log_target(loaded: LoadedConfig, problems: list[str]) -> str:
+    """`log.decisions` as the log will open it: a file path resolved against the config's directory (like
+    every other path in the config), checked now so a bad one is a config error, not a crash at start."""
+    target = loaded.config.log.decisions
+    if target in ("stdout", "stderr", "off"):
+        return target
+    path = Path(target)
+    if not path.is_absolute():
+        path = loaded.base_dir / path
+    if not path.parent.is_dir():
+        problems.append(f"{loaded.source}: field 'log.decisions': directory {path.parent} does not exist")
+    elif path.exists() and not path.is_file():
+        problems.append(f"{loaded.source}: field 'log.decisions': {path} is not a file")
+    return str(path)

@@ -87,3 +87,26 @@ def test_serve_reports_runtime_config_errors_without_a_traceback(tmp_path: Path)
     assert result.exit_code == 2
     assert "listen.tls" in result.output
     assert "Traceback" not in result.output
+
+
+def test_decision_log_path_resolves_against_the_config_and_a_missing_directory_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(GOOD.replace("admin:", "log: {decisions: nowhere/decisions.log}\nadmin:"))
+    for args in (["config", "check", str(path)], ["serve", "--config", str(path)]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 2, result.output
+        assert "field 'log.decisions'" in result.output
+        assert str(tmp_path / "nowhere") in result.output
+        assert "Traceback" not in result.output
+
+
+def test_relative_decision_log_path_is_next_to_the_config(tmp_path: Path) -> None:
+    from stockade.clock import SYSTEM_CLOCK
+    from stockade.config.loader import load_config
+    from stockade.pipeline.stage import Services
+    from stockade.runtime import build_runtime
+
+    path = tmp_path / "gw.yaml"
+    path.write_text(GOOD.replace("admin:", "log: {decisions: decisions.log}\nadmin:"))
+    runtime = build_runtime(load_config(path, env={}), Services(clock=SYSTEM_CLOCK, dry_run=True))
+    assert runtime.decision_log == str(tmp_path / "decisions.log")

@@ -39,8 +39,8 @@ class ProxyServer:
         self.runtime = runtime
         self.clock = clock
         self.metrics = metrics or runtime.services.metrics  # shared with the stages (backend outages, ...)
-        self.decision_log = decision_log or DecisionLog(runtime.config.log.decisions, clock)
-        self._log_target = runtime.config.log.decisions
+        self.decision_log = decision_log or DecisionLog(runtime.decision_log, clock)
+        self._log_target = runtime.decision_log
         self.connections: set[ClientConnection] = set()
         self.pools = PoolManager(clock, runtime.tls.upstreams)
         self.dates = DateCache()
@@ -115,10 +115,10 @@ class ProxyServer:
             self.tls.current = runtime.tls.listener  # new handshakes only; TLS on/off needs a restart
         self.runtime = runtime
         self.pools.retain([r.upstream for r in cfg.routes if r.upstream is not None], runtime.tls.upstreams)
-        if cfg.log.decisions != self._log_target:
+        if runtime.decision_log != self._log_target:
             old = self.decision_log
-            self.decision_log = DecisionLog(cfg.log.decisions, self.clock)
-            self._log_target = cfg.log.decisions
+            self.decision_log = DecisionLog(runtime.decision_log, self.clock)
+            self._log_target = runtime.decision_log
             old.close()
 
     async def drain(self, timeout: float | None = None) -> None:
