@@ -66,6 +66,22 @@ def test_scopes_decisions(config: dict[str, Any], principal: Principal | None, a
         assert verdict.headers["www-authenticate"].startswith('Bearer realm="stockade", error="insufficient_scope"')
 
 
+@pytest.mark.parametrize(
+    ("kind", "challenge"),
+    [
+        ("jwt", 'Bearer realm="stockade", error="insufficient_scope", scope="books:write"'),
+        ("introspection", 'Bearer realm="stockade", error="insufficient_scope", scope="books:write"'),
+        ("api_key", 'ApiKey realm="stockade", error="insufficient_scope", scope="books:write"'),
+        ("mtls", None),
+    ],
+)
+def test_scopes_challenge_uses_the_callers_scheme(kind: str, challenge: str | None) -> None:
+    principal = Principal(id="p", kind=kind, scopes=frozenset({"books:read"}))
+    verdict = decide({"require": ["books:write"]}, principal)
+    assert isinstance(verdict, Deny) and verdict.status == 403
+    assert (verdict.headers or {}).get("www-authenticate") == challenge
+
+
 def test_scopes_challenge_names_the_scopes() -> None:
     verdict = decide({"require": ["books:read"], "any": ["x"]}, who())
     assert isinstance(verdict, Deny) and verdict.headers is not None

@@ -45,28 +45,31 @@ class ScopesAuthorizer:
         self._roles = frozenset(config.roles)
         self._all_roles = frozenset(config.all_roles)
         needed = " ".join(dict.fromkeys((*config.require, *config.any)))
-        challenge = f'Bearer realm="{config.realm}", error="insufficient_scope"'
-        if needed:
-            challenge += f', scope="{needed}"'
-        self._headers = {"www-authenticate": challenge}
+        params = f'realm="{config.realm}", error="insufficient_scope"' + (f', scope="{needed}"' if needed else "")
+        # The challenge names the scheme the caller used (RFC 6750 for bearer tokens; the same parameters for an
+        # API key); a client certificate has no HTTP scheme to challenge.
+        self._bearer = {"www-authenticate": f"Bearer {params}"}
+        self._by_kind: dict[str, dict[str, str] | None] = {"api_key": {"www-authenticate": f"ApiKey {params}"}}
+        self._by_kind["mtls"] = None
 
     async def check(self, ctx: RequestContext) -> Continue | Deny:
         p = ctx.principal
         if p is None or p.anonymous:
-            return self._deny("anonymous principal")
+            return self._deny("anonymous principal", "")
         scopes = p.scopes
         if not self._require <= scopes:
-            return self._deny(f"missing scope(s) {sorted(self._require - scopes)}")
+            return self._deny(f"missing scope(s) {sorted(self._require - scopes)}", p.kind)
         if self._any and self._any.isdisjoint(scopes):
-            return self._deny(f"none of the scopes {sorted(self._any)}")
+            return self._deny(f"none of the scopes {sorted(self._any)}", p.kind)
         if self._roles and self._roles.isdisjoint(p.roles):
-            return self._deny(f"none of the roles {sorted(self._roles)}")
+            return self._deny(f"none of the roles {sorted(self._roles)}", p.kind)
         if not self._all_roles <= p.roles:
-            return self._deny(f"missing role(s) {sorted(self._all_roles - p.roles)}")
+            return self._deny(f"missing role(s) {sorted(self._all_roles - p.roles)}", p.kind)
         return CONTINUE
 
-    def _deny(self, why: str) -> Deny:
-        return Deny(403, "auth.insufficient_scope", headers=self._headers, detail=why)
+    def _deny(self, why: str, kind: str) -> Deny:
+        headers = self._by_kind.get(kind, self._bearer)
+        return Deny(403, "auth.insufficient_scope", headers=headers, detail=why)
 
 
 _: type[Stage] = ScopesAuthorizer
