@@ -130,9 +130,6 @@ class ApiKeyCache:
         for fp in drop:
             del self.entries[fp]
 
-    def record_use(self, key_id: str) -> None:
-        self.used.add(key_id)
-
     async def flush_usage(self) -> None:
         """Write last-used times for the keys used since the last flush, in one batch."""
         if not self.used:

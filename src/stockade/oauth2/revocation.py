@@ -87,9 +87,6 @@ class RevokedJtis:
         else:
             self.disabled_clients.discard(client_id)
 
-    def disable(self, client_id: str) -> None:
-        self.disabled_clients.add(client_id)
-
     async def settle(self) -> None:
         """Wait for the re-reads the change feed has triggered (a client's state, a reload) to finish."""
         while self._pending or (self._reload_task is not None and not self._reload_task.done()):

@@ -102,9 +102,6 @@ class PathTrie(Generic[T]):
         value, names = hit
         return value, dict(zip(names, values, strict=True)) if names else {}
 
-    def has_path(self, path: str) -> bool:
-        return _walk(self.root, path.split("/")[1:], 0, [], None) is not None
-
 
 def _walk(
     node: _Node[T], segs: list[str], i: int, values: list[str], method: str | None

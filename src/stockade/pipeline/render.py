@@ -9,35 +9,6 @@ import orjson
 
 PROBLEM_TYPE = "application/problem+json"
 
-# Codes the gateway itself produces (stages add their own, e.g. jwt.expired).
-REASONS: dict[str, int] = {
-    "route.not_found": 404,
-    "route.method_not_allowed": 405,
-    "auth.required": 401,
-    "ip.denied": 403,
-    "request.body_too_large": 413,
-    "stage.error": 500,
-    "stage.timeout": 503,
-    "http.bad_request": 400,
-    "http.bad_target": 400,
-    "http.bad_path": 400,
-    "http.bad_host": 400,
-    "http.duplicate_header": 400,
-    "http.headers_too_large": 431,
-    "http.timeout": 408,
-    "http.version_not_supported": 505,
-    "http.expectation_failed": 417,
-    "http.method_not_allowed": 405,
-    "upstream.unavailable": 502,
-    "upstream.bad_response": 502,
-    "upstream.timeout": 504,
-    "gateway.draining": 503,
-    "gateway.error": 500,
-    "handler.error": 500,
-    "handler.timeout": 504,
-    "websocket.not_allowed": 403,
-}
-
 
 def title(status: int) -> str:
     try:

@@ -30,7 +30,6 @@ class Response:
         "_headers",
         "_raw_head",
         "added",
-        "body_replaced",
         "rejected_by",
         "rejection",
         "removed",
@@ -51,7 +50,6 @@ class Response:
         self._body = body
         self.removed: set[str] = set()
         self.added: list[tuple[str, str]] = []
-        self.body_replaced = False
         self.rejection: tuple[int, str, str] | None = None
         self.rejected_by = ""
 
@@ -114,7 +112,6 @@ class Response:
 
     def replace_body(self, body: bytes) -> None:
         self._body = body
-        self.body_replaced = True
 
     def reject(self, status: int, reason: str, *, detail: str = "") -> None:
         """Replace the upstream response with a gateway problem (e.g. 502 `response.invalid`).

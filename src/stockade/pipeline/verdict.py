@@ -88,4 +88,3 @@ class Deny:
 Verdict = Continue | Skip | Deny
 
 CONTINUE = Continue()
-SKIP = Skip()

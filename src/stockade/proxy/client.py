@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, cast
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
+from stockade.pipeline.forward import IDENTITY_PREFIX_BYTES
 from stockade.proxy.common import INF, PAUSE_PIPELINE, PAUSE_TUNNEL
 from stockade.proxy.exchange import Exchange
 from stockade.proxy.http import (
@@ -24,7 +25,6 @@ from stockade.proxy.http import (
     EXPECT,
     FORWARDING,
     HOST,
-    IDENTITY_PREFIX,
     PLAIN,
     REQUEST_HEADER_CLASS,
     REQUEST_ID,
@@ -221,7 +221,7 @@ class ClientConnection(asyncio.Protocol):
             lname = name.lower()
             kind = REQUEST_HEADER_CLASS.get(lname)
             if kind is None:
-                if lname.startswith(IDENTITY_PREFIX):
+                if lname.startswith(IDENTITY_PREFIX_BYTES):
                     return  # never forward a client's claim to be the gateway
                 if lname == b"content-length":
                     head.content_length = int(value)

@@ -38,7 +38,6 @@ REQUEST_HEADER_CLASS: dict[bytes, int] = {
     b"x-real-ip": FORWARDING,
     b"forwarded": FORWARDING,
 }
-IDENTITY_PREFIX = b"x-stockade-"
 PLAIN = 8  # forwarded as is
 CONTENT_LENGTH = 9
 # Exact spellings seen on almost every request, classified without lower-casing the name first.
@@ -262,10 +261,7 @@ def append_headers(head: bytes, headers: list[tuple[str, str]]) -> bytes:
 
 def build_head(status_bytes: bytes, headers: list[tuple[str, str]], extra: bytes) -> bytes:
     """A response head from parsed headers (used when a hook changed them), hop-by-hop headers removed."""
-    named: set[bytes] = set()
-    for name, value in headers:
-        if name == "connection":
-            named.update(t.encode("latin-1") for t in _split_tokens(value))
+    named = connection_tokens([v.encode("latin-1") for n, v in headers if n == "connection"])
     out = [status_bytes]
     for name, value in headers:
         bname = name.encode("latin-1")
@@ -276,7 +272,3 @@ def build_head(status_bytes: bytes, headers: list[tuple[str, str]], extra: bytes
     out.append(extra)
     out.append(CRLF)
     return b"".join(out)
-
-
-def _split_tokens(value: str) -> list[str]:
-    return [t.strip().lower() for t in value.split(",") if t.strip()]

@@ -34,7 +34,6 @@ class SecurityHeaders:
 
     def __init__(self, config: SecurityHeadersConfig, env: StageEnv) -> None:
         self._remove = tuple(h.lower() for h in config.remove)
-        self._cfg = config
         # The edits are fixed per route: work them out once.
         always = []
         if config.nosniff:
