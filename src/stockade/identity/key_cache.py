@@ -1,7 +1,7 @@
 """The in-memory API-key cache in front of the store: positive and negative entries, bounded, invalidated by
 the change feed, plus the batched last-used writer. One per process (`services.shared["api_key_cache"]`).
 
-Entries are keyed by `keys.fingerprint` (SHA-256) of the presented key, so no key is held in memory after the
+Entries are keyed by `keys.fingerprint` (BLAKE2s) of the presented key, so no key is held in memory after the
 request; the store is asked (by peppered HMAC) only on a miss, never on a hit.
 """
 

@@ -63,13 +63,16 @@ class Headers:
 
     def get_single(self, name: str) -> str | None:
         """The value of a header that must not repeat (credentials); raises DuplicateHeaderError if it does."""
-        key = _key(name)
-        value = self._lookup().get(key)
-        if value is None:
-            return None
-        if self._dups is not None and key in self._dups:
-            raise DuplicateHeaderError(name)
-        return value.decode("latin-1")
+        value = self.single(_key(name))
+        return value.decode("latin-1") if value is not None else None
+
+    def single(self, key: bytes) -> bytes | None:
+        """`get_single` for a lower-case byte name, undecoded: for stages on the hot path that work in bytes."""
+        m = self._map
+        value = (m if m is not None else self._lookup()).get(key)
+        if value is not None and self._dups is not None and key in self._dups:
+            raise DuplicateHeaderError(key.decode("latin-1"))
+        return value
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and _key(name) in self._lookup()

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from stockade.proxy.server import ProxyServer
 
 log = logging.getLogger("stockade.proxy")
+_OWS = (b" ", b"\t")
 
 # After answering a request whose body is still arriving, keep reading (and discarding) for a while before
 # closing, or the close would reset the connection and could destroy the answer in the client's buffer
@@ -204,19 +205,20 @@ class ClientConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         head = self.head
         if head is None:
-            # A trailer field after a chunked body: never forwarded, but it counts against the head limit.
-            self.trailer_bytes += len(name) + len(value) + 4
-            if self.trailer_bytes > self.max_header_bytes:
-                raise HttpRejectError(431, "http.headers_too_large", "trailer fields exceed the limit")
+            self._trailer_field(name, value)
             return
+        # The count limit is checked once the head is complete: the byte limit already bounds what is held.
         head.size += len(name) + len(value) + 4
-        head.count += 1
-        if head.size > self.max_header_bytes or head.count > self.max_headers:
+        if head.size > self.max_header_bytes:
             raise HttpRejectError(431, "http.headers_too_large")
-        if value[-1:] in (b" ", b"\t"):
+        if value[-1:] in _OWS:
             value = value.rstrip(b" \t")
         head.raw.append((name, value))
         kind = COMMON_SPELLINGS.get(name)  # the usual spellings skip the lower-casing
+        if kind == PLAIN:
+            head.fwd.append(name + b": " + value + CRLF)
+            head.fwd_names.append(name)
+            return
         if kind is None:
             lname = name.lower()
             kind = REQUEST_HEADER_CLASS.get(lname)
@@ -228,10 +230,7 @@ class ClientConnection(asyncio.Protocol):
                 head.fwd.append(name + b": " + value + CRLF)
                 head.fwd_names.append(name)
                 return
-        if kind == PLAIN:
-            head.fwd.append(name + b": " + value + CRLF)
-            head.fwd_names.append(name)
-        elif kind == HOST:
+        if kind == HOST:
             head.hosts.append(value)
         elif kind == CONTENT_LENGTH:
             head.content_length = int(value)
@@ -259,9 +258,17 @@ class ClientConnection(asyncio.Protocol):
         elif kind == TRANSFER_ENCODING:
             head.chunked = True  # llhttp has validated it; the gateway re-frames the body itself
 
+    def _trailer_field(self, name: bytes, value: bytes) -> None:
+        """A trailer field after a chunked body: never forwarded, but it counts against the head limit."""
+        self.trailer_bytes += len(name) + len(value) + 4
+        if self.trailer_bytes > self.max_header_bytes:
+            raise HttpRejectError(431, "http.headers_too_large", "trailer fields exceed the limit")
+
     def on_headers_complete(self) -> None:
         head = self.head
         assert head is not None  # noqa: S101 - llhttp calls on_message_begin first
+        if len(head.raw) > self.max_headers:
+            raise HttpRejectError(431, "http.headers_too_large", "too many header fields")
         self.head = None
         parser = self.parser
         head.method = parser.get_method()

@@ -33,44 +33,66 @@ log = logging.getLogger("stockade.proxy")
 class Exchange:
     """One request and its response on a client connection."""
 
-    # Defaults at class level: construction assigns only what differs per exchange (it runs per request).
-    t_sent = 0.0
-    t_head = 0.0
-    t_fwd = 0.0
-    started = False
-    finished = False
-    request_done = False
-    too_large = False
-    timed_out = False
-    retried = False
-    resp_started = False
-    close_after = False
-    expect_continue = False
-    continue_sent = False
-    streaming = False
-    upgrade_ok = False
-    tunnel_open = False
-    trusted = False
-    ctx: RequestContext | None = None
-    route: CompiledRoute | None = None
-    pipeline: Pipeline | None = None
-    pool: UpstreamPool | None = None
-    upstream: UpstreamConnection | None = None
-    task: asyncio.Future[Any] | None = None
-    body_waiter: asyncio.Future[None] | None = None
-    body: list[bytes] | tuple[()] = ()
-    body_size = 0
-    deadline = INF
-    deadline_kind = ""
-    status = 0
-    upstream_status = 0
-    bytes_sent = 0
-    error = ""
-    pending_failure: tuple[int, str, str] | None = None
-    framing: ResponseFraming | None = None
-    resp_head = b""
-    collected: list[bytes] | None = None
-    collected_size = 0
+    __slots__ = (
+        "body",
+        "body_limit",
+        "body_size",
+        "body_waiter",
+        "buffer_cap",
+        "bytes_sent",
+        "clock",
+        "close_after",
+        "collected",
+        "collected_size",
+        "conn",
+        "continue_sent",
+        "ctx",
+        "deadline",
+        "deadline_kind",
+        "error",
+        "expect_continue",
+        "finished",
+        "framing",
+        "head",
+        "pending_failure",
+        "pipeline",
+        "pool",
+        "request_done",
+        "resp_head",
+        "resp_started",
+        "retried",
+        "route",
+        "runtime",
+        "server",
+        "started",
+        "status",
+        "streaming",
+        "t0",
+        "t_fwd",
+        "t_head",
+        "t_sent",
+        "task",
+        "timed_out",
+        "too_large",
+        "trusted",
+        "tunnel_open",
+        "upgrade_ok",
+        "upstream",
+        "upstream_status",
+    )
+    # All set in __init__: slots, because a dict per request costs more and 40-odd names overflow the
+    # instance dicts' shared keys (later exchanges would fall back to slower, materialised dicts).
+    ctx: RequestContext | None
+    route: CompiledRoute | None
+    pipeline: Pipeline | None
+    pool: UpstreamPool | None
+    upstream: UpstreamConnection | None
+    task: asyncio.Future[Any] | None
+    body_waiter: asyncio.Future[None] | None
+    body: list[bytes] | tuple[()]
+    pending_failure: tuple[int, str, str] | None
+    framing: ResponseFraming | None
+    collected: list[bytes] | None
 
     def __init__(self, conn: ClientConnection, head: RequestHead) -> None:
         self.conn = conn
@@ -83,6 +105,17 @@ class Exchange:
         limits = conn.limits
         self.body_limit = limits.max_body_bytes
         self.buffer_cap = limits.buffer_bytes
+        self.t_sent = self.t_head = self.t_fwd = 0.0
+        self.started = self.finished = self.request_done = self.too_large = self.timed_out = False
+        self.retried = self.resp_started = self.close_after = self.expect_continue = self.continue_sent = False
+        self.streaming = self.upgrade_ok = self.tunnel_open = self.trusted = False
+        self.ctx = self.route = self.pipeline = self.pool = self.upstream = None
+        self.task = self.body_waiter = self.pending_failure = self.framing = self.collected = None
+        self.body = ()
+        self.body_size = self.status = self.upstream_status = self.bytes_sent = self.collected_size = 0
+        self.deadline = INF
+        self.deadline_kind = self.error = ""
+        self.resp_head = b""
 
     # -- request side -----------------------------------------------------------------------------------------
 

@@ -38,7 +38,7 @@ REQUEST_HEADER_CLASS: dict[bytes, int] = {
     b"x-real-ip": FORWARDING,
     b"forwarded": FORWARDING,
 }
-PLAIN = 8  # forwarded as is
+PLAIN = 8  # forwarded as is (only in COMMON_SPELLINGS: on_header handles a lower-cased miss as plain)
 CONTENT_LENGTH = 9
 # Exact spellings seen on almost every request, classified without lower-casing the name first.
 COMMON_SPELLINGS: dict[bytes, int] = {

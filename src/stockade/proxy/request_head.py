@@ -10,7 +10,6 @@ class RequestHead:
         "chunked",
         "connection",
         "content_length",
-        "count",
         "expect",
         "forwarding",
         "fwd",
@@ -31,7 +30,6 @@ class RequestHead:
     def __init__(self) -> None:
         self.url = b""
         self.size = 0
-        self.count = 0
         self.wire_bytes = 0
         self.raw: list[tuple[bytes, bytes]] = []
         self.fwd: list[bytes] = []  # the forwarded headers, each a whole "name: value\r\n" line

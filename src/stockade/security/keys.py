@@ -109,9 +109,15 @@ def identity_hash(pepper: bytes, identifier: str) -> str:
     return hmac.digest(pepper, b"identity:" + identifier.encode(), "sha256")[:12].hex()
 
 
-def fingerprint(secret: str) -> bytes:
-    """SHA-256 of a presented secret: the key of in-memory caches only (4x cheaper than the HMAC, never stored).
+def fingerprint(secret: bytes) -> bytes:
+    """BLAKE2s-256 of a presented secret (as received): the key of in-memory caches only, never stored.
 
-    Safe because every secret we issue carries 256 random bits; the persisted form stays the peppered HMAC.
+    A cryptographic hash, so a cache entry cannot be reached with another secret, but no HMAC: safe because every
+    secret we issue carries 256 random bits; the persisted form stays the peppered HMAC. BLAKE2s rather than
+    SHA-256 because it runs on every API-key request and costs half as much for a short input (CPython's own
+    BLAKE2 against a full OpenSSL digest context).
     """
-    return hashlib.sha256(secret.encode("latin-1")).digest()
+    return _blake2s(secret).digest()
+
+
+_blake2s = hashlib.blake2s

@@ -19,6 +19,7 @@ from stockade.pipeline.phase import Phase
 from stockade.pipeline.principal import Principal
 from stockade.pipeline.stage import Stage, StageConfig, StageEnv
 from stockade.pipeline.verdict import Continue, Deny, Skip
+from stockade.security import keys
 from stockade.security.jwk import thumbprint_sha256
 from stockade.stages.authn.authorization import authorization
 from stockade.stages.authn.jwt_config import _loopback
@@ -88,7 +89,7 @@ class IntrospectionAuthenticator:
         scheme, _, token = value.partition(" ")
         if scheme.lower() != "bearer" or not token:
             return Skip("Authorization is not a Bearer credential")
-        key = hashlib.sha256(token.encode("latin-1")).digest()
+        key = keys.fingerprint(token.encode("latin-1"))
         now = self._clock.time()
         hit = self._cache.get(key)
         if hit is not None and now < hit[0]:
