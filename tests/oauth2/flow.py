@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+import secrets
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -11,7 +12,9 @@ import orjson
 from click.testing import CliRunner
 
 from stockade.cli import cli
+from stockade.security import jose
 from stockade.testing import TestGateway
+from tests.security.issuer import TestIssuer
 
 ISSUER = "http://127.0.0.1"
 CONFIG = """
@@ -74,3 +77,41 @@ def get_token(gw: TestGateway, client_id: str, secret: str, **form: str) -> str:
 
 def call_books(gw: TestGateway, token: str) -> tuple[int, dict[str, str], bytes]:
     return gw.request("GET", "/books", headers={"Authorization": f"Bearer {token}"})
+
+
+def assertion_client(config: Path, tmp: Path) -> tuple[str, TestIssuer]:
+    """A private_key_jwt client created with the CLI, and the key set whose `client-key` signs its assertions."""
+    keys = TestIssuer().add_ec("client-key")
+    jwks_file = tmp / "client-jwks.json"
+    jwks_file.write_text(orjson.dumps(keys.jwks()).decode())
+    client_id, secret = create_client(
+        config,
+        "--name",
+        "signer",
+        "--scopes",
+        "books:read",
+        "--auth-method",
+        "private_key_jwt",
+        "--jwks",
+        str(jwks_file),
+    )
+    assert secret is None
+    return client_id, keys
+
+
+def client_assertion(keys: TestIssuer, client_id: str, now: float, **over: object) -> str:
+    """An RFC 7523 client assertion for the token endpoint, with a fresh jti; `None` in `over` drops a claim."""
+    claims = {"iss": client_id, "sub": client_id, "aud": ISSUER + "/oauth2/token", "iat": now, "exp": now + 60}
+    claims |= {"jti": secrets.token_hex(8), **over}
+    key, _ = keys.keys["client-key"]
+    return jose.sign({k: v for k, v in claims.items() if v is not None}, key, "ES256", kid="client-key")
+
+
+def assertion_request(gw: TestGateway, assertion: str) -> tuple[int, dict[str, object]]:
+    form = {
+        "grant_type": "client_credentials",
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_assertion": assertion,
+    }
+    status, _, doc = post_form(gw, "/oauth2/token", form)
+    return status, doc

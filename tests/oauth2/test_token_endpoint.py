@@ -4,7 +4,6 @@ revocation through `jti`, client revocation, RFC 6749 §5.2 errors, JWKS and RFC
 from __future__ import annotations
 
 import json
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,8 +16,11 @@ from stockade.security import jose
 from stockade.testing import BackgroundLoop, TestGateway, TestUpstream
 from tests.oauth2.flow import (
     ISSUER,
+    assertion_client,
+    assertion_request,
     basic,
     call_books,
+    client_assertion,
     create_client,
     get_token,
     post_form,
@@ -73,54 +75,24 @@ def test_token_private_key_jwt_and_assertion_replay(
     env: tuple[TestGateway, TestUpstream, Path], tmp_path: Path
 ) -> None:
     gw, _, config = env
-    keys = TestIssuer().add_ec("client-key")
-    jwks_file = tmp_path / "client-jwks.json"
-    jwks_file.write_text(json.dumps(keys.jwks()))
-    client_id, secret = create_client(
-        config,
-        "--name",
-        "signer",
-        "--scopes",
-        "books:read",
-        "--auth-method",
-        "private_key_jwt",
-        "--jwks",
-        str(jwks_file),
-    )
-    assert secret is None
+    client_id, keys = assertion_client(config, tmp_path)
     now = gw.clock.time()
-
-    def assertion(**over: object) -> str:
-        claims = {"iss": client_id, "sub": client_id, "aud": ISSUER + "/oauth2/token", "iat": now, "exp": now + 60}
-        claims |= {"jti": secrets.token_hex(8), **over}
-        key, _ = keys.keys["client-key"]
-        return jose.sign({k: v for k, v in claims.items() if v is not None}, key, "ES256", kid="client-key")
-
-    def token_request(a: str) -> tuple[int, dict[str, object]]:
-        form = {
-            "grant_type": "client_credentials",
-            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-            "client_assertion": a,
-        }
-        status, _, doc = post_form(gw, "/oauth2/token", form)
-        return status, doc
-
-    first = assertion()
-    status, doc = token_request(first)
+    first = client_assertion(keys, client_id, now)
+    status, doc = assertion_request(gw, first)
     assert status == 200, doc
     assert call_books(gw, str(doc["access_token"]))[0] == 200
-    assert token_request(first) == (
+    assert assertion_request(gw, first) == (
         401,
         {"error": "invalid_client", "error_description": "client authentication failed"},
     )
     for bad in (
-        assertion(aud="https://elsewhere.example"),
-        assertion(exp=now + 3600),
-        assertion(jti=None),
-        assertion(iss="someone-else"),
-        assertion(exp=now - 120),
+        client_assertion(keys, client_id, now, aud="https://elsewhere.example"),
+        client_assertion(keys, client_id, now, exp=now + 3600),
+        client_assertion(keys, client_id, now, jti=None),
+        client_assertion(keys, client_id, now, iss="someone-else"),
+        client_assertion(keys, client_id, now, exp=now - 120),
     ):
-        assert token_request(bad)[0] == 401
+        assert assertion_request(gw, bad)[0] == 401
     other = TestIssuer().add_ec("client-key")  # same kid, a key the client never registered
     forged = jose.sign(
         {"iss": client_id, "sub": client_id, "aud": ISSUER, "exp": now + 60, "jti": "x"},
@@ -128,7 +100,23 @@ def test_token_private_key_jwt_and_assertion_replay(
         "ES256",
         kid="client-key",
     )
-    assert token_request(forged)[0] == 401
+    assert assertion_request(gw, forged)[0] == 401
+
+
+def test_assertion_replayed_on_another_gateway_is_refused(
+    env: tuple[TestGateway, TestUpstream, Path], tmp_path: Path
+) -> None:
+    """Two gateways sharing the store (as workers or nodes do): an assertion used on one fails on the other."""
+    gw, _, config = env
+    client_id, keys = assertion_client(config, tmp_path)
+    with TestGateway(config.read_text(), loop=gw.bg, base_dir=tmp_path, clock=gw.clock) as second:
+        assert second.services is not gw.services  # its own store instance and connection
+        first = client_assertion(keys, client_id, gw.clock.time())
+        assert assertion_request(gw, first)[0] == 200
+        assert assertion_request(second, first)[0] == 401
+        fresh = client_assertion(keys, client_id, gw.clock.time())
+        assert assertion_request(second, fresh)[0] == 200
+        assert assertion_request(gw, fresh)[0] == 401
 
 
 def test_token_revocation_is_honoured_through_jti(env: tuple[TestGateway, TestUpstream, Path]) -> None:

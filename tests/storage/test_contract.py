@@ -226,6 +226,15 @@ def test_revoked_tokens_list_and_purge(store: Store) -> None:
     assert not run(store.is_token_revoked("jti-1"))
 
 
+def test_use_once_refuses_a_second_use_until_expiry(store: Store) -> None:
+    assert run(store.use_once("assertion:a", expires_at=T0 + 10, now=T0)) is True
+    assert run(store.use_once("assertion:a", expires_at=T0 + 10, now=T0 + 5)) is False
+    assert run(store.use_once("assertion:b", expires_at=T0 + 10, now=T0 + 5)) is True
+    # Expired values are dropped (an expired assertion is refused before it gets here anyway).
+    assert run(store.use_once("assertion:a", expires_at=T0 + 30, now=T0 + 11)) is True
+    assert run(store.use_once("assertion:a", expires_at=T0 + 30, now=T0 + 12)) is False
+
+
 # -- admin tokens, change log, change feed ---------------------------------------------------------------------
 
 

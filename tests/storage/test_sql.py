@@ -26,7 +26,7 @@ def test_sqlite_migrations_recorded_once_and_file_private(tmp_path: Path) -> Non
         asyncio.run(store.ping())
         dispose(store)
     rows = sqlite3.connect(path).execute("SELECT version FROM schema_version").fetchall()
-    assert rows == [(1,)]
+    assert rows == [(1,), (2,)]
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
 
@@ -61,6 +61,27 @@ def test_two_instances_share_one_database(backend: str, tmp_path: Path) -> None:
         asyncio.run(a.create_consumer(Consumer("con_1", "alice", T0), actor="t", at=T0))
         assert asyncio.run(b.get_consumer("alice")).id == "con_1"
         assert asyncio.run(b.current_change_seq()) == asyncio.run(a.current_change_seq()) == 1
+    finally:
+        asyncio.run(b.close())
+        dispose(a)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_use_once_is_atomic_across_instances(backend: str, tmp_path: Path) -> None:
+    """Two gateway processes (two store instances, their own connections) race to use the same assertion jti:
+    exactly one wins, whichever instance it is."""
+    url = f"sqlite:///{tmp_path}/s.db" if backend == "sqlite" else postgres_store_url()
+    a, b = storage_from_url(url), storage_from_url(url)
+
+    async def race() -> list[bool]:
+        await a.ping()
+        await b.ping()
+        tries = [s.use_once(f"assertion:{i // 2}", expires_at=T0 + 60, now=T0) for i in range(40) for s in (a, b)]
+        return list(await asyncio.gather(*tries))
+
+    try:
+        won = asyncio.run(race())
+        assert won.count(True) == 20  # one per key (each key is tried twice by each instance)
     finally:
         asyncio.run(b.close())
         dispose(a)

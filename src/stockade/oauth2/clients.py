@@ -7,7 +7,6 @@ import base64
 import binascii
 import dataclasses
 import re
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -15,6 +14,7 @@ from urllib.parse import unquote_plus
 
 from stockade.security import jose
 from stockade.security.jwks import JwksError, KeySet, parse_jwks
+from stockade.security.keys import fingerprint
 from stockade.storage.base import NotFoundError
 from stockade.storage.records import OAuthClient
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 SECRET_METHODS = ("client_secret_basic", "client_secret_post")
 SUPPORTED_METHODS = (*SECRET_METHODS, "private_key_jwt")
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+ASSERTION_LEEWAY = 30  # seconds of clock skew allowed on a client assertion
 ASSERTION_ALGS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"})
 SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]{1,128}$")  # RFC 6749 §3.3
 _DUMMY_HASH = "0" * 64
@@ -101,7 +102,6 @@ class ClientAuthenticator:
     clock: Clock
     assertion_audiences: frozenset[str]  # the issuer and the token endpoint URL (RFC 7523 §3)
     assertion_max_lifetime: int
-    seen: OrderedDict[str, float]  # assertion jti -> exp: single use (per process; see docs/tokens.md)
 
     async def authenticate(self, form: dict[str, str], authorization: str | None) -> OAuthClient:
         basic = authorization is not None and authorization[:6].lower() == "basic "
@@ -162,7 +162,7 @@ class ClientAuthenticator:
             issuer=client_id,  # RFC 7523 §3: iss and sub are both the client_id
             audiences=self.assertion_audiences,
             algorithms=ASSERTION_ALGS,
-            leeway=30,
+            leeway=ASSERTION_LEEWAY,
             max_lifetime=self.assertion_max_lifetime,
         )
         now = self.clock.time()
@@ -175,18 +175,11 @@ class ClientAuthenticator:
         jti = parsed.claims.get("jti")
         if not isinstance(jti, str) or not jti:
             raise invalid_client(False, f"client {client_id!r} assertion has no jti")
-        self._remember(f"{client_id}\x00{jti}", exp, now)
-        return client
-
-    def _remember(self, key: str, exp: float, now: float) -> None:
-        seen = self.seen
-        while seen and next(iter(seen.values())) < now - 60:  # entries are in arrival order; exp roughly too
-            seen.popitem(last=False)
-        if key in seen:
+        # Single use across every worker and node sharing the store (RFC 7523 §3): a replay fails anywhere.
+        key = "assertion:" + fingerprint(f"{client_id}\x00{jti}".encode()).hex()
+        if not await self.store.use_once(key, expires_at=exp + ASSERTION_LEEWAY, now=now):
             raise invalid_client(False, "client assertion replayed (jti already used)")
-        if len(seen) >= 100_000:
-            seen.popitem(last=False)
-        seen[key] = exp
+        return client
 
 
 def _basic(authorization: str) -> tuple[str, str]:

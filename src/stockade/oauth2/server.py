@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -60,7 +59,6 @@ class TokenServer:
             clock=self.clock,
             assertion_audiences=frozenset({cfg.issuer, cfg.issuer + TOKEN_PATH}),
             assertion_max_lifetime=cfg.assertion_max_lifetime,
-            seen=OrderedDict(),
         )
         self._own_policy = jose.IssuerPolicy(
             issuer=cfg.issuer,

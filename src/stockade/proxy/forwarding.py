@@ -128,7 +128,8 @@ def encode_request_head(ex: Exchange) -> bytes:
         # A name cannot contain a newline: join-lower-split lower-cases every name in one C call.
         if h.fwd:
             lowered = b"\n".join(h.fwd_names).lower().split(b"\n")
-            parts += [line for name, line in zip(lowered, h.fwd, strict=True) if name not in drop]
+            # (zip without strict=: on_header appends both lists in lockstep, and keyword parsing costs per request)
+            parts += [line for name, line in zip(lowered, h.fwd) if name not in drop]  # noqa: B905
     else:
         parts += h.fwd
     conn = ex.conn

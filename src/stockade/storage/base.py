@@ -106,6 +106,11 @@ class RevocationStore(Protocol):
     async def list_revoked_tokens(self, now: float) -> list[RevokedToken]: ...  # not yet expired
     async def purge_revoked_tokens(self, before: float) -> int: ...  # drop entries that expired before
 
+    async def use_once(self, key: str, *, expires_at: float, now: float) -> bool:
+        """Record a single-use value (a client assertion's jti) until `expires_at`; False if it was already used
+        and has not expired. Atomic across every process sharing the store, so a replay fails on any worker."""
+        ...
+
 
 class AdminTokenStore(Protocol):
     async def create_admin_token(self, token: AdminToken, *, actor: str, at: float) -> None: ...

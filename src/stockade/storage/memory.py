@@ -39,6 +39,7 @@ class MemoryStore:
         self._clients: dict[str, OAuthClient] = {}
         self._signing: dict[str, SigningKey] = {}
         self._revoked: dict[str, RevokedToken] = {}
+        self._used_once: dict[str, float] = {}
         self._admin_tokens: dict[str, AdminToken] = {}
         self._log: list[AdminChange] = []
         self._feed: list[tuple[Change, float]] = []
@@ -248,6 +249,15 @@ class MemoryStore:
             for jti in gone:
                 del self._revoked[jti]
             return len(gone)
+
+    async def use_once(self, key: str, *, expires_at: float, now: float) -> bool:
+        with self._lock:
+            for gone in [k for k, exp in self._used_once.items() if exp < now]:
+                del self._used_once[gone]
+            if key in self._used_once:
+                return False
+            self._used_once[key] = expires_at
+            return True
 
     # -- admin tokens and the change log -----------------------------------------------------------------------
 

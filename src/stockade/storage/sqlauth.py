@@ -123,6 +123,19 @@ class SqlAuthMixin:
 
         return await self.engine.write(run)
 
+    async def use_once(self, key: str, *, expires_at: float, now: float) -> bool:
+        def run(tx: Tx) -> bool:
+            tx.execute("DELETE FROM used_once WHERE expires_at < ?", (now,))
+            if tx.one("SELECT 1 FROM used_once WHERE key = ?", (key,)):
+                return False
+            tx.execute("INSERT INTO used_once (key, expires_at) VALUES (?, ?)", (key, expires_at))
+            return True
+
+        try:
+            return await self.engine.write(run)
+        except ConflictError:
+            return False  # another process inserted it between our SELECT and INSERT (PostgreSQL, concurrent)
+
     # -- admin tokens and the change log -----------------------------------------------------------------------
 
     async def create_admin_token(self, token: AdminToken, *, actor: str, at: float) -> None:
