@@ -30,13 +30,10 @@ class Headers:
     def _lookup(self) -> dict[bytes, bytes]:
         m = self._map
         if m is None:
-            raw = self.raw
-            m = {name.lower(): value for name, value in raw}
-            if len(m) == len(raw):  # no name repeats (the usual case): done in one comprehension
-                self._map = m
-                return m
-            m = {}  # a repeated name: keep the first value and remember the name
-            for name, value in raw:
+            # A plain loop: cheaper than a dict comprehension for the handful of headers a request carries (3.11
+            # builds a function per comprehension), and it finds repeated names on the way.
+            m = {}
+            for name, value in self.raw:
                 key = name.lower()
                 if key in m:
                     if self._dups is None:

@@ -125,11 +125,11 @@ def encode_request_head(ex: Exchange) -> bytes:
             drop = _drop_bytes(removed or frozenset())
         if h.connection:
             drop |= connection_tokens(h.connection)
-        # A name cannot contain a newline: join-lower-split lower-cases every name in one C call.
-        if h.fwd:
-            lowered = b"\n".join(h.fwd_names).lower().split(b"\n")
-            # (zip without strict=: on_header appends both lists in lockstep, and keyword parsing costs per request)
-            parts += [line for name, line in zip(lowered, h.fwd) if name not in drop]  # noqa: B905
+        # A plain loop: cheaper than a comprehension (3.11 builds a function per comprehension) for the few lines
+        # a request has; zip without strict= because on_header appends both lists in lockstep.
+        for name, line in zip(h.fwd_names, h.fwd):  # noqa: B905
+            if name.lower() not in drop:
+                parts.append(line)
     else:
         parts += h.fwd
     conn = ex.conn
