@@ -134,7 +134,8 @@ class ApiKeyCache:
         """Write last-used times for the keys used since the last flush, in one batch."""
         if not self.used:
             return
-        used, self.used = self.used, set()
+        used = set(self.used)
+        self.used.clear()  # in place: stages hold this set
         now = self.clock.time()
         try:
             await self.store.touch_api_keys(dict.fromkeys(used, now))

@@ -8,7 +8,7 @@ log's `detail` says which. The credential is removed before the request goes ups
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, cast
 from urllib.parse import unquote_plus
 
 from pydantic import Field, field_validator
@@ -66,6 +66,7 @@ class ApiKeyAuthenticator:
         self._cache = shared_key_cache(env.services)
         self._entries = self._cache.entries
         self._watcher = self._cache.watcher
+        self._used = self._cache.used  # the same set for the cache's lifetime (flush_usage empties it in place)
         self._clock = env.services.clock
         self._strip_header = (self._header,)
         self._strip_authorization = ("authorization",)
@@ -117,38 +118,35 @@ class ApiKeyAuthenticator:
             if now >= entry.stale_at or now - self._watcher.last_ok > MAX_STALE:
                 entry = None
         if entry is None:
-            return await self._miss(ctx, value.decode("latin-1"), fp, strip, query)
-        return self._verdict(ctx, entry, strip, query)
-
-    async def _miss(
-        self, ctx: RequestContext, value: str, fp: bytes, strip: tuple[str, ...], query: str | None
-    ) -> Continue | Deny:
-        try:
-            keys.parse(value)
-        except keys.KeyFormatError as exc:
-            return Deny(401, INVALID, detail=f"malformed key ({exc.reason})")
-        try:
-            entry = await self._cache.load(fp, value)
-        except StorageError as exc:
-            return Deny(503, "auth.unavailable", detail=f"key store: {exc}")
-        return self._verdict(ctx, entry, strip, query)
-
-    def _verdict(
-        self, ctx: RequestContext, entry: KeyEntry, strip: tuple[str, ...], query: str | None
-    ) -> Continue | Deny:
+            loaded = await self._miss(value.decode("latin-1"), fp)
+            if type(loaded) is Deny:
+                return loaded
+            entry = cast(KeyEntry, loaded)
+        # The verdict, inline: this is the cache-hit path of every API-key request.
         ctx.state[AUTH_IDENTITY] = entry.identity
         if entry.principal is None:
             return Deny(401, INVALID, detail=entry.problem)
         if entry.expires_at is not None and self._clock.time() >= entry.expires_at:
             return Deny(401, INVALID, detail=f"expired key {entry.key_id}")
         if entry.key_id is not None:
-            self._cache.used.add(entry.key_id)  # last-used, flushed in batches off the request path
+            self._used.add(entry.key_id)  # last-used, flushed in batches off the request path
         if query is not None:
             return Continue(principal=entry.principal, remove_headers=strip, set_query=query)
         verdict = entry.verdicts.get(strip)
         if verdict is None:
             verdict = entry.verdicts[strip] = Continue(principal=entry.principal, remove_headers=strip)
         return verdict
+
+    async def _miss(self, value: str, fp: bytes) -> KeyEntry | Deny:
+        """Not cached (or too old to trust): check the format, then ask the store through the cache."""
+        try:
+            keys.parse(value)
+        except keys.KeyFormatError as exc:
+            return Deny(401, INVALID, detail=f"malformed key ({exc.reason})")
+        try:
+            return await self._cache.load(fp, value)
+        except StorageError as exc:
+            return Deny(503, "auth.unavailable", detail=f"key store: {exc}")
 
     def _without_param(self, query: str) -> str:
         """The raw query minus every occurrence of the key parameter (other parameters byte-for-byte)."""
