@@ -282,3 +282,27 @@ def test_listener_non_tls_bytes_are_closed_not_crashed(pki: Pki, payload: bytes)
         assert gw.bg.call(lambda: len(gw.server.connections)) == 0  # no client connection was ever made
         assert try_get(gw.port, client_context(pki.ca.pem)) == 200  # and the listener still serves
     assert errors == []
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(b"", id="silent"),
+        pytest.param(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", id="client-hello-cut-short"),
+    ],
+)
+def test_listener_handshake_that_never_finishes_is_closed(pki: Pki, payload: bytes) -> None:
+    """A slowloris on the TLS handshake: the handshake gets `limits.header_timeout`, then the socket is closed.
+
+    uvloop enforces this timeout on its own real-time clock (the gateway's injected clock cannot drive it), so this
+    test uses a short real timeout and waits for the close; it asserts what happens, not how fast."""
+    extra = "limits: {header_timeout: 0.3}\n"
+    with TestGateway(listener_yaml(pki.rsa, extra=extra)) as gw:
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+            sock.sendall(payload)
+            try:
+                received = sock.recv(65536)  # blocks until the gateway gives up on the handshake
+            except ConnectionResetError:
+                received = b""
+            assert received == b""  # closed by the gateway, well before the client's own 10 s timeout
+        assert try_get(gw.port, client_context(pki.ca.pem)) == 200  # the listener still serves
