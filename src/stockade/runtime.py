@@ -25,6 +25,11 @@ class CompiledRoute:
     upstream: Upstream | None
     websocket: bool
     handler: Handler | None = None
+    # The route's upstream timeouts and Host policy, copied off the pydantic model for the request path. They
+    # belong to the route: routes with the same upstream URL share one connection pool, not these settings.
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+    preserve_host: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,15 @@ def build_runtime(loaded: LoadedConfig, services: Services) -> Runtime:
                 handler = make(hplan.config, StageEnv(route_id=route.id, base_dir=loaded.base_dir, services=services))
             except (ValueError, OSError) as exc:
                 problems.append(f"{loaded.source}: {hplan.where}: {exc}")
-        routes[route.id] = CompiledRoute(route.id, pipeline, route.upstream, route.websocket, handler)
+        up = route.upstream
+        routes[route.id] = CompiledRoute(
+            route.id,
+            pipeline,
+            up,
+            route.websocket,
+            handler,
+            *((up.connect_timeout, up.read_timeout, up.preserve_host) if up is not None else ()),
+        )
     tls = TlsContexts()
     try:
         tls = build_tls(config, loaded.base_dir, loaded.source)

@@ -96,6 +96,40 @@ def test_upstream_read_timeout_gives_504(gateway: TestGateway, upstream: TestUps
         upstream.release()
 
 
+def test_routes_sharing_an_upstream_keep_their_own_read_timeout(
+    make_gateway: GatewayFactory, upstream: TestUpstream
+) -> None:
+    """Two routes to the same upstream share its connection pool, but not their timeouts: the route served
+    second must not inherit the read timeout of the one that created the pool."""
+    gw = make_gateway(
+        "routes:\n"
+        "  - id: quick\n    match: {path: /quick}\n    upstream: {url: '{upstream}', read_timeout: 2}\n"
+        "    stages: [{use: anonymous}]\n"
+        "  - id: patient\n    match: {path: /patient}\n    upstream: {url: '{upstream}', read_timeout: 30}\n"
+        "    stages: [{use: anonymous}]\n"
+    )
+    assert gw.request("GET", "/quick")[0] == 200  # the pool now exists, made for `quick`
+    assert gw.request("GET", "/patient")[0] == 200
+    upstream.stall()
+    try:
+        with gw.connect() as sock:
+            sock.sendall(b"GET /patient HTTP/1.1\r\nHost: a\r\n\r\n")
+            wait_for(lambda: len(upstream.received) == 3)
+            gw.advance(5.0)  # past quick's 2 s, well within patient's 30 s
+            assert not any(c.queue and c.queue[0].finished for c in gw.server.connections)
+            upstream.release()
+            assert [r[0] for r in read_responses(sock, 1)] == [200]
+        upstream.stall()
+        with gw.connect() as sock:
+            sock.sendall(b"GET /patient HTTP/1.1\r\nHost: a\r\n\r\n")
+            wait_for(lambda: len(upstream.received) == 4)
+            gw.advance(31.0)
+            responses = read_responses(sock, 1)
+        assert [r[0] for r in responses] == [504]
+    finally:
+        upstream.release()
+
+
 @contextlib.contextmanager
 def black_hole() -> Iterator[int]:
     """A port whose accept queue is full, so connecting to it hangs (SYNs are dropped)."""

@@ -66,7 +66,7 @@ class ClientConnection(asyncio.Protocol):
 
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
-        limits = server.runtime.config.limits
+        limits = server.limits
         self.limits = limits
         self.max_header_bytes = limits.max_header_bytes
         self.max_headers = limits.max_headers

@@ -252,8 +252,8 @@ class Exchange:
             self.streaming = False
             if self.head.chunked and self.upstream is not None:
                 self.upstream.write(b"0\r\n\r\n")
-            if self.pool is not None:
-                self._set_deadline(self.clock.monotonic() + self.pool.spec.read_timeout, "upstream")
+            if self.pool is not None and self.route is not None:
+                self._set_deadline(self.clock.monotonic() + self.route.read_timeout, "upstream")
         waiter = self.body_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

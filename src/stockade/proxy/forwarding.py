@@ -51,8 +51,9 @@ def _forward(ex: Exchange) -> None:
 
 def _connect(ex: Exchange) -> None:
     pool = ex.pool
-    assert pool is not None  # noqa: S101
-    ex._set_deadline(ex.clock.monotonic() + pool.spec.connect_timeout, "connect")
+    route = ex.route
+    assert pool is not None and route is not None  # noqa: S101
+    ex._set_deadline(ex.clock.monotonic() + route.connect_timeout, "connect")
     ex.task = task = asyncio.get_running_loop().create_task(pool.connect())
     task.add_done_callback(ex._connected)
 
@@ -78,7 +79,8 @@ def _send(ex: Exchange, up: UpstreamConnection) -> None:
     ex.upstream = up
     h = ex.head
     pipeline = ex.pipeline
-    assert pipeline is not None and ex.pool is not None  # noqa: S101
+    route = ex.route
+    assert pipeline is not None and ex.pool is not None and route is not None  # noqa: S101
     head_only = h.method == b"HEAD"
     buffer_response = pipeline.needs_response_body and not head_only
     ex.collected = [] if buffer_response else None
@@ -98,7 +100,7 @@ def _send(ex: Exchange, up: UpstreamConnection) -> None:
     now = ex.clock.monotonic()
     ex.t_sent = now
     if ex.request_done:
-        ex._set_deadline(now + ex.pool.spec.read_timeout, "upstream")
+        ex._set_deadline(now + route.read_timeout, "upstream")
     else:
         ex.streaming = True
         ex.deadline = INF
@@ -111,11 +113,12 @@ def encode_request_head(ex: Exchange) -> bytes:
     ctx = ex.ctx
     pool = ex.pool
     pipeline = ex.pipeline
-    assert ctx is not None and pool is not None and pipeline is not None  # noqa: S101
+    route = ex.route
+    assert ctx is not None and pool is not None and pipeline is not None and route is not None  # noqa: S101
     target = pool.base_path + ctx.raw_path.encode("latin-1")
     if ctx.query:
         target += b"?" + ctx.query.encode("latin-1")
-    host = h.hosts[0] if pool.spec.preserve_host and h.hosts else pool.host_header
+    host = h.hosts[0] if route.preserve_host and h.hosts else pool.host_header
     parts = [h.method, b" ", target, b" HTTP/1.1\r\nhost: ", host, CRLF]
     removed = ctx.remove_headers
     if h.connection or removed or ctx.set_headers:

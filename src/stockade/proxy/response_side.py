@@ -35,9 +35,9 @@ def upstream_head(ex: Exchange, head: bytes, status: int, first: bytes) -> None:
     now = ex.clock.monotonic()
     ex.t_head = now
     ex.upstream_status = status
-    pool = ex.pool
-    assert pool is not None  # noqa: S101
-    ex._set_deadline(now + pool.spec.read_timeout, "upstream")
+    route = ex.route
+    assert route is not None  # noqa: S101
+    ex._set_deadline(now + route.read_timeout, "upstream")
     if status == 101:
         if not ex.upgrade_ok:
             ex._upstream_broken("upstream.bad_response", "101 without an upgrade request")
@@ -138,12 +138,12 @@ def upstream_body(ex: Exchange, data: bytes) -> None:
         return
     ex.conn.write(data)
     ex.bytes_sent += len(data)
-    pool = ex.pool
-    if pool is not None:
+    route = ex.route
+    if ex.pool is not None and route is not None:
         now = ex.clock.monotonic()
         if not ex.t_fwd:
             ex.t_fwd = now
-        ex.deadline = now + pool.spec.read_timeout
+        ex.deadline = now + route.read_timeout
 
 
 def upstream_done(ex: Exchange) -> None:

@@ -12,6 +12,7 @@ from stockade.clock import SYSTEM_CLOCK, Clock
 from stockade.observability.decision_log import DecisionLog
 from stockade.pipeline.intake import RequestIds
 from stockade.proxy.client import ClientConnection
+from stockade.proxy.common import HotLimits
 from stockade.proxy.http import DateCache
 from stockade.proxy.tls import ListenerContext
 from stockade.proxy.upstream import PoolManager
@@ -37,6 +38,7 @@ class ProxyServer:
         decision_log: DecisionLog | None = None,
     ) -> None:
         self.runtime = runtime
+        self.limits = HotLimits.of(runtime.config.limits)  # what new client connections read
         self.clock = clock
         self.metrics = metrics or runtime.services.metrics  # shared with the stages (backend outages, ...)
         self.decision_log = decision_log or DecisionLog(runtime.decision_log, clock)
@@ -114,6 +116,7 @@ class ProxyServer:
         if self.tls is not None and runtime.tls.listener is not None:
             self.tls.current = runtime.tls.listener  # new handshakes only; TLS on/off needs a restart
         self.runtime = runtime
+        self.limits = HotLimits.of(cfg.limits)
         self.pools.retain([r.upstream for r in cfg.routes if r.upstream is not None], runtime.tls.upstreams)
         if runtime.decision_log != self._log_target:
             old = self.decision_log

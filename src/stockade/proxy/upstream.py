@@ -234,6 +234,7 @@ class UpstreamPool:
     def __init__(self, spec: Upstream, clock: Clock, ssl_ctx: ssl.SSLContext | None = None) -> None:
         parts = urlsplit(spec.url)
         self.spec = spec
+        self.max_idle = spec.max_idle  # read on every release: copied off the pydantic model
         self.clock = clock
         self.name = f"{parts.scheme}://{parts.netloc}"
         self.tls = parts.scheme == "https"
@@ -283,7 +284,7 @@ class UpstreamPool:
         if (
             self.closed
             or conn.closed
-            or len(self.idle) >= self.spec.max_idle
+            or len(self.idle) >= self.max_idle
             or conn.transport is None
             or conn.transport.is_closing()
         ):
