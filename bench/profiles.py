@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-Kind = Literal["direct", "nginx", "stockade"]
+Kind = Literal["direct", "nginx", "floor", "stockade"]
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,8 @@ Setup = Callable[[SetupEnv], Mapping[str, str]]
 class Profile:
     """One row of the comparison.
 
-    `kind` says what is started: `direct` (nothing, the load hits the upstream), `nginx` (nginx `proxy_pass`) or
+    `kind` says what is started: `direct` (nothing, the load hits the upstream), `nginx` (nginx `proxy_pass`),
+    `floor` (bench/floor_proxy.py: the design's bare minimum in Python, no pipeline) or
     `stockade` (`stockade serve`, one route `/**` to the upstream with `stages`). `gateway` adds top-level
     stockade settings (e.g. `limits_storage`). `expect_headers` is checked on a probe request before loading,
     proving the stages really ran (None = the header must be absent).
@@ -115,6 +116,11 @@ def _openapi_spec(env: SetupEnv) -> Mapping[str, str]:
 PROFILES: tuple[Profile, ...] = (
     Profile("direct", "direct", "the load side alone: wrk straight to the upstream (the ceiling of the load core)"),
     Profile("nginx", "nginx", "the reference: nginx proxy_pass, upstream keep-alive, one worker"),
+    Profile(
+        "python-floor",
+        "floor",
+        "the design alone: uvloop + httptools, pooled upstream, head rebuilt, no pipeline/log/metrics (not a gateway)",
+    ),
     Profile(
         "stockade-bare",
         "stockade",

@@ -68,6 +68,8 @@ def start(profile: Profile, tmp: Path, proxy_cpus: set[int] | None, upstream: se
         server = servers.start_nginx(profile.name, workdir, proxy_cpus, upstream=upstream.port)
         server.headers = dict(profile.headers)
         return server
+    if profile.kind == "floor":
+        return servers.start_floor(profile.name, workdir, proxy_cpus, upstream.port)
     return servers.start_stockade(profile, workdir, proxy_cpus, upstream.port)
 
 
@@ -179,8 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     doc["loadavg"]["end"] = procfs.loadavg()
     doc["summary"] = report.summarise(doc["runs"], [p.name for p in profiles], args.connections)
     doc["goal"] = report.goal(doc["summary"])
+    doc["budgets"] = report.budgets(doc["runs"])
     print(report.table(doc["summary"]))
-    for line in report.notes(doc["summary"], doc["loadavg"]):
+    for line in report.notes(doc["summary"], doc["loadavg"], doc["budgets"]):
         print(line)
     for name, why in skipped.items():
         print(f"{name}: skipped ({why})")

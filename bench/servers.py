@@ -174,6 +174,12 @@ def start_nginx(name: str, workdir: Path, cpus: set[int] | None, upstream: int |
     return spawn(name, cmd, workdir, cpus, port)
 
 
+def start_floor(name: str, workdir: Path, cpus: set[int] | None, upstream: int) -> Server:
+    """The floor proxy (bench/floor_proxy.py): the design with none of stockade's per-request work."""
+    port = free_port()
+    return spawn(name, [sys.executable, "-m", "bench.floor_proxy", str(port), str(upstream)], workdir, cpus, port)
+
+
 def start_builtin_upstream(workdir: Path, cpus: set[int] | None) -> Server:
     port = free_port()
     return spawn("upstream", [sys.executable, "-m", "bench.upstream", "--port", str(port)], workdir, cpus, port)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from bench.report import derive, goal, notes, stats, summarise, table
+from bench.report import budgets, derive, goal, notes, stats, summarise, table
 
 
 def raw(requests: int, proxy: float | None, rps: float, errors: int = 0) -> dict[str, Any]:
@@ -104,3 +104,46 @@ def test_notes_state_the_goal_and_flag_rows_where_no_side_was_saturated() -> Non
         "measured": 0.6,
         "met": False,
     }
+
+
+def cpu_runs(profile: str, per_round_us: list[float], errors_in: int | None = None) -> list[dict[str, Any]]:
+    """Runs of 100 000 requests whose proxy used `per_round_us` µs per request, round by round."""
+    return [
+        run(profile, rnd, 100_000, us / 10, 30_000.0, errors=5 if rnd == errors_in else 0)
+        for rnd, us in enumerate(per_round_us)
+    ]
+
+
+def test_budgets_are_paired_by_round_and_judged_on_the_median() -> None:
+    runs = (
+        cpu_runs("python-floor", [12.0, 13.0, 12.0])
+        + cpu_runs("stockade-bare", [26.0, 30.0, 26.0])  # round 1 was slowed for every profile
+        + cpu_runs("api-key", [30.0, 34.5, 31.0])  # +4, +4.5, +5
+        + cpu_runs("jwt-cached", [32.0, 36.0, 32.0, 27.0], errors_in=3)  # +6 each; round 3 answered errors
+    )
+    got = {b["profile"] + "/" + b["over"]: b for b in budgets(runs)}
+    key = got["api-key/stockade-bare"]
+    assert key["extra_us"]["median"] == pytest.approx(4.5)
+    assert (key["extra_us"]["min"], key["extra_us"]["max"]) == (pytest.approx(4.0), pytest.approx(5.0))
+    assert key["met"] is True
+    jwt = got["jwt-cached/stockade-bare"]
+    assert jwt["extra_us"]["median"] == pytest.approx(6.0)
+    assert jwt["met"] is False
+    floor = got["stockade-bare/python-floor"]
+    assert floor["extra_us"]["median"] == pytest.approx(14.0)
+    assert floor["met"] is None  # a cost to report, not a budget
+    lines = notes([], {"start": [0.0] * 3}, list(got.values()))
+    assert lines[:3] == [
+        "budget: api-key adds 4.5 µs CPU/req over stockade-bare at 50 connections (paired by round: 4.0 to 5.0); "
+        "limit 5 µs: met",
+        "budget: jwt-cached adds 6.0 µs CPU/req over stockade-bare at 50 connections (paired by round: 6.0 to 6.0); "
+        "limit 5 µs: NOT met",
+        "cost: stockade-bare adds 14.0 µs CPU/req over python-floor at 50 connections (paired by round: 14.0 to 17.0)",
+    ]
+
+
+def test_budgets_leave_out_a_profile_whose_base_was_not_measured() -> None:
+    assert budgets(cpu_runs("api-key", [30.0])) == []
+    assert [b["profile"] for b in budgets(cpu_runs("api-key", [30.0]) + cpu_runs("stockade-bare", [26.0]))] == [
+        "api-key"
+    ]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 from bench.profiles import Profile, SetupEnv
+from bench.upstream import BODY
 
 from bench import procfs, servers
 
@@ -77,3 +79,26 @@ def test_probe_reports_a_proxy_that_exits(tmp_path: Path) -> None:
         assert "stockade.yaml" in str(err.value)  # the gateway's own error message is shown
     finally:
         servers.stop(gw)
+
+
+def test_floor_proxy_forwards_keep_alive_and_pipelined_requests_in_order(tmp_path: Path) -> None:
+    """The floor row is only a fair reference if it really proxies: each answer is the upstream's, in order."""
+    up = servers.start_builtin_upstream(tmp_path / "up", None)
+    try:
+        servers.probe(up)
+        floor = servers.start_floor("python-floor", tmp_path / "floor", None, up.port)
+        try:
+            servers.probe(floor)
+            request = f"GET {servers.PATH} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            with socket.create_connection(("127.0.0.1", floor.port), timeout=5) as sock:
+                sock.sendall(request * 3)  # pipelined: answered one after another on the pooled upstream
+                got = b""
+                while got.count(BODY) < 3:
+                    chunk = sock.recv(65536)
+                    assert chunk, f"closed after {got!r}"
+                    got += chunk
+            assert got.count(b"HTTP/1.1 200 ") == 3
+        finally:
+            servers.stop(floor)
+    finally:
+        servers.stop(up)
