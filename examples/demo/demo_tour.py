@@ -8,6 +8,7 @@ script, its own directory is on sys.path).
 from __future__ import annotations
 
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -15,10 +16,20 @@ from typing import Literal
 HERE = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
 KEY = "$KEY"  # stands for the API key run.py makes at start-up: the banner prints `KEY=stk_live_...` first
+# The OAuth2 client run.py registers at start-up (printed as CLIENT_ID=/CLIENT_SECRET= lines), and a token the
+# banner's TOKEN= line fetches for it: shell variables in the commands, replaced by real values in the tests.
+CLIENT_ID = "$CLIENT_ID"
+CLIENT_SECRET = "$CLIENT_SECRET"
+TOKEN = "$TOKEN"
+PLACEHOLDERS = (KEY, CLIENT_ID, CLIENT_SECRET, TOKEN)
 # The key's consumer is a user of the API's seed data: the API maps X-Stockade-Principal to a user by name, so
 # orders placed with the key are alice's.
 CONSUMER = "alice"
 SCOPES = "orders:write"
+# A machine client, a catalogue importer that restocks books; run.py revokes the clients of this name that earlier
+# starts made, so the one in the banner is the one valid demo client.
+CLIENT_NAME = "make-demo-importer"
+CLIENT_SCOPES = "books:write"
 BANNER_END = "Ctrl-C stops both."
 
 
@@ -39,8 +50,8 @@ class Example:
     status: int
     target: Literal["gateway", "admin", "upstream"] = "gateway"
     reason: str | None = None  # the problem `reason` a gateway denial carries
-    headers: tuple[tuple[str, str], ...] = ()  # a value may be KEY, replaced by the real key
-    body: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()  # values may hold PLACEHOLDERS, replaced by the real values
+    body: str | None = None  # may hold PLACEHOLDERS too
     body_file: str | None = None  # relative to examples/demo/
     contains: str | None = None  # a piece of the response body
     omits: str | None = None  # a piece the response body must not have
@@ -53,9 +64,8 @@ class Example:
     def url(self, ports: Ports) -> str:
         return f"http://{HOST}:{getattr(ports, self.target)}{self.path}"
 
-    @property
-    def uses_key(self) -> bool:
-        return any(value == KEY for _, value in self.headers)
+    def uses(self, placeholder: str) -> bool:
+        return any(placeholder in value for _, value in self.headers) or placeholder in (self.body or "")
 
     def curl(self, ports: Ports, cwd: Path | None = None) -> str:
         parts = ["curl", *self.curl_flags.split()]
@@ -64,10 +74,9 @@ class Example:
         parts.append(self.url(ports))
         words = [shlex.quote(p) for p in parts]
         for name, value in self.headers:
-            # Double quotes so the shell expands $KEY; header names and KEY need no further quoting.
-            words += ["-H", f'"{name}: {value}"' if value == KEY else shlex.quote(f"{name}: {value}")]
+            words += ["-H", _shell_word(f"{name}: {value}")]
         if self.body is not None:
-            words += ["-d", shlex.quote(self.body)]
+            words += ["-d", _shell_word(self.body)]
         if self.body_file is not None:
             words += ["--data-binary", shlex.quote("@" + display_path(HERE / self.body_file, cwd or Path.cwd()))]
         command = " ".join(words) + (f" | {self.pipe}" if self.pipe else "")
@@ -75,14 +84,31 @@ class Example:
             command = f"for i in {' '.join(str(i) for i in range(1, self.repeat + 1))}; do {command}; done"
         return command
 
-    def request_headers(self, key: str) -> tuple[tuple[str, str], ...]:
-        """The headers as sent, with the real key in place of KEY."""
-        return tuple((name, key if value == KEY else value) for name, value in self.headers)
+    def request_headers(self, values: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+        """The headers as sent, with the real values (by placeholder) in place of the placeholders."""
+        return tuple((name, fill(value, values)) for name, value in self.headers)
 
-    def body_bytes(self) -> bytes | None:
+    def body_bytes(self, values: Mapping[str, str]) -> bytes | None:
         if self.body_file is not None:
             return (HERE / self.body_file).read_bytes()
-        return None if self.body is None else self.body.encode()
+        return None if self.body is None else fill(self.body, values).encode()
+
+
+def fill(text: str, values: Mapping[str, str]) -> str:
+    for placeholder in PLACEHOLDERS:
+        if placeholder in text:
+            text = text.replace(placeholder, values[placeholder])
+    return text
+
+
+def _shell_word(text: str) -> str:
+    """Single-quoted, or double-quoted when it holds a placeholder so the shell expands it (no other `$`, `"`,
+    backslash or backquote appears in the examples' text)."""
+    if any(p in text for p in PLACEHOLDERS):
+        if any(c in text for c in '"\\`'):
+            raise ValueError(f"cannot double-quote {text!r} for the shell")  # a mistake in the examples' data
+        return f'"{text}"'
+    return shlex.quote(text)
 
 
 @dataclass(frozen=True)
@@ -94,7 +120,10 @@ class Section:
 
 
 JSON = ("content-type", "application/json")
+FORM = ("content-type", "application/x-www-form-urlencoded")
 API_KEY = ("X-API-Key", KEY)
+BEARER = ("Authorization", f"Bearer {TOKEN}")
+CLIENT_CREDENTIALS = f"grant_type=client_credentials&client_id={CLIENT_ID}&client_secret={CLIENT_SECRET}"
 ORDER = '{"items": [{"book_id": 1, "quantity": 1}]}'
 SIGNUP = '{"username": "Eve!", "name": "Eve", "email": "eve@", "password": "short", "role": "staff"}'
 
@@ -245,6 +274,58 @@ SECTIONS: tuple[Section, ...] = (
         ),
     ),
     Section(
+        "Machine clients: OAuth2 client credentials (run the CLIENT_ID=, CLIENT_SECRET= and TOKEN= lines first)",
+        (
+            Example(
+                "A token for the importer: the gateway's token endpoint, client_credentials grant",
+                "POST",
+                "/oauth2/token",
+                200,
+                headers=(FORM,),
+                body=CLIENT_CREDENTIALS,
+                contains='"token_type":"Bearer"',
+                curl_flags="-s",
+            ),
+            Example(
+                "A wrong secret: an RFC 6749 error, and the decision log says why",
+                "POST",
+                "/oauth2/token",
+                401,
+                headers=(FORM,),
+                body=f"grant_type=client_credentials&client_id={CLIENT_ID}&client_secret=stk_secret_wrong",
+                contains='"error":"invalid_client"',
+                curl_flags="-s",
+            ),
+            Example(
+                "With the token the API knows the client (verified in-process, no JWKS round trip)",
+                "GET",
+                "/me",
+                200,
+                headers=(BEARER,),
+                contains='"principal":"cl_',
+                curl_flags="-s",
+            ),
+            Example(
+                "The importer restocks a book: its token carries books:write",
+                "PATCH",
+                "/books/2",
+                200,
+                headers=(JSON, BEARER),
+                body='{"stock": 12}',
+                contains='"stock":12',
+                curl_flags="-s",
+            ),
+            Example(
+                "The public keys that verify its tokens (ES256, rotated with an overlap)",
+                "GET",
+                "/.well-known/jwks.json",
+                200,
+                contains='"kty":"EC"',
+                curl_flags="-s",
+            ),
+        ),
+    ),
+    Section(
         "Rate limits",
         (
             Example(
@@ -298,8 +379,24 @@ def promise(ex: Example) -> str:
     return f"{ex.status} {ex.reason}" if ex.reason else str(ex.status)
 
 
-def banner(ports: Ports, config: Path, state: Path, decisions: Path, key: str, cwd: Path | None = None) -> str:
-    """What the demo prints once both processes are ready: where things are, then every example."""
+def token_command(ports: Ports) -> str:
+    """The banner's TOKEN= line: a fresh token for the demo client, kept in a shell variable."""
+    url = shlex.quote(f"http://{HOST}:{ports.gateway}/oauth2/token")
+    extract = shlex.quote('import json,sys; print(json.load(sys.stdin)["access_token"])')
+    return f"TOKEN=$(curl -s -d {_shell_word(CLIENT_CREDENTIALS)} {url} | python3 -c {extract})"
+
+
+def banner(
+    ports: Ports,
+    config: Path,
+    state: Path,
+    decisions: Path,
+    key: str,
+    client: tuple[str, str],
+    cwd: Path | None = None,
+) -> str:
+    """What the demo prints once both processes are ready: where things are, then every example. `client` is the
+    OAuth2 client's id and secret."""
     cwd = cwd or Path.cwd()
     spec = display_path(HERE / "openapi.yaml", cwd)
     lines = [
@@ -308,15 +405,21 @@ def banner(ports: Ports, config: Path, state: Path, decisions: Path, key: str, c
         f"  gateway   http://{HOST}:{ports.gateway}   policy {display_path(config, cwd)}",
         f"  admin     http://{HOST}:{ports.admin}   /metrics /healthz /readyz",
         f"  upstream  http://{HOST}:{ports.upstream}   the bookshop API, spec {spec}",
-        f"  state     {display_path(state, cwd)}   API keys (SQLite), decision log",
+        f"  state     {display_path(state, cwd)}   API keys and OAuth2 clients (SQLite), decision log",
         "",
         "Try, from another terminal:",
     ]
     for section in SECTIONS:
         lines += ["", f"{section.title}"]
-        if any(ex.uses_key for ex in section.examples):
+        if any(ex.uses(KEY) for ex in section.examples):
             made = f"stockade keys create --consumer {CONSUMER} --scopes {SCOPES}"
             lines += [f"  # {CONSUMER}'s API key, made at start-up: {made}", f"  KEY={key}"]
+        if any(ex.uses(CLIENT_ID) or ex.uses(TOKEN) for ex in section.examples):
+            made = f"stockade clients create --name {CLIENT_NAME} --scopes {CLIENT_SCOPES}"
+            lines += [f"  # a machine client (a catalogue importer), registered at start-up: {made}"]
+            lines += [f"  CLIENT_ID={client[0]}", f"  CLIENT_SECRET={client[1]}"]
+            lines += ["  # a token for it, for the commands below (it expires after 10 minutes: run this again)"]
+            lines += [f"  {token_command(ports)}"]
         for ex in section.examples:
             lines += [f"  # {ex.says}  -> {promise(ex)}", f"  {ex.curl(ports, cwd)}"]
     lines += [

@@ -20,13 +20,14 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from demo_tour import CONSUMER, HOST, SCOPES, Ports, banner
+from demo_tour import CLIENT_NAME, CLIENT_SCOPES, CONSUMER, HOST, SCOPES, Ports, banner
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 CONFIG = HERE / "stockade.yaml"
 CONFIG_UPSTREAM = "http://127.0.0.1:9000"  # the upstream URL written in stockade.yaml
 CONFIG_SPEC = "spec: openapi.yaml"  # how stockade.yaml names the contract (relative to itself)
+CONFIG_ISSUER = "http://127.0.0.1:8080"  # the token issuer written in stockade.yaml: the gateway's own URL
 READY_TIMEOUT = 60.0  # seconds; a cold start on a busy 2-core machine takes a few
 CLI_TIMEOUT = 60.0  # seconds for one `stockade keys ...` command
 DECISIONS = "decisions.log"
@@ -112,11 +113,13 @@ def busy_port(ports: Ports) -> str | None:
 def gateway_setup(ports: Ports, state: Path) -> tuple[Path, dict[str, str]]:
     """The config file to serve and the environment that points the gateway (and the CLI) at these ports and files."""
     config = CONFIG
-    if ports.upstream != Ports.upstream:
-        # Routes are not overridable from the environment, so the upstream URL is changed in a copy. The copy
-        # lives elsewhere, so it names the spec by its absolute path (json.dumps: a quoted YAML scalar).
+    if ports.upstream != Ports.upstream or ports.gateway != Ports.gateway:
+        # Routes are not overridable from the environment, so the upstream URL and the token issuer (the
+        # gateway's own URL, also named in routes) are changed in a copy. The copy lives elsewhere, so it names
+        # the spec by its absolute path (json.dumps: a quoted YAML scalar).
         config = state / "demo-stockade.yaml"
         text = CONFIG.read_text(encoding="utf-8").replace(CONFIG_UPSTREAM, f"http://{HOST}:{ports.upstream}")
+        text = text.replace(CONFIG_ISSUER, f"http://{HOST}:{ports.gateway}")
         text = text.replace(CONFIG_SPEC, f"spec: {json.dumps(str(HERE / 'openapi.yaml'))}")
         config.write_text(text, encoding="utf-8")
     env = dict(os.environ)
@@ -153,6 +156,18 @@ def make_key(stockade: Path, config: Path, env: dict[str, str]) -> str:
         stockade, config, env, "keys", "create", "--consumer", CONSUMER, "--scopes", SCOPES, "--name", KEY_NAME
     )
     return created.splitlines()[-1]  # the key is the last line of stdout; details go to stderr
+
+
+def make_client(stockade: Path, config: Path, env: dict[str, str]) -> tuple[str, str]:
+    """A fresh OAuth2 client (id, secret) for the token endpoint examples, registered with the CLI. As with keys,
+    the clients earlier starts made are revoked first (their tokens stop working too)."""
+    for line in stockade_cli(stockade, config, env, "clients", "list", "--json").splitlines():
+        listed = json.loads(line)
+        if listed["name"] == CLIENT_NAME and listed["status"] == "active":
+            stockade_cli(stockade, config, env, "clients", "revoke", listed["client_id"])
+    created = stockade_cli(stockade, config, env, "clients", "create", "--name", CLIENT_NAME, "--scopes", CLIENT_SCOPES)
+    fields = dict(line.split(": ", 1) for line in created.splitlines() if ": " in line)
+    return fields["client_id"], fields["client_secret"]
 
 
 def wait_ready(checks: list[tuple[str, subprocess.Popen[bytes], str]], stopping: threading.Event) -> str | None:
@@ -199,8 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         try:
             key = make_key(stockade, config, env)  # while the API starts
-        except (RuntimeError, subprocess.TimeoutExpired) as exc:
-            print(f"demo: could not make the demo API key: {exc}", file=sys.stderr)
+            client = make_client(stockade, config, env)
+        except (RuntimeError, subprocess.TimeoutExpired, KeyError) as exc:
+            print(f"demo: could not make the demo API key and OAuth2 client: {exc!r}", file=sys.stderr)
             return 1
         if stopping.is_set():  # Ctrl-C while the key was being made: nothing more to start
             print(f"demo: {received[0]} received, stopping the API", file=sys.stderr)
@@ -218,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"demo: {problem}", file=sys.stderr)
             return 1
         if not stopping.is_set():
-            print(banner(ports, config, state, state / DECISIONS, key), flush=True)
+            print(banner(ports, config, state, state / DECISIONS, key, client), flush=True)
         while not stopping.wait(0.5):
             for name, proc in procs:
                 if proc.poll() is not None:

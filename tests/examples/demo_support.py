@@ -84,9 +84,30 @@ class Demo:
     out: Path
     err: Path
     key: str = ""  # the API key the banner printed
+    client_id: str = ""  # the OAuth2 client the banner printed
+    client_secret: str = ""
+    token: str = ""  # a token for that client, fetched on first use
 
     def banner(self) -> str:
         return self.out.read_text()
+
+    def values(self) -> dict[str, str]:
+        """What the banner's shell variables hold, by placeholder (tour.KEY, ...): the examples' real values."""
+        if not self.token:
+            form = f"grant_type=client_credentials&client_id={self.client_id}&client_secret={self.client_secret}"
+            status, _, body = call(self.ports.gateway, "POST", "/oauth2/token", form.encode(), [tour.FORM])
+            assert status == 200, body
+            self.token = json.loads(body)["access_token"]
+        return {tour.KEY: self.key, tour.CLIENT_ID: self.client_id, tour.CLIENT_SECRET: self.client_secret} | {
+            tour.TOKEN: self.token
+        }
+
+    def shell_setup(self) -> str:
+        """The banner's KEY=, CLIENT_ID=, CLIENT_SECRET= and TOKEN= lines, as printed, for bash."""
+        wanted = ("KEY=", "CLIENT_ID=", "CLIENT_SECRET=", "TOKEN=")
+        lines = [line.strip() for line in self.banner().splitlines() if line.strip().startswith(wanted)]
+        assert [line.split("=", 1)[0] for line in lines] == [w[:-1] for w in wanted], lines
+        return "\n".join(lines) + "\n"
 
     def port(self, target: str) -> int:
         return int(getattr(self.ports, target))
@@ -117,9 +138,12 @@ def start_demo(tmp: Path) -> Demo:
     try:
         wait_for(lambda: tour.BANNER_END in demo.banner() or proc.poll() is not None, 90, "the demo banner")
         assert proc.poll() is None, f"run.py exited early with {proc.returncode}: {err.read_text()}"
-        printed = re.search(r"^  KEY=(\S+)$", demo.banner(), re.MULTILINE)
-        assert printed is not None, demo.banner()
-        demo.key = printed.group(1)
+        printed = {
+            name: re.search(rf"^  {name}=(\S+)$", demo.banner(), re.MULTILINE)
+            for name in ("KEY", "CLIENT_ID", "CLIENT_SECRET")
+        }
+        assert all(printed.values()), demo.banner()
+        demo.key, demo.client_id, demo.client_secret = (m.group(1) for m in printed.values() if m is not None)
     except BaseException:
         stop_demo(demo)
         raise

@@ -36,7 +36,7 @@ def test_demo_config_passes_config_check() -> None:
         [str(STOCKADE), "config", "check", str(DEMO / "stockade.yaml")], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
-    assert "OK (12 routes" in result.stdout
+    assert "OK (16 routes" in result.stdout  # 12 written, 4 made for the token endpoint
 
 
 def test_banner_prints_every_example_under_its_heading_with_its_promised_status(demo: Demo) -> None:
@@ -52,9 +52,22 @@ def test_banner_prints_every_example_under_its_heading_with_its_promised_status(
 
 def test_banner_prints_a_well_formed_key_before_the_examples_that_use_it(demo: Demo) -> None:
     banner = demo.banner()
-    first_use = min(banner.index(ex.curl(demo.ports, ROOT)) for ex in tour.EXAMPLES if ex.uses_key)
+    first_use = min(banner.index(ex.curl(demo.ports, ROOT)) for ex in tour.EXAMPLES if ex.uses(tour.KEY))
     assert banner.index(f"  KEY={demo.key}\n") < first_use
     assert re.fullmatch(r"stk_live_[0-9A-Za-z]{49}", demo.key)
+
+
+def test_banner_prints_the_client_and_the_token_line_before_the_examples_that_use_them(demo: Demo) -> None:
+    banner = demo.banner()
+    users = [ex for ex in tour.EXAMPLES if ex.uses(tour.CLIENT_ID) or ex.uses(tour.TOKEN)]
+    assert {tour.promise(ex) for ex in users} >= {"200", "401"}
+    first_use = min(banner.index(ex.curl(demo.ports, ROOT)) for ex in users)
+    setup = [f"  CLIENT_ID={demo.client_id}\n", f"  CLIENT_SECRET={demo.client_secret}\n"]
+    setup.append(f"  {tour.token_command(demo.ports)}\n")
+    assert [banner.index(line) for line in setup] == sorted(banner.index(line) for line in setup)
+    assert banner.index(setup[-1]) < first_use
+    assert re.fullmatch(r"cl_\S+", demo.client_id)
+    assert demo.client_secret.startswith("stk_secret_")
 
 
 def _check_answer(demo: Demo, example: Any, status: int, headers: dict[str, str], body: bytes) -> None:
@@ -81,7 +94,8 @@ def _check_answer(demo: Demo, example: Any, status: int, headers: dict[str, str]
 def test_example_answers_as_the_banner_promises(demo: Demo, example: Any) -> None:
     # Each example is the only one in the banner on its route's rate limit, so a repeated one starts from a full
     # allowance: every answer but the last is 200.
-    port, body, headers = demo.port(example.target), example.body_bytes(), example.request_headers(demo.key)
+    values = demo.values()
+    port, body, headers = demo.port(example.target), example.body_bytes(values), example.request_headers(values)
     for _ in range(example.repeat - 1):
         status, _, answer = call(port, example.method, example.path, body, headers)
         assert status == 200, answer
@@ -95,9 +109,10 @@ SHELL_REPLAYED = [e for e in tour.EXAMPLES if e.repeat == 1 and not e.pipe]
 @pytest.mark.skipif(shutil.which("curl") is None or shutil.which("bash") is None, reason="needs curl and bash")
 @pytest.mark.parametrize("example", SHELL_REPLAYED, ids=[f"{e.method}-{e.target}{e.path}" for e in SHELL_REPLAYED])
 def test_banner_command_as_printed_gets_the_promised_status_from_a_shell(demo: Demo, example: Any) -> None:
-    # The banner's text itself, run by bash from the repository root as a user would paste it (after the KEY=
-    # line): this checks the quoting, $KEY and the body file paths, which the replay above cannot see.
-    script = f"KEY={demo.key}\n{example.curl(demo.ports, ROOT)} -o /dev/null -w '%{{http_code}}'"
+    # The banner's text itself, run by bash from the repository root as a user would paste it (after the KEY=,
+    # CLIENT_ID=, CLIENT_SECRET= and TOKEN= lines, also as printed): this checks the quoting, the variables, the
+    # token line and the body file paths, which the replay above cannot see.
+    script = f"{demo.shell_setup()}{example.curl(demo.ports, ROOT)} -o /dev/null -w '%{{http_code}}'"
     result = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert (result.returncode, result.stdout) == (0, str(example.status)), result.stderr
 
@@ -157,6 +172,8 @@ def test_demo_keeps_its_store_log_secrets_and_config_copy_in_the_state_dir(demo:
     copy = (demo.state / "demo-stockade.yaml").read_text()
     assert f"http://127.0.0.1:{demo.ports.upstream}" in copy
     assert "http://127.0.0.1:9000" not in copy
+    assert copy.count(f"http://127.0.0.1:{demo.ports.gateway}") == 2  # the issuer, and the routes that trust it
+    assert "http://127.0.0.1:8080" not in copy
     assert copy.count(f"spec: {json.dumps(str(DEMO / 'openapi.yaml'))}") == (DEMO / "stockade.yaml").read_text().count(
         "spec: openapi.yaml"
     )
@@ -166,6 +183,7 @@ def test_a_restart_makes_a_new_key_and_revokes_the_previous_one(tmp_path: Path) 
     first = start_demo(tmp_path)
     try:
         old = first.key
+        old_client, old_secret, old_token = first.client_id, first.client_secret, first.values()[tour.TOKEN]
         assert stop_demo(first) == 0, first.err.read_text()
     finally:
         stop_demo(first)
@@ -174,6 +192,16 @@ def test_a_restart_makes_a_new_key_and_revokes_the_previous_one(tmp_path: Path) 
         assert again.key != old
         assert call(again.ports.gateway, "GET", "/me", None, [("X-API-Key", old)])[0] == 401
         assert call(again.ports.gateway, "GET", "/me", None, [("X-API-Key", again.key)])[0] == 200
+        assert again.client_id != old_client
+        form = f"grant_type=client_credentials&client_id={old_client}&client_secret={old_secret}".encode()
+        assert call(again.ports.gateway, "POST", "/oauth2/token", form, [tour.FORM])[0] == 401
+        assert call(again.ports.gateway, "GET", "/me", None, [("Authorization", f"Bearer {old_token}")])[0] == 401
+        assert (
+            call(again.ports.gateway, "GET", "/me", None, [("Authorization", f"Bearer {again.values()[tour.TOKEN]}")])[
+                0
+            ]
+            == 200
+        )
     finally:
         stop_demo(again)
 
