@@ -99,7 +99,9 @@ COLUMNS = (
 
 def table(summary: list[dict[str, Any]]) -> str:
     """The readable result: medians over runs, spread of req/s, and ratios to nginx with their range."""
-    lines = ["  ".join(name.rjust(w) if i else name.ljust(w) for i, (name, w) in enumerate(COLUMNS))]
+    first = max([COLUMNS[0][1], *(len(row["profile"]) + 6 for row in summary)])  # room for " (ERR)"
+    columns = ((COLUMNS[0][0], first), *COLUMNS[1:])
+    lines = ["  ".join(name.rjust(w) if i else name.ljust(w) for i, (name, w) in enumerate(columns))]
     for row in summary:
         rps = row["rps"]
         cells = [
@@ -118,7 +120,7 @@ def table(summary: list[dict[str, Any]]) -> str:
             _med(row["load_cores"], 100, "{:.0f}%"),
         ]
         lines.append(
-            "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, (_, w)) in enumerate(zip(cells, COLUMNS, strict=True)))
+            "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, (_, w)) in enumerate(zip(cells, columns, strict=True)))
         )
     return "\n".join(lines)
 
