@@ -41,39 +41,49 @@ class Violation(Exception):
         self.pointer = pointer
 
 
+# A body up to this size is parsed first and its limits checked on the document (fewer steps than scanning
+# the bytes); a larger one that byte counts cannot clear is scanned first, so it is refused before it is built.
+MATERIALISE_MAX = 64 * 1024
+
+
 def parse(body: bytes, limits: Limits) -> Any:
     """The document, if it keeps every limit; else Violation. Duplicate keys are refused unless allowed.
 
     Counting bytes (C speed) bounds the size limits from above: with no more commas than allowed keys and
-    array elements and no more bytes than the longest allowed string, none of them can be broken, so the
-    document is small and is parsed directly; its depth is then measured on the (few) containers, unless
-    there are fewer brackets than the allowed depth anyway. Otherwise the exact scanner runs first, so an
-    oversized document is refused before anything of it is built.
+    array elements and no more bytes than the longest allowed string, none of them can be broken. Such a
+    document, or any small one, is parsed by the C decoder first (which refuses a repeated key) and checked on
+    the result: its containers are measured when the counts could not clear them or there are more brackets
+    than the allowed depth. A large document that byte counts cannot clear is scanned first (nothing of a
+    hostile one is built). Whenever something is wrong, the exact scanner runs to name the first broken limit
+    and where.
     """
     containers = _bounded(body, limits)
-    if containers >= 0:
+    sizes = containers < 0
+    if sizes and len(body) > MATERIALISE_MAX:
+        scan(body, limits)
         try:
-            document = _decode(body, orjson_ok=limits.duplicate_keys)
-        except Violation as exc:
-            if exc.rule == "duplicate_key":
-                scan(body, limits)  # to name where (the fast decoder does not know)
-            raise
-        except RecursionError:
-            pass  # nested deeper than the C decoder recurses: the scanner decides
-        else:
-            if limits.max_depth is not None and containers > limits.max_depth and _depth(document) > limits.max_depth:
-                scan(body, limits)  # to name where
-                raise Violation("too_deep", "")
-            return document
-    scan(body, limits)
+            return _load(_utf8(body), _DECODER)
+        except RecursionError:  # within every configured limit, yet deeper than the decoder recurses
+            raise Violation("too_deep", "") from None
     try:
-        return _decode(body, orjson_ok=True)
-    except RecursionError:  # within every configured limit, yet deeper than the 1024 levels orjson parses
+        document = _load(_utf8(body), _DECODER if limits.duplicate_keys else _STRICT)
+    except RecursionError:
+        scan(body, limits)  # nested deeper than the C decoder recurses: the scanner decides
         raise Violation("too_deep", "") from None
+    except Violation as exc:
+        if sizes or exc.rule == "duplicate_key":
+            scan(body, limits)  # to name where; or a size limit broken before the bad syntax
+        raise
+    if sizes or (limits.max_depth is not None and containers > limits.max_depth):
+        rule = _measure(document, limits, sizes)
+        if rule is not None:
+            scan(body, limits)  # to name the first broken limit in document order, and where
+            raise Violation(rule, "")
+    return document
 
 
 def _bounded(body: bytes, limits: Limits) -> int:
-    """-1 if byte counts cannot rule out a broken size limit (the scanner must run first), else the number
+    """-1 if byte counts cannot rule out a broken size limit (the document must be measured), else the number
     of brackets: an upper bound on the containers, and so on the depth."""
     if limits.max_string is not None and len(body) > limits.max_string:
         return -1
@@ -85,24 +95,49 @@ def _bounded(body: bytes, limits: Limits) -> int:
     return body.count(b"{") + body.count(b"[")
 
 
-def _depth(document: Any) -> int:
-    """Nesting depth of a parsed document (containers only are visited)."""
-    deepest = 0
+def _measure(document: Any, limits: Limits, sizes: bool) -> str | None:
+    """The first limit the parsed document breaks, or None. Only depth is checked unless `sizes` (byte counts
+    could not rule the size limits out)."""
+    unlimited = sys.maxsize
+    max_depth = limits.max_depth or unlimited
+    max_keys = limits.max_keys or unlimited
+    max_array = limits.max_array or unlimited
+    max_string = limits.max_string or unlimited
+    kind = type(document)
+    if kind is not dict and kind is not list:
+        return "string_too_long" if sizes and kind is str and len(document) > max_string else None
     stack = [(document, 1)]
     while stack:
         node, depth = stack.pop()
-        if isinstance(node, dict):
-            children: Any = node.values()
-        elif isinstance(node, list):
-            children = node
+        if depth > max_depth:
+            return "too_deep"
+        children: Any
+        if type(node) is dict:
+            if sizes:
+                if len(node) > max_keys:
+                    return "too_many_keys"
+                for key in node:
+                    if len(key) > max_string:
+                        return "string_too_long"
+            children = node.values()
         else:
-            continue
-        deepest = max(deepest, depth)
-        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
-    return deepest
+            if sizes and len(node) > max_array:
+                return "array_too_long"
+            children = node
+        for child in children:
+            kind = type(child)
+            if kind is dict or kind is list:
+                stack.append((child, depth + 1))
+            elif sizes and kind is str and len(child) > max_string:
+                return "string_too_long"
+    return None
 
 
-class _Duplicate(Exception):
+def _no_constants(name: str) -> Any:
+    raise ValueError(name)  # NaN and Infinity are not JSON
+
+
+class _Duplicate(ValueError):
     pass
 
 
@@ -113,27 +148,24 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(name)  # NaN and Infinity are not JSON
+_DECODER = json.JSONDecoder(parse_constant=_no_constants)
+_STRICT = json.JSONDecoder(object_pairs_hook=_unique, parse_constant=_no_constants)  # refuses repeated keys
 
 
-_STRICT = json.JSONDecoder(object_pairs_hook=_unique, parse_constant=_no_constants)
-
-
-def _decode(body: bytes, *, orjson_ok: bool) -> Any:
-    """Parse JSON text (UTF-8). `orjson_ok` when duplicate keys need not be detected (already scanned)."""
-    if orjson_ok:
-        try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            if "depth limit" in str(exc):  # orjson stops at 1024 levels: deeper than any limit allows
-                raise RecursionError from None
-            raise Violation("malformed", "") from None
+def _utf8(body: bytes) -> str:
     try:
-        return _STRICT.decode(body.decode("utf-8"))
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Violation("malformed", "") from None
+
+
+def _load(text: str, decoder: json.JSONDecoder) -> Any:
+    """Parse JSON text with the C decoder: integers stay exact (a float would change what a schema sees)."""
+    try:
+        return decoder.decode(text)
     except _Duplicate:
         raise Violation("duplicate_key", "") from None
-    except ValueError:  # JSONDecodeError, bad UTF-8, NaN, over-long integers
+    except ValueError:  # JSONDecodeError, NaN, over-long integers
         raise Violation("malformed", "") from None
 
 
