@@ -69,13 +69,13 @@ def test_parse_refuses_what_is_not_json(body: bytes) -> None:
 
 
 def test_large_hostile_body_is_refused_by_the_scanner_not_built(monkeypatch: pytest.MonkeyPatch) -> None:
-    built: list[str] = []
+    built: list[bytes] = []
 
-    def spy(text: str, decoder: object) -> object:
-        built.append(text)
+    def spy(body: bytes, decoder: object) -> object:
+        built.append(body)
         return None
 
-    monkeypatch.setattr(jsonscan, "_load", spy)
+    monkeypatch.setattr(jsonscan, "_decoded", spy)
     hostile = b"[" + b"{}," * 200_000 + b"{}]"
     with pytest.raises(Violation) as info:
         parse(hostile, Limits(max_array=1000))
@@ -117,10 +117,25 @@ def test_nesting_beyond_what_is_parsed_is_refused_even_without_limits() -> None:
     assert info.value.rule == "too_deep"
 
 
-def reference(body: bytes, limits: Limits) -> object:
-    """What `parse` must agree with: the exact scanner over the bytes first, then the decoder."""
-    scan(body, limits)
-    return json.loads(body.decode("utf-8"), parse_constant=_refuse)
+def decoded(body: bytes) -> object:
+    """The document, or Violation("malformed") for what is not JSON: bad UTF-8, bad syntax, NaN, or half a
+    surrogate pair (the stdlib decoder keeps it as a lone code point; encoding it shows it)."""
+    try:
+        text = body.decode("utf-8")
+        document = json.loads(text, parse_constant=_refuse)
+        every_member = json.loads(text, object_pairs_hook=list)  # a repeated key's earlier value too
+        json.dumps(every_member, ensure_ascii=False).encode("utf-8")
+    except ValueError:  # UnicodeDecodeError, UnicodeEncodeError and JSONDecodeError are ValueErrors
+        raise Violation("malformed", "") from None
+    return document
+
+
+def scanned(body: bytes, limits: Limits) -> tuple[str, str] | None:
+    try:
+        scan(body, limits)
+    except Violation as exc:
+        return exc.rule, exc.pointer
+    return None
 
 
 def _refuse(name: str) -> object:
@@ -148,7 +163,7 @@ def test_a_repeated_key_is_found_whatever_colons_the_values_hold(
     body: bytes, rule: str | None, pointer: str, limits: Limits
 ) -> None:
     if rule is None:
-        assert parse(body, limits) == json.loads(body)
+        assert parse(body, limits) == decoded(body)
         return
     with pytest.raises(Violation) as info:
         parse(body, limits)
@@ -175,27 +190,26 @@ _scalars = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(-(10**30), 10**30),
-    st.text(alphabet='ab:,{}[]"\\é', max_size=8),
+    st.text(alphabet='ab:,{}[]"\\é\ud800\udc00', max_size=8),
 )
 _documents = st.recursive(
     _scalars,
     lambda inner: (
-        st.lists(inner, max_size=5) | st.dictionaries(st.text(alphabet="ab:\\", max_size=3), inner, max_size=5)
+        st.lists(inner, max_size=5) | st.dictionaries(st.text(alphabet="ab:\\\ud800", max_size=3), inner, max_size=5)
     ),
     max_leaves=25,
 )
 
 
 def _with_repeats(draw: st.DrawFn) -> bytes:
-    """JSON text of a drawn document, sometimes with one object member written twice (a repeated key)."""
+    """JSON text of a drawn document, sometimes with an object's first key written twice: the earlier member
+    gets a value of its own (which the decoded document will not hold)."""
     text = json.dumps(draw(_documents), ensure_ascii=draw(st.booleans()))
-    if draw(st.booleans()) and '{"' in text:
-        at = text.index('{"') + 1
-        end = draw(st.integers(at, len(text)))
-        member = re.match(r'"(?:[^"\\]|\\.)*": *(?:"(?:[^"\\]|\\.)*"|[-\w.]+)', text[at : end + 20])
-        if member:
-            text = text[:at] + member.group(0) + "," + text[at:]
-    return text.encode()
+    first = re.search(r'\{("(?:[^"\\]|\\.)*"): ', text)
+    if first is not None and draw(st.booleans()):
+        shadowed = json.dumps(draw(_documents))
+        text = text[: first.start() + 1] + f"{first.group(1)}: {shadowed}, " + text[first.start() + 1 :]
+    return text.encode("utf-8", "surrogatepass")  # a lone surrogate drawn unescaped is invalid UTF-8
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -211,13 +225,78 @@ def _with_repeats(draw: st.DrawFn) -> bytes:
     ),
 )
 def test_parse_agrees_with_scanning_first(body: bytes, limits: Limits) -> None:
-    """Whatever path `parse` takes (bytes counted, document parsed then measured, scanned first), it accepts and
-    refuses exactly what scanning the bytes first does, with the same rule and pointer."""
+    """Whatever path `parse` takes (bytes counted, document parsed then measured, scanned first), it accepts
+    exactly the JSON that scanning the bytes first accepts, and refuses the rest with the scanner's rule and
+    pointer. What is not JSON is refused as `malformed`, or as what the scanner finds first if it ran first."""
+    first = scanned(body, limits)
     try:
-        want: object = reference(body, limits)
-    except Violation as exc:
+        document = decoded(body)
+    except Violation:
         with pytest.raises(Violation) as info:
             parse(body, limits)
-        assert (info.value.rule, info.value.pointer) == (exc.rule, exc.pointer)
+        assert (info.value.rule, info.value.pointer) in {("malformed", ""), first}
         return
-    assert parse(body, limits) == want
+    if first is not None:
+        with pytest.raises(Violation) as info:
+            parse(body, limits)
+        assert (info.value.rule, info.value.pointer) == first
+        return
+    assert parse(body, limits) == document
+
+
+DUPLICATES = {"duplicate_keys": True}
+
+
+@pytest.mark.parametrize(
+    ("body", "limits", "rule"),
+    [
+        # Repeated keys allowed: the decoded document keeps only the last value, so an earlier one that breaks
+        # a limit is still refused (the upstream may read the first).
+        (b'{"a":[0,0,0,0,0,0],"a":1}', Limits(max_array=5, **DUPLICATES), "array_too_long"),
+        (b'{"a":{"k":0,"l":0,"m":0,"n":0},"a":0}', Limits(max_keys=3, **DUPLICATES), "too_many_keys"),
+        (b'{"a":"xxxxxxxxxxxx","a":1}', Limits(max_string=10, **DUPLICATES), "string_too_long"),
+        (b'{"a":1,"\\u0061":2,"b":3}', Limits(max_keys=2, **DUPLICATES), "too_many_keys"),
+        (b'{"a":[[[[]]]],"a":1}', Limits(max_depth=2, **DUPLICATES), "too_deep"),
+        # Half a surrogate pair: the stdlib decoder would keep a lone code point, other parsers refuse or
+        # replace it; refused on every path.
+        (b'["\\ud800"]', Limits(), "malformed"),
+        (b'["\\udc00"]', Limits(), "malformed"),
+        (b'{"\\ud800":1}', Limits(), "malformed"),
+        (b'["\\ud800"]', Limits(max_string=3), "malformed"),
+        (b'"\\uD800\\u0041"', Limits(max_string=3), "malformed"),
+        (b'{"\\udc00\\ud800":1}', Limits(max_string=10), "malformed"),
+        (b'["\\ud83d\\ude00"]', Limits(), None),  # a whole pair is one character
+        (b'["\\\\ud800"]', Limits(), None),  # an escaped backslash, then plain letters
+    ],
+    ids=lambda v: v.decode() if isinstance(v, bytes) else None,
+)
+def test_counterexamples_found_in_review(body: bytes, limits: Limits, rule: str | None) -> None:
+    first = scanned(body, limits)
+    if rule is None:
+        assert first is None
+        assert parse(body, limits) == decoded(body)
+        return
+    with pytest.raises(Violation) as info:
+        parse(body, limits)
+    assert info.value.rule == rule
+    if first is not None and first[0] == rule:
+        assert info.value.pointer == first[1]  # named by the scanner
+
+
+@pytest.mark.parametrize("opener", [b"[", b'{"a":'], ids=["arrays", "objects"])
+def test_nesting_up_to_the_largest_max_depth_is_parsed_whatever_the_stack(opener: bytes) -> None:
+    """max_depth allows up to 1000 levels; the decoder must parse them even when called deep in a stack."""
+    closer = b"]" if opener == b"[" else b"}"
+    body = opener * 1000 + b"1" + closer * 1000
+
+    def nested(levels: int) -> object:
+        return nested(levels - 1) if levels else parse(body, Limits(max_depth=1000))
+
+    assert nested(200) is not None
+    with pytest.raises(Violation) as info:
+        parse(body, Limits(max_depth=999))
+    assert info.value.rule == "too_deep"
+    deeper = opener * (jsonscan.MAX_NESTING + 20) + b"1" + closer * (jsonscan.MAX_NESTING + 20)
+    with pytest.raises(Violation) as info:
+        parse(deeper, Limits())  # no max_depth: still no deeper than the decoder's own bound
+    assert info.value.rule == "too_deep"

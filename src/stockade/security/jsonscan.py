@@ -44,6 +44,9 @@ class Violation(Exception):
 # A body up to this size is parsed first and its limits checked on the document (fewer steps than scanning
 # the bytes); a larger one that byte counts cannot clear is scanned first, so it is refused before it is built.
 MATERIALISE_MAX = 64 * 1024
+# Levels of nesting the decoder parses, whatever the limits and however deep the caller's stack (max_depth
+# allows at most 1000; orjson stops at 1024 too). Each level takes a few hundred bytes of C stack.
+MAX_NESTING = 1024
 
 
 def parse(body: bytes, limits: Limits) -> Any:
@@ -54,27 +57,24 @@ def parse(body: bytes, limits: Limits) -> Any:
     document, or any small one, is parsed by the C decoder first (which refuses a repeated key) and checked on
     the result: its containers are measured when the counts could not clear them or there are more brackets
     than the allowed depth. A large document that byte counts cannot clear is scanned first (nothing of a
-    hostile one is built). Whenever something is wrong, the exact scanner runs to name the first broken limit
-    and where.
+    hostile one is built), and so is any that must be measured while repeated keys are allowed (the decoded
+    document keeps only the last value of a key; an earlier one must keep the limits too). A limit broken is
+    named by the scanner (rule and pointer of the first one in document order); bad syntax is `malformed`,
+    named by the scanner first only when byte counts could not clear the size limits.
     """
     containers = _bounded(body, limits)
     sizes = containers < 0
-    if sizes and len(body) > MATERIALISE_MAX:
+    measure = sizes or (limits.max_depth is not None and containers > limits.max_depth)
+    if measure and (len(body) > MATERIALISE_MAX or limits.duplicate_keys):
         scan(body, limits)
-        try:
-            return _load(_utf8(body), _DECODER)
-        except RecursionError:  # within every configured limit, yet deeper than the decoder recurses
-            raise Violation("too_deep", "") from None
+        return _decoded(body, _DECODER)
     try:
-        document = _load(_utf8(body), _DECODER if limits.duplicate_keys else _STRICT)
-    except RecursionError:
-        scan(body, limits)  # nested deeper than the C decoder recurses: the scanner decides
-        raise Violation("too_deep", "") from None
+        document = _decoded(body, _DECODER if limits.duplicate_keys else _STRICT)
     except Violation as exc:
-        if sizes or exc.rule == "duplicate_key":
-            scan(body, limits)  # to name where; or a size limit broken before the bad syntax
+        if sizes or exc.rule != "malformed":
+            scan(body, limits)  # to name where (or a size limit broken before the bad syntax)
         raise
-    if sizes or (limits.max_depth is not None and containers > limits.max_depth):
+    if measure:
         rule = _measure(document, limits, sizes)
         if rule is not None:
             scan(body, limits)  # to name the first broken limit in document order, and where
@@ -159,14 +159,54 @@ def _utf8(body: bytes) -> str:
         raise Violation("malformed", "") from None
 
 
-def _load(text: str, decoder: json.JSONDecoder) -> Any:
-    """Parse JSON text with the C decoder: integers stay exact (a float would change what a schema sees)."""
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _decoded(body: bytes, decoder: json.JSONDecoder) -> Any:
+    """Parse JSON with the C decoder: integers stay exact (a float would change what a schema sees). Violation
+    `malformed` for what is not JSON, including an unpaired surrogate escape (parsers disagree on what it means),
+    `duplicate_key` from the strict decoder, `too_deep` for nesting beyond what it parses."""
+    text = _utf8(body)
     try:
-        return decoder.decode(text)
+        try:
+            document = decoder.decode(text)
+        except RecursionError:  # deeper than the recursion limit allows from here: once more, with room
+            limit = sys.getrecursionlimit()
+            room = _stack_depth() + MAX_NESTING + 8  # + the hook's frame and the decoder's own calls
+            if room <= limit:
+                raise
+            sys.setrecursionlimit(room)
+            try:
+                document = decoder.decode(text)
+            finally:
+                sys.setrecursionlimit(limit)
+    except RecursionError:
+        raise Violation("too_deep", "") from None
     except _Duplicate:
         raise Violation("duplicate_key", "") from None
     except ValueError:  # JSONDecodeError, NaN, over-long integers
         raise Violation("malformed", "") from None
+    if _SURROGATE_ESCAPE.search(body) is not None and _unpaired_surrogate(body):
+        raise Violation("malformed", "")
+    return document
+
+
+def _stack_depth() -> int:
+    frame: Any = sys._getframe()
+    depth = 0
+    while frame is not None:
+        depth += 1
+        frame = frame.f_back
+    return depth
+
+
+def _unpaired_surrogate(body: bytes) -> bool:
+    """Whether a string escapes half a surrogate pair (orjson refuses those; the stdlib decoder keeps them)."""
+    try:
+        orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return "surrogate" in str(exc)
+    return False
 
 
 def _text(raw: bytes) -> str:
