@@ -2,7 +2,8 @@
 
 asyncio.Protocol on uvloop with httptools (llhttp) on both sides, a pooled keep-alive upstream, the request
 head rebuilt from parsed parts and the response forwarded verbatim: DESIGN.md section 2's prototype. No
-pipeline, routing, limits, timeouts, decision log or metrics, and GET/HEAD without bodies only. It is not a
+pipeline, routing, limits, timeouts, decision log or metrics, and GETs without bodies only (a HEAD would hang:
+it does not tell llhttp that the response has no body). It is not a
 gateway; `make bench` runs it so that stockade's distance from nginx can be split into what the design costs
 (this row) and what stockade's own per-request work costs (the distance from this row to stockade-bare).
 
@@ -85,6 +86,9 @@ class Client(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if name.lower() not in _HOP:
             self.lines.append(name + b": " + value)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None  # an upstream still answering writes into nothing, then returns to the pool
 
     def on_message_complete(self) -> None:
         method = self.parser.get_method()

@@ -178,6 +178,7 @@ def budgets(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         )
         if extra is None:
             continue
+        del extra["spread_pct"]  # relative to a difference near zero, it means nothing
         limit = budget["max_extra_us"]
         met = None if limit is None else extra["median"] <= limit
         out.append({**budget, "extra_us": extra, "met": met})

@@ -7,6 +7,7 @@ script, its own directory is on sys.path).
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -102,13 +103,19 @@ def fill(text: str, values: Mapping[str, str]) -> str:
 
 
 def _shell_word(text: str) -> str:
-    """Single-quoted, or double-quoted when it holds a placeholder so the shell expands it (no other `$`, `"`,
-    backslash or backquote appears in the examples' text)."""
-    if any(p in text for p in PLACEHOLDERS):
-        if any(c in text for c in '"\\`'):
-            raise ValueError(f"cannot double-quote {text!r} for the shell")  # a mistake in the examples' data
-        return f'"{text}"'
-    return shlex.quote(text)
+    """Single-quoted, or double-quoted when it holds a placeholder so the shell expands it. Inside double quotes
+    bash still reads `$`, backquotes, backslashes and `!`, so only the placeholders may be special, and each must
+    end where its name ends."""
+    if not any(p in text for p in PLACEHOLDERS):
+        return shlex.quote(text)
+    rest = text
+    for placeholder in PLACEHOLDERS:
+        if re.search(re.escape(placeholder) + r"\w", rest):
+            raise ValueError(f"{placeholder} runs into the text after it in {text!r}")
+        rest = rest.replace(placeholder, "")
+    if any(c in rest for c in '"\\`$!'):
+        raise ValueError(f"cannot double-quote {text!r} for the shell")  # a mistake in the examples' data
+    return f'"{text}"'
 
 
 @dataclass(frozen=True)

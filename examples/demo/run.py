@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,6 +23,8 @@ from pathlib import Path
 
 from demo_tour import CLIENT_NAME, CLIENT_SCOPES, CONSUMER, HOST, SCOPES, Ports, banner
 
+from stockade.security.secrets import ensure_file
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 CONFIG = HERE / "stockade.yaml"
@@ -29,7 +32,7 @@ CONFIG_UPSTREAM = "http://127.0.0.1:9000"  # the upstream URL written in stockad
 CONFIG_SPEC = "spec: openapi.yaml"  # how stockade.yaml names the contract (relative to itself)
 CONFIG_ISSUER = "http://127.0.0.1:8080"  # the token issuer written in stockade.yaml: the gateway's own URL
 READY_TIMEOUT = 60.0  # seconds; a cold start on a busy 2-core machine takes a few
-CLI_TIMEOUT = 60.0  # seconds for one `stockade keys ...` command
+CLI_TIMEOUT = 60.0  # seconds for one `stockade keys ...` or `stockade clients ...` command
 DECISIONS = "decisions.log"
 STOP_TIMEOUT = 10.0  # seconds between TERM and KILL (the gateway drains for at most 5)
 KEY_NAME = "make-demo"  # marks the keys run.py makes, so the next start can revoke them
@@ -118,13 +121,21 @@ def gateway_setup(ports: Ports, state: Path) -> tuple[Path, dict[str, str]]:
         # gateway's own URL, also named in routes) are changed in a copy. The copy lives elsewhere, so it names
         # the spec by its absolute path (json.dumps: a quoted YAML scalar).
         config = state / "demo-stockade.yaml"
-        text = CONFIG.read_text(encoding="utf-8").replace(CONFIG_UPSTREAM, f"http://{HOST}:{ports.upstream}")
-        text = text.replace(CONFIG_ISSUER, f"http://{HOST}:{ports.gateway}")
+        urls = {CONFIG_UPSTREAM: f"http://{HOST}:{ports.upstream}", CONFIG_ISSUER: f"http://{HOST}:{ports.gateway}"}
+        # One pass, so a new upstream URL that happens to equal the old issuer (or the reverse) is not rewritten again.
+        pattern = "|".join(re.escape(url) for url in urls)
+        text = re.sub(pattern, lambda m: urls[m.group(0)], CONFIG.read_text(encoding="utf-8"))
         text = text.replace(CONFIG_SPEC, f"spec: {json.dumps(str(HERE / 'openapi.yaml'))}")
         config.write_text(text, encoding="utf-8")
     env = dict(os.environ)
     env |= {"STOCKADE_LISTEN__PORT": str(ports.gateway), "STOCKADE_ADMIN__PORT": str(ports.admin)}
     env |= {"STOCKADE_STORAGE": f"sqlite:///{state / 'stockade.db'}", "STOCKADE_LOG__DECISIONS": str(state / DECISIONS)}
+    # The pepper (API keys are stored under it) and the KEK (it seals the token signing keys) belong with the store
+    # they protect, whichever config file is served: a copy would otherwise get new ones next to it, and the store's
+    # keys and signing keys would stop working.
+    env |= {"STOCKADE_SECRETS__PEPPER_FILE": str(state / "pepper"), "STOCKADE_SECRETS__KEK_FILE": str(state / "kek")}
+    for kind in ("pepper", "kek"):  # files named in the config must exist: made here, as the gateway would make them
+        ensure_file(state / kind, kind)
     return config, env
 
 
@@ -215,10 +226,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             key = make_key(stockade, config, env)  # while the API starts
             client = make_client(stockade, config, env)
-        except (RuntimeError, subprocess.TimeoutExpired, KeyError) as exc:
+        except (RuntimeError, subprocess.TimeoutExpired, KeyError, ValueError) as exc:  # ValueError: bad JSON
             print(f"demo: could not make the demo API key and OAuth2 client: {exc!r}", file=sys.stderr)
             return 1
-        if stopping.is_set():  # Ctrl-C while the key was being made: nothing more to start
+        if stopping.is_set():  # Ctrl-C while the key or client was being made: nothing more to start
             print(f"demo: {received[0]} received, stopping the API", file=sys.stderr)
             return 0
         gateway = spawn([str(stockade), "serve", "--config", str(config)], env)

@@ -106,7 +106,9 @@ def test_example_answers_as_the_banner_promises(demo: Demo, example: Any) -> Non
 SHELL_REPLAYED = [e for e in tour.EXAMPLES if e.repeat == 1 and not e.pipe]
 
 
-@pytest.mark.skipif(shutil.which("curl") is None or shutil.which("bash") is None, reason="needs curl and bash")
+@pytest.mark.skipif(
+    not all(map(shutil.which, ("curl", "bash", "python3"))), reason="needs curl, bash and python3 (the TOKEN= line)"
+)
 @pytest.mark.parametrize("example", SHELL_REPLAYED, ids=[f"{e.method}-{e.target}{e.path}" for e in SHELL_REPLAYED])
 def test_banner_command_as_printed_gets_the_promised_status_from_a_shell(demo: Demo, example: Any) -> None:
     # The banner's text itself, run by bash from the repository root as a user would paste it (after the KEY=,
@@ -117,7 +119,9 @@ def test_banner_command_as_printed_gets_the_promised_status_from_a_shell(demo: D
     assert (result.returncode, result.stdout) == (0, str(example.status)), result.stderr
 
 
-@pytest.mark.skipif(shutil.which("curl") is None or shutil.which("bash") is None, reason="needs curl and bash")
+@pytest.mark.skipif(
+    not all(map(shutil.which, ("curl", "bash", "python3"))), reason="needs curl, bash and python3 (the TOKEN= line)"
+)
 def test_piped_banner_commands_as_printed_show_what_they_promise(tmp_path: Path) -> None:
     # A demo of its own: the loop spends the rate limit that the shared demo's replay counts on.
     d = start_demo(tmp_path)
@@ -168,7 +172,9 @@ def test_gateway_strips_client_identity_and_api_sees_the_anonymous_principal(dem
 def test_demo_keeps_its_store_log_secrets_and_config_copy_in_the_state_dir(demo: Demo) -> None:
     assert (demo.state / "decisions.log").is_file()
     assert (demo.state / "stockade.db").is_file()  # the key run.py made lives here
-    assert (demo.state / ".stockade" / "pepper").is_file()  # generated next to the config copy
+    assert (demo.state / "pepper").is_file()  # with the store, not next to the config copy
+    assert (demo.state / "kek").is_file()  # sealed the token signing keys
+    assert not (demo.state / ".stockade").exists()
     copy = (demo.state / "demo-stockade.yaml").read_text()
     assert f"http://127.0.0.1:{demo.ports.upstream}" in copy
     assert "http://127.0.0.1:9000" not in copy
@@ -257,3 +263,43 @@ def test_bad_port_arguments_are_usage_errors(args: list[str], message: str) -> N
     )
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def test_a_copy_never_rewrites_a_url_twice(tmp_path: Path) -> None:
+    """The new upstream port may be the port the issuer had (8080): each URL is rewritten once, by what it was."""
+    config, _ = run.gateway_setup(tour.Ports(gateway=8090, admin=8091, upstream=8080), tmp_path)
+    text = config.read_text()
+    assert "upstream: http://127.0.0.1:8080" in text
+    assert "upstream: http://127.0.0.1:8090" not in text
+    assert "issuer: http://127.0.0.1:8090" in text
+
+
+@pytest.mark.parametrize("ports", [tour.Ports(), tour.Ports(8090, 8091, 9090)], ids=["defaults", "moved"])
+def test_the_stores_secrets_stay_with_the_store_whatever_config_is_served(ports: Any, tmp_path: Path) -> None:
+    """Served as is or as a copy, the gateway and the CLI use the pepper and KEK of the state directory, so a
+    change of ports between runs leaves the stored keys and token signing keys readable."""
+    config, env = run.gateway_setup(ports, tmp_path)
+    assert (config == DEMO / "stockade.yaml") == (ports == tour.Ports())
+    assert env["STOCKADE_SECRETS__PEPPER_FILE"] == str(tmp_path / "pepper")
+    assert env["STOCKADE_SECRETS__KEK_FILE"] == str(tmp_path / "kek")
+    assert env["STOCKADE_STORAGE"] == f"sqlite:///{tmp_path / 'stockade.db'}"
+
+
+@pytest.mark.parametrize(
+    ("text", "word"),
+    [
+        ('{"a": 1}', "'{\"a\": 1}'"),
+        ("Authorization: Bearer $TOKEN", '"Authorization: Bearer $TOKEN"'),
+        ("client_id=$CLIENT_ID&client_secret=$CLIENT_SECRET", '"client_id=$CLIENT_ID&client_secret=$CLIENT_SECRET"'),
+        ("Bearer $TOKENS", None),  # bash would expand $TOKENS
+        ("$KEY and $HOME", None),  # only the placeholders may expand
+        ("$KEY!", None),  # history expansion inside double quotes
+        ('say "$KEY"', None),
+    ],
+)
+def test_banner_words_are_quoted_so_only_the_placeholders_expand(text: str, word: str | None) -> None:
+    if word is None:
+        with pytest.raises(ValueError):
+            tour._shell_word(text)
+    else:
+        assert tour._shell_word(text) == word

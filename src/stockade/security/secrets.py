@@ -113,6 +113,19 @@ def _create_exclusive(path: Path, text: str) -> bool:
             tmp.unlink()
 
 
+def new_material(kind: str) -> str:
+    """Fresh file contents for a `pepper` or a `kek` file."""
+    if kind == "pepper":
+        return base64.b64encode(secrets.token_bytes(MIN_PEPPER_BYTES)).decode() + "\n"
+    return f"k1:{base64.b64encode(Keyring.new_key()).decode()}\n"
+
+
+def ensure_file(path: Path, kind: str) -> bool:
+    """Create a `pepper` or `kek` file at `path` (mode 0600, directories 0700) unless it exists; True if this call
+    made it. For tools that name the files explicitly (`secrets.pepper_file`, which must exist)."""
+    return not path.exists() and _create_exclusive(path, new_material(kind))
+
+
 def _material(env_value: str | None, file: str | None, default: str, base_dir: Path, generate: bool, make: str) -> str:
     if env_value:
         return env_value
@@ -140,7 +153,7 @@ def load_secrets(config: SecretsConfig, base_dir: Path, env: Mapping[str, str] |
         "pepper",
         base_dir,
         config.generate,
-        base64.b64encode(secrets.token_bytes(MIN_PEPPER_BYTES)).decode() + "\n",
+        new_material("pepper"),
     )
     kek_text = _material(
         env.get(KEK_ENV),
@@ -148,7 +161,7 @@ def load_secrets(config: SecretsConfig, base_dir: Path, env: Mapping[str, str] |
         "kek",
         base_dir,
         config.generate,
-        f"k1:{base64.b64encode(Keyring.new_key()).decode()}\n",
+        new_material("kek"),
     )
     pepper_where = PEPPER_ENV if env.get(PEPPER_ENV) else "the pepper file"
     kek_where = KEK_ENV if env.get(KEK_ENV) else "the KEK file"
