@@ -259,3 +259,38 @@ def test_response_edits_compose_in_order() -> None:
     assert response.get("server") is None
     assert response.added == [("x-a", "new")]
     assert response.removed == {"x-a", "x-b", "server"}
+
+
+class ResponseOnly(Hook):
+    checks_requests = False  # the runner must not call check (which would raise here)
+
+    def __init__(self, name: str, log: list[str]) -> None:
+        super().__init__(name, log)
+        self.verdict = RuntimeError("check must not run")
+
+    def head_edits(self, ctx: RequestContext, raw_head: bytes) -> tuple[frozenset[str], tuple[tuple[str, str], ...]]:
+        return frozenset({"x-seen"}), (("x-seen", self.name),)
+
+
+@pytest.mark.parametrize("awaits", [False, True])
+def test_a_response_only_stage_is_not_checked_but_still_hooks_responses(awaits: bool) -> None:
+    log: list[str] = []
+    hook = ResponseOnly("hardening", log)
+    slots = [slot(Probe(Continue(principal=ALICE), awaits=awaits, log=log, name="auth"), Phase.AUTHENTICATE)]
+    pipeline = Pipeline("r", [*slots, slot(hook, Phase.ACT)], body_limit=10)
+    ctx = make_context()
+    assert run(pipeline, ctx) is None
+    assert log == ["auth"]  # not "hardening": its check was never called
+    response = Response(200, headers=[])
+    pipeline.response(ctx, response)
+    assert response.get("x-seen") == "hardening"
+    assert pipeline.head_edits == hook.head_edits  # the only response hook: the proxy may use its fast form
+
+
+def test_head_edits_are_used_only_for_a_lone_response_hook() -> None:
+    log: list[str] = []
+    auth = slot(Probe(Continue(principal=ALICE)), Phase.AUTHENTICATE)
+    two = Pipeline(
+        "r", [auth, slot(ResponseOnly("a", log), Phase.ACT), slot(Hook("b", log), Phase.VALIDATE)], body_limit=1
+    )
+    assert two.head_edits is None  # hooks compose in order: only the full Response path runs them all

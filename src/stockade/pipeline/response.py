@@ -18,6 +18,11 @@ def _lookup_pattern(name: str) -> re.Pattern[bytes]:
     return pattern
 
 
+def has_raw_header(raw_head: bytes, name: str) -> bool:
+    """Whether a raw head has a line for the (lower-case) header `name`: the test `Response.get` makes on it."""
+    return _lookup_pattern(name).search(raw_head) is not None
+
+
 class Response:
     """Status, headers and (when a hook asked for it) the body; edits are recorded, not applied in place.
 

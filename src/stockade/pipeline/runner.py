@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Coroutine, Generator, Sequence
+from collections.abc import Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -103,6 +103,7 @@ class Pipeline:
         "body_limit_stage",
         "challenges",
         "completion_hooks",
+        "head_edits",
         "needs_response_body",
         "response_hooks",
         "route_id",
@@ -112,9 +113,11 @@ class Pipeline:
     def __init__(self, route_id: str, slots: Sequence[StageSlot], *, body_limit: int) -> None:
         ordered = sorted(slots, key=lambda s: s.phase)  # stable: declaration order within a phase
         self.route_id = route_id
-        self.slots = tuple(ordered)
+        # Stages that only hook responses (`checks_requests = False`) are not stepped for every request.
+        checking = [s for s in ordered if getattr(s.stage, "checks_requests", True)]
+        self.slots = tuple(checking)
         # Index of the first stage after the authenticators: reaching it with no principal is a 401.
-        self.auth_end = next((i for i, s in enumerate(ordered) if s.phase > Phase.AUTHENTICATE), len(ordered))
+        self.auth_end = next((i for i, s in enumerate(checking) if s.phase > Phase.AUTHENTICATE), len(checking))
         self.challenges = tuple(c for s in ordered if (c := getattr(s.stage, "challenge", None)))
         self.response_hooks = tuple(s for s in reversed(ordered) if hasattr(s.stage, "on_response"))
         self.completion_hooks = tuple(s for s in ordered if hasattr(s.stage, "on_complete"))
@@ -122,6 +125,10 @@ class Pipeline:
         # takes effect: e.g. an identity lockout, which must answer the same whether the credential was right.
         self.auth_guards = tuple(s for s in ordered if hasattr(s.stage, "after_authenticate"))
         self.needs_response_body = any(getattr(s.stage, "needs_response_body", False) for s in self.response_hooks)
+        # The only response hook can say its header edits without a Response object (see HeadEdits).
+        only = self.response_hooks[0].stage if len(self.response_hooks) == 1 else None
+        self.head_edits: Callable[[RequestContext, bytes], tuple[frozenset[str], tuple[tuple[str, str], ...]]] | None
+        self.head_edits = getattr(only, "head_edits", None) if not self.needs_response_body else None
         self.body_limit = body_limit
         self.body_limit_stage = ""
         self._identity_cache: dict[int, tuple[Principal, bytes]] = {}

@@ -30,7 +30,9 @@ class Stage(Protocol):
 
     Built once per route at load as `cls(config, env)`. Optional members, found by name:
     `challenge: str` (an authenticator's WWW-Authenticate challenge), `max_body_bytes: int` (a body limit the
-    fronts enforce while streaming), `on_response` / `on_complete` (the hooks below), `needs_response_body`,
+    fronts enforce while streaming), `on_response` / `on_complete` (the hooks below), `head_edits` (a fast form of
+    `on_response`, below), `checks_requests = False` (the stage only hooks responses: the runner does not call its
+    `check`), `needs_response_body`,
     `after_authenticate` (the guard below), and the classmethod `check_deployment(config, gateway_config) ->
     list[str]`, whose messages become config errors at this stage's location (e.g. a memory-backed limiter
     under several workers).
@@ -47,6 +49,17 @@ class ResponseHook(Protocol):
     """Optional: sees the upstream response head (and body if `needs_response_body`), in reverse stage order."""
 
     def on_response(self, ctx: RequestContext, response: Response) -> None: ...
+
+
+class HeadEdits(Protocol):
+    """Optional, next to `on_response`: the header edits `on_response` would make to a response with this raw
+    head, as (names removed, fields added) - `Response.removed` and `Response.added` after the hook ran - without
+    building a Response. The proxy uses it when the stage is its route's only response hook and the head is
+    forwarded with surgical edits; it must agree with `on_response` exactly."""
+
+    def head_edits(
+        self, ctx: RequestContext, raw_head: bytes
+    ) -> tuple[frozenset[str], tuple[tuple[str, str], ...]]: ...
 
 
 class AuthGuard(Protocol):

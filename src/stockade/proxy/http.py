@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from email.utils import formatdate
 from http import HTTPStatus
 
@@ -221,7 +223,7 @@ def _rewrite(head: bytes, framing: ResponseFraming, extra: bytes) -> bytes:
 _CUTTERS: dict[frozenset[str], re.Pattern[bytes]] = {}
 
 
-def cut_headers(head: bytes, names: set[str]) -> bytes:
+def cut_headers(head: bytes, names: AbstractSet[str]) -> bytes:
     """`head` (complete, ending in a blank line) without the lines of the (lower-case) named headers."""
     key = frozenset(names)
     cutter = _CUTTERS.get(key)
@@ -236,7 +238,7 @@ def cut_headers(head: bytes, names: set[str]) -> bytes:
 _LINES: dict[tuple[str, str], bytes] = {}
 
 
-def append_headers(head: bytes, headers: list[tuple[str, str]]) -> bytes:
+def append_headers(head: bytes, headers: Sequence[tuple[str, str]]) -> bytes:
     """`head` (complete, ending in a blank line) with `headers` added before its end; hop-by-hop names and
     values that could split a header are dropped, as `build_head` drops them. Encoded lines are cached by
     (name, value): hooks mostly add the same fields."""

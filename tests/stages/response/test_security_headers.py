@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stockade.clock import SYSTEM_CLOCK
+from stockade.pipeline.context import RequestContext
+from stockade.pipeline.response import Response
+from stockade.pipeline.stage import Services, StageEnv
+from stockade.stages.response.security_headers import SecurityHeaders, SecurityHeadersConfig
 from stockade.testing import Reply, TestUpstream
 from tests.conftest import GatewayFactory
 
@@ -55,3 +67,46 @@ def test_denials_carry_nosniff_and_no_store(make_gateway: GatewayFactory) -> Non
     assert status == 404
     assert headers["x-content-type-options"] == "nosniff"
     assert headers["cache-control"] == "no-store"
+
+
+# head_edits, the proxy's fast path, must say exactly what on_response does: checked against it directly.
+_LINES = st.sampled_from(
+    [
+        b"Server: nginx",
+        b"X-Powered-By: PHP",
+        b"X-Frame-Options: SAMEORIGIN",
+        b"x-frame-options:DENY",
+        b"X-Frame-Options-Report: prefix, not the header",
+        b"Content-Security-Policy: default-src 'self'",
+        b"CONTENT-SECURITY-POLICY \t: frame-ancestors 'self'",
+        b"Strict-Transport-Security: max-age=1",
+        b"Cache-Control: public",
+        b"Content-Type: application/json",
+    ]
+)
+_CONFIGS = [
+    {},
+    {"frame_options": None},
+    {"cache_control": None, "content_security_policy": None},
+    {"hsts": False, "remove": ["x-frame-options"]},
+    {"frame_options": "SAMEORIGIN", "hsts_preload": True, "remove": []},
+]
+_STAGES = [
+    SecurityHeaders(SecurityHeadersConfig(**c), StageEnv("r", Path("."), Services(clock=SYSTEM_CLOCK)))
+    for c in _CONFIGS
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(_LINES, max_size=6),
+    config=st.integers(0, len(_CONFIGS) - 1),
+    scheme=st.sampled_from(["http", "https"]),
+)
+def test_head_edits_are_what_on_response_does(lines: list[bytes], config: int, scheme: str) -> None:
+    head = b"HTTP/1.1 200 OK\r\n" + b"".join(line + b"\r\n" for line in lines) + b"\r\n"
+    stage = _STAGES[config]  # shared across examples, so plans cached from other heads are checked too
+    ctx = cast(RequestContext, SimpleNamespace(scheme=scheme))
+    response = Response(200, raw_head=head)
+    stage.on_response(ctx, response)
+    assert stage.head_edits(ctx, head) == (frozenset(response.removed), tuple(response.added))

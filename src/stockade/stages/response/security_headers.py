@@ -8,7 +8,7 @@ from pydantic import Field
 
 from stockade.pipeline.context import RequestContext
 from stockade.pipeline.phase import Phase
-from stockade.pipeline.response import Response
+from stockade.pipeline.response import Response, has_raw_header
 from stockade.pipeline.stage import Stage, StageConfig, StageEnv
 from stockade.pipeline.verdict import CONTINUE, Continue
 
@@ -31,6 +31,7 @@ class SecurityHeaders:
     id: ClassVar[str] = "security_headers"
     phase: ClassVar[Phase] = Phase.ACT
     Config: ClassVar[type[StageConfig]] = SecurityHeadersConfig
+    checks_requests: ClassVar[bool] = False  # a response hook only: the runner does not call `check`
 
     def __init__(self, config: SecurityHeadersConfig, env: StageEnv) -> None:
         self._remove = tuple(h.lower() for h in config.remove)
@@ -53,9 +54,23 @@ class SecurityHeaders:
         if config.hsts_preload:
             hsts += "; preload"
         self._hsts = hsts if config.hsts else None
+        # on_response decides from the scheme and from which `_if_absent` headers the upstream sent, nothing else:
+        # its edits for each combination are worked out once, by running it, and reused.
+        self._probe = tuple(name for name, _ in self._if_absent)
+        self._plans: dict[tuple[bool, ...], tuple[frozenset[str], tuple[tuple[str, str], ...]]] = {}
 
     async def check(self, ctx: RequestContext) -> Continue:
         return CONTINUE
+
+    def head_edits(self, ctx: RequestContext, raw_head: bytes) -> tuple[frozenset[str], tuple[tuple[str, str], ...]]:
+        """The edits on_response makes to a response with this raw head (the proxy's fast path)."""
+        key = (ctx.scheme == "https", *[has_raw_header(raw_head, name) for name in self._probe])
+        plan = self._plans.get(key)
+        if plan is None:
+            response = Response(200, raw_head=raw_head)
+            self.on_response(ctx, response)
+            plan = self._plans[key] = (frozenset(response.removed), tuple(response.added))
+        return plan
 
     def on_response(self, ctx: RequestContext, response: Response) -> None:
         response.remove_headers(self._remove)
