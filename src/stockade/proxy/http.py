@@ -261,6 +261,23 @@ def append_headers(head: bytes, headers: Sequence[tuple[str, str]]) -> bytes:
     return b"".join(out)
 
 
+def forwardable_headers(head: bytes) -> list[tuple[str, str]]:
+    """The upstream head's fields that may be forwarded, parsed (names lower-cased): hop-by-hop ones and those its
+    Connection header names are gone. Response hooks on a head that must be rebuilt see these, so what they
+    read is what the client would get, and nothing they add is dropped for being named there."""
+    fields = []
+    for line in head.split(b"\r\n")[1:]:
+        if line:
+            name, _, value = line.partition(b":")
+            fields.append((name.strip().lower(), value.strip()))
+    named = connection_tokens([value for name, value in fields if name == b"connection"])
+    return [
+        (name.decode("latin-1"), value.decode("latin-1"))
+        for name, value in fields
+        if name not in _RESPONSE_HOP and name not in named
+    ]
+
+
 def build_head(status_bytes: bytes, headers: list[tuple[str, str]], extra: bytes) -> bytes:
     """A response head from parsed headers (used when a hook changed them), hop-by-hop headers removed."""
     named = connection_tokens([v.encode("latin-1") for n, v in headers if n == "connection"])

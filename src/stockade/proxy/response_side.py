@@ -17,6 +17,7 @@ from stockade.proxy.http import (
     append_headers,
     build_head,
     cut_headers,
+    forwardable_headers,
     rewrite_response_head,
     status_line,
 )
@@ -99,7 +100,10 @@ def _write_head(
         if plan[1]:
             out = append_headers(out, plan[1])
     elif pipeline.response_hooks or framing.needs_rebuild or dechunk or body is not None:
-        resp = Response(status, raw_head=head, body=body)
+        if framing.needs_rebuild:  # hooks see what can be forwarded (not what the upstream's Connection drops)
+            resp = Response(status, headers=forwardable_headers(head), body=body)
+        else:
+            resp = Response(status, raw_head=head, body=body)
         failed = run_response_hooks(pipeline, ctx, resp)
         if failed is not None:
             ex._error_local(failed.status, failed.reason, failed.detail, keep_decision=True)

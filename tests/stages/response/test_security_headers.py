@@ -6,10 +6,13 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import cast
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stockade.clock import SYSTEM_CLOCK
+from stockade.config.loader import load_config_text
+from stockade.errors import ConfigError
 from stockade.pipeline.context import RequestContext
 from stockade.pipeline.response import Response
 from stockade.pipeline.stage import Services, StageEnv
@@ -110,3 +113,32 @@ def test_head_edits_are_what_on_response_does(lines: list[bytes], config: int, s
     response = Response(200, raw_head=head)
     stage.on_response(ctx, response)
     assert stage.head_edits(ctx, head) == (frozenset(response.removed), tuple(response.added))
+
+
+def test_an_upstream_cannot_strip_the_hardening_headers_by_naming_them_in_connection(
+    make_gateway: GatewayFactory, upstream: TestUpstream
+) -> None:
+    """Connection-named fields are hop-by-hop: the upstream's X-Frame-Options so named never reaches the client,
+    so the hook must not count it as present, and what the hook adds must not be dropped for the name."""
+    named = [
+        ("X-Frame-Options", "SAMEORIGIN"),
+        ("Cache-Control", "public"),
+        ("Connection", "x-frame-options, cache-control"),
+    ]
+    upstream.reply("/a/x", Reply(200, [*named, ("Content-Type", "application/json")], b"{}"))
+    gw = make_gateway(CONFIG)
+    status, headers, body = gw.request("GET", "/a/x")
+    assert (status, body) == (200, b"{}")
+    assert headers["x-frame-options"] == "DENY"  # ours; the upstream's was hop-by-hop
+    assert headers["cache-control"] == "no-store"
+    assert headers["x-content-type-options"] == "nosniff"
+
+
+@pytest.mark.parametrize("name", ["x-€", "bad name", "x:y", ""])
+def test_a_remove_entry_must_be_a_header_name(name: str) -> None:
+    config = CONFIG.replace(
+        "{use: security_headers}]", "{use: security_headers, config: {remove: [" + repr(name) + "]}}]"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config_text(config.replace("{upstream}", "http://127.0.0.1:9"), source="gw.yaml", env={})
+    assert "not a header field name" in str(info.value) and "remove" in str(info.value)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from stockade.pipeline.context import RequestContext
 from stockade.pipeline.phase import Phase
@@ -12,9 +13,20 @@ from stockade.pipeline.response import Response, has_raw_header
 from stockade.pipeline.stage import Stage, StageConfig, StageEnv
 from stockade.pipeline.verdict import CONTINUE, Continue
 
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # a header field name (RFC 9110 token)
+
 
 class SecurityHeadersConfig(StageConfig):
     remove: tuple[str, ...] = ("server", "x-powered-by", "x-aspnet-version", "x-aspnetmvc-version")
+
+    @field_validator("remove")
+    @classmethod
+    def _names(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        for name in names:
+            if not _TOKEN.fullmatch(name):
+                raise ValueError(f"{name!r} is not a header field name")
+        return names
+
     nosniff: bool = True
     hsts: bool = True  # sent only on TLS connections
     hsts_max_age: int = Field(default=31_536_000, ge=0)
