@@ -18,6 +18,16 @@ def _lookup_pattern(name: str) -> re.Pattern[bytes]:
     return pattern
 
 
+def head_fields(raw_head: bytes) -> list[tuple[str, str]]:
+    """The header fields of a raw head, parsed: (lower-case name, stripped value), in order."""
+    fields = []
+    for line in raw_head.split(b"\r\n")[1:]:
+        if line:
+            name, _, value = line.partition(b":")
+            fields.append((name.decode("latin-1").strip().lower(), value.decode("latin-1").strip()))
+    return fields
+
+
 def has_raw_header(raw_head: bytes, name: str) -> bool:
     """Whether a raw head has a line for the (lower-case) header `name`: the test `Response.get` makes on it."""
     return _lookup_pattern(name).search(raw_head) is not None
@@ -63,14 +73,7 @@ class Response:
         """Headers as received from upstream (names lower-cased), before edits."""
         h = self._headers
         if h is None:
-            h = []
-            raw = self._raw_head or b""
-            for line in raw.split(b"\r\n")[1:]:
-                if not line:
-                    continue
-                name, _, value = line.partition(b":")
-                h.append((name.decode("latin-1").strip().lower(), value.decode("latin-1").strip()))
-            self._headers = h
+            h = self._headers = head_fields(self._raw_head or b"")
         return h
 
     def get(self, name: str) -> str | None:

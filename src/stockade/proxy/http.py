@@ -261,33 +261,22 @@ def append_headers(head: bytes, headers: Sequence[tuple[str, str]]) -> bytes:
     return b"".join(out)
 
 
-def forwardable_headers(head: bytes) -> list[tuple[str, str]]:
-    """The upstream head's fields that may be forwarded, parsed (names lower-cased): hop-by-hop ones and those its
-    Connection header names are gone. Response hooks on a head that must be rebuilt see these, so what they
-    read is what the client would get, and nothing they add is dropped for being named there."""
-    fields = []
-    for line in head.split(b"\r\n")[1:]:
-        if line:
-            name, _, value = line.partition(b":")
-            fields.append((name.strip().lower(), value.strip()))
-    named = connection_tokens([value for name, value in fields if name == b"connection"])
-    return [
-        (name.decode("latin-1"), value.decode("latin-1"))
-        for name, value in fields
-        if name not in _RESPONSE_HOP and name not in named
-    ]
+def forwardable(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Parsed fields (lower-case names) without the hop-by-hop ones and those a Connection field names. Response
+    hooks on a head that must be rebuilt see these, so what they read is what the client would get, and
+    nothing they add is dropped for being named there."""
+    named = connection_tokens([v.encode("latin-1") for n, v in headers if n == "connection"])
+    return [(n, v) for n, v in headers if (bname := n.encode("latin-1")) not in _RESPONSE_HOP and bname not in named]
 
 
 def build_head(status_bytes: bytes, headers: list[tuple[str, str]], extra: bytes) -> bytes:
     """A response head from parsed headers (used when a hook changed them), hop-by-hop headers removed."""
-    named = connection_tokens([v.encode("latin-1") for n, v in headers if n == "connection"])
     out = [status_bytes]
-    for name, value in headers:
-        bname = name.encode("latin-1")
+    for name, value in forwardable(headers):
         bvalue = value.encode("latin-1", "replace")
-        if bname in _RESPONSE_HOP or bname in named or b"\r" in bvalue or b"\n" in bvalue:
+        if b"\r" in bvalue or b"\n" in bvalue:
             continue
-        out.append(bname + b": " + bvalue + CRLF)
+        out.append(name.encode("latin-1") + b": " + bvalue + CRLF)
     out.append(extra)
     out.append(CRLF)
     return b"".join(out)

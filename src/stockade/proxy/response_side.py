@@ -10,14 +10,14 @@ import logging
 from typing import TYPE_CHECKING
 
 from stockade.pipeline.local import run_response_hooks
-from stockade.pipeline.response import Response
+from stockade.pipeline.response import Response, head_fields
 from stockade.proxy.common import IDEMPOTENT, INF, MAX_BUFFERED_RESPONSE, PAUSE_UPSTREAM
 from stockade.proxy.http import (
     ResponseFraming,
     append_headers,
     build_head,
     cut_headers,
-    forwardable_headers,
+    forwardable,
     rewrite_response_head,
     status_line,
 )
@@ -101,7 +101,7 @@ def _write_head(
             out = append_headers(out, plan[1])
     elif pipeline.response_hooks or framing.needs_rebuild or dechunk or body is not None:
         if framing.needs_rebuild:  # hooks see what can be forwarded (not what the upstream's Connection drops)
-            resp = Response(status, headers=forwardable_headers(head), body=body)
+            resp = Response(status, headers=forwardable(head_fields(head)), body=body)
         else:
             resp = Response(status, raw_head=head, body=body)
         failed = run_response_hooks(pipeline, ctx, resp)
