@@ -95,14 +95,21 @@ def _bounded(body: bytes, limits: Limits) -> int:
     return body.count(b"{") + body.count(b"[")
 
 
+def _maxima(limits: Limits) -> tuple[int, int, int, int]:
+    """max_depth, max_keys, max_array and max_string, each as a number (sys.maxsize where unlimited)."""
+    unlimited = sys.maxsize
+    return (
+        limits.max_depth or unlimited,
+        limits.max_keys or unlimited,
+        limits.max_array or unlimited,
+        limits.max_string or unlimited,
+    )
+
+
 def _measure(document: Any, limits: Limits, sizes: bool) -> str | None:
     """The first limit the parsed document breaks, or None. Only depth is checked unless `sizes` (byte counts
     could not rule the size limits out)."""
-    unlimited = sys.maxsize
-    max_depth = limits.max_depth or unlimited
-    max_keys = limits.max_keys or unlimited
-    max_array = limits.max_array or unlimited
-    max_string = limits.max_string or unlimited
+    max_depth, max_keys, max_array, max_string = _maxima(limits)
     kind = type(document)
     if kind is not dict and kind is not list:
         return "string_too_long" if sizes and kind is str and len(document) > max_string else None
@@ -234,11 +241,7 @@ def _key(raw: bytes) -> bytes:
 
 def scan(body: bytes, limits: Limits) -> None:
     """Raise Violation at the first broken limit. Syntax is not fully checked here: parse afterwards."""
-    unlimited = sys.maxsize
-    max_depth = limits.max_depth or unlimited
-    max_keys = limits.max_keys or unlimited
-    max_array = limits.max_array or unlimited
-    max_string = limits.max_string or unlimited
+    max_depth, max_keys, max_array, max_string = _maxima(limits)
     check_dupes = not limits.duplicate_keys
     # One frame per open container: the set of its keys (an object) or a one-item list, its count (an array).
     # `last` holds each object's current key, so a violation's pointer can be rebuilt; nothing else is kept.
