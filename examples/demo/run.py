@@ -156,13 +156,20 @@ def stockade_cli(stockade: Path, config: Path, env: dict[str, str], *args: str) 
     return result.stdout
 
 
+def revoke_made_earlier(
+    stockade: Path, config: Path, env: dict[str, str], group: str, name: str, id_field: str
+) -> None:
+    """Revoke the active `stockade GROUP` objects (keys, clients) named `name`: those earlier starts made."""
+    for line in stockade_cli(stockade, config, env, group, "list", "--json").splitlines():
+        listed = json.loads(line)
+        if listed["name"] == name and listed["status"] == "active":
+            stockade_cli(stockade, config, env, group, "revoke", listed[id_field])
+
+
 def make_key(stockade: Path, config: Path, env: dict[str, str]) -> str:
     """A fresh API key for the demo consumer (created with it if new), in the demo's store, made with the CLI as
     the docs show. The keys earlier starts made are revoked first, so one demo key at a time is valid."""
-    for line in stockade_cli(stockade, config, env, "keys", "list", "--json").splitlines():
-        listed = json.loads(line)
-        if listed["name"] == KEY_NAME and listed["status"] == "active":
-            stockade_cli(stockade, config, env, "keys", "revoke", listed["id"])
+    revoke_made_earlier(stockade, config, env, "keys", KEY_NAME, "id")
     created = stockade_cli(
         stockade, config, env, "keys", "create", "--consumer", CONSUMER, "--scopes", SCOPES, "--name", KEY_NAME
     )
@@ -172,10 +179,7 @@ def make_key(stockade: Path, config: Path, env: dict[str, str]) -> str:
 def make_client(stockade: Path, config: Path, env: dict[str, str]) -> tuple[str, str]:
     """A fresh OAuth2 client (id, secret) for the token endpoint examples, registered with the CLI. As with keys,
     the clients earlier starts made are revoked first (their tokens stop working too)."""
-    for line in stockade_cli(stockade, config, env, "clients", "list", "--json").splitlines():
-        listed = json.loads(line)
-        if listed["name"] == CLIENT_NAME and listed["status"] == "active":
-            stockade_cli(stockade, config, env, "clients", "revoke", listed["client_id"])
+    revoke_made_earlier(stockade, config, env, "clients", CLIENT_NAME, "client_id")
     created = stockade_cli(stockade, config, env, "clients", "create", "--name", CLIENT_NAME, "--scopes", CLIENT_SCOPES)
     fields = dict(line.split(": ", 1) for line in created.splitlines() if ": " in line)
     return fields["client_id"], fields["client_secret"]
