@@ -298,3 +298,111 @@ def test_stage_that_never_finishes_times_out_with_503(make_gateway: GatewayFacto
     assert [r[0] for r in responses] == [503]
     assert reason(responses[0]) == "stage.timeout"
     assert upstream.received == []
+
+
+class _DeafUpstream:
+    """A raw upstream that accepts one connection and reads nothing until `listen()` — so a streamed request body
+    backs up into the gateway, which must stop reading the client (back-pressure)."""
+
+    def __init__(self) -> None:
+        self.server = socket.socket()
+        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # accepted sockets inherit it
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(1)
+        self.port = self.server.getsockname()[1]
+        self.conn: socket.socket | None = None
+
+    def accept(self) -> socket.socket:
+        self.server.settimeout(10)
+        self.conn, _ = self.server.accept()
+        return self.conn
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        self.server.close()
+
+
+def _send_until_blocked(sock: socket.socket) -> int:
+    """Send body bytes until the gateway stops taking them; returns how many were sent."""
+    sock.setblocking(False)
+    sent, chunk = 0, b"x" * 65536
+    quiet_since = time.monotonic()
+    while time.monotonic() - quiet_since < 0.5:  # the gateway paused reading: nothing moves for half a second
+        try:
+            n = sock.send(chunk)
+        except BlockingIOError:
+            time.sleep(0.01)
+            continue
+        sent += n
+        quiet_since = time.monotonic()
+    sock.setblocking(True)
+    return sent
+
+
+def test_upstream_back_pressure_on_a_streamed_body_is_not_the_clients_timeout(make_gateway: GatewayFactory) -> None:
+    """While the upstream does not take the body, the gateway stops reading the client. The client is not
+    stalling then: no 408 after body_timeout. The upstream is, and it gets the route's read_timeout (as nginx's
+    proxy_send_timeout): 504."""
+    deaf = _DeafUpstream()
+    try:
+        gw = make_gateway(
+            "limits: {max_body_bytes: 1000000000}\n"
+            "routes:\n  - id: r\n    match: {path: /**}\n"
+            f"    upstream: {{url: 'http://127.0.0.1:{deaf.port}', read_timeout: 60}}\n"
+            "    stages: [{use: anonymous}]\n"
+        )
+        with gw.connect() as sock:
+            sock.sendall(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000000\r\n\r\n")
+            up = deaf.accept()
+            sent = _send_until_blocked(sock)
+            assert 0 < sent < 1_000_000_000
+            wait_for(lambda: any(c.pause_mask for c in gw.server.connections))
+            gw.advance(31.0)  # past body_timeout: the client has been waiting on the upstream, not stalling
+            gw.advance(20.0)
+            sock.settimeout(0.3)
+            with pytest.raises(TimeoutError):
+                sock.recv(1, socket.MSG_PEEK)  # no answer, no close
+            gw.advance(10.0)  # 61 s without the upstream taking a byte: past its read_timeout
+            responses = read_responses(sock, 1)
+            assert [r[0] for r in responses] == [504]
+            assert reason(responses[0]) == "upstream.timeout"
+            assert closed(sock)  # the rest of the body will never be read
+            up.close()
+    finally:
+        deaf.close()
+
+
+def test_body_timer_starts_again_when_the_upstream_takes_the_body_again(make_gateway: GatewayFactory) -> None:
+    """Once the upstream reads again, the gateway reads the client again: the upstream's send deadline is gone
+    and the client's body timer runs (here the client then stalls: 408, not the upstream's 504)."""
+    deaf = _DeafUpstream()
+    try:
+        gw = make_gateway(
+            "limits: {max_body_bytes: 1000000000}\n"
+            "routes:\n  - id: r\n    match: {path: /**}\n"
+            f"    upstream: {{url: 'http://127.0.0.1:{deaf.port}', read_timeout: 60}}\n"
+            "    stages: [{use: anonymous}]\n"
+        )
+        with gw.connect() as sock:
+            sock.sendall(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000000\r\n\r\n")
+            up = deaf.accept()
+            sent = _send_until_blocked(sock)
+            wait_for(lambda: any(c.pause_mask for c in gw.server.connections))
+            gw.advance(40.0)
+            received = 0
+            up.settimeout(5)
+            while received < sent:  # the upstream takes everything the client sent; the gateway reads again
+                received += len(up.recv(1 << 20))
+            wait_for(lambda: not any(c.pause_mask for c in gw.server.connections))
+            gw.advance(29.0)  # 69 s since the pause: past the upstream's 60 s, had its deadline stayed
+            sock.settimeout(0.3)
+            with pytest.raises(TimeoutError):
+                sock.recv(1, socket.MSG_PEEK)
+            gw.advance(2.0)  # 31 s since the gateway last read the client, which sent nothing more
+            responses = read_responses(sock, 1)
+            assert [r[0] for r in responses] == [408]
+            assert reason(responses[0]) == "http.timeout"
+            up.close()
+    finally:
+        deaf.close()

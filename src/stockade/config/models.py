@@ -60,7 +60,7 @@ class Limits(Strict):
     max_headers: Annotated[int, Field(ge=8, le=1000)] = 100
     max_body_bytes: Annotated[int, Field(ge=0)] = 10 * MIB
     header_timeout: Seconds = 10.0
-    body_timeout: Seconds = 30.0  # longest pause between two reads of a request body
+    body_timeout: Seconds = 30.0  # longest pause between two reads of a request body (while the gateway reads)
     keepalive_timeout: Seconds = 75.0
     keepalive_requests: Annotated[int, Field(ge=1)] = 1000
     max_pipelined: Annotated[int, Field(ge=1, le=1024)] = 16
@@ -75,7 +75,7 @@ class Upstream(Strict):
 
     url: str
     connect_timeout: Seconds = 5.0
-    read_timeout: Seconds = 60.0
+    read_timeout: Seconds = 60.0  # for the response head, and for taking a streamed request body again
     ca_file: str | None = None  # verify an HTTPS upstream against this CA bundle instead of the system store
     server_name: str | None = None  # SNI and certificate name, if not the URL host
     preserve_host: bool = False  # send the client's Host instead of the upstream's

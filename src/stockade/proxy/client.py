@@ -322,6 +322,8 @@ class ClientConnection(asyncio.Protocol):
             self.pause_mask &= ~reason
             if not self.pause_mask and self.transport is not None and not self.closing:
                 self.transport.resume_reading()
+                if self.read_kind == "body":  # the body timer starts again (see check_deadlines)
+                    self.read_deadline = self.server.clock.monotonic() + self.limits.body_timeout
 
     def set_read_deadline(self, deadline: float, kind: str) -> None:
         self.read_deadline = deadline
@@ -430,6 +432,10 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self.protocol_error(408, "http.timeout", "request head not received in time")
         elif kind == "body":
+            if self.pause_mask:
+                # The gateway is not reading (the upstream or a stage does not keep up, and each has a deadline
+                # of its own): the client is not stalling. `resume` starts the body timer again.
+                return
             ex = self.parsing
             if ex is not None and ex.started:
                 ex.request_aborted(408, "http.timeout", "request body stalled")

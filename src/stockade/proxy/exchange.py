@@ -372,6 +372,11 @@ class Exchange:
         elif kind == "connect":
             self._cancel_task()
             self._error_local(504, "upstream.timeout", "connect timeout")
+        elif kind == "send":  # the upstream stopped taking a streamed request body
+            if self.resp_started:
+                self._upstream_broken("upstream.timeout", "send timeout mid-response")
+            else:
+                self._error_local(504, "upstream.timeout", "send timeout")
         elif kind == "upstream":
             if self.resp_started:
                 self._upstream_broken("upstream.timeout", "read timeout mid-response")
