@@ -30,6 +30,7 @@ class CompiledRoute:
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
     preserve_host: bool = False
+    request_buffering: bool = True
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ def build_runtime(loaded: LoadedConfig, services: Services) -> Runtime:
             up,
             route.websocket,
             handler,
-            *((up.connect_timeout, up.read_timeout, up.preserve_host) if up is not None else ()),
+            *((up.connect_timeout, up.read_timeout, up.preserve_host, up.request_buffering) if up is not None else ()),
         )
     tls = TlsContexts()
     try:

@@ -21,19 +21,27 @@ from stockade.testing import make_context
 
 
 @pytest.mark.parametrize(
-    ("marks", "now", "overhead", "upstream"),
+    ("marks", "wait", "now", "overhead", "upstream"),
     [
-        pytest.param((0.0, 0.0, 0.0), 10.5, 0.5, None, id="answered-locally"),
-        pytest.param((10.1, 10.4, 10.45), 10.6, 0.15, 0.3, id="forwarded"),
-        pytest.param((10.1, 10.4, 0.0), 10.6, 0.3, 0.3, id="forwarded-whole-response-at-once"),
-        pytest.param((10.1, 0.0, 0.0), 10.6, 0.1, None, id="forwarded-no-response"),
+        pytest.param((0.0, 0.0, 0.0), 0.0, 10.5, 0.5, None, id="answered-locally"),
+        pytest.param((10.1, 10.4, 10.45), 0.0, 10.6, 0.15, 0.3, id="forwarded"),
+        pytest.param((10.1, 10.4, 0.0), 0.0, 10.6, 0.3, 0.3, id="forwarded-whole-response-at-once"),
+        pytest.param((10.1, 0.0, 0.0), 0.0, 10.6, 0.1, None, id="forwarded-no-response"),
+        # 2 s of the 2.1 before the request went on were spent waiting for the client's body: not the gateway's
+        pytest.param((12.1, 12.4, 12.45), 2.0, 12.6, 0.15, 0.3, id="forwarded-after-the-body"),
     ],
 )
 def test_record_splits_gateway_and_upstream_time(
-    tmp_path: Path, marks: tuple[float, float, float], now: float, overhead: float, upstream: float | None
+    tmp_path: Path,
+    marks: tuple[float, float, float],
+    wait: float,
+    now: float,
+    overhead: float,
+    upstream: float | None,
 ) -> None:
     t = Timings(10.0)
     t.t_sent, t.t_head, t.t_fwd = marks
+    t.t_wait = wait
     log = DecisionLog(str(tmp_path / "d.log"), FakeClock())
     metrics = Metrics()
     ctx = make_context()

@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import json
 import socket
+import time
+from collections.abc import Callable
 
 from stockade.testing import TestGateway, read_responses
 
 Response = tuple[int, dict[str, str], bytes]
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 5.0) -> None:
+    """Poll until the gateway reaches a state (a synchronisation point, not a timing assertion)."""
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError("condition not reached")
+        time.sleep(0.002)
 
 
 def exchange(gw: TestGateway, raw: bytes, count: int = 1, *, head: bool = False) -> tuple[list[Response], bool]:

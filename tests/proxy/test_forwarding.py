@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from stockade.proxy.exchange import Exchange
 from stockade.testing import Reply, TestGateway, TestUpstream, read_responses
 from tests.conftest import GatewayFactory
-from tests.proxy.helpers import closed, echo, exchange
+from tests.proxy.helpers import closed, echo, exchange, wait_for
 
 
 def test_request_reaches_upstream_with_forwarding_headers(gateway: TestGateway, upstream: TestUpstream) -> None:
@@ -338,3 +339,77 @@ def test_head_request_to_unknown_route_has_no_body(gateway: TestGateway) -> None
     assert responses[0][0] == 404
     assert responses[0][2] == b""
     assert int(responses[0][1]["content-length"]) > 0
+
+
+def _chunked(body: bytes, parts: int = 3) -> bytes:
+    step = max(1, len(body) // parts)
+    pieces = [body[i : i + step] for i in range(0, len(body), step)]
+    return b"".join(b"%x\r\n%b\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("framing", "size", "first", "buffering", "early"),
+    [
+        ("length", 3000, 1000, True, False),  # fits the buffer: the upstream hears of it only when it is whole
+        ("chunked", 3000, 1000, True, False),
+        ("length", 4096, 4000, True, False),  # exactly buffer_bytes still fits
+        ("length", 20000, 6000, True, True),  # more than the buffer: forwarded once it is full, the rest streams
+        ("chunked", 20000, 6000, True, True),
+        ("length", 3000, 1000, False, True),  # request_buffering: false streams at once
+        ("chunked", 3000, 1000, False, True),
+    ],
+)
+def test_request_body_is_received_before_the_upstream_is_contacted(
+    make_gateway: GatewayFactory,
+    upstream: TestUpstream,
+    framing: str,
+    size: int,
+    first: int,
+    buffering: bool,
+    early: bool,
+) -> None:
+    gw = make_gateway(
+        "limits: {buffer_bytes: 4096}\n"
+        "routes:\n  - id: r\n    match: {path: /**}\n"
+        f"    upstream: {{url: '{{upstream}}', request_buffering: {str(buffering).lower()}}}\n"
+        "    stages: [{use: anonymous}]\n"
+    )
+    body = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+    if framing == "length":
+        head = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % size
+        wire = body
+    else:
+        head = b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        wire = _chunked(body)
+    with gw.connect() as sock:
+        sock.sendall(head + wire[:first])
+
+        def receiving() -> list[Exchange]:
+            return [c.parsing for c in gw.server.connections if c.parsing is not None and c.parsing.body_size]
+
+        wait_for(lambda: receiving() and (not early or upstream.connections == 1))
+        exchanges = receiving()
+        assert len(exchanges) == 1
+        assert (exchanges[0].pool is not None) is early  # the gateway asked its pool for a connection, or not yet
+        sock.sendall(wire[first:])
+        responses = read_responses(sock, 1)
+    assert responses[0][0] == 200
+    assert upstream.received[0].body == body
+
+
+def test_waiting_for_a_held_body_is_not_counted_as_gateway_overhead(
+    make_gateway: GatewayFactory, upstream: TestUpstream
+) -> None:
+    gw = make_gateway(
+        "routes:\n  - id: r\n    match: {path: /**}\n    upstream: '{upstream}'\n    stages: [{use: anonymous}]\n"
+    )
+    with gw.connect() as sock:
+        sock.sendall(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n01234")
+        wait_for(lambda: any(c.parsing is not None and c.parsing.held for c in gw.server.connections))
+        gw.advance(3.0)  # the client takes 3 s over the rest of its body
+        sock.sendall(b"56789")
+        assert read_responses(sock, 1)[0][0] == 200
+    wait_for(lambda: "r" in gw.server.metrics.overhead)
+    overhead = gw.server.metrics.overhead["r"]
+    assert sum(overhead.counts) == 1
+    assert overhead.sum < 1.0  # the fake clock moved 3 s, all of it the client's

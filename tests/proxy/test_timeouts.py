@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import ClassVar
 
 import pytest
@@ -18,16 +18,7 @@ from stockade.pipeline.verdict import CONTINUE, Continue, Deny
 from stockade.stages import BUILTIN_STAGES
 from stockade.testing import Reply, TestGateway, TestUpstream, read_responses
 from tests.conftest import GatewayFactory
-from tests.proxy.helpers import closed, reason
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 5.0) -> None:
-    """Poll until the gateway reaches a state (a synchronisation point, not a timing assertion)."""
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError("condition not reached")
-        time.sleep(0.002)
+from tests.proxy.helpers import closed, reason, wait_for
 
 
 def test_slowloris_head_gets_408_after_header_timeout(gateway: TestGateway, upstream: TestUpstream) -> None:
@@ -65,20 +56,32 @@ def test_idle_keep_alive_connection_is_closed_quietly(gateway: TestGateway) -> N
         assert sock.recv(65536) == b""  # closed without a response
 
 
-def test_stalled_body_gets_408(gateway: TestGateway, upstream: TestUpstream) -> None:
-    with gateway.connect() as sock:
+def _receiving_body(gw: TestGateway, size: int) -> bool:
+    return any(c.parsing is not None and c.parsing.body_size == size for c in gw.server.connections)
+
+
+@pytest.mark.parametrize("buffering", [True, False], ids=["buffered", "streamed"])
+def test_stalled_body_gets_408(make_gateway: GatewayFactory, upstream: TestUpstream, buffering: bool) -> None:
+    gw = make_gateway(
+        "routes:\n  - id: r\n    match: {path: /**}\n"
+        f"    upstream: {{url: '{{upstream}}', request_buffering: {str(buffering).lower()}}}\n"
+        "    stages: [{use: anonymous}]\n"
+    )
+    with gw.connect() as sock:
         sock.sendall(b"POST /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n0123456789")
-        wait_for(lambda: upstream.connections)
-        gateway.advance(29.0)
+        wait_for(lambda: _receiving_body(gw, 10) and (buffering or upstream.connections))
+        gw.advance(29.0)
         sock.sendall(b"0123456789")  # each read restarts the body timer
-        wait_for(lambda: any(c.parsing is not None and c.parsing.body_size == 20 for c in gateway.server.connections))
-        gateway.advance(29.0)
-        assert gateway.server.connections
-        gateway.advance(2.0)
+        wait_for(lambda: _receiving_body(gw, 20))
+        gw.advance(29.0)
+        assert gw.server.connections
+        gw.advance(2.0)
         responses = read_responses(sock, 1)
         assert [r[0] for r in responses] == [408]
         assert closed(sock)
-    assert upstream.received == []  # the upstream saw a partial request and then a closed connection
+    assert upstream.received == []  # streamed: a partial request and then a closed connection
+    # Buffered, the upstream never heard of the request: a dripping client costs it nothing.
+    assert upstream.connections == (0 if buffering else 1)
 
 
 def test_upstream_read_timeout_gives_504(gateway: TestGateway, upstream: TestUpstream) -> None:
@@ -354,8 +357,8 @@ def test_upstream_back_pressure_on_a_streamed_body_is_not_the_clients_timeout(ma
         )
         with gw.connect() as sock:
             sock.sendall(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000000\r\n\r\n")
+            sent = _send_until_blocked(sock)  # the first buffer_bytes, then the upstream takes the rest until full
             up = deaf.accept()
-            sent = _send_until_blocked(sock)
             assert 0 < sent < 1_000_000_000
             wait_for(lambda: any(c.pause_mask for c in gw.server.connections))
             gw.advance(31.0)  # past body_timeout: the client has been waiting on the upstream, not stalling
@@ -386,8 +389,8 @@ def test_body_timer_starts_again_when_the_upstream_takes_the_body_again(make_gat
         )
         with gw.connect() as sock:
             sock.sendall(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000000\r\n\r\n")
+            sent = _send_until_blocked(sock)  # the first buffer_bytes, then the upstream takes the rest until full
             up = deaf.accept()
-            sent = _send_until_blocked(sock)
             wait_for(lambda: any(c.pause_mask for c in gw.server.connections))
             gw.advance(40.0)
             received = 0

@@ -67,7 +67,8 @@ class Limits(Strict):
     send_timeout: Seconds = 60.0  # longest a response may wait for a client that does not read
     drain_timeout: Seconds = 30.0  # on SIGTERM, how long in-flight requests get to finish
     pipeline_timeout: Seconds = 10.0  # a stage awaiting I/O longer than this denies with 503
-    buffer_bytes: Annotated[int, Field(ge=4 * KIB, le=64 * MIB)] = 64 * KIB  # body buffered before reads pause
+    # A request body is received this far before forwarding (see Upstream.request_buffering); reads pause beyond it.
+    buffer_bytes: Annotated[int, Field(ge=4 * KIB, le=64 * MIB)] = 64 * KIB
 
 
 class Upstream(Strict):
@@ -79,6 +80,9 @@ class Upstream(Strict):
     ca_file: str | None = None  # verify an HTTPS upstream against this CA bundle instead of the system store
     server_name: str | None = None  # SNI and certificate name, if not the URL host
     preserve_host: bool = False  # send the client's Host instead of the upstream's
+    # Receive a request body whole (up to limits.buffer_bytes) before connecting, as nginx's proxy_request_buffering:
+    # a client that drips its body then ties up a gateway connection, not an upstream worker. Off: stream at once.
+    request_buffering: bool = True
     max_idle: Annotated[int, Field(ge=0, le=10000)] = 64
     idle_timeout: Seconds = 60.0
 

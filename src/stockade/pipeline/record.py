@@ -17,10 +17,11 @@ class Timings:
     """Monotonic marks of one request: arrival, hand-off to the application, its response head, and when that
     head went out to the client. The gateway's own time is what lies between them."""
 
-    __slots__ = ("t0", "t_fwd", "t_head", "t_sent")
+    __slots__ = ("t0", "t_fwd", "t_head", "t_sent", "t_wait")
 
     def __init__(self, t0: float) -> None:
         self.t0 = t0
+        self.t_wait = 0.0  # before t_sent, time spent waiting for the client's body (not the gateway's own)
         self.t_sent = 0.0  # request handed to the upstream / application (0: never)
         self.t_head = 0.0  # its response head arrived
         self.t_fwd = 0.0  # the response head (ours or theirs) was written to the client
@@ -33,6 +34,7 @@ class Marks(Protocol):
     t_sent: float
     t_head: float
     t_fwd: float
+    t_wait: float
 
 
 def record_request(
@@ -58,7 +60,7 @@ def record_request(
     if t_sent:
         # Time before the request went on, plus from the response head to the end of the exchange (for streamed
         # bodies, to the first write after the head): the gateway's own time.
-        overhead = (t_sent - marks.t0) + max(0.0, (marks.t_fwd or now) - (t_head or now))
+        overhead = (t_sent - marks.t0 - marks.t_wait) + max(0.0, (marks.t_fwd or now) - (t_head or now))
     else:
         overhead = now - marks.t0
     total_us = int((now - marks.t0) * 1e6)

@@ -54,6 +54,7 @@ class Exchange:
         "finished",
         "framing",
         "head",
+        "held",
         "pending_failure",
         "pipeline",
         "pool",
@@ -71,6 +72,7 @@ class Exchange:
         "t_fwd",
         "t_head",
         "t_sent",
+        "t_wait",
         "task",
         "timed_out",
         "too_large",
@@ -105,10 +107,10 @@ class Exchange:
         limits = conn.limits
         self.body_limit = limits.max_body_bytes
         self.buffer_cap = limits.buffer_bytes
-        self.t_sent = self.t_head = self.t_fwd = 0.0
+        self.t_sent = self.t_head = self.t_fwd = self.t_wait = 0.0
         self.started = self.finished = self.request_done = self.too_large = self.timed_out = False
         self.retried = self.resp_started = self.close_after = self.expect_continue = self.continue_sent = False
-        self.streaming = self.upgrade_ok = self.tunnel_open = self.trusted = False
+        self.streaming = self.upgrade_ok = self.tunnel_open = self.trusted = self.held = False
         self.ctx = self.route = self.pipeline = self.pool = self.upstream = None
         self.task = self.body_waiter = self.pending_failure = self.framing = self.collected = None
         self.body = ()
@@ -242,7 +244,11 @@ class Exchange:
         else:
             self.body = [chunk]
         if size > self.buffer_cap:
-            self.conn.pause(PAUSE_BUFFER)
+            if self.held:  # more than the buffer holds: the upstream takes the rest as it comes
+                self.held = False
+                self._to_upstream()
+            else:
+                self.conn.pause(PAUSE_BUFFER)
 
     def request_complete(self) -> None:
         self.request_done = True
@@ -254,6 +260,9 @@ class Exchange:
                 self.upstream.write(b"0\r\n\r\n")
             if self.pool is not None and self.route is not None:
                 self._set_deadline(self.clock.monotonic() + self.route.read_timeout, "upstream")
+        if self.held:
+            self.held = False
+            self._to_upstream()
         waiter = self.body_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -304,6 +313,7 @@ class Exchange:
     # -- forwarding to the upstream: proxy/forwarding.py --------------------------------------------------------
 
     _forward = forwarding._forward
+    _to_upstream = forwarding._to_upstream
     _connect = forwarding._connect
     _connected = forwarding._connected
     _send = forwarding._send

@@ -41,6 +41,28 @@ def _forward(ex: Exchange) -> None:
     if route.upstream is None:
         ex._error_local(502, "upstream.unavailable", "route has no upstream")
         return
+    h = ex.head
+    if (
+        not ex.request_done
+        and (h.content_length or h.chunked)
+        and route.request_buffering
+        and ex.body_size <= ex.buffer_cap
+    ):
+        # Receive the body first, as far as the buffer holds it (nginx's proxy_request_buffering): a client that
+        # drips its body costs a gateway connection, never an upstream worker. request_body / request_complete
+        # go on with _to_upstream; the client's body timer runs meanwhile.
+        ex.held = True
+        ex.t_wait = ex.clock.monotonic()  # until _to_upstream: the client's time, not the gateway's
+        ex._send_continue()
+        return
+    ex._to_upstream()
+
+
+def _to_upstream(ex: Exchange) -> None:
+    route = ex.route
+    assert route is not None and route.upstream is not None  # noqa: S101 - _forward checked
+    if ex.t_wait:
+        ex.t_wait = ex.clock.monotonic() - ex.t_wait
     ex.pool = pool = ex.server.pools.get(route.upstream)
     up = pool.acquire()
     if up is not None:
