@@ -294,3 +294,47 @@ def test_head_edits_are_used_only_for_a_lone_response_hook() -> None:
         "r", [auth, slot(ResponseOnly("a", log), Phase.ACT), slot(Hook("b", log), Phase.VALIDATE)], body_limit=1
     )
     assert two.head_edits is None  # hooks compose in order: only the full Response path runs them all
+
+
+class Credentialed(Probe):
+    """An authenticator whose credential, if any, is found at `source` on every request."""
+
+    def __init__(self, verdict: object, source: str | None, *, awaits: bool = False, name: str = "probe") -> None:
+        super().__init__(verdict, awaits=awaits, name=name)
+        self.source = source
+
+    def credential(self, ctx: RequestContext) -> str | None:
+        return self.source
+
+
+@pytest.mark.parametrize("awaits", [False, True], ids=["eager", "suspending"])
+@pytest.mark.parametrize(
+    ("stages", "expect"),
+    [
+        # (verdict, credential source) per authenticator, in order; expect None (allowed) or the deny's stage
+        pytest.param([("alice", "x-api-key"), ("skip", "authorization")], "b", id="winner-then-other-credential"),
+        pytest.param([("alice", "authorization"), ("skip", "authorization")], None, id="same-credential-twice"),
+        pytest.param([("alice", "x-api-key"), ("skip", None)], None, id="later-authenticator-sees-nothing"),
+        pytest.param([("skip", None), ("alice", "x-api-key")], None, id="earlier-skipped-without-credential"),
+        pytest.param([("alice", None), ("skip", "authorization")], "b", id="winner-without-request-credential"),
+        pytest.param(
+            [("alice", "x-api-key"), ("skip", "x-api-key"), ("skip", "query:k")], "c", id="third-authenticator"
+        ),
+    ],
+)
+def test_a_credential_no_authenticator_checked_makes_the_request_ambiguous(
+    stages: list[tuple[str, str | None]], expect: str | None, awaits: bool
+) -> None:
+    slots = []
+    for (verdict, source), name in zip(stages, "abc", strict=False):
+        v = Continue(principal=ALICE) if verdict == "alice" else Skip("none")
+        slots.append(slot(Credentialed(v, source, awaits=awaits, name=name), Phase.AUTHENTICATE))
+    slots.append(slot(Probe(CONTINUE, name="after"), Phase.AUTHORIZE))
+    ctx = make_context()
+    result = run(Pipeline("r", slots, body_limit=10), ctx)
+    if expect is None:
+        assert result is None
+        assert ctx.principal is ALICE
+    else:
+        assert isinstance(result, Deny)
+        assert (result.status, result.reason, ctx.stage) == (400, "auth.ambiguous_credentials", expect)

@@ -103,6 +103,7 @@ class Pipeline:
         "body_limit_stage",
         "challenges",
         "completion_hooks",
+        "credentials",
         "head_edits",
         "needs_response_body",
         "response_hooks",
@@ -119,6 +120,10 @@ class Pipeline:
         # Index of the first stage after the authenticators: reaching it with no principal is a 401.
         self.auth_end = next((i for i, s in enumerate(checking) if s.phase > Phase.AUTHENTICATE), len(checking))
         self.challenges = tuple(c for s in ordered if (c := getattr(s.stage, "challenge", None)))
+        # Per checking slot: its `credential` method if it is an authenticator with one (see CredentialSource).
+        self.credentials: tuple[Callable[[RequestContext], str | None] | None, ...] = tuple(
+            getattr(s.stage, "credential", None) if s.phase is Phase.AUTHENTICATE else None for s in checking
+        )
         self.response_hooks = tuple(s for s in reversed(ordered) if hasattr(s.stage, "on_response"))
         self.completion_hooks = tuple(s for s in ordered if hasattr(s.stage, "on_complete"))
         # Stages that decide once a credential was recognised (a principal or a denial), before that outcome
@@ -148,7 +153,10 @@ class Pipeline:
                 return self._unauthenticated(ctx)
             slot = slots[i]
             if ctx.principal is not None and slot.phase is Phase.AUTHENTICATE:
-                continue  # first authenticator that recognised a credential wins
+                # First authenticator that recognised a credential wins; this one's must not be there too.
+                if (presented := self.credentials[i]) is not None and (deny := self._ambiguous(ctx, i, presented)):
+                    return deny
+                continue
             ctx.stage = slot.id
             coro = slot.stage.check(ctx)
             try:
@@ -204,6 +212,8 @@ class Pipeline:
                 return self._unauthenticated(ctx)
             slot = slots[j]
             if ctx.principal is not None and slot.phase is Phase.AUTHENTICATE:
+                if (presented := self.credentials[j]) is not None and (deny := self._ambiguous(ctx, j, presented)):
+                    return deny
                 continue
             ctx.stage = slot.id
             try:
@@ -280,6 +290,20 @@ class Pipeline:
             extra={"route": self.route_id, "stage": slot.id, "request_id": ctx.request_id},
         )
         return Deny(500, "stage.error", detail=type(exc).__name__)
+
+    def _ambiguous(self, ctx: RequestContext, i: int, presented: Callable[[RequestContext], str | None]) -> Deny | None:
+        """Authenticator `i` was not needed (an earlier one won). If the request carries a credential only it
+        would have checked, which identity the upstream will act on is ambiguous: refuse, never guess."""
+        source = presented(ctx)
+        if source is None:
+            return None
+        for j in range(i):
+            found = self.credentials[j]
+            if found is not None and found(ctx) == source:
+                return None  # the same credential, which an earlier authenticator already judged
+        return self.deny(
+            ctx, self.slots[i].id, Deny(400, "auth.ambiguous_credentials", detail=f"a second credential in {source}")
+        )
 
     def _unauthenticated(self, ctx: RequestContext) -> Deny:
         headers = {"www-authenticate": ", ".join(self.challenges)} if self.challenges else None

@@ -32,10 +32,9 @@ class Stage(Protocol):
     `challenge: str` (an authenticator's WWW-Authenticate challenge), `max_body_bytes: int` (a body limit the
     fronts enforce while streaming), `on_response` / `on_complete` (the hooks below), `head_edits` (a fast form of
     `on_response`, below), `checks_requests = False` (the stage only hooks responses: the runner does not call its
-    `check`), `needs_response_body`,
-    `after_authenticate` (the guard below), and the classmethod `check_deployment(config, gateway_config) ->
-    list[str]`, whose messages become config errors at this stage's location (e.g. a memory-backed limiter
-    under several workers).
+    `check`), `needs_response_body`, `after_authenticate` (the guard below), `credential` (an authenticator's,
+    below), and the classmethod `check_deployment(config, gateway_config) -> list[str]`, whose messages become
+    config errors at this stage's location (e.g. a memory-backed limiter under several workers).
     """
 
     id: ClassVar[str]
@@ -68,6 +67,15 @@ class AuthGuard(Protocol):
     Because the answer does not depend on the credential's validity, a refused identity learns nothing."""
 
     async def after_authenticate(self, ctx: RequestContext) -> Deny | None: ...
+
+
+class CredentialSource(Protocol):
+    """Optional, on authenticators whose credential travels in the request (and so on to the upstream): where
+    this request carries one this stage would check (e.g. "authorization", "x-api-key", "query:api_key"), or
+    None. When an earlier authenticator won, a credential that only a later one would have checked makes the
+    request ambiguous (400 `auth.ambiguous_credentials`): never forward a credential nobody verified."""
+
+    def credential(self, ctx: RequestContext) -> str | None: ...
 
 
 class CompletionHook(Protocol):

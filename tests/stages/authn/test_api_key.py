@@ -203,3 +203,44 @@ def test_api_key_config_errors(extra: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message) as info:
         load_config_text(extra + config, env={})
     assert "route 'r'" in str(info.value) and "api_key" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("headers", "expect"),
+    [
+        ({"X-API-Key": "{k}"}, 200),
+        ({"Authorization": "Bearer {t}"}, 200),
+        ({"X-API-Key": "{k}", "Authorization": "Bearer {t}"}, 400),  # the JWT would reach the upstream unverified
+        ({"X-API-Key": "{k}", "Authorization": "Bearer {forged}"}, 400),
+        ({"X-API-Key": "{k}", "Authorization": "Basic dTpw"}, 200),  # no authenticator here takes Basic
+        ({"Authorization": "ApiKey {k}"}, 200),
+    ],
+    ids=["key", "jwt", "key-and-jwt", "key-and-forged-jwt", "key-and-basic", "key-in-authorization"],
+)
+def test_a_second_credential_next_to_a_winning_key_is_refused(
+    tmp_path: Path, headers: dict[str, str], expect: int
+) -> None:
+    """api_key wins first; a Bearer token on the same request would be forwarded without anyone verifying it."""
+    from tests.security.issuer import TestIssuer
+
+    idp = TestIssuer().add_ec("k1")
+    forged = TestIssuer().add_ec("k1")  # another key under the same kid
+    jwk = orjson.dumps(idp.public("k1")).decode()
+    stages = (
+        "- use: api_key\n"
+        "- use: jwt\n"
+        f"  config: {{issuers: [{{issuer: '{idp.issuer}', audiences: [api], algorithms: [ES256], keys: [{jwk}],"
+        " max_lifetime: 2678400}]}\n"
+        "- use: anonymous"
+    )
+    with keyed_gateway(tmp_path, stages) as env:
+        k = env.issue().secret
+        now = int(env.gw.clock.time())
+        token = idp.token(iat=now, exp=now + 600, aud="api")
+        bad = forged.token(iat=now, exp=now + 600, aud="api", sub="admin")
+        values = {n: v.format(k=k, t=token, forged=bad) for n, v in headers.items()}
+        status, _, body = env.gw.request("GET", "/books", headers=values)
+        assert status == expect
+        if expect == 400:
+            assert _problem(body)["reason"] == "auth.ambiguous_credentials"
+            assert not env.up.received

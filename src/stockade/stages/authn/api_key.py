@@ -84,6 +84,19 @@ class ApiKeyAuthenticator:
             return ["storage memory:// is per process: with several workers each would see different keys"]
         return []
 
+    def credential(self, ctx: RequestContext) -> str | None:
+        """Where this request carries what `check` would take for a key (see CredentialSource)."""
+        headers = ctx.headers
+        if self._header in headers:
+            return self._header
+        if self._authorization:
+            auth = headers.get("authorization")
+            if auth is not None and auth[:7].lower() == "apikey ":
+                return "authorization"
+        if self._query is not None and self._query in ctx.query_params:
+            return f"query:{self._query}"
+        return None
+
     async def check(self, ctx: RequestContext) -> Continue | Skip | Deny:
         # In bytes until a miss: a cache hit decodes nothing (the key is hashed as received).
         headers = ctx.headers

@@ -21,7 +21,7 @@ from stockade.pipeline.stage import Stage, StageConfig, StageEnv
 from stockade.pipeline.verdict import Continue, Deny, Skip
 from stockade.security import keys
 from stockade.security.jwk import thumbprint_sha256
-from stockade.stages.authn.authorization import authorization
+from stockade.stages.authn.authorization import authorization, bearer_credential
 from stockade.stages.authn.jwt_config import _loopback
 
 log = logging.getLogger("stockade.introspection")
@@ -81,6 +81,8 @@ class IntrospectionAuthenticator:
             detail="introspection: token not active",
         )
         self.requests = 0  # calls made to the endpoint (tests and metrics)
+
+    credential = staticmethod(bearer_credential)
 
     async def check(self, ctx: RequestContext) -> Continue | Skip | Deny:
         value = authorization(ctx)

@@ -20,7 +20,7 @@ from stockade.pipeline.verdict import Continue, Deny, Skip
 from stockade.security import jose
 from stockade.security.jwk import Jwk, thumbprint_sha256
 from stockade.security.jwks import KeySet, StaticKeys, fetcher_for
-from stockade.stages.authn.authorization import authorization
+from stockade.stages.authn.authorization import authorization, bearer_credential
 from stockade.stages.authn.jwt_config import IssuerConfig, JwtConfig
 
 if TYPE_CHECKING:
@@ -83,6 +83,8 @@ class JwtAuthenticator:
             from stockade.oauth2.revocation import revoked_jtis
 
             self._revoked = revoked_jtis(env.services)
+
+    credential = staticmethod(bearer_credential)
 
     async def check(self, ctx: RequestContext) -> Continue | Skip | Deny:
         value = authorization(ctx)
