@@ -413,3 +413,47 @@ def test_waiting_for_a_held_body_is_not_counted_as_gateway_overhead(
     overhead = gw.server.metrics.overhead["r"]
     assert sum(overhead.counts) == 1
     assert overhead.sum < 1.0  # the fake clock moved 3 s, all of it the client's
+
+
+@pytest.mark.parametrize(
+    "connection",
+    ["content-length", "Content-Length", "keep-alive, content-length", "host", "transfer-encoding", "close, host"],
+)
+def test_connection_cannot_remove_the_request_framing_or_host(
+    gateway: TestGateway, upstream: TestUpstream, connection: str
+) -> None:
+    """A Connection field naming Content-Length once made the gateway drop it and still send the body, which the
+    upstream then read as the next request - the next client's request glued onto it (request smuggling)."""
+    smuggled = b"GET /admin/secret HTTP/1.1\r\nHost: x\r\nX-Swallow: "
+    raw = b"POST /api/x HTTP/1.1\r\nHost: a\r\nConnection: %s\r\nContent-Length: %d\r\n\r\n%s" % (
+        connection.encode(),
+        len(smuggled),
+        smuggled,
+    )
+    with gateway.connect() as sock:
+        sock.sendall(raw)
+        assert read_responses(sock, 1)[0][0] == 200
+    status, _, _ = gateway.request("GET", "/api/next")
+    assert status == 200
+    assert [r.target for r in upstream.received] == ["/api/x", "/api/next"]
+    assert upstream.received[0].body == smuggled
+    assert upstream.received[0].header("content-length") == str(len(smuggled))
+    assert upstream.received[0].header("host") is not None
+
+
+@pytest.mark.parametrize("named", ["content-length", "transfer-encoding", "keep-alive, Content-Length"])
+def test_upstream_connection_field_cannot_remove_the_response_framing(
+    gateway: TestGateway, upstream: TestUpstream, named: str
+) -> None:
+    """The client must still be able to find where the response ends, or the next pipelined one is its body."""
+    if "transfer" in named:
+        raw = b"HTTP/1.1 200 OK\r\nConnection: %s\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+    else:
+        raw = b"HTTP/1.1 200 OK\r\nConnection: %s\r\nContent-Length: 2\r\n\r\nok"
+    upstream.reply("/api/framed", Reply(raw=raw % named.encode()))
+    with gateway.connect() as sock:
+        sock.sendall(b"GET /api/framed HTTP/1.1\r\nHost: a\r\n\r\nGET /api/after HTTP/1.1\r\nHost: a\r\n\r\n")
+        responses = read_responses(sock, 2)
+    assert [r[0] for r in responses] == [200, 200]
+    assert responses[0][2] == b"ok"
+    assert echo(responses[1])["target"] == "/api/after"

@@ -98,6 +98,9 @@ _RESPONSE_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade", b"proxy-authenticate"}
 )
 _CONNECTION_STANDARD = frozenset({b"close", b"keep-alive", b"upgrade", b""})
+# Never hop-by-hop, whatever a Connection field says: dropping the framing of a message whose body is still sent
+# (or the Host it is routed by) would let one peer desynchronise the connection for the next (request smuggling).
+_CONNECTION_NEVER = frozenset({b"content-length", b"transfer-encoding", b"host"})
 _STATUS_LINES: dict[int, bytes] = {}
 
 
@@ -180,12 +183,13 @@ class ResponseFraming:
 
 
 def connection_tokens(values: list[bytes]) -> set[bytes]:
-    """Header names listed in Connection (other than the standard options), which are hop-by-hop too."""
+    """Header names listed in Connection (other than the standard options), which are hop-by-hop too - except
+    the message's framing and Host, which a Connection field can never remove."""
     out: set[bytes] = set()
     for value in values:
         for token in value.split(b","):
             t = token.strip().lower()
-            if t not in _CONNECTION_STANDARD:
+            if t not in _CONNECTION_STANDARD and t not in _CONNECTION_NEVER:
                 out.add(t)
     return out
 
