@@ -16,6 +16,7 @@ from tests.asgi.asgi_support import Served, app_saw, problem, request_id_for
         pytest.param({"X-Stockade-Principal": "admin"}, id="principal"),
         pytest.param({"X-STOCKADE-Roles": "root", "x-stockade-scopes": "*"}, id="roles-and-scopes-any-case"),
         pytest.param({"X-Stockade-Anonymous": "false", "X-Stockade-Whatever": "1"}, id="unknown-identity-header"),
+        pytest.param({"X_Stockade_Principal": "admin", "x_stockade_roles": "root"}, id="underscore-spellings"),
     ],
 )
 def test_allowed_request_reaches_app_with_identity_headers_only_from_gateway(
@@ -24,7 +25,7 @@ def test_allowed_request_reaches_app_with_identity_headers_only_from_gateway(
     status, _, body = served.request("GET", "/public/items?q=1", headers=sent)
     assert status == 200
     seen = app_saw(body)
-    identity = {k: v for k, v in seen["headers"].items() if k.startswith("x-stockade-")}
+    identity = {k: v for k, v in seen["headers"].items() if k.replace("_", "-").startswith("x-stockade-")}
     assert identity == {
         "x-stockade-principal": "anonymous",
         "x-stockade-auth": "anonymous",

@@ -35,6 +35,12 @@ REQUEST_HOP_BY_HOP = [
     ("upgrade-h2c", {"Upgrade": "h2c", "HTTP2-Settings": "AAA"}, "http2-settings"),
     ("identity-spoof", {"X-Stockade-Principal": "admin"}, "x-stockade-principal-spoof"),
     ("identity-spoof-case", {"x-STOCKADE-roles": "admin"}, "x-stockade-roles"),
+    # CGI/WSGI servers read an underscore spelling as the dashed one (HTTP_X_STOCKADE_PRINCIPAL)
+    ("identity-spoof-underscore", {"X_Stockade_Principal": "admin"}, "x_stockade_principal"),
+    ("identity-spoof-mixed", {"X-Stockade_Roles": "admin"}, "x-stockade_roles"),
+    ("xff-underscore", {"X_Forwarded_For": "10.0.0.1"}, "x_forwarded_for"),
+    ("request-id-underscore", {"X_Request_Id": "forged"}, "x_request_id"),
+    ("real-ip-underscore", {"X_Real_IP": "10.0.0.1"}, "x_real_ip"),
     ("expect", {"Expect": "100-continue"}, "expect"),
 ]
 
@@ -54,6 +60,13 @@ def test_hop_by_hop_and_spoofed_headers_are_not_forwarded(
         assert got["x-stockade-principal"] == "anonymous"
     if "x-STOCKADE-roles" in sent:
         assert "x-stockade-roles" not in got
+
+
+def test_underscore_names_the_gateway_does_not_own_are_forwarded(gateway: TestGateway, upstream: TestUpstream) -> None:
+    status, _, _ = gateway.request("GET", "/api/x", headers={"X_Tenant_Id": "t1"})
+    assert status == 200
+    got = {k.lower(): v for k, v in upstream.received[0].headers}
+    assert got["x_tenant_id"] == "t1"
 
 
 def test_spoofed_x_forwarded_headers_from_untrusted_peer_are_replaced(

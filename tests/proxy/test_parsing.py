@@ -113,6 +113,34 @@ REJECTED = [
     ("url-with-space", b"GET /api/a b HTTP/1.1\r\n" + H + b"\r\n", 400, "http.bad_request"),
     ("url-8bit", b"GET /api/a\xffb HTTP/1.1\r\n" + H + b"\r\n", 400, "http.bad_request"),
     ("url-ctl", b"GET /api/a\x01b HTTP/1.1\r\n" + H + b"\r\n", 400, "http.bad_request"),
+    # llhttp leaves an upgrade request's body unparsed: on a route that does not upgrade, the upstream would
+    # read the next request's bytes as that body
+    (
+        "upgrade-with-length",
+        b"GET /api/x HTTP/1.1\r\n" + H + b"Connection: Upgrade\r\nUpgrade: foo\r\nContent-Length: 5\r\n\r\nabcde",
+        400,
+        "http.bad_request",
+    ),
+    (
+        "websocket-upgrade-chunked",
+        b"GET /api/x HTTP/1.1\r\n" + H + b"Connection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+        "http.bad_request",
+    ),
+    # only chunked is undone by the gateway; anything else would reach the upstream still coded
+    (
+        "te-gzip-then-chunked",
+        b"POST /api/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        501,
+        "http.not_implemented",
+    ),
+    (
+        "te-identity-chunked",
+        b"POST /api/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: identity, chunked\r\n\r\n0\r\n\r\n",
+        501,
+        "http.not_implemented",
+    ),
 ]
 
 

@@ -24,6 +24,34 @@ def is_identity_header(lower_name: bytes) -> bool:
     return lower_name.startswith(IDENTITY_PREFIX_BYTES)
 
 
+# Request headers the gateway itself sets or rebuilds (besides the identity headers).
+_OWNED = frozenset(
+    {
+        b"host",
+        b"content-length",
+        b"transfer-encoding",
+        REQUEST_ID,
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+        b"x-forwarded-prefix",
+        b"x-real-ip",
+        b"forwarded",
+    }
+)
+
+
+def is_underscore_alias(lower_name: bytes) -> bool:
+    """Whether a (lower-case) name is an underscore spelling of a header the gateway owns: CGI and WSGI servers
+    read `X_Stockade_Principal` and `X-Stockade-Principal` alike (both HTTP_X_STOCKADE_PRINCIPAL), so such a
+    spelling is never forwarded (nginx drops every underscore name by default)."""
+    if b"_" not in lower_name:
+        return False
+    dashed = lower_name.replace(b"_", b"-")
+    return dashed in _OWNED or dashed.startswith(IDENTITY_PREFIX_BYTES)
+
+
 def replaced_headers(ctx: RequestContext) -> set[str] | None:
     """Names (lower-case) of client headers a stage removed or replaced; None when there are none."""
     removed = ctx.remove_headers
@@ -58,7 +86,7 @@ def forwarded_headers(
     out: list[tuple[bytes, bytes]] = []
     for name, value in raw:
         lname = name.lower()
-        if is_identity_header(lname) or lname == REQUEST_ID:
+        if is_identity_header(lname) or lname == REQUEST_ID or is_underscore_alias(lname):
             continue
         if drop is not None and lname.decode("latin-1") in drop:
             continue

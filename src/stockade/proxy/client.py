@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, cast
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
-from stockade.pipeline.forward import IDENTITY_PREFIX_BYTES
+from stockade.pipeline.forward import IDENTITY_PREFIX_BYTES, is_underscore_alias
 from stockade.proxy.common import INF, PAUSE_PIPELINE, PAUSE_TUNNEL
 from stockade.proxy.exchange import Exchange
 from stockade.proxy.http import (
@@ -55,6 +55,18 @@ class HttpRejectError(Exception):
         self.status = status
         self.reason = reason
         self.detail = detail
+
+
+def _only_chunked(raw: list[tuple[bytes, bytes]]) -> bool:
+    """False if the Transfer-Encoding fields of a head list codings before a final chunked. (Without a final
+    chunked the request has no knowable length: llhttp refuses it, 400.)"""
+    codings = [
+        c.strip(b" \t").lower()
+        for name, value in raw
+        if name.lower() == b"transfer-encoding"
+        for c in value.split(b",")
+    ]
+    return codings[-1:] != [b"chunked"] or len(codings) == 1
 
 
 class _StopParsingError(Exception):
@@ -223,8 +235,8 @@ class ClientConnection(asyncio.Protocol):
             lname = name.lower()
             kind = REQUEST_HEADER_CLASS.get(lname)
             if kind is None:
-                if lname.startswith(IDENTITY_PREFIX_BYTES):
-                    return  # never forward a client's claim to be the gateway
+                if lname.startswith(IDENTITY_PREFIX_BYTES) or is_underscore_alias(lname):
+                    return  # never forward a client's claim to be the gateway (in any spelling)
                 if lname == b"content-length":
                     head.content_length = int(value)
                 head.fwd.append(name + b": " + value + CRLF)
@@ -256,7 +268,7 @@ class ClientConnection(asyncio.Protocol):
         elif kind == UPGRADE:
             head.upgrade = value
         elif kind == TRANSFER_ENCODING:
-            head.chunked = True  # llhttp has validated it; the gateway re-frames the body itself
+            head.chunked = True  # llhttp checks that chunked comes last; on_headers_complete that it is alone
 
     def _trailer_field(self, name: bytes, value: bytes) -> None:
         """A trailer field after a chunked body: never forwarded, but it counts against the head limit."""
@@ -275,6 +287,15 @@ class ClientConnection(asyncio.Protocol):
         head.version = parser.get_http_version()
         head.keep_alive = parser.should_keep_alive()
         head.upgrade_flag = parser.should_upgrade()
+        if head.chunked and not _only_chunked(head.raw):
+            # The gateway undoes chunked itself and forwards the body re-framed: any other transfer coding would
+            # reach the upstream still applied, unannounced (RFC 9112 6.1: 501).
+            raise HttpRejectError(501, "http.not_implemented", "transfer codings other than chunked")
+        if head.upgrade_flag and (head.chunked or head.content_length):
+            # llhttp stops at an upgrade request's head and leaves its body unparsed: forwarded on a route that
+            # does not upgrade, the upstream would take the next request's bytes as that body. A WebSocket
+            # handshake has no body (RFC 6455 4.1), and h2c upgrades are never forwarded.
+            raise HttpRejectError(400, "http.bad_request", "an upgrade request with a body")
         ex = Exchange(self, head)
         self.parsing = ex
         self.queue.append(ex)
