@@ -3,6 +3,7 @@ revocation through `jti`, client revocation, RFC 6749 §5.2 errors, JWKS and RFC
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -175,6 +176,25 @@ def test_token_revoking_a_client_with_the_cli_ends_its_tokens(env: tuple[TestGat
         ({"grant_type": "client_credentials"}, None, 400, "invalid_request"),
         ("grant_type=client_credentials&grant_type=client_credentials", "basic", 400, "invalid_request"),
         ({"grant_type": "client_credentials", "client_secret": "x"}, "basic", 400, "invalid_request"),
+        # a secret outside latin-1 can be no client's: 401, never a 500 from hashing it
+        ({"grant_type": "client_credentials"}, "euro-secret-basic", 401, "invalid_client"),
+        (
+            {"grant_type": "client_credentials", "client_id": "{id}", "client_secret": "\u20ac"},
+            None,
+            401,
+            "invalid_client",
+        ),
+        # an assertion's (unverified) subject with a lone surrogate never reaches the store
+        (
+            {
+                "grant_type": "client_credentials",
+                "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                "client_assertion": "{surrogate}",
+            },
+            None,
+            401,
+            "invalid_client",
+        ),
     ],
     ids=[
         "password-grant",
@@ -186,6 +206,9 @@ def test_token_revoking_a_client_with_the_cli_ends_its_tokens(env: tuple[TestGat
         "no-client-auth",
         "duplicate-param",
         "two-auth-methods",
+        "euro-secret-basic",
+        "euro-secret-post",
+        "assertion-subject-surrogate",
     ],
 )
 def test_token_errors_follow_rfc6749(
@@ -198,14 +221,21 @@ def test_token_errors_follow_rfc6749(
         "basic": basic(client_id, secret),
         "wrong-secret": basic(client_id, secret + "x"),
         "unknown-client": basic("cl_nobody", secret),
+        "euro-secret-basic": basic(client_id, "%E2%82%AC"),
         None: {},
     }[auth]
+    if isinstance(form, dict):
+        surrogate = ".".join(
+            base64.urlsafe_b64encode(part).rstrip(b"=").decode()
+            for part in (b'{"alg":"ES256"}', b'{"sub":"\\ud800","iss":"x"}', b"sig")
+        )
+        form = {k: v.replace("{id}", client_id).replace("{surrogate}", surrogate) for k, v in form.items()}
     got_status, got_headers, doc = post_form(gw, "/oauth2/token", form, headers)
     assert (got_status, doc["error"]) == (status, error)
     assert got_headers["cache-control"] == "no-store"
     assert secret not in json.dumps(doc)
-    if status == 401:
-        assert got_headers["www-authenticate"].startswith("Basic ")
+    if status == 401:  # RFC 6749 5.2: the scheme the client used
+        assert got_headers["www-authenticate"].startswith("Basic " if auth is not None else "Bearer ")
 
 
 def test_token_endpoint_requires_a_form_body(env: tuple[TestGateway, TestUpstream, Path]) -> None:

@@ -70,8 +70,9 @@ def _weak_rsa() -> dict[str, Any]:
         ({**IDP.public("r"), "alg": "none"}, "unsupported alg"),
         ({"kty": "XYZ"}, "unsupported kty"),
         ({**IDP.public("r"), "kid": ""}, "kid must be"),
+        ({"kty": "OKP", "crv": "Ed25519", "x": "A", "kid": "bad-ed"}, "invalid OKP key"),  # not base64url
     ],
-    ids=["weak-rsa", "oct", "private", "curve", "off-curve", "alg-none", "kty", "empty-kid"],
+    ids=["weak-rsa", "oct", "private", "curve", "off-curve", "alg-none", "kty", "empty-kid", "okp-bad-encoding"],
 )
 def test_jwk_refuses_unusable_keys(doc: dict[str, Any], message: str) -> None:
     with pytest.raises(JwkError, match=message):

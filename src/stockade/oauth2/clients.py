@@ -152,7 +152,7 @@ class ClientAuthenticator:
         except jose.JoseError as exc:
             raise invalid_client(False, f"client assertion: {exc.code}: {exc.detail}") from None
         sub = parsed.claims.get("sub")
-        client_id = sub if isinstance(sub, str) else ""
+        client_id = sub if isinstance(sub, str) and sub.isprintable() and sub.isascii() else ""
         if form.get("client_id", client_id) != client_id:
             raise OAuthError("invalid_request", "client_id differs from the assertion's subject")
         client = await self._load(client_id, False)

@@ -167,10 +167,23 @@ def _no_constants(name: str) -> Any:
     raise MalformedToken(f"non-standard JSON constant {name}")
 
 
+def bound_thumbprint(claims: Mapping[str, Any]) -> str | None:
+    """The RFC 8705 certificate thumbprint (`cnf.x5t#S256`) a token is bound to, None if it is not bound.
+    BadClaim for any other confirmation method (DPoP's `jkt`, ...): the gateway cannot check it, so such a
+    token is refused rather than accepted as a plain bearer token. For JWTs and introspection results alike."""
+    cnf = claims.get("cnf")
+    if cnf is None:
+        return None
+    value = cnf.get("x5t#S256") if isinstance(cnf, dict) else None
+    if not isinstance(value, str):
+        raise BadClaim("claim 'cnf' has no string x5t#S256 (unsupported confirmation method)")
+    return value
+
+
 def _json_object(segment: str, part: str) -> dict[str, Any]:
     try:
         value = json.loads(_b64(segment, part), object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # bad UTF-8 or JSON, or an integer literal over Python's digit limit
         raise MalformedToken(f"{part} is not JSON") from None
     if not isinstance(value, dict):
         raise MalformedToken(f"{part} is not a JSON object")

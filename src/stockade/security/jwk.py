@@ -143,8 +143,8 @@ def parse_jwk(doc: Mapping[str, Any], *, allow_private: bool = False) -> Jwk:
         return Jwk(kid, "EC", ekey, alg, str(crv))
     if kty == "OKP":
         crv = doc.get("crv")
-        raw = b64url_decode(str(doc.get("x", "")))
         try:
+            raw = b64url_decode(str(doc.get("x", "")))  # binascii.Error is a ValueError
             if crv == "Ed25519":
                 return Jwk(kid, "OKP", ed25519.Ed25519PublicKey.from_public_bytes(raw), alg, crv)
             if crv == "Ed448":

@@ -90,7 +90,13 @@ def new_id(prefix: str) -> str:
 
 def digest(pepper: bytes, secret: str | bytes) -> bytes:
     """HMAC-SHA256(pepper, secret): the raw keyed hash (the C one-shot; this is on the request path)."""
-    data = secret.encode("latin-1") if isinstance(secret, str) else secret
+    if isinstance(secret, str):
+        try:
+            data = secret.encode("latin-1")
+        except UnicodeEncodeError:  # never one of ours (they are ASCII), but a client may present anything
+            data = secret.encode("utf-8", "surrogatepass")
+    else:
+        data = secret
     return hmac.digest(pepper, data, "sha256")
 
 

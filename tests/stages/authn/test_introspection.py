@@ -106,8 +106,22 @@ def test_introspection_inactive_is_401_and_cached_briefly(idp: TestUpstream) -> 
         ({**ACTIVE, "iss": "other"}, {"issuer": "idp"}),
         ({**ACTIVE, "aud": ["x"]}, {"audiences": ["api"]}),
         ({"active": True}, {}),
+        # bound by a method the gateway cannot check (DPoP): refused, never taken as a plain bearer token
+        ({**ACTIVE, "cnf": {"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}}, {}),
+        ({**ACTIVE, "cnf": {"x5t#S256": None, "jkt": "x"}}, {}),
+        ({**ACTIVE, "cnf": "bound"}, {}),
     ],
-    ids=["active-string", "expired", "exp-string", "wrong-iss", "wrong-aud", "no-subject"],
+    ids=[
+        "active-string",
+        "expired",
+        "exp-string",
+        "wrong-iss",
+        "wrong-aud",
+        "no-subject",
+        "cnf-dpop",
+        "cnf-null-thumbprint",
+        "cnf-not-object",
+    ],
 )
 def test_introspection_rejects_unacceptable_answers(
     idp: TestUpstream, doc: dict[str, Any], over: dict[str, Any]

@@ -117,6 +117,13 @@ ATTACKS: list[tuple[str, Any, str]] = [
     ("sub-missing", lambda: IDP.token(sub=None), "jwt.bad_claim"),
     ("stripped-signature", lambda: IDP.token().rsplit(".", 1)[0] + ".", "jwt.malformed"),
     ("no-signature-segment", lambda: IDP.token().rsplit(".", 1)[0], "jwt.malformed"),
+    # Python refuses integer literals over 4300 digits with a plain ValueError: still malformed, never a 500
+    (
+        "huge-integer-claim",
+        lambda: raw_token({"alg": "ES256"}, '{"sub":"x","exp":' + "9" * 4301 + "}"),
+        "jwt.malformed",
+    ),
+    ("huge-integer-header", lambda: raw_token('{"alg":"ES256","x":' + "9" * 4301 + "}", IDP.claims()), "jwt.malformed"),
     ("modified-payload", lambda: tamper_payload(IDP.token()), "jwt.bad_signature"),
     (
         "signature-of-other-token",

@@ -19,7 +19,7 @@ from stockade.pipeline.phase import Phase
 from stockade.pipeline.principal import Principal
 from stockade.pipeline.stage import Stage, StageConfig, StageEnv
 from stockade.pipeline.verdict import Continue, Deny, Skip
-from stockade.security import keys
+from stockade.security import jose, keys
 from stockade.security.jwk import thumbprint_sha256
 from stockade.stages.authn.authorization import authorization, bearer_credential
 from stockade.stages.authn.jwt_config import _loopback
@@ -116,8 +116,11 @@ class IntrospectionAuthenticator:
 
     def _reuse(self, ctx: RequestContext, verdict: Continue | Deny, identity: str) -> Continue | Deny:
         if type(verdict) is Continue and verdict.principal is not None:
-            bound = verdict.principal.claims.get("cnf")
-            want = bound.get("x5t#S256") if isinstance(bound, dict) else None
+            try:
+                want = jose.bound_thumbprint(verdict.principal.claims)
+            except jose.BadClaim as exc:
+                detail = f"introspection: {exc.detail}"
+                return Deny(401, "auth.invalid_token", headers=self._invalid.headers, detail=detail)
             if want is not None and (ctx.peer_cert_der is None or thumbprint_sha256(ctx.peer_cert_der) != want):
                 return Deny(401, "auth.invalid_token", headers=self._invalid.headers, detail="introspection: cnf")
         if identity:

@@ -173,7 +173,7 @@ class JwtAuthenticator:
             client_id = claims.get("client_id")
             if isinstance(client_id, str) and client_id in self._revoked.disabled_clients:
                 raise jose.Revoked(f"client {client_id!r} was revoked")
-        cnf = _bound_thumbprint(claims)
+        cnf = jose.bound_thumbprint(claims)
         if cnf is not None and _thumbprint(ctx) != cnf:
             raise jose.CnfMismatch("token is bound to another client certificate (cnf.x5t#S256)")
         principal = Principal(
@@ -216,16 +216,6 @@ def _issuer(cfg: IssuerConfig, env: StageEnv) -> _Issuer:
 def _thumbprint(ctx: RequestContext) -> str | None:
     der = ctx.peer_cert_der
     return thumbprint_sha256(der) if der is not None else None
-
-
-def _bound_thumbprint(claims: Mapping[str, Any]) -> str | None:
-    cnf = claims.get("cnf")
-    if cnf is None:
-        return None
-    value = cnf.get("x5t#S256") if isinstance(cnf, dict) else None
-    if not isinstance(value, str):
-        raise jose.BadClaim("claim 'cnf' has no string x5t#S256 (unsupported confirmation method)")
-    return value
 
 
 def _scopes(claims: Mapping[str, Any]) -> frozenset[str]:
