@@ -187,6 +187,30 @@ def test_upstream_refusing_connections_gives_502(make_gateway: GatewayFactory) -
 
 
 @pytest.mark.parametrize(
+    "raw",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nX-Injected: 1\r\n\r\nINJECTED",
+        b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nINJECTED",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Le",
+    ],
+    ids=["second-response", "after-204", "partial-second-head"],
+)
+def test_bytes_after_the_upstream_response_are_never_forwarded(
+    gateway: TestGateway, upstream: TestUpstream, raw: bytes
+) -> None:
+    """An upstream that sends more than one response in a read would answer the client's next pipelined request
+    (or, kept in the pool, the next client's): 502, and the connection is not reused."""
+    upstream.reply("/api/extra", Reply(raw=raw))
+    with gateway.connect() as sock:
+        sock.sendall(b"GET /api/extra HTTP/1.1\r\nHost: a\r\n\r\nGET /api/second HTTP/1.1\r\nHost: a\r\n\r\n")
+        responses = read_responses(sock, 2)
+    assert [r[0] for r in responses] == [502, 200]
+    assert b"INJECTED" not in responses[1][2]
+    assert upstream.connections == 2  # the first connection was dropped, not pooled
+
+
+@pytest.mark.parametrize(
     ("raw", "expect"),
     [
         (b"NOT HTTP AT ALL\r\n\r\n", 502),

@@ -44,6 +44,9 @@ class _Decoder:
     def __init__(self, conn: UpstreamConnection) -> None:
         self.conn = conn
 
+    def on_message_begin(self) -> None:
+        self.conn.on_message_begin()
+
     def on_headers_complete(self) -> None:
         self.conn.on_headers_complete()
 
@@ -73,6 +76,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_sent = False
         self.head_done = False
         self.done = False
+        self.extra = False  # a message began after the response was complete (in the same read)
         self.reusable = False
         self.status = 0
         self.interim = 0
@@ -123,6 +127,13 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             user.upstream_failed("upstream.bad_response", f"invalid upstream response: {exc}")
             return
+        if self.extra:
+            # More bytes than the response: forwarded verbatim they would answer the client's next request, and
+            # kept they would answer the next client's. Nothing of this read goes on; the connection is dropped.
+            self.user = None
+            self.close()
+            user.upstream_failed("upstream.bad_response", "bytes after the end of the response")
+            return
         if not self.head_sent:
             if not self.head_done:
                 self.head_buf += data
@@ -167,6 +178,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- parser callbacks (verbatim mode: no on_body, so llhttp delivers no body callbacks at all) -------------
 
+    def on_message_begin(self) -> None:
+        if self.done:
+            self.extra = True
+
     def on_headers_complete(self) -> None:
         assert self.parser is not None  # noqa: S101
         status = self.parser.get_status_code()
@@ -202,7 +217,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.decode = decode
         self.head_only = head_only
         self.head_buf = b""
-        self.head_sent = self.head_done = self.done = self.received_any = self.reusable = False
+        self.head_sent = self.head_done = self.done = self.received_any = self.reusable = self.extra = False
         self.status = self.interim = self.skip_complete = 0
         self.decoded = []
 
