@@ -149,7 +149,9 @@ def test_bare_context_never_trusts_the_client_request_id() -> None:
     assert (ctx.path, ctx.client_ip, ctx.method) == ("", "192.0.2.9", "G\ufffdT")
 
 
-@pytest.mark.parametrize("host", ["bad host", "a:b:c", "x:999999"])
+@pytest.mark.parametrize(
+    "host", ["bad host", "a:b:c", "x:999999", ".admin.example.com", "admin..example.com", "admin.example.com..", "."]
+)
 def test_parse_host_rejects_malformed(host: str) -> None:
     assert parse_host(host.encode()) is None
 

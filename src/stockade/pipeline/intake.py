@@ -26,7 +26,9 @@ if TYPE_CHECKING:
     from stockade.runtime import CompiledRoute, Runtime
     from stockade.security.netaddr import NetSet
 
-_HOST = re.compile(rb"^(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9._-]*))(?::([0-9]{1,5}))?$")
+# Labels separated by single dots, one trailing dot allowed: `.admin.example.com` or `a..b` would otherwise
+# miss a host route written for the same name and reach another.
+_HOST = re.compile(rb"^(?:\[([0-9A-Fa-f:.]+)\]|((?:[A-Za-z0-9_-]+\.)*[A-Za-z0-9_-]+\.?|))(?::([0-9]{1,5}))?$")
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 _HOST_CACHE_MAX = 4096
 _host_cache: dict[bytes, str | None] = {}
