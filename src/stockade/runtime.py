@@ -44,6 +44,7 @@ class Runtime:
     services: Services
     decision_log: str = "stdout"  # stdout | stderr | off | an absolute path (resolved against the config's dir)
     tls: TlsContexts = field(default_factory=TlsContexts)  # listener and upstream contexts, loaded with the config
+    path_parameters: bool = False  # limits.path_parameters: ';' allowed in request paths
 
     @property
     def config(self) -> GatewayConfig:
@@ -113,7 +114,16 @@ def build_runtime(loaded: LoadedConfig, services: Services) -> Runtime:
             for r in config.routes
         ]
     )
-    return Runtime(loaded, router, routes, NetSet(config.trusted_proxies), services, decision_log=log_target, tls=tls)
+    return Runtime(
+        loaded,
+        router,
+        routes,
+        NetSet(config.trusted_proxies),
+        services,
+        decision_log=log_target,
+        tls=tls,
+        path_parameters=config.limits.path_parameters,
+    )
 
 
 def _decision_log_target(loaded: LoadedConfig, problems: list[str]) -> str:

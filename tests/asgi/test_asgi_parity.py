@@ -40,6 +40,7 @@ CASES = [
     pytest.param("GET", "/public/..;/admin", {}, id="path-dotdot-semicolon"),
     pytest.param("GET", "/public/%2e%2e/admin", {}, id="path-dotdot-resolved"),
     pytest.param("GET", "/public/%00", {}, id="path-nul"),
+    pytest.param("GET", "/admin;x/y", {}, id="path-parameter"),
     pytest.param("GET", "/boom", {}, id="stage-error"),
     pytest.param("GET", "/hookbug", {}, id="response-hook-error"),
     pytest.param("GET", "/shout/x", {}, id="response-body-hook"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from stockade.testing import TestGateway, TestUpstream
+from tests.conftest import GatewayFactory
 from tests.proxy.helpers import exchange, reason
 
 H = b"Host: a\r\n"
@@ -206,3 +207,25 @@ def test_head_just_under_the_limit_is_accepted(gateway: TestGateway) -> None:
     filler = b"X-Fill: " + b"a" * 15000 + b"\r\n"
     responses, _ = exchange(gateway, b"GET /api/x HTTP/1.1\r\nHost: a\r\n" + filler + b"Connection: close\r\n\r\n")
     assert [r[0] for r in responses] == [200]
+
+
+@pytest.mark.parametrize(
+    ("target", "allowed"),
+    [
+        ("/api/x;jsessionid=1", False),
+        ("/api;x/secret", False),  # Tomcat and Spring read /api/secret
+        ("/api/x%3Bv=1", False),  # encoded, the same after decoding
+        ("/api/x", True),
+    ],
+)
+def test_path_parameters_are_refused_unless_allowed(
+    make_gateway: GatewayFactory, upstream: TestUpstream, target: str, allowed: bool
+) -> None:
+    routes = "routes:\n  - id: r\n    match: {path: /**}\n    upstream: '{upstream}'\n    stages: [{use: anonymous}]\n"
+    strict = make_gateway(routes)
+    status, _, body = strict.request("GET", target)
+    assert status == (200 if allowed else 400)
+    if not allowed:
+        assert b"http.bad_path" in body
+    lenient = make_gateway("limits: {path_parameters: true}\n" + routes)
+    assert lenient.request("GET", target)[0] == 200

@@ -67,6 +67,10 @@ class Limits(Strict):
     send_timeout: Seconds = 60.0  # longest a response may wait for a client that does not read
     drain_timeout: Seconds = 30.0  # on SIGTERM, how long in-flight requests get to finish
     pipeline_timeout: Seconds = 10.0  # a stage awaiting I/O longer than this denies with 503
+    # ';' in a request path (RFC 3986 path parameters). Off, such a path is 400 http.bad_path, as Spring's
+    # StrictHttpFirewall: Tomcat, Spring and JAX-RS drop `;params` before matching, so `/admin;x/secret`, which
+    # the gateway routes as its own path, reaches them as `/admin/secret`. Turn on only if no upstream does that.
+    path_parameters: bool = False
     # A request body is received this far before forwarding (see Upstream.request_buffering); reads pause beyond it.
     buffer_bytes: Annotated[int, Field(ge=4 * KIB, le=64 * MIB)] = 64 * KIB
 

@@ -170,6 +170,8 @@ def route_request(runtime: Runtime, ctx: RequestContext) -> CompiledRoute | Deny
 
     A denial is recorded on `ctx` (stage "router"); a 405 carries the `Allow` header.
     """
+    if ";" in ctx.path and not runtime.path_parameters:
+        return Pipeline.deny(ctx, "http", Deny(400, "http.bad_path", detail="';' in path (limits.path_parameters)"))
     match = runtime.router.match(ctx.host, ctx.path, ctx.method)
     if type(match) is NoRoute:
         if match.status == 405:

@@ -235,7 +235,7 @@ class ClientConnection(asyncio.Protocol):
             lname = name.lower()
             kind = REQUEST_HEADER_CLASS.get(lname)
             if kind is None:
-                if lname.startswith(IDENTITY_PREFIX_BYTES) or is_underscore_alias(lname):
+                if lname.startswith(IDENTITY_PREFIX_BYTES) or (b"_" in lname and is_underscore_alias(lname)):
                     return  # never forward a client's claim to be the gateway (in any spelling)
                 if lname == b"content-length":
                     head.content_length = int(value)
