@@ -17,6 +17,7 @@ def test_routes_are_generated_one_per_path_and_pass_config_check() -> None:
     result = CliRunner().invoke(cli, ["openapi", "routes", str(SPECS / "shop.yaml"), "--spec-path", "shop.yaml"])
     assert result.exit_code == 0, result.output
     loaded = load_config_text(result.output, base_dir=SPECS, env={})
+    assert loaded.config.limits.path_parameters is True  # the spec has matrix-style path parameters
     routes = {r.id: r for r in loaded.config.routes}
     assert len(routes) == 8
     assert routes["inventory.sku"].match.path == "/api/*/inventory/{sku}"  # servers /api/v1 and /api/v2

@@ -78,6 +78,15 @@ class Spec:
         refs = [self.schemas.convert(at.child(name), "response_open", close=False) for name in schemas]
         self.schemas.validator({"anyOf": refs}, "response_open", at)
 
+    def matrix_parameter(self) -> str | None:
+        """Where the spec first takes a matrix-style path parameter (`operationId (pointer)`), or None: such
+        paths carry ';', which the gateway refuses unless `limits.path_parameters` allows it."""
+        for op in self.operations:
+            for p in op.params.get("path", ()):
+                if p.style == "matrix":
+                    return f"{op.operation_id} ({p.pointer})"
+        return None
+
     def match(self, path: str, method: str) -> tuple[Operation, dict[str, str]] | None:
         """The operation for a request path (as routed: decoded, normalised) and method, with path values."""
         method = method.lower()

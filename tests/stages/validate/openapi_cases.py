@@ -13,6 +13,7 @@ SPECS = Path(__file__).resolve().parents[2] / "openapi" / "specs"
 DEMO_SPEC = Path(__file__).resolve().parents[3] / "examples" / "demo" / "openapi.yaml"  # the demo API's own
 
 CONFIG = """
+limits: {path_parameters: true}  # the shop spec has matrix-style path parameters
 routes:
   - id: api
     match: {path: "/**"}

@@ -15,6 +15,7 @@ SPECS = Path(__file__).resolve().parents[2] / "openapi" / "specs"
 OWNER = "/v1/owners/9b2f3c1e-8d4a-4b6e-9f0a-1c2d3e4f5a6b"
 
 CONFIG = """
+limits: {path_parameters: true}  # shop.yaml has matrix-style path parameters
 routes:
   - id: pets
     match: {path: "/v1/**"}

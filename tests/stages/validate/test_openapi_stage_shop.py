@@ -245,3 +245,19 @@ def test_openapi_strict_mode_through_discriminators_and_files(
 @pytest.mark.parametrize("case", SHOP_CASES.values(), ids=SHOP_CASES.keys())
 def test_openapi_shop_spec(shop: tuple[TestGateway, TestUpstream], case: Case) -> None:
     run_case(shop, case)
+
+
+def test_matrix_path_parameters_need_path_parameters_allowed() -> None:
+    """Matrix-style path parameters put ';' in paths, which the gateway refuses by default: a config error that
+    names the route, the stage and the operation, instead of a spec whose operations always answer 400."""
+    from stockade.errors import ConfigError
+    from stockade.testing import gateway_with_upstream
+
+    from .openapi_cases import CONFIG, SPECS
+
+    config = CONFIG.replace("limits: {path_parameters: true}", "") % ("shop.yaml", "false")
+    with pytest.raises(ConfigError) as caught, gateway_with_upstream(config, base_dir=SPECS):
+        pass
+    message = str(caught.value)
+    assert "route 'api'" in message and "stage 'openapi'" in message
+    assert "getStore" in message and "limits.path_parameters" in message

@@ -57,6 +57,12 @@ class OpenApiStage:
             path = env.base_dir / path
         options = Options(strict=config.strict, responses=config.responses != "off", base_path=config.base_path)
         self.spec: Spec = load_spec(path, options, env.services.shared)
+        gateway = env.services.config
+        if gateway is not None and not gateway.limits.path_parameters and (where := self.spec.matrix_parameter()):
+            raise ValueError(
+                f"{where} is a matrix-style path parameter: paths with ';' are refused unless "
+                "`limits.path_parameters: true`"
+            )
         self.strict = config.strict
         self.monitor_requests = config.requests == "monitor"
         self.monitor_unknown = config.unknown_operations == "monitor"
