@@ -326,3 +326,26 @@ def test_jwt_certificate_bound_token() -> None:
         ctx.peer_cert_der = other
         verdict = run_stage(stage, ctx)  # the cached entry must not bypass the binding
         assert isinstance(verdict, Deny) and verdict.detail.startswith("jwt.cnf_mismatch")
+
+
+def test_cached_token_remembers_the_key_set_that_verified_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the issuer's key set is replaced while a verification awaits (the revocation list, say), the cache
+    entry must hold the set that verified the token, so the next request sees the rotation and re-verifies."""
+    from stockade.security.jwks import KeySet
+
+    clock = FakeClock()
+    stage = make_stage(clock)
+    source = stage._issuers[ISS].source
+    verified_with = source.keys
+    assert verified_with is not None
+
+    async def current_then_rotated(now: float) -> KeySet | None:
+        source.keys = KeySet(verified_with.keys, "rotated")  # another object: a refresh replaced it meanwhile
+        return verified_with
+
+    monkeypatch.setattr(source, "current", current_then_rotated)
+    token = IDP.token("rsa-1")
+    assert isinstance(check(stage, token, clock), Continue)
+    entry = stage._cache[f"Bearer {token}"]
+    assert entry.keys is verified_with
+    assert entry.keys is not source.keys  # so the next hit is not served from the cache

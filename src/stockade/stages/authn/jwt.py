@@ -18,7 +18,7 @@ from stockade.pipeline.principal import Principal
 from stockade.pipeline.stage import Stage, StageConfig, StageEnv
 from stockade.pipeline.verdict import Continue, Deny, Skip
 from stockade.security import jose
-from stockade.security.jwk import Jwk, thumbprint_sha256
+from stockade.security.jwk import thumbprint_sha256
 from stockade.security.jwks import KeySet, StaticKeys, fetcher_for
 from stockade.stages.authn.authorization import authorization, bearer_credential
 from stockade.stages.authn.jwt_config import IssuerConfig, JwtConfig
@@ -52,11 +52,13 @@ class _Entry:
 
     __slots__ = ("client_id", "cnf", "exp_limit", "identity", "jti", "keys", "source", "verdict")
 
-    def __init__(self, verdict: Continue, exp_limit: float, source: KeySource, identity: str) -> None:
+    def __init__(self, verdict: Continue, exp_limit: float, source: KeySource, keys: KeySet, identity: str) -> None:
         self.verdict = verdict
         self.exp_limit = exp_limit
         self.source = source
-        self.keys = source.keys  # a rotated key set (new object) sends the token back through full verification
+        # The key set that verified the token (not the source's current one, which may have been replaced while
+        # the revocation list was awaited): a rotated set (new object) sends the token back through verification.
+        self.keys = keys
         self.identity = identity
         self.jti: str | None = None  # set only where revocation is honoured
         self.client_id: str | None = None
@@ -138,19 +140,19 @@ class JwtAuthenticator:
             if keys is None:
                 return Deny(503, "auth.unavailable", detail=f"no usable key set for issuer {iss!r}")
             try:
-                key = jose.verify_signature(parsed, alg, keys.find)
+                jose.verify_signature(parsed, alg, keys.find)
             except jose.UnknownKid:
                 if not await issuer.source.refetch(now) or issuer.source.keys is None:
                     raise
                 keys = issuer.source.keys
-                key = jose.verify_signature(parsed, alg, keys.find)
+                jose.verify_signature(parsed, alg, keys.find)
             exp = jose.check_claims(parsed.claims, issuer.policy, now)
             if issuer.revocation and self._revoked is not None:
                 try:
                     await self._revoked.ensure_fresh()
                 except StorageError:  # a revocation list we cannot trust fails closed
                     return Deny(503, "auth.unavailable", detail="revocation list unavailable")
-            entry = self._accept(ctx, parsed.claims, issuer, key, exp)
+            entry = self._accept(ctx, parsed.claims, issuer, keys, exp)
         except jose.JoseError as exc:
             return Deny(401, "auth.invalid_token", headers=self._invalid, detail=_detail(exc, iss, kid))
         if self._cache_size:
@@ -160,7 +162,7 @@ class JwtAuthenticator:
         ctx.state[AUTH_IDENTITY] = entry.identity
         return entry.verdict
 
-    def _accept(self, ctx: RequestContext, claims: dict[str, Any], issuer: _Issuer, key: Jwk, exp: float) -> _Entry:
+    def _accept(self, ctx: RequestContext, claims: dict[str, Any], issuer: _Issuer, keys: KeySet, exp: float) -> _Entry:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub:
             raise jose.BadClaim("claim 'sub' missing or not a string")
@@ -185,7 +187,7 @@ class JwtAuthenticator:
             claims=MappingProxyType(claims),
         )
         identity = hashlib.sha256(f"{issuer.policy.issuer}\x00{sub}".encode()).hexdigest()[:32]
-        entry = _Entry(Continue(principal=principal), exp + issuer.policy.leeway, issuer.source, identity)
+        entry = _Entry(Continue(principal=principal), exp + issuer.policy.leeway, issuer.source, keys, identity)
         entry.jti = jti if issuer.revocation and isinstance(jti, str) else None
         client_id = claims.get("client_id")
         entry.client_id = client_id if isinstance(client_id, str) else None
