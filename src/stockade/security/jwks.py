@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from stockade.clock import Clock
+from stockade.security.fetch import bounded_body
 from stockade.security.jwk import Jwk, JwkError, parse_jwk
 
 log = logging.getLogger("stockade.jwks")
@@ -196,17 +197,10 @@ class JwksFetcher:
                         continue
                     if resp.status_code != 200:
                         raise JwksError(f"HTTP {resp.status_code}")
-                    declared = resp.headers.get("content-length")
-                    if declared is not None and declared.isdigit() and int(declared) > self.policy.max_bytes:
+                    body = await bounded_body(resp, self.policy.max_bytes)
+                    if body is None:
                         raise JwksError(f"document larger than {self.policy.max_bytes} bytes")
-                    chunks: list[bytes] = []
-                    size = 0
-                    async for chunk in resp.aiter_bytes():
-                        size += len(chunk)
-                        if size > self.policy.max_bytes:
-                            raise JwksError(f"document larger than {self.policy.max_bytes} bytes")
-                        chunks.append(chunk)
-                    return b"".join(chunks), _max_age(resp.headers.get("cache-control", ""))
+                    return body, _max_age(resp.headers.get("cache-control", ""))
         raise JwksError(f"more than {MAX_REDIRECTS} redirects")
 
 

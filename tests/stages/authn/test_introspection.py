@@ -134,8 +134,19 @@ def test_introspection_rejects_unacceptable_answers(
 
 @pytest.mark.parametrize(
     "reply",
-    [Reply(500, [], b"oops"), Reply(200, [], b"not json"), Reply(200, [], b"[1]")],
-    ids=["http-500", "not-json", "not-object"],
+    [
+        Reply(500, [], b"oops"),
+        Reply(200, [], b"not json"),
+        Reply(200, [], b"[1]"),
+        # over 64 KiB, declared or not: refused as it arrives, never read whole
+        Reply(200, [], json.dumps({**ACTIVE, "pad": "x" * 70000}).encode()),
+        Reply(
+            raw=b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"".join(b"%x\r\n%s\r\n" % (4096, b" " * 4096) for _ in range(20))
+            + b"0\r\n\r\n"
+        ),
+    ],
+    ids=["http-500", "not-json", "not-object", "too-large", "too-large-chunked"],
 )
 def test_introspection_endpoint_failure_fails_closed_and_is_not_cached(idp: TestUpstream, reply: Reply) -> None:
     clock = FakeClock()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import json
 import logging
 import os
 from collections import OrderedDict
@@ -20,6 +21,7 @@ from stockade.pipeline.principal import Principal
 from stockade.pipeline.stage import Stage, StageConfig, StageEnv
 from stockade.pipeline.verdict import Continue, Deny, Skip
 from stockade.security import jose, keys
+from stockade.security.fetch import bounded_body
 from stockade.security.jwk import thumbprint_sha256
 from stockade.stages.authn.authorization import authorization, bearer_credential
 from stockade.stages.authn.jwt_config import _loopback
@@ -178,12 +180,14 @@ class IntrospectionAuthenticator:
             auth = (quote(cfg.client_id, safe=""), quote(self._secret, safe=""))
         try:
             client = self._client(httpx)
-            resp = await client.post(cfg.endpoint, data=form, auth=auth, headers={"accept": "application/json"})
-            if resp.status_code != 200:
-                raise ValueError(f"HTTP {resp.status_code}")
-            if len(resp.content) > _MAX_RESPONSE:
+            headers = {"accept": "application/json"}
+            async with client.stream("POST", cfg.endpoint, data=form, auth=auth, headers=headers) as resp:
+                if resp.status_code != 200:
+                    raise ValueError(f"HTTP {resp.status_code}")
+                body = await bounded_body(resp, _MAX_RESPONSE)  # read no more than that from the endpoint
+            if body is None:
                 raise ValueError("response too large")
-            doc = resp.json()
+            doc = json.loads(body)
             if not isinstance(doc, dict):
                 raise ValueError("response is not a JSON object")
             return doc
