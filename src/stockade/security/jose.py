@@ -192,7 +192,9 @@ def _json_object(segment: str, part: str) -> dict[str, Any]:
 
 def _b64(segment: str, part: str) -> bytes:
     # Strict: the URL-safe alphabet only, no padding, and canonical (no stray bits in the last character), so
-    # exactly one string encodes each token and the verified-token cache cannot be sidestepped by re-encoding.
+    # exactly one string encodes each header, payload and signature: the verified-token cache cannot be
+    # sidestepped by re-encoding. (An ECDSA signature (r, s) has a twin (r, n - s) that verifies too; that only
+    # costs a second verification, and JWS does not require low-s, so both are accepted.)
     if not _SEGMENT.match(segment) or len(segment) % 4 == 1:
         raise MalformedToken(f"{part} is not unpadded base64url")
     data = b64url_decode(segment)
