@@ -273,3 +273,30 @@ def test_token_jwks_and_metadata_are_published(env: tuple[TestGateway, TestUpstr
     assert meta["token_endpoint"] == ISSUER + "/oauth2/token" and meta["jwks_uri"] == ISSUER + "/.well-known/jwks.json"
     assert meta["grant_types_supported"] == ["client_credentials"]
     assert "private_key_jwt" in meta["token_endpoint_auth_methods_supported"]
+
+
+@pytest.mark.parametrize("how", ["basic", "form"])
+def test_a_client_that_swaps_id_and_secret_does_not_put_the_secret_in_the_log(tmp_path: Path, how: str) -> None:
+    bg = BackgroundLoop()
+    log_path = tmp_path / "decisions.log"
+    try:
+        with TestUpstream(bg) as up:
+            config = write_config(tmp_path, up.url)
+            with TestGateway(config.read_text(), loop=bg, base_dir=tmp_path, log_path=log_path) as gw:
+                client_id, secret = create_client(config, "--name", "swapped", "--scopes", "books:read")
+                assert secret is not None
+                form = {"grant_type": "client_credentials"}
+                if how == "basic":
+                    status, _, doc = post_form(gw, "/oauth2/token", form, basic(secret, client_id))
+                else:
+                    form |= {"client_id": secret, "client_secret": client_id}
+                    status, _, doc = post_form(gw, "/oauth2/token", form, {})
+                assert (status, doc["error"]) == (401, "invalid_client")
+                gw.flush_log()
+    finally:
+        bg.stop()
+    logged = log_path.read_text()
+    (line,) = [json.loads(raw) for raw in logged.splitlines() if '"/oauth2/token"' in raw]
+    assert line["status"] == 401 and "characters, fingerprint" in line["detail"]  # the refusal, id not shown
+    assert secret not in logged
+    assert secret[:24] not in logged

@@ -117,9 +117,25 @@ def test_storage_from_url_rejects(url: str, message: str) -> None:
         storage_from_url(url)
 
 
-def test_mask_url_hides_password() -> None:
-    assert mask_url("postgresql://u:secret@h:5432/db") == "postgresql://u:***@h:5432/db"
-    assert mask_url("postgresql://u@h/db") == "postgresql://u@h/db"
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("postgresql://u:secret@h:5432/db", "postgresql://u:***@h:5432/db"),
+        ("postgresql://u@h/db", "postgresql://u@h/db"),
+        # libpq's documented query parameter
+        ("postgresql://u@h/db?password=SECRET&sslmode=require", "postgresql://u@h/db?password=***&sslmode=require"),
+        ("postgresql://u@h/db?sslmode=require&PASSWORD=SECRET", "postgresql://u@h/db?sslmode=require&PASSWORD=***"),
+        # libpq takes these unencoded in a password; urlsplit reads '#' as a fragment and '/' as the path
+        ("postgresql://u:pa#SECRET@h:5432/db?x=1", "postgresql://u:***@h:5432/db?x=1"),
+        ("postgresql://u:pa/SECRET@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://u:pa@SECRET@h/db", "postgresql://u:***@h/db"),
+        ("redis://:SECRET@h:6379/0", "redis://:***@h:6379/0"),
+        ("sqlite:///.stockade/stockade.db", "sqlite:///.stockade/stockade.db"),
+    ],
+)
+def test_mask_url_hides_password(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+    assert "SECRET" not in mask_url(url)
 
 
 def test_postgres_unreachable_is_a_storage_error() -> None:

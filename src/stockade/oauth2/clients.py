@@ -14,7 +14,7 @@ from urllib.parse import unquote_plus
 
 from stockade.security import jose
 from stockade.security.jwks import JwksError, KeySet, parse_jwks
-from stockade.security.keys import fingerprint
+from stockade.security.keys import fingerprint, shown_id
 from stockade.storage.base import NotFoundError
 from stockade.storage.records import OAuthClient
 
@@ -141,7 +141,7 @@ class ClientAuthenticator:
         stored = client.secret_hash if client is not None and client.auth_method in SECRET_METHODS else None
         ok = verify_secret(self.pepper, secret, stored or _DUMMY_HASH)  # same work whether or not the client exists
         if client is None or stored is None or not ok:
-            raise invalid_client(basic, f"client {client_id[:64]!r}: unknown, disabled, wrong method or bad secret")
+            raise invalid_client(basic, f"client {shown_id(client_id)}: unknown, disabled, wrong method or bad secret")
         return client
 
     async def _assertion_client(self, form: dict[str, str]) -> OAuthClient:
@@ -157,7 +157,7 @@ class ClientAuthenticator:
             raise OAuthError("invalid_request", "client_id differs from the assertion's subject")
         client = await self._load(client_id, False)
         if client is None or client.auth_method != "private_key_jwt" or not client.jwks:
-            raise invalid_client(False, f"client {client_id[:64]!r}: unknown, disabled or not private_key_jwt")
+            raise invalid_client(False, f"client {shown_id(client_id)}: unknown, disabled or not private_key_jwt")
         policy = jose.IssuerPolicy(
             issuer=client_id,  # RFC 7523 §3: iss and sub are both the client_id
             audiences=self.assertion_audiences,

@@ -27,6 +27,7 @@ SCANNER_PATTERN = rf"\b{PREFIX}_{ENV_PATTERN}_[0-9A-Za-z]{{{RANDOM_CHARS + CHECK
 
 _KEY = re.compile(rf"{PREFIX}_({ENV_PATTERN})_([0-9A-Za-z]{{{RANDOM_CHARS}}})([0-9A-Za-z]{{{CHECKSUM_CHARS}}})")
 _ENV = re.compile(ENV_PATTERN)
+_PUBLIC_ID = re.compile(rf"[a-z]{{1,8}}_[0-9A-Za-z]{{{ID_CHARS}}}")
 
 
 class KeyFormatError(ValueError):
@@ -81,6 +82,15 @@ def parse(value: str, *, env: str | None = None) -> ParsedKey:
     if env is not None and m.group(1) != env:
         raise KeyFormatError("env")
     return ParsedKey(m.group(1), m.group(2))
+
+
+def shown_id(value: str) -> str:
+    """A presented identifier as logs may show it: quoted as is if it has the shape of a public id (`cl_...`),
+    else only its length and a fingerprint - a client that swapped its id and its secret must not put the
+    secret into the decision log."""
+    if _PUBLIC_ID.fullmatch(value):
+        return repr(value)
+    return f"<{len(value)} characters, fingerprint {fingerprint(value.encode('utf-8', 'surrogatepass')).hex()[:12]}>"
 
 
 def new_id(prefix: str) -> str:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, cast
-from urllib.parse import urlsplit, urlunsplit
 
 from stockade.errors import StorageError
 from stockade.storage.base import ConflictError, NotFoundError, Store
@@ -43,13 +43,22 @@ def scheme_of(url: str) -> str:
 
 
 def mask_url(url: str) -> str:
-    """The URL with any password replaced, for logs and messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """The URL with any password replaced, for logs and messages: the one in the userinfo (found by the last
+    `@` before the query, since libpq takes `#`, `/` or `@` unencoded in a password where urlsplit would not)
+    and a `password=` query parameter (libpq's documented alternative)."""
+    head, sep, rest = url.partition("://")
+    if not sep:
         return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = (parts.username or "") + ":***"
-    return urlunsplit(parts._replace(netloc=f"{user}@{netloc[-1]}"))
+    query_at = rest.find("?")
+    cut = rest.rfind("@", 0, query_at if query_at >= 0 else len(rest))
+    if cut >= 0:
+        user, colon, _ = rest[:cut].partition(":")
+        if colon:
+            rest = f"{user}:***{rest[cut:]}"
+    return head + sep + _PASSWORD_PARAM.sub(r"\1***", rest)
+
+
+_PASSWORD_PARAM = re.compile(r"(?i)([?&](?:password|sslpassword)=)[^&]*")
 
 
 def check_url(url: str) -> str | None:
