@@ -69,6 +69,11 @@ ROLE_TABLE = [
     ("GET", "/admin/tokens", None, {"viewer": 403, "operator": 403, "admin": 200}),
     ("POST", "/admin/tokens", {"role": "viewer", "name": "x"}, {"viewer": 403, "operator": 403, "admin": 201}),
     ("DELETE", "/consumers/nobody", None, {"viewer": 403, "operator": 404, "admin": 404}),
+    # HEAD runs the GET handler: it needs GET's role (it once fell back to viewer)
+    ("HEAD", "/admin/tokens", None, {"viewer": 403, "operator": 403, "admin": 200}),
+    ("HEAD", "/consumers", None, {"viewer": 200, "operator": 200, "admin": 200}),
+    # a method the path does not declare needs the path's strictest role before it can learn anything
+    ("PUT", "/admin/tokens", None, {"viewer": 403, "operator": 403, "admin": 405}),
 ]
 
 

@@ -68,8 +68,14 @@ class AdminAuth:
         ]
 
     def _required(self, path: str, method: str) -> int:
-        """The minimum role rank: the strictest matching endpoint (unmatched paths fall through to a 404)."""
+        """The minimum role rank: the strictest matching endpoint (unmatched paths fall through to a 404). HEAD
+        is GET (Starlette serves it with the GET handler), and any other method a path does not declare needs
+        the strictest role of that path: a method the table does not name must never lower the bar."""
+        if method == "HEAD":
+            method = "GET"
         ranks = [rank for rx, methods, rank in self.routes if rx.match(path) and method in methods]
+        if not ranks:
+            ranks = [rank for rx, _, rank in self.routes if rx.match(path)]
         return max(ranks) if ranks else ROLE_RANK["viewer"]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
