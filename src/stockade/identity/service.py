@@ -164,7 +164,11 @@ class IdentityService:
         now = self.clock.time()
         if old.status(now) != "active":
             raise InvalidInput(f"API key {old.id} is {old.status(now)}; only an active key can be rotated")
-        ttl = old.expires_at - old.created_at if old.expires_at is not None and old.rotated_to is None else None
+        if old.rotated_to is not None:
+            # Still valid for its overlap, but it has a successor: a second one would fork the chain (and the
+            # old expires_at, shortened to the overlap, no longer says how long a key of this line may live).
+            raise InvalidInput(f"API key {old.id} was already rotated to {old.rotated_to}; rotate that key instead")
+        ttl = old.expires_at - old.created_at if old.expires_at is not None else None
         record, secret = self._new_key(old.consumer_id, old.scopes, ttl, old.env, old.name)
         await self.store.rotate_api_key(old.id, record, old_expires_at=now + overlap, actor=self.actor, at=now)
         return Issued(record, secret)

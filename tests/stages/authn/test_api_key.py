@@ -165,6 +165,21 @@ def test_api_key_rotation_overlap_then_old_key_expires(tmp_path: Path) -> None:
         assert env.get(X_API_Key=new.secret)[0] == 200
 
 
+def test_a_rotated_key_cannot_be_rotated_again_and_its_successor_keeps_the_lifetime(tmp_path: Path) -> None:
+    """Rotating a key still in its overlap once issued a second successor that never expired."""
+    from stockade.identity.service import InvalidInput
+
+    with keyed_gateway(tmp_path) as env:
+        old = env.issue(ttl=3600)
+        new = env.run(env.service.rotate_key(old.record.id, overlap=600))
+        assert new.record.expires_at is not None
+        assert new.record.expires_at - new.record.created_at == pytest.approx(3600)
+        with pytest.raises(InvalidInput, match="already rotated"):
+            env.run(env.service.rotate_key(old.record.id))
+        again = env.run(env.service.rotate_key(new.record.id, overlap=0))  # the successor can be rotated
+        assert again.record.expires_at is not None
+
+
 def test_api_key_last_used_written_in_one_batch_off_the_request_path(tmp_path: Path) -> None:
     with keyed_gateway(tmp_path) as env:
         a, b = env.issue(), env.issue()
