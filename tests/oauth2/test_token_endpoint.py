@@ -300,3 +300,11 @@ def test_a_client_that_swaps_id_and_secret_does_not_put_the_secret_in_the_log(tm
     assert line["status"] == 401 and "characters, fingerprint" in line["detail"]  # the refusal, id not shown
     assert secret not in logged
     assert secret[:24] not in logged
+
+
+@pytest.mark.parametrize("name", ["two\nlines", "esc\x1b[31m", "", "x" * 129])
+def test_client_names_are_printable_lines(name: str) -> None:
+    from stockade.oauth2.clients import new_client
+
+    with pytest.raises(ValueError, match="printable"):
+        new_client(name=name, scopes=["a"], auth_method="client_secret_basic", pepper=b"p" * 32, now=0.0)

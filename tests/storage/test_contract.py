@@ -295,3 +295,15 @@ def test_change_feed_prune_truncates_only_laggards(store: Store) -> None:
     current = run(store.changes_since(first))
     assert not current.truncated and [c.ref for c in current.changes] == ["con_bob"]
     assert len(run(store.list_admin_changes())) == 2  # pruning the feed keeps the admin log
+
+
+@pytest.mark.parametrize("value", ["cl_\x00x", "\x00", "alice\x00"])
+def test_a_lookup_by_a_value_with_nul_finds_nothing(store: Store, value: str) -> None:
+    """PostgreSQL cannot hold NUL in text and raised on the lookup (a 500 at the token endpoint); on every
+    backend such a value names no record."""
+    run(store.create_consumer(consumer(), actor="t", at=T0))
+    for lookup in (store.get_client(value), store.get_consumer(value), store.get_api_key(value)):
+        with pytest.raises(NotFoundError):
+            run(lookup)
+    assert run(store.find_api_key(value)) is None
+    assert run(store.find_admin_token(value)) is None

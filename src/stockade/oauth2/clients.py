@@ -69,6 +69,8 @@ def new_client(
 
     if auth_method not in SUPPORTED_METHODS:
         raise ValueError(f"auth method must be one of {', '.join(SUPPORTED_METHODS)}")
+    if not name or len(name) > 128 or not name.isprintable():  # listings print it: no newlines, no escapes
+        raise ValueError("client name must be 1-128 printable characters")
     secret: str | None = None
     secret_hash: str | None = None
     if auth_method in SECRET_METHODS:

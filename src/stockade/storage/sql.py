@@ -64,18 +64,31 @@ class Tx:
         self._dialect = dialect
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        if _has_nul(params):
+            raise StorageError("a value holds a NUL character")  # inputs are checked before they are stored
         if self._dialect.placeholder != "?":
             sql = sql.replace("?", self._dialect.placeholder)
         self._cur.execute(sql, tuple(params))
 
+    # A lookup by a value with NUL finds nothing, on every backend: PostgreSQL cannot even hold NUL in text (it
+    # would raise), and nothing stored holds one. So a client_id of "cl\x00x" is "not found", not an error.
+
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        if _has_nul(params):
+            return []
         self.execute(sql, params)
         return list(self._cur.fetchall())
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        if _has_nul(params):
+            return None
         self.execute(sql, params)
         row: Row | None = self._cur.fetchone()
         return row
+
+
+def _has_nul(params: Sequence[Any]) -> bool:
+    return any(type(p) is str and "\x00" in p for p in params)
 
 
 class SqlEngine:
