@@ -145,3 +145,36 @@ def test_admin_key_lifecycle_and_change_log_names_the_token(admin: Admin) -> Non
 def test_admin_bad_input_is_a_precise_4xx(admin: Admin, method: str, path: str, body: Any, status: int) -> None:
     got, doc, _ = admin.call(method, path, admin.tokens["operator"], body)
     assert got == status and doc["reason"].startswith("admin.")
+
+
+@pytest.mark.parametrize("path", ["/consumers", "/clients", "/lockouts/clear"])
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_admin_bodies_are_limited_however_they_are_framed(admin: Admin, path: str, chunked: bool) -> None:
+    """The 64 KiB limit was checked on Content-Length only: a chunked body of any size was read and stored."""
+    body = orjson.dumps({"name": "x" * 70_000})
+    conn = http.client.HTTPConnection("127.0.0.1", admin.port, timeout=10)
+    headers = {"Authorization": f"Bearer {admin.tokens['admin']}", "Content-Type": "application/json"}
+    if chunked:
+        conn.request("POST", path, body=iter([body[:30_000], body[30_000:]]), headers=headers, encode_chunked=True)
+    else:
+        conn.request("POST", path, body=body, headers=headers)
+    resp = conn.getresponse()
+    doc = orjson.loads(resp.read())
+    conn.close()
+    assert (resp.status, doc["reason"]) == (413, "admin.body_too_large")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/clients", {"name": "c", "consumer_id": "con_nope"}),
+        ("POST", "/clients", {"name": "c", "consumer_id": 5}),
+        ("POST", "/clients", {"name": "c", "auth_method": "private_key_jwt", "jwks": [1, 2]}),
+        ("POST", "/clients", {"name": "c", "auth_method": "private_key_jwt", "jwks": "x"}),
+        ("GET", "/admin/changes?before=99999999999999999999", None),
+        ("GET", "/admin/changes?before=-1", None),
+    ],
+)
+def test_admin_bad_input_is_400_not_500(admin: Admin, method: str, path: str, body: Any) -> None:
+    status, _, _ = admin.call(method, path, admin.tokens["admin"], body)
+    assert status == 400

@@ -26,7 +26,7 @@ from stockade.storage import shared_store
 if TYPE_CHECKING:
     from re import Pattern
 
-    from starlette.types import ASGIApp, Receive, Scope, Send
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
     from stockade.pipeline.stage import Services
     from stockade.storage.records import AdminToken
@@ -108,7 +108,45 @@ class AdminAuth:
         state: dict[str, Any] = scope.setdefault("state", {})
         state["admin_actor"] = f"admin-token:{found.id} ({found.name})"
         state["admin_role"] = found.role
-        await self.app(scope, receive, send)
+        body = await _bounded_body(receive, MAX_BODY)  # however it is framed (Content-Length or chunked)
+        if body is None:
+            await _problem(send, 413, "admin.body_too_large")
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+
+MAX_BODY = 64 * 1024  # admin request bodies are small JSON documents
+
+
+async def _bounded_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, or None as soon as it exceeds `limit` (the rest is never read)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break  # the client went away: the handler sees an empty body and its disconnect
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 def middleware(state: AdminState, endpoints: list[AdminEndpoint]) -> Middleware:

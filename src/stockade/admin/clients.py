@@ -54,6 +54,8 @@ def endpoints(state: AdminState) -> list[AdminEndpoint]:
             or method not in SUPPORTED_METHODS
         ):
             return JSONResponse({"error": "scopes must be a list of strings; auth_method a supported one"}, 400)
+        if not isinstance(doc.get("consumer_id", ""), str) or not isinstance(doc.get("jwks", {}), dict):
+            return JSONResponse({"error": "consumer_id must be a string and jwks a JWK Set object"}, 400)
         now = services.clock.time()
         try:
             client, secret = new_client(
@@ -67,7 +69,10 @@ def endpoints(state: AdminState) -> list[AdminEndpoint]:
             )
         except ValueError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
-        await shared_store(services).create_client(client, actor=_actor(request), at=now)
+        try:
+            await shared_store(services).create_client(client, actor=_actor(request), at=now)
+        except NotFoundError:
+            return JSONResponse({"error": "consumer_id names no consumer"}, status_code=400)
         body = _public(client) | ({"client_secret": secret} if secret else {})
         return JSONResponse(body, status_code=201, headers={"cache-control": "no-store"})
 

@@ -23,7 +23,6 @@ from stockade.storage import shared_store
 from stockade.storage.base import ConflictError, NotFoundError
 from stockade.storage.records import AdminChange, AdminToken, ApiKey, Consumer
 
-MAX_BODY = 64 * 1024
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -40,8 +39,6 @@ def _errors(fn: Callable[[Request, IdentityService], Awaitable[Response]]) -> Ha
         services = request.app.state.admin.services
         actor = request.scope.get("state", {}).get("admin_actor", "admin-token:unknown")
         try:
-            if int(request.headers.get("content-length") or 0) > MAX_BODY:
-                return _problem(413, "admin.body_too_large")
             service = IdentityService(shared_store(services), shared_secrets(services).pepper, services.clock, actor)
             return await fn(request, service)
         except (InvalidInput, ValueError) as exc:
@@ -233,6 +230,8 @@ async def list_changes(request: Request, s: IdentityService) -> Response:
         before_seq = int(before) if before is not None else None
     except ValueError:
         raise InvalidInput("`limit` and `before` must be integers") from None
+    if before_seq is not None and not 0 <= before_seq < 2**63:
+        raise InvalidInput("`before` must be a change number")
     changes = await s.store.list_admin_changes(limit=limit, before_seq=before_seq)
     return JSONResponse({"changes": [change_doc(c) for c in changes]})
 
