@@ -119,3 +119,21 @@ def test_admin_token_create_and_change_log_names_the_cli_user(config: Path) -> N
     assert "role=operator" in tokens and token not in tokens
     changes = invoke("--config", str(config), "admin", "changes").stdout
     assert "admin_token.create" in changes and "cli:" in changes and token not in changes
+
+
+def test_admin_token_list_shows_an_expired_token_as_expired(config: Path) -> None:
+    """A token past its expiry was listed as `active` (only revocation was looked at)."""
+    import asyncio
+
+    from stockade.storage import storage_from_url
+    from stockade.storage.records import AdminToken
+
+    invoke("--config", str(config), "admin", "token", "create", "--role", "viewer", "--name", "live")
+    store = storage_from_url(f"sqlite:///{config.parent}/state/stockade.db")
+    past = AdminToken(
+        id="adm_0000000000000001", name="old", role="viewer", token_hash="00" * 32, created_at=1.0, expires_at=2.0
+    )
+    asyncio.run(store.create_admin_token(past, actor="test", at=1.0))
+    listing = invoke("--config", str(config), "admin", "token", "list").stdout.splitlines()
+    states = {line.split()[1]: line.split()[3] for line in listing}
+    assert states == {"live": "active", "old": "expired"}

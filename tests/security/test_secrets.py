@@ -49,8 +49,9 @@ def test_configured_files_are_read_relative_to_config(tmp_path: Path) -> None:
         ({"STOCKADE_KEK": "no-colon"}, "id:base64key"),
         ({"STOCKADE_KEK": f"k1:{base64.b64encode(b'x' * 16).decode()}"}, "32 bytes"),
         ({"STOCKADE_KEK": f"k1:{B64_32},k1:{B64_32}"}, "twice"),
+        ({"STOCKADE_KEK": f"k1:{B64_32},k1 :{B64_32}"}, "twice"),  # the same id once stripped
     ],
-    ids=["short-pepper", "bad-base64", "kek-format", "kek-short", "kek-duplicate"],
+    ids=["short-pepper", "bad-base64", "kek-format", "kek-short", "kek-duplicate", "kek-duplicate-spaced"],
 )
 def test_bad_material_is_refused_without_echoing_it(tmp_path: Path, env: dict[str, str], message: str) -> None:
     with pytest.raises(SecretsError, match=message) as info:

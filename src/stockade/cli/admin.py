@@ -45,11 +45,12 @@ def create(ctx: click.Context, config_path: str | None, role: str, name: str | N
 def list_(ctx: click.Context, config_path: str | None) -> None:
     """List admin tokens (never the tokens themselves)."""
 
-    async def work(s: IdentityService) -> list[AdminToken]:
-        return await s.store.list_admin_tokens()
+    async def work(s: IdentityService) -> tuple[list[AdminToken], float]:
+        return await s.store.list_admin_tokens(), s.clock.time()
 
-    for t in with_service(ctx, config_path, work):
-        state = "revoked" if t.revoked_at else "active"
+    tokens, now = with_service(ctx, config_path, work)
+    for t in tokens:
+        state = "revoked" if t.revoked_at else "active" if t.usable(now) else "expired"
         click.echo(
             f"{t.id}  {t.name}  role={t.role}  {state}  created={when(t.created_at)}  expires={when(t.expires_at)}"
         )

@@ -73,9 +73,10 @@ def parse_keks(text: str, where: str) -> Keyring:
         kid, sep, material = entry.partition(":")
         if not sep:
             raise SecretsError(f"KEK entries in {where} look like id:base64key")
+        kid = kid.strip()  # compared as stored: "k1 " is k1, and must not silently replace it
         if kid in keys:
             raise SecretsError(f"KEK id {kid!r} appears twice in {where}")
-        keys[kid.strip()] = _b64(material, f"KEK {kid.strip()!r} from {where}")
+        keys[kid] = _b64(material, f"KEK {kid!r} from {where}")
     if not keys:
         raise SecretsError(f"no KEK found in {where}")
     try:
