@@ -44,7 +44,7 @@ def with_api(body: Callable[[Api], Awaitable[None]], *, services: Services | Non
         identity = IdentityService(shared_store(svc), shared_secrets(svc).pepper, svc.clock, "cli:test")
         tokens = {role: (await identity.create_admin_token(f"{role}-bot", role)).secret for role in ROLES}
         app = admin_app(AdminState(lambda: {}, lambda: True, svc))
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://admin") as client:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as client:
             await body(Api(client, tokens))
         await svc.close()
 
@@ -129,3 +129,38 @@ def test_endpoints_declare_roles() -> None:
     roles = {(e.path, e.methods): e.role for e in app.state.endpoints}
     assert roles[("/lockouts", ("GET",))] == "viewer"
     assert roles[("/lockouts/clear", ("POST",))] == "operator"
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed", "status"),
+    [
+        ("127.0.0.1:8081", (), 200),
+        ("[::1]:8081", (), 200),
+        ("localhost:8081", (), 200),
+        ("LOCALHOST", (), 200),
+        ("evil.example:8081", (), 421),  # DNS rebinding: a page whose name resolves to 127.0.0.1
+        ("127.0.0.1.evil.example", (), 421),
+        ("admin.internal:8081", ("admin.internal",), 200),
+        ("admin.internal", ("Admin.Internal",), 200),
+    ],
+)
+def test_admin_answers_only_ip_literals_localhost_and_allowed_hosts(
+    host: str, allowed: tuple[str, ...], status: int
+) -> None:
+    from stockade.admin.app import AdminState, admin_app
+    from stockade.clock import FakeClock
+    from stockade.config.models import GatewayConfig
+    from stockade.observability.metrics import Metrics
+    from stockade.pipeline.stage import Services
+
+    services = Services(clock=FakeClock())
+    services.config = GatewayConfig.model_validate({"admin": {"allowed_hosts": list(allowed)}})
+    app = admin_app(AdminState(Metrics().snapshot, lambda: True, services))
+
+    async def go() -> int:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            resp = await client.get("/healthz", headers={"host": host})
+            return resp.status_code
+
+    assert asyncio.run(go()) == status

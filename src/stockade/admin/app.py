@@ -8,6 +8,7 @@ role it needs (viewer < operator < admin), which the admin authentication enforc
 from __future__ import annotations
 
 import importlib
+import ipaddress
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -19,8 +20,10 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from stockade.observability.metrics import Snapshot, SnapshotCollector
+from stockade.pipeline.render import PROBLEM_TYPE, problem_body
 
 Role = Literal["viewer", "operator", "admin"]
 ROLE_RANK: dict[str, int] = {"viewer": 0, "operator": 1, "admin": 2}
@@ -53,6 +56,46 @@ class AdminState:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class HostGuard:
+    """Answers only requests whose Host is an IP literal, `localhost` or a configured `admin.allowed_hosts` name:
+    a page on evil.example that resolves to 127.0.0.1 (DNS rebinding) gets 421, not the metrics or the API."""
+
+    def __init__(self, app: ASGIApp, allowed: frozenset[str]) -> None:
+        self.app = app
+        self.allowed = allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not self._ok(scope):
+            body = problem_body(421, "admin.bad_host", "admin")
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 421,
+                    "headers": [(b"content-type", PROBLEM_TYPE.encode()), (b"content-length", str(len(body)).encode())],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
+
+    def _ok(self, scope: Scope) -> bool:
+        hosts = [v for k, v in scope["headers"] if k == b"host"]
+        if len(hosts) != 1:
+            return len(hosts) == 0 and scope.get("http_version") == "1.0"
+        name = hosts[0].decode("latin-1").strip().lower()
+        if name.startswith("["):  # [v6]:port
+            name = name[1 : name.find("]")] if "]" in name else name
+        elif name.count(":") == 1:
+            name = name.rsplit(":", 1)[0]
+        if name == "localhost" or name in self.allowed:
+            return True
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return True
+
+
 def _load(target: str) -> Any:
     module_name, _, attr = target.partition(":")
     return getattr(importlib.import_module(module_name), attr or "endpoints")
@@ -79,7 +122,10 @@ def admin_app(state: AdminState) -> Starlette:
         endpoints.extend(_load(target)(state))
     routes += [Route(e.path, e.endpoint, methods=list(e.methods)) for e in endpoints]
     middleware = [_load(target)(state, endpoints) for target in ADMIN_MIDDLEWARE]
-    app = Starlette(routes=routes, middleware=[m for m in middleware if isinstance(m, Middleware)])
+    config = getattr(state.services, "config", None)
+    allowed = frozenset(h.lower() for h in (config.admin.allowed_hosts if config is not None else ()))
+    guard = Middleware(HostGuard, allowed=allowed)
+    app = Starlette(routes=routes, middleware=[guard, *(m for m in middleware if isinstance(m, Middleware))])
     app.state.admin = state
     app.state.endpoints = endpoints
     return app

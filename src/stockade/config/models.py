@@ -51,6 +51,9 @@ class Admin(Strict):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: Port = 8081
+    # Host names the listener answers besides IP literals and localhost (DNS rebinding: a web page whose name
+    # resolves to 127.0.0.1 must not reach /metrics or the API with the browser's help).
+    allowed_hosts: list[str] = Field(default_factory=list)
 
 
 class Limits(Strict):
