@@ -70,3 +70,53 @@ def test_unrepairable_response_is_502(server: AsgiServer) -> None:
     REPLIES["owner"] = {"email": 42, "password": "hunter2hunter2"}
     status, doc = _request(server, "GET", OWNER)
     assert (status, doc["reason"]) == (502, "response.invalid")
+
+
+@pytest.mark.parametrize("http_version", ["2", "3"])
+def test_http2_bodies_are_validated_without_framing_headers(http_version: str) -> None:
+    """HTTP/2 and 3 carry a body in DATA frames with neither Content-Length nor Transfer-Encoding: the stages
+    once took such a request for bodiless and passed any body through unchecked."""
+    import asyncio
+
+    seen: list[bytes] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        message = await receive()
+        seen.append(message.get("body", b""))
+        await send({"type": "http.response.start", "status": 201, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b'{"id":1,"name":"Rex"}'})  # the pet as created
+
+    mw = StockadeMiddleware(app, config_text=CONFIG, decision_log=DecisionLog("off", FakeClock()))
+
+    async def call(body: bytes) -> int:
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": http_version,
+            "method": "POST",
+            "scheme": "https",
+            "path": "/v1/pets",
+            "raw_path": b"/v1/pets",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"host", b"api.example"), (b"content-type", b"application/json")],
+            "client": ("192.0.2.1", 5000),
+            "server": ("192.0.2.2", 443),
+        }
+        pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            return pending.pop(0) if pending else {"type": "http.disconnect"}
+
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await mw(scope, receive, send)
+        return next(int(m["status"]) for m in sent if m["type"] == "http.response.start")
+
+    assert asyncio.run(call(b'{"name":"Rex","weight":-1}')) == 422
+    assert seen == []
+    assert asyncio.run(call(b'{"name":"Rex"}')) == 201
+    assert seen == [b'{"name":"Rex"}']

@@ -90,7 +90,11 @@ def body_value(rule: BodyRule, body: bytes, content_type: str, ctx: RequestConte
 
 
 def has_body(ctx: RequestContext) -> bool:
-    """Whether the request framing announces a body (so a bodiless request never waits on a read)."""
+    """Whether the request may carry a body (so a bodiless HTTP/1 request never waits on a read). HTTP/1 says so
+    in its framing headers; HTTP/2 and 3 (the ASGI front behind hypercorn, granian, daphne) carry a body in
+    DATA frames without either header, so there the body is read and its emptiness decides."""
+    if ctx.http_version not in ("1.1", "1.0"):
+        return True
     headers = ctx.headers
     if "transfer-encoding" in headers:
         return True

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from stockade.testing import TestGateway, TestUpstream, gateway_with_upstream
+from stockade.testing import TestGateway, TestUpstream, gateway_with_upstream, read_responses
 
 CONFIG = """
 routes:
@@ -69,3 +69,47 @@ def test_json_limits_forward_what_they_do_not_refuse(
     status, _, _ = gw.request("POST", "/things", headers=headers, body=body)
     assert status == 200
     assert up.received[-1].body == body
+
+
+def test_a_repeated_content_type_is_refused(gateway: tuple[TestGateway, TestUpstream]) -> None:
+    """json_limits read the first Content-Type (text/plain: not checked) while an upstream may read the last."""
+    gw, up = gateway
+    before = len(up.received)
+    with gw.connect() as sock:
+        body = b'{"a":{"b":{"c":{"d":{"e":1}}}}}'
+        sock.sendall(
+            b"POST /api/x HTTP/1.1\r\nHost: a\r\nContent-Type: text/plain\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        ((status, _, raw),) = read_responses(sock, 1)
+    assert status == 400 and b"http.duplicate_header" in raw
+    assert len(up.received) == before
+
+
+def test_openapi_refuses_repeated_keys_that_json_limits_allowed() -> None:
+    """With allow_duplicate_keys the shared parse keeps the last value; openapi must still refuse the body
+    (an upstream may read the first)."""
+    from pathlib import Path
+
+    spec = Path(__file__).resolve().parents[2] / "openapi" / "specs" / "petstore.yaml"
+    config = f"""
+routes:
+  - id: pets
+    match: {{path: "/v1/**"}}
+    upstream: "{{upstream}}"
+    stages:
+      - use: anonymous
+      - use: json_limits
+        config: {{allow_duplicate_keys: true}}
+      - use: openapi
+        config: {{spec: "{spec}"}}
+"""
+    with gateway_with_upstream(config) as (gw, up):
+        status, _, raw = gw.request(
+            "POST",
+            "/v1/pets",
+            body=b'{"name":"Rex","weight":999,"weight":1}',
+            headers={"Content-Type": "application/json"},
+        )
+        assert status == 400 and b"duplicate_key" in raw
+        assert up.received == []

@@ -10,6 +10,7 @@ from pydantic import Field
 from stockade.openapi.media import essence, is_json
 from stockade.openapi.request import has_body
 from stockade.pipeline.context import RequestContext
+from stockade.pipeline.headers import DuplicateHeaderError
 from stockade.pipeline.phase import Phase
 from stockade.pipeline.stage import Stage, StageConfig, StageEnv
 from stockade.pipeline.verdict import CONTINUE, Continue, Deny
@@ -52,7 +53,11 @@ class JsonLimits:
         )
 
     async def check(self, ctx: RequestContext) -> Continue | Deny:
-        if not has_body(ctx) or not is_json(essence(ctx.headers.get("content-type"))):
+        try:
+            content_type = ctx.headers.get_single("content-type")
+        except DuplicateHeaderError:  # which one an upstream reads is its own choice: never guess
+            return Deny(400, "http.duplicate_header", detail="more than one Content-Type")
+        if not has_body(ctx) or not is_json(essence(content_type)):
             return CONTINUE
         body = await ctx.read_body()
         if not body:
@@ -67,7 +72,10 @@ class JsonLimits:
                 detail=f"{exc.rule} at {where}",
                 extra={"errors": [{"pointer": where, "rule": exc.rule}]},
             )
-        ctx.state[PARSED_KEY] = (body, document)
+        if not self.limits.duplicate_keys:
+            # Shared with the openapi stage only when repeated keys were refused: a document parsed with them
+            # allowed keeps the last value, and openapi must refuse what an upstream may read the first of.
+            ctx.state[PARSED_KEY] = (body, document)
         return CONTINUE
 
 
