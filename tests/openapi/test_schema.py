@@ -66,6 +66,25 @@ def _rules(check: Any, body: Any) -> list[str]:
             [],
         ),  # a required readOnly property is required in responses only
         ("3.1.0", "{type: object, properties: {pw: {type: string, writeOnly: true}}}", {"pw": "x"}, []),
+        # readOnly however the property schema is composed (mass assignment): every allOf branch's
+        # annotations apply; in anyOf/oneOf a branch that says readOnly is enough to refuse it
+        ("3.1.0", "{properties: {id: {allOf: [{type: integer}, {readOnly: true}]}}}", {"id": 1}, ["readOnly"]),
+        ("3.1.0", "{properties: {id: {allOf: [{readOnly: true}, {description: x}]}}}", {"id": 1}, ["readOnly"]),
+        (
+            "3.1.0",
+            "{properties: {id: {anyOf: [{type: integer, readOnly: true}, {type: 'null'}]}}}",
+            {"id": 1},
+            ["readOnly"],
+        ),
+        (
+            "3.1.0",
+            "{properties: {id: {oneOf: [{type: integer, readOnly: true}, {type: string}]}}}",
+            {"id": 1},
+            ["readOnly"],
+        ),
+        ("3.1.0", "{additionalProperties: {type: string, readOnly: true}}", {"role": "admin"}, ["readOnly"]),
+        ("3.1.0", "{patternProperties: {'^x-': {readOnly: true}}}", {"x-role": "admin"}, ["readOnly"]),
+        ("3.1.0", "{patternProperties: {'^x-': {readOnly: true}}}", {"name": "ok"}, []),
     ],
 )
 def test_conversion(tmp_path: Path, version: str, body_schema: str, body: Any, rules: list[str]) -> None:

@@ -125,21 +125,33 @@ class SchemaSet:
                 return True
         return False
 
-    def flag(self, at: Located, name: str) -> bool:
-        """`readOnly`/`writeOnly` on a property schema, looking through `$ref` (and `allOf` of one element)."""
-        for _ in range(16):
-            node = at.node
-            if not isinstance(node, dict):
-                return False
-            if node.get(name) is True:
+    def flag(self, at: Located, name: str, depth: int = 0) -> bool:
+        """`readOnly`/`writeOnly` on a property schema, looking through `$ref` and into every branch of `allOf`,
+        `anyOf` and `oneOf`. Annotations of any allOf branch apply; for anyOf/oneOf the flag is taken if any
+        branch has it (which branch validates is not known here): a secret in one branch is never sent out,
+        and a property read-only in one is never accepted in."""
+        if depth > 16:
+            return False
+        node = at.node
+        if not isinstance(node, dict):
+            return False
+        if node.get(name) is True:
+            return True
+        if "$ref" in node and self.flag(self.docs.resolve(node["$ref"], at), name, depth + 1):
+            return True
+        for key in ("allOf", "anyOf", "oneOf"):
+            items = node.get(key)
+            if isinstance(items, list) and any(self.flag(at.child(key, i), name, depth + 1) for i in range(len(items))):
                 return True
-            if "$ref" in node:
-                at = self.docs.resolve(node["$ref"], at)
-            elif isinstance(node.get("allOf"), list) and len(node["allOf"]) == 1:
-                at = at.child("allOf", 0)
-            else:
-                return False
         return False
+
+    def _hidden(self, at: Located, variant: Variant) -> dict[str, Any] | None:
+        """READ_ONLY or WRITE_ONLY if the schema at `at` is a value this direction must not carry, else None."""
+        if variant.startswith("request") and self.flag(at, "readOnly"):
+            return READ_ONLY
+        if variant == "response_closed" and self.flag(at, "writeOnly"):
+            return WRITE_ONLY
+        return None
 
     # -- conversion ----------------------------------------------------------------------------------------
 
@@ -180,7 +192,15 @@ class SchemaSet:
                     raise at.error("patternProperties must be an object", key)
                 for pattern in value:
                     check_pattern(pattern, at, key, pattern)
-                out[key] = {p: self.convert(at.child(key, p), variant) for p in value}
+                out[key] = {
+                    p: self._hidden(at.child(key, p), variant) or self.convert(at.child(key, p), variant) for p in value
+                }
+            elif (
+                key == "additionalProperties"
+                and isinstance(value, dict)
+                and (hidden := self._hidden(at.child(key), variant))
+            ):
+                out[key] = hidden
             elif key in _VALUE_ONE:
                 out[key] = self.convert(at.child(key), variant) if isinstance(value, dict | bool) else value
             elif key == "prefixItems":
@@ -218,12 +238,7 @@ class SchemaSet:
         out: dict[str, Any] = {}
         for name in props:
             child = at.child("properties", name)
-            if variant.startswith("request") and self.flag(child, "readOnly"):
-                out[name] = READ_ONLY
-            elif variant == "response_closed" and self.flag(child, "writeOnly"):
-                out[name] = WRITE_ONLY
-            else:
-                out[name] = self.convert(child, variant)
+            out[name] = self._hidden(child, variant) or self.convert(child, variant)
         return out
 
     def _required(self, at: Located, variant: Variant) -> list[str]:

@@ -195,3 +195,43 @@ def test_monitor_mode_forwards_unchanged_and_logs_a_finding(monitor: tuple[TestG
     entry = _last_log(gw, log)
     assert entry["decision"] == "allow"
     assert entry["findings"] == ["openapi.response_invalid"]
+
+
+WRITE_ONLY_SPEC = """\
+openapi: 3.1.0
+info: {title: t, version: '1'}
+components:
+  schemas:
+    Secret: {type: string, writeOnly: true}
+paths:
+  /users/{id}:
+    get:
+      parameters: [{name: id, in: path, required: true, schema: {type: integer}}]
+      responses:
+        '200':
+          description: ok
+          content:
+            application/json:
+              schema:
+                type: object
+                properties:
+                  name: {type: string}
+                  pw1: {allOf: [{$ref: '#/components/schemas/Secret'}, {description: the password}]}
+                  pw2: {allOf: [{type: string}, {writeOnly: true}]}
+                  pw3: {anyOf: [{$ref: '#/components/schemas/Secret'}, {type: 'null'}]}
+"""
+
+
+@pytest.mark.parametrize("field", ["pw1", "pw2", "pw3"])
+def test_write_only_is_stripped_however_the_property_schema_is_composed(tmp_path: Path, field: str) -> None:
+    """A password marked writeOnly through a composition went out byte for byte: the closed check did not know."""
+    (tmp_path / "wo.yaml").write_text(WRITE_ONLY_SPEC)
+    config = (
+        "routes:\n  - id: u\n    match: {path: /users/**}\n    upstream: '{upstream}'\n    stages:\n"
+        "      - use: anonymous\n      - use: openapi\n        config: {spec: wo.yaml, responses: enforce}\n"
+    )
+    with gateway_with_upstream(config, base_dir=tmp_path) as (gw, up):
+        up.reply("/users/1", _json({"name": "bob", field: "hunter2"}))
+        status, _, body = gw.request("GET", "/users/1")
+    assert status == 200
+    assert orjson.loads(body) == {"name": "bob"}
