@@ -110,3 +110,15 @@ def test_json_content_parameter() -> None:
     with pytest.raises(Malformed) as info:
         query_value(p, {"filter": ["{"]}, set())
     assert info.value.rule == "json"
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("session =ABC", {"session": ["ABC"]}),  # Starlette and http.cookies read the name without the space
+        ("session=abc; session\t=ABC", {"session": ["abc", "ABC"]}),  # so the duplicate is seen
+        (" session = ABC ", {"session": ["ABC"]}),
+    ],
+)
+def test_cookie_names_are_read_without_surrounding_whitespace(header: str, expected: dict[str, list[str]]) -> None:
+    assert parse_cookies([header]) == expected

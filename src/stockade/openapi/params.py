@@ -140,6 +140,7 @@ def parse_cookies(headers: list[str]) -> dict[str, list[str]]:
     for header in headers:
         for item in header.split(";"):
             name, sep, value = item.strip().partition("=")
+            name = name.rstrip(" \t")  # `session =x` is the cookie `session` to Starlette and http.cookies
             if sep and name:
                 value = value.strip()
                 if len(value) >= 2 and value[0] == value[-1] == '"':

@@ -3,6 +3,7 @@ declare (undeclared and `writeOnly` properties), so excessive data exposure stop
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -43,8 +44,15 @@ def check_response(rule: ResponseRule, raw: bytes, encoding: str | None) -> Chec
     evaluation = rule.open.validator.evaluate(doc)
     if not evaluation.valid:
         return Checked(problems(closed.validator.iter_errors(envelope), closed.schema), fatal=True)
-    removed = strip(doc, evaluation.annotations())
-    return Checked(removed, body=orjson.dumps(doc) if removed else None)
+    annotations = evaluation.annotations()
+    removed = strip(doc, annotations)
+    if not removed:
+        return Checked(removed)
+    # Re-encoded from an exact parse: orjson reads integers beyond 64 bits as floats, which the client must
+    # not receive in place of the upstream's numbers. Same structure, same locations to strip.
+    exact = json.loads(raw)
+    strip(exact, annotations)
+    return Checked(removed, body=json.dumps(exact, ensure_ascii=False, separators=(",", ":")).encode())
 
 
 def strip(doc: Any, annotations: list[Any]) -> list[Problem]:
