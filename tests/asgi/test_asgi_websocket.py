@@ -124,3 +124,78 @@ def test_allowed_handshake_unchanged_without_extension(old_server: tuple[Any, _W
     with connect(f"ws://127.0.0.1:{server.port}/ws", proxy=None, open_timeout=10) as ws:
         ws.send("x")
         assert ws.recv(timeout=10) == "echo:x:anonymous"
+
+
+def test_an_accepted_websocket_holds_its_concurrency_slot_until_it_closes() -> None:
+    """The slot was released at `websocket.accept`: any number of WebSockets passed a concurrency limit of one."""
+    import asyncio
+
+    from stockade.asgi import StockadeMiddleware
+    from stockade.clock import FakeClock
+    from stockade.observability.decision_log import DecisionLog
+
+    config = (
+        "routes:\n  - id: ws\n    match: {path: /ws}\n    websocket: true\n    stages:\n      - use: anonymous\n"
+        "      - use: rate_limit\n        config: {limits: [{concurrency: 1, key: ip}]}\n"
+    )
+
+    async def main() -> list[str]:
+        release = asyncio.Event()
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            await receive()  # websocket.connect
+            await send({"type": "websocket.accept"})
+            await release.wait()
+            await send({"type": "websocket.close", "code": 1000})
+
+        mw = StockadeMiddleware(app, config_text=config, decision_log=DecisionLog("off", FakeClock()))
+
+        async def session(outcomes: list[str]) -> None:
+            scope = {
+                "type": "websocket",
+                "asgi": {"version": "3.0"},
+                "http_version": "1.1",
+                "scheme": "ws",
+                "path": "/ws",
+                "raw_path": b"/ws",
+                "query_string": b"",
+                "root_path": "",
+                "headers": [(b"host", b"a")],
+                "client": ("192.0.2.1", 5000),
+                "server": ("192.0.2.2", 80),
+                "subprotocols": [],
+            }
+            pending = [{"type": "websocket.connect"}]
+
+            async def receive() -> dict[str, Any]:
+                if pending:
+                    return pending.pop(0)
+                await asyncio.Event().wait()  # the client stays connected
+                return {}
+
+            async def send(message: dict[str, Any]) -> None:
+                if message["type"] in ("websocket.accept", "websocket.close"):
+                    outcomes.append(message["type"])
+
+            await mw(scope, receive, send)
+
+        outcomes: list[str] = []
+        first = asyncio.create_task(session(outcomes))
+        await asyncio.sleep(0.05)
+        await asyncio.wait_for(session(outcomes), 5)  # refused at once: the slot is taken
+        release.set()
+        await asyncio.wait_for(first, 5)
+        release.clear()
+        third = asyncio.create_task(session(outcomes))
+        await asyncio.sleep(0.05)
+        release.set()
+        await asyncio.wait_for(third, 5)
+        return outcomes
+
+    assert asyncio.run(main()) == [
+        "websocket.accept",  # first
+        "websocket.close",  # second: refused (no extension: policy-violation close)
+        "websocket.close",  # first ends
+        "websocket.accept",  # third: the slot is free again
+        "websocket.close",
+    ]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from stockade.testing import TestUpstream, read_responses
+import socket
+
+from stockade.testing import TestGateway, TestUpstream, read_responses
 from tests.conftest import GatewayFactory
 
 CONFIG = """
@@ -79,3 +81,38 @@ def test_denied_upgrade_never_reaches_upstream(make_gateway: GatewayFactory, ups
         responses = read_responses(sock, 1)
     assert responses[0][0] == 403
     assert upstream.received == []
+
+
+def _open_ws(gw: TestGateway) -> tuple[socket.socket, bytes]:
+    sock = gw.connect()
+    sock.sendall(UPGRADE % b"/ws")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    return sock, head
+
+
+def test_a_websocket_holds_its_concurrency_slot_until_it_closes(
+    make_gateway: GatewayFactory, upstream: TestUpstream
+) -> None:
+    """The slot was released at the 101: any number of WebSockets passed a concurrency limit of one."""
+    from tests.proxy.helpers import wait_for
+
+    gw = make_gateway(
+        "routes:\n  - id: limited\n    match: {path: /ws}\n    upstream: {upstream}\n    websocket: true\n"
+        "    stages:\n      - use: anonymous\n      - use: rate_limit\n"
+        "        config: {limits: [{concurrency: 1, key: ip}]}\n"
+    )
+    first, head = _open_ws(gw)
+    assert head.startswith(b"HTTP/1.1 101")
+    second, head = _open_ws(gw)
+    assert head.startswith(b"HTTP/1.1 429")
+    second.close()
+    first.close()
+    wait_for(lambda: not any(c.tunnel for c in gw.server.connections))
+    third, head = _open_ws(gw)  # the first one's close released the slot
+    assert head.startswith(b"HTTP/1.1 101")
+    third.close()

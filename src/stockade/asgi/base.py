@@ -169,8 +169,9 @@ class Exchange:
         if not self.status:
             self.status = 499  # nginx's code for "client closed the connection before the response"
 
-    def record(self) -> None:
-        """Completion hooks, the decision log line and the metrics: exactly once."""
+    def record(self, hooks: bool = True) -> None:
+        """Completion hooks, the decision log line and the metrics: exactly once (`hooks=False`: the hooks run
+        later, when an accepted WebSocket closes)."""
         if self.recorded:
             return
         self.recorded = True
@@ -188,5 +189,6 @@ class Exchange:
             self.error,
             mw.decision_log,
             mw.metrics,
+            hooks,
         )
         mw.logged()

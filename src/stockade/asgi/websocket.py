@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from stockade.asgi.base import ClientDisconnectedError, Exchange
 from stockade.asgi.scope import Message, app_scope, to_raw_headers
 from stockade.pipeline.local import denial
+from stockade.pipeline.record import complete_upgraded
 from stockade.pipeline.runner import Pipeline
 from stockade.pipeline.verdict import Deny
 
@@ -36,6 +37,9 @@ class WebSocketExchange(Exchange):
                     self.status = 499 if self.disconnected else 500
                     self.error = self.error or ("client.closed" if self.disconnected else "app.incomplete")
                 self.record()
+            elif self.status == 101 and self.ctx is not None:
+                # The accepted WebSocket is over: its completion hooks (a concurrency slot) end with it.
+                complete_upgraded(self.pipeline, self.ctx, self.times, self.clock.monotonic(), self.bytes_sent)
 
     async def _run(self) -> None:
         ctx, route = self.intake(b"GET")
@@ -76,7 +80,7 @@ class WebSocketExchange(Exchange):
         self.times.t_fwd = now
         self.app_status = status
         self.status = status
-        self.record()
+        self.record(hooks=status != 101)  # an accepted WebSocket runs its completion hooks when it closes
 
     async def _reject(self, ctx: RequestContext, deny: Deny) -> None:
         # The handshake begins with `websocket.connect`; take it before answering, as the ASGI spec orders.

@@ -48,10 +48,13 @@ def record_request(
     error: str,
     decision_log: DecisionLog,
     metrics: Metrics,
+    hooks: bool = True,
 ) -> None:
     """Called exactly once per request, after the response went out (or the exchange broke off).
 
     `pipeline` is None for requests rejected before routing (they have no route, so no completion hooks).
+    `hooks=False` for an upgraded connection (WebSocket): its decision is logged at the 101, but its completion
+    hooks run when it closes (`complete_upgraded`), so what they hold (a concurrency slot) lasts as long.
     Positional on purpose: this runs for every request on every front.
     """
     t_head = marks.t_head
@@ -65,7 +68,7 @@ def record_request(
         overhead = now - marks.t0
     total_us = int((now - marks.t0) * 1e6)
     upstream_us = int(upstream_s * 1e6)
-    if pipeline is not None and pipeline.completion_hooks:
+    if hooks and pipeline is not None and pipeline.completion_hooks:
         pipeline.complete(
             ctx,
             Outcome(
@@ -79,3 +82,20 @@ def record_request(
         )
     decision_log.record(ctx, status, total_us, upstream_us, error)
     metrics.request(ctx.route_id, ctx.decision, ctx.reason, status, overhead, upstream_s if t_head else None)
+
+
+def complete_upgraded(pipeline: Pipeline | None, ctx: RequestContext, marks: Marks, now: float, sent: int) -> None:
+    """The completion hooks of an upgraded connection, once it has closed (see `record_request`)."""
+    if pipeline is not None and pipeline.completion_hooks:
+        upstream_us = int((marks.t_head - marks.t_sent) * 1e6) if marks.t_head and marks.t_sent else 0
+        pipeline.complete(
+            ctx,
+            Outcome(
+                status=101,
+                upstream_status=101,
+                upstream_us=upstream_us,
+                total_us=int((now - marks.t0) * 1e6),
+                bytes_sent=sent,
+                error="",
+            ),
+        )

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from stockade.pipeline.context import BodyTooLargeError, RequestContext
 from stockade.pipeline.intake import body_too_large, request_context, route_request
 from stockade.pipeline.local import handler_timed_out, pipeline_failed, pipeline_timed_out
-from stockade.pipeline.record import record_request
+from stockade.pipeline.record import complete_upgraded, record_request
 from stockade.pipeline.runner import Pipeline
 from stockade.pipeline.verdict import Deny
 from stockade.proxy import forwarding, local_replies, response_side
@@ -348,7 +348,7 @@ class Exchange:
 
     def client_lost(self) -> None:
         if self.tunnel_open:
-            self.tunnel_open = False
+            self._tunnel_done()
             self._drop_upstream(reusable=False)
             return
         if self.finished:
@@ -402,8 +402,9 @@ class Exchange:
             waiter.cancel()
         self.conn.exchange_finished(self, close)
 
-    def _record(self) -> None:
-        """Completion hooks, the decision log line and the request metrics: once per exchange."""
+    def _record(self, hooks: bool = True) -> None:
+        """Completion hooks, the decision log line and the request metrics: once per exchange. An upgraded
+        connection logs its decision at the 101 and runs its completion hooks when it closes (`_tunnel_done`)."""
         self.finished = True
         self.deadline = INF
         ctx = self.ctx or self._bare_context()
@@ -419,8 +420,17 @@ class Exchange:
             self.error,
             server.decision_log,
             server.metrics,
+            hooks,
         )
         ctx.attach_body_reader(None)
+
+    def _tunnel_done(self) -> None:
+        """The upgraded connection closed (either side): now its completion hooks run (a concurrency slot held
+        for the WebSocket's lifetime is released here)."""
+        self.tunnel_open = False
+        ctx = self.ctx
+        if ctx is not None:
+            complete_upgraded(self.pipeline, ctx, self, self.clock.monotonic(), self.bytes_sent)
 
     def _set_deadline(self, when: float, kind: str) -> None:
         self.deadline = when

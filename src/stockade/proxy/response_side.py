@@ -46,7 +46,7 @@ def upstream_head(ex: Exchange, head: bytes, status: int, first: bytes) -> None:
         ex._write_head(head, status, ResponseFraming(head), None, b"connection: upgrade\r\nupgrade: websocket\r\n")
         ex.tunnel_open = True
         ex.deadline = INF
-        ex._record()
+        ex._record(hooks=False)  # completion hooks when the tunnel closes
         ex.conn.start_tunnel(ex)
         return
     framing = ex.framing = ResponseFraming.of(head)
@@ -188,7 +188,7 @@ def _flush_collected(ex: Exchange) -> None:
 
 def upstream_closed(ex: Exchange, conn: UpstreamConnection) -> None:
     if ex.tunnel_open:
-        ex.tunnel_open = False
+        ex._tunnel_done()
         ex._drop_upstream(reusable=False)
         ex.conn.close()
         return
