@@ -26,6 +26,13 @@ def test_backoff_is_capped() -> None:
     assert [backoff(rule, f, 0.0)[0] for f in (1, 2, 3, 4)] == [1.0, 2.0, 3.0, 3.0]
 
 
+def test_backoff_far_past_the_free_failures_does_not_overflow() -> None:
+    """2 ** 1100 as a float overflowed: the failure was never recorded and the subject never locked."""
+    rule = LockoutRule(10, 5000, 1.0, 1.0, 100, 60)
+    assert backoff(rule, 1100, 0.0) == (1.0, False)
+    assert backoff(rule, 5000, 0.0) == (100.0, True)
+
+
 @each_backend
 def test_failures_back_off_then_lock_out(kind: str) -> None:
     clock = fake_clock()

@@ -24,6 +24,11 @@ MEMBERSHIP = [
     ("several-prefixes", ["10.0.0.0/8", "192.168.1.0/24", "172.16.0.0/12"], "172.20.1.1", True),
     ("non-strict-network", ["10.1.2.3/8"], "10.200.0.1", True),
     ("leading-zeros-refused", ["10.0.0.0/8"], "010.0.0.1", False),
+    # a rule written IPv4-mapped is the IPv4 network it maps (clients are compared unmapped)
+    ("mapped-rule-v4-client", ["::ffff:127.0.0.1"], "127.0.0.1", True),
+    ("mapped-rule-mapped-client", ["::ffff:192.0.2.0/120"], "::ffff:192.0.2.7", True),
+    ("mapped-rule-network", ["::ffff:10.0.0.0/104"], "10.1.2.3", True),
+    ("mapped-rule-other", ["::ffff:10.0.0.0/104"], "11.1.2.3", False),
 ]
 
 

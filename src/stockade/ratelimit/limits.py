@@ -187,8 +187,15 @@ class Limit:
         self.suffix = f":{namespace}:{self.name}:{self.algo}"
 
     def cost_for(self, method: str) -> int:
+        """The cost of a request by method. HEAD costs what GET does unless it has its own entry: the router
+        answers HEAD on GET routes, and the upstream does the same work for it."""
         costs = self.costs
-        return costs.get(method, self.cost) if costs else self.cost
+        if not costs:
+            return self.cost
+        found = costs.get(method)
+        if found is None and method == "HEAD":
+            found = costs.get("GET")
+        return self.cost if found is None else found
 
     def over_capacity(self, cfg: LimitConfig) -> str | None:
         cap = cfg.capacity()

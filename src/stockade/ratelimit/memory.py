@@ -217,7 +217,9 @@ def backoff(rule: LockoutRule, failures: int, now: float) -> tuple[float, bool]:
     if failures >= rule.lockout_after:
         return now + rule.lockout_seconds, True
     if failures > rule.free_failures:
-        return now + min(rule.backoff_base * 2 ** (failures - rule.free_failures - 1), rule.backoff_max), False
+        # The exponent is capped before the power (2.0 ** 1100 overflows a float), as the Lua twin saturates.
+        doublings = min(failures - rule.free_failures - 1, 64)
+        return now + min(rule.backoff_base * 2.0**doublings, rule.backoff_max), False
     return now, False
 
 

@@ -38,13 +38,24 @@ def canonical_ip(text: str) -> str:
     return str(addr) if addr is not None else text
 
 
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def _unmapped(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """`::ffff:192.0.2.0/120` as the IPv4 network it is (192.0.2.0/24): client addresses are compared in that
+    form (`parse_ip` unmaps them), so a rule written mapped would otherwise never match anything."""
+    if net.version == 6 and net.prefixlen >= 96 and net.subnet_of(_MAPPED):
+        return ipaddress.IPv4Network((int(net.network_address) & 0xFFFFFFFF, net.prefixlen - 96))
+    return net
+
+
 class NetSet:
     """Membership of an address in a set of networks: one set lookup per distinct prefix length."""
 
     __slots__ = ("_cache", "_v4", "_v6", "networks")
 
     def __init__(self, networks: Iterable[str | ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
-        nets = [ipaddress.ip_network(n, strict=False) if isinstance(n, str) else n for n in networks]
+        nets = [_unmapped(ipaddress.ip_network(n, strict=False) if isinstance(n, str) else n) for n in networks]
         self.networks = tuple(nets)
         self._v4: list[tuple[int, set[int]]] = []
         self._v6: list[tuple[int, set[int]]] = []

@@ -135,8 +135,9 @@ def test_upstream_ratelimit_fields_are_replaced_not_mixed() -> None:
         (["POST", "POST"], [200, 429]),
         (["OPTIONS"] * 8, [200] * 8),  # cost 0: not counted
         (["DELETE", "GET"], [200, 429]),  # the route's default cost for DELETE is 5
+        (["HEAD", "HEAD", "HEAD", "HEAD", "HEAD", "HEAD"], [200] * 5 + [429]),  # HEAD costs what GET does
     ],
-    ids=["post-then-gets", "two-posts", "free-options", "default"],
+    ids=["post-then-gets", "two-posts", "free-options", "default", "head-as-get"],
 )
 def test_cost_weights_per_method(sequence: list[str], expected: list[int]) -> None:
     stages = """
