@@ -193,3 +193,26 @@ async def _clear_all(gw: TestGateway) -> int:
         return await other.clear(None)
     finally:
         await other.aclose()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        (
+            "multipart/form-data; boundary=b",
+            b'--b\r\nContent-Disposition: form-data; name="user.email"\r\n\r\nalice\r\n--b--\r\n',
+        ),
+        ("text/plain", b'{"user": {"email": "alice"}}'),  # FastAPI, say, would still parse it as JSON
+        (None, b'{"user": {"email": "alice"}}'),
+        ("text/json", b'{"user": {"email": "alice"}}'),
+    ],
+    ids=["multipart", "json-as-text", "json-without-type", "text-json"],
+)
+def test_a_login_body_whose_username_cannot_be_read_is_refused(content_type: str | None, body: bytes) -> None:
+    """Such bodies reached the upstream uncounted: a locked account stayed reachable by changing the format."""
+    with gateway_with_upstream(LOGIN) as (gw, up):
+        headers = {"Content-Type": content_type} if content_type else {}
+        status, _, raw = gw.request("POST", "/login", headers=headers, body=body)
+        assert (status, orjson.loads(raw)["reason"]) == (415, "brute_force.unsupported_body")
+        assert up.received == []
+        assert gw.request("POST", "/login")[0] != 415  # no body: nothing to read, nothing refused

@@ -105,7 +105,13 @@ class BruteForce:
             subjects.append(ip := f"ip:{self._group(ctx.client_ip)}")
             ctx.state[IP] = ip
         if self._login is not None and self._id_rule is not None:
-            name = username(await ctx.read_body(), ctx.headers.get("content-type"), self._login.username_field)
+            body = await ctx.read_body()
+            content_type = ctx.headers.get("content-type")
+            if body.strip() and not readable_login(content_type):
+                # The username cannot be found in it, but the upstream may read one (multipart, JSON sent as
+                # text/plain or without a type): a locked account must not be reachable that way.
+                return Deny(415, "brute_force.unsupported_body", detail="login bodies are JSON or form-encoded")
+            name = username(body, content_type, self._login.username_field)
             if name is not None:
                 subjects.append(user := f"user:{hash_username(name)}")
                 ctx.state[USER] = user
@@ -192,6 +198,12 @@ class BruteForce:
 def hash_username(name: str) -> str:
     """The stored form of a username: normalised (case and surrounding space do not make a new identity)."""
     return hashlib.sha256(b"stockade-login:" + name.strip().casefold().encode("utf-8")).hexdigest()[:32]
+
+
+def readable_login(content_type: str | None) -> bool:
+    """Whether `username` can read a body of this type (JSON or a urlencoded form)."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media in ("application/x-www-form-urlencoded", "application/json") or media.endswith("+json")
 
 
 def username(body: bytes, content_type: str | None, field: str) -> str | None:
