@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qsl
 
-import orjson
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from stockade.openapi.params import Malformed
 from stockade.openapi.shapes import ANY, Shape, coerce
+from stockade.security import jsonscan
 
 MAX_FORM_FIELDS = 1000
 MAX_PARTS = 256
@@ -63,6 +63,9 @@ def decode_form(body: bytes, shape: Shape) -> dict[str, Any]:
     return _typed(grouped, shape)
 
 
+_PART_LIMITS = jsonscan.Limits()  # a JSON part: the body's own limits bound its size already
+
+
 def decode_multipart(body: bytes, content_type: str, shape: Shape) -> dict[str, Any]:
     """multipart/form-data into an object: text parts typed by the schema, JSON parts parsed, files as
     placeholders (a `format: binary` property is validated for presence, never buffered twice)."""
@@ -85,7 +88,11 @@ def decode_multipart(body: bytes, content_type: str, shape: Shape) -> dict[str, 
         state["value"] += data[start:end]
 
     def on_header_end() -> None:
-        parts[-1][0][state["field"].lower()] = state["value"]
+        headers = parts[-1][0]
+        name = state["field"].lower()
+        if name in headers:  # parsers disagree on which copy counts (Go takes the first, others the last)
+            raise MultipartParseError("a part header repeated")
+        headers[name] = state["value"]
         state["field"] = state["value"] = b""
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
@@ -112,6 +119,9 @@ def decode_multipart(body: bytes, content_type: str, shape: Shape) -> dict[str, 
         raise Malformed("/body", "multipart")
     grouped: dict[str, list[Any]] = {}
     for headers, chunks in parts:
+        coding = headers.get(b"content-transfer-encoding", b"binary").strip().lower()
+        if coding not in (b"binary", b"8bit", b"7bit"):  # quoted-printable, base64: decoded by some parsers only
+            raise Malformed("/body", "multipart")
         _, disp = parse_options_header(headers.get(b"content-disposition"))
         name = disp.get(b"name")
         if name is None:
@@ -123,9 +133,9 @@ def decode_multipart(body: bytes, content_type: str, shape: Shape) -> dict[str, 
             value: Any = "" if prop.binary else data.decode("utf-8", "replace")
         elif essence(headers.get(b"content-type", b"").decode("latin-1")) == "application/json":
             try:
-                value = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                raise Malformed(f"/body/{key}", "json") from None
+                value = jsonscan.parse(data, _PART_LIMITS)  # repeated keys refused, as in a JSON body
+            except jsonscan.Violation as exc:
+                raise Malformed(f"/body/{key}", "json" if exc.rule == "malformed" else exc.rule) from None
         else:
             try:
                 value = data.decode("utf-8")

@@ -7,6 +7,7 @@ checked independently with the reference `jsonschema` library against the spec's
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
@@ -69,7 +70,7 @@ def _query_valid(query: str) -> bool:
     """listPets' parameters, read as the spec defines them (form style, exploded arrays)."""
     q = parse_qs(query, keep_blank_values=True)
     if "limit" in q:
-        if len(q["limit"]) != 1 or not q["limit"][0].lstrip("-").isdigit() or q["limit"][0].startswith("+"):
+        if len(q["limit"]) != 1 or not re.fullmatch(r"-?[0-9]+", q["limit"][0]):  # ASCII digits: "¹".isdigit()
             return False
         if not 1 <= int(q["limit"][0]) <= 100:
             return False
