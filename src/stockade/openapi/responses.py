@@ -31,6 +31,14 @@ CLEAN = Checked()
 
 
 def check_response(rule: ResponseRule, raw: bytes, encoding: str | None) -> Checked:
+    """The response's problems, and its filtered body where stripping repairs it (`fatal` where nothing can)."""
+    try:
+        return _check(rule, raw, encoding)
+    except (ValueError, RecursionError):  # a validator's or a codec's recursion limit: hundreds of levels deep
+        return Checked([{"pointer": "/body", "rule": "too_deep"}], fatal=True)
+
+
+def _check(rule: ResponseRule, raw: bytes, encoding: str | None) -> Checked:
     if encoding and encoding.strip().lower() != "identity":
         return Checked([{"pointer": "/body", "rule": "contentEncoding"}], fatal=True)
     try:

@@ -263,3 +263,39 @@ def test_range_is_not_forwarded_where_responses_are_checked(enforce: tuple[TestG
     gw.request("GET", "/v1/pets/7", headers={"Range": "bytes=22-43", "If-Range": '"v1"'})
     seen = up.received[-1]
     assert seen.header("range") is None and seen.header("if-range") is None
+
+
+DEEP_SPEC = """\
+openapi: 3.1.0
+info: {title: t, version: '1'}
+paths:
+  /users:
+    post:
+      requestBody:
+        content:
+          application/json:
+            schema: {type: object, properties: {tags: {type: array, items: {type: string}}}}
+      responses:
+        '200':
+          description: ok
+          content:
+            application/json:
+              schema: {type: object, properties: {data: {}}}
+"""
+
+
+def test_values_nested_hundreds_deep_are_answered_not_crashed_on(tmp_path: Path) -> None:
+    """The validator's own recursion limit raised ValueError: a 500 and a traceback per request."""
+    (tmp_path / "deep.yaml").write_text(DEEP_SPEC)
+    config = (
+        "routes:\n  - id: u\n    match: {path: /users}\n    upstream: '{upstream}'\n    stages:\n"
+        "      - use: anonymous\n      - use: openapi\n        config: {spec: deep.yaml, responses: enforce}\n"
+    )
+    with gateway_with_upstream(config, base_dir=tmp_path) as (gw, up):
+        body = b'{"tags":' + b"[" * 300 + b"]" * 300 + b"}"
+        status, _, raw = gw.request("POST", "/users", body=body, headers={"Content-Type": "application/json"})
+        assert (status, orjson.loads(raw)["reason"]) == (400, "openapi.malformed_body")
+        deep = b'{"data":' + b"[" * 300 + b"]" * 300 + b',"secret":"x"}'
+        up.reply("/users", Reply(200, [("Content-Type", "application/json")], deep))
+        status, _, raw = gw.request("POST", "/users", body=b'{"tags":[]}', headers={"Content-Type": "application/json"})
+        assert status == 200 and b"secret" not in raw

@@ -119,9 +119,12 @@ class OpenApiStage:
                     check = rule.check
             elif op.body_required:
                 extra.append({"pointer": "/body", "rule": "required"})
-        if check.validator.is_valid(instance) and not extra:
-            return self._allow
-        found_problems = extra + problems(check.validator.iter_errors(instance), check.schema)
+        try:
+            if check.validator.is_valid(instance) and not extra:
+                return self._allow
+            found_problems = extra + problems(check.validator.iter_errors(instance), check.schema)
+        except ValueError:  # the validator's own recursion limit, on a value nested hundreds deep
+            return self._fail(op, 400, "openapi.malformed_body", [{"pointer": "/body", "rule": "too_deep"}])
         return self._fail(op, 422, "openapi.invalid_request", found_problems)
 
     def _fail(self, op: Operation, status: int, reason: str, found: list[Problem]) -> Continue | Deny:
