@@ -222,3 +222,12 @@ def test_request_head_checks(
     assert got == status
     if reason is not None:
         assert problem(body)["reason"] == reason
+
+
+def test_method_overrides_never_reach_the_app(served: Served) -> None:
+    status, _, body = served.request(
+        "GET", "/public/items", headers={"X-HTTP-Method-Override": "DELETE", "X-Method-Override": "PUT"}
+    )
+    assert status == 200
+    headers = app_saw(body)["headers"]
+    assert "x-http-method-override" not in headers and "x-method-override" not in headers

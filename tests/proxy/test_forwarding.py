@@ -41,6 +41,11 @@ REQUEST_HOP_BY_HOP = [
     ("xff-underscore", {"X_Forwarded_For": "10.0.0.1"}, "x_forwarded_for"),
     ("request-id-underscore", {"X_Request_Id": "forged"}, "x_request_id"),
     ("real-ip-underscore", {"X_Real_IP": "10.0.0.1"}, "x_real_ip"),
+    # a GET that method-override middleware would run as DELETE must not pass as the GET it was routed as
+    ("method-override", {"X-HTTP-Method-Override": "DELETE"}, "x-http-method-override"),
+    ("method-override-short", {"X-HTTP-Method": "DELETE"}, "x-http-method"),
+    ("method-override-other", {"X-Method-Override": "PUT"}, "x-method-override"),
+    ("method-override-underscore", {"X_HTTP_Method_Override": "DELETE"}, "x_http_method_override"),
     ("expect", {"Expect": "100-continue"}, "expect"),
 ]
 

@@ -24,6 +24,11 @@ def is_identity_header(lower_name: bytes) -> bool:
     return lower_name.startswith(IDENTITY_PREFIX_BYTES)
 
 
+# Method overrides (X-HTTP-Method-Override: DELETE on a GET): routes and policies are chosen by the request's
+# method, so a request a framework's override middleware runs as another method would pass as the one it
+# claims. Never forwarded, on either front.
+METHOD_OVERRIDES = frozenset({b"x-http-method-override", b"x-http-method", b"x-method-override"})
+
 # Request headers the gateway itself sets or rebuilds (besides the identity headers).
 _OWNED = frozenset(
     {
@@ -38,6 +43,7 @@ _OWNED = frozenset(
         b"x-forwarded-prefix",
         b"x-real-ip",
         b"forwarded",
+        *METHOD_OVERRIDES,
     }
 )
 
@@ -86,7 +92,7 @@ def forwarded_headers(
     out: list[tuple[bytes, bytes]] = []
     for name, value in raw:
         lname = name.lower()
-        if is_identity_header(lname) or lname == REQUEST_ID or is_underscore_alias(lname):
+        if is_identity_header(lname) or lname == REQUEST_ID or lname in METHOD_OVERRIDES or is_underscore_alias(lname):
             continue
         if drop is not None and lname.decode("latin-1") in drop:
             continue

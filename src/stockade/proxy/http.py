@@ -8,6 +8,8 @@ from collections.abc import Set as AbstractSet
 from email.utils import formatdate
 from http import HTTPStatus
 
+from stockade.pipeline.forward import METHOD_OVERRIDES
+
 CRLF = b"\r\n"
 
 # How each request header is treated when the request is forwarded (lower-case names).
@@ -29,6 +31,7 @@ REQUEST_HEADER_CLASS: dict[bytes, int] = {
     b"transfer-encoding": TRANSFER_ENCODING,  # dropped: the gateway re-frames chunked bodies itself
     b"upgrade": UPGRADE,
     b"http2-settings": DROP,
+    **dict.fromkeys(METHOD_OVERRIDES, DROP),
     b"host": HOST,
     b"expect": EXPECT,
     b"x-request-id": REQUEST_ID,
