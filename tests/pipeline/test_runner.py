@@ -320,6 +320,12 @@ class Credentialed(Probe):
         pytest.param(
             [("alice", "x-api-key"), ("skip", "x-api-key"), ("skip", "query:k")], "c", id="third-authenticator"
         ),
+        # an earlier authenticator that skipped the credential (jwt on an opaque token) did not judge it
+        pytest.param(
+            [("skip", "authorization"), ("alice", "x-api-key"), ("skip", "authorization")],
+            "c",
+            id="earlier-skipped-same-place",
+        ),
     ],
 )
 def test_a_credential_no_authenticator_checked_makes_the_request_ambiguous(

@@ -433,3 +433,82 @@ def test_body_timer_starts_again_when_the_upstream_takes_the_body_again(make_gat
             up.close()
     finally:
         deaf.close()
+
+
+def test_a_denied_pipelined_body_past_the_buffer_is_drained_and_timed(
+    gateway: TestGateway, upstream: TestUpstream
+) -> None:
+    """A keep-alive local reply to a request whose body had filled the buffer left reads paused and, with the
+    body timer skipped while paused, the connection open forever."""
+    upstream.stall()
+    try:
+        with gateway.connect() as sock:
+            sock.sendall(b"GET /api/slow HTTP/1.1\r\nHost: a\r\n\r\n")
+            wait_for(lambda: upstream.received)
+            sock.sendall(b"POST /nope HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n" + b"x" * 70_000)
+            wait_for(
+                lambda: any(c.parsing is not None and c.parsing.body_size >= 65536 for c in gateway.server.connections)
+            )
+            upstream.release()
+            assert [r[0] for r in read_responses(sock, 2)] == [200, 404]
+            gateway.advance(31.0)  # the client never sends the rest of its body
+            assert closed(sock)
+    finally:
+        upstream.release()
+
+
+def test_an_upstream_paused_by_the_first_write_still_gets_a_send_deadline(make_gateway: GatewayFactory) -> None:
+    """With a buffer larger than the socket buffers, the write in _send paused the upstream before the exchange
+    knew it was streaming: no send deadline, no body timer, a connection open forever."""
+    deaf = _DeafUpstream()
+    try:
+        gw = make_gateway(
+            "limits: {max_body_bytes: 1000000000, buffer_bytes: 16777216}\n"
+            "routes:\n  - id: r\n    match: {path: /**}\n"
+            f"    upstream: {{url: 'http://127.0.0.1:{deaf.port}', read_timeout: 60}}\n"
+            "    stages: [{use: anonymous}]\n"
+        )
+        with gw.connect() as sock:
+            sock.sendall(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000000\r\n\r\n")
+            sent = _send_until_blocked(sock)
+            assert sent > 16_777_216
+            up = deaf.accept()
+            wait_for(lambda: any(c.pause_mask for c in gw.server.connections))
+            gw.advance(61.0)
+            responses = read_responses(sock, 1)
+            assert [r[0] for r in responses] == [504]
+            assert closed(sock)
+            up.close()
+    finally:
+        deaf.close()
+
+
+def test_back_pressure_of_a_finished_exchange_does_not_hold_the_next_request(make_gateway: GatewayFactory) -> None:
+    """The first request's upstream never reads: 504. Its pause on the client (PAUSE_UPSTREAM) stayed after it
+    let go of the upstream, so the pipelined second request, held for its body, had no deadline at all."""
+    deaf = _DeafUpstream()
+    try:
+        gw = make_gateway(
+            "limits: {max_body_bytes: 33554432, buffer_bytes: 16777216}\n"
+            "routes:\n  - id: r\n    match: {path: /**}\n"
+            f"    upstream: {{url: 'http://127.0.0.1:{deaf.port}', read_timeout: 60}}\n"
+            "    stages: [{use: anonymous}]\n"
+        )
+        n = 12 * 1024 * 1024
+        with gw.connect() as sock:
+            sock.sendall(
+                b"POST /one HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % n
+                + b"a" * n
+                + b"POST /two HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n"
+                + b"b" * 10
+            )
+            up = deaf.accept()
+            wait_for(lambda: any(c.pause_mask for c in gw.server.connections))
+            gw.advance(61.0)  # the first one's upstream never took its body
+            gw.advance(31.0)  # the second one's client never sends the rest of its body
+            responses = read_responses(sock, 2)
+            assert [r[0] for r in responses] == [504, 408]
+            assert closed(sock)
+            up.close()
+    finally:
+        deaf.close()

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from stockade.pipeline.response import Outcome, Response
     from stockade.pipeline.stage import Stage
 
+AUTHENTICATED_BY = "auth.winner"  # ctx.state: the StageSlot whose authenticator set the principal
+
 log = logging.getLogger("stockade.pipeline")
 
 IDENTITY_PREFIX = "x-stockade-"
@@ -104,6 +106,7 @@ class Pipeline:
         "challenges",
         "completion_hooks",
         "credentials",
+        "credentials_later",
         "head_edits",
         "needs_response_body",
         "response_hooks",
@@ -124,6 +127,8 @@ class Pipeline:
         self.credentials: tuple[Callable[[RequestContext], str | None] | None, ...] = tuple(
             getattr(s.stage, "credential", None) if s.phase is Phase.AUTHENTICATE else None for s in checking
         )
+        # Whether any authenticator with a credential follows another one: only then is the winner recorded.
+        self.credentials_later = any(c is not None for c in self.credentials[1:])
         self.response_hooks = tuple(s for s in reversed(ordered) if hasattr(s.stage, "on_response"))
         self.completion_hooks = tuple(s for s in ordered if hasattr(s.stage, "on_complete"))
         # Stages that decide once a credential was recognised (a principal or a denial), before that outcome
@@ -255,6 +260,8 @@ class Pipeline:
             if slot.phase is not Phase.AUTHENTICATE:
                 return self.deny(ctx, slot.id, Deny(500, "stage.error", detail="only authenticators set principals"))
             ctx.principal = verdict.principal
+            if self.credentials_later:
+                ctx.state[AUTHENTICATED_BY] = slot  # whose credential was verified (see _ambiguous)
         if verdict.set_headers:
             target = ctx.set_headers if ctx.set_headers is not None else {}
             for name, value in verdict.set_headers.items():
@@ -297,10 +304,10 @@ class Pipeline:
         source = presented(ctx)
         if source is None:
             return None
-        for j in range(i):
-            found = self.credentials[j]
-            if found is not None and found(ctx) == source:
-                return None  # the same credential, which an earlier authenticator already judged
+        winner = ctx.state.get(AUTHENTICATED_BY)
+        judged = getattr(winner.stage, "credential", None) if winner is not None else None
+        if judged is not None and judged(ctx) == source:
+            return None  # the very credential the winning authenticator verified (one that skipped it did not)
         return self.deny(
             ctx, self.slots[i].id, Deny(400, "auth.ambiguous_credentials", detail=f"a second credential in {source}")
         )

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, cast
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from stockade.pipeline.forward import IDENTITY_PREFIX_BYTES, is_underscore_alias
-from stockade.proxy.common import INF, PAUSE_PIPELINE, PAUSE_TUNNEL
+from stockade.proxy.common import INF, PAUSE_PIPELINE, PAUSE_TUNNEL, PAUSE_UPSTREAM
 from stockade.proxy.exchange import Exchange
 from stockade.proxy.http import (
     COMMON_SPELLINGS,
@@ -453,11 +453,18 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self.protocol_error(408, "http.timeout", "request head not received in time")
         elif kind == "body":
-            if self.pause_mask:
-                # The gateway is not reading (the upstream or a stage does not keep up, and each has a deadline
-                # of its own): the client is not stalling. `resume` starts the body timer again.
-                return
             ex = self.parsing
+            if (
+                self.pause_mask == PAUSE_UPSTREAM
+                and ex is not None
+                and ex.deadline_kind == "send"
+                and ex.deadline < INF
+            ):
+                # The gateway stopped reading because the upstream does not take the streamed body: the client is
+                # not stalling, the upstream has its own (send) deadline, and `resume` restarts this timer. Any
+                # other pause keeps the body timer, so no connection can stay open without a deadline.
+                self.read_deadline = INF
+                return
             if ex is not None and ex.started:
                 ex.request_aborted(408, "http.timeout", "request body stalled")
             else:

@@ -18,7 +18,7 @@ from stockade.pipeline.record import complete_upgraded, record_request
 from stockade.pipeline.runner import Pipeline
 from stockade.pipeline.verdict import Deny
 from stockade.proxy import forwarding, local_replies, response_side
-from stockade.proxy.common import INF, PAUSE_BUFFER
+from stockade.proxy.common import INF, PAUSE_BUFFER, PAUSE_UPSTREAM
 from stockade.proxy.request_head import RequestHead
 
 if TYPE_CHECKING:
@@ -447,6 +447,7 @@ class Exchange:
         if up is None:
             return
         self.upstream = None
+        self.conn.resume(PAUSE_UPSTREAM)  # its back-pressure ends with it (no resume_writing will come)
         pool = self.pool
         if pool is None:
             up.abort()

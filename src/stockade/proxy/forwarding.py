@@ -117,6 +117,11 @@ def _send(ex: Exchange, up: UpstreamConnection) -> None:
         data += b"0\r\n\r\n"
     if not (ex.request_done and h.method in IDEMPOTENT):
         ex.body = ()  # kept only while a retry on a fresh connection is still possible
+    if not ex.request_done:
+        # Streaming from here: set before the write, which may fill the upstream's buffer and pause it at once
+        # (upstream_pause then gives the upstream a send deadline).
+        ex.streaming = True
+        ex.deadline = INF
     up.write(data)
     ex.conn.resume(PAUSE_BUFFER)
     now = ex.clock.monotonic()
@@ -124,8 +129,6 @@ def _send(ex: Exchange, up: UpstreamConnection) -> None:
     if ex.request_done:
         ex._set_deadline(now + route.read_timeout, "upstream")
     else:
-        ex.streaming = True
-        ex.deadline = INF
         ex._send_continue()
 
 

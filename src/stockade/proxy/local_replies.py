@@ -14,7 +14,7 @@ from stockade.pipeline.intake import bare_context
 from stockade.pipeline.local import handler_failed, handler_reply, problem
 from stockade.pipeline.runner import Pipeline, header_safe, step_eagerly
 from stockade.pipeline.verdict import Deny
-from stockade.proxy.common import INF, MAX_DISCARD
+from stockade.proxy.common import INF, MAX_DISCARD, PAUSE_BUFFER
 from stockade.proxy.http import CRLF, status_line
 
 if TYPE_CHECKING:
@@ -123,6 +123,8 @@ def _write_local(
         remaining = h.content_length - ex.body_size
         close = h.chunked or remaining > MAX_DISCARD or (ex.expect_continue and not ex.continue_sent)
     close = close or conn.should_close_after(ex)
+    if not close and not ex.request_done:
+        conn.resume(PAUSE_BUFFER)  # drain the rest of the body (it may have filled the buffer before the reply)
     lines = [status_line(status)]
     for name, value in headers:
         if not framed and name in ("content-length", "transfer-encoding", "connection"):

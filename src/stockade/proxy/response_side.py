@@ -44,6 +44,8 @@ def upstream_head(ex: Exchange, head: bytes, status: int, first: bytes) -> None:
             ex._upstream_broken("upstream.bad_response", "101 without an upgrade request")
             return
         ex._write_head(head, status, ResponseFraming(head), None, b"connection: upgrade\r\nupgrade: websocket\r\n")
+        if ex.finished:  # a response hook refused the 101: answered and recorded already, no tunnel
+            return
         ex.tunnel_open = True
         ex.deadline = INF
         ex._record(hooks=False)  # completion hooks when the tunnel closes
