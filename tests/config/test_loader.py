@@ -224,3 +224,55 @@ def test_relative_paths_resolve_against_the_config_directory(tmp_path: Path) -> 
     (tmp_path / "gw.yaml").write_text(GOOD)
     loaded = load_config(tmp_path / "gw.yaml", env={})
     assert loaded.base_dir == tmp_path.resolve()
+
+
+ROUTE_WITH_TWO_STAGE_LISTS = """
+routes:
+  - id: r
+    match: {path: /x}
+    upstream: http://127.0.0.1:9
+    stages: [{use: anonymous}, {use: request_size, config: {max_bytes: 10}}]
+    stages: [{use: anonymous}]
+"""
+
+
+def _bomb(levels: int) -> str:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, levels + 1):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
+    return "\n".join(lines) + f"\nlisten: {{host: '127.0.0.1', port: 8080}}\nx: *a{levels}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        # YAML keeps the last of repeated keys silently: here that would drop request_size without a word
+        (ROUTE_WITH_TWO_STAGE_LISTS, "repeated key 'stages'"),
+        ("listen: {port: 8080}\nlisten: {port: 9090}\n", "repeated key 'listen'"),
+        (_bomb(7), "expands to"),  # "billion laughs": a few hundred bytes, 10**8 nodes
+        ("listen: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+    ],
+    ids=["repeated-stages", "repeated-section", "alias-bomb", "deep-nesting"],
+)
+def test_yaml_that_hides_or_explodes_is_refused(text: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text, env={})
+    assert fragment in str(info.value)
+
+
+def test_merge_keys_may_be_overridden_and_small_aliases_pass() -> None:
+    text = (
+        "routes:\n"
+        "  - id: r\n    match: {path: /x}\n    upstream: &up {url: 'http://127.0.0.1:9', read_timeout: 5}\n"
+        "    stages: [&anon {use: anonymous}]\n"
+        "  - id: s\n    match: {path: /y}\n    upstream: {<<: *up, read_timeout: 9}\n    stages: [*anon]\n"
+    )
+    routes = {r.id: r for r in load_config_text(text, env={}).config.routes}
+    assert routes["r"].upstream is not None and routes["s"].upstream is not None
+    assert (routes["r"].upstream.read_timeout, routes["s"].upstream.read_timeout) == (5, 9)
+    assert routes["s"].upstream.url == "http://127.0.0.1:9"
+
+
+def test_log_decisions_off_unquoted_is_off() -> None:
+    loaded = load_config_text("log: {decisions: off}\n", env={}, require_upstreams=False)
+    assert loaded.config.log.decisions == "off"

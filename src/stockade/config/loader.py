@@ -84,12 +84,16 @@ def load_config_text(
 ) -> LoadedConfig:
     """Validate config text. `env` defaults to os.environ; pass {} to ignore STOCKADE_* overrides."""
     try:
-        raw = yaml.safe_load(text) if text.strip() else {}
+        raw = _load_yaml(text) if text.strip() else {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([f"{where}: YAML syntax error: {problem}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{source}: YAML nested too deeply"]) from None
+    except _TooLarge as exc:
+        raise ConfigError([f"{source}: {exc}"]) from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -291,6 +295,64 @@ class _Reporter:
         if rest:
             parts.append("field '" + ".".join(rest).replace(".[", "[") + "'")
         return " > ".join(parts) if parts else "top level"
+
+
+MAX_NODES = 100_000  # a config, with every alias expanded, is far smaller; a "billion laughs" file is not
+
+
+class _TooLarge(ValueError):
+    pass
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a repeated mapping key (YAML keeps the last silently: a second `stages:` in a
+    route would drop the first list's security stages without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` merges; explicit keys may override what it brings
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, list | dict):
+                continue  # unhashable: the constructor below reports it
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark, f"repeated key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str) -> Any:
+    """The document, refusing repeated keys and aliases that expand beyond MAX_NODES."""
+    loader = _StrictLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None
+        size = _expanded_size(root, {})
+        if size > MAX_NODES:
+            raise _TooLarge(f"the YAML expands to {size} nodes with its aliases (at most {MAX_NODES})")
+        return loader.construct_document(root)
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """Nodes in the document with every alias expanded, computed once per node (a shared node is counted as
+    often as it is referenced, without walking it again)."""
+    found = memo.get(id(node))
+    if found is not None:
+        return found
+    memo[id(node)] = 1  # a recursive alias counts once
+    size = 1
+    if isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(item, memo) for item in node.value)
+    memo[id(node)] = size
+    return size
 
 
 def _line_map(text: str) -> dict[_Loc, int]:

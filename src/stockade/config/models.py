@@ -176,6 +176,11 @@ class Log(Strict):
     decisions: str = "stdout"  # stdout | stderr | off | a file path
     level: Literal["debug", "info", "warning", "error"] = "info"
 
+    @field_validator("decisions", mode="before")
+    @classmethod
+    def _off(cls, v: Any) -> Any:
+        return "off" if v is False else v  # YAML 1.1 reads an unquoted `off` as false
+
 
 class Secrets(Strict):
     """Where the API-key pepper and the key-encryption keys come from (env STOCKADE_PEPPER / STOCKADE_KEK win).
