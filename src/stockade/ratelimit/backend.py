@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
 from stockade.errors import StorageError
+from stockade.storage import mask_url
 
 if TYPE_CHECKING:
     from stockade.pipeline.stage import Services
@@ -88,7 +89,9 @@ def storage_problems(url: str, workers: int) -> list[str]:
     """Config problems with a `limits_storage` URL for a deployment of `workers` processes."""
     scheme = urlsplit(url).scheme
     if scheme not in SCHEMES:
-        return [f"limits_storage {url!r}: unsupported scheme {scheme!r}; use memory:// or redis://host:port/db"]
+        return [
+            f"limits_storage {mask_url(url)!r}: unsupported scheme {scheme!r}; use memory:// or redis://host:port/db"
+        ]
     if scheme in ("redis", "rediss"):
         from stockade.ratelimit.resp import RedisUrl
 
@@ -115,7 +118,7 @@ def backend_from_url(url: str, services: Services) -> LimiterBackend:
         from stockade.ratelimit.redis import RedisBackend
 
         return RedisBackend(url, services.clock, services.metrics)
-    raise ValueError(f"limits_storage {url!r}: unsupported scheme {scheme!r}")
+    raise ValueError(f"limits_storage {mask_url(url)!r}: unsupported scheme {scheme!r}")
 
 
 def limits_backend(services: Services) -> LimiterBackend:

@@ -150,12 +150,15 @@ def test_unknown_limits_storage_scheme_is_refused() -> None:
         ("redis://127.0.0.1:6379/0?prefix=a{b}", "must not contain braces"),
         ("redis://127.0.0.1:6379/0?timeout=0", "between 0 and 60"),
         ("redis://127.0.0.1:99999/0", "bad port"),
+        ("redis://:S3CRETPW@127.0.0.1:6379/zero", "must be a database number"),
+        ("reddis://:S3CRETPW@127.0.0.1:6379/0", "unsupported scheme"),
     ],
-    ids=["option", "db", "braces", "timeout", "port"],
+    ids=["option", "db", "braces", "timeout", "port", "db-with-password", "scheme-with-password"],
 )
 def test_bad_redis_url_is_a_config_error(url: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message) as info:
         load("limits: [{rate: 5/minute, key: ip}]", head=f"limits_storage: '{url}'\n")
+    assert "S3CRETPW" not in str(info.value)  # the password never appears in a message
 
 
 def _write(tmp_path: Path, head: str) -> Path:
