@@ -83,12 +83,13 @@ class Served:
 def serve(tmp_path: Path, upstream: TestUpstream) -> Iterator[object]:
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(workers: int = 1, max_bytes: int = 1024, wait: bool = True) -> Served:
+    def start(workers: int = 1, max_bytes: int = 1024, wait: bool = True, cli_workers: int | None = None) -> Served:
         port, admin = free_port(), free_port()
         path = tmp_path / "gw.yaml"
         path.write_text(config(upstream.url, port, admin, max_bytes, workers))
+        extra = ["--workers", str(cli_workers)] if cli_workers is not None else []
         proc = subprocess.Popen(
-            [STOCKADE, "serve", "--config", str(path)],
+            [STOCKADE, "serve", "--config", str(path), *extra],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -203,3 +204,17 @@ def test_memory_counter_text_of_workers_is_merged(serve: object) -> None:
         return value
 
     until(lambda: total() == 10.0)
+
+
+def test_sighup_reloads_when_workers_come_from_the_command_line(serve: object, upstream: TestUpstream) -> None:
+    """`--workers 2` was applied to the first load only: every reload then read `workers: 1` from the file and
+    was refused as "reload cannot change workers"."""
+    gw: Served = serve(cli_workers=2)  # type: ignore[operator]
+    until(lambda: b"stockade_workers_ready 2.0" in gw.admin_get("/metrics")[1])
+    gw.path.write_text(gw.path.read_text().replace("max_bytes: 1024", "max_bytes: 100"))
+    gw.proc.send_signal(signal.SIGHUP)
+    until(lambda: all(gw.get("/api/x", body=b"a" * 500)[0] == 413 for _ in range(10)))
+    gw.proc.send_signal(signal.SIGTERM)
+    assert gw.proc.wait(30) == 0
+    stderr = gw.proc.stderr.read().decode() if gw.proc.stderr else ""
+    assert "reload cannot change workers" not in stderr

@@ -35,10 +35,11 @@ def serve(
     from stockade.observability.logs import setup_logging
 
     path = resolve_config_path(ctx, config_path)
-    env = dict(os.environ)
     if workers is not None:
-        env["STOCKADE_WORKERS"] = str(workers)  # so the loader checks the config against the real worker count
-    loaded = load_or_exit(path, env)
+        # In the process environment, not a copy: reloads (SIGHUP) and restarted workers read the config again
+        # and must see the same worker count, or every reload is refused as "changing workers".
+        os.environ["STOCKADE_WORKERS"] = str(workers)
+    loaded = load_or_exit(path, dict(os.environ))
     setup_logging(loaded.config.log.level)
     n = loaded.config.workers
     try:
