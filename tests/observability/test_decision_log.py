@@ -58,3 +58,49 @@ def test_credentials_never_reach_the_log(tmp_path: Path, make_gateway: GatewayFa
     for secret in SECRETS:
         assert secret not in text
     assert "token=" not in text  # the query string is not logged
+
+
+def test_a_pipe_whose_reader_stops_never_blocks_the_gateway(tmp_path: Path) -> None:
+    """A blocking write to a full stdout pipe froze the event loop, and with it every request and /healthz.
+    Lines now wait (bounded) for the reader, and are dropped beyond that, never blocking."""
+    import os
+    import threading
+
+    from stockade.clock import FakeClock
+    from stockade.observability.decision_log import DecisionLog
+    from stockade.testing import make_context
+
+    fifo = tmp_path / "log.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader exists, and reads nothing for now
+    log = DecisionLog(str(fifo), FakeClock())
+    ctx = make_context()
+    done = threading.Event()
+
+    def write_many() -> None:
+        for _ in range(60_000):  # about 12 MB of lines: far more than a pipe holds
+            log.record(ctx, 200, 10, 5)
+        log.flush()
+        done.set()
+
+    threading.Thread(target=write_many, daemon=True).start()
+    assert done.wait(20), "recording blocked on the pipe"
+    assert log.dropped > 0  # beyond the pending bound
+    got = b""
+    while True:  # the reader catches up: what was kept goes out, in whole lines
+        try:
+            chunk = os.read(reader, 1 << 20)
+        except BlockingIOError:
+            log.flush()
+            try:
+                chunk = os.read(reader, 1 << 20)
+            except BlockingIOError:
+                break
+        if not chunk:
+            break
+        got += chunk
+    os.close(reader)
+    log.close()
+    lines = got.split(b"\n")
+    assert len(lines) > 1000
+    assert all(json.loads(line)["status"] == 200 for line in lines if line)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import stat
 import sys
 from typing import TYPE_CHECKING
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
 
 _FLUSH_AT = 64 * 1024
 _PIPE_BUF = 4096  # writes up to this size are atomic on a pipe, so workers sharing stdout never interleave
+_MAX_PENDING = 8 * 1024 * 1024  # lines kept while a pipe's reader does not keep up; beyond, new lines are dropped
 
 
 class DecisionLog:
@@ -34,8 +36,18 @@ class DecisionLog:
         else:
             self._fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
             self._owned = True
-        # Only a pipe needs writes cut at PIPE_BUF to keep workers' lines whole; a file or terminal takes one write.
-        self._chunk = _PIPE_BUF if self._fd >= 0 and stat.S_ISFIFO(os.fstat(self._fd).st_mode) else 1 << 30
+        # Only a pipe or socket needs writes cut at PIPE_BUF to keep workers' lines whole; a file or terminal takes
+        # one write. A pipe or socket is polled before each write: a reader that stops (a stuck log shipper) must
+        # cost decision lines, never block the event loop and with it the whole data plane.
+        mode = os.fstat(self._fd).st_mode if self._fd >= 0 else 0
+        streamed = stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+        self._chunk = _PIPE_BUF if streamed else 1 << 30
+        self._poll: select.poll | None = None
+        if streamed:
+            self._poll = select.poll()
+            self._poll.register(self._fd, select.POLLOUT)
+        self.dropped = 0  # lines dropped while the reader did not keep up
+        self._behind = False  # the last flush left lines behind: retry on the timer, not on every request
 
     @property
     def enabled(self) -> bool:
@@ -69,9 +81,12 @@ class DecisionLog:
         if "failed_open" in ctx.state:
             entry["failed_open"] = ctx.state["failed_open"]
         line = orjson.dumps(entry) + b"\n"
+        if self._size > _MAX_PENDING:
+            self.dropped += 1
+            return
         self._buf.append(line)
         self._size += len(line)
-        if self._size >= _FLUSH_AT:
+        if self._size >= _FLUSH_AT and not self._behind:
             self.flush()
 
     def flush(self) -> None:
@@ -80,16 +95,23 @@ class DecisionLog:
         data = b"".join(self._buf)
         self._buf.clear()
         self._size = 0
+        poll = self._poll
         try:
             chunk = self._chunk
             while data:
+                if poll is not None and not poll.poll(0):
+                    break  # the reader is behind: keep the rest for the next flush (bounded by _MAX_PENDING)
                 cut = len(data) if len(data) <= chunk else data.rfind(b"\n", 0, chunk) + 1
                 if cut <= 0:
                     cut = data.find(b"\n") + 1 or len(data)
                 written = os.write(self._fd, data[:cut])
                 data = data[written:]
         except OSError:
-            pass  # a closed stdout must not take the data plane down; metrics still count the requests
+            data = b""  # a closed stdout must not take the data plane down; metrics still count the requests
+        self._behind = bool(data)
+        if data:
+            self._buf.append(data)
+            self._size = len(data)
 
     def close(self) -> None:
         self.flush()
