@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,8 +136,13 @@ def _decision_log_target(loaded: LoadedConfig, problems: list[str]) -> str:
     path = Path(target)
     if not path.is_absolute():
         path = loaded.base_dir / path
+    where = f"{loaded.source}: field 'log.decisions'"
     if not path.parent.is_dir():
-        problems.append(f"{loaded.source}: field 'log.decisions': directory {path.parent} does not exist")
-    elif path.exists() and not path.is_file():
-        problems.append(f"{loaded.source}: field 'log.decisions': {path} is not a file")
+        problems.append(f"{where}: directory {path.parent} does not exist")
+    elif path.is_symlink() and not path.exists():
+        problems.append(f"{where}: {path} is a symbolic link to nothing")
+    elif path.exists() and not (path.is_file() or path.is_fifo()):
+        problems.append(f"{where}: {path} is not a file")
+    elif not os.access(path if path.exists() else path.parent, os.W_OK):
+        problems.append(f"{where}: {path if path.exists() else path.parent} is not writable")
     return str(path)

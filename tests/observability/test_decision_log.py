@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from stockade.testing import TestUpstream
 from tests.conftest import BASIC, GatewayFactory
 
@@ -104,3 +106,42 @@ def test_a_pipe_whose_reader_stops_never_blocks_the_gateway(tmp_path: Path) -> N
     lines = got.split(b"\n")
     assert len(lines) > 1000
     assert all(json.loads(line)["status"] == 200 for line in lines if line)
+
+
+def test_a_reload_whose_decision_log_cannot_be_opened_changes_nothing(
+    tmp_path: Path, make_gateway: GatewayFactory, upstream: TestUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new runtime was swapped in before the new log file was opened: a failure left the new policy live
+    and the reload unrecorded. Now the open comes first, and its failure refuses the reload whole."""
+    from stockade.errors import ConfigError
+    from stockade.observability import decision_log
+    from stockade.testing import http_request
+
+    gw = make_gateway(BASIC)
+    before = gw.server.runtime
+
+    class Unopenable(decision_log.DecisionLog):
+        def __init__(self, target: str, clock: object) -> None:
+            raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("stockade.proxy.server.DecisionLog", Unopenable)
+    stricter = BASIC.replace("{upstream}", upstream.url) + f"log: {{decisions: '{tmp_path / 'new.log'}'}}\n"
+    with pytest.raises(ConfigError, match=r"log\.decisions: cannot open"):
+        gw.reload(stricter)
+    monkeypatch.undo()
+    assert gw.server.runtime is before
+    with gw.connect() as sock:
+        assert http_request(sock, b"GET /api/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")[0][0] == 200
+
+
+def test_a_dangling_decision_log_symlink_is_a_config_error(tmp_path: Path) -> None:
+    from stockade.clock import FakeClock
+    from stockade.config.loader import load_config_text
+    from stockade.errors import ConfigError
+    from stockade.pipeline.stage import Services
+    from stockade.runtime import build_runtime
+
+    (tmp_path / "dangling.log").symlink_to(tmp_path / "missing" / "x.log")
+    loaded = load_config_text("log: {decisions: dangling.log}\n", base_dir=tmp_path, env={}, require_upstreams=False)
+    with pytest.raises(ConfigError, match="symbolic link to nothing"):
+        build_runtime(loaded, Services(clock=FakeClock()))

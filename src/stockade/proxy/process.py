@@ -45,10 +45,10 @@ def try_reload(server: ProxyServer, current: LoadedConfig, new: LoadedConfig | N
         else:
             try:
                 runtime = build_runtime(new, server.runtime.services)
+                server.reload(runtime)
             except ConfigError as exc:
                 problems = exc.problems
             else:
-                server.reload(runtime)
                 server.metrics.event("config_reload", "ok")
                 log.info("configuration reloaded", extra={"routes": len(new.config.routes)})
                 return True

@@ -9,6 +9,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from stockade.clock import SYSTEM_CLOCK, Clock
+from stockade.errors import ConfigError
 from stockade.observability.decision_log import DecisionLog
 from stockade.pipeline.intake import RequestIds
 from stockade.proxy.client import ClientConnection
@@ -111,16 +112,24 @@ class ProxyServer:
         self.pools.sweep(now)
 
     def reload(self, runtime: Runtime) -> None:
-        """Swap in a new runtime: requests already under way finish on the one they started with."""
+        """Swap in a new runtime: requests already under way finish on the one they started with. All or
+        nothing: what can fail (opening a new decision-log file) is done before anything is swapped, and a
+        failure is a ConfigError that leaves the running configuration as it was."""
         cfg = runtime.config
+        new_log = None
+        if runtime.decision_log != self._log_target:
+            try:
+                new_log = DecisionLog(runtime.decision_log, self.clock)
+            except OSError as exc:
+                raise ConfigError([f"log.decisions: cannot open {runtime.decision_log!r}: {exc.strerror}"]) from None
         if self.tls is not None and runtime.tls.listener is not None:
             self.tls.current = runtime.tls.listener  # new handshakes only; TLS on/off needs a restart
         self.runtime = runtime
         self.limits = HotLimits.of(cfg.limits)
         self.pools.retain([r.upstream for r in cfg.routes if r.upstream is not None], runtime.tls.upstreams)
-        if runtime.decision_log != self._log_target:
+        if new_log is not None:
             old = self.decision_log
-            self.decision_log = DecisionLog(runtime.decision_log, self.clock)
+            self.decision_log = new_log
             self._log_target = runtime.decision_log
             old.close()
 
