@@ -35,32 +35,35 @@ def serve(
     from stockade.observability.logs import setup_logging
 
     path = resolve_config_path(ctx, config_path)
+    env = dict(os.environ)
     if workers is not None:
-        # In the process environment, not a copy: reloads (SIGHUP) and restarted workers read the config again
-        # and must see the same worker count, or every reload is refused as "changing workers".
-        os.environ["STOCKADE_WORKERS"] = str(workers)
-    loaded = load_or_exit(path, dict(os.environ))
+        # The same environment goes to every later load (SIGHUP reloads): with the file's own `workers` they
+        # would see another worker count and refuse every reload as "changing workers".
+        env["STOCKADE_WORKERS"] = str(workers)
+    loaded = load_or_exit(path, env)
     setup_logging(loaded.config.log.level)
     n = loaded.config.workers
     try:
-        _run(path, loaded, n, worker_fd, worker_index)
+        _run(path, loaded, n, worker_fd, worker_index, env)
     except ConfigError as exc:  # a file the runtime loads (a TLS key, a spec) is unusable: report, do not trace
         report_config_error(exc)
         sys.exit(2)
 
 
-def _run(path: str, loaded: LoadedConfig, n: int, worker_fd: int | None, worker_index: int) -> None:
+def _run(
+    path: str, loaded: LoadedConfig, n: int, worker_fd: int | None, worker_index: int, env: dict[str, str]
+) -> None:
     import uvloop
 
     if worker_fd is not None:
         from stockade.proxy.workers import serve_worker
 
-        uvloop.run(serve_worker(path, loaded, worker_fd, worker_index, n))
+        uvloop.run(serve_worker(path, loaded, worker_fd, worker_index, n, env))
     elif n > 1:
         from stockade.proxy.workers import supervise
 
-        uvloop.run(supervise(path, loaded, n))
+        uvloop.run(supervise(path, loaded, n, env))
     else:
         from stockade.proxy.process import serve_single
 
-        uvloop.run(serve_single(path, loaded))
+        uvloop.run(serve_single(path, loaded, env))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from stockade.config.oauth2 import OAuth2Server, expand_oauth2_routes
 from stockade.security.netaddr import check_networks
@@ -169,6 +169,10 @@ class Route(Strict):
     def _one_target(self) -> Route:
         if self.upstream is not None and self.handler is not None:
             raise ValueError("a route has either an upstream or a handler, not both")
+        if self.own_auth and self.handler is None:
+            # It drops the global authenticators and authorizers; only a handler that authenticates its callers
+            # itself (the token endpoint) may do without them.
+            raise ValueError("own_auth is for routes with a handler that authenticates its callers")
         return self
 
 
@@ -217,12 +221,15 @@ class GatewayConfig(Strict):
 
     @field_validator("storage")
     @classmethod
-    def _storage_url(cls, v: str) -> str:
+    def _storage_url(cls, v: str, info: ValidationInfo) -> str:
         from stockade.storage import check_url  # the storage registry; no backend driver is imported
 
         problem = check_url(v)
         if problem is not None:
             raise ValueError(problem)
+        if v.startswith("memory:") and info.data.get("workers", 1) > 1:
+            # Consumers, keys, clients, revocations and the admin change log would differ per worker.
+            raise ValueError("memory:// is per process: with several workers use sqlite:// or postgresql://")
         return v
 
     @field_validator("trusted_proxies")

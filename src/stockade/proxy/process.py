@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Mapping
 
 from stockade.admin.app import AdminState, admin_app
 from stockade.admin.server import AdminServer
@@ -33,6 +34,8 @@ def restart_only_changes(old: LoadedConfig, new: LoadedConfig) -> list[str]:
         out.append("workers")
     if a.storage != b.storage or a.limits_storage != b.limits_storage:
         out.append("storage")
+    if a.secrets != b.secrets:
+        out.append("secrets")  # the pepper and KEKs are loaded once per process
     return out
 
 
@@ -59,17 +62,18 @@ def try_reload(server: ProxyServer, current: LoadedConfig, new: LoadedConfig | N
 
 
 def load_for_reload(
-    path: str, text: str | None = None, base: LoadedConfig | None = None
+    path: str, text: str | None = None, base: LoadedConfig | None = None, env: Mapping[str, str] | None = None
 ) -> tuple[LoadedConfig | None, list[str]]:
+    """The config again, as the first load read it: `env` is that load's environment (with `--workers`)."""
     try:
         if text is not None and base is not None:
-            return load_config_text(text, source=base.source, base_dir=base.base_dir), []
-        return load_config(path), []
+            return load_config_text(text, source=base.source, base_dir=base.base_dir, env=env), []
+        return load_config(path, env=env), []
     except ConfigError as exc:
         return None, exc.problems
 
 
-async def serve_single(path: str, loaded: LoadedConfig) -> None:
+async def serve_single(path: str, loaded: LoadedConfig, env: Mapping[str, str] | None = None) -> None:
     """One process: data plane and admin listener on one uvloop loop."""
     cfg = loaded.config
     services = Services(clock=SYSTEM_CLOCK, workers=1)
@@ -79,7 +83,7 @@ async def serve_single(path: str, loaded: LoadedConfig) -> None:
     current = [loaded]
 
     def reload() -> None:
-        new, problems = load_for_reload(path)
+        new, problems = load_for_reload(path, env=env)
         if try_reload(server, current[0], new, problems) and new is not None:
             current[0] = new
 

@@ -14,6 +14,7 @@ import logging
 import signal
 import socket
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +42,9 @@ async def _send(writer: asyncio.StreamWriter, msg: dict[str, Any]) -> None:
 # -- worker side -------------------------------------------------------------------------------------------------
 
 
-async def serve_worker(path: str, loaded: LoadedConfig, control_fd: int, index: int, workers: int) -> None:
+async def serve_worker(
+    path: str, loaded: LoadedConfig, control_fd: int, index: int, workers: int, env: Mapping[str, str] | None = None
+) -> None:
     sock = socket.socket(fileno=control_fd)
     reader, writer = await asyncio.open_connection(sock=sock)
     services = Services(clock=SYSTEM_CLOCK, workers=workers)
@@ -64,7 +67,7 @@ async def serve_worker(path: str, loaded: LoadedConfig, control_fd: int, index: 
         while line := await reader.readline():
             msg = orjson.loads(line)
             if msg["op"] == "reload":
-                new, problems = load_for_reload(path, msg["text"], current[0])
+                new, problems = load_for_reload(path, msg["text"], current[0], env)
                 ok = try_reload(server, current[0], new, problems)
                 if ok and new is not None:
                     current[0] = new
@@ -98,8 +101,9 @@ class _Worker:
 
 
 class Supervisor:
-    def __init__(self, path: str, loaded: LoadedConfig, workers: int) -> None:
+    def __init__(self, path: str, loaded: LoadedConfig, workers: int, env: Mapping[str, str] | None = None) -> None:
         self.path = path
+        self.env = env
         self.loaded = loaded
         self.n = workers
         self.workers = [_Worker(i) for i in range(workers)]
@@ -172,7 +176,7 @@ class Supervisor:
                 await self._spawn(w)
 
     async def reload(self) -> None:
-        new, problems = load_for_reload(self.path)
+        new, problems = load_for_reload(self.path, env=self.env)
         if new is not None and (blocked := restart_only_changes(self.loaded, new)):
             problems = [f"{new.source}: reload cannot change {', '.join(blocked)}; restart instead"]
             new = None
@@ -209,5 +213,5 @@ class Supervisor:
         log.info("stopped")
 
 
-async def supervise(path: str, loaded: LoadedConfig, workers: int) -> None:
-    await Supervisor(path, loaded, workers).run()
+async def supervise(path: str, loaded: LoadedConfig, workers: int, env: Mapping[str, str] | None = None) -> None:
+    await Supervisor(path, loaded, workers, env).run()

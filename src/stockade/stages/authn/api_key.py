@@ -23,7 +23,7 @@ from stockade.pipeline.verdict import Continue, Deny, Skip
 from stockade.security import keys
 
 if TYPE_CHECKING:
-    from stockade.config.models import GatewayConfig
+    pass
 
 log = logging.getLogger("stockade.stages.api_key")
 
@@ -77,12 +77,6 @@ class ApiKeyAuthenticator:
                 env.route_id,
                 self._query,
             )
-
-    @classmethod
-    def check_deployment(cls, config: ApiKeyConfig, gateway: GatewayConfig) -> list[str]:
-        if gateway.storage.startswith("memory:") and gateway.workers > 1:
-            return ["storage memory:// is per process: with several workers each would see different keys"]
-        return []
 
     def credential(self, ctx: RequestContext) -> str | None:
         """Where this request carries what `check` would take for a key (see CredentialSource)."""
