@@ -276,3 +276,25 @@ def test_merge_keys_may_be_overridden_and_small_aliases_pass() -> None:
 def test_log_decisions_off_unquoted_is_off() -> None:
     loaded = load_config_text("log: {decisions: off}\n", env={}, require_upstreams=False)
     assert loaded.config.log.decisions == "off"
+
+
+def test_own_auth_is_only_for_routes_with_a_handler() -> None:
+    """On an upstream route it silently dropped the global authenticators and authorizers."""
+    text = (
+        "stages: [{use: api_key}, {use: scopes, config: {require: [admin]}}]\n"
+        "routes:\n  - id: r\n    match: {path: /x}\n    upstream: http://127.0.0.1:9\n    own_auth: true\n"
+        "    stages: [{use: anonymous}]\n"
+    )
+    with pytest.raises(ConfigError, match="own_auth is for routes with a handler"):
+        load_config_text(text, env={})
+
+
+def test_a_reload_that_changes_secrets_is_refused_as_restart_only() -> None:
+    from stockade.proxy.process import restart_only_changes
+
+    base = "routes:\n  - id: r\n    match: {path: /x}\n    upstream: http://127.0.0.1:9\n"
+    base += "    stages: [{use: anonymous}]\n"
+    old = load_config_text(base, env={})
+    new = load_config_text("secrets: {pepper_file: other-pepper}\n" + base, env={})
+    assert restart_only_changes(old, new) == ["secrets"]
+    assert restart_only_changes(old, load_config_text(base, env={})) == []
