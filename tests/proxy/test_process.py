@@ -218,3 +218,21 @@ def test_sighup_reloads_when_workers_come_from_the_command_line(serve: object, u
     assert gw.proc.wait(30) == 0
     stderr = gw.proc.stderr.read().decode() if gw.proc.stderr else ""
     assert "reload cannot change workers" not in stderr
+
+
+def test_a_restarted_worker_runs_what_the_supervisor_validated_not_the_file(
+    serve: object, upstream: TestUpstream
+) -> None:
+    """A worker restarted after a crash read the file as it was on disk: an edit nobody had reloaded (or a
+    broken file) split the policy between workers, or crash-looped the worker."""
+    gw: Served = serve(workers=2)  # type: ignore[operator]
+    until(lambda: b"stockade_workers_ready 2.0" in gw.admin_get("/metrics")[1])
+    gw.path.write_text(gw.path.read_text().replace("max_bytes: 1024", "max_bytes: 100"))  # not reloaded
+    children = Path(f"/proc/{gw.proc.pid}/task/{gw.proc.pid}/children").read_text().split()
+    assert len(children) == 2
+    os.kill(int(children[0]), signal.SIGKILL)
+    until(lambda: b"stockade_workers_ready 1.0" in gw.admin_get("/metrics")[1])
+    until(lambda: b"stockade_workers_ready 2.0" in gw.admin_get("/metrics")[1], timeout=20)
+    assert all(gw.get("/api/x", body=b"a" * 500)[0] == 200 for _ in range(20))  # both still run max_bytes 1024
+    gw.proc.send_signal(signal.SIGTERM)
+    assert gw.proc.wait(30) == 0

@@ -40,7 +40,14 @@ def serve(
         # The same environment goes to every later load (SIGHUP reloads): with the file's own `workers` they
         # would see another worker count and refuse every reload as "changing workers".
         env["STOCKADE_WORKERS"] = str(workers)
-    loaded = load_or_exit(path, env)
+    if worker_fd is not None:
+        # A worker runs the text its supervisor validated (and last reloaded), not the file as it is now: an
+        # edited but not reloaded file must not reach a worker that restarts after a crash.
+        from stockade.proxy.workers import config_from_supervisor
+
+        loaded = config_from_supervisor(worker_fd, path, env)
+    else:
+        loaded = load_or_exit(path, env)
     setup_logging(loaded.config.log.level)
     n = loaded.config.workers
     try:

@@ -11,19 +11,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
 
 from stockade.admin.app import AdminState, admin_app
 from stockade.admin.server import AdminServer
+from stockade.cli.common import report_config_error
 from stockade.clock import SYSTEM_CLOCK
-from stockade.config.loader import LoadedConfig
+from stockade.config.loader import LoadedConfig, load_config_text
+from stockade.errors import ConfigError
 from stockade.observability.metrics import Snapshot, merge
 from stockade.pipeline.stage import Services
 from stockade.proxy.process import load_for_reload, restart_only_changes, try_reload
@@ -40,6 +45,33 @@ async def _send(writer: asyncio.StreamWriter, msg: dict[str, Any]) -> None:
 
 
 # -- worker side -------------------------------------------------------------------------------------------------
+
+
+def config_from_supervisor(control_fd: int, path: str, env: Mapping[str, str]) -> LoadedConfig:
+    """The first message on the control channel: the config text the supervisor runs. Read exactly up to its
+    newline (later messages stay in the socket for the event loop), then validated here as from the file."""
+    sock = socket.socket(fileno=os.dup(control_fd))
+    try:
+        while True:
+            peeked = sock.recv(1 << 22, socket.MSG_PEEK)
+            if not peeked:
+                raise SystemExit(2)  # the supervisor went away before sending it
+            end = peeked.find(b"\n")
+            if end >= 0:
+                break
+            time.sleep(0.01)  # the rest of the line is on its way
+        buf = b""
+        while len(buf) <= end:
+            buf += sock.recv(end + 1 - len(buf))  # exactly the first line: later messages stay queued
+    finally:
+        sock.close()
+    msg = orjson.loads(buf)
+    base = Path(path).resolve().parent
+    try:
+        return load_config_text(msg["text"], source=path, base_dir=base, env=env)
+    except ConfigError as exc:
+        report_config_error(exc)
+        raise SystemExit(2) from None
 
 
 async def serve_worker(
@@ -150,6 +182,7 @@ class Supervisor:
         w.proc = await asyncio.create_subprocess_exec(*args, pass_fds=(child.fileno(),))
         child.close()
         reader, w.writer = await asyncio.open_connection(sock=parent)
+        await _send(w.writer, {"op": "config", "text": self.loaded.text})  # what it runs: see config_from_supervisor
         w.ready = False
         asyncio.get_running_loop().create_task(self._watch(w, reader))
 
