@@ -236,3 +236,23 @@ def test_a_restarted_worker_runs_what_the_supervisor_validated_not_the_file(
     assert all(gw.get("/api/x", body=b"a" * 500)[0] == 200 for _ in range(20))  # both still run max_bytes 1024
     gw.proc.send_signal(signal.SIGTERM)
     assert gw.proc.wait(30) == 0
+
+
+def test_the_supervisor_refuses_a_reload_that_does_not_build(serve: object, upstream: TestUpstream) -> None:
+    """It validated the model only, counted the reload as ok and adopted it although every worker refused it."""
+    gw: Served = serve(workers=2)  # type: ignore[operator]
+    until(lambda: b"stockade_workers_ready 2.0" in gw.admin_get("/metrics")[1])
+    gw.path.write_text(
+        gw.path.read_text().replace("log: {decisions: stdout}", "log: {decisions: /nonexistent-dir/x.log}")
+    )
+    gw.proc.send_signal(signal.SIGHUP)
+
+    def reload_events() -> list[str]:
+        text = gw.admin_get("/metrics")[1].decode()
+        return [line for line in text.splitlines() if "config_reload_supervisor" in line and not line.startswith("#")]
+
+    until(lambda: any('label="error"' in line for line in reload_events()))
+    assert not any('label="ok"' in line for line in reload_events())
+    assert gw.get("/api/x")[0] == 200
+    gw.proc.send_signal(signal.SIGTERM)
+    assert gw.proc.wait(30) == 0

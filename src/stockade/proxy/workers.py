@@ -213,6 +213,14 @@ class Supervisor:
         if new is not None and (blocked := restart_only_changes(self.loaded, new)):
             problems = [f"{new.source}: reload cannot change {', '.join(blocked)}; restart instead"]
             new = None
+        if new is not None:
+            # Built once here as `config check` builds it (touching no store or secret file): what fails to build
+            # (a spec or key file, the decision log's target) is refused before any worker sees it - and never
+            # becomes the text a restarted worker is given.
+            try:
+                build_runtime(new, Services(clock=SYSTEM_CLOCK, workers=self.n, dry_run=True))
+            except ConfigError as exc:
+                problems, new = exc.problems, None
         if new is None:
             self.reloads["error"] += 1
             for problem in problems:
