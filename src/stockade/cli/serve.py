@@ -40,18 +40,17 @@ def serve(
         # The same environment goes to every later load (SIGHUP reloads): with the file's own `workers` they
         # would see another worker count and refuse every reload as "changing workers".
         env["STOCKADE_WORKERS"] = str(workers)
-    if worker_fd is not None:
-        # A worker runs the text its supervisor validated (and last reloaded), not the file as it is now: an
-        # edited but not reloaded file must not reach a worker that restarts after a crash.
-        from stockade.proxy.workers import config_from_supervisor
-
-        loaded = config_from_supervisor(worker_fd, path, env)
-    else:
-        loaded = load_or_exit(path, env)
-    setup_logging(loaded.config.log.level)
-    n = loaded.config.workers
     try:
-        _run(path, loaded, n, worker_fd, worker_index, env)
+        if worker_fd is not None:
+            # A worker runs the text its supervisor validated (and last reloaded), not the file as it is now: an
+            # edited but not reloaded file must not reach a worker that restarts after a crash.
+            from stockade.proxy.workers import config_from_supervisor
+
+            loaded = config_from_supervisor(worker_fd, env)
+        else:
+            loaded = load_or_exit(path, env)
+        setup_logging(loaded.config.log.level)
+        _run(path, loaded, loaded.config.workers, worker_fd, worker_index, env)
     except ConfigError as exc:  # a file the runtime loads (a TLS key, a spec) is unusable: report, do not trace
         report_config_error(exc)
         sys.exit(2)

@@ -25,7 +25,6 @@ import orjson
 
 from stockade.admin.app import AdminState, admin_app
 from stockade.admin.server import AdminServer
-from stockade.cli.common import report_config_error
 from stockade.clock import SYSTEM_CLOCK
 from stockade.config.loader import LoadedConfig, load_config_text
 from stockade.errors import ConfigError
@@ -47,9 +46,10 @@ async def _send(writer: asyncio.StreamWriter, msg: dict[str, Any]) -> None:
 # -- worker side -------------------------------------------------------------------------------------------------
 
 
-def config_from_supervisor(control_fd: int, path: str, env: Mapping[str, str]) -> LoadedConfig:
-    """The first message on the control channel: the config text the supervisor runs. Read exactly up to its
-    newline (later messages stay in the socket for the event loop), then validated here as from the file."""
+def config_from_supervisor(control_fd: int, env: Mapping[str, str]) -> LoadedConfig:
+    """The first message on the control channel: the config the supervisor runs (its text, source and base
+    directory). Read exactly up to its newline (later messages stay in the socket for the event loop), then
+    validated here as the supervisor validated it. Raises ConfigError."""
     sock = socket.socket(fileno=os.dup(control_fd))
     try:
         while True:
@@ -66,12 +66,7 @@ def config_from_supervisor(control_fd: int, path: str, env: Mapping[str, str]) -
     finally:
         sock.close()
     msg = orjson.loads(buf)
-    base = Path(path).resolve().parent
-    try:
-        return load_config_text(msg["text"], source=path, base_dir=base, env=env)
-    except ConfigError as exc:
-        report_config_error(exc)
-        raise SystemExit(2) from None
+    return load_config_text(msg["text"], source=msg["source"], base_dir=Path(msg["base_dir"]), env=env)
 
 
 async def serve_worker(
@@ -182,7 +177,10 @@ class Supervisor:
         w.proc = await asyncio.create_subprocess_exec(*args, pass_fds=(child.fileno(),))
         child.close()
         reader, w.writer = await asyncio.open_connection(sock=parent)
-        await _send(w.writer, {"op": "config", "text": self.loaded.text})  # what it runs: see config_from_supervisor
+        loaded = self.loaded  # what the worker runs: see config_from_supervisor
+        await _send(
+            w.writer, {"op": "config", "text": loaded.text, "source": loaded.source, "base_dir": str(loaded.base_dir)}
+        )
         w.ready = False
         asyncio.get_running_loop().create_task(self._watch(w, reader))
 
