@@ -29,13 +29,9 @@ def is_identity_header(lower_name: bytes) -> bool:
 # claims. Never forwarded, on either front.
 METHOD_OVERRIDES = frozenset({b"x-http-method-override", b"x-http-method", b"x-method-override"})
 
-# Request headers the gateway itself sets or rebuilds (besides the identity headers).
-_OWNED = frozenset(
+# Forwarding metadata: kept only from a trusted proxy (the proxy rebuilds X-Forwarded-For/-Proto/-Host).
+FORWARDING_HEADERS = frozenset(
     {
-        b"host",
-        b"content-length",
-        b"transfer-encoding",
-        REQUEST_ID,
         b"x-forwarded-for",
         b"x-forwarded-proto",
         b"x-forwarded-host",
@@ -43,8 +39,12 @@ _OWNED = frozenset(
         b"x-forwarded-prefix",
         b"x-real-ip",
         b"forwarded",
-        *METHOD_OVERRIDES,
     }
+)
+
+# Request headers the gateway itself sets or rebuilds (besides the identity headers).
+_OWNED = frozenset(
+    {b"host", b"content-length", b"transfer-encoding", REQUEST_ID, *FORWARDING_HEADERS, *METHOD_OVERRIDES}
 )
 
 

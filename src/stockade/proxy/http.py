@@ -8,7 +8,7 @@ from collections.abc import Set as AbstractSet
 from email.utils import formatdate
 from http import HTTPStatus
 
-from stockade.pipeline.forward import METHOD_OVERRIDES
+from stockade.pipeline.forward import FORWARDING_HEADERS, METHOD_OVERRIDES
 
 CRLF = b"\r\n"
 
@@ -35,13 +35,7 @@ REQUEST_HEADER_CLASS: dict[bytes, int] = {
     b"host": HOST,
     b"expect": EXPECT,
     b"x-request-id": REQUEST_ID,
-    b"x-forwarded-for": FORWARDING,
-    b"x-forwarded-proto": FORWARDING,
-    b"x-forwarded-host": FORWARDING,
-    b"x-forwarded-port": FORWARDING,
-    b"x-forwarded-prefix": FORWARDING,
-    b"x-real-ip": FORWARDING,
-    b"forwarded": FORWARDING,
+    **dict.fromkeys(FORWARDING_HEADERS, FORWARDING),
 }
 PLAIN = 8  # forwarded as is (only in COMMON_SPELLINGS: on_header handles a lower-cased miss as plain)
 CONTENT_LENGTH = 9
