@@ -233,8 +233,8 @@ def _upstream_broken(ex: Exchange, reason: str, detail: str) -> None:
 
 def upstream_pause(ex: Exchange, paused: bool) -> None:
     """The upstream stopped (or resumed) taking what the gateway writes. While a request body is streaming, the
-    client is not read meanwhile (its body timer stops, see `ClientConnection.pause`) and the upstream gets the
-    route's read timeout to take the body again, as nginx's proxy_send_timeout."""
+    client is not read meanwhile (its body timer waits, see `ClientConnection.check_deadlines`) and the upstream
+    gets the route's read timeout to take the body again, as nginx's proxy_send_timeout."""
     if paused:
         ex.conn.pause(PAUSE_UPSTREAM)
         if ex.streaming and ex.route is not None:
