@@ -54,28 +54,29 @@ class RedisUrl:
     @classmethod
     def parse(cls, url: str) -> RedisUrl:
         parts = urlsplit(url)
+        shown = repr(mask_url(url))  # for messages: never the password
         if parts.scheme not in ("redis", "rediss"):
-            raise ValueError(f"{mask_url(url)!r}: expected redis:// or rediss://")
+            raise ValueError(f"{shown}: expected redis:// or rediss://")
         try:
             port = parts.port or 6379
         except ValueError:
-            raise ValueError(f"{mask_url(url)!r}: bad port") from None
+            raise ValueError(f"{shown}: bad port") from None
         path = parts.path.strip("/")
         if path and not path.isdigit():
-            raise ValueError(f"{mask_url(url)!r}: the path must be a database number")
+            raise ValueError(f"{shown}: the path must be a database number")
         q = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         unknown = set(q) - {"prefix", "timeout", "connect_timeout", "retry"}
         if unknown:
-            raise ValueError(f"{mask_url(url)!r}: unknown option(s) {', '.join(sorted(unknown))}")
+            raise ValueError(f"{shown}: unknown option(s) {', '.join(sorted(unknown))}")
         prefix = q.get("prefix", "stockade:")
         if any(c in prefix for c in "{}*?[] "):
-            raise ValueError(f"{mask_url(url)!r}: prefix must not contain braces, glob characters or spaces")
+            raise ValueError(f"{shown}: prefix must not contain braces, glob characters or spaces")
         try:
             times = {k: float(q[k]) for k in ("timeout", "connect_timeout", "retry") if k in q}
         except ValueError:
-            raise ValueError(f"{mask_url(url)!r}: timeout, connect_timeout and retry are seconds") from None
+            raise ValueError(f"{shown}: timeout, connect_timeout and retry are seconds") from None
         if any(not 0 < t <= 60 for t in times.values()):
-            raise ValueError(f"{mask_url(url)!r}: timeouts must be between 0 and 60 seconds")
+            raise ValueError(f"{shown}: timeouts must be between 0 and 60 seconds")
         return cls(
             host=parts.hostname or "127.0.0.1",
             port=port,
