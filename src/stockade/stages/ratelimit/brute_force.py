@@ -200,20 +200,29 @@ def hash_username(name: str) -> str:
     return hashlib.sha256(b"stockade-login:" + name.strip().casefold().encode("utf-8")).hexdigest()[:32]
 
 
+def _login_format(content_type: str | None) -> str | None:
+    """ "form" or "json" for a login body `username` can read, else None: one answer for both callers."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media == "application/x-www-form-urlencoded":
+        return "form"
+    if media == "application/json" or media.endswith("+json"):
+        return "json"
+    return None
+
+
 def readable_login(content_type: str | None) -> bool:
     """Whether `username` can read a body of this type (JSON or a urlencoded form)."""
-    media = (content_type or "").split(";", 1)[0].strip().lower()
-    return media in ("application/x-www-form-urlencoded", "application/json") or media.endswith("+json")
+    return _login_format(content_type) is not None
 
 
 def username(body: bytes, content_type: str | None, field: str) -> str | None:
     """The username a login request presents, from a JSON object (dotted path) or a form; None if absent."""
-    media = (content_type or "").split(";", 1)[0].strip().lower()
+    kind = _login_format(content_type)
     value: object = None
-    if media == "application/x-www-form-urlencoded":
+    if kind == "form":
         values = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=False).get(field)
         value = values[0] if values else None
-    elif media == "application/json" or media.endswith("+json"):
+    elif kind == "json":
         try:
             value = orjson.loads(body)
         except orjson.JSONDecodeError:
