@@ -8,7 +8,7 @@ log's `detail` says which. The credential is removed before the request goes ups
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, ClassVar, cast
+from typing import ClassVar, cast
 from urllib.parse import unquote_plus
 
 from pydantic import Field, field_validator
@@ -21,9 +21,6 @@ from stockade.pipeline.phase import Phase
 from stockade.pipeline.stage import Stage, StageConfig, StageEnv
 from stockade.pipeline.verdict import Continue, Deny, Skip
 from stockade.security import keys
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("stockade.stages.api_key")
 
