@@ -349,6 +349,15 @@ class _DeafUpstream:
             self.conn.close()
         self.server.close()
 
+    def gateway(self, make_gateway: GatewayFactory, limits: str) -> TestGateway:
+        """A gateway with one anonymous route to this upstream (read_timeout 60 s) and these `limits`."""
+        return make_gateway(
+            f"limits: {{{limits}}}\n"
+            "routes:\n  - id: r\n    match: {path: /**}\n"
+            f"    upstream: {{url: 'http://127.0.0.1:{self.port}', read_timeout: 60}}\n"
+            "    stages: [{use: anonymous}]\n"
+        )
+
 
 def _send_until_blocked(sock: socket.socket) -> int:
     """Send body bytes until the gateway stops taking them; returns how many were sent."""
@@ -373,12 +382,7 @@ def test_upstream_back_pressure_on_a_streamed_body_is_not_the_clients_timeout(ma
     proxy_send_timeout): 504."""
     deaf = _DeafUpstream()
     try:
-        gw = make_gateway(
-            "limits: {max_body_bytes: 1000000000}\n"
-            "routes:\n  - id: r\n    match: {path: /**}\n"
-            f"    upstream: {{url: 'http://127.0.0.1:{deaf.port}', read_timeout: 60}}\n"
-            "    stages: [{use: anonymous}]\n"
-        )
+        gw = deaf.gateway(make_gateway, "max_body_bytes: 1000000000")
         with gw.connect() as sock:
             sock.sendall(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000000\r\n\r\n")
             sent = _send_until_blocked(sock)  # the first buffer_bytes, then the upstream takes the rest until full
@@ -405,12 +409,7 @@ def test_body_timer_starts_again_when_the_upstream_takes_the_body_again(make_gat
     and the client's body timer runs (here the client then stalls: 408, not the upstream's 504)."""
     deaf = _DeafUpstream()
     try:
-        gw = make_gateway(
-            "limits: {max_body_bytes: 1000000000}\n"
-            "routes:\n  - id: r\n    match: {path: /**}\n"
-            f"    upstream: {{url: 'http://127.0.0.1:{deaf.port}', read_timeout: 60}}\n"
-            "    stages: [{use: anonymous}]\n"
-        )
+        gw = deaf.gateway(make_gateway, "max_body_bytes: 1000000000")
         with gw.connect() as sock:
             sock.sendall(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000000\r\n\r\n")
             sent = _send_until_blocked(sock)  # the first buffer_bytes, then the upstream takes the rest until full
@@ -462,12 +461,7 @@ def test_an_upstream_paused_by_the_first_write_still_gets_a_send_deadline(make_g
     knew it was streaming: no send deadline, no body timer, a connection open forever."""
     deaf = _DeafUpstream()
     try:
-        gw = make_gateway(
-            "limits: {max_body_bytes: 1000000000, buffer_bytes: 16777216}\n"
-            "routes:\n  - id: r\n    match: {path: /**}\n"
-            f"    upstream: {{url: 'http://127.0.0.1:{deaf.port}', read_timeout: 60}}\n"
-            "    stages: [{use: anonymous}]\n"
-        )
+        gw = deaf.gateway(make_gateway, "max_body_bytes: 1000000000, buffer_bytes: 16777216")
         with gw.connect() as sock:
             sock.sendall(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000000\r\n\r\n")
             sent = _send_until_blocked(sock)
@@ -488,12 +482,7 @@ def test_back_pressure_of_a_finished_exchange_does_not_hold_the_next_request(mak
     let go of the upstream, so the pipelined second request, held for its body, had no deadline at all."""
     deaf = _DeafUpstream()
     try:
-        gw = make_gateway(
-            "limits: {max_body_bytes: 33554432, buffer_bytes: 16777216}\n"
-            "routes:\n  - id: r\n    match: {path: /**}\n"
-            f"    upstream: {{url: 'http://127.0.0.1:{deaf.port}', read_timeout: 60}}\n"
-            "    stages: [{use: anonymous}]\n"
-        )
+        gw = deaf.gateway(make_gateway, "max_body_bytes: 33554432, buffer_bytes: 16777216")
         n = 12 * 1024 * 1024
         with gw.connect() as sock:
             sock.sendall(
