@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -13,7 +15,7 @@ from click.testing import CliRunner
 
 from stockade.cli import cli
 from stockade.security import jose
-from stockade.testing import TestGateway
+from stockade.testing import BackgroundLoop, TestGateway, TestUpstream
 from tests.security.issuer import TestIssuer
 
 ISSUER = "http://127.0.0.1"
@@ -41,6 +43,22 @@ def write_config(tmp: Path, upstream: str, text: str = CONFIG) -> Path:
     path = tmp / "stockade.yaml"
     path.write_text(text.replace("{upstream}", upstream))
     return path
+
+
+@contextlib.contextmanager
+def oauth_gateway(
+    tmp: Path, text: str = CONFIG, log_path: Path | None = None
+) -> Iterator[tuple[TestGateway, TestUpstream, Path]]:
+    """A gateway with the token endpoint in front of a test upstream, its config written in `tmp`, both on one
+    background loop: (gateway, upstream, config path)."""
+    bg = BackgroundLoop()
+    try:
+        with TestUpstream(bg) as up:
+            config = write_config(tmp, up.url, text)
+            with TestGateway(config.read_text(), loop=bg, base_dir=tmp, log_path=log_path) as gw:
+                yield gw, up, config
+    finally:
+        bg.stop()
 
 
 def create_client(config: Path, *args: str) -> tuple[str, str | None]:

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from stockade.cli import cli
 from stockade.security import jose
-from stockade.testing import BackgroundLoop, TestGateway, TestUpstream
+from stockade.testing import TestGateway, TestUpstream
 from tests.oauth2.flow import (
     ISSUER,
     assertion_client,
@@ -24,22 +24,16 @@ from tests.oauth2.flow import (
     client_assertion,
     create_client,
     get_token,
+    oauth_gateway,
     post_form,
-    write_config,
 )
 from tests.security.issuer import TestIssuer
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[tuple[TestGateway, TestUpstream, Path]]:
-    bg = BackgroundLoop()
-    try:
-        with TestUpstream(bg) as up:
-            config = write_config(tmp_path, up.url)
-            with TestGateway(config.read_text(), loop=bg, base_dir=tmp_path) as gw:
-                yield gw, up, config
-    finally:
-        bg.stop()
+    with oauth_gateway(tmp_path) as (gw, up, config):
+        yield gw, up, config
 
 
 def test_token_client_secret_basic_calls_a_protected_route(env: tuple[TestGateway, TestUpstream, Path]) -> None:
@@ -277,24 +271,18 @@ def test_token_jwks_and_metadata_are_published(env: tuple[TestGateway, TestUpstr
 
 @pytest.mark.parametrize("how", ["basic", "form"])
 def test_a_client_that_swaps_id_and_secret_does_not_put_the_secret_in_the_log(tmp_path: Path, how: str) -> None:
-    bg = BackgroundLoop()
     log_path = tmp_path / "decisions.log"
-    try:
-        with TestUpstream(bg) as up:
-            config = write_config(tmp_path, up.url)
-            with TestGateway(config.read_text(), loop=bg, base_dir=tmp_path, log_path=log_path) as gw:
-                client_id, secret = create_client(config, "--name", "swapped", "--scopes", "books:read")
-                assert secret is not None
-                form = {"grant_type": "client_credentials"}
-                if how == "basic":
-                    status, _, doc = post_form(gw, "/oauth2/token", form, basic(secret, client_id))
-                else:
-                    form |= {"client_id": secret, "client_secret": client_id}
-                    status, _, doc = post_form(gw, "/oauth2/token", form, {})
-                assert (status, doc["error"]) == (401, "invalid_client")
-                gw.flush_log()
-    finally:
-        bg.stop()
+    with oauth_gateway(tmp_path, log_path=log_path) as (gw, _up, config):
+        client_id, secret = create_client(config, "--name", "swapped", "--scopes", "books:read")
+        assert secret is not None
+        form = {"grant_type": "client_credentials"}
+        if how == "basic":
+            status, _, doc = post_form(gw, "/oauth2/token", form, basic(secret, client_id))
+        else:
+            form |= {"client_id": secret, "client_secret": client_id}
+            status, _, doc = post_form(gw, "/oauth2/token", form, {})
+        assert (status, doc["error"]) == (401, "invalid_client")
+        gw.flush_log()
     logged = log_path.read_text()
     (line,) = [json.loads(raw) for raw in logged.splitlines() if '"/oauth2/token"' in raw]
     assert line["status"] == 401 and "characters, fingerprint" in line["detail"]  # the refusal, id not shown
