@@ -187,6 +187,26 @@ def test_bad_environment_override_is_named() -> None:
     assert "STOCKADE_ADMIN__PORT" in info.value.problems[0]
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("STOCKADE_LISTEN__TLS", ""),  # an empty variable (a missing Kubernetes secret) must not turn TLS off
+        ("STOCKADE_LISTEN__TLS", "~"),
+        ("STOCKADE_LISTEN__TLS", "null"),
+        ("STOCKADE_ADMIN", ""),
+        ("STOCKADE_LISTEN__PORT", "  "),
+    ],
+)
+def test_empty_or_null_environment_override_is_refused(name: str, value: str) -> None:
+    text = "listen: {host: 127.0.0.1, port: 8443, tls: {cert: c.pem, key: k.pem}}\n" + GOOD.split("\n", 1)[1]
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text, source="gw.yaml", env={name: value}, require_upstreams=False)
+    (problem,) = info.value.problems
+    assert problem.startswith("gw.yaml: ")
+    assert name in problem
+    assert "unset the variable" in problem
+
+
 def test_routes_are_not_overridable_from_the_environment() -> None:
     loaded = load_config_text(GOOD, env={"STOCKADE_ROUTES": "[]"})
     assert len(loaded.config.routes) == 1

@@ -99,7 +99,7 @@ def load_config_text(
     if not isinstance(raw, dict):
         raise ConfigError([f"{source}: the top level must be a mapping, not {type(raw).__name__}"])
     lines = _line_map(text)
-    overrides = _apply_env(raw, os.environ if env is None else env)
+    overrides = _apply_env(raw, os.environ if env is None else env, source)
     ctx = _Reporter(source, raw, lines, overrides)
     try:
         config = GatewayConfig.model_validate(raw)
@@ -382,13 +382,16 @@ def _line_map(text: str) -> dict[_Loc, int]:
 _ENV_SECTIONS = frozenset(GatewayConfig.model_fields) - {"routes", "stages"}
 
 
-def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[_Loc, str]:
+def _apply_env(raw: dict[str, Any], env: Mapping[str, str], source: str) -> dict[_Loc, str]:
     """Apply STOCKADE_<SECTION>[__<FIELD>...]=value overrides (values parsed as YAML scalars).
 
     Only names whose first part is a top-level setting are overrides; other STOCKADE_* variables (secrets,
     the CLI's STOCKADE_CONFIG) are left alone. Routes are not overridable: they belong in the file.
+    An empty or null value is refused: it would silently remove what the file sets (`STOCKADE_LISTEN__TLS=`
+    from a missing secret would turn TLS off), and the gateway fails closed.
     """
     applied: dict[_Loc, str] = {}
+    empty: list[str] = []
     for name in sorted(env):
         if not name.startswith(ENV_PREFIX):
             continue
@@ -399,6 +402,12 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[_Loc, str]:
             value = yaml.safe_load(env[name])
         except yaml.YAMLError:
             value = env[name]
+        if value is None:
+            empty.append(
+                f"{source}: environment variable {name} is empty or null, which would remove"
+                f" '{'.'.join(parts)}'; unset the variable to keep the file's value, or give one"
+            )
+            continue
         node = raw
         for part in parts[:-1]:
             child = node.get(part)
@@ -408,4 +417,6 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[_Loc, str]:
             node = child
         node[parts[-1]] = value
         applied[tuple(parts)] = name
+    if empty:
+        raise ConfigError(empty)
     return applied
