@@ -92,7 +92,9 @@ def test_roles(method: str, path: str, body: Any, expected: dict[str | None, int
     with_api(run)
 
 
-def test_clear_one_then_all() -> None:
+def test_clear_one_then_all_and_each_lift_is_in_the_admin_change_log() -> None:
+    svc = Services(clock=FakeClock(), config=GatewayConfig.model_validate({"storage": "memory://"}))
+
     async def body(api: Api) -> None:
         clear = "/lockouts/clear"
         assert (await api.call("POST", clear, "operator", json={"subject": "ip:203.0.113.5"})).json() == {"cleared": 1}
@@ -100,8 +102,14 @@ def test_clear_one_then_all() -> None:
         assert [lk["subject"] for lk in (await api.call("GET", "/lockouts")).json()["lockouts"]] == ["id:abc"]
         assert (await api.call("POST", clear, "operator", json={"all": True})).json() == {"cleared": 1}
         assert (await api.call("GET", "/lockouts")).json() == {"lockouts": []}
+        log = [c for c in await shared_store(svc).list_admin_changes() if c.action.startswith("lockout.")]
+        assert [(c.action, c.target, dict(c.detail)) for c in log] == [
+            ("lockout.clear", "*", {"cleared": 1}),
+            ("lockout.clear", "ip:203.0.113.5", {"cleared": 1}),
+        ]  # the 404 lifted nothing and is not logged
+        assert all(c.actor.startswith("admin-token:adm_") and "operator-bot" in c.actor for c in log)
 
-    with_api(body)
+    with_api(body, services=svc)
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,11 @@ from click.testing import CliRunner
 
 from stockade.cli import cli
 from stockade.clock import SYSTEM_CLOCK
+from stockade.config.loader import load_config
 from stockade.ratelimit.backend import LockoutRule
 from stockade.stages.ratelimit.brute_force import hash_username
+from stockade.storage import storage_from_url
+from stockade.storage.records import AdminChange
 from tests.ratelimit.redisutil import fresh_redis_url
 
 LOCK = LockoutRule(free_failures=0, lockout_after=1, backoff_base=1, backoff_max=1, lockout_seconds=600, window=600)
@@ -58,6 +61,25 @@ def test_list_and_clear_lockouts(tmp_path: Path) -> None:
     assert '"subject": "ip:203.0.113.5"' in as_json.output and user not in as_json.output
     assert runner.invoke(cli, ["lockouts", "clear", "--all", "--config", config]).output == "cleared 1 lockout\n"
     assert runner.invoke(cli, ["lockouts", "list", "--config", config]).output == "no lockouts\n"
+    assert [(c.action, c.target, c.actor.startswith("cli:"), dict(c.detail)) for c in admin_log(config)] == [
+        ("lockout.clear", "*", True, {"cleared": 1}),
+        ("lockout.clear", "id:abc", True, {"cleared": 1}),
+        ("lockout.clear", "ip:2001:db8:1:2::/64", True, {"cleared": 1}),
+        ("lockout.clear", user, True, {"cleared": 1}),
+    ]  # newest first; the clear that found nothing is not there
+
+
+def admin_log(config: str) -> list[AdminChange]:
+    loaded = load_config(Path(config), env={})
+    store = storage_from_url(loaded.config.storage, base_dir=loaded.base_dir)
+
+    async def go() -> list[AdminChange]:
+        try:
+            return await store.list_admin_changes()
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
 
 
 @pytest.mark.parametrize(

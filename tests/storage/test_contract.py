@@ -8,6 +8,7 @@ from typing import TypeVar
 
 import pytest
 
+from stockade.storage import audit
 from stockade.storage.base import ConflictError, NotFoundError, Store
 from stockade.storage.records import AdminToken, ApiKey, Consumer, OAuthClient, SigningKey
 
@@ -263,6 +264,19 @@ def test_admin_change_log_records_who_what_when_newest_first(store: Store) -> No
     assert log[1].detail["scopes"] == ["s"] and "h-key_1" not in repr(log)  # no hash in the log
     older = run(store.list_admin_changes(limit=1, before_seq=log[0].seq))
     assert [c.action for c in older] == ["api_key.create"]
+
+
+def test_admin_action_outside_the_store_is_logged_in_sequence(store: Store) -> None:
+    run(store.create_consumer(consumer("alice"), actor=ACTOR, at=T0))
+    run(store.record_admin_action(audit.lockout_cleared("ip:203.0.113.5", 1), actor="cli:ops@host", at=T0 + 1))
+    run(store.record_admin_action(audit.lockout_cleared(None, 3), actor=ACTOR, at=T0 + 2))
+    log = run(store.list_admin_changes())
+    assert [(c.action, c.target, c.actor, c.at, dict(c.detail)) for c in log[:2]] == [
+        ("lockout.clear", "*", ACTOR, T0 + 2, {"cleared": 3}),
+        ("lockout.clear", "ip:203.0.113.5", "cli:ops@host", T0 + 1, {"cleared": 1}),
+    ]
+    assert log[0].seq > log[1].seq > log[2].seq
+    assert run(store.current_change_seq()) == log[0].seq  # one sequence for the log and the feed
 
 
 def test_change_feed_is_ordered_and_pages(store: Store) -> None:

@@ -10,7 +10,9 @@ import orjson
 from starlette.responses import JSONResponse
 
 from stockade.admin.app import AdminEndpoint, AdminState
+from stockade.errors import StorageError
 from stockade.ratelimit.backend import LimiterBackend, LimiterUnavailableError, Lockout, limits_backend
+from stockade.storage import audit, shared_store
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -71,6 +73,14 @@ def endpoints(state: AdminState) -> list[AdminEndpoint]:
             return _problem(404, "lockouts.not_found")
         actor = request.scope.get("state", {}).get("admin_actor", "admin-token:unknown")
         log.warning("lockout lifted", extra={"actor": actor, "subject": subject or "*", "cleared": cleared})
+        if cleared:
+            try:
+                await shared_store(state.services).record_admin_action(
+                    audit.lockout_cleared(subject, cleared), actor=actor, at=state.services.clock.time()
+                )
+            except StorageError:
+                log.error("lockout lifted but not recorded in the admin change log", extra={"actor": actor})
+                return _problem(503, "admin.unavailable")
         return JSONResponse({"cleared": cleared})
 
     return [

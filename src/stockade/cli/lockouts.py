@@ -11,15 +11,19 @@ from typing import TypeVar
 import click
 
 from stockade.cli.common import config_option, load_or_exit, resolve_config_path
+from stockade.cli.identity_common import cli_actor
 from stockade.clock import SYSTEM_CLOCK
+from stockade.config.loader import LoadedConfig
+from stockade.errors import StorageError
 from stockade.ratelimit.backend import LimiterBackend, LimiterUnavailableError
 from stockade.ratelimit.keys import IpGrouper
 from stockade.security.netaddr import parse_ip
+from stockade.storage import audit, storage_from_url
 
 T = TypeVar("T")
 
 
-def _run(ctx: click.Context, config_path: str | None, op: Callable[[LimiterBackend], Awaitable[T]]) -> T:
+def _run(ctx: click.Context, config_path: str | None, op: Callable[[LimiterBackend, LoadedConfig], Awaitable[T]]) -> T:
     loaded = load_or_exit(resolve_config_path(ctx, config_path))
     url = loaded.config.limits_storage
     if not url.startswith(("redis://", "rediss://")):
@@ -34,7 +38,7 @@ def _run(ctx: click.Context, config_path: str | None, op: Callable[[LimiterBacke
     async def go() -> T:
         backend = RedisBackend(url, SYSTEM_CLOCK)
         try:
-            return await op(backend)
+            return await op(backend, loaded)
         finally:
             await backend.aclose()
 
@@ -43,6 +47,9 @@ def _run(ctx: click.Context, config_path: str | None, op: Callable[[LimiterBacke
     except LimiterUnavailableError as exc:
         click.echo(f"limits backend unavailable: {exc}", err=True)
         sys.exit(1)
+    except StorageError as exc:
+        click.echo(f"lockout lifted, but the admin change log could not record it: {exc}", err=True)
+        sys.exit(3)
 
 
 @click.group("lockouts")
@@ -58,7 +65,7 @@ def list_cmd(ctx: click.Context, config_path: str | None, as_json: bool) -> None
     """Subjects backing off or locked out right now."""
     from stockade.admin.lockouts import lockout_json
 
-    items = _run(ctx, config_path, lambda b: b.lockouts())
+    items = _run(ctx, config_path, lambda b, _: b.lockouts())
     now = SYSTEM_CLOCK.time()
     rows = [lockout_json(lk, now) for lk in items]
     if as_json:
@@ -102,7 +109,19 @@ def clear_cmd(
     elif username is not None:
         subject = f"user:{hash_username(username)}"
     target = None if everything else subject
-    cleared = _run(ctx, config_path, lambda b: b.clear(target))
+
+    async def clear(backend: LimiterBackend, loaded: LoadedConfig) -> int:
+        cleared = await backend.clear(target)
+        if cleared:  # the admin change log lives in the store, the lockouts in the limits backend
+            store = storage_from_url(loaded.config.storage, base_dir=loaded.base_dir)
+            try:
+                entry = audit.lockout_cleared(target, cleared)
+                await store.record_admin_action(entry, actor=cli_actor(), at=SYSTEM_CLOCK.time())
+            finally:
+                await store.close()
+        return cleared
+
+    cleared = _run(ctx, config_path, clear)
     if target is not None and not cleared:
         click.echo(f"{target}: no lockout", err=True)
         sys.exit(1)

@@ -75,3 +75,9 @@ def admin_token_created(t: AdminToken) -> Entry:
 
 def admin_token_revoked(token_id: str) -> Entry:
     return Entry("admin_token.revoke", token_id, {}, "admin_token", token_id)
+
+
+def lockout_cleared(subject: str | None, cleared: int) -> Entry:
+    """A person lifted brute-force lockouts (they live in the limits backend; the record lives here)."""
+    target = "*" if subject is None else subject
+    return Entry("lockout.clear", target, {"cleared": cleared}, "lockout", target)

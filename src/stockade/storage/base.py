@@ -12,7 +12,7 @@ entries). The store never reads the clock and never sees a secret in the clear.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from stockade.errors import StorageError
 from stockade.storage.records import (
@@ -25,6 +25,9 @@ from stockade.storage.records import (
     RevokedToken,
     SigningKey,
 )
+
+if TYPE_CHECKING:
+    from stockade.storage import audit
 
 __all__ = [
     "AdminTokenStore",
@@ -120,6 +123,10 @@ class AdminTokenStore(Protocol):
 
 
 class AuditLogStore(Protocol):
+    async def record_admin_action(self, entry: audit.Entry, *, actor: str, at: float) -> None:
+        """Log an admin action on state kept outside the store (lifting a lockout in the limits backend)."""
+        ...
+
     async def list_admin_changes(self, *, limit: int = 100, before_seq: int | None = None) -> list[AdminChange]:
         """Newest first."""
         ...

@@ -287,6 +287,10 @@ class MemoryStore:
                 self._admin_tokens[token_id] = dataclasses.replace(token, revoked_at=at)
             self._record(audit.admin_token_revoked(token_id), actor, at)
 
+    async def record_admin_action(self, entry: audit.Entry, *, actor: str, at: float) -> None:
+        with self._lock:
+            self._record(entry, actor, at)
+
     async def list_admin_changes(self, *, limit: int = 100, before_seq: int | None = None) -> list[AdminChange]:
         with self._lock:
             rows = [c for c in self._log if before_seq is None or c.seq < before_seq]

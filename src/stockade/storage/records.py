@@ -22,7 +22,9 @@ ADMIN_ROLES: tuple[AdminRole, ...] = ("viewer", "operator", "admin")
 CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "tls_client_auth")
 
 # Kinds of entries on the change feed (`ChangeFeed.changes_since`): what a cache must invalidate.
-CHANGE_KINDS = ("consumer", "api_key", "client", "signing_key", "revoked_token", "admin_token")
+# "lockout" invalidates nothing (lockouts live in the limits backend); it is on the feed because the admin change
+# log and the feed share one sequence.
+CHANGE_KINDS = ("consumer", "api_key", "client", "signing_key", "revoked_token", "admin_token", "lockout")
 
 
 def _empty() -> Mapping[str, Any]:

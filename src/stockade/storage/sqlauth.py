@@ -168,6 +168,9 @@ class SqlAuthMixin:
 
         await self.engine.write(run)
 
+    async def record_admin_action(self, entry: audit.Entry, *, actor: str, at: float) -> None:
+        await self.engine.write(lambda tx: record(tx, entry, actor, at))
+
     async def list_admin_changes(self, *, limit: int = 100, before_seq: int | None = None) -> list[AdminChange]:
         cols = "seq, at, actor, action, target, detail"
         params: tuple[int, ...]
