@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from stockade.proxy.exchange import Exchange
@@ -366,15 +369,22 @@ def _chunked(body: bytes, parts: int = 3) -> bytes:
 
 
 @pytest.mark.parametrize(
-    ("framing", "size", "first", "buffering", "early"),
+    ("framing", "size", "first", "limits", "buffering", "early"),
     [
-        ("length", 3000, 1000, True, False),  # fits the buffer: the upstream hears of it only when it is whole
-        ("chunked", 3000, 1000, True, False),
-        ("length", 4096, 4000, True, False),  # exactly buffer_bytes still fits
-        ("length", 20000, 6000, True, True),  # more than the buffer: forwarded once it is full, the rest streams
-        ("chunked", 20000, 6000, True, True),
-        ("length", 3000, 1000, False, True),  # request_buffering: false streams at once
-        ("chunked", 3000, 1000, False, True),
+        ("length", 3000, 1000, "", True, False),  # fits the buffer: the upstream hears of it only when it is whole
+        ("chunked", 3000, 1000, "", True, False),
+        ("length", 4096, 4000, "", True, False),  # exactly buffer_bytes still fits
+        ("length", 20000, 6000, "", True, False),  # more than the buffer: on into the spool, forwarded when whole
+        ("chunked", 20000, 6000, "", True, False),
+        ("length", 20000, 16000, "spool_bytes: 20000", True, False),  # exactly spool_bytes still fits
+        ("length", 20000, 6000, "spool_bytes: 0", True, True),  # no spool: forwarded once the buffer is full
+        ("chunked", 20000, 6000, "spool_bytes: 0", True, True),
+        ("length", 20000, 6000, "spool_bytes: 19999", True, True),  # too large for the spool: streams
+        ("chunked", 30000, 16000, "spool_bytes: 10000", True, True),  # outgrew it: what it holds, then the rest
+        ("length", 20000, 6000, "spool_total_bytes: 19999", True, True),  # over the worker's spool budget
+        ("length", 3000, 1000, "", False, True),  # request_buffering: false streams at once
+        ("chunked", 3000, 1000, "", False, True),
+        ("chunked", 20000, 6000, "", False, True),
     ],
 )
 def test_request_body_is_received_before_the_upstream_is_contacted(
@@ -383,11 +393,12 @@ def test_request_body_is_received_before_the_upstream_is_contacted(
     framing: str,
     size: int,
     first: int,
+    limits: str,
     buffering: bool,
     early: bool,
 ) -> None:
     gw = make_gateway(
-        "limits: {buffer_bytes: 4096}\n"
+        f"limits: {{buffer_bytes: 4096, {limits}}}\n"
         "routes:\n  - id: r\n    match: {path: /**}\n"
         f"    upstream: {{url: '{{upstream}}', request_buffering: {str(buffering).lower()}}}\n"
         "    stages: [{use: anonymous}]\n"
@@ -398,21 +409,74 @@ def test_request_body_is_received_before_the_upstream_is_contacted(
         wire = body
     else:
         head = b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
-        wire = _chunked(body)
+        wire = _chunked(body, parts=size // 1000)
     with gw.connect() as sock:
         sock.sendall(head + wire[:first])
 
         def receiving() -> list[Exchange]:
-            return [c.parsing for c in gw.server.connections if c.parsing is not None and c.parsing.body_size]
+            return [c.parsing for c in gw.server.connections if c.parsing is not None and c.parsing.body_size >= 900]
 
         wait_for(lambda: receiving() and (not early or upstream.connections == 1))
         exchanges = receiving()
         assert len(exchanges) == 1
         assert (exchanges[0].pool is not None) is early  # the gateway asked its pool for a connection, or not yet
+        spooled = exchanges[0].spool is not None
         sock.sendall(wire[first:])
         responses = read_responses(sock, 1)
     assert responses[0][0] == 200
     assert upstream.received[0].body == body
+    assert spooled is (buffering and not early and first > 4096)
+    assert gw.server.spool_reserved == 0  # every spool closed, its reservation given back
+
+
+def _spooling_gateway(make_gateway: GatewayFactory) -> TestGateway:
+    return make_gateway(
+        "limits: {buffer_bytes: 4096}\n"
+        "routes:\n  - id: r\n    match: {path: /**}\n    upstream: '{upstream}'\n    stages: [{use: anonymous}]\n"
+    )
+
+
+def test_a_client_gone_mid_spool_leaves_no_spool_and_never_reaches_the_upstream(
+    make_gateway: GatewayFactory, upstream: TestUpstream
+) -> None:
+    gw = _spooling_gateway(make_gateway)
+    with gw.connect() as sock:
+        sock.sendall(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 20000\r\n\r\n" + b"x" * 10000)
+        wait_for(lambda: gw.server.spool_reserved == 20000)
+    wait_for(lambda: not gw.server.connections)
+    assert gw.server.spool_reserved == 0
+    assert upstream.connections == 0
+
+
+def test_a_spool_that_cannot_be_created_streams_instead(
+    make_gateway: GatewayFactory, upstream: TestUpstream, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))  # mkstemp fails: no such directory
+    gw = _spooling_gateway(make_gateway)
+    body = b"y" * 20000
+    with gw.connect() as sock:
+        sock.sendall(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 20000\r\n\r\n" + body[:10000])
+        wait_for(lambda: upstream.connections == 1)  # forwarded once the memory buffer was full
+        sock.sendall(body[10000:])
+        assert read_responses(sock, 1)[0][0] == 200
+    assert upstream.received[0].body == body
+    assert gw.server.spool_reserved == 0
+
+
+def test_a_pipelined_request_after_a_spooled_one_is_answered_in_order(
+    make_gateway: GatewayFactory, upstream: TestUpstream
+) -> None:
+    gw = _spooling_gateway(make_gateway)
+    body = b"z" * 30000
+    with gw.connect() as sock:
+        sock.sendall(
+            b"POST /one HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 30000\r\n\r\n"
+            + body
+            + b"GET /two HTTP/1.1\r\nHost: a\r\n\r\n"
+        )
+        responses = read_responses(sock, 2)  # after a 100 Continue (read_responses skips 1xx)
+    assert [r[0] for r in responses] == [200, 200]
+    assert [(r.target, r.body) for r in upstream.received] == [("/one", body), ("/two", b"")]
 
 
 def test_waiting_for_a_held_body_is_not_counted_as_gateway_overhead(

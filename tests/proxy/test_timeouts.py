@@ -501,3 +501,61 @@ def test_back_pressure_of_a_finished_exchange_does_not_hold_the_next_request(mak
             up.close()
     finally:
         deaf.close()
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_a_spooled_body_the_upstream_does_not_take_gets_504_not_408(make_gateway: GatewayFactory, framing: str) -> None:
+    """A body received whole into the spool is sent as the upstream takes it. An upstream that stops taking it gets
+    its send deadline (504); the client, whose body is all in, is not blamed with a 408, and no spool is left."""
+    deaf = _DeafUpstream()
+    try:
+        gw = deaf.gateway(make_gateway, "buffer_bytes: 4096, spool_bytes: 9000000")
+        size = 8_100_000  # more than the socket buffers hold (up to 4 MB each on loopback)
+        if framing == "length":
+            wire = b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % size + b"x" * size
+        else:
+            piece = b"x" * 30_000
+            wire = b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            wire += b"%x\r\n%b\r\n" % (len(piece), piece) * (size // len(piece)) + b"0\r\n\r\n"
+        with gw.connect() as sock:
+            sock.sendall(wire)  # the gateway takes all of it: the spool, not the upstream, receives it
+            up = deaf.accept()
+            wait_for(lambda: gw.server.spool_reserved and any(c.pause_mask for c in gw.server.connections))
+            gw.advance(31.0)  # past body_timeout: the client is not stalling, the upstream is
+            sock.settimeout(0.3)
+            with pytest.raises(TimeoutError):
+                sock.recv(1, socket.MSG_PEEK)
+            gw.advance(30.0)  # past the upstream's 60 s read_timeout
+            responses = read_responses(sock, 1)
+            assert [r[0] for r in responses] == [504]
+            assert reason(responses[0]) == "upstream.timeout"
+            up.close()
+        wait_for(lambda: gw.server.spool_reserved == 0)
+    finally:
+        deaf.close()
+
+
+def test_a_spooled_body_reaches_a_slow_upstream_whole(make_gateway: GatewayFactory) -> None:
+    """The upstream takes the spooled body in its own time: every byte arrives, in order, once."""
+    deaf = _DeafUpstream()
+    try:
+        gw = deaf.gateway(make_gateway, "buffer_bytes: 4096, spool_bytes: 9000000")
+        body = bytes(range(256)) * 32000  # 8 MB, more than the socket buffers hold (up to 4 MB each on loopback)
+        with gw.connect() as sock:
+            sock.sendall(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            up = deaf.accept()
+            wait_for(lambda: any(c.pause_mask for c in gw.server.connections))  # the upstream is full
+            up.settimeout(5)
+            received = b""
+            while not received.endswith(body[-4096:]) or len(received) < len(body):
+                received += up.recv(1 << 20)
+            head, _, got = received.partition(b"\r\n\r\n")
+            assert got == body
+            assert b"content-length: 8192000" in head.lower()
+            up.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            responses = read_responses(sock, 1)
+            assert [r[0] for r in responses] == [200]
+            up.close()
+        wait_for(lambda: gw.server.spool_reserved == 0)
+    finally:
+        deaf.close()

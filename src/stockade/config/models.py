@@ -76,6 +76,11 @@ class Limits(Strict):
     path_parameters: bool = False
     # A request body is received this far before forwarding (see Upstream.request_buffering); reads pause beyond it.
     buffer_bytes: Annotated[int, Field(ge=4 * KIB, le=64 * MIB)] = 64 * KIB
+    # With request buffering, a body beyond buffer_bytes is received into an unlinked temporary file (nginx's client
+    # body temp files) up to this size before forwarding; a larger one streams. 0: never spool.
+    spool_bytes: Annotated[int, Field(ge=0, le=1024 * MIB)] = 1 * MIB
+    # What one worker's spools may hold at once (each reserves its greatest size); a body beyond it streams.
+    spool_total_bytes: Annotated[int, Field(ge=0)] = 256 * MIB
 
 
 class Upstream(Strict):

@@ -36,6 +36,8 @@ class HotLimits:
     drain_timeout: float
     pipeline_timeout: float
     buffer_bytes: int
+    spool_bytes: int
+    spool_total_bytes: int
     path_parameters: bool  # read from the Runtime by both fronts (intake.route_request); kept for completeness
 
     @classmethod

@@ -24,6 +24,7 @@ from stockade.proxy.request_head import RequestHead
 if TYPE_CHECKING:
     from stockade.proxy.client import ClientConnection
     from stockade.proxy.http import ResponseFraming
+    from stockade.proxy.spool import Spool
     from stockade.proxy.upstream import UpstreamConnection, UpstreamPool
     from stockade.runtime import CompiledRoute, Runtime
 
@@ -65,6 +66,7 @@ class Exchange:
         "route",
         "runtime",
         "server",
+        "spool",
         "started",
         "status",
         "streaming",
@@ -95,6 +97,7 @@ class Exchange:
     pending_failure: tuple[int, str, str] | None
     framing: ResponseFraming | None
     collected: list[bytes] | None
+    spool: Spool | None
 
     def __init__(self, conn: ClientConnection, head: RequestHead) -> None:
         self.conn = conn
@@ -112,7 +115,7 @@ class Exchange:
         self.retried = self.resp_started = self.close_after = self.expect_continue = self.continue_sent = False
         self.streaming = self.upgrade_ok = self.tunnel_open = self.trusted = self.held = False
         self.ctx = self.route = self.pipeline = self.pool = self.upstream = None
-        self.task = self.body_waiter = self.pending_failure = self.framing = self.collected = None
+        self.task = self.body_waiter = self.pending_failure = self.framing = self.collected = self.spool = None
         self.body = ()
         self.body_size = self.status = self.upstream_status = self.bytes_sent = self.collected_size = 0
         self.deadline = INF
@@ -233,6 +236,9 @@ class Exchange:
             if self.started:
                 self._body_too_large()
             return
+        if self.spool is not None:
+            self._spool_more(chunk)
+            return
         if self.streaming:
             up = self.upstream
             if up is not None:
@@ -244,9 +250,8 @@ class Exchange:
         else:
             self.body = [chunk]
         if size > self.buffer_cap:
-            if self.held:  # more than the buffer holds: the upstream takes the rest as it comes
-                self.held = False
-                self._to_upstream()
+            if self.held:  # more than the buffer holds: to the spool, or the upstream takes the rest as it comes
+                self._buffer_full()
             else:
                 self.conn.pause(PAUSE_BUFFER)
 
@@ -254,6 +259,11 @@ class Exchange:
         self.request_done = True
         if self.finished or self.too_large:
             return
+        if self.spool is not None:
+            if self.held:  # the whole body is in the spool: now the upstream
+                self.held = False
+                self._to_upstream()
+            return  # else the spool is being sent, and `_pump` ends the body
         if self.streaming:
             self.streaming = False
             if self.head.chunked and self.upstream is not None:
@@ -317,6 +327,9 @@ class Exchange:
     _connect = forwarding._connect
     _connected = forwarding._connected
     _send = forwarding._send
+    _buffer_full = forwarding._buffer_full
+    _spool_more = forwarding._spool_more
+    _pump = forwarding._pump
 
     # -- response side (called by the upstream connection): proxy/response_side.py -----------------------------
 
@@ -407,6 +420,9 @@ class Exchange:
         connection logs its decision at the 101 and runs its completion hooks when it closes (`_tunnel_done`)."""
         self.finished = True
         self.deadline = INF
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
         ctx = self.ctx or self._bare_context()
         server = self.server
         record_request(

@@ -10,8 +10,9 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from stockade.pipeline.forward import replaced_headers
-from stockade.proxy.common import IDEMPOTENT, INF, PAUSE_BUFFER
+from stockade.proxy.common import IDEMPOTENT, INF, PAUSE_BUFFER, PAUSE_UPSTREAM
 from stockade.proxy.http import CRLF, connection_tokens
+from stockade.proxy.spool import Spool
 from stockade.security.forwarded import forwarded_for
 
 if TYPE_CHECKING:
@@ -46,16 +47,85 @@ def _forward(ex: Exchange) -> None:
         not ex.request_done
         and (h.content_length or h.chunked)
         and route.request_buffering
-        and ex.body_size <= ex.buffer_cap
+        and (ex.body_size <= ex.buffer_cap or _spool(ex))
     ):
-        # Receive the body first, as far as the buffer holds it (nginx's proxy_request_buffering): a client that
-        # drips its body costs a gateway connection, never an upstream worker. request_body / request_complete
-        # go on with _to_upstream; the client's body timer runs meanwhile.
+        # Receive the body first, as far as the buffer and the spool hold it (nginx's proxy_request_buffering): a
+        # client that drips its body costs a gateway connection, never an upstream worker. request_body /
+        # request_complete go on with _to_upstream; the client's body timer runs meanwhile.
         ex.held = True
         ex.t_wait = ex.clock.monotonic()  # until _to_upstream: the client's time, not the gateway's
+        ex.conn.resume(PAUSE_BUFFER)  # paused if the body had filled the buffer: the spool takes it now
         ex._send_continue()
         return
     ex._to_upstream()
+
+
+def _spool(ex: Exchange) -> bool:
+    """Move the held body into a spool (proxy/spool.py), if its size allows and the worker's budget has room."""
+    cap = ex.conn.limits.spool_bytes
+    h = ex.head
+    if not cap or h.content_length > cap:
+        return False
+    spool = Spool.open(ex.server, h.content_length or cap, ex.body)
+    if spool is None:
+        return False
+    ex.spool = spool
+    ex.body = ()
+    ex.retried = True  # the spool is read once: no transparent retry on a fresh connection
+    return True
+
+
+def _buffer_full(ex: Exchange) -> None:
+    """The held body outgrew the memory buffer: on into a spool, or the upstream takes the rest as it comes."""
+    if not _spool(ex):
+        ex.held = False
+        ex._to_upstream()
+
+
+def _spool_more(ex: Exchange, chunk: bytes) -> None:
+    spool = ex.spool
+    assert spool is not None  # noqa: S101 - request_body checked
+    try:
+        spool.write(chunk)
+    except OSError as exc:
+        ex.request_aborted(503, "gateway.error", f"request body spool: {exc.strerror}")
+        return
+    if ex.held and spool.size > spool.reserved:
+        # A chunked body outgrew its spool: the upstream gets what is spooled, then the rest as it comes. The
+        # client waits meanwhile (paused as by the upstream: its body timer waits while the upstream is slow).
+        ex.held = False
+        ex.conn.pause(PAUSE_UPSTREAM)
+        ex._to_upstream()
+
+
+def _pump(ex: Exchange) -> None:
+    """Send the spool upstream as fast as the upstream takes it; then end the body, or stream the rest."""
+    spool = ex.spool
+    up = ex.upstream
+    route = ex.route
+    assert spool is not None and up is not None and route is not None  # noqa: S101
+    chunked = ex.head.chunked
+    while not spool.paused:
+        try:
+            data = spool.read()
+        except OSError as exc:
+            ex.request_aborted(503, "gateway.error", f"request body spool: {exc.strerror}")
+            return
+        if not data:
+            break
+        up.write(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)  # may pause: upstream_pause
+    else:
+        return  # the upstream is full: upstream_pause(False) calls again
+    spool.close()
+    ex.spool = None
+    if ex.request_done:
+        ex.streaming = False
+        if chunked:
+            up.write(b"0\r\n\r\n")
+        ex._set_deadline(ex.clock.monotonic() + route.read_timeout, "upstream")
+    else:
+        ex.deadline = INF
+    ex.conn.resume(PAUSE_UPSTREAM)
 
 
 def _to_upstream(ex: Exchange) -> None:
@@ -113,19 +183,25 @@ def _send(ex: Exchange, up: UpstreamConnection) -> None:
             data += b"".join(b"%x\r\n%b\r\n" % (len(c), c) for c in ex.body if c)
         else:
             data += b"".join(ex.body)
-    if ex.request_done and h.chunked:
+    spool = ex.spool
+    if ex.request_done and h.chunked and spool is None:
         data += b"0\r\n\r\n"
     if not (ex.request_done and h.method in IDEMPOTENT):
         ex.body = ()  # kept only while a retry on a fresh connection is still possible
-    if not ex.request_done:
+    if not ex.request_done or spool is not None:
         # Streaming from here: set before the write, which may fill the upstream's buffer and pause it at once
         # (upstream_pause then gives the upstream a send deadline).
         ex.streaming = True
         ex.deadline = INF
+    if spool is not None:
+        spool.paused = False
     up.write(data)
-    ex.conn.resume(PAUSE_BUFFER)
     now = ex.clock.monotonic()
     ex.t_sent = now
+    if spool is not None:
+        ex._pump()
+        return
+    ex.conn.resume(PAUSE_BUFFER)
     if ex.request_done:
         ex._set_deadline(now + route.read_timeout, "upstream")
     else:

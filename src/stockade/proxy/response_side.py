@@ -170,7 +170,8 @@ def upstream_body(ex: Exchange, data: bytes) -> None:
 def upstream_done(ex: Exchange) -> None:
     up = ex.upstream
     if up is not None:
-        ex._drop_upstream(reusable=up.keep_alive and ex.request_done and not up.decoded)
+        # Not reusable while part of the request body is still unsent (received whole, but the spool not yet sent).
+        ex._drop_upstream(reusable=up.keep_alive and ex.request_done and ex.spool is None and not up.decoded)
     if ex.collected is not None:
         ex._flush_collected()
         if ex.finished:
@@ -235,14 +236,21 @@ def upstream_pause(ex: Exchange, paused: bool) -> None:
     """The upstream stopped (or resumed) taking what the gateway writes. While a request body is streaming, the
     client is not read meanwhile (its body timer waits, see `ClientConnection.check_deadlines`) and the upstream
     gets the route's read timeout to take the body again, as nginx's proxy_send_timeout."""
+    spool = ex.spool
     if paused:
         ex.conn.pause(PAUSE_UPSTREAM)
+        if spool is not None:
+            spool.paused = True
         if ex.streaming and ex.route is not None:
             ex._set_deadline(ex.clock.monotonic() + ex.route.read_timeout, "send")
-    else:
-        ex.conn.resume(PAUSE_UPSTREAM)
-        if ex.streaming and ex.deadline_kind == "send":
-            ex.deadline = INF
+        return
+    if ex.streaming and ex.deadline_kind == "send":
+        ex.deadline = INF
+    if spool is not None and not ex.held and ex.upstream is not None:
+        spool.paused = False
+        ex._pump()  # it resumes the client once the spool is sent
+        return
+    ex.conn.resume(PAUSE_UPSTREAM)
 
 
 def client_pause(ex: Exchange, paused: bool) -> None:

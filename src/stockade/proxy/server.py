@@ -53,6 +53,7 @@ class ProxyServer:
         self._servers: list[asyncio.Server] = []
         self._tick_handle: asyncio.TimerHandle | None = None
         self.request_ids = RequestIds()
+        self.spool_reserved = 0  # bytes the request body spools of this worker have reserved (proxy/spool.py)
         self.metrics.gauge_providers.append(self._gauges)
 
     async def start(self, *, reuse_port: bool = False, sock: socket.socket | None = None) -> None:
