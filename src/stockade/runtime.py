@@ -92,6 +92,8 @@ def build_runtime(loaded: LoadedConfig, services: Services) -> Runtime:
                 handler = make(hplan.config, StageEnv(route_id=route.id, base_dir=loaded.base_dir, services=services))
             except (ValueError, OSError) as exc:
                 problems.append(f"{loaded.source}: {hplan.where}: {exc}")
+            else:
+                pipeline.cap_body(getattr(handler, "max_body_bytes", None), handler.id)
         up = route.upstream
         routes[route.id] = CompiledRoute(
             route.id,

@@ -242,6 +242,25 @@ def test_token_endpoint_requires_a_form_body(env: tuple[TestGateway, TestUpstrea
     assert gw.request("GET", "/oauth2/token")[0] == 405
 
 
+@pytest.mark.parametrize("path", ["/oauth2/token", "/oauth2/revoke"])
+@pytest.mark.parametrize(("size", "status"), [(16 * 1024, 400), (16 * 1024 + 1, 413), (10 * 1024 * 1024, 413)])
+def test_token_and_revoke_bodies_are_capped_before_they_are_read(
+    env: tuple[TestGateway, TestUpstream, Path], path: str, size: int, status: int
+) -> None:
+    """Decoding a 10 MiB form of `%41` escapes held the worker's event loop for about two seconds, before any client
+    authentication: a form beyond 16 KiB is now refused unread."""
+    gw, _, _ = env
+    got, _, body = gw.request(
+        "POST",
+        path,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        body=b"a=" + b"%41" * ((size - 2) // 3) + b"A" * ((size - 2) % 3),
+    )
+    assert got == status
+    if status == 413:
+        assert orjson.loads(body)["reason"] == "request.body_too_large"
+
+
 def test_token_insufficient_scope_is_403_with_challenge(env: tuple[TestGateway, TestUpstream, Path]) -> None:
     gw, _, config = env
     client_id, secret = create_client(config, "--name", "w", "--scopes", "books:write")

@@ -143,10 +143,13 @@ class Pipeline:
         self.body_limit_stage = ""
         self._identity_cache: dict[int, tuple[Principal, bytes]] = {}
         for s in ordered:
-            limit = getattr(s.stage, "max_body_bytes", None)
-            if isinstance(limit, int) and limit < self.body_limit:
-                self.body_limit = limit
-                self.body_limit_stage = s.id
+            self.cap_body(getattr(s.stage, "max_body_bytes", None), s.id)
+
+    def cap_body(self, limit: object, by: str) -> None:
+        """Lower the route's body limit to a stage's or handler's `max_body_bytes` (the 413 then names `by`)."""
+        if isinstance(limit, int) and limit < self.body_limit:
+            self.body_limit = limit
+            self.body_limit_stage = by
 
     def run(self, ctx: RequestContext) -> PipelineResult | Coroutine[Any, Any, PipelineResult]:
         """Run the stages. Returns None (allowed) or a Deny, or - only if a stage really awaited I/O -
