@@ -8,6 +8,7 @@ lookup in that issuer's own key set. Claims are checked after the signature.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -261,7 +262,13 @@ def _number(claims: Mapping[str, Any], name: str, required: bool) -> float | Non
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise BadClaim(f"claim {name!r} is not a number")
-    return float(value)
+    try:
+        number = float(value)  # an integer beyond a float's range raises; a literal like 1e400 parses as inf
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise BadClaim(f"claim {name!r} is out of range")
+    return number
 
 
 def check_claims(claims: Mapping[str, Any], policy: IssuerPolicy, now: float) -> float:

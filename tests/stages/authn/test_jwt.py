@@ -36,6 +36,14 @@ def raw_token(header: Any, claims: Any, sig: bytes = b"sig") -> str:
     return f"{h}.{p}.{b64(sig)}"
 
 
+def signed_payload(payload: str) -> str:
+    """A correctly signed token whose payload is this exact JSON text (for literals json.dumps never writes)."""
+    key, alg = IDP.keys["rsa-1"]
+    h = jose.b64url_encode(json.dumps({"alg": alg, "typ": "JWT", "kid": "rsa-1"}).encode())
+    p = jose.b64url_encode(payload.encode())
+    return f"{h}.{p}.{jose.b64url_encode(jose.sign_bytes(key, alg, f'{h}.{p}'.encode()))}"
+
+
 def make_stage(clock: FakeClock | None = None, **issuer: Any) -> JwtAuthenticator:
     cfg = {"issuer": ISS, "audiences": [AUD], "algorithms": ["RS256", "ES256"], "keys": IDP.jwks()["keys"]}
     cfg.update(issuer)
@@ -124,6 +132,15 @@ ATTACKS: list[tuple[str, Any, str]] = [
         "jwt.malformed",
     ),
     ("huge-integer-header", lambda: raw_token('{"alg":"ES256","x":' + "9" * 4301 + "}", IDP.claims()), "jwt.malformed"),
+    # Signed, so only an issuer could send them: a float() overflow was a 500, and 1e400 parsed as a never-ending exp
+    ("exp-beyond-float", lambda: IDP.token(exp=10**400), "jwt.bad_claim"),
+    ("iat-beyond-float", lambda: IDP.token(iat=-(10**400)), "jwt.bad_claim"),
+    ("nbf-beyond-float", lambda: IDP.token(nbf=10**400), "jwt.bad_claim"),
+    (
+        "exp-infinite-literal",
+        lambda: signed_payload(json.dumps(IDP.claims()).replace(f'"exp": {NOW + 600}', '"exp": 1e400')),
+        "jwt.bad_claim",
+    ),
     ("modified-payload", lambda: tamper_payload(IDP.token()), "jwt.bad_signature"),
     (
         "signature-of-other-token",
