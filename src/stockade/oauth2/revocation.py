@@ -37,6 +37,10 @@ class RevokedJtis:
         self._pending: set[asyncio.Task[None]] = set()
         self.loaded = False
         self._reload_task: asyncio.Task[None] | None = None
+        # While a load awaits the store, what the feed brings meanwhile is noted here too, so the load's older
+        # snapshot does not overwrite it (a revocation would otherwise be lost until the next reload).
+        self._arrived: set[str] | None = None
+        self._clients_seen: set[str] | None = None
         watcher.subscribe(self._on_changes)
         watcher.every(RELOAD_INTERVAL, self.load)
 
@@ -56,19 +60,34 @@ class RevokedJtis:
 
     async def load(self) -> None:
         await self.watcher.ensure_baseline()  # changes after this point reach _on_changes: none can be missed
-        records = await self.store.list_revoked_tokens(self.clock.time())
-        self._jtis = {r.jti for r in records} | (self._jtis if not self.loaded else set())
-        self.disabled_clients = {c.client_id for c in await self.store.list_clients() if c.disabled_at is not None}
+        arrived = self._arrived = set()
+        seen = self._clients_seen = set()
+        try:
+            records = await self.store.list_revoked_tokens(self.clock.time())
+            clients = await self.store.list_clients()
+        finally:
+            if self._arrived is arrived:
+                self._arrived = self._clients_seen = None
+        self._jtis = {r.jti for r in records} | arrived | (self._jtis if not self.loaded else set())
+        disabled = {c.client_id for c in clients if c.disabled_at is not None}
+        for client_id in seen:  # re-read after the snapshot began: their own answer is the newer one
+            if client_id in self.disabled_clients:
+                disabled.add(client_id)
+            else:
+                disabled.discard(client_id)
+        self.disabled_clients = disabled
         self.loaded = True
 
     def add(self, jti: str) -> None:
         """Effective at once in this process (the feed brings it to the others)."""
         self._jtis.add(jti)
+        if self._arrived is not None:
+            self._arrived.add(jti)
 
     def _on_changes(self, batch: ChangeBatch) -> None:
         for change in batch.changes:
             if change.kind == "revoked_token":
-                self._jtis.add(change.ref)
+                self.add(change.ref)
             elif change.kind == "client":
                 task = asyncio.get_running_loop().create_task(self._client_changed(change.ref))
                 self._pending.add(task)
@@ -80,12 +99,13 @@ class RevokedJtis:
         try:
             client = await self.store.get_client(client_id)
         except NotFoundError:
-            self.disabled_clients.add(client_id)  # deleted: its tokens must not outlive it
-            return
-        if client.disabled_at is not None:
+            client = None  # deleted: its tokens must not outlive it
+        if client is None or client.disabled_at is not None:
             self.disabled_clients.add(client_id)
         else:
             self.disabled_clients.discard(client_id)
+        if self._clients_seen is not None:
+            self._clients_seen.add(client_id)
 
     async def settle(self) -> None:
         """Wait for the re-reads the change feed has triggered (a client's state, a reload) to finish."""

@@ -141,7 +141,10 @@ class TokenServer:
         if parsed.claims.get("client_id") != client.client_id or not isinstance(jti, str):
             ctx.detail = f"nothing revoked: token not issued to {client.client_id}"
             return LocalResponse(200, list(_NO_STORE))
-        await self.store.revoke_token(jti, expires_at=exp, actor=f"client:{client.client_id}", at=now)
+        # Kept until the token is past every verifier's leeway: a worker loading the list just after `exp` must
+        # still know it (the jwt stage accepts a token up to exp + leeway).
+        expires_at = exp + jose.MAX_LEEWAY
+        await self.store.revoke_token(jti, expires_at=expires_at, actor=f"client:{client.client_id}", at=now)
         self.revoked.add(jti)
         ctx.detail = f"revoked {jti} for {client.client_id}"
         return LocalResponse(200, list(_NO_STORE))
