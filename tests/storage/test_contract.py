@@ -299,6 +299,16 @@ def test_change_feed_is_ordered_and_pages(store: Store) -> None:
     assert run(store.changes_since(batch.last_seq)).changes == ()
 
 
+def test_a_reader_ahead_of_the_store_is_told_to_start_again(store: Store) -> None:
+    """A store restored from a backup (or a lagging replica promoted) is behind its readers: with nothing after
+    their position, they saw no change at all until the store's sequence passed theirs again."""
+    run(store.create_consumer(consumer("alice"), actor=ACTOR, at=T0))
+    current = run(store.current_change_seq())
+    ahead = run(store.changes_since(current + 5))
+    assert ahead.truncated and ahead.changes == () and ahead.last_seq == current
+    assert not run(store.changes_since(current)).truncated
+
+
 def test_change_feed_prune_truncates_only_laggards(store: Store) -> None:
     run(store.create_consumer(consumer("alice"), actor=ACTOR, at=T0))
     run(store.create_consumer(consumer("bob"), actor=ACTOR, at=T0 + 100))

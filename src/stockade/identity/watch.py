@@ -80,6 +80,13 @@ class ChangeWatcher:
             while True:
                 started = self.clock.monotonic()
                 batch = await self.store.changes_since(self.seq, limit=PAGE)
+                if batch.last_seq < self.seq:
+                    log.error(
+                        "the change feed went back from %d to %d (a store restored or replaced?): caches cleared",
+                        self.seq,
+                        batch.last_seq,
+                        extra={"store": self.store.url},
+                    )
                 if batch.changes or batch.truncated:
                     for callback in self._subscribers:
                         callback(batch)

@@ -19,6 +19,7 @@ from stockade.storage.records import (
     OAuthClient,
     RevokedToken,
     SigningKey,
+    feed_batch,
 )
 
 
@@ -302,10 +303,8 @@ class MemoryStore:
 
     async def changes_since(self, seq: int, *, limit: int = 1000) -> ChangeBatch:
         with self._lock:
-            truncated = seq < self._pruned_to
             changes = tuple(c for c, _ in self._feed if c.seq > seq)[:limit]
-            last = changes[-1].seq if changes else max(seq, self._pruned_to) if truncated else seq
-            return ChangeBatch(changes, last, truncated)
+            return feed_batch(seq, changes, self._seq, self._pruned_to)
 
     async def prune_changes(self, before: float) -> int:
         with self._lock:

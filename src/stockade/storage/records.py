@@ -151,3 +151,17 @@ class ChangeBatch:
     changes: tuple[Change, ...]
     last_seq: int
     truncated: bool = False
+
+
+def feed_batch(seq: int, changes: tuple[Change, ...], current: int, pruned_to: int) -> ChangeBatch:
+    """The batch `changes_since(seq)` answers, given the rows after `seq` and the feed's marks (every backend).
+
+    Truncated when the reader is behind the pruned low mark, or ahead of the store's own sequence: a store that
+    went back (restored from a backup, a lagging replica promoted) would otherwise show nothing until its sequence
+    passed the reader's again, and every revocation meanwhile would go unseen. Either way the reader clears its
+    caches and goes on from where the store is.
+    """
+    truncated = seq < pruned_to or seq > current
+    if changes:
+        return ChangeBatch(changes, changes[-1].seq, truncated)
+    return ChangeBatch(changes, current if truncated else seq, truncated)

@@ -9,7 +9,15 @@ import orjson
 
 from stockade.storage import audit
 from stockade.storage.base import ConflictError
-from stockade.storage.records import AdminChange, AdminToken, Change, ChangeBatch, RevokedToken, SigningKey
+from stockade.storage.records import (
+    AdminChange,
+    AdminToken,
+    Change,
+    ChangeBatch,
+    RevokedToken,
+    SigningKey,
+    feed_batch,
+)
 from stockade.storage.sql import Row, Tx, dumps, must, record
 
 if TYPE_CHECKING:
@@ -190,12 +198,11 @@ class SqlAuthMixin:
 
     async def changes_since(self, seq: int, *, limit: int = 1000) -> ChangeBatch:
         def run(tx: Tx) -> ChangeBatch:
-            marks = must(tx.one("SELECT value, pruned_to FROM change_seq WHERE id = 1"), "change_seq")
+            # Rows first, marks second (each statement sees its own snapshot): a prune between the two then shows
+            # as truncation instead of silently skipping the rows it deleted.
             rows = tx.all("SELECT seq, kind, ref FROM change_feed WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
-            changes = tuple(Change(int(r[0]), r[1], r[2]) for r in rows)
-            truncated = seq < int(marks[1])
-            last = changes[-1].seq if changes else max(seq, int(marks[0])) if truncated else seq
-            return ChangeBatch(changes, last, truncated)
+            marks = must(tx.one("SELECT value, pruned_to FROM change_seq WHERE id = 1"), "change_seq")
+            return feed_batch(seq, tuple(Change(int(r[0]), r[1], r[2]) for r in rows), int(marks[0]), int(marks[1]))
 
         return await self.engine.read(run)
 
