@@ -134,8 +134,24 @@ class SqlEngine:
             wrapped = self.dialect.classify(exc)
             if wrapped is None:
                 raise
-            self._local.conn = None if isinstance(wrapped, _Broken) else getattr(self._local, "conn", None)
+            if isinstance(wrapped, _Broken):
+                self._discard_connection()
             raise wrapped from exc
+
+    def _discard_connection(self) -> None:
+        """Close this thread's broken connection (the next call opens a new one); dropped unclosed, each one
+        leaked its file descriptors for the life of the process."""
+        conn: Connection | None = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is None:
+            return
+        with self._lock:
+            if conn in self._connections:
+                self._connections.remove(conn)
+        try:
+            conn.close()
+        except Exception:  # already gone; closing is only to free what it holds
+            log.debug("closing a broken connection failed", exc_info=True)
 
     def _transaction(self, conn: Connection, fn: Callable[[Tx], T], write: bool) -> T:
         cur = conn.cursor()

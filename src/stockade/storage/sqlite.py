@@ -11,6 +11,7 @@ from stockade.storage.sql import Connection, Dialect, SqlEngine, broken, conflic
 from stockade.storage.sqlstore import SqlStore
 
 BUSY_TIMEOUT_MS = 5000  # concurrent writers (workers, the CLI) wait for the lock instead of failing
+_BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)  # primary result codes (extended ones carry them in the low byte)
 
 
 def _classify(exc: BaseException) -> StorageError | None:
@@ -19,6 +20,8 @@ def _classify(exc: BaseException) -> StorageError | None:
         if "FOREIGN KEY" in text:
             return missing(f"sqlite: {text}")
         return conflict(f"sqlite: {text}")
+    if isinstance(exc, sqlite3.OperationalError) and (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _BUSY:
+        return StorageError(f"sqlite: {exc}")  # another writer held the lock past the busy timeout: not broken
     if isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError):
         return broken(f"sqlite: {exc}")
     if isinstance(exc, sqlite3.Error | OSError):
