@@ -160,6 +160,26 @@ def test_api_key_rotate_unknown_or_duplicate_changes_nothing(store: Store) -> No
     assert [k.id for k in run(store.list_api_keys())] == ["key_1"]
 
 
+@pytest.mark.parametrize("state", ["rotated", "revoked", "expired"])
+def test_api_key_rotate_checks_the_key_inside_the_transaction(store: Store, state: str) -> None:
+    """The service checked "active and not rotated" before the store's transaction only: two rotations at once
+    both succeeded (two successors), and a revoke in between gave a revoked key an active successor."""
+    run(store.create_consumer(consumer("alice"), actor=ACTOR, at=T0))
+    run(store.create_api_key(api_key("key_1", expires_at=T0 + 10), actor=ACTOR, at=T0))
+    at = T0 + 1
+    if state == "rotated":
+        run(store.rotate_api_key("key_1", api_key("key_2"), old_expires_at=T0 + 5, actor=ACTOR, at=T0))
+    elif state == "revoked":
+        run(store.revoke_api_key("key_1", actor=ACTOR, at=T0))
+    else:
+        at = T0 + 10
+    before = run(store.get_api_key("key_1"))
+    with pytest.raises(ConflictError):
+        run(store.rotate_api_key("key_1", api_key("key_3"), old_expires_at=T0 + 5, actor=ACTOR, at=at))
+    assert run(store.get_api_key("key_1")) == before
+    assert "key_3" not in [k.id for k in run(store.list_api_keys())]
+
+
 def test_api_key_touch_batches_and_only_moves_forward(store: Store) -> None:
     run(store.create_consumer(consumer("alice"), actor=ACTOR, at=T0))
     run(store.create_api_key(api_key("key_1"), actor=ACTOR, at=T0))

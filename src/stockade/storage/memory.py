@@ -139,6 +139,8 @@ class MemoryStore:
             old = self._keys.get(old_id)
             if old is None:
                 raise NotFoundError(f"no API key {old_id!r}")
+            if old.rotated_to is not None or old.status(at) != "active":
+                raise ConflictError(f"API key {old_id!r} is no longer active, or was rotated already")
             self._add_key(new)
             expires = old_expires_at if old.expires_at is None else min(old.expires_at, old_expires_at)
             self._keys[old_id] = dataclasses.replace(old, expires_at=expires, rotated_to=new.id)

@@ -156,10 +156,20 @@ class SqlStore(SqlAuthMixin):
 
     async def rotate_api_key(self, old_id: str, new: ApiKey, *, old_expires_at: float, actor: str, at: float) -> None:
         def run(tx: Tx) -> None:
-            old = _key(must(tx.one(f"SELECT {_KEY} FROM api_keys WHERE id = ?", (old_id,)), f"API key {old_id!r}"))
+            # The key must still be active and unrotated *in this transaction*: checked only before it, two
+            # concurrent rotations forked the key, and a revoke in between gave a revoked key an active successor.
+            row = tx.one(
+                "UPDATE api_keys SET rotated_to = ?,"
+                " expires_at = CASE WHEN expires_at IS NULL OR expires_at > ? THEN ? ELSE expires_at END"
+                " WHERE id = ? AND revoked_at IS NULL AND rotated_to IS NULL AND (expires_at IS NULL OR expires_at > ?)"
+                " RETURNING expires_at",
+                (new.id, old_expires_at, old_expires_at, old_id, at),
+            )
+            if row is None:
+                must(tx.one("SELECT 1 FROM api_keys WHERE id = ?", (old_id,)), f"API key {old_id!r}")
+                raise ConflictError(f"API key {old_id!r} is no longer active, or was rotated already")
+            expires = float(row[0])
             self._insert_key(tx, new)
-            expires = old_expires_at if old.expires_at is None else min(old.expires_at, old_expires_at)
-            tx.execute("UPDATE api_keys SET expires_at = ?, rotated_to = ? WHERE id = ?", (expires, new.id, old_id))
             record(tx, audit.api_key_created(new), actor, at)
             record(tx, audit.api_key_rotated(old_id, new, expires), actor, at)
 
