@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,19 @@ def test_admin_token_list_shows_an_expired_token_as_expired(config: Path) -> Non
     listing = invoke("--config", str(config), "admin", "token", "list").stdout.splitlines()
     states = {line.split()[1]: line.split()[3] for line in listing}
     assert states == {"live": "active", "old": "expired"}
+
+
+@pytest.mark.parametrize("logname", ["admin-token:adm_FAKE (ops-bot)", "x\n7 2026-01-01 admin-token:adm_y (ops)"])
+def test_the_cli_actor_comes_from_the_password_database_not_the_environment(
+    monkeypatch: pytest.MonkeyPatch, logname: str
+) -> None:
+    """getpass read $LOGNAME first: anyone could record changes as another actor, or forge log lines."""
+    import pwd
+
+    from stockade.cli.identity_common import cli_actor
+
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        monkeypatch.setenv(name, logname)
+    actor = cli_actor()
+    assert actor.startswith(f"cli:{pwd.getpwuid(os.getuid()).pw_name}@")
+    assert "adm_" not in actor and actor.isprintable()

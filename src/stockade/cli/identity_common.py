@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import getpass
+import os
+import pwd
 import re
 import socket
 import sys
@@ -37,11 +38,14 @@ def parse_duration(value: str | None, option: str) -> float | None:
 
 
 def cli_actor() -> str:
+    """`cli:user@host` for the admin change log: the user from the password database, not from $LOGNAME/$USER
+    (which anyone sets: `LOGNAME="admin-token:adm_x (ops)"` forged another actor, a newline in it a log line)."""
     try:
-        user = getpass.getuser()
+        user = pwd.getpwuid(os.getuid()).pw_name
     except (KeyError, OSError):
-        user = "unknown"
-    return f"cli:{user}@{socket.gethostname()}"
+        user = f"uid{os.getuid()}"
+    actor = f"cli:{user}@{socket.gethostname()}"
+    return "".join(c if c.isprintable() else "?" for c in actor)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
