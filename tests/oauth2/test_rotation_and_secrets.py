@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
 import orjson
 import pytest
 
-from stockade.oauth2.signing import shared_signing_keys
+from stockade.clock import FakeClock
+from stockade.config.oauth2 import OAuth2Server
+from stockade.identity.watch import shared_watcher
+from stockade.oauth2.signing import SigningKeys, shared_signing_keys
 from stockade.security import jose
+from stockade.security.crypto import Keyring
+from stockade.storage.memory import MemoryStore
+from stockade.storage.records import SigningKey
 from stockade.testing import TestGateway
 from tests.oauth2.flow import CONFIG, basic, call_books, create_client, get_token, oauth_gateway, post_form
 
@@ -108,3 +115,55 @@ def test_no_issued_secret_or_token_in_the_database_or_logs(tmp_path: Path, caplo
     for what, needle in forbidden.items():
         assert needle not in at_rest, f"{what} found in the SQLite file"
         assert needle not in logs, f"{what} found in the logs"
+
+
+ISSUER_ONLY = """
+storage: sqlite:///stockade.db
+oauth2_server: {issuer: "http://127.0.0.1", audiences: [api]}
+routes:
+  - id: books
+    match: {path: /books}
+    upstream: "{upstream}"
+    stages: [{use: anonymous}]
+"""
+
+
+@pytest.mark.parametrize("first", ["token", "jwks"])
+def test_a_gateway_that_only_issues_tokens_runs_rotation(tmp_path: Path, first: str) -> None:
+    """Rotation runs on the change-watcher task, which only a jwt or api_key stage started: a gateway issuing
+    tokens for verifiers elsewhere signed with its first key forever and never followed other nodes' rotations."""
+    with oauth_gateway(tmp_path, ISSUER_ONLY) as (gw, _up, config):
+        watcher = shared_watcher(gw.services)
+        assert not watcher.running
+        if first == "token":
+            client_id, secret = create_client(config, "--name", "c", "--scopes", "books:read")
+            assert secret is not None
+            get_token(gw, client_id, secret)
+        else:
+            assert jwks_kids(gw)
+        assert watcher.running
+
+
+class _SlowListing(MemoryStore):
+    async def list_signing_keys(self) -> list[SigningKey]:
+        found = await super().list_signing_keys()
+        await asyncio.sleep(0)  # let the other worker read the same (empty) list
+        return found
+
+
+def test_two_workers_creating_the_first_key_at_once_share_one() -> None:
+    """Both saw no active key and both added one; the store refused the second, and its ConflictError was a 500."""
+    cfg = OAuth2Server(issuer="https://gw.example", audiences=("api",))
+
+    async def go() -> tuple[str, str, int]:
+        store = _SlowListing()
+        ring = Keyring({"k1": bytes(32)}, active="k1")
+        clock = FakeClock()
+        one, two = (SigningKeys(store, ring, clock, None) for _ in range(2))
+        await asyncio.gather(one.maintain(cfg), two.maintain(cfg))
+        s1, s2 = one.signer(), two.signer()
+        assert s1 is not None and s2 is not None
+        return s1[0], s2[0], len(await store.list_signing_keys())
+
+    kid_one, kid_two, count = asyncio.run(go())
+    assert kid_one == kid_two and count == 1

@@ -58,6 +58,10 @@ class ChangeWatcher:
     def fresh(self, max_age: float) -> bool:
         return self.clock.monotonic() - self.last_ok <= max_age
 
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
     def ensure_running(self) -> None:
         """Start the poll task on the running loop if it is not running (cheap when it is)."""
         task = self._task

@@ -82,6 +82,7 @@ class TokenServer:
             granted = list(dict.fromkeys(requested.split(" "))) if requested is not None else list(allowed)
             if requested is not None and (not all(granted) or not set(granted) <= set(allowed)):
                 raise OAuthError("invalid_scope", "the requested scope exceeds what the client may have")
+            self.signing.serving()
             signer = self.signing.signer()
             if signer is None:
                 await self.signing.maintain(self.cfg)
@@ -152,6 +153,7 @@ class TokenServer:
     # -- published documents -----------------------------------------------------------------------------------
 
     async def jwks(self) -> LocalResponse:
+        self.signing.serving()
         if self.signing.signer() is None:
             await self.signing.maintain(self.cfg)  # publish a key before the first token needs it
         headers = [

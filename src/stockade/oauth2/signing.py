@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from stockade.security.jose import MAX_LEEWAY
 from stockade.security.jwk import PrivateKey, parse_jwk, public_jwk
 from stockade.security.jwks import KeySet
+from stockade.storage.base import ConflictError
 from stockade.storage.records import SigningKey
 
 if TYPE_CHECKING:
@@ -122,14 +123,12 @@ class SigningKeys:
         upcoming = [k for k in records if k.state == "next"]
         changed = False
         if not active:
-            await self._add(cfg.algorithm, "active", now)
-            changed = True
+            changed = await self._add(cfg.algorithm, "active", now)
         else:
             current = active[-1]
             age = now - (current.activated_at or current.created_at)
             if not upcoming and age >= cfg.rotate_every - cfg.publish_ahead:
-                await self._add(cfg.algorithm, "next", now)
-                changed = True
+                changed = await self._add(cfg.algorithm, "next", now)
             elif upcoming and age >= cfg.rotate_every and now - upcoming[0].created_at >= cfg.publish_ahead:
                 retire_after = now + cfg.token_ttl + MAX_LEEWAY  # tokens it signed still verify until they expire
                 await self.store.activate_signing_key(
@@ -144,7 +143,8 @@ class SigningKeys:
         if changed or self.keys is None:
             await self.reload()
 
-    async def _add(self, alg: str, state: str, now: float) -> None:
+    async def _add(self, alg: str, state: str, now: float) -> bool:
+        """Add a key; True if this process added it, False if another worker or node got there first."""
         from stockade.security.keys import new_id
 
         key = generate_key(alg)
@@ -161,8 +161,20 @@ class SigningKeys:
             created_at=now,
             activated_at=now if state == "active" else None,
         )
-        await self.store.add_signing_key(record, actor=ACTOR, at=now)
+        try:
+            await self.store.add_signing_key(record, actor=ACTOR, at=now)
+        except ConflictError:  # two workers' first token at once: the store keeps one active key, use theirs
+            log.info("another process added the %s signing key first", state)
+            await self.reload()
+            return False
         log.info("signing key %s (%s) added as %s", kid, alg, state)
+        return True
+
+    def serving(self) -> None:
+        """The token endpoint is in use: rotation runs on the change-watcher task, so make sure it runs (a gateway
+        that only issues tokens has no jwt stage to start it)."""
+        if self.watcher is not None:
+            self.watcher.ensure_running()
 
 
 def shared_signing_keys(services: Services) -> SigningKeys:
