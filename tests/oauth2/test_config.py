@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from stockade.config.loader import load_config_text
 from stockade.errors import ConfigError
+from stockade.oauth2.clients import new_client
+from tests.security.issuer import TestIssuer
 
 BASE = """
 oauth2_server: {issuer: "https://gw.example", audiences: [api]}
@@ -56,3 +60,27 @@ def test_gateway_issuer_without_oauth2_server_is_a_config_error() -> None:
     loaded = load_config_text(text, env={})
     with pytest.raises(ConfigError, match="no `oauth2_server` with that issuer"):
         build_runtime(loaded, Services(clock=FakeClock()))
+
+
+@pytest.mark.parametrize(
+    ("extra", "accepted"),
+    [
+        (None, True),
+        ({"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA", "d": "AA"}, False),  # a private key beside a public one
+        ({"kty": "oct", "k": "c2VjcmV0"}, False),  # a symmetric key
+    ],
+    ids=["public-only", "with-private-key", "with-oct-key"],
+)
+def test_a_client_jwks_with_secret_key_material_is_refused(extra: dict[str, str] | None, accepted: bool) -> None:
+    """The set is stored as given: parse_jwks only skipped a private key when another key was usable, so the
+    private half reached the store in clear, for anyone who reads it to forge the client's assertions."""
+    public = TestIssuer().add_ec("ec-1").jwks()
+    doc = {"keys": [*public["keys"], *([extra] if extra else [])]}
+    args: dict[str, Any] = {"name": "c", "scopes": ["a"], "auth_method": "private_key_jwt", "pepper": b"p" * 32}
+    args |= {"now": 1.0, "jwks": doc}
+    if accepted:
+        client, secret = new_client(**args)
+        assert secret is None and client.jwks == doc
+    else:
+        with pytest.raises(ValueError, match="public keys only"):
+            new_client(**args)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
 from stockade.security import jose
+from stockade.security.jwk import has_secret_members
 from stockade.security.jwks import JwksError, KeySet, parse_jwks
 from stockade.security.keys import fingerprint, shown_id
 from stockade.storage.base import NotFoundError
@@ -79,7 +80,12 @@ def new_client(
     elif auth_method == "private_key_jwt":
         if jwks is None:
             raise ValueError("private_key_jwt needs the client's public JWK Set")
-        keys = parse_jwks(jwks)  # refuses private members and unusable keys
+        entries = jwks.get("keys")
+        if isinstance(entries, list) and any(isinstance(e, Mapping) and has_secret_members(e) for e in entries):
+            # Stored as given: a private or symmetric key in it would let anyone who reads the store forge this
+            # client's assertions (parse_jwks alone only skips such a key when another one is usable).
+            raise ValueError("the client's JWK Set must hold public keys only (it has private or secret members)")
+        keys = parse_jwks(jwks)  # skips unusable keys
         if not keys:
             raise ValueError("the client's JWK Set has no usable signing key")
     client = OAuthClient(

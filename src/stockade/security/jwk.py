@@ -110,6 +110,14 @@ class Jwk:
             return False
 
 
+PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth")  # the private half of an RSA, EC or OKP key
+
+
+def has_secret_members(doc: Mapping[str, Any]) -> bool:
+    """Private key material, or a symmetric (oct) key's `k`."""
+    return "k" in doc or any(m in doc for m in PRIVATE_MEMBERS)
+
+
 def parse_jwk(doc: Mapping[str, Any], *, allow_private: bool = False) -> Jwk:
     """Turn one JWK object into a verification key. Private members are refused unless asked for (static
     keys from a file may be a full key pair; only the public half is kept)."""
@@ -120,7 +128,7 @@ def parse_jwk(doc: Mapping[str, Any], *, allow_private: bool = False) -> Jwk:
     alg = doc.get("alg")
     if alg is not None and alg not in ALGORITHMS:
         raise JwkError(f"unsupported alg {alg!r}")
-    if not allow_private and any(m in doc for m in ("d", "p", "q", "dp", "dq", "qi")):
+    if not allow_private and any(m in doc for m in PRIVATE_MEMBERS):
         raise JwkError("a JWK set for verification must not contain private key members")
     if kty == "RSA":
         pub = rsa.RSAPublicNumbers(_uint(doc, "e"), _uint(doc, "n"))
