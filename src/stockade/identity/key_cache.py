@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 SHARED_KEY = "api_key_cache"
 MAX_ENTRIES = 100_000
+# Unknown keys are cached apart, in a smaller map: anyone can make keys that pass the (unkeyed) checksum, and a
+# flood of them must neither push real keys out nor make every change batch scan them.
+MAX_UNKNOWN = 10_000
 ENTRY_TTL = 300.0  # re-read a key at least this often, whatever the change feed says
 MAX_STALE = 5.0  # a change feed silent for longer than this is not trusted: entries are re-read
 USAGE_FLUSH_INTERVAL = 5.0  # last-used precision; written in one batch per interval
@@ -59,7 +62,8 @@ class ApiKeyCache:
         self.store = store
         self.watcher = watcher
         self.clock = clock
-        self.entries: dict[bytes, KeyEntry] = {}
+        self.entries: dict[bytes, KeyEntry] = {}  # keys the store knows (usable, revoked, of a deleted consumer)
+        self.unknown: dict[bytes, KeyEntry] = {}  # keys the store does not know
         self.used: set[str] = set()
         self.max_entries = max_entries
         self.ttl = ttl
@@ -107,26 +111,25 @@ class ApiKeyCache:
         return KeyEntry(principal, key.id, consumer.id, key.expires_at, "", identity, stale_at)
 
     def _insert(self, fingerprint: bytes, entry: KeyEntry) -> None:
-        entries = self.entries
-        if fingerprint not in entries and len(entries) >= self.max_entries:
+        known = entry.key_id is not None
+        entries, limit = (self.entries, self.max_entries) if known else (self.unknown, MAX_UNKNOWN)
+        (self.unknown if known else self.entries).pop(fingerprint, None)
+        if fingerprint not in entries and len(entries) >= limit:
             del entries[next(iter(entries))]  # oldest first (insertion order)
         entries[fingerprint] = entry
 
     def _on_changes(self, batch: ChangeBatch) -> None:
         if batch.truncated:
             self.entries.clear()
+            self.unknown.clear()
             return
         key_ids = {c.ref for c in batch.changes if c.kind == "api_key"}
         consumer_ids = {c.ref for c in batch.changes if c.kind == "consumer"}
+        if key_ids:
+            self.unknown.clear()  # one of them may just have been created
         if not key_ids and not consumer_ids:
             return
-        drop = [
-            fp
-            for fp, e in self.entries.items()
-            if e.key_id is None  # unknown keys: one of them may just have been created
-            or e.key_id in key_ids
-            or e.consumer_id in consumer_ids
-        ]
+        drop = [fp for fp, e in self.entries.items() if e.key_id in key_ids or e.consumer_id in consumer_ids]
         for fp in drop:
             del self.entries[fp]
 

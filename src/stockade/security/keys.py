@@ -3,7 +3,9 @@
 A key is `stk_`, an environment label, `_`, 43 base62 characters of randomness (256 bits from `secrets`) and
 6 base62 characters of CRC32 over everything before them. The fixed prefix lets secret scanners find leaked
 keys (`stk_[a-z0-9]{1,16}_[0-9A-Za-z]{49}`); the checksum lets them - and the gateway, before any lookup -
-reject a mistyped or invented key without a database round trip. Only HMAC-SHA256(pepper, key) is stored.
+reject a mistyped key without a database round trip. It is unkeyed: anyone can make a key that passes it, so
+it is no defence against invented keys (the key cache keeps those apart, see identity/key_cache.py). Only
+HMAC-SHA256(pepper, key) is stored.
 """
 
 from __future__ import annotations

@@ -62,6 +62,7 @@ class ApiKeyAuthenticator:
         self.challenge = f'ApiKey realm="{config.realm}"'
         self._cache = shared_key_cache(env.services)
         self._entries = self._cache.entries
+        self._unknown = self._cache.unknown
         self._watcher = self._cache.watcher
         self._used = self._cache.used  # the same set for the cache's lifetime (flush_usage empties it in place)
         self._clock = env.services.clock
@@ -116,7 +117,7 @@ class ApiKeyAuthenticator:
                 401, INVALID, detail="malformed key" if len(value) > keys.MAX_KEY_LENGTH else "wrong key prefix"
             )
         fp = _fingerprint(value)
-        entry = self._entries.get(fp)
+        entry = self._entries.get(fp) or self._unknown.get(fp)
         if entry is not None:
             now = self._clock.monotonic()
             if now >= entry.stale_at or now - self._watcher.last_ok > MAX_STALE:
