@@ -56,3 +56,19 @@ def test_clients_errors(config: Path, args: list[str], message: str) -> None:
     result = CliRunner().invoke(cli, ["--config", str(config), "clients", *args])
     assert result.exit_code != 0
     assert message in result.output + result.stderr
+
+
+def test_clients_create_names_its_consumer_by_id_or_name(config: Path) -> None:
+    """--consumer alice (a name) ended in a raw 'sqlite: FOREIGN KEY constraint failed'."""
+    code, out, err = run("--config", str(config), "consumers", "create", "alice")
+    assert code == 0, out + err
+    code, out, err = run(
+        "--config", str(config), "clients", "create", "--name", "c", "--scopes", "a", "--consumer", "alice"
+    )
+    assert code == 0, out + err
+    code, out, _ = run("clients", "list", "--json", "--config", str(config))
+    assert json.loads(out.splitlines()[0])["consumer_id"].startswith("con_")
+    code, _, err = run(
+        "--config", str(config), "clients", "create", "--name", "d", "--scopes", "a", "--consumer", "bob"
+    )
+    assert code == 1 and "no consumer 'bob'" in err and "FOREIGN KEY" not in err

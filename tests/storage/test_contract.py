@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -73,16 +74,24 @@ def test_consumer_update_and_rename_conflict(store: Store) -> None:
         run(store.update_consumer(consumer("nobody", cid="con_nobody"), actor=ACTOR, at=T0))
 
 
-def test_consumer_delete_removes_its_keys_and_unlinks_clients(store: Store) -> None:
+def test_consumer_delete_removes_its_keys_and_disables_its_clients(store: Store) -> None:
+    """Its OAuth clients used to stay active, unowned: they kept getting tokens that kept verifying."""
     run(store.create_consumer(consumer("alice"), actor=ACTOR, at=T0))
     run(store.create_api_key(api_key("key_1"), actor=ACTOR, at=T0))
     client = OAuthClient("cl_1", "svc", "client_secret_basic", T0, secret_hash="s", consumer_id="con_alice")
     run(store.create_client(client, actor=ACTOR, at=T0))
-    run(store.delete_consumer("con_alice", actor=ACTOR, at=T0))
+    earlier = OAuthClient("cl_2", "old", "client_secret_basic", T0, secret_hash="t", consumer_id="con_alice")
+    run(store.create_client(dataclasses.replace(earlier, disabled_at=T0 - 5), actor=ACTOR, at=T0))
+    start = run(store.current_change_seq())
+    run(store.delete_consumer("con_alice", actor=ACTOR, at=T0 + 1))
     with pytest.raises(NotFoundError):
         run(store.get_consumer("alice"))
     assert run(store.find_api_key("h-key_1")) is None
-    assert run(store.get_client("cl_1")).consumer_id is None
+    got = run(store.get_client("cl_1"))
+    assert (got.consumer_id, got.disabled_at) == (None, T0 + 1)
+    assert run(store.get_client("cl_2")).disabled_at == T0 - 5  # already disabled: its date is kept
+    feed = {(c.kind, c.ref) for c in run(store.changes_since(start)).changes}
+    assert {("consumer", "con_alice"), ("client", "cl_1"), ("client", "cl_2")} <= feed  # caches hear of it
     with pytest.raises(NotFoundError):
         run(store.delete_consumer("con_alice", actor=ACTOR, at=T0))
 

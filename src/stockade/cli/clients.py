@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import getpass
 import json
 import socket
@@ -82,7 +83,7 @@ def clients_group() -> None:
 @click.option(
     "--jwks", "jwks_file", type=click.Path(dir_okay=False, exists=True), help="Public JWK Set (private_key_jwt)."
 )
-@click.option("--consumer", default=None, help="Consumer id that owns the client.")
+@click.option("--consumer", default=None, help="Consumer (id or name) that owns the client.")
 @click.pass_context
 def create(
     ctx: click.Context,
@@ -109,11 +110,17 @@ def create(
             pepper=pepper,
             now=SYSTEM_CLOCK.time(),
             jwks=jwks,
-            consumer_id=consumer,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    _run(store, store.create_client(client, actor=_actor(), at=SYSTEM_CLOCK.time()))
+
+    async def register() -> None:
+        owned = client
+        if consumer is not None:  # an id or a name, as everywhere else in the CLI
+            owned = dataclasses.replace(client, consumer_id=(await store.get_consumer(consumer)).id)
+        await store.create_client(owned, actor=_actor(), at=SYSTEM_CLOCK.time())
+
+    _run(store, register())
     click.echo(f"client_id: {client.client_id}")
     if secret is not None:
         click.echo(f"client_secret: {secret}")
@@ -138,6 +145,7 @@ def list_clients(ctx: click.Context, config_path: str | None, as_json: bool) -> 
                 "status": status,
             }
             doc |= {"scopes": list(c.allowed_scopes), "created_at": c.created_at, "disabled_at": c.disabled_at}
+            doc["consumer_id"] = c.consumer_id
             click.echo(json.dumps(doc))
         else:
             created = datetime.fromtimestamp(c.created_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

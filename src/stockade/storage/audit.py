@@ -6,6 +6,7 @@ hash, sealed key or secret ever reaches a log detail.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +52,11 @@ def client(action: str, c: OAuthClient) -> Entry:
     if action == "update":
         detail["disabled"] = c.disabled_at is not None
     return Entry(f"client.{action}", c.client_id, detail, "client", c.client_id)
+
+
+def orphaned(c: OAuthClient, at: float) -> OAuthClient:
+    """A client whose consumer was deleted: no owner, and disabled (as of `at` unless it already was)."""
+    return dataclasses.replace(c, consumer_id=None, disabled_at=c.disabled_at if c.disabled_at is not None else at)
 
 
 def client_deleted(client_id: str) -> Entry:

@@ -88,10 +88,11 @@ class MemoryStore:
             if self._consumers.pop(consumer_id, None) is None:
                 raise NotFoundError(f"no consumer {consumer_id!r}")
             self._keys = {k: v for k, v in self._keys.items() if v.consumer_id != consumer_id}
-            for cid, client in list(self._clients.items()):
-                if client.consumer_id == consumer_id:
-                    self._clients[cid] = dataclasses.replace(client, consumer_id=None)
             self._record(audit.consumer_deleted(consumer_id), actor, at)
+            for cid, client in list(self._clients.items()):
+                if client.consumer_id == consumer_id:  # disabled with its consumer (see SqlStore.delete_consumer)
+                    self._clients[cid] = audit.orphaned(client, at)
+                    self._record(audit.client("update", self._clients[cid]), actor, at)
 
     # -- API keys ----------------------------------------------------------------------------------------------
 

@@ -91,9 +91,17 @@ class SqlStore(SqlAuthMixin):
         def run(tx: Tx) -> None:
             must(tx.one("SELECT 1 FROM consumers WHERE id = ?", (consumer_id,)), f"consumer {consumer_id!r}")
             tx.execute("DELETE FROM api_keys WHERE consumer_id = ?", (consumer_id,))
-            tx.execute("UPDATE oauth_clients SET consumer_id = NULL WHERE consumer_id = ?", (consumer_id,))
+            sql = f"SELECT {_CLIENT} FROM oauth_clients WHERE consumer_id = ?"
+            owned = [audit.orphaned(_client(r), at) for r in tx.all(sql, (consumer_id,))]
+            for c in owned:  # its OAuth clients go with its keys: disabled, so their tokens stop verifying too
+                tx.execute(
+                    "UPDATE oauth_clients SET consumer_id = NULL, disabled_at = ? WHERE client_id = ?",
+                    (c.disabled_at, c.client_id),
+                )
             tx.execute("DELETE FROM consumers WHERE id = ?", (consumer_id,))
             record(tx, audit.consumer_deleted(consumer_id), actor, at)
+            for c in owned:
+                record(tx, audit.client("update", c), actor, at)
 
         await self.engine.write(run)
 
