@@ -16,6 +16,7 @@ from stockade.asgi.scope import (
     scope_headers,
 )
 from stockade.pipeline.runner import Pipeline
+from stockade.security.netaddr import NetSet
 from stockade.testing import make_context
 
 
@@ -60,6 +61,9 @@ def test_http_scheme(scheme: str, http: str) -> None:
         pytest.param([(b"content-length", b"12"), (b"content-length", b"13")], INVALID_LENGTH, id="conflicting"),
         pytest.param([(b"content-length", b"-1")], INVALID_LENGTH, id="negative"),
         pytest.param([(b"content-length", b"1e3")], INVALID_LENGTH, id="not-digits"),
+        pytest.param([(b"content-length", b"0" * 5000 + b"5")], INVALID_LENGTH, id="5001-digits"),  # int() raised
+        pytest.param([(b"content-length", b"0" * 19 + b"5")], INVALID_LENGTH, id="20-digits"),
+        pytest.param([(b"content-length", b"0" * 18 + b"5")], 5, id="19-digits"),
     ],
 )
 def test_head_fields_content_length(headers: list[tuple[bytes, bytes]], length: int | None) -> None:
@@ -95,12 +99,12 @@ def test_app_scope_is_a_copy_with_the_judged_path_and_edited_headers() -> None:
     ext = {"http.response.pathsend": {}, "http.response.zerocopy": {}, "http.response.trailers": {}}
     scope = {"type": "http", "path": "//a/./b", "raw_path": b"//a/./b", "headers": ctx.headers.raw, "extensions": ext}
     pipeline = Pipeline("r", [], body_limit=1)
-    out = app_scope(scope, ctx, pipeline)
+    out = app_scope(scope, ctx, pipeline, NetSet([]))
     assert (out["path"], out["raw_path"]) == ("/a/b", b"/a/b")
     assert out["headers"] == [(b"accept", b"*/*"), (b"x-request-id", b"test-request")]
     assert out["extensions"] is ext
     assert scope["path"] == "//a/./b"  # the server's scope is not changed
-    hidden = app_scope(scope, ctx, pipeline, hide_body_bypass=True)
+    hidden = app_scope(scope, ctx, pipeline, NetSet([]), hide_body_bypass=True)
     assert hidden["extensions"] == {"http.response.trailers": {}}  # hooks that need the body must see it
     assert len(ext) == 3
 
@@ -110,6 +114,33 @@ def test_app_scope_carries_the_query_a_stage_rewrote() -> None:
     ctx = make_context(path="/a", query="api_key=stk_live_secret&page=2")
     ctx.replace_query("page=2")
     scope = {"type": "http", "path": "/a", "query_string": b"api_key=stk_live_secret&page=2", "headers": []}
-    out = app_scope(scope, ctx, Pipeline("r", [], body_limit=1))
+    out = app_scope(scope, ctx, Pipeline("r", [], body_limit=1), NetSet([]))
     assert out["query_string"] == b"page=2"
     assert scope["query_string"] == b"api_key=stk_live_secret&page=2"
+
+
+@pytest.mark.parametrize(
+    ("peer", "trusted", "kept"),
+    [("203.0.113.5", False, False), ("10.0.0.2", True, True)],
+    ids=["untrusted-peer", "trusted-proxy"],
+)
+def test_app_scope_keeps_forwarding_headers_only_from_a_trusted_proxy(peer: str, trusted: bool, kept: bool) -> None:
+    """An app written for the proxy front takes X-Forwarded-* for the gateway's own word: from an untrusted peer
+    they steered its idea of the client, the host (tenant) and the scheme."""
+    forged = [
+        ("x-forwarded-for", "10.1.2.3"),
+        ("x-forwarded-host", "admin.internal"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-prefix", "/evil"),
+        ("x-real-ip", "10.1.2.3"),
+        ("forwarded", "for=10.1.2.3"),
+        ("accept", "*/*"),
+    ]
+    ctx = make_context(path="/a", headers=forged, client_ip=peer)
+    proxies = NetSet(["10.0.0.0/8"])
+    assert (peer in proxies) is trusted
+    scope = {"type": "http", "path": "/a", "headers": ctx.headers.raw}
+    names = [n for n, _ in app_scope(scope, ctx, Pipeline("r", [], body_limit=1), proxies)["headers"]]
+    for name in (b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto", b"forwarded", b"x-real-ip"):
+        assert (name in names) is kept, name
+    assert b"accept" in names

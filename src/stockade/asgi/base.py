@@ -15,6 +15,7 @@ from stockade.asgi.scope import (
     http_scheme,
     peer_address,
     scope_headers,
+    under_root,
 )
 from stockade.asgi.scope import request_target as scope_target
 from stockade.pipeline.intake import bare_context, body_too_large, request_context, route_request
@@ -111,6 +112,9 @@ class Exchange:
             ctx = self._bare(method)
             return ctx, Pipeline.deny(ctx, "http", result)
         ctx = self.ctx = result
+        if not under_root(scope, ctx.path):
+            detail = "the path climbs out of the root path"
+            return ctx, Pipeline.deny(ctx, "http", Deny(400, "http.bad_path", detail=detail))
         route = route_request(rt, ctx)
         if isinstance(route, Deny):
             return ctx, route

@@ -77,7 +77,7 @@ class HttpExchange(Exchange):
             return
         buffer_body = pipeline.needs_response_body and not self.head_request
         self.collected = [] if buffer_body else None
-        scope = app_scope(self.scope, ctx, pipeline, hide_body_bypass=buffer_body)
+        scope = app_scope(self.scope, ctx, pipeline, self.runtime.trusted_proxies, hide_body_bypass=buffer_body)
         self.times.t_sent = self.clock.monotonic()
         try:
             await self.mw.app(scope, self._app_receive, self._app_send)

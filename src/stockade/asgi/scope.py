@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from stockade.pipeline.forward import forwarded_headers
+from stockade.pipeline.headers import parse_content_length
 from stockade.pipeline.runner import header_safe
-from stockade.security.netaddr import canonical_ip
+from stockade.security.netaddr import NetSet, canonical_ip
 
 if TYPE_CHECKING:
     from stockade.pipeline.context import RequestContext
@@ -50,7 +51,8 @@ class HeadFields:
                 self.expect = value
             elif lname == b"content-length":
                 # The server framed the body by it; two different values would be ambiguous, so refuse them.
-                length = int(value) if value.isdigit() else INVALID_LENGTH
+                parsed = parse_content_length(value)
+                length = INVALID_LENGTH if parsed is None else parsed
                 if self.content_length is not None and self.content_length != length:
                     length = INVALID_LENGTH
                 self.content_length = length
@@ -75,6 +77,23 @@ def request_target(scope: Scope) -> bytes:
     return raw + b"?" + query if query else bytes(raw)
 
 
+def under_root(scope: Scope, normalised: str) -> bool:
+    """False if the normalised path left the `root_path` its raw path was under.
+
+    Servers that put the mount point into `path` (uvicorn's --root-path, Starlette's Mount) hand over
+    `/api/../admin/secret`; normalised it is `/admin/secret`, judged by whatever route matches that, while the app
+    still resolves it under its root. Servers that leave the root out of `path` are unaffected.
+    """
+    root = scope.get("root_path")
+    if not root or root == "/":
+        return True
+    base = root.rstrip("/")
+    path = scope.get("path") or ""
+    if path != base and not path.startswith(base + "/"):
+        return True
+    return normalised == base or normalised.startswith(base + "/")
+
+
 def peer_address(scope: Scope) -> str:
     """The address of whoever opened the connection; '' if the server does not say."""
     client = scope.get("client")
@@ -96,17 +115,21 @@ def from_raw_headers(headers: RawHeaders) -> list[tuple[str, str]]:
     return [(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in headers]
 
 
-def app_scope(scope: Scope, ctx: RequestContext, pipeline: Pipeline, *, hide_body_bypass: bool = False) -> Scope:
+def app_scope(
+    scope: Scope, ctx: RequestContext, pipeline: Pipeline, trusted_proxies: NetSet, *, hide_body_bypass: bool = False
+) -> Scope:
     """A copy of the scope for the application: the path the pipeline judged, and the gateway's header edits.
 
     The app routes by `path`, so it must see the normalised path the routes matched, never the client's raw one
-    (`/public/..%2e/admin` must not reach a handler the gateway did not check).
+    (`/public/..%2e/admin` must not reach a handler the gateway did not check). Forwarding headers
+    (X-Forwarded-*, Forwarded, X-Real-IP) reach it only from a trusted proxy, as on the proxy front.
     """
     out = dict(scope)
     out["path"] = ctx.path
     out["raw_path"] = ctx.raw_path.encode("latin-1")
     out["query_string"] = ctx.query.encode("latin-1")  # a stage may have removed a credential from it
-    out["headers"] = forwarded_headers(ctx.headers.raw, pipeline, ctx)
+    trusted = bool(trusted_proxies) and ctx.peer_ip in trusted_proxies
+    out["headers"] = forwarded_headers(ctx.headers.raw, pipeline, ctx, trusted=trusted)
     if hide_body_bypass:
         extensions = scope.get("extensions")
         if extensions and any(e in extensions for e in _BODY_BYPASS_EXTENSIONS):

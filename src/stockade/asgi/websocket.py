@@ -60,7 +60,8 @@ class WebSocketExchange(Exchange):
             await self._reject(ctx, verdict)
             return
         self.times.t_sent = self.clock.monotonic()
-        await self.mw.app(app_scope(self.scope, ctx, pipeline), self.receive, self._app_send)
+        scope = app_scope(self.scope, ctx, pipeline, self.runtime.trusted_proxies)
+        await self.mw.app(scope, self.receive, self._app_send)
 
     async def _app_send(self, message: Message) -> None:
         if not self.recorded:

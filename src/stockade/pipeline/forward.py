@@ -82,17 +82,21 @@ def added_headers(pipeline: Pipeline, ctx: RequestContext) -> list[tuple[str, st
 
 
 def forwarded_headers(
-    raw: list[tuple[bytes, bytes]], pipeline: Pipeline, ctx: RequestContext
+    raw: list[tuple[bytes, bytes]], pipeline: Pipeline, ctx: RequestContext, *, trusted: bool
 ) -> list[tuple[bytes, bytes]]:
     """The request headers an in-process application receives (ASGI form: lower-case byte names).
 
-    Framing and hop-by-hop headers are left alone: the server that parsed the request still owns the connection.
+    Framing and hop-by-hop headers are left alone: the server that parsed the request still owns the connection
+    (except Proxy-Authorization: credentials for a proxy, never for the app). Forwarding metadata is kept only
+    when the peer is a trusted proxy (`trusted`).
     """
     drop = replaced_headers(ctx)
     out: list[tuple[bytes, bytes]] = []
     for name, value in raw:
         lname = name.lower()
         if is_identity_header(lname) or lname == REQUEST_ID or lname in METHOD_OVERRIDES or is_underscore_alias(lname):
+            continue
+        if (lname in FORWARDING_HEADERS and not trusted) or lname == b"proxy-authorization":
             continue
         if drop is not None and lname.decode("latin-1") in drop:
             continue

@@ -4,6 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+MAX_LENGTH_DIGITS = 19  # more than any real body (10^19 bytes); a longer Content-Length is malformed
+
+
+def parse_content_length(value: bytes) -> int | None:
+    """A Content-Length value as a number, or None if malformed: digits only, at most MAX_LENGTH_DIGITS of them
+    (llhttp takes 5000 leading zeros for a small number; Python's int() raises beyond 4300 digits)."""
+    if not value.isdigit() or len(value) > MAX_LENGTH_DIGITS:
+        return None
+    return int(value)
+
 
 class DuplicateHeaderError(ValueError):
     """A header that must appear once appeared more than once; ambiguity is a 400, never a guess."""

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, cast
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from stockade.pipeline.forward import IDENTITY_PREFIX_BYTES, is_underscore_alias
+from stockade.pipeline.headers import parse_content_length
 from stockade.proxy.common import INF, PAUSE_PIPELINE, PAUSE_TUNNEL, PAUSE_UPSTREAM
 from stockade.proxy.exchange import Exchange
 from stockade.proxy.http import (
@@ -67,6 +68,13 @@ def _only_chunked(raw: list[tuple[bytes, bytes]]) -> bool:
         for c in value.split(b",")
     ]
     return codings[-1:] != [b"chunked"] or len(codings) == 1
+
+
+def _content_length(value: bytes) -> int:
+    length = parse_content_length(value)  # llhttp has checked the syntax, not the number of digits
+    if length is None:
+        raise HttpRejectError(400, "http.bad_request", "invalid Content-Length")
+    return length
 
 
 class _StopParsingError(Exception):
@@ -238,14 +246,14 @@ class ClientConnection(asyncio.Protocol):
                 if lname.startswith(IDENTITY_PREFIX_BYTES) or (b"_" in lname and is_underscore_alias(lname)):
                     return  # never forward a client's claim to be the gateway (in any spelling)
                 if lname == b"content-length":
-                    head.content_length = int(value)
+                    head.content_length = _content_length(value)
                 head.fwd.append(name + b": " + value + CRLF)
                 head.fwd_names.append(name)
                 return
         if kind == HOST:
             head.hosts.append(value)
         elif kind == CONTENT_LENGTH:
-            head.content_length = int(value)
+            head.content_length = _content_length(value)
             head.fwd.append(name + b": " + value + CRLF)
             head.fwd_names.append(name)
         elif kind == FORWARDING:
