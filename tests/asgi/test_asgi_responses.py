@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import orjson
 import pytest
 
+from stockade.asgi import StockadeMiddleware
 from stockade.testing import read_responses
 from tests.asgi.asgi_stages import COMPLETED, HANDLER_ENTERED, STALL_ENTERED
 from tests.asgi.asgi_support import Served, problem, request_id_for
@@ -220,3 +224,42 @@ def test_completion_hooks_see_the_outcome(served: Served, body: bytes, status: i
     outcome = served.server.bg.call(COMPLETED.pop, rid)  # on the loop: the hook ran before the line was logged
     assert (outcome.status, outcome.upstream_status, outcome.error) == (status, app_status, "")
     assert outcome.bytes_sent == len(resp_body)
+
+
+def test_app_header_bytes_survive_a_hook_that_edits_the_head() -> None:
+    """security_headers edits every head, and the edit re-encoded every header: a latin-1 byte in the app's own
+    Content-Disposition (RFC 9110 obs-text) reached the client percent-encoded, a different file name."""
+    disposition = b'attachment; filename="caf\xe9.txt"'
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"content-disposition", disposition), (b"server", b"app/1.0")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"x"})
+
+    config = "routes:\n  - id: r\n    match: {path: /**}\n    stages: [{use: anonymous}, {use: security_headers}]\n"
+    mw = StockadeMiddleware(app, config_text=config)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/x",
+        "raw_path": b"/x",
+        "query_string": b"",
+        "headers": [(b"host", b"localhost")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 80),
+    }
+    asyncio.run(mw(scope, receive, send))
+    headers = dict(sent[0]["headers"])
+    assert headers[b"content-disposition"] == disposition
+    assert b"server" not in headers and headers[b"x-content-type-options"] == b"nosniff"  # the hook did run

@@ -247,7 +247,8 @@ class HttpExchange(Exchange):
         pipeline = self.pipeline
         assert ctx is not None and pipeline is not None  # noqa: S101
         raw = start.get("headers", [])
-        resp = Response(int(start["status"]), headers=from_raw_headers(raw), body=body)
+        app_headers = from_raw_headers(raw)
+        resp = Response(int(start["status"]), headers=app_headers, body=body)
         deny = run_response_hooks(pipeline, ctx, resp)
         if deny is not None:
             self.error = deny.reason
@@ -260,7 +261,7 @@ class HttpExchange(Exchange):
             if body is not None:
                 headers = [(n, v) for n, v in headers if n != "content-length" and n != "transfer-encoding"]
                 headers.append(("content-length", str(len(body or b""))))
-            start = {**start, "headers": to_raw_headers(headers)}
+            start = {**start, "headers": to_raw_headers(headers, kept=frozenset(app_headers))}
         return start, body
 
     async def _start(self, message: Message) -> None:

@@ -107,8 +107,10 @@ def http_scheme(scope: Scope) -> str:
     return "https" if scope.get("scheme") in ("https", "wss") else "http"
 
 
-def to_raw_headers(headers: list[tuple[str, str]]) -> RawHeaders:
-    return [(n.encode("latin-1"), header_safe(v).encode("latin-1")) for n, v in headers]
+def to_raw_headers(headers: list[tuple[str, str]], kept: frozenset[tuple[str, str]] = frozenset()) -> RawHeaders:
+    """Encode headers; values the gateway set are made header-safe, those in `kept` (the app's own, untouched,
+    decoded from latin-1) go back byte for byte, as they do when no hook edits the head."""
+    return [(n.encode("latin-1"), (v if (n, v) in kept else header_safe(v)).encode("latin-1")) for n, v in headers]
 
 
 def from_raw_headers(headers: RawHeaders) -> list[tuple[str, str]]:
