@@ -38,7 +38,7 @@ def test_is_identity_header(name: bytes, identity: bool) -> None:
 def test_client_identity_claims_replaced_by_the_gateways(claim: tuple[str, str]) -> None:
     ctx = make_context(headers=[claim, ("accept", "*/*")])
     ctx.principal = Principal(id="u-1", kind="api_key", scopes=frozenset({"b", "a"}), consumer_id="c-9")
-    out = forwarded_headers(ctx.headers.raw, PIPELINE, ctx)
+    out = forwarded_headers(ctx.headers.raw, PIPELINE, ctx, trusted=False)
     assert out == [
         (b"accept", b"*/*"),
         (b"x-request-id", b"test-request"),
@@ -56,7 +56,7 @@ def test_stage_edits_applied_and_client_request_id_replaced() -> None:
     ctx.request_id = "gw-id"
     ctx.remove_headers = {"cookie"}
     ctx.set_headers = {"x-tenant": "t-1"}
-    out = forwarded_headers(ctx.headers.raw, PIPELINE, ctx)
+    out = forwarded_headers(ctx.headers.raw, PIPELINE, ctx, trusted=False)
     assert out == [(b"accept", b"a"), (b"accept", b"b"), (b"x-request-id", b"gw-id"), (b"x-tenant", b"t-1")]
     assert replaced_headers(ctx) == {"cookie", "x-tenant"}
 

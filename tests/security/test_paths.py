@@ -24,6 +24,8 @@ NORMALISED = [
     ("semicolon-param", b"/api/books;v=1", "/api/books;v=1", "/api/books;v=1", ""),
     ("dot-in-name", b"/api/file.json", "/api/file.json", "/api/file.json", ""),
     ("dotfile-name", b"/api/.well-known", "/api/.well-known", "/api/.well-known", ""),
+    # Raw UTF-8 (a lenient ASGI server hands it over) is read as UTF-8, as its percent-encoded form is, not latin-1
+    ("raw-utf8", "/api/caf\u00e9".encode(), "/api/caf\u00e9", "/api/caf%C3%A9", ""),
 ]
 
 
@@ -54,6 +56,12 @@ REJECTED = [
     ("absolute-form", b"http://evil.example/api", "http.bad_target"),
     ("asterisk", b"*", "http.bad_target"),
     ("fragment", b"/api#x", "http.bad_target"),
+    # Raw bytes llhttp refuses but a lenient ASGI server may pass: the fast path took them as they were
+    ("raw-nul", b"/api/a\x00b", "http.bad_path"),
+    ("raw-tab", b"/api/a\tb", "http.bad_path"),
+    ("raw-space", b"/api/a b", "http.bad_path"),
+    ("raw-del", b"/api/a\x7fb", "http.bad_path"),
+    ("raw-invalid-utf8", b"/api/caf\xe9", "http.bad_path"),
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import quote
 
 # RFC 3986 pchar without '%': unreserved, sub-delims, ':' and '@'. '/' separates segments.
@@ -9,6 +10,7 @@ _SEGMENT_SAFE = "-._~!$&'()*+,;=:@"
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 # Decoded bytes that must never appear in a path: they mean something else to someone downstream.
 _FORBIDDEN_DECODED = frozenset(range(0x20)) | {0x7F, ord("/"), ord("\\")}
+_RAW_CONTROL = re.compile(rb"[\x00-\x20\x7f]")
 
 
 class BadPathError(ValueError):
@@ -49,7 +51,15 @@ def _normalize(target: bytes) -> tuple[str, str, str]:
         raise BadPathError("http.bad_target", "fragment in request target")
     raw_path, sep, raw_query = target.partition(b"?")
     query = raw_query.decode("latin-1") if sep else ""
-    if b"%" not in raw_path and b"/." not in raw_path and b"//" not in raw_path and b"\\" not in raw_path:
+    if _RAW_CONTROL.search(raw_path) is not None:  # llhttp refuses these; a lenient ASGI server may not
+        raise BadPathError("http.bad_path", "control character or space in path")
+    if (
+        raw_path.isascii()
+        and b"%" not in raw_path
+        and b"/." not in raw_path
+        and b"//" not in raw_path
+        and b"\\" not in raw_path
+    ):
         path = raw_path.decode("latin-1")
         return path, path, query
     return _normalize_slow(raw_path, query)
