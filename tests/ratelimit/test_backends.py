@@ -144,6 +144,50 @@ def test_concurrency_slots_are_released_or_expire(kind: str) -> None:
 
 
 @each_backend
+def test_a_slot_in_use_is_renewed_and_a_released_one_is_not(kind: str) -> None:
+    """Leases were not renewed: a request or WebSocket that outlived its lease stopped counting, and
+    `concurrency: 1` let a second one in."""
+    clock = fake_clock()
+
+    async def body(b: LimiterBackend) -> None:
+        hit = [(CONCURRENCY, "c", 30 * US, 1, 1)]
+        assert (await b.hit_async(keyed(b, hit), "long"))[0]
+        assert b.leases.interval() == 10.0  # a third of the lease
+        clock.advance(20)
+        await b.leases.renew_all()  # what the renewal task does every interval
+        clock.advance(20)  # 40 s since the grant, 20 since the renewal
+        assert not (await b.hit_async(keyed(b, hit), "second"))[0]
+        b.release([b.prefix + "c"], "long")
+        await _settle(b)
+        await b.leases.renew_all()  # a released slot is never added back
+        assert len(b.leases) == 0
+        assert (await b.hit_async(keyed(b, hit), "second"))[0]
+
+    run_on(kind, clock, body)
+
+
+@each_backend
+def test_a_slot_is_renewed_for_a_day_at_most(kind: str) -> None:
+    clock = fake_clock()
+
+    async def body(b: LimiterBackend) -> None:
+        hit = [(CONCURRENCY, "c", 3600 * US, 1, 1)]
+        assert (await b.hit_async(keyed(b, hit), "stuck"))[0]  # and never released (a bug)
+        for _ in range(28):
+            clock.advance(3000)
+            await b.leases.renew_all()
+        assert len(b.leases) == 1  # 84,000 s: still renewed
+        for _ in range(2):
+            clock.advance(3000)
+            await b.leases.renew_all()
+        assert len(b.leases) == 0  # past a day it is let go, and its lease runs out
+        clock.advance(3600)
+        assert (await b.hit_async(keyed(b, hit), "next"))[0]
+
+    run_on(kind, clock, body)
+
+
+@each_backend
 def test_batch_is_all_or_nothing(kind: str) -> None:
     clock = fake_clock()
 

@@ -17,6 +17,7 @@ from stockade.storage import mask_url
 
 if TYPE_CHECKING:
     from stockade.pipeline.stage import Services
+    from stockade.ratelimit.leases import HeldSlots
 
 # Algorithms, as passed to the backends (and to the Redis script) in a hit's first field. Times are integer
 # microseconds everywhere, so Python and Lua (whose numbers are doubles, exact below 2**53) compute the same.
@@ -72,6 +73,7 @@ class LimiterBackend(Protocol):
 
     sync: bool
     url: str  # the `limits_storage` it was made from
+    leases: HeldSlots  # concurrency slots this process holds, renewed while in use (ratelimit/leases.py)
     prefix: str  # prepended to every key (Redis: `?prefix=` of the URL, so tenants and tests stay apart)
 
     def hit(self, hits: Sequence[Hit], token: str) -> Decision: ...

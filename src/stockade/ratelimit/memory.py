@@ -19,6 +19,7 @@ from stockade.ratelimit.backend import (
     Lockout,
     LockoutRule,
 )
+from stockade.ratelimit.leases import HeldSlots, Renewal
 
 if TYPE_CHECKING:
     from stockade.clock import Clock
@@ -45,6 +46,7 @@ class MemoryBackend:
         self._conc: dict[str, dict[str, int]] = {}  # token -> lease expiry
         self._locks: dict[str, list[float]] = {}  # [failures, until, locked, forget at]
         self._next_sweep = 0
+        self.leases = HeldSlots(clock, self._renew)
 
     def _now(self) -> int:
         return round(self.clock.time() * US)
@@ -56,6 +58,7 @@ class MemoryBackend:
         ok = True
         results: list[HitResult] = []
         writes: list[tuple[str, str, object]] = []
+        granted: list[tuple[str, int]] = []
         for kind, key, p1, p2, cost in hits:
             if kind == GCRA:
                 tat = self._tat.get(key, now)
@@ -112,6 +115,7 @@ class MemoryBackend:
                 if n < p2:
                     results.append((True, p2 - n - 1, 0, 0))
                     writes.append((kind, key, now + p1))
+                    granted.append((key, p1))
                 else:
                     ok = False
                     results.append((False, 0, 0, CONCURRENCY_RETRY))
@@ -125,12 +129,15 @@ class MemoryBackend:
                     (self._win if kind == WINDOW else self._quota)[key] = value  # type: ignore[assignment]
                 else:
                     self._conc.setdefault(key, {})[token] = value  # type: ignore[assignment]
+            if granted:
+                self.leases.add(token, granted)
         return ok, results
 
     async def hit_async(self, hits: Sequence[Hit], token: str) -> Decision:
         return self.hit(hits, token)
 
     def release(self, keys: Sequence[str], token: str) -> None:
+        self.leases.remove(token)
         for key in keys:
             slots = self._conc.get(key)
             if slots is not None:
@@ -208,8 +215,16 @@ class MemoryBackend:
             return n
         return 1 if self._locks.pop(subject, None) is not None else 0
 
+    async def _renew(self, batch: list[Renewal]) -> None:
+        now = self._now()
+        for token, slots in batch:
+            for key, lease in slots:
+                held = self._conc.get(key)
+                if held is not None and token in held:  # released or expired slots stay gone
+                    held[token] = now + lease
+
     async def aclose(self) -> None:
-        return None
+        self.leases.close()
 
 
 def backoff(rule: LockoutRule, failures: int, now: float) -> tuple[float, bool]:

@@ -14,7 +14,17 @@ from collections.abc import Coroutine, Sequence
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
-from stockade.ratelimit.backend import US, Decision, Hit, HitResult, LimiterUnavailableError, Lockout, LockoutRule
+from stockade.ratelimit.backend import (
+    CONCURRENCY,
+    US,
+    Decision,
+    Hit,
+    HitResult,
+    LimiterUnavailableError,
+    Lockout,
+    LockoutRule,
+)
+from stockade.ratelimit.leases import HeldSlots, Renewal
 from stockade.ratelimit.resp import RedisClient, RedisReplyError, RedisUnavailableError, RedisUrl, Script
 
 if TYPE_CHECKING:
@@ -25,6 +35,7 @@ log = logging.getLogger("stockade.ratelimit")
 
 LIMITS = Script(files("stockade.ratelimit").joinpath("lua/limits.lua").read_text(encoding="utf-8"))
 LOCKOUTS = Script(files("stockade.ratelimit").joinpath("lua/lockouts.lua").read_text(encoding="utf-8"))
+RENEW = Script(files("stockade.ratelimit").joinpath("lua/renew.lua").read_text(encoding="utf-8"))
 LOCK_TAG = "{bf}:"  # lockouts share one slot: they are few, and listing them is one SCAN
 
 
@@ -44,6 +55,7 @@ class RedisBackend:
         self.use_clock = use_clock
         self.down = False
         self._pending: set[asyncio.Task[Any]] = set()
+        self.leases = HeldSlots(clock, self._renew)
 
     def _now(self) -> str:
         return str(round(self.clock.time() * US)) if self.use_clock else ""
@@ -82,10 +94,15 @@ class RedisBackend:
         results: list[HitResult] = [
             (reply[i] == 1, reply[i + 1], reply[i + 2], reply[i + 3]) for i in range(1, len(reply), 4)
         ]
+        if reply[0] == 1 and token:
+            granted = [(key, p1) for kind, key, p1, _, _ in hits if kind == CONCURRENCY]
+            if granted:
+                self.leases.add(token, granted)
         return reply[0] == 1, results
 
     def release(self, keys: Sequence[str], token: str) -> None:
         """Give back concurrency slots, without waiting (a slot that cannot be released expires with its lease)."""
+        self.leases.remove(token)
         for key in keys:
             self._spawn(self.client.call("ZREM", key, token))
 
@@ -159,5 +176,10 @@ class RedisBackend:
             removed += int(await self._call("DEL", key))
         return removed
 
+    async def _renew(self, batch: list[Renewal]) -> None:
+        for token, slots in batch:  # one script per request: its keys share a hash tag, other requests' may not
+            await self._run(RENEW, [key for key, _ in slots], [self._now(), token, *(lease for _, lease in slots)])
+
     async def aclose(self) -> None:
+        self.leases.close()
         await self.client.close()

@@ -111,6 +111,10 @@ class RateLimit:
             ok, results = backend.hit(hits, token) if backend.sync else await backend.hit_async(hits, token)
         except LimiterUnavailableError as exc:
             return self._unavailable(ctx, exc)
+        if token and RELEASE not in ctx.state:
+            # The exchange completed (its hook released the slots) while the backend was deciding: give back what
+            # was granted since, or the lease renewals would keep it.
+            backend.release(held, token)
         fields = ctx.state.get(STATE)
         if fields is None:
             fields = ctx.state[STATE] = []
