@@ -154,3 +154,25 @@ def test_the_cli_actor_comes_from_the_password_database_not_the_environment(
     actor = cli_actor()
     assert actor.startswith(f"cli:{pwd.getpwuid(os.getuid()).pw_name}@")
     assert "adm_" not in actor and actor.isprintable()
+
+
+def test_a_cli_with_another_pepper_is_refused_before_it_writes(tmp_path: Path) -> None:
+    """Two nodes sharing one store, each with a pepper of its own (generated on first use): keys created on one
+    were unknown to the other, and nothing said why."""
+    shared = tmp_path / "shared.db"
+    configs = []
+    for node in ("a", "b"):
+        folder = tmp_path / node
+        folder.mkdir()
+        path = folder / "stockade.yaml"
+        path.write_text(f"storage: sqlite:///{shared}\n")
+        configs.append(str(path))
+    runner = CliRunner()
+    first = runner.invoke(cli, ["--config", configs[0], "consumers", "create", "alice"])
+    assert first.exit_code == 0, first.output
+    second = runner.invoke(cli, ["--config", configs[1], "keys", "create", "--consumer", "alice"])
+    assert second.exit_code == 2
+    assert "the pepper" in second.output and "STOCKADE_PEPPER" in second.output
+    assert "stk_" not in second.output  # no key was issued
+    listed = runner.invoke(cli, ["--config", configs[0], "keys", "list"])
+    assert listed.exit_code == 0 and "key_" not in listed.output

@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import stat
 from pathlib import Path
 
 import pytest
 
+from stockade.clock import FakeClock
+from stockade.config.models import GatewayConfig
 from stockade.config.models import Secrets as SecretsConfig
-from stockade.security.secrets import SecretsError, ensure_file, load_secrets
+from stockade.errors import ConfigError
+from stockade.pipeline.stage import Services
+from stockade.security.crypto import Keyring
+from stockade.security.secrets import (
+    Secrets,
+    SecretsError,
+    ensure_file,
+    load_secrets,
+    verify_store_secrets,
+    verify_with_store,
+)
+from stockade.storage import shared_store
+from stockade.storage.memory import MemoryStore
 
 B64_32 = base64.b64encode(b"\x07" * 32).decode()
 
@@ -76,3 +91,45 @@ def test_ensure_file_makes_named_files_the_loader_accepts_and_never_overwrites(t
     assert not ensure_file(pepper, "pepper") and not ensure_file(kek, "kek")  # already there: left alone
     again = load_secrets(SecretsConfig(pepper_file=str(pepper), kek_file=str(kek)), tmp_path, env={})
     assert again.pepper == first.pepper
+
+
+def _material(pepper: bytes, keks: dict[str, bytes]) -> Secrets:
+    return Secrets(pepper, Keyring(keks, next(iter(keks))))
+
+
+@pytest.mark.parametrize(
+    ("second", "refused"),
+    [
+        (_material(b"p" * 32, {"k1": b"a" * 32}), None),  # the same material
+        (_material(b"q" * 32, {"k1": b"a" * 32}), "the pepper"),
+        (_material(b"p" * 32, {"k1": b"b" * 32}), "KEK 'k1'"),
+        (_material(b"p" * 32, {"k2": b"b" * 32, "k1": b"a" * 32}), None),  # a new KEK id is recorded, not refused
+    ],
+    ids=["same", "other-pepper", "other-kek-same-id", "added-kek"],
+)
+def test_a_store_refuses_material_other_than_its_first(second: Secrets, refused: str | None) -> None:
+    """A node or CLI that generated its own pepper wrote key hashes no other node could match (and a KEK of its
+    own sealed signing keys nobody else could open); nothing told anyone why keys 'did not exist'."""
+    store = MemoryStore()
+    first = _material(b"p" * 32, {"k1": b"a" * 32})
+    asyncio.run(verify_with_store(first, store, 1.0))
+    if refused is None:
+        asyncio.run(verify_with_store(second, store, 2.0))
+        asyncio.run(verify_with_store(first, store, 3.0))
+        return
+    with pytest.raises(SecretsError) as info:
+        asyncio.run(verify_with_store(second, store, 2.0))
+    message = str(info.value)
+    assert refused in message and "STOCKADE_PEPPER" in message
+    assert "p" * 8 not in message and "q" * 8 not in message  # never the material
+
+
+def test_start_up_refuses_other_material_as_a_config_error(tmp_path: Path) -> None:
+    config = GatewayConfig.model_validate({"storage": "memory://"})
+    services = Services(clock=FakeClock(), config=config, base_dir=tmp_path)
+    asyncio.run(verify_store_secrets(services))  # no store in use: nothing to check
+    store = shared_store(services)
+    asyncio.run(verify_with_store(_material(b"z" * 32, {"k9": b"z" * 32}), store, 1.0))  # another node was first
+    with pytest.raises(ConfigError) as info:
+        asyncio.run(verify_store_secrets(services))
+    assert info.value.problems[0].startswith("secrets: the pepper")

@@ -360,3 +360,13 @@ def test_a_lookup_by_a_value_with_nul_finds_nothing(store: Store, value: str) ->
             run(lookup)
     assert run(store.find_api_key(value)) is None
     assert run(store.find_admin_token(value)) is None
+
+
+def test_secret_checks_are_recorded_once_and_compared(store: Store) -> None:
+    assert run(store.record_secret_checks({"pepper": "aa", "kek:k1": "bb"}, at=T0)) == []
+    assert run(store.record_secret_checks({"pepper": "aa", "kek:k1": "bb", "kek:k2": "cc"}, at=T0 + 1)) == []
+    assert run(store.record_secret_checks({"pepper": "xx", "kek:k1": "bb", "kek:k2": "yy"}, at=T0 + 2)) == [
+        "kek:k2",
+        "pepper",
+    ]
+    assert run(store.record_secret_checks({"pepper": "aa"}, at=T0 + 3)) == []  # the first values stay

@@ -28,7 +28,7 @@ def test_sqlite_migrations_recorded_once_and_file_private(tmp_path: Path) -> Non
         asyncio.run(store.ping())
         dispose(store)
     rows = sqlite3.connect(path).execute("SELECT version FROM schema_version").fetchall()
-    assert rows == [(1,), (2,)]
+    assert rows == [(1,), (2,), (3,)]
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
 

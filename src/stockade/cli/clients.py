@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import getpass
 import json
-import socket
 import sys
 from collections.abc import Awaitable
 from datetime import UTC, datetime
@@ -16,30 +14,24 @@ from typing import Any, TypeVar
 import click
 
 from stockade.cli.common import config_option, load_or_exit, resolve_config_path
+from stockade.cli.identity_common import cli_actor
 from stockade.clock import SYSTEM_CLOCK
 from stockade.errors import StorageError
 from stockade.oauth2.clients import SUPPORTED_METHODS, new_client
+from stockade.security.secrets import Secrets, SecretsError, verify_with_store
 from stockade.storage.base import NotFoundError, Store
 
 T = TypeVar("T")
 
 
-def _actor() -> str:
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return f"cli:{user}@{socket.gethostname()}"
-
-
-def _open(ctx: click.Context, config_path: str | None) -> tuple[Store, bytes]:
-    from stockade.security.secrets import SecretsError, load_secrets
+def _open(ctx: click.Context, config_path: str | None) -> tuple[Store, Secrets]:
+    from stockade.security.secrets import load_secrets
     from stockade.storage import storage_from_url
 
     loaded = load_or_exit(resolve_config_path(ctx, config_path))
     try:
         secrets = load_secrets(loaded.config.secrets, loaded.base_dir)
-        return storage_from_url(loaded.config.storage, base_dir=loaded.base_dir), secrets.pepper
+        return storage_from_url(loaded.config.storage, base_dir=loaded.base_dir), secrets
     except (SecretsError, StorageError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
@@ -54,6 +46,9 @@ def _run(store: Store, work: Awaitable[T]) -> T:
 
     try:
         return asyncio.run(go())
+    except SecretsError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
     except NotFoundError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
@@ -101,13 +96,13 @@ def create(
             jwks = json.loads(Path(jwks_file).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise click.BadParameter(f"cannot read a JWK Set: {exc}", param_hint="--jwks") from None
-    store, pepper = _open(ctx, config_path)
+    store, secrets = _open(ctx, config_path)
     try:
         client, secret = new_client(
             name=name,
             scopes=[s.strip() for s in scopes.split(",") if s.strip()],
             auth_method=auth_method,
-            pepper=pepper,
+            pepper=secrets.pepper,
             now=SYSTEM_CLOCK.time(),
             jwks=jwks,
         )
@@ -115,10 +110,11 @@ def create(
         raise click.UsageError(str(exc)) from None
 
     async def register() -> None:
+        await verify_with_store(secrets, store, SYSTEM_CLOCK.time())  # a secret hashed with another pepper: useless
         owned = client
         if consumer is not None:  # an id or a name, as everywhere else in the CLI
             owned = dataclasses.replace(client, consumer_id=(await store.get_consumer(consumer)).id)
-        await store.create_client(owned, actor=_actor(), at=SYSTEM_CLOCK.time())
+        await store.create_client(owned, actor=cli_actor(), at=SYSTEM_CLOCK.time())
 
     _run(store, register())
     click.echo(f"client_id: {client.client_id}")
@@ -165,5 +161,5 @@ def revoke(ctx: click.Context, config_path: str | None, client_id: str) -> None:
     from stockade.oauth2.clients import disable_client
 
     store, _ = _open(ctx, config_path)
-    _run(store, disable_client(store, client_id, actor=_actor(), at=SYSTEM_CLOCK.time()))
+    _run(store, disable_client(store, client_id, actor=cli_actor(), at=SYSTEM_CLOCK.time()))
     click.echo(f"revoked {client_id}")

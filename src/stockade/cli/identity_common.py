@@ -18,7 +18,7 @@ from stockade.clock import SYSTEM_CLOCK
 from stockade.errors import StorageError
 from stockade.identity.service import IdentityService, InvalidInput
 from stockade.security.crypto import CryptoError
-from stockade.security.secrets import SecretsError, load_secrets
+from stockade.security.secrets import SecretsError, load_secrets, verify_with_store
 from stockade.storage import storage_from_url
 from stockade.storage.base import ConflictError, NotFoundError
 
@@ -65,12 +65,15 @@ def with_service(ctx: click.Context, config_path: str | None, work: Callable[[Id
 
     async def go() -> T:
         try:
+            await verify_with_store(secrets, store, SYSTEM_CLOCK.time())
             return await work(service)
         finally:
             await store.close()
 
     try:
         return asyncio.run(go())
+    except SecretsError as exc:
+        fail(str(exc), 2)
     except (NotFoundError, ConflictError, InvalidInput) as exc:
         fail(str(exc))
     except (StorageError, CryptoError) as exc:

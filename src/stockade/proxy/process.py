@@ -16,6 +16,7 @@ from stockade.errors import ConfigError
 from stockade.pipeline.stage import Services
 from stockade.proxy.server import ProxyServer
 from stockade.runtime import build_runtime
+from stockade.security.secrets import verify_store_secrets
 
 log = logging.getLogger("stockade")
 
@@ -78,6 +79,7 @@ async def serve_single(path: str, loaded: LoadedConfig, env: Mapping[str, str] |
     cfg = loaded.config
     services = Services(clock=SYSTEM_CLOCK, workers=1)
     server = ProxyServer(build_runtime(loaded, services))
+    await verify_store_secrets(services)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     current = [loaded]

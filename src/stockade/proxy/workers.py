@@ -33,6 +33,9 @@ from stockade.pipeline.stage import Services
 from stockade.proxy.process import load_for_reload, restart_only_changes, try_reload
 from stockade.proxy.server import ProxyServer
 from stockade.runtime import build_runtime
+from stockade.security.secrets import verify_store_secrets
+from stockade.storage import SHARED_KEY as STORE_KEY
+from stockade.storage import shared_store
 
 log = logging.getLogger("stockade")
 METRICS_INTERVAL = 1.0
@@ -76,6 +79,7 @@ async def serve_worker(
     reader, writer = await asyncio.open_connection(sock=sock)
     services = Services(clock=SYSTEM_CLOCK, workers=workers)
     server = ProxyServer(build_runtime(loaded, services))
+    await verify_store_secrets(services)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -158,6 +162,13 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        # Refuse to start (not to crash-loop workers) with a pepper or KEK other than the store's: built as
+        # `config check` builds it to learn whether the routes use the store at all.
+        probe = Services(clock=SYSTEM_CLOCK, workers=self.n, dry_run=True)
+        build_runtime(self.loaded, probe)
+        if STORE_KEY in probe.shared:
+            shared_store(self.services)
+            await verify_store_secrets(self.services)
         for w in self.workers:
             await self._spawn(w)
         if cfg.admin.enabled:

@@ -51,6 +51,12 @@ class Keyring:
     def ids(self) -> tuple[str, ...]:
         return tuple(self._aead)
 
+    def checks(self) -> dict[str, str]:
+        """Per KEK id, a value that tells whether two processes hold the same key under that id: the encryption
+        of a fixed text under a fixed nonce (one message only, so the fixed nonce reveals nothing)."""
+        nonce = bytes(NONCE_BYTES)
+        return {kid: aead.encrypt(nonce, b"stockade:kek-check", None).hex() for kid, aead in self._aead.items()}
+
     @staticmethod
     def new_key() -> bytes:
         return secrets.token_bytes(KEY_BYTES)

@@ -122,6 +122,12 @@ def verify_secret(pepper: bytes, presented: str | bytes, stored_hash: str) -> bo
     return hmac.compare_digest(hash_secret(pepper, presented), stored_hash)
 
 
+def pepper_check(pepper: bytes) -> str:
+    """A value that tells whether two processes hold the same pepper, and nothing about it (stored in the store
+    so that a node or CLI with another pepper is refused instead of writing hashes nobody else can match)."""
+    return hmac.digest(pepper, b"stockade:pepper-check", "sha256")[:16].hex()
+
+
 def identity_hash(pepper: bytes, identifier: str) -> str:
     """A short keyed hash of a public identifier, for `ctx.state[AUTH_IDENTITY]` (failure counting)."""
     return hmac.digest(pepper, b"identity:" + identifier.encode(), "sha256")[:12].hex()

@@ -26,6 +26,7 @@ from stockade.security.crypto import Keyring
 if TYPE_CHECKING:
     from stockade.config.models import Secrets as SecretsConfig
     from stockade.pipeline.stage import Services
+    from stockade.storage.base import SecretCheckStore
 
 log = logging.getLogger("stockade.secrets")
 
@@ -182,3 +183,47 @@ def shared_secrets(services: Services) -> Secrets:
         loaded = load_secrets(services.config.secrets, services.base_dir or Path.cwd())
     services.shared[SHARED_KEY] = loaded
     return loaded
+
+
+async def verify_with_store(secrets: Secrets, store: SecretCheckStore, at: float) -> None:
+    """Refuse material other than the store's: the first process to use a store records what its pepper and KEKs
+    are (checks that reveal nothing of them), and every later one must match. Without this, a node or CLI that
+    generated its own pepper wrote key hashes no other node could match, and a KEK of its own sealed signing keys
+    nobody else could open. Raises SecretsError naming what differs; StorageError if the store is unreachable."""
+    from stockade.security.keys import pepper_check
+    from stockade.storage.base import ConflictError
+
+    checks = {"pepper": pepper_check(secrets.pepper)} | {f"kek:{k}": v for k, v in secrets.keyring.checks().items()}
+    try:
+        differ = await store.record_secret_checks(checks, at=at)
+    except ConflictError:  # another process recorded them at the same moment: compare with what it recorded
+        differ = await store.record_secret_checks(checks, at=at)
+    if not differ:
+        return
+    what = []
+    if "pepper" in differ:
+        what.append("the pepper (API keys, admin tokens and client secrets hashed here would match nowhere else)")
+    keks = [name.removeprefix("kek:") for name in differ if name.startswith("kek:")]
+    if keks:
+        what.append(f"KEK {', '.join(map(repr, keks))} (what it seals could not be opened elsewhere)")
+    raise SecretsError(
+        f"{' and '.join(what)} differ from those store {store.url} was first used with: give every node and the "
+        f"CLI the same material (secrets.pepper_file / kek_file, or {PEPPER_ENV} / {KEK_ENV})"
+    )
+
+
+async def verify_store_secrets(services: Services) -> None:
+    """At start-up, if the runtime uses the store: `verify_with_store`, as a config error. A store that cannot be
+    reached now is not a reason to refuse to start (requests that need it fail closed on their own)."""
+    from stockade.errors import ConfigError, StorageError
+    from stockade.storage import SHARED_KEY as STORE_KEY
+    from stockade.storage import shared_store
+
+    if services.dry_run or STORE_KEY not in services.shared:
+        return
+    try:
+        await verify_with_store(shared_secrets(services), shared_store(services), services.clock.time())
+    except SecretsError as exc:
+        raise ConfigError([f"secrets: {exc}"]) from None
+    except StorageError as exc:
+        log.warning("secrets not checked against the store, which is unreachable: %s", exc)

@@ -39,6 +39,7 @@ __all__ = [
     "ConsumerStore",
     "NotFoundError",
     "RevocationStore",
+    "SecretCheckStore",
     "SigningKeyStore",
     "StorageError",
     "Store",
@@ -122,6 +123,14 @@ class AdminTokenStore(Protocol):
     async def revoke_admin_token(self, token_id: str, *, actor: str, at: float) -> None: ...
 
 
+class SecretCheckStore(Protocol):
+    url: str
+
+    async def record_secret_checks(self, checks: Mapping[str, str], *, at: float) -> list[str]:
+        """Record each check not seen before; return the names whose recorded value differs (other material)."""
+        ...
+
+
 class AuditLogStore(Protocol):
     async def record_admin_action(self, entry: audit.Entry, *, actor: str, at: float) -> None:
         """Log an admin action on state kept outside the store (lifting a lockout in the limits backend)."""
@@ -145,6 +154,7 @@ class Store(
     ClientStore,
     SigningKeyStore,
     RevocationStore,
+    SecretCheckStore,
     AdminTokenStore,
     AuditLogStore,
     ChangeFeed,

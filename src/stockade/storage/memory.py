@@ -43,6 +43,7 @@ class MemoryStore:
         self._used_once: dict[str, float] = {}
         self._admin_tokens: dict[str, AdminToken] = {}
         self._log: list[AdminChange] = []
+        self._secret_checks: dict[str, str] = {}
         self._feed: list[tuple[Change, float]] = []
         self._seq = 0
         self._pruned_to = 0  # every change with seq <= this has been pruned
@@ -290,6 +291,15 @@ class MemoryStore:
             if token.revoked_at is None:
                 self._admin_tokens[token_id] = dataclasses.replace(token, revoked_at=at)
             self._record(audit.admin_token_revoked(token_id), actor, at)
+
+    async def record_secret_checks(self, checks: Mapping[str, str], *, at: float) -> list[str]:
+        with self._lock:
+            differ = []
+            for name, value in sorted(checks.items()):
+                known = self._secret_checks.setdefault(name, value)
+                if known != value:
+                    differ.append(name)
+            return differ
 
     async def record_admin_action(self, entry: audit.Entry, *, actor: str, at: float) -> None:
         with self._lock:

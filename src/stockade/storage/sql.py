@@ -29,7 +29,11 @@ log = logging.getLogger("stockade.storage")
 
 T = TypeVar("T")
 Row = Sequence[Any]
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, "0001_identity.sql"), (2, "0002_single_use.sql"))
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (1, "0001_identity.sql"),
+    (2, "0002_single_use.sql"),
+    (3, "0003_secret_checks.sql"),
+)
 
 
 class Cursor(Protocol):

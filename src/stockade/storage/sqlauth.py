@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import orjson
@@ -175,6 +176,22 @@ class SqlAuthMixin:
             record(tx, audit.admin_token_revoked(token_id), actor, at)
 
         await self.engine.write(run)
+
+    async def record_secret_checks(self, checks: Mapping[str, str], *, at: float) -> list[str]:
+        items = sorted(checks.items())
+
+        def run(tx: Tx) -> list[str]:
+            differ: list[str] = []
+            for name, value in items:
+                row = tx.one("SELECT value FROM secret_checks WHERE name = ?", (name,))
+                if row is None:
+                    sql = "INSERT INTO secret_checks (name, value, created_at) VALUES (?, ?, ?)"
+                    tx.execute(sql, (name, value, at))
+                elif row[0] != value:
+                    differ.append(name)
+            return differ
+
+        return await self.engine.write(run)
 
     async def record_admin_action(self, entry: audit.Entry, *, actor: str, at: float) -> None:
         await self.engine.write(lambda tx: record(tx, entry, actor, at))
