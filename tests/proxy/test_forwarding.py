@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import tempfile
 from pathlib import Path
 
@@ -477,6 +478,30 @@ def test_a_pipelined_request_after_a_spooled_one_is_answered_in_order(
         responses = read_responses(sock, 2)  # after a 100 Continue (read_responses skips 1xx)
     assert [r[0] for r in responses] == [200, 200]
     assert [(r.target, r.body) for r in upstream.received] == [("/one", body), ("/two", b"")]
+
+
+def test_a_failed_connect_after_a_chunked_body_outgrew_its_spool_keeps_the_connection_reading(
+    make_gateway: GatewayFactory,
+) -> None:
+    """The client was paused on the upstream's behalf before any upstream existed; the failed connect dropped no
+    upstream, so nothing resumed it: the keep-alive connection never read the next request."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]  # nothing listens once the probe is closed
+    gw = make_gateway(
+        "limits: {buffer_bytes: 4096, spool_bytes: 10000}\n"
+        f"routes:\n  - id: r\n    match: {{path: /**}}\n    upstream: 'http://127.0.0.1:{closed_port}'\n"
+        "    stages: [{use: anonymous}]\n"
+    )
+    body = b"a" * 30000
+    with gw.connect() as sock:
+        sock.sendall(b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" + _chunked(body, parts=30))
+        first = read_responses(sock, 1)
+        assert first[0][0] == 502 and first[0][1].get("connection") != "close"
+        sock.sendall(b"GET /y HTTP/1.1\r\nHost: a\r\n\r\n")
+        sock.settimeout(5)
+        assert [r[0] for r in read_responses(sock, 1)] == [502]  # answered (the upstream is still down)
+    assert gw.server.spool_reserved == 0
 
 
 def test_waiting_for_a_held_body_is_not_counted_as_gateway_overhead(

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import ClassVar
 
 import pytest
@@ -15,6 +16,8 @@ from stockade.pipeline.context import RequestContext
 from stockade.pipeline.phase import Phase
 from stockade.pipeline.stage import StageConfig, StageEnv
 from stockade.pipeline.verdict import CONTINUE, Continue, Deny
+from stockade.proxy.common import INF
+from stockade.proxy.exchange import Exchange
 from stockade.stages import BUILTIN_STAGES
 from stockade.testing import Reply, TestGateway, TestUpstream, read_responses
 from tests.conftest import GatewayFactory
@@ -559,3 +562,92 @@ def test_a_spooled_body_reaches_a_slow_upstream_whole(make_gateway: GatewayFacto
         wait_for(lambda: gw.server.spool_reserved == 0)
     finally:
         deaf.close()
+
+
+def _wait_until_quiet(value: Callable[[], int], quiet: float = 0.3, timeout: float = 20.0) -> None:
+    """Until `value()` has not changed for `quiet` seconds (bytes in flight have landed; a sync point only)."""
+    end = time.monotonic() + timeout
+    last, since = value(), time.monotonic()
+    while time.monotonic() - since < quiet:
+        assert time.monotonic() < end, "never quiet"
+        time.sleep(0.02)
+        if (now := value()) != last:
+            last, since = now, time.monotonic()
+
+
+class _EarlyAnswerThenStall:
+    """Answers the first bytes of a response as soon as the request head arrives, stops reading for a moment (so
+    the gateway's spool pump pauses), then reads the whole request body but never sends the rest."""
+
+    def __init__(self) -> None:
+        self.server = socket.socket()
+        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(1)
+        self.port = self.server.getsockname()[1]
+        self.received = 0
+        self.paused = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        conn, _ = self.server.accept()
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(65536)
+            self.received = len(head)  # the first read may hold body bytes too
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
+            self.paused.wait(10)  # the test says when the pump has paused
+            while chunk := conn.recv(1 << 20):
+                self.received += len(chunk)
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_an_upstream_stalled_mid_response_keeps_its_read_deadline_while_the_client_drips(
+    make_gateway: GatewayFactory,
+) -> None:
+    """When the spool pump (or a streamed body) was taken up again, the upstream's send deadline was cleared to
+    nothing even though its response had started: an upstream stalled mid-response, facing a client that sends a
+    chunk every 29 s, held the exchange with no deadline at all."""
+    stall = _EarlyAnswerThenStall()
+    try:
+        gw = make_gateway(
+            "limits: {buffer_bytes: 4096, spool_bytes: 8000000, max_body_bytes: 100000000}\n"
+            f"routes:\n  - id: r\n    match: {{path: /**}}\n    upstream: 'http://127.0.0.1:{stall.port}'\n"
+            "    stages: [{use: anonymous}]\n"
+        )
+        piece = b"a" * 60000
+        wire = b"".join(b"%x\r\n%b\r\n" % (len(piece), piece) for _ in range(150))  # 9 MB, no last chunk
+        with gw.connect() as sock:
+            sender = threading.Thread(
+                target=lambda: sock.sendall(
+                    b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" + wire
+                ),
+                daemon=True,
+            )
+            sender.start()
+
+            def exchange() -> Exchange | None:
+                return next((c.queue[0] for c in gw.server.connections if c.queue), None)
+
+            wait_for(lambda: (ex := exchange()) is not None and ex.resp_started and ex.spool is not None, 20)
+            ex = exchange()
+            assert ex is not None
+            stall.paused.set()
+            wait_for(lambda: ex.spool is None, 20)  # the pump caught up and the rest streams
+            assert ex.deadline < INF  # the upstream's read deadline is back
+            sender.join(20)
+            _wait_until_quiet(lambda: stall.received)
+            assert ex.deadline < INF
+            for _ in range(2):  # a chunk every 29 s: the client keeps its own body timer alive
+                gw.advance(29.0)
+                sock.sendall(b"1\r\nb\r\n")
+            assert not ex.finished
+            gw.advance(5.0)  # 63 s without a byte of the response: past the upstream's read timeout
+            wait_for(lambda: ex.finished)
+            assert ex.error == "upstream.timeout"
+    finally:
+        stall.close()

@@ -459,11 +459,13 @@ class Exchange:
             task.cancel()
 
     def _drop_upstream(self, *, reusable: bool) -> None:
+        # Its back-pressure ends with it (no resume_writing will come), and so does a pause taken on its behalf
+        # before it was even connected (a chunked body that outgrew its spool, then a failed connect).
+        self.conn.resume(PAUSE_UPSTREAM)
         up = self.upstream
         if up is None:
             return
         self.upstream = None
-        self.conn.resume(PAUSE_UPSTREAM)  # its back-pressure ends with it (no resume_writing will come)
         pool = self.pool
         if pool is None:
             up.abort()

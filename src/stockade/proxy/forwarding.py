@@ -123,6 +123,8 @@ def _pump(ex: Exchange) -> None:
         if chunked:
             up.write(b"0\r\n\r\n")
         ex._set_deadline(ex.clock.monotonic() + route.read_timeout, "upstream")
+    elif ex.resp_started:  # the upstream answered early: its read deadline stays armed while the rest streams
+        ex._set_deadline(ex.clock.monotonic() + route.read_timeout, "upstream")
     else:
         ex.deadline = INF
     ex.conn.resume(PAUSE_UPSTREAM)
