@@ -82,6 +82,12 @@ class Limits(Strict):
     # What one worker's spools may hold at once (each reserves its greatest size); a body beyond it streams.
     spool_total_bytes: Annotated[int, Field(ge=0)] = 256 * MIB
 
+    @model_validator(mode="after")
+    def _spool_after_buffer(self) -> Limits:
+        if 0 < self.spool_bytes < self.buffer_bytes:
+            raise ValueError("spool_bytes must be 0 (no spool) or at least buffer_bytes: the spool takes over from it")
+        return self
+
 
 class Upstream(Strict):
     """Where a route forwards to, and how."""
