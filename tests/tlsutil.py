@@ -48,6 +48,7 @@ def _write_key(key: PrivateKey, path: Path, password: bytes | None = None) -> No
         serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
     )
     path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc))
+    path.chmod(0o600)  # as a deployment keeps it (a key others can read draws a config warning)
 
 
 def _now() -> datetime.datetime:

@@ -105,7 +105,7 @@ def build_runtime(loaded: LoadedConfig, services: Services) -> Runtime:
         )
     tls = TlsContexts()
     try:
-        tls = build_tls(config, loaded.base_dir, loaded.source)
+        tls = build_tls(config, loaded.base_dir, loaded.source, services.clock.time())
     except ConfigError as exc:
         problems.extend(exc.problems)
     log_target = _decision_log_target(loaded, problems)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from stockade.clock import SYSTEM_CLOCK
 from stockade.config.loader import load_config_text
 from stockade.config.models import TlsListen
 from stockade.errors import ConfigError
@@ -191,3 +192,38 @@ def test_listener_context_overrides_openssl_cnf_defaults(pki: Pki, tmp_path: Pat
         "['TLS_AES_128_GCM_SHA256', 'TLS_AES_256_GCM_SHA384', 'TLS_CHACHA20_POLY1305_SHA256']",
         "TLSv1.3",
     ]
+
+
+@pytest.mark.parametrize(
+    ("days", "key_mode", "expected"),
+    [
+        (365, 0o600, []),
+        (10, 0o600, ["field 'listen.tls.cert'", "expires in"]),
+        (-2, 0o600, ["field 'listen.tls.cert'", "expired on", "clients will refuse it"]),
+        (365, 0o644, ["field 'listen.tls.key'", "readable by others (mode 644)", "chmod 600"]),
+    ],
+    ids=["fine", "expiring", "expired", "key-world-readable"],
+)
+def test_listener_certificate_and_key_warnings(
+    pki: Pki, tmp_path: Path, days: int, key_mode: int, expected: list[str]
+) -> None:
+    """What serves but should not: said at every load (and by `config check`), never a reason to refuse."""
+    cert, key = _issue(pki, "warned", days=days, file=f"warned{days}{key_mode:o}")
+    key.chmod(key_mode)
+    loaded = load_config_text(listen(cert, key), env={})
+    runtime = build_runtime(loaded, Services(clock=FakeClock(start=SYSTEM_CLOCK.time())))
+    joined = "\n".join(runtime.tls.warnings)
+    assert all(fragment in joined for fragment in expected), joined
+    assert bool(runtime.tls.warnings) is bool(expected)
+    assert runtime.tls.listener is not None  # a warning, not a refusal
+
+
+def test_config_check_prints_tls_warnings(pki: Pki, tmp_path: Path) -> None:
+    cert, key = _issue(pki, "soon", days=5, file="soon-check")
+    path = tmp_path / "gw.yaml"
+    path.write_text(listen(cert, key))
+    result = subprocess.run(
+        [sys.executable, "-m", "stockade", "config", "check", str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "warning:" in result.stderr and "expires in" in result.stderr

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from stockade.config.loader import LoadedConfig, load_config
 from stockade.errors import ConfigError
+
+if TYPE_CHECKING:
+    from stockade.runtime import Runtime
 
 CONFIG_OPTION_HELP = "Config file (default: $STOCKADE_CONFIG, else ./stockade.yaml). May also follow the subcommand."
 DEFAULT_CONFIG = "stockade.yaml"
@@ -35,14 +39,14 @@ def load_or_exit(path: str, env: dict[str, str] | None = None) -> LoadedConfig:
         sys.exit(2)
 
 
-def build_or_exit(loaded: LoadedConfig) -> None:
+def build_or_exit(loaded: LoadedConfig) -> Runtime:
     """Compile the runtime in dry-run mode (no store, no secret files) so file-level problems are reported too."""
     from stockade.clock import SYSTEM_CLOCK
     from stockade.pipeline.stage import Services
     from stockade.runtime import build_runtime
 
     try:
-        build_runtime(loaded, Services(clock=SYSTEM_CLOCK, workers=loaded.config.workers, dry_run=True))
+        return build_runtime(loaded, Services(clock=SYSTEM_CLOCK, workers=loaded.config.workers, dry_run=True))
     except ConfigError as exc:
         report_config_error(exc)
         sys.exit(2)

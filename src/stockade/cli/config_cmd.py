@@ -22,7 +22,9 @@ def check(ctx: click.Context, file: str | None) -> None:
     """Validate FILE. Exit 0 if valid; else exit 2, naming the file, line, route id, stage and field."""
     path = resolve_config_path(ctx, file)
     loaded = load_or_exit(path)
-    build_or_exit(loaded)  # also loads every file the runtime needs (TLS keys, specs), without side effects
+    runtime = build_or_exit(loaded)  # also loads every file the runtime needs (TLS keys, specs), without side effects
+    for warning in runtime.tls.warnings:  # valid, but an operator should hear of it (an expiring certificate)
+        click.echo(f"warning: {warning}", err=True)
     cfg = loaded.config
     stages = sum(len(p) for p in loaded.route_stages.values())
     click.echo(f"{path}: OK ({len(cfg.routes)} routes, {stages} stage placements, {cfg.workers} worker(s))")

@@ -14,6 +14,8 @@ from stockade.errors import ConfigError
 from stockade.proxy import ossl
 
 if TYPE_CHECKING:
+    from cryptography import x509
+
     from stockade.config.models import GatewayConfig, TlsListen
 
 log = logging.getLogger("stockade.tls")
@@ -37,6 +39,7 @@ INTERMEDIATE_CIPHERSUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_C
 INTERMEDIATE_GROUPS = "X25519:P-256:P-384"
 CERT_CURVES = frozenset({"secp256r1", "secp384r1"})  # the certificate curves the profile allows
 MIN_RSA_BITS = 2048
+EXPIRY_WARNING = 30 * 86400  # a listener certificate this close to its end gets a warning at every load
 
 
 class _Problem(Exception):
@@ -65,7 +68,7 @@ def _existing(base_dir: Path, name: str, field: str) -> Path:
     return path
 
 
-def _check_leaf(cert: Path) -> None:
+def _check_leaf(cert: Path) -> x509.Certificate:
     """The certificate's key must meet the profile (RSA >= 2048 bits, ECDSA on P-256 or P-384)."""
     from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -83,6 +86,29 @@ def _check_leaf(cert: Path) -> None:
             raise _Problem("cert", f"ECDSA key on {key.curve.name}; use P-256 or P-384")
     else:
         raise _Problem("cert", f"{type(key).__name__.removeprefix('_')} keys are not supported; use RSA or ECDSA")
+    return leaf
+
+
+def listener_warnings(cfg: TlsListen, base_dir: Path, now: float) -> list[tuple[str, str]]:
+    """(field, message) for what serves but should not: a certificate expired, not yet valid or expiring within
+    EXPIRY_WARNING, and a private key file others can read. Warnings only: nginx and Envoy start with them too."""
+    out: list[tuple[str, str]] = []
+    cert = base_dir / cfg.cert
+    leaf = _check_leaf(cert)
+    after = leaf.not_valid_after_utc.timestamp()
+    if after <= now:
+        out.append(("cert", f"{cert} expired on {leaf.not_valid_after_utc:%Y-%m-%d}: clients will refuse it"))
+    elif after - now <= EXPIRY_WARNING:
+        days = int((after - now) // 86400)
+        when = f"{leaf.not_valid_after_utc:%Y-%m-%d}"
+        out.append(("cert", f"{cert} expires in {days} day{'s' if days != 1 else ''} ({when})"))
+    if leaf.not_valid_before_utc.timestamp() > now:
+        out.append(("cert", f"{cert} is not valid before {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"))
+    key = base_dir / cfg.key
+    mode = key.stat().st_mode
+    if mode & 0o077:
+        out.append(("key", f"{key} is readable by others (mode {mode & 0o777:o}); chmod 600 it"))
+    return out
 
 
 def listener_context(cfg: TlsListen, base_dir: Path) -> ssl.SSLContext:
@@ -172,11 +198,13 @@ class TlsContexts:
 
     listener: ssl.SSLContext | None = None
     upstreams: Mapping[str | None, ssl.SSLContext] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # logged at every (re)load; printed by `config check`
 
 
-def build_tls(config: GatewayConfig, base_dir: Path, source: str) -> TlsContexts:
+def build_tls(config: GatewayConfig, base_dir: Path, source: str, now: float) -> TlsContexts:
     """Load every certificate, key and CA file the config names. Raises ConfigError listing each problem."""
     problems: list[str] = []
+    warnings: list[str] = []
     listener = None
     tls = config.listen.tls
     if tls is not None:
@@ -185,6 +213,8 @@ def build_tls(config: GatewayConfig, base_dir: Path, source: str) -> TlsContexts
             problems.append(f"{source}: field 'listen.tls.client_auth': client_ca is set; say optional or required")
         try:
             listener = listener_context(tls, base_dir)
+            for name, message in listener_warnings(tls, base_dir, now):
+                warnings.append(f"{source}: field 'listen.tls.{name}': {message}")
         except _Problem as p:
             problems.append(f"{source}: field 'listen.tls.{p.field}': {p.message}")
     upstreams: dict[str | None, ssl.SSLContext] = {}
@@ -209,4 +239,6 @@ def build_tls(config: GatewayConfig, base_dir: Path, source: str) -> TlsContexts
             problems.append(f"{where}.ca_file': no usable CA certificates: {exc.reason or exc}")
     if problems:
         raise ConfigError(problems)
-    return TlsContexts(listener, upstreams)
+    for warning in warnings:
+        log.warning("TLS: %s", warning)
+    return TlsContexts(listener, upstreams, warnings)
