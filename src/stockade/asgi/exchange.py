@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("stockade.asgi")
 
-MAX_BUFFERED_RESPONSE = 16 * 1024 * 1024  # the proxy's cap on a response body buffered for hooks
 _DISCONNECT: Message = {"type": "http.disconnect"}
 
 
@@ -213,7 +212,8 @@ class HttpExchange(Exchange):
         chunk = message.get("body", b"")
         collected.append(chunk)
         self.collected_size += len(chunk)
-        if self.collected_size > MAX_BUFFERED_RESPONSE:
+        pipeline = self.pipeline
+        if pipeline is not None and self.collected_size > pipeline.response_limit:
             ctx = self.ctx
             assert ctx is not None  # noqa: S101
             ctx.decision = "error"

@@ -299,3 +299,23 @@ def test_values_nested_hundreds_deep_are_answered_not_crashed_on(tmp_path: Path)
         up.reply("/users", Reply(200, [("Content-Type", "application/json")], deep))
         status, _, raw = gw.request("POST", "/users", body=b'{"tags":[]}', headers={"Content-Type": "application/json"})
         assert status == 200 and b"secret" not in raw
+
+
+@pytest.mark.parametrize(("size", "status"), [(1000, 200), (3000, 502)], ids=["within", "over"])
+def test_responses_beyond_max_response_bytes_are_refused_not_buffered(tmp_path: Path, size: int, status: int) -> None:
+    """Responses up to 16 MiB were read whole and filtered on the event loop: one leaky 16 MB list held a worker
+    for seconds and grew it by more than a gigabyte. The stage now takes `max_response_bytes` (1 MiB by default)."""
+    (tmp_path / "wo.yaml").write_text(WRITE_ONLY_SPEC)
+    config = (
+        "routes:\n  - id: u\n    match: {path: /users/**}\n    upstream: '{upstream}'\n    stages:\n"
+        "      - use: anonymous\n      - use: openapi\n"
+        "        config: {spec: wo.yaml, responses: enforce, max_response_bytes: 2048}\n"
+    )
+    with gateway_with_upstream(config, base_dir=tmp_path) as (gw, up):
+        up.reply("/users/1", _json({"name": "b" * size, "pw1": "hunter2"}))
+        got, _, body = gw.request("GET", "/users/1")
+    assert got == status
+    if status == 200:
+        assert orjson.loads(body) == {"name": "b" * size}
+    else:
+        assert b"hunter2" not in body and orjson.loads(body)["reason"] == "upstream.bad_response"
