@@ -40,11 +40,6 @@ BROKEN = [
     ("bad-port", GOOD.replace("port: 8080", "port: 99999"), ["gw.yaml:1:", "field 'listen.port'", "65535"]),
     ("port-not-int", GOOD.replace("port: 8080", "port: eighty"), ["field 'listen.port'", "integer"]),
     (
-        "spool-smaller-than-buffer",
-        "limits: {buffer_bytes: 65536, spool_bytes: 1000}\n" + GOOD,
-        ["gw.yaml:1:", "field 'limits'", "spool_bytes must be 0"],
-    ),
-    (
         "unknown-stage",
         GOOD.replace("use: security_headers", "use: security_header"),
         [

@@ -564,3 +564,66 @@ def test_upstream_connection_field_cannot_remove_the_response_framing(
     assert [r[0] for r in responses] == [200, 200]
     assert responses[0][2] == b"ok"
     assert echo(responses[1])["target"] == "/api/after"
+
+
+HOSTILE_RESPONSES = [
+    # llhttp skips empty lines before a status line; the head search took `\r\n\r\n` for the head and forwarded the
+    # real one as body, verbatim: Server and hop-by-hop headers reached the client behind a head with no status
+    (
+        "blank-lines-before-status",
+        b"\r\n\r\nHTTP/1.1 200 OK\r\nServer: leaky/1.0\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\nok",
+        200,
+        b"ok",
+    ),
+    (
+        "blank-line-after-interim",
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\nok",
+        200,
+        b"ok",
+    ),
+    # a final coding other than chunked means "until close": forwarded as Transfer-Encoding, a client reads chunked
+    ("coding-after-chunked", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\nabc", 502, None),
+    ("coding-only-gzip", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabc", 502, None),
+    # status lines llhttp takes but a client may not: the gateway writes its own
+    ("rtsp-status-line", b"RTSP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", 200, b"ok"),
+    ("http-2-status-line", b"HTTP/2.0 200 OK\r\nContent-Length: 2\r\n\r\nok", 200, b"ok"),
+    ("reason-with-bytes", b"HTTP/1.1 200 O\xffK\x01\r\nContent-Length: 2\r\n\r\nok", 200, b"ok"),
+    ("status-below-100", b"HTTP/1.1 099 Odd\r\nContent-Length: 2\r\n\r\nok", 502, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "body"), [c[1:] for c in HOSTILE_RESPONSES], ids=[c[0] for c in HOSTILE_RESPONSES]
+)
+def test_hostile_upstream_responses_reach_the_client_well_formed_or_not_at_all(
+    gateway: TestGateway, upstream: TestUpstream, raw: bytes, status: int, body: bytes | None
+) -> None:
+    upstream.reply("/api/hostile", Reply(raw=raw, close=True))
+    with gateway.connect() as sock:
+        sock.sendall(b"GET /api/hostile HTTP/1.1\r\nHost: a\r\n\r\n")
+        sock.settimeout(5)
+        wire = b""
+        while b"\r\n\r\n" not in wire:
+            wire += sock.recv(65536)
+    assert wire.startswith(b"HTTP/1.1 %d " % status)  # a real status line first, nothing before it
+    head = wire.split(b"\r\n\r\n", 1)[0].lower()
+    assert b"keep-alive: timeout" not in head  # hop-by-hop: removed, so the real head was parsed as a head
+    with gateway.connect() as sock:
+        sock.sendall(b"GET /api/hostile HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        (got,) = read_responses(sock, 1)
+    assert got[0] == status
+    if body is not None:
+        assert got[2] == body
+
+
+def test_a_204_announcing_a_body_leaves_its_upstream_connection_unused(
+    gateway: TestGateway, upstream: TestUpstream
+) -> None:
+    """A 204 may not have a body; one that announces one anyway, and sends it late, would answer the next client's
+    request on the pooled connection."""
+    upstream.reply("/api/nocontent", Reply(raw=b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n"))
+    upstream.reply("/api/next", Reply(200, body=b"fine"))
+    assert gateway.request("GET", "/api/nocontent")[0] == 204
+    assert gateway.request("GET", "/api/next")[2] == b"fine"
+    assert upstream.connections == 2  # the 204's connection was not reused

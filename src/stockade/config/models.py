@@ -77,16 +77,10 @@ class Limits(Strict):
     # A request body is received this far before forwarding (see Upstream.request_buffering); reads pause beyond it.
     buffer_bytes: Annotated[int, Field(ge=4 * KIB, le=64 * MIB)] = 64 * KIB
     # With request buffering, a body beyond buffer_bytes is received into an unlinked temporary file (nginx's client
-    # body temp files) up to this size before forwarding; a larger one streams. 0: never spool.
+    # body temp files) up to this size before forwarding; a larger one streams. 0 (or less than buffer_bytes): never.
     spool_bytes: Annotated[int, Field(ge=0, le=1024 * MIB)] = 1 * MIB
     # What one worker's spools may hold at once (each reserves its greatest size); a body beyond it streams.
     spool_total_bytes: Annotated[int, Field(ge=0)] = 256 * MIB
-
-    @model_validator(mode="after")
-    def _spool_after_buffer(self) -> Limits:
-        if 0 < self.spool_bytes < self.buffer_bytes:
-            raise ValueError("spool_bytes must be 0 (no spool) or at least buffer_bytes: the spool takes over from it")
-        return self
 
 
 class Upstream(Strict):

@@ -62,9 +62,10 @@ def _forward(ex: Exchange) -> None:
 
 def _spool(ex: Exchange) -> bool:
     """Move the held body into a spool (proxy/spool.py), if its size allows and the worker's budget has room."""
-    cap = ex.conn.limits.spool_bytes
+    limits = ex.conn.limits
+    cap = limits.spool_bytes
     h = ex.head
-    if not cap or h.content_length > cap:
+    if cap < limits.buffer_bytes or h.content_length > cap:  # 0, or no bigger than memory holds: no spool
         return False
     spool = Spool.open(ex.server, h.content_length or cap, ex.body)
     if spool is None:

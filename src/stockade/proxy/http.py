@@ -9,6 +9,7 @@ from email.utils import formatdate
 from http import HTTPStatus
 
 from stockade.pipeline.forward import FORWARDING_HEADERS, METHOD_OVERRIDES
+from stockade.pipeline.headers import parse_content_length
 
 CRLF = b"\r\n"
 
@@ -94,6 +95,8 @@ _RESPONSE_SCAN = re.compile(
 _RESPONSE_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade", b"proxy-authenticate"}
 )
+_STATUS_LINE = re.compile(rb"HTTP/1\.[01] [1-5][0-9][0-9] [\x20-\x7e\t]*\r\n")
+MAX_CACHED_HEAD = 4096
 _CONNECTION_STANDARD = frozenset({b"close", b"keep-alive", b"upgrade", b""})
 # Never hop-by-hop, whatever a Connection field says: dropping the framing of a message whose body is still sent
 # (or the Host it is routed by) would let one peer desynchronise the connection for the next (request smuggling).
@@ -136,13 +139,18 @@ class ResponseFraming:
     upstream sends the same head for the same kind of response (the Date changes once a second).
     """
 
-    __slots__ = ("chunked", "content_length", "cut", "needs_rebuild", "rewritten")
+    __slots__ = ("bad_coding", "chunked", "content_length", "cut", "length", "needs_rebuild", "rewritten", "status_ok")
 
     _cache: dict[bytes, ResponseFraming] = {}  # noqa: RUF012 - a deliberate process-wide cache
 
     def __init__(self, head: bytes) -> None:
         self.chunked = False
         self.content_length = False
+        self.length: int | None = None  # the Content-Length value, if any
+        # A status line the gateway can forward as it is (else it sends its own for the status, see
+        # response_side.upstream_head): HTTP/1.x, a final or interim code, a printable reason.
+        self.status_ok = _STATUS_LINE.match(head) is not None
+        codings: list[bytes] = []
         self.cut: tuple[tuple[int, int], ...] = ()  # spans of hop-by-hop lines to remove, each from its CRLF
         self.needs_rebuild = False  # Connection names a non-standard header: fall back to a full rebuild
         self.rewritten: dict[bytes, bytes] = {}  # extra header lines -> the head as sent (for this exact head)
@@ -151,8 +159,10 @@ class ResponseFraming:
             name = m.group(1).lower()
             if name == b"content-length":
                 self.content_length = True
+                self.length = parse_content_length(m.group(2).strip(b" \t"))
             elif name == b"transfer-encoding":
                 self.chunked = True
+                codings += (c.strip(b" \t").lower() for c in m.group(2).split(b","))
             else:
                 if name == b"connection":
                     value = m.group(2).strip().lower()
@@ -163,20 +173,29 @@ class ResponseFraming:
                         self.needs_rebuild = True
                 cut.append(m.span())
         self.cut = tuple(cut)
+        # A final coding other than chunked means "read until close" (RFC 9112 6.3): refused (502), as nginx does,
+        # rather than forwarded under a Transfer-Encoding the client would read as chunked.
+        self.bad_coding = bool(codings) and codings[-1] != b"chunked"
 
     @classmethod
     def of(cls, head: bytes) -> ResponseFraming:
         framing = cls._cache.get(head)
         if framing is None:
             framing = cls(head)
-            if len(cls._cache) >= 1024:
-                cls._cache.clear()
-            cls._cache[head] = framing
+            if len(head) <= MAX_CACHED_HEAD:  # a head that changes per response must not pin megabytes
+                if len(cls._cache) >= 1024:
+                    cls._cache.clear()
+                cls._cache[head] = framing
         return framing
 
     @property
     def delimited_by_close(self) -> bool:
         return not self.chunked and not self.content_length
+
+    @property
+    def announces_body(self) -> bool:
+        """Whether the head says a body follows (a HEAD, 204 or 304 response must not have one sent after it)."""
+        return self.chunked or bool(self.length)
 
 
 def connection_tokens(values: list[bytes]) -> set[bytes]:

@@ -39,11 +39,23 @@ def upstream_head(ex: Exchange, head: bytes, status: int, first: bytes) -> None:
     route = ex.route
     assert route is not None  # noqa: S101
     ex._set_deadline(now + route.read_timeout, "upstream")
+    if not 100 <= status <= 599:
+        ex._upstream_broken("upstream.bad_response", f"status {status}")
+        return
+    framing = ResponseFraming.of(head)
+    if not framing.status_ok:
+        # RTSP/1.0, HTTP/2.0 or a reason phrase with control bytes: llhttp took it, the client may not. The
+        # gateway says the status in its own words.
+        head = status_line(status) + head[head.index(b"\r\n") + 2 :]
+        framing = ResponseFraming.of(head)
+    if framing.bad_coding:
+        ex._upstream_broken("upstream.bad_response", "a transfer coding other than chunked")
+        return
     if status == 101:
         if not ex.upgrade_ok:
             ex._upstream_broken("upstream.bad_response", "101 without an upgrade request")
             return
-        ex._write_head(head, status, ResponseFraming(head), None, b"connection: upgrade\r\nupgrade: websocket\r\n")
+        ex._write_head(head, status, framing, None, b"connection: upgrade\r\nupgrade: websocket\r\n")
         if ex.finished:  # a response hook refused the 101: answered and recorded already, no tunnel
             return
         ex.tunnel_open = True
@@ -51,7 +63,7 @@ def upstream_head(ex: Exchange, head: bytes, status: int, first: bytes) -> None:
         ex._record(hooks=False)  # completion hooks when the tunnel closes
         ex.conn.start_tunnel(ex)
         return
-    framing = ex.framing = ResponseFraming.of(head)
+    ex.framing = framing
     if ex.collected is not None:
         ex.resp_head = head
         if first:
@@ -171,8 +183,14 @@ def upstream_body(ex: Exchange, data: bytes) -> None:
 def upstream_done(ex: Exchange) -> None:
     up = ex.upstream
     if up is not None:
-        # Not reusable while part of the request body is still unsent (received whole, but the spool not yet sent).
-        ex._drop_upstream(reusable=up.keep_alive and ex.request_done and ex.spool is None and not up.decoded)
+        # Not reusable while part of the request body is still unsent (received whole, but the spool not yet sent),
+        # nor after a 204 whose head announces a body (RFC 9110 forbids one): an upstream that sends it anyway,
+        # later, would answer the next client's request with it. (HEAD and 304 responses legitimately carry the
+        # length of a body they do not send, so they stay reusable, as in nginx.)
+        framing = ex.framing
+        skipped = framing is not None and framing.announces_body and ex.upstream_status == 204
+        reusable = up.keep_alive and ex.request_done and ex.spool is None and not up.decoded and not skipped
+        ex._drop_upstream(reusable=reusable)
     if ex.collected is not None:
         ex._flush_collected()
         if ex.finished:

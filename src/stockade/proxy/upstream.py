@@ -57,6 +57,13 @@ class _Decoder:
         self.conn.decoded.append(data)
 
 
+def _past_blank_lines(buf: bytes, pos: int) -> int:
+    n = len(buf)
+    while pos < n and buf[pos] in b"\r\n":
+        pos += 1
+    return pos
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection to an upstream. Serves one exchange at a time; idle ones wait in the pool."""
 
@@ -144,9 +151,11 @@ class UpstreamConnection(asyncio.Protocol):
                 return
             buf = self.head_buf + data if self.head_buf else data
             self.head_buf = b""
-            pos = 0
+            # llhttp skips empty lines before a status line: so must the search for the head, or `\r\n\r\n` ahead
+            # of it would pass for a head, and the real one for body bytes (verbatim, hop-by-hop headers and all).
+            pos = _past_blank_lines(buf, 0)
             for _ in range(self.interim):  # 1xx interim responses (100, 103) are not forwarded
-                pos = buf.index(b"\r\n\r\n", pos) + 4
+                pos = _past_blank_lines(buf, buf.index(b"\r\n\r\n", pos) + 4)
             end = buf.index(b"\r\n\r\n", pos) + 4
             head = buf[pos:end]
             rest = buf[end:]
