@@ -319,3 +319,15 @@ def test_responses_beyond_max_response_bytes_are_refused_not_buffered(tmp_path: 
         assert orjson.loads(body) == {"name": "b" * size}
     else:
         assert b"hunter2" not in body and orjson.loads(body)["reason"] == "upstream.bad_response"
+
+
+def test_a_response_with_two_content_types_is_refused(enforce: tuple[TestGateway, TestUpstream, Path]) -> None:
+    """The check read the first (text/plain: no schema, passed unchanged) while a client may read the second."""
+    gw, up, _ = enforce
+    up.reply(
+        OWNER,
+        Reply(200, [("Content-Type", "text/plain"), ("Content-Type", "application/json")], orjson.dumps(LEAKY_OWNER)),
+    )
+    status, _, body = gw.request("GET", OWNER)
+    assert status == 502 and b"hunter2" not in body
+    assert orjson.loads(body)["reason"] == "response.invalid"

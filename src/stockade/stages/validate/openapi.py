@@ -157,6 +157,14 @@ class _ResponseChecking(OpenApiStage):
         body = response.body
         if op is None or body is None or (not body and response.status in (204, 304)):
             return  # 204 and 304 have no content to check, whatever their Content-Type says
+        if sum(1 for name, _ in response.headers if name == "content-type") > 1:
+            # The check would follow the first and a client may follow another (text/plain, then the JSON that
+            # carries what the filter would have removed): fail closed.
+            if self.responses == "monitor":
+                ctx.findings.append(Finding("openapi.response_invalid", "medium", "repeated Content-Type"))
+            else:
+                response.reject(502, "response.invalid", detail="repeated Content-Type")
+            return
         rule = op.response_rule(response.status, essence(response.get("content-type")))
         if rule is None:
             return  # no schema declared for this status and media type: passes unchanged
