@@ -121,7 +121,7 @@ def test_a_reload_whose_decision_log_cannot_be_opened_changes_nothing(
     before = gw.server.runtime
 
     class Unopenable(decision_log.DecisionLog):
-        def __init__(self, target: str, clock: object) -> None:
+        def __init__(self, target: str, clock: object, metrics: object = None) -> None:
             raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr("stockade.proxy.server.DecisionLog", Unopenable)
@@ -145,3 +145,66 @@ def test_a_dangling_decision_log_symlink_is_a_config_error(tmp_path: Path) -> No
     loaded = load_config_text("log: {decisions: dangling.log}\n", base_dir=tmp_path, env={}, require_upstreams=False)
     with pytest.raises(ConfigError, match="symbolic link to nothing"):
         build_runtime(loaded, Services(clock=FakeClock()))
+
+
+def test_a_long_line_cannot_block_a_pipe_and_drops_are_counted(tmp_path: Path) -> None:
+    """A pipe with some room, but less than one long line (a 12 KB path), blocked the event loop in os.write: a
+    poll says a pipe is writable when one page is free. Lines are now at most one page (client fields cut at
+    1024 characters, `truncated` said), and dropped lines show in the metrics."""
+    import array
+    import fcntl
+    import os
+    import termios
+    import threading
+
+    from stockade.clock import FakeClock
+    from stockade.observability.decision_log import DecisionLog
+    from stockade.observability.metrics import Metrics
+    from stockade.testing import make_context
+
+    fifo = tmp_path / "log.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    metrics = Metrics()
+    log = DecisionLog(str(fifo), FakeClock(), metrics)
+    short = make_context()
+    long_path = make_context(path="/" + "a" * 12_000)
+    wide = make_context(path="/" + "\u00e9" * 1000 + "\u2603" * 20)  # 1021 characters, up to 3 bytes each
+
+    def queued() -> int:
+        buf = array.array("i", [0])
+        fcntl.ioctl(reader, termios.FIONREAD, buf)
+        return buf[0]
+
+    while queued() < 40_000:  # a log shipper that stopped reading: ordinary lines fill the pipe part way
+        log.record(short, 200, 10, 5)
+        log.flush()
+    done = threading.Event()
+
+    def write() -> None:
+        for ctx in (long_path, wide):
+            log.record(ctx, 404, 10, 0)
+            log.flush()  # here a 12 KB line blocked: the pipe had room, but less than the line
+        for ctx in (long_path, wide) * 3000:  # about 10 MB once cut: past the pending bound, so some are dropped
+            log.record(ctx, 404, 10, 0)
+        log.flush()
+        done.set()
+
+    threading.Thread(target=write, daemon=True).start()
+    assert done.wait(20), "a long line blocked on the pipe"
+    assert log.dropped > 0 and metrics.events[("decision_log", "dropped")] == log.dropped
+    got = b""
+    while True:
+        try:
+            chunk = os.read(reader, 1 << 20)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        got += chunk
+    os.close(reader)
+    log.close()
+    written = [line for line in got.split(b"\n") if line]
+    assert all(len(line) < 4096 for line in written)
+    cut = [json.loads(line) for line in written if b'"truncated"' in line]
+    assert cut and all(len(str(doc.get("path", ""))) <= 1024 for doc in cut)

@@ -58,7 +58,7 @@ class StockadeMiddleware:
         self.clock = clock
         self.services = Services(clock=clock, metrics=metrics or Metrics())  # stages count events here too
         self.runtime: Runtime = build_runtime(loaded, self.services)
-        self.decision_log = decision_log or DecisionLog(self.runtime.decision_log, clock)
+        self.decision_log = decision_log or DecisionLog(self.runtime.decision_log, clock, self.services.metrics)
         self.metrics = self.services.metrics
         self.request_ids = RequestIds()
         self._watched: set[Exchange] = set()

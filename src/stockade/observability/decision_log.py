@@ -12,18 +12,24 @@ import orjson
 
 if TYPE_CHECKING:
     from stockade.clock import Clock
+    from stockade.observability.metrics import Metrics
     from stockade.pipeline.context import RequestContext
 
 _FLUSH_AT = 64 * 1024
 _PIPE_BUF = 4096  # writes up to this size are atomic on a pipe, so workers sharing stdout never interleave
 _MAX_PENDING = 8 * 1024 * 1024  # lines kept while a pipe's reader does not keep up; beyond, new lines are dropped
+# Client-controlled fields are cut to this many characters (the line says `"truncated": true`), and a line is never
+# longer than _PIPE_BUF: written after a poll says the pipe has room, a longer line could still block the event
+# loop (a pipe reports room for one page), and it would not be atomic between workers sharing stdout.
+_MAX_FIELD = 1024
 
 
 class DecisionLog:
     """Appends lines to stdout, stderr or a file. `flush()` runs on a short timer and at shutdown."""
 
-    def __init__(self, target: str, clock: Clock) -> None:
+    def __init__(self, target: str, clock: Clock, metrics: Metrics | None = None) -> None:
         self.clock = clock
+        self.metrics = metrics  # counts dropped lines (stockade_events{event="decision_log",label="dropped"})
         self._buf: list[bytes] = []
         self._size = 0
         self._owned = False
@@ -57,12 +63,13 @@ class DecisionLog:
         if self._fd < 0:
             return
         p = ctx.principal
+        path = ctx.path
         entry = {
             "ts": int(self.clock.time() * 1000) / 1000,
             "request_id": ctx.request_id,
             "route": ctx.route_id,
-            "method": ctx.method,
-            "path": ctx.path,
+            "method": ctx.method[:32],
+            "path": path if len(path) <= _MAX_FIELD else path[:_MAX_FIELD],
             "principal": p.id if p is not None else None,
             "decision": ctx.decision,
             "reason": ctx.reason,
@@ -72,8 +79,11 @@ class DecisionLog:
             "upstream_us": upstream_us,
             "client_ip": ctx.client_ip,
         }
-        if ctx.detail:
-            entry["detail"] = ctx.detail
+        detail = ctx.detail
+        if detail:
+            entry["detail"] = detail if len(detail) <= _MAX_FIELD else detail[:_MAX_FIELD]
+        if len(path) > _MAX_FIELD or len(detail) > _MAX_FIELD:
+            entry["truncated"] = True
         if error:
             entry["error"] = error
         if ctx.findings:
@@ -81,8 +91,15 @@ class DecisionLog:
         if "failed_open" in ctx.state:
             entry["failed_open"] = ctx.state["failed_open"]
         line = orjson.dumps(entry) + b"\n"
+        if len(line) > _PIPE_BUF:  # wide characters or escapes: keep what identifies the request
+            for key in ("path", "detail", "findings", "principal"):
+                entry.pop(key, None)
+            entry["truncated"] = True
+            line = orjson.dumps(entry) + b"\n"
         if self._size > _MAX_PENDING:
             self.dropped += 1
+            if self.metrics is not None:
+                self.metrics.event("decision_log", "dropped")
             return
         self._buf.append(line)
         self._size += len(line)

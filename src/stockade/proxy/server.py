@@ -42,7 +42,7 @@ class ProxyServer:
         self.limits = HotLimits.of(runtime.config.limits)  # what new client connections read
         self.clock = clock
         self.metrics = metrics or runtime.services.metrics  # shared with the stages (backend outages, ...)
-        self.decision_log = decision_log or DecisionLog(runtime.decision_log, clock)
+        self.decision_log = decision_log or DecisionLog(runtime.decision_log, clock, self.metrics)
         self._log_target = runtime.decision_log
         self.connections: set[ClientConnection] = set()
         self.pools = PoolManager(clock, runtime.tls.upstreams)
@@ -120,7 +120,7 @@ class ProxyServer:
         new_log = None
         if runtime.decision_log != self._log_target:
             try:
-                new_log = DecisionLog(runtime.decision_log, self.clock)
+                new_log = DecisionLog(runtime.decision_log, self.clock, self.metrics)
             except OSError as exc:
                 raise ConfigError([f"log.decisions: cannot open {runtime.decision_log!r}: {exc.strerror}"]) from None
         if self.tls is not None and runtime.tls.listener is not None:
