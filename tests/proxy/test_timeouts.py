@@ -651,3 +651,25 @@ def test_an_upstream_stalled_mid_response_keeps_its_read_deadline_while_the_clie
             assert ex.error == "upstream.timeout"
     finally:
         stall.close()
+
+
+@pytest.mark.parametrize("seconds", [8.0, 12.0, 25.0])
+def test_a_slow_body_on_a_route_that_reads_it_is_the_clients_time(make_gateway: GatewayFactory, seconds: float) -> None:
+    """json_limits waits for the whole body inside the pipeline, where the 10 s pipeline timeout ran too: a body
+    taking 10-30 s (allowed by the 30 s body timer) was a 503 stage.timeout blamed on the stage, and a shorter
+    wait was counted as the gateway's own overhead."""
+    gw = make_gateway(
+        "routes:\n  - id: json\n    match: {path: /json}\n    upstream: '{upstream}'\n"
+        "    stages: [{use: anonymous}, {use: json_limits}]\n"
+    )
+    with gw.connect() as sock:
+        sock.sendall(
+            b"POST /json HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: 8\r\n"
+            b'Connection: close\r\n\r\n{"a":'
+        )
+        wait_for(lambda: any(c.queue and c.queue[0].body_waiter is not None for c in gw.server.connections))
+        gw.advance(seconds)  # under the 30 s body timer: the client is slow, not gone
+        sock.sendall(b"12}")
+        assert read_responses(sock, 1)[0][0] == 200
+    wait_for(lambda: "json" in gw.server.metrics.overhead)
+    assert gw.server.metrics.overhead["json"].sum < 1.0  # the fake clock moved `seconds`, all of it the client's

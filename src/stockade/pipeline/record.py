@@ -65,7 +65,7 @@ def record_request(
         # bodies, to the first write after the head): the gateway's own time.
         overhead = (t_sent - marks.t0 - marks.t_wait) + max(0.0, (marks.t_fwd or now) - (t_head or now))
     else:
-        overhead = now - marks.t0
+        overhead = now - marks.t0 - marks.t_wait  # answered by the gateway: less any wait for the client's body
     total_us = int((now - marks.t0) * 1e6)
     upstream_us = int(upstream_s * 1e6)
     if hooks and pipeline is not None and pipeline.completion_hooks:

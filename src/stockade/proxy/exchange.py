@@ -73,6 +73,7 @@ class Exchange:
         "t0",
         "t_fwd",
         "t_head",
+        "t_held",
         "t_sent",
         "t_wait",
         "task",
@@ -110,7 +111,7 @@ class Exchange:
         limits = conn.limits
         self.body_limit = limits.max_body_bytes
         self.buffer_cap = limits.buffer_bytes
-        self.t_sent = self.t_head = self.t_fwd = self.t_wait = 0.0
+        self.t_sent = self.t_head = self.t_fwd = self.t_wait = self.t_held = 0.0
         self.started = self.finished = self.request_done = self.too_large = self.timed_out = False
         self.retried = self.resp_started = self.close_after = self.expect_continue = self.continue_sent = False
         self.streaming = self.upgrade_ok = self.tunnel_open = self.trusted = self.held = False
@@ -223,7 +224,11 @@ class Exchange:
             self.conn.resume(PAUSE_BUFFER)
             self._send_continue()
             waiter = self.body_waiter = asyncio.get_running_loop().create_future()
-            await waiter
+            since = self.clock.monotonic()
+            try:
+                await waiter
+            finally:
+                self.t_wait += self.clock.monotonic() - since  # the client's time, not the gateway's
         return b"".join(self.body)
 
     def request_body(self, chunk: bytes) -> None:
@@ -383,6 +388,12 @@ class Exchange:
         kind = self.deadline_kind
         self.deadline = INF
         if kind == "pipeline":
+            waiter = self.body_waiter
+            if waiter is not None and not waiter.done():
+                # A stage is waiting for the client's body: the body timer judges the client (408); the stages get
+                # their own time once it is in. A slow upload is not a 503 stage.timeout.
+                self._set_deadline(now + self.conn.limits.pipeline_timeout, "pipeline")
+                return
             self.timed_out = True
             self._cancel_task()
         elif kind == "handler":

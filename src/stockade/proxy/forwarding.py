@@ -53,7 +53,7 @@ def _forward(ex: Exchange) -> None:
         # client that drips its body costs a gateway connection, never an upstream worker. request_body /
         # request_complete go on with _to_upstream; the client's body timer runs meanwhile.
         ex.held = True
-        ex.t_wait = ex.clock.monotonic()  # until _to_upstream: the client's time, not the gateway's
+        ex.t_held = ex.clock.monotonic()  # until _to_upstream: the client's time, not the gateway's
         ex.conn.resume(PAUSE_BUFFER)  # paused if the body had filled the buffer: the spool takes it now
         ex._send_continue()
         return
@@ -134,8 +134,9 @@ def _pump(ex: Exchange) -> None:
 def _to_upstream(ex: Exchange) -> None:
     route = ex.route
     assert route is not None and route.upstream is not None  # noqa: S101 - _forward checked
-    if ex.t_wait:
-        ex.t_wait = ex.clock.monotonic() - ex.t_wait
+    if ex.t_held:
+        ex.t_wait += ex.clock.monotonic() - ex.t_held
+        ex.t_held = 0.0
     ex.pool = pool = ex.server.pools.get(route.upstream)
     up = pool.acquire()
     if up is not None:
