@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
+
 import pytest
 
 from tests.admin.test_identity_api import Admin, admin  # noqa: F401 - the admin fixture and its client
@@ -48,3 +50,22 @@ def test_clients_api_create_list_revoke(admin: Admin) -> None:  # noqa: F811
 )
 def test_clients_api_rejects_bad_input(admin: Admin, body: object) -> None:  # noqa: F811
     assert admin.call("POST", "/clients", admin.tokens["operator"], body)[0] == 400
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"name": ' + b"[" * 20000 + b"]" * 20000 + b"}",  # deep nesting: a RecursionError and a 500 with a traceback
+        b'{"name": "x", "scopes": [], "weight": NaN}',  # the standard parser took NaN
+        b'{"name": "x", "auth_method": "client_secret_basic", "jwks": {"keys": []}}',  # a JWK Set nobody would use
+    ],
+    ids=["deep", "nan", "jwks-on-a-secret-client"],
+)
+def test_clients_api_parses_json_as_every_admin_endpoint(admin: Admin, raw: bytes) -> None:  # noqa: F811
+    conn = http.client.HTTPConnection("127.0.0.1", admin.port, timeout=10)
+    headers = {"Authorization": f"Bearer {admin.tokens['operator']}", "Content-Type": "application/json"}
+    conn.request("POST", "/clients", body=raw, headers=headers)
+    resp = conn.getresponse()
+    body = resp.read()
+    conn.close()
+    assert resp.status == 400 and b"Traceback" not in body

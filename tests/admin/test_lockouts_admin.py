@@ -150,6 +150,12 @@ def test_endpoints_declare_roles() -> None:
         ("127.0.0.1.evil.example", (), 421),
         ("admin.internal:8081", ("admin.internal",), 200),
         ("admin.internal", ("Admin.Internal",), 200),
+        # shapes no browser sends, that the guard read as a loopback literal
+        ("[::1]evil.example", (), 421),
+        ("fe80::1%evil.example", (), 421),
+        ("127.0.0.1:8081, evil.example", (), 421),
+        ("::ffff:7f00:1", (), 421),  # an IPv6 literal without brackets
+        ("[::ffff:127.0.0.1]:8081", (), 200),
     ],
 )
 def test_admin_answers_only_ip_literals_localhost_and_allowed_hosts(

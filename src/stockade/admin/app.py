@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import ipaddress
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -82,11 +83,10 @@ class HostGuard:
         hosts = [v for k, v in scope["headers"] if k == b"host"]
         if len(hosts) != 1:
             return len(hosts) == 0 and scope.get("http_version") == "1.0"
-        name = hosts[0].decode("latin-1").strip().lower()
-        if name.startswith("["):  # [v6]:port
-            name = name[1 : name.find("]")] if "]" in name else name
-        elif name.count(":") == 1:
-            name = name.rsplit(":", 1)[0]
+        m = _HOST.fullmatch(hosts[0].decode("latin-1").strip().lower())
+        if m is None:  # `[::1]evil`, `a, b`, a zone id, an unbracketed v6 literal: not a Host a browser sends
+            return False
+        name = m.group(1) or m.group(2)
         if name == "localhost" or name in self.allowed:
             return True
         try:
@@ -94,6 +94,10 @@ class HostGuard:
         except ValueError:
             return False
         return True
+
+
+# `[v6]` or a name / IPv4 literal, then an optional port; nothing else.
+_HOST = re.compile(r"(?:\[([0-9a-f:.]+)\]|([a-z0-9.-]+))(?::[0-9]{1,5})?")
 
 
 def _load(target: str) -> Any:

@@ -8,6 +8,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from stockade.admin.app import AdminEndpoint, AdminState
+from stockade.admin.auth import json_body
+from stockade.errors import StorageError
 from stockade.storage.base import NotFoundError
 from stockade.storage.records import OAuthClient
 
@@ -24,6 +26,10 @@ def _public(c: OAuthClient) -> dict[str, Any]:
     }
 
 
+def _unavailable() -> JSONResponse:
+    return JSONResponse({"error": "the store is unavailable"}, status_code=503)
+
+
 def _actor(request: Request) -> str:
     return str(getattr(request.state, "admin_actor", "admin-api"))
 
@@ -36,15 +42,18 @@ def endpoints(state: AdminState) -> list[AdminEndpoint]:
     services = state.services
 
     async def list_clients(request: Request) -> Response:
-        clients = await shared_store(services).list_clients()
+        try:
+            clients = await shared_store(services).list_clients()
+        except StorageError:
+            return _unavailable()
         return JSONResponse({"clients": [_public(c) for c in clients]})
 
     async def create_client(request: Request) -> Response:
         try:
-            doc = await request.json()
-        except ValueError:
-            return JSONResponse({"error": "body is not JSON"}, status_code=400)
-        if not isinstance(doc, dict) or not isinstance(doc.get("name"), str):
+            doc = json_body(await request.body())  # as every admin endpoint: orjson (no NaN, depth-bounded)
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        if not isinstance(doc.get("name"), str):
             return JSONResponse({"error": "name is required"}, status_code=400)
         scopes = doc.get("scopes", [])
         method = doc.get("auth_method", "client_secret_basic")
@@ -73,6 +82,8 @@ def endpoints(state: AdminState) -> list[AdminEndpoint]:
             await shared_store(services).create_client(client, actor=_actor(request), at=now)
         except NotFoundError:
             return JSONResponse({"error": "consumer_id names no consumer"}, status_code=400)
+        except StorageError:
+            return _unavailable()
         body = _public(client) | ({"client_secret": secret} if secret else {})
         return JSONResponse(body, status_code=201, headers={"cache-control": "no-store"})
 
@@ -84,6 +95,8 @@ def endpoints(state: AdminState) -> list[AdminEndpoint]:
             )
         except NotFoundError:
             return JSONResponse({"error": "no such client"}, status_code=404)
+        except StorageError:
+            return _unavailable()
         return JSONResponse(_public(client))
 
     return [

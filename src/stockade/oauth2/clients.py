@@ -74,6 +74,8 @@ def new_client(
         raise ValueError("client name must be 1-128 printable characters")
     secret: str | None = None
     secret_hash: str | None = None
+    if jwks is not None and auth_method != "private_key_jwt":
+        raise ValueError("a JWK Set is only for private_key_jwt clients")
     if auth_method in SECRET_METHODS:
         secret = generate("secret")  # stk_secret_...: 256 random bits, checksummed, recognisable by scanners
         secret_hash = hash_secret(pepper, secret)
