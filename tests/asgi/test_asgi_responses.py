@@ -12,6 +12,7 @@ from stockade.asgi import StockadeMiddleware
 from stockade.testing import read_responses
 from tests.asgi.asgi_stages import COMPLETED, HANDLER_ENTERED, STALL_ENTERED
 from tests.asgi.asgi_support import Served, problem, request_id_for
+from tests.proxy.helpers import wait_for
 
 # -- responses ----------------------------------------------------------------------------------------------------
 
@@ -263,3 +264,22 @@ def test_app_header_bytes_survive_a_hook_that_edits_the_head() -> None:
     headers = dict(sent[0]["headers"])
     assert headers[b"content-disposition"] == disposition
     assert b"server" not in headers and headers[b"x-content-type-options"] == b"nosniff"  # the hook did run
+
+
+def test_a_body_not_received_within_the_pipeline_timeout_is_408_not_a_stage_failure(served: Served) -> None:
+    """A stage waiting for the client's body ran out the pipeline timeout and was blamed: 503 stage.timeout. The
+    ASGI server sets no body timer of its own, so the deadline stays, but the answer says whose time ran out."""
+    rid = f"slowbody-{served.flavor}"
+    with served.server.connect() as sock:
+        sock.sendall(
+            f"POST /inspect HTTP/1.1\r\nHost: x\r\nX-Request-Id: {rid}\r\nContent-Length: 10\r\n"
+            "Connection: close\r\n\r\n012".encode()
+        )
+        wait_for(lambda: any(ex.reading_body for ex in list(served.mw._watched)))
+        served.clock.advance(10.5)  # past limits.pipeline_timeout (10 s by default)
+        served.server.bg.call(served.mw.sweep)
+        [(status, _, body)] = read_responses(sock, 1)
+    assert status == 408
+    assert problem(body)["reason"] == "http.timeout"
+    line = served.decision(rid)
+    assert (line["decision"], line["stage"]) == ("deny", "http")

@@ -67,6 +67,8 @@ class Exchange:
         self.deadline = INF
         self.task: asyncio.Task[Any] | None = None
         self.expired = False
+        self.reading_body = False  # a stage is waiting for the client's body (the front's _read_body)
+        self.expired_in_body = False
 
     def _bare(self, method: bytes) -> RequestContext:
         """A context for a request refused (or broken) before a full one could be built."""
@@ -134,6 +136,8 @@ class Exchange:
                 return result
             return await self.bounded(result)
         except DeadlineExpiredError:
+            if self.expired_in_body:  # the client did not send its body in time: its fault, not the stage's
+                return Pipeline.deny(ctx, "http", Deny(408, "http.timeout", detail="request body not received in time"))
             return pipeline_timed_out(ctx)
         except Exception as exc:
             return pipeline_failed(ctx, exc)
@@ -165,6 +169,7 @@ class Exchange:
         task = self.task
         if task is not None and not task.done():
             self.expired = True
+            self.expired_in_body = self.reading_body
             task.cancel()
 
     def client_gone(self) -> None:

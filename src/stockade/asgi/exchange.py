@@ -116,21 +116,27 @@ class HttpExchange(Exchange):
     async def _read_body(self) -> bytes:
         """The body reader handed to stages (`await ctx.read_body()`): buffered, bounded, replayed to the app."""
         chunks: list[bytes] = []
-        while not self.body_done:
-            message = await self.receive()
-            kind = message["type"]
-            if kind == "http.disconnect":
-                raise ClientDisconnectedError
-            if kind != "http.request":
-                continue
-            chunk = message.get("body", b"")
-            if chunk:
-                self.body_size += len(chunk)
-                if self.body_size > self.body_limit:
-                    raise BodyTooLargeError  # the runner answers 413 on behalf of the stage that was reading
-                chunks.append(chunk)
-            if not message.get("more_body", False):
-                self.body_done = True
+        since = self.clock.monotonic()
+        self.reading_body = True
+        try:
+            while not self.body_done:
+                message = await self.receive()
+                kind = message["type"]
+                if kind == "http.disconnect":
+                    raise ClientDisconnectedError
+                if kind != "http.request":
+                    continue
+                chunk = message.get("body", b"")
+                if chunk:
+                    self.body_size += len(chunk)
+                    if self.body_size > self.body_limit:
+                        raise BodyTooLargeError  # the runner answers 413 on behalf of the stage that was reading
+                    chunks.append(chunk)
+                if not message.get("more_body", False):
+                    self.body_done = True
+        finally:
+            self.reading_body = False
+            self.times.t_wait += self.clock.monotonic() - since  # the client's time, not the gateway's
         body = b"".join(chunks)
         self.replay = body
         return body
