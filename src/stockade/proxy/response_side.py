@@ -187,9 +187,10 @@ def upstream_done(ex: Exchange) -> None:
         # nor after a 204 whose head announces a body (RFC 9110 forbids one): an upstream that sends it anyway,
         # later, would answer the next client's request with it. (HEAD and 304 responses legitimately carry the
         # length of a body they do not send, so they stay reusable, as in nginx.)
-        framing = ex.framing
-        skipped = framing is not None and framing.announces_body and ex.upstream_status == 204
-        reusable = up.keep_alive and ex.request_done and ex.spool is None and not up.decoded and not skipped
+        reusable = up.keep_alive and ex.request_done and ex.spool is None and not up.decoded
+        if reusable and ex.upstream_status == 204:
+            framing = ex.framing
+            reusable = framing is None or not framing.announces_body
         ex._drop_upstream(reusable=reusable)
     if ex.collected is not None:
         ex._flush_collected()

@@ -57,6 +57,9 @@ class _Decoder:
         self.conn.decoded.append(data)
 
 
+_CRLF_BYTES = b"\r\n"
+
+
 def _past_blank_lines(buf: bytes, pos: int) -> int:
     n = len(buf)
     while pos < n and buf[pos] in b"\r\n":
@@ -153,7 +156,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.head_buf = b""
             # llhttp skips empty lines before a status line: so must the search for the head, or `\r\n\r\n` ahead
             # of it would pass for a head, and the real one for body bytes (verbatim, hop-by-hop headers and all).
-            pos = _past_blank_lines(buf, 0)
+            pos = _past_blank_lines(buf, 0) if buf[0] in _CRLF_BYTES else 0
             for _ in range(self.interim):  # 1xx interim responses (100, 103) are not forwarded
                 pos = _past_blank_lines(buf, buf.index(b"\r\n\r\n", pos) + 4)
             end = buf.index(b"\r\n\r\n", pos) + 4
