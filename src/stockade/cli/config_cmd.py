@@ -19,7 +19,8 @@ def config_group() -> None:
 @click.argument("file", required=False, type=click.Path(dir_okay=False))
 @click.pass_context
 def check(ctx: click.Context, file: str | None) -> None:
-    """Validate FILE. Exit 0 if valid; else exit 2, naming the file, line, route id, stage and field."""
+    """Validate FILE. Exit 0 if valid (warnings, such as an expiring certificate, go to stderr); else exit 2,
+    naming the file, line, route id, stage and field."""
     path = resolve_config_path(ctx, file)
     loaded = load_or_exit(path)
     runtime = build_or_exit(loaded)  # also loads every file the runtime needs (TLS keys, specs), without side effects
