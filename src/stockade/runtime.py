@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from stockade.pipeline.runner import Pipeline, StageSlot
 from stockade.pipeline.stage import Services, Stage, StageConfig, StageEnv
 from stockade.proxy.tls import TlsContexts, build_tls
 from stockade.security.netaddr import NetSet
+
+log = logging.getLogger("stockade.tls")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +109,9 @@ def build_runtime(loaded: LoadedConfig, services: Services) -> Runtime:
     tls = TlsContexts()
     try:
         tls = build_tls(config, loaded.base_dir, loaded.source, services.clock.time())
+        if not services.dry_run:  # `config check` prints them itself
+            for warning in tls.warnings:
+                log.warning("TLS: %s", warning)
     except ConfigError as exc:
         problems.extend(exc.problems)
     log_target = _decision_log_target(loaded, problems)

@@ -156,6 +156,7 @@ def test_endpoints_declare_roles() -> None:
         ("127.0.0.1:8081, evil.example", (), 421),
         ("::ffff:7f00:1", (), 421),  # an IPv6 literal without brackets
         ("[::ffff:127.0.0.1]:8081", (), 200),
+        ("myproj_stockade_1:9090", ("myproj_stockade_1",), 200),  # a Docker Compose container name
     ],
 )
 def test_admin_answers_only_ip_literals_localhost_and_allowed_hosts(

@@ -208,3 +208,32 @@ def test_a_long_line_cannot_block_a_pipe_and_drops_are_counted(tmp_path: Path) -
     assert all(len(line) < 4096 for line in written)
     cut = [json.loads(line) for line in written if b'"truncated"' in line]
     assert cut and all(len(str(doc.get("path", ""))) <= 1024 for doc in cut)
+
+
+def test_a_long_wide_path_is_cut_but_the_principal_and_a_path_prefix_stay() -> None:
+    """Cut by characters, a path of 4-byte characters still made the line longer than a pipe page, and the
+    fallback then removed the path and the principal: a client could take itself out of its own audit line."""
+    import dataclasses
+
+    from stockade.clock import FakeClock
+    from stockade.observability.decision_log import DecisionLog
+    from stockade.pipeline.principal import Principal
+    from stockade.testing import make_context
+
+    ctx = make_context(path="/" + "\U0001f600" * 1023)
+    ctx.principal = Principal(id="alice", kind="api_key")
+    long_sub = dataclasses.replace(ctx.principal, id="s" * 5000)
+    captured: list[bytes] = []
+    for principal in (ctx.principal, long_sub):
+        ctx.principal = principal
+        log = DecisionLog("off", FakeClock())
+        log._fd = 1  # recording only: the lines are taken from the buffer below, never written
+        log.record(ctx, 200, 10, 5)
+        captured.append(log._buf[0])
+        log._buf.clear()
+        log._fd = -1
+    short, long = (json.loads(line) for line in captured)
+    assert all(len(line) <= 4096 for line in captured)
+    assert short["principal"] == "alice" and short["truncated"] is True
+    assert str(short["path"]).startswith("/\U0001f600") and len(str(short["path"])) >= 16
+    assert long["principal"] == "s" * 256

@@ -200,9 +200,10 @@ def test_listener_context_overrides_openssl_cnf_defaults(pki: Pki, tmp_path: Pat
         (365, 0o600, []),
         (10, 0o600, ["field 'listen.tls.cert'", "expires in"]),
         (-2, 0o600, ["field 'listen.tls.cert'", "expired on", "clients will refuse it"]),
-        (365, 0o644, ["field 'listen.tls.key'", "readable by others (mode 644)", "chmod 600"]),
+        (365, 0o644, ["field 'listen.tls.key'", "readable by every user (mode 644)", "chmod 600"]),
+        (365, 0o640, []),  # group-readable (an ssl-cert group) is a deliberate setup
     ],
-    ids=["fine", "expiring", "expired", "key-world-readable"],
+    ids=["fine", "expiring", "expired", "key-world-readable", "key-group-readable"],
 )
 def test_listener_certificate_and_key_warnings(
     pki: Pki, tmp_path: Path, days: int, key_mode: int, expected: list[str]
@@ -227,3 +228,4 @@ def test_config_check_prints_tls_warnings(pki: Pki, tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "warning:" in result.stderr and "expires in" in result.stderr
+    assert result.stderr.count("expires in") == 1  # printed once (not also logged)

@@ -97,7 +97,7 @@ class HostGuard:
 
 
 # `[v6]` or a name / IPv4 literal, then an optional port; nothing else.
-_HOST = re.compile(r"(?:\[([0-9a-f:.]+)\]|([a-z0-9.-]+))(?::[0-9]{1,5})?")
+_HOST = re.compile(r"(?:\[([0-9a-f:.]+)\]|([a-z0-9._-]+))(?::[0-9]{1,5})?")  # `_`: container names
 
 
 def _load(target: str) -> Any:

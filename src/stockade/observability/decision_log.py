@@ -22,6 +22,23 @@ _MAX_PENDING = 8 * 1024 * 1024  # lines kept while a pipe's reader does not keep
 # longer than _PIPE_BUF: written after a poll says the pipe has room, a longer line could still block the event
 # loop (a pipe reports room for one page), and it would not be atomic between workers sharing stdout.
 _MAX_FIELD = 1024
+_MAX_PRINCIPAL = 256
+
+
+def _fit(entry: dict[str, object]) -> bytes:
+    """The line cut to one pipe page (wide characters or escapes made it longer): the detail, then the path are
+    shortened (a prefix of each is kept), then the findings go; who and what was decided always stay."""
+    entry["truncated"] = True
+    line = orjson.dumps(entry) + b"\n"
+    for key, floor in (("detail", 0), ("path", 16)):
+        value = entry.get(key)
+        while len(line) > _PIPE_BUF and isinstance(value, str) and len(value) > floor:
+            value = entry[key] = value[: max(floor, len(value) // 2)]
+            line = orjson.dumps(entry) + b"\n"
+    if len(line) > _PIPE_BUF:
+        entry.pop("findings", None)
+        line = orjson.dumps(entry) + b"\n"
+    return line
 
 
 class DecisionLog:
@@ -63,6 +80,9 @@ class DecisionLog:
         if self._fd < 0:
             return
         p = ctx.principal
+        principal = p.id if p is not None else None
+        if principal is not None and len(principal) > _MAX_PRINCIPAL:
+            principal = principal[:_MAX_PRINCIPAL]
         path = ctx.path
         entry = {
             "ts": int(self.clock.time() * 1000) / 1000,
@@ -70,7 +90,7 @@ class DecisionLog:
             "route": ctx.route_id,
             "method": ctx.method[:32],
             "path": path if len(path) <= _MAX_FIELD else path[:_MAX_FIELD],
-            "principal": p.id if p is not None else None,
+            "principal": principal,
             "decision": ctx.decision,
             "reason": ctx.reason,
             "stage": ctx.stage,
@@ -82,7 +102,7 @@ class DecisionLog:
         detail = ctx.detail
         if detail:
             entry["detail"] = detail if len(detail) <= _MAX_FIELD else detail[:_MAX_FIELD]
-        if len(path) > _MAX_FIELD or len(detail) > _MAX_FIELD:
+        if len(path) > _MAX_FIELD or len(detail) > _MAX_FIELD or principal is not (p.id if p is not None else None):
             entry["truncated"] = True
         if error:
             entry["error"] = error
@@ -91,11 +111,8 @@ class DecisionLog:
         if "failed_open" in ctx.state:
             entry["failed_open"] = ctx.state["failed_open"]
         line = orjson.dumps(entry) + b"\n"
-        if len(line) > _PIPE_BUF:  # wide characters or escapes: keep what identifies the request
-            for key in ("path", "detail", "findings", "principal"):
-                entry.pop(key, None)
-            entry["truncated"] = True
-            line = orjson.dumps(entry) + b"\n"
+        if len(line) > _PIPE_BUF:
+            line = _fit(entry)
         if self._size > _MAX_PENDING:
             self.dropped += 1
             if self.metrics is not None:

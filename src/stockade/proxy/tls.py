@@ -106,8 +106,8 @@ def listener_warnings(cfg: TlsListen, base_dir: Path, now: float) -> list[tuple[
         out.append(("cert", f"{cert} is not valid before {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"))
     key = base_dir / cfg.key
     mode = key.stat().st_mode
-    if mode & 0o077:
-        out.append(("key", f"{key} is readable by others (mode {mode & 0o777:o}); chmod 600 it"))
+    if mode & 0o007:  # group-readable (0640, an ssl-cert group) is a common, deliberate setup
+        out.append(("key", f"{key} is readable by every user (mode {mode & 0o777:o}); chmod 600 or 640 it"))
     return out
 
 
@@ -198,7 +198,7 @@ class TlsContexts:
 
     listener: ssl.SSLContext | None = None
     upstreams: Mapping[str | None, ssl.SSLContext] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)  # logged at every (re)load; printed by `config check`
+    warnings: list[str] = field(default_factory=list)  # logged at every (re)load (runtime.py); `config check` prints
 
 
 def build_tls(config: GatewayConfig, base_dir: Path, source: str, now: float) -> TlsContexts:
@@ -239,6 +239,4 @@ def build_tls(config: GatewayConfig, base_dir: Path, source: str, now: float) ->
             problems.append(f"{where}.ca_file': no usable CA certificates: {exc.reason or exc}")
     if problems:
         raise ConfigError(problems)
-    for warning in warnings:
-        log.warning("TLS: %s", warning)
     return TlsContexts(listener, upstreams, warnings)
