@@ -301,24 +301,37 @@ def test_values_nested_hundreds_deep_are_answered_not_crashed_on(tmp_path: Path)
         assert status == 200 and b"secret" not in raw
 
 
-@pytest.mark.parametrize(("size", "status"), [(1000, 200), (3000, 502)], ids=["within", "over"])
-def test_responses_beyond_max_response_bytes_are_refused_not_buffered(tmp_path: Path, size: int, status: int) -> None:
+@pytest.mark.parametrize(
+    ("responses", "content_type", "size", "status", "reason"),
+    [
+        ("enforce", "application/json", 1000, 200, None),
+        ("enforce", "application/json", 3000, 502, "response.too_large"),
+        ("monitor", "application/json", 3000, 200, None),  # observe-only: never breaks traffic
+        ("enforce", "text/plain", 3000, 200, None),  # no schema applies: not limited by it
+    ],
+    ids=["within", "over", "over-monitor", "over-unchecked-type"],
+)
+def test_responses_beyond_max_response_bytes_are_not_checked(
+    tmp_path: Path, responses: str, content_type: str, size: int, status: int, reason: str | None
+) -> None:
     """Responses up to 16 MiB were read whole and filtered on the event loop: one leaky 16 MB list held a worker
-    for seconds and grew it by more than a gigabyte. The stage now takes `max_response_bytes` (1 MiB by default)."""
+    for seconds and grew it by more than a gigabyte. Larger than `max_response_bytes` (1 MiB by default) a
+    response is not checked: refused under enforce, passed with a finding under monitor."""
     (tmp_path / "wo.yaml").write_text(WRITE_ONLY_SPEC)
     config = (
         "routes:\n  - id: u\n    match: {path: /users/**}\n    upstream: '{upstream}'\n    stages:\n"
         "      - use: anonymous\n      - use: openapi\n"
-        "        config: {spec: wo.yaml, responses: enforce, max_response_bytes: 2048}\n"
+        f"        config: {{spec: wo.yaml, responses: {responses}, max_response_bytes: 2048}}\n"
     )
     with gateway_with_upstream(config, base_dir=tmp_path) as (gw, up):
-        up.reply("/users/1", _json({"name": "b" * size, "pw1": "hunter2"}))
+        doc = orjson.dumps({"name": "b" * size, "pw1": "hunter2"})
+        up.reply("/users/1", Reply(200, [("Content-Type", content_type)], doc))
         got, _, body = gw.request("GET", "/users/1")
     assert got == status
-    if status == 200:
+    if reason is not None:
+        assert b"hunter2" not in body and orjson.loads(body)["reason"] == reason
+    elif size <= 2048 and responses == "enforce":
         assert orjson.loads(body) == {"name": "b" * size}
-    else:
-        assert b"hunter2" not in body and orjson.loads(body)["reason"] == "upstream.bad_response"
 
 
 def test_a_response_with_two_content_types_is_refused(enforce: tuple[TestGateway, TestUpstream, Path]) -> None:

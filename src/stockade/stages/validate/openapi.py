@@ -35,9 +35,10 @@ class OpenApiConfig(StageConfig):
     deprecated: Literal["allow", "monitor", "deny"] = "allow"  # `deprecated: true` operations (zombie endpoints)
     strict: bool = False  # close every object schema that lists properties, and refuse undeclared query keys
     base_path: str | None = Field(default=None, pattern=r"^/[^?#]*$")  # overrides the spec's `servers`
-    # With `responses` on: the largest response body checked. It is read whole and checked on the event loop
-    # (filtering a leaky 1 MiB list of objects costs about 0.4 s of CPU), so a larger one is refused (502
-    # upstream.response_too_large) rather than let through unchecked or allowed to stall the worker.
+    # With `responses` on: the largest response body checked against a schema. Checking runs on the event loop
+    # (filtering a leaky 1 MiB list of objects costs about 0.4 s of CPU), so a larger one is not checked: under
+    # `enforce` it is refused (502 response.too_large), under `monitor` it passes with a finding. Responses no
+    # schema applies to are not limited by it.
     max_response_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
 
 
@@ -150,7 +151,8 @@ class _ResponseChecking(OpenApiStage):
 
     def __init__(self, config: OpenApiConfig, env: StageEnv) -> None:
         super().__init__(config, env)
-        self.max_response_bytes = config.max_response_bytes
+        # Not `max_response_bytes`: that would lower the route's buffer for every response, checked or not.
+        self._max_checked = config.max_response_bytes
 
     def on_response(self, ctx: RequestContext, response: Response) -> None:
         op = ctx.state.get(OPERATION_KEY)
@@ -168,6 +170,13 @@ class _ResponseChecking(OpenApiStage):
         rule = op.response_rule(response.status, essence(response.get("content-type")))
         if rule is None:
             return  # no schema declared for this status and media type: passes unchanged
+        if len(body) > self._max_checked:
+            detail = f"{op.operation_id} {response.status}: {len(body)} bytes, over max_response_bytes: not checked"
+            if self.responses == "monitor":
+                ctx.findings.append(Finding("openapi.response_unchecked", "medium", detail))
+            else:
+                response.reject(502, "response.too_large", detail=detail)
+            return
         checked = check_response(rule, body, response.get("content-encoding"))
         if not checked.problems:
             return
