@@ -22,9 +22,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("stockade.ratelimit")
 
 MAX_HOLD = 86400.0  # seconds a slot may be renewed for: the longest lease there is
-MIN_INTERVAL = 1.0  # renew at most this often, whatever the leases
+MIN_INTERVAL = 0.25  # renew at most this often, whatever the leases (a lease is at least 1 s: limits.py)
 
 Renewal = tuple[str, Sequence[tuple[str, int]]]  # (token, [(key, lease µs)])
+
+
+def _interval(slots: Sequence[tuple[str, int]]) -> float:
+    """A third of the shortest lease among `slots` (µs), in seconds, at least MIN_INTERVAL."""
+    return max(MIN_INTERVAL, min(lease for _, lease in slots) / 1_000_000 / 3)
 
 
 class HeldSlots:
@@ -33,6 +38,7 @@ class HeldSlots:
         self._renew = renew
         self._held: dict[str, tuple[float, list[tuple[str, int]]]] = {}  # token -> (granted, [(key, lease)])
         self._task: asyncio.Task[None] | None = None
+        self._sleeping = 0.0  # how long the task's current wait is
 
     def __len__(self) -> int:
         return len(self._held)
@@ -41,6 +47,9 @@ class HeldSlots:
         """Slots just granted to `token` (on the event loop: the renewal task starts if it is not running)."""
         self._held[token] = (self.clock.monotonic(), slots)
         task = self._task
+        if task is not None and not task.done() and _interval(slots) < self._sleeping:
+            task.cancel()  # asleep for a longer lease than this one lasts: start again on the shorter beat
+            task = None
         if task is None or task.done():
             try:
                 self._task = asyncio.get_running_loop().create_task(self._run(), name="stockade-lease-renewal")
@@ -64,12 +73,12 @@ class HeldSlots:
             await self._renew(batch)
 
     def interval(self) -> float:
-        shortest = min((lease for _, slots in self._held.values() for _, lease in slots), default=0)
-        return max(MIN_INTERVAL, shortest / 1_000_000 / 3)
+        return min((_interval(slots) for _, slots in self._held.values()), default=MIN_INTERVAL)
 
     async def _run(self) -> None:
         while self._held:
-            await asyncio.sleep(self.interval())
+            self._sleeping = self.interval()
+            await asyncio.sleep(self._sleeping)
             try:
                 await self.renew_all()
             except StorageError as exc:  # the backend logs its outages; a missed renewal is retried next round

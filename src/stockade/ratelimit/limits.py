@@ -60,7 +60,7 @@ class LimitConfig(StageConfig):
     quota: str | None = None  # "N/day" or "N/month", reset at local midnight / the first of the month
     timezone: str | None = None  # IANA zone for `quota`; default UTC
     concurrency: int | None = Field(default=None, ge=1, le=1_000_000)  # requests in flight
-    lease: float | None = Field(default=None, gt=0, le=86400)  # concurrency: a slot never released expires
+    lease: float | None = Field(default=None, ge=1, le=86400)  # concurrency: a slot never released expires
     cost: Cost | None = None  # overrides the stage's `cost` for this limit
     missing: Literal["shared", "skip"] = "shared"  # no value for the key: one shared bucket, or not limited
 
