@@ -228,7 +228,10 @@ class Exchange:
             try:
                 await waiter
             finally:
-                self.t_wait += self.clock.monotonic() - since  # the client's time, not the gateway's
+                now = self.clock.monotonic()
+                self.t_wait += now - since  # the client's time, not the gateway's
+                if self.deadline_kind == "pipeline" and not self.finished:  # the stages' own time starts now
+                    self._set_deadline(now + self.conn.limits.pipeline_timeout, "pipeline")
         return b"".join(self.body)
 
     def request_body(self, chunk: bytes) -> None:
