@@ -81,15 +81,19 @@ class DecisionLog:
             return
         p = ctx.principal
         principal = p.id if p is not None else None
+        path = ctx.path
+        detail = ctx.detail
+        # Client-controlled fields, cut (rarely: one length test each on the common path).
+        cut = len(path) > _MAX_FIELD or len(detail) > _MAX_FIELD
         if principal is not None and len(principal) > _MAX_PRINCIPAL:
             principal = principal[:_MAX_PRINCIPAL]
-        path = ctx.path
+            cut = True
         entry = {
             "ts": int(self.clock.time() * 1000) / 1000,
             "request_id": ctx.request_id,
             "route": ctx.route_id,
             "method": ctx.method[:32],
-            "path": path if len(path) <= _MAX_FIELD else path[:_MAX_FIELD],
+            "path": path[:_MAX_FIELD] if cut else path,
             "principal": principal,
             "decision": ctx.decision,
             "reason": ctx.reason,
@@ -99,10 +103,9 @@ class DecisionLog:
             "upstream_us": upstream_us,
             "client_ip": ctx.client_ip,
         }
-        detail = ctx.detail
         if detail:
-            entry["detail"] = detail if len(detail) <= _MAX_FIELD else detail[:_MAX_FIELD]
-        if len(path) > _MAX_FIELD or len(detail) > _MAX_FIELD or principal is not (p.id if p is not None else None):
+            entry["detail"] = detail[:_MAX_FIELD] if cut else detail
+        if cut:
             entry["truncated"] = True
         if error:
             entry["error"] = error
