@@ -16,7 +16,7 @@ from stockade.pipeline.context import BodyTooLargeError
 from stockade.pipeline.intake import body_too_large
 from stockade.pipeline.local import denial, handler_timed_out, problem, run_handler, run_response_hooks
 from stockade.pipeline.response import Response
-from stockade.pipeline.runner import step_eagerly
+from stockade.pipeline.runner import MAX_RESPONSE_BYTES, step_eagerly
 from stockade.pipeline.verdict import Deny
 
 if TYPE_CHECKING:
@@ -218,8 +218,7 @@ class HttpExchange(Exchange):
         chunk = message.get("body", b"")
         collected.append(chunk)
         self.collected_size += len(chunk)
-        pipeline = self.pipeline
-        if pipeline is not None and self.collected_size > pipeline.response_limit:
+        if self.collected_size > MAX_RESPONSE_BYTES:
             ctx = self.ctx
             assert ctx is not None  # noqa: S101
             ctx.decision = "error"

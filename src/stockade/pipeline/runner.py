@@ -87,7 +87,7 @@ async def _finish(coro: Coroutine[Any, Any, Any], yielded: Any) -> Any:
     return await _Resume(coro, yielded)
 
 
-MAX_RESPONSE_BYTES = 16 * 1024 * 1024  # a response body buffered for hooks, when no stage says less
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024  # a response body buffered for hooks is cut off (502) beyond this, both fronts
 
 
 def header_safe(value: str) -> str:
@@ -113,7 +113,6 @@ class Pipeline:
         "head_edits",
         "needs_response_body",
         "response_hooks",
-        "response_limit",
         "route_id",
         "slots",
     )
@@ -139,16 +138,6 @@ class Pipeline:
         # takes effect: e.g. an identity lockout, which must answer the same whether the credential was right.
         self.auth_guards = tuple(s for s in ordered if hasattr(s.stage, "after_authenticate"))
         self.needs_response_body = any(getattr(s.stage, "needs_response_body", False) for s in self.response_hooks)
-        # The most of a response body the hooks that read it take whole (a stage's `max_response_bytes`): beyond
-        # it the response is refused (502) rather than buffered, and the check never runs on the event loop.
-        self.response_limit = min(
-            (
-                limit
-                for s in self.response_hooks
-                if isinstance(limit := getattr(s.stage, "max_response_bytes", MAX_RESPONSE_BYTES), int)
-            ),
-            default=MAX_RESPONSE_BYTES,
-        )
         # The only response hook can say its header edits without a Response object (see HeadEdits).
         only = self.response_hooks[0].stage if len(self.response_hooks) == 1 else None
         self.head_edits: Callable[[RequestContext, bytes], tuple[frozenset[str], tuple[tuple[str, str], ...]]] | None

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from stockade.pipeline.local import run_response_hooks
 from stockade.pipeline.response import Response, head_fields
+from stockade.pipeline.runner import MAX_RESPONSE_BYTES
 from stockade.proxy.common import IDEMPOTENT, INF, PAUSE_UPSTREAM
 from stockade.proxy.http import (
     ResponseFraming,
@@ -166,8 +167,7 @@ def upstream_body(ex: Exchange, data: bytes) -> None:
     if collected is not None:
         collected.append(data)
         ex.collected_size += len(data)
-        pipeline = ex.pipeline
-        if pipeline is not None and ex.collected_size > pipeline.response_limit:
+        if ex.collected_size > MAX_RESPONSE_BYTES:
             ex._upstream_broken("upstream.response_too_large", "response body exceeds the buffer for hooks")
         return
     ex.conn.write(data)

@@ -151,8 +151,7 @@ class _ResponseChecking(OpenApiStage):
 
     def __init__(self, config: OpenApiConfig, env: StageEnv) -> None:
         super().__init__(config, env)
-        # Not `max_response_bytes`: that would lower the route's buffer for every response, checked or not.
-        self._max_checked = config.max_response_bytes
+        self._max_checked = config.max_response_bytes  # gates the check only, never what the route may answer
 
     def on_response(self, ctx: RequestContext, response: Response) -> None:
         op = ctx.state.get(OPERATION_KEY)
