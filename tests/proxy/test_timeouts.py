@@ -638,6 +638,7 @@ def test_an_upstream_stalled_mid_response_keeps_its_read_deadline_while_the_clie
             assert ex is not None
             stall.paused.set()
             wait_for(lambda: ex.spool is None, 20)  # the pump caught up and the rest streams
+            gw.bg.call(lambda: None)  # and the loop finished what it does when it does
             assert ex.deadline < INF  # the upstream's read deadline is back
             sender.join(20)
             _wait_until_quiet(lambda: stall.received)
