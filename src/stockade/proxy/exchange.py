@@ -338,6 +338,7 @@ class Exchange:
     _buffer_full = forwarding._buffer_full
     _spool_more = forwarding._spool_more
     _pump = forwarding._pump
+    _body_from_client = forwarding._body_from_client
 
     # -- response side (called by the upstream connection): proxy/response_side.py -----------------------------
 

@@ -89,7 +89,7 @@ def _spool_more(ex: Exchange, chunk: bytes) -> None:
     try:
         spool.write(chunk)
     except OSError as exc:
-        ex.request_aborted(503, "gateway.error", f"request body spool: {exc.strerror}")
+        _spool_failed(ex, exc)
         return
     if ex.held and spool.size > spool.reserved:
         # A chunked body outgrew its spool: the upstream gets what is spooled, then the rest as it comes. The
@@ -110,7 +110,7 @@ def _pump(ex: Exchange) -> None:
         try:
             data = spool.read()
         except OSError as exc:
-            ex.request_aborted(503, "gateway.error", f"request body spool: {exc.strerror}")
+            _spool_failed(ex, exc)
             return
         if not data:
             break
@@ -124,11 +124,23 @@ def _pump(ex: Exchange) -> None:
         if chunked:
             up.write(b"0\r\n\r\n")
         ex._set_deadline(ex.clock.monotonic() + route.read_timeout, "upstream")
-    elif ex.resp_started:  # the upstream answered early: its read deadline stays armed while the rest streams
+    else:
+        ex._body_from_client()
+    ex.conn.resume(PAUSE_UPSTREAM)
+
+
+def _body_from_client(ex: Exchange) -> None:
+    """The upstream has taken all it was given; the rest of the body comes as the client sends it (the client's
+    body timer). No send deadline then, but an upstream response already under way keeps its read deadline."""
+    route = ex.route
+    if ex.resp_started and route is not None:
         ex._set_deadline(ex.clock.monotonic() + route.read_timeout, "upstream")
     else:
         ex.deadline = INF
-    ex.conn.resume(PAUSE_UPSTREAM)
+
+
+def _spool_failed(ex: Exchange, exc: OSError) -> None:
+    ex.request_aborted(503, "gateway.error", f"request body spool: {exc.strerror}")
 
 
 def _to_upstream(ex: Exchange) -> None:

@@ -265,10 +265,7 @@ def upstream_pause(ex: Exchange, paused: bool) -> None:
             ex._set_deadline(ex.clock.monotonic() + ex.route.read_timeout, "send")
         return
     if ex.streaming and ex.deadline_kind == "send":
-        if ex.resp_started and ex.route is not None:  # a response under way keeps its read deadline
-            ex._set_deadline(ex.clock.monotonic() + ex.route.read_timeout, "upstream")
-        else:
-            ex.deadline = INF
+        ex._body_from_client()
     if spool is not None and not ex.held and ex.upstream is not None:
         spool.paused = False
         ex._pump()  # it resumes the client once the spool is sent
