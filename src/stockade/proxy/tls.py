@@ -89,12 +89,10 @@ def _check_leaf(cert: Path) -> x509.Certificate:
     return leaf
 
 
-def listener_warnings(cfg: TlsListen, base_dir: Path, now: float) -> list[tuple[str, str]]:
+def listener_warnings(leaf: x509.Certificate, cert: Path, key: Path, now: float) -> list[tuple[str, str]]:
     """(field, message) for what serves but should not: a certificate expired, not yet valid or expiring within
     EXPIRY_WARNING, and a private key file others can read. Warnings only: nginx and Envoy start with them too."""
     out: list[tuple[str, str]] = []
-    cert = base_dir / cfg.cert
-    leaf = _check_leaf(cert)
     after = leaf.not_valid_after_utc.timestamp()
     if after <= now:
         out.append(("cert", f"{cert} expired on {leaf.not_valid_after_utc:%Y-%m-%d}: clients will refuse it"))
@@ -104,7 +102,6 @@ def listener_warnings(cfg: TlsListen, base_dir: Path, now: float) -> list[tuple[
         out.append(("cert", f"{cert} expires in {days} day{'s' if days != 1 else ''} ({when})"))
     if leaf.not_valid_before_utc.timestamp() > now:
         out.append(("cert", f"{cert} is not valid before {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"))
-    key = base_dir / cfg.key
     mode = key.stat().st_mode
     if mode & 0o007:  # group-readable (0640, an ssl-cert group) is a common, deliberate setup
         out.append(("key", f"{key} is readable by every user (mode {mode & 0o777:o}); chmod 600 or 640 it"))
@@ -115,9 +112,15 @@ def listener_context(cfg: TlsListen, base_dir: Path) -> ssl.SSLContext:
     """A server context: TLS 1.2+ (or 1.3 only), intermediate ciphers, X25519/P-256/P-384 only, no compression,
     renegotiation or session tickets; client certificates requested and verified against `client_ca` when
     `client_auth` is optional or required. Raises _Problem naming the offending field."""
+    return _listener(cfg, base_dir, None)[0]
+
+
+def _listener(cfg: TlsListen, base_dir: Path, now: float | None) -> tuple[ssl.SSLContext, list[tuple[str, str]]]:
+    """`listener_context`, and (given the time) the `listener_warnings` of the certificate it read."""
     cert = _existing(base_dir, cfg.cert, "cert")
     key = _existing(base_dir, cfg.key, "key")
-    _check_leaf(cert)
+    leaf = _check_leaf(cert)
+    warnings = listener_warnings(leaf, cert, key, now) if now is not None else []
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if cfg.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
     ctx.set_ciphers(INTERMEDIATE_CIPHERS)
@@ -149,7 +152,7 @@ def listener_context(cfg: TlsListen, base_dir: Path) -> ssl.SSLContext:
         ctx.set_ecdh_curve("prime256v1")
     if not ossl.set_ciphersuites(ctx, INTERMEDIATE_CIPHERSUITES):
         log.warning("TLS: cannot pin TLS 1.3 cipher suites; OpenSSL's configured defaults apply")
-    return ctx
+    return ctx, warnings
 
 
 def upstream_context(ca_file: Path | None) -> ssl.SSLContext:
@@ -212,9 +215,8 @@ def build_tls(config: GatewayConfig, base_dir: Path, source: str, now: float) ->
             # Fail closed: whoever names a client CA means to check client certificates; say how strictly.
             problems.append(f"{source}: field 'listen.tls.client_auth': client_ca is set; say optional or required")
         try:
-            listener = listener_context(tls, base_dir)
-            for name, message in listener_warnings(tls, base_dir, now):
-                warnings.append(f"{source}: field 'listen.tls.{name}': {message}")
+            listener, found = _listener(tls, base_dir, now)
+            warnings += [f"{source}: field 'listen.tls.{name}': {message}" for name, message in found]
         except _Problem as p:
             problems.append(f"{source}: field 'listen.tls.{p.field}': {p.message}")
     upstreams: dict[str | None, ssl.SSLContext] = {}
