@@ -33,9 +33,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("stockade.ratelimit")
 
-LIMITS = Script(files("stockade.ratelimit").joinpath("lua/limits.lua").read_text(encoding="utf-8"))
-LOCKOUTS = Script(files("stockade.ratelimit").joinpath("lua/lockouts.lua").read_text(encoding="utf-8"))
-RENEW = Script(files("stockade.ratelimit").joinpath("lua/renew.lua").read_text(encoding="utf-8"))
+
+def _script(name: str) -> Script:
+    """A script from lua/, after the clock every script shares (lua/clock.lua)."""
+    lua = files("stockade.ratelimit").joinpath("lua")
+    clock, script = (lua.joinpath(f).read_text(encoding="utf-8") for f in ("clock.lua", name))
+    return Script(clock + script)
+
+
+LIMITS = _script("limits.lua")
+LOCKOUTS = _script("lockouts.lua")
+RENEW = _script("renew.lua")
 LOCK_TAG = "{bf}:"  # lockouts share one slot: they are few, and listing them is one SCAN
 
 

@@ -4,13 +4,7 @@
 -- ARGV[2 + 4(i-1) ..]: algorithm, p1, p2, cost for KEYS[i] (see stockade/ratelimit/backend.py).
 -- ARGV[2 + 4n]: the request's token (a concurrency slot's member).
 -- Returns {ok, then per key: allowed, remaining, reset_us, retry_us}. Mirrors memory.py operation by operation.
-local now
-if ARGV[1] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-else
-  now = tonumber(ARGV[1])
-end
+local now = now_us(ARGV[1])  -- clock.lua
 
 local function fmt(x) return string.format('%.0f', x) end
 

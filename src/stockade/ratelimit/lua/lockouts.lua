@@ -4,13 +4,7 @@
 -- check: per key {wait_us, locked, failures}.  fail: ARGV[3 + 6(i-1) ..] = free, lockout_after,
 -- backoff_base_us, backoff_max_us, lockout_us, window_us; per key {failures, wait_us, locked}.
 -- ok: forget an unlocked subject's failures. Mirrors memory.py (MemoryBackend and backoff()).
-local now
-if ARGV[2] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-else
-  now = tonumber(ARGV[2])
-end
+local now = now_us(ARGV[2])  -- clock.lua
 local function fmt(x) return string.format('%.0f', x) end
 local function live(key) -- the record's fields, or nil if there is none (or it is already forgotten)
   local st = redis.call('HMGET', key, 'f', 'u', 'l', 'e')

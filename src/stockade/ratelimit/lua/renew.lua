@@ -3,13 +3,7 @@
 -- ARGV[1]: now in microseconds, or '' for the Redis clock. ARGV[2]: the request's token.
 -- ARGV[2 + i]: the lease of KEYS[i] in microseconds.
 -- ZADD XX only updates a member that is there: a slot already released (or expired) is never added back.
-local now
-if ARGV[1] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-else
-  now = tonumber(ARGV[1])
-end
+local now = now_us(ARGV[1])  -- clock.lua
 local token = ARGV[2]
 for i, key in ipairs(KEYS) do
   local lease = tonumber(ARGV[2 + i])
