@@ -3,15 +3,35 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
+from stockade.observability.decision_log import DecisionLog
 from stockade.testing import TestUpstream
 from tests.conftest import BASIC, GatewayFactory
 
 FIELDS = {"request_id", "route", "principal", "decision", "reason", "stage", "status", "latency_us", "client_ip"}
 SECRETS = ["Bearer eyJhbGciOiJIUzI1NiJ9.c2VjcmV0.c2ln", "stk_live_9f8e7d6c5b4a", "hunter2-password"]
+
+
+def _drain(reader: int, log: DecisionLog) -> bytes:
+    """Read a (non-blocking) pipe until it is empty and the log has nothing more to flush into it."""
+    got = b""
+    while True:
+        try:
+            chunk = os.read(reader, 1 << 20)
+        except BlockingIOError:
+            log.flush()
+            try:
+                chunk = os.read(reader, 1 << 20)
+            except BlockingIOError:
+                break
+        if not chunk:
+            break
+        got += chunk
+    return got
 
 
 def lines(path: Path) -> list[dict[str, object]]:
@@ -65,11 +85,9 @@ def test_credentials_never_reach_the_log(tmp_path: Path, make_gateway: GatewayFa
 def test_a_pipe_whose_reader_stops_never_blocks_the_gateway(tmp_path: Path) -> None:
     """A blocking write to a full stdout pipe froze the event loop, and with it every request and /healthz.
     Lines now wait (bounded) for the reader, and are dropped beyond that, never blocking."""
-    import os
     import threading
 
     from stockade.clock import FakeClock
-    from stockade.observability.decision_log import DecisionLog
     from stockade.testing import make_context
 
     fifo = tmp_path / "log.fifo"
@@ -88,19 +106,7 @@ def test_a_pipe_whose_reader_stops_never_blocks_the_gateway(tmp_path: Path) -> N
     threading.Thread(target=write_many, daemon=True).start()
     assert done.wait(20), "recording blocked on the pipe"
     assert log.dropped > 0  # beyond the pending bound
-    got = b""
-    while True:  # the reader catches up: what was kept goes out, in whole lines
-        try:
-            chunk = os.read(reader, 1 << 20)
-        except BlockingIOError:
-            log.flush()
-            try:
-                chunk = os.read(reader, 1 << 20)
-            except BlockingIOError:
-                break
-        if not chunk:
-            break
-        got += chunk
+    got = _drain(reader, log)  # the reader catches up: what was kept goes out, in whole lines
     os.close(reader)
     log.close()
     lines = got.split(b"\n")
@@ -153,12 +159,10 @@ def test_a_long_line_cannot_block_a_pipe_and_drops_are_counted(tmp_path: Path) -
     1024 characters, `truncated` said), and dropped lines show in the metrics."""
     import array
     import fcntl
-    import os
     import termios
     import threading
 
     from stockade.clock import FakeClock
-    from stockade.observability.decision_log import DecisionLog
     from stockade.observability.metrics import Metrics
     from stockade.testing import make_context
 
@@ -193,15 +197,7 @@ def test_a_long_line_cannot_block_a_pipe_and_drops_are_counted(tmp_path: Path) -
     threading.Thread(target=write, daemon=True).start()
     assert done.wait(20), "a long line blocked on the pipe"
     assert log.dropped > 0 and metrics.events[("decision_log", "dropped")] == log.dropped
-    got = b""
-    while True:
-        try:
-            chunk = os.read(reader, 1 << 20)
-        except BlockingIOError:
-            break
-        if not chunk:
-            break
-        got += chunk
+    got = _drain(reader, log)
     os.close(reader)
     log.close()
     written = [line for line in got.split(b"\n") if line]
@@ -216,7 +212,6 @@ def test_a_long_wide_path_is_cut_but_the_principal_and_a_path_prefix_stay() -> N
     import dataclasses
 
     from stockade.clock import FakeClock
-    from stockade.observability.decision_log import DecisionLog
     from stockade.pipeline.principal import Principal
     from stockade.testing import make_context
 
