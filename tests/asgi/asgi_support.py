@@ -94,6 +94,31 @@ routes:
 """
 
 
+def direct_scope(
+    kind: str = "http", path: str = "/", headers: list[tuple[bytes, bytes]] | None = None, **over: Any
+) -> dict[str, Any]:
+    """A scope as a server would hand the middleware, for tests that call it without a server."""
+    scope: dict[str, Any] = {
+        "type": kind,
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "scheme": "http" if kind == "http" else "ws",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers if headers is not None else [(b"host", b"localhost")],
+        "client": ("192.0.2.1", 5000),
+        "server": ("192.0.2.2", 80),
+    }
+    if kind == "http":
+        scope["method"] = "GET"
+    else:
+        scope["subprotocols"] = []
+    scope.update(over)
+    return scope
+
+
 def config_text(upstream: str | None = None) -> str:
     """The config for the middleware (no upstreams) or, given a URL, for the proxy."""
     return CONFIG.replace("UPSTREAM", f"upstream: {upstream}" if upstream else "")

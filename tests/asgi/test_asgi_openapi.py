@@ -16,7 +16,7 @@ from starlette.routing import Route
 from stockade.asgi import StockadeMiddleware
 from stockade.clock import FakeClock
 from stockade.observability.decision_log import DecisionLog
-from tests.asgi.asgi_support import AsgiServer, raw_request, serving
+from tests.asgi.asgi_support import AsgiServer, direct_scope, raw_request, serving
 
 SPEC = Path(__file__).resolve().parents[1] / "openapi" / "specs" / "petstore.yaml"
 OWNER = "/v1/owners/9b2f3c1e-8d4a-4b6e-9f0a-1c2d3e4f5a6b"
@@ -89,20 +89,9 @@ def test_http2_bodies_are_validated_without_framing_headers(http_version: str) -
     mw = StockadeMiddleware(app, config_text=CONFIG, decision_log=DecisionLog("off", FakeClock()))
 
     async def call(body: bytes) -> int:
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": http_version,
-            "method": "POST",
-            "scheme": "https",
-            "path": "/v1/pets",
-            "raw_path": b"/v1/pets",
-            "query_string": b"",
-            "root_path": "",
-            "headers": [(b"host", b"api.example"), (b"content-type", b"application/json")],
-            "client": ("192.0.2.1", 5000),
-            "server": ("192.0.2.2", 443),
-        }
+        headers = [(b"host", b"api.example"), (b"content-type", b"application/json")]
+        https = {"scheme": "https", "server": ("192.0.2.2", 443)}
+        scope = direct_scope("http", "/v1/pets", headers, http_version=http_version, method="POST", **https)
         pending = [{"type": "http.request", "body": body, "more_body": False}]
 
         async def receive() -> dict[str, Any]:

@@ -11,7 +11,7 @@ import pytest
 from stockade.asgi import StockadeMiddleware
 from stockade.testing import read_responses
 from tests.asgi.asgi_stages import COMPLETED, HANDLER_ENTERED, STALL_ENTERED
-from tests.asgi.asgi_support import Served, problem, request_id_for
+from tests.asgi.asgi_support import Served, direct_scope, problem, request_id_for
 from tests.proxy.helpers import wait_for
 
 # -- responses ----------------------------------------------------------------------------------------------------
@@ -247,20 +247,7 @@ def test_app_header_bytes_survive_a_hook_that_edits_the_head() -> None:
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/x",
-        "raw_path": b"/x",
-        "query_string": b"",
-        "headers": [(b"host", b"localhost")],
-        "client": ("127.0.0.1", 5000),
-        "server": ("127.0.0.1", 80),
-    }
-    asyncio.run(mw(scope, receive, send))
+    asyncio.run(mw(direct_scope("http", "/x"), receive, send))
     headers = dict(sent[0]["headers"])
     assert headers[b"content-disposition"] == disposition
     assert b"server" not in headers and headers[b"x-content-type-options"] == b"nosniff"  # the hook did run

@@ -14,7 +14,7 @@ from stockade.asgi import StockadeMiddleware
 from stockade.clock import FakeClock
 from stockade.observability.decision_log import DecisionLog
 from tests.asgi.asgi_apps import starlette_app
-from tests.asgi.asgi_support import Served, config_text, problem, raw_request, serving
+from tests.asgi.asgi_support import Served, config_text, direct_scope, problem, raw_request, serving
 
 UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13"}
 
@@ -151,20 +151,7 @@ def test_an_accepted_websocket_holds_its_concurrency_slot_until_it_closes() -> N
         mw = StockadeMiddleware(app, config_text=config, decision_log=DecisionLog("off", FakeClock()))
 
         async def session(outcomes: list[str]) -> None:
-            scope = {
-                "type": "websocket",
-                "asgi": {"version": "3.0"},
-                "http_version": "1.1",
-                "scheme": "ws",
-                "path": "/ws",
-                "raw_path": b"/ws",
-                "query_string": b"",
-                "root_path": "",
-                "headers": [(b"host", b"a")],
-                "client": ("192.0.2.1", 5000),
-                "server": ("192.0.2.2", 80),
-                "subprotocols": [],
-            }
+            scope = direct_scope("websocket", "/ws", [(b"host", b"a")])
             pending = [{"type": "websocket.connect"}]
 
             async def receive() -> dict[str, Any]:
