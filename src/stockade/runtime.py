@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import cast
 
 from stockade.config.loader import LoadedConfig, StagePlan
@@ -49,6 +50,7 @@ class Runtime:
     decision_log: str = "stdout"  # stdout | stderr | off | an absolute path (resolved against the config's dir)
     tls: TlsContexts = field(default_factory=TlsContexts)  # listener and upstream contexts, loaded with the config
     path_parameters: bool = False  # limits.path_parameters: ';' allowed in request paths
+    needs: Mapping[str, bool] = field(default_factory=dict)  # backends this config uses (Services.needs): /readyz
 
     @property
     def config(self) -> GatewayConfig:
@@ -60,6 +62,7 @@ def build_runtime(loaded: LoadedConfig, services: Services) -> Runtime:
     config = loaded.config
     services.config = config
     services.base_dir = loaded.base_dir
+    services.needs = {}
     problems: list[str] = []
     instances: dict[int, Stage] = {}
 
@@ -132,6 +135,7 @@ def build_runtime(loaded: LoadedConfig, services: Services) -> Runtime:
         decision_log=log_target,
         tls=tls,
         path_parameters=config.limits.path_parameters,
+        needs=MappingProxyType(dict(services.needs)),
     )
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from stockade.testing import TestUpstream, read_responses
+from tests.ratelimit.redisutil import private_redis
 
 pytestmark = pytest.mark.slow
 
@@ -29,8 +30,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def config(upstream: str, port: int, admin: int, max_bytes: int = 1024, workers: int = 1) -> str:
-    return f"""
+def config(upstream: str, port: int, admin: int, max_bytes: int = 1024, workers: int = 1, head: str = "") -> str:
+    return f"""{head}
 listen: {{host: 127.0.0.1, port: {port}}}
 admin: {{host: 127.0.0.1, port: {admin}}}
 workers: {workers}
@@ -83,10 +84,12 @@ class Served:
 def serve(tmp_path: Path, upstream: TestUpstream) -> Iterator[object]:
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(workers: int = 1, max_bytes: int = 1024, wait: bool = True, cli_workers: int | None = None) -> Served:
+    def start(
+        workers: int = 1, max_bytes: int = 1024, wait: bool = True, cli_workers: int | None = None, head: str = ""
+    ) -> Served:
         port, admin = free_port(), free_port()
         path = tmp_path / "gw.yaml"
-        path.write_text(config(upstream.url, port, admin, max_bytes, workers))
+        path.write_text(config(upstream.url, port, admin, max_bytes, workers, head))
         extra = ["--workers", str(cli_workers)] if cli_workers is not None else []
         proc = subprocess.Popen(
             [STOCKADE, "serve", "--config", str(path), *extra],
@@ -168,6 +171,25 @@ def test_sigterm_drains_in_flight_requests(serve: object, upstream: TestUpstream
     assert gw.proc.wait(20) == 0
     out = gw.proc.stdout.read().decode() if gw.proc.stdout else ""
     assert json.loads(out.strip().splitlines()[-1])["status"] == 200  # the decision log was flushed on exit
+
+
+def test_readyz_of_the_supervisor_checks_the_backends_of_the_config(serve: object, tmp_path: Path) -> None:
+    with private_redis(tmp_path) as redis:
+        gw: Served = serve(workers=2, head=f'limits_storage: "{redis.url}"')  # type: ignore[operator]
+        assert json.loads(gw.admin_get("/readyz")[1]) == {"status": "ready", "checks": {"workers": "ok"}}
+        # A reload that adds a rate limit makes the supervisor's /readyz depend on Redis: the limit fails closed.
+        limit = '      - use: rate_limit\n        config: {limits: [{rate: "9/second", key: ip}]}\n'
+        text = gw.path.read_text().replace("      - use: anonymous\n", "      - use: anonymous\n" + limit)
+        gw.path.write_text(text)
+        gw.proc.send_signal(signal.SIGHUP)
+        until(lambda: json.loads(gw.admin_get("/readyz")[1])["checks"] == {"workers": "ok", "limits": "ok"})
+        redis.stop()
+        until(lambda: gw.admin_get("/readyz")[0] == 503)
+        assert json.loads(gw.admin_get("/readyz")[1])["checks"] == {"workers": "ok", "limits": "unreachable"}
+        assert gw.admin_get("/healthz")[0] == 200
+        assert gw.get("/api/x")[0] == 503
+        redis.start()
+        until(lambda: gw.admin_get("/readyz")[0] == 200)
 
 
 def test_two_workers_share_the_port_and_reload_together(serve: object, upstream: TestUpstream) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import ipaddress
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from stockade.admin.ready import Readiness
 from stockade.observability.metrics import Snapshot, SnapshotCollector
 from stockade.pipeline.render import PROBLEM_TYPE, problem_body
 
@@ -49,11 +50,12 @@ class AdminEndpoint:
 
 @dataclass
 class AdminState:
-    """What the admin app reads: a metrics snapshot source, a readiness check, and shared services."""
+    """What the admin app reads: a metrics snapshot source, readiness, and shared services."""
 
     snapshot: Callable[[], Snapshot]
-    ready: Callable[[], bool]
+    ready: Callable[[], bool]  # serving: workers up, not draining
     services: Any = None  # stockade.pipeline.stage.Services of this process (stores live in services.shared)
+    needs: Callable[[], Mapping[str, bool]] = dict  # the current config's backends (Runtime.needs), for /readyz
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -115,10 +117,13 @@ def admin_app(state: AdminState) -> Starlette:
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    readiness = Readiness(state.ready, state.needs, state.services)
+
     async def readyz(request: Request) -> Response:
-        if state.ready():
-            return JSONResponse({"status": "ready"})
-        return JSONResponse({"status": "not ready"}, status_code=503)
+        ready, checks = await readiness.check()
+        if ready:
+            return JSONResponse({"status": "ready", "checks": checks})
+        return JSONResponse({"status": "not ready", "checks": checks}, status_code=503)
 
     routes = [Route("/metrics", metrics), Route("/healthz", healthz), Route("/readyz", readyz)]
     endpoints: list[AdminEndpoint] = []

@@ -100,6 +100,13 @@ class Services:
     shared: dict[str, Any] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=lambda: _new_metrics())  # this process's counters (Metrics.event)
     closed: bool = False
+    # The backends the config being built relies on ("store", "limits"), each True if some user fails closed
+    # without it: what /readyz checks. build_runtime starts each build with an empty one and keeps it.
+    needs: dict[str, bool] = field(default_factory=dict)
+
+    def need(self, backend: str, *, required: bool = True) -> None:
+        """Record that the config being built uses `backend` (and fails closed without it, if `required`)."""
+        self.needs[backend] = self.needs.get(backend, False) or required
 
     async def close(self) -> None:
         """Release what features keep in `shared` (flush buffers, stop background tasks, close stores): every

@@ -97,7 +97,9 @@ async def serve_single(path: str, loaded: LoadedConfig, env: Mapping[str, str] |
     admin = None
     if cfg.admin.enabled:
         admin = AdminServer(
-            admin_app(AdminState(server.metrics.snapshot, lambda: server.ready, services)),
+            admin_app(
+                AdminState(server.metrics.snapshot, lambda: server.ready, services, lambda: server.runtime.needs)
+            ),
             cfg.admin.host,
             cfg.admin.port,
         )

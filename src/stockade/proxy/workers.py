@@ -141,6 +141,7 @@ class Supervisor:
         self.stopping = False
         self.admin: AdminServer | None = None
         self.reloads: dict[str, int] = {"ok": 0, "error": 0}
+        self.needs: Mapping[str, bool] = {}  # the backends the workers' config uses (Runtime.needs): /readyz
         # The admin API's store and secrets (the supervisor runs no pipeline, so nothing else uses these).
         self.services = Services(clock=SYSTEM_CLOCK, workers=workers, config=loaded.config, base_dir=loaded.base_dir)
 
@@ -165,14 +166,14 @@ class Supervisor:
         # Refuse to start (not to crash-loop workers) with a pepper or KEK other than the store's: built as
         # `config check` builds it to learn whether the routes use the store at all.
         probe = Services(clock=SYSTEM_CLOCK, workers=self.n, dry_run=True)
-        build_runtime(self.loaded, probe)
+        self.needs = build_runtime(self.loaded, probe).needs
         if STORE_KEY in probe.shared:
             shared_store(self.services)
             await verify_store_secrets(self.services)
         for w in self.workers:
             await self._spawn(w)
         if cfg.admin.enabled:
-            state = AdminState(self.snapshot, self.ready, self.services)
+            state = AdminState(self.snapshot, self.ready, self.services, lambda: self.needs)
             self.admin = AdminServer(admin_app(state), cfg.admin.host, cfg.admin.port)
             await self.admin.start()
         log.info(
@@ -227,7 +228,7 @@ class Supervisor:
             # (a spec or key file, the decision log's target) is refused before any worker sees it - and never
             # becomes the text a restarted worker is given.
             try:
-                build_runtime(new, Services(clock=SYSTEM_CLOCK, workers=self.n, dry_run=True))
+                needs = build_runtime(new, Services(clock=SYSTEM_CLOCK, workers=self.n, dry_run=True)).needs
             except ConfigError as exc:
                 problems, new = exc.problems, None
         if new is None:
@@ -236,6 +237,7 @@ class Supervisor:
                 log.error("reload refused, configuration unchanged: %s", problem)
             return
         self.loaded = new
+        self.needs = needs
         self.reloads["ok"] += 1
         for w in self.workers:
             if w.writer is not None:

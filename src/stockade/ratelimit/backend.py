@@ -85,6 +85,7 @@ class LimiterBackend(Protocol):
     async def lockouts(self) -> list[Lockout]: ...
     async def clear(self, subject: str | None) -> int: ...
     async def aclose(self) -> None: ...
+    async def ping(self) -> None: ...  # raises LimiterUnavailableError when the backend is unreachable
 
 
 def storage_problems(url: str, workers: int) -> list[str]:
@@ -123,8 +124,10 @@ def backend_from_url(url: str, services: Services) -> LimiterBackend:
     raise ValueError(f"limits_storage {mask_url(url)!r}: unsupported scheme {scheme!r}")
 
 
-def limits_backend(services: Services) -> LimiterBackend:
-    """The process's one backend, created on first use from `limits_storage` (every route shares it)."""
+def limits_backend(services: Services, *, required: bool = True) -> LimiterBackend:
+    """The process's one backend, created on first use from `limits_storage` (every route shares it).
+    `required`: the caller fails closed without it (not a `fail_open` stage), so /readyz depends on it."""
+    services.need("limits", required=required)
     url = services.config.limits_storage if services.config is not None else "memory://"
     current: LimiterBackend | None = services.shared.get(SHARED_KEY)
     if current is not None and current.url == url:  # a reload cannot change the URL; a test harness may

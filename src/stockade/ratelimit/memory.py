@@ -223,6 +223,9 @@ class MemoryBackend:
                 if held is not None and token in held:  # released or expired slots stay gone
                     held[token] = now + lease
 
+    async def ping(self) -> None:
+        return None
+
     async def aclose(self) -> None:
         self.leases.close()
 

@@ -188,6 +188,9 @@ class RedisBackend:
         for token, slots in batch:  # one script per request: its keys share a hash tag, other requests' may not
             await self._run(RENEW, [key for key, _ in slots], [self._now(), token, *(lease for _, lease in slots)])
 
+    async def ping(self) -> None:
+        await self._call("PING")
+
     async def aclose(self) -> None:
         self.leases.close()
         await self.client.close()

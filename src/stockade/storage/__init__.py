@@ -91,6 +91,7 @@ def storage_from_url(url: str, *, base_dir: Path | None = None) -> Store:
 
 def shared_store(services: Services) -> Store:
     """The process's store (`services.shared["store"]`), created on first use from `services.config.storage`."""
+    services.need("store")
     store = services.shared.get(SHARED_KEY)
     if store is None:
         if services.config is None:

@@ -69,7 +69,7 @@ class RateLimit:
     Config: ClassVar[type[StageConfig]] = RateLimitConfig
 
     def __init__(self, config: RateLimitConfig, env: StageEnv) -> None:
-        self._backend = limits_backend(env.services)
+        self._backend = limits_backend(env.services, required=not env.fail_open)
         self._clock = env.clock
         self._metrics = env.services.metrics
         self._fail_open = env.fail_open
