@@ -172,8 +172,12 @@ class UpstreamConnection(asyncio.Protocol):
             if self.decode:
                 first = b"".join(self.decoded)
                 self.decoded = []
+            elif self.head_only:
+                first = b""
+                if rest:  # a body after a HEAD response: a later read of it would answer the next request
+                    self.reusable = False
             else:
-                first = b"" if self.head_only else rest
+                first = rest
             # The head and the body bytes that came with it go to the client in one write (one syscall).
             user.upstream_head(head, self.status, first)
         elif self.decode:
