@@ -4,12 +4,13 @@ the login-route mode counting upstream 401/403 per username, and lockouts shared
 from __future__ import annotations
 
 import asyncio
+import gzip
 
 import orjson
 import pytest
 
 from stockade.ratelimit.backend import SHARED_KEY, LimiterBackend
-from stockade.stages.ratelimit.brute_force import hash_username, username
+from stockade.stages.ratelimit.brute_force import UnreadableLoginError, hash_username, username
 from stockade.testing import Reply, TestGateway, gateway_with_upstream
 from tests.ratelimit.redisutil import fresh_redis_url
 
@@ -143,24 +144,128 @@ def test_login_route_403_counts_and_success_resets() -> None:
         assert login(gw, "carol@example.com")[0] == 403
 
 
+BAD = UnreadableLoginError  # the expected "result" of a body the gateway must refuse (400 brute_force.bad_login)
+
+
 @pytest.mark.parametrize(
     ("body", "ctype", "field", "expected"),
     [
         (b'{"username": "ann"}', "application/json", "username", "ann"),
         (b'{"user": {"email": "a@b"}}', "application/json; charset=utf-8", "user.email", "a@b"),
-        (b'{"username": 5}', "application/json", "username", None),
+        (b'{"username": 5}', "application/json", "username", BAD),  # an upstream may take it as "5"
+        (b'{"username": ["ann"]}', "application/json", "username", BAD),
+        (b'{"username": null}', "application/json", "username", None),
         (b'{"username": "  "}', "application/json", "username", None),
-        (b"not json", "application/json", "username", None),
+        (b"not json", "application/json", "username", BAD),
+        (b'\xef\xbb\xbf{"username": "ann"}', "application/json", "username", BAD),  # BOM: Python's json reads it
+        ('{"username": "ann"}'.encode("utf-16"), "application/json", "username", BAD),  # so does json.loads(bytes)
         (b"[1, 2]", "application/json", "username", None),
         (b"username=ann&password=x", "application/x-www-form-urlencoded", "username", "ann"),
         (b"password=x", "application/x-www-form-urlencoded", "username", None),
+        (b"username=decoy&username=ann", "application/x-www-form-urlencoded", "username", BAD),  # Django: last
+        (b"username=&username=ann", "application/x-www-form-urlencoded", "username", BAD),
+        (b"username=%ff", "application/x-www-form-urlencoded", "username", BAD),
+        (b"username=\xffann", "application/x-www-form-urlencoded", "username", BAD),
         (b'{"username": "ann"}', "text/plain", "username", None),
-        (b'{"username": "' + b"a" * 600 + b'"}', "application/json", "username", None),
+        (b'{"username": "' + b"a" * 600 + b'"}', "application/json", "username", BAD),
+        (b'{"username": "' + b" " * 600 + b'ann"}', "application/json", "username", "ann"),  # trimmed, then measured
     ],
-    ids=["json", "nested", "number", "blank", "bad-json", "array", "form", "form-missing", "other-type", "too-long"],
+    ids=[
+        "json",
+        "nested",
+        "number",
+        "list",
+        "null",
+        "blank",
+        "bad-json",
+        "bom",
+        "utf-16",
+        "array",
+        "form",
+        "form-missing",
+        "form-repeated",
+        "form-repeated-blank",
+        "form-bad-percent-utf8",
+        "form-raw-bad-utf8",
+        "other-type",
+        "too-long",
+        "padded",
+    ],
 )
-def test_username_extraction(body: bytes, ctype: str, field: str, expected: str | None) -> None:
-    assert username(body, ctype, field) == expected
+def test_username_extraction(body: bytes, ctype: str, field: str, expected: str | type[Exception] | None) -> None:
+    if expected is BAD:
+        with pytest.raises(UnreadableLoginError):
+            username(body, ctype, field)
+    else:
+        assert username(body, ctype, field) == expected
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        "Victim",
+        " victim ",
+        "VICTIM",
+        "\uff56ictim",  # fullwidth v
+        "\U0001d42fictim",  # mathematical bold v
+        "v\u0131ctim".replace("\u0131", "i"),  # control: plain
+        "\u1d5bictim".replace("\u1d5b", "v"),  # control: plain
+        "victim\u3000",  # ideographic space
+    ],
+)
+def test_username_variants_are_one_identity(variant: str) -> None:
+    assert hash_username(variant) == hash_username("victim")
+
+
+def test_different_usernames_stay_different() -> None:
+    assert len({hash_username(n) for n in ["victim", "victim2", "vict im", "victim.", "v1ctim"]}) == 5
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "query", "status", "reason"),
+    [
+        (
+            {"Content-Type": "application/x-www-form-urlencoded"},
+            b"user.email=decoy&user.email=ann@x",
+            "",
+            400,
+            "bad_login",
+        ),
+        ({"Content-Type": "application/json"}, '{"user": {"email": "ann@x"}}'.encode("utf-16"), "", 400, "bad_login"),
+        ({"Content-Type": "application/json"}, b'\xef\xbb\xbf{"user": {"email": "ann@x"}}', "", 400, "bad_login"),
+        ({"Content-Type": "application/json"}, b'{"user": {"email": 7}}', "", 400, "bad_login"),
+        ({"Content-Type": "application/json"}, b'{"password": "x"}', "user.email=ann@x", 400, "bad_login"),
+        (
+            {"Content-Type": "application/json", "Content-Encoding": "gzip"},
+            gzip.compress(b'{"user": {"email": "ann@x"}}'),
+            "",
+            415,
+            "unsupported_body",
+        ),
+    ],
+    ids=["form-repeated", "utf-16", "bom", "not-a-string", "in-the-query", "compressed"],
+)
+def test_login_requests_the_gateway_cannot_read_a_username_from_are_refused(
+    headers: dict[str, str], body: bytes, query: str, status: int, reason: str
+) -> None:
+    """Each reached the upstream uncounted: a locked account was reachable by changing how the name is sent."""
+    with gateway_with_upstream(LOGIN) as (gw, up):
+        path = "/login?" + query if query else "/login"
+        got, _, raw = gw.request("POST", path, headers=headers, body=body)
+        assert (got, orjson.loads(raw)["reason"]) == (status, "brute_force." + reason)
+        assert up.received == []
+
+
+def test_a_locked_account_stays_locked_under_another_spelling() -> None:
+    with gateway_with_upstream(LOGIN) as (gw, up):
+        up.reply("/login", Reply(401))
+        for _ in range(3):
+            login(gw, "victim@example.com")
+            gw.advance(10)
+        assert login(gw, "victim@example.com") == (429, "auth.locked_out")
+        for spelling in ["\uff56ictim@example.com", "\U0001d42fICTIM@example.com", "victim@example.com" + " " * 600]:
+            assert login(gw, spelling) == (429, "auth.locked_out")
+            assert login(gw, spelling, form=True) == (429, "auth.locked_out")
 
 
 def test_login_body_is_bounded() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import unicodedata
 from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 from urllib.parse import parse_qs
@@ -105,16 +106,25 @@ class BruteForce:
             subjects.append(ip := f"ip:{self._group(ctx.client_ip)}")
             ctx.state[IP] = ip
         if self._login is not None and self._id_rule is not None:
+            # Every way the upstream might read a username the gateway cannot read the same way is refused: each
+            # would reach a locked account uncounted (a botnet's only limit is the per-username one).
+            field = self._login.username_field
+            if ctx.query and field in ctx.query_params:  # Flask's request.values, say, merges the query in
+                return Deny(400, "brute_force.bad_login", detail=f"{field} in the query string of a login request")
             body = await ctx.read_body()
-            content_type = ctx.headers.get("content-type")
-            if body.strip() and not readable_login(content_type):
-                # The username cannot be found in it, but the upstream may read one (multipart, JSON sent as
-                # text/plain or without a type): a locked account must not be reachable that way.
-                return Deny(415, "brute_force.unsupported_body", detail="login bodies are JSON or form-encoded")
-            name = username(body, content_type, self._login.username_field)
-            if name is not None:
-                subjects.append(user := f"user:{hash_username(name)}")
-                ctx.state[USER] = user
+            if body.strip():
+                content_type = ctx.headers.get("content-type")
+                if not readable_login(content_type) or ctx.headers.get("content-encoding", "identity") != "identity":
+                    # Multipart, JSON sent as text/plain or without a type, a compressed body: the upstream may
+                    # read a username in it.
+                    return Deny(415, "brute_force.unsupported_body", detail="login bodies are JSON or form-encoded")
+                try:
+                    name = username(body, content_type, field)
+                except UnreadableLoginError as exc:
+                    return Deny(400, "brute_force.bad_login", detail=str(exc))
+                if name is not None:
+                    subjects.append(user := f"user:{hash_username(name)}")
+                    ctx.state[USER] = user
         return await self._refuse(ctx, subjects) or CONTINUE
 
     async def after_authenticate(self, ctx: RequestContext) -> Deny | None:
@@ -196,8 +206,11 @@ class BruteForce:
 
 
 def hash_username(name: str) -> str:
-    """The stored form of a username: normalised (case and surrounding space do not make a new identity)."""
-    return hashlib.sha256(b"stockade-login:" + name.strip().casefold().encode("utf-8")).hexdigest()[:32]
+    """The stored form of a username: normalised, so case, surrounding space and compatibility forms
+    (fullwidth or mathematical letters, which Django's NFKC and most identity stores fold) do not make a new
+    identity."""
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold()).strip()
+    return hashlib.sha256(b"stockade-login:" + folded.encode("utf-8")).hexdigest()[:32]
 
 
 def _login_format(content_type: str | None) -> str | None:
@@ -215,23 +228,45 @@ def readable_login(content_type: str | None) -> bool:
     return _login_format(content_type) is not None
 
 
+class UnreadableLoginError(ValueError):
+    """A login body the gateway cannot read a username from the way an upstream would: refused, not passed."""
+
+
+MAX_USERNAME = 512
+
+
 def username(body: bytes, content_type: str | None, field: str) -> str | None:
-    """The username a login request presents, from a JSON object (dotted path) or a form; None if absent."""
+    """The username a login request presents, from a JSON object (dotted path) or a form; None if absent.
+
+    Raises UnreadableLoginError where an upstream could read one the gateway does not: JSON that is not UTF-8
+    (a BOM, UTF-16), a repeated form field (Django takes the last, others the first), a form that is not
+    UTF-8, a username that is not a string or is over MAX_USERNAME characters."""
     kind = _login_format(content_type)
     value: object = None
     if kind == "form":
-        values = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=False).get(field)
+        try:
+            fields = parse_qs(body.decode("utf-8"), keep_blank_values=True, errors="strict")
+        except UnicodeDecodeError:
+            raise UnreadableLoginError("login form is not UTF-8") from None
+        values = fields.get(field)
+        if values is not None and len(values) > 1:
+            raise UnreadableLoginError(f"{field} repeated in the login form")
         value = values[0] if values else None
     elif kind == "json":
         try:
             value = orjson.loads(body)
         except orjson.JSONDecodeError:
-            return None
+            raise UnreadableLoginError("login body is not JSON in UTF-8") from None
         for part in field.split("."):
             value = value.get(part) if isinstance(value, dict) else None
-    if not isinstance(value, str) or not value.strip() or len(value) > 512:
+    if value is None:
         return None
-    return value
+    if not isinstance(value, str):
+        raise UnreadableLoginError(f"{field} is not a string")
+    value = value.strip()
+    if len(value) > MAX_USERNAME:
+        raise UnreadableLoginError(f"{field} is longer than {MAX_USERNAME} characters")
+    return value or None
 
 
 _: type[Stage] = BruteForce
