@@ -87,6 +87,23 @@ BROKEN = [
     ),
     ("bad-method", GOOD.replace("[GET, POST]", "[GET, FETCH]"), ["field 'match.methods'", "FETCH"]),
     ("bad-template", GOOD.replace('"/api/**"', '"/api/**/x"'), ["routes", "only as the last segment"]),
+    *(
+        (
+            f"host-{name}",
+            GOOD.replace("methods: [GET, POST]", f"methods: [GET, POST], host: '{host}'"),
+            [
+                "field 'match.host'",
+                message,
+            ],
+        )
+        for name, host, message in [
+            ("with-port", "admin.example.com:8443", "without a port"),
+            ("url", "https://secure.example.com", "not a URL"),
+            ("inner-wildcard", "a.*.example.com", "only as a prefix"),
+            ("bare-wildcard", "*", "only as a prefix"),
+            ("empty-label", "a..example.com", "not a host name"),
+        ]
+    ),
     ("bad-route-id", GOOD.replace("id: items", "id: 'has space'"), ["routes[0]", "field 'id'"]),
     (
         "fail-open-on-authn",
@@ -150,6 +167,23 @@ def test_broken_config_names_where(text: str, fragments: list[str]) -> None:
     for fragment in fragments:
         assert fragment in joined, f"{fragment!r} not in:\n{joined}"
     assert all(p.startswith("gw.yaml") for p in found)
+
+
+@pytest.mark.parametrize(
+    ("written", "compared"),
+    [
+        ("Admin.Example.COM.", "admin.example.com"),
+        ("*.Internal.example.com.", "*.internal.example.com"),
+        ("[::1]", "::1"),
+        ("bücher.example.com", "xn--bcher-kva.example.com"),
+        ("api_1.compose", "api_1.compose"),
+    ],
+)
+def test_host_patterns_are_stored_as_requests_are_compared(written: str, compared: str) -> None:
+    """Each of these used to load as written and then match no Host header: every request went to the any-host
+    routes (fail open)."""
+    loaded = load_config_text(GOOD.replace("methods: [GET, POST]", f"methods: [GET, POST], host: '{written}'"), env={})
+    assert loaded.config.routes[0].match.host == [compared]
 
 
 def test_every_problem_is_reported_in_one_run() -> None:

@@ -28,7 +28,12 @@ CASES = [
     ("backtrack-to-param", "a", "/books/new/reviews/7", "GET", ("reviews", {"id": "new", "rid": "7"})),
     ("two-params", "a", "/books/1/reviews/2", "PATCH", ("reviews", {"id": "1", "rid": "2"})),
     ("collection", "a", "/books", "POST", ("books", {})),
-    ("trailing-slash-is-distinct", "a", "/books/", "GET", NoRoute(404)),
+    ("trailing-slash-is-the-leafs", "a", "/books/", "POST", ("books", {})),
+    ("trailing-slash-after-param", "a", "/books/42/", "GET", ("book", {"id": "42"})),
+    ("trailing-slash-leaf-owns-method", "a", "/books/", "PUT", NoRoute(405, ("GET", "HEAD", "POST"))),
+    ("static-owns-its-path", "a", "/books/new", "DELETE", NoRoute(405, ("GET", "HEAD"))),
+    ("unknown-method-owned", "a", "/books/42", "PROPFIND", NoRoute(405, ("DELETE", "GET", "HEAD"))),
+    ("unknown-method-any-route", "a", "/api/x", "PROPFIND", ("api", {})),
     ("empty-param-refused", "a", "/books//reviews/1", "GET", NoRoute(404)),
     ("tail-matches-base", "a", "/api", "GET", ("api", {})),
     ("tail-matches-slash", "a", "/api/", "GET", ("api", {})),
@@ -50,6 +55,39 @@ CASES = [
 @pytest.mark.parametrize(("host", "path", "method", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_router_match(host: str, path: str, method: str, expected: object) -> None:
     assert Router(ROUTES).match(host, path, method) == expected
+
+
+GUARDED = [
+    RouteSpec("admin-read", "/admin/**", frozenset({"GET"})),
+    RouteSpec("admin-write", "/admin/**", frozenset({"POST", "PUT", "DELETE"})),
+    RouteSpec("secret", "/secret", frozenset({"GET"})),
+    RouteSpec("me", "/users/me", frozenset({"GET"})),
+    RouteSpec("user", "/users/{id}"),
+    RouteSpec("docs", "/docs"),
+    RouteSpec("docs-tree", "/docs/**", frozenset({"GET"})),
+    RouteSpec("public", "/**"),
+]
+GUARDED_CASES = [
+    # A broader route never gets a method the route that owns the path leaves out.
+    ("patch-under-guard", "/admin/users/1", "PATCH", NoRoute(405, ("DELETE", "GET", "HEAD", "POST", "PUT"))),
+    ("webdav-under-guard", "/admin", "PROPFIND", NoRoute(405, ("DELETE", "GET", "HEAD", "POST", "PUT"))),
+    ("guard-allows", "/admin/users/1", "DELETE", ("admin-write", {})),
+    ("static-over-param", "/users/me", "DELETE", NoRoute(405, ("GET", "HEAD"))),
+    ("param-elsewhere", "/users/7", "DELETE", ("user", {"id": "7"})),
+    ("leaf-trailing-slash", "/secret/", "GET", ("secret", {})),
+    ("leaf-trailing-slash-method", "/secret/", "POST", NoRoute(405, ("GET", "HEAD"))),
+    ("leaf-over-own-tail-exact", "/docs", "POST", ("docs", {})),
+    ("own-tail-takes-slash", "/docs/", "POST", NoRoute(405, ("GET", "HEAD"))),
+    ("deeper-path-is-public", "/secret/x", "POST", ("public", {})),
+    ("elsewhere-public", "/other", "PATCH", ("public", {})),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "expected"), [c[1:] for c in GUARDED_CASES], ids=[c[0] for c in GUARDED_CASES]
+)
+def test_the_route_that_owns_a_path_owns_all_its_methods(path: str, method: str, expected: object) -> None:
+    assert Router(GUARDED).match("a", path, method) == expected
 
 
 BAD = [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -138,6 +140,39 @@ class HandlerEntry(Strict):
     config: dict[str, Any] = Field(default_factory=dict)
 
 
+# The methods llhttp parses in HTTP mode (it refuses every other token), less CONNECT.
+HTTP_METHODS = frozenset(
+    "GET HEAD POST PUT PATCH DELETE OPTIONS TRACE COPY LOCK MKCOL MOVE PROPFIND PROPPATCH SEARCH UNLOCK BIND "
+    "REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY SUBSCRIBE UNSUBSCRIBE PURGE MKCALENDAR "
+    "LINK UNLINK SOURCE QUERY".split()
+)
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_HOST_NAME = re.compile(rf"(?:\*\.)?(?:{_LABEL}\.)*{_LABEL}")
+
+
+def _host_pattern(text: str) -> str:
+    """A `match.host` entry in the form requests are compared in (lower-case, no trailing dot, IDN as punycode,
+    IPv6 without brackets), or ValueError: a pattern no Host header can equal would fail open, every request
+    going to the any-host routes."""
+    host = text.strip().lower().rstrip(".")
+    if "://" in host or "/" in host:
+        raise ValueError(f"host {text!r}: a host name, not a URL")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if ":" in host:
+        try:
+            return str(ipaddress.IPv6Address(host))
+        except ValueError:
+            raise ValueError(f"host {text!r}: a host name without a port (routes match every port)") from None
+    try:
+        host = host.encode("idna").decode("ascii") if not host.isascii() else host
+    except UnicodeError:
+        raise ValueError(f"host {text!r}: not a valid international domain name") from None
+    if not _HOST_NAME.fullmatch(host):
+        raise ValueError(f"host {text!r}: not a host name (letters, digits, '-', '_'; '*.' only as a prefix)")
+    return host
+
+
 class Match(Strict):
     path: str
     methods: list[str] | None = None
@@ -148,14 +183,20 @@ class Match(Strict):
     def _methods(cls, v: list[str] | None) -> list[str] | None:
         if v is None:
             return None
-        allowed = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+        # Any method the parser accepts may be named (WebDAV's PROPFIND, PURGE, QUERY...): a route must be able to
+        # claim every method its upstream serves. CONNECT is refused before routing (405).
         out = [m.upper() for m in v]
-        bad = [m for m in out if m not in allowed]
+        bad = [m for m in out if m not in HTTP_METHODS]
         if bad:
-            raise ValueError(f"unsupported method(s) {bad}; allowed: {sorted(allowed)}")
+            raise ValueError(f"unsupported method(s) {bad}; allowed: {' '.join(sorted(HTTP_METHODS))}")
         if not out:
             raise ValueError("methods must not be empty (omit it to allow every method)")
         return out
+
+    @field_validator("host")
+    @classmethod
+    def _hosts(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else [_host_pattern(h) for h in v]
 
     def hosts(self) -> tuple[str, ...] | None:
         return tuple(self.host) if self.host else None

@@ -137,6 +137,8 @@ class _Trie:
         allow: list[tuple[str, ...]] = []
         values: list[str] = []
         found = _walk(self.root, segs, 0, values, method, allow)
+        if found is _OWNED:
+            return NoRoute(405, allow[0])
         if found is not None:
             route_id, names = found
             if not names or names == _TAIL_ONLY:
@@ -147,10 +149,17 @@ class _Trie:
         return None
 
 
-def _take(endpoint: _Endpoint, method: str, allow: list[tuple[str, ...]]) -> tuple[str, tuple[str, ...]] | None:
+# The first endpoint (in precedence order) whose template matches the path owns it: a method it does not allow is
+# 405, never handed to a broader route. Otherwise `PATCH /admin/x` went to a `/**` route that allows PATCH while
+# `/admin/**` (GET only) meant to guard every method of it - the guard held only if its method list was complete.
+_OWNED = ("", ())  # the walk's answer when the owner refused the method (its Allow is in `allow`)
+
+
+def _take(endpoint: _Endpoint, method: str, allow: list[tuple[str, ...]]) -> tuple[str, tuple[str, ...]]:
     hit = endpoint.by_method.get(method) or endpoint.any
-    if hit is None and not allow:
+    if hit is None:
         allow.append(endpoint.allow())
+        return _OWNED
     return hit
 
 
@@ -158,24 +167,28 @@ def _walk(
     node: _Node, segs: list[str], i: int, values: list[str], method: str, allow: list[tuple[str, ...]]
 ) -> tuple[str, tuple[str, ...]] | None:
     if i == len(segs):
-        if node.leaf is not None and (hit := _take(node.leaf, method, allow)):
-            return hit
-        if node.tail is not None and (hit := _take(node.tail, method, allow)):
+        if node.leaf is not None:
+            return _take(node.leaf, method, allow)
+        if node.tail is not None:
             values.append("")
-            return hit
+            return _take(node.tail, method, allow)
         return None
     seg = segs[i]
     child = node.static.get(seg)
     if child is not None and (hit := _walk(child, segs, i + 1, values, method, allow)):
         return hit
+    if not seg and i == len(segs) - 1 and node.leaf is not None and node.tail is None:
+        # `/secret/` is `/secret`'s (Express, Spring MVC < 6 and ASP.NET serve it so), unless a route names it or
+        # `/secret/**` covers it: a broader `/**` route must not get it.
+        return _take(node.leaf, method, allow)
     if node.param is not None and seg:
         values.append(seg)
         if hit := _walk(node.param, segs, i + 1, values, method, allow):
             return hit
         values.pop()
-    if node.tail is not None and (hit := _take(node.tail, method, allow)):
+    if node.tail is not None:
         values.append("/".join(segs[i:]))
-        return hit
+        return _take(node.tail, method, allow)
     return None
 
 
