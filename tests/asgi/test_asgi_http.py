@@ -229,13 +229,12 @@ def test_request_head_checks(
         assert problem(body)["reason"] == reason
 
 
-def test_method_overrides_never_reach_the_app(served: Served) -> None:
-    status, _, body = served.request(
-        "GET", "/public/items", headers={"X-HTTP-Method-Override": "DELETE", "X-Method-Override": "PUT"}
-    )
+def test_method_and_url_overrides_never_reach_the_app(served: Served) -> None:
+    sent = {"X-HTTP-Method-Override": "DELETE", "X-Method-Override": "PUT", "X-Original-URL": "/admin/x"}
+    status, _, body = served.request("GET", "/public/items", headers={**sent, "X_Rewrite_URL": "/admin/x"})
     assert status == 200
     headers = app_saw(body)["headers"]
-    assert "x-http-method-override" not in headers and "x-method-override" not in headers
+    assert not {"x-http-method-override", "x-method-override", "x-original-url", "x_rewrite_url"} & set(headers)
 
 
 ROOTED = """

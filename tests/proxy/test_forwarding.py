@@ -50,6 +50,11 @@ REQUEST_HOP_BY_HOP = [
     ("method-override-short", {"X-HTTP-Method": "DELETE"}, "x-http-method"),
     ("method-override-other", {"X-Method-Override": "PUT"}, "x-method-override"),
     ("method-override-underscore", {"X_HTTP_Method_Override": "DELETE"}, "x_http_method_override"),
+    # a GET /public that URL-override handling (older Symfony/Zend, IIS URL Rewrite) would serve as /admin
+    ("url-override", {"X-Original-URL": "/admin/x"}, "x-original-url"),
+    ("url-override-rewrite", {"X-Rewrite-URL": "/admin/x"}, "x-rewrite-url"),
+    ("url-override-uri", {"X-Original-URI": "/admin/x"}, "x-original-uri"),
+    ("url-override-underscore", {"X_Original_URL": "/admin/x"}, "x_original_url"),
     ("expect", {"Expect": "100-continue"}, "expect"),
 ]
 

@@ -24,10 +24,20 @@ def is_identity_header(lower_name: bytes) -> bool:
     return lower_name.startswith(IDENTITY_PREFIX_BYTES)
 
 
-# Method overrides (X-HTTP-Method-Override: DELETE on a GET): routes and policies are chosen by the request's
-# method, so a request a framework's override middleware runs as another method would pass as the one it
-# claims. Never forwarded, on either front.
-METHOD_OVERRIDES = frozenset({b"x-http-method-override", b"x-http-method", b"x-method-override"})
+# Overrides of what the request is: method overrides (X-HTTP-Method-Override: DELETE on a GET) and URL overrides
+# (X-Original-URL: /admin on a GET /public, which older Symfony/Zend and IIS URL Rewrite route by). Routes and
+# policies are chosen by the request's own method and path, so a request an application runs as another would
+# pass as the one it claims. Never forwarded, on either front.
+OVERRIDE_HEADERS = frozenset(
+    {
+        b"x-http-method-override",
+        b"x-http-method",
+        b"x-method-override",
+        b"x-original-url",
+        b"x-rewrite-url",
+        b"x-original-uri",
+    }
+)
 
 # Forwarding metadata: kept only from a trusted proxy (the proxy rebuilds X-Forwarded-For/-Proto/-Host).
 FORWARDING_HEADERS = frozenset(
@@ -44,7 +54,7 @@ FORWARDING_HEADERS = frozenset(
 
 # Request headers the gateway itself sets or rebuilds (besides the identity headers).
 _OWNED = frozenset(
-    {b"host", b"content-length", b"transfer-encoding", REQUEST_ID, *FORWARDING_HEADERS, *METHOD_OVERRIDES}
+    {b"host", b"content-length", b"transfer-encoding", REQUEST_ID, *FORWARDING_HEADERS, *OVERRIDE_HEADERS}
 )
 
 
@@ -94,7 +104,7 @@ def forwarded_headers(
     out: list[tuple[bytes, bytes]] = []
     for name, value in raw:
         lname = name.lower()
-        if is_identity_header(lname) or lname == REQUEST_ID or lname in METHOD_OVERRIDES or is_underscore_alias(lname):
+        if is_identity_header(lname) or lname == REQUEST_ID or lname in OVERRIDE_HEADERS or is_underscore_alias(lname):
             continue
         if (lname in FORWARDING_HEADERS and not trusted) or lname == b"proxy-authorization":
             continue

@@ -8,7 +8,7 @@ from collections.abc import Set as AbstractSet
 from email.utils import formatdate
 from http import HTTPStatus
 
-from stockade.pipeline.forward import FORWARDING_HEADERS, METHOD_OVERRIDES
+from stockade.pipeline.forward import FORWARDING_HEADERS, OVERRIDE_HEADERS
 from stockade.pipeline.headers import parse_content_length
 
 CRLF = b"\r\n"
@@ -32,7 +32,7 @@ REQUEST_HEADER_CLASS: dict[bytes, int] = {
     b"transfer-encoding": TRANSFER_ENCODING,  # dropped: the gateway re-frames chunked bodies itself
     b"upgrade": UPGRADE,
     b"http2-settings": DROP,
-    **dict.fromkeys(METHOD_OVERRIDES, DROP),
+    **dict.fromkeys(OVERRIDE_HEADERS, DROP),
     b"host": HOST,
     b"expect": EXPECT,
     b"x-request-id": REQUEST_ID,
