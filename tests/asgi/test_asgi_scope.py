@@ -136,7 +136,7 @@ def test_app_scope_keeps_forwarding_headers_only_from_a_trusted_proxy(peer: str,
         ("forwarded", "for=10.1.2.3"),
         ("accept", "*/*"),
     ]
-    ctx = make_context(path="/a", headers=forged, client_ip=peer)
+    ctx = make_context(path="/a", headers=forged, client_ip=peer, host="admin.internal")
     proxies = NetSet(["10.0.0.0/8"])
     assert (peer in proxies) is trusted
     scope = {"type": "http", "path": "/a", "headers": ctx.headers.raw}
@@ -144,3 +144,22 @@ def test_app_scope_keeps_forwarding_headers_only_from_a_trusted_proxy(peer: str,
     for name in (b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto", b"forwarded", b"x-real-ip"):
         assert (name in names) is kept, name
     assert b"accept" in names
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "kept"),
+    [
+        ("x-forwarded-host", "Admin.Internal:8443", True),
+        ("x-forwarded-host", "www.example.com", False),
+        ("x-forwarded-host", "admin.internal, www.example.com", False),
+        ("forwarded", "for=10.1.2.3;host=www.example.com", False),
+        ("forwarded", 'for=10.1.2.3;host="admin.internal"', True),
+    ],
+)
+def test_a_trusted_proxy_cannot_name_another_host_than_the_one_routed(name: str, value: str, kept: bool) -> None:
+    """A proxy that passes the client's value through (an AWS ALB does) let it pick the virtual host the app serves
+    (Werkzeug's ProxyFix, Starlette's proxy-headers middleware) while the gateway applied the Host header's routes."""
+    ctx = make_context(path="/a", headers=[(name, value)], client_ip="10.0.0.2", host="admin.internal")
+    scope = {"type": "http", "path": "/a", "headers": ctx.headers.raw}
+    out = app_scope(scope, ctx, Pipeline("r", [], body_limit=1), NetSet(["10.0.0.0/8"]))["headers"]
+    assert ((name.encode(), value.encode()) in out) is kept

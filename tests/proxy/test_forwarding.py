@@ -116,6 +116,33 @@ routes:
 
 
 @pytest.mark.parametrize(
+    ("sent", "xfh", "forwarded"),
+    [
+        ({"X-Forwarded-Host": "WWW.example.com:443"}, "WWW.example.com:443", None),  # the same host: kept as sent
+        ({"X-Forwarded-Host": "admin.example.com"}, "www.example.com", None),  # another host: the routed one
+        ({"X-Forwarded-Host": "admin.example.com, www.example.com"}, "www.example.com", None),
+        ({"Forwarded": "for=198.51.100.7;host=admin.example.com"}, "www.example.com", None),
+        (
+            {"Forwarded": 'for=198.51.100.7;Host="www.example.com"'},
+            "www.example.com",
+            'for=198.51.100.7;Host="www.example.com"',
+        ),
+        ({"Forwarded": "for=198.51.100.7;proto=https"}, "www.example.com", "for=198.51.100.7;proto=https"),
+    ],
+    ids=["same-host", "other-host", "list", "forwarded-other-host", "forwarded-same-host", "forwarded-no-host"],
+)
+def test_a_trusted_proxy_cannot_name_another_host_than_the_one_routed(
+    make_gateway: GatewayFactory, upstream: TestUpstream, sent: dict[str, str], xfh: str, forwarded: str | None
+) -> None:
+    """A proxy that passes the client's X-Forwarded-Host through (an AWS ALB does) let it pick the virtual host a
+    Django or Express app serves while the gateway applied the routes of the Host header's."""
+    gw = make_gateway(TRUSTED)
+    assert gw.request("GET", "/api/x", headers={"Host": "www.example.com", **sent})[0] == 200
+    got = upstream.received[-1]
+    assert (got.header_all("x-forwarded-host"), got.header("forwarded")) == ([xfh], forwarded)
+
+
+@pytest.mark.parametrize(
     ("xff", "status", "forwarded"),
     [
         ("198.51.100.7", 200, "198.51.100.7, 127.0.0.1"),

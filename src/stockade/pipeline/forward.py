@@ -7,6 +7,7 @@ log uses; then the runner's identity headers and the stages' `set_headers` are a
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from stockade.pipeline.runner import IDENTITY_PREFIX
@@ -68,6 +69,24 @@ def is_underscore_alias(lower_name: bytes) -> bool:
     return dashed in _OWNED or dashed.startswith(IDENTITY_PREFIX_BYTES)
 
 
+_FORWARDED_HOST = re.compile(rb'(?i)(?:^|[;,\s])host=("(?:[^"\\]|\\.)*"|[^;,\s]*)')
+
+
+def names_other_host(lower_name: bytes, value: bytes, host: str) -> bool:
+    """Whether a trusted proxy's `X-Forwarded-Host` or `Forwarded: host=` names a host other than the one the
+    request was routed by. A proxy that passes a client's value through (an AWS ALB does) would otherwise let
+    the client pick the virtual host an application serves (Django's USE_X_FORWARDED_HOST, Werkzeug's
+    ProxyFix, Express's `trust proxy`) while the gateway applied another host's routes: such a value is not
+    forwarded."""
+    from stockade.pipeline.intake import parse_host
+
+    if lower_name == b"x-forwarded-host":
+        return parse_host(value.strip()) != host
+    if lower_name == b"forwarded":
+        return any(parse_host(m.group(1).strip(b'"')) != host for m in _FORWARDED_HOST.finditer(value))
+    return False
+
+
 def replaced_headers(ctx: RequestContext) -> set[str] | None:
     """Names (lower-case) of client headers a stage removed or replaced; None when there are none."""
     removed = ctx.remove_headers
@@ -106,7 +125,9 @@ def forwarded_headers(
         lname = name.lower()
         if is_identity_header(lname) or lname == REQUEST_ID or lname in OVERRIDE_HEADERS or is_underscore_alias(lname):
             continue
-        if (lname in FORWARDING_HEADERS and not trusted) or lname == b"proxy-authorization":
+        if lname in FORWARDING_HEADERS and (not trusted or names_other_host(lname, value, ctx.host)):
+            continue
+        if lname == b"proxy-authorization":
             continue
         if drop is not None and lname.decode("latin-1") in drop:
             continue

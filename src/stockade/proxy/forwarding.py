@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from stockade.pipeline.forward import replaced_headers
+from stockade.pipeline.forward import names_other_host, replaced_headers
 from stockade.proxy.common import IDEMPOTENT, INF, PAUSE_BUFFER, PAUSE_UPSTREAM
 from stockade.proxy.http import CRLF, connection_tokens
 from stockade.proxy.spool import Spool
@@ -263,7 +263,10 @@ def encode_request_head(ex: Exchange) -> bytes:
             elif lname == b"x-forwarded-proto":
                 proto = value
             elif lname == b"x-forwarded-host":
-                fhost = value
+                if not names_other_host(lname, value, ctx.host):
+                    fhost = value
+            elif lname == b"forwarded" and names_other_host(lname, value, ctx.host):
+                continue
             if lname not in _XF_REBUILT:
                 parts.extend((name, b": ", value, CRLF))
         xff = forwarded_for(conn.peer_ip, xff_values, ex.runtime.trusted_proxies).encode("latin-1")
