@@ -57,6 +57,13 @@ WALKS = [
     ("garbage-hop-stops-walk", "10.0.0.1", ["1.2.3.4, garbage"], "10.0.0.1"),
     ("mapped-hop", "10.0.0.1", ["::ffff:1.2.3.4"], "1.2.3.4"),
     ("empty-values", "10.0.0.1", [], "10.0.0.1"),
+    # Azure Application Gateway and IIS/ARR send the client's port: without it every client was the proxy
+    ("v4-with-port", "10.0.0.1", ["1.2.3.4:5000"], "1.2.3.4"),
+    ("v6-with-port", "10.0.0.1", ["[2001:db8::7]:443"], "2001:db8::7"),
+    ("quoted-v6-with-port", "10.0.0.1", ['"[2001:db8::7]:443"'], "2001:db8::7"),
+    ("bare-v6-is-not-a-port", "10.0.0.1", ["2001:db8::7"], "2001:db8::7"),
+    ("bad-port", "10.0.0.1", ["1.2.3.4:99999"], "10.0.0.1"),
+    ("port-on-trusted-hop", "10.0.0.1", ["1.2.3.4:1, 10.0.0.2:2"], "1.2.3.4"),
 ]
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
+
 from stockade.security.netaddr import NetSet, canonical_ip, parse_ip
 
 
@@ -17,7 +20,7 @@ def client_ip(peer_ip: str, xff_values: list[str], trusted: NetSet) -> str:
     current = peer_ip
     for value in reversed(xff_values):
         for hop in reversed(value.split(",")):
-            addr = parse_ip(hop)
+            addr = _hop_address(hop)
             if addr is None:
                 return current
             current = str(addr)
@@ -33,3 +36,15 @@ def forwarded_for(peer_ip: str, xff_values: list[str], trusted: NetSet) -> str:
         chain = ", ".join(v.strip() for v in xff_values if v.strip())
         return f"{chain}, {peer}" if chain else peer
     return peer
+
+
+_WITH_PORT = re.compile(r'"?(?:\[([0-9A-Fa-f:.]+)\]|([0-9.]+)):([0-9]{1,5})"?')
+
+
+def _hop_address(hop: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A hop's address; `ip:port` and `[v6]:port` (Azure Application Gateway, IIS/ARR) count as the address. An
+    unparsable hop stopped the walk at the proxy, which put every client of that proxy in one rate-limit bucket."""
+    addr = parse_ip(hop)
+    if addr is None and (m := _WITH_PORT.fullmatch(hop.strip())) and int(m.group(3)) <= 65535:
+        addr = parse_ip(m.group(1) or m.group(2))
+    return addr
