@@ -124,7 +124,8 @@ def build_runtime(loaded: LoadedConfig, services: Services) -> Runtime:
         [
             RouteSpec(r.id, r.match.path, frozenset(r.match.methods) if r.match.methods else None, r.match.hosts())
             for r in config.routes
-        ]
+        ],
+        fold_case=config.limits.case_insensitive_routing,
     )
     return Runtime(
         loaded,

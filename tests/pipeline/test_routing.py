@@ -131,3 +131,40 @@ def test_matching_cost_does_not_depend_on_route_count() -> None:
     root = router._any
     assert root is not None
     assert len(root.root.static) == 2000  # one dict lookup per segment, whatever the count
+
+
+CASED = [
+    RouteSpec("admin", "/admin/**", frozenset({"GET"})),
+    RouteSpec("user", "/users/{id}"),
+    RouteSpec("legacy", "/API/v1/**"),
+    RouteSpec("public", "/**"),
+]
+CASE_CASES = [
+    # (name, path, method, exact routing with the case check, case-insensitive routing)
+    ("upper-guard-path", "/ADMIN/x", "GET", NoRoute(404), ("admin", {})),
+    ("mixed-guard-path", "/Admin/x", "PATCH", NoRoute(404), NoRoute(405, ("GET", "HEAD"))),
+    ("param-keeps-case", "/USERS/AbC", "GET", NoRoute(404), ("user", {"id": "AbC"})),
+    ("exact-param-case", "/users/AbC", "GET", ("user", {"id": "AbC"}), ("user", {"id": "AbC"})),
+    ("upper-template", "/API/v1/x", "GET", ("legacy", {}), ("legacy", {})),
+    ("upper-template-folded", "/api/v1/x", "GET", NoRoute(404), ("legacy", {})),
+    ("same-route-either-way", "/Docs/Intro", "GET", ("public", {}), ("public", {})),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "exact", "folded"), [c[1:] for c in CASE_CASES], ids=[c[0] for c in CASE_CASES]
+)
+def test_path_case(path: str, method: str, exact: object, folded: object) -> None:
+    """Express, ASP.NET and IIS route `/ADMIN/x` as `/admin/x`: a path whose case-insensitive match is another
+    route's is refused, unless routing ignores case altogether."""
+    assert Router(CASED).match("a", path, method) == exact
+    assert Router(CASED, fold_case=True).match("a", path, method) == folded
+
+
+def test_templates_that_differ_only_in_case() -> None:
+    both = [RouteSpec("upper", "/Admin"), RouteSpec("lower", "/admin"), RouteSpec("public", "/**")]
+    router = Router(both)  # the config means case to matter: no case check
+    assert router.match("a", "/Admin", "GET") == ("upper", {})
+    assert router.match("a", "/ADMIN", "GET") == ("public", {})
+    with pytest.raises(RouteTemplateError, match="ignoring case"):
+        Router(both, fold_case=True)

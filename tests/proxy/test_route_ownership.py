@@ -47,6 +47,11 @@ routes:
         ("GET", "/dav/a", 405, "route.method_not_allowed"),
         ("PROPFIND", "/elsewhere", 200, ""),
         ("GET", "/secret/x", 200, ""),
+        # Express, ASP.NET and IIS serve /ADMIN/x as /admin/x
+        ("GET", "/ADMIN/users/1", 404, "route.not_found"),
+        ("GET", "/Secret", 404, "route.not_found"),
+        ("GET", "/%53ecret", 404, "route.not_found"),
+        ("GET", "/Elsewhere", 200, ""),
     ],
 )
 def test_a_guard_route_cannot_be_reached_around(
@@ -60,3 +65,11 @@ def test_a_guard_route_cannot_be_reached_around(
     assert len(upstream.received) == (1 if status == 200 else 0)
     if status == 200:
         assert upstream.received[0].method == method
+
+
+def test_case_insensitive_routing_applies_the_guard(make_gateway: GatewayFactory, upstream: TestUpstream) -> None:
+    gw = make_gateway("limits: {case_insensitive_routing: true}\n" + CONFIG)
+    assert reason(gw.request("GET", "/ADMIN/users/1")) == "ip.denied"
+    assert reason(gw.request("PATCH", "/Admin/users/1", headers={"Content-Length": "0"})) == "route.method_not_allowed"
+    assert gw.request("GET", "/SECRET/")[0] == 403
+    assert upstream.received == []

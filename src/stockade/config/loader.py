@@ -129,7 +129,10 @@ def load_config_text(
         if route.websocket and route.match.methods and "GET" not in route.match.methods:
             ctx.add((*loc, "websocket"), "websocket upgrades arrive as GET, but the route does not allow GET")
     try:
-        Router([RouteSpec(r.id, r.match.path, _methods(r.match.methods), r.match.hosts()) for r in config.routes])
+        Router(
+            [RouteSpec(r.id, r.match.path, _methods(r.match.methods), r.match.hosts()) for r in config.routes],
+            fold_case=config.limits.case_insensitive_routing,
+        )
     except RouteTemplateError as exc:
         ctx.add(("routes",), str(exc))
     if ctx.problems:

@@ -76,6 +76,9 @@ class Limits(Strict):
     # StrictHttpFirewall: Tomcat, Spring and JAX-RS drop `;params` before matching, so `/admin;x/secret`, which
     # the gateway routes as its own path, reaches them as `/admin/secret`. Turn on only if no upstream does that.
     path_parameters: bool = False
+    # Match path templates ignoring case (for upstreams that route so: Express by default, ASP.NET, IIS). Off, a
+    # path that would match another route ignoring case is 404, so `/ADMIN/x` cannot pass as a `/**` request.
+    case_insensitive_routing: bool = False
     # A request body is received this far before forwarding (see Upstream.request_buffering); reads pause beyond it.
     buffer_bytes: Annotated[int, Field(ge=4 * KIB, le=64 * MIB)] = 64 * KIB
     # With request buffering, a body beyond buffer_bytes is received into an unlinked temporary file (nginx's client

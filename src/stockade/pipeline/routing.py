@@ -87,10 +87,11 @@ def parse_template(template: str) -> list[tuple[str, str]]:
 
 
 class _Trie:
-    __slots__ = ("root",)
+    __slots__ = ("fold", "root")
 
-    def __init__(self) -> None:
+    def __init__(self, fold: bool = False) -> None:
         self.root = _Node()
+        self.fold = fold  # literal segments are stored and looked up lower-cased (parameter values keep their case)
 
     def add(self, spec: RouteSpec) -> None:
         node = self.root
@@ -98,7 +99,7 @@ class _Trie:
         endpoint_is_tail = False
         for kind, value in parse_template(spec.path):
             if kind == "lit":
-                node = node.static.setdefault(value, _Node())
+                node = node.static.setdefault(value.lower() if self.fold else value, _Node())
             elif kind in ("param", "star"):
                 if node.param is None:
                     node.param = _Node()
@@ -136,7 +137,7 @@ class _Trie:
         """A `(route_id, params)` match, a 405 NoRoute (path matched, method did not), or None."""
         allow: list[tuple[str, ...]] = []
         values: list[str] = []
-        found = _walk(self.root, segs, 0, values, method, allow)
+        found = _walk(self.root, segs, [seg.lower() for seg in segs] if self.fold else segs, 0, values, method, allow)
         if found is _OWNED:
             return NoRoute(405, allow[0])
         if found is not None:
@@ -164,7 +165,13 @@ def _take(endpoint: _Endpoint, method: str, allow: list[tuple[str, ...]]) -> tup
 
 
 def _walk(
-    node: _Node, segs: list[str], i: int, values: list[str], method: str, allow: list[tuple[str, ...]]
+    node: _Node,
+    segs: list[str],
+    keys: list[str],  # segs as the trie's literals are stored (lower-cased in a folding trie)
+    i: int,
+    values: list[str],
+    method: str,
+    allow: list[tuple[str, ...]],
 ) -> tuple[str, tuple[str, ...]] | None:
     if i == len(segs):
         if node.leaf is not None:
@@ -174,8 +181,8 @@ def _walk(
             return _take(node.tail, method, allow)
         return None
     seg = segs[i]
-    child = node.static.get(seg)
-    if child is not None and (hit := _walk(child, segs, i + 1, values, method, allow)):
+    child = node.static.get(keys[i])
+    if child is not None and (hit := _walk(child, segs, keys, i + 1, values, method, allow)):
         return hit
     if not seg and i == len(segs) - 1 and node.leaf is not None and node.tail is None:
         # `/secret/` is `/secret`'s (Express, Spring MVC < 6 and ASP.NET serve it so), unless a route names it or
@@ -183,7 +190,7 @@ def _walk(
         return _take(node.leaf, method, allow)
     if node.param is not None and seg:
         values.append(seg)
-        if hit := _walk(node.param, segs, i + 1, values, method, allow):
+        if hit := _walk(node.param, segs, keys, i + 1, values, method, allow):
             return hit
         values.pop()
     if node.tail is not None:
@@ -193,11 +200,16 @@ def _walk(
 
 
 class Router:
-    """Host groups tried most specific first (exact, then wildcard suffix, then any host); each is a trie."""
+    """Host groups tried most specific first (exact, then wildcard suffix, then any host); each is a trie.
 
-    __slots__ = ("_any", "_cache", "_exact", "_wild")
+    Path case: templates match case-sensitively, but a path that a case-insensitive match would give to another
+    route is refused (404): Express, ASP.NET and IIS route `/ADMIN/x` as `/admin/x`, so the `/**` route it matches
+    exactly must not take it from the `/admin/**` guard. `fold_case=True` routes case-insensitively instead.
+    """
 
-    def __init__(self, routes: Sequence[RouteSpec]) -> None:
+    __slots__ = ("_any", "_cache", "_exact", "_folded", "_upper_templates", "_wild")
+
+    def __init__(self, routes: Sequence[RouteSpec], *, fold_case: bool = False, _check_case: bool = True) -> None:
         self._cache: dict[tuple[str, str, str], tuple[str, dict[str, str]] | NoRoute] = {}
         self._exact: dict[str, _Trie] = {}
         self._wild: list[tuple[str, _Trie]] = []
@@ -207,17 +219,32 @@ class Router:
             for host in spec.hosts or (None,):
                 if host is None:
                     if self._any is None:
-                        self._any = _Trie()
+                        self._any = _Trie(fold_case)
                     trie = self._any
                 elif host.startswith("*."):
-                    trie = wild.setdefault(host[1:].lower(), _Trie())
+                    trie = wild.setdefault(host[1:].lower(), _Trie(fold_case))
                 elif "*" in host:
                     raise RouteTemplateError(f"host {host!r}: only a leading '*.' wildcard is supported")
                 else:
-                    trie = self._exact.setdefault(host.lower().rstrip("."), _Trie())
-                trie.add(spec)
+                    trie = self._exact.setdefault(host.lower().rstrip("."), _Trie(fold_case))
+                try:
+                    trie.add(spec)
+                except RouteTemplateError as exc:
+                    if fold_case and "both match" in str(exc):
+                        raise RouteTemplateError(
+                            f"{exc} (ignoring case, as limits.case_insensitive_routing asks)"
+                        ) from None
+                    raise
         # Longest suffix first, so '*.api.example.com' wins over '*.example.com'.
         self._wild = sorted(wild.items(), key=lambda kv: -len(kv[0]))
+        self._folded: Router | None = None
+        # With only lower-case templates, a lower-case path matches the same route either way: no second match.
+        self._upper_templates = any(spec.path != spec.path.lower() for spec in routes)
+        if _check_case and not fold_case:
+            try:
+                self._folded = Router(routes, fold_case=True, _check_case=False)
+            except RouteTemplateError:
+                self._folded = None  # templates that differ only in case: the routes mean case to matter
 
     def match(self, host: str, path: str, method: str) -> tuple[str, dict[str, str]] | NoRoute:
         """The route for a request, cached by (host, path, method): callers must not mutate the params dict."""
@@ -231,6 +258,15 @@ class Router:
         return hit
 
     def _match(self, host: str, path: str, method: str) -> tuple[str, dict[str, str]] | NoRoute:
+        found = self._match_exact(host, path, method)
+        folded = self._folded
+        if folded is not None and (self._upper_templates or path != path.lower()):
+            other = folded._match_exact(host, path, method)
+            if _route_id(other) != _route_id(found):
+                return _NOT_FOUND
+        return found
+
+    def _match_exact(self, host: str, path: str, method: str) -> tuple[str, dict[str, str]] | NoRoute:
         segs = path.split("/")[1:]
         trie = self._exact.get(host)
         if trie is not None and (found := trie.match(segs, method)) is not None:
@@ -244,3 +280,7 @@ class Router:
 
 
 _NOT_FOUND = NoRoute(404)
+
+
+def _route_id(found: tuple[str, dict[str, str]] | NoRoute) -> str | None:
+    return None if isinstance(found, NoRoute) else found[0]

@@ -38,6 +38,7 @@ class HotLimits:
     spool_bytes: int
     spool_total_bytes: int
     path_parameters: bool  # read from the Runtime by both fronts (intake.route_request); kept for completeness
+    case_insensitive_routing: bool  # compiled into the Runtime's router; kept for completeness
 
     @classmethod
     def of(cls, limits: Limits) -> HotLimits:
