@@ -37,6 +37,7 @@ class HotLimits:
     buffer_bytes: int
     spool_bytes: int
     spool_total_bytes: int
+    response_buffer_total_bytes: int
     path_parameters: bool  # read from the Runtime by both fronts (intake.route_request); kept for completeness
     case_insensitive_routing: bool  # compiled into the Runtime's router; kept for completeness
 

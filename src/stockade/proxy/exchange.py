@@ -438,8 +438,11 @@ class Exchange:
         if self.spool is not None:
             self.spool.close()
             self.spool = None
-        ctx = self.ctx or self._bare_context()
         server = self.server
+        if self.collected_size:
+            server.collected_total -= self.collected_size
+            self.collected = None
+        ctx = self.ctx or self._bare_context()
         record_request(
             self.pipeline,
             ctx,

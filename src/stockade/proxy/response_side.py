@@ -167,8 +167,13 @@ def upstream_body(ex: Exchange, data: bytes) -> None:
     if collected is not None:
         collected.append(data)
         ex.collected_size += len(data)
+        server = ex.server
+        server.collected_total += len(data)  # given back once, when the exchange is recorded (Exchange._record)
         if ex.collected_size > MAX_RESPONSE_BYTES:
             ex._upstream_broken("upstream.response_too_large", "response body exceeds the buffer for hooks")
+        elif server.collected_total > server.limits.response_buffer_total_bytes:
+            ex._drop_upstream(reusable=False)
+            ex._error_local(503, "gateway.busy", "response buffers of this worker are full")
         return
     ex.conn.write(data)
     ex.bytes_sent += len(data)

@@ -54,6 +54,9 @@ class ProxyServer:
         self._tick_handle: asyncio.TimerHandle | None = None
         self.request_ids = RequestIds()
         self.spool_reserved = 0  # bytes the request body spools of this worker have reserved (proxy/spool.py)
+        self.collected_total = (
+            0  # bytes of response bodies this worker holds for hooks (limits.response_buffer_total_bytes)
+        )
         self.metrics.gauge_providers.append(self._gauges)
 
     async def start(self, *, reuse_port: bool = False, sock: socket.socket | None = None) -> None:

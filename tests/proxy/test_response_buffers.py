@@ -1,0 +1,74 @@
+"""Response bodies buffered for hooks that read them: bounded per worker, given back when each exchange ends."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import orjson
+import pytest
+
+from stockade.stages import BUILTIN_STAGES
+from stockade.testing import Reply, TestGateway, TestUpstream, read_responses
+from tests.asgi.asgi_stages import TEST_STAGES
+from tests.conftest import GatewayFactory
+from tests.proxy.helpers import wait_for
+
+CONFIG = """
+limits: {response_buffer_total_bytes: 65536}
+routes:
+  - id: hooked
+    match: {path: /**}
+    upstream: {upstream}
+    stages: [{use: anonymous}, {use: test_upper}]
+"""
+PART = b"x" * 40_000
+
+
+@pytest.fixture(autouse=True)
+def upper_hook(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setitem(BUILTIN_STAGES, "test_upper", TEST_STAGES["test_upper"])
+    yield
+
+
+def held(gw: TestGateway) -> int:
+    return int(gw.bg.call(lambda: gw.server.collected_total))
+
+
+def test_a_worker_holds_at_most_its_response_buffer_budget(
+    make_gateway: GatewayFactory, upstream: TestUpstream
+) -> None:
+    gw = make_gateway(CONFIG)
+    # Half of a 100 KB body, then the upstream stalls: the hook cannot run, the worker holds what came.
+    upstream.reply("/slow", Reply(raw=b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + PART))
+    upstream.reply("/small", Reply(200, [("Content-Length", str(len(PART)))], PART))
+    first = gw.connect()
+    first.sendall(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+    wait_for(lambda: held(gw) == len(PART))
+
+    status, _, body = gw.request("GET", "/small")  # 40 KB more would pass the 64 KiB budget
+    assert (status, orjson.loads(body)["reason"]) == (503, "gateway.busy")
+    assert held(gw) == len(PART)  # the refused exchange gave back what it had taken
+
+    first.close()  # the client of the stalled exchange leaves: its buffer is given back
+    wait_for(lambda: held(gw) == 0)
+    status, headers, body = gw.request("GET", "/small")
+    assert (status, headers["x-test-hooked"], body) == (200, "yes", PART.upper() + b"!")
+    assert held(gw) == 0
+
+
+def test_a_completed_response_gives_its_buffer_back(make_gateway: GatewayFactory, upstream: TestUpstream) -> None:
+    gw = make_gateway(CONFIG)
+    upstream.reply("/small", Reply(200, [("Content-Length", str(len(PART)))], PART))
+    with gw.connect() as sock:
+        sock.sendall(b"GET /small HTTP/1.1\r\nHost: a\r\n\r\n" * 3)
+        responses = read_responses(sock, 3)
+    assert [r[0] for r in responses] == [200, 200, 200]  # one after another, each within the budget
+    assert held(gw) == 0
+
+
+def test_the_budget_is_a_config_field() -> None:
+    from stockade.config.loader import load_config_text
+    from stockade.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="response_buffer_total_bytes"):
+        load_config_text("limits: {response_buffer_total_bytes: 10}\nroutes: []\n", env={})
