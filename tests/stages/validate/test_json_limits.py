@@ -113,3 +113,28 @@ routes:
         )
         assert status == 400 and b"duplicate_key" in raw
         assert up.received == []
+
+
+SIZED = CONFIG.replace("max_string: 10}", "max_string: 10, max_bytes: 64}")
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status"),
+    [
+        (b'{"a":[1,2,3]}' + b" " * 52, JSON, 413),  # within every other limit, one byte over max_bytes
+        (b'{"a":[' + b"1," * 30 + b"1]}", JSON, 413),  # refused for its size before its array is counted
+        (b'{"a":[1,2,3]}' + b" " * 51, JSON, 200),  # exactly 64 bytes
+        (b"x" * 500, {"Content-Type": "text/plain"}, 200),  # other bodies keep the route's limit
+    ],
+    ids=["one-over", "over-before-scan", "at-limit", "not-json"],
+)
+def test_json_bodies_over_max_bytes_are_refused_before_they_are_scanned(
+    body: bytes, headers: dict[str, str], status: int
+) -> None:
+    """A hostile 10 MiB document within the other limits held a worker about 2 s in the scanner."""
+    with gateway_with_upstream(SIZED) as (gw, up):
+        got, _, raw = gw.request("POST", "/things", headers=headers, body=body)
+        assert got == status
+        if status == 413:
+            assert json.loads(raw)["reason"] == "json.too_large"
+            assert up.received == []
