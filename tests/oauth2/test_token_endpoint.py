@@ -315,3 +315,26 @@ def test_client_names_are_printable_lines(name: str) -> None:
 
     with pytest.raises(ValueError, match="printable"):
         new_client(name=name, scopes=["a"], auth_method="client_secret_basic", pepper=b"p" * 32, now=0.0)
+
+
+@pytest.mark.parametrize(
+    ("who", "why"),
+    [("wrong-secret", "wrong secret"), ("unknown", "unknown or disabled"), ("assertion-client", "not a secret")],
+)
+def test_the_decision_log_says_why_a_client_was_refused(tmp_path: Path, who: str, why: str) -> None:
+    """The client hears only invalid_client (no enumeration oracle); the operator's log says which it was."""
+    log_path = tmp_path / "decisions.log"
+    with oauth_gateway(tmp_path, log_path=log_path) as (gw, _up, config):
+        client_id, secret = create_client(config, "--name", "c", "--scopes", "books:read")
+        assert secret is not None
+        if who == "assertion-client":
+            client_id, _keys = assertion_client(config, tmp_path)
+        elif who == "unknown":
+            client_id = "cl_nobody"
+        else:
+            secret += "x"
+        status, _, doc = post_form(gw, "/oauth2/token", {"grant_type": "client_credentials"}, basic(client_id, secret))
+        assert (status, doc) == (401, {"error": "invalid_client", "error_description": "client authentication failed"})
+        gw.flush_log()
+    (line,) = [json.loads(raw) for raw in log_path.read_text().splitlines() if '"/oauth2/token"' in raw]
+    assert line["detail"].endswith(why)

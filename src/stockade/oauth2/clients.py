@@ -151,7 +151,14 @@ class ClientAuthenticator:
         stored = client.secret_hash if client is not None and client.auth_method in SECRET_METHODS else None
         ok = verify_secret(self.pepper, secret, stored or _DUMMY_HASH)  # same work whether or not the client exists
         if client is None or stored is None or not ok:
-            raise invalid_client(basic, f"client {shown_id(client_id)}: unknown, disabled, wrong method or bad secret")
+            # The client is told only "invalid_client"; the operator's log says which (no enumeration oracle).
+            if client is None:
+                why = "unknown or disabled"
+            elif stored is None:
+                why = f"authenticates with {client.auth_method}, not a secret"
+            else:
+                why = "wrong secret"
+            raise invalid_client(basic, f"client {shown_id(client_id)}: {why}")
         return client
 
     async def _assertion_client(self, form: dict[str, str]) -> OAuthClient:
