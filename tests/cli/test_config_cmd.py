@@ -16,7 +16,7 @@ def test_check_valid_exits_zero(tmp_path: Path) -> None:
     path.write_text(GOOD)
     result = CliRunner().invoke(cli, ["config", "check", str(path)])
     assert result.exit_code == 0, result.output
-    assert "OK (1 routes" in result.output
+    assert f"{path}: OK (1 route, 3 stage placements, 1 worker)" in result.output
 
 
 def test_check_invalid_exits_nonzero_naming_route_and_field(tmp_path: Path) -> None:
@@ -37,10 +37,36 @@ def test_check_uses_global_config_option(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
 
 
-def test_check_missing_file(tmp_path: Path) -> None:
+def test_check_takes_config_after_the_subcommand_too(tmp_path: Path) -> None:
+    """The top-level help says commands that read a config take --config after the subcommand."""
+    path = tmp_path / "gw.yaml"
+    path.write_text(GOOD)
+    result = CliRunner().invoke(cli, ["config", "check", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+
+
+def test_check_missing_file_says_how_to_name_one(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["config", "check", str(tmp_path / "none.yaml")])
     assert result.exit_code == 2
-    assert "cannot read config" in result.output
+    assert "no config file" in result.output and "--config FILE" in result.output
+    assert "configuration invalid" not in result.output
+
+
+ASGI = """routes:
+  - id: items
+    match: {path: "/api/**"}
+    stages: [{use: anonymous}]
+"""
+
+
+def test_check_asgi_configs_need_no_upstream(tmp_path: Path) -> None:
+    """docs/asgi.md: the wrapped app is the upstream; the proxy needs one per route."""
+    path = tmp_path / "app.yaml"
+    path.write_text(ASGI)
+    plain = CliRunner().invoke(cli, ["config", "check", str(path)])
+    assert plain.exit_code == 2 and "field 'upstream'" in plain.output and "config check --asgi" in plain.output
+    result = CliRunner().invoke(cli, ["config", "check", "--asgi", str(path)])
+    assert result.exit_code == 0, result.output
 
 
 def test_schema_is_json_schema_with_every_stage() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -13,7 +14,10 @@ from stockade.errors import ConfigError
 if TYPE_CHECKING:
     from stockade.runtime import Runtime
 
-CONFIG_OPTION_HELP = "Config file (default: $STOCKADE_CONFIG, else ./stockade.yaml). May also follow the subcommand."
+CONFIG_OPTION_HELP = (
+    "Config file (default: $STOCKADE_CONFIG, else ./stockade.yaml). Commands that read it also take it after the "
+    "subcommand."
+)
 DEFAULT_CONFIG = "stockade.yaml"
 
 
@@ -31,9 +35,12 @@ def resolve_config_path(ctx: click.Context, local: str | None) -> str:
     return root.get("config") or DEFAULT_CONFIG
 
 
-def load_or_exit(path: str, env: dict[str, str] | None = None) -> LoadedConfig:
+def load_or_exit(path: str, env: dict[str, str] | None = None, *, require_upstreams: bool = True) -> LoadedConfig:
+    if not Path(path).exists():  # not "configuration invalid": there is none, and the user needs to say where
+        click.echo(f"no config file {path!r}: give one with --config FILE (or $STOCKADE_CONFIG)", err=True)
+        sys.exit(2)
     try:
-        return load_config(path, env=env)
+        return load_config(path, env=env, require_upstreams=require_upstreams)
     except ConfigError as exc:
         report_config_error(exc)
         sys.exit(2)

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from stockade.cli.common import build_or_exit, load_or_exit, resolve_config_path
+from stockade.cli.common import build_or_exit, config_option, load_or_exit, resolve_config_path
 
 
 @click.group("config")
@@ -17,18 +17,30 @@ def config_group() -> None:
 
 @config_group.command("check")
 @click.argument("file", required=False, type=click.Path(dir_okay=False))
+@config_option
+@click.option(
+    "--asgi", is_flag=True, help="Check a config for StockadeMiddleware: routes need no upstream (the app is one)."
+)
 @click.pass_context
-def check(ctx: click.Context, file: str | None) -> None:
-    """Validate FILE. Exit 0 if valid (warnings, such as an expiring certificate, go to stderr); else exit 2,
-    naming the file, line, route id, stage and field."""
-    path = resolve_config_path(ctx, file)
-    loaded = load_or_exit(path)
+def check(ctx: click.Context, file: str | None, config_path: str | None, asgi: bool) -> None:
+    """Validate FILE (default: --config, $STOCKADE_CONFIG, else ./stockade.yaml). Exit 0 if valid (warnings,
+    such as an expiring certificate, go to stderr); else exit 2, naming the file, line, route id, stage and
+    field."""
+    path = resolve_config_path(ctx, file or config_path)
+    loaded = load_or_exit(path, require_upstreams=not asgi)
     runtime = build_or_exit(loaded)  # also loads every file the runtime needs (TLS keys, specs), without side effects
     for warning in runtime.tls.warnings:  # valid, but an operator should hear of it (an expiring certificate)
         click.echo(f"warning: {warning}", err=True)
     cfg = loaded.config
     stages = sum(len(p) for p in loaded.route_stages.values())
-    click.echo(f"{path}: OK ({len(cfg.routes)} routes, {stages} stage placements, {cfg.workers} worker(s))")
+    click.echo(
+        f"{path}: OK ({_count(len(cfg.routes), 'route')}, {_count(stages, 'stage placement')}, "
+        f"{_count(cfg.workers, 'worker')})"
+    )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 @config_group.command("schema")

@@ -122,7 +122,11 @@ def load_config_text(
             if (hplan := _plan_handler(ctx, route.handler, (*loc, "handler"))) is not None:
                 handler_plans[route.id] = hplan
         elif require_upstreams and route.upstream is None:
-            ctx.add((*loc, "upstream"), "a route needs an upstream URL (or a built-in `handler`)")
+            ctx.add(
+                (*loc, "upstream"),
+                "a route needs an upstream URL (or a built-in `handler`); a config for the ASGI middleware, "
+                "whose app is the upstream, is checked with `stockade config check --asgi`",
+            )
         plans = _plan_stages(ctx, route.stages, (*loc, "stages"), config)
         route_plans[route.id] = _merge(global_plans, plans, own_auth=route.own_auth)
         _check_route_stages(ctx, loc, route.id, route_plans[route.id])
