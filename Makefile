@@ -14,8 +14,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo: $(STAMP)
-	$(BIN)/python examples/demo/run.py
+demo: $(STAMP)  # other ports: make demo DEMO_ARGS="--port 8088 --admin-port 8089 --upstream-port 9009"
+	$(BIN)/python examples/demo/run.py $(DEMO_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples

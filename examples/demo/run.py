@@ -109,7 +109,10 @@ def busy_port(ports: Ports) -> str | None:
         ("upstream", "--upstream-port", ports.upstream),
     ):
         if port_in_use(port):
-            return f"port {port} ({what}) is already in use on {HOST}; free it or pick another with {flag}"
+            return (
+                f"port {port} ({what}) is already in use on {HOST}; free it or pick another with {flag} "
+                f'(make demo DEMO_ARGS="{flag} N")'
+            )
     return None
 
 

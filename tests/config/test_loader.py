@@ -86,7 +86,16 @@ BROKEN = [
         ["field 'upstream.url'", "credentials"],
     ),
     ("bad-method", GOOD.replace("[GET, POST]", "[GET, FETCH]"), ["field 'match.methods'", "FETCH"]),
-    ("bad-template", GOOD.replace('"/api/**"', '"/api/**/x"'), ["routes", "only as the last segment"]),
+    (
+        "bad-template",
+        GOOD.replace('"/api/**"', '"/api/**/x"'),
+        ["route 'items'", "field 'match.path'", "only as the last segment"],
+    ),
+    (
+        "relative-template",
+        GOOD.replace('"/api/**"', '"api"'),
+        ["gw.yaml:5:", "route 'items'", "field 'match.path'", "must start with '/'"],
+    ),
     *(
         (
             f"host-{name}",

@@ -19,7 +19,7 @@ from stockade.config.models import GatewayConfig, HandlerEntry, StageEntry
 from stockade.errors import ConfigError
 from stockade.handlers import BUILTIN_HANDLERS, UnknownHandlerError, load_handler_class
 from stockade.pipeline.phase import Phase
-from stockade.pipeline.routing import Router, RouteSpec, RouteTemplateError
+from stockade.pipeline.routing import Router, RouteSpec, RouteTemplateError, parse_template
 from stockade.pipeline.stage import Stage, StageConfig
 
 if TYPE_CHECKING:
@@ -113,6 +113,7 @@ def load_config_text(
     route_plans: dict[str, tuple[StagePlan, ...]] = {}
     handler_plans: dict[str, HandlerPlan] = {}
     seen: dict[str, int] = {}
+    templates_ok = True
     for i, route in enumerate(config.routes):
         loc: _Loc = ("routes", i)
         if route.id in seen:
@@ -132,11 +133,17 @@ def load_config_text(
         _check_route_stages(ctx, loc, route.id, route_plans[route.id])
         if route.websocket and route.match.methods and "GET" not in route.match.methods:
             ctx.add((*loc, "websocket"), "websocket upgrades arrive as GET, but the route does not allow GET")
+        try:
+            parse_template(route.match.path)  # here, to name the route; the router below finds overlaps
+        except RouteTemplateError as exc:
+            ctx.add((*loc, "match", "path"), str(exc))
+            templates_ok = False
     try:
-        Router(
-            [RouteSpec(r.id, r.match.path, _methods(r.match.methods), r.match.hosts()) for r in config.routes],
-            fold_case=config.limits.case_insensitive_routing,
-        )
+        if templates_ok:
+            Router(
+                [RouteSpec(r.id, r.match.path, _methods(r.match.methods), r.match.hosts()) for r in config.routes],
+                fold_case=config.limits.case_insensitive_routing,
+            )
     except RouteTemplateError as exc:
         ctx.add(("routes",), str(exc))
     if ctx.problems:
