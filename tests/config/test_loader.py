@@ -195,6 +195,25 @@ def test_host_patterns_are_stored_as_requests_are_compared(written: str, compare
     assert loaded.config.routes[0].match.host == [compared]
 
 
+@pytest.mark.parametrize(
+    ("stage", "expected"),
+    [
+        (
+            "{use: rate_limit, config: {limits: [{rate: five/minute, key: ip}]}}",
+            ["field 'config.limits[0].rate': rate 'five/minute' is not"],  # no follow-on "list too short"
+        ),
+        (
+            "{use: brute_force, config: {login: {failure_statuses: 401}}}",
+            ["field 'config.login.failure_statuses': should be a list"],  # not pydantic's "a valid tuple"
+        ),
+    ],
+)
+def test_stage_config_errors_say_what_the_user_wrote(stage: str, expected: list[str]) -> None:
+    found = problems(GOOD.replace("- use: security_headers", f"- {stage}"))
+    assert len(found) == len(expected), found
+    assert all(any(e in p for p in found) for e in expected), found
+
+
 def test_every_problem_is_reported_in_one_run() -> None:
     text = (
         GOOD.replace("port: 8080", "port: -1")

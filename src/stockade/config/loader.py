@@ -104,7 +104,7 @@ def load_config_text(
     try:
         config = GatewayConfig.model_validate(raw)
     except ValidationError as exc:
-        for err in exc.errors():
+        for err in _errors(exc):
             ctx.add(err["loc"], _message(err))
         _check_raw_stages(ctx, raw)  # report stage-config problems in the same run, not one fix later
         raise ConfigError(ctx.problems) from None
@@ -182,7 +182,7 @@ def _plan_handler(ctx: _Reporter, entry: HandlerEntry, loc: _Loc) -> HandlerPlan
     try:
         config = cls.Config.model_validate(entry.config)
     except ValidationError as exc:
-        for err in exc.errors():
+        for err in _errors(exc):
             ctx.add((*loc, "config", *err["loc"]), _message(err))
         return None
     return HandlerPlan(cls, config, ctx.describe(loc))
@@ -208,7 +208,7 @@ def _plan_stages(
         try:
             stage_config = cls.Config.model_validate(entry.config)
         except ValidationError as exc:
-            for err in exc.errors():
+            for err in _errors(exc):
                 ctx.add((*sloc, "config", *err["loc"]), _message(err))
             continue
         check = getattr(cls, "check_deployment", None)
@@ -250,12 +250,31 @@ def _check_route_stages(ctx: _Reporter, loc: _Loc, route_id: str, plans: tuple[S
             ctx.add((*loc, "stages"), "`anonymous` must be the last authenticator: it accepts every request")
 
 
+def _errors(exc: ValidationError) -> list[Any]:
+    """Pydantic's errors, less the follow-on ones: a list whose one item was refused is also reported "too short
+    after validation", which only repeats the item's own error."""
+    errors = exc.errors()
+    inner = [tuple(e["loc"]) for e in errors]
+    return [
+        e
+        for e in errors
+        if not (
+            e.get("type") == "too_short"
+            and any(len(loc) > len(e["loc"]) and loc[: len(e["loc"])] == tuple(e["loc"]) for loc in inner)
+        )
+    ]
+
+
 def _message(err: Mapping[str, Any]) -> str:
     msg = str(err.get("msg", "invalid"))
     if err.get("type") == "extra_forbidden":
         return "unknown field (not allowed here)"
     if err.get("type") == "missing":
         return "field required"
+    if err.get("type") in ("tuple_type", "list_type", "frozen_set_type", "set_type"):
+        return "should be a list (YAML `[a, b]` or `- a` lines)"  # not pydantic's "a valid tuple"
+    if err.get("type") in ("too_short", "too_long"):  # pydantic's "Tuple should have...": the user wrote a list
+        return msg.replace("Tuple should", "should").replace("List should", "should")
     return msg.removeprefix("Value error, ")
 
 
