@@ -160,6 +160,8 @@ def test_readyz_with_a_reachable_store_and_no_limits(tmp_path: Path) -> None:
 def test_readyz_without_backends_checks_only_the_workers() -> None:
     with gateway_with_upstream(config(route("a", ""))) as (gw, _up), admin_for(gw) as admin:
         assert admin.readyz()[:2] == (200, {"status": "ready", "checks": {"workers": "ok"}})
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin.server.port}/healthz", timeout=10) as resp:
+            assert resp.headers.get("server") is None  # no server software named on the admin listener either
         gw.server.ready = False  # as during a drain
         assert admin.readyz()[:2] == (503, {"status": "not ready", "checks": {"workers": "not serving"}})
 

@@ -22,7 +22,14 @@ class _InLoopServer(uvicorn.Server):
 class AdminServer:
     def __init__(self, app: Starlette, host: str, port: int) -> None:
         config = uvicorn.Config(
-            app, host=host, port=port, log_level="warning", access_log=False, lifespan="off", loop="none"
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            loop="none",
+            server_header=False,  # the data plane drops upstream `Server` headers; the admin API names none either
         )
         self._server = _InLoopServer(config)
         self._task: asyncio.Task[None] | None = None
