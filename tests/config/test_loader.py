@@ -242,6 +242,18 @@ def test_environment_overrides_settings() -> None:
     assert loaded.config.workers == 3
 
 
+@pytest.mark.parametrize(
+    ("name", "hint"),
+    [("STOCKADE_LISTN__PORT", "did you mean STOCKADE_LISTEN__"), ("STOCKADE_NOPE__X", "")],
+)
+def test_a_misspelt_override_is_an_error_not_ignored(name: str, hint: str) -> None:
+    """STOCKADE_LISTN__PORT=1 used to load the file's port without a word: the operator believed it applied."""
+    with pytest.raises(ConfigError) as info:
+        load_config_text(GOOD, source="gw.yaml", env={name: "1", "STOCKADE_TEST_REDIS_URL": "redis://x"})
+    (problem,) = info.value.problems
+    assert name in problem and "is not a setting" in problem and hint in problem
+
+
 def test_bad_environment_override_is_named() -> None:
     with pytest.raises(ConfigError) as info:
         load_config_text(GOOD, source="gw.yaml", env={"STOCKADE_ADMIN__PORT": "many"})

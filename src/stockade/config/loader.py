@@ -424,12 +424,16 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str], source: str) -> dict
     from a missing secret would turn TLS off), and the gateway fails closed.
     """
     applied: dict[_Loc, str] = {}
-    empty: list[str] = []
+    empty: list[str] = []  # problems: empty values, and override-shaped names that name no setting
     for name in sorted(env):
         if not name.startswith(ENV_PREFIX):
             continue
         parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
         if parts[0] not in _ENV_SECTIONS or not all(parts):
+            if len(parts) > 1 and parts[0] not in _ENV_SECTIONS:  # shaped as an override: a typo must not pass
+                close = difflib.get_close_matches(parts[0], sorted(_ENV_SECTIONS), n=1)
+                hint = f" (did you mean STOCKADE_{close[0].upper()}__...?)" if close else ""
+                empty.append(f"{source}: environment variable {name}: '{parts[0]}' is not a setting{hint}")
             continue
         try:
             value = yaml.safe_load(env[name])
