@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from stockade.openapi.loader import Documents, Located
@@ -41,6 +42,13 @@ class ResponseRule:
     pointer: str
 
 
+class Unchecked(Enum):
+    """A response no schema checks; the value completes the decision log's `media type X ...`."""
+
+    FORWARD = "is forwarded"  # its status declares no schema, or its media type is declared without one
+    UNDECLARED = "is not declared"  # its status declares schemas, none for this media type (or none at all)
+
+
 @dataclass(slots=True)
 class Operation:
     method: str
@@ -53,15 +61,35 @@ class Operation:
     bodies: dict[str, BodyRule] = field(default_factory=dict)
     declares_body: bool = False
     body_required: bool = False
-    responses: dict[str, dict[str, ResponseRule]] = field(default_factory=dict)
+    # by status key, then media-type key; None: declared, but no schema the gateway can check it against.
+    # Only statuses that declare a schema have a table.
+    responses: dict[str, dict[str, ResponseRule | None]] = field(default_factory=dict)
 
-    def response_rule(self, status: int, media: str) -> ResponseRule | None:
+    def response_rule(self, status: int, media: str) -> ResponseRule | Unchecked:
+        """The rule a response of this status and media type (essence, '' if none) is checked against."""
         table = self.responses.get(str(status)) or self.responses.get(f"{status // 100}XX")
         if table is None:
             table = self.responses.get("default")
         if table is None:
-            return None
-        return table.get(media) or (table.get("application/json") if is_json(media) else None)
+            return Unchecked.FORWARD
+        return _media_rule(table, media)
+
+
+def _media_rule(table: dict[str, ResponseRule | None], media: str) -> ResponseRule | Unchecked:
+    # A status that declares a schema declares what its body may be: anything else (XML the client asked for
+    # with `Accept`, JSON labelled text/json, no Content-Type) would leave unchecked, so it is refused.
+    if media in table:
+        key = media
+    elif is_json(media) and "application/json" in table:
+        key = "application/json"
+    elif (wildcard := media.partition("/")[0] + "/*") in table:
+        key = wildcard
+    elif "*/*" in table:
+        key = "*/*"
+    else:
+        return Unchecked.UNDECLARED
+    rule = table[key]
+    return Unchecked.FORWARD if rule is None else rule
 
 
 def build_operation(
@@ -184,22 +212,25 @@ def _responses(docs: Documents, schemas: SchemaSet, at: Located, operation: Oper
         content = resp.node.get("content") if isinstance(resp.node, dict) else None
         if not isinstance(content, dict):
             continue
-        rules: dict[str, ResponseRule] = {}
+        rules: dict[str, ResponseRule | None] = {}
+        schemas_declared = False
         for media in content:
             entry = resp.child("content", media)
-            if not is_json(media.lower()) or not isinstance(entry.node, dict) or "schema" not in entry.node:
-                continue
-            s = entry.child("schema")
-            closed = {"type": "object", "properties": {"body": schemas.convert(s, "response_closed")}}
-            opened = schemas.convert(s, "response_open", close=False)
-            rules[media.lower()] = ResponseRule(
-                _compile(schemas, closed, "response_closed", s),
-                _compile(schemas, opened, "response_open", s),
-                s.pointer,
-            )
-        if rules:
+            has_schema = isinstance(entry.node, dict) and "schema" in entry.node
+            schemas_declared |= has_schema
+            checkable = has_schema and is_json(media.lower())
+            rules[media.lower()] = _response_rule(schemas, entry.child("schema")) if checkable else None
+        if schemas_declared:
             key = str(code).upper() if str(code).upper().endswith("XX") else str(code)
             operation.responses[key] = rules
+
+
+def _response_rule(schemas: SchemaSet, s: Located) -> ResponseRule:
+    closed = {"type": "object", "properties": {"body": schemas.convert(s, "response_closed")}}
+    opened = schemas.convert(s, "response_open", close=False)
+    return ResponseRule(
+        _compile(schemas, closed, "response_closed", s), _compile(schemas, opened, "response_open", s), s.pointer
+    )
 
 
 def _compile(schemas: SchemaSet, root: dict[str, Any], variant: Variant, at: Located) -> Compiled:

@@ -155,10 +155,11 @@ def test_default_response_schema_applies_to_other_statuses(enforce: tuple[TestGa
     [
         ("/v1/pets/mine", _json({"anything": "goes"})),  # the operation declares no content
         ("/v1/pets/7", Reply(204)),  # delete: no body
-        (OWNER, Reply(200, [("Content-Type", "text/plain")], b"plain text")),  # no schema for this media type
         (OWNER, _json({"anything": "goes"}, 500)),  # status not declared, no default
+        (OWNER, Reply(500, [("Content-Type", "text/html")], b"<h1>oops</h1>")),
+        (OWNER, Reply(200, [("Content-Type", "text/plain")], b"")),  # empty: nothing to check or leak
     ],
-    ids=["no-content-declared", "no-body", "other-media-type", "undeclared-status"],
+    ids=["no-content-declared", "no-body", "undeclared-status", "undeclared-status-html", "empty-body"],
 )
 def test_response_without_a_schema_passes_unchanged(
     enforce: tuple[TestGateway, TestUpstream, Path], path: str, reply: Reply
@@ -168,6 +169,53 @@ def test_response_without_a_schema_passes_unchanged(
     method = "DELETE" if reply.status == 204 else "GET"
     status, _, body = gw.request(method, path)
     assert (status, body) == (reply.status, reply.body)
+
+
+LEAKY_XML = b"<owner><email>a@example.com</email><password>hunter2hunter2</password></owner>"
+UNDECLARED_MEDIA = {
+    "xml": Reply(200, [("Content-Type", "application/xml")], LEAKY_XML),  # what `Accept: application/xml` gets
+    "text-json": Reply(200, [("Content-Type", "text/json")], orjson.dumps(LEAKY_OWNER)),
+    "x-json": Reply(200, [("Content-Type", "application/x-json")], orjson.dumps(LEAKY_OWNER)),
+    "text-plain": Reply(200, [("Content-Type", "text/plain")], orjson.dumps(LEAKY_OWNER)),
+    "no-content-type": Reply(200, [], orjson.dumps(LEAKY_OWNER)),
+}
+
+
+@pytest.mark.parametrize("reply", UNDECLARED_MEDIA.values(), ids=UNDECLARED_MEDIA.keys())
+def test_enforce_refuses_a_media_type_the_status_does_not_declare(
+    enforce: tuple[TestGateway, TestUpstream, Path], reply: Reply
+) -> None:
+    """Only JSON was checked: an upstream that negotiates XML (the client's `Accept`) or labels its JSON anything
+    else sent the password out unfiltered."""
+    gw, up, log = enforce
+    up.reply(OWNER, reply)
+    status, _, body = gw.request("GET", OWNER, headers={"Accept": "application/xml"})
+    assert status == 502
+    assert orjson.loads(body)["reason"] == "response.invalid"
+    assert b"hunter2" not in body
+    entry = _last_log(gw, log)
+    assert (entry["reason"], entry["stage"]) == ("response.invalid", "openapi")
+    assert "media type" in str(entry["detail"])
+
+
+@pytest.mark.parametrize("reply", UNDECLARED_MEDIA.values(), ids=UNDECLARED_MEDIA.keys())
+def test_monitor_records_a_media_type_the_status_does_not_declare(
+    monitor: tuple[TestGateway, TestUpstream, Path], reply: Reply
+) -> None:
+    gw, up, log = monitor
+    up.reply(OWNER, reply)
+    status, _, body = gw.request("GET", OWNER)
+    assert (status, body) == (200, reply.body)
+    entry = _last_log(gw, log)
+    assert entry["findings"] == ["openapi.response_invalid"]
+
+
+def test_head_passes_whatever_the_media_type(enforce: tuple[TestGateway, TestUpstream, Path]) -> None:
+    gw, up, _ = enforce
+    up.reply(
+        OWNER, Reply(200, [("Content-Type", "application/xml"), ("Content-Length", str(len(LEAKY_XML)))], LEAKY_XML)
+    )
+    assert gw.request("HEAD", OWNER)[0] == 200
 
 
 def test_accept_encoding_is_removed_so_the_body_can_be_checked(enforce: tuple[TestGateway, TestUpstream, Path]) -> None:
@@ -307,9 +355,9 @@ def test_values_nested_hundreds_deep_are_answered_not_crashed_on(tmp_path: Path)
         ("enforce", "application/json", 1000, 200, None),
         ("enforce", "application/json", 3000, 502, "response.too_large"),
         ("monitor", "application/json", 3000, 200, None),  # observe-only: never breaks traffic
-        ("enforce", "text/plain", 3000, 200, None),  # no schema applies: not limited by it
+        ("enforce", "text/plain", 3000, 502, "response.invalid"),  # a media type 200 does not declare
     ],
-    ids=["within", "over", "over-monitor", "over-unchecked-type"],
+    ids=["within", "over", "over-monitor", "over-undeclared-type"],
 )
 def test_responses_beyond_max_response_bytes_are_not_checked(
     tmp_path: Path, responses: str, content_type: str, size: int, status: int, reason: str | None

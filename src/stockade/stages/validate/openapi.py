@@ -9,7 +9,7 @@ from pydantic import Field
 
 from stockade.openapi.errors import Problem, problems, summary
 from stockade.openapi.media import essence, pick
-from stockade.openapi.operations import Operation
+from stockade.openapi.operations import Operation, Unchecked
 from stockade.openapi.params import Malformed
 from stockade.openapi.request import body_value, has_body, parameters
 from stockade.openapi.responses import check_response
@@ -161,14 +161,18 @@ class _ResponseChecking(OpenApiStage):
         if sum(1 for name, _ in response.headers if name == "content-type") > 1:
             # The check would follow the first and a client may follow another (text/plain, then the JSON that
             # carries what the filter would have removed): fail closed.
-            if self.responses == "monitor":
-                ctx.findings.append(Finding("openapi.response_invalid", "medium", "repeated Content-Type"))
-            else:
-                response.reject(502, "response.invalid", detail="repeated Content-Type")
+            self._invalid(ctx, response, "repeated Content-Type")
             return
-        rule = op.response_rule(response.status, essence(response.get("content-type")))
-        if rule is None:
-            return  # no schema declared for this status and media type: passes unchanged
+        media = essence(response.get("content-type"))
+        rule = op.response_rule(response.status, media)
+        if isinstance(rule, Unchecked):
+            if rule is Unchecked.UNDECLARED and body:  # an empty body has nothing to leak
+                self._invalid(
+                    ctx,
+                    response,
+                    f"{op.operation_id} {response.status}: media type {media[:100] or 'none'} {rule.value}",
+                )
+            return  # otherwise no schema is declared for this status and media type: passes unchanged
         if len(body) > self._max_checked:
             detail = f"{op.operation_id} {response.status}: {len(body)} bytes, over max_response_bytes: not checked"
             if self.responses == "monitor":
@@ -187,6 +191,13 @@ class _ResponseChecking(OpenApiStage):
         elif checked.body is not None:
             ctx.findings.append(Finding("openapi.response_filtered", "low", detail))
             response.replace_body(checked.body)
+
+    def _invalid(self, ctx: RequestContext, response: Response, detail: str) -> None:
+        """A response that cannot go out checked: a finding under `monitor`, 502 under `enforce`."""
+        if self.responses == "monitor":
+            ctx.findings.append(Finding("openapi.response_invalid", "medium", detail))
+        else:
+            response.reject(502, "response.invalid", detail=detail)
 
 
 _: type[Stage] = OpenApiStage
