@@ -62,6 +62,13 @@ def _spec(tmp_path: Path, body: str, name: str = "api.yaml") -> Path:
             "#/paths/~1a/post/requestBody/content/application~1json/schema/$ref",
             "cannot load",
         ),
+        (
+            "paths: {/a: {post: {requestBody: {content: "
+            "{application/json: {}, 'Application/JSON; charset=utf-8': {}}}}}}",
+            "#/paths/~1a/post/requestBody/content/Application~1JSON; charset=utf-8",
+            "declared twice",  # one key by essence: which schema applies would be a guess
+        ),
+        ("paths: {/a: {post: {requestBody: {content: {json: {}}}}}}", "#/paths/~1a/post/requestBody/content", "json"),
     ],
     ids=[
         "lookahead-pattern",
@@ -72,6 +79,8 @@ def _spec(tmp_path: Path, body: str, name: str = "api.yaml") -> Path:
         "duplicate-template",
         "circular-ref",
         "missing-file",
+        "media-type-twice",
+        "not-a-media-type",
     ],
 )
 def test_broken_spec_names_file_and_pointer(tmp_path: Path, body: str, pointer: str, words: str) -> None:

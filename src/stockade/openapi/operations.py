@@ -7,7 +7,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from stockade.openapi.loader import Documents, Located
-from stockade.openapi.media import is_json, media_kind
+from stockade.openapi.media import essence, is_json, media_kind
 from stockade.openapi.params import DEFAULT_STYLE, STYLES, Param
 from stockade.openapi.shapes import ANY, Shape, shape_of
 
@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from stockade.openapi.schema import SchemaSet, Variant
 
 _IGNORED_HEADERS = frozenset({"accept", "content-type", "authorization"})  # OpenAPI: described elsewhere
+# Response keys whose schema applies to JSON: springdoc declares every response under `*/*`.
+_JSON_WILDCARDS = frozenset({"*/*", "application/*"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +49,7 @@ class Unchecked(Enum):
 
     FORWARD = "is forwarded"  # its status declares no schema, or its media type is declared without one
     UNDECLARED = "is not declared"  # its status declares schemas, none for this media type (or none at all)
+    UNREADABLE = "cannot be checked"  # declared by a wildcard with a schema, but not JSON
 
 
 @dataclass(slots=True)
@@ -89,7 +92,9 @@ def _media_rule(table: dict[str, ResponseRule | None], media: str) -> ResponseRu
     else:
         return Unchecked.UNDECLARED
     rule = table[key]
-    return Unchecked.FORWARD if rule is None else rule
+    if rule is None:
+        return Unchecked.FORWARD
+    return rule if is_json(media) else Unchecked.UNREADABLE  # a schema the gateway cannot hold this body to
 
 
 def build_operation(
@@ -118,7 +123,12 @@ def build_operation(
         operation.declares_body = True
         operation.body_required = body.node.get("required") is True
         for media in body.node["content"]:
-            operation.bodies[media.lower()] = _body_rule(docs, schemas, body, media, base, variant, at)
+            # Keyed by essence: `application/json; charset=UTF-8` must match a JSON request, or a `*/*` beside it
+            # would take the body unread.
+            key = _media_key(body, media)
+            if key in operation.bodies:
+                raise body.error(f"media type {key!r} is declared twice", "content", media)
+            operation.bodies[key] = _body_rule(docs, schemas, body, media, base, variant, at)
     if responses:
         _responses(docs, schemas, at, operation)
     return operation
@@ -189,16 +199,16 @@ def _body_rule(
     docs: Documents, schemas: SchemaSet, body: Located, media: str, base: dict[str, Any], variant: Variant, at: Located
 ) -> BodyRule:
     entry = body.child("content", media)
-    essence = media.lower()
-    kind = "auto" if "*" in essence else media_kind(essence)
+    key = essence(media)
+    kind = "auto" if "*" in key else media_kind(key)
     has_schema = isinstance(entry.node, dict) and "schema" in entry.node
     if not has_schema or kind == "opaque":  # no schema, or bytes the gateway cannot read: presence only
-        return BodyRule(essence, "opaque", ANY, _compile(schemas, base, variant, at))
+        return BodyRule(key, "opaque", ANY, _compile(schemas, base, variant, at))
     schema_at = entry.child("schema")
     root = {**base, "properties": {**base["properties"], "body": schemas.convert(schema_at, variant)}}
     if body.node.get("required") is True:
         root["required"] = ["body"]
-    return BodyRule(essence, kind, shape_of(schema_at, docs), _compile(schemas, root, variant, entry))
+    return BodyRule(key, kind, shape_of(schema_at, docs), _compile(schemas, root, variant, entry))
 
 
 def _responses(docs: Documents, schemas: SchemaSet, at: Located, operation: Operation) -> None:
@@ -216,13 +226,24 @@ def _responses(docs: Documents, schemas: SchemaSet, at: Located, operation: Oper
         schemas_declared = False
         for media in content:
             entry = resp.child("content", media)
+            key = _media_key(resp, media)
+            if key in rules:
+                raise resp.error(f"media type {key!r} is declared twice", "content", media)
             has_schema = isinstance(entry.node, dict) and "schema" in entry.node
             schemas_declared |= has_schema
-            checkable = has_schema and is_json(media.lower())
-            rules[media.lower()] = _response_rule(schemas, entry.child("schema")) if checkable else None
+            checkable = has_schema and (is_json(key) or key in _JSON_WILDCARDS)
+            rules[key] = _response_rule(schemas, entry.child("schema")) if checkable else None
         if schemas_declared:
             key = str(code).upper() if str(code).upper().endswith("XX") else str(code)
             operation.responses[key] = rules
+
+
+def _media_key(at: Located, media: object) -> str:
+    """A content map's key as the essence a Content-Type is compared by (`application/json;charset=UTF-8`)."""
+    key = essence(media) if isinstance(media, str) else ""
+    if "/" not in key:
+        raise at.error(f"{media!r} is not a media type", "content")
+    return key
 
 
 def _response_rule(schemas: SchemaSet, s: Located) -> ResponseRule:

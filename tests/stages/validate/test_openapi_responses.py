@@ -392,3 +392,91 @@ def test_a_response_with_two_content_types_is_refused(enforce: tuple[TestGateway
     status, _, body = gw.request("GET", OWNER)
     assert status == 502 and b"hunter2" not in body
     assert orjson.loads(body)["reason"] == "response.invalid"
+
+
+MEDIA_KEYS_SPEC = """\
+openapi: 3.1.0
+info: {title: t, version: '1'}
+components:
+  schemas:
+    User:
+      type: object
+      required: [id]
+      properties: {id: {type: integer}, name: {type: string}, password: {type: string, writeOnly: true}}
+paths:
+  /users/{id}:
+    get:
+      parameters: [{name: id, in: path, required: true, schema: {type: integer}}]
+      responses:
+        '200':
+          description: springdoc's default key
+          content: {'*/*': {schema: {$ref: '#/components/schemas/User'}}}
+        '201':
+          description: a key with parameters
+          content: {'Application/JSON;charset=UTF-8': {schema: {$ref: '#/components/schemas/User'}}}
+        '202':
+          description: any application type
+          content: {'application/*': {schema: {$ref: '#/components/schemas/User'}}}
+        '203':
+          description: any type, no schema
+          content: {'*/*': {}, 'application/json': {schema: {$ref: '#/components/schemas/User'}}}
+"""
+LEAKY_USER = {"id": 1, "name": "bob", "password": "hunter2", "ssn": "078-05-1120"}
+
+
+@pytest.fixture(scope="module")
+def media_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestGateway, TestUpstream]]:
+    tmp = tmp_path_factory.mktemp("spec")
+    (tmp / "keys.yaml").write_text(MEDIA_KEYS_SPEC)
+    config = (
+        "routes:\n  - id: u\n    match: {path: /users/**}\n    upstream: '{upstream}'\n    stages:\n"
+        "      - use: anonymous\n      - use: openapi\n        config: {spec: keys.yaml, responses: enforce}\n"
+    )
+    with gateway_with_upstream(config, base_dir=tmp) as pair:
+        yield pair
+
+
+@pytest.mark.parametrize(
+    ("status", "content_type"),
+    [
+        (200, "application/json"),
+        (200, "application/vnd.user+json"),
+        (201, "application/json;charset=UTF-8"),
+        (201, "application/json"),
+        (202, "application/json"),
+    ],
+    ids=["star-json", "star-vendor-json", "params-exact", "params-essence", "application-star"],
+)
+def test_json_under_wildcard_or_parameterised_keys_is_filtered(
+    media_keys: tuple[TestGateway, TestUpstream], status: int, content_type: str
+) -> None:
+    """Response schemas under `*/*` (springdoc's default) or `application/json;charset=UTF-8` were never
+    compiled: those responses went out with every secret in them."""
+    gw, up = media_keys
+    up.reply("/users/1", Reply(status, [("Content-Type", content_type)], orjson.dumps(LEAKY_USER)))
+    got, _, body = gw.request("GET", "/users/1")
+    assert (got, orjson.loads(body)) == (status, {"id": 1, "name": "bob"})
+
+
+@pytest.mark.parametrize(
+    ("status", "content_type"),
+    [(200, "application/xml"), (200, "text/json"), (200, ""), (202, "application/x-json"), (202, "text/plain")],
+    ids=["star-xml", "star-text-json", "star-no-type", "application-star-x-json", "application-star-undeclared"],
+)
+def test_a_body_a_wildcard_schema_cannot_check_is_refused(
+    media_keys: tuple[TestGateway, TestUpstream], status: int, content_type: str
+) -> None:
+    gw, up = media_keys
+    headers = [("Content-Type", content_type)] if content_type else []
+    up.reply("/users/1", Reply(status, headers, orjson.dumps(LEAKY_USER)))
+    got, _, body = gw.request("GET", "/users/1")
+    assert got == 502 and b"hunter2" not in body
+    assert orjson.loads(body)["reason"] == "response.invalid"
+
+
+def test_a_wildcard_without_a_schema_admits_other_types(media_keys: tuple[TestGateway, TestUpstream]) -> None:
+    gw, up = media_keys
+    up.reply("/users/1", Reply(203, [("Content-Type", "text/csv")], b"id,name\n1,bob\n"))
+    assert gw.request("GET", "/users/1")[:3:2] == (203, b"id,name\n1,bob\n")
+    up.reply("/users/1", Reply(203, [("Content-Type", "application/json")], orjson.dumps(LEAKY_USER)))
+    assert orjson.loads(gw.request("GET", "/users/1")[2]) == {"id": 1, "name": "bob"}

@@ -332,3 +332,50 @@ def test_openapi_petstore_spec(petstore: tuple[TestGateway, TestUpstream], case:
 @pytest.mark.parametrize("case", STRICT_CASES.values(), ids=STRICT_CASES.keys())
 def test_openapi_strict_mode_closes_objects(petstore_strict: tuple[TestGateway, TestUpstream], case: Case) -> None:
     run_case(petstore_strict, case)
+
+
+PARAMETERISED_KEY_SPEC = """\
+openapi: 3.1.0
+info: {title: t, version: '1'}
+paths:
+  /users:
+    post:
+      requestBody:
+        required: true
+        content:
+          'application/json; charset=UTF-8':
+            schema: {type: object, properties: {role: {type: string, enum: [user]}}}
+          '*/*': {}
+      responses: {'200': {description: ok}}
+"""
+
+
+@pytest.fixture(scope="module")
+def parameterised_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestGateway, TestUpstream]]:
+    tmp = tmp_path_factory.mktemp("spec")
+    (tmp / "keys.yaml").write_text(PARAMETERISED_KEY_SPEC)
+    yield from gateway(str(tmp / "keys.yaml"))
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        Case("POST", "/users", 422, INVALID, (("/body/role", "enum"),), b'{"role":"admin"}', JSON),
+        Case(
+            "POST",
+            "/users",
+            422,
+            INVALID,
+            (("/body/role", "enum"),),
+            b'{"role":"admin"}',
+            {"Content-Type": "application/json; charset=utf-8"},
+        ),
+        Case("POST", "/users", 200, body=b'{"role":"user"}', headers=JSON),
+    ],
+    ids=["plain", "with-charset", "valid"],
+)
+def test_request_body_keys_with_parameters_are_matched_by_essence(
+    parameterised_key: tuple[TestGateway, TestUpstream], case: Case
+) -> None:
+    """`application/json; charset=UTF-8` never matched a JSON request, so a `*/*` beside it took the body unread."""
+    run_case(parameterised_key, case)
