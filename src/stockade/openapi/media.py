@@ -8,7 +8,7 @@ from urllib.parse import parse_qsl
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from stockade.openapi.params import Malformed
+from stockade.openapi.params import Malformed, bracket_alias
 from stockade.openapi.shapes import ANY, Shape, coerce
 from stockade.security import jsonscan
 
@@ -146,6 +146,9 @@ def decode_multipart(body: bytes, content_type: str, shape: Shape) -> dict[str, 
 
 
 def _typed(grouped: dict[str, list[Any]], shape: Shape) -> dict[str, Any]:
+    alias = bracket_alias(grouped, shape.props, shape.props)
+    if alias is not None:  # `role[]=admin` is `role` to PHP, Rails and Express, whatever `strict` says
+        raise Malformed(f"/body/{alias.replace('~', '~0').replace('/', '~1')}", "alias")
     out: dict[str, Any] = {}
     for key, values in grouped.items():
         prop = shape.props.get(key, ANY)

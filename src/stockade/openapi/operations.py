@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from stockade.openapi.loader import Documents, Located
 from stockade.openapi.media import essence, is_json, media_kind
-from stockade.openapi.params import DEFAULT_STYLE, STYLES, Param
+from stockade.openapi.params import DEFAULT_STYLE, STYLES, Param, query_names
 from stockade.openapi.shapes import ANY, Shape, shape_of
 
 if TYPE_CHECKING:
@@ -61,6 +61,7 @@ class Operation:
     deprecated: bool
     params: dict[str, tuple[Param, ...]]  # by location: path, query, header, cookie
     check: Compiled  # parameters only (no body, or a body without a schema)
+    query_names: frozenset[str] = frozenset()  # query keys declared parameters own: no bracket aliases of them
     bodies: dict[str, BodyRule] = field(default_factory=dict)
     declares_body: bool = False
     body_required: bool = False
@@ -115,6 +116,7 @@ def build_operation(
         deprecated=op.get("deprecated") is True,
         params=params,
         check=_compile(schemas, base, variant, at),
+        query_names=query_names(params.get("query", ())),
     )
     if "requestBody" in op:
         body = docs.deref(at.child("requestBody"))

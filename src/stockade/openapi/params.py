@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,6 +124,30 @@ def query_value(p: Param, query: dict[str, list[str]], used: set[str]) -> tuple[
     if shape.kind == "array" and p.style in _DELIMS:
         return True, coerce_items(values[0].split(_DELIMS[p.style]) if values[0] else [], shape)
     return True, _split_value(p, values[0], ",")
+
+
+def query_names(params: tuple[Param, ...]) -> frozenset[str]:
+    """The query keys the parameters own (a deepObject's own `name[prop]` keys aside), whose bracket spellings
+    (`limit[]`, `limit[0]`) Express (qs), PHP and Rails read as the same parameter."""
+    out: set[str] = set()
+    for p in params:
+        if p.style == "deepObject":
+            continue
+        if p.shape.kind == "object" and p.explode and not p.json:  # exploded form: the properties are the keys
+            out.update(p.shape.props)
+        else:
+            out.add(p.name)
+    return frozenset(out)
+
+
+def bracket_alias(keys: Iterable[str], names: Container[str], used: Container[str] = ()) -> str | None:
+    """The first of `names` that a key spells with brackets (`role[]=admin` for `role`), or None."""
+    for key in keys:
+        if "[" in key and key not in used:
+            base = key.partition("[")[0]
+            if base in names:
+                return base
+    return None
 
 
 def header_value(p: Param, values: list[str]) -> Any:

@@ -277,6 +277,33 @@ PETSTORE_CASES |= {
     ),
 }
 
+# Express (qs), PHP and Rails read `limit[]` and `limit[0]` as `limit`: an alias of a declared parameter or form
+# field would reach them unvalidated.
+PETSTORE_CASES |= {
+    "query-bracket-alias": Case("GET", "/v1/pets?limit[]=5000", 400, BAD_PARAM, (("/query/limit", "alias"),)),
+    "query-encoded-index-alias": Case(
+        "GET", "/v1/pets?limit%5B0%5D=5000", 400, BAD_PARAM, (("/query/limit", "alias"),)
+    ),
+    "query-alias-beside-the-name": Case(
+        "GET", "/v1/pets?status=sold&status[]=lost", 400, BAD_PARAM, (("/query/status", "alias"),)
+    ),
+    "query-array-alias": Case("GET", "/v1/pets?tags[0]=a&tags[1]=b", 400, BAD_PARAM, (("/query/tags", "alias"),)),
+    "query-undeclared-bracket-key-passes": Case("GET", "/v1/pets?limit=5&page[size]=9", 200),
+    "form-bracket-alias": Case(
+        "POST", "/v1/pets", 400, MALFORMED, (("/body/status", "alias"),), b"name=Rex&status[]=lost", FORM
+    ),
+    "form-undeclared-bracket-key-passes": Case("POST", "/v1/pets", 200, body=b"name=Rex&x[]=1", headers=FORM),
+    "multipart-bracket-alias": Case(
+        "POST",
+        "/v1/pets/3/photo",
+        400,
+        MALFORMED,
+        (("/body/rating", "alias"),),
+        _multipart(("file", *FILE), ("rating[]", "", b"9")),
+        MULTIPART,
+    ),
+}
+
 STRICT_CASES = {
     "create-extra-property": Case(
         "POST",
@@ -313,6 +340,7 @@ STRICT_CASES = {
         body=b'{"email":"a@example.com","labels":{"any":"thing"}}',
         headers=JSON,
     ),
+    "query-bracket-alias": Case("GET", "/v1/pets?limit[]=5000", 400, BAD_PARAM, (("/query/limit", "alias"),)),
     "undeclared-query-key": Case(
         "GET", "/v1/pets?limit=1&debug=1", 422, INVALID, (("/query/debug", "additionalProperties"),)
     ),

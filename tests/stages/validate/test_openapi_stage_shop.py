@@ -35,6 +35,12 @@ SEARCH_OK = "/api/v2/search?q=books&price[min]=1&price[max]=9&ids=1|2|3"
 SEARCH_HEADERS = {"Cookie": "session=0123456789abcdef", "X-Api-Version": "2"}
 
 SHOP_CASES = {
+    "search-pipe-delimited-alias": Case(
+        "GET", SEARCH_OK + "&ids[]=99", 400, BAD_PARAM, (("/query/ids", "alias"),), headers=SEARCH_HEADERS
+    ),
+    "search-deep-object-nested-alias": Case(
+        "GET", SEARCH_OK + "&q[x]=1", 400, BAD_PARAM, (("/query/q", "alias"),), headers=SEARCH_HEADERS
+    ),
     "server-variable-v1": Case("GET", "/api/v1/items/.5", 200),
     "server-variable-other": Case("GET", "/api/v3/items/.5", 404, UNKNOWN),
     "label-style-bad": Case("GET", "/api/v2/items/5", 400, BAD_PARAM, (("/path/id", "style"),)),
