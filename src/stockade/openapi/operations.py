@@ -36,6 +36,12 @@ class BodyRule:
     shape: Shape
     check: Compiled  # parameters and body together, one validator call per request
 
+    def reads(self, media: str) -> bool:
+        """Whether a body of this media type can be held to the rule: a wildcard key with a schema cannot pass
+        bytes the gateway cannot read (`application/x-json` under `*/*`) unvalidated to an upstream that may
+        parse them as JSON."""
+        return self.kind != "auto" or media_kind(media) != "opaque"
+
 
 @dataclass(frozen=True, slots=True)
 class ResponseRule:

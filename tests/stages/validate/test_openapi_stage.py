@@ -269,8 +269,19 @@ PETSTORE_CASES |= {
     "wildcard-media-form-validated": Case(
         "POST", "/v1/pets/3/notes", 422, INVALID, (("/body/text", "required"),), b"note=hi", FORM
     ),
-    "wildcard-media-opaque-passes": Case(
-        "POST", "/v1/pets/3/notes", 200, body=b"\x00\x01", headers={"Content-Type": "application/octet-stream"}
+    # `*/*` with a schema: a body the gateway cannot read would pass unvalidated, and the upstream may well read
+    # it as JSON (many frameworks parse any body as JSON, or sniff it)
+    "wildcard-media-opaque-refused": Case(
+        "POST", "/v1/pets/3/notes", 415, MEDIA, body=b'{"text":1}', headers={"Content-Type": "application/octet-stream"}
+    ),
+    "wildcard-media-x-json-refused": Case(
+        "POST", "/v1/pets/3/notes", 415, MEDIA, body=b'{"text":1}', headers={"Content-Type": "application/x-json"}
+    ),
+    "wildcard-media-jsonrequest-refused": Case(
+        "POST", "/v1/pets/3/notes", 415, MEDIA, body=b'{"text":1}', headers={"Content-Type": "application/jsonrequest"}
+    ),
+    "wildcard-media-text-validated": Case(
+        "POST", "/v1/pets/3/notes", 422, INVALID, (("/body", "type"),), b"hi", {"Content-Type": "text/plain"}
     ),
     "content-type-list": Case(
         "POST", "/v1/pets", 415, MEDIA, body=b'{"name":"Rex"}', headers={"Content-Type": "application/json, text/plain"}
@@ -375,6 +386,13 @@ paths:
             schema: {type: object, properties: {role: {type: string, enum: [user]}}}
           '*/*': {}
       responses: {'200': {description: ok}}
+  /notes:
+    post:
+      requestBody:
+        content:
+          'application/*':
+            schema: {type: object, properties: {role: {type: string, enum: [user]}}}
+      responses: {'200': {description: ok}}
 """
 
 
@@ -406,4 +424,19 @@ def test_request_body_keys_with_parameters_are_matched_by_essence(
     parameterised_key: tuple[TestGateway, TestUpstream], case: Case
 ) -> None:
     """`application/json; charset=UTF-8` never matched a JSON request, so a `*/*` beside it took the body unread."""
+    run_case(parameterised_key, case)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        Case("POST", "/notes", 415, MEDIA, body=b'{"role":"admin"}', headers={"Content-Type": "application/x-json"}),
+        Case("POST", "/notes", 422, INVALID, (("/body/role", "enum"),), b'{"role":"admin"}', JSON),
+        Case("POST", "/users", 200, body=b"\x00\x01", headers={"Content-Type": "application/octet-stream"}),
+    ],
+    ids=["application-star-unreadable", "application-star-json", "star-without-schema-passes"],
+)
+def test_wildcard_media_with_a_schema_needs_a_readable_body(
+    parameterised_key: tuple[TestGateway, TestUpstream], case: Case
+) -> None:
     run_case(parameterised_key, case)

@@ -109,12 +109,13 @@ class OpenApiStage:
                     content_type = ctx.headers.get_single("content-type") or ""
                 except DuplicateHeaderError:
                     return Deny(400, "http.duplicate_header", detail="more than one Content-Type")
-                key = pick(op.bodies, essence(content_type))
-                if key is None:
-                    found_type = essence(content_type)[:100] or "none"
-                    detail = f"{op.operation_id}: content type {found_type} is not declared"
+                media = essence(content_type)
+                key = pick(op.bodies, media)
+                rule = op.bodies[key] if key is not None else None
+                if rule is None or not rule.reads(media):
+                    why = "is not declared" if rule is None else "cannot be validated against the declared schema"
+                    detail = f"{op.operation_id}: content type {media[:100] or 'none'} {why}"
                     return self._deny(Deny(415, "openapi.unsupported_media_type", detail=detail))
-                rule = op.bodies[key]
                 try:
                     present, value = body_value(rule, body, content_type, ctx)
                 except Malformed as exc:
