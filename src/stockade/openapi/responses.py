@@ -7,13 +7,14 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from stockade.openapi.errors import Problem, problems
+from stockade.openapi.request import DUPLICATES_ONLY
+from stockade.security.jsonscan import Violation, parse
 
 if TYPE_CHECKING:
     from stockade.openapi.operations import ResponseRule
 
+_RULES = {"malformed": "json"}  # the parser's rule names as a request's 400 reports them
 _DECLARING = frozenset({"properties", "patternProperties", "additionalProperties", "unevaluatedProperties"})
 
 
@@ -42,9 +43,11 @@ def _check(rule: ResponseRule, raw: bytes, encoding: str | None) -> Checked:
     if encoding and encoding.strip().lower() != "identity":
         return Checked([{"pointer": "/body", "rule": "contentEncoding"}], fatal=True)
     try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return Checked([{"pointer": "/body", "rule": "json"}], fatal=True)
+        # The requests' parser: integers stay exact for re-encoding, and a repeated key is refused - the check
+        # would see one copy while the raw bytes, with the other, go out (or a client reads the first).
+        doc = parse(raw, DUPLICATES_ONLY)
+    except Violation as exc:
+        return Checked([{"pointer": "/body" + exc.pointer, "rule": _RULES.get(exc.rule, exc.rule)}], fatal=True)
     closed = rule.closed
     envelope = {"body": doc}
     if closed.validator.is_valid(envelope):
@@ -56,11 +59,9 @@ def _check(rule: ResponseRule, raw: bytes, encoding: str | None) -> Checked:
     removed = strip(doc, annotations)
     if not removed:
         return Checked(removed)
-    # Re-encoded from an exact parse: orjson reads integers beyond 64 bits as floats, which the client must
-    # not receive in place of the upstream's numbers. Same structure, same locations to strip.
-    exact = json.loads(raw)
-    strip(exact, annotations)
-    return Checked(removed, body=json.dumps(exact, ensure_ascii=False, separators=(",", ":")).encode())
+    # Re-encoded from the exact parse: orjson would turn integers beyond 64 bits into floats, which the client
+    # must not receive in place of the upstream's numbers.
+    return Checked(removed, body=json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode())
 
 
 def strip(doc: Any, annotations: list[Any]) -> list[Problem]:

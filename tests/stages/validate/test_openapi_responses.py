@@ -480,3 +480,31 @@ def test_a_wildcard_without_a_schema_admits_other_types(media_keys: tuple[TestGa
     assert gw.request("GET", "/users/1")[:3:2] == (203, b"id,name\n1,bob\n")
     up.reply("/users/1", Reply(203, [("Content-Type", "application/json")], orjson.dumps(LEAKY_USER)))
     assert orjson.loads(gw.request("GET", "/users/1")[2]) == {"id": 1, "name": "bob"}
+
+
+DUPLICATE_KEYS = {
+    "top-level": b'{"email":"a@example.com","password":"hunter2hunter2","password":"x"}',
+    "nested-earlier-copy-leaks": b'{"email":"a@example.com","address":{"city":"x","ssn":"hunter2"},"address":{}}',
+    "escaped-spelling": b'{"email":"a@example.com","labels":{"hunter2":"1"},"label\\u0073":{}}',
+}
+
+
+@pytest.mark.parametrize("raw", DUPLICATE_KEYS.values(), ids=DUPLICATE_KEYS.keys())
+def test_enforce_refuses_a_response_with_duplicate_keys(
+    enforce: tuple[TestGateway, TestUpstream, Path], raw: bytes
+) -> None:
+    """The check saw the last copy of a key (clean) while the raw bytes, with the first copy, went out."""
+    gw, up, log = enforce
+    up.reply(OWNER, Reply(200, [("Content-Type", "application/json")], raw))
+    status, _, body = gw.request("GET", OWNER)
+    assert status == 502 and b"hunter2" not in body
+    assert orjson.loads(body)["reason"] == "response.invalid"
+    assert "duplicate_key" in str(_last_log(gw, log)["detail"])
+
+
+def test_monitor_records_a_response_with_duplicate_keys(monitor: tuple[TestGateway, TestUpstream, Path]) -> None:
+    gw, up, log = monitor
+    raw = DUPLICATE_KEYS["nested-earlier-copy-leaks"]
+    up.reply(OWNER, Reply(200, [("Content-Type", "application/json")], raw))
+    assert gw.request("GET", OWNER)[::2] == (200, raw)
+    assert _last_log(gw, log)["findings"] == ["openapi.response_invalid"]
