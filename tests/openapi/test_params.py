@@ -122,3 +122,11 @@ def test_json_content_parameter() -> None:
 )
 def test_cookie_names_are_read_without_surrounding_whitespace(header: str, expected: dict[str, list[str]]) -> None:
     assert parse_cookies([header]) == expected
+
+
+def test_quoted_cookie_values_with_a_backslash_are_malformed_for_the_names_asked_for() -> None:
+    with pytest.raises(Malformed) as info:
+        parse_cookies(['a=1; s="\\074x\\076"'], {"s"})
+    assert (info.value.pointer, info.value.rule) == ("/cookie/s", "escape")
+    assert parse_cookies(['a=1; s="\\074x\\076"'], {"a"}) == {"a": ["1"]}
+    assert parse_cookies(["s=\\074x"], {"s"}) == {"s": ["\\074x"]}  # unquoted: nobody unescapes it

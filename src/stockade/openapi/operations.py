@@ -68,6 +68,7 @@ class Operation:
     params: dict[str, tuple[Param, ...]]  # by location: path, query, header, cookie
     check: Compiled  # parameters only (no body, or a body without a schema)
     query_names: frozenset[str] = frozenset()  # query keys declared parameters own: no bracket aliases of them
+    cookie_names: frozenset[str] = frozenset()
     bodies: dict[str, BodyRule] = field(default_factory=dict)
     declares_body: bool = False
     body_required: bool = False
@@ -123,6 +124,7 @@ def build_operation(
         params=params,
         check=_compile(schemas, base, variant, at),
         query_names=query_names(params.get("query", ())),
+        cookie_names=frozenset(p.name for p in params.get("cookie", ())),
     )
     if "requestBody" in op:
         body = docs.deref(at.child("requestBody"))

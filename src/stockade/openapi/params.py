@@ -159,16 +159,19 @@ def header_value(p: Param, values: list[str]) -> Any:
     return _split_value(p, value.strip(), ",")
 
 
-def parse_cookies(headers: list[str]) -> dict[str, list[str]]:
-    """`Cookie: a=1; b=2` (RFC 6265 syntax; every occurrence of a name is kept so duplicates can be refused)."""
+def parse_cookies(headers: list[str], names: Container[str] | None = None) -> dict[str, list[str]]:
+    """`Cookie: a=1; b=2` (RFC 6265 syntax; every occurrence of a name is kept so duplicates can be refused),
+    only the cookies in `names` if given. Raises Malformed for a quoted value of those with a backslash."""
     out: dict[str, list[str]] = {}
     for header in headers:
         for item in header.split(";"):
             name, sep, value = item.strip().partition("=")
             name = name.rstrip(" \t")  # `session =x` is the cookie `session` to Starlette and http.cookies
-            if sep and name:
+            if sep and name and (names is None or name in names):
                 value = value.strip()
                 if len(value) >= 2 and value[0] == value[-1] == '"':
                     value = value[1:-1]
+                    if "\\" in value:  # http.cookies and Werkzeug unquote `\074` to `<` after the check saw `\074`
+                        raise Malformed(f"/cookie/{name.replace('~', '~0').replace('/', '~1')}", "escape")
                 out.setdefault(name, []).append(value)
     return out

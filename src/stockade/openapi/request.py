@@ -55,7 +55,7 @@ def parameters(
         out["header"] = values
     declared = params.get("cookie")
     if declared:
-        jar = parse_cookies(ctx.headers.get_all("cookie"))
+        jar = parse_cookies(ctx.headers.get_all("cookie"), op.cookie_names)
         values = {}
         for p in declared:
             cookie = jar.get(p.name)

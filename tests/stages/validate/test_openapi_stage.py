@@ -373,7 +373,7 @@ def test_openapi_strict_mode_closes_objects(petstore_strict: tuple[TestGateway, 
     run_case(petstore_strict, case)
 
 
-PARAMETERISED_KEY_SPEC = """\
+EDGE_SPEC = """\
 openapi: 3.1.0
 info: {title: t, version: '1'}
 paths:
@@ -386,6 +386,12 @@ paths:
             schema: {type: object, properties: {role: {type: string, enum: [user]}}}
           '*/*': {}
       responses: {'200': {description: ok}}
+  /items:
+    get:
+      parameters:
+        - {name: session, in: cookie, schema: {type: string, pattern: "^[^<>']*$"}}
+        - {name: X-Limit, in: header, schema: {type: integer, maximum: 100}}
+      responses: {'200': {description: ok}}
   /notes:
     post:
       requestBody:
@@ -397,9 +403,9 @@ paths:
 
 
 @pytest.fixture(scope="module")
-def parameterised_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestGateway, TestUpstream]]:
+def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestGateway, TestUpstream]]:
     tmp = tmp_path_factory.mktemp("spec")
-    (tmp / "keys.yaml").write_text(PARAMETERISED_KEY_SPEC)
+    (tmp / "keys.yaml").write_text(EDGE_SPEC)
     yield from gateway(str(tmp / "keys.yaml"))
 
 
@@ -421,10 +427,10 @@ def parameterised_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
     ids=["plain", "with-charset", "valid"],
 )
 def test_request_body_keys_with_parameters_are_matched_by_essence(
-    parameterised_key: tuple[TestGateway, TestUpstream], case: Case
+    edge: tuple[TestGateway, TestUpstream], case: Case
 ) -> None:
     """`application/json; charset=UTF-8` never matched a JSON request, so a `*/*` beside it took the body unread."""
-    run_case(parameterised_key, case)
+    run_case(edge, case)
 
 
 @pytest.mark.parametrize(
@@ -436,7 +442,22 @@ def test_request_body_keys_with_parameters_are_matched_by_essence(
     ],
     ids=["application-star-unreadable", "application-star-json", "star-without-schema-passes"],
 )
-def test_wildcard_media_with_a_schema_needs_a_readable_body(
-    parameterised_key: tuple[TestGateway, TestUpstream], case: Case
-) -> None:
-    run_case(parameterised_key, case)
+def test_wildcard_media_with_a_schema_needs_a_readable_body(edge: tuple[TestGateway, TestUpstream], case: Case) -> None:
+    run_case(edge, case)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        Case("GET", "/items", 400, BAD_PARAM, (("/cookie/session", "escape"),),
+             headers={"Cookie": 'session="\\074script\\076"'}),
+        Case("GET", "/items", 400, BAD_PARAM, (("/cookie/session", "escape"),),
+             headers={"Cookie": 'theme=dark; session="a\\"b"'}),
+        Case("GET", "/items", 422, INVALID, (("/cookie/session", "pattern"),), headers={"Cookie": "session=<script>"}),
+        Case("GET", "/items", 200, headers={"Cookie": 'session="plain"; other="\\074"'}),
+    ],
+    ids=["octal-escape", "escaped-quote", "pattern", "undeclared-cookie-escapes-pass"],
+)  # fmt: skip
+def test_quoted_cookie_values_with_escapes_are_refused(edge: tuple[TestGateway, TestUpstream], case: Case) -> None:
+    """http.cookies and Werkzeug unquote `"\\074script\\076"` to `<script>` after the pattern saw backslashes."""
+    run_case(edge, case)
