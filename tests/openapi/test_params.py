@@ -6,7 +6,15 @@ from typing import Any
 
 import pytest
 
-from stockade.openapi.params import Malformed, Param, header_value, parse_cookies, path_value, query_value
+from stockade.openapi.params import (
+    HeaderSpellings,
+    Malformed,
+    Param,
+    header_value,
+    parse_cookies,
+    path_value,
+    query_value,
+)
 from stockade.openapi.shapes import Shape
 
 INT = Shape("integer")
@@ -130,3 +138,19 @@ def test_quoted_cookie_values_with_a_backslash_are_malformed_for_the_names_asked
     assert (info.value.pointer, info.value.rule) == ("/cookie/s", "escape")
     assert parse_cookies(['a=1; s="\\074x\\076"'], {"a"}) == {"a": ["1"]}
     assert parse_cookies(["s=\\074x"], {"s"}) == {"s": ["\\074x"]}  # unquoted: nobody unescapes it
+
+
+@pytest.mark.parametrize(
+    ("declared", "raw", "alias"),
+    [
+        ("x-limit", [(b"X_Limit", b"1")], "x-limit"),
+        ("x-limit", [(b"X-Limit", b"1"), (b"x_LIMIT", b"2")], "x-limit"),
+        ("x-limit", [(b"X-Limit", b"1"), (b"X_Other", b"2")], None),
+        ("x_api_key", [(b"X-Api-Key", b"1")], "x_api_key"),  # a declared underscore name: dashes spell it too
+        ("x_api_key", [(b"X_API_KEY", b"1")], None),
+    ],
+)
+def test_header_spellings_cgi_servers_read_alike(
+    declared: str, raw: list[tuple[bytes, bytes]], alias: str | None
+) -> None:
+    assert HeaderSpellings.of((_p("header", "simple", False, INT, declared),)).alias(raw) == alias

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from stockade.openapi.loader import Documents, Located
 from stockade.openapi.media import essence, is_json, media_kind
-from stockade.openapi.params import DEFAULT_STYLE, STYLES, Param, query_names
+from stockade.openapi.params import DEFAULT_STYLE, STYLES, HeaderSpellings, Param, query_names
 from stockade.openapi.shapes import ANY, Shape, shape_of
 
 if TYPE_CHECKING:
@@ -69,6 +69,7 @@ class Operation:
     check: Compiled  # parameters only (no body, or a body without a schema)
     query_names: frozenset[str] = frozenset()  # query keys declared parameters own: no bracket aliases of them
     cookie_names: frozenset[str] = frozenset()
+    header_spellings: HeaderSpellings | None = None  # with header parameters
     bodies: dict[str, BodyRule] = field(default_factory=dict)
     declares_body: bool = False
     body_required: bool = False
@@ -125,6 +126,7 @@ def build_operation(
         check=_compile(schemas, base, variant, at),
         query_names=query_names(params.get("query", ())),
         cookie_names=frozenset(p.name for p in params.get("cookie", ())),
+        header_spellings=HeaderSpellings.of(params["header"]) if "header" in params else None,
     )
     if "requestBody" in op:
         body = docs.deref(at.child("requestBody"))

@@ -150,6 +150,30 @@ def bracket_alias(keys: Iterable[str], names: Container[str], used: Container[st
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class HeaderSpellings:
+    """Declared header parameters by the name CGI and WSGI servers read them as (`X_Limit` and `X-Limit` are
+    both HTTP_X_LIMIT), so another spelling of one cannot slip past its checks."""
+
+    names: dict[bytes, str]  # lower-case, `-` as `_` -> the declared (lower-case) name
+    any_underscore: bool  # a declared name has `_`: then dashed request names can be spellings of it too
+
+    @classmethod
+    def of(cls, params: tuple[Param, ...]) -> HeaderSpellings:
+        names = {p.name.replace("-", "_").encode("latin-1"): p.name for p in params}
+        return cls(names, any("_" in p.name for p in params))
+
+    def alias(self, raw: list[tuple[bytes, bytes]]) -> str | None:
+        """The declared name that a request header spells differently, or None."""
+        for name, _ in raw:
+            if b"_" in name or self.any_underscore:
+                lower = name.lower()
+                declared = self.names.get(lower.replace(b"-", b"_"))
+                if declared is not None and lower != declared.encode("latin-1"):
+                    return declared
+        return None
+
+
 def header_value(p: Param, values: list[str]) -> Any:
     if p.shape.kind != "array" and len(values) != 1:
         raise Malformed(p.pointer, "duplicate")

@@ -47,6 +47,10 @@ def parameters(
     declared = params.get("header")
     if declared:
         headers = ctx.headers
+        spellings = op.header_spellings
+        alias = spellings.alias(headers.raw) if spellings is not None else None
+        if alias is not None:
+            raise Malformed(pointer(["header", alias]), "alias")
         values = {}
         for p in declared:
             raw = headers.get_all(p.name)

@@ -461,3 +461,21 @@ def test_wildcard_media_with_a_schema_needs_a_readable_body(edge: tuple[TestGate
 def test_quoted_cookie_values_with_escapes_are_refused(edge: tuple[TestGateway, TestUpstream], case: Case) -> None:
     """http.cookies and Werkzeug unquote `"\\074script\\076"` to `<script>` after the pattern saw backslashes."""
     run_case(edge, case)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        Case("GET", "/items", 400, BAD_PARAM, (("/header/x-limit", "alias"),), headers={"X_Limit": "5000"}),
+        Case("GET", "/items", 400, BAD_PARAM, (("/header/x-limit", "alias"),),
+             headers={"X-Limit": "5", "x_limit": "5000"}),
+        Case("GET", "/items", 422, INVALID, (("/header/x-limit", "maximum"),), headers={"X-Limit": "5000"}),
+        Case("GET", "/items", 200, headers={"X-Limit": "5", "X_Other": "1"}),
+    ],
+    ids=["underscore-alone", "underscore-beside-the-name", "dashed-checked", "undeclared-underscore-passes"],
+)  # fmt: skip
+def test_underscore_spellings_of_declared_headers_are_refused(
+    edge: tuple[TestGateway, TestUpstream], case: Case
+) -> None:
+    """CGI and WSGI servers read `X_Limit` as `X-Limit` (both HTTP_X_LIMIT): it skipped the header's checks."""
+    run_case(edge, case)
