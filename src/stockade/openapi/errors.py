@@ -47,6 +47,9 @@ def problems(errors: Iterable[jsonschema_rs.ValidationError], schema: Any) -> li
             | jsonschema_rs.ValidationErrorKind.UnevaluatedProperties,
         ):
             out.extend({"pointer": pointer([*err.instance_path, k]), "rule": name} for k in kind.unexpected)
+        elif isinstance(kind, jsonschema_rs.ValidationErrorKind.PropertyNames):  # names the key, not the object
+            at = pointer([*err.instance_path, str(kind.error.instance)])
+            out.append({"pointer": at, "rule": _marker(schema, err.schema_path) or name})
         elif name == "falseSchema":  # `additionalProperties: false` without `properties` compiles to this
             last = err.schema_path[-1] if err.schema_path else ""
             out.append({"pointer": base, "rule": last if last in _FALSE_KEYWORDS else "false"})

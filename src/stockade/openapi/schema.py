@@ -229,6 +229,8 @@ class SchemaSet:
             out.setdefault("maximum", hi)
         if "discriminator" in node:
             self._discriminate(at, variant, out)
+        if variant.startswith("request") and isinstance(out.get("properties"), dict):
+            _refuse_case_variants(out)
         return out
 
     def _properties(self, at: Located, variant: Variant) -> dict[str, Any]:
@@ -324,6 +326,26 @@ class SchemaSet:
             elif isinstance(node, list):
                 stack.extend(v for v in node if isinstance(v, dict | list))
         return found
+
+
+def _refuse_case_variants(out: dict[str, Any]) -> None:
+    """Refuse a key that matches a declared property name but for case (`IsAdmin`, `ROLE`, a long s for an s):
+    Go's encoding/json and ASP.NET Core bind keys case-insensitively, so it would reach `isAdmin` past its
+    checks. The `regex` crate's `(?i)` uses Unicode simple case folding, as Go's EqualFold does."""
+    names = [n for n in out["properties"] if n.lower() != n.upper()]  # only names with letters have variants
+    if not names:
+        return
+    pattern = "(?i)^(?:" + "|".join(_literal(n) for n in names) + ")$"
+    rule = {"anyOf": [{"enum": list(out["properties"])}, {"not": {"pattern": pattern}}], RULE: "caseVariant"}
+    if "propertyNames" in out:
+        out["allOf"] = [*out.get("allOf", ()), {"propertyNames": rule}]
+    else:
+        out["propertyNames"] = rule
+
+
+def _literal(name: str) -> str:
+    """`name` as a regex matching exactly it: ASCII punctuation as hex escapes, never as metacharacters."""
+    return "".join(c if c.isalnum() or not c.isascii() else f"\\x{{{ord(c):X}}}" for c in name)
 
 
 def _open(node: dict[str, Any]) -> bool:

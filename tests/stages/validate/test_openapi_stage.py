@@ -315,6 +315,42 @@ PETSTORE_CASES |= {
     ),
 }
 
+# Go's encoding/json and ASP.NET Core bind keys case-insensitively: `ID` is `id` (readOnly) and `\u017ftatus`
+# (long s) is `status` (an enum) to them, and the last one wins
+PETSTORE_CASES |= {
+    "json-case-variant-of-readonly": Case(
+        "PUT", "/v1/pets/7", 422, INVALID, (("/body/ID", "caseVariant"),), b'{"name":"Rex","ID":7}', JSON
+    ),
+    "json-case-variant-beside-the-name": Case(
+        "POST",
+        "/v1/pets",
+        422,
+        INVALID,
+        (("/body/Status", "caseVariant"),),
+        b'{"name":"Rex","status":"sold","Status":"lost"}',
+        JSON,
+    ),
+    "json-long-s-variant": Case(
+        "POST",
+        "/v1/pets",
+        422,
+        INVALID,
+        (("/body/\u017ftatus", "caseVariant"),),
+        '{"name":"Rex","\u017ftatus":"lost"}'.encode(),
+        JSON,
+    ),
+    "json-nested-case-variant": Case(
+        "PUT",
+        "/v1/owners/9b2f3c1e-8d4a-4b6e-9f0a-1c2d3e4f5a6b",
+        422,
+        INVALID,
+        (("/body/address/ZIP", "caseVariant"),),
+        b'{"email":"a@example.com","address":{"ZIP":"x"}}',
+        JSON,
+    ),
+    "json-other-undeclared-key-passes": Case("POST", "/v1/pets", 200, body=b'{"name":"Rex","named":1}', headers=JSON),
+}
+
 STRICT_CASES = {
     "create-extra-property": Case(
         "POST",
