@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -515,3 +516,33 @@ def test_underscore_spellings_of_declared_headers_are_refused(
 ) -> None:
     """CGI and WSGI servers read `X_Limit` as `X-Limit` (both HTTP_X_LIMIT): it skipped the header's checks."""
     run_case(edge, case)
+
+
+SIZED = """
+routes:
+  - id: api
+    match: {path: "/**"}
+    upstream: "{upstream}"
+    stages:
+      - use: anonymous
+      - use: openapi
+        config: {spec: %s, requests: %s, max_request_bytes: 2048}
+"""
+
+
+@pytest.mark.parametrize("mode", ["enforce", "monitor"])
+def test_request_bodies_over_max_request_bytes_are_not_validated(mode: str) -> None:
+    """A 10 MiB array of small objects (the route's default body limit) held a worker about 1 s in validation."""
+    from stockade.testing import gateway_with_upstream
+
+    items = b",".join([b'{"book_id":1,"quantity":2}'] * 100)  # valid, and 2.7 KB
+    big = b'{"items":[' + items + b"]}"
+    small = b'{"items":[{"book_id":1,"quantity":2}]}'
+    with gateway_with_upstream(SIZED % (DEMO_SPEC, mode)) as (gw, up):
+        status, _, raw = gw.request("POST", "/orders", headers=JSON, body=big)
+        if mode == "enforce":
+            assert (status, json.loads(raw)["reason"]) == (413, "openapi.body_too_large")
+            assert up.received == []
+        else:
+            assert status == 200 and up.received[-1].body == big  # a finding, not a refusal
+        assert gw.request("POST", "/orders", headers=JSON, body=small)[0] == 200
