@@ -366,3 +366,45 @@ def test_cached_token_remembers_the_key_set_that_verified_it(monkeypatch: pytest
     entry = stage._cache[f"Bearer {token}"]
     assert entry.keys is verified_with
     assert entry.keys is not source.keys  # so the next hit is not served from the cache
+
+
+FORGER = TestIssuer().add_rsa("rsa-1")  # the real issuer's name and kid, the attacker's own key
+
+
+@pytest.mark.parametrize(
+    ("separator", "scheme"),
+    [(" ", "Bearer"), ("\t", "Bearer"), ("  ", "Bearer"), (" \t ", "bearer"), ("\xa0", "BEARER")],
+    ids=["space", "tab", "two-spaces", "mixed", "nbsp"],
+)
+def test_any_whitespace_after_bearer_is_a_bearer_credential(separator: str, scheme: str) -> None:
+    """DRF's `header.split()` reads `Bearer<TAB>token` as a bearer token: read here as another scheme, a forged
+    one skipped verification and, where `anonymous` followed, reached the upstream."""
+    stage = make_stage()
+    good = run_stage(stage, make_context(headers={"Authorization": f"{scheme}{separator}{IDP.token('rsa-1')}"}))
+    assert isinstance(good, Continue)
+    forged = run_stage(stage, make_context(headers={"Authorization": f"{scheme}{separator}{FORGER.token('rsa-1')}"}))
+    assert isinstance(forged, Deny) and forged.status == 401
+
+
+def test_a_forged_token_after_a_tab_does_not_pass_an_optional_auth_route() -> None:
+    from stockade.testing import gateway_with_upstream
+
+    issuer = {"issuer": ISS, "audiences": [AUD], "algorithms": ["RS256"], "keys": IDP.jwks()["keys"]}
+    config = f"""
+routes:
+  - id: opt
+    match: {{path: /**}}
+    upstream: "{{upstream}}"
+    stages:
+      - use: jwt
+        config: {{issuers: [{json.dumps(issuer)}]}}
+      - use: anonymous
+"""
+    clock = FakeClock(NOW)
+    with gateway_with_upstream(config, clock=clock) as (gw, up):
+        forged = FORGER.token("rsa-1", sub="admin", roles=["admin"])
+        status, _, _ = gw.request("GET", "/x", headers={"Authorization": f"Bearer\t{forged}"})
+        assert status == 401 and up.received == []
+        assert gw.request("GET", "/x")[0] == 200  # no credential: anonymous, as the route allows
+        status, _, _ = gw.request("GET", "/x", headers={"Authorization": f"Bearer\t{IDP.token('rsa-1')}"})
+        assert status == 200 and up.received[-1].header("x-stockade-principal") != "anonymous"

@@ -10,11 +10,24 @@ NO_CREDENTIAL = Skip("no Authorization header")
 DUPLICATE = Deny(400, "http.duplicate_header", detail="Authorization header repeated")
 
 
+def bearer_token(value: str) -> str | None:
+    """The token of a Bearer credential, else None. The scheme ends at any whitespace, not only the one space
+    RFC 9110 allows: frameworks split the header on whitespace (DRF's `header.split()`), so `Bearer<TAB>token`
+    read here as another scheme would have reached them unverified, on a route where `anonymous` then won."""
+    parts = value.split(None, 1)
+    if len(parts) == 2 and parts[0].lower() == "bearer":
+        return parts[1].strip()
+    return None
+
+
 def bearer_credential(ctx: RequestContext) -> str | None:
     """`credential` (pipeline/stage.py CredentialSource) of the bearer-token authenticators: "authorization" when
     that header carries a Bearer credential (even repeated: either copy would be forwarded unverified)."""
     value = ctx.headers.get("authorization")
-    return "authorization" if value is not None and value.partition(" ")[0].lower() == "bearer" else None
+    if value is None:
+        return None
+    head = value.split(None, 1)
+    return "authorization" if head and head[0].lower() == "bearer" else None
 
 
 def authorization(ctx: RequestContext) -> str | Skip | Deny:

@@ -23,7 +23,7 @@ from stockade.pipeline.verdict import Continue, Deny, Skip
 from stockade.security import jose, keys
 from stockade.security.fetch import bounded_body
 from stockade.security.jwk import thumbprint_sha256
-from stockade.stages.authn.authorization import authorization, bearer_credential
+from stockade.stages.authn.authorization import authorization, bearer_credential, bearer_token
 from stockade.stages.authn.jwt_config import _loopback
 
 log = logging.getLogger("stockade.introspection")
@@ -90,8 +90,8 @@ class IntrospectionAuthenticator:
         value = authorization(ctx)
         if not isinstance(value, str):
             return value
-        scheme, _, token = value.partition(" ")
-        if scheme.lower() != "bearer" or not token:
+        token = bearer_token(value)
+        if not token:
             return Skip("Authorization is not a Bearer credential")
         key = keys.fingerprint(token.encode("latin-1"))
         now = self._clock.time()

@@ -20,7 +20,7 @@ from stockade.pipeline.verdict import Continue, Deny, Skip
 from stockade.security import jose
 from stockade.security.jwk import thumbprint_sha256
 from stockade.security.jwks import KeySet, StaticKeys, fetcher_for
-from stockade.stages.authn.authorization import authorization, bearer_credential
+from stockade.stages.authn.authorization import authorization, bearer_credential, bearer_token
 from stockade.stages.authn.jwt_config import IssuerConfig, JwtConfig
 
 if TYPE_CHECKING:
@@ -116,8 +116,8 @@ class JwtAuthenticator:
         )
 
     async def _verify(self, ctx: RequestContext, value: str) -> Continue | Skip | Deny:
-        scheme, _, token = value.partition(" ")
-        if scheme.lower() != "bearer":
+        token = bearer_token(value)
+        if token is None:
             return Skip("Authorization is not a Bearer credential")
         if "." not in token:
             return Skip("opaque bearer token")
