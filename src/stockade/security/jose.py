@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stockade.errors import StockadeError
+from stockade.security.jsonscan import has_unpaired_surrogate
 from stockade.security.jwk import ALGORITHMS, Jwk, PrivateKey, b64url_decode, b64url_encode, sign_bytes
 
 MAX_LEEWAY = 60
@@ -182,10 +183,13 @@ def bound_thumbprint(claims: Mapping[str, Any]) -> str | None:
 
 
 def _json_object(segment: str, part: str) -> dict[str, Any]:
+    raw = _b64(segment, part)
     try:
-        value = json.loads(_b64(segment, part), object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+        value = json.loads(raw, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
     except (ValueError, RecursionError):  # bad UTF-8 or JSON, or an integer literal over Python's digit limit
         raise MalformedToken(f"{part} is not JSON") from None
+    if has_unpaired_surrogate(raw):  # a `sub` of "\ud800" cannot be hashed or sent on: a 500 per request
+        raise MalformedToken(f"{part} has a string with half a surrogate pair")
     if not isinstance(value, dict):
         raise MalformedToken(f"{part} is not a JSON object")
     return value

@@ -193,7 +193,7 @@ def _decoded(body: bytes, decoder: json.JSONDecoder) -> Any:
         raise Violation("duplicate_key", "") from None
     except ValueError:  # JSONDecodeError, NaN, over-long integers
         raise Violation("malformed", "") from None
-    if _SURROGATE_ESCAPE.search(body) is not None and _unpaired_surrogate(body):
+    if has_unpaired_surrogate(body):
         raise Violation("malformed", "")
     return document
 
@@ -205,6 +205,12 @@ def _stack_depth() -> int:
         depth += 1
         frame = frame.f_back
     return depth
+
+
+def has_unpaired_surrogate(body: bytes) -> bool:
+    """Whether a JSON text's string escapes half a surrogate pair (`"\\ud800"`): the stdlib decoder keeps it, as a
+    str that cannot be encoded, and parsers disagree on what it means. Cheap unless the text escapes a surrogate."""
+    return _SURROGATE_ESCAPE.search(body) is not None and _unpaired_surrogate(body)
 
 
 def _unpaired_surrogate(body: bytes) -> bool:

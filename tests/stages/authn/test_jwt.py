@@ -149,6 +149,12 @@ ATTACKS: list[tuple[str, Any, str]] = [
     ),
     ("ecdsa-der-signature", lambda: IDP.token("ec-1")[:-10] + "AAAAAAAAAA", "jwt.bad_signature"),
     ("bad-base64-chars", lambda: IDP.token().replace(".", ".+/", 1), "jwt.malformed"),
+    # half a surrogate pair: json.loads keeps it, and hashing the identity then raised (500 per request)
+    (
+        "lone-surrogate-sub",
+        lambda: signed_payload(json.dumps({**IDP.claims(), "sub": "X"}).replace('"X"', '"\\ud800"')),
+        "jwt.malformed",
+    ),
     (
         "base64-padding",
         lambda: IDP.token().split(".")[0] + "==." + ".".join(IDP.token().split(".")[1:]),

@@ -22,6 +22,7 @@ from stockade.pipeline.stage import Stage, StageConfig, StageEnv
 from stockade.pipeline.verdict import Continue, Deny, Skip
 from stockade.security import jose, keys
 from stockade.security.fetch import bounded_body
+from stockade.security.jsonscan import has_unpaired_surrogate
 from stockade.security.jwk import thumbprint_sha256
 from stockade.stages.authn.authorization import authorization, bearer_credential, bearer_token
 from stockade.stages.authn.jwt_config import _loopback
@@ -188,6 +189,8 @@ class IntrospectionAuthenticator:
             if body is None:
                 raise ValueError("response too large")
             doc = json.loads(body)
+            if has_unpaired_surrogate(body):  # a str that cannot be hashed or sent on as an identity
+                raise ValueError("response has a string with half a surrogate pair")
             if not isinstance(doc, dict):
                 raise ValueError("response is not a JSON object")
             return doc
