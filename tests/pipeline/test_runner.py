@@ -209,6 +209,33 @@ def test_identity_headers_cannot_be_used_to_inject_headers() -> None:
     assert ("x-stockade-principal", "evil%0D%0AX-Admin: true") in headers
 
 
+@pytest.mark.parametrize(
+    ("principal", "expected"),
+    [
+        # reversible: `%` is encoded too, so a principal spelled with escapes is not another's
+        (Principal(id="bob\r\nx", kind="jwt"), {"x-stockade-principal": "bob%0D%0Ax"}),
+        (Principal(id="bob%0D%0Ax", kind="jwt"), {"x-stockade-principal": "bob%250D%250Ax"}),
+        (Principal(id="b\u00f8b", kind="jwt"), {"x-stockade-principal": "b%C3%B8b"}),
+        (Principal(id="b%C3%B8b", kind="jwt"), {"x-stockade-principal": "b%25C3%25B8b"}),
+        # one item stays one item for an upstream that splits the list on spaces or commas
+        (
+            Principal(id="a", kind="jwt", roles=frozenset({"user admin", "ops,root", "reader"})),
+            {"x-stockade-roles": "ops%2Croot reader user%20admin"},
+        ),
+        (
+            Principal(id="a", kind="jwt", scopes=frozenset({"books:read", "x\u00a0admin"})),
+            {"x-stockade-scopes": "books:read x%C2%A0admin"},
+        ),
+    ],
+    ids=["crlf", "crlf-spelled", "utf8", "utf8-spelled", "roles-with-separators", "scope-with-nbsp"],
+)
+def test_identity_header_encoding_is_unambiguous(principal: Principal, expected: dict[str, str]) -> None:
+    ctx = make_context()
+    ctx.principal = principal
+    headers = dict(Pipeline("r", [], body_limit=10).identity_headers(ctx))
+    assert {k: headers[k] for k in expected} == expected
+
+
 class Hook(Probe):
     def __init__(self, name: str, log: list[str], *, raise_on_complete: bool = False) -> None:
         super().__init__(CONTINUE, name=name, log=log)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Coroutine, Generator, Sequence
+from collections.abc import Callable, Coroutine, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,11 @@ log = logging.getLogger("stockade.pipeline")
 IDENTITY_PREFIX = "x-stockade-"
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _UNSAFE_VALUE = re.compile(r"[^\x20-\x7e]")
+# Identity header values are percent-encoded (UTF-8) reversibly: `%` itself too, so `bob%0D%0Ax` and `bob\r\nx`
+# stay two principals; in the space-separated scope and role lists, a space or comma inside one item too
+# (`["user admin"]` is one role, never `user` and `admin` to an upstream that splits the header).
+_UNSAFE_IDENTITY = re.compile(r"[^\x20-\x7e]|%")
+_UNSAFE_ITEM = re.compile(r"[^\x21-\x7e]|[%,]")
 
 PipelineResult = Deny | None
 
@@ -90,11 +95,17 @@ async def _finish(coro: Coroutine[Any, Any, Any], yielded: Any) -> Any:
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024  # a response body buffered for hooks is cut off (502) beyond this, both fronts
 
 
-def header_safe(value: str) -> str:
-    """Percent-encode anything that is not visible ASCII, so no value can split or smuggle a header."""
-    if _UNSAFE_VALUE.search(value) is None:
+def header_safe(value: str, unsafe: re.Pattern[str] = _UNSAFE_VALUE) -> str:
+    """Percent-encode anything that is not visible ASCII (or else `unsafe`), so no value can split or smuggle a
+    header."""
+    if unsafe.search(value) is None:
         return value
-    return _UNSAFE_VALUE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode("utf-8")), value)
+    return unsafe.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode("utf-8", "surrogatepass")), value)
+
+
+def header_list(items: Iterable[str]) -> str:
+    """A space-separated header list whose items cannot be split into others."""
+    return " ".join(header_safe(item, _UNSAFE_ITEM) for item in sorted(items))
 
 
 class Pipeline:
@@ -336,15 +347,15 @@ class Pipeline:
         p = ctx.principal
         if p is None:
             return []
-        out = [("x-stockade-principal", header_safe(p.id)), ("x-stockade-auth", p.kind)]
+        out = [("x-stockade-principal", header_safe(p.id, _UNSAFE_IDENTITY)), ("x-stockade-auth", p.kind)]
         if p.anonymous:
             out.append(("x-stockade-anonymous", "true"))
         if p.consumer_id:
-            out.append(("x-stockade-consumer", header_safe(p.consumer_id)))
+            out.append(("x-stockade-consumer", header_safe(p.consumer_id, _UNSAFE_IDENTITY)))
         if p.scopes:
-            out.append(("x-stockade-scopes", header_safe(" ".join(sorted(p.scopes)))))
+            out.append(("x-stockade-scopes", header_list(p.scopes)))
         if p.roles:
-            out.append(("x-stockade-roles", header_safe(" ".join(sorted(p.roles)))))
+            out.append(("x-stockade-roles", header_list(p.roles)))
         return out
 
     def identity_header_bytes(self, ctx: RequestContext) -> bytes:
