@@ -172,3 +172,62 @@ def test_introspection_config_needs_the_secret_and_https(idp: TestUpstream, monk
         IntrospectionConfig.model_validate(
             {"endpoint": "http://idp.example/i", "client_id": "a", "client_secret_env": "X"}
         )
+
+
+def test_made_up_tokens_do_not_push_active_ones_out_of_the_cache(idp: TestUpstream) -> None:
+    """1,000 junk tokens used to flush a cache of 1,000: every real user's next request was a call again."""
+    clock = FakeClock()
+    stage = make(idp, clock, cache_size=3)
+    answer(idp, ACTIVE)
+    for token in ("alice-1", "alice-2"):
+        assert isinstance(check(stage, token, clock), Continue)
+    answer(idp, {"active": False})
+    for n in range(10):
+        assert isinstance(check(stage, f"junk-{n}", clock), Deny)
+    before = calls(idp)
+    clock.advance(5)
+    for token in ("alice-1", "alice-2"):
+        assert isinstance(check(stage, token, clock), Continue)  # still cached: no call
+    assert calls(idp) == before
+    for n in (7, 8, 9):  # the newest inactive answers are kept (briefly) too
+        assert isinstance(check(stage, f"junk-{n}", clock), Deny)
+    assert calls(idp) == before
+
+
+def test_the_cache_keeps_the_tokens_in_use(idp: TestUpstream) -> None:
+    clock = FakeClock()
+    stage = make(idp, clock, cache_size=2)
+    answer(idp, ACTIVE)
+    check(stage, "a", clock)
+    check(stage, "b", clock)
+    check(stage, "a", clock)  # used again: now the newest
+    check(stage, "c", clock)  # pushes out the least recently used, b
+    before = calls(idp)
+    check(stage, "a", clock)
+    assert calls(idp) == before
+    check(stage, "b", clock)
+    assert calls(idp) == before + 1
+
+
+def test_calls_under_way_are_capped(idp: TestUpstream) -> None:
+    """Beyond max_concurrent_calls an uncached token is refused at once (fail closed), not queued or sent."""
+    import asyncio
+
+    clock = FakeClock()
+    stage = make(idp, clock, max_concurrent_calls=2)
+    answer(idp, ACTIVE)
+    idp.stall()
+
+    async def scenario() -> list[Continue | Skip | Deny]:
+        ctxs = [make_context(headers={"Authorization": f"Bearer t{n}"}, clock=clock) for n in range(3)]
+        first = [asyncio.ensure_future(stage.check(c)) for c in ctxs[:2]]
+        while calls(idp) < 2:  # both calls have reached the (stalled) endpoint
+            await asyncio.sleep(0.01)
+        third = await stage.check(ctxs[2])
+        idp.release()
+        return [*(await asyncio.gather(*first)), third]
+
+    one, two, third = asyncio.run(scenario())
+    assert isinstance(one, Continue) and isinstance(two, Continue)
+    assert isinstance(third, Deny) and (third.status, third.reason) == (503, "auth.unavailable")
+    assert calls(idp) == 2

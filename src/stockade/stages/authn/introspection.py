@@ -40,7 +40,10 @@ class IntrospectionConfig(StageConfig):
     timeout: Annotated[float, Field(gt=0, le=30)] = 5.0
     cache_ttl: Annotated[float, Field(ge=0, le=3600)] = 300.0  # positive results: until exp, at most this
     negative_ttl: Annotated[float, Field(ge=0, le=300)] = 10.0
-    cache_size: Annotated[int, Field(ge=0, le=1_000_000)] = 10_000
+    cache_size: Annotated[int, Field(ge=0, le=1_000_000)] = 10_000  # active tokens (inactive ones: apart, as many)
+    # Calls to the endpoint under way at once; beyond it an uncached token is 503 auth.unavailable at once, so a
+    # flood of made-up tokens cannot turn request rate into load on the authorization server.
+    max_concurrent_calls: Annotated[int, Field(ge=1, le=10_000)] = 32
     issuer: str | None = None  # if set, `iss` in the response must equal it
     audiences: tuple[str, ...] = ()  # if set, `aud` must include one of them
     roles_claim: str = "roles"
@@ -74,7 +77,10 @@ class IntrospectionAuthenticator:
         self._clock = env.clock
         self._shared = env.services.shared
         self._ca = str(env.base_dir / config.ca_file) if config.ca_file else None
+        # Least recently used first. Inactive answers have a cache of their own: made-up tokens, which anyone can
+        # send, would otherwise push out the active ones and make every real user's next request a call.
         self._cache: OrderedDict[bytes, tuple[float, Continue | Deny, str]] = OrderedDict()
+        self._negative: OrderedDict[bytes, tuple[float, Continue | Deny, str]] = OrderedDict()
         self._inflight: dict[bytes, asyncio.Future[dict[str, Any] | None]] = {}
         self.challenge = f'Bearer realm="{config.realm}"'
         self._invalid = Deny(
@@ -96,11 +102,17 @@ class IntrospectionAuthenticator:
             return Skip("Authorization is not a Bearer credential")
         key = keys.fingerprint(token.encode("latin-1"))
         now = self._clock.time()
-        hit = self._cache.get(key)
-        if hit is not None and now < hit[0]:
-            return self._reuse(ctx, hit[1], hit[2])
+        for cache in (self._cache, self._negative):
+            hit = cache.get(key)
+            if hit is not None:
+                if now < hit[0]:
+                    cache.move_to_end(key)
+                    return self._reuse(ctx, hit[1], hit[2])
+                del cache[key]
         fut = self._inflight.get(key)
         if fut is None:  # concurrent requests with one token share one call
+            if len(self._inflight) >= self._config.max_concurrent_calls:
+                return Deny(503, "auth.unavailable", detail="introspection: too many calls under way")
             fut = self._inflight[key] = asyncio.ensure_future(self._introspect(token))
             fut.add_done_callback(functools.partial(self._done, key))
         doc = await asyncio.shield(fut)
@@ -109,9 +121,10 @@ class IntrospectionAuthenticator:
         now = self._clock.time()
         verdict, until, identity = self._judge(doc, now)
         if self._config.cache_size and until > now:
-            if len(self._cache) >= self._config.cache_size:
-                self._cache.popitem(last=False)
-            self._cache[key] = (until, verdict, identity)
+            cache = self._cache if type(verdict) is Continue else self._negative
+            if len(cache) >= self._config.cache_size:
+                cache.popitem(last=False)
+            cache[key] = (until, verdict, identity)
         return self._reuse(ctx, verdict, identity)
 
     def _done(self, key: bytes, fut: asyncio.Future[dict[str, Any] | None]) -> None:
