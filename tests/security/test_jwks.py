@@ -12,10 +12,10 @@ import pytest
 
 from stockade.clock import FakeClock
 from stockade.pipeline.stage import Services, StageEnv
-from stockade.pipeline.verdict import Continue, Deny
+from stockade.pipeline.verdict import Continue, Deny, Skip
 from stockade.stages.authn.jwt import JwtAuthenticator
 from stockade.stages.authn.jwt_config import JwtConfig
-from stockade.testing import Reply, TestUpstream, make_context, run_stage
+from stockade.testing import Reply, TestUpstream, make_context
 from tests.security.issuer import AUD, ISS, TestIssuer
 
 
@@ -40,7 +40,17 @@ def stage_for(up: TestUpstream, clock: FakeClock, **issuer: Any) -> JwtAuthentic
 
 
 def check(stage: JwtAuthenticator, token: str, clock: FakeClock) -> Continue | Deny:
-    verdict = run_stage(stage, make_context(headers={"Authorization": f"Bearer {token}"}, clock=clock))
+    """One request; a refresh it started in the background also finishes on its (private) loop."""
+
+    async def run() -> Continue | Skip | Deny:
+        verdict = await stage.check(make_context(headers={"Authorization": f"Bearer {token}"}, clock=clock))
+        for issuer in stage._issuers.values():
+            pending = getattr(issuer.source, "_inflight", None)
+            if pending is not None:
+                await asyncio.wait([pending])
+        return verdict
+
+    verdict = asyncio.run(run())
     assert isinstance(verdict, Continue | Deny)
     return verdict
 
@@ -74,13 +84,15 @@ def test_jwks_rotation_new_kid_refetches_once_and_old_kid_dies_after_ttl(idp: Te
     assert all(denied_with(r, "jwt.unknown_kid") for r in results)
     assert fetches(idp) == 3
 
-    # k1 is withdrawn: its (cached) token keeps working until the key set's TTL, then fails.
+    # k1 is withdrawn: its (cached) token keeps working until the key set's TTL; the first request after it is
+    # still verified with the expired set while the refresh runs, and the refreshed set no longer has k1.
     serve(idp, issuer.jwks_bytes("k2"))
     assert isinstance(check(stage, old, clock), Continue)
     assert fetches(idp) == 3
     clock.advance(300)
-    assert denied_with(check(stage, old, clock), "jwt.unknown_kid")
+    assert isinstance(check(stage, old, clock), Continue)
     assert fetches(idp) == 4
+    assert denied_with(check(stage, old, clock), "jwt.unknown_kid")
     assert isinstance(check(stage, new, clock), Continue)
 
 
@@ -127,6 +139,30 @@ def test_jwks_stale_if_error_keeps_the_last_good_set_then_fails_closed(idp: Test
     serve(idp, issuer.jwks_bytes())  # the IdP recovers
     clock.advance(31)
     assert isinstance(check(stage, token, clock), Continue)
+
+
+def test_requests_do_not_wait_for_a_hanging_idp_while_a_set_is_usable(idp: TestUpstream) -> None:
+    """Every key-set expiry used to hold all JWT traffic, cached tokens too, for the fetch timeout."""
+    clock = FakeClock()
+    issuer = TestIssuer().add_ec("k1")
+    serve(idp, issuer.jwks_bytes())
+    stage = stage_for(idp, clock, cache_ttl=300, fetch_timeout=30)
+    token = issuer.token(exp=clock.time() + 86400, iat=None)
+    assert isinstance(check(stage, token, clock), Continue)
+    idp.stall()  # the IdP hangs
+    clock.advance(301)
+    source = stage._issuers[ISS].source
+
+    async def request() -> tuple[object, bool]:
+        verdict = await stage.check(make_context(headers={"Authorization": f"Bearer {token}"}, clock=clock))
+        return verdict, source._inflight is not None and not source._inflight.done()
+
+    try:
+        verdict, refresh_running = asyncio.run(request())
+        assert isinstance(verdict, Continue)  # from the expired set...
+        assert refresh_running  # ...while the refresh still waits on the IdP: the request did not wait for it
+    finally:
+        idp.release()
 
 
 def test_jwks_first_fetch_failure_fails_closed(idp: TestUpstream) -> None:

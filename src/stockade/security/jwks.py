@@ -122,11 +122,18 @@ class JwksFetcher:
         self._inflight: asyncio.Future[bool] | None = None
 
     async def current(self, now: float) -> KeySet | None:
-        """The set to verify with now: refreshed when expired; the stale set while the IdP is failing."""
+        """The set to verify with now. Once it expires it is refreshed in the background while the old set still
+        serves (stale-while-revalidate, and stale-if-error while the IdP fails): requests wait for the IdP only
+        when there is no usable set at all. Waiting on every expiry held all JWT traffic, cached tokens too, for
+        up to `timeout` whenever the IdP hung."""
         if now < self.fresh_until:
             return self.keys
+        usable = self.keys is not None and now < self.stale_until
         if now >= self.next_attempt:
-            await self._refresh()
+            if usable:
+                self._start_refresh()
+            else:
+                await self._refresh()
         return self.keys if self.keys is not None and now < self.stale_until else None
 
     async def refetch(self, now: float) -> bool:
@@ -136,10 +143,13 @@ class JwksFetcher:
         return await self._refresh()
 
     async def _refresh(self) -> bool:
+        return await asyncio.shield(self._start_refresh())  # a cancelled request does not cancel the shared fetch
+
+    def _start_refresh(self) -> asyncio.Future[bool]:
         if self._inflight is None:
             self._inflight = asyncio.ensure_future(self._fetch_and_store())
             self._inflight.add_done_callback(self._clear)
-        return await asyncio.shield(self._inflight)  # a cancelled request does not cancel the shared fetch
+        return self._inflight
 
     def _clear(self, fut: asyncio.Future[bool]) -> None:
         if self._inflight is fut:
@@ -158,7 +168,9 @@ class JwksFetcher:
         except Exception as exc:  # any failure means "no new set": the caller falls back or fails closed
             now = self.clock.time()
             self.next_attempt = now + self.policy.retry_interval
-            log.warning("JWKS fetch from %s failed: %s; %s", self.url, exc or type(exc).__name__, self._fallback(now))
+            log.warning(
+                "JWKS fetch from %s failed: %s; %s", self.url, str(exc) or type(exc).__name__, self._fallback(now)
+            )
             return False
         now = self.clock.time()
         ttl = min(

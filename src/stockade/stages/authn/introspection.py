@@ -208,7 +208,7 @@ class IntrospectionAuthenticator:
                 raise ValueError("response is not a JSON object")
             return doc
         except Exception as exc:  # any failure denies with 503: fail closed, never a guess
-            log.warning("introspection at %s failed: %s", cfg.endpoint, exc or type(exc).__name__)
+            log.warning("introspection at %s failed: %s", cfg.endpoint, str(exc) or type(exc).__name__)
             return None
 
     def _client(self, httpx: Any) -> Any:
