@@ -224,4 +224,10 @@ def test_jwks_skips_unusable_keys_and_ambiguous_kids(idp: TestUpstream) -> None:
     stage = stage_for(idp, clock)
     assert isinstance(check(stage, issuer.token("k1"), clock), Continue)
     assert denied_with(check(stage, issuer.token("dup"), clock), "jwt.unknown_kid")
+    # without a kid, the one key that could verify it must not be one whose kid is ambiguous
+    other_type = TestIssuer().add_rsa("dup")  # the same kid on an RSA key: only the EC one can verify ES256
+    only_dup = json.dumps({"keys": [issuer.public("dup"), other_type.public("dup")]}).encode()
+    serve(idp, only_dup)
+    lone = stage_for(idp, clock)
+    assert denied_with(check(lone, issuer.token("dup", header={"kid": None}), clock), "jwt.unknown_kid")
     assert denied_with(check(stage, issuer.token("k1", header={"kid": "enc"}), clock), "jwt.unknown_kid")

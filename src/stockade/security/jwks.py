@@ -31,7 +31,7 @@ class JwksError(ValueError):
 class KeySet:
     """An issuer's keys, indexed by exact `kid`. A kid is only ever a dictionary key: never a path, URL or query."""
 
-    __slots__ = ("by_kid", "digest", "keys")
+    __slots__ = ("by_kid", "digest", "keys", "unambiguous")
 
     def __init__(self, keys: Iterable[Jwk], digest: str = "") -> None:
         self.keys: tuple[Jwk, ...] = tuple(keys)
@@ -47,13 +47,15 @@ class KeySet:
         for kid in duplicated:  # an ambiguous kid matches nothing rather than whichever came last
             del by_kid[kid]
         self.by_kid = by_kid
+        # A token without a kid may use the one key that can verify it, but never a key whose kid is ambiguous.
+        self.unambiguous = tuple(k for k in self.keys if k.kid is None or k.kid not in duplicated)
 
     def find(self, kid: str | None, alg: str) -> Jwk | None:
         """The key for `kid` if it can verify `alg`. Without a kid, only an unambiguous single candidate."""
         if kid is not None:
             key = self.by_kid.get(kid)
             return key if key is not None and key.accepts(alg) else None
-        candidates = [k for k in self.keys if k.accepts(alg)]
+        candidates = [k for k in self.unambiguous if k.accepts(alg)]
         return candidates[0] if len(candidates) == 1 else None
 
     def __len__(self) -> int:

@@ -254,6 +254,24 @@ def test_jwt_hs256_issuer_with_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(verdict, Deny) and verdict.detail.startswith("jwt.alg_not_allowed")
 
 
+@pytest.mark.parametrize(
+    ("secret_kid", "token_kid", "accepted"),
+    [(None, None, True), (None, "hs-1", False), ("hs-1", "hs-1", True), ("hs-1", "other", False), ("hs-1", None, True)],
+)
+def test_jwt_hs256_secret_kid(
+    monkeypatch: pytest.MonkeyPatch, secret_kid: str | None, token_kid: str | None, accepted: bool
+) -> None:
+    """IdPs that put a kid in every header (Auth0, Keycloak) had every HS256 token refused: `secret_kid` names it."""
+    secret = b"s" * 32
+    monkeypatch.setenv("TEST_JWT_SECRET", secret.decode())
+    over = {"secret_kid": secret_kid} if secret_kid else {}
+    stage = make_stage(keys=None, secret_env="TEST_JWT_SECRET", algorithms=["HS256"], **over)
+    verdict = check(stage, jose.sign(IDP.claims(), secret, "HS256", kid=token_kid))
+    assert isinstance(verdict, Continue) is accepted
+    if not accepted:
+        assert isinstance(verdict, Deny) and verdict.detail.startswith("jwt.unknown_kid")
+
+
 def test_jwt_hs256_secret_too_short_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TEST_JWT_SECRET", "short")
     with pytest.raises(ValueError, match="shorter than 32 bytes"):

@@ -31,6 +31,9 @@ class IssuerConfig(StageConfig):
     keys: tuple[dict[str, Any], ...] | None = None  # public JWKs inline
     keys_file: str | None = None  # a JWKS document on disk (relative to the config file)
     secret_env: str | None = None  # environment variable holding the HS* shared secret (never in the file)
+    # The `kid` tokens signed with that secret carry, if any: without it a token with a `kid` matches no key
+    # (many IdPs put one in every header, Auth0 and Keycloak among them).
+    secret_kid: Annotated[str, Field(min_length=1, max_length=256)] | None = None
     gateway: bool = False  # this gateway's own `oauth2_server` issuer: local signing keys, no HTTP round trip
     leeway: Annotated[int, Field(ge=0, le=MAX_LEEWAY)] = 30
     max_lifetime: Annotated[int, Field(ge=60, le=31 * 86400)] = 86400
@@ -81,6 +84,8 @@ class IssuerConfig(StageConfig):
             raise ValueError("an issuer with a shared secret accepts only HS* algorithms (no HS/RS mixing)")
         if self.min_ttl > self.max_ttl:
             raise ValueError("min_ttl exceeds max_ttl")
+        if self.secret_kid is not None and self.secret_env is None:
+            raise ValueError("secret_kid names the kid of a shared secret: set `secret_env` too")
         return self
 
     def policy(self) -> IssuerPolicy:
@@ -115,7 +120,7 @@ class IssuerConfig(StageConfig):
             need = max(_MIN_SECRET[a] for a in self.algorithms)
             if len(secret) < need:
                 raise ValueError(f"secret in ${self.secret_env} is missing or shorter than {need} bytes")
-            return [secret_key(secret)]
+            return [secret_key(secret, self.secret_kid)]
         if self.keys is not None:
             try:
                 keys = [parse_jwk(k) for k in self.keys]
