@@ -226,8 +226,12 @@ def test_identity_headers_cannot_be_used_to_inject_headers() -> None:
             Principal(id="a", kind="jwt", scopes=frozenset({"books:read", "x\u00a0admin"})),
             {"x-stockade-scopes": "books:read x%C2%A0admin"},
         ),
+        (
+            Principal(id="alice", kind="jwt", issuer="https://idp.example"),
+            {"x-stockade-principal": "alice", "x-stockade-issuer": "https://idp.example"},
+        ),
     ],
-    ids=["crlf", "crlf-spelled", "utf8", "utf8-spelled", "roles-with-separators", "scope-with-nbsp"],
+    ids=["crlf", "crlf-spelled", "utf8", "utf8-spelled", "roles-with-separators", "scope-with-nbsp", "issuer"],
 )
 def test_identity_header_encoding_is_unambiguous(principal: Principal, expected: dict[str, str]) -> None:
     ctx = make_context()

@@ -47,6 +47,15 @@ def test_extractor_reads_each_kind(part: str, expected: str | None) -> None:
     assert extractor(part)(ctx_with(client_ip="198.51.100.7")) == expected
 
 
+def test_the_principal_key_tells_issuers_apart() -> None:
+    """`alice` at a less-trusted issuer shared the bucket of another issuer's `alice`."""
+    get = extractor("principal")
+    a = get(ctx_with(Principal(id="alice", kind="jwt", issuer="https://a.example")))
+    b = get(ctx_with(Principal(id="alice", kind="jwt", issuer="https://b.example")))
+    assert a is not None and b is not None and a != b
+    assert get(ctx_with(Principal(id="alice", kind="api_key"))) == "alice"  # no issuer: the id as before
+
+
 @pytest.mark.parametrize("part", ["principal", "consumer", "api_key", "claim:tenant"])
 def test_principal_parts_are_missing_before_authentication(part: str) -> None:
     assert extractor(part)(ctx_with(None)) is None

@@ -24,6 +24,9 @@ class Principal:
     consumer_id: str | None = None
     plan: str | None = None  # the consumer's plan: rate limits and quotas can be overridden per plan
     credential_id: str | None = None  # key id / token jti / certificate fingerprint: an identifier, not a secret
+    # Who vouches for `id` when several could (a JWT's `iss`, an introspection answer's): `alice` of one issuer is
+    # not `alice` of another, in the identity headers and in `principal` rate-limit keys.
+    issuer: str | None = None
     claims: Mapping[str, Any] = field(default_factory=_no_claims)
 
 

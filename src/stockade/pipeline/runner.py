@@ -352,6 +352,8 @@ class Pipeline:
             out.append(("x-stockade-anonymous", "true"))
         if p.consumer_id:
             out.append(("x-stockade-consumer", header_safe(p.consumer_id, _UNSAFE_IDENTITY)))
+        if p.issuer:
+            out.append(("x-stockade-issuer", header_safe(p.issuer, _UNSAFE_IDENTITY)))
         if p.scopes:
             out.append(("x-stockade-scopes", header_list(p.scopes)))
         if p.roles:

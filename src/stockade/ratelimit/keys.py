@@ -10,6 +10,7 @@ from collections.abc import Callable
 import orjson
 
 from stockade.pipeline.context import RequestContext
+from stockade.pipeline.principal import Principal
 
 SIMPLE_KINDS = ("ip", "principal", "consumer", "api_key", "route")
 PRINCIPAL_KINDS = frozenset({"principal", "consumer", "api_key", "claim"})  # known only after authentication
@@ -98,7 +99,7 @@ def extractor(part: str, ipv6_prefix: int = 64) -> Extractor:
     if part == "route":
         return lambda ctx: ctx.route_id or None
     if part == "principal":
-        return lambda ctx: encode(ctx.principal.id) if ctx.principal is not None else None
+        return lambda ctx: _principal(ctx.principal) if ctx.principal is not None else None
     if part == "consumer":
         return lambda ctx: encode(c) if ctx.principal is not None and (c := ctx.principal.consumer_id) else None
     if part == "api_key":
@@ -115,3 +116,9 @@ def extractor(part: str, ipv6_prefix: int = 64) -> Extractor:
     if kind == "claim":
         return lambda ctx: _claim_value(ctx.principal.claims.get(name)) if ctx.principal is not None else None
     raise ValueError(f"unknown key {part!r}")
+
+
+def _principal(p: Principal) -> str:
+    """The `principal` key part: the id, with its issuer when one vouches for it (`alice` of issuer A and
+    `alice` of issuer B are two callers, not one bucket)."""
+    return encode(p.id) if p.issuer is None else encode(f"{p.issuer}\x00{p.id}")

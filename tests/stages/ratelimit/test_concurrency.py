@@ -9,7 +9,6 @@ from collections.abc import Callable
 
 from stockade.ratelimit.backend import SHARED_KEY
 from stockade.testing import TestGateway, gateway_with_upstream, read_responses
-from tests.ratelimit.redisutil import free_port
 
 CONFIG = """
 routes:
@@ -76,7 +75,13 @@ def test_client_disconnect_releases_its_slot() -> None:
 
 
 def test_upstream_failure_releases_its_slot() -> None:
-    config = CONFIG.replace('"{upstream}"', f'"http://127.0.0.1:{free_port()}"')
+    with socket.socket() as refusing:  # bound, never listening: refused, and no other process can take the port
+        refusing.bind(("127.0.0.1", 0))
+        config = CONFIG.replace('"{upstream}"', f'"http://127.0.0.1:{refusing.getsockname()[1]}"')
+        _upstream_failure_releases_its_slot(config)
+
+
+def _upstream_failure_releases_its_slot(config: str) -> None:
     with gateway_with_upstream(config) as (gw, _up):
         assert [gw.request("GET", "/slow")[0] for _ in range(4)] == [502] * 4  # never 429: each slot came back
         assert held(gw) == 0

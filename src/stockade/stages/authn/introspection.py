@@ -171,6 +171,7 @@ class IntrospectionAuthenticator:
             roles=frozenset(r for r in roles if isinstance(r, str)) if isinstance(roles, list) else frozenset(),
             credential_id=doc.get("jti") if isinstance(doc.get("jti"), str) else None,
             claims=MappingProxyType(doc),
+            issuer=doc["iss"] if isinstance(doc.get("iss"), str) else None,
         )
         until = now + cfg.cache_ttl
         if exp is not None:

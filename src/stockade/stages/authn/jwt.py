@@ -185,6 +185,7 @@ class JwtAuthenticator:
             roles=_strings(_path(claims, issuer.roles_path)),
             credential_id=jti if isinstance(jti, str) else None,
             claims=MappingProxyType(claims),
+            issuer=issuer.policy.issuer,
         )
         identity = hashlib.sha256(f"{issuer.policy.issuer}\x00{sub}".encode()).hexdigest()[:32]
         entry = _Entry(Continue(principal=principal), exp + issuer.policy.leeway, issuer.source, keys, identity)
