@@ -432,3 +432,23 @@ routes:
         assert gw.request("GET", "/x")[0] == 200  # no credential: anonymous, as the route allows
         status, _, _ = gw.request("GET", "/x", headers={"Authorization": f"Bearer\t{IDP.token('rsa-1')}"})
         assert status == 200 and up.received[-1].header("x-stockade-principal") != "anonymous"
+
+
+@pytest.mark.parametrize(
+    ("query", "header", "status"),
+    [
+        ("access_token=x.y.z", None, 400),
+        ("a=1&access_token=x.y.z", "valid", 400),  # which one an upstream reads first is its own choice
+        ("not_access_token_but=1", None, None),
+        ("q=access_token", None, None),
+    ],
+)
+def test_a_bearer_token_in_the_query_is_refused(query: str, header: str | None, status: int | None) -> None:
+    """RFC 6750 §2.3 tokens are not read by the gateway: on a route where `anonymous` follows, one reached the
+    upstream unverified."""
+    headers = {"Authorization": f"Bearer {IDP.token('rsa-1')}"} if header else {}
+    verdict = run_stage(make_stage(), make_context(query=query, headers=headers))
+    if status is None:
+        assert isinstance(verdict, Skip)
+    else:
+        assert isinstance(verdict, Deny) and (verdict.status, verdict.reason) == (status, "auth.unsupported_credential")

@@ -30,6 +30,19 @@ def bearer_credential(ctx: RequestContext) -> str | None:
     return "authorization" if head and head[0].lower() == "bearer" else None
 
 
+QUERY_TOKEN = Deny(
+    400, "auth.unsupported_credential", detail="access_token in the query: send it in the Authorization header"
+)
+
+
+def query_token(ctx: RequestContext) -> Deny | None:
+    """A bearer token in the query (RFC 6750 §2.3), which the bearer authenticators do not read: refused, never
+    passed on unverified to an upstream that does (on a route where `anonymous` follows, it would be)."""
+    if "access_token" in ctx.query and "access_token" in ctx.query_params:
+        return QUERY_TOKEN
+    return None
+
+
 def authorization(ctx: RequestContext) -> str | Skip | Deny:
     """The single Authorization value; Skip when there is none, Deny (400) when it repeats (never guess which)."""
     try:

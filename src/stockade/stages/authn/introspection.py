@@ -24,7 +24,7 @@ from stockade.security import jose, keys
 from stockade.security.fetch import bounded_body
 from stockade.security.jsonscan import has_unpaired_surrogate
 from stockade.security.jwk import thumbprint_sha256
-from stockade.stages.authn.authorization import authorization, bearer_credential, bearer_token
+from stockade.stages.authn.authorization import authorization, bearer_credential, bearer_token, query_token
 from stockade.stages.authn.jwt_config import _loopback
 
 log = logging.getLogger("stockade.introspection")
@@ -94,6 +94,8 @@ class IntrospectionAuthenticator:
     credential = staticmethod(bearer_credential)
 
     async def check(self, ctx: RequestContext) -> Continue | Skip | Deny:
+        if ctx.query and (refused := query_token(ctx)) is not None:
+            return refused
         value = authorization(ctx)
         if not isinstance(value, str):
             return value

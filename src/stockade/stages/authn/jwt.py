@@ -20,7 +20,7 @@ from stockade.pipeline.verdict import Continue, Deny, Skip
 from stockade.security import jose
 from stockade.security.jwk import thumbprint_sha256
 from stockade.security.jwks import KeySet, StaticKeys, fetcher_for
-from stockade.stages.authn.authorization import authorization, bearer_credential, bearer_token
+from stockade.stages.authn.authorization import authorization, bearer_credential, bearer_token, query_token
 from stockade.stages.authn.jwt_config import IssuerConfig, JwtConfig
 
 if TYPE_CHECKING:
@@ -89,6 +89,8 @@ class JwtAuthenticator:
     credential = staticmethod(bearer_credential)
 
     async def check(self, ctx: RequestContext) -> Continue | Skip | Deny:
+        if ctx.query and (refused := query_token(ctx)) is not None:
+            return refused
         value = authorization(ctx)
         if not isinstance(value, str):
             return value
