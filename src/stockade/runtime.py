@@ -75,7 +75,7 @@ def build_runtime(loaded: LoadedConfig, services: Services) -> Runtime:
             env = StageEnv(route_id=route_id, base_dir=base_dir, services=services, fail_open=plan.entry.fail_open)
             stage = factory(plan.config, env)
         except (ValueError, OSError) as exc:
-            problems.append(f"{loaded.source}: {plan.where}: {exc}")
+            problems.append(f"{plan.at or loaded.source}: {plan.where}: {exc}")
             return None
         instances[key] = stage
         return stage
@@ -97,7 +97,7 @@ def build_runtime(loaded: LoadedConfig, services: Services) -> Runtime:
             try:
                 handler = make(hplan.config, StageEnv(route_id=route.id, base_dir=loaded.base_dir, services=services))
             except (ValueError, OSError) as exc:
-                problems.append(f"{loaded.source}: {hplan.where}: {exc}")
+                problems.append(f"{hplan.at or loaded.source}: {hplan.where}: {exc}")
             else:
                 pipeline.cap_body(getattr(handler, "max_body_bytes", None), handler.id)
         up = route.upstream

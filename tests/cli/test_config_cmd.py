@@ -136,3 +136,12 @@ def test_relative_decision_log_path_is_next_to_the_config(tmp_path: Path) -> Non
     path.write_text(GOOD.replace("admin:", "log: {decisions: decisions.log}\nadmin:"))
     runtime = build_runtime(load_config(path, env={}), Services(clock=SYSTEM_CLOCK, dry_run=True))
     assert runtime.decision_log == str(tmp_path / "decisions.log")
+
+
+def test_problems_found_while_building_name_the_line_of_the_stage(tmp_path: Path) -> None:
+    """A missing spec (found when the stage is built, not when the file is parsed) had no line number."""
+    path = tmp_path / "gw.yaml"
+    path.write_text(GOOD.replace("- use: security_headers", "- use: openapi\n        config: {spec: nope.yaml}"))
+    result = CliRunner().invoke(cli, ["config", "check", str(path)])
+    assert result.exit_code == 2
+    assert f"{path}:11: route 'items' (routes[0]) > stage 'openapi' (stages[2]): openapi spec" in result.output

@@ -38,6 +38,7 @@ class StagePlan:
     config: StageConfig
     entry: StageEntry
     where: str  # "route 'items' > stage 'jwt' (stages[1])" for messages
+    at: str = ""  # "gw.yaml:12": the file and line of the entry, for problems found when it is built
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class HandlerPlan:
     cls: type[Handler]
     config: StageConfig
     where: str
+    at: str = ""
 
 
 @dataclass(frozen=True)
@@ -185,7 +187,7 @@ def _plan_handler(ctx: _Reporter, entry: HandlerEntry, loc: _Loc) -> HandlerPlan
         for err in _errors(exc):
             ctx.add((*loc, "config", *err["loc"]), _message(err))
         return None
-    return HandlerPlan(cls, config, ctx.describe(loc))
+    return HandlerPlan(cls, config, ctx.describe(loc), ctx.at(loc))
 
 
 def _plan_stages(
@@ -215,7 +217,7 @@ def _plan_stages(
         if gateway is not None and check is not None:
             for problem in check(stage_config, gateway):
                 ctx.add((*sloc, "config"), problem)
-        plans.append(StagePlan(cls, stage_config, entry, ctx.describe(sloc)))
+        plans.append(StagePlan(cls, stage_config, entry, ctx.describe(sloc), ctx.at(sloc)))
     return tuple(plans)
 
 
@@ -291,10 +293,14 @@ class _Reporter:
     def add(self, loc: Sequence[str | int], message: str) -> None:
         loc = tuple(loc)
         env = next((name for oloc, name in self.overrides.items() if loc[: len(oloc)] == oloc), None)
-        line = self._line(loc)
-        where = f"{self.source}:{line}" if line else self.source
+        where = self.at(loc)
         suffix = f" (from environment variable {env})" if env else ""
         self.problems.append(f"{where}: {self.describe(loc)}: {message}{suffix}")
+
+    def at(self, loc: Sequence[str | int]) -> str:
+        """`file:line` of a location (just the file when the line is unknown)."""
+        line = self._line(tuple(loc))
+        return f"{self.source}:{line}" if line else self.source
 
     def _line(self, loc: _Loc) -> int | None:
         for n in range(len(loc), 0, -1):
