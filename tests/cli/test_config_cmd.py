@@ -90,7 +90,7 @@ def test_check_loads_runtime_files_and_reports_them(tmp_path: Path) -> None:
     path.write_text(GOOD.replace("port: 8080}", "port: 8080, tls: {cert: missing.pem, key: missing.key}}"))
     result = CliRunner().invoke(cli, ["config", "check", str(path)])
     assert result.exit_code == 2
-    assert "listen.tls" in result.output
+    assert f"{path}:1: field 'listen.tls.cert': no such file" in result.output  # with its line, as parse errors
     assert "Traceback" not in result.output
 
 

@@ -62,6 +62,16 @@ class LoadedConfig:
     global_stages: tuple[StagePlan, ...] = ()
     route_stages: dict[str, tuple[StagePlan, ...]] = field(default_factory=dict)
     route_handlers: dict[str, HandlerPlan] = field(default_factory=dict)
+    lines: Mapping[tuple[str | int, ...], int] = field(default_factory=dict)  # YAML path -> line, for messages
+
+    def at(self, loc: Sequence[str | int]) -> str:
+        """`file:line` of a location (of its nearest located parent; the file alone if none), for problems found
+        after loading (files the config names)."""
+        loc = tuple(loc)
+        for n in range(len(loc), 0, -1):
+            if (line := self.lines.get(loc[:n])) is not None:
+                return f"{self.source}:{line}"
+        return self.source
 
 
 def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None, **kw: Any) -> LoadedConfig:
@@ -158,6 +168,7 @@ def load_config_text(
         global_stages=global_plans,
         route_stages=route_plans,
         route_handlers=handler_plans,
+        lines=lines,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -204,8 +204,11 @@ class TlsContexts:
     warnings: list[str] = field(default_factory=list)  # logged at every (re)load (runtime.py); `config check` prints
 
 
-def build_tls(config: GatewayConfig, base_dir: Path, source: str, now: float) -> TlsContexts:
-    """Load every certificate, key and CA file the config names. Raises ConfigError listing each problem."""
+def build_tls(
+    config: GatewayConfig, base_dir: Path, at: Callable[[Sequence[str | int]], str], now: float
+) -> TlsContexts:
+    """Load every certificate, key and CA file the config names. Raises ConfigError listing each problem, each
+    at its `file:line` (`at`, LoadedConfig.at)."""
     problems: list[str] = []
     warnings: list[str] = []
     listener = None
@@ -213,18 +216,19 @@ def build_tls(config: GatewayConfig, base_dir: Path, source: str, now: float) ->
     if tls is not None:
         if tls.client_ca and tls.client_auth == "none":
             # Fail closed: whoever names a client CA means to check client certificates; say how strictly.
-            problems.append(f"{source}: field 'listen.tls.client_auth': client_ca is set; say optional or required")
+            where = at(("listen", "tls", "client_ca"))
+            problems.append(f"{where}: field 'listen.tls.client_auth': client_ca is set; say optional or required")
         try:
             listener, found = _listener(tls, base_dir, now)
-            warnings += [f"{source}: field 'listen.tls.{name}': {message}" for name, message in found]
+            warnings += [f"{at(('listen', 'tls', name))}: field 'listen.tls.{name}': {m}" for name, m in found]
         except _Problem as p:
-            problems.append(f"{source}: field 'listen.tls.{p.field}': {p.message}")
+            problems.append(f"{at(('listen', 'tls', p.field))}: field 'listen.tls.{p.field}': {p.message}")
     upstreams: dict[str | None, ssl.SSLContext] = {}
     for i, route in enumerate(config.routes):
         up = route.upstream
         if up is None:
             continue
-        where = f"{source}: route {route.id!r} (routes[{i}]) > field 'upstream"
+        where = f"{at(('routes', i, 'upstream'))}: route {route.id!r} (routes[{i}]) > field 'upstream"
         if not up.url.startswith("https://"):
             for name in ("ca_file", "server_name"):
                 if getattr(up, name) is not None:
