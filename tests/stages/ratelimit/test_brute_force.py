@@ -321,3 +321,15 @@ def test_a_login_body_whose_username_cannot_be_read_is_refused(content_type: str
         assert (status, orjson.loads(raw)["reason"]) == (415, "brute_force.unsupported_body")
         assert up.received == []
         assert gw.request("POST", "/login")[0] != 415  # no body: nothing to read, nothing refused
+
+
+def test_a_login_by_query_string_is_counted_like_a_body_one() -> None:
+    """An API that takes the username in the query (`POST /login?username=`) is protected, not refused."""
+    with gateway_with_upstream(LOGIN) as (gw, up):
+        up.reply("/login", Reply(401))
+        for _ in range(3):
+            assert gw.request("POST", "/login?user.email=Victim@example.com")[0] == 401
+            gw.advance(10)
+        assert login(gw, "victim@example.com") == (429, "auth.locked_out")  # the same account, by body
+        status, _, raw = gw.request("POST", "/login?user.email=a@x&user.email=victim@example.com")
+        assert (status, orjson.loads(raw)["reason"]) == (400, "brute_force.bad_login")

@@ -109,22 +109,28 @@ class BruteForce:
             # Every way the upstream might read a username the gateway cannot read the same way is refused: each
             # would reach a locked account uncounted (a botnet's only limit is the per-username one).
             field = self._login.username_field
-            if ctx.query and field in ctx.query_params:  # Flask's request.values, say, merges the query in
-                return Deny(400, "brute_force.bad_login", detail=f"{field} in the query string of a login request")
+            in_query = ctx.query_params.get(field) if ctx.query else None
             body = await ctx.read_body()
-            if body.strip():
-                content_type = ctx.headers.get("content-type")
-                if not readable_login(content_type) or ctx.headers.get("content-encoding", "identity") != "identity":
-                    # Multipart, JSON sent as text/plain or without a type, a compressed body: the upstream may
-                    # read a username in it.
-                    return Deny(415, "brute_force.unsupported_body", detail="login bodies are JSON or form-encoded")
-                try:
+            try:
+                if body.strip():
+                    if in_query is not None:  # Flask's request.values, say, merges the two: which one is read?
+                        raise UnreadableLoginError(f"{field} in the query string and a login body")
+                    content_type = ctx.headers.get("content-type")
+                    if (
+                        not readable_login(content_type)
+                        or ctx.headers.get("content-encoding", "identity") != "identity"
+                    ):
+                        # Multipart, JSON sent as text/plain or without a type, a compressed body: the upstream may
+                        # read a username in it.
+                        return Deny(415, "brute_force.unsupported_body", detail="login bodies are JSON or form-encoded")
                     name = username(body, content_type, field)
-                except UnreadableLoginError as exc:
-                    return Deny(400, "brute_force.bad_login", detail=str(exc))
-                if name is not None:
-                    subjects.append(user := f"user:{hash_username(name)}")
-                    ctx.state[USER] = user
+                else:
+                    name = query_username(in_query, field)  # a login by query string (GET /login?username=...)
+            except UnreadableLoginError as exc:
+                return Deny(400, "brute_force.bad_login", detail=str(exc))
+            if name is not None:
+                subjects.append(user := f"user:{hash_username(name)}")
+                ctx.state[USER] = user
         return await self._refuse(ctx, subjects) or CONTINUE
 
     async def after_authenticate(self, ctx: RequestContext) -> Deny | None:
@@ -235,6 +241,13 @@ class UnreadableLoginError(ValueError):
 MAX_USERNAME = 512
 
 
+def query_username(values: list[str] | None, field: str) -> str | None:
+    """The username of a login sent in the query string alone, as `username` reads a form field."""
+    if values is not None and len(values) > 1:
+        raise UnreadableLoginError(f"{field} repeated in the query string")
+    return _checked(values[0] if values else None, field)
+
+
 def username(body: bytes, content_type: str | None, field: str) -> str | None:
     """The username a login request presents, from a JSON object (dotted path) or a form; None if absent.
 
@@ -259,6 +272,10 @@ def username(body: bytes, content_type: str | None, field: str) -> str | None:
             raise UnreadableLoginError("login body is not JSON in UTF-8") from None
         for part in field.split("."):
             value = value.get(part) if isinstance(value, dict) else None
+    return _checked(value, field)
+
+
+def _checked(value: object, field: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
