@@ -134,6 +134,8 @@ def test_app_scope_keeps_forwarding_headers_only_from_a_trusted_proxy(peer: str,
         ("x-forwarded-prefix", "/evil"),
         ("x-real-ip", "10.1.2.3"),
         ("forwarded", "for=10.1.2.3"),
+        ("x-forwarded-client-cert", 'Subject="CN=admin"'),
+        ("x-ssl-client-verify", "SUCCESS"),
         ("accept", "*/*"),
     ]
     ctx = make_context(path="/a", headers=forged, client_ip=peer, host="admin.internal")
@@ -141,7 +143,15 @@ def test_app_scope_keeps_forwarding_headers_only_from_a_trusted_proxy(peer: str,
     assert (peer in proxies) is trusted
     scope = {"type": "http", "path": "/a", "headers": ctx.headers.raw}
     names = [n for n, _ in app_scope(scope, ctx, Pipeline("r", [], body_limit=1), proxies)["headers"]]
-    for name in (b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto", b"forwarded", b"x-real-ip"):
+    for name in (
+        b"x-forwarded-for",
+        b"x-forwarded-host",
+        b"x-forwarded-proto",
+        b"forwarded",
+        b"x-real-ip",
+        b"x-forwarded-client-cert",
+        b"x-ssl-client-verify",
+    ):
         assert (name in names) is kept, name
     assert b"accept" in names
 

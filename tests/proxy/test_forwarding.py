@@ -55,6 +55,16 @@ REQUEST_HOP_BY_HOP = [
     ("url-override-rewrite", {"X-Rewrite-URL": "/admin/x"}, "x-rewrite-url"),
     ("url-override-uri", {"X-Original-URI": "/admin/x"}, "x-original-uri"),
     ("url-override-underscore", {"X_Original_URL": "/admin/x"}, "x_original_url"),
+    # what a TLS terminator says the client proved: only the gateway knows, so only a trusted proxy may say it
+    ("xfcc", {"X-Forwarded-Client-Cert": 'Subject="CN=admin"'}, "x-forwarded-client-cert"),
+    ("rfc9440-cert", {"Client-Cert": ":MIIB:"}, "client-cert"),
+    ("rfc9440-chain", {"Client-Cert-Chain": ":MIIB:"}, "client-cert-chain"),
+    ("nginx-verify", {"X-SSL-Client-Verify": "SUCCESS"}, "x-ssl-client-verify"),
+    ("nginx-dn", {"X-SSL-Client-S-DN": "CN=admin"}, "x-ssl-client-s-dn"),
+    ("arr", {"X-ARR-ClientCert": "MIIB"}, "x-arr-clientcert"),
+    ("alb", {"X-Amzn-Mtls-Clientcert": "MIIB"}, "x-amzn-mtls-clientcert"),
+    ("traefik", {"X-Forwarded-Tls-Client-Cert": "MIIB"}, "x-forwarded-tls-client-cert"),
+    ("cert-underscore", {"X_SSL_Client_Verify": "SUCCESS"}, "x_ssl_client_verify"),
     ("expect", {"Expect": "100-continue"}, "expect"),
 ]
 
@@ -140,6 +150,19 @@ def test_a_trusted_proxy_cannot_name_another_host_than_the_one_routed(
     assert gw.request("GET", "/api/x", headers={"Host": "www.example.com", **sent})[0] == 200
     got = upstream.received[-1]
     assert (got.header_all("x-forwarded-host"), got.header("forwarded")) == ([xfh], forwarded)
+
+
+def test_client_certificate_headers_pass_from_a_trusted_proxy(
+    make_gateway: GatewayFactory, upstream: TestUpstream
+) -> None:
+    gw = make_gateway(TRUSTED)
+    xfcc = 'Hash=abc;Subject="CN=alice"'
+    assert (
+        gw.request("GET", "/api/x", headers={"X-Forwarded-Client-Cert": xfcc, "X-SSL-Client-Verify": "SUCCESS"})[0]
+        == 200
+    )
+    got = upstream.received[-1]
+    assert (got.header("x-forwarded-client-cert"), got.header("x-ssl-client-verify")) == (xfcc, "SUCCESS")
 
 
 @pytest.mark.parametrize(

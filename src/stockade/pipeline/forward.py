@@ -53,6 +53,29 @@ FORWARDING_HEADERS = frozenset(
     }
 )
 
+# Client-certificate headers (Envoy's X-Forwarded-Client-Cert, RFC 9440's Client-Cert, nginx's and HAProxy's
+# X-SSL-Client-*, IIS's X-ARR-ClientCert, AWS's X-Amzn-Mtls-*, Traefik's X-Forwarded-Tls-Client-Cert): what a
+# TLS terminator says the client proved. Applications moved from such a setup trust them, so like the other
+# forwarding metadata they are kept only from a trusted proxy (Envoy's default drops them from anyone).
+CLIENT_CERT_PREFIXES = (
+    b"x-forwarded-client-cert",
+    b"x-forwarded-tls-client-cert",
+    b"client-cert",
+    b"x-client-cert",
+    b"x-client-verify",
+    b"x-client-dn",
+    b"x-ssl-client",
+    b"x-ssl-cert",
+    b"ssl-client",
+    b"x-arr-clientcert",
+    b"x-amzn-mtls-",
+)
+
+
+def is_client_cert_header(lower_name: bytes) -> bool:
+    return lower_name.startswith(CLIENT_CERT_PREFIXES)
+
+
 # Request headers the gateway itself sets or rebuilds (besides the identity headers).
 _OWNED = frozenset(
     {b"host", b"content-length", b"transfer-encoding", REQUEST_ID, *FORWARDING_HEADERS, *OVERRIDE_HEADERS}
@@ -66,7 +89,7 @@ def is_underscore_alias(lower_name: bytes) -> bool:
     if b"_" not in lower_name:
         return False
     dashed = lower_name.replace(b"_", b"-")
-    return dashed in _OWNED or dashed.startswith(IDENTITY_PREFIX_BYTES)
+    return dashed in _OWNED or dashed.startswith(IDENTITY_PREFIX_BYTES) or is_client_cert_header(dashed)
 
 
 _FORWARDED_HOST = re.compile(rb'(?i)(?:^|[;,\s])host=("(?:[^"\\]|\\.)*"|[^;,\s]*)')
@@ -126,6 +149,8 @@ def forwarded_headers(
         if is_identity_header(lname) or lname == REQUEST_ID or lname in OVERRIDE_HEADERS or is_underscore_alias(lname):
             continue
         if lname in FORWARDING_HEADERS and (not trusted or names_other_host(lname, value, ctx.host)):
+            continue
+        if not trusted and is_client_cert_header(lname):
             continue
         if lname == b"proxy-authorization":
             continue
