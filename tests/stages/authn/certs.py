@@ -41,12 +41,20 @@ class Pki:
         path.write_bytes(data)
         return path
 
-    def issue(self, cn: str, *, sans: list[x509.GeneralName] | None = None, server: bool = False) -> tuple[Path, Path]:
-        """Write `<cn>.pem` and `<cn>.key`; returns their paths."""
+    def issue(
+        self,
+        cn: str,
+        *,
+        sans: list[x509.GeneralName] | None = None,
+        server: bool = False,
+        more_cns: tuple[str, ...] = (),
+    ) -> tuple[Path, Path]:
+        """Write `<cn>.pem` and `<cn>.key`; returns their paths. `more_cns`: further CN attributes, after `cn`."""
         key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, n) for n in (cn, *more_cns)])
         builder = (
             x509.CertificateBuilder()
-            .subject_name(_name(cn))
+            .subject_name(subject)
             .issuer_name(self.cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())

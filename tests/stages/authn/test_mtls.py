@@ -65,6 +65,9 @@ def start(tmp_path: Path, principal_from: str = "subject_cn") -> Iterator[tuple[
     pki.issue("server", server=True)
     pki.issue("svc-a", sans=[x509.DNSName("a.svc.internal"), x509.UniformResourceIdentifier("spiffe://td/a")])
     pki.issue("svc-b")
+    pki.issue("guest", more_cns=("admin",))
+    pki.issue("svc-c", sans=[x509.DNSName("C.Svc.Internal."), x509.RFC822Name("Ops@Example.COM")])
+    pki.issue("svc-w", sans=[x509.DNSName("*.svc.internal")])
     bg = BackgroundLoop()
     try:
         with TestUpstream(bg) as up:
@@ -134,3 +137,36 @@ def test_mtls_stage_requires_client_ca_on_the_listener() -> None:
     text = "routes:\n  - {id: r, match: {path: /}, upstream: 'http://127.0.0.1:1', stages: [{use: mtls}]}\n"
     with pytest.raises(ConfigError, match=r"mtls needs `listen\.tls`"):
         load_config_text(text, env={})
+
+
+def test_the_validity_period_is_checked_on_every_request(tls: tuple[Tls, TestUpstream, Path]) -> None:
+    """A resumed TLS session, or a long keep-alive connection, skips the handshake's check: an expired
+    certificate kept authenticating for up to two hours."""
+    client, _, _ = tls
+    assert client.request("GET", "/svc", "svc-a")[0] == 200
+    gw_clock = client.gw.clock
+    gw_clock.advance(4_200_000_000 - gw_clock.time())  # past the certificate's notAfter (2100)
+    status, _, body = client.request("GET", "/svc", "svc-a")
+    assert (status, orjson.loads(body)["reason"]) == (401, "auth.invalid_certificate")
+
+
+def test_a_certificate_with_several_cns_is_not_an_identity(tls: tuple[Tls, TestUpstream, Path]) -> None:
+    """Go reads the last CN, OpenSSL-based code the first: a CA approving `guest` may have issued `admin`."""
+    client, up, _ = tls
+    status, _, body = client.request("GET", "/svc", "guest")
+    assert (status, orjson.loads(body)["reason"]) == (401, "auth.invalid_certificate")
+    assert up.received == []
+
+
+@pytest.mark.parametrize(
+    ("principal_from", "client", "expected"),
+    [("san_dns", "svc-c", "c.svc.internal"), ("san_email", "svc-c", "Ops@example.com"), ("san_dns", "svc-w", None)],
+    ids=["dns-case-and-dot", "email-domain-case", "wildcard-dns"],
+)
+def test_san_identities_are_normalised(tmp_path: Path, principal_from: str, client: str, expected: str | None) -> None:
+    for tls_client, up, _ in start(tmp_path, principal_from):
+        status, _, _ = tls_client.request("GET", "/svc", client)
+        if expected is None:
+            assert status == 401
+        else:
+            assert status == 200 and up.received[-1].header("x-stockade-principal") == expected

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import math
+import ssl
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
@@ -36,10 +38,12 @@ class MtlsAuthenticator:
 
     def __init__(self, config: MtlsConfig, env: StageEnv) -> None:
         self._from = config.principal_from
-        self._allowed = frozenset(config.allowed)
+        kind = _SAN_TYPES.get(config.principal_from)
+        self._allowed = frozenset(_normalised(kind, a) if kind else a for a in config.allowed)
         self._scopes = frozenset(config.scopes)
         self._roles = frozenset(config.roles)
         self.challenge = f'Mutual realm="{config.realm}"'
+        self._periods: dict[bytes, tuple[float, float]] = {}  # notBefore/notAfter by certificate (DER)
 
     @classmethod
     def check_deployment(cls, config: MtlsConfig, gateway: GatewayConfig) -> list[str]:
@@ -53,12 +57,23 @@ class MtlsAuthenticator:
         der = ctx.peer_cert_der
         if cert is None or der is None:
             return _NO_CERT
-        identity = self._identity(cert)
+        # The handshake checked the validity period, but a resumed TLS session (up to two hours later) and a
+        # long keep-alive connection do not repeat it: without revocation checking, expiry is the only end a
+        # certificate has, so it is checked on every request.
+        not_before, not_after = self._validity(der, cert)
+        now = ctx.clock.time()
+        if not not_before <= now <= not_after:
+            return Deny(401, "auth.invalid_certificate", detail="client certificate expired or not yet valid")
+        try:
+            identity = self._identity(cert)
+        except ValueError as exc:
+            return Deny(401, "auth.invalid_certificate", detail=str(exc))
         if identity is None:
             return Deny(401, "auth.invalid_certificate", detail=f"certificate has no {self._from}")
         if self._allowed and identity not in self._allowed:
             return Deny(401, "auth.invalid_certificate", detail=f"{self._from} {identity!r} is not allowed")
-        ctx.state[AUTH_IDENTITY] = hashlib.sha256(f"mtls\x00{identity}".encode()).hexdigest()[:32]
+        # Per field: `CN=spiffe://td/alice` on a subject_cn route is not the workload with that SAN URI.
+        ctx.state[AUTH_IDENTITY] = hashlib.sha256(f"mtls\x00{self._from}\x00{identity}".encode()).hexdigest()[:32]
         principal = Principal(
             id=identity,
             kind="mtls",
@@ -68,18 +83,43 @@ class MtlsAuthenticator:
         )
         return Continue(principal=principal)
 
+    def _validity(self, der: bytes, cert: dict[str, Any]) -> tuple[float, float]:
+        hit = self._periods.get(der)
+        if hit is None:
+            try:
+                hit = (ssl.cert_time_to_seconds(cert["notBefore"]), ssl.cert_time_to_seconds(cert["notAfter"]))
+            except (KeyError, ValueError):
+                hit = (math.inf, -math.inf)  # an unreadable period is never valid
+            if len(self._periods) >= 4096:
+                self._periods.clear()
+            self._periods[der] = hit
+        return hit
+
     def _identity(self, cert: dict[str, Any]) -> str | None:
+        """The identity named by `principal_from`, normalised as the name type compares (DNS names and email
+        domains ignore case and a DNS name's trailing dot). ValueError for a name that cannot be one identity:
+        several CNs (software disagrees on which counts: Go's takes the last) or a wildcard DNS name."""
         if self._from == "subject_cn":
-            for rdn in cert.get("subject", ()):
-                for name, value in rdn:
-                    if name == "commonName" and isinstance(value, str) and value:
-                        return value
-            return None
+            names = [v for rdn in cert.get("subject", ()) for n, v in rdn if n == "commonName" and isinstance(v, str)]
+            if len(names) > 1:
+                raise ValueError("certificate has several subject CNs")
+            return names[0] if names and names[0] else None
         kind = _SAN_TYPES[self._from]
         for san_type, value in cert.get("subjectAltName", ()):
             if san_type == kind and isinstance(value, str) and value:
-                return value
+                return _normalised(kind, value)
         return None
+
+
+def _normalised(kind: str, value: str) -> str:
+    if kind == "DNS":
+        if value.startswith("*"):
+            raise ValueError("a wildcard DNS name is not an identity")
+        return value.rstrip(".").lower()
+    if kind == "email":
+        local, at, domain = value.rpartition("@")
+        return f"{local}@{domain.lower()}" if at else value
+    return value
 
 
 _: type[Stage] = MtlsAuthenticator
