@@ -229,3 +229,17 @@ def test_config_check_prints_tls_warnings(pki: Pki, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "warning:" in result.stderr and "expires in" in result.stderr
     assert result.stderr.count("expires in") == 1  # printed once (not also logged)
+
+
+def test_a_client_ca_without_a_root_is_warned_about(pki: Pki) -> None:
+    """OpenSSL verifies clients only up to a self-signed root: an intermediate (here: a leaf) alone as client_ca
+    loaded fine and then refused every client without a word."""
+    not_a_root, _ = _issue(pki, "intermediate-like", file="not-a-root")
+    extra = f", client_ca: '{not_a_root}', client_auth: optional"
+    loaded = load_config_text(listen(pki.rsa.cert, pki.rsa.key, extra), env={})
+    runtime = build_runtime(loaded, Services(clock=FakeClock(start=SYSTEM_CLOCK.time())))
+    assert any("field 'listen.tls.client_ca'" in w and "no self-signed (root)" in w for w in runtime.tls.warnings)
+    good = load_config_text(
+        listen(pki.rsa.cert, pki.rsa.key, f", client_ca: '{pki.ca.pem}', client_auth: optional"), env={}
+    )
+    assert not build_runtime(good, Services(clock=FakeClock(start=SYSTEM_CLOCK.time()))).tls.warnings

@@ -89,6 +89,16 @@ def _check_leaf(cert: Path) -> x509.Certificate:
     return leaf
 
 
+def _has_root(ca: Path) -> bool:
+    from cryptography import x509
+
+    try:
+        certs = x509.load_pem_x509_certificates(ca.read_bytes())
+    except ValueError:
+        return True  # not PEM certificates: load_verify_locations has said what is wrong, or read them anyway
+    return any(c.subject == c.issuer for c in certs)
+
+
 def listener_warnings(leaf: x509.Certificate, cert: Path, key: Path, now: float) -> list[tuple[str, str]]:
     """(field, message) for what serves but should not: a certificate expired, not yet valid or expiring within
     EXPIRY_WARNING, and a private key file others can read. Warnings only: nginx and Envoy start with them too."""
@@ -144,6 +154,10 @@ def _listener(cfg: TlsListen, base_dir: Path, now: float | None) -> tuple[ssl.SS
         except ssl.SSLError as exc:
             raise _Problem("client_ca", f"no usable CA certificates in {ca}: {exc.reason or exc}") from None
         ctx.verify_mode = ssl.CERT_REQUIRED if cfg.client_auth == "required" else ssl.CERT_OPTIONAL
+        if not _has_root(ca):
+            # OpenSSL needs a chain to a self-signed root: an intermediate alone verifies no client, and the
+            # config loads fine, so every client would be refused without a word.
+            warnings.append(("client_ca", f"{ca} holds no self-signed (root) certificate: no client will verify"))
         if not ossl.set_client_ca_names(ctx, ca):
             log.warning("TLS: cannot announce client CA names; clients with several certificates may pick wrong")
     if not ossl.set_groups(ctx, INTERMEDIATE_GROUPS):
