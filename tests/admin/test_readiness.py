@@ -191,3 +191,19 @@ def test_a_probe_flood_pings_once() -> None:
         await services.close()
 
     asyncio.run(body())
+
+
+@pytest.mark.parametrize(
+    "stages",
+    [KEYED, "- use: jwt\n  config: {issuers: [{issuer: 'https://gw', gateway: true, audiences: [api]}]}"],
+    ids=["api-key", "gateway-jwt"],
+)
+def test_a_reload_keeps_the_backends_of_the_config(stages: str) -> None:
+    """Shared objects are built once per process: a reload of the same config found them cached and recorded no
+    need of the store, so /readyz stopped checking it."""
+    head = "oauth2_server: {issuer: 'https://gw', audiences: [api]}\n"
+    text = (head + config(route("a", stages))).replace("{upstream}", "http://127.0.0.1:9")
+    services = Services(clock=SYSTEM_CLOCK, dry_run=True)
+    first = build_runtime(load_config_text(text, env={}), services).needs
+    again = build_runtime(load_config_text(text, env={}), services).needs
+    assert dict(first) == dict(again) == {"store": True}

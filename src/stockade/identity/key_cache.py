@@ -149,6 +149,7 @@ class ApiKeyCache:
 
 def shared_key_cache(services: Services) -> ApiKeyCache:
     """The process's API-key cache, created on first use over the shared store, watcher and pepper."""
+    services.need("store")  # on every build, the cached path too: /readyz checks what this config uses
     from stockade.identity.watch import shared_watcher
     from stockade.security.secrets import shared_secrets
     from stockade.storage import shared_store

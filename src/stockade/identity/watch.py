@@ -152,6 +152,7 @@ class ChangeWatcher:
 
 def shared_watcher(services: Services) -> ChangeWatcher:
     """The process's watcher over the shared store, created on first use (with feed pruning scheduled)."""
+    services.need("store")  # on every build, the cached path too: /readyz checks what this config uses
     from stockade.storage import shared_store
 
     watcher = services.shared.get(SHARED_KEY)

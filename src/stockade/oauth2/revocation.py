@@ -115,6 +115,7 @@ class RevokedJtis:
 
 
 def revoked_jtis(services: Services) -> RevokedJtis:
+    services.need("store")  # on every build, the cached path too: /readyz checks what this config uses
     found = services.shared.get(SHARED_KEY)
     if isinstance(found, RevokedJtis):
         return found

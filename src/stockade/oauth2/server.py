@@ -220,6 +220,7 @@ def metadata(cfg: OAuth2Server) -> dict[str, Any]:
 
 def token_server(services: Services) -> TokenServer:
     """The process's token server for the current `oauth2_server` config (rebuilt when a reload changes it)."""
+    services.need("store")  # on every build, the cached path too: /readyz checks what this config uses
     cfg = services.config.oauth2_server if services.config is not None else None
     if cfg is None:
         raise ValueError("the OAuth2 handlers need an `oauth2_server:` section")

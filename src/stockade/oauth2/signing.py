@@ -179,6 +179,7 @@ class SigningKeys:
 
 def shared_signing_keys(services: Services) -> SigningKeys:
     """The process's signing keys over the shared store, following the change feed."""
+    services.need("store")  # on every build, the cached path too: /readyz checks what this config uses
     found = services.shared.get(SHARED_KEY)
     if isinstance(found, SigningKeys):
         return found
