@@ -213,14 +213,15 @@ def test_bytes_after_the_upstream_response_are_never_forwarded(
     assert upstream.connections == 2  # the first connection was dropped, not pooled
 
 
+@pytest.mark.parametrize("version", ["1.1", "1.0"])
 def test_a_body_after_a_head_response_keeps_the_connection_out_of_the_pool(
-    gateway: TestGateway, upstream: TestUpstream
+    gateway: TestGateway, upstream: TestUpstream, version: str
 ) -> None:
     """The body of an upstream that answers HEAD with one is dropped; the connection is not pooled either, since
     what else it sends late would be read as the answer to the next request that reuses it."""
     upstream.reply("/api/head", Reply(raw=b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nINJECTED"))
     with gateway.connect() as sock:
-        sock.sendall(b"HEAD /api/head HTTP/1.1\r\nHost: a\r\n\r\n")
+        sock.sendall(b"HEAD /api/head HTTP/%s\r\nHost: a\r\n\r\n" % version.encode())  # 1.0: decoded
         (status, headers, body), *_ = read_responses(sock, 1, head_request=True)
     assert (status, headers["content-length"], body) == (200, "8", b"")
     assert gateway.request("GET", "/api/second")[0] == 200

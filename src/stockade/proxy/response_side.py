@@ -190,8 +190,9 @@ def upstream_done(ex: Exchange) -> None:
     if up is not None:
         # Not reusable while part of the request body is still unsent (received whole, but the spool not yet sent),
         # nor after a 204 whose head announces a body (RFC 9110 forbids one): an upstream that sends it anyway,
-        # later, would answer the next client's request with it. (HEAD and 304 responses legitimately carry the
-        # length of a body they do not send, so they stay reusable, as in nginx.)
+        # later, would answer the next client's request with it. (A 304 legitimately carries the length of a body it
+        # does not send and llhttp knows it has none, so it stays reusable; after HEAD, which llhttp cannot know,
+        # the connection is never pooled: UpstreamConnection.on_headers_complete.)
         reusable = up.keep_alive and ex.request_done and ex.spool is None and not up.decoded
         if reusable and ex.upstream_status == 204:
             framing = ex.framing

@@ -169,13 +169,12 @@ class UpstreamConnection(asyncio.Protocol):
                 if rest and self.user is not None:
                     user.upstream_body(rest)  # bytes of the upgraded protocol that followed the 101
                 return
-            if self.decode:
+            if self.head_only:  # before `decode`: an HTTP/1.0 client's HEAD decodes too, and gets no body either
+                first = b""
+                self.decoded = []
+            elif self.decode:
                 first = b"".join(self.decoded)
                 self.decoded = []
-            elif self.head_only:
-                first = b""
-                if rest:  # a body after a HEAD response: a later read of it would answer the next request
-                    self.reusable = False
             else:
                 first = rest
             # The head and the body bytes that came with it go to the client in one write (one syscall).
@@ -208,7 +207,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.status = status
         self.head_done = True
         if self.head_only:
-            self.reusable = self.parser.should_keep_alive()
+            # Never pooled: llhttp cannot know the response ends at its head, so body bytes an upstream sends
+            # anyway (at once or later, in another write) would be read as the answer to the next request on
+            # this connection, another client's. HEAD is rare; a fresh connection for the next request is cheap.
+            self.reusable = False
             self.done = True
 
     def on_message_complete(self) -> None:
