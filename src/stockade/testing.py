@@ -214,11 +214,13 @@ class _UpstreamProtocol(asyncio.Protocol):
         path = urlsplit(rec.target).path
         reply = owner.replies.get(path)
         if reply is None:
+            if path == "/ws" and rec.header("upgrade"):  # accepted, unless a reply was set (a refusal)
+                transport.write(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+                )
+                self.tunnel = True
+                return
             reply = _dynamic_reply(rec, path)
-        if path == "/ws" and rec.header("upgrade"):
-            transport.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-            self.tunnel = True
-            return
         if reply.raw is not None:
             transport.write(reply.raw)
         else:

@@ -689,3 +689,13 @@ def test_a_slow_body_on_a_route_that_reads_it_is_the_clients_time(make_gateway: 
         assert read_responses(sock, 1)[0][0] == 200
     wait_for(lambda: "json" in gw.server.metrics.overhead)
     assert gw.server.metrics.overhead["json"].sum < 1.0  # the fake clock moved `seconds`, all of it the client's
+
+
+def test_a_304_announcing_a_body_keeps_its_connection_out_of_the_pool(
+    gateway: TestGateway, upstream: TestUpstream
+) -> None:
+    """llhttp reads no body after a 304; one a server sends anyway, later, would answer the next request."""
+    upstream.reply("/api/cached", Reply(raw=b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n"))
+    assert gateway.request("GET", "/api/cached")[0] == 304
+    assert gateway.request("GET", "/api/next")[0] == 200
+    assert upstream.connections == 2

@@ -116,3 +116,20 @@ def test_a_websocket_holds_its_concurrency_slot_until_it_closes(
     third, head = _open_ws(gw)  # the first one's close released the slot
     assert head.startswith(b"HTTP/1.1 101")
     third.close()
+
+
+def test_a_refused_upgrade_does_not_return_its_connection_to_the_pool(
+    make_gateway: GatewayFactory, upstream: TestUpstream
+) -> None:
+    """Node hands a socket to its 'upgrade' handler and stops reading HTTP on it: pooled after a refusal, the next
+    client's request (credentials and all) went into that handler."""
+    from stockade.testing import Reply
+
+    gw = make_gateway(CONFIG)
+    upstream.reply("/ws", Reply(403, [("Content-Length", "7")], b"refused"))
+    with gw.connect() as sock:
+        sock.sendall(UPGRADE % b"/ws")
+        (status, _, body), *_ = read_responses(sock, 1)
+    assert (status, body) == (403, b"refused")
+    assert gw.request("GET", "/api/next")[0] == 200
+    assert upstream.connections == 2

@@ -189,12 +189,13 @@ def upstream_done(ex: Exchange) -> None:
     up = ex.upstream
     if up is not None:
         # Not reusable while part of the request body is still unsent (received whole, but the spool not yet sent),
-        # nor after a 204 whose head announces a body (RFC 9110 forbids one): an upstream that sends it anyway,
-        # later, would answer the next client's request with it. (A 304 legitimately carries the length of a body it
-        # does not send and llhttp knows it has none, so it stays reusable; after HEAD, which llhttp cannot know,
-        # the connection is never pooled: UpstreamConnection.on_headers_complete.)
-        reusable = up.keep_alive and ex.request_done and ex.spool is None and not up.decoded
-        if reusable and ex.upstream_status == 204:
+        # nor after a 204 or 304 whose head announces a body: llhttp reads none, and an upstream that sends it
+        # anyway, later, would answer the next client's request with it (after HEAD, which llhttp cannot know,
+        # the connection is never pooled: UpstreamConnection.on_headers_complete). Nor after an upgrade request
+        # the upstream refused: a server that handed the socket to its upgrade handler (Node's 'upgrade' event)
+        # no longer reads HTTP on it, and the next client's request, credentials and all, would go there.
+        reusable = up.keep_alive and ex.request_done and ex.spool is None and not up.decoded and not ex.upgrade_ok
+        if reusable and ex.upstream_status in (204, 304):
             framing = ex.framing
             reusable = framing is None or not framing.announces_body
         ex._drop_upstream(reusable=reusable)
