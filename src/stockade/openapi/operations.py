@@ -48,6 +48,8 @@ class ResponseRule:
     closed: Compiled  # fails on undeclared and writeOnly properties too: the fast path for a clean response
     open: Compiled  # annotations tell the filter which properties the schema declared
     pointer: str
+    structured: bool = True  # the schema may hold properties (not a lone string/number/boolean): a body of it
+    # in a media type the gateway cannot read may carry what the filter would remove
 
 
 class Unchecked(Enum):
@@ -80,11 +82,15 @@ class Operation:
     def response_rule(self, status: int, media: str) -> ResponseRule | Unchecked:
         """The rule a response of this status and media type (essence, '' if none) is checked against."""
         table = self.responses.get(str(status)) or self.responses.get(f"{status // 100}XX")
-        if table is None:
-            table = self.responses.get("default")
+        if table is not None:
+            return _media_rule(table, media)
+        table = self.responses.get("default")
         if table is None:
             return Unchecked.FORWARD
-        return _media_rule(table, media)
+        # `default` describes the API's own errors: a framework's HTML or plain-text page (a 302's "Redirecting",
+        # a proxy's 502) is not held to it unless it is JSON, which is checked as declared.
+        rule = _media_rule(table, media)
+        return rule if isinstance(rule, ResponseRule) or is_json(media) else Unchecked.FORWARD
 
 
 def _media_rule(table: dict[str, ResponseRule | None], media: str) -> ResponseRule | Unchecked:
@@ -103,7 +109,11 @@ def _media_rule(table: dict[str, ResponseRule | None], media: str) -> ResponseRu
     rule = table[key]
     if rule is None:
         return Unchecked.FORWARD
-    return rule if is_json(media) else Unchecked.UNREADABLE  # a schema the gateway cannot hold this body to
+    if is_json(media):
+        return rule
+    # A schema the gateway cannot hold this body to: refused if it could carry properties (springdoc's
+    # `*/*: {schema: {type: string}}` for a String controller answered as text/plain carries none).
+    return Unchecked.UNREADABLE if rule.structured else Unchecked.FORWARD
 
 
 def build_operation(
@@ -262,8 +272,24 @@ def _response_rule(schemas: SchemaSet, s: Located) -> ResponseRule:
     closed = {"type": "object", "properties": {"body": schemas.convert(s, "response_closed")}}
     opened = schemas.convert(s, "response_open", close=False)
     return ResponseRule(
-        _compile(schemas, closed, "response_closed", s), _compile(schemas, opened, "response_open", s), s.pointer
+        _compile(schemas, closed, "response_closed", s),
+        _compile(schemas, opened, "response_open", s),
+        s.pointer,
+        structured=not _scalar_schema(s.node),
     )
+
+
+_SCALAR_TYPES = frozenset({"string", "number", "integer", "boolean", "null"})
+_STRUCTURE_KEYWORDS = ("$ref", "properties", "items", "allOf", "anyOf", "oneOf", "additionalProperties", "not")
+
+
+def _scalar_schema(node: object) -> bool:
+    """Whether a schema can only describe a lone scalar (a `$ref` or composition counts as structured)."""
+    if not isinstance(node, dict) or any(k in node for k in _STRUCTURE_KEYWORDS):
+        return False
+    kind = node.get("type")
+    kinds = kind if isinstance(kind, list) else [kind]
+    return bool(kinds) and all(isinstance(k, str) and k in _SCALAR_TYPES for k in kinds)
 
 
 def _compile(schemas: SchemaSet, root: dict[str, Any], variant: Variant, at: Located) -> Compiled:

@@ -275,7 +275,7 @@ def test_write_only_is_stripped_however_the_property_schema_is_composed(tmp_path
     """A password marked writeOnly through a composition went out byte for byte: the closed check did not know."""
     (tmp_path / "wo.yaml").write_text(WRITE_ONLY_SPEC)
     config = (
-        "routes:\n  - id: u\n    match: {path: /users/**}\n    upstream: '{upstream}'\n    stages:\n"
+        "routes:\n  - id: u\n    match: {path: /**}\n    upstream: '{upstream}'\n    stages:\n"
         "      - use: anonymous\n      - use: openapi\n        config: {spec: wo.yaml, responses: enforce}\n"
     )
     with gateway_with_upstream(config, base_dir=tmp_path) as (gw, up):
@@ -367,7 +367,7 @@ def test_responses_beyond_max_response_bytes_are_not_checked(
     response is not checked: refused under enforce, passed with a finding under monitor."""
     (tmp_path / "wo.yaml").write_text(WRITE_ONLY_SPEC)
     config = (
-        "routes:\n  - id: u\n    match: {path: /users/**}\n    upstream: '{upstream}'\n    stages:\n"
+        "routes:\n  - id: u\n    match: {path: /**}\n    upstream: '{upstream}'\n    stages:\n"
         "      - use: anonymous\n      - use: openapi\n"
         f"        config: {{spec: wo.yaml, responses: {responses}, max_response_bytes: 2048}}\n"
     )
@@ -420,6 +420,16 @@ paths:
         '203':
           description: any type, no schema
           content: {'*/*': {}, 'application/json': {schema: {$ref: '#/components/schemas/User'}}}
+  /texts/{id}:
+    get:
+      parameters: [{name: id, in: path, required: true, schema: {type: integer}}]
+      responses:
+        '200':
+          description: springdoc's key for a controller that returns a String
+          content: {'*/*': {schema: {type: string}}}
+        default:
+          description: the API's own errors
+          content: {application/json: {schema: {$ref: '#/components/schemas/User'}}}
 """
 LEAKY_USER = {"id": 1, "name": "bob", "password": "hunter2", "ssn": "078-05-1120"}
 
@@ -429,7 +439,7 @@ def media_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestG
     tmp = tmp_path_factory.mktemp("spec")
     (tmp / "keys.yaml").write_text(MEDIA_KEYS_SPEC)
     config = (
-        "routes:\n  - id: u\n    match: {path: /users/**}\n    upstream: '{upstream}'\n    stages:\n"
+        "routes:\n  - id: u\n    match: {path: /**}\n    upstream: '{upstream}'\n    stages:\n"
         "      - use: anonymous\n      - use: openapi\n        config: {spec: keys.yaml, responses: enforce}\n"
     )
     with gateway_with_upstream(config, base_dir=tmp) as pair:
@@ -508,3 +518,27 @@ def test_monitor_records_a_response_with_duplicate_keys(monitor: tuple[TestGatew
     up.reply(OWNER, Reply(200, [("Content-Type", "application/json")], raw))
     assert gw.request("GET", OWNER)[::2] == (200, raw)
     assert _last_log(gw, log)["findings"] == ["openapi.response_invalid"]
+
+
+@pytest.mark.parametrize(
+    ("reply", "checked"),
+    [
+        (Reply(200, [("Content-Type", "text/plain")], b"hello"), False),  # a string under `*/*`: nothing to filter
+        (Reply(302, [("Content-Type", "text/html"), ("Location", "/x")], b"Redirecting..."), False),
+        (Reply(401, [("Content-Type", "text/plain")], b"Unauthorized"), False),  # a framework's own page
+        (Reply(500, [("Content-Type", "application/json")], orjson.dumps(LEAKY_USER)), True),  # the API's: checked
+    ],
+    ids=["string-controller", "redirect-page", "plain-error-page", "json-error"],
+)
+def test_what_default_and_scalar_wildcards_let_through(
+    media_keys: tuple[TestGateway, TestUpstream], reply: Reply, checked: bool
+) -> None:
+    """A Flask or Express redirect page, or a String controller springdoc declares as `*/*`, got 502 once
+    responses in undeclared media types were refused; `default` and scalar schemas now let such bodies pass."""
+    gw, up = media_keys
+    up.reply("/texts/1", reply)
+    status, _, body = gw.request("GET", "/texts/1")
+    if checked:
+        assert (status, orjson.loads(body)) == (reply.status, {"id": 1, "name": "bob"})
+    else:
+        assert (status, body) == (reply.status, reply.body)
