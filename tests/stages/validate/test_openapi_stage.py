@@ -546,3 +546,14 @@ def test_request_bodies_over_max_request_bytes_are_not_validated(mode: str) -> N
         else:
             assert status == 200 and up.received[-1].body == big  # a finding, not a refusal
         assert gw.request("POST", "/orders", headers=JSON, body=small)[0] == 200
+
+
+def test_uploads_keep_the_route_limit_not_max_request_bytes() -> None:
+    """A 3 KB photo (over this route's 2 KB max_request_bytes) is an upload, not a document to validate."""
+    from stockade.testing import gateway_with_upstream
+    from tests.stages.validate.openapi_cases import SPECS
+
+    photo = _multipart(("file", '; filename="a.png"\r\nContent-Type: image/png', b"\x89PNG" + b"\x00" * 3000))
+    with gateway_with_upstream(SIZED % ("petstore.yaml", "enforce"), base_dir=SPECS) as (gw, up):
+        status, _, _ = gw.request("POST", "/v1/pets/3/photo", headers=MULTIPART, body=photo)
+        assert status == 200 and up.received[-1].body == photo

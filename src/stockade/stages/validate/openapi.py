@@ -42,9 +42,14 @@ class OpenApiConfig(StageConfig):
     max_response_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     # The largest request body validated (413 openapi.body_too_large beyond it; under `requests: monitor`, a
     # finding). Parsing and validating run on the event loop too: a 10 MiB array of small objects, which the
-    # route's default body limit lets in, held the worker about 1 s. Bodies of types the stage does not read
-    # (opaque: images, octet streams) are not limited by it.
+    # route's default body limit lets in, held the worker about 1 s. It bounds JSON and form bodies; uploads
+    # (multipart, octet streams) keep the route's limit.
     max_request_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+
+
+# Media kinds whose whole body becomes a document to validate (what max_request_bytes bounds); a multipart
+# upload's file parts are not parsed into one, so an upload is held only to the route's body limit.
+_PARSED_WHOLE = frozenset({"json", "form"})
 
 
 class OpenApiStage:
@@ -122,7 +127,7 @@ class OpenApiStage:
                     why = "is not declared" if rule is None else "cannot be validated against the declared schema"
                     detail = f"{op.operation_id}: content type {media[:100] or 'none'} {why}"
                     return self._deny(Deny(415, "openapi.unsupported_media_type", detail=detail))
-                if len(body) > self._max_request and media_kind(media) != "opaque":
+                if len(body) > self._max_request and media_kind(media) in _PARSED_WHOLE:
                     detail = f"{op.operation_id}: body of {len(body)} bytes, over max_request_bytes: not validated"
                     return self._deny(Deny(413, "openapi.body_too_large", detail=detail))
                 try:
