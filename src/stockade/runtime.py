@@ -115,6 +115,8 @@ def build_runtime(loaded: LoadedConfig, services: Services) -> Runtime:
         if not services.dry_run:  # `config check` prints them itself
             for warning in tls.warnings:
                 log.warning("TLS: %s", warning)
+            for warning in loaded.warnings:
+                logging.getLogger("stockade.config").warning("%s", warning)
     except ConfigError as exc:
         problems.extend(exc.problems)
     log_target = _decision_log_target(loaded, problems)

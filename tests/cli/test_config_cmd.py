@@ -145,3 +145,19 @@ def test_problems_found_while_building_name_the_line_of_the_stage(tmp_path: Path
     result = CliRunner().invoke(cli, ["config", "check", str(path)])
     assert result.exit_code == 2
     assert f"{path}:11: route 'items' (routes[0]) > stage 'openapi' (stages[2]): openapi spec" in result.output
+
+
+def test_check_warns_where_a_route_takes_methods_from_a_broader_one(tmp_path: Path) -> None:
+    """A route owns its path for every method: `/login` for POST next to a `/**` site route makes GET /login
+    405, where Kong would have tried the site route. Valid, but worth a word."""
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "routes:\n"
+        "  - {id: login, match: {path: /login, methods: [POST]}, upstream: 'http://a', stages: [{use: anonymous}]}\n"
+        "  - {id: site, match: {path: /**}, upstream: 'http://a', stages: [{use: anonymous}]}\n"
+    )
+    result = CliRunner().invoke(cli, ["config", "check", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "warning:" in result.output
+    assert "route 'login' owns /login for POST: DELETE, GET, OPTIONS, PATCH, PUT, TRACE there get 405" in result.output
+    assert "not route 'site'" in result.output

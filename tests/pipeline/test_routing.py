@@ -168,3 +168,26 @@ def test_templates_that_differ_only_in_case() -> None:
     assert router.match("a", "/ADMIN", "GET") == ("public", {})
     with pytest.raises(RouteTemplateError, match="ignoring case"):
         Router(both, fold_case=True)
+
+
+@pytest.mark.parametrize(
+    ("routes", "expected"),
+    [
+        ([RouteSpec("a", "/a", frozenset({"GET"})), RouteSpec("b", "/a")], []),  # not under a tail: nothing taken
+        ([RouteSpec("a", "/a", frozenset({"GET"})), RouteSpec("all", "/**", frozenset({"GET"}))], []),
+        (
+            [
+                RouteSpec("r", "/x/{id}", frozenset({"GET", "PUT"})),
+                RouteSpec("x", "/x/**", frozenset({"GET", "DELETE"})),
+            ],
+            ["route 'r' owns /x/{} for GET, PUT: DELETE there get 405, not route 'x'"],
+        ),
+        (
+            [RouteSpec("w", "/w/**", frozenset({"POST"})), RouteSpec("all", "/**", frozenset({"GET", "POST"}))],
+            ["route 'w' owns /w/** for POST: GET there get 405, not route 'all'"],
+        ),
+    ],
+    ids=["no-broader", "same-methods", "param-under-tail", "tail-under-tail"],
+)
+def test_routes_that_take_methods_from_a_broader_one_are_named(routes: list[RouteSpec], expected: list[str]) -> None:
+    assert Router(routes).shadowed() == expected

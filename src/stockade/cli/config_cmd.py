@@ -29,7 +29,7 @@ def check(ctx: click.Context, file: str | None, config_path: str | None, asgi: b
     path = resolve_config_path(ctx, file or config_path)
     loaded = load_or_exit(path, require_upstreams=not asgi)
     runtime = build_or_exit(loaded)  # also loads every file the runtime needs (TLS keys, specs), without side effects
-    for warning in runtime.tls.warnings:  # valid, but an operator should hear of it (an expiring certificate)
+    for warning in (*loaded.warnings, *runtime.tls.warnings):  # valid, but worth a word (an expiring certificate)
         click.echo(f"warning: {warning}", err=True)
     cfg = loaded.config
     stages = sum(len(p) for p in loaded.route_stages.values())

@@ -63,6 +63,7 @@ class LoadedConfig:
     route_stages: dict[str, tuple[StagePlan, ...]] = field(default_factory=dict)
     route_handlers: dict[str, HandlerPlan] = field(default_factory=dict)
     lines: Mapping[tuple[str | int, ...], int] = field(default_factory=dict)  # YAML path -> line, for messages
+    warnings: tuple[str, ...] = ()  # valid, but worth a word (logged at every load, printed by `config check`)
 
     def at(self, loc: Sequence[str | int]) -> str:
         """`file:line` of a location (of its nearest located parent; the file alone if none), for problems found
@@ -150,12 +151,14 @@ def load_config_text(
         except RouteTemplateError as exc:
             ctx.add((*loc, "match", "path"), str(exc))
             templates_ok = False
+    warnings: list[str] = []
     try:
         if templates_ok:
-            Router(
+            router = Router(
                 [RouteSpec(r.id, r.match.path, _methods(r.match.methods), r.match.hosts()) for r in config.routes],
                 fold_case=config.limits.case_insensitive_routing,
             )
+            warnings += [f"{source}: {w}" for w in router.shadowed()]
     except RouteTemplateError as exc:
         ctx.add(("routes",), str(exc))
     if ctx.problems:
@@ -169,6 +172,7 @@ def load_config_text(
         route_stages=route_plans,
         route_handlers=handler_plans,
         lines=lines,
+        warnings=tuple(warnings),
     )
 
 

@@ -246,6 +246,15 @@ class Router:
             except RouteTemplateError:
                 self._folded = None  # templates that differ only in case: the routes mean case to matter
 
+    def shadowed(self) -> list[str]:
+        """Where a route owns a path for some methods only, and a broader `/**` route it sits under would have
+        served the others: those get 405 (the route that owns a path owns all its methods). Worth a warning at
+        load: Kong and Envoy would have tried the broader route."""
+        out: list[str] = []
+        for trie in (*self._exact.values(), *(t for _, t in self._wild), *((self._any,) if self._any else ())):
+            _shadowed(trie.root, "", None, out)
+        return sorted(set(out))
+
     def match(self, host: str, path: str, method: str) -> tuple[str, dict[str, str]] | NoRoute:
         """The route for a request, cached by (host, path, method): callers must not mutate the params dict."""
         key = (host, path, method)
@@ -280,6 +289,37 @@ class Router:
 
 
 _NOT_FOUND = NoRoute(404)
+
+
+def _methods_of(endpoint: _Endpoint) -> frozenset[str] | None:
+    """The methods an endpoint serves (HEAD only if a route claims it), None for any."""
+    if endpoint.any is not None:
+        return None
+    return frozenset(m for m in endpoint.by_method if m not in endpoint.implicit)
+
+
+def _shadowed(node: _Node, path: str, broader: _Endpoint | None, out: list[str]) -> None:
+    own_tail = node.tail
+    for endpoint, shown in ((node.leaf, path or "/"), (own_tail, f"{path}/**")):
+        if endpoint is None or broader is None or endpoint is broader:
+            continue
+        mine = _methods_of(endpoint)
+        theirs = _methods_of(broader)
+        if mine is None:
+            continue
+        lost = (ALL_METHODS if theirs is None else theirs) - mine - {"HEAD"}
+        if lost:
+            owner = sorted({rid for rid, _ in endpoint.by_method.values()})
+            other = (broader.any or next(iter(broader.by_method.values())))[0]
+            out.append(
+                f"route {', '.join(map(repr, owner))} owns {shown} for {', '.join(sorted(mine))}: "
+                f"{', '.join(sorted(lost))} there get 405, not route {other!r}"
+            )
+    nearer = own_tail if own_tail is not None else broader
+    for seg, child in node.static.items():
+        _shadowed(child, f"{path}/{seg}", nearer, out)
+    if node.param is not None:
+        _shadowed(node.param, f"{path}/{{}}", nearer, out)
 
 
 def _route_id(found: tuple[str, dict[str, str]] | NoRoute) -> str | None:
