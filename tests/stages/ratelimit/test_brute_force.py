@@ -152,7 +152,9 @@ BAD = UnreadableLoginError  # the expected "result" of a body the gateway must r
     [
         (b'{"username": "ann"}', "application/json", "username", "ann"),
         (b'{"user": {"email": "a@b"}}', "application/json; charset=utf-8", "user.email", "a@b"),
-        (b'{"username": 5}', "application/json", "username", BAD),  # an upstream may take it as "5"
+        (b'{"username": 5551234}', "application/json", "username", "5551234"),  # an account number: its digits
+        (b'{"username": 5.5}', "application/json", "username", BAD),
+        (b'{"username": true}', "application/json", "username", BAD),
         (b'{"username": ["ann"]}', "application/json", "username", BAD),
         (b'{"username": null}', "application/json", "username", None),
         (b'{"username": "  "}', "application/json", "username", None),
@@ -166,6 +168,7 @@ BAD = UnreadableLoginError  # the expected "result" of a body the gateway must r
         (b"username=&username=ann", "application/x-www-form-urlencoded", "username", BAD),
         (b"username=%ff", "application/x-www-form-urlencoded", "username", BAD),
         (b"username=\xffann", "application/x-www-form-urlencoded", "username", BAD),
+        (b"username=ren%C3%A9&password=ren%E9", "application/x-www-form-urlencoded", "username", "ren\u00e9"),
         (b'{"username": "ann"}', "text/plain", "username", None),
         (b'{"username": "' + b"a" * 600 + b'"}', "application/json", "username", BAD),
         (b'{"username": "' + b" " * 600 + b'ann"}', "application/json", "username", "ann"),  # trimmed, then measured
@@ -173,7 +176,9 @@ BAD = UnreadableLoginError  # the expected "result" of a body the gateway must r
     ids=[
         "json",
         "nested",
-        "number",
+        "account-number",
+        "float",
+        "bool",
         "list",
         "null",
         "blank",
@@ -187,6 +192,7 @@ BAD = UnreadableLoginError  # the expected "result" of a body the gateway must r
         "form-repeated-blank",
         "form-bad-percent-utf8",
         "form-raw-bad-utf8",
+        "form-latin1-password",
         "other-type",
         "too-long",
         "padded",
@@ -233,7 +239,7 @@ def test_different_usernames_stay_different() -> None:
         ),
         ({"Content-Type": "application/json"}, '{"user": {"email": "ann@x"}}'.encode("utf-16"), "", 400, "bad_login"),
         ({"Content-Type": "application/json"}, b'\xef\xbb\xbf{"user": {"email": "ann@x"}}', "", 400, "bad_login"),
-        ({"Content-Type": "application/json"}, b'{"user": {"email": 7}}', "", 400, "bad_login"),
+        ({"Content-Type": "application/json"}, b'{"user": {"email": ["a@x"]}}', "", 400, "bad_login"),
         ({"Content-Type": "application/json"}, b'{"password": "x"}', "user.email=ann@x", 400, "bad_login"),
         (
             {"Content-Type": "application/json", "Content-Encoding": "gzip"},

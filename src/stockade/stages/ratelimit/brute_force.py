@@ -257,14 +257,16 @@ def username(body: bytes, content_type: str | None, field: str) -> str | None:
     kind = _login_format(content_type)
     value: object = None
     if kind == "form":
-        try:
-            fields = parse_qs(body.decode("utf-8"), keep_blank_values=True, errors="strict")
-        except UnicodeDecodeError:
-            raise UnreadableLoginError("login form is not UTF-8") from None
+        # Latin-1 maps every byte, so a legacy page's other fields (a password in ISO-8859-1) parse; only the
+        # username must be UTF-8, or it could name an account other than the one the gateway counts.
+        fields = parse_qs(body.decode("latin-1"), keep_blank_values=True, encoding="latin-1")
         values = fields.get(field)
         if values is not None and len(values) > 1:
             raise UnreadableLoginError(f"{field} repeated in the login form")
-        value = values[0] if values else None
+        try:
+            value = values[0].encode("latin-1").decode("utf-8") if values else None
+        except UnicodeDecodeError:
+            raise UnreadableLoginError(f"{field} in the login form is not UTF-8") from None
     elif kind == "json":
         try:
             value = orjson.loads(body)
@@ -278,6 +280,8 @@ def username(body: bytes, content_type: str | None, field: str) -> str | None:
 def _checked(value: object, field: str) -> str | None:
     if value is None:
         return None
+    if type(value) is int:  # an account or phone number: the upstream reads the digits (never a bool)
+        value = str(value)
     if not isinstance(value, str):
         raise UnreadableLoginError(f"{field} is not a string")
     value = value.strip()
