@@ -146,7 +146,11 @@ def test_a_trusted_proxy_cannot_name_another_host_than_the_one_routed(
 ) -> None:
     """A proxy that passes the client's X-Forwarded-Host through (an AWS ALB does) let it pick the virtual host a
     Django or Express app serves while the gateway applied the routes of the Host header's."""
-    gw = make_gateway(TRUSTED)
+    admin_host = (
+        "  - id: admin\n    match: {path: /**, host: admin.example.com}\n    upstream: {upstream}\n"
+        "    stages: [{use: ip_filter, config: {deny: [0.0.0.0/0]}}, {use: anonymous}]\n"
+    )
+    gw = make_gateway(TRUSTED + admin_host)
     assert gw.request("GET", "/api/x", headers={"Host": "www.example.com", **sent})[0] == 200
     got = upstream.received[-1]
     assert (got.header_all("x-forwarded-host"), got.header("forwarded")) == ([xfh], forwarded)
@@ -163,6 +167,18 @@ def test_client_certificate_headers_pass_from_a_trusted_proxy(
     )
     got = upstream.received[-1]
     assert (got.header("x-forwarded-client-cert"), got.header("x-ssl-client-verify")) == (xfcc, "SUCCESS")
+
+
+def test_without_host_routes_a_trusted_proxys_forwarded_host_is_kept(
+    make_gateway: GatewayFactory, upstream: TestUpstream
+) -> None:
+    """nginx in front sends Host: its own upstream name and X-Forwarded-Host: the site's: with no host-specific
+    route, the Host picks nothing, and the app needs the site's name for its absolute URLs."""
+    gw = make_gateway(TRUSTED)
+    sent = {"Host": "stockade:8080", "X-Forwarded-Host": "shop.example.com", "Forwarded": "for=1.2.3.4;host=shop"}
+    assert gw.request("GET", "/api/x", headers=sent)[0] == 200
+    got = upstream.received[-1]
+    assert (got.header("x-forwarded-host"), got.header("forwarded")) == ("shop.example.com", "for=1.2.3.4;host=shop")
 
 
 @pytest.mark.parametrize(

@@ -76,7 +76,15 @@ class HttpExchange(Exchange):
             return
         buffer_body = pipeline.needs_response_body and not self.head_request
         self.collected = [] if buffer_body else None
-        scope = app_scope(self.scope, ctx, pipeline, self.runtime.trusted_proxies, hide_body_bypass=buffer_body)
+        runtime = self.runtime
+        scope = app_scope(
+            self.scope,
+            ctx,
+            pipeline,
+            runtime.trusted_proxies,
+            hide_body_bypass=buffer_body,
+            by_host=runtime.router.by_host,
+        )
         self.times.t_sent = self.clock.monotonic()
         try:
             await self.mw.app(scope, self._app_receive, self._app_send)

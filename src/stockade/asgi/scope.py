@@ -118,7 +118,13 @@ def from_raw_headers(headers: RawHeaders) -> list[tuple[str, str]]:
 
 
 def app_scope(
-    scope: Scope, ctx: RequestContext, pipeline: Pipeline, trusted_proxies: NetSet, *, hide_body_bypass: bool = False
+    scope: Scope,
+    ctx: RequestContext,
+    pipeline: Pipeline,
+    trusted_proxies: NetSet,
+    *,
+    hide_body_bypass: bool = False,
+    by_host: bool = True,
 ) -> Scope:
     """A copy of the scope for the application: the path the pipeline judged, and the gateway's header edits.
 
@@ -131,7 +137,7 @@ def app_scope(
     out["raw_path"] = ctx.raw_path.encode("latin-1")
     out["query_string"] = ctx.query.encode("latin-1")  # a stage may have removed a credential from it
     trusted = bool(trusted_proxies) and ctx.peer_ip in trusted_proxies
-    out["headers"] = forwarded_headers(ctx.headers.raw, pipeline, ctx, trusted=trusted)
+    out["headers"] = forwarded_headers(ctx.headers.raw, pipeline, ctx, trusted=trusted, by_host=by_host)
     if hide_body_bypass:
         extensions = scope.get("extensions")
         if extensions and any(e in extensions for e in _BODY_BYPASS_EXTENSIONS):

@@ -100,7 +100,8 @@ def names_other_host(lower_name: bytes, value: bytes, host: str) -> bool:
     request was routed by. A proxy that passes a client's value through (an AWS ALB does) would otherwise let
     the client pick the virtual host an application serves (Django's USE_X_FORWARDED_HOST, Werkzeug's
     ProxyFix, Express's `trust proxy`) while the gateway applied another host's routes: such a value is not
-    forwarded."""
+    forwarded. Callers ask only when some route is host-specific (Router.by_host): otherwise the Host picked
+    no route, and a front proxy that rewrites Host (nginx's default) keeps its X-Forwarded-Host."""
     from stockade.pipeline.intake import parse_host
 
     if lower_name == b"x-forwarded-host":
@@ -134,7 +135,7 @@ def added_headers(pipeline: Pipeline, ctx: RequestContext) -> list[tuple[str, st
 
 
 def forwarded_headers(
-    raw: list[tuple[bytes, bytes]], pipeline: Pipeline, ctx: RequestContext, *, trusted: bool
+    raw: list[tuple[bytes, bytes]], pipeline: Pipeline, ctx: RequestContext, *, trusted: bool, by_host: bool = True
 ) -> list[tuple[bytes, bytes]]:
     """The request headers an in-process application receives (ASGI form: lower-case byte names).
 
@@ -148,7 +149,7 @@ def forwarded_headers(
         lname = name.lower()
         if is_identity_header(lname) or lname == REQUEST_ID or lname in OVERRIDE_HEADERS or is_underscore_alias(lname):
             continue
-        if lname in FORWARDING_HEADERS and (not trusted or names_other_host(lname, value, ctx.host)):
+        if lname in FORWARDING_HEADERS and (not trusted or (by_host and names_other_host(lname, value, ctx.host))):
             continue
         if not trusted and is_client_cert_header(lname):
             continue

@@ -207,7 +207,7 @@ class Router:
     exactly must not take it from the `/admin/**` guard. `fold_case=True` routes case-insensitively instead.
     """
 
-    __slots__ = ("_any", "_cache", "_exact", "_folded", "_upper_templates", "_wild")
+    __slots__ = ("_any", "_cache", "_exact", "_folded", "_upper_templates", "_wild", "by_host")
 
     def __init__(self, routes: Sequence[RouteSpec], *, fold_case: bool = False, _check_case: bool = True) -> None:
         self._cache: dict[tuple[str, str, str], tuple[str, dict[str, str]] | NoRoute] = {}
@@ -237,6 +237,7 @@ class Router:
                     raise
         # Longest suffix first, so '*.api.example.com' wins over '*.example.com'.
         self._wild = sorted(wild.items(), key=lambda kv: -len(kv[0]))
+        self.by_host = bool(self._exact or self._wild)  # some route is for some hosts: the Host picks routes
         self._folded: Router | None = None
         # With only lower-case templates, a lower-case path matches the same route either way: no second match.
         self._upper_templates = any(spec.path != spec.path.lower() for spec in routes)

@@ -257,15 +257,16 @@ def encode_request_head(ex: Exchange) -> bytes:
     fhost = h.hosts[0] if h.hosts else pool.host_header
     if ex.trusted and h.forwarding:
         xff_values = []
+        by_host = ex.runtime.router.by_host
         for lname, name, value in h.forwarding:
             if lname == b"x-forwarded-for":
                 xff_values.append(value.decode("latin-1"))
             elif lname == b"x-forwarded-proto":
                 proto = value
             elif lname == b"x-forwarded-host":
-                if not names_other_host(lname, value, ctx.host):
+                if not (by_host and names_other_host(lname, value, ctx.host)):
                     fhost = value
-            elif lname == b"forwarded" and names_other_host(lname, value, ctx.host):
+            elif lname == b"forwarded" and by_host and names_other_host(lname, value, ctx.host):
                 continue
             if lname not in _XF_REBUILT:
                 parts.extend((name, b": ", value, CRLF))
