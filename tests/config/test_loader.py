@@ -185,6 +185,8 @@ def test_broken_config_names_where(text: str, fragments: list[str]) -> None:
         ("*.Internal.example.com.", "*.internal.example.com"),
         ("[::1]", "::1"),
         ("bücher.example.com", "xn--bcher-kva.example.com"),
+        ("straße.example", "xn--strae-oqa.example"),  # IDNA 2008, as browsers send it (2003 gives strasse)
+        ("*.Bücher.example", "*.xn--bcher-kva.example"),
         ("api_1.compose", "api_1.compose"),
     ],
 )

@@ -170,10 +170,16 @@ def _host_pattern(text: str) -> str:
             return str(ipaddress.IPv6Address(host))
         except ValueError:
             raise ValueError(f"host {text!r}: a host name without a port (routes match every port)") from None
-    try:
-        host = host.encode("idna").decode("ascii") if not host.isascii() else host
-    except UnicodeError:
-        raise ValueError(f"host {text!r}: not a valid international domain name") from None
+    if not host.isascii():
+        # IDNA 2008 with UTS 46, as browsers send it: Python's own codec is IDNA 2003, which maps `straße` to
+        # `strasse` where browsers send `xn--strae-oqa`, and the route would match no request (fail open).
+        import idna
+
+        prefix = "*." if host.startswith("*.") else ""
+        try:
+            host = prefix + idna.encode(host.removeprefix(prefix), uts46=True, transitional=False).decode("ascii")
+        except idna.IDNAError:
+            raise ValueError(f"host {text!r}: not a valid international domain name") from None
     if not _HOST_NAME.fullmatch(host):
         raise ValueError(f"host {text!r}: not a host name (letters, digits, '-', '_'; '*.' only as a prefix)")
     return host
