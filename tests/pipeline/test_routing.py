@@ -191,3 +191,13 @@ def test_templates_that_differ_only_in_case() -> None:
 )
 def test_routes_that_take_methods_from_a_broader_one_are_named(routes: list[RouteSpec], expected: list[str]) -> None:
     assert Router(routes).shadowed() == expected
+
+
+def test_the_case_check_runs_only_where_case_can_change_the_route() -> None:
+    router = Router([RouteSpec("admin", "/admin/**"), RouteSpec("legacy", "/API/**"), RouteSpec("x", "/api/x")])
+    assert not router._case_matters("/users/9B2F3C1E-8D4A")  # an upper-case id is no template's literal
+    assert not router._case_matters("/admin/x")
+    assert router._case_matters("/Admin/x")
+    assert router._case_matters("/API/x")  # spelled exactly as one literal, but `api` is another
+    assert router.match("a", "/API/x", "GET") == NoRoute(404)  # /API/** exactly, /api/x ignoring case
+    assert router.match("a", "/API/y", "GET") == ("legacy", {})

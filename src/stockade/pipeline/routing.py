@@ -207,7 +207,7 @@ class Router:
     exactly must not take it from the `/admin/**` guard. `fold_case=True` routes case-insensitively instead.
     """
 
-    __slots__ = ("_any", "_cache", "_exact", "_folded", "_upper_templates", "_wild", "by_host")
+    __slots__ = ("_any", "_cache", "_exact", "_folded", "_folded_literals", "_literals", "_wild", "by_host")
 
     def __init__(self, routes: Sequence[RouteSpec], *, fold_case: bool = False, _check_case: bool = True) -> None:
         self._cache: dict[tuple[str, str, str], tuple[str, dict[str, str]] | NoRoute] = {}
@@ -239,8 +239,15 @@ class Router:
         self._wild = sorted(wild.items(), key=lambda kv: -len(kv[0]))
         self.by_host = bool(self._exact or self._wild)  # some route is for some hosts: the Host picks routes
         self._folded: Router | None = None
-        # With only lower-case templates, a lower-case path matches the same route either way: no second match.
-        self._upper_templates = any(spec.path != spec.path.lower() for spec in routes)
+        # A case-insensitive match can differ only where a path segment is a template's literal in another case:
+        # other paths (upper-case ids, say) skip the second match.
+        literals = {v for spec in routes for kind, v in parse_template(spec.path) if kind == "lit"}
+        spellings: dict[str, int] = {}
+        for v in literals:
+            spellings[v.lower()] = spellings.get(v.lower(), 0) + 1
+        self._folded_literals = frozenset(spellings)
+        # A segment spelled exactly as a literal is safe unless another literal differs from it only in case.
+        self._literals = frozenset(v for v in literals if spellings[v.lower()] == 1)
         if _check_case and not fold_case:
             try:
                 self._folded = Router(routes, fold_case=True, _check_case=False)
@@ -270,11 +277,16 @@ class Router:
     def _match(self, host: str, path: str, method: str) -> tuple[str, dict[str, str]] | NoRoute:
         found = self._match_exact(host, path, method)
         folded = self._folded
-        if folded is not None and (self._upper_templates or path != path.lower()):
+        if folded is not None and self._case_matters(path):
             other = folded._match_exact(host, path, method)
             if _route_id(other) != _route_id(found):
                 return _NOT_FOUND
         return found
+
+    def _case_matters(self, path: str) -> bool:
+        literals = self._literals
+        folded = self._folded_literals
+        return any(seg not in literals and seg.lower() in folded for seg in path.split("/"))
 
     def _match_exact(self, host: str, path: str, method: str) -> tuple[str, dict[str, str]] | NoRoute:
         segs = path.split("/")[1:]
