@@ -209,8 +209,9 @@ def test_the_cache_keeps_the_tokens_in_use(idp: TestUpstream) -> None:
     assert calls(idp) == before + 1
 
 
-def test_calls_under_way_are_capped(idp: TestUpstream) -> None:
-    """Beyond max_concurrent_calls an uncached token is refused at once (fail closed), not queued or sent."""
+def test_calls_under_way_are_capped_and_the_queue_is_bounded(idp: TestUpstream) -> None:
+    """At most max_concurrent_calls calls at once; up to 4x as many tokens wait their turn, and beyond that one is
+    refused at once (fail closed), neither queued nor sent: a flood cannot become load on the server."""
     import asyncio
 
     clock = FakeClock()
@@ -218,16 +219,20 @@ def test_calls_under_way_are_capped(idp: TestUpstream) -> None:
     answer(idp, ACTIVE)
     idp.stall()
 
-    async def scenario() -> list[Continue | Skip | Deny]:
-        ctxs = [make_context(headers={"Authorization": f"Bearer t{n}"}, clock=clock) for n in range(3)]
-        first = [asyncio.ensure_future(stage.check(c)) for c in ctxs[:2]]
-        while calls(idp) < 2:  # both calls have reached the (stalled) endpoint
+    async def scenario() -> tuple[list[Continue | Skip | Deny], Continue | Skip | Deny, int]:
+        ctxs = [make_context(headers={"Authorization": f"Bearer t{n}"}, clock=clock) for n in range(9)]
+        queued = [asyncio.ensure_future(stage.check(c)) for c in ctxs[:8]]  # 2 calling, 6 waiting
+        while calls(idp) < 2:  # the first two calls have reached the (stalled) endpoint
             await asyncio.sleep(0.01)
-        third = await stage.check(ctxs[2])
+        for _ in range(5):
+            await asyncio.sleep(0)
+        sent_while_stalled = calls(idp)
+        ninth = await stage.check(ctxs[8])  # 8 under way or waiting already: refused at once
         idp.release()
-        return [*(await asyncio.gather(*first)), third]
+        return list(await asyncio.gather(*queued)), ninth, sent_while_stalled
 
-    one, two, third = asyncio.run(scenario())
-    assert isinstance(one, Continue) and isinstance(two, Continue)
-    assert isinstance(third, Deny) and (third.status, third.reason) == (503, "auth.unavailable")
-    assert calls(idp) == 2
+    queued, ninth, sent_while_stalled = asyncio.run(scenario())
+    assert sent_while_stalled == 2  # never more than max_concurrent_calls at once
+    assert all(isinstance(v, Continue) for v in queued)  # the waiting ones were served in turn
+    assert isinstance(ninth, Deny) and (ninth.status, ninth.reason) == (503, "auth.unavailable")
+    assert calls(idp) == 8

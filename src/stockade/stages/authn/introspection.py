@@ -30,6 +30,9 @@ from stockade.stages.authn.jwt_config import _loopback
 log = logging.getLogger("stockade.introspection")
 
 _MAX_RESPONSE = 64 * 1024
+# Calls under way or waiting for a slot, as a multiple of max_concurrent_calls, beyond which an uncached token is
+# refused at once: a flood of made-up tokens queues no further, and a real one waits a little instead of failing.
+_QUEUE_FACTOR = 4
 
 
 class IntrospectionConfig(StageConfig):
@@ -41,8 +44,9 @@ class IntrospectionConfig(StageConfig):
     cache_ttl: Annotated[float, Field(ge=0, le=3600)] = 300.0  # positive results: until exp, at most this
     negative_ttl: Annotated[float, Field(ge=0, le=300)] = 10.0
     cache_size: Annotated[int, Field(ge=0, le=1_000_000)] = 10_000  # active tokens (inactive ones: apart, as many)
-    # Calls to the endpoint under way at once; beyond it an uncached token is 503 auth.unavailable at once, so a
-    # flood of made-up tokens cannot turn request rate into load on the authorization server.
+    # Calls to the endpoint under way at once (more wait their turn, up to 4x as many; beyond that an uncached
+    # token is 503 auth.unavailable), so a flood of made-up tokens cannot turn request rate into load on the
+    # authorization server, nor shut out every real token at once.
     max_concurrent_calls: Annotated[int, Field(ge=1, le=10_000)] = 32
     issuer: str | None = None  # if set, `iss` in the response must equal it
     audiences: tuple[str, ...] = ()  # if set, `aud` must include one of them
@@ -82,6 +86,7 @@ class IntrospectionAuthenticator:
         self._cache: OrderedDict[bytes, tuple[float, Continue | Deny, str]] = OrderedDict()
         self._negative: OrderedDict[bytes, tuple[float, Continue | Deny, str]] = OrderedDict()
         self._inflight: dict[bytes, asyncio.Future[dict[str, Any] | None]] = {}
+        self._slots = asyncio.Semaphore(config.max_concurrent_calls)
         self.challenge = f'Bearer realm="{config.realm}"'
         self._invalid = Deny(
             401,
@@ -113,8 +118,8 @@ class IntrospectionAuthenticator:
                 del cache[key]
         fut = self._inflight.get(key)
         if fut is None:  # concurrent requests with one token share one call
-            if len(self._inflight) >= self._config.max_concurrent_calls:
-                return Deny(503, "auth.unavailable", detail="introspection: too many calls under way")
+            if len(self._inflight) >= _QUEUE_FACTOR * self._config.max_concurrent_calls:
+                return Deny(503, "auth.unavailable", detail="introspection: too many calls waiting")
             fut = self._inflight[key] = asyncio.ensure_future(self._introspect(token))
             fut.add_done_callback(functools.partial(self._done, key))
         doc = await asyncio.shield(fut)
@@ -185,6 +190,10 @@ class IntrospectionAuthenticator:
         return Deny(401, "auth.invalid_token", headers=self._invalid.headers, detail=f"introspection: {detail}")
 
     async def _introspect(self, token: str) -> dict[str, Any] | None:
+        async with self._slots:  # at most max_concurrent_calls at once; the others wait their turn (bounded above)
+            return await self._call(token)
+
+    async def _call(self, token: str) -> dict[str, Any] | None:
         import httpx
 
         cfg = self._config
