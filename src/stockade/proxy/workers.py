@@ -197,7 +197,7 @@ class Supervisor:
         asyncio.get_running_loop().create_task(self._watch(w, reader))
 
     async def _watch(self, w: _Worker, reader: asyncio.StreamReader) -> None:
-        while line := await reader.readline():
+        while line := await _read_line(reader):
             msg = orjson.loads(line)
             op = msg["op"]
             if op == "ready":
@@ -263,6 +263,15 @@ class Supervisor:
             await self.admin.stop()
         await self.services.close()
         log.info("stopped")
+
+
+async def _read_line(reader: asyncio.StreamReader) -> bytes:
+    """A worker's next message; b"" once it is gone, however it went (a worker killed mid-write resets the
+    socket: the supervisor restarts it, it does not log a traceback)."""
+    try:
+        return await reader.readline()
+    except ConnectionError:
+        return b""
 
 
 async def supervise(path: str, loaded: LoadedConfig, workers: int, env: Mapping[str, str] | None = None) -> None:
