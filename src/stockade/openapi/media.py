@@ -63,12 +63,17 @@ def decode_form(body: bytes, shape: Shape) -> dict[str, Any]:
     return _typed(grouped, shape)
 
 
-_PART_LIMITS = jsonscan.Limits()  # a JSON part: the body's own limits bound its size already
+_PART_LIMITS = jsonscan.Limits()  # a JSON part: bounded in size by `max_parsed` below
 
 
-def decode_multipart(body: bytes, content_type: str, shape: Shape) -> dict[str, Any]:
+class PartsTooLarge(ValueError):
+    """The parts of a multipart body that are parsed and validated (all but files) exceed their limit."""
+
+
+def decode_multipart(body: bytes, content_type: str, shape: Shape, max_parsed: int | None = None) -> dict[str, Any]:
     """multipart/form-data into an object: text parts typed by the schema, JSON parts parsed, files as
-    placeholders (a `format: binary` property is validated for presence, never buffered twice)."""
+    placeholders (a `format: binary` property is validated for presence, never buffered twice). The parts
+    that are parsed may hold `max_parsed` bytes together (PartsTooLarge): files only the body's limit."""
     _, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
     if not boundary or len(boundary) > 200:
@@ -118,6 +123,7 @@ def decode_multipart(body: bytes, content_type: str, shape: Shape) -> dict[str, 
     if not state["ended"]:
         raise Malformed("/body", "multipart")
     grouped: dict[str, list[Any]] = {}
+    parsed = 0
     for headers, chunks in parts:
         coding = headers.get(b"content-transfer-encoding", b"binary").strip().lower()
         if coding not in (b"binary", b"8bit", b"7bit"):  # quoted-printable, base64: decoded by some parsers only
@@ -131,6 +137,8 @@ def decode_multipart(body: bytes, content_type: str, shape: Shape) -> dict[str, 
         data = b"".join(chunks)
         if prop.binary or b"filename" in disp:
             value: Any = "" if prop.binary else data.decode("utf-8", "replace")
+        elif max_parsed is not None and (parsed := parsed + len(data)) > max_parsed:
+            raise PartsTooLarge(parsed)
         elif essence(headers.get(b"content-type", b"").decode("latin-1")) == "application/json":
             try:
                 value = jsonscan.parse(data, _PART_LIMITS)  # repeated keys refused, as in a JSON body

@@ -58,6 +58,7 @@ class Unchecked(Enum):
     FORWARD = "is forwarded"  # its status declares no schema, or its media type is declared without one
     UNDECLARED = "is not declared"  # its status declares schemas, none for this media type (or none at all)
     UNREADABLE = "cannot be checked"  # declared by a wildcard with a schema, but not JSON
+    PAGE = "is a page"  # only `default` covers its 3xx-5xx status: checked if it is JSON whatever its label
 
 
 @dataclass(slots=True)
@@ -87,10 +88,18 @@ class Operation:
         table = self.responses.get("default")
         if table is None:
             return Unchecked.FORWARD
-        # `default` describes the API's own errors: a framework's HTML or plain-text page (a 302's "Redirecting",
-        # a proxy's 502) is not held to it unless it is JSON, which is checked as declared.
         rule = _media_rule(table, media)
-        return rule if isinstance(rule, ResponseRule) or is_json(media) else Unchecked.FORWARD
+        # `default` describes the API's own errors too: a framework's HTML or plain-text page for a 3xx-5xx (a
+        # 302's "Redirecting", a 401 from middleware) is not refused for its media type; the stage still checks
+        # it if it is JSON under another label (Express's res.send(JSON.stringify(user)) is text/html).
+        if status >= 300 and isinstance(rule, Unchecked) and rule is not Unchecked.FORWARD and not is_json(media):
+            return Unchecked.PAGE
+        return rule
+
+    def json_rule(self, status: int) -> ResponseRule | None:
+        """The JSON rule `default` (or the status) declares, for a page that turned out to be JSON."""
+        rule = self.response_rule(status, "application/json")
+        return rule if isinstance(rule, ResponseRule) else None
 
 
 def _media_rule(table: dict[str, ResponseRule | None], media: str) -> ResponseRule | Unchecked:

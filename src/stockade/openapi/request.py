@@ -71,8 +71,11 @@ def parameters(
     return out
 
 
-def body_value(rule: BodyRule, body: bytes, content_type: str, ctx: RequestContext) -> tuple[bool, Any]:
-    """(has a value to validate, value). Raises Malformed for a body that does not parse as its media type."""
+def body_value(
+    rule: BodyRule, body: bytes, content_type: str, ctx: RequestContext, max_parsed: int | None = None
+) -> tuple[bool, Any]:
+    """(has a value to validate, value). Raises Malformed for a body that does not parse as its media type,
+    PartsTooLarge for a multipart body whose parsed (non-file) parts hold more than `max_parsed` bytes."""
     kind = rule.kind
     if kind == "auto":
         kind = media_kind(essence(content_type))
@@ -87,7 +90,7 @@ def body_value(rule: BodyRule, body: bytes, content_type: str, ctx: RequestConte
     if kind == "form":
         return True, decode_form(body, rule.shape)
     if kind == "multipart":
-        return True, decode_multipart(body, content_type, rule.shape)
+        return True, decode_multipart(body, content_type, rule.shape, max_parsed)
     if kind == "text":
         try:
             return True, body.decode("utf-8")

@@ -154,6 +154,7 @@ BAD = UnreadableLoginError  # the expected "result" of a body the gateway must r
         (b'{"user": {"email": "a@b"}}', "application/json; charset=utf-8", "user.email", "a@b"),
         (b'{"username": 5551234}', "application/json", "username", "5551234"),  # an account number: its digits
         (b'{"username": 5.5}', "application/json", "username", BAD),
+        (b'{"username": 9007199254740993}', "application/json", "username", BAD),  # one double in JavaScript
         (b'{"username": true}', "application/json", "username", BAD),
         (b'{"username": ["ann"]}', "application/json", "username", BAD),
         (b'{"username": null}', "application/json", "username", None),
@@ -178,6 +179,7 @@ BAD = UnreadableLoginError  # the expected "result" of a body the gateway must r
         "nested",
         "account-number",
         "float",
+        "beyond-2**53",
         "bool",
         "list",
         "null",

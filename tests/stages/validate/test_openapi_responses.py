@@ -430,6 +430,13 @@ paths:
         default:
           description: the API's own errors
           content: {application/json: {schema: {$ref: '#/components/schemas/User'}}}
+  /only-default/{id}:
+    get:
+      parameters: [{name: id, in: path, required: true, schema: {type: integer}}]
+      responses:
+        default:
+          description: every status
+          content: {application/json: {schema: {$ref: '#/components/schemas/User'}}}
 """
 LEAKY_USER = {"id": 1, "name": "bob", "password": "hunter2", "ssn": "078-05-1120"}
 
@@ -542,3 +549,28 @@ def test_what_default_and_scalar_wildcards_let_through(
         assert (status, orjson.loads(body)) == (reply.status, {"id": 1, "name": "bob"})
     else:
         assert (status, body) == (reply.status, reply.body)
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected_status", "expected_body"),
+    [
+        # Express's res.send(JSON.stringify(user)) is text/html: a 2xx only `default` covers is refused...
+        (Reply(200, [("Content-Type", "text/html")], orjson.dumps(LEAKY_USER)), 502, None),
+        (Reply(200, [], orjson.dumps(LEAKY_USER)), 502, None),
+        # ...and an error page that is JSON under another label is filtered as JSON
+        (Reply(500, [("Content-Type", "text/plain")], orjson.dumps(LEAKY_USER)), 500, {"id": 1, "name": "bob"}),
+        (Reply(404, [("Content-Type", "text/html")], b"<h1>Not Found</h1>"), 404, b"<h1>Not Found</h1>"),
+    ],
+    ids=["2xx-json-as-html", "2xx-no-type", "error-json-as-text", "error-html-page"],
+)
+def test_a_status_only_default_covers(
+    media_keys: tuple[TestGateway, TestUpstream], reply: Reply, expected_status: int, expected_body: object
+) -> None:
+    gw, up = media_keys
+    up.reply("/only-default/1", reply)
+    status, _, body = gw.request("GET", "/only-default/1")
+    assert status == expected_status and b"hunter2" not in body
+    if isinstance(expected_body, dict):
+        assert orjson.loads(body) == expected_body
+    elif expected_body is not None:
+        assert body == expected_body

@@ -239,6 +239,9 @@ class UnreadableLoginError(ValueError):
 
 
 MAX_USERNAME = 512
+# Beyond 2**53 a JavaScript upstream's JSON.parse maps many integers to one double: 9007199254740993 and ...995
+# would be one account there and two here, so such an integer username is refused, not counted apart.
+_MAX_SAFE_INTEGER = 2**53 - 1
 
 
 def query_username(values: list[str] | None, field: str) -> str | None:
@@ -280,7 +283,7 @@ def username(body: bytes, content_type: str | None, field: str) -> str | None:
 def _checked(value: object, field: str) -> str | None:
     if value is None:
         return None
-    if type(value) is int:  # an account or phone number: the upstream reads the digits (never a bool)
+    if type(value) is int and abs(value) <= _MAX_SAFE_INTEGER:  # an account or phone number (never a bool)
         value = str(value)
     if not isinstance(value, str):
         raise UnreadableLoginError(f"{field} is not a string")

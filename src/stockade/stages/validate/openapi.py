@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from stockade.openapi.errors import Problem, problems, summary
-from stockade.openapi.media import essence, media_kind, pick
+from stockade.openapi.media import PartsTooLarge, essence, media_kind, pick
 from stockade.openapi.operations import Operation, Unchecked
 from stockade.openapi.params import Malformed
 from stockade.openapi.request import body_value, has_body, parameters
@@ -47,9 +47,9 @@ class OpenApiConfig(StageConfig):
     max_request_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
 
 
-# Media kinds whose whole body becomes a document to validate (what max_request_bytes bounds); a multipart
-# upload's file parts are not parsed into one, so an upload is held only to the route's body limit.
-_PARSED_WHOLE = frozenset({"json", "form"})
+# Media kinds whose whole body becomes a document to validate (what max_request_bytes bounds); of a multipart
+# body only the parts that are parsed count (media.decode_multipart): its files keep the route's body limit.
+_PARSED_WHOLE = frozenset({"json", "form", "text"})
 
 
 class OpenApiStage:
@@ -131,9 +131,12 @@ class OpenApiStage:
                     detail = f"{op.operation_id}: body of {len(body)} bytes, over max_request_bytes: not validated"
                     return self._deny(Deny(413, "openapi.body_too_large", detail=detail))
                 try:
-                    present, value = body_value(rule, body, content_type, ctx)
+                    present, value = body_value(rule, body, content_type, ctx, self._max_request)
                 except Malformed as exc:
                     return self._fail(op, 400, "openapi.malformed_body", [{"pointer": exc.pointer, "rule": exc.rule}])
+                except PartsTooLarge:
+                    detail = f"{op.operation_id}: multipart fields over max_request_bytes (files aside): not validated"
+                    return self._deny(Deny(413, "openapi.body_too_large", detail=detail))
                 if present:
                     instance["body"] = value
                     check = rule.check
@@ -180,6 +183,8 @@ class _ResponseChecking(OpenApiStage):
             return
         media = essence(response.get("content-type"))
         rule = op.response_rule(response.status, media)
+        if rule is Unchecked.PAGE:
+            rule = (op.json_rule(response.status) or Unchecked.FORWARD) if _looks_like_json(body) else Unchecked.FORWARD
         if isinstance(rule, Unchecked):
             if rule is not Unchecked.FORWARD and body:  # an empty body has nothing to leak
                 self._invalid(
@@ -213,6 +218,12 @@ class _ResponseChecking(OpenApiStage):
             ctx.findings.append(Finding("openapi.response_invalid", "medium", detail))
         else:
             response.reject(502, "response.invalid", detail=detail)
+
+
+def _looks_like_json(body: bytes) -> bool:
+    """Whether a body labelled otherwise is a JSON object or array (what the filter must see)."""
+    start = body.lstrip()[:1]
+    return start in (b"{", b"[")
 
 
 _: type[Stage] = OpenApiStage
