@@ -186,8 +186,20 @@ def test_templates_that_differ_only_in_case() -> None:
             [RouteSpec("w", "/w/**", frozenset({"POST"})), RouteSpec("all", "/**", frozenset({"GET", "POST"}))],
             ["route 'w' owns /w/** for POST: GET there get 405, not route 'all'"],
         ),
+        (
+            [
+                RouteSpec("admin", "/admin", frozenset({"GET"})),
+                RouteSpec("guard", "/admin/**", frozenset({"GET", "POST"})),
+                RouteSpec("all", "/**"),
+            ],
+            [
+                "route 'admin' owns /admin for GET: POST there get 405, not route 'guard'",
+                "route 'guard' owns /admin/** for GET, POST: DELETE, OPTIONS, PATCH, PUT, TRACE there get 405, not "
+                "route 'all'",
+            ],
+        ),
     ],
-    ids=["no-broader", "same-methods", "param-under-tail", "tail-under-tail"],
+    ids=["no-broader", "same-methods", "param-under-tail", "tail-under-tail", "leaf-under-own-tail"],
 )
 def test_routes_that_take_methods_from_a_broader_one_are_named(routes: list[RouteSpec], expected: list[str]) -> None:
     assert Router(routes).shadowed() == expected

@@ -313,17 +313,18 @@ def _methods_of(endpoint: _Endpoint) -> frozenset[str] | None:
 
 def _shadowed(node: _Node, path: str, broader: _Endpoint | None, out: list[str]) -> None:
     own_tail = node.tail
-    for endpoint, shown in ((node.leaf, path or "/"), (own_tail, f"{path}/**")):
-        if endpoint is None or broader is None or endpoint is broader:
+    # A leaf sits under its own node's `/**` first (what `/admin` hands on to is `/admin/**`, not `/**`).
+    for endpoint, shown, above in ((node.leaf, path or "/", own_tail or broader), (own_tail, f"{path}/**", broader)):
+        if endpoint is None or above is None:
             continue
         mine = _methods_of(endpoint)
-        theirs = _methods_of(broader)
+        theirs = _methods_of(above)
         if mine is None:
             continue
         lost = (ALL_METHODS if theirs is None else theirs) - mine - {"HEAD"}
         if lost:
             owner = sorted({rid for rid, _ in endpoint.by_method.values()})
-            other = (broader.any or next(iter(broader.by_method.values())))[0]
+            other = (above.any or next(iter(above.by_method.values())))[0]
             out.append(
                 f"route {', '.join(map(repr, owner))} owns {shown} for {', '.join(sorted(mine))}: "
                 f"{', '.join(sorted(lost))} there get 405, not route {other!r}"
