@@ -187,6 +187,8 @@ def test_broken_config_names_where(text: str, fragments: list[str]) -> None:
         ("bücher.example.com", "xn--bcher-kva.example.com"),
         ("straße.example", "xn--strae-oqa.example"),  # IDNA 2008, as browsers send it (2003 gives strasse)
         ("*.Bücher.example", "*.xn--bcher-kva.example"),
+        ("☃.net", "xn--n3h.net"),  # refused by strict IDNA 2008, sent by browsers
+        ("a_b.ünï.de", "a_b.xn--n-nga1b.de"),
         ("api_1.compose", "api_1.compose"),
     ],
 )

@@ -175,11 +175,19 @@ def _host_pattern(text: str) -> str:
         # `strasse` where browsers send `xn--strae-oqa`, and the route would match no request (fail open).
         import idna
 
-        prefix = "*." if host.startswith("*.") else ""
-        try:
-            host = prefix + idna.encode(host.removeprefix(prefix), uts46=True, transitional=False).decode("ascii")
-        except idna.IDNAError:
-            raise ValueError(f"host {text!r}: not a valid international domain name") from None
+        labels = []
+        for label in host.split("."):
+            if label.isascii():  # as written (`*`, `a_b`: not IDNA's business)
+                labels.append(label)
+                continue
+            try:
+                labels.append(idna.encode(label, uts46=True, transitional=False).decode("ascii"))
+            except idna.IDNAError:
+                try:  # what strict IDNA 2008 refuses and browsers still send (`☃`): the IDNA 2003 form
+                    labels.append(label.encode("idna").decode("ascii"))
+                except UnicodeError:
+                    raise ValueError(f"host {text!r}: not a valid international domain name") from None
+        host = ".".join(labels)
     if not _HOST_NAME.fullmatch(host):
         raise ValueError(f"host {text!r}: not a host name (letters, digits, '-', '_'; '*.' only as a prefix)")
     return host
