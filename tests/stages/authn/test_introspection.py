@@ -236,3 +236,31 @@ def test_calls_under_way_are_capped_and_the_queue_is_bounded(idp: TestUpstream) 
     assert all(isinstance(v, Continue) for v in queued)  # the waiting ones were served in turn
     assert isinstance(ninth, Deny) and (ninth.status, ninth.reason) == (503, "auth.unavailable")
     assert calls(idp) == 8
+
+
+def test_a_token_waits_for_a_call_slot_no_longer_than_the_pipeline_timeout(idp: TestUpstream) -> None:
+    """A queued call made after its request gave up would be load nobody waits for."""
+    import asyncio
+
+    clock = FakeClock()
+    cfg = {"endpoint": f"{idp.url}/introspect", "client_id": "gw", "client_secret_env": "TEST_INTROSPECTION_SECRET"}
+    stage = IntrospectionAuthenticator(
+        IntrospectionConfig.model_validate({**cfg, "max_concurrent_calls": 1}),
+        StageEnv("r", Path("."), Services(clock=clock)),
+    )
+    stage._slot_wait = 0.2  # the gateway's pipeline_timeout, shortened for the test
+    answer(idp, ACTIVE)
+    idp.stall()
+
+    async def scenario() -> tuple[Continue | Skip | Deny, Continue | Skip | Deny]:
+        first = asyncio.ensure_future(stage.check(make_context(headers={"Authorization": "Bearer a"}, clock=clock)))
+        while calls(idp) < 1:
+            await asyncio.sleep(0.01)
+        second = await stage.check(make_context(headers={"Authorization": "Bearer b"}, clock=clock))
+        idp.release()
+        return await first, second
+
+    first, second = asyncio.run(scenario())
+    assert isinstance(first, Continue)
+    assert isinstance(second, Deny) and (second.status, second.reason) == (503, "auth.unavailable")
+    assert calls(idp) == 1  # b's call was never made

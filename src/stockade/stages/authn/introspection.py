@@ -87,6 +87,8 @@ class IntrospectionAuthenticator:
         self._negative: OrderedDict[bytes, tuple[float, Continue | Deny, str]] = OrderedDict()
         self._inflight: dict[bytes, asyncio.Future[dict[str, Any] | None]] = {}
         self._slots = asyncio.Semaphore(config.max_concurrent_calls)
+        gateway = env.services.config
+        self._slot_wait = gateway.limits.pipeline_timeout if gateway is not None else 10.0
         self.challenge = f'Bearer realm="{config.realm}"'
         self._invalid = Deny(
             401,
@@ -190,8 +192,18 @@ class IntrospectionAuthenticator:
         return Deny(401, "auth.invalid_token", headers=self._invalid.headers, detail=f"introspection: {detail}")
 
     async def _introspect(self, token: str) -> dict[str, Any] | None:
-        async with self._slots:  # at most max_concurrent_calls at once; the others wait their turn (bounded above)
+        # At most max_concurrent_calls at once; the others wait their turn (bounded above), but no longer than the
+        # request that asked can wait: a call made later would be load nobody waits for.
+        try:
+            async with asyncio.timeout(self._slot_wait):  # a cancelled acquire gives its permit back itself
+                await self._slots.acquire()
+        except TimeoutError:
+            log.warning("introspection: no call slot within %gs; refused", self._slot_wait)
+            return None
+        try:
             return await self._call(token)
+        finally:
+            self._slots.release()
 
     async def _call(self, token: str) -> dict[str, Any] | None:
         import httpx
