@@ -162,10 +162,20 @@ def test_path_case(path: str, method: str, exact: object, folded: object) -> Non
 
 
 def test_templates_that_differ_only_in_case() -> None:
-    both = [RouteSpec("upper", "/Admin"), RouteSpec("lower", "/admin"), RouteSpec("public", "/**")]
-    router = Router(both)  # the config means case to matter: no case check
+    """The config means case to matter for those two; the check still holds for every other route (it used to
+    be off for the whole config, so /GUARD/x reached the public route)."""
+    both = [
+        RouteSpec("upper", "/Admin"),
+        RouteSpec("lower", "/admin"),
+        RouteSpec("guard", "/guard/**"),
+        RouteSpec("public", "/**"),
+    ]
+    router = Router(both)
     assert router.match("a", "/Admin", "GET") == ("upper", {})
-    assert router.match("a", "/ADMIN", "GET") == ("public", {})
+    assert router.match("a", "/admin", "GET") == ("lower", {})
+    assert router.match("a", "/ADMIN", "GET") == NoRoute(404)  # which of the two? neither: not /**
+    assert router.match("a", "/GUARD/x", "GET") == NoRoute(404)
+    assert router.match("a", "/elsewhere", "GET") == ("public", {})
     with pytest.raises(RouteTemplateError, match="ignoring case"):
         Router(both, fold_case=True)
 

@@ -207,14 +207,28 @@ class Router:
     exactly must not take it from the `/admin/**` guard. `fold_case=True` routes case-insensitively instead.
     """
 
-    __slots__ = ("_any", "_cache", "_exact", "_folded", "_folded_literals", "_literals", "_wild", "by_host")
+    __slots__ = (
+        "_any",
+        "_cache",
+        "_case_only",
+        "_case_routes",
+        "_exact",
+        "_folded",
+        "_folded_literals",
+        "_literals",
+        "_wild",
+        "by_host",
+    )
 
-    def __init__(self, routes: Sequence[RouteSpec], *, fold_case: bool = False, _check_case: bool = True) -> None:
+    def __init__(
+        self, routes: Sequence[RouteSpec], *, fold_case: bool = False, _check_case: bool = True, _tolerant: bool = False
+    ) -> None:
         self._cache: dict[tuple[str, str, str], tuple[str, dict[str, str]] | NoRoute] = {}
         self._exact: dict[str, _Trie] = {}
         self._wild: list[tuple[str, _Trie]] = []
         self._any: _Trie | None = None
         wild: dict[str, _Trie] = {}
+        case_only: set[str] = set()  # templates (lower-cased) that routes spell differently: case matters there
         for spec in routes:
             for host in spec.hosts or (None,):
                 if host is None:
@@ -230,6 +244,9 @@ class Router:
                 try:
                     trie.add(spec)
                 except RouteTemplateError as exc:
+                    if _tolerant:  # the case check's router: these templates differ only in case
+                        case_only.add(spec.path.lower())
+                        continue
                     if fold_case and "both match" in str(exc):
                         raise RouteTemplateError(
                             f"{exc} (ignoring case, as limits.case_insensitive_routing asks)"
@@ -248,11 +265,13 @@ class Router:
         self._folded_literals = frozenset(spellings)
         # A segment spelled exactly as a literal is safe unless another literal differs from it only in case.
         self._literals = frozenset(v for v in literals if spellings[v.lower()] == 1)
+        self._case_only = frozenset(case_only)
+        self._case_routes: frozenset[str] = frozenset()
         if _check_case and not fold_case:
-            try:
-                self._folded = Router(routes, fold_case=True, _check_case=False)
-            except RouteTemplateError:
-                self._folded = None  # templates that differ only in case: the routes mean case to matter
+            self._folded = folded = Router(routes, fold_case=True, _check_case=False, _tolerant=True)
+            # Routes whose templates differ from another's only in case: the config means case to matter there,
+            # so a request they match exactly is theirs (a path they match only ignoring case is still refused).
+            self._case_routes = frozenset(r.id for r in routes if r.path.lower() in folded._case_only)
 
     def shadowed(self) -> list[str]:
         """Where a route owns a path for some methods only, and a broader `/**` route it sits under would have
@@ -277,7 +296,7 @@ class Router:
     def _match(self, host: str, path: str, method: str) -> tuple[str, dict[str, str]] | NoRoute:
         found = self._match_exact(host, path, method)
         folded = self._folded
-        if folded is not None and self._case_matters(path):
+        if folded is not None and self._case_matters(path) and _route_id(found) not in self._case_routes:
             other = folded._match_exact(host, path, method)
             if _route_id(other) != _route_id(found):
                 return _NOT_FOUND
