@@ -452,3 +452,18 @@ def test_a_bearer_token_in_the_query_is_refused(query: str, header: str | None, 
         assert isinstance(verdict, Skip)
     else:
         assert isinstance(verdict, Deny) and (verdict.status, verdict.reason) == (status, "auth.unsupported_credential")
+
+
+def test_a_query_token_beside_a_winning_api_key_is_ambiguous(tmp_path: Path) -> None:
+    """On a route [api_key, jwt], the api_key won and jwt never ran: `?access_token=` reached the upstream,
+    unverified, beside the key the gateway did verify."""
+    from tests.identity.support import keyed_gateway
+
+    issuer = {"issuer": ISS, "audiences": [AUD], "algorithms": ["RS256"], "keys": IDP.jwks()["keys"]}
+    stages = f"- use: api_key\n- use: jwt\n  config: {{issuers: [{json.dumps(issuer)}]}}"
+    with keyed_gateway(tmp_path, stages) as env:
+        key = env.issue().secret
+        assert env.get("/books", X_API_Key=key)[0] == 200
+        status, _, raw = env.get("/books?access_token=abc.def.ghi", X_API_Key=key)
+        assert (status, json.loads(raw)["reason"]) == (400, "auth.ambiguous_credentials")
+        assert [r.target for r in env.up.received] == ["/books"]

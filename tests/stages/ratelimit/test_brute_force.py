@@ -155,6 +155,7 @@ BAD = UnreadableLoginError  # the expected "result" of a body the gateway must r
         (b'{"username": 5551234}', "application/json", "username", "5551234"),  # an account number: its digits
         (b'{"username": 5.5}', "application/json", "username", BAD),
         (b'{"username": 9007199254740993}', "application/json", "username", BAD),  # one double in JavaScript
+        (b'{"username": "victim", "username": "decoy"}', "application/json", "username", BAD),  # first or last?
         (b'{"username": true}', "application/json", "username", BAD),
         (b'{"username": ["ann"]}', "application/json", "username", BAD),
         (b'{"username": null}', "application/json", "username", None),
@@ -180,6 +181,7 @@ BAD = UnreadableLoginError  # the expected "result" of a body the gateway must r
         "account-number",
         "float",
         "beyond-2**53",
+        "json-repeated-key",
         "bool",
         "list",
         "null",

@@ -22,12 +22,17 @@ def bearer_token(value: str) -> str | None:
 
 def bearer_credential(ctx: RequestContext) -> str | None:
     """`credential` (pipeline/stage.py CredentialSource) of the bearer-token authenticators: "authorization" when
-    that header carries a Bearer credential (even repeated: either copy would be forwarded unverified)."""
+    that header carries a Bearer credential (even repeated: either copy would be forwarded unverified), else
+    "query:access_token" for an RFC 6750 query token: where an earlier authenticator wins, either is a second
+    credential the upstream might act on, and the runner refuses the request."""
     value = ctx.headers.get("authorization")
-    if value is None:
-        return None
-    head = value.split(None, 1)
-    return "authorization" if head and head[0].lower() == "bearer" else None
+    if value is not None:
+        head = value.split(None, 1)
+        if head and head[0].lower() == "bearer":
+            return "authorization"
+    if ctx.query and "access_token" in ctx.query and "access_token" in ctx.query_params:
+        return "query:access_token"
+    return None
 
 
 QUERY_TOKEN = Deny(

@@ -11,7 +11,6 @@ from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 from urllib.parse import parse_qs
 
-import orjson
 from pydantic import Field
 
 from stockade.config.models import KIB
@@ -23,6 +22,7 @@ from stockade.pipeline.verdict import CONTINUE, Continue, Deny
 from stockade.ratelimit.backend import LimiterUnavailableError, LockoutRule, limits_backend, storage_problems
 from stockade.ratelimit.keys import IpGrouper, encode
 from stockade.ratelimit.limitset import seconds_up
+from stockade.security import jsonscan
 
 if TYPE_CHECKING:
     from stockade.config.models import GatewayConfig
@@ -239,6 +239,7 @@ class UnreadableLoginError(ValueError):
 
 
 MAX_USERNAME = 512
+_JSON_LOGIN = jsonscan.Limits()  # duplicates refused; the size is bounded by login.max_body_bytes
 # Beyond 2**53 a JavaScript upstream's JSON.parse maps many integers to one double: 9007199254740993 and ...995
 # would be one account there and two here, so such an integer username is refused, not counted apart.
 _MAX_SAFE_INTEGER = 2**53 - 1
@@ -271,9 +272,11 @@ def username(body: bytes, content_type: str | None, field: str) -> str | None:
         except UnicodeDecodeError:
             raise UnreadableLoginError(f"{field} in the login form is not UTF-8") from None
     elif kind == "json":
-        try:
-            value = orjson.loads(body)
-        except orjson.JSONDecodeError:
+        try:  # repeated keys refused: orjson keeps the last copy, other parsers the first
+            value = jsonscan.parse(body, _JSON_LOGIN)
+        except jsonscan.Violation as exc:
+            if exc.rule == "duplicate_key":
+                raise UnreadableLoginError(f"a key repeated in the login body at {exc.pointer or '/'}") from None
             raise UnreadableLoginError("login body is not JSON in UTF-8") from None
         for part in field.split("."):
             value = value.get(part) if isinstance(value, dict) else None
