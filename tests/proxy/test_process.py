@@ -278,3 +278,51 @@ def test_the_supervisor_refuses_a_reload_that_does_not_build(serve: object, upst
     assert gw.get("/api/x")[0] == 200
     gw.proc.send_signal(signal.SIGTERM)
     assert gw.proc.wait(30) == 0
+
+
+SPEC = """openapi: 3.1.0
+info: {title: t, version: '1'}
+paths:
+  /two/x:
+    get:
+      responses: {'200': {description: ok}}
+"""
+
+
+def test_workers_reload_from_a_configmap_style_symlink_swap(tmp_path: Path, upstream: TestUpstream) -> None:
+    """Kubernetes swaps a `..data` symlink to a new directory and deletes the old one: the workers looked for
+    files relative to the directory they started from, refused the reload, and the supervisor said it was done."""
+    port, admin = free_port(), free_port()
+    cm = tmp_path / "cm"
+    cm.mkdir()
+    v1, v2 = cm / "..v1", cm / "..v2"
+    v1.mkdir()
+    v2.mkdir()
+    (v1 / "gw.yaml").write_text(config(upstream.url, port, admin, workers=2))
+    two = '  - id: two\n    match: {path: "/two/**"}\n    upstream: ' + upstream.url + "\n"
+    two += "    stages: [{use: anonymous}, {use: openapi, config: {spec: spec.yaml}}]\n"
+    (v2 / "gw.yaml").write_text(config(upstream.url, port, admin, workers=2) + two)
+    (v2 / "spec.yaml").write_text(SPEC)
+    (cm / "..data").symlink_to("..v1")
+    (cm / "gw.yaml").symlink_to("..data/gw.yaml")
+    proc = subprocess.Popen(
+        [STOCKADE, "serve", "--config", str(cm / "gw.yaml")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    gw = Served(proc, port, admin, cm / "gw.yaml")
+    try:
+        gw.wait_ready()
+        assert gw.get("/two/x")[0] == 404
+        (cm / "..data.tmp").symlink_to("..v2")
+        os.replace(cm / "..data.tmp", cm / "..data")  # the kubelet's atomic swap
+        for f in v1.iterdir():
+            f.unlink()
+        v1.rmdir()
+        proc.send_signal(signal.SIGHUP)
+        until(lambda: all(gw.get("/two/x")[0] == 200 for _ in range(6)))  # on every worker
+        assert gw.admin_get("/readyz")[0] == 200
+    finally:
+        proc.kill()
+        proc.wait()

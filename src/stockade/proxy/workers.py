@@ -98,11 +98,17 @@ async def serve_worker(
         while line := await reader.readline():
             msg = orjson.loads(line)
             if msg["op"] == "reload":
-                new, problems = load_for_reload(path, msg["text"], current[0], env)
+                # The file and directory the supervisor read it from: a Kubernetes ConfigMap swaps a `..data`
+                # symlink and deletes the old directory, so the one this worker started from may be gone.
+                try:
+                    new = load_config_text(msg["text"], source=msg["source"], base_dir=Path(msg["base_dir"]), env=env)
+                    problems: list[str] = []
+                except ConfigError as exc:
+                    new, problems = None, exc.problems
                 ok = try_reload(server, current[0], new, problems)
                 if ok and new is not None:
                     current[0] = new
-                await _send(writer, {"op": "reloaded", "ok": ok})
+                await _send(writer, {"op": "reloaded", "ok": ok, "problems": problems[:5]})
             elif msg["op"] == "stop":
                 break
         stop.set()  # the supervisor asked us to stop, or went away
@@ -204,6 +210,15 @@ class Supervisor:
                 w.ready = True
             elif op == "metrics":
                 w.snapshot = msg["snap"]
+            elif op == "reloaded" and msg.get("ok", True):
+                w.ready = True  # (again, if it had refused an earlier one)
+            elif op == "reloaded":
+                # This worker kept the old config while the others took the new one (a file only it could not
+                # read): it must not look ready, or a load balancer would send it traffic under another policy.
+                w.ready = False
+                self.reloads["worker_error"] = self.reloads.get("worker_error", 0) + 1
+                for problem in msg.get("problems") or ["(no detail)"]:
+                    log.error("worker %d refused the reload and is not ready: %s", w.index, problem)
         w.ready = False
         if w.snapshot is not None:
             w.retired.append(w.snapshot)
@@ -242,7 +257,7 @@ class Supervisor:
         for w in self.workers:
             if w.writer is not None:
                 with contextlib.suppress(ConnectionError):
-                    await _send(w.writer, {"op": "reload", "text": new.text})
+                    await _send(w.writer, _reload_message(new))
         log.info("configuration sent to workers", extra={"workers": self.n})
 
     async def stop(self) -> None:
@@ -263,6 +278,10 @@ class Supervisor:
             await self.admin.stop()
         await self.services.close()
         log.info("stopped")
+
+
+def _reload_message(loaded: LoadedConfig) -> dict[str, Any]:
+    return {"op": "reload", "text": loaded.text, "source": loaded.source, "base_dir": str(loaded.base_dir)}
 
 
 async def _read_line(reader: asyncio.StreamReader) -> bytes:
