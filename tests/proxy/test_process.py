@@ -326,3 +326,17 @@ def test_workers_reload_from_a_configmap_style_symlink_swap(tmp_path: Path, upst
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_second_gateway_cannot_join_the_port_of_another(
+    serve: object, tmp_path: Path, upstream: TestUpstream
+) -> None:
+    """Workers bind with SO_REUSEPORT: a second `stockade serve --workers 2` on the same port started, said it
+    was ready and answered about half of the first one's connections under its own config."""
+    gw: Served = serve(workers=2)  # type: ignore[operator]
+    other = tmp_path / "other.yaml"
+    other.write_text(config(upstream.url, gw.port, free_port(), workers=2))
+    result = subprocess.run([STOCKADE, "serve", "--config", str(other)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{gw.port}" in result.stderr
+    assert gw.get("/api/x")[0] == 200

@@ -176,6 +176,11 @@ class Supervisor:
         if STORE_KEY in probe.shared:
             shared_store(self.services)
             await verify_store_secrets(self.services)
+        if (busy := _listen_port_taken(cfg.listen.host, cfg.listen.port)) is not None:
+            # Workers bind with SO_REUSEPORT, which would let them join another gateway's port silently and
+            # answer half its connections under this config: refuse to start, as a single process does.
+            log.error("cannot listen on %s:%d: %s", cfg.listen.host, cfg.listen.port, busy)
+            raise SystemExit(1)
         for w in self.workers:
             await self._spawn(w)
         if cfg.admin.enabled:
@@ -278,6 +283,24 @@ class Supervisor:
             await self.admin.stop()
         await self.services.close()
         log.info("stopped")
+
+
+def _listen_port_taken(host: str, port: int) -> str | None:
+    """Why the listen address is taken by another process (a bind without SO_REUSEPORT fails), else None."""
+    if port == 0:
+        return None
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        return str(exc)
+    for family, kind, proto, _, addr in infos[:1]:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT leftovers are not a gateway
+            try:
+                probe.bind(addr)
+            except OSError as exc:
+                return exc.strerror or str(exc)
+    return None
 
 
 def _reload_message(loaded: LoadedConfig) -> dict[str, Any]:
