@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -396,3 +397,19 @@ def test_a_reload_that_changes_secrets_is_refused_as_restart_only() -> None:
     new = load_config_text("secrets: {pepper_file: other-pepper}\n" + base, env={})
     assert restart_only_changes(old, new) == ["secrets"]
     assert restart_only_changes(old, load_config_text(base, env={})) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "the file is empty"),
+        ("   \n# nothing yet\n", "the file is empty"),
+        ("listen: {host: 127.0.0.1, port: 8080}\n", "no `routes:` in the file"),  # cut short at a line boundary
+    ],
+    ids=["empty", "comments-only", "no-routes"],
+)
+def test_a_file_caught_mid_write_is_refused_where_it_would_be_served(text: str, message: str) -> None:
+    """A shell `>` truncates before it writes: reloaded at that moment, the gateway dropped every route."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config_text(text, source="gw.yaml", env={}, require_routes=True)
+    assert load_config_text("routes: []\n", env={}, require_routes=True).config.routes == []  # said on purpose

@@ -340,3 +340,15 @@ def test_a_second_gateway_cannot_join_the_port_of_another(
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{gw.port}" in result.stderr
     assert gw.get("/api/x")[0] == 200
+
+
+def test_a_reload_of_a_truncated_file_changes_nothing(serve: object) -> None:
+    gw: Served = serve()  # type: ignore[operator]
+    gw.path.write_text(gw.path.read_text().split("routes:")[0])  # a write caught at a line boundary
+    gw.proc.send_signal(signal.SIGHUP)
+    time.sleep(0.5)  # for the running process to refuse it (a wait for a real process, not a timing assertion)
+    assert gw.get("/api/x")[0] == 200
+    gw.proc.send_signal(signal.SIGTERM)
+    assert gw.proc.wait(20) == 0
+    err = gw.proc.stderr.read().decode() if gw.proc.stderr else ""
+    assert "reload refused" in err and "no `routes:` in the file" in err

@@ -27,7 +27,7 @@ def check(ctx: click.Context, file: str | None, config_path: str | None, asgi: b
     such as an expiring certificate, go to stderr); else exit 2, naming the file, line, route id, stage and
     field."""
     path = resolve_config_path(ctx, file or config_path)
-    loaded = load_or_exit(path, require_upstreams=not asgi)
+    loaded = load_or_exit(path, require_upstreams=not asgi, require_routes=not asgi)
     runtime = build_or_exit(loaded)  # also loads every file the runtime needs (TLS keys, specs), without side effects
     for warning in (*loaded.warnings, *runtime.tls.warnings):  # valid, but worth a word (an expiring certificate)
         click.echo(f"warning: {warning}", err=True)

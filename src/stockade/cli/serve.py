@@ -48,7 +48,7 @@ def serve(
 
             loaded = config_from_supervisor(worker_fd, env)
         else:
-            loaded = load_or_exit(path, env)
+            loaded = load_or_exit(path, env, require_routes=True)
         setup_logging(loaded.config.log.level)
         _run(path, loaded, loaded.config.workers, worker_fd, worker_index, env)
     except ConfigError as exc:  # a file the runtime loads (a TLS key, a spec) is unusable: report, do not trace

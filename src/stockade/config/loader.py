@@ -94,8 +94,10 @@ def load_config_text(
     base_dir: Path | None = None,
     env: Mapping[str, str] | None = None,
     require_upstreams: bool = True,
+    require_routes: bool = False,
 ) -> LoadedConfig:
-    """Validate config text. `env` defaults to os.environ; pass {} to ignore STOCKADE_* overrides."""
+    """Validate config text. `env` defaults to os.environ; pass {} to ignore STOCKADE_* overrides.
+    `require_routes`: a file to serve must say `routes:` (the CLI's store-only configs need not)."""
     try:
         raw = _load_yaml(text) if text.strip() else {}
     except yaml.YAMLError as exc:
@@ -107,10 +109,12 @@ def load_config_text(
         raise ConfigError([f"{source}: YAML nested too deeply"]) from None
     except _TooLarge as exc:
         raise ConfigError([f"{source}: {exc}"]) from None
-    if raw is None:
-        raw = {}
+    if raw is None or raw == {}:
+        # Most often a file caught mid-write (a shell `>` truncates first): applied, it would drop every route.
+        raise ConfigError([f"{source}: the file is empty (write `routes: []` for a gateway with no routes)"])
     if not isinstance(raw, dict):
         raise ConfigError([f"{source}: the top level must be a mapping, not {type(raw).__name__}"])
+
     lines = _line_map(text)
     overrides = _apply_env(raw, os.environ if env is None else env, source)
     ctx = _Reporter(source, raw, lines, overrides)
@@ -151,6 +155,8 @@ def load_config_text(
         except RouteTemplateError as exc:
             ctx.add((*loc, "match", "path"), str(exc))
             templates_ok = False
+    if require_routes and "routes" not in raw:  # a file cut short at a line boundary would drop every route
+        ctx.add(("routes",), "no `routes:` in the file (cut short? write `routes: []` for a gateway with none)")
     warnings: list[str] = []
     try:
         if templates_ok:

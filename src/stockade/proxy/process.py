@@ -68,8 +68,8 @@ def load_for_reload(
     """The config again, as the first load read it: `env` is that load's environment (with `--workers`)."""
     try:
         if text is not None and base is not None:
-            return load_config_text(text, source=base.source, base_dir=base.base_dir, env=env), []
-        return load_config(path, env=env), []
+            return load_config_text(text, source=base.source, base_dir=base.base_dir, env=env, require_routes=True), []
+        return load_config(path, env=env, require_routes=True), []
     except ConfigError as exc:
         return None, exc.problems
 
