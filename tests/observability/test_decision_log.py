@@ -232,3 +232,22 @@ def test_a_long_wide_path_is_cut_but_the_principal_and_a_path_prefix_stay() -> N
     assert short["principal"] == "alice" and short["truncated"] is True
     assert str(short["path"]).startswith("/\U0001f600") and len(str(short["path"])) >= 16
     assert long["principal"] == "s" * 256
+
+
+def test_a_reload_reopens_a_decision_log_file_logrotate_moved(
+    tmp_path: Path, make_gateway: GatewayFactory, upstream: TestUpstream
+) -> None:
+    """logrotate's create mode moves the file and sends SIGHUP: every line after it went on into the moved file."""
+    log_file = tmp_path / "decisions.log"
+    text = BASIC.replace("{upstream}", upstream.url) + f"log: {{decisions: '{log_file}'}}\n"
+    gw = make_gateway(text)
+    gw.reload(text)  # the config as served, with its file target
+    assert gw.request("GET", "/api/one")[0] == 200
+    gw.bg.call(gw.server.decision_log.flush)
+    log_file.rename(tmp_path / "decisions.log.1")
+    gw.reload(text)  # SIGHUP, the config unchanged
+    assert gw.request("GET", "/api/two")[0] == 200
+    gw.bg.call(gw.server.decision_log.flush)
+    rotated = (tmp_path / "decisions.log.1").read_text()
+    assert "/api/one" in rotated and "/api/two" not in rotated
+    assert "/api/two" in log_file.read_text()

@@ -121,7 +121,9 @@ class ProxyServer:
         failure is a ConfigError that leaves the running configuration as it was."""
         cfg = runtime.config
         new_log = None
-        if runtime.decision_log != self._log_target:
+        # A file is reopened on every reload, changed or not: logrotate moves it away and sends SIGHUP, and the
+        # lines must go to the new file, not on into the rotated one.
+        if runtime.decision_log != self._log_target or runtime.decision_log.startswith("/"):
             try:
                 new_log = DecisionLog(runtime.decision_log, self.clock, self.metrics)
             except OSError as exc:
