@@ -10,29 +10,35 @@ NO_CREDENTIAL = Skip("no Authorization header")
 DUPLICATE = Deny(400, "http.duplicate_header", detail="Authorization header repeated")
 
 
-def bearer_token(value: str) -> str | None:
-    """The token of a Bearer credential, else None. The scheme ends at any whitespace, not only the one space
-    RFC 9110 allows: frameworks split the header on whitespace (DRF's `header.split()`), so `Bearer<TAB>token`
-    read here as another scheme would have reached them unverified, on a route where `anonymous` then won."""
+def _scheme(value: str) -> tuple[str, str | None]:
+    """An Authorization value's scheme (lower-case) and the credential after it, if any. The scheme ends at any
+    whitespace, not only the one space RFC 9110 allows: frameworks split the header on whitespace (DRF's
+    `header.split()`), so `Bearer<TAB>token` read here as another scheme would have reached them unverified, on a
+    route where `anonymous` then won."""
     parts = value.split(None, 1)
-    if len(parts) == 2 and parts[0].lower() == "bearer":
-        return parts[1].strip()
-    return None
+    return (parts[0].lower() if parts else ""), (parts[1].strip() if len(parts) == 2 else None)
+
+
+def bearer_token(value: str) -> str | None:
+    """The token of a Bearer credential, else None."""
+    scheme, token = _scheme(value)
+    return token if scheme == "bearer" else None
+
+
+def _has_query_token(ctx: RequestContext) -> bool:
+    """An RFC 6750 §2.3 bearer token in the query (`access_token`), which the bearer authenticators do not read."""
+    return bool(ctx.query) and "access_token" in ctx.query and "access_token" in ctx.query_params
 
 
 def bearer_credential(ctx: RequestContext) -> str | None:
     """`credential` (pipeline/stage.py CredentialSource) of the bearer-token authenticators: "authorization" when
     that header carries a Bearer credential (even repeated: either copy would be forwarded unverified), else
-    "query:access_token" for an RFC 6750 query token: where an earlier authenticator wins, either is a second
-    credential the upstream might act on, and the runner refuses the request."""
+    "query:access_token" for a query token: where an earlier authenticator wins, either is a second credential
+    the upstream might act on, and the runner refuses the request."""
     value = ctx.headers.get("authorization")
-    if value is not None:
-        head = value.split(None, 1)
-        if head and head[0].lower() == "bearer":
-            return "authorization"
-    if ctx.query and "access_token" in ctx.query and "access_token" in ctx.query_params:
-        return "query:access_token"
-    return None
+    if value is not None and _scheme(value)[0] == "bearer":
+        return "authorization"
+    return "query:access_token" if _has_query_token(ctx) else None
 
 
 QUERY_TOKEN = Deny(
@@ -41,11 +47,9 @@ QUERY_TOKEN = Deny(
 
 
 def query_token(ctx: RequestContext) -> Deny | None:
-    """A bearer token in the query (RFC 6750 §2.3), which the bearer authenticators do not read: refused, never
-    passed on unverified to an upstream that does (on a route where `anonymous` follows, it would be)."""
-    if "access_token" in ctx.query and "access_token" in ctx.query_params:
-        return QUERY_TOKEN
-    return None
+    """A query token: refused, never passed on unverified to an upstream that reads it (on a route where
+    `anonymous` follows, it would be)."""
+    return QUERY_TOKEN if _has_query_token(ctx) else None
 
 
 def authorization(ctx: RequestContext) -> str | Skip | Deny:

@@ -89,7 +89,7 @@ class JwtAuthenticator:
     credential = staticmethod(bearer_credential)
 
     async def check(self, ctx: RequestContext) -> Continue | Skip | Deny:
-        if ctx.query and (refused := query_token(ctx)) is not None:
+        if (refused := query_token(ctx)) is not None:
             return refused
         value = authorization(ctx)
         if not isinstance(value, str):
