@@ -1,8 +1,8 @@
 """Upstream connections and their keep-alive pools.
 
 A connection forwards the response head and body bytes as received (no header re-serialisation) unless a
-response hook or an HTTP/1.0 client needs the decoded body. A fresh llhttp parser per response is cheap
-(~0.2 µs) and lets a HEAD response end at its head, which llhttp alone cannot know.
+response hook or an HTTP/1.0 client needs the decoded body. llhttp cannot know that a HEAD response ends at
+its head, so a connection that served one is never pooled (on_headers_complete).
 """
 
 from __future__ import annotations
@@ -228,9 +228,9 @@ class UpstreamConnection(asyncio.Protocol):
     def begin(self, user: UpstreamUser, *, decode: bool, head_only: bool) -> None:
         """Start serving one exchange: a fresh parser, in the body mode it needs."""
         self.user = user
-        # llhttp resets itself after a complete keep-alive message, so the parser is reused unless the body
-        # mode changes or the last response ended early (a HEAD response stops at its head; llhttp cannot know).
-        if self.parser is None or decode != self.decode or self.head_only:
+        # llhttp resets itself after a complete keep-alive message, so the parser is reused unless the body mode
+        # changes (a connection that served a HEAD, whose parser stopped mid-message, is never reused).
+        if self.parser is None or decode != self.decode:
             self.parser = HttpResponseParser(_Decoder(self) if decode else self)
         self.decode = decode
         self.head_only = head_only
