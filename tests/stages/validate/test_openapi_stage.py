@@ -11,6 +11,7 @@ from stockade.testing import TestGateway, TestUpstream
 
 from .openapi_cases import (
     BAD_PARAM,
+    CONFIG,
     DEMO_SPEC,
     FORM,
     INVALID,
@@ -518,16 +519,7 @@ def test_underscore_spellings_of_declared_headers_are_refused(
     run_case(edge, case)
 
 
-SIZED = """
-routes:
-  - id: api
-    match: {path: "/**"}
-    upstream: "{upstream}"
-    stages:
-      - use: anonymous
-      - use: openapi
-        config: {spec: %s, requests: %s, max_request_bytes: 2048}
-"""
+SIZED = CONFIG.replace("strict: %s", "requests: %s, max_request_bytes: 2048")
 
 
 @pytest.mark.parametrize("mode", ["enforce", "monitor"])
