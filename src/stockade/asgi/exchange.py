@@ -53,6 +53,8 @@ class HttpExchange(Exchange):
         except ClientDisconnectedError:
             self.client_gone()
         finally:
+            self.mw.buffered -= self.collected_size  # given back once, however the exchange ended
+            self.collected_size = 0
             if not self.recorded:
                 self._settle()
 
@@ -226,16 +228,13 @@ class HttpExchange(Exchange):
         chunk = message.get("body", b"")
         collected.append(chunk)
         self.collected_size += len(chunk)
+        mw = self.mw
+        mw.buffered += len(chunk)
         if self.collected_size > MAX_RESPONSE_BYTES:
-            ctx = self.ctx
-            assert ctx is not None  # noqa: S101
-            ctx.decision = "error"
-            ctx.reason = "upstream.bad_response"
-            ctx.stage = "app"
-            ctx.detail = "response body exceeds the buffer for hooks"
-            self.collected = None
-            self.error = "upstream.bad_response"
-            await self._answer(problem(502, "upstream.bad_response", ctx.request_id))
+            await self._refuse_response(502, "upstream.bad_response", "response body exceeds the buffer for hooks")
+            return
+        if mw.buffered > self.runtime.config.limits.response_buffer_total_bytes:
+            await self._refuse_response(503, "gateway.busy", "response buffers of this process are full")
             return
         if message.get("more_body", False):
             return
@@ -252,6 +251,18 @@ class HttpExchange(Exchange):
         self.bytes_sent += len(body or b"")
         if not self.trailers:
             self.record()
+
+    async def _refuse_response(self, status: int, reason: str, detail: str) -> None:
+        """Answer in place of an app response whose body cannot be buffered for the hooks."""
+        ctx = self.ctx
+        assert ctx is not None  # noqa: S101 - set before the app runs
+        ctx.decision = "error"
+        ctx.reason = reason
+        ctx.stage = "app"
+        ctx.detail = detail
+        self.collected = None
+        self.error = reason
+        await self._answer(problem(status, reason, ctx.request_id))
 
     async def _hook(self, start: Message, body: bytes | None) -> tuple[Message, bytes | None] | None:
         """Run response hooks on the app's response head (and buffered body); None if a hook failed and the

@@ -61,6 +61,7 @@ class StockadeMiddleware:
         self.decision_log = decision_log or DecisionLog(self.runtime.decision_log, clock, self.services.metrics)
         self.metrics = self.services.metrics
         self.request_ids = RequestIds()
+        self.buffered = 0  # bytes of app response bodies held for hooks (limits.response_buffer_total_bytes)
         self._watched: set[Exchange] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_loop: asyncio.AbstractEventLoop | None = None

@@ -86,8 +86,9 @@ class Limits(Strict):
     spool_bytes: Annotated[int, Field(ge=0, le=1024 * MIB)] = 1 * MIB
     # What one worker's spools may hold at once (each reserves its greatest size); a body beyond it streams.
     spool_total_bytes: Annotated[int, Field(ge=0)] = 256 * MIB
-    # What one worker may hold of response bodies buffered for hooks that read them (the `openapi` response checks)
-    # at once; a response that would take it further is 503 gateway.busy instead of growing the worker without bound.
+    # What one worker (or process running the ASGI middleware) may hold of response bodies buffered for hooks that
+    # read them (the `openapi` response checks) at once; a response that would take it further is 503
+    # gateway.busy instead of growing the worker without bound.
     response_buffer_total_bytes: Annotated[int, Field(ge=64 * KIB)] = 256 * MIB
 
 
