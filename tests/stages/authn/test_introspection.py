@@ -73,6 +73,24 @@ def test_introspection_basic_auth_and_positive_cache_until_exp(idp: TestUpstream
     assert calls(idp) == 2
 
 
+@pytest.mark.parametrize(
+    ("doc", "issuer"),
+    [
+        pytest.param(ACTIVE, "idp", id="iss-named"),
+        pytest.param({k: v for k, v in ACTIVE.items() if k != "iss"}, "ENDPOINT", id="no-iss-endpoint-vouches"),
+        pytest.param({**ACTIVE, "iss": 7}, "ENDPOINT", id="iss-not-a-string"),
+    ],
+)
+def test_the_principal_names_who_vouched_for_it(idp: TestUpstream, doc: dict[str, Any], issuer: str) -> None:
+    """Two authorization servers may both have an `alice`: an answer without `iss` was issuer-less, so the
+    `principal` rate-limit key and `x-stockade-issuer` could not tell them apart. The endpoint stands in."""
+    clock = FakeClock()
+    answer(idp, doc)
+    verdict = check(make(idp, clock), "t", clock)
+    assert isinstance(verdict, Continue) and verdict.principal is not None
+    assert verdict.principal.issuer == issuer.replace("ENDPOINT", f"{idp.url}/introspect")
+
+
 def test_introspection_client_secret_post(idp: TestUpstream) -> None:
     clock = FakeClock()
     answer(idp, ACTIVE)

@@ -173,6 +173,10 @@ class IntrospectionAuthenticator:
             return self._why("no sub, client_id or username"), negative_until, ""
         scope = doc.get("scope")
         roles = doc.get(cfg.roles_claim)
+        # Without an `iss` the endpoint that vouched for the token names its authority: two authorization servers
+        # may both have an `alice`, and the `principal` rate-limit key and x-stockade-issuer must tell them apart.
+        iss = doc.get("iss")
+        issuer = iss if isinstance(iss, str) else cfg.endpoint
         principal = Principal(
             id=sub,
             kind="introspection",
@@ -180,12 +184,12 @@ class IntrospectionAuthenticator:
             roles=frozenset(r for r in roles if isinstance(r, str)) if isinstance(roles, list) else frozenset(),
             credential_id=doc.get("jti") if isinstance(doc.get("jti"), str) else None,
             claims=MappingProxyType(doc),
-            issuer=doc["iss"] if isinstance(doc.get("iss"), str) else None,
+            issuer=issuer,
         )
         until = now + cfg.cache_ttl
         if exp is not None:
             until = min(until, float(exp))
-        identity = hashlib.sha256(f"{doc.get('iss')}\x00{sub}".encode()).hexdigest()[:32]
+        identity = hashlib.sha256(f"{issuer}\x00{sub}".encode()).hexdigest()[:32]
         return Continue(principal=principal), until, identity
 
     def _why(self, detail: str) -> Deny:
