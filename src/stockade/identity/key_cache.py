@@ -149,16 +149,12 @@ class ApiKeyCache:
 
 def shared_key_cache(services: Services) -> ApiKeyCache:
     """The process's API-key cache, created on first use over the shared store, watcher and pepper."""
-    services.need("store")  # on every build, the cached path too: /readyz checks what this config uses
     from stockade.identity.watch import shared_watcher
     from stockade.security.secrets import shared_secrets
     from stockade.storage import shared_store
 
-    cache = services.shared.get(SHARED_KEY)
-    if isinstance(cache, ApiKeyCache):
-        return cache
-    cache = ApiKeyCache(
-        shared_store(services), shared_watcher(services), shared_secrets(services).pepper, services.clock
-    )
-    services.shared[SHARED_KEY] = cache
-    return cache
+    def build() -> ApiKeyCache:
+        store, watcher = shared_store(services), shared_watcher(services)
+        return ApiKeyCache(store, watcher, shared_secrets(services).pepper, services.clock)
+
+    return services.over_store(SHARED_KEY, ApiKeyCache, build)

@@ -152,19 +152,17 @@ class ChangeWatcher:
 
 def shared_watcher(services: Services) -> ChangeWatcher:
     """The process's watcher over the shared store, created on first use (with feed pruning scheduled)."""
-    services.need("store")  # on every build, the cached path too: /readyz checks what this config uses
     from stockade.storage import shared_store
 
-    watcher = services.shared.get(SHARED_KEY)
-    if isinstance(watcher, ChangeWatcher):
+    def build() -> ChangeWatcher:
+        store = shared_store(services)
+        watcher = ChangeWatcher(store, services.clock)
+        clock = services.clock
+
+        async def prune() -> None:
+            await store.prune_changes(clock.time() - FEED_RETENTION)
+
+        watcher.every(PRUNE_INTERVAL, prune)
         return watcher
-    store = shared_store(services)
-    watcher = ChangeWatcher(store, services.clock)
-    clock = services.clock
 
-    async def prune() -> None:
-        await store.prune_changes(clock.time() - FEED_RETENTION)
-
-    watcher.every(PRUNE_INTERVAL, prune)
-    services.shared[SHARED_KEY] = watcher
-    return watcher
+    return services.over_store(SHARED_KEY, ChangeWatcher, build)

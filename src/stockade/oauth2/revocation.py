@@ -115,13 +115,10 @@ class RevokedJtis:
 
 
 def revoked_jtis(services: Services) -> RevokedJtis:
-    services.need("store")  # on every build, the cached path too: /readyz checks what this config uses
-    found = services.shared.get(SHARED_KEY)
-    if isinstance(found, RevokedJtis):
-        return found
     from stockade.identity.watch import shared_watcher
     from stockade.storage import shared_store
 
-    revoked = RevokedJtis(shared_store(services), shared_watcher(services), services.clock)
-    services.shared[SHARED_KEY] = revoked
-    return revoked
+    def build() -> RevokedJtis:
+        return RevokedJtis(shared_store(services), shared_watcher(services), services.clock)
+
+    return services.over_store(SHARED_KEY, RevokedJtis, build)

@@ -179,20 +179,18 @@ class SigningKeys:
 
 def shared_signing_keys(services: Services) -> SigningKeys:
     """The process's signing keys over the shared store, following the change feed."""
-    services.need("store")  # on every build, the cached path too: /readyz checks what this config uses
-    found = services.shared.get(SHARED_KEY)
-    if isinstance(found, SigningKeys):
-        return found
     from stockade.identity.watch import shared_watcher
     from stockade.security.secrets import shared_secrets
     from stockade.storage import shared_store
 
-    watcher = shared_watcher(services)
-    keys = SigningKeys(shared_store(services), shared_secrets(services).keyring, services.clock, watcher)
-    watcher.subscribe(keys.on_changes)
-    watcher.every(MAINTAIN_INTERVAL, keys.maintain_if_serving)
-    services.shared[SHARED_KEY] = keys
-    return keys
+    def build() -> SigningKeys:
+        watcher = shared_watcher(services)
+        keys = SigningKeys(shared_store(services), shared_secrets(services).keyring, services.clock, watcher)
+        watcher.subscribe(keys.on_changes)
+        watcher.every(MAINTAIN_INTERVAL, keys.maintain_if_serving)
+        return keys
+
+    return services.over_store(SHARED_KEY, SigningKeys, build)
 
 
 def gateway_key_source(services: Services, issuer: str) -> SigningKeys:

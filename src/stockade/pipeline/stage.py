@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from stockade.clock import Clock
     from stockade.config.models import GatewayConfig
     from stockade.observability.metrics import Metrics
@@ -17,6 +19,8 @@ if TYPE_CHECKING:
     from stockade.pipeline.phase import Phase
     from stockade.pipeline.response import Outcome, Response
     from stockade.pipeline.verdict import Continue, Deny, Skip
+
+T = TypeVar("T")
 
 
 class StageConfig(BaseModel):
@@ -107,6 +111,16 @@ class Services:
     def need(self, backend: str, *, required: bool = True) -> None:
         """Record that the config being built uses `backend` (and fails closed without it, if `required`)."""
         self.needs[backend] = self.needs.get(backend, False) or required
+
+    def over_store(self, key: str, kind: type[T], build: Callable[[], T]) -> T:
+        """The process's `kind` object over the store (`shared[key]`), built on first use. The store is recorded
+        as needed on every call, the cached path too: /readyz checks what the config being built uses."""
+        self.need("store")
+        found = self.shared.get(key)
+        if isinstance(found, kind):
+            return found
+        made = self.shared[key] = build()
+        return made
 
     async def close(self) -> None:
         """Release what features keep in `shared` (flush buffers, stop background tasks, close stores): every
