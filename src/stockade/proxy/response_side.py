@@ -32,8 +32,9 @@ log = logging.getLogger("stockade.proxy")
 _FRAMING_NAMES = frozenset({"content-length", "transfer-encoding"})
 
 
-def upstream_head(ex: Exchange, head: bytes, status: int, first: bytes) -> None:
-    """The upstream's response head arrived, with `first`: the body bytes that came in the same read."""
+def upstream_head(ex: Exchange, head: bytes, status: int, first: bytes, framing: ResponseFraming) -> None:
+    """The upstream's response head arrived, with `first`: the body bytes that came in the same read (re-framed,
+    if chunked), and its `framing`."""
     now = ex.clock.monotonic()
     ex.t_head = now
     ex.upstream_status = status
@@ -43,7 +44,6 @@ def upstream_head(ex: Exchange, head: bytes, status: int, first: bytes) -> None:
     if not 100 <= status <= 599:
         ex._upstream_broken("upstream.bad_response", f"status {status}")
         return
-    framing = ResponseFraming.of(head)
     if not framing.status_ok:
         # RTSP/1.0, HTTP/2.0 or a reason phrase with control bytes: llhttp took it, the client may not. The
         # gateway says the status in its own words.

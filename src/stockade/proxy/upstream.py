@@ -1,8 +1,9 @@
 """Upstream connections and their keep-alive pools.
 
 A connection forwards the response head and body bytes as received (no header re-serialisation) unless a
-response hook or an HTTP/1.0 client needs the decoded body. llhttp cannot know that a HEAD response ends at
-its head, so a connection that served one is never pooled (on_headers_complete).
+response hook or an HTTP/1.0 client needs the decoded body. A chunked body is re-framed (`_Reframer`): its data
+as sent, without chunk extensions or the trailer section. llhttp cannot know that a HEAD response ends at its
+head, so a connection that served one is never pooled (on_headers_complete).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from urllib.parse import urlsplit
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
+from stockade.proxy.http import ResponseFraming
 from stockade.proxy.tls import upstream_context
 
 if TYPE_CHECKING:
@@ -28,7 +30,7 @@ MAX_RESPONSE_HEAD = 64 * 1024
 class UpstreamUser(Protocol):
     """What an upstream connection reports to the exchange it serves."""
 
-    def upstream_head(self, head: bytes, status: int, first: bytes) -> None: ...
+    def upstream_head(self, head: bytes, status: int, first: bytes, framing: ResponseFraming) -> None: ...
     def upstream_body(self, data: bytes) -> None: ...
     def upstream_done(self) -> None: ...
     def upstream_closed(self, conn: UpstreamConnection) -> None: ...
@@ -57,6 +59,35 @@ class _Decoder:
         self.conn.decoded.append(data)
 
 
+class _Reframer:
+    """Parser callbacks for a chunked body on its way to an HTTP/1.1 client: the chunk data of each read goes on
+    as one chunk (`_framed`), and the message ends with a bare last chunk. Chunk extensions and the trailer
+    section are not repeated: trailer fields are headers no response hook saw (nginx drops them too)."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: UpstreamConnection) -> None:
+        self.conn = conn
+
+    def on_message_begin(self) -> None:
+        self.conn.on_message_begin()
+
+    def on_body(self, data: bytes) -> None:
+        self.conn.decoded.append(data)
+
+    def on_message_complete(self) -> None:
+        self.conn.done = True  # keep-alive was read from the upstream's own head (UpstreamConnection._reframe)
+
+
+def _framed(pieces: list[bytes], last: bool) -> bytes:
+    data = b"".join(pieces)
+    out = b"%x\r\n%b\r\n" % (len(data), data) if data else b""
+    return out + _LAST_CHUNK if last else out
+
+
+# What the re-framing parser is started with: it then reads the upstream's body bytes as a chunked body.
+_CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
 _CRLF_BYTES = b"\r\n"
 
 
@@ -81,6 +112,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self.received_any = False
         self.decode = False
+        self.reframing = False  # a chunked body parsed by a _Reframer (from the end of its head)
         self.head_only = False
         self.head_buf = b""
         self.head_sent = False
@@ -133,24 +165,18 @@ class UpstreamConnection(asyncio.Protocol):
         except HttpParserUpgrade:
             upgraded = True
         except HttpParserError as exc:
-            self.user = None
-            self.close()
-            user.upstream_failed("upstream.bad_response", f"invalid upstream response: {exc}")
+            self._fail(user, f"invalid upstream response: {exc}")
             return
         if self.extra:
             # More bytes than the response: forwarded verbatim they would answer the client's next request, and
             # kept they would answer the next client's. Nothing of this read goes on; the connection is dropped.
-            self.user = None
-            self.close()
-            user.upstream_failed("upstream.bad_response", "bytes after the end of the response")
+            self._fail(user, "bytes after the end of the response")
             return
         if not self.head_sent:
             if not self.head_done:
                 self.head_buf += data
                 if len(self.head_buf) > MAX_RESPONSE_HEAD:
-                    self.user = None
-                    self.close()
-                    user.upstream_failed("upstream.bad_response", "upstream response head too large")
+                    self._fail(user, "upstream response head too large")
                 return
             buf = self.head_buf + data if self.head_buf else data
             self.head_buf = b""
@@ -163,9 +189,10 @@ class UpstreamConnection(asyncio.Protocol):
             head = buf[pos:end]
             rest = buf[end:]
             self.head_sent = True
+            framing = ResponseFraming.of(head)
             if upgraded or self.status == 101:
                 self.tunnel = True
-                user.upstream_head(head, self.status, b"")
+                user.upstream_head(head, self.status, b"", framing)
                 if rest and self.user is not None:
                     user.upstream_body(rest)  # bytes of the upgraded protocol that followed the 101
                 return
@@ -175,10 +202,24 @@ class UpstreamConnection(asyncio.Protocol):
             elif self.decode:
                 first = b"".join(self.decoded)
                 self.decoded = []
+            elif framing.chunked and self.status not in (204, 304):  # those two have no body
+                try:
+                    first = self._reframe(rest)
+                except HttpParserError as exc:
+                    self._fail(user, f"invalid upstream response: {exc}")
+                    return
+                if self.extra:
+                    self._fail(user, "bytes after the end of the response")
+                    return
             else:
                 first = rest
             # The head and the body bytes that came with it go to the client in one write (one syscall).
-            user.upstream_head(head, self.status, first)
+            user.upstream_head(head, self.status, first, framing)
+        elif self.reframing:
+            if self.decoded or self.done:
+                chunks = self.decoded
+                self.decoded = []
+                user.upstream_body(_framed(chunks, self.done))
         elif self.decode:
             if self.decoded:
                 chunks = self.decoded
@@ -190,6 +231,29 @@ class UpstreamConnection(asyncio.Protocol):
         if self.done and self.user is not None:
             self.user = None
             user.upstream_done()
+
+    def _fail(self, user: UpstreamUser, detail: str) -> None:
+        """The upstream broke HTTP: the connection is dropped and the exchange told."""
+        self.user = None
+        self.close()
+        user.upstream_failed("upstream.bad_response", detail)
+
+    def _reframe(self, rest: bytes) -> bytes:
+        """Hand a chunked body to a re-framing parser from here on; returns what `rest` (the body bytes that came
+        with the head, already checked by the first parser) becomes. The new parser starts at a body of its own:
+        keep-alive is what the upstream's head said (llhttp keeps its flags until the message ends)."""
+        assert self.parser is not None  # noqa: S101
+        self.reusable = self.reusable if self.done else self.parser.should_keep_alive()
+        self.done = False
+        self.reframing = True
+        self.decoded = []
+        parser = self.parser = HttpResponseParser(_Reframer(self))
+        parser.feed_data(_CHUNKED_HEAD)
+        if rest:
+            parser.feed_data(rest)
+        first = _framed(self.decoded, self.done)
+        self.decoded = []
+        return first
 
     # -- parser callbacks (verbatim mode: no on_body, so llhttp delivers no body callbacks at all) -------------
 
@@ -230,9 +294,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.user = user
         # llhttp resets itself after a complete keep-alive message, so the parser is reused unless the body mode
         # changes (a connection that served a HEAD, whose parser stopped mid-message, is never reused).
-        if self.parser is None or decode != self.decode:
+        if self.parser is None or decode != self.decode or self.reframing:
             self.parser = HttpResponseParser(_Decoder(self) if decode else self)
         self.decode = decode
+        self.reframing = False
         self.head_only = head_only
         self.head_buf = b""
         self.head_sent = self.head_done = self.done = self.received_any = self.reusable = self.extra = False
