@@ -1,9 +1,10 @@
-"""A chunked upstream response reaches the client re-framed: its chunks' data as sent, no chunk extensions and no
-trailer section (nginx drops both). Trailers are header fields the response hooks never saw: `Server`,
-`X-Debug-*` or a `Set-Cookie` there passed `security_headers` and any filter as sent.
+"""How an upstream response body is framed for the client. A chunked one is re-framed: its chunks' data as
+sent, no chunk extensions and no trailer section (nginx drops both). Trailers are header fields the response
+hooks never saw: `Server`, `X-Debug-*` or a `Set-Cookie` there passed `security_headers` and any filter as sent.
+A Content-Length body goes on as sent, and nothing after it.
 
-The connection-level table feeds one response to an `UpstreamConnection` split at every byte, so no read boundary
-(inside the size line, the extension, the last chunk or the trailers) lets a byte of the trailer section through.
+The connection-level tables feed one response to an `UpstreamConnection` split at every byte, so no read
+boundary (inside the size line, the extension, the last chunk or the trailers) lets a byte past the body through.
 """
 
 from __future__ import annotations
@@ -181,6 +182,26 @@ def test_a_broken_chunked_body_fails_at_any_read_boundary(wire: bytes, why: str)
 def test_responses_without_a_body_are_not_reframed(wire: bytes, head_only: bool) -> None:
     rec, _ = feed([wire], head_only=head_only)
     assert (rec.failed, rec.done, rec.head, rec.out) == ("", True, wire, b"")
+
+
+@pytest.mark.parametrize(
+    ("wire", "body"),
+    [
+        pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok\r\n", b"ok", id="crlf"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok\r\n\r\n\n", b"ok", id="blank-lines"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nok\r\n\r\n", b"ok\r\n", id="crlf-in-body"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n\r\n", b"", id="empty"),
+        pytest.param(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n\r\n", b"", id="304-announcing-5"),
+        pytest.param(b"HTTP/1.1 204 No Content\r\n\r\n\r\n", b"", id="204"),
+    ],
+)
+def test_blank_lines_after_a_length_delimited_body_are_not_forwarded(wire: bytes, body: bytes) -> None:
+    """llhttp skips CR and LF between messages, so an upstream's stray line ends passed as body bytes and came
+    before the client's next response (Go's client drops the connection over them)."""
+    for cut in range(1, len(wire)):
+        rec, conn = feed([wire[:cut], wire[cut:]])
+        assert (rec.failed, rec.done, rec.out) == ("", True, body), cut
+        assert conn.keep_alive, cut
 
 
 # -- through the gateway ------------------------------------------------------------------------------------------

@@ -113,6 +113,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.received_any = False
         self.decode = False
         self.reframing = False  # a chunked body parsed by a _Reframer (from the end of its head)
+        self.remaining = -1  # of a Content-Length body still to forward (negative: not length-delimited)
         self.head_only = False
         self.head_buf = b""
         self.head_sent = False
@@ -213,6 +214,12 @@ class UpstreamConnection(asyncio.Protocol):
                     return
             else:
                 first = rest
+                length = framing.length
+                if length is None:
+                    if self.done:  # a 204 or 304 without Content-Length (a body read to the close is not done)
+                        first = b""  # line ends llhttp skipped after it
+                elif len(rest) != length:  # not simply the whole body (the common case)
+                    first = self._length_delimited(rest, length)
             # The head and the body bytes that came with it go to the client in one write (one syscall).
             user.upstream_head(head, self.status, first, framing)
         elif self.reframing:
@@ -227,10 +234,25 @@ class UpstreamConnection(asyncio.Protocol):
                 for chunk in chunks:
                     user.upstream_body(chunk)
         elif data and not self.head_only:
-            user.upstream_body(data)
+            if self.done and len(data) > self.remaining >= 0:
+                data = data[: self.remaining]  # line ends after a Content-Length body (see the head above)
+            self.remaining -= len(data)
+            if data:
+                user.upstream_body(data)
         if self.done and self.user is not None:
             self.user = None
             user.upstream_done()
+
+    def _length_delimited(self, rest: bytes, length: int) -> bytes:
+        """The part of `rest` that is the body of a Content-Length response. llhttp skips CR and LF between
+        messages: line ends an upstream sent after the body are not body bytes, and the client's next response
+        must not start with them. Later reads are cut the same way (`remaining`)."""
+        if not self.done:
+            self.remaining = length - len(rest)
+            return rest
+        if self.status in (204, 304):  # llhttp reads no body for these, whatever length the head announces
+            return b""
+        return rest[:length]
 
     def _fail(self, user: UpstreamUser, detail: str) -> None:
         """The upstream broke HTTP: the connection is dropped and the exchange told."""
@@ -301,6 +323,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_only = head_only
         self.head_buf = b""
         self.head_sent = self.head_done = self.done = self.received_any = self.reusable = self.extra = False
+        self.remaining = -1
         self.status = self.interim = self.skip_complete = 0
         self.decoded = []
 
