@@ -16,6 +16,7 @@ from typing import Any, Literal
 import jsonschema_rs
 import re2
 
+from stockade.openapi.case_variants import name_check
 from stockade.openapi.loader import Documents, Located
 
 Variant = Literal["request", "request_strict", "response_closed", "response_open"]
@@ -329,23 +330,15 @@ class SchemaSet:
 
 
 def _refuse_case_variants(out: dict[str, Any]) -> None:
-    """Refuse a key that matches a declared property name but for case (`IsAdmin`, `ROLE`, a long s for an s):
-    Go's encoding/json and ASP.NET Core bind keys case-insensitively, so it would reach `isAdmin` past its
-    checks. The `regex` crate's `(?i)` uses Unicode simple case folding, as Go's EqualFold does."""
-    names = [n for n in out["properties"] if n.lower() != n.upper()]  # only names with letters have variants
-    if not names:
+    """Check keys for case variants of the properties `out` declares (see `case_variants`)."""
+    check = name_check(list(out["properties"]))
+    if check is None:
         return
-    pattern = "(?i)^(?:" + "|".join(_literal(n) for n in names) + ")$"
-    rule = {"anyOf": [{"enum": list(out["properties"])}, {"not": {"pattern": pattern}}], RULE: "caseVariant"}
+    rule = {**check, RULE: "caseVariant"}
     if "propertyNames" in out:
         out["allOf"] = [*out.get("allOf", ()), {"propertyNames": rule}]
     else:
         out["propertyNames"] = rule
-
-
-def _literal(name: str) -> str:
-    """`name` as a regex matching exactly it: ASCII punctuation as hex escapes, never as metacharacters."""
-    return "".join(c if c.isalnum() or not c.isascii() else f"\\x{{{ord(c):X}}}" for c in name)
 
 
 def _open(node: dict[str, Any]) -> bool:
