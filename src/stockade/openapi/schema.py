@@ -16,7 +16,7 @@ from typing import Any, Literal
 import jsonschema_rs
 import re2
 
-from stockade.openapi.case_variants import name_check
+from stockade.openapi.case_variants import DeclaredNames, name_check
 from stockade.openapi.loader import Documents, Located
 
 Variant = Literal["request", "request_strict", "response_closed", "response_open"]
@@ -35,6 +35,8 @@ _VALUE_ONE = ("items", "additionalProperties", "unevaluatedProperties", "additio
 _CLOSING = ("additionalProperties", "unevaluatedProperties")
 _SAME_ONE = ("not", "if", "then", "else", "propertyNames")
 _SAME_LIST = ("allOf", "anyOf", "oneOf")
+_CONDITIONAL = frozenset({"anyOf", "oneOf", "if", "then", "else", "dependentSchemas"})  # may not apply to an instance
+_SUBSCHEMAS = (*_SAME_LIST, *_SAME_ONE, "dependentSchemas", "discriminator")  # same-instance subschemas
 
 
 def _is_base64(value: str) -> bool:
@@ -71,27 +73,16 @@ class SchemaSet:
         self.defs: dict[Variant, dict[str, Any]] = {}
         self._names: dict[tuple[Variant, str, str], str] = {}
         self._taken: set[tuple[Variant, str]] = set()
+        self._declared = DeclaredNames(docs, legacy=legacy)
 
     # -- public --------------------------------------------------------------------------------------------
 
     def convert(self, at: Located, variant: Variant, *, close: bool = True) -> Any:
-        """The JSON Schema for the spec schema at `at`, in a value position (closed there if the variant is)."""
-        node = at.node
-        if isinstance(node, bool):
-            return node
-        if not isinstance(node, dict):
-            raise at.error("a schema must be an object")
-        closing = close and variant in ("request_strict", "response_closed")
-        if "$ref" in node:
-            target = self.docs.resolve(node["$ref"], at)
-            ref: dict[str, Any] = {"$ref": "#/$defs/" + self._define(target, variant)}
-            out = ref if self.legacy else {**self._keywords(at, variant, skip="$ref"), **ref}
-            if closing and _open(node) and self.declares_properties(target):
-                out["unevaluatedProperties"] = False
-            return out
-        out = self._keywords(at, variant)
-        if closing and _open(node) and self.declares_properties(at):
-            out["unevaluatedProperties"] = False
+        """The JSON Schema for the spec schema at `at`, where an instance starts (a body, a parameter, a property
+        value, an item): closed there if the variant is; in requests, case variants of its names are refused."""
+        out = self._convert(at, variant, close, ())
+        if variant.startswith("request"):
+            self._refuse_case_variants(at, out, ())
         return out
 
     def validator(
@@ -156,6 +147,26 @@ class SchemaSet:
 
     # -- conversion ----------------------------------------------------------------------------------------
 
+    def _convert(self, at: Located, variant: Variant, close: bool, around: tuple[str, ...]) -> Any:
+        """`around`: the names enclosing schemas declare for the same instance (see `_refuse_case_variants`)."""
+        node = at.node
+        if isinstance(node, bool):
+            return node
+        if not isinstance(node, dict):
+            raise at.error("a schema must be an object")
+        closing = close and variant in ("request_strict", "response_closed")
+        if "$ref" in node:
+            target = self.docs.resolve(node["$ref"], at)
+            ref: dict[str, Any] = {"$ref": "#/$defs/" + self._define(target, variant)}
+            out = ref if self.legacy else {**self._keywords(at, variant, around, skip="$ref"), **ref}
+            if closing and _open(node) and self.declares_properties(target):
+                out["unevaluatedProperties"] = False
+            return out
+        out = self._keywords(at, variant, around)
+        if closing and _open(node) and self.declares_properties(at):
+            out["unevaluatedProperties"] = False
+        return out
+
     def _define(self, target: Located, variant: Variant) -> str:
         key = (variant, str(target.file), target.pointer)
         name = self._names.get(key)
@@ -170,12 +181,14 @@ class SchemaSet:
             self._names[key] = name
             defs = self.defs.setdefault(variant, {})
             defs[name] = True  # placeholder: a recursive schema refers to itself while being converted
-            defs[name] = self.convert(target, variant, close=False)
+            defs[name] = self._convert(target, variant, False, ())
         return name
 
-    def _keywords(self, at: Located, variant: Variant, skip: str = "") -> dict[str, Any]:
+    def _keywords(self, at: Located, variant: Variant, around: tuple[str, ...], skip: str = "") -> dict[str, Any]:
         node: dict[str, Any] = at.node
         out: dict[str, Any] = {}
+        if variant.startswith("request") and any(k in node for k in _SUBSCHEMAS):
+            around = tuple(dict.fromkeys((*around, *self._declared(at))))
         for key, value in node.items():
             if key == skip or key in _DROP or (isinstance(key, str) and key.startswith("x-")):
                 continue
@@ -209,11 +222,11 @@ class SchemaSet:
             elif key in _SAME_LIST:
                 if not isinstance(value, list) or not value:
                     raise at.error(f"{key} must be a non-empty list", key)
-                out[key] = [self.convert(at.child(key, i), variant, close=False) for i in range(len(value))]
+                out[key] = [self._part(at.child(key, i), variant, around, key) for i in range(len(value))]
             elif key in _SAME_ONE:
-                out[key] = self.convert(at.child(key), variant, close=False)
+                out[key] = self._part(at.child(key), variant, around, key)
             elif key == "dependentSchemas":
-                out[key] = {k: self.convert(at.child(key, k), variant, close=False) for k in value}
+                out[key] = {k: self._part(at.child(key, k), variant, around, key) for k in value}
             elif key == "pattern":
                 check_pattern(value, at, key)
                 out[key] = value
@@ -229,9 +242,15 @@ class SchemaSet:
             out.setdefault("minimum", lo)
             out.setdefault("maximum", hi)
         if "discriminator" in node:
-            self._discriminate(at, variant, out)
-        if variant.startswith("request") and isinstance(out.get("properties"), dict):
-            _refuse_case_variants(out)
+            self._discriminate(at, variant, out, around)
+        return out
+
+    def _part(self, at: Located, variant: Variant, around: tuple[str, ...], keyword: str) -> Any:
+        """A subschema that applies to the same instance as the one holding it under `keyword`. One that may not
+        apply checks its own names for case variants; under `not` a check could only make more instances pass."""
+        out = self._convert(at, variant, False, around)
+        if keyword in _CONDITIONAL and variant.startswith("request"):
+            self._refuse_case_variants(at, out, around)
         return out
 
     def _properties(self, at: Located, variant: Variant) -> dict[str, Any]:
@@ -275,7 +294,7 @@ class SchemaSet:
                 out.clear()
                 out["anyOf"] = [{"type": "null"}, inner]
 
-    def _discriminate(self, at: Located, variant: Variant, out: dict[str, Any]) -> None:
+    def _discriminate(self, at: Located, variant: Variant, out: dict[str, Any], around: tuple[str, ...]) -> None:
         """Use the discriminator to pick the one branch to validate (precise errors, no ambiguous oneOf)."""
         disc = at.node["discriminator"]
         kind = "oneOf" if "oneOf" in out else "anyOf" if "anyOf" in out else None
@@ -306,9 +325,31 @@ class SchemaSet:
         ]
         for value, target in sorted(targets.items()):
             branch_ref = {"$ref": "#/$defs/" + self._define(target, variant)}
+            if variant.startswith("request"):
+                self._refuse_case_variants(target, branch_ref, around)
             cases.append({"if": {"properties": {prop: {"const": value}}, "required": [prop]}, "then": branch_ref})
         del out[kind]
         out["allOf"] = [*out.get("allOf", ()), *cases]
+
+    def _refuse_case_variants(self, at: Located, out: Any, around: tuple[str, ...]) -> None:
+        """Refuse case variants of the names the schema at `at` declares (see `case_variants`).
+
+        Added where an instance starts and on each subschema that may not apply to it (an anyOf/oneOf branch,
+        if/then/else, a dependent schema), never on an allOf part or a `$ref` target: those declare names for the
+        whole object, and a part alone would refuse the others' names. A branch's names count only where it
+        validates, so `IsAdmin` in a branch not taken never admits `IsAdmin` beside an `isAdmin` declared
+        elsewhere. A branch accepts the names declared `around` it, but the enclosing check cannot tell which
+        branch applies and accepts none of theirs: a branch name that varies an outside one is refused even where
+        the branch applies. `around` stops at a `$ref` (a shared definition does not know where it is used), so
+        a branch in one refuses more, never less."""
+        check = name_check(self._declared(at), around)
+        if check is None or not isinstance(out, dict):
+            return
+        rule = {**check, RULE: "caseVariant"}
+        if "propertyNames" in out:
+            out["allOf"] = [*out.get("allOf", ()), {"propertyNames": rule}]
+        else:
+            out["propertyNames"] = rule
 
     def _reachable(self, root: Any, variant: Variant) -> dict[str, Any]:
         defs = self.defs.get(variant, {})
@@ -327,18 +368,6 @@ class SchemaSet:
             elif isinstance(node, list):
                 stack.extend(v for v in node if isinstance(v, dict | list))
         return found
-
-
-def _refuse_case_variants(out: dict[str, Any]) -> None:
-    """Check keys for case variants of the properties `out` declares (see `case_variants`)."""
-    check = name_check(list(out["properties"]))
-    if check is None:
-        return
-    rule = {**check, RULE: "caseVariant"}
-    if "propertyNames" in out:
-        out["allOf"] = [*out.get("allOf", ()), {"propertyNames": rule}]
-    else:
-        out["propertyNames"] = rule
 
 
 def _open(node: dict[str, Any]) -> bool:
