@@ -180,41 +180,6 @@ def test_templates_that_differ_only_in_case() -> None:
         Router(both, fold_case=True)
 
 
-@pytest.mark.parametrize(
-    ("routes", "expected"),
-    [
-        ([RouteSpec("a", "/a", frozenset({"GET"})), RouteSpec("b", "/a")], []),  # not under a tail: nothing taken
-        ([RouteSpec("a", "/a", frozenset({"GET"})), RouteSpec("all", "/**", frozenset({"GET"}))], []),
-        (
-            [
-                RouteSpec("r", "/x/{id}", frozenset({"GET", "PUT"})),
-                RouteSpec("x", "/x/**", frozenset({"GET", "DELETE"})),
-            ],
-            ["route 'r' owns /x/{} for GET, PUT: DELETE there get 405, not route 'x'"],
-        ),
-        (
-            [RouteSpec("w", "/w/**", frozenset({"POST"})), RouteSpec("all", "/**", frozenset({"GET", "POST"}))],
-            ["route 'w' owns /w/** for POST: GET there get 405, not route 'all'"],
-        ),
-        (
-            [
-                RouteSpec("admin", "/admin", frozenset({"GET"})),
-                RouteSpec("guard", "/admin/**", frozenset({"GET", "POST"})),
-                RouteSpec("all", "/**"),
-            ],
-            [
-                "route 'admin' owns /admin for GET: POST there get 405, not route 'guard'",
-                "route 'guard' owns /admin/** for GET, POST: DELETE, OPTIONS, PATCH, PUT, TRACE there get 405, not "
-                "route 'all'",
-            ],
-        ),
-    ],
-    ids=["no-broader", "same-methods", "param-under-tail", "tail-under-tail", "leaf-under-own-tail"],
-)
-def test_routes_that_take_methods_from_a_broader_one_are_named(routes: list[RouteSpec], expected: list[str]) -> None:
-    assert Router(routes).shadowed() == expected
-
-
 def test_the_case_check_runs_only_where_case_can_change_the_route() -> None:
     router = Router([RouteSpec("admin", "/admin/**"), RouteSpec("legacy", "/API/**"), RouteSpec("x", "/api/x")])
     assert not router._case_matters("/users/9B2F3C1E-8D4A")  # an upper-case id is no template's literal

@@ -19,6 +19,7 @@ from stockade.config.models import GatewayConfig, HandlerEntry, StageEntry
 from stockade.errors import ConfigError
 from stockade.handlers import BUILTIN_HANDLERS, UnknownHandlerError, load_handler_class
 from stockade.pipeline.phase import Phase
+from stockade.pipeline.route_shadows import shadowed
 from stockade.pipeline.routing import Router, RouteSpec, RouteTemplateError, parse_template
 from stockade.pipeline.stage import Stage, StageConfig
 
@@ -164,7 +165,7 @@ def load_config_text(
                 [RouteSpec(r.id, r.match.path, _methods(r.match.methods), r.match.hosts()) for r in config.routes],
                 fold_case=config.limits.case_insensitive_routing,
             )
-            warnings += [f"{source}: {w}" for w in router.shadowed()]
+            warnings += [f"{source}: {w}" for w in shadowed(router)]
     except RouteTemplateError as exc:
         ctx.add(("routes",), str(exc))
     if ctx.problems:

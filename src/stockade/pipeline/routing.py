@@ -273,14 +273,13 @@ class Router:
             # so a request they match exactly is theirs (a path they match only ignoring case is still refused).
             self._case_routes = frozenset(r.id for r in routes if r.path.lower() in folded._case_only)
 
-    def shadowed(self) -> list[str]:
-        """Where a route owns a path for some methods only, and a broader `/**` route it sits under would have
-        served the others: those get 405 (the route that owns a path owns all its methods). Worth a warning at
-        load: Kong and Envoy would have tried the broader route."""
-        out: list[str] = []
-        for trie in (*self._exact.values(), *(t for _, t in self._wild), *((self._any,) if self._any else ())):
-            _shadowed(trie.root, "", None, out)
-        return sorted(set(out))
+    def host_groups(self) -> list[tuple[str | None, list[_Node]]]:
+        """Each host group (an exact host, `*.suffix`, or None for any host) with the roots of the tries whose
+        order its route shadow warnings follow: for now, its own trie's."""
+        groups: list[tuple[str | None, list[_Node]]] = [(None, [self._any.root])] if self._any else []
+        groups += [(f"*{suffix}", [trie.root]) for suffix, trie in self._wild]
+        groups += [(host, [trie.root]) for host, trie in self._exact.items()]
+        return groups
 
     def match(self, host: str, path: str, method: str) -> tuple[str, dict[str, str]] | NoRoute:
         """The route for a request, cached by (host, path, method): callers must not mutate the params dict."""
@@ -321,38 +320,6 @@ class Router:
 
 
 _NOT_FOUND = NoRoute(404)
-
-
-def _methods_of(endpoint: _Endpoint) -> frozenset[str] | None:
-    """The methods an endpoint serves (HEAD only if a route claims it), None for any."""
-    if endpoint.any is not None:
-        return None
-    return frozenset(m for m in endpoint.by_method if m not in endpoint.implicit)
-
-
-def _shadowed(node: _Node, path: str, broader: _Endpoint | None, out: list[str]) -> None:
-    own_tail = node.tail
-    # A leaf sits under its own node's `/**` first (what `/admin` hands on to is `/admin/**`, not `/**`).
-    for endpoint, shown, above in ((node.leaf, path or "/", own_tail or broader), (own_tail, f"{path}/**", broader)):
-        if endpoint is None or above is None:
-            continue
-        mine = _methods_of(endpoint)
-        theirs = _methods_of(above)
-        if mine is None:
-            continue
-        lost = (ALL_METHODS if theirs is None else theirs) - mine - {"HEAD"}
-        if lost:
-            owner = sorted({rid for rid, _ in endpoint.by_method.values()})
-            other = (above.any or next(iter(above.by_method.values())))[0]
-            out.append(
-                f"route {', '.join(map(repr, owner))} owns {shown} for {', '.join(sorted(mine))}: "
-                f"{', '.join(sorted(lost))} there get 405, not route {other!r}"
-            )
-    nearer = own_tail if own_tail is not None else broader
-    for seg, child in node.static.items():
-        _shadowed(child, f"{path}/{seg}", nearer, out)
-    if node.param is not None:
-        _shadowed(node.param, f"{path}/{{}}", nearer, out)
 
 
 def _route_id(found: tuple[str, dict[str, str]] | NoRoute) -> str | None:

@@ -1,0 +1,150 @@
+"""Load-time warnings: each route whose 405 keeps a method from the route a request would reach without it."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from stockade.pipeline.route_shadows import shadowed
+from stockade.pipeline.routing import NoRoute, Router, RouteSpec
+
+GET = frozenset({"GET"})
+API = ("api.example.com",)
+EVERY_BUT_GET = "DELETE, OPTIONS, PATCH, POST, PUT, TRACE"
+
+# (id, routes, warnings, probes). A probe (host, method, path, owner, other) is a request that a warning describes:
+# the owner route answers it 405, and without the owner it reaches the other route.
+SHADOWS = [
+    ("no-broader", [RouteSpec("a", "/a", GET), RouteSpec("b", "/a")], [], []),
+    ("same-methods", [RouteSpec("a", "/a", GET), RouteSpec("all", "/**", GET)], [], []),
+    (
+        "param-under-tail",
+        [RouteSpec("r", "/x/{id}", frozenset({"GET", "PUT"})), RouteSpec("x", "/x/**", frozenset({"GET", "DELETE"}))],
+        ["route 'r' owns /x/{} for GET, PUT: DELETE there get 405, not route 'x'"],
+        [("a", "DELETE", "/x/1", "r", "x")],
+    ),
+    (
+        "tail-under-tail",
+        [RouteSpec("w", "/w/**", frozenset({"POST"})), RouteSpec("all", "/**", frozenset({"GET", "POST"}))],
+        ["route 'w' owns /w/** for POST: GET there get 405, not route 'all'"],
+        [("a", "GET", "/w/1", "w", "all")],
+    ),
+    (
+        "leaf-under-own-tail",
+        [
+            RouteSpec("admin", "/admin", GET),
+            RouteSpec("guard", "/admin/**", frozenset({"GET", "POST"})),
+            RouteSpec("all", "/**"),
+        ],
+        [
+            "route 'admin' owns /admin for GET: POST there get 405, not route 'guard'",
+            "route 'guard' owns /admin/** for GET, POST: DELETE, OPTIONS, PATCH, PUT, TRACE there get 405, not "
+            "route 'all'",
+        ],
+        [("a", "POST", "/admin", "admin", "guard"), ("a", "DELETE", "/admin/x", "guard", "all")],
+    ),
+    # A broader {param} sibling: the static segment is tried first and owns the path.
+    (
+        "param-sibling",
+        [RouteSpec("me", "/users/me", GET), RouteSpec("user", "/users/{id}", frozenset({"GET", "DELETE"}))],
+        ["route 'me' owns /users/me for GET: DELETE there get 405, not route 'user'"],
+        [("a", "DELETE", "/users/me", "me", "user")],
+    ),
+    (
+        "param-sibling-deeper",
+        [
+            RouteSpec("acme-repos", "/orgs/acme/repos", GET),
+            RouteSpec("repos", "/orgs/{org}/repos", frozenset({"GET", "POST"})),
+        ],
+        ["route 'acme-repos' owns /orgs/acme/repos for GET: POST there get 405, not route 'repos'"],
+        [("a", "POST", "/orgs/acme/repos", "acme-repos", "repos")],
+    ),
+    (
+        "param-sibling-tail",
+        [RouteSpec("me", "/users/me", GET), RouteSpec("user-tree", "/users/{id}/**")],
+        [f"route 'me' owns /users/me for GET: {EVERY_BUT_GET} there get 405, not route 'user-tree'"],
+        [("a", "POST", "/users/me", "me", "user-tree")],
+    ),
+    (
+        "crossed-params-name-the-overlap",
+        [RouteSpec("b-any", "/a/b/{y}", GET), RouteSpec("any-c", "/a/{x}/c", frozenset({"GET", "PUT"}))],
+        ["route 'b-any' owns /a/b/c for GET: PUT there get 405, not route 'any-c'"],
+        [("a", "PUT", "/a/b/c", "b-any", "any-c")],
+    ),
+    (
+        "each-route-of-the-other-template",
+        [
+            RouteSpec("me", "/users/me", GET),
+            RouteSpec("user-read", "/users/{id}", GET),
+            RouteSpec("user-put", "/users/{id}", frozenset({"PUT"})),
+            RouteSpec("user-delete", "/users/{id}", frozenset({"DELETE"})),
+        ],
+        [
+            "route 'me' owns /users/me for GET: DELETE there get 405, not route 'user-delete'",
+            "route 'me' owns /users/me for GET: PUT there get 405, not route 'user-put'",
+        ],
+        [("a", "DELETE", "/users/me", "me", "user-delete"), ("a", "PUT", "/users/me", "me", "user-put")],
+    ),
+    (
+        "nearer-route-decides",  # without 'me', POST /users/me is 405 from 'user': 'me' takes nothing from 'all'
+        [RouteSpec("me", "/users/me", GET), RouteSpec("user", "/users/{id}", GET), RouteSpec("all", "/**")],
+        [f"route 'user' owns /users/{{}} for GET: {EVERY_BUT_GET} there get 405, not route 'all'"],
+        [("a", "POST", "/users/7", "user", "all")],
+    ),
+    (
+        "overlap-owned-by-a-third",  # /a/b/c is the only path both match, and it is 'c''s
+        [
+            RouteSpec("c", "/a/b/c"),
+            RouteSpec("b-any", "/a/b/{y}", GET),
+            RouteSpec("any-c", "/a/{x}/c", frozenset({"GET", "PUT"})),
+        ],
+        [],
+        [],
+    ),
+    (
+        "param-sibling-any-method",
+        [RouteSpec("me", "/users/me"), RouteSpec("user", "/users/{id}", frozenset({"GET", "DELETE"}))],
+        [],
+        [],
+    ),
+    (
+        "head-follows-get",
+        [RouteSpec("me", "/users/me", GET), RouteSpec("user", "/users/{id}", frozenset({"GET", "HEAD"}))],
+        [],
+        [],
+    ),
+    ("param-sibling-other-depth", [RouteSpec("me-x", "/users/me/x", GET), RouteSpec("user", "/users/{id}")], [], []),
+    # A host route's warning names its hosts.
+    (
+        "within-one-host",
+        [RouteSpec("admin", "/admin", GET, API), RouteSpec("api-site", "/**", hosts=API)],
+        [f"route 'admin' owns /admin on api.example.com for GET: {EVERY_BUT_GET} there get 405, not route 'api-site'"],
+        [("api.example.com", "POST", "/admin", "admin", "api-site")],
+    ),
+]
+_NAMED = re.compile(r"route '([^']+)' owns .* not route '([^']+)'$")
+
+
+@pytest.mark.parametrize(("routes", "warnings", "probes"), [c[1:] for c in SHADOWS], ids=[c[0] for c in SHADOWS])
+def test_shadowed_names_each_405_that_hides_the_next_route(
+    routes: list[RouteSpec], warnings: list[str], probes: list[tuple[str, str, str, str, str]]
+) -> None:
+    assert shadowed(Router(routes)) == warnings
+    named = [m.groups() for m in map(_NAMED.match, warnings) if m]
+    assert sorted(set(named)) == sorted({(owner, other) for *_, owner, other in probes})  # each one is shown
+    for host, method, path, owner, other in probes:
+        found = Router(routes).match(host, path, method)
+        assert isinstance(found, NoRoute)
+        assert found.status == 405
+        without = Router([r for r in routes if r.id != owner]).match(host, path, method)
+        assert not isinstance(without, NoRoute)
+        assert without[0] == other
+
+
+def test_shadowed_names_the_overlap_as_folded_when_routing_ignores_case() -> None:
+    routes = [RouteSpec("me", "/Users/Me", GET), RouteSpec("user", "/users/{id}", frozenset({"GET", "DELETE"}))]
+    assert shadowed(Router(routes, fold_case=True)) == [
+        "route 'me' owns /users/me for GET: DELETE there get 405, not route 'user'"
+    ]
+    assert shadowed(Router(routes)) == []  # /Users/Me and /users/me are different paths
