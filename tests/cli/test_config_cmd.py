@@ -161,3 +161,21 @@ def test_check_warns_where_a_route_takes_methods_from_a_broader_one(tmp_path: Pa
     assert "warning:" in result.output
     assert "route 'login' owns /login for POST: DELETE, GET, OPTIONS, PATCH, PUT, TRACE there get 405" in result.output
     assert "not route 'site'" in result.output
+
+
+def test_check_warns_where_a_host_route_hides_an_any_host_route(tmp_path: Path) -> None:
+    """A host's routes answer its requests first, a 405 included: POST /admin on that host never reaches the
+    any-host route that allows it. The warning names the host as requests are compared (lower-case, no dot)."""
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "routes:\n"
+        "  - {id: admin, match: {path: /admin, methods: [GET], host: API.Example.com.}, upstream: 'http://a',\n"
+        "     stages: [{use: anonymous}]}\n"
+        "  - {id: admin-any, match: {path: /admin, methods: [GET, POST]}, upstream: 'http://a',\n"
+        "     stages: [{use: anonymous}]}\n"
+    )
+    result = CliRunner().invoke(cli, ["config", "check", str(path)])
+    assert result.exit_code == 0, result.output
+    assert (
+        "route 'admin' owns /admin on api.example.com for GET: POST there get 405, not route 'admin-any'"
+    ) in result.output

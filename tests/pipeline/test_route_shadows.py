@@ -115,12 +115,93 @@ SHADOWS = [
         [],
     ),
     ("param-sibling-other-depth", [RouteSpec("me-x", "/users/me/x", GET), RouteSpec("user", "/users/{id}")], [], []),
-    # A host route's warning names its hosts.
+    # A host's routes are tried first; a 405 from them is the answer, not a miss that falls through to the
+    # wildcard-host and any-host routes.
+    (
+        "host-route-over-any-host-tail",
+        [RouteSpec("admin", "/admin", GET, API), RouteSpec("site", "/**")],
+        [f"route 'admin' owns /admin on api.example.com for GET: {EVERY_BUT_GET} there get 405, not route 'site'"],
+        [("api.example.com", "POST", "/admin", "admin", "site")],
+    ),
+    (
+        "host-route-over-any-host-route",
+        [RouteSpec("admin", "/admin", GET, API), RouteSpec("admin-any", "/admin", frozenset({"GET", "POST"}))],
+        ["route 'admin' owns /admin on api.example.com for GET: POST there get 405, not route 'admin-any'"],
+        [("api.example.com", "POST", "/admin", "admin", "admin-any")],
+    ),
+    (
+        "wildcard-host-over-any-host",
+        [
+            RouteSpec("tenant-admin", "/admin", GET, ("*.example.com",)),
+            RouteSpec("admin-any", "/admin", frozenset({"GET", "POST"})),
+        ],
+        ["route 'tenant-admin' owns /admin on *.example.com for GET: POST there get 405, not route 'admin-any'"],
+        [("acme.example.com", "POST", "/admin", "tenant-admin", "admin-any")],
+    ),
+    (
+        "exact-host-over-wildcard-host",
+        [
+            RouteSpec("api-admin", "/admin", GET, API),
+            RouteSpec("tenant-admin", "/admin", frozenset({"GET", "DELETE"}), ("*.example.com",)),
+        ],
+        ["route 'api-admin' owns /admin on api.example.com for GET: DELETE there get 405, not route 'tenant-admin'"],
+        [("api.example.com", "DELETE", "/admin", "api-admin", "tenant-admin")],
+    ),
+    (
+        "longer-wildcard-over-shorter",
+        [
+            RouteSpec("api-admin", "/admin", GET, ("*.api.example.com",)),
+            RouteSpec("tenant-admin", "/admin", frozenset({"GET", "POST"}), ("*.example.com",)),
+        ],
+        ["route 'api-admin' owns /admin on *.api.example.com for GET: POST there get 405, not route 'tenant-admin'"],
+        [("eu.api.example.com", "POST", "/admin", "api-admin", "tenant-admin")],
+    ),
+    (
+        "hosts-named-together",
+        [
+            RouteSpec("admin", "/admin", GET, ("a.example.com", "b.example.com")),
+            RouteSpec("admin-any", "/admin", frozenset({"GET", "POST"})),
+        ],
+        [
+            "route 'admin' owns /admin on a.example.com, b.example.com for GET: POST there get 405, not route "
+            "'admin-any'"
+        ],
+        [
+            ("a.example.com", "POST", "/admin", "admin", "admin-any"),
+            ("b.example.com", "POST", "/admin", "admin", "admin-any"),
+        ],
+    ),
     (
         "within-one-host",
         [RouteSpec("admin", "/admin", GET, API), RouteSpec("api-site", "/**", hosts=API)],
         [f"route 'admin' owns /admin on api.example.com for GET: {EVERY_BUT_GET} there get 405, not route 'api-site'"],
         [("api.example.com", "POST", "/admin", "admin", "api-site")],
+    ),
+    (
+        "host-nearer-route-decides",
+        [RouteSpec("admin", "/admin", GET, API), RouteSpec("api-site", "/**", GET, API), RouteSpec("site", "/**")],
+        [f"route 'api-site' owns /** on api.example.com for GET: {EVERY_BUT_GET} there get 405, not route 'site'"],
+        [("api.example.com", "POST", "/x", "api-site", "site")],
+    ),
+    ("host-route-other-path", [RouteSpec("admin", "/admin", GET, API), RouteSpec("public", "/public/**")], [], []),
+    ("host-route-any-method", [RouteSpec("admin", "/admin", hosts=API), RouteSpec("site", "/**")], [], []),
+    (
+        "any-host-route-lacks-it-too",
+        [RouteSpec("admin", "/admin", GET, API), RouteSpec("admin-any", "/admin", GET)],
+        [],
+        [],
+    ),
+    (
+        "apex-is-not-under-its-wildcard",
+        [RouteSpec("apex", "/admin", GET, ("example.com",)), RouteSpec("tenant", "/admin", hosts=("*.example.com",))],
+        [],
+        [],
+    ),
+    (
+        "any-host-route-under-a-host-route",  # the host's requests never reach it; the others never see the host's
+        [RouteSpec("admin-any", "/admin", GET), RouteSpec("api-site", "/**", hosts=API)],
+        [],
+        [],
     ),
 ]
 _NAMED = re.compile(r"route '([^']+)' owns .* not route '([^']+)'$")

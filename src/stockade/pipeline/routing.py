@@ -274,11 +274,14 @@ class Router:
             self._case_routes = frozenset(r.id for r in routes if r.path.lower() in folded._case_only)
 
     def host_groups(self) -> list[tuple[str | None, list[_Node]]]:
-        """Each host group (an exact host, `*.suffix`, or None for any host) with the roots of the tries whose
-        order its route shadow warnings follow: for now, its own trie's."""
-        groups: list[tuple[str | None, list[_Node]]] = [(None, [self._any.root])] if self._any else []
-        groups += [(f"*{suffix}", [trie.root]) for suffix, trie in self._wild]
-        groups += [(host, [trie.root]) for host, trie in self._exact.items()]
+        """Each host group (an exact host, `*.suffix`, or None for any host) with the roots of the tries that a
+        request for it walks, in `_match_exact`'s order: the first that matches the path answers, 405 included."""
+        anyhost = [self._any.root] if self._any else []
+        groups: list[tuple[str | None, list[_Node]]] = [(None, anyhost)] if anyhost else []
+        for suffix, _ in self._wild:  # a host under '*.api.example.com' is under '*.example.com' too
+            groups.append((f"*{suffix}", [t.root for s, t in self._wild if suffix.endswith(s)] + anyhost))
+        for host, trie in self._exact.items():
+            groups.append((host, [trie.root] + [t.root for s, t in self._wild if host.endswith(s)] + anyhost))
         return groups
 
     def match(self, host: str, path: str, method: str) -> tuple[str, dict[str, str]] | NoRoute:
