@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from stockade.pipeline.route_shadows import shadowed
 from stockade.pipeline.routing import NoRoute, Router, RouteSpec
@@ -229,3 +232,50 @@ def test_shadowed_names_the_overlap_as_folded_when_routing_ignores_case() -> Non
         "route 'me' owns /users/me for GET: DELETE there get 405, not route 'user'"
     ]
     assert shadowed(Router(routes)) == []  # /Users/Me and /users/me are different paths
+
+
+_HOSTS = [None, ("h.x.com",), ("*.x.com",)]
+# Every path over the tables' literals and one other segment, one segment deeper than any template: beyond that,
+# only `/**` routes match, as they do one segment shorter.
+_PATHS = ["/" + "/".join(p) for n in range(5) for p in itertools.product(["a", "b", "z"], repeat=n)]
+_PARTS = re.compile(r"route '([^']+)' owns \S+(?: on (.+))? for .+: (.+) there get 405, not route '([^']+)'$")
+
+
+@st.composite
+def _tables(draw: st.DrawFn) -> list[RouteSpec]:
+    routes = []
+    for i in range(draw(st.integers(2, 5))):
+        segs = [
+            f"{{p{j}}}" if s == "{}" else s
+            for j, s in enumerate(draw(st.lists(st.sampled_from(["a", "b", "{}"]), max_size=3)))
+        ]
+        path = "/" + "/".join([*segs, "**"] if not segs or draw(st.booleans()) else segs)
+        methods = draw(st.none() | st.frozensets(st.sampled_from(["GET", "POST", "DELETE"]), min_size=1))
+        routes.append(RouteSpec(f"r{i}", path, methods, draw(st.sampled_from(_HOSTS))))
+    assume(len({(re.sub(r"\{\w+\}", "{}", r.path), r.hosts) for r in routes}) == len(routes))  # one route each
+    return routes
+
+
+@settings(max_examples=150, deadline=None)
+@given(_tables())
+def test_shadowed_names_exactly_what_the_router_does(routes: list[RouteSpec]) -> None:
+    """Against the router itself: route X is named as taking method M from route Y on X's hosts exactly when some
+    request with M is 405 and, were X not configured, would reach Y."""
+    router = Router(routes)
+    named: set[tuple[str, str, str, str | None]] = set()
+    for warning in shadowed(router):
+        parts = _PARTS.match(warning)
+        assert parts is not None, warning
+        owner, hosts, lost, other = parts.groups()
+        for method, host in itertools.product(lost.split(", "), hosts.split(", ") if hosts else [None]):
+            named.add((owner, method, other, host))
+    taken: set[tuple[str, str, str, str | None]] = set()
+    for x in routes:
+        without = Router([r for r in routes if r is not x])
+        for host, path, method in itertools.product(["h.x.com", "z.x.com", "other"], _PATHS, ["GET", "POST", "PATCH"]):
+            found = router.match(host, path, method)
+            if isinstance(found, NoRoute) and found.status == 405:
+                instead = without.match(host, path, method)
+                if not isinstance(instead, NoRoute):
+                    taken.add((x.id, method, instead[0], x.hosts[0] if x.hosts else None))
+    assert {n for n in named if n[1] in ("GET", "POST", "PATCH")} == taken
