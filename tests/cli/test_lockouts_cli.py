@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from stockade.cli import cli
 from stockade.clock import SYSTEM_CLOCK
 from stockade.config.loader import load_config
 from stockade.ratelimit.backend import LockoutRule
+from stockade.security.keys import username_key
 from stockade.stages.ratelimit.brute_force import hash_username
 from stockade.storage import storage_from_url
 from stockade.storage.records import AdminChange
@@ -20,9 +22,13 @@ from tests.ratelimit.redisutil import fresh_redis_url
 LOCK = LockoutRule(free_failures=0, lockout_after=1, backoff_base=1, backoff_max=1, lockout_seconds=600, window=600)
 
 
-def write_config(tmp_path: Path, storage: str) -> Path:
+PEPPER = b"\x05" * 32
+
+
+def write_config(tmp_path: Path, storage: str, secrets: str = "{pepper_file: pepper}") -> Path:
+    (tmp_path / "pepper").write_text(base64.b64encode(PEPPER).decode())
     path = tmp_path / "stockade.yaml"
-    path.write_text(f'limits_storage: "{storage}"\nroutes: []\n')
+    path.write_text(f'limits_storage: "{storage}"\nsecrets: {secrets}\nroutes: []\n')
     return path
 
 
@@ -41,7 +47,7 @@ def lock(url: str, *subjects: str) -> None:
 def test_list_and_clear_lockouts(tmp_path: Path) -> None:
     url = fresh_redis_url()
     config = str(write_config(tmp_path, url))
-    user = f"user:{hash_username('alice@example.com')}"
+    user = f"user:{hash_username(username_key(PEPPER), 'alice@example.com')}"  # as the gateway counts it
     lock(url, "ip:203.0.113.5", user, "ip:2001:db8:1:2::/64", "id:abc")
     runner = CliRunner()
     listed = runner.invoke(cli, ["lockouts", "list", "--config", config])
@@ -103,3 +109,11 @@ def test_unreachable_redis_is_reported(tmp_path: Path) -> None:
     config = str(write_config(tmp_path, closed_port_url()))
     result = CliRunner().invoke(cli, ["lockouts", "list", "--config", config])
     assert result.exit_code == 1 and "limits backend unavailable" in result.output
+
+
+def test_clear_by_username_needs_the_gateways_pepper_and_makes_none(tmp_path: Path) -> None:
+    """The subject is keyed with the pepper: a CLI that generated one would compute a subject nothing has."""
+    config = str(write_config(tmp_path, "redis://127.0.0.1:1/0", secrets="{}"))
+    result = CliRunner().invoke(cli, ["lockouts", "clear", "--username", "alice", "--config", config])
+    assert result.exit_code == 2 and "pepper does not exist" in result.output and "gateway's pepper" in result.output
+    assert not (tmp_path / ".stockade").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 import pytest
@@ -96,3 +97,18 @@ def test_ids_are_public_shaped_and_unique() -> None:
 def test_identity_hash_is_keyed_and_short() -> None:
     a = keys.identity_hash(PEPPER, "key_1")
     assert len(a) == 24 and a != keys.identity_hash(b"z" * 32, "key_1") and "key_1" not in a
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["alice@example.com", "ceo@example.com", "", "ren\u00e9", "5551234"],
+    ids=["email", "another", "empty", "non-ascii", "digits"],
+)
+def test_username_hash_is_keyed_with_the_pepper(name: str) -> None:
+    """It was SHA-256 of the name: whoever could list lockouts confirmed guessed usernames offline."""
+    h = keys.username_hash(keys.username_key(PEPPER), name)
+    assert len(h) == 32 and (not name or name not in h)
+    assert h != keys.username_hash(keys.username_key(b"z" * 32), name)  # another pepper, another subject
+    assert h != hashlib.sha256(b"stockade-login:" + name.encode()).hexdigest()[:32]  # the old unkeyed form
+    assert h != keys.hash_secret(PEPPER, name)[:32]  # a derived key: not the pepper's own HMAC of it
+    assert h == keys.username_hash(keys.username_key(PEPPER), name)  # stable: lockouts are found again

@@ -23,8 +23,7 @@ from stockade.storage import audit, storage_from_url
 T = TypeVar("T")
 
 
-def _run(ctx: click.Context, config_path: str | None, op: Callable[[LimiterBackend, LoadedConfig], Awaitable[T]]) -> T:
-    loaded = load_or_exit(resolve_config_path(ctx, config_path))
+def _run(loaded: LoadedConfig, op: Callable[[LimiterBackend, LoadedConfig], Awaitable[T]]) -> T:
     url = loaded.config.limits_storage
     if not url.startswith(("redis://", "rediss://")):
         click.echo(
@@ -52,9 +51,25 @@ def _run(ctx: click.Context, config_path: str | None, op: Callable[[LimiterBacke
         sys.exit(3)
 
 
+def _username_subject(loaded: LoadedConfig, username: str) -> str:
+    """`user:<keyed hash>`, with the pepper the gateway uses (read, never generated: a new one matches nothing)."""
+    from stockade.security.keys import username_key
+    from stockade.security.secrets import SecretsError, load_pepper
+    from stockade.stages.ratelimit.brute_force import hash_username
+
+    try:
+        pepper = load_pepper(loaded.config.secrets, loaded.base_dir)
+    except SecretsError as exc:
+        why = "--username needs the gateway's pepper (usernames are counted keyed with it)"
+        click.echo(f"error: {exc}: {why}", err=True)
+        sys.exit(2)
+    return f"user:{hash_username(username_key(pepper), username)}"
+
+
 @click.group("lockouts")
 def lockouts_group() -> None:
-    """List and lift brute-force lockouts (subjects are `ip:<address>`, `id:<hash>` or `user:<hash>`)."""
+    """List and lift brute-force lockouts (subjects are `ip:<address>`, `id:<hash>` or `user:<hash>`; the hashes
+    are keyed with the pepper)."""
 
 
 @lockouts_group.command("list")
@@ -65,7 +80,7 @@ def list_cmd(ctx: click.Context, config_path: str | None, as_json: bool) -> None
     """Subjects backing off or locked out right now."""
     from stockade.admin.lockouts import lockout_json
 
-    items = _run(ctx, config_path, lambda b, _: b.lockouts())
+    items = _run(load_or_exit(resolve_config_path(ctx, config_path)), lambda b, _: b.lockouts())
     now = SYSTEM_CLOCK.time()
     rows = [lockout_json(lk, now) for lk in items]
     if as_json:
@@ -84,7 +99,7 @@ def list_cmd(ctx: click.Context, config_path: str | None, as_json: bool) -> None
 @config_option
 @click.argument("subject", required=False)
 @click.option("--ip", help="Lift the lockout of this client address (IPv6: its /64, the default grouping).")
-@click.option("--username", help="Lift the lockout of this login-route username.")
+@click.option("--username", help="Lift the lockout of this login-route username (needs the gateway's pepper).")
 @click.option("--all", "everything", is_flag=True, help="Lift every lockout.")
 @click.pass_context
 def clear_cmd(
@@ -95,19 +110,22 @@ def clear_cmd(
     username: str | None,
     everything: bool,
 ) -> None:
-    """Lift the lockout of SUBJECT (as `lockouts list` shows it), of --ip, of --username, or --all."""
-    from stockade.stages.ratelimit.brute_force import hash_username
+    """Lift the lockout of SUBJECT (as `lockouts list` shows it), of --ip, of --username, or --all.
 
+    --username reads the gateway's pepper (STOCKADE_PEPPER, else `secrets.pepper_file` or .stockade/pepper next
+    to the config) and never generates one.
+    """
     chosen = [x for x in (subject, ip, username) if x] + (["all"] if everything else [])
     if len(chosen) != 1:
         raise click.UsageError("give exactly one of SUBJECT, --ip, --username or --all")
+    loaded = load_or_exit(resolve_config_path(ctx, config_path))
     if ip is not None:
         addr = parse_ip(ip)
         if addr is None:
             raise click.BadParameter(f"{ip!r} is not an IP address", param_hint="--ip")
         subject = f"ip:{IpGrouper(64)(str(addr))}"
     elif username is not None:
-        subject = f"user:{hash_username(username)}"
+        subject = _username_subject(loaded, username)
     target = None if everything else subject
 
     async def clear(backend: LimiterBackend, loaded: LoadedConfig) -> int:
@@ -121,8 +139,9 @@ def clear_cmd(
                 await store.close()
         return cleared
 
-    cleared = _run(ctx, config_path, clear)
+    cleared = _run(loaded, clear)
     if target is not None and not cleared:
-        click.echo(f"{target}: no lockout", err=True)
+        hint = " (is this the gateway's pepper? usernames are counted keyed with it)" if username else ""
+        click.echo(f"{target}: no lockout{hint}", err=True)
         sys.exit(1)
     click.echo(f"cleared {cleared} lockout{'s' if cleared != 1 else ''}")

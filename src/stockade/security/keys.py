@@ -1,4 +1,5 @@
-"""API key format (`stk_<env>_<random><checksum>`), public ids, and the keyed hash every stored secret gets.
+"""API key format (`stk_<env>_<random><checksum>`), public ids, and the keyed hashes (stored secrets, identities,
+login usernames).
 
 A key is `stk_`, an environment label, `_`, 43 base62 characters of randomness (256 bits from `secrets`) and
 6 base62 characters of CRC32 over everything before them. The fixed prefix lets secret scanners find leaked
@@ -131,6 +132,22 @@ def pepper_check(pepper: bytes) -> str:
 def identity_hash(pepper: bytes, identifier: str) -> str:
     """A short keyed hash of a public identifier, for `ctx.state[AUTH_IDENTITY]` (failure counting)."""
     return hmac.digest(pepper, b"identity:" + identifier.encode(), "sha256")[:12].hex()
+
+
+USERNAME_KEY_PURPOSE = b"stockade:login-username"
+
+
+def username_key(pepper: bytes) -> bytes:
+    """The key login usernames are hashed with, derived from the pepper: its outputs never share an input space
+    with the pepper's own HMACs (stored key, token and secret hashes). Derive it once, not per request."""
+    return hmac.digest(pepper, USERNAME_KEY_PURPOSE, "sha256")
+
+
+def username_hash(key: bytes, username: str) -> str:
+    """128 bits of HMAC-SHA256(`username_key(pepper)`, username): what a login username is counted under. Keyed,
+    so whoever can list lockouts (a viewer admin token, Redis read access) cannot confirm a guessed username by
+    hashing it offline - an unkeyed hash of an email address is no secret."""
+    return hmac.digest(key, username.encode("utf-8"), "sha256")[:16].hex()
 
 
 def fingerprint(secret: bytes) -> bytes:

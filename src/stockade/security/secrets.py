@@ -170,6 +170,14 @@ def load_secrets(config: SecretsConfig, base_dir: Path, env: Mapping[str, str] |
     return Secrets(parse_pepper(pepper_text, pepper_where), parse_keks(kek_text, kek_where))
 
 
+def load_pepper(config: SecretsConfig, base_dir: Path, env: Mapping[str, str] | None = None) -> bytes:
+    """The pepper alone, never generated: for tools that must find what a gateway already keyed with it (a new
+    pepper would match nothing). Raises SecretsError."""
+    env = os.environ if env is None else env
+    text = _material(env.get(PEPPER_ENV), config.pepper_file, "pepper", base_dir, False, "")
+    return parse_pepper(text, PEPPER_ENV if env.get(PEPPER_ENV) else "the pepper file")
+
+
 def shared_secrets(services: Services) -> Secrets:
     """The process's secrets (`services.shared["secrets"]`), loaded on first use from `services.config.secrets`."""
     found = services.shared.get(SHARED_KEY)

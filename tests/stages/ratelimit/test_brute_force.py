@@ -4,12 +4,22 @@ the login-route mode counting upstream 401/403 per username, and lockouts shared
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
+import hashlib
+from pathlib import Path
 
 import orjson
 import pytest
 
+from stockade.clock import FakeClock
+from stockade.config.loader import load_config_text
+from stockade.errors import ConfigError
+from stockade.pipeline.stage import Services
 from stockade.ratelimit.backend import SHARED_KEY, LimiterBackend
+from stockade.runtime import build_runtime
+from stockade.security.keys import username_key
+from stockade.security.secrets import shared_secrets
 from stockade.stages.ratelimit.brute_force import UnreadableLoginError, hash_username, username
 from stockade.testing import Reply, TestGateway, gateway_with_upstream
 from tests.ratelimit.redisutil import fresh_redis_url
@@ -40,6 +50,11 @@ def answer(gw: TestGateway, headers: dict[str, str], path: str = "/items") -> tu
 
 def backend(gw: TestGateway) -> LimiterBackend:
     return gw.services.shared[SHARED_KEY]  # type: ignore[no-any-return]
+
+
+def user_subject(gw: TestGateway, name: str) -> str:
+    """The lockout subject `name` is counted under by this gateway (keyed with its pepper)."""
+    return f"user:{hash_username(username_key(shared_secrets(gw.services).pepper), name)}"
 
 
 def test_identity_backs_off_then_locks_and_answers_the_same_for_right_and_wrong() -> None:
@@ -129,7 +144,7 @@ def test_login_route_counts_upstream_401_per_username() -> None:
         up.reply("/login", Reply(200, [("Content-Type", "application/json")], b"{}"))
         assert login(gw, "bob@example.com")[0] == 200  # other accounts log in
         assert login(gw, "alice@example.com") == (429, "auth.locked_out")  # even with the right password
-        assert asyncio.run(backend(gw).clear(f"user:{hash_username('alice@example.com')}")) == 1
+        assert asyncio.run(backend(gw).clear(user_subject(gw, "alice@example.com"))) == 1
         assert login(gw, "alice@example.com")[0] == 200
 
 
@@ -142,6 +157,35 @@ def test_login_route_403_counts_and_success_resets() -> None:
         up.reply("/login", Reply(403))
         assert login(gw, "carol@example.com")[0] == 403  # the success forgot the first failure: still free
         assert login(gw, "carol@example.com")[0] == 403
+
+
+def test_login_subjects_are_keyed_with_the_gateways_pepper(tmp_path: Path) -> None:
+    """They were SHA-256 of the folded username: anyone who could list lockouts (a viewer admin token, Redis read
+    access) confirmed guessed usernames offline."""
+    subjects = []
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "pepper").write_text(base64.b64encode(name.encode() * 16).decode())
+        text = "secrets: {pepper_file: pepper}\n" + LOGIN
+        with gateway_with_upstream(text, base_dir=tmp_path / name) as (gw, up):
+            up.reply("/login", Reply(401))
+            assert [login(gw, "ceo@example.com")[0] for _ in range(3)] == [401, 401, 429]
+            [lockout] = asyncio.run(backend(gw).lockouts())
+            assert lockout.subject == user_subject(gw, "CEO@example.com ")
+            subjects.append(lockout.subject)
+    unkeyed = hashlib.sha256(b"stockade-login:ceo@example.com").hexdigest()[:32]
+    assert subjects[0] != subjects[1] and unkeyed not in subjects[0] and unkeyed not in subjects[1]
+
+
+def test_a_login_route_needs_the_pepper_and_config_check_reads_none(tmp_path: Path) -> None:
+    text = LOGIN.replace("{upstream}", "http://127.0.0.1:9") + "secrets: {generate: false}\n"
+    loaded = load_config_text(text, base_dir=tmp_path, env={})
+    with pytest.raises(ConfigError) as info:  # at load, not on the first login: the pepper file does not exist
+        build_runtime(loaded, Services(clock=FakeClock()))
+    [problem] = info.value.problems
+    assert "route 'login'" in problem and "brute_force" in problem and "pepper does not exist" in problem
+    build_runtime(loaded, Services(clock=FakeClock(), dry_run=True))  # `config check`: throwaway material
+    assert not (tmp_path / ".stockade").exists()
 
 
 BAD = UnreadableLoginError  # the expected "result" of a body the gateway must refuse (400 brute_force.bad_login)
@@ -210,6 +254,9 @@ def test_username_extraction(body: bytes, ctype: str, field: str, expected: str 
         assert username(body, ctype, field) == expected
 
 
+KEY = username_key(b"p" * 32)
+
+
 @pytest.mark.parametrize(
     "variant",
     [
@@ -224,11 +271,11 @@ def test_username_extraction(body: bytes, ctype: str, field: str, expected: str 
     ],
 )
 def test_username_variants_are_one_identity(variant: str) -> None:
-    assert hash_username(variant) == hash_username("victim")
+    assert hash_username(KEY, variant) == hash_username(KEY, "victim")
 
 
 def test_different_usernames_stay_different() -> None:
-    assert len({hash_username(n) for n in ["victim", "victim2", "vict im", "victim.", "v1ctim"]}) == 5
+    assert len({hash_username(KEY, n) for n in ["victim", "victim2", "vict im", "victim.", "v1ctim"]}) == 5
 
 
 @pytest.mark.parametrize(
