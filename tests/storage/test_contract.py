@@ -243,6 +243,40 @@ def test_signing_keys_activate_retires_previous(store: Store) -> None:
         run(store.activate_signing_key("k9", retire_not_after=T0, actor=ACTOR, at=T0))
 
 
+RESEALED = b"stk1.k2.\x00\x02resealed"
+
+
+@pytest.mark.parametrize(
+    ("kid", "expected", "replaced"),
+    [
+        ("sig_a", b"stk1.k1.\x00\x01sealed", True),
+        ("sig_a", b"stk1.k1.\x00\x01other", False),  # changed since it was read (another reseal got there first)
+        ("sig_gone", b"stk1.k1.\x00\x01sealed", False),  # deleted by rotation meanwhile
+    ],
+    ids=["as-read", "changed-since", "gone"],
+)
+def test_signing_key_reseal_replaces_only_the_envelope_it_read(
+    store: Store, kid: str, expected: bytes, replaced: bool
+) -> None:
+    """A KEK rotation re-seals each private key under the new KEK: the same key, so only the envelope changes,
+    and only if nobody changed it since it was read."""
+    run(store.add_signing_key(signing("sig_a", "active"), actor=ACTOR, at=T0))
+    seq = run(store.current_change_seq())
+    assert run(store.reseal_signing_key(kid, RESEALED, expected=expected, actor=ACTOR, at=T0 + 5)) is replaced
+    [key] = run(store.list_signing_keys())
+    assert dataclasses.replace(key, private_key=b"") == dataclasses.replace(signing("sig_a", "active"), private_key=b"")
+    assert key.private_key == (RESEALED if replaced else b"stk1.k1.\x00\x01sealed")
+    changes = run(store.list_admin_changes(limit=1))
+    feed = run(store.changes_since(seq)).changes
+    if not replaced:
+        assert changes[0].action == "signing_key.add" and feed == ()
+        return
+    [change] = changes
+    assert (change.actor, change.action, change.target, change.at) == (ACTOR, "signing_key.reseal", "sig_a", T0 + 5)
+    assert dict(change.detail) == {"from_kek": "k1", "to_kek": "k2"}  # KEK ids only, never an envelope
+    assert [(c.kind, c.ref) for c in feed] == [("signing_key", "sig_a")]
+
+
 # -- revoked tokens ----------------------------------------------------------------------------------------------
 
 

@@ -29,6 +29,14 @@ class CryptoError(StockadeError):
     code = "crypto.error"
 
 
+def kek_id(envelope: bytes) -> str:
+    """The id of the KEK an envelope is sealed under (its header: not secret). Raises CryptoError."""
+    parts = envelope.split(b".", 2)
+    if len(parts) != 3 or parts[0] != VERSION or not parts[1]:
+        raise CryptoError("not a sealed envelope")
+    return parts[1].decode("ascii", "replace")
+
+
 class Keyring:
     """KEKs by id; `active` seals. Never logs or exposes key material."""
 
@@ -67,10 +75,7 @@ class Keyring:
         return header + nonce + self._aead[self.active].encrypt(nonce, plaintext, header + aad)
 
     def kid_of(self, envelope: bytes) -> str:
-        parts = envelope.split(b".", 2)
-        if len(parts) != 3 or parts[0] != VERSION or not parts[1]:
-            raise CryptoError("not a sealed envelope")
-        return parts[1].decode("ascii", "replace")
+        return kek_id(envelope)
 
     def open(self, envelope: bytes, *, aad: bytes = b"") -> bytes:
         kid = self.kid_of(envelope)

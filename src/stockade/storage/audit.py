@@ -71,6 +71,13 @@ def signing_key_added(k: SigningKey) -> Entry:
     return signing_key("add", k.kid, alg=k.alg, state=k.state)
 
 
+def signing_key_resealed(kid: str, old: bytes, new: bytes) -> Entry:
+    """The private key sealed anew under another KEK (a KEK rotation): the KEK ids, never the envelopes."""
+    from stockade.security.crypto import kek_id
+
+    return signing_key("reseal", kid, from_kek=kek_id(old), to_kek=kek_id(new))
+
+
 def token_revoked(jti: str, expires_at: float) -> Entry:
     return Entry("token.revoke", jti, {"expires_at": expires_at}, "revoked_token", jti)
 

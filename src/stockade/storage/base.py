@@ -99,6 +99,10 @@ class SigningKeyStore(Protocol):
 
     async def retire_signing_key(self, kid: str, *, not_after: float, actor: str, at: float) -> None: ...
     async def delete_signing_key(self, kid: str, *, actor: str, at: float) -> None: ...
+    async def reseal_signing_key(self, kid: str, private_key: bytes, *, expected: bytes, actor: str, at: float) -> bool:
+        """Replace `kid`'s sealed private key by `private_key` (the same key sealed under another KEK) if it still
+        is `expected`; False if the key is gone or was changed since it was read."""
+        ...
 
 
 class RevocationStore(Protocol):

@@ -230,6 +230,15 @@ class MemoryStore:
                 raise NotFoundError(f"no signing key {kid!r}")
             self._record(audit.signing_key("delete", kid), actor, at)
 
+    async def reseal_signing_key(self, kid: str, private_key: bytes, *, expected: bytes, actor: str, at: float) -> bool:
+        with self._lock:
+            key = self._signing.get(kid)
+            if key is None or key.private_key != expected:
+                return False
+            self._signing[kid] = dataclasses.replace(key, private_key=private_key)
+            self._record(audit.signing_key_resealed(kid, expected, private_key), actor, at)
+            return True
+
     # -- revoked tokens ----------------------------------------------------------------------------------------
 
     async def revoke_token(self, jti: str, *, expires_at: float, actor: str, at: float) -> bool:

@@ -102,6 +102,21 @@ class SqlAuthMixin:
 
         await self.engine.write(run)
 
+    async def reseal_signing_key(self, kid: str, private_key: bytes, *, expected: bytes, actor: str, at: float) -> bool:
+        def run(tx: Tx) -> bool:
+            # One conditional UPDATE: a concurrent reseal of the same row makes this one match nothing (PostgreSQL
+            # re-checks the WHERE once the other commits), never write over what the other wrote.
+            row = tx.one(
+                "UPDATE signing_keys SET private_key = ? WHERE kid = ? AND private_key = ? RETURNING kid",
+                (base64.b64encode(private_key).decode(), kid, base64.b64encode(expected).decode()),
+            )
+            if row is None:
+                return False
+            record(tx, audit.signing_key_resealed(kid, expected, private_key), actor, at)
+            return True
+
+        return await self.engine.write(run)
+
     # -- revoked tokens ----------------------------------------------------------------------------------------
 
     async def revoke_token(self, jti: str, *, expires_at: float, actor: str, at: float) -> bool:
