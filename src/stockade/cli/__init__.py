@@ -13,6 +13,7 @@ from stockade.cli.consumers import consumers_group
 from stockade.cli.keys import keys_group
 from stockade.cli.lockouts import lockouts_group
 from stockade.cli.openapi import openapi_group
+from stockade.cli.secrets import secrets_group
 from stockade.cli.serve import serve
 
 
@@ -46,6 +47,7 @@ cli.add_command(clients_group)
 cli.add_command(admin_group)
 cli.add_command(lockouts_group)
 cli.add_command(openapi_group)
+cli.add_command(secrets_group)
 
 
 def main() -> None:

@@ -18,9 +18,9 @@ from stockade.clock import SYSTEM_CLOCK
 from stockade.errors import StorageError
 from stockade.identity.service import IdentityService, InvalidInput
 from stockade.security.crypto import CryptoError
-from stockade.security.secrets import SecretsError, load_secrets, verify_with_store
+from stockade.security.secrets import Secrets, SecretsError, load_secrets, verify_with_store
 from stockade.storage import storage_from_url
-from stockade.storage.base import ConflictError, NotFoundError
+from stockade.storage.base import ConflictError, NotFoundError, Store
 
 T = TypeVar("T")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)")
@@ -55,18 +55,32 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 def with_service(ctx: click.Context, config_path: str | None, work: Callable[[IdentityService], Awaitable[T]]) -> T:
     """Open the configured store and secrets, run `work`, close the store; errors become messages and exit codes."""
+    return with_store(
+        ctx, config_path, lambda store, s: work(IdentityService(store, s.pepper, SYSTEM_CLOCK, cli_actor()))
+    )
+
+
+def with_store(
+    ctx: click.Context,
+    config_path: str | None,
+    work: Callable[[Store, Secrets], Awaitable[T]],
+    *,
+    generate: bool = True,
+) -> T:
+    """`with_service` for commands that need the store and the secrets themselves. `generate=False`: missing secret
+    files are an error, never made (re-sealing under a KEK made up on the spot would lose the keys)."""
     loaded = load_or_exit(resolve_config_path(ctx, config_path))
+    config = loaded.config.secrets if generate else loaded.config.secrets.model_copy(update={"generate": False})
     try:
-        secrets = load_secrets(loaded.config.secrets, loaded.base_dir)
+        secrets = load_secrets(config, loaded.base_dir)
         store = storage_from_url(loaded.config.storage, base_dir=loaded.base_dir)
     except (SecretsError, StorageError) as exc:
         fail(str(exc), 2)
-    service = IdentityService(store, secrets.pepper, SYSTEM_CLOCK, cli_actor())
 
     async def go() -> T:
         try:
             await verify_with_store(secrets, store, SYSTEM_CLOCK.time())
-            return await work(service)
+            return await work(store, secrets)
         finally:
             await store.close()
 
