@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from stockade.security.crypto import CryptoError
 from stockade.security.jose import MAX_LEEWAY
 from stockade.security.jwk import PrivateKey, parse_jwk, public_jwk
 from stockade.security.jwks import KeySet
@@ -99,7 +100,20 @@ class SigningKeys:
         if active is None:
             self._signer = None
         elif self._signer is None or self._signer[0] != active.kid:
-            pem = self.keyring.open(active.private_key, aad=active.kid.encode())
+            try:
+                pem = self.keyring.open(active.private_key, aad=active.kid.encode())
+            except CryptoError as exc:
+                # No signer: the token endpoint answers 503 (not a 500 per request), and verification goes on with
+                # the public keys. Start-up refuses this state (security/envelopes.py); it arises here only from a
+                # key another node sealed under a KEK this one lacks, or a store unreachable at start-up.
+                self._signer = None
+                log.error(
+                    "signing key %s cannot be opened, no tokens can be issued: %s; load that KEK again after the "
+                    "active one and run `stockade secrets reseal`",
+                    active.kid,
+                    exc,
+                )
+                return
             key = serialization.load_pem_private_key(pem, password=None)
             self._signer = (active.kid, active.alg, key)  # type: ignore[assignment]
 

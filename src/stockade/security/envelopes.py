@@ -2,7 +2,8 @@
 
 Today one kind of record holds envelopes: token signing keys (their private halves, `aad` = kid). API keys, admin
 tokens and client secrets are keyed hashes, not envelopes: a KEK rotation does not touch them. A new kind of sealed
-field joins `ENVELOPE_KINDS`, so that `stockade secrets reseal` covers it.
+field joins `ENVELOPE_KINDS`, so that both the start-up check (`secrets.verify_store_secrets`) and `stockade secrets
+reseal` cover it.
 """
 
 from __future__ import annotations

@@ -221,16 +221,21 @@ async def verify_with_store(secrets: Secrets, store: SecretCheckStore, at: float
 
 
 async def verify_store_secrets(services: Services) -> None:
-    """At start-up, if the runtime uses the store: `verify_with_store`, as a config error. A store that cannot be
-    reached now is not a reason to refuse to start (requests that need it fail closed on their own)."""
+    """At start-up, if the runtime uses the store: `verify_with_store`, and every live envelope in the store must
+    be sealed under a loaded KEK, as config errors. Without the second check, dropping an old KEK before its
+    envelopes were re-sealed started cleanly and reported ready while no token could be signed. A store that cannot
+    be reached now is not a reason to refuse to start (requests that need it fail closed on their own)."""
     from stockade.errors import ConfigError, StorageError
+    from stockade.security.envelopes import check_loaded, live_envelopes
     from stockade.storage import SHARED_KEY as STORE_KEY
     from stockade.storage import shared_store
 
     if services.dry_run or STORE_KEY not in services.shared:
         return
+    material, store, now = shared_secrets(services), shared_store(services), services.clock.time()
     try:
-        await verify_with_store(shared_secrets(services), shared_store(services), services.clock.time())
+        await verify_with_store(material, store, now)
+        check_loaded(await live_envelopes(store, now), material.keyring)
     except SecretsError as exc:
         raise ConfigError([f"secrets: {exc}"]) from None
     except StorageError as exc:
