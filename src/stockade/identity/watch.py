@@ -44,6 +44,7 @@ class ChangeWatcher:
         self.last_ok = float("-inf")
         self._subscribers: list[Subscriber] = []
         self._jobs: list[tuple[float, Job]] = []
+        self._due: list[float] = []  # monotonic, per job
         self._task: asyncio.Task[None] | None = None
         self._poll_lock: asyncio.Lock | None = None
         self._lock_loop: asyncio.AbstractEventLoop | None = None
@@ -52,8 +53,10 @@ class ChangeWatcher:
         self._subscribers.append(callback)
 
     def every(self, seconds: float, job: Job) -> None:
-        """Run `job` about every `seconds` on the poll task (exceptions are logged, never raised)."""
+        """Run `job` about every `seconds` on the poll task (exceptions are logged, never raised). A job may be added
+        while the task runs (a reload that builds the first stage needing it)."""
         self._jobs.append((seconds, job))
+        self._due.append(self.clock.monotonic() + seconds)
 
     def fresh(self, max_age: float) -> bool:
         return self.clock.monotonic() - self.last_ok <= max_age
@@ -107,7 +110,6 @@ class ChangeWatcher:
         return self.seq
 
     async def _run(self) -> None:
-        due = [self.clock.monotonic() + seconds for seconds, _ in self._jobs]
         failures = 0
         while True:
             try:
@@ -121,8 +123,8 @@ class ChangeWatcher:
                     log.error("cannot read the change feed: %s", exc, extra={"store": self.store.url})
             now = self.clock.monotonic()
             for i, (seconds, job) in enumerate(self._jobs):
-                if now >= due[i]:
-                    due[i] = now + seconds
+                if now >= self._due[i]:
+                    self._due[i] = now + seconds
                     await self._run_job(job)
             await asyncio.sleep(self.interval)
 
