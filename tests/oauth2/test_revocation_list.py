@@ -4,14 +4,25 @@ for as long as any verifier could still accept it."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import gc
+import itertools
+import logging
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from stockade.clock import FakeClock
+from stockade.errors import StorageError
 from stockade.identity.watch import ChangeWatcher
-from stockade.oauth2.revocation import RevokedJtis, revoked_jtis
+from stockade.oauth2.clients import disable_client, new_client
+from stockade.oauth2.revocation import MAX_STALE, RevokedJtis, revoked_jtis
+from stockade.storage.base import Store
 from stockade.storage.memory import MemoryStore
-from stockade.storage.records import RevokedToken
+from stockade.storage.records import ChangeBatch, OAuthClient, RevokedToken
 from stockade.testing import TestGateway
 from tests.oauth2.flow import basic, call_books, create_client, get_token, oauth_gateway, post_form
 
@@ -60,3 +71,167 @@ def test_a_revoked_token_stays_revoked_through_the_leeway_after_it_expires() -> 
         assert call_books(gw, token)[0] == 401
         with TestGateway(config.read_text(), loop=gw.bg, base_dir=Path(tmp), clock=gw.clock) as fresh:
             assert call_books(fresh, token)[0] == 401  # a worker started now
+
+
+class FlakyClients(MemoryStore):
+    """A memory store whose client reads fail while `down`: a PostgreSQL thread whose pooled connection a server
+    restart broke answers the first query after it with an error, though the feed query on another thread works."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.error: type[Exception] = StorageError
+        self.reads = 0
+
+    async def get_client(self, client_id: str) -> OAuthClient:
+        self.reads += 1
+        if self.down:
+            raise self.error("server closed the connection unexpectedly")
+        return await super().get_client(client_id)
+
+
+async def _disable(store: Store, client: OAuthClient, clock: FakeClock) -> None:
+    await disable_client(store, client.client_id, actor="cli:x", at=clock.time())
+
+
+async def _rename(store: Store, client: OAuthClient, clock: FakeClock) -> None:
+    await store.update_client(dataclasses.replace(client, name="renamed"), actor="cli:x", at=clock.time())
+
+
+async def _delete(store: Store, client: OAuthClient, clock: FakeClock) -> None:
+    await store.delete_client(client.client_id, actor="cli:x", at=clock.time())
+
+
+CLIENT_CHANGES = [
+    # (change, the error the re-read meets, disabled once the store answers again)
+    (_disable, StorageError, True),
+    (_rename, StorageError, False),
+    (_delete, StorageError, True),
+    (_disable, ValueError, True),  # anything a re-read raises keeps the client refused; nothing dies unseen
+    (_rename, ValueError, False),
+]
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "disabled_after"),
+    CLIENT_CHANGES,
+    ids=["disable", "rename", "delete", "disable-odd-error", "rename-odd-error"],
+)
+def test_a_client_change_whose_reread_fails_is_refused_until_a_reread_succeeds(
+    change: Callable[[Store, OAuthClient, FakeClock], Awaitable[None]],
+    error: type[Exception],
+    disabled_after: bool,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The re-read a `client` change starts failed (PostgreSQL restarted: the thread's pooled connection was dead):
+    the task died unseen, the watcher had moved past the change, and a revoked client's tokens kept verifying until
+    the hourly reload."""
+    unretrieved: list[dict[str, Any]] = []
+
+    async def go() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, context: unretrieved.append(context))
+        clock, store = FakeClock(), FlakyClients()
+        client, _ = new_client(name="c", scopes=["a"], auth_method="client_secret_basic", pepper=b"p" * 32, now=0.0)
+        await store.create_client(client, actor="cli:x", at=clock.time())
+        watcher = ChangeWatcher(store, clock)
+        revoked = RevokedJtis(store, watcher, clock)
+        await revoked.load()
+        assert client.client_id not in revoked.disabled_clients
+        await change(store, client, clock)
+        store.down, store.error = True, error
+        await watcher.poll()  # the change arrives: refused from now on, whatever the re-read it starts finds
+        assert client.client_id in revoked.disabled_clients
+        await revoked.settle()  # that re-read failed
+        assert client.client_id in revoked.disabled_clients
+        reads = store.reads
+        for _ in range(3):  # the feed goes on (it has moved past the change), the store is still failing
+            clock.advance(watcher.interval)
+            await watcher.poll()
+            await revoked.retry()
+            await revoked.settle()
+        assert client.client_id in revoked.disabled_clients
+        assert 1 <= store.reads - reads <= 2  # retried with a back-off while failing, not on every poll
+        store.down = False
+        clock.advance(MAX_STALE)  # at most this long after the store answers again, a retry reads the client
+        await revoked.retry()
+        await revoked.settle()
+        assert (client.client_id in revoked.disabled_clients) == disabled_after
+        reads = store.reads
+        clock.advance(MAX_STALE)
+        await revoked.retry()
+        await revoked.settle()
+        assert store.reads == reads  # settled: nothing left to read
+        gc.collect()
+
+    with caplog.at_level(logging.WARNING, logger="stockade"):
+        asyncio.run(go())
+    assert unretrieved == []
+    failures = [r for r in caplog.records if "cannot re-read" in r.getMessage()]
+    recoveries = [r for r in caplog.records if "re-read again" in r.getMessage()]
+    assert (len(failures), len(recoveries)) == (1, 1)  # once per state, not per attempt
+    assert failures[0].levelno == logging.ERROR
+
+
+def test_a_reread_back_off_is_bounded() -> None:
+    """While the store keeps failing, each retry waits twice as long as the last, but never more than MAX_STALE:
+    a client whose change was harmless is refused at most that long after the store is back."""
+
+    async def go() -> list[float]:
+        clock, store = FakeClock(), FlakyClients()
+        client, _ = new_client(name="c", scopes=["a"], auth_method="client_secret_basic", pepper=b"p" * 32, now=0.0)
+        await store.create_client(client, actor="cli:x", at=clock.time())
+        watcher = ChangeWatcher(store, clock)
+        revoked = RevokedJtis(store, watcher, clock)
+        await revoked.load()
+        await _rename(store, client, clock)
+        store.down = True
+        await watcher.poll()
+        await revoked.settle()
+        started, reads, at = clock.monotonic(), store.reads, []
+        while clock.monotonic() - started < 60:
+            clock.advance(watcher.interval)
+            await revoked.retry()
+            await revoked.settle()
+            if store.reads != reads:
+                reads = store.reads
+                at.append(clock.monotonic() - started)
+        return [b - a for a, b in itertools.pairwise([0.0, *at])]
+
+    gaps = asyncio.run(go())
+    assert gaps[:4] == [0.5, 1.0, 2.0, 4.0]
+    assert set(gaps[4:]) == {MAX_STALE}
+
+
+def test_a_truncated_feed_whose_reload_fails_is_not_trusted_until_a_reload_succeeds() -> None:
+    """A truncated batch (history pruned past this worker, or a store restored) means changes were missed; the
+    reload it started could fail just as silently, and the list then said it was fresh while missing them."""
+    unretrieved: list[dict[str, Any]] = []
+
+    async def go() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, context: unretrieved.append(context))
+        clock, store = FakeClock(), MemoryStore()
+        watcher = ChangeWatcher(store, clock)
+        revoked = RevokedJtis(store, watcher, clock)
+        await revoked.load()
+        await store.revoke_token("jti-missed", expires_at=clock.time() + 600, actor="client:x", at=clock.time())
+        original = store.list_revoked_tokens
+        down = True
+
+        async def listing(now: float) -> list[RevokedToken]:
+            if down:
+                raise StorageError("connection refused")
+            return await original(now)
+
+        store.list_revoked_tokens = listing  # type: ignore[method-assign]
+        revoked._on_changes(ChangeBatch((), 1, truncated=True))  # the feed lost what came before
+        await revoked.settle()
+        assert (revoked.fresh(), "jti-missed" in revoked) == (False, False)
+        down = False
+        clock.advance(MAX_STALE)
+        await revoked.retry()
+        await revoked.settle()
+        assert (revoked.fresh(), "jti-missed" in revoked) == (True, True)
+        gc.collect()
+
+    asyncio.run(go())
+    assert unretrieved == []

@@ -4,11 +4,18 @@ The `jwt` stage asks `jti in revoked` on every request for issuers that honour r
 is filled once from the store, then every `revoked_token` change (from this or any worker, the CLI or the admin
 API) is added as it arrives on the feed, well within a second. A feed silent for longer than MAX_STALE is not
 trusted: the stage then catches up before accepting a token.
+
+A `client` change names a client without saying what changed, so the client is re-read. From the moment the change
+arrives until a re-read succeeds, the client counts as disabled (fail closed): a re-read that fails (a database
+restart breaks pooled connections) is retried on the watcher's cadence with a back-off of at most MAX_STALE, and
+logged once when reads start failing and once when they work again. A truncated feed (changes were missed) makes
+the list untrusted until a reload succeeds, retried the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING
 
 from stockade.storage.base import NotFoundError
@@ -20,9 +27,14 @@ if TYPE_CHECKING:
     from stockade.storage.base import Store
     from stockade.storage.records import ChangeBatch
 
+log = logging.getLogger("stockade.oauth2")
+
 SHARED_KEY = "oauth2.revoked_jtis"
 MAX_STALE = 5.0
 RELOAD_INTERVAL = 3600.0  # drop entries whose tokens expired by reloading the live set
+# A failed catch-up is retried after the watcher's interval, doubling, at most MAX_STALE: a client whose change was
+# harmless is refused at most that long after the store answers again.
+MAX_BACKOFF = MAX_STALE
 
 
 class RevokedJtis:
@@ -34,15 +46,22 @@ class RevokedJtis:
         self.clock = clock
         self._jtis: set[str] = set()
         self.disabled_clients: set[str] = set()  # tokens of a revoked (disabled) client stop verifying too
-        self._pending: set[asyncio.Task[None]] = set()
         self.loaded = False
-        self._reload_task: asyncio.Task[None] | None = None
+        # Clients a change named that no re-read has answered for yet (each with the change's seq): all of them
+        # are in disabled_clients meanwhile.
+        self._unsure: dict[str, int] = {}
+        self._reload_due = False  # a truncated feed: reload before trusting the list again
+        self._catch_up_task: asyncio.Task[None] | None = None
+        self._failures = 0
+        self._retry_at = float("-inf")  # monotonic: no catch-up attempt before this after a failure
+        self._closed = False
         # While a load awaits the store, what the feed brings meanwhile is noted here too, so the load's older
         # snapshot does not overwrite it (a revocation would otherwise be lost until the next reload).
         self._arrived: set[str] | None = None
         self._clients_seen: set[str] | None = None
         watcher.subscribe(self._on_changes)
         watcher.every(RELOAD_INTERVAL, self.load)
+        watcher.every(watcher.interval, self.retry)
 
     def __contains__(self, jti: object) -> bool:
         return jti in self._jtis
@@ -75,7 +94,7 @@ class RevokedJtis:
                 disabled.add(client_id)
             else:
                 disabled.discard(client_id)
-        self.disabled_clients = disabled
+        self.disabled_clients = disabled | self._unsure.keys()
         self.loaded = True
 
     def add(self, jti: str) -> None:
@@ -89,17 +108,65 @@ class RevokedJtis:
             if change.kind == "revoked_token":
                 self.add(change.ref)
             elif change.kind == "client":
-                task = asyncio.get_running_loop().create_task(self._client_changed(change.ref))
-                self._pending.add(task)
-                task.add_done_callback(self._pending.discard)
-        if batch.truncated and (self._reload_task is None or self._reload_task.done()):
-            self._reload_task = asyncio.get_running_loop().create_task(self.load())
+                self.disabled_clients.add(change.ref)  # it may have been disabled: refused until a re-read says not
+                self._unsure[change.ref] = change.seq
+        if batch.truncated:
+            self.loaded = False  # changes were missed: not fresh, and the next load keeps what is known
+            self._reload_due = True
+        if self._unsure or self._reload_due:
+            self._retry_at = float("-inf")  # the feed just answered: try at once
+            self._start_catch_up()
 
-    async def _client_changed(self, client_id: str) -> None:
+    async def retry(self) -> None:
+        """The watcher's job, on its cadence: start a catch-up that a failure left pending once its back-off is over."""
+        if (self._unsure or self._reload_due) and self.clock.monotonic() >= self._retry_at:
+            self._start_catch_up()
+
+    def _start_catch_up(self) -> None:
+        task = self._catch_up_task
+        if not self._closed and (task is None or task.done()):
+            self._catch_up_task = asyncio.get_running_loop().create_task(self._catch_up())
+
+    async def _catch_up(self) -> None:
+        """Reload if the feed was truncated, then re-read every client a change named. Never raises: a failure
+        leaves those clients disabled (and the list untrusted) and sets when to try again."""
+        try:
+            if self._reload_due:
+                self._reload_due = False
+                try:
+                    await self.load()
+                except BaseException:
+                    self._reload_due = True
+                    raise
+            while self._unsure:
+                for client_id, seq in list(self._unsure.items()):
+                    await self._reread(client_id, seq)
+        except Exception as exc:  # the store is down, or answered something unreadable: stay closed, try later
+            self._failures += 1
+            backoff = self.watcher.interval * 2 ** min(self._failures - 1, 16)
+            self._retry_at = self.clock.monotonic() + min(backoff, MAX_BACKOFF)
+            if self._failures == 1:
+                log.error(
+                    "cannot re-read OAuth clients or revocations after a change (%s: %s): clients %s are refused "
+                    "until a re-read succeeds",
+                    type(exc).__name__,
+                    exc,
+                    ", ".join(sorted(self._unsure)) or "(none)",
+                    extra={"store": self.store.url},
+                )
+            return
+        if self._failures:
+            log.warning("OAuth clients and revocations re-read again", extra={"store": self.store.url})
+        self._failures = 0
+
+    async def _reread(self, client_id: str, seq: int) -> None:
         try:
             client = await self.store.get_client(client_id)
         except NotFoundError:
             client = None  # deleted: its tokens must not outlive it
+        if self._unsure.get(client_id) != seq:
+            return  # a newer change arrived during the read: read it again
+        del self._unsure[client_id]
         if client is None or client.disabled_at is not None:
             self.disabled_clients.add(client_id)
         else:
@@ -108,10 +175,17 @@ class RevokedJtis:
             self._clients_seen.add(client_id)
 
     async def settle(self) -> None:
-        """Wait for the re-reads the change feed has triggered (a client's state, a reload) to finish."""
-        while self._pending or (self._reload_task is not None and not self._reload_task.done()):
-            tasks = [*self._pending, *([self._reload_task] if self._reload_task is not None else [])]
-            await asyncio.gather(*tasks, return_exceptions=True)
+        """Wait for the catch-up the change feed has triggered (clients re-read, a reload) to finish, or fail."""
+        while (task := self._catch_up_task) is not None and not task.done():
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        """Stop catching up (Services.close())."""
+        self._closed = True
+        task, self._catch_up_task = self._catch_up_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 def revoked_jtis(services: Services) -> RevokedJtis:
