@@ -4,7 +4,9 @@ revocation through `jti`, client revocation, RFC 6749 §5.2 errors, JWKS and RFC
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from stockade.cli import cli
+from stockade.errors import StorageError
+from stockade.oauth2.clients import ASSERTION_TYPE
 from stockade.security import jose
 from stockade.testing import TestGateway, TestUpstream
 from tests.oauth2.flow import (
@@ -338,3 +342,97 @@ def test_the_decision_log_says_why_a_client_was_refused(tmp_path: Path, who: str
         gw.flush_log()
     (line,) = [json.loads(raw) for raw in log_path.read_text().splitlines() if '"/oauth2/token"' in raw]
     assert line["detail"].endswith(why)
+
+
+@contextlib.contextmanager
+def store_down(gw: TestGateway, calls: tuple[str, ...]) -> Iterator[None]:
+    """The gateway's store fails these calls, as a database that went away does."""
+    store = gw.services.shared["store"]
+
+    async def unreachable(*_args: object, **_kw: object) -> None:
+        raise StorageError("postgresql: connection refused")
+
+    for name in calls:
+        setattr(store, name, unreachable)
+    try:
+        yield
+    finally:
+        for name in calls:
+            delattr(store, name)
+
+
+@pytest.mark.parametrize(
+    ("path", "auth", "calls"),
+    [
+        ("/oauth2/token", "basic", ("get_client",)),
+        ("/oauth2/token", "post", ("get_client",)),
+        ("/oauth2/token", "post-unknown", ("get_client",)),
+        ("/oauth2/token", "assertion", ("use_once",)),
+        ("/oauth2/token", "basic", ("list_signing_keys",)),  # the first token needs the first signing key
+        ("/oauth2/revoke", "basic", ("get_client",)),
+        ("/oauth2/revoke", "basic", ("revoke_token",)),
+    ],
+    ids=[
+        "token-basic",
+        "token-post",
+        "token-unknown-client",
+        "token-assertion",
+        "token-first-key",
+        "revoke-client",
+        "revoke-write",
+    ],
+)
+def test_a_store_outage_is_temporarily_unavailable_and_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, path: str, auth: str, calls: tuple[str, ...]
+) -> None:
+    """A store failure escaped the token endpoint: 500 handler.error and two tracebacks in the log for every request,
+    unauthenticated ones too. RFC 6749 has `temporarily_unavailable` for it; the log says it once per outage."""
+    with oauth_gateway(tmp_path) as (gw, _up, config):
+        client_id, secret = create_client(config, "--name", "c", "--scopes", "books:read")
+        assert secret is not None
+        signer_id, keys = assertion_client(config, tmp_path)
+        token = get_token(gw, client_id, secret) if path == "/oauth2/revoke" else ""
+
+        def attempt() -> tuple[int, dict[str, str], dict[str, object]]:
+            form = {"grant_type": "client_credentials"} if path == "/oauth2/token" else {"token": token}
+            if auth == "basic":
+                return post_form(gw, path, form, basic(client_id, secret))
+            if auth == "assertion":
+                assertion = client_assertion(keys, signer_id, gw.clock.time())
+                return post_form(
+                    gw, path, {**form, "client_assertion_type": ASSERTION_TYPE, "client_assertion": assertion}
+                )
+            who = client_id if auth == "post" else "cl_nobody"
+            return post_form(gw, path, {**form, "client_id": who, "client_secret": secret})
+
+        with caplog.at_level(logging.INFO, logger="stockade"), store_down(gw, calls):
+            answers = [attempt() for _ in range(5)]
+        assert [(status, doc.get("error")) for status, _, doc in answers] == [(503, "temporarily_unavailable")] * 5
+        assert all(headers["cache-control"] == "no-store" for _, headers, _ in answers)
+        assert not [r for r in caplog.records if r.exc_info]  # no traceback for an outage
+        down = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(down) == 1 and "connection refused" in down[0].getMessage()
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="stockade"):
+            status = attempt()[0]
+        # Only a request that succeeds says the store is back: refused ones in between cannot make the log flap.
+        assert status == (401 if auth == "post-unknown" else 200)
+        back = sum("store answers again" in r.getMessage() for r in caplog.records)
+        assert back == (0 if auth == "post-unknown" else 1)
+
+
+def test_the_jwks_endpoint_during_a_store_outage_is_503_without_a_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before its first signing key a worker reads the store to publish the JWKS: unauthenticated GETs during an
+    outage were 500 handler.error with a traceback each."""
+    with oauth_gateway(tmp_path) as (gw, _up, _config):
+        with caplog.at_level(logging.INFO, logger="stockade"), store_down(gw, ("list_signing_keys",)):
+            answers = [gw.request("GET", "/.well-known/jwks.json") for _ in range(3)]
+        assert [(status, orjson.loads(body)["reason"]) for status, _, body in answers] == [
+            (503, "auth.unavailable")
+        ] * 3
+        assert not [r for r in caplog.records if r.exc_info]
+        assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1
+        status, _, body = gw.request("GET", "/.well-known/jwks.json")
+        assert status == 200 and len(orjson.loads(body)["keys"]) == 1

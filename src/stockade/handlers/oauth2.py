@@ -45,7 +45,7 @@ class JwksHandler(_OAuth2Handler):
     id: ClassVar[str] = "oauth2_jwks"
 
     async def handle(self, ctx: RequestContext) -> LocalResponse:
-        return await self.server.jwks()
+        return await self.server.jwks(ctx)
 
 
 class MetadataHandler(_OAuth2Handler):

@@ -1,5 +1,9 @@
 """The token endpoint (client_credentials, RFC 6749 §4.4) issuing RFC 9068 JWT access tokens, RFC 7009
-revocation honoured through `jti`, the published JWKS and RFC 8414 metadata."""
+revocation honoured through `jti`, the published JWKS and RFC 8414 metadata.
+
+A store that fails is `503 temporarily_unavailable`, logged when the failures start and when a request succeeds
+again, never per request: the endpoints take unauthenticated requests, which must not become log volume.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +14,17 @@ from urllib.parse import parse_qsl
 
 import orjson
 
+from stockade.errors import StorageError
 from stockade.handlers.base import LocalResponse
 from stockade.oauth2.clients import ASSERTION_ALGS, SUPPORTED_METHODS, ClientAuthenticator, OAuthError
 from stockade.pipeline.context import BodyTooLargeError
 from stockade.pipeline.headers import DuplicateHeaderError
+from stockade.pipeline.local import problem
 from stockade.pipeline.runner import Pipeline
 from stockade.pipeline.verdict import Deny
 from stockade.security import jose
 from stockade.security.jwk import thumbprint_sha256
+from stockade.storage.base import ConflictError, NotFoundError
 
 if TYPE_CHECKING:
     from stockade.config.oauth2 import OAuth2Server
@@ -68,6 +75,18 @@ class TokenServer:
             types=frozenset({"at+jwt"}),
         )
         self.metadata_body = orjson.dumps(metadata(cfg))
+        self._store_failing = False  # since a store call failed, until a request succeeds again
+
+    def _unavailable(self, exc: StorageError) -> OAuthError:
+        if not self._store_failing:
+            self._store_failing = True
+            log.error("token endpoint: the store failed (%s): 503 temporarily_unavailable until it answers", exc)
+        return OAuthError("temporarily_unavailable", "try again later", status=503, log=f"store: {exc}")
+
+    def _answered(self) -> None:
+        if self._store_failing:
+            self._store_failing = False
+            log.warning("token endpoint: the store answers again")
 
     # -- /oauth2/token -----------------------------------------------------------------------------------------
 
@@ -91,6 +110,11 @@ class TokenServer:
                 raise OAuthError("temporarily_unavailable", "no signing key", status=503)
         except OAuthError as exc:
             return self._error(ctx, exc)
+        except (NotFoundError, ConflictError):
+            raise  # not an outage: a fault of ours, answered 500
+        except StorageError as exc:
+            return self._error(ctx, self._unavailable(exc))
+        self._answered()
         kid, alg, key = signer
         now = int(self.clock.time())
         aud: str | list[str] = self.cfg.audiences[0] if len(self.cfg.audiences) == 1 else list(self.cfg.audiences)
@@ -120,13 +144,20 @@ class TokenServer:
 
     async def revoke(self, ctx: RequestContext) -> LocalResponse:
         try:
-            form, authorization = await _form(ctx)
-            client = await self.auth.authenticate(form, authorization)
-            token = form.get("token")
-            if not token:
-                raise OAuthError("invalid_request", "the token parameter is required")
+            return await self._revoke(ctx)
         except OAuthError as exc:
             return self._error(ctx, exc)
+        except (NotFoundError, ConflictError):
+            raise  # not an outage: a fault of ours, answered 500
+        except StorageError as exc:
+            return self._error(ctx, self._unavailable(exc))
+
+    async def _revoke(self, ctx: RequestContext) -> LocalResponse:
+        form, authorization = await _form(ctx)
+        client = await self.auth.authenticate(form, authorization)
+        token = form.get("token")
+        if not token:
+            raise OAuthError("invalid_request", "the token parameter is required")
         now = self.clock.time()
         try:
             parsed = jose.parse(token)
@@ -137,10 +168,12 @@ class TokenServer:
         except jose.JoseError as exc:
             # RFC 7009 §2.2: an invalid, expired or foreign token is answered like a revoked one (200).
             ctx.detail = f"nothing revoked: {exc.code}"
+            self._answered()
             return LocalResponse(200, list(_NO_STORE))
         jti = parsed.claims.get("jti")
         if parsed.claims.get("client_id") != client.client_id or not isinstance(jti, str):
             ctx.detail = f"nothing revoked: token not issued to {client.client_id}"
+            self._answered()
             return LocalResponse(200, list(_NO_STORE))
         # Kept until the token is past every verifier's leeway: a worker loading the list just after `exp` must
         # still know it (the jwt stage accepts a token up to exp + leeway).
@@ -148,14 +181,22 @@ class TokenServer:
         await self.store.revoke_token(jti, expires_at=expires_at, actor=f"client:{client.client_id}", at=now)
         self.revoked.add(jti)
         ctx.detail = f"revoked {jti} for {client.client_id}"
+        self._answered()
         return LocalResponse(200, list(_NO_STORE))
 
     # -- published documents -----------------------------------------------------------------------------------
 
-    async def jwks(self) -> LocalResponse:
+    async def jwks(self, ctx: RequestContext) -> LocalResponse:
         self.signing.serving()
         if self.signing.signer() is None:
-            await self.signing.maintain(self.cfg)  # publish a key before the first token needs it
+            try:
+                await self.signing.maintain(self.cfg)  # publish a key before the first token needs it
+            except (NotFoundError, ConflictError):
+                raise
+            except StorageError as exc:
+                unavailable = self._unavailable(exc)
+                Pipeline.deny(ctx, "oauth2", Deny(503, "auth.unavailable", detail=unavailable.log))
+                return problem(503, "auth.unavailable", ctx.request_id)
         headers = [
             ("content-type", "application/jwk-set+json"),
             ("cache-control", f"public, max-age={self.cfg.jwks_max_age}"),
