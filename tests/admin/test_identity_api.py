@@ -130,6 +130,20 @@ def test_admin_key_lifecycle_and_change_log_names_the_token(admin: Admin) -> Non
 
 
 @pytest.mark.parametrize(
+    ("given", "status"),
+    [(" {key}", 200), ("{key}\n", 200), ("{key}x", 404), ('"{key}"', 404)],
+    ids=["leading-space", "trailing-newline", "extra-char", "quoted"],
+)
+def test_admin_revoke_by_key_takes_whitespace_and_never_echoes_the_key(admin: Admin, given: str, status: int) -> None:
+    """POST /keys/revoke {"key": " KEY"} was looked up as an id, and the 404's detail repeated the key."""
+    op = admin.tokens["operator"]
+    key = admin.call("POST", "/keys", op, {"consumer": "alice"})[1]["key"]
+    got, doc, _ = admin.call("POST", "/keys/revoke", op, {"key": given.format(key=key)})
+    assert got == status
+    assert key not in orjson.dumps(doc).decode() and key[9:20] not in orjson.dumps(doc).decode()
+
+
+@pytest.mark.parametrize(
     ("method", "path", "body", "status"),
     [
         ("POST", "/keys", {"scopes": ["a"]}, 400),

@@ -64,10 +64,35 @@ def test_keys_revoke_by_key_and_by_id(config: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("given", "revoked"),
+    [
+        (" {key}", True),  # pasted with the space before it: the gateway accepts it so, so revoke must find it
+        ("{key} ", True),
+        ("\t{key}\n", True),
+        ('"{key}"', False),  # not a key the gateway accepts: not found, and never repeated back
+        ("{key}x", False),
+        ("X-API-Key: {key}", False),
+    ],
+    ids=["leading-space", "trailing-space", "tab-newline", "quoted", "extra-char", "header-line"],
+)
+def test_keys_revoke_takes_a_key_with_whitespace_and_never_echoes_one(config: Path, given: str, revoked: bool) -> None:
+    """`keys revoke " KEY"` looked the key up as an id: "no API key ' stk_live_...'", the whole key on stderr, and
+    the key left valid."""
+    key = last_line(invoke("--config", str(config), "keys", "create", "--consumer", "alice"))
+    result = invoke("--config", str(config), "keys", "revoke", given.format(key=key))
+    assert key not in result.stderr and key[9:20] not in result.stderr
+    statuses = invoke("--config", str(config), "keys", "list", "--json").stdout
+    if revoked:
+        assert result.exit_code == 0 and '"status":"revoked"' in statuses
+    else:
+        assert result.exit_code == 1 and "no API key" in result.stderr and '"status":"active"' in statuses
+
+
+@pytest.mark.parametrize(
     ("args", "code", "message"),
     [
         (["keys", "revoke", "key_doesnotexist00"], 1, "no API key"),
-        (["keys", "revoke", keys.generate("live")], 1, "no such API key"),
+        (["keys", "revoke", keys.generate("live")], 1, "no API key matches the key given"),
         (["keys", "create", "--consumer", "bad name!"], 1, "name must be"),
         (["keys", "create", "--consumer", "alice", "--ttl", "soon"], 2, "not a duration"),
         (["keys", "create", "--consumer", "alice", "--env", "admin"], 1, "reserved"),

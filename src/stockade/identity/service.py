@@ -140,13 +140,19 @@ class IdentityService:
         return record, secret
 
     async def find_key(self, key_or_id: str) -> ApiKey:
-        """A key by its id (`key_...`) or by the key itself (hashed for the lookup)."""
-        if key_or_id.startswith(keys.PREFIX + "_"):
-            found = await self.store.find_api_key(keys.hash_secret(self._pepper, key_or_id.strip()))
+        """A key by its id (`key_...`) or by the key itself (hashed for the lookup), surrounding whitespace ignored
+        as the gateway ignores it. What was given is repeated in an error only if it has the shape of an id: a
+        key pasted with something around it is still a secret."""
+        ref = key_or_id.strip()
+        if ref.startswith(keys.PREFIX + "_"):
+            found = await self.store.find_api_key(keys.hash_secret(self._pepper, ref))
             if found is None:
-                raise NotFoundError("no such API key")
+                raise NotFoundError("no API key matches the key given")
             return found
-        return await self.store.get_api_key(key_or_id)
+        try:
+            return await self.store.get_api_key(ref)
+        except NotFoundError:
+            raise NotFoundError(f"no API key {keys.shown_id(ref)}") from None
 
     async def list_keys(self, consumer: str | None = None) -> list[ApiKey]:
         consumer_id = (await self.store.get_consumer(consumer)).id if consumer else None
