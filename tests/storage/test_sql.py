@@ -131,6 +131,7 @@ def test_storage_from_url_rejects(url: str, message: str) -> None:
         ("postgresql://u:pa#SECRET@h:5432/db?x=1", "postgresql://u:***@h:5432/db?x=1"),
         ("postgresql://u:pa/SECRET@h/db", "postgresql://u:***@h/db"),
         ("postgresql://u:pa@SECRET@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://u:pa?SECRET@h/db?x=1", "postgresql://u:***@h/db?x=1"),  # libpq reads `?` there as password
         ("redis://:SECRET@h:6379/0", "redis://:***@h:6379/0"),
         ("sqlite:///.stockade/stockade.db", "sqlite:///.stockade/stockade.db"),
     ],

@@ -44,12 +44,13 @@ def scheme_of(url: str) -> str:
 
 def mask_url(url: str) -> str:
     """The URL with any password replaced, for logs and messages: the one in the userinfo (found by the last
-    `@` before the query, since libpq takes `#`, `/` or `@` unencoded in a password where urlsplit would not)
-    and a `password=` query parameter (libpq's documented alternative)."""
+    `@` before the query, since libpq takes `#`, `/` or `@` unencoded in a password where urlsplit would not; the
+    query starts after the first `@`, as libpq takes `?` there too) and a `password=` query parameter (libpq's
+    documented alternative)."""
     head, sep, rest = url.partition("://")
     if not sep:
         return url
-    query_at = rest.find("?")
+    query_at = rest.find("?", rest.find("@") + 1)
     cut = rest.rfind("@", 0, query_at if query_at >= 0 else len(rest))
     if cut >= 0:
         user, colon, _ = rest[:cut].partition(":")

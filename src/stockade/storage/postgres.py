@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote
 
 import psycopg
 from psycopg import errors as pgerrors
+from psycopg.conninfo import conninfo_to_dict
 
 from stockade.errors import StorageError
 from stockade.storage import mask_url
@@ -36,15 +37,53 @@ DIALECT = Dialect("postgresql", "%s", None, f"SELECT pg_advisory_xact_lock({_LOC
 
 
 def split_schema(url: str) -> tuple[str, str | None]:
-    """The libpq URL without our `schema` parameter, and the schema (validated)."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    schema = next((v for k, v in query if k == "schema"), None)
+    """The libpq URI without our `schema` parameter, and the schema (validated).
+
+    Only that parameter is cut out; the rest goes to libpq byte for byte. Taking the URL apart and putting it back
+    together with urllib lost an empty host (`postgresql:///db?host=/run/postgresql` became `postgresql:/db?...`),
+    turned `%20` into `+` (libpq decodes only `%`), and read a `#` in a password as the start of a fragment.
+    """
+    _, sep, rest = url.partition("://")
+    if not sep:
+        raise StorageError(f"storage URL {mask_url(url)!r} is not a postgresql:// URI")
+    # libpq reads user info up to the first `@` before any `/`; a password may hold `?`, so the query starts at the
+    # first `?` after that.
+    userinfo = _USERINFO.match(rest)
+    query_at = rest.find("?", userinfo.end() if userinfo else 0)
+    base, params = (rest, []) if query_at < 0 else (rest[:query_at], rest[query_at + 1 :].split("&"))
+    found = [unquote(p.partition("=")[2]) for p in params if unquote(p.partition("=")[0]) == "schema"]
+    kept = [p for p in params if unquote(p.partition("=")[0]) != "schema"]
+    if len(found) > 1:
+        raise StorageError("the schema parameter is given more than once")
+    schema = found[0] if found else None
     if schema is not None and not _SCHEMA.fullmatch(schema):
         raise StorageError(f"schema {schema!r} must match {_SCHEMA.pattern}")
-    rest = urlencode([(k, v) for k, v in query if k != "schema"])
-    scheme = "postgresql" if parts.scheme == "postgres" else parts.scheme
-    return urlunsplit((scheme, parts.netloc, parts.path, rest, parts.fragment)), schema
+    return "postgresql://" + base + ("?" + "&".join(kept) if kept else ""), schema
+
+
+_USERINFO = re.compile(r"[^@/]*@")
+
+
+def check_conninfo(url: str, conninfo: str) -> None:
+    """Let libpq read the URI now (it does not connect), so a malformed one is an error at start-up. libpq quotes
+    the token it could not read, which may be the password: any password in the URL is masked in the message."""
+    try:
+        conninfo_to_dict(conninfo)
+    except psycopg.Error as exc:
+        message = str(exc).strip()
+        for secret in _passwords(url):
+            message = message.replace(secret, "***")
+        raise StorageError(f"storage URL {mask_url(url)!r}: {message}") from None
+
+
+def _passwords(url: str) -> list[str]:
+    """Every string of `url` that may be a password, as written (for masking; longest first)."""
+    found = re.findall(r"(?i)[?&](?:ssl)?password=([^&]*)", url)
+    rest = url.partition("://")[2]
+    userinfo, at, _ = rest.rpartition("@")  # as mask_url does: the widest reading of where user info may end
+    if at and ":" in userinfo:
+        found.append(userinfo.partition(":")[2])
+    return sorted((s for s in found if s), key=len, reverse=True)
 
 
 class PostgresStore(SqlStore):
@@ -54,6 +93,7 @@ class PostgresStore(SqlStore):
 
     def __init__(self, url: str) -> None:
         conninfo, schema = split_schema(url)
+        check_conninfo(url, conninfo)
         self.schema = schema
 
         def connect() -> Connection:
