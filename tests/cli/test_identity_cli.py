@@ -201,3 +201,24 @@ def test_a_cli_with_another_pepper_is_refused_before_it_writes(tmp_path: Path) -
     assert "stk_" not in second.output  # no key was issued
     listed = runner.invoke(cli, ["--config", configs[0], "keys", "list"])
     assert listed.exit_code == 0 and "key_" not in listed.output
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("STOCKADE_KEYS_CREATE_SCOPES", "admin:all"),
+        ("STOCKADE_KEYS_CREATE_ENV", "test"),
+        ("STOCKADE_KEYS_CREATE_TTL", "1s"),
+        ("STOCKADE_KEYS_CREATE_NAME", "from-env"),
+    ],
+)
+def test_command_options_are_not_read_from_undocumented_variables(config: Path, variable: str, value: str) -> None:
+    """click's auto_envvar_prefix made every option a STOCKADE_<GROUP>_<COMMAND>_<OPTION> variable: one left in
+    an environment silently gave every key created there `admin:all`. Only the documented variables count."""
+    result = CliRunner(env={variable: value, "STOCKADE_CONFIG": str(config)}).invoke(
+        cli, ["keys", "create", "--consumer", "alice"], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.stderr
+    assert keys.parse(last_line(result), env="live")
+    listed = invoke("--config", str(config), "keys", "list", "--json").stdout
+    assert '"scopes":[]' in listed and '"expires":"-"' in listed and '"name":null' in listed

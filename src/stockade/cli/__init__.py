@@ -17,7 +17,7 @@ from stockade.cli.secrets import secrets_group
 from stockade.cli.serve import serve
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "STOCKADE"})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config", "config_path", type=click.Path(dir_okay=False), envvar="STOCKADE_CONFIG", help=CONFIG_OPTION_HELP
 )
