@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from stockade.admin.ready import Readiness
 from stockade.observability.metrics import Snapshot, SnapshotCollector
-from stockade.pipeline.render import PROBLEM_TYPE, problem_body
+from stockade.pipeline.render import problem_body, problem_headers
 
 Role = Literal["viewer", "operator", "admin"]
 ROLE_RANK: dict[str, int] = {"viewer": 0, "operator": 1, "admin": 2}
@@ -59,25 +59,33 @@ class AdminState:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+async def refuse(scope: Scope, send: Send, status: int, reason: str, headers: Mapping[str, str] | None = None) -> None:
+    """Answer a request with a problem before the app sees it. A WebSocket handshake gets the same HTTP response
+    instead of an accept (the ASGI denial-response extension), or where the server lacks it a close (403)."""
+    body = problem_body(status, reason, "admin")
+    raw = [(k.encode(), v.encode()) for k, v in problem_headers(len(body), headers)]
+    prefix = ""
+    if scope["type"] == "websocket":
+        if "websocket.http.response" not in (scope.get("extensions") or {}):
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        prefix = "websocket."
+    await send({"type": prefix + "http.response.start", "status": status, "headers": raw})
+    await send({"type": prefix + "http.response.body", "body": body})
+
+
 class HostGuard:
     """Answers only requests whose Host is an IP literal, `localhost` or a configured `admin.allowed_hosts` name:
-    a page on evil.example that resolves to 127.0.0.1 (DNS rebinding) gets 421, not the metrics or the API."""
+    a page on evil.example that resolves to 127.0.0.1 (DNS rebinding) gets 421, not the metrics or the API. WebSocket
+    handshakes too: a rebound page can open a WebSocket as easily as it can fetch."""
 
     def __init__(self, app: ASGIApp, allowed: frozenset[str]) -> None:
         self.app = app
         self.allowed = allowed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not self._ok(scope):
-            body = problem_body(421, "admin.bad_host", "admin")
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 421,
-                    "headers": [(b"content-type", PROBLEM_TYPE.encode()), (b"content-length", str(len(body)).encode())],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+        if scope["type"] in ("http", "websocket") and not self._ok(scope):
+            await refuse(scope, send, 421, "admin.bad_host")
             return
         await self.app(scope, receive, send)
 

@@ -16,9 +16,8 @@ import orjson
 from starlette.middleware import Middleware
 from starlette.routing import compile_path
 
-from stockade.admin.app import ROLE_RANK, AdminEndpoint, AdminState
+from stockade.admin.app import ROLE_RANK, AdminEndpoint, AdminState, refuse
 from stockade.errors import StorageError
-from stockade.pipeline.render import problem_body, problem_headers
 from stockade.security import keys
 from stockade.security.secrets import shared_secrets
 from stockade.storage import shared_store
@@ -50,13 +49,6 @@ async def authenticate(services: Services, token: str) -> AdminToken | None:
     return found if found.usable(services.clock.time()) else None
 
 
-async def _problem(send: Send, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
-    body = problem_body(status, reason, "admin")
-    raw = [(k.encode(), v.encode()) for k, v in problem_headers(len(body), headers)]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
-
-
 class AdminAuth:
     """Pure ASGI middleware (no body buffering, no framework state)."""
 
@@ -67,19 +59,23 @@ class AdminAuth:
             (compile_path(e.path)[0], frozenset(e.methods), ROLE_RANK[e.role]) for e in endpoints
         ]
 
-    def _required(self, path: str, method: str) -> int:
+    def _required(self, path: str, method: str | None) -> int:
         """The minimum role rank: the strictest matching endpoint (unmatched paths fall through to a 404). HEAD
         is GET (Starlette serves it with the GET handler), and any other method a path does not declare needs
-        the strictest role of that path: a method the table does not name must never lower the bar."""
+        the strictest role of that path: a method the table does not name must never lower the bar. A WebSocket
+        (`method` None) has no entry in the table: the path's strictest role, and admin where no endpoint is."""
         if method == "HEAD":
             method = "GET"
         ranks = [rank for rx, methods, rank in self.routes if rx.match(path) and method in methods]
         if not ranks:
             ranks = [rank for rx, _, rank in self.routes if rx.match(path)]
-        return max(ranks) if ranks else ROLE_RANK["viewer"]
+        if not ranks:
+            return ROLE_RANK["viewer" if method is not None else "admin"]
+        return max(ranks)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        kind = scope["type"]
+        if kind not in ("http", "websocket") or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         headers = [v for k, v in scope["headers"] if k == b"authorization"]
@@ -89,28 +85,31 @@ class AdminAuth:
             if scheme.lower() == "bearer" and value.strip().startswith(keys.PREFIX + "_admin_"):
                 token = value.strip()
         if token is None:
-            await _problem(send, 401, "admin.unauthenticated", {"www-authenticate": CHALLENGE})
+            await refuse(scope, send, 401, "admin.unauthenticated", {"www-authenticate": CHALLENGE})
             return
         try:
             found = await authenticate(self.state.services, token)
         except StorageError as exc:
             log.error("admin token lookup failed: %s", exc)
-            await _problem(send, 503, "admin.unavailable")
+            await refuse(scope, send, 503, "admin.unavailable")
             return
         if found is None:
             log.warning("admin API: invalid, revoked or expired token", extra={"path": scope["path"]})
-            await _problem(send, 401, "admin.unauthenticated", {"www-authenticate": CHALLENGE})
+            await refuse(scope, send, 401, "admin.unauthenticated", {"www-authenticate": CHALLENGE})
             return
-        if ROLE_RANK[found.role] < self._required(scope["path"], scope["method"]):
+        if ROLE_RANK[found.role] < self._required(scope["path"], scope.get("method") if kind == "http" else None):
             log.warning("admin API: role too low", extra={"token": found.id, "role": found.role, "path": scope["path"]})
-            await _problem(send, 403, "admin.forbidden")
+            await refuse(scope, send, 403, "admin.forbidden")
             return
         state: dict[str, Any] = scope.setdefault("state", {})
         state["admin_actor"] = f"admin-token:{found.id} ({found.name})"
         state["admin_role"] = found.role
+        if kind == "websocket":  # no request body: the messages are the app's to receive
+            await self.app(scope, receive, send)
+            return
         body = await _bounded_body(receive, MAX_BODY)  # however it is framed (Content-Length or chunked)
         if body is None:
-            await _problem(send, 413, "admin.body_too_large")
+            await refuse(scope, send, 413, "admin.body_too_large")
             return
         await self.app(scope, _replay(body, receive), send)
 
