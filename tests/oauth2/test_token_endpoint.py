@@ -166,7 +166,8 @@ def test_token_revoking_a_client_with_the_cli_ends_its_tokens(env: tuple[TestGat
     ("form", "auth", "status", "error"),
     [
         ({"grant_type": "password"}, "basic", 400, "unsupported_grant_type"),
-        ({}, "basic", 400, "unsupported_grant_type"),
+        ({}, "basic", 400, "invalid_request"),  # RFC 6749 5.2: a required parameter is missing
+        ({"grant_type": ""}, "basic", 400, "invalid_request"),
         ({"grant_type": "client_credentials", "scope": "admin"}, "basic", 400, "invalid_scope"),
         ({"grant_type": "client_credentials", "scope": "books:read  admin"}, "basic", 400, "invalid_scope"),
         ({"grant_type": "client_credentials"}, "wrong-secret", 401, "invalid_client"),
@@ -197,6 +198,7 @@ def test_token_revoking_a_client_with_the_cli_ends_its_tokens(env: tuple[TestGat
     ids=[
         "password-grant",
         "no-grant",
+        "empty-grant",
         "scope-beyond",
         "scope-double-space",
         "wrong-secret",

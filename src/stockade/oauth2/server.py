@@ -94,7 +94,10 @@ class TokenServer:
         try:
             form, authorization = await _form(ctx)
             client = await self.auth.authenticate(form, authorization)
-            if form.get("grant_type") != "client_credentials":
+            grant_type = form.get("grant_type")
+            if not grant_type:  # RFC 6749 §5.2: a missing parameter is invalid_request
+                raise OAuthError("invalid_request", "the grant_type parameter is required")
+            if grant_type != "client_credentials":
                 raise OAuthError("unsupported_grant_type", "only client_credentials is supported")
             allowed = client.allowed_scopes
             requested = form.get("scope")
