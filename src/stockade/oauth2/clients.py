@@ -35,17 +35,16 @@ _DUMMY_HASH = "0" * 64
 class OAuthError(Exception):
     """An RFC 6749 §5.2 error response. `error` is the registered code; `description` is safe to show."""
 
-    def __init__(self, error: str, description: str, *, status: int = 400, basic: bool = False, log: str = "") -> None:
+    def __init__(self, error: str, description: str, *, status: int = 400, log: str = "") -> None:
         super().__init__(description)
         self.error = error
         self.description = description
         self.status = status
-        self.basic = basic  # answer with a Basic challenge (the client tried client_secret_basic)
         self.log = log or description  # for the decision log: may name the client, never a secret
 
 
-def invalid_client(basic: bool, why: str) -> OAuthError:
-    return OAuthError("invalid_client", "client authentication failed", status=401, basic=basic, log=why)
+def invalid_client(why: str) -> OAuthError:
+    return OAuthError("invalid_client", "client authentication failed", status=401, log=why)
 
 
 def check_scopes(scopes: list[str]) -> list[str]:
@@ -123,19 +122,19 @@ class ClientAuthenticator:
         if authorization is not None and not basic:
             raise OAuthError("invalid_request", "unsupported Authorization scheme")
         if len(used) != 1:
-            raise OAuthError("invalid_request", "use exactly one client authentication method", basic=basic)
+            raise OAuthError("invalid_request", "use exactly one client authentication method")
         if basic:
             assert authorization is not None  # noqa: S101 - narrowed by `basic`
             client_id, secret = _basic(authorization)
             if form.get("client_id", client_id) != client_id:
                 raise OAuthError("invalid_request", "client_id differs from the authenticated client")
-            return await self._secret_client(client_id, secret, basic=True)
+            return await self._secret_client(client_id, secret)
         if used == ["post"]:
             client_id = form.get("client_id", "")
-            return await self._secret_client(client_id, form["client_secret"], basic=False)
+            return await self._secret_client(client_id, form["client_secret"])
         return await self._assertion_client(form)
 
-    async def _load(self, client_id: str, basic: bool) -> OAuthClient | None:
+    async def _load(self, client_id: str) -> OAuthClient | None:
         if not client_id or len(client_id) > 128:
             return None
         try:
@@ -144,10 +143,10 @@ class ClientAuthenticator:
             return None
         return None if client.disabled_at is not None else client
 
-    async def _secret_client(self, client_id: str, secret: str, *, basic: bool) -> OAuthClient:
+    async def _secret_client(self, client_id: str, secret: str) -> OAuthClient:
         from stockade.security.keys import verify_secret
 
-        client = await self._load(client_id, basic)
+        client = await self._load(client_id)
         stored = client.secret_hash if client is not None and client.auth_method in SECRET_METHODS else None
         ok = verify_secret(self.pepper, secret, stored or _DUMMY_HASH)  # same work whether or not the client exists
         if client is None or stored is None or not ok:
@@ -158,7 +157,7 @@ class ClientAuthenticator:
                 why = f"authenticates with {client.auth_method}, not a secret"
             else:
                 why = "wrong secret"
-            raise invalid_client(basic, f"client {shown_id(client_id)}: {why}")
+            raise invalid_client(f"client {shown_id(client_id)}: {why}")
         return client
 
     async def _assertion_client(self, form: dict[str, str]) -> OAuthClient:
@@ -167,14 +166,14 @@ class ClientAuthenticator:
         try:
             parsed = jose.parse(form["client_assertion"], max_bytes=8192)
         except jose.JoseError as exc:
-            raise invalid_client(False, f"client assertion: {exc.code}: {exc.detail}") from None
+            raise invalid_client(f"client assertion: {exc.code}: {exc.detail}") from None
         sub = parsed.claims.get("sub")
         client_id = sub if isinstance(sub, str) and sub.isprintable() and sub.isascii() else ""
         if form.get("client_id", client_id) != client_id:
             raise OAuthError("invalid_request", "client_id differs from the assertion's subject")
-        client = await self._load(client_id, False)
+        client = await self._load(client_id)
         if client is None or client.auth_method != "private_key_jwt" or not client.jwks:
-            raise invalid_client(False, f"client {shown_id(client_id)}: unknown, disabled or not private_key_jwt")
+            raise invalid_client(f"client {shown_id(client_id)}: unknown, disabled or not private_key_jwt")
         policy = jose.IssuerPolicy(
             issuer=client_id,  # RFC 7523 §3: iss and sub are both the client_id
             audiences=self.assertion_audiences,
@@ -188,14 +187,14 @@ class ClientAuthenticator:
             _, exp = jose.verify(parsed, policy, keys.find, now)
         except (jose.JoseError, JwksError) as exc:
             code = getattr(exc, "code", "jwks.invalid")
-            raise invalid_client(False, f"client {client_id!r} assertion: {code}: {exc}") from None
+            raise invalid_client(f"client {client_id!r} assertion: {code}: {exc}") from None
         jti = parsed.claims.get("jti")
         if not isinstance(jti, str) or not jti:
-            raise invalid_client(False, f"client {client_id!r} assertion has no jti")
+            raise invalid_client(f"client {client_id!r} assertion has no jti")
         # Single use across every worker and node sharing the store (RFC 7523 §3): a replay fails anywhere.
         key = "assertion:" + fingerprint(f"{client_id}\x00{jti}".encode()).hex()
         if not await self.store.use_once(key, expires_at=exp + ASSERTION_LEEWAY, now=now):
-            raise invalid_client(False, "client assertion replayed (jti already used)")
+            raise invalid_client("client assertion replayed (jti already used)")
         return client
 
 
@@ -203,10 +202,10 @@ def _basic(authorization: str) -> tuple[str, str]:
     try:
         decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
-        raise invalid_client(True, "malformed Basic credentials") from None
+        raise invalid_client("malformed Basic credentials") from None
     client_id, sep, secret = decoded.partition(":")
     if not sep:
-        raise invalid_client(True, "malformed Basic credentials")
+        raise invalid_client("malformed Basic credentials")
     return unquote_plus(client_id), unquote_plus(secret)  # RFC 6749 §2.3.1: both are form-encoded first
 
 

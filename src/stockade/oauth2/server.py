@@ -213,8 +213,11 @@ class TokenServer:
         Pipeline.deny(ctx, "oauth2", Deny(exc.status, f"oauth2.{exc.error}", detail=exc.log))  # for the decision log
         headers = [("content-type", "application/json"), *_NO_STORE]
         if exc.status == 401:
-            scheme = "Basic" if exc.basic else "Bearer"  # RFC 6749 §5.2: match the scheme the client tried
-            headers.append(("www-authenticate", f'{scheme} realm="stockade", error="invalid_client"'))
+            # A 401 names a scheme to use (RFC 9110 §15.5.2), and Basic is the only HTTP authentication scheme the
+            # endpoint takes: the one a client_secret_basic client used (RFC 6749 §5.2), and the one to offer a
+            # client that authenticated in the body (§5.2: 401 to say which schemes are supported). Bearer is how
+            # a resource is called, never how a client authenticates here.
+            headers.append(("www-authenticate", 'Basic realm="stockade", error="invalid_client"'))
         body = orjson.dumps({"error": exc.error, "error_description": exc.description})
         return LocalResponse(exc.status, headers, body)
 
