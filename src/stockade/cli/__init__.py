@@ -34,6 +34,14 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
     stockade keys create --consumer alice          API key (printed once; stored hashed)
     stockade clients create --name ci --scopes a,b OAuth2 client for the token endpoint
     stockade openapi routes openapi.yaml           routes config generated from a spec
+
+    \b
+    Exit codes:
+      0  done
+      1  refused: nothing found, already exists, invalid input
+      2  usage or configuration: a bad option, an invalid config or storage URL,
+         secrets that do not match the store
+      3  the store could not be reached or failed
     """
     ctx.ensure_object(dict)
     ctx.obj["config"] = config_path

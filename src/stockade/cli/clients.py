@@ -2,59 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
-import sys
-from collections.abc import Awaitable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-from stockade.cli.common import config_option, load_or_exit, resolve_config_path
-from stockade.cli.identity_common import cli_actor
+from stockade.cli.common import config_option
+from stockade.cli.identity_common import cli_actor, open_store, run_on_store
 from stockade.clock import SYSTEM_CLOCK
-from stockade.errors import StorageError
 from stockade.oauth2.clients import SUPPORTED_METHODS, new_client
-from stockade.security.secrets import Secrets, SecretsError, verify_with_store
-from stockade.storage.base import NotFoundError, Store
-
-T = TypeVar("T")
-
-
-def _open(ctx: click.Context, config_path: str | None) -> tuple[Store, Secrets]:
-    from stockade.security.secrets import load_secrets
-    from stockade.storage import storage_from_url
-
-    loaded = load_or_exit(resolve_config_path(ctx, config_path))
-    try:
-        secrets = load_secrets(loaded.config.secrets, loaded.base_dir)
-        return storage_from_url(loaded.config.storage, base_dir=loaded.base_dir), secrets
-    except (SecretsError, StorageError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-
-
-def _run(store: Store, work: Awaitable[T]) -> T:
-    async def go() -> T:
-        try:
-            return await work
-        finally:
-            await store.close()
-
-    try:
-        return asyncio.run(go())
-    except SecretsError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    except NotFoundError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    except StorageError as exc:
-        click.echo(f"error: storage: {exc}", err=True)
-        sys.exit(1)
 
 
 @click.group("clients")
@@ -96,7 +55,7 @@ def create(
             jwks = json.loads(Path(jwks_file).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise click.BadParameter(f"cannot read a JWK Set: {exc}", param_hint="--jwks") from None
-    store, secrets = _open(ctx, config_path)
+    store, secrets = open_store(ctx, config_path)
     try:
         client, secret = new_client(
             name=name,
@@ -110,13 +69,12 @@ def create(
         raise click.UsageError(str(exc)) from None
 
     async def register() -> None:
-        await verify_with_store(secrets, store, SYSTEM_CLOCK.time())  # a secret hashed with another pepper: useless
         owned = client
         if consumer is not None:  # an id or a name, as everywhere else in the CLI
             owned = dataclasses.replace(client, consumer_id=(await store.get_consumer(consumer)).id)
         await store.create_client(owned, actor=cli_actor(), at=SYSTEM_CLOCK.time())
 
-    _run(store, register())
+    run_on_store(store, secrets, register)  # checks the pepper first: a secret hashed with another is useless
     click.echo(f"client_id: {client.client_id}")
     if secret is not None:
         click.echo(f"client_secret: {secret}")
@@ -129,8 +87,8 @@ def create(
 @click.pass_context
 def list_clients(ctx: click.Context, config_path: str | None, as_json: bool) -> None:
     """List clients (never their secrets)."""
-    store, _ = _open(ctx, config_path)
-    clients = _run(store, store.list_clients())
+    store, secrets = open_store(ctx, config_path)
+    clients = run_on_store(store, secrets, store.list_clients)
     for c in clients:
         status = "revoked" if c.disabled_at is not None else "active"
         if as_json:
@@ -160,6 +118,6 @@ def revoke(ctx: click.Context, config_path: str | None, client_id: str) -> None:
     """Disable a client: no new tokens, and tokens already issued to it stop working within a second."""
     from stockade.oauth2.clients import disable_client
 
-    store, _ = _open(ctx, config_path)
-    _run(store, disable_client(store, client_id, actor=cli_actor(), at=SYSTEM_CLOCK.time()))
+    store, secrets = open_store(ctx, config_path)
+    run_on_store(store, secrets, lambda: disable_client(store, client_id, actor=cli_actor(), at=SYSTEM_CLOCK.time()))
     click.echo(f"revoked {client_id}")

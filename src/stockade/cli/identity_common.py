@@ -53,22 +53,10 @@ def fail(message: str, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
-def with_service(ctx: click.Context, config_path: str | None, work: Callable[[IdentityService], Awaitable[T]]) -> T:
-    """Open the configured store and secrets, run `work`, close the store; errors become messages and exit codes."""
-    return with_store(
-        ctx, config_path, lambda store, s: work(IdentityService(store, s.pepper, SYSTEM_CLOCK, cli_actor()))
-    )
-
-
-def with_store(
-    ctx: click.Context,
-    config_path: str | None,
-    work: Callable[[Store, Secrets], Awaitable[T]],
-    *,
-    generate: bool = True,
-) -> T:
-    """`with_service` for commands that need the store and the secrets themselves. `generate=False`: missing secret
-    files are an error, never made (re-sealing under a KEK made up on the spot would lose the keys)."""
+def open_store(ctx: click.Context, config_path: str | None, *, generate: bool = True) -> tuple[Store, Secrets]:
+    """The configured store (not connected yet) and secrets; a config, storage URL or secrets problem exits 2.
+    `generate=False`: missing secret files are an error, never made (re-sealing under a KEK made up on the spot
+    would lose the keys)."""
     loaded = load_or_exit(resolve_config_path(ctx, config_path))
     config = loaded.config.secrets if generate else loaded.config.secrets.model_copy(update={"generate": False})
     try:
@@ -76,11 +64,17 @@ def with_store(
         store = storage_from_url(loaded.config.storage, base_dir=loaded.base_dir)
     except (SecretsError, StorageError) as exc:
         fail(str(exc), 2)
+    return store, secrets
+
+
+def run_on_store(store: Store, secrets: Secrets, work: Callable[[], Awaitable[T]]) -> T:
+    """Check the secrets against the store, run `work`, close the store. Errors become messages and the exit codes
+    `stockade --help` lists: 1 refused, 2 secrets that do not match the store, 3 the store failed."""
 
     async def go() -> T:
         try:
             await verify_with_store(secrets, store, SYSTEM_CLOCK.time())
-            return await work(store, secrets)
+            return await work()
         finally:
             await store.close()
 
@@ -92,6 +86,25 @@ def with_store(
         fail(str(exc))
     except (StorageError, CryptoError) as exc:
         fail(f"storage: {exc}", 3)
+
+
+def with_store(
+    ctx: click.Context,
+    config_path: str | None,
+    work: Callable[[Store, Secrets], Awaitable[T]],
+    *,
+    generate: bool = True,
+) -> T:
+    """Open the configured store and secrets, run `work` with both, close the store (see `open_store`)."""
+    store, secrets = open_store(ctx, config_path, generate=generate)
+    return run_on_store(store, secrets, lambda: work(store, secrets))
+
+
+def with_service(ctx: click.Context, config_path: str | None, work: Callable[[IdentityService], Awaitable[T]]) -> T:
+    """Open the configured store and secrets, run `work` with the identity service over them, close the store."""
+    store, secrets = open_store(ctx, config_path)
+    service = IdentityService(store, secrets.pepper, SYSTEM_CLOCK, cli_actor())
+    return run_on_store(store, secrets, lambda: work(service))
 
 
 def when(ts: float | None) -> str:
