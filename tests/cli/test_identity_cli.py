@@ -222,3 +222,15 @@ def test_command_options_are_not_read_from_undocumented_variables(config: Path, 
     assert keys.parse(last_line(result), env="live")
     listed = invoke("--config", str(config), "keys", "list", "--json").stdout
     assert '"scopes":[]' in listed and '"expires":"-"' in listed and '"name":null' in listed
+
+
+@pytest.mark.parametrize(
+    "option",
+    [["--env", "BAD"], ["--env", "admin"], ["--scopes", 'a"b'], ["--name", "bad name!"], ["--ttl", "99999w"]],
+    ids=["env-shape", "env-reserved", "scope", "name", "ttl-too-long"],
+)
+def test_keys_create_checks_the_key_before_it_creates_the_consumer(config: Path, option: list[str]) -> None:
+    """`keys create --consumer new --env BAD` created the consumer, then refused the key: half a change."""
+    result = invoke("--config", str(config), "keys", "create", "--consumer", "newcomer", *option)
+    assert result.exit_code == 1 and "created consumer" not in result.stderr
+    assert "newcomer" not in invoke("--config", str(config), "consumers", "list").stdout

@@ -8,7 +8,7 @@ import orjson
 from stockade.cli.common import config_option
 from stockade.cli.identity_common import parse_duration, when, with_service
 from stockade.clock import SYSTEM_CLOCK
-from stockade.identity.service import IdentityService, Issued
+from stockade.identity.service import IdentityService, Issued, check_key_options
 from stockade.storage.base import NotFoundError
 from stockade.storage.records import ApiKey
 
@@ -56,6 +56,7 @@ def create(
     seconds = parse_duration(ttl, "--ttl")
 
     async def work(s: IdentityService) -> Issued:
+        check_key_options(scopes=_scopes(scopes), ttl=seconds, env=env, name=name)  # before a consumer is created
         try:
             await s.store.get_consumer(consumer)
         except NotFoundError:

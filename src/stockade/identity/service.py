@@ -63,6 +63,22 @@ def _check_seconds(value: float | None, field: str, limit: float) -> float | Non
     return value
 
 
+def check_key_options(
+    *, scopes: Sequence[str], ttl: float | None, env: str, name: str | None
+) -> tuple[tuple[str, ...], float | None, str, str | None]:
+    """A new key's options, checked (InvalidInput) and normalised, before anything is written: the CLI creates a
+    missing consumer only once the key it is for would be accepted."""
+    try:
+        keys.check_env(env)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
+    if env in keys.RESERVED_ENVS:
+        raise InvalidInput(f"env {env!r} is reserved")
+    if name is not None:
+        check_name(name)
+    return check_scopes(scopes), _check_seconds(ttl, "ttl", MAX_TTL), env, name
+
+
 class IdentityService:
     def __init__(self, store: Store, pepper: bytes, clock: Clock, actor: str) -> None:
         self.store = store
@@ -109,22 +125,15 @@ class IdentityService:
         env: str = "live",
         name: str | None = None,
     ) -> Issued:
+        checked = check_key_options(scopes=scopes, ttl=ttl, env=env, name=name)
         owner = await self.store.get_consumer(consumer)
-        record, secret = self._new_key(owner.id, check_scopes(scopes), _check_seconds(ttl, "ttl", MAX_TTL), env, name)
+        record, secret = self._new_key(owner.id, *checked)
         await self.store.create_api_key(record, actor=self.actor, at=record.created_at)
         return Issued(record, secret)
 
     def _new_key(
         self, consumer_id: str, scopes: tuple[str, ...], ttl: float | None, env: str, name: str | None
     ) -> tuple[ApiKey, str]:
-        try:
-            keys.check_env(env)
-        except ValueError as exc:
-            raise InvalidInput(str(exc)) from None
-        if env in keys.RESERVED_ENVS:
-            raise InvalidInput(f"env {env!r} is reserved")
-        if name is not None:
-            check_name(name)
         now = self.clock.time()
         secret = keys.generate(env)
         record = ApiKey(
