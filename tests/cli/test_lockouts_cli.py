@@ -108,7 +108,7 @@ def test_unreachable_redis_is_reported(tmp_path: Path) -> None:
 
     config = str(write_config(tmp_path, closed_port_url()))
     result = CliRunner().invoke(cli, ["lockouts", "list", "--config", config])
-    assert result.exit_code == 1 and "limits backend unavailable" in result.output
+    assert result.exit_code == 3 and "limits backend unavailable" in result.output
 
 
 def test_clear_by_username_needs_the_gateways_pepper_and_makes_none(tmp_path: Path) -> None:

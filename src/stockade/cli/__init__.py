@@ -41,7 +41,7 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
       1  refused: nothing found, already exists, invalid input
       2  usage or configuration: a bad option, an invalid config or storage URL,
          secrets that do not match the store
-      3  the store could not be reached or failed
+      3  the store (for lockouts: the limits backend) could not be reached or failed
     """
     ctx.ensure_object(dict)
     ctx.obj["config"] = config_path

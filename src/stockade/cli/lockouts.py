@@ -45,7 +45,7 @@ def _run(loaded: LoadedConfig, op: Callable[[LimiterBackend, LoadedConfig], Awai
         return asyncio.run(go())
     except LimiterUnavailableError as exc:
         click.echo(f"limits backend unavailable: {exc}", err=True)
-        sys.exit(1)
+        sys.exit(3)  # as a store outage in the other groups: a script must tell it from "no such lockout" (1)
     except StorageError as exc:
         click.echo(f"lockout lifted, but the admin change log could not record it: {exc}", err=True)
         sys.exit(3)
