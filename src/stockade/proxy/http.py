@@ -96,6 +96,7 @@ _RESPONSE_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade", b"proxy-authenticate"}
 )
 _STATUS_LINE = re.compile(rb"HTTP/1\.[01] [1-5][0-9][0-9] [\x20-\x7e\t]*\r\n")
+_ANY_STATUS_LINE = re.compile(rb"[A-Z]+/[0-9]\.[0-9] ([0-9]{3})")  # what llhttp takes (RTSP/1.0, ICE/1.0 too)
 MAX_CACHED_HEAD = 4096
 _CONNECTION_STANDARD = frozenset({b"close", b"keep-alive", b"upgrade", b""})
 # Never hop-by-hop, whatever a Connection field says: dropping the framing of a message whose body is still sent
@@ -139,7 +140,17 @@ class ResponseFraming:
     upstream sends the same head for the same kind of response (the Date changes once a second).
     """
 
-    __slots__ = ("bad_coding", "chunked", "content_length", "cut", "length", "needs_rebuild", "rewritten", "status_ok")
+    __slots__ = (
+        "bad_coding",
+        "body_length",
+        "chunked",
+        "content_length",
+        "cut",
+        "length",
+        "needs_rebuild",
+        "rewritten",
+        "status_ok",
+    )
 
     _cache: dict[bytes, ResponseFraming] = {}  # noqa: RUF012 - a deliberate process-wide cache
 
@@ -176,6 +187,11 @@ class ResponseFraming:
         # A final coding other than chunked means "read until close" (RFC 9112 6.3): refused (502), as nginx does,
         # rather than forwarded under a Transfer-Encoding the client would read as chunked.
         self.bad_coding = bool(codings) and codings[-1] != b"chunked"
+        # The body bytes that follow this head, where a length says so: none after a 204 or 304 (llhttp reads none
+        # whatever the head announces), else the Content-Length; None for chunked, read-to-close or unreadable.
+        status = _ANY_STATUS_LINE.match(head)
+        bodiless = status is not None and status.group(1) in (b"204", b"304")
+        self.body_length: int | None = 0 if bodiless else self.length
 
     @classmethod
     def of(cls, head: bytes) -> ResponseFraming:

@@ -76,19 +76,27 @@ class _Reframer:
         self.conn.decoded.append(data)
 
     def on_message_complete(self) -> None:
-        self.conn.done = True  # keep-alive was read from the upstream's own head (UpstreamConnection._reframe)
+        conn = self.conn
+        conn.done = True
+        # Keep-alive was read from the upstream's own head (UpstreamConnection._reframe); a trailer section may
+        # still say `Connection: close`, which this parser (started at a synthetic HTTP/1.1 head) reads.
+        assert conn.parser is not None  # noqa: S101
+        conn.reusable = conn.reusable and conn.parser.should_keep_alive()
 
 
 def _framed(pieces: list[bytes], last: bool) -> bytes:
-    data = b"".join(pieces)
-    out = b"%x\r\n%b\r\n" % (len(data), data) if data else b""
-    return out + _LAST_CHUNK if last else out
+    """The chunk data of one read as one chunk (and the last chunk after it if the body ended): one copy."""
+    size = sum(map(len, pieces))
+    if not size:
+        return _LAST_CHUNK if last else b""
+    return b"".join([b"%x\r\n" % size, *pieces, _CRLF_LAST_CHUNK if last else _CRLF_BYTES])
 
 
 # What the re-framing parser is started with: it then reads the upstream's body bytes as a chunked body.
 _CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 _CRLF_BYTES = b"\r\n"
+_CRLF_LAST_CHUNK = _CRLF_BYTES + _LAST_CHUNK
 
 
 def _past_blank_lines(buf: bytes, pos: int) -> int:
@@ -185,7 +193,14 @@ class UpstreamConnection(asyncio.Protocol):
             # of it would pass for a head, and the real one for body bytes (verbatim, hop-by-hop headers and all).
             pos = _past_blank_lines(buf, 0) if buf[0] in _CRLF_BYTES else 0
             for _ in range(self.interim):  # 1xx interim responses (100, 103) are not forwarded
-                pos = _past_blank_lines(buf, buf.index(b"\r\n\r\n", pos) + 4)
+                interim_end = buf.index(b"\r\n\r\n", pos) + 4
+                interim = ResponseFraming.of(buf[pos:interim_end])
+                if interim.chunked or (interim.content_length and interim.length != 0):
+                    # llhttp reads a body for a 1xx other than 100-103, which this search would take for the
+                    # final head (and the real head for body bytes, forwarded as they are).
+                    self._fail(user, "an interim (1xx) response with a body")
+                    return
+                pos = _past_blank_lines(buf, interim_end)
             end = buf.index(b"\r\n\r\n", pos) + 4
             head = buf[pos:end]
             rest = buf[end:]
@@ -214,10 +229,11 @@ class UpstreamConnection(asyncio.Protocol):
                     return
             else:
                 first = rest
-                length = framing.length
+                length = framing.body_length  # 0 after a 204 or 304
                 if length is None:
-                    if self.done:  # a 204 or 304 without Content-Length (a body read to the close is not done)
-                        first = b""  # line ends llhttp skipped after it
+                    if framing.content_length:  # one llhttp read and this cannot (more digits than it reads)
+                        self._fail(user, "an unreadable Content-Length")
+                        return
                 elif len(rest) != length:  # not simply the whole body (the common case)
                     first = self._length_delimited(rest, length)
             # The head and the body bytes that came with it go to the client in one write (one syscall).
