@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import socket
@@ -117,6 +118,47 @@ def direct_scope(
         scope["subprotocols"] = []
     scope.update(over)
     return scope
+
+
+@dataclass
+class Sent:
+    """What the middleware sent the server for one scope it was called with directly."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    messages: list[dict[str, Any]]
+
+    def header(self, name: bytes) -> bytes | None:
+        return next((v for n, v in self.headers if n.lower() == name), None)
+
+
+def call_direct(app: Any, scope: dict[str, Any], body: bytes = b"") -> Sent:
+    """Call `app` with `scope` (and one request body message) without a server: what it sent, in order.
+
+    An exception from the app propagates, as it would to a server.
+    """
+    messages: list[dict[str, Any]] = []
+    incoming = [{"type": "http.request", "body": body, "more_body": False}]
+    if scope["type"] == "websocket":
+        incoming = [{"type": "websocket.connect"}]
+
+    async def receive() -> dict[str, Any]:
+        if incoming:
+            return incoming.pop(0)
+        return {"type": "http.disconnect" if scope["type"] == "http" else "websocket.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        messages.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    start = next((m for m in messages if m["type"].endswith("http.response.start")), None)
+    return Sent(
+        int(start["status"]) if start else 0,
+        list(start.get("headers", [])) if start else [],
+        b"".join(m.get("body", b"") for m in messages if m["type"].endswith("http.response.body")),
+        messages,
+    )
 
 
 def config_text(upstream: str | None = None) -> str:

@@ -15,7 +15,6 @@ from stockade.asgi.scope import (
     http_scheme,
     peer_address,
     scope_headers,
-    under_root,
 )
 from stockade.asgi.scope import request_target as scope_target
 from stockade.pipeline.intake import bare_context, body_too_large, request_context, route_request
@@ -47,6 +46,9 @@ class DeadlineExpiredError(Exception):
 
 class Exchange:
     """One request through the middleware. Subclasses supply the body reader and how answers are sent."""
+
+    # The root path taken off the judged path (decoded, encoded), put back in front of it for the app.
+    mount: tuple[str, str] = ("", "")
 
     def __init__(self, mw: StockadeMiddleware, scope: Scope, receive: Receive, send: Send) -> None:
         self.mw = mw
@@ -114,9 +116,16 @@ class Exchange:
             ctx = self._bare(method)
             return ctx, Pipeline.deny(ctx, "http", result)
         ctx = self.ctx = result
-        if not under_root(scope, ctx.path):
-            detail = "the path climbs out of the root path"
-            return ctx, Pipeline.deny(ctx, "http", Deny(400, "http.bad_path", detail=detail))
+        root = self.mw.root
+        unexpected = root.check(scope)
+        if unexpected is not None:
+            return ctx, Pipeline.deny(ctx, "http", unexpected)
+        if root.path:
+            mount = root.take_off(scope, ctx)
+            if mount is None:
+                detail = "the path climbs out of the root path"
+                return ctx, Pipeline.deny(ctx, "http", Deny(400, "http.bad_path", detail=detail))
+            self.mount = mount
         route = route_request(rt, ctx)
         if isinstance(route, Deny):
             return ctx, route

@@ -84,6 +84,7 @@ class HttpExchange(Exchange):
             ctx,
             pipeline,
             runtime.trusted_proxies,
+            mount=self.mount,
             hide_body_bypass=buffer_body,
             by_host=runtime.router.by_host,
         )

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from stockade.asgi.exchange import HttpExchange
+from stockade.asgi.root import RootPath
 from stockade.asgi.scope import ASGIApp, Message, Receive, Scope, Send
 from stockade.asgi.websocket import WebSocketExchange
 from stockade.clock import SYSTEM_CLOCK, Clock
@@ -32,7 +33,9 @@ class StockadeMiddleware:
     `config` is a file path or an already loaded config; `config_text` is YAML. Routes may omit `upstream` (the
     wrapped app is the upstream; a route's `upstream` is ignored here). Unknown routes are denied. The decision
     log goes where `log.decisions` says unless `decision_log` is given; `metrics` collects request counters
-    (expose them with `stockade.observability.metrics.SnapshotCollector(metrics.snapshot)`).
+    (expose them with `stockade.observability.metrics.SnapshotCollector(metrics.snapshot)`). `root_path` is where the
+    server or an outer app mounts this one ('' for none): a scope with another is refused, and routes match the path
+    after it, as the app routes (see docs/asgi.md).
     """
 
     def __init__(
@@ -44,6 +47,7 @@ class StockadeMiddleware:
         clock: Clock = SYSTEM_CLOCK,
         decision_log: DecisionLog | None = None,
         metrics: Metrics | None = None,
+        root_path: str = "",
     ) -> None:
         if (config is None) == (config_text is None):
             raise TypeError("StockadeMiddleware needs exactly one of config= (a path or LoadedConfig) or config_text=")
@@ -54,6 +58,7 @@ class StockadeMiddleware:
         else:
             assert config_text is not None  # noqa: S101 - narrowed by the check above
             loaded = load_config_text(config_text, require_upstreams=False)
+        self.root = RootPath(root_path, app)  # checked before the runtime and the decision log file are set up
         self.app = app
         self.clock = clock
         self.services = Services(clock=clock, metrics=metrics or Metrics())  # stages count events here too

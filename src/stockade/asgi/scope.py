@@ -77,23 +77,6 @@ def request_target(scope: Scope) -> bytes:
     return raw + b"?" + query if query else bytes(raw)
 
 
-def under_root(scope: Scope, normalised: str) -> bool:
-    """False if the normalised path left the `root_path` its raw path was under.
-
-    Servers that put the mount point into `path` (uvicorn's --root-path, Starlette's Mount) hand over
-    `/api/../admin/secret`; normalised it is `/admin/secret`, judged by whatever route matches that, while the app
-    still resolves it under its root. Servers that leave the root out of `path` are unaffected.
-    """
-    root = scope.get("root_path")
-    if not root or root == "/":
-        return True
-    base = root.rstrip("/")
-    path = scope.get("path") or ""
-    if path != base and not path.startswith(base + "/"):
-        return True
-    return normalised == base or normalised.startswith(base + "/")
-
-
 def peer_address(scope: Scope) -> str:
     """The address of whoever opened the connection; '' if the server does not say."""
     client = scope.get("client")
@@ -123,18 +106,20 @@ def app_scope(
     pipeline: Pipeline,
     trusted_proxies: NetSet,
     *,
+    mount: tuple[str, str] = ("", ""),
     hide_body_bypass: bool = False,
     by_host: bool = True,
 ) -> Scope:
     """A copy of the scope for the application: the path the pipeline judged, and the gateway's header edits.
 
     The app routes by `path`, so it must see the normalised path the routes matched, never the client's raw one
-    (`/public/..%2e/admin` must not reach a handler the gateway did not check). Forwarding headers
+    (`/public/..%2e/admin` must not reach a handler the gateway did not check), behind the `mount` point the
+    routes did not see if the server sent it in `path`; `root_path` is left as the server sent it. Forwarding headers
     (X-Forwarded-*, Forwarded, X-Real-IP) reach it only from a trusted proxy, as on the proxy front.
     """
     out = dict(scope)
-    out["path"] = ctx.path
-    out["raw_path"] = ctx.raw_path.encode("latin-1")
+    out["path"] = mount[0] + ctx.path
+    out["raw_path"] = (mount[1] + ctx.raw_path).encode("latin-1")
     out["query_string"] = ctx.query.encode("latin-1")  # a stage may have removed a credential from it
     trusted = bool(trusted_proxies) and ctx.peer_ip in trusted_proxies
     out["headers"] = forwarded_headers(ctx.headers.raw, pipeline, ctx, trusted=trusted, by_host=by_host)

@@ -60,7 +60,8 @@ class WebSocketExchange(Exchange):
             await self._reject(ctx, verdict)
             return
         self.times.t_sent = self.clock.monotonic()
-        scope = app_scope(self.scope, ctx, pipeline, self.runtime.trusted_proxies, by_host=self.runtime.router.by_host)
+        rt = self.runtime
+        scope = app_scope(self.scope, ctx, pipeline, rt.trusted_proxies, mount=self.mount, by_host=rt.router.by_host)
         await self.mw.app(scope, self.receive, self._app_send)
 
     async def _app_send(self, message: Message) -> None:

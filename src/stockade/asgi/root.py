@@ -1,0 +1,105 @@
+"""The root path the app is mounted at: configuration, checked against every scope, taken off before routing.
+
+Servers disagree on what `path` holds under a root path: uvicorn puts the root in it, hypercorn, daphne and granian
+do not. Starlette, FastAPI and Django route on what follows the root either way (Starlette's `get_route_path`:
+the root is taken off only as whole segments), so that is what the routes match, and one config protects the app
+under any of them. The root itself is never taken from the scope: daphne sets it from a request header.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+from stockade.pipeline.verdict import Deny
+
+if TYPE_CHECKING:
+    from stockade.asgi.scope import Scope
+    from stockade.pipeline.context import RequestContext
+
+_NO_MOUNT = ("", "")
+
+
+class RootPath:
+    """`path` is the configured root ('' for none). `accepted` are the scope root paths served: the configured one,
+    and also none when the app sets that same root on every scope itself (FastAPI's `root_path`)."""
+
+    __slots__ = ("_depth", "_under", "accepted", "path")
+
+    def __init__(self, path: str, app: object) -> None:
+        check_root_path(path)
+        own, setting = app_root_path(app)
+        if own and own != path:
+            raise ValueError(
+                f"StockadeMiddleware: the app routes under its own root path ({setting}={own!r}), so the middleware"
+                f" would judge paths the app reads another way; pass root_path={own!r}"
+            )
+        self.path = path
+        self.accepted: tuple[str, ...] = (path, "") if own else (path,)
+        self._under = path + "/"
+        self._depth = path.count("/")
+
+    def check(self, scope: Scope) -> Deny | None:
+        """A 400 for a scope whose root path is not the configured one (fail closed: it re-roots the app)."""
+        root = scope.get("root_path") or ""
+        if root in self.accepted:
+            return None
+        detail = f"unexpected root path {root!r} (StockadeMiddleware root_path={self.path!r})"
+        return Deny(400, "http.bad_path", detail=detail)
+
+    def take_off(self, scope: Scope, ctx: RequestContext) -> tuple[str, str] | None:
+        """Leave on `ctx` the path the app routes on; return the mount point taken off (decoded, encoded) for the
+        app's scope, or None if the path climbed out of the root it was sent under (`/api/../admin`)."""
+        path = ctx.path
+        root = self.path
+        if path == root:
+            mount = (root, ctx.raw_path)
+            ctx.path = ctx.raw_path = "/"
+            return mount
+        if path.startswith(self._under):
+            raw = ctx.raw_path
+            cut = _segments_end(raw, self._depth)
+            ctx.path = path[len(root) :]
+            ctx.raw_path = raw[cut:]
+            return root, raw[:cut]
+        sent = scope.get("path") or ""
+        if sent == root or sent.startswith(self._under):
+            return None
+        return _NO_MOUNT
+
+
+def _segments_end(raw: str, depth: int) -> int:
+    """Where the first `depth` segments of an encoded path end (its segments are the decoded path's, one for one:
+    an encoded '/' never gets this far)."""
+    pos = 0
+    for _ in range(depth):
+        pos = raw.find("/", pos + 1)
+    return pos
+
+
+def check_root_path(path: str) -> None:
+    """A root path must be one a normalised path can start with: '' or '/a/b', no empty, '.' or '..' segments."""
+    if path == "":
+        return
+    segments = path.split("/")
+    if (
+        segments[0] != ""
+        or any(s in ("", ".", "..") for s in segments[1:])
+        or any(c in path for c in "?#\\")
+        or not path.isprintable()
+    ):
+        raise ValueError(f"StockadeMiddleware: root_path {path!r} must be '' or like '/api' (no trailing '/')")
+
+
+def app_root_path(app: object) -> tuple[str, str]:
+    """The root path an app routes under whatever the server sent, and the setting that says so: FastAPI's
+    `root_path` (put into every scope), Django's FORCE_SCRIPT_NAME (its script prefix). '' if none is known."""
+    own = getattr(app, "root_path", None)
+    if isinstance(own, str) and own:
+        return own, f"{type(app).__name__}.root_path"
+    if type(app).__module__.startswith("django."):
+        conf = sys.modules.get("django.conf")  # loaded by whoever built a Django handler
+        script = getattr(getattr(conf, "settings", None), "FORCE_SCRIPT_NAME", None)
+        if isinstance(script, str) and script:
+            return script, "FORCE_SCRIPT_NAME"
+    return "", ""
