@@ -1,7 +1,9 @@
-"""Responses that have no body (HEAD): whatever the app sends, no body bytes reach the server.
+"""Responses that have no body (HEAD, 1xx, 204, 304): whatever the app sends, no body bytes reach the server.
 
 Servers differ: uvicorn drops a HEAD body, daphne writes it. A hook that needs the body does not run on HEAD (it
 is not buffered), so a field it filters out of GET responses would reach the client in a HEAD response's body.
+On a 204 or 304 a body, and the Content-Length the middleware set for it, made uvicorn write it: the client read
+it as the start of the next response on the connection.
 """
 
 from __future__ import annotations
@@ -95,3 +97,17 @@ def test_head_never_forwards_app_body_bytes(mw: StockadeMiddleware, secret_file:
 @pytest.mark.parametrize("shape", ["one", "stream"])
 def test_get_forwards_the_body(mw: StockadeMiddleware, secret_file: str, route: str, shape: str) -> None:
     assert call(mw, "GET", f"/{route}/{shape}", secret_file).body == SECRET
+
+
+@pytest.mark.parametrize("route", ["plain", "headers", "body"])
+@pytest.mark.parametrize("shape", ["one", "stream"])
+@pytest.mark.parametrize("status", [103, 204, 304])
+def test_no_body_for_statuses_without_one(
+    mw: StockadeMiddleware, secret_file: str, route: str, shape: str, status: int
+) -> None:
+    sent = call(mw, "GET", f"/{route}/{shape}?status={status}", secret_file)
+    assert sent.status == status
+    assert all(m["body"] == b"" for m in sent.messages[1:])
+    assert not sent.messages[-1].get("more_body", False)
+    if route == "body":  # the hook had the body buffered: no length is announced for it (RFC 9110 8.6)
+        assert sent.header(b"content-length") is None and sent.header(b"transfer-encoding") is None

@@ -34,6 +34,8 @@ _BODY_BYPASS = frozenset({"http.response.pathsend", "http.response.zerocopy"})  
 class HttpExchange(Exchange):
     """One `http` scope. `answered` means the gateway has taken over the response: the app's output is dropped."""
 
+    bodiless = False  # the app's response may not have a body (HEAD, 1xx, 204, 304): set at its start
+
     def __init__(self, mw: StockadeMiddleware, scope: Scope, receive: Receive, send: Send) -> None:
         super().__init__(mw, scope, receive, send)
         self.body_size = 0
@@ -194,8 +196,9 @@ class HttpExchange(Exchange):
         kind = message["type"]
         if kind == "http.response.start":
             self.times.t_head = self.clock.monotonic()
-            self.app_status = int(message["status"])
+            status = self.app_status = int(message["status"])
             self.trailers = bool(message.get("trailers", False))
+            self.bodiless = self.head_request or status < 200 or status == 204 or status == 304
             if self.collected is not None:
                 self.held = message
                 return
@@ -210,9 +213,10 @@ class HttpExchange(Exchange):
             if self.collected is not None and self.held is not None:
                 await self._collect(message)
                 return
-            if self.head_request:
+            if self.bodiless:
                 # Some servers write what the app sends after a HEAD (daphne does), and hooks that filter bodies
-                # never saw it (HEAD is not buffered): no body byte leaves, whatever the server would do.
+                # never saw it (HEAD is not buffered); after a 204 or 304 it would be read as the next response.
+                # No body byte leaves, whatever the server would do.
                 message = {"type": kind, "body": b"", "more_body": message.get("more_body", False)}
             await self.send(message)
             self.bytes_sent += len(message.get("body", b""))
@@ -222,7 +226,7 @@ class HttpExchange(Exchange):
             await self.send(message)
             if not message.get("more_trailers", False):
                 self.record()
-        elif self.head_request and kind in _BODY_BYPASS:
+        elif self.bodiless and kind in _BODY_BYPASS:
             more = kind == "http.response.zerocopy" and message.get("more_body", False)
             await self._app_send({"type": "http.response.body", "body": b"", "more_body": more})
         elif kind == "http.response.pathsend":
@@ -293,7 +297,10 @@ class HttpExchange(Exchange):
             headers = resp.final_headers()
             if body is not None:
                 headers = [(n, v) for n, v in headers if n != "content-length" and n != "transfer-encoding"]
-                headers.append(("content-length", str(len(body or b""))))
+                if self.bodiless:
+                    body = b""  # a 1xx, 204 or 304 has none, and announces none (RFC 9110 8.6)
+                else:
+                    headers.append(("content-length", str(len(body or b""))))
             start = {**start, "headers": to_raw_headers(headers, kept=frozenset(app_headers))}
         return start, body
 
