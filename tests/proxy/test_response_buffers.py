@@ -72,3 +72,43 @@ def test_the_budget_is_a_config_field() -> None:
 
     with pytest.raises(ConfigError, match="response_buffer_total_bytes"):
         load_config_text("limits: {response_buffer_total_bytes: 10}\nroutes: []\n", env={})
+
+
+def _raw_reply(sock_data: bytes) -> tuple[bytes, bytes]:
+    head, _, rest = sock_data.partition(b"\r\n\r\n")
+    return head.lower(), rest
+
+
+@pytest.mark.parametrize("status", [204, 304])
+@pytest.mark.parametrize(
+    "upstream_fields",
+    [
+        pytest.param(b"", id="no-framing"),
+        pytest.param(b"Content-Length: 0\r\n", id="content-length-0"),
+        pytest.param(b"Content-Length: 38\r\n", id="content-length-of-the-200"),
+        pytest.param(b"Connection: x-trace\r\nX-Trace: 1\r\n", id="head-rebuilt"),
+    ],
+)
+def test_a_buffered_response_without_a_body_announces_none(
+    make_gateway: GatewayFactory, upstream: TestUpstream, status: int, upstream_fields: bytes
+) -> None:
+    """A hook had the (empty) body buffered: the gateway framed it with a Content-Length, and with the hook's
+    replacement body after it. RFC 9110 8.6 forbids the field on a 204 (and on a 304 it must be the 200's length);
+    body bytes after either are read as the next response on the connection."""
+    gw = make_gateway(CONFIG)
+    reason = {204: b"No Content", 304: b"Not Modified"}[status]
+    upstream.reply("/none", Reply(raw=b"HTTP/1.1 %d %b\r\n%b\r\n" % (status, reason, upstream_fields)))
+    upstream.reply("/small", Reply(200, [("Content-Length", "5")], b"small"))
+    with gw.connect() as sock:
+        sock.sendall(
+            b"GET /none HTTP/1.1\r\nHost: a\r\n\r\nGET /small HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        )
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, rest = _raw_reply(data)
+    assert head.startswith(b"http/1.1 %d" % status)
+    assert b"x-test-hooked: yes" in head  # the hook ran
+    assert b"content-length" not in head and b"transfer-encoding" not in head
+    assert rest.startswith(b"HTTP/1.1 200 ")  # the next response follows the head at once
+    assert rest.endswith(b"\r\n\r\nSMALL!")

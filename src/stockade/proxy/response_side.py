@@ -123,15 +123,20 @@ def _write_head(
         if failed is not None:
             ex._error_local(failed.status, failed.reason, failed.detail, keep_decision=True)
             return None
+        length = None
         if body is not None:
             body = resp.body
+            if status == 204 or status == 304:
+                body = b""  # none, whatever a hook made of it, and none announced (RFC 9110 8.6)
+            elif body is not None:
+                length = str(len(body))
         if framing.needs_rebuild:
             # The upstream's Connection header names other headers as hop-by-hop: parse and rebuild.
             headers = resp.final_headers()
             if dechunk or body is not None:
                 headers = [(n, v) for n, v in headers if n != "transfer-encoding" and n != "content-length"]
-                if body is not None:
-                    headers.append(("content-length", str(len(body))))
+                if length is not None:
+                    headers.append(("content-length", length))
             out = build_head(status_line(status), headers, extra)
         else:
             # Surgical edits on the verbatim head: hop-by-hop lines cut as usual, the hooks' removals (and,
@@ -142,8 +147,8 @@ def _write_head(
             added = resp.added
             if dechunk or body is not None:
                 removed = removed | _FRAMING_NAMES
-                if body is not None:
-                    added = [*added, ("content-length", str(len(body)))]
+                if length is not None:
+                    added = [*added, ("content-length", length)]
             if removed:
                 out = cut_headers(out, removed)
             if added:
