@@ -102,6 +102,17 @@ def test_handler_reply_framed_after_hooks(
     assert (out.status, out.headers, out.body) == (status, headers, body)
 
 
+@pytest.mark.parametrize("status", [204, 304])
+@pytest.mark.parametrize("hooks", [(), (_Hook(),)], ids=["no-hooks", "hook-adds-a-body"])
+def test_handler_reply_without_a_body_announces_none(status: int, hooks: tuple[_Hook, ...]) -> None:
+    """A static handler's default body is `{}`: framed with a Content-Length after a 204, the client read it as the
+    next response on the connection (RFC 9110 8.6 forbids the field on a 204)."""
+    reply = LocalResponse(status, [("content-type", "application/json"), ("content-length", "2")], b"{}")
+    out = handler_reply(_pipeline(*hooks), make_context(), reply)
+    assert out.status == status and out.body == b""
+    assert [n for n, _ in out.headers if n in ("content-length", "transfer-encoding")] == []
+
+
 def test_hook_failing_on_handler_reply_is_handler_error() -> None:
     ctx = make_context()
     out = handler_reply(_pipeline(_Hook(fail=True)), ctx, LocalResponse(200, [], b"ok"))

@@ -100,6 +100,8 @@ def handler_reply(pipeline: Pipeline, ctx: RequestContext, reply: LocalResponse)
         headers = resp.final_headers()
         body = resp.body if resp.body is not None else b""
     out = [(n, header_safe(v)) for n, v in headers if n not in _FRAMING]
+    if reply.status == 204 or reply.status == 304:
+        return LocalResponse(reply.status, out, b"")  # none, and none announced (RFC 9110 8.6)
     out.append(("content-length", str(len(body))))
     return LocalResponse(reply.status, out, body)
 
