@@ -17,6 +17,7 @@ from stockade.asgi.scope import (
     scope_headers,
 )
 from stockade.asgi.scope import request_target as scope_target
+from stockade.config.models import HTTP_METHODS
 from stockade.pipeline.intake import bare_context, body_too_large, request_context, route_request
 from stockade.pipeline.local import pipeline_failed, pipeline_timed_out
 from stockade.pipeline.record import Timings, record_request
@@ -30,6 +31,10 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 INF = float("inf")
+# The methods the proxy's parser (llhttp) takes, in its spelling; CONNECT is then refused (405) as it is there.
+# Servers that pass others on (`post` from uvicorn's h11 and daphne) would have them judged as unknown methods,
+# outside every per-method rule, while Starlette and Django serve `post` as POST.
+PARSED_METHODS = frozenset(m.encode("ascii") for m in HTTP_METHODS) | {b"CONNECT"}
 
 
 class ClientDisconnectedError(BaseException):
@@ -89,6 +94,9 @@ class Exchange:
 
     def intake(self, method: bytes) -> tuple[RequestContext, CompiledRoute | Deny]:
         """Build the context and route the request exactly as the proxy does; a Deny is already recorded."""
+        if method not in PARSED_METHODS:
+            ctx = self._bare(method)
+            return ctx, Pipeline.deny(ctx, "http", Deny(400, "http.bad_request", detail="a method llhttp refuses"))
         scope = self.scope
         rt = self.runtime
         headers = scope_headers(scope)
