@@ -172,7 +172,7 @@ class AsgiServer:
     uvicorn's own X-Forwarded-For handling is off, as the docs tell users: Stockade decides who the client is.
     """
 
-    def __init__(self, app: Any, loop: BackgroundLoop) -> None:
+    def __init__(self, app: Any, loop: BackgroundLoop, lifespan: str = "on") -> None:
         self.bg = loop
         self.config = uvicorn.Config(
             app,
@@ -182,7 +182,7 @@ class AsgiServer:
             date_header=False,
             http="httptools",
             ws="websockets-sansio",
-            lifespan="on",
+            lifespan=lifespan,
         )
         self.server = uvicorn.Server(self.config)
         self.sock: socket.socket | None = None
@@ -297,10 +297,10 @@ class Served:
 
 
 @contextlib.contextmanager
-def serving(app: Any) -> Iterator[AsgiServer]:
+def serving(app: Any, lifespan: str = "on") -> Iterator[AsgiServer]:
     bg = BackgroundLoop()
     try:
-        with AsgiServer(app, bg) as server:
+        with AsgiServer(app, bg, lifespan) as server:
             yield server
     finally:
         bg.stop()

@@ -15,7 +15,7 @@ from stockade.config.loader import load_config_text
 from stockade.errors import ConfigError
 from stockade.observability.decision_log import DecisionLog
 from tests.asgi.asgi_apps import starlette_app
-from tests.asgi.asgi_support import raw_request, serving
+from tests.asgi.asgi_support import call_direct, direct_scope, raw_request, serving
 
 NO_UPSTREAM = """
 routes:
@@ -80,16 +80,117 @@ def test_unknown_scope_type_refused() -> None:
     assert reached == []
 
 
-def test_decision_lines_written_by_shutdown(tmp_path: Path) -> None:
+class NoLifespan:
+    """An app that does not speak lifespan: Django's ASGI handler raises on the scope; others just return."""
+
+    def __init__(self, raises: bool) -> None:
+        self.app = starlette_app()
+        self.raises = raises
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+        elif self.raises:
+            raise ValueError("Django can only handle ASGI/HTTP connections, not lifespan.")
+
+
+@pytest.mark.parametrize(
+    "app",
+    [
+        pytest.param(starlette_app, id="lifespan"),
+        pytest.param(lambda: NoLifespan(raises=True), id="raises-on-lifespan"),
+        pytest.param(lambda: NoLifespan(raises=False), id="returns-on-lifespan"),
+    ],
+)
+def test_decision_lines_written_by_shutdown(tmp_path: Path, app: Any) -> None:
+    """uvicorn (lifespan "auto", its default) sends no shutdown to an app that failed or ended the lifespan scope,
+    so lines buffered in the last quarter second were lost: the middleware speaks the protocol for such an app."""
     log_path = tmp_path / "decisions.log"
     clock = FakeClock()
     log = DecisionLog(str(log_path), clock)
-    mw = StockadeMiddleware(starlette_app(), config_text=NO_UPSTREAM, clock=clock, decision_log=log)
-    with serving(mw) as server:
+    mw = StockadeMiddleware(app(), config_text=NO_UPSTREAM, clock=clock, decision_log=log)
+    with serving(mw, lifespan="auto") as server:
         for i in range(3):
             raw_request(server.port, "GET", "/items", headers={"X-Request-Id": f"shutdown-{i}"})
     lines = [orjson.loads(line) for line in log_path.read_bytes().splitlines()]
     assert [line["request_id"] for line in lines] == ["shutdown-0", "shutdown-1", "shutdown-2"]
+    log.close()
+
+
+def _lifespan(mw: StockadeMiddleware, log_path: Path) -> list[tuple[str, int]]:
+    """Run a lifespan scope as a server would: what the middleware sent, and how many log lines were on disk."""
+    incoming = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    sent: list[tuple[str, int]] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append((message["type"], len(log_path.read_bytes().splitlines())))
+
+    asyncio.run(mw({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send))
+    return sent
+
+
+async def _raises_at_once(scope: Any, receive: Any, send: Any) -> None:
+    raise ValueError("Django can only handle ASGI/HTTP connections, not lifespan.")
+
+
+async def _returns_at_once(scope: Any, receive: Any, send: Any) -> None:
+    return
+
+
+async def _speaks_lifespan(scope: Any, receive: Any, send: Any) -> None:
+    await receive()
+    await send({"type": "lifespan.startup.complete"})
+    await receive()
+    await send({"type": "lifespan.shutdown.complete"})
+
+
+async def _fails_at_startup(scope: Any, receive: Any, send: Any) -> None:
+    await receive()
+    raise RuntimeError("database unreachable")
+
+
+async def _fails_at_shutdown(scope: Any, receive: Any, send: Any) -> None:
+    await receive()
+    await send({"type": "lifespan.startup.complete"})
+    await receive()
+    raise RuntimeError("database unreachable")
+
+
+async def _reports_startup_failure(scope: Any, receive: Any, send: Any) -> None:
+    await receive()
+    await send({"type": "lifespan.startup.failed", "message": "no database"})
+
+
+COMPLETE = [("lifespan.startup.complete", 0), ("lifespan.shutdown.complete", 1)]  # the line written before the end
+
+
+@pytest.mark.parametrize(
+    ("app", "outcome"),
+    [
+        pytest.param(_raises_at_once, COMPLETE, id="raises-before-taking-part"),  # Django: answered for it
+        pytest.param(_returns_at_once, COMPLETE, id="returns-before-taking-part"),
+        pytest.param(_speaks_lifespan, COMPLETE, id="speaks-lifespan"),
+        # An app that took part fails as it would without the middleware: a real startup failure stops the server.
+        pytest.param(_fails_at_startup, RuntimeError, id="fails-at-startup"),
+        pytest.param(_fails_at_shutdown, RuntimeError, id="fails-at-shutdown"),
+        pytest.param(_reports_startup_failure, [("lifespan.startup.failed", 0)], id="reports-startup-failure"),
+    ],
+)
+def test_lifespan_by_how_the_app_takes_part(tmp_path: Path, app: Any, outcome: Any) -> None:
+    log_path = tmp_path / "decisions.log"
+    log = DecisionLog(str(log_path), FakeClock())
+    mw = StockadeMiddleware(starlette_app(), config_text=NO_UPSTREAM, decision_log=log)
+    call_direct(mw, direct_scope("http", "/items"))  # one line, buffered (its flush timer died with its loop)
+    assert log_path.read_bytes() == b""
+    mw.app = app
+    if outcome is RuntimeError:
+        with pytest.raises(RuntimeError, match="database unreachable"):
+            _lifespan(mw, log_path)
+    else:
+        assert _lifespan(mw, log_path) == outcome
     log.close()
 
 

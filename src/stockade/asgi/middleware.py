@@ -78,7 +78,7 @@ class StockadeMiddleware:
         elif kind == "websocket":
             await WebSocketExchange(self, scope, receive, send).run()
         elif kind == "lifespan":
-            await self.app(scope, self._lifespan_receive(receive), send)
+            await self._lifespan(scope, receive, send)
         else:
             # A connection type this version does not know could carry requests the pipeline never saw.
             raise ValueError(f"StockadeMiddleware: unsupported ASGI scope type {kind!r}")
@@ -130,11 +130,39 @@ class StockadeMiddleware:
             if self._watched:
                 self._schedule()
 
-    def _lifespan_receive(self, receive: Receive) -> Receive:
-        async def wrapped() -> Message:
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the lifespan scope to the app, flushing the decision log when the server has drained; answer it
+        for an app that does not speak it, so the log is still flushed at shutdown."""
+        took_part = False
+
+        async def app_receive() -> Message:
+            nonlocal took_part
+            took_part = True
             message = await receive()
             if message["type"] == "lifespan.shutdown":
                 self.flush()  # the server has drained its connections: every line is written before exit
             return message
 
-        return wrapped
+        async def app_send(message: Message) -> None:
+            nonlocal took_part
+            took_part = True
+            await send(message)
+
+        try:
+            await self.app(scope, app_receive, app_send)
+        except Exception:
+            if took_part:
+                raise  # a real startup or shutdown failure: it stops the server as it would without us
+            # Django's ASGI handler refuses the scope (others return at once); uvicorn then never sends shutdown,
+            # and lines from the last quarter second were lost.
+            log.debug("the app does not support lifespan; StockadeMiddleware answers it", exc_info=True)
+        if took_part:
+            return
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.flush()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
