@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +195,31 @@ def test_lifespan_by_how_the_app_takes_part(tmp_path: Path, app: Any, outcome: A
     else:
         assert _lifespan(mw, log_path) == outcome
     log.close()
+
+
+EXIT_SCRIPT = """
+import sys
+from stockade.asgi import StockadeMiddleware
+from stockade.clock import FakeClock
+from stockade.observability.decision_log import DecisionLog
+from tests.asgi.asgi_apps import starlette_app
+from tests.asgi.asgi_support import call_direct, direct_scope
+
+config = "routes: [{id: items, match: {path: /items}, stages: [{use: anonymous}]}]"
+log = DecisionLog(sys.argv[1], FakeClock())
+mw = StockadeMiddleware(starlette_app(), config_text=config, decision_log=log)
+assert call_direct(mw, direct_scope("http", "/items")).status == 200
+"""
+
+
+@pytest.mark.slow
+def test_decision_lines_written_when_the_process_exits(tmp_path: Path) -> None:
+    """Servers without lifespan (daphne) give no shutdown signal: lines the timer had not written yet are written
+    when the interpreter exits."""
+    log_path = tmp_path / "decisions.log"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    subprocess.run([sys.executable, "-c", EXIT_SCRIPT, str(log_path)], env=env, check=True, timeout=60)
+    assert [orjson.loads(line)["route"] for line in log_path.read_bytes().splitlines()] == ["items"]
 
 
 def test_reload_swaps_routes_atomically() -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +27,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("stockade.asgi")
 
 SWEEP_INTERVAL = 0.25  # as the proxy: deadlines and decision-log flushes are checked four times a second
+
+
+def _flush_at_exit(ref: weakref.ref[StockadeMiddleware]) -> None:
+    mw = ref()
+    if mw is not None:
+        mw.flush()
 
 
 class StockadeMiddleware:
@@ -70,6 +78,9 @@ class StockadeMiddleware:
         self._watched: set[Exchange] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_loop: asyncio.AbstractEventLoop | None = None
+        # Servers without lifespan (daphne) never say they are stopping: lines the timer has not written yet are
+        # written when the interpreter exits. A weak reference: the registration does not keep the middleware alive.
+        atexit.register(_flush_at_exit, weakref.ref(self))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
