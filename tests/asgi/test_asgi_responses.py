@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
 from stockade.asgi import StockadeMiddleware
+from stockade.clock import FakeClock
+from stockade.observability.decision_log import DecisionLog
 from stockade.testing import read_responses
 from tests.asgi.asgi_stages import COMPLETED, HANDLER_ENTERED, STALL_ENTERED
-from tests.asgi.asgi_support import Served, direct_scope, problem, request_id_for
+from tests.asgi.asgi_support import Served, call_direct, direct_scope, problem, request_id_for
 from tests.proxy.helpers import wait_for
 
 # -- responses ----------------------------------------------------------------------------------------------------
@@ -270,3 +273,40 @@ def test_a_body_not_received_within_the_pipeline_timeout_is_408_not_a_stage_fail
     assert problem(body)["reason"] == "http.timeout"
     line = served.decision(rid)
     assert (line["decision"], line["stage"]) == ("deny", "http")
+
+
+@pytest.mark.parametrize(
+    ("message", "more"),
+    [
+        pytest.param({"type": "http.response.pathsend"}, [], id="pathsend"),
+        pytest.param({"type": "http.response.zerocopy", "count": 5}, [], id="zerocopy"),
+        pytest.param(
+            {"type": "http.response.zerocopy", "count": 2, "more_body": True},
+            [{"type": "http.response.zerocopy", "count": 3}],
+            id="zerocopy-in-parts",
+        ),
+    ],
+)
+def test_a_file_the_server_sends_completes_the_response(
+    tmp_path: Path, message: dict[str, Any], more: list[dict[str, Any]]
+) -> None:
+    """A zero-copy response that ended was logged as `app.incomplete` (a 500-class error) and never counted."""
+    file = tmp_path / "file.txt"
+    file.write_bytes(b"hello")
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]})
+        with file.open("rb") as f:
+            for part in [message, *more]:
+                await send({**part, "path": str(file), "file": f.fileno()})
+
+    log_path = tmp_path / "decisions.log"
+    log = DecisionLog(str(log_path), FakeClock())
+    config = "routes:\n  - id: r\n    match: {path: /**}\n    stages: [{use: anonymous}]\n"
+    mw = StockadeMiddleware(app, config_text=config, decision_log=log)
+    extensions = {"http.response.pathsend": {}, "http.response.zerocopy": {}}
+    sent = call_direct(mw, direct_scope("http", "/file", extensions=extensions))
+    log.close()
+    assert [m["type"] for m in sent.messages[1:]] == [m["type"] for m in [message, *more]]
+    line = orjson.loads(log_path.read_bytes())
+    assert (line["status"], line.get("error")) == (200, None)

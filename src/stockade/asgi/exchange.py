@@ -232,6 +232,11 @@ class HttpExchange(Exchange):
         elif kind == "http.response.pathsend":
             await self.send(message)
             self.record()
+        elif kind == "http.response.zerocopy":
+            await self.send(message)
+            self.bytes_sent += int(message.get("count") or 0)
+            if not message.get("more_body", False) and not self.trailers:
+                self.record()
         else:
             await self.send(message)  # other extensions (early hints, push) are the server's to judge
 
