@@ -234,12 +234,47 @@ def rooted_fastapi(root: str) -> FastAPI:
     return api
 
 
-@pytest.mark.parametrize("root", ["", "/v2"])
-def test_an_app_that_sets_another_root_path_is_refused_at_construction(root: str) -> None:
-    """FastAPI(root_path=...) puts its own root path into every scope it routes: the middleware would judge paths
-    the app reads another way."""
-    with pytest.raises(ValueError, match=r"root_path='/api'"):
-        middleware(rooted_fastapi("/api"), root_path=root)
+class _Handler:
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("not called")
+
+
+def made_in(package: str, **attributes: str) -> Any:
+    """An app object whose class comes from `package`, as the middleware sees it."""
+    app = type("App", (_Handler,), {"__module__": f"{package}.app"})()
+    app.__dict__.update(attributes)
+    return app
+
+
+@pytest.mark.parametrize(
+    ("app", "root", "refused"),
+    [
+        # FastAPI(root_path=...) puts its root path into every scope it routes, whatever the server sent.
+        pytest.param(
+            lambda: rooted_fastapi("/api"), "", r"FastAPI\.root_path='/api'.*pass root_path='/api'", id="fastapi"
+        ),
+        pytest.param(lambda: rooted_fastapi("/api"), "/v2", r"root_path='/api'", id="fastapi-another-root"),
+        pytest.param(lambda: rooted_fastapi("/api"), "/api", None, id="fastapi-same-root"),
+        pytest.param(lambda: rooted_fastapi(""), "", None, id="fastapi-no-root"),
+        # Django routes on `path` minus FORCE_SCRIPT_NAME, whatever root path the server sent.
+        pytest.param(lambda: made_in("django"), "", r"FORCE_SCRIPT_NAME='/api'", id="django-force-script-name"),
+        pytest.param(lambda: made_in("django"), "/api", None, id="django-same-root"),
+        # Flask-style apps have a `root_path` too: their source directory, nothing to do with routing.
+        pytest.param(lambda: made_in("quart", root_path="/srv/app"), "", None, id="quart"),
+        pytest.param(lambda: made_in("other", root_path="/srv/app"), "", None, id="another-framework"),
+        # Quart takes the root off wherever it first occurs: `/x/api/admin` under `/api` is its `/admin`.
+        pytest.param(lambda: made_in("quart", root_path="/srv/app"), "/api", r"Quart", id="quart-with-a-root"),
+    ],
+)
+def test_an_app_that_roots_requests_itself_at_construction(
+    monkeypatch: pytest.MonkeyPatch, app: Any, root: str, refused: str | None
+) -> None:
+    monkeypatch.setitem(sys.modules, "django.conf", SimpleNamespace(settings=SimpleNamespace(FORCE_SCRIPT_NAME="/api")))
+    if refused is None:
+        middleware(app(), root_path=root)
+    else:
+        with pytest.raises(ValueError, match=refused):
+            middleware(app(), root_path=root)
 
 
 @pytest.mark.parametrize(
@@ -256,20 +291,6 @@ def test_an_app_that_sets_the_same_root_path(scope_root: str, path: str, status:
     """The app overwrites the scope's root path with its own, so a server that sends none is fine too."""
     sent = call_direct(middleware(rooted_fastapi("/api"), root_path="/api"), scope_for(path, scope_root))
     assert sent.status == status
-
-
-def test_django_force_script_name_counts_as_the_apps_root_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Django routes on `path` minus FORCE_SCRIPT_NAME, whatever root path the server sent."""
-
-    class ASGIHandler:
-        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-            raise AssertionError("not called")
-
-    ASGIHandler.__module__ = "django.core.handlers.asgi"
-    monkeypatch.setitem(sys.modules, "django.conf", SimpleNamespace(settings=SimpleNamespace(FORCE_SCRIPT_NAME="/api")))
-    with pytest.raises(ValueError, match=r"root_path='/api'"):
-        middleware(ASGIHandler())
-    middleware(ASGIHandler(), root_path="/api")
 
 
 @pytest.mark.parametrize("root", ["api", "/api/", "/", "/a//b", "/a/./b", "/a/../b", "/a\x00b", "/a?b", "/a#b"])

@@ -28,6 +28,10 @@ class RootPath:
 
     def __init__(self, path: str, app: object) -> None:
         check_root_path(path)
+        if path and _made_by(app, "quart"):
+            # Quart routes on what follows the root path's first occurrence anywhere in `path` (`/x/api/admin` under
+            # `/api` is its `/admin`): no route table can follow that.
+            raise ValueError("StockadeMiddleware: Quart does not take a root path off as a prefix; serve it with none")
         own, setting = app_root_path(app)
         if own and own != path:
             raise ValueError(
@@ -94,12 +98,18 @@ def check_root_path(path: str) -> None:
 def app_root_path(app: object) -> tuple[str, str]:
     """The root path an app routes under whatever the server sent, and the setting that says so: FastAPI's
     `root_path` (put into every scope), Django's FORCE_SCRIPT_NAME (its script prefix). '' if none is known."""
-    own = getattr(app, "root_path", None)
-    if isinstance(own, str) and own:
-        return own, f"{type(app).__name__}.root_path"
-    if type(app).__module__.startswith("django."):
+    if _made_by(app, "fastapi"):  # Flask-style apps (Quart) have a `root_path` too: their source directory
+        own = getattr(app, "root_path", None)
+        if isinstance(own, str) and own:
+            return own, f"{type(app).__name__}.root_path"
+    if _made_by(app, "django"):
         conf = sys.modules.get("django.conf")  # loaded by whoever built a Django handler
         script = getattr(getattr(conf, "settings", None), "FORCE_SCRIPT_NAME", None)
         if isinstance(script, str) and script:
             return script, "FORCE_SCRIPT_NAME"
     return "", ""
+
+
+def _made_by(app: object, package: str) -> bool:
+    """Whether the app is an instance of a class from `package` (or of a subclass of one)."""
+    return any(cls.__module__.partition(".")[0] == package for cls in type(app).__mro__)
