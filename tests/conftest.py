@@ -19,6 +19,15 @@ def bg() -> Iterator[BackgroundLoop]:
     loop.stop()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _stop_shared_redis_cluster() -> Iterator[None]:
+    """The Redis Cluster the tests share is started by the first test that uses it, and stopped here."""
+    yield
+    from tests.ratelimit.clusterutil import stop_shared_cluster
+
+    stop_shared_cluster()
+
+
 @pytest.fixture
 def upstream(bg: BackgroundLoop) -> Iterator[TestUpstream]:
     with TestUpstream(bg) as up:
