@@ -91,7 +91,7 @@ async def redis_path(url: str, n: int) -> dict[str, float]:
             best_wall = min(best_wall, (time.perf_counter() - w0) / n * 1e6)
         out[f"redis {label}: CPU us/check"] = best_cpu
         out[f"redis {label}: wall us/check"] = best_wall
-    await backend.client.call("DEL", hits[0][1])
+    await backend.client.call_on(hits[0][1], "DEL", hits[0][1])
     await backend.aclose()
     return out
 

@@ -1,4 +1,5 @@
-"""Running a coroutine against a fresh limits backend of each kind (memory, Redis on the shared server)."""
+"""Running a coroutine against a fresh limits backend of each kind (memory, Redis on the shared server, and the
+Redis Cluster the session shares)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import pytest
 from stockade.clock import SYSTEM_CLOCK, FakeClock
 from stockade.ratelimit.backend import LimiterBackend
 from stockade.ratelimit.memory import MemoryBackend
+from tests.ratelimit.clusterutil import fresh_cluster_url
 from tests.ratelimit.redisutil import fresh_redis_url
 
 T = TypeVar("T")
-KINDS = ["memory", pytest.param("redis", marks=pytest.mark.redis)]
+KINDS = ["memory", pytest.param("redis", marks=pytest.mark.redis), pytest.param("cluster", marks=pytest.mark.redis)]
 
 
 def fake_clock() -> FakeClock:
@@ -30,7 +32,9 @@ def run_on(kind: str, clock: FakeClock, body: Callable[[LimiterBackend], Awaitab
             return await body(MemoryBackend(clock))
         from stockade.ratelimit.redis import RedisBackend
 
-        backend = RedisBackend(url or fresh_redis_url(), clock, use_clock=True)
+        backend = RedisBackend(
+            url or (fresh_cluster_url() if kind == "cluster" else fresh_redis_url()), clock, use_clock=True
+        )
         try:
             return await body(backend)
         finally:
@@ -41,11 +45,15 @@ def run_on(kind: str, clock: FakeClock, body: Callable[[LimiterBackend], Awaitab
 
 
 async def drop_keys(backend: LimiterBackend) -> None:
+    from stockade.ratelimit.cluster import ClusterClient
+
     client = backend.client  # type: ignore[attr-defined]
-    cursor = b"0"
-    while True:
-        cursor, keys = await client.call("SCAN", cursor, "MATCH", backend.prefix + "*", "COUNT", 1000)
-        if keys:
-            await client.call("DEL", *keys)
-        if cursor == b"0":
-            return
+    cluster = isinstance(client, ClusterClient)
+    for node in client.masters() if cluster else [client]:  # SCAN sees one node's keys
+        cursor = b"0"
+        while True:
+            cursor, keys = await node.call("SCAN", cursor, "MATCH", backend.prefix + "*", "COUNT", 1000)
+            for batch in [[k] for k in keys] if cluster else [keys] if keys else []:  # DEL of several slots: CROSSSLOT
+                await node.call("DEL", *batch)
+            if cursor == b"0":
+                break

@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import click
 
@@ -15,7 +16,7 @@ from stockade.cli.identity_common import cli_actor
 from stockade.clock import SYSTEM_CLOCK
 from stockade.config.loader import LoadedConfig
 from stockade.errors import StorageError
-from stockade.ratelimit.backend import LimiterBackend, LimiterUnavailableError
+from stockade.ratelimit.backend import REDIS_SCHEMES, LimiterBackend, LimiterUnavailableError
 from stockade.ratelimit.keys import IpGrouper
 from stockade.security.netaddr import parse_ip
 from stockade.storage import audit, storage_from_url
@@ -25,7 +26,7 @@ T = TypeVar("T")
 
 def _run(loaded: LoadedConfig, op: Callable[[LimiterBackend, LoadedConfig], Awaitable[T]]) -> T:
     url = loaded.config.limits_storage
-    if not url.startswith(("redis://", "rediss://")):
+    if urlsplit(url).scheme not in REDIS_SCHEMES:
         click.echo(
             f"limits_storage is {url}: lockouts live inside the running gateway process. "
             "Use its admin API instead (GET /lockouts, POST /lockouts/clear).",

@@ -34,7 +34,8 @@ Decision = tuple[bool, list[HitResult]]
 CONCURRENCY_RETRY = US  # nobody knows when a request in flight ends: suggest trying again in a second
 
 SHARED_KEY = "ratelimit.backend"
-SCHEMES = ("memory", "redis", "rediss")
+REDIS_SCHEMES = ("redis", "rediss", "redis+cluster", "rediss+cluster")
+SCHEMES = ("memory", *REDIS_SCHEMES)
 
 
 class LimiterUnavailableError(StorageError):
@@ -93,9 +94,10 @@ def storage_problems(url: str, workers: int) -> list[str]:
     scheme = urlsplit(url).scheme
     if scheme not in SCHEMES:
         return [
-            f"limits_storage {mask_url(url)!r}: unsupported scheme {scheme!r}; use memory:// or redis://host:port/db"
+            f"limits_storage {mask_url(url)!r}: unsupported scheme {scheme!r}; use memory://, redis://host:port/db "
+            "or redis+cluster://host:port,host:port"
         ]
-    if scheme in ("redis", "rediss"):
+    if scheme in REDIS_SCHEMES:
         from stockade.ratelimit.resp import RedisUrl
 
         try:
@@ -111,13 +113,13 @@ def storage_problems(url: str, workers: int) -> list[str]:
 
 
 def backend_from_url(url: str, services: Services) -> LimiterBackend:
-    """A new backend for `url` (memory:// or redis[s]://). Raises ValueError for a bad URL."""
+    """A new backend for `url` (memory://, redis[s]:// or redis[s]+cluster://). Raises ValueError for a bad URL."""
     scheme = urlsplit(url).scheme
     if scheme == "memory":
         from stockade.ratelimit.memory import MemoryBackend
 
         return MemoryBackend(services.clock)
-    if scheme in ("redis", "rediss"):
+    if scheme in REDIS_SCHEMES:
         from stockade.ratelimit.redis import RedisBackend
 
         return RedisBackend(url, services.clock, services.metrics)

@@ -1,9 +1,10 @@
 """`redis://`: limits exact across workers and nodes - one EVALSHA per request, time from Redis, TTL cleanup.
 
 Every limit of a request is decided by one Lua script (`lua/limits.lua`) in one round trip; keys of one
-request share a hash tag, so the script runs on Redis Cluster too. An outage raises LimiterUnavailableError
-(the stage answers 503 or, if `fail_open`, lets the request through); it is logged once when it starts and
-once when it ends, counted in metrics, and the next call after `retry` seconds reconnects by itself.
+request share a hash tag, so with `redis+cluster://` the script runs whole on the master that owns its slot
+(cluster.py). An outage raises LimiterUnavailableError (the stage answers 503 or, if `fail_open`, lets the
+request through); it is logged once when it starts and once when it ends, counted in metrics, and the next call
+after `retry` seconds reconnects by itself.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from stockade.ratelimit.backend import (
     Lockout,
     LockoutRule,
 )
+from stockade.ratelimit.cluster import ClusterClient
 from stockade.ratelimit.leases import HeldSlots, Renewal
-from stockade.ratelimit.resp import RedisClient, RedisReplyError, RedisUnavailableError, RedisUrl, Script
+from stockade.ratelimit.resp import Commands, RedisClient, RedisReplyError, RedisUnavailableError, RedisUrl, Script
 
 if TYPE_CHECKING:
     from stockade.clock import Clock
@@ -57,11 +59,15 @@ class RedisBackend:
         self.url = url
         self.where = RedisUrl.parse(url)
         self.prefix = self.where.prefix
-        self.client = RedisClient(self.where, clock)
+        self.client: Commands = (
+            ClusterClient(self.where, clock, metrics) if self.where.cluster else RedisClient(self.where, clock)
+        )
         self.clock = clock
         self.metrics = metrics
         self.use_clock = use_clock
         self.down = False
+        self._confirming: asyncio.Task[None] | None = None
+        self._confirm_at = 0.0
         self._pending: set[asyncio.Task[Any]] = set()
         self.leases = HeldSlots(clock, self._renew)
 
@@ -72,23 +78,49 @@ class RedisBackend:
         try:
             reply = await self.client.evalsha(script, keys, args)
         except (RedisUnavailableError, RedisReplyError) as exc:
-            # A reply error (e.g. a key of the wrong type, or a read-only replica) is as fatal as an outage:
-            # the request cannot be counted.
+            # A reply error (e.g. a key of the wrong type, a read-only replica, CLUSTERDOWN) is as fatal as an
+            # outage: the request cannot be counted.
+            message = str(exc)
+            if message.startswith(("MOVED ", "ASK ")):
+                message += " (this is a Redis Cluster: name it with redis+cluster://)"
             if not self.down:
                 self.down = True
-                log.error("limits backend unavailable: %s", exc, extra={"backend": self._where()})
+                log.error("limits backend unavailable: %s", message, extra={"backend": self._where()})
                 if self.metrics is not None:
                     self.metrics.event("limits_backend", "down")
-            raise LimiterUnavailableError(str(exc)) from None
+            raise LimiterUnavailableError(message) from None
         if self.down:
-            self.down = False
-            log.warning("limits backend reachable again", extra={"backend": self._where()})
-            if self.metrics is not None:
-                self.metrics.event("limits_backend", "up")
+            self._recovered()
         return reply
 
-    def _where(self) -> str:
-        return f"redis://{self.where.host}:{self.where.port}/{self.where.db}"  # never the password
+    def _recovered(self) -> None:
+        if not self.where.cluster:
+            self._up()
+        elif self._confirming is None and self.clock.monotonic() >= self._confirm_at:
+            # One master answering says nothing of the others: the outage ends when every master answers.
+            self._confirming = asyncio.get_running_loop().create_task(self._confirm())
+
+    async def _confirm(self) -> None:
+        try:
+            await self.client.ping()
+        except (RedisUnavailableError, RedisReplyError):
+            self._confirm_at = self.clock.monotonic() + self.where.retry
+        else:
+            if self.down:
+                self._up()
+        finally:
+            self._confirming = None
+
+    def _up(self) -> None:
+        self.down = False
+        log.warning("limits backend reachable again", extra={"backend": self._where()})
+        if self.metrics is not None:
+            self.metrics.event("limits_backend", "up")
+
+    def _where(self) -> str:  # never the password
+        if self.where.cluster:
+            return "redis+cluster://" + ",".join(f"{host}:{port}" for host, port in self.where.seeds)
+        return f"redis://{self.where.host}:{self.where.port}/{self.where.db}"
 
     def hit(self, hits: Sequence[Hit], token: str) -> Decision:
         raise NotImplementedError("the Redis backend is asynchronous: use hit_async")
@@ -112,7 +144,7 @@ class RedisBackend:
         """Give back concurrency slots, without waiting (a slot that cannot be released expires with its lease)."""
         self.leases.remove(token)
         for key in keys:
-            self._spawn(self.client.call("ZREM", key, token))
+            self._spawn(self.client.call_on(key, "ZREM", key, token))
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -149,9 +181,9 @@ class RedisBackend:
     async def succeeded(self, subjects: Sequence[str]) -> None:
         await self._run(LOCKOUTS, [self._lock_key(s) for s in subjects], ["ok", self._now()])
 
-    async def _call(self, *args: str | bytes | int) -> Any:
+    async def _call_on(self, key: str, *args: str | bytes | int) -> Any:
         try:
-            return await self.client.call(*args)
+            return await self.client.call_on(key, *args)
         except (RedisUnavailableError, RedisReplyError) as exc:
             raise LimiterUnavailableError(str(exc)) from None
 
@@ -160,7 +192,8 @@ class RedisBackend:
         keys: list[str] = []
         cursor = b"0"
         while True:
-            cursor, batch = await self._call("SCAN", cursor, "MATCH", pattern, "COUNT", 500)
+            # On the node that owns the `{bf}` slot (a Redis Cluster scans only its own node's keys).
+            cursor, batch = await self._call_on(pattern, "SCAN", cursor, "MATCH", pattern, "COUNT", 500)
             keys.extend(k.decode() for k in batch)
             if cursor == b"0":
                 return sorted(set(keys))
@@ -181,7 +214,7 @@ class RedisBackend:
         keys = await self._scan() if subject is None else [self._lock_key(subject)]
         removed = 0
         for key in keys:
-            removed += int(await self._call("DEL", key))
+            removed += int(await self._call_on(key, "DEL", key))
         return removed
 
     async def _renew(self, batch: list[Renewal]) -> None:
@@ -189,7 +222,10 @@ class RedisBackend:
             await self._run(RENEW, [key for key, _ in slots], [self._now(), token, *(lease for _, lease in slots)])
 
     async def ping(self) -> None:
-        await self._call("PING")
+        try:
+            await self.client.ping()  # a cluster: every master, and each must say the cluster is up
+        except (RedisUnavailableError, RedisReplyError) as exc:
+            raise LimiterUnavailableError(str(exc)) from None
 
     async def aclose(self) -> None:
         self.leases.close()

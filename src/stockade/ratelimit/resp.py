@@ -15,7 +15,7 @@ import ssl
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
@@ -36,9 +36,15 @@ class RedisReplyError(Exception):
     """Redis answered with an error reply."""
 
 
+SCHEMES = ("redis", "rediss", "redis+cluster", "rediss+cluster")
+OPTIONS = ("prefix", "timeout", "connect_timeout", "retry")
+
+
 @dataclass(frozen=True)
 class RedisUrl:
-    """`redis[s]://[user:password@]host[:port][/db][?prefix=..&timeout=..&connect_timeout=..&retry=..]`."""
+    """`redis[s]://[user:password@]host[:port][/db][?prefix=..&timeout=..&connect_timeout=..&retry=..]`, or
+    `redis[s]+cluster://[user:password@]host[:port][,host[:port]...][/0][?...]` for Redis Cluster: the hosts are
+    seed nodes, asked for the slot map (any one that answers will do), and a cluster has only database 0."""
 
     host: str
     port: int
@@ -50,22 +56,36 @@ class RedisUrl:
     timeout: float = 0.5  # a reply later than this is an outage (the request must not hang on Redis)
     connect_timeout: float = 1.0
     retry: float = 1.0  # after a failed connect, calls fail at once for this long before the next attempt
+    cluster: bool = False
+    seeds: tuple[tuple[str, int], ...] = ()  # (host, port) of every node named; standalone: the one
 
     @classmethod
     def parse(cls, url: str) -> RedisUrl:
         parts = urlsplit(url)
         shown = repr(mask_url(url))  # for messages: never the password
-        if parts.scheme not in ("redis", "rediss"):
-            raise ValueError(f"{shown}: expected redis:// or rediss://")
-        try:
-            port = parts.port or 6379
-        except ValueError:
-            raise ValueError(f"{shown}: bad port") from None
+        if parts.scheme not in SCHEMES:
+            raise ValueError(f"{shown}: expected redis://, rediss://, redis+cluster:// or rediss+cluster://")
+        cluster = parts.scheme.endswith("+cluster")
+        userinfo, _, hosts = parts.netloc.rpartition("@")
+        if "," in hosts and not cluster:
+            raise ValueError(f"{shown}: several hosts; for Redis Cluster use redis+cluster://host:port,host:port")
+        if cluster:
+            seeds = _seeds(hosts, shown)
+            host, port = seeds[0]
+        else:
+            host = parts.hostname or "127.0.0.1"
+            try:
+                port = parts.port or 6379
+            except ValueError:
+                raise ValueError(f"{shown}: bad port") from None
+            seeds = ((host, port),)
         path = parts.path.strip("/")
         if path and not path.isdigit():
             raise ValueError(f"{shown}: the path must be a database number")
+        if cluster and path not in ("", "0"):
+            raise ValueError(f"{shown}: Redis Cluster has only database 0; remove '/{path}' from the URL")
         q = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        unknown = set(q) - {"prefix", "timeout", "connect_timeout", "retry"}
+        unknown = set(q) - set(OPTIONS)
         if unknown:
             raise ValueError(f"{shown}: unknown option(s) {', '.join(sorted(unknown))}")
         prefix = q.get("prefix", "stockade:")
@@ -77,16 +97,34 @@ class RedisUrl:
             raise ValueError(f"{shown}: timeout, connect_timeout and retry are seconds") from None
         if any(not 0 < t <= 60 for t in times.values()):
             raise ValueError(f"{shown}: timeouts must be between 0 and 60 seconds")
+        user, colon, password = userinfo.partition(":")
         return cls(
-            host=parts.hostname or "127.0.0.1",
+            host=host,
             port=port,
             db=int(path or 0),
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password else None,
-            tls=parts.scheme == "rediss",
+            username=unquote(user) if user else None,
+            password=unquote(password) if colon and password else None,
+            tls=parts.scheme.startswith("rediss"),
             prefix=prefix,
+            cluster=cluster,
+            seeds=seeds,
             **times,
         )
+
+
+def _seeds(hosts: str, shown: str) -> tuple[tuple[str, int], ...]:
+    if not hosts:
+        raise ValueError(f"{shown}: name at least one seed node (redis+cluster://host:port,host:port)")
+    seeds = []
+    for entry in hosts.split(","):
+        node = urlsplit(f"//{entry}")
+        if not node.hostname:
+            raise ValueError(f"{shown}: empty seed node")
+        try:
+            seeds.append((node.hostname, node.port or 6379))
+        except ValueError:
+            raise ValueError(f"{shown}: bad port") from None
+    return tuple(seeds)
 
 
 class Script:
@@ -176,6 +214,15 @@ class _Connection(asyncio.Protocol):
                 fut.set_exception(RedisUnavailableError(why))
 
 
+class Commands(Protocol):
+    """What the limits backend sends: RedisClient (one server) and ClusterClient (cluster.py) both do it."""
+
+    async def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any: ...
+    async def call_on(self, key: str, *args: Arg) -> Any: ...  # on the node that owns `key`
+    async def ping(self) -> None: ...
+    async def close(self) -> None: ...
+
+
 class RedisClient:
     """Connects on first use and again after a failure, at most once per `retry` seconds (injected clock)."""
 
@@ -199,6 +246,31 @@ class RedisClient:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
         return await self.call("EVAL", script.text, len(keys), *keys, *args)  # also caches it for EVALSHA
+
+    async def call_on(self, key: str, *args: Arg) -> Any:
+        """A command on the node that owns `key`: here, the one server."""
+        return await self.call(*args)
+
+    async def ping(self) -> None:
+        await self.call("PING")
+
+    # Redis Cluster's ASK redirection (cluster.py): the target of a slot migration serves a key of it only in the
+    # command that follows ASKING on the same connection. Apart from evalsha, so its cost stays as it is.
+
+    async def asking(self, *args: Arg) -> Any:
+        conn = self._conn
+        if conn is None or conn.closed:
+            conn = await self._connection()
+        # Sent in one go, so nothing else on this connection comes between them; gather retrieves both outcomes.
+        return (await asyncio.gather(conn.send(("ASKING",)), conn.send(args)))[1]
+
+    async def evalsha_asking(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
+        try:
+            return await self.asking("EVALSHA", script.sha, len(keys), *keys, *args)
+        except RedisReplyError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        return await self.asking("EVAL", script.text, len(keys), *keys, *args)
 
     async def _connection(self) -> _Connection:
         if self._connecting is not None:
@@ -246,3 +318,6 @@ class RedisClient:
         conn, self._conn = self._conn, None
         if conn is not None and conn.transport is not None and not conn.closed:
             conn.transport.close()
+
+
+_: type[Commands] = RedisClient
