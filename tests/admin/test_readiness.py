@@ -1,5 +1,6 @@
-"""/readyz: not ready while a backend the routes fail closed without is unreachable (real Redis and SQL stores
-taken down and brought back), ready with a `fail_open`-only backend down, one ping per probe flood."""
+"""/readyz: not ready while a backend the routes fail closed without is unreachable (real Redis, a Redis Cluster
+master and SQL stores taken down and brought back), ready with a `fail_open`-only backend down, one ping per
+probe flood."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from stockade.pipeline.stage import Services
 from stockade.ratelimit.backend import limits_backend
 from stockade.runtime import build_runtime
 from stockade.testing import TestGateway, gateway_with_upstream
+from tests.ratelimit.clusterutil import command, local_cluster
 from tests.ratelimit.redisutil import closed_port_url, free_port, private_redis
 
 LIMIT = """- use: rate_limit
@@ -136,6 +138,35 @@ def test_readyz_follows_a_redis_outage(tmp_path: Path, fail_open: bool) -> None:
             redis.start()
             gw.advance(1.5)
             assert admin.readyz()[:2] == (200, {"status": "ready", "checks": {"workers": "ok", "limits": "ok"}})
+
+
+@pytest.mark.redis
+def test_readyz_follows_a_redis_cluster_master_outage(tmp_path: Path) -> None:
+    ready = (200, {"status": "ready", "checks": {"workers": "ok", "limits": "ok"}})
+    with local_cluster(tmp_path) as cluster:
+        with (
+            gateway_with_upstream(config(route("a", LIMITED), limits=cluster.url)) as (gw, _up),
+            admin_for(gw) as admin,
+        ):
+            assert admin.readyz()[:2] == ready  # every master answers and says the cluster is ok
+            victim = cluster.nodes[1]
+            victim.kill()  # one master of three: a third of all keys cannot be counted
+            gw.advance(1.5)
+            status, body, raw = admin.readyz()
+            assert (status, body) == (
+                503,
+                {"status": "not ready", "checks": {"workers": "ok", "limits": "unreachable"}},
+            )
+            assert str(victim.port).encode() not in raw
+            victim.start()
+            gw.advance(1.5)
+            before = b"cluster_state:fail" in command(victim.port, "CLUSTER", "INFO")
+            status = admin.readyz()[0]
+            if before and b"cluster_state:fail" in command(victim.port, "CLUSTER", "INFO"):
+                assert status == 503  # it answers PING, but a restarted master refuses writes for ~2 s
+            cluster.wait_ok()
+            gw.advance(1.5)
+            assert admin.readyz()[:2] == ready
 
 
 def test_readyz_is_503_when_the_store_is_unreachable(tmp_path: Path) -> None:

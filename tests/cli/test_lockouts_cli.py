@@ -1,9 +1,10 @@
-"""`stockade lockouts list|clear` against Redis, and its refusal for a memory backend."""
+"""`stockade lockouts list|clear` against Redis and Redis Cluster, and its refusal for a memory backend."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from stockade.security.keys import username_key
 from stockade.stages.ratelimit.brute_force import hash_username
 from stockade.storage import storage_from_url
 from stockade.storage.records import AdminChange
+from tests.ratelimit.clusterutil import fresh_cluster_url
 from tests.ratelimit.redisutil import fresh_redis_url
 
 LOCK = LockoutRule(free_failures=0, lockout_after=1, backoff_base=1, backoff_max=1, lockout_seconds=600, window=600)
@@ -44,8 +46,9 @@ def lock(url: str, *subjects: str) -> None:
 
 
 @pytest.mark.redis
-def test_list_and_clear_lockouts(tmp_path: Path) -> None:
-    url = fresh_redis_url()
+@pytest.mark.parametrize("redis", [fresh_redis_url, fresh_cluster_url], ids=["standalone", "cluster"])
+def test_list_and_clear_lockouts(tmp_path: Path, redis: Callable[[], str]) -> None:
+    url = redis()
     config = str(write_config(tmp_path, url))
     user = f"user:{hash_username(username_key(PEPPER), 'alice@example.com')}"  # as the gateway counts it
     lock(url, "ip:203.0.113.5", user, "ip:2001:db8:1:2::/64", "id:abc")
@@ -103,10 +106,11 @@ def test_memory_backend_points_to_the_admin_api(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "GET /lockouts" in result.output
 
 
-def test_unreachable_redis_is_reported(tmp_path: Path) -> None:
+@pytest.mark.parametrize("scheme", ["redis", "redis+cluster"])
+def test_unreachable_redis_is_reported(tmp_path: Path, scheme: str) -> None:
     from tests.ratelimit.redisutil import closed_port_url
 
-    config = str(write_config(tmp_path, closed_port_url()))
+    config = str(write_config(tmp_path, closed_port_url().replace("redis", scheme, 1)))
     result = CliRunner().invoke(cli, ["lockouts", "list", "--config", config])
     assert result.exit_code == 3 and "limits backend unavailable" in result.output
 

@@ -1,5 +1,6 @@
 """Accuracy with real processes and Redis: a burst of 200 concurrent requests against a limit of 50 admits
-exactly 50 - across two workers of one gateway, and across two gateways on different ports."""
+exactly 50 - across two workers of one gateway, and across two gateways on different ports, on standalone
+Redis and on Redis Cluster."""
 
 from __future__ import annotations
 
@@ -10,16 +11,18 @@ import sys
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 
 from stockade.testing import TestUpstream
+from tests.ratelimit.clusterutil import fresh_cluster_url
 from tests.ratelimit.redisutil import free_port, fresh_redis_url
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
+each_redis = pytest.mark.parametrize("redis", [fresh_redis_url, fresh_cluster_url], ids=["standalone", "cluster"])
 
 CONFIG = """
 listen: {{host: 127.0.0.1, port: {port}}}
@@ -92,8 +95,9 @@ async def burst(ports: list[int], n: int) -> list[tuple[int, str]]:
     return out
 
 
-def test_two_workers_admit_exactly_the_limit(tmp_path: Path) -> None:
-    with TestUpstream() as up, gateway(tmp_path, "gw", fresh_redis_url(), up.url, "--workers", "2") as port:
+@each_redis
+def test_two_workers_admit_exactly_the_limit(tmp_path: Path, redis: Callable[[], str]) -> None:
+    with TestUpstream() as up, gateway(tmp_path, "gw", redis(), up.url, "--workers", "2") as port:
         results = asyncio.run(burst([port], 200))
     assert Counter(s for s, _ in results) == {200: 50, 429: 150}
     assert len(up.received) == 50
@@ -101,9 +105,10 @@ def test_two_workers_admit_exactly_the_limit(tmp_path: Path) -> None:
     assert len(workers) == 2  # both workers answered (and so both counted) part of the burst
 
 
-def test_two_gateways_sharing_redis_admit_exactly_the_limit(tmp_path: Path) -> None:
-    redis = fresh_redis_url()
-    with TestUpstream() as up, gateway(tmp_path, "a", redis, up.url) as a, gateway(tmp_path, "b", redis, up.url) as b:
+@each_redis
+def test_two_gateways_sharing_redis_admit_exactly_the_limit(tmp_path: Path, redis: Callable[[], str]) -> None:
+    url = redis()
+    with TestUpstream() as up, gateway(tmp_path, "a", url, up.url) as a, gateway(tmp_path, "b", url, up.url) as b:
         results = asyncio.run(burst([a, b], 200))
     assert Counter(s for s, _ in results) == {200: 50, 429: 150}
     assert len(up.received) == 50

@@ -133,8 +133,11 @@ def test_memory_limiter_with_several_workers_is_refused(stage: str, how: str) ->
     assert "silently split 2 ways" in str(err.value) and f"stage '{stage}'" in str(err.value)
 
 
-def test_redis_limiter_with_several_workers_is_accepted() -> None:
-    load("limits: [{rate: 5/minute, key: ip}]", head="workers: 4\nlimits_storage: redis://127.0.0.1:6379/0\n")
+@pytest.mark.parametrize(
+    "url", ["redis://127.0.0.1:6379/0", "redis+cluster://10.0.0.1:7000,10.0.0.2:7000", "rediss+cluster://h:7000/0"]
+)
+def test_redis_limiter_with_several_workers_is_accepted(url: str) -> None:
+    load("limits: [{rate: 5/minute, key: ip}]", head=f"workers: 4\nlimits_storage: '{url}'\n")
 
 
 def test_unknown_limits_storage_scheme_is_refused() -> None:
@@ -152,12 +155,27 @@ def test_unknown_limits_storage_scheme_is_refused() -> None:
         ("redis://127.0.0.1:99999/0", "bad port"),
         ("redis://:S3CRETPW@127.0.0.1:6379/zero", "must be a database number"),
         ("reddis://:S3CRETPW@127.0.0.1:6379/0", "unsupported scheme"),
+        ("redis+cluster://:S3CRETPW@10.0.0.1:7000,10.0.0.2:7000/2", "Redis Cluster has only database 0"),
+        ("redis+cluster://:S3CRETPW@10.0.0.1:7000,:7001", "empty seed node"),
+        ("redis://:S3CRETPW@10.0.0.1:7000,10.0.0.2:7000/0", r"for Redis Cluster use redis\+cluster://"),
     ],
-    ids=["option", "db", "braces", "timeout", "port", "db-with-password", "scheme-with-password"],
+    ids=[
+        "option",
+        "db",
+        "braces",
+        "timeout",
+        "port",
+        "db-with-password",
+        "scheme-with-password",
+        "cluster-db",
+        "cluster-seed",
+        "seeds-without-cluster",
+    ],
 )
 def test_bad_redis_url_is_a_config_error(url: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message) as info:
         load("limits: [{rate: 5/minute, key: ip}]", head=f"limits_storage: '{url}'\n")
+    assert "stage 'rate_limit'" in str(info.value) and "limits_storage" in str(info.value)  # where to look
     assert "S3CRETPW" not in str(info.value)  # the password never appears in a message
 
 
