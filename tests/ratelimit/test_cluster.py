@@ -17,11 +17,12 @@ import pytest
 
 from stockade.clock import SYSTEM_CLOCK
 from stockade.observability.metrics import Metrics
-from stockade.ratelimit.backend import GCRA, US, WINDOW, Hit, LockoutRule
+from stockade.ratelimit.backend import GCRA, US, WINDOW, Hit, LimiterUnavailableError, LockoutRule
 from stockade.ratelimit.cluster import key_slot
 from stockade.ratelimit.redis import LIMITS, RedisBackend
 from stockade.testing import gateway_with_upstream
 from tests.ratelimit.clusterutil import LocalCluster, Node, command, fresh_cluster_url, local_cluster, shared_cluster
+from tests.ratelimit.redisutil import fresh_redis_url
 
 pytestmark = pytest.mark.redis
 
@@ -134,6 +135,38 @@ def test_a_script_missing_on_one_node_is_loaded_on_that_node() -> None:
             assert [command(n.port, "SCRIPT", "EXISTS", LIMITS.sha) for n in others] == before
         finally:
             await backend.client.call_on(key, "DEL", key)
+            await backend.aclose()
+
+    asyncio.run(body())
+
+
+def test_a_cluster_named_as_standalone_redis_says_so() -> None:
+    cluster = shared_cluster()
+    node = cluster.nodes[0]
+    [tag] = tags_on(cluster, cluster.nodes[1])
+
+    async def body() -> None:
+        backend = RedisBackend(f"redis://127.0.0.1:{node.port}/0?prefix=x:", SYSTEM_CLOCK)
+        try:
+            with pytest.raises(LimiterUnavailableError, match=r"MOVED .* name it with redis\+cluster://"):
+                await backend.hit_async([gcra(f"x:{{{tag}}}:g", 5, 60)], "")
+        finally:
+            await backend.aclose()
+
+    asyncio.run(body())
+
+
+def test_standalone_redis_named_as_a_cluster_is_an_outage_without_a_storm() -> None:
+    url = fresh_redis_url().replace("redis://", "redis+cluster://", 1).replace("/0?", "?")
+
+    async def body() -> None:
+        backend = RedisBackend(url, SYSTEM_CLOCK)
+        try:
+            with pytest.raises(LimiterUnavailableError, match=r"no Redis Cluster slot map .*cluster support disabled"):
+                await backend.hit_async([gcra(backend.prefix + "{t}:g", 5, 60)], "")
+            with pytest.raises(LimiterUnavailableError, match="waiting before the next attempt"):
+                await backend.hit_async([gcra(backend.prefix + "{t}:g", 5, 60)], "")
+        finally:
             await backend.aclose()
 
     asyncio.run(body())

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from stockade.ratelimit.cluster import key_slot
+from stockade.ratelimit.cluster import _redirect, key_slot
 from stockade.ratelimit.resp import RedisUrl
 
 
@@ -92,3 +92,20 @@ def test_standalone_url_is_not_a_cluster() -> None:
 def test_bad_cluster_url_is_refused(url: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         RedisUrl.parse(url)
+
+
+@pytest.mark.parametrize(
+    ("message", "redirect"),
+    [
+        ("MOVED 3999 127.0.0.1:6381", (True, 3999, "127.0.0.1", 6381)),
+        ("ASK 3999 10.0.0.2:7000", (False, 3999, "10.0.0.2", 7000)),
+        ("MOVED 3999 :6381", (True, 3999, "", 6381)),  # endpoint unknown to the node: the one that answered
+        ("MOVED 12 2001:db8::7:6379", (True, 12, "2001:db8::7", 6379)),  # IPv6 comes without brackets
+        ("CLUSTERDOWN The cluster is down", None),
+        ("TRYAGAIN Multiple keys request during rehashing of slot", None),
+        ("MOVED nonsense", None),
+    ],
+    ids=["moved", "ask", "no-host", "ipv6", "clusterdown", "tryagain", "garbled"],
+)
+def test_redirections_are_read_from_the_error(message: str, redirect: tuple[bool, int, str, int] | None) -> None:
+    assert _redirect(message) == redirect

@@ -229,4 +229,6 @@ class RedisBackend:
 
     async def aclose(self) -> None:
         self.leases.close()
+        if self._confirming is not None:
+            self._confirming.cancel()
         await self.client.close()
