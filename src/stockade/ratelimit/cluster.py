@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("stockade.ratelimit")
 
 SLOTS = 16384
+SLOT_MASK = SLOTS - 1
 MAX_REDIRECTS = 2  # a stale map's MOVED may lead to a node that is migrating the slot on (ASK): both are followed
 Send = Callable[[RedisClient, bool], Awaitable[Any]]  # (node, after ASKING) -> reply
 
@@ -37,7 +38,7 @@ def key_slot(key: str) -> int:
         end = key.find("}", start + 1)
         if end > start + 1:
             key = key[start + 1 : end]
-    return crc_hqx(key.encode(), 0) & (SLOTS - 1)
+    return crc_hqx(key.encode(), 0) & SLOT_MASK
 
 
 def _redirect(message: str) -> tuple[bool, int, str, int] | None:
@@ -85,12 +86,20 @@ class ClusterClient:
     async def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         slot = key_slot(keys[0]) if keys else 0
         node = self._slots[slot] or await self._owner(slot)
-        try:
-            return await node.evalsha(script, keys, args)
+        try:  # node.call, not node.evalsha: one coroutine fewer on every request
+            return await node.call("EVALSHA", script.sha, len(keys), *keys, *args)
         except RedisReplyError as exc:
-            return await self._redirected(exc, node, lambda n, asking: _script(n, asking, script, keys, args))
+            error = exc
         except RedisUnavailableError as exc:
             raise self._unreachable(node, exc) from None
+        if str(error).startswith("NOSCRIPT"):  # this node lost it (or never ran it): EVAL caches it there
+            try:
+                return await node.call("EVAL", script.text, len(keys), *keys, *args)
+            except RedisReplyError as exc:
+                error = exc  # the slot moved in between: a redirection
+            except RedisUnavailableError as exc:
+                raise self._unreachable(node, exc) from None
+        return await self._redirected(error, node, lambda n, asking: _script(n, asking, script, keys, args))
 
     async def call_on(self, key: str, *args: Arg) -> Any:
         """A command on the master that owns `key`'s slot (SCAN there lists what that slot holds)."""
