@@ -178,13 +178,16 @@ LIMIT = 40
 def test_a_slot_migrated_mid_run_is_counted_exactly(tmp_path: Path) -> None:
     """Requests keep coming while a slot moves A -> B -> C. Redis guarantees a key is on one node at a time; the
     client must go where it is: ASK while the key is on the target of an unfinished migration, MOVED once the
-    slot is the target's, and both in a row for a client whose map is two moves old."""
+    slot is the target's, and both in a row for a client whose map is two moves old. A request with several
+    keys not all there yet cannot run on a half-moved slot (TRYAGAIN): it is refused, and counted after."""
     with local_cluster(tmp_path) as cluster:
         [tag] = tags_on(cluster, cluster.nodes[0])
         slot = cluster.keyslot(tag)
         a, b, c = cluster.nodes
         url = f"{cluster.url}?prefix=mig:"
         key = f"mig:{{{tag}}}:g"
+        other = next(ip for ip in ips() if key_slot(ip) == slot and ip != tag)  # another client, same slot
+        two = [gcra(f"mig:{{{other}}}:g", 5, 60), (WINDOW, f"mig:{{{other}}}:w", 60 * US, 5, 1)]
 
         async def body() -> None:
             metrics, stale_metrics = Metrics(), Metrics()
@@ -200,19 +203,23 @@ def test_a_slot_migrated_mid_run_is_counted_exactly(tmp_path: Path) -> None:
                 cluster.begin_migration(slot, a, b)
                 admitted.append(await wave(backend))  # the key is still on A: A serves it, no redirection
                 assert ("limits_cluster", "ask") not in metrics.events
+                with pytest.raises(LimiterUnavailableError, match="TRYAGAIN"):
+                    await backend.hit_async(two, "")  # no key on A: ASK B, where neither exists either
                 assert cluster.move_keys(slot, a, b) == 1
                 command(b.port, "SCRIPT", "FLUSH")  # the target has not run the script: ASKING + EVAL after NOSCRIPT
+                asks = metrics.events[("limits_cluster", "ask")]  # the refused request's
                 admitted.append(await wave(backend))  # A: no such key -> ASK B
-                assert metrics.events[("limits_cluster", "ask")] == 5
+                assert metrics.events[("limits_cluster", "ask")] == asks + 5
                 cluster.finish_migration(slot, b)
                 admitted.append(await wave(backend))  # A: MOVED B, the map is updated
                 assert metrics.events[("limits_cluster", "moved")] >= 1
                 asks = metrics.events[("limits_cluster", "ask")]
                 admitted.append(await wave(backend))  # straight to B now
+                assert (await backend.hit_async(two, ""))[1][0][1] == 4  # the refused one did not count
                 assert metrics.events[("limits_cluster", "ask")] == asks
 
                 cluster.begin_migration(slot, b, c)
-                assert cluster.move_keys(slot, b, c) == 1
+                assert cluster.move_keys(slot, b, c) == 3  # the key, and the other client's two
                 admitted.append(await wave(stale))  # the stale map says A: MOVED B, then ASK C
                 assert stale_metrics.events[("limits_cluster", "moved")] >= 1
                 assert stale_metrics.events[("limits_cluster", "ask")] >= 1
