@@ -14,6 +14,7 @@ import orjson
 from click.testing import CliRunner
 
 from stockade.cli import cli
+from stockade.errors import StorageError
 from stockade.security import jose
 from stockade.testing import BackgroundLoop, TestGateway, TestUpstream
 from tests.security.issuer import TestIssuer
@@ -133,3 +134,20 @@ def assertion_request(gw: TestGateway, assertion: str) -> tuple[int, dict[str, o
     }
     status, _, doc = post_form(gw, "/oauth2/token", form)
     return status, doc
+
+
+@contextlib.contextmanager
+def store_down(gw: TestGateway, calls: tuple[str, ...]) -> Iterator[None]:
+    """The gateway's store fails these calls, as a database that went away does."""
+    store = gw.services.shared["store"]
+
+    async def unreachable(*_args: object, **_kw: object) -> None:
+        raise StorageError("postgresql: connection refused")
+
+    for name in calls:
+        setattr(store, name, unreachable)
+    try:
+        yield
+    finally:
+        for name in calls:
+            delattr(store, name)

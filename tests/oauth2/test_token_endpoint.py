@@ -4,7 +4,6 @@ revocation through `jti`, client revocation, RFC 6749 §5.2 errors, JWKS and RFC
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import logging
 from collections.abc import Iterator
@@ -15,7 +14,6 @@ import pytest
 from click.testing import CliRunner
 
 from stockade.cli import cli
-from stockade.errors import StorageError
 from stockade.oauth2.clients import ASSERTION_TYPE
 from stockade.security import jose
 from stockade.testing import TestGateway, TestUpstream
@@ -30,6 +28,7 @@ from tests.oauth2.flow import (
     get_token,
     oauth_gateway,
     post_form,
+    store_down,
 )
 from tests.security.issuer import TestIssuer
 
@@ -344,23 +343,6 @@ def test_the_decision_log_says_why_a_client_was_refused(tmp_path: Path, who: str
         gw.flush_log()
     (line,) = [json.loads(raw) for raw in log_path.read_text().splitlines() if '"/oauth2/token"' in raw]
     assert line["detail"].endswith(why)
-
-
-@contextlib.contextmanager
-def store_down(gw: TestGateway, calls: tuple[str, ...]) -> Iterator[None]:
-    """The gateway's store fails these calls, as a database that went away does."""
-    store = gw.services.shared["store"]
-
-    async def unreachable(*_args: object, **_kw: object) -> None:
-        raise StorageError("postgresql: connection refused")
-
-    for name in calls:
-        setattr(store, name, unreachable)
-    try:
-        yield
-    finally:
-        for name in calls:
-            delattr(store, name)
 
 
 @pytest.mark.parametrize(
