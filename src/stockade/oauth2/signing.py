@@ -1,5 +1,13 @@
 """The gateway's token signing keys: loaded from the store (private halves sealed with the KEK), rotated with an
-overlap, published as a JWKS, and offered to the `jwt` stage as a local key source (no HTTP round trip)."""
+overlap, published as a JWKS, and offered to the `jwt` stage as a local key source (no HTTP round trip).
+
+Every worker follows the store's change feed. A `signing_key` change names a key without saying what changed, so
+the keys are read again; from the moment the change arrives until a read begun after it has been applied, the key
+it names verifies no token here (fail closed: it may have been deleted). A read that fails (a database restart
+breaks pooled connections) is retried on the watcher's cadence with a back-off of at most MAX_BACKOFF, and logged
+once when reads start failing and once when they work again; a change that arrives during a read makes another
+read follow it. A truncated feed (changes were missed) withholds every key until a read succeeds.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from stockade.errors import StorageError
+from stockade.identity.watch import POLL_INTERVAL
 from stockade.security.crypto import CryptoError
 from stockade.security.jose import MAX_LEEWAY
 from stockade.security.jwk import PrivateKey, parse_jwk, public_jwk
@@ -33,6 +43,9 @@ SHARED_KEY = "oauth2.signing_keys"
 RELOAD_INTERVAL = 1.0  # an unknown kid of ours reloads from the store at most this often
 ACTOR = "system:key-rotation"
 MAINTAIN_INTERVAL = 60.0
+# A failed read is retried after the watcher's interval, doubling, at most this: a key a change named verifies again
+# at most this long after the store answers again.
+MAX_BACKOFF = 5.0
 
 
 def generate_key(alg: str) -> PrivateKey:
@@ -41,6 +54,12 @@ def generate_key(alg: str) -> PrivateKey:
     if alg == "EdDSA":
         return ed25519.Ed25519PrivateKey.generate()
     return rsa.generate_private_key(public_exponent=65537, key_size=3072)
+
+
+class KeysNotCurrent(StorageError):
+    """A signing-key change is known that no read has applied (the store failed): answered 503, as the outage is."""
+
+    code = "oauth2.keys_not_current"
 
 
 class SigningKeys:
@@ -53,11 +72,22 @@ class SigningKeys:
         self.clock = clock
         self.keys: KeySet | None = None
         self.fresh_until = float("inf")  # freshness comes from the change feed, not a TTL
-        self.records: list[SigningKey] = []
+        self.records: list[SigningKey] = []  # as last read, not past `not_after`: what the JWKS publishes
         self._signer: tuple[str, str, PrivateKey] | None = None
         self._last_reload = float("-inf")
-        self._reload_task: asyncio.Task[None] | None = None
         self.policy: OAuth2Server | None = None  # set by the token server; rotation runs only where one exists
+        # Following the feed: each batch that names a key is a generation, and a read covers every generation
+        # reached when it began (a change the feed has delivered is committed, so a read begun after it sees it).
+        self._generation = 0
+        self._unsure: dict[str, int] = {}  # kid -> generation of the newest change naming it that no read covers
+        self._reload_due = 0  # generation of a truncated batch no read covers (0: none): every key is withheld
+        self._reads = 0  # reads begun
+        self._applied = 0  # the newest read applied: one begun earlier that ends later is older, and dropped
+        self._catch_up_task: asyncio.Task[None] | None = None
+        self._failures = 0
+        self._retry_at = float("-inf")  # monotonic: no catch-up before this after a failure, unless forced
+        self._last_error = ""
+        self._closed = False
 
     async def maintain_if_serving(self) -> None:
         if self.policy is not None:
@@ -73,30 +103,116 @@ class SigningKeys:
         return self.keys
 
     async def refetch(self, now: float) -> bool:
+        """A kid not in the set: a key not read yet, or one a change withholds. True if the set changed. Raises
+        StorageError while a change cannot be read: the token may be good, so the stage answers 503, not 401."""
+        before = self.keys
+        if self._pending():
+            if not await self._caught_up(force=False):  # during a back-off: no read per token
+                raise KeysNotCurrent(self._behind())
+            return self.keys is not before
         if now - self._last_reload < RELOAD_INTERVAL:
             return False
-        before = self.keys
         await self.reload()
         return self.keys is not before
 
     def on_changes(self, batch: ChangeBatch) -> None:
-        if batch.truncated or any(c.kind == "signing_key" for c in batch.changes):
-            if self._reload_task is None or self._reload_task.done():
-                self._reload_task = asyncio.get_running_loop().create_task(self.reload())
+        named = [c.ref for c in batch.changes if c.kind == "signing_key"]
+        if not named and not batch.truncated:
+            return
+        self._generation += 1
+        for kid in named:
+            self._unsure[kid] = self._generation
+        if batch.truncated:
+            self._reload_due = self._generation
+        if self.keys is not None:
+            self._publish()  # the named keys are withheld from now on
+        self._retry_at = float("-inf")  # the feed just answered: try at once
+        self._start_catch_up()
+
+    async def retry(self) -> None:
+        """The watcher's job, on its cadence: start a catch-up that a failure left pending once its back-off is over."""
+        if self._pending() and self.clock.monotonic() >= self._retry_at:
+            self._start_catch_up()
+
+    # -- catching up -------------------------------------------------------------------------------------------
+
+    def _pending(self) -> bool:
+        return bool(self._unsure) or self._reload_due > 0
+
+    def _start_catch_up(self) -> None:
+        task = self._catch_up_task
+        if not self._closed and (task is None or task.done()):
+            self._catch_up_task = asyncio.get_running_loop().create_task(self._catch_up())
+
+    async def _caught_up(self, *, force: bool) -> bool:
+        """Join the catch-up under way, or start one unless a failure's back-off forbids it (`force`: a caller that
+        has just used the store tries anyway). True if no change is left unapplied."""
+        if not self._pending():
+            return True
+        task = self._catch_up_task
+        if (task is None or task.done()) and (force or self.clock.monotonic() >= self._retry_at):
+            self._start_catch_up()
+            task = self._catch_up_task
+        if task is not None and not task.done():
+            await asyncio.shield(task)  # a caller that gives up does not cancel everyone's read
+        return not self._pending()
+
+    async def _catch_up(self) -> None:
+        """Read until a read covers every change the feed named. Never raises: a failure leaves the named keys
+        withheld and sets when to try again."""
+        try:
+            while self._pending():
+                await self.reload()
+        except Exception as exc:  # the store is down, or answered something unreadable: stay closed, try later
+            self._failures += 1
+            interval = self.watcher.interval if self.watcher is not None else POLL_INTERVAL
+            backoff = interval * 2 ** min(self._failures - 1, 16)
+            self._retry_at = self.clock.monotonic() + min(backoff, MAX_BACKOFF)
+            self._last_error = f"{type(exc).__name__}: {exc}"
+            if self._failures == 1:
+                log.error(
+                    "cannot read the signing keys after a change (%s): keys %s verify no token until a read succeeds",
+                    self._last_error,
+                    "(all)" if self._reload_due else ", ".join(sorted(self._unsure)),
+                    extra={"store": self.store.url},
+                )
+
+    def _behind(self) -> str:
+        if self._failures:
+            return f"signing-key changes not read yet: the store failed ({self._last_error})"
+        return "signing-key changes not read yet"
+
+    async def aclose(self) -> None:
+        """Stop catching up (Services.close())."""
+        self._closed = True
+        task, self._catch_up_task = self._catch_up_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     # -- loading -----------------------------------------------------------------------------------------------
 
     async def reload(self) -> None:
-        """Read every key from the store; publish those not past `not_after`; pick the active signer."""
+        """Read every key from the store; publish those not past `not_after`; pick the active signer. A read begun
+        before another that was applied first is dropped; an applied one covers every change delivered before it
+        began."""
+        covers, self._reads = self._generation, self._reads + 1
+        read = self._reads
         now = self.clock.time()
         self._last_reload = now
         records = await self.store.list_signing_keys()
-        live = [k for k in records if k.not_after is None or k.not_after > now]
-        digest = hashlib.sha256(",".join(f"{k.kid}:{k.state}" for k in live).encode()).hexdigest()
-        if self.keys is None or self.keys.digest != digest:  # same keys: same object, so cached tokens stay valid
-            self.keys = KeySet([parse_jwk(dict(k.public_jwk)) for k in live], digest)
-        self.records = live
-        active = next((k for k in reversed(live) if k.state == "active"), None)
+        if self._failures:
+            log.warning("signing keys read again", extra={"store": self.store.url})
+            self._failures = 0
+        if read < self._applied:
+            return
+        self._applied = read
+        self._unsure = {kid: gen for kid, gen in self._unsure.items() if gen > covers}
+        if self._reload_due <= covers:
+            self._reload_due = 0
+        self.records = [k for k in records if k.not_after is None or k.not_after > now]
+        self._publish()
+        active = next((k for k in reversed(self.records) if k.state == "active"), None)
         if active is None:
             self._signer = None
         elif self._signer is None or self._signer[0] != active.kid:
@@ -116,6 +232,13 @@ class SigningKeys:
                 return
             key = serialization.load_pem_private_key(pem, password=None)
             self._signer = (active.kid, active.alg, key)  # type: ignore[assignment]
+
+    def _publish(self) -> None:
+        """Offer the `jwt` stage the keys read, less those a change names that no read has covered yet."""
+        usable = [] if self._reload_due else [k for k in self.records if k.kid not in self._unsure]
+        digest = hashlib.sha256(",".join(f"{k.kid}:{k.state}" for k in usable).encode()).hexdigest()
+        if self.keys is None or self.keys.digest != digest:  # same keys: same object, so cached tokens stay valid
+            self.keys = KeySet([parse_jwk(dict(k.public_jwk)) for k in usable], digest)
 
     def signer(self) -> tuple[str, str, PrivateKey] | None:
         """(kid, alg, private key) of the active key, or None before the first key exists."""
@@ -201,6 +324,7 @@ def shared_signing_keys(services: Services) -> SigningKeys:
         watcher = shared_watcher(services)
         keys = SigningKeys(shared_store(services), shared_secrets(services).keyring, services.clock, watcher)
         watcher.subscribe(keys.on_changes)
+        watcher.every(watcher.interval, keys.retry)
         watcher.every(MAINTAIN_INTERVAL, keys.maintain_if_serving)
         return keys
 

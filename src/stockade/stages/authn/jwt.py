@@ -35,8 +35,8 @@ class KeySource(Protocol):
     keys: KeySet | None
     fresh_until: float
 
-    async def current(self, now: float) -> KeySet | None: ...
-    async def refetch(self, now: float) -> bool: ...
+    async def current(self, now: float) -> KeySet | None: ...  # raises StorageError: 503
+    async def refetch(self, now: float) -> bool: ...  # an unknown kid; True if `keys` changed. StorageError: 503
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +144,11 @@ class JwtAuthenticator:
             try:
                 jose.verify_signature(parsed, alg, keys.find)
             except jose.UnknownKid:
-                if not await issuer.source.refetch(now) or issuer.source.keys is None:
+                try:
+                    refetched = await issuer.source.refetch(now)
+                except StorageError as exc:  # the key may be good: cannot tell, not "invalid"
+                    return Deny(503, "auth.unavailable", detail=f"key set for issuer {iss!r} not current: {exc}")
+                if not refetched or issuer.source.keys is None:
                     raise
                 keys = issuer.source.keys
                 jose.verify_signature(parsed, alg, keys.find)

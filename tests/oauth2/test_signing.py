@@ -1,0 +1,265 @@
+"""The gateway's signing keys on every worker: a signing-key change on the feed is applied even when the read it
+starts fails or races another change, and until it is applied, what it may have changed is neither trusted to
+verify a token nor used to sign or publish one. Real stores (SQLite, and PostgreSQL under CI), a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import itertools
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from stockade.clock import FakeClock
+from stockade.config.oauth2 import OAuth2Server
+from stockade.errors import StorageError
+from stockade.identity.watch import POLL_INTERVAL, shared_watcher
+from stockade.oauth2.signing import generate_key, shared_signing_keys
+from stockade.pipeline.stage import Services
+from stockade.security import jose
+from stockade.security.crypto import Keyring
+from stockade.security.secrets import Secrets
+from stockade.storage import storage_from_url
+from stockade.storage.base import Store
+from stockade.storage.records import ChangeBatch, SigningKey
+from tests.oauth2.flow import (
+    ISSUER,
+    call_books,
+    create_client,
+    get_token,
+    oauth_gateway,
+    store_down,
+)
+from tests.storage.conftest import dispose, postgres_store_url
+
+CFG = OAuth2Server(issuer=ISSUER, audiences=("api",), token_ttl=600, rotate_every=3600, publish_ahead=600)
+RING = Keyring({"k1": bytes(32)}, active="k1")
+BACKOFF_CAP = 5.0  # docs/tokens.md: a failed read is retried at most 5 s apart
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Store, Store]]:
+    """Two connections to one database, as two workers have."""
+    url = f"sqlite:///{tmp_path}/stockade.db" if request.param == "sqlite" else postgres_store_url()
+    one, two = storage_from_url(url), storage_from_url(url)
+    try:
+        yield one, two
+    finally:
+        asyncio.run(two.close())
+        dispose(one)
+
+
+class Worker:
+    """One gateway process: its own store connection, change watcher and signing keys, wired as `serve` wires them.
+    Its store's `list_signing_keys` can be made to fail (`failures`) or to pause after reading (`gate`)."""
+
+    def __init__(self, store: Store, clock: FakeClock) -> None:
+        services = Services(clock=clock)
+        services.shared["store"] = store
+        services.shared["secrets"] = Secrets(b"p" * 32, RING)
+        self.watcher = shared_watcher(services)
+        self.keys = shared_signing_keys(services)
+        self.failures = 0
+        self.reads = 0
+        self.gate: asyncio.Event | None = None
+        self.paused = asyncio.Event()
+        original = store.list_signing_keys
+
+        async def listing() -> list[SigningKey]:
+            self.reads += 1
+            if self.failures:
+                self.failures -= 1
+                raise StorageError("server closed the connection unexpectedly")
+            records = await original()
+            if (gate := self.gate) is not None:
+                self.gate = None
+                self.paused.set()
+                await gate.wait()
+            return records
+
+        store.list_signing_keys = listing  # type: ignore[method-assign]
+
+    async def sync(self) -> None:
+        """Poll the feed, and let what the changes start finish."""
+        await self.watcher.poll()
+        await drain()
+
+    async def jobs(self) -> None:
+        """The watcher's periodic jobs, as its task runs them."""
+        await self.watcher.run_jobs()
+        await drain()
+
+    def kid(self) -> str | None:
+        signer = self.keys.signer()
+        return signer[0] if signer is not None else None
+
+    def published(self) -> list[str]:
+        return [k["kid"] for k in self.keys.jwks()["keys"]]
+
+    def verifies(self, kid: str | None) -> bool:
+        keys = self.keys.keys
+        return keys is not None and keys.find(kid, CFG.algorithm) is not None
+
+
+async def drain() -> None:
+    """Wait for every task the feed started (a reload, a catch-up), however it ends, without retrieving an error."""
+    while others := [
+        t for t in asyncio.all_tasks() if t is not asyncio.current_task() and t.get_name() != "stockade-change-watcher"
+    ]:
+        await asyncio.wait(others)
+
+
+async def two_workers(stores: tuple[Store, Store], clock: FakeClock) -> tuple[Worker, Worker, str]:
+    """Worker `a` (the one whose rotation check acts) and `b`, both on the first key: (a, b, its kid)."""
+    a, b = Worker(stores[0], clock), Worker(stores[1], clock)
+    await a.watcher.ensure_baseline()
+    await b.watcher.ensure_baseline()
+    await a.keys.maintain(CFG)
+    await b.sync()
+    first = a.kid()
+    assert first is not None and b.kid() == first
+    return a, b, first
+
+
+def run(go: Callable[[], Awaitable[object]]) -> list[dict[str, Any]]:
+    """Run `go()` on a fresh loop; the task errors nobody retrieved (a fire-and-forget reload that failed)."""
+    unretrieved: list[dict[str, Any]] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, context: unretrieved.append(context))
+        await go()
+
+    asyncio.run(main())
+    gc.collect()  # the workers hold their tasks in reference cycles
+    return unretrieved
+
+
+def test_an_activation_whose_read_fails_once_is_read_again_on_the_watchers_cadence(
+    stores: tuple[Store, Store], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The reload the change started failed (PostgreSQL restarted: the pooled connection was dead), the task died
+    unseen, and the worker signed with the retired key until its tokens stopped verifying anywhere."""
+
+    async def go() -> None:
+        clock = FakeClock()
+        a, b, first = await two_workers(stores, clock)
+        clock.advance(3000)
+        await a.keys.maintain(CFG)  # the next key is published
+        await b.sync()
+        clock.advance(600)
+        await a.keys.maintain(CFG)  # and activated: `first` is retired
+        second = a.kid()
+        assert second not in (None, first)
+        b.failures = 1
+        await b.sync()  # b hears of it; the read fails
+        assert not b.verifies(first) and not b.verifies(second)  # either may have been deleted, for all b knows
+        clock.advance(POLL_INTERVAL)
+        await b.jobs()
+        assert (b.kid(), b.published()) == (second, [first, second])
+        assert b.verifies(first) and b.verifies(second)
+
+    with caplog.at_level(logging.WARNING, logger="stockade"):
+        assert run(go) == []
+    failed = [r for r in caplog.records if "cannot read the signing keys" in r.getMessage()]
+    recovered = [r for r in caplog.records if "signing keys read again" in r.getMessage()]
+    assert [r.levelno for r in failed + recovered] == [logging.ERROR, logging.WARNING]
+
+
+def test_an_activation_that_arrives_during_a_read_is_read_again(stores: tuple[Store, Store]) -> None:
+    """A change that arrived while a reload was under way was dropped (`if task done`): the reload applied what it
+    had read before the activation, and the worker signed with the retired key."""
+
+    async def go() -> None:
+        clock = FakeClock()
+        a, b, first = await two_workers(stores, clock)
+        clock.advance(3000)
+        await a.keys.maintain(CFG)  # the next key is published
+        gate = b.gate = asyncio.Event()
+        await b.watcher.poll()  # b starts reading, and has its snapshot: the next key, not yet active
+        await b.paused.wait()
+        clock.advance(600)
+        await a.keys.maintain(CFG)  # activated meanwhile
+        second = a.kid()
+        assert second not in (None, first)
+        await b.watcher.poll()  # the activation arrives during b's read
+        gate.set()
+        await drain()
+        assert (b.kid(), b.published()) == (second, [first, second])
+
+    assert run(go) == []
+
+
+def test_a_truncated_feed_withholds_every_key_until_a_read_succeeds(stores: tuple[Store, Store]) -> None:
+    """A truncated batch means changes were missed (history pruned past this worker, a store restored): the reload
+    it started could fail as silently, and the worker went on trusting keys that may have been deleted."""
+
+    async def go() -> None:
+        clock = FakeClock()
+        _a, b, first = await two_workers(stores, clock)
+        b.failures = 1
+        b.keys.on_changes(ChangeBatch((), 1, truncated=True))
+        await drain()
+        assert not b.verifies(first)
+        reads = b.reads
+        for _ in range(100):  # tokens with the withheld kid, during the back-off: 503, without a read each
+            with pytest.raises(StorageError):
+                await b.keys.refetch(clock.time())
+        assert b.reads == reads
+        clock.advance(POLL_INTERVAL)
+        await b.jobs()
+        assert b.verifies(first) and b.kid() == first
+
+    assert run(go) == []
+
+
+def test_a_failing_read_is_retried_with_a_bounded_back_off(stores: tuple[Store, Store]) -> None:
+    """While the store keeps failing, each retry waits twice as long as the last, but never more than 5 s: a change
+    is applied at most that long after the store answers again, and a dead store is not read on every poll."""
+
+    async def go() -> list[float]:
+        clock = FakeClock()
+        a, b, first = await two_workers(stores, clock)
+        clock.advance(3000)
+        await a.keys.maintain(CFG)
+        b.failures = 10**6
+        await b.sync()
+        assert b.verifies(first)  # the change names the next key only
+        started, reads, at = clock.monotonic(), b.reads, []
+        while clock.monotonic() - started < 60:
+            clock.advance(POLL_INTERVAL)
+            await b.jobs()
+            if b.reads != reads:
+                reads = b.reads
+                at.append(clock.monotonic() - started)
+        return [later - earlier for earlier, later in itertools.pairwise([0.0, *at])]
+
+    gaps: list[float] = []
+
+    async def record() -> None:
+        gaps.extend(await go())
+
+    assert run(record) == []
+    assert gaps[:4] == [0.5, 1.0, 2.0, 4.0]
+    assert set(gaps[4:]) == {BACKOFF_CAP}
+
+
+# -- through the gateway ------------------------------------------------------------------------------------------
+
+
+def test_an_unknown_kid_while_the_store_is_down_is_a_503_not_a_stage_error(tmp_path: Path) -> None:
+    """A token naming a kid this worker has not read made the key source read the store; its StorageError escaped
+    the `jwt` stage: a 500 `stage.error` with a traceback for every such token during an outage."""
+    with oauth_gateway(tmp_path) as (gw, _up, config):
+        client_id, secret = create_client(config, "--name", "c", "--scopes", "books:read")
+        assert secret is not None
+        claims = jose.parse(get_token(gw, client_id, secret)).claims
+        forged = jose.sign(claims, generate_key("ES256"), "ES256", kid="sig_unheard_of", typ="at+jwt")
+        gw.advance(2)  # past the unknown-kid reload's rate limit
+        with store_down(gw, ("list_signing_keys",)):
+            status, _, body = call_books(gw, forged)
+        assert (status, orjson.loads(body)["reason"]) == (503, "auth.unavailable")
