@@ -19,26 +19,33 @@ from stockade.clock import FakeClock
 from stockade.config.oauth2 import OAuth2Server
 from stockade.errors import StorageError
 from stockade.identity.watch import POLL_INTERVAL, shared_watcher
-from stockade.oauth2.signing import generate_key, shared_signing_keys
+from stockade.oauth2.signing import SigningKeys, generate_key, shared_signing_keys
 from stockade.pipeline.stage import Services
 from stockade.security import jose
 from stockade.security.crypto import Keyring
-from stockade.security.secrets import Secrets
+from stockade.security.secrets import Secrets, shared_secrets
 from stockade.storage import storage_from_url
 from stockade.storage.base import Store
 from stockade.storage.records import ChangeBatch, SigningKey
+from stockade.storage.sqlite import SqliteStore
+from stockade.testing import TestGateway
 from tests.oauth2.flow import (
+    CONFIG,
     ISSUER,
+    basic,
     call_books,
     create_client,
     get_token,
     oauth_gateway,
+    post_form,
     store_down,
 )
 from tests.storage.conftest import dispose, postgres_store_url
 
 CFG = OAuth2Server(issuer=ISSUER, audiences=("api",), token_ttl=600, rotate_every=3600, publish_ahead=600)
 RING = Keyring({"k1": bytes(32)}, active="k1")
+# Tokens that outlive a rotation step, and a rotation the gateway's own check never reaches with its store up.
+SLOW_ROTATION = CONFIG.replace("  token_ttl: 600\n", "  token_ttl: 3600\n  rotate_every: 7200\n  publish_ahead: 600\n")
 BACKOFF_CAP = 5.0  # docs/tokens.md: a failed read is retried at most 5 s apart
 
 
@@ -249,6 +256,66 @@ def test_a_failing_read_is_retried_with_a_bounded_back_off(stores: tuple[Store, 
 
 
 # -- through the gateway ------------------------------------------------------------------------------------------
+
+
+def token_answer(gw: TestGateway, client_id: str, secret: str) -> tuple[int, object]:
+    status, _, doc = post_form(gw, "/oauth2/token", {"grant_type": "client_credentials"}, basic(client_id, secret))
+    return status, doc.get("error")
+
+
+def revoke(gw: TestGateway, client_id: str, secret: str, token: str) -> int:
+    return post_form(gw, "/oauth2/revoke", {"token": token}, basic(client_id, secret))[0]
+
+
+def jwks_kids(gw: TestGateway) -> tuple[int, list[str]]:
+    status, _, body = gw.request("GET", "/.well-known/jwks.json")
+    return status, [k["kid"] for k in orjson.loads(body)["keys"]] if status == 200 else []
+
+
+def test_a_worker_that_cannot_read_a_key_change_neither_signs_nor_verifies_what_it_may_have_changed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another worker rotates the keys while this one's store reads fail. A change that names another key leaves
+    this worker's tokens verifying; one that names the key a token was signed with makes it 503 (the worker cannot
+    tell whether the key was deleted, and the token is not called invalid); the token and JWKS endpoints neither
+    sign with nor publish a set a change has overtaken. Once the store answers, all of it is applied."""
+    with oauth_gateway(tmp_path, SLOW_ROTATION) as (gw, _up, config):
+        client_id, secret = create_client(config, "--name", "c", "--scopes", "books:read")
+        assert secret is not None
+        server = gw.services.config.oauth2_server  # type: ignore[union-attr]
+        assert server is not None
+        assert jwks_kids(gw)[0] == 200  # the first key is created
+        gw.advance(6000)  # 600 s before the next key is due
+        first, spare = get_token(gw, client_id, secret), get_token(gw, client_id, secret)
+        kid_first = jose.parse(first).header["kid"]
+        watcher = shared_watcher(gw.services)
+        gw.bg.run(watcher.poll())  # the first key's own change comes back on the feed, and is read
+        assert call_books(gw, first)[0] == 200
+        other = SigningKeys(SqliteStore(tmp_path / "stockade.db"), shared_secrets(gw.services).keyring, gw.clock)
+        with caplog.at_level(logging.INFO, logger="stockade"), store_down(gw, ("list_signing_keys",)):
+            gw.advance(600)
+            gw.bg.run(other.maintain(server))  # another worker publishes the next key
+            gw.bg.run(watcher.poll())  # this one hears of it, and cannot read it
+            assert call_books(gw, first)[0] == 200
+            assert token_answer(gw, client_id, secret) == (503, "temporarily_unavailable")
+            assert jwks_kids(gw)[0] == 503
+            gw.advance(600)
+            gw.bg.run(other.maintain(server))  # ... and activates it, retiring the key `first` was signed with
+            gw.bg.run(watcher.poll())
+            status, _, body = call_books(gw, first)
+            assert (status, orjson.loads(body)["reason"]) == (503, "auth.unavailable")
+            assert token_answer(gw, client_id, secret) == (503, "temporarily_unavailable")
+            assert revoke(gw, client_id, secret, spare) == 503  # not a 200 that revoked nothing
+        gw.advance(BACKOFF_CAP)
+        fresh = get_token(gw, client_id, secret)
+        signer = other.signer()
+        assert signer is not None and jose.parse(fresh).header["kid"] == signer[0] != kid_first
+        assert call_books(gw, first)[0] == 200 and call_books(gw, fresh)[0] == 200
+        assert jwks_kids(gw) == (200, [kid_first, signer[0]])
+        assert revoke(gw, client_id, secret, spare) == 200 and call_books(gw, spare)[0] == 401
+        gw.bg.run(other.store.close())
+    failed = [r for r in caplog.records if "cannot read the signing keys" in r.getMessage()]
+    assert len(failed) == 1 and not failed[0].exc_info
 
 
 def test_an_unknown_kid_while_the_store_is_down_is_a_503_not_a_stage_error(tmp_path: Path) -> None:

@@ -105,6 +105,7 @@ class TokenServer:
             if requested is not None and (not all(granted) or not set(granted) <= set(allowed)):
                 raise OAuthError("invalid_scope", "the requested scope exceeds what the client may have")
             self.signing.serving()
+            await self.signing.up_to_date(force=True)  # never sign with a key a change not read yet may have retired
             signer = self.signing.signer()
             if signer is None:
                 await self.signing.maintain(self.cfg)
@@ -162,6 +163,7 @@ class TokenServer:
         if not token:
             raise OAuthError("invalid_request", "the token parameter is required")
         now = self.clock.time()
+        await self.signing.up_to_date(force=True)  # a withheld key made a good token look foreign: 200, not revoked
         try:
             parsed = jose.parse(token)
             keys = await self.signing.current(now)
@@ -191,15 +193,18 @@ class TokenServer:
 
     async def jwks(self, ctx: RequestContext) -> LocalResponse:
         self.signing.serving()
-        if self.signing.signer() is None:
-            try:
+        try:
+            # Not a set a key change may have overtaken: verifiers cache what this says for jwks_max_age, and keep
+            # the set they have through a 503. Unauthenticated: no read during a failure's back-off.
+            await self.signing.up_to_date()
+            if self.signing.signer() is None:
                 await self.signing.maintain(self.cfg)  # publish a key before the first token needs it
-            except (NotFoundError, ConflictError):
-                raise
-            except StorageError as exc:
-                unavailable = self._unavailable(exc)
-                Pipeline.deny(ctx, "oauth2", Deny(503, "auth.unavailable", detail=unavailable.log))
-                return problem(503, "auth.unavailable", ctx.request_id)
+        except (NotFoundError, ConflictError):
+            raise
+        except StorageError as exc:
+            unavailable = self._unavailable(exc)
+            Pipeline.deny(ctx, "oauth2", Deny(503, "auth.unavailable", detail=unavailable.log))
+            return problem(503, "auth.unavailable", ctx.request_id)
         headers = [
             ("content-type", "application/jwk-set+json"),
             ("cache-control", f"public, max-age={self.cfg.jwks_max_age}"),

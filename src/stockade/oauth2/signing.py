@@ -3,7 +3,9 @@ overlap, published as a JWKS, and offered to the `jwt` stage as a local key sour
 
 Every worker follows the store's change feed. A `signing_key` change names a key without saying what changed, so
 the keys are read again; from the moment the change arrives until a read begun after it has been applied, the key
-it names verifies no token here (fail closed: it may have been deleted). A read that fails (a database restart
+it names verifies no token here (fail closed: it may have been deleted), and the token, revocation and JWKS
+endpoints read first or answer 503 rather than sign with or publish a view the change has overtaken. A read that
+fails (a database restart
 breaks pooled connections) is retried on the watcher's cadence with a back-off of at most MAX_BACKOFF, and logged
 once when reads start failing and once when they work again; a change that arrives during a read makes another
 read follow it. A truncated feed (changes were missed) withholds every key until a read succeeds.
@@ -114,6 +116,17 @@ class SigningKeys:
             return False
         await self.reload()
         return self.keys is not before
+
+    # -- the endpoints' view ----------------------------------------------------------------------------------
+
+    async def up_to_date(self, *, force: bool = False) -> None:
+        """Apply every change the feed has named, before signing with or publishing this view: never sign with a
+        key a change may have retired, nor publish a set it may have changed. `force` reads even during a failure's
+        back-off (a caller that has just used the store). Raises KeysNotCurrent (a StorageError: 503)."""
+        if not await self._caught_up(force=force):
+            raise KeysNotCurrent(self._behind())
+
+    # -- following the feed ------------------------------------------------------------------------------------
 
     def on_changes(self, batch: ChangeBatch) -> None:
         named = [c.ref for c in batch.changes if c.kind == "signing_key"]
