@@ -201,6 +201,39 @@ def test_an_activation_that_arrives_during_a_read_is_read_again(stores: tuple[St
     assert run(go) == []
 
 
+@pytest.mark.parametrize("missed", ["activation", "deletion"])
+def test_a_worker_that_missed_a_change_applies_what_its_rotation_check_reads(
+    stores: tuple[Store, Store], missed: str
+) -> None:
+    """The rotation check reads every key each minute on every worker, but applied the list only where it changed
+    something: a worker whose read after the change failed kept signing with the retired key, or kept a deleted
+    key in its JWKS and key set."""
+
+    async def go() -> None:
+        clock = FakeClock()
+        a, b, first = await two_workers(stores, clock)
+        clock.advance(3000)
+        await a.keys.maintain(CFG)
+        await b.sync()
+        clock.advance(600)
+        if missed == "activation":
+            b.failures = 1
+        await a.keys.maintain(CFG)  # activated: `first` is retired
+        await b.sync()
+        second = a.kid()
+        if missed == "deletion":
+            clock.advance(CFG.token_ttl + jose.MAX_LEEWAY + 1)
+            await a.keys.maintain(CFG)  # `first` is past its not_after: deleted
+            b.failures = 1
+            await b.sync()
+        await b.keys.maintain(CFG)  # b's own rotation check, before any retry
+        assert b.kid() == second
+        assert b.published() == ([first, second] if missed == "activation" else [second])
+        assert b.verifies(first) == (missed == "activation")
+
+    assert run(go) == []
+
+
 def test_a_truncated_feed_withholds_every_key_until_a_read_succeeds(stores: tuple[Store, Store]) -> None:
     """A truncated batch means changes were missed (history pruned past this worker, a store restored): the reload
     it started could fail as silently, and the worker went on trusting keys that may have been deleted."""

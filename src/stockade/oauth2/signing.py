@@ -76,6 +76,7 @@ class SigningKeys:
         self.fresh_until = float("inf")  # freshness comes from the change feed, not a TTL
         self.records: list[SigningKey] = []  # as last read, not past `not_after`: what the JWKS publishes
         self._signer: tuple[str, str, PrivateKey] | None = None
+        self._unopened: str | None = None  # the active key this keyring could not open (logged once)
         self._last_reload = float("-inf")
         self.policy: OAuth2Server | None = None  # set by the token server; rotation runs only where one exists
         # Following the feed: each batch that names a key is a generation, and a read covers every generation
@@ -205,10 +206,10 @@ class SigningKeys:
 
     # -- loading -----------------------------------------------------------------------------------------------
 
-    async def reload(self) -> None:
-        """Read every key from the store; publish those not past `not_after`; pick the active signer. A read begun
-        before another that was applied first is dropped; an applied one covers every change delivered before it
-        began."""
+    async def reload(self) -> list[SigningKey]:
+        """Read every key from the store; publish those not past `not_after`; pick the active signer; return what
+        was read. A read begun before another that was applied first is not applied; an applied one covers every
+        change delivered before it began."""
         covers, self._reads = self._generation, self._reads + 1
         read = self._reads
         now = self.clock.time()
@@ -218,33 +219,43 @@ class SigningKeys:
             log.warning("signing keys read again", extra={"store": self.store.url})
             self._failures = 0
         if read < self._applied:
-            return
+            return records
         self._applied = read
         self._unsure = {kid: gen for kid, gen in self._unsure.items() if gen > covers}
         if self._reload_due <= covers:
             self._reload_due = 0
         self.records = [k for k in records if k.not_after is None or k.not_after > now]
         self._publish()
+        self._choose_signer()
+        return records
+
+    def _choose_signer(self) -> None:
         active = next((k for k in reversed(self.records) if k.state == "active"), None)
         if active is None:
             self._signer = None
-        elif self._signer is None or self._signer[0] != active.kid:
-            try:
-                pem = self.keyring.open(active.private_key, aad=active.kid.encode())
-            except CryptoError as exc:
-                # No signer: the token endpoint answers 503 (not a 500 per request), and verification goes on with
-                # the public keys. Start-up refuses this state (security/envelopes.py); it arises here only from a
-                # key another node sealed under a KEK this one lacks, or a store unreachable at start-up.
-                self._signer = None
+            return
+        if self._signer is not None and self._signer[0] == active.kid:
+            return
+        try:
+            pem = self.keyring.open(active.private_key, aad=active.kid.encode())
+        except CryptoError as exc:
+            # No signer: the token endpoint answers 503 (not a 500 per request), and verification goes on with the
+            # public keys. Start-up refuses this state (security/envelopes.py); it arises here only from a key
+            # another node sealed under a KEK this one lacks, or a store unreachable at start-up. Every read tries
+            # again (each rotation check, and each token request meanwhile): the log says it once per key.
+            self._signer = None
+            if self._unopened != active.kid:
+                self._unopened = active.kid
                 log.error(
                     "signing key %s cannot be opened, no tokens can be issued: %s; load that KEK again after the "
                     "active one and run `stockade secrets reseal`",
                     active.kid,
                     exc,
                 )
-                return
-            key = serialization.load_pem_private_key(pem, password=None)
-            self._signer = (active.kid, active.alg, key)  # type: ignore[assignment]
+            return
+        self._unopened = None
+        key = serialization.load_pem_private_key(pem, password=None)
+        self._signer = (active.kid, active.alg, key)  # type: ignore[assignment]
 
     def _publish(self) -> None:
         """Offer the `jwt` stage the keys read, less those a change names that no read has covered yet."""
@@ -268,7 +279,9 @@ class SigningKeys:
         """Create the first key; publish the next one `publish_ahead` before the active key's life ends;
         activate it once it has been published that long; drop retired keys after their tokens expired."""
         now = self.clock.time()
-        records = await self.store.list_signing_keys()
+        # Applied, not only consulted: every serving worker's view is then at most a minute behind the store, even
+        # one whose reads after a change kept failing.
+        records = await self.reload()
         active = [k for k in records if k.state == "active"]
         upcoming = [k for k in records if k.state == "next"]
         changed = False
@@ -290,7 +303,7 @@ class SigningKeys:
             if k.state == "retired" and k.not_after is not None and k.not_after <= now:
                 await self.store.delete_signing_key(k.kid, actor=ACTOR, at=now)
                 changed = True
-        if changed or self.keys is None:
+        if changed:
             await self.reload()
 
     async def _add(self, alg: str, state: str, now: float) -> bool:
