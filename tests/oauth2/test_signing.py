@@ -234,6 +234,30 @@ def test_a_worker_that_missed_a_change_applies_what_its_rotation_check_reads(
     assert run(go) == []
 
 
+def test_a_key_past_its_not_after_stops_verifying_without_a_read(stores: tuple[Store, Store]) -> None:
+    """The key set was filtered by `not_after` only when it was read: with no read since (a store down, a deletion
+    missed), a retired key kept verifying and stayed in the JWKS long after every token it signed had expired."""
+
+    async def go() -> None:
+        clock = FakeClock()
+        a, b, first = await two_workers(stores, clock)
+        clock.advance(3000)
+        await a.keys.maintain(CFG)
+        await b.sync()
+        clock.advance(600)
+        await a.keys.maintain(CFG)
+        await b.sync()
+        second = a.kid()
+        b.failures = 10**6  # b reads nothing from now on
+        clock.advance(CFG.token_ttl + jose.MAX_LEEWAY + 1)
+        keys = await b.keys.current(clock.time())
+        assert keys is not None and keys.find(first, CFG.algorithm) is None
+        assert keys.find(second, CFG.algorithm) is not None
+        assert b.published() == [second]
+
+    assert run(go) == []
+
+
 def test_a_truncated_feed_withholds_every_key_until_a_read_succeeds(stores: tuple[Store, Store]) -> None:
     """A truncated batch means changes were missed (history pruned past this worker, a store restored): the reload
     it started could fail as silently, and the worker went on trusting keys that may have been deleted."""

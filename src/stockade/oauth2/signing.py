@@ -5,10 +5,11 @@ Every worker follows the store's change feed. A `signing_key` change names a key
 the keys are read again; from the moment the change arrives until a read begun after it has been applied, the key
 it names verifies no token here (fail closed: it may have been deleted), and the token, revocation and JWKS
 endpoints read first or answer 503 rather than sign with or publish a view the change has overtaken. A read that
-fails (a database restart
-breaks pooled connections) is retried on the watcher's cadence with a back-off of at most MAX_BACKOFF, and logged
-once when reads start failing and once when they work again; a change that arrives during a read makes another
-read follow it. A truncated feed (changes were missed) withholds every key until a read succeeds.
+fails (a database restart breaks pooled connections) is retried on the watcher's cadence with a back-off of at
+most MAX_BACKOFF, and logged once when reads start failing and once when they work again; a change that arrives
+during a read makes another read follow it. A truncated feed (changes were missed) withholds every key until a
+read succeeds. Besides, each rotation check applies what it reads, and a key leaves the set at its `not_after`
+without waiting for a read.
 """
 
 from __future__ import annotations
@@ -73,8 +74,10 @@ class SigningKeys:
         self.keyring = keyring
         self.clock = clock
         self.keys: KeySet | None = None
-        self.fresh_until = float("inf")  # freshness comes from the change feed, not a TTL
-        self.records: list[SigningKey] = []  # as last read, not past `not_after`: what the JWKS publishes
+        # When the first published key reaches its `not_after` and leaves the set; the feed tells every other change.
+        self.fresh_until = float("inf")
+        self.records: list[SigningKey] = []  # not past `not_after`: what the JWKS publishes
+        self._all: list[SigningKey] = []  # as last read
         self._signer: tuple[str, str, PrivateKey] | None = None
         self._unopened: str | None = None  # the active key this keyring could not open (logged once)
         self._last_reload = float("-inf")
@@ -103,6 +106,8 @@ class SigningKeys:
             self.watcher.ensure_running()
         if self.keys is None:
             await self.reload()
+        elif now >= self.fresh_until:
+            self._publish(now)  # a key reached its not_after: gone now, whether or not its deletion was read
         return self.keys
 
     async def refetch(self, now: float) -> bool:
@@ -139,7 +144,7 @@ class SigningKeys:
         if batch.truncated:
             self._reload_due = self._generation
         if self.keys is not None:
-            self._publish()  # the named keys are withheld from now on
+            self._publish(self.clock.time())  # the named keys are withheld from now on
         self._retry_at = float("-inf")  # the feed just answered: try at once
         self._start_catch_up()
 
@@ -212,8 +217,7 @@ class SigningKeys:
         change delivered before it began."""
         covers, self._reads = self._generation, self._reads + 1
         read = self._reads
-        now = self.clock.time()
-        self._last_reload = now
+        self._last_reload = self.clock.time()
         records = await self.store.list_signing_keys()
         if self._failures:
             log.warning("signing keys read again", extra={"store": self.store.url})
@@ -224,8 +228,8 @@ class SigningKeys:
         self._unsure = {kid: gen for kid, gen in self._unsure.items() if gen > covers}
         if self._reload_due <= covers:
             self._reload_due = 0
-        self.records = [k for k in records if k.not_after is None or k.not_after > now]
-        self._publish()
+        self._all = records
+        self._publish(self.clock.time())
         self._choose_signer()
         return records
 
@@ -257,8 +261,11 @@ class SigningKeys:
         key = serialization.load_pem_private_key(pem, password=None)
         self._signer = (active.kid, active.alg, key)  # type: ignore[assignment]
 
-    def _publish(self) -> None:
-        """Offer the `jwt` stage the keys read, less those a change names that no read has covered yet."""
+    def _publish(self, now: float) -> None:
+        """Publish the keys read that are not past `not_after`; offer the `jwt` stage those of them that no change
+        not yet covered by a read names."""
+        self.records = [k for k in self._all if k.not_after is None or k.not_after > now]
+        self.fresh_until = min((k.not_after for k in self.records if k.not_after is not None), default=float("inf"))
         usable = [] if self._reload_due else [k for k in self.records if k.kid not in self._unsure]
         digest = hashlib.sha256(",".join(f"{k.kid}:{k.state}" for k in usable).encode()).hexdigest()
         if self.keys is None or self.keys.digest != digest:  # same keys: same object, so cached tokens stay valid
@@ -271,6 +278,8 @@ class SigningKeys:
     def jwks(self) -> dict[str, Any]:
         """The published set: the next key (before it signs), the active one, and retired keys until their
         tokens have expired."""
+        if (now := self.clock.time()) >= self.fresh_until:
+            self._publish(now)
         return {"keys": [dict(k.public_jwk) for k in self.records]}
 
     # -- rotation ----------------------------------------------------------------------------------------------
