@@ -158,9 +158,12 @@ class SigningKeys:
     def _pending(self) -> bool:
         return bool(self._unsure) or self._reload_due > 0
 
-    def _start_catch_up(self) -> None:
+    def _under_way(self) -> asyncio.Task[None] | None:
         task = self._catch_up_task
-        if not self._closed and (task is None or task.done()):
+        return task if task is not None and not task.done() else None
+
+    def _start_catch_up(self) -> None:
+        if not self._closed and self._under_way() is None:
             self._catch_up_task = asyncio.get_running_loop().create_task(self._catch_up())
 
     async def _caught_up(self, *, force: bool) -> bool:
@@ -168,11 +171,9 @@ class SigningKeys:
         has just used the store tries anyway). True if no change is left unapplied."""
         if not self._pending():
             return True
-        task = self._catch_up_task
-        if (task is None or task.done()) and (force or self.clock.monotonic() >= self._retry_at):
+        if self._under_way() is None and (force or self.clock.monotonic() >= self._retry_at):
             self._start_catch_up()
-            task = self._catch_up_task
-        if task is not None and not task.done():
+        if (task := self._under_way()) is not None:
             await asyncio.shield(task)  # a caller that gives up does not cancel everyone's read
         return not self._pending()
 
@@ -190,7 +191,8 @@ class SigningKeys:
             self._last_error = f"{type(exc).__name__}: {exc}"
             if self._failures == 1:
                 log.error(
-                    "cannot read the signing keys after a change (%s): keys %s verify no token until a read succeeds",
+                    "cannot read the signing keys after a change (%s): until a read succeeds, keys %s verify no token "
+                    "and this worker issues none",
                     self._last_error,
                     "(all)" if self._reload_due else ", ".join(sorted(self._unsure)),
                     extra={"store": self.store.url},
