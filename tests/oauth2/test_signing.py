@@ -312,6 +312,28 @@ def test_a_failing_read_is_retried_with_a_bounded_back_off(stores: tuple[Store, 
     assert set(gaps[4:]) == {BACKOFF_CAP}
 
 
+def test_closing_stops_the_catch_up(stores: tuple[Store, Store]) -> None:
+    """Services.close() at shutdown: a read under way is cancelled, and no retry starts another."""
+
+    async def go() -> None:
+        clock = FakeClock()
+        a, b, _first = await two_workers(stores, clock)
+        clock.advance(3000)
+        await a.keys.maintain(CFG)
+        b.gate = asyncio.Event()
+        await b.watcher.poll()
+        await b.paused.wait()  # b's read is under way, and will never finish on its own
+        await b.keys.aclose()
+        b.failures = 10**6
+        clock.advance(BACKOFF_CAP)
+        await b.watcher.run_jobs()
+        assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()] == []
+        with pytest.raises(StorageError):
+            await b.keys.up_to_date(force=True)
+
+    assert run(go) == []
+
+
 # -- through the gateway ------------------------------------------------------------------------------------------
 
 
