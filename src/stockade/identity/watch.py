@@ -33,6 +33,38 @@ Subscriber = Callable[["ChangeBatch"], None]
 Job = Callable[[], Awaitable[None]]
 
 
+class RetryBackoff:
+    """When a catch-up that failed after a feed change may run again: the watcher's interval, doubling with each
+    failure in a row, at most `most` seconds. The feed answering again (`now`) lifts the wait. `failed()` is True
+    on the first failure of a run and `succeeded()` on the first success after one: log there, once per state."""
+
+    __slots__ = ("clock", "failures", "interval", "most", "retry_at")
+
+    def __init__(self, clock: Clock, interval: float, most: float) -> None:
+        self.clock = clock
+        self.interval = interval
+        self.most = most
+        self.failures = 0
+        self.retry_at = float("-inf")  # monotonic: no catch-up before this after a failure
+
+    def due(self) -> bool:
+        return self.clock.monotonic() >= self.retry_at
+
+    def now(self) -> None:
+        self.retry_at = float("-inf")
+
+    def failed(self) -> bool:
+        self.failures += 1
+        wait = self.interval * 2 ** min(self.failures - 1, 16)
+        self.retry_at = self.clock.monotonic() + min(wait, self.most)
+        return self.failures == 1
+
+    def succeeded(self) -> bool:
+        recovered = self.failures > 0
+        self.failures = 0
+        return recovered
+
+
 class ChangeWatcher:
     """Follows `store.changes_since`. `last_ok` (monotonic) says how fresh every subscriber's view is."""
 

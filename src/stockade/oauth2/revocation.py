@@ -18,6 +18,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from stockade.identity.watch import RetryBackoff
 from stockade.storage.base import NotFoundError
 
 if TYPE_CHECKING:
@@ -52,8 +53,7 @@ class RevokedJtis:
         self._unsure: dict[str, int] = {}
         self._reload_due = False  # a truncated feed: reload before trusting the list again
         self._catch_up_task: asyncio.Task[None] | None = None
-        self._failures = 0
-        self._retry_at = float("-inf")  # monotonic: no catch-up attempt before this after a failure
+        self._backoff = RetryBackoff(clock, watcher.interval, MAX_BACKOFF)
         self._closed = False
         # While a load awaits the store, what the feed brings meanwhile is noted here too, so the load's older
         # snapshot does not overwrite it (a revocation would otherwise be lost until the next reload).
@@ -114,12 +114,12 @@ class RevokedJtis:
             self.loaded = False  # changes were missed: not fresh, and the next load keeps what is known
             self._reload_due = True
         if self._unsure or self._reload_due:
-            self._retry_at = float("-inf")  # the feed just answered: try at once
+            self._backoff.now()  # the feed just answered: try at once
             self._start_catch_up()
 
     async def retry(self) -> None:
         """The watcher's job, on its cadence: start a catch-up that a failure left pending once its back-off is over."""
-        if (self._unsure or self._reload_due) and self.clock.monotonic() >= self._retry_at:
+        if (self._unsure or self._reload_due) and self._backoff.due():
             self._start_catch_up()
 
     def _start_catch_up(self) -> None:
@@ -142,10 +142,7 @@ class RevokedJtis:
                 for client_id, seq in list(self._unsure.items()):
                     await self._reread(client_id, seq)
         except Exception as exc:  # the store is down, or answered something unreadable: stay closed, try later
-            self._failures += 1
-            backoff = self.watcher.interval * 2 ** min(self._failures - 1, 16)
-            self._retry_at = self.clock.monotonic() + min(backoff, MAX_BACKOFF)
-            if self._failures == 1:
+            if self._backoff.failed():
                 log.error(
                     "cannot re-read OAuth clients or revocations after a change (%s: %s): clients %s are refused "
                     "until a re-read succeeds",
@@ -155,9 +152,8 @@ class RevokedJtis:
                     extra={"store": self.store.url},
                 )
             return
-        if self._failures:
+        if self._backoff.succeeded():
             log.warning("OAuth clients and revocations re-read again", extra={"store": self.store.url})
-        self._failures = 0
 
     async def _reread(self, client_id: str, seq: int) -> None:
         try:

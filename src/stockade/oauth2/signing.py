@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from stockade.errors import StorageError
-from stockade.identity.watch import POLL_INTERVAL
+from stockade.identity.watch import POLL_INTERVAL, RetryBackoff
 from stockade.security.crypto import CryptoError
 from stockade.security.jose import MAX_LEEWAY
 from stockade.security.jwk import PrivateKey, parse_jwk, public_jwk
@@ -90,8 +90,7 @@ class SigningKeys:
         self._reads = 0  # reads begun
         self._applied = 0  # the newest read applied: one begun earlier that ends later is older, and dropped
         self._catch_up_task: asyncio.Task[None] | None = None
-        self._failures = 0
-        self._retry_at = float("-inf")  # monotonic: no catch-up before this after a failure, unless forced
+        self._backoff = RetryBackoff(clock, watcher.interval if watcher is not None else POLL_INTERVAL, MAX_BACKOFF)
         self._last_error = ""
         self._closed = False
 
@@ -145,12 +144,12 @@ class SigningKeys:
             self._reload_due = self._generation
         if self.keys is not None:
             self._publish(self.clock.time())  # the named keys are withheld from now on
-        self._retry_at = float("-inf")  # the feed just answered: try at once
+        self._backoff.now()  # the feed just answered: try at once
         self._start_catch_up()
 
     async def retry(self) -> None:
         """The watcher's job, on its cadence: start a catch-up that a failure left pending once its back-off is over."""
-        if self._pending() and self.clock.monotonic() >= self._retry_at:
+        if self._pending() and self._backoff.due():
             self._start_catch_up()
 
     # -- catching up -------------------------------------------------------------------------------------------
@@ -171,7 +170,7 @@ class SigningKeys:
         has just used the store tries anyway). True if no change is left unapplied."""
         if not self._pending():
             return True
-        if self._under_way() is None and (force or self.clock.monotonic() >= self._retry_at):
+        if self._under_way() is None and (force or self._backoff.due()):
             self._start_catch_up()
         if (task := self._under_way()) is not None:
             await asyncio.shield(task)  # a caller that gives up does not cancel everyone's read
@@ -184,12 +183,8 @@ class SigningKeys:
             while self._pending():
                 await self.reload()
         except Exception as exc:  # the store is down, or answered something unreadable: stay closed, try later
-            self._failures += 1
-            interval = self.watcher.interval if self.watcher is not None else POLL_INTERVAL
-            backoff = interval * 2 ** min(self._failures - 1, 16)
-            self._retry_at = self.clock.monotonic() + min(backoff, MAX_BACKOFF)
             self._last_error = f"{type(exc).__name__}: {exc}"
-            if self._failures == 1:
+            if self._backoff.failed():
                 log.error(
                     "cannot read the signing keys after a change (%s): until a read succeeds, keys %s verify no token "
                     "and this worker issues none",
@@ -199,7 +194,7 @@ class SigningKeys:
                 )
 
     def _behind(self) -> str:
-        if self._failures:
+        if self._backoff.failures:
             return f"signing-key changes not read yet: the store failed ({self._last_error})"
         return "signing-key changes not read yet"
 
@@ -221,9 +216,8 @@ class SigningKeys:
         read = self._reads
         self._last_reload = self.clock.time()
         records = await self.store.list_signing_keys()
-        if self._failures:
+        if self._backoff.succeeded():
             log.warning("signing keys read again", extra={"store": self.store.url})
-            self._failures = 0
         if read < self._applied:
             return records
         self._applied = read
