@@ -91,6 +91,16 @@ def test_the_principal_names_who_vouched_for_it(idp: TestUpstream, doc: dict[str
     assert verdict.principal.issuer == issuer.replace("ENDPOINT", f"{idp.url}/introspect")
 
 
+def test_the_endpoint_named_as_issuer_carries_no_credentials(idp: TestUpstream) -> None:
+    """The endpoint URL may hold a user, a password or an API key in its query: none of that goes upstream."""
+    clock = FakeClock()
+    answer(idp, {k: v for k, v in ACTIVE.items() if k != "iss"})
+    endpoint = idp.url.replace("http://", "http://gw:s3cret@") + "/introspect?api_key=k3y#frag"
+    verdict = check(make(idp, clock, endpoint=endpoint), "t", clock)
+    assert isinstance(verdict, Continue) and verdict.principal is not None
+    assert verdict.principal.issuer == f"{idp.url}/introspect"
+
+
 def test_introspection_client_secret_post(idp: TestUpstream) -> None:
     clock = FakeClock()
     answer(idp, ACTIVE)

@@ -97,6 +97,12 @@ class IntrospectionAuthenticator:
             detail="introspection: token not active",
         )
         self.requests = 0  # calls made to the endpoint (tests and metrics)
+        # Who vouches for an answer without `iss`: the endpoint, named without credentials, query or fragment (the
+        # name goes upstream in x-stockade-issuer and into rate-limit keys).
+        parts = urlsplit(config.endpoint)
+        port = f":{parts.port}" if parts.port is not None else ""
+        host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname
+        self._endpoint_issuer = f"{parts.scheme}://{host}{port}{parts.path}"
 
     credential = staticmethod(bearer_credential)
 
@@ -176,7 +182,7 @@ class IntrospectionAuthenticator:
         # Without an `iss` the endpoint that vouched for the token names its authority: two authorization servers
         # may both have an `alice`, and the `principal` rate-limit key and x-stockade-issuer must tell them apart.
         iss = doc.get("iss")
-        issuer = iss if isinstance(iss, str) else cfg.endpoint
+        issuer = iss if isinstance(iss, str) else self._endpoint_issuer
         principal = Principal(
             id=sub,
             kind="introspection",
