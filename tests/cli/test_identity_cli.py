@@ -214,14 +214,37 @@ def test_a_cli_with_another_pepper_is_refused_before_it_writes(tmp_path: Path) -
 )
 def test_command_options_are_not_read_from_undocumented_variables(config: Path, variable: str, value: str) -> None:
     """click's auto_envvar_prefix made every option a STOCKADE_<GROUP>_<COMMAND>_<OPTION> variable: one left in
-    an environment silently gave every key created there `admin:all`. Only the documented variables count."""
+    an environment silently gave every key created there `admin:all`. Only the documented variables count - and
+    one that earlier versions read is refused rather than ignored (a script relying on `..._TTL=1h` would
+    otherwise get a key that never expires)."""
     result = CliRunner(env={variable: value, "STOCKADE_CONFIG": str(config)}).invoke(
         cli, ["keys", "create", "--consumer", "alice"], catch_exceptions=False
     )
-    assert result.exit_code == 0, result.stderr
-    assert keys.parse(last_line(result), env="live")
+    assert result.exit_code == 2 and variable in result.stderr and "no longer read" in result.stderr
+    assert "stk_" not in result.output
     listed = invoke("--config", str(config), "keys", "list", "--json").stdout
-    assert '"scopes":[]' in listed and '"expires":"-"' in listed and '"name":null' in listed
+    assert "key_" not in listed  # nothing was created
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "refused"),
+    [
+        ({"STOCKADE_SERVE_WORKERS": "4"}, ["serve", "--help"], "STOCKADE_SERVE_WORKERS (pass --workers)"),
+        ({"STOCKADE_CONFIG_CHECK_ASGI": "1"}, ["config", "check", "--help"], "STOCKADE_CONFIG_CHECK_ASGI"),
+        ({"STOCKADE_KEYS_CREATE_TTL": "1h"}, ["keys", "list", "--help"], None),  # another command's
+        ({"STOCKADE_LIMITS__MAX_HEADERS": "50", "STOCKADE_ADMIN__PORT": "9"}, ["serve", "--help"], None),
+        ({"STOCKADE_CONFIG": "x.yaml"}, ["keys", "list", "--help"], None),
+    ],
+    ids=["serve-workers", "config-check", "other-command", "config-overrides", "documented"],
+)
+def test_former_option_variables_are_refused_for_their_own_command(
+    env: dict[str, str], args: list[str], refused: str | None
+) -> None:
+    result = CliRunner(env=env).invoke(cli, args)
+    if refused is None:
+        assert result.exit_code == 0, result.output
+    else:
+        assert result.exit_code == 2 and refused in result.stderr
 
 
 @pytest.mark.parametrize(

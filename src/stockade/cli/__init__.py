@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from stockade import __version__
@@ -17,7 +19,44 @@ from stockade.cli.secrets import secrets_group
 from stockade.cli.serve import serve
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Root(click.Group):
+    """The top group: refuses option variables earlier versions read (see `_former_option_variables`)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if former := _former_option_variables(self, args):
+            shown = "; ".join(f"{name} (pass {option})" for name, option in former)
+            raise click.UsageError(
+                f"no longer read from the environment: {shown}. Only STOCKADE_CONFIG and the "
+                "STOCKADE_<SECTION>__<FIELD> config overrides are; unset the variable or pass the option.",
+                ctx,
+            )
+        return super().parse_args(ctx, args)
+
+
+def _former_option_variables(root: click.Group, args: list[str]) -> list[tuple[str, str]]:
+    """Set STOCKADE_<GROUP>_<COMMAND>_<OPTION> variables for the command `args` name, with the option each stood
+    for. Earlier versions read every option from such a variable (click's auto_envvar_prefix); ignoring one
+    silently would turn `STOCKADE_KEYS_CREATE_TTL=1h` into a key that never expires, or
+    `STOCKADE_SERVE_WORKERS=4` into one process."""
+    command: click.Command = root
+    prefix = "STOCKADE"
+    chain = [(command, prefix)]
+    for arg in args:
+        if isinstance(command, click.Group) and arg in command.commands:
+            command = command.commands[arg]
+            prefix = f"{prefix}_{arg.upper().replace('-', '_')}"
+            chain.append((command, prefix))
+    found = []
+    for cmd, at in chain:
+        for param in cmd.params:
+            if isinstance(param, click.Option) and param.expose_value and param.name and param.envvar is None:
+                name = f"{at}_{param.name.upper()}"
+                if name in os.environ:
+                    found.append((name, max(param.opts, key=len)))
+    return found
+
+
+@click.group(cls=_Root, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config", "config_path", type=click.Path(dir_okay=False), envvar="STOCKADE_CONFIG", help=CONFIG_OPTION_HELP
 )
