@@ -126,3 +126,50 @@ def test_reseal_help_tells_the_rotation_steps() -> None:
     out = CliRunner().invoke(cli, ["secrets", "reseal", "--help"]).output
     assert "new KEK first" in out and "stockade secrets reseal" in out and "drop it" in out
     assert "secrets  " in CliRunner().invoke(cli, ["--help"]).output
+
+
+# -- a KEK that is lost -------------------------------------------------------------------------------------------
+
+
+def signing_keys(tmp: Path) -> dict[str, tuple[str, float | None]]:
+    keys: list[SigningKey] = with_store(tmp, lambda s: s.list_signing_keys())  # type: ignore[assignment]
+    return {k.kid: (k.state, k.not_after) for k in keys}
+
+
+def test_a_lost_kek_is_forgotten_only_when_asked_and_only_its_keys(tmp_path: Path) -> None:
+    """With k1 gone for good, start-up refused (a live envelope needs k1) and nothing could end that: the keys
+    sealed under it are retired, so no node needs to open them and rotation makes a new one."""
+    config = setup(tmp_path, "k2")
+    add_keys(tmp_path, lost_a="k1", lost_b="k1", kept="k2")
+    dry = CliRunner().invoke(cli, ["secrets", "forget-kek", "k1", "--config", config])
+    assert dry.exit_code == 1 and "lost_a" in dry.output and "--yes" in dry.output
+    assert {kid: state for kid, (state, _) in signing_keys(tmp_path).items()} == {
+        "lost_a": "next",
+        "lost_b": "next",
+        "kept": "next",
+    }
+    done = CliRunner().invoke(cli, ["secrets", "forget-kek", "k1", "--yes", "--config", config])
+    assert done.exit_code == 0, done.output
+    assert "signing_key: 2 retired" in done.output
+    after = signing_keys(tmp_path)
+    assert after["kept"] == ("next", None)
+    assert after["lost_a"][0] == after["lost_b"][0] == "retired"
+    assert invoke(config) == (0, "signing_key: 0 re-sealed under KEK 'k2', 1 already were\nKEK ids in use: k2 (1)\n")
+
+
+@pytest.mark.parametrize(
+    ("keks", "kek", "code", "says"),
+    [
+        (("k2", "k1"), "k1", 2, "is loaded"),  # not lost: re-seal it instead
+        (("k2",), "k9", 1, "nothing is sealed under KEK 'k9'"),
+    ],
+    ids=["loaded", "unknown"],
+)
+def test_forget_kek_refuses_what_is_not_lost(
+    tmp_path: Path, keks: tuple[str, ...], kek: str, code: int, says: str
+) -> None:
+    config = setup(tmp_path, *keks)
+    add_keys(tmp_path, sig="k1")
+    result = CliRunner().invoke(cli, ["secrets", "forget-kek", kek, "--yes", "--config", config])
+    assert result.exit_code == code and says in result.output
+    assert signing_keys(tmp_path)["sig"][0] == "next"

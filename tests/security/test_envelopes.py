@@ -52,10 +52,10 @@ def store_with(*keys: SigningKey) -> MemoryStore:
         ([key("sig_a", "k2", "active")], ("k2",), None),  # re-sealed, then k1 dropped
         ([key("sig_a", "k1", "active")], ("k2",), "signing_key sig_a is sealed under KEK 'k1', which is not loaded"),
         ([key("sig_n", "k1", "next")], ("k2",), "signing_key sig_n is sealed under KEK 'k1'"),  # activates later
-        ([key("sig_r", "k1", not_after=T0 + 60)], ("k2",), "signing_key sig_r is sealed"),  # still published
+        ([key("sig_r", "k1", not_after=T0 + 60)], ("k2",), None),  # retired: published, its private half never opened
         ([key("sig_r", "k1", not_after=T0 - 1)], ("k2",), None),  # past not_after: never opened, soon deleted
         (
-            [key("sig_a", "k1", "active"), key("sig_b", "k0"), key("sig_c", "k1")],
+            [key("sig_a", "k1", "active"), key("sig_b", "k0", "next"), key("sig_c", "k1", "next")],
             ("k2",),
             "signing_key sig_a, signing_key sig_c are sealed under KEK 'k1', which is not loaded; signing_key sig_b "
             "is sealed under KEK 'k0', which is not loaded: load 'k1', 'k0' again after the active KEK",
@@ -66,7 +66,7 @@ def store_with(*keys: SigningKey) -> MemoryStore:
             "signing_key sig_x: not a sealed envelope (corrupt): restore the store from a backup",
         ),
     ],
-    ids=["same", "both", "resealed", "dropped", "next", "retired-live", "retired-dead", "two-missing", "corrupt"],
+    ids=["same", "both", "resealed", "dropped", "next", "retired", "retired-dead", "two-missing", "corrupt"],
 )
 def test_live_envelopes_need_a_loaded_kek(keys: list[SigningKey], loaded: tuple[str, ...], refused: str | None) -> None:
     items = run(live_envelopes(store_with(*keys), T0))
@@ -91,26 +91,26 @@ def test_reseal_moves_every_live_envelope_to_the_active_kek_and_is_idempotent() 
     report = run(reseal(store, ring("k2", "k1"), actor=ACTOR, clock=clock))
     assert (report.active, dict(report.resealed), dict(report.current)) == (
         "k2",
-        {"signing_key": 2},
+        {"signing_key": 1},
         {"signing_key": 1},
     )
-    assert dict(report.in_use) == {"k2": 3}
+    assert dict(report.in_use) == {"k2": 2}
     by_kid = {k.kid: k for k in run(store.list_signing_keys())}
-    for kid in ("sig_old", "sig_a", "sig_n"):  # the same private keys, now opened with k2 alone
+    for kid in ("sig_a", "sig_n"):  # the same private keys, now opened with k2 alone
         assert ring("k2").open(by_kid[kid].private_key, aad=kid.encode()) == f"private {kid}".encode()
-    assert kek_id(by_kid["sig_dead"].private_key) == "k1"  # not live: left to rotation, which deletes it
+    for kid in ("sig_old", "sig_dead"):  # retired: only their public halves are used, left to rotation
+        assert kek_id(by_kid[kid].private_key) == "k1"
     log = run(store.list_admin_changes())
-    assert [(c.action, c.target, dict(c.detail), c.actor) for c in log[:2]] == [
-        ("signing_key.reseal", "sig_old", {"from_kek": "k1", "to_kek": "k2"}, ACTOR),
+    assert [(c.action, c.target, dict(c.detail), c.actor) for c in log[:1]] == [
         ("signing_key.reseal", "sig_a", {"from_kek": "k1", "to_kek": "k2"}, ACTOR),
-    ]  # newest first
+    ]
     again = run(reseal(store, ring("k2", "k1"), actor=ACTOR, clock=clock))
-    assert (dict(again.resealed), dict(again.current), dict(again.in_use)) == ({}, {"signing_key": 3}, {"k2": 3})
+    assert (dict(again.resealed), dict(again.current), dict(again.in_use)) == ({}, {"signing_key": 2}, {"k2": 2})
     assert len(run(store.list_admin_changes())) == len(log)  # nothing to do, nothing written
 
 
 def test_reseal_refuses_before_writing_when_a_kek_is_missing() -> None:
-    store = store_with(key("sig_a", "k1", "active"), key("sig_b", "k0"))
+    store = store_with(key("sig_a", "k1", "active"), key("sig_b", "k0", "next"))
     before = run(store.list_admin_changes())
     with pytest.raises(SecretsError, match="signing_key sig_b is sealed under KEK 'k0', which is not loaded"):
         run(reseal(store, ring("k2", "k1"), actor=ACTOR, clock=FakeClock(T0)))

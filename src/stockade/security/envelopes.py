@@ -53,10 +53,15 @@ class EnvelopeKind(Protocol):
         """Store `envelope` in place of `item`'s if the record still holds `item.envelope`."""
         ...
 
+    async def forget(self, store: Store, item: Sealed, *, keep_until: float, actor: str, at: float) -> None:
+        """Make `item` a record no gateway opens any more (its KEK is lost); what it vouched for may hold until
+        `keep_until`."""
+        ...
+
 
 class SigningKeyEnvelopes:
-    """Token signing keys' private halves. Keys past `not_after` are no longer published and are about to be
-    deleted by rotation: they are not live."""
+    """Token signing keys' private halves. Only a key that may sign (active or next) is live: a retired key's
+    private half is never opened again, and a key past `not_after` is about to be deleted by rotation."""
 
     kind: ClassVar[str] = "signing_key"
 
@@ -64,11 +69,16 @@ class SigningKeyEnvelopes:
         return [
             Sealed(self.kind, k.kid, k.private_key, k.kid.encode())
             for k in await store.list_signing_keys()
-            if k.not_after is None or k.not_after > now
+            if k.state in ("active", "next") and (k.not_after is None or k.not_after > now)
         ]
 
     async def replace(self, store: Store, item: Sealed, envelope: bytes, *, actor: str, at: float) -> bool:
         return await store.reseal_signing_key(item.ref, envelope, expected=item.envelope, actor=actor, at=at)
+
+    async def forget(self, store: Store, item: Sealed, *, keep_until: float, actor: str, at: float) -> None:
+        # Retired: it signs nothing more, tokens it signed verify until they expire (the public half is not
+        # sealed), and the next rotation check makes a new active key if it was the active one.
+        await store.retire_signing_key(item.ref, not_after=keep_until, actor=actor, at=at)
 
 
 ENVELOPE_KINDS: tuple[EnvelopeKind, ...] = (SigningKeyEnvelopes(),)
@@ -141,3 +151,20 @@ async def reseal(store: Store, keyring: Keyring, *, actor: str, clock: Clock) ->
         check_loaded(items, keyring)  # a node with an older keyring may have sealed a new one meanwhile
     report.in_use.update(i.kek or "?" for i in items)
     return report
+
+
+async def forget_kek(
+    store: Store, keyring: Keyring, kek: str, *, keep_until: float, actor: str, clock: Clock
+) -> Counter[str]:
+    """Give up every live envelope sealed under `kek`, a KEK that is lost for good, each as its kind allows (a
+    signing key is retired); returns the count per kind. Refuses (SecretsError) a KEK that is loaded: that one is
+    re-sealed, not forgotten."""
+    if kek in keyring.ids:
+        raise SecretsError(f"KEK {kek!r} is loaded: run `stockade secrets reseal`, then drop it")
+    kinds = {kind.kind: kind for kind in ENVELOPE_KINDS}
+    forgotten: Counter[str] = Counter()
+    for item in await live_envelopes(store, clock.time()):
+        if item.kek == kek:
+            await kinds[item.kind].forget(store, item, keep_until=keep_until, actor=actor, at=clock.time())
+            forgotten[item.kind] += 1
+    return forgotten
