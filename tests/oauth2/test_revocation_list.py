@@ -9,7 +9,7 @@ import gc
 import itertools
 import logging
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from stockade.storage.memory import MemoryStore
 from stockade.storage.records import ChangeBatch, OAuthClient, RevokedToken
 from stockade.testing import TestGateway
 from tests.oauth2.flow import basic, call_books, create_client, get_token, oauth_gateway, post_form
+from tests.storage.conftest import dispose, make_store
 
 
 def test_a_revocation_arriving_during_a_reload_is_kept() -> None:
@@ -117,7 +118,7 @@ CLIENT_CHANGES = [
     CLIENT_CHANGES,
     ids=["disable", "rename", "delete", "disable-odd-error", "rename-odd-error"],
 )
-def test_a_client_change_whose_reread_fails_is_refused_until_a_reread_succeeds(
+def test_a_client_change_whose_reread_fails_is_not_trusted_until_a_reread_succeeds(
     change: Callable[[Store, OAuthClient, FakeClock], Awaitable[None]],
     error: type[Exception],
     disabled_after: bool,
@@ -136,26 +137,29 @@ def test_a_client_change_whose_reread_fails_is_refused_until_a_reread_succeeds(
         watcher = ChangeWatcher(store, clock)
         revoked = RevokedJtis(store, watcher, clock)
         await revoked.load()
-        assert client.client_id not in revoked.disabled_clients
+        assert revoked.allows("jti-1", client.client_id)
         await change(store, client, clock)
         store.down, store.error = True, error
-        await watcher.poll()  # the change arrives: refused from now on, whatever the re-read it starts finds
-        assert client.client_id in revoked.disabled_clients
+        await watcher.poll()  # the change arrives: not trusted from now on, whatever the re-read it starts finds
+        assert not revoked.allows("jti-1", client.client_id)
         await revoked.settle()  # that re-read failed
-        assert client.client_id in revoked.disabled_clients
+        assert not revoked.allows("jti-1", client.client_id)
+        with pytest.raises(StorageError):  # a token of it: 503, without a read per request during the back-off
+            await revoked.ensure_fresh(client.client_id)
         reads = store.reads
         for _ in range(3):  # the feed goes on (it has moved past the change), the store is still failing
             clock.advance(watcher.interval)
             await watcher.poll()
             await revoked.retry()
             await revoked.settle()
-        assert client.client_id in revoked.disabled_clients
+        assert not revoked.allows("jti-1", client.client_id)
         assert 1 <= store.reads - reads <= 2  # retried with a back-off while failing, not on every poll
         store.down = False
         clock.advance(MAX_STALE)  # at most this long after the store answers again, a retry reads the client
         await revoked.retry()
         await revoked.settle()
         assert (client.client_id in revoked.disabled_clients) == disabled_after
+        assert revoked.allows("jti-1", client.client_id) != disabled_after
         reads = store.reads
         clock.advance(MAX_STALE)
         await revoked.retry()
@@ -235,3 +239,125 @@ def test_a_truncated_feed_whose_reload_fails_is_not_trusted_until_a_reload_succe
 
     asyncio.run(go())
     assert unretrieved == []
+
+
+# -- loads after a truncated feed, over real stores ----------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def real_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    store = make_store(request.param, tmp_path)
+    try:
+        yield store
+    finally:
+        dispose(store)
+
+
+class HeldLoads:
+    """Counts the loads that reach the store (`list_revoked_tokens`); the first one's `held` call takes its snapshot,
+    then waits until `release`, as a slow answer does."""
+
+    def __init__(self, store: Store, held: str) -> None:
+        self.loads = 0
+        self.paused = asyncio.Event()
+        self.release = asyncio.Event()
+        original_tokens, original_clients = store.list_revoked_tokens, store.list_clients
+
+        async def hold(snapshot: Any) -> Any:
+            if not self.paused.is_set():
+                self.paused.set()
+                await self.release.wait()
+            return snapshot
+
+        async def list_revoked_tokens(now: float) -> list[RevokedToken]:
+            self.loads += 1
+            snapshot = await original_tokens(now)
+            return await hold(snapshot) if held == "list_revoked_tokens" else snapshot
+
+        async def list_clients() -> list[OAuthClient]:
+            snapshot = await original_clients()
+            return await hold(snapshot) if held == "list_clients" else snapshot
+
+        store.list_revoked_tokens = list_revoked_tokens  # type: ignore[method-assign]
+        store.list_clients = list_clients  # type: ignore[method-assign]
+
+
+async def _following(store: Store) -> tuple[FakeClock, ChangeWatcher, RevokedJtis]:
+    """A worker's list over `store`, loaded; the test polls the feed itself (no background task)."""
+    clock = FakeClock()
+    watcher = ChangeWatcher(store, clock)
+    watcher.ensure_running = lambda: None  # type: ignore[method-assign]
+    revoked = RevokedJtis(store, watcher, clock)
+    await revoked.load()
+    return clock, watcher, revoked
+
+
+async def _yield(times: int = 10) -> None:
+    for _ in range(times):
+        await asyncio.sleep(0)
+
+
+def test_requests_after_a_truncated_feed_share_one_load(real_store: Store) -> None:
+    """Every JWT request after a truncated feed loaded the whole list itself: 200 requests in flight, 201 loads."""
+
+    async def go() -> None:
+        _clock, watcher, revoked = await _following(real_store)
+        held = HeldLoads(real_store, "list_revoked_tokens")
+        revoked._on_changes(ChangeBatch((), watcher.seq or 0, truncated=True))  # the catch-up's load starts
+        await held.paused.wait()
+        requests = [asyncio.create_task(revoked.ensure_fresh()) for _ in range(50)]
+        hourly = asyncio.create_task(revoked.load())
+        await _yield()
+        held.release.set()
+        await asyncio.gather(*requests, hourly)
+        assert held.loads == 1
+        assert revoked.fresh()
+
+    asyncio.run(go())
+
+
+def test_a_client_disabled_during_a_load_after_a_truncated_feed_stays_refused(real_store: Store) -> None:
+    """A request's load begun after the truncation overlapped the catch-up's; the older, slower one finished last
+    and applied its snapshot, in which the client was still enabled: its tokens verified again until the hourly
+    reload. Loads no longer overlap, and the client's own re-read wins over a snapshot taken before it."""
+
+    async def go() -> None:
+        clock, watcher, revoked = await _following(real_store)
+        client, _ = new_client(name="c", scopes=["a"], auth_method="client_secret_basic", pepper=b"p" * 32, now=0.0)
+        await real_store.create_client(client, actor="cli:x", at=clock.time())
+        await watcher.poll()
+        await revoked.settle()
+        assert client.client_id not in revoked.disabled_clients
+        held = HeldLoads(real_store, "list_clients")
+        revoked._on_changes(ChangeBatch((), watcher.seq or 0, truncated=True))
+        await held.paused.wait()  # the load has its snapshot: the client enabled
+        request = asyncio.create_task(revoked.ensure_fresh())
+        await _yield()
+        assert held.loads == 1  # the request joined it
+        await disable_client(real_store, client.client_id, actor="cli:x", at=clock.time())
+        await watcher.poll()
+        held.release.set()
+        await request
+        await revoked.settle()
+        assert client.client_id in revoked.disabled_clients
+        assert not revoked.allows("jti-1", client.client_id)
+
+    asyncio.run(go())
+
+
+def test_a_truncated_batch_during_a_load_makes_another_follow(real_store: Store) -> None:
+    """A truncated batch that arrived while a load ran was absorbed by it: the load (whose snapshot predates what
+    the feed missed) marked the list fresh, and a token revoked meanwhile verified until a later retry."""
+
+    async def go() -> None:
+        clock, watcher, revoked = await _following(real_store)
+        held = HeldLoads(real_store, "list_revoked_tokens")
+        revoked._on_changes(ChangeBatch((), watcher.seq or 0, truncated=True))
+        await held.paused.wait()
+        await real_store.revoke_token("jti-missed", expires_at=clock.time() + 600, actor="client:x", at=clock.time())
+        revoked._on_changes(ChangeBatch((), watcher.seq or 0, truncated=True))  # the feed lost it too
+        held.release.set()
+        await revoked.settle()
+        assert ("jti-missed" in revoked, revoked.fresh()) == (True, True)
+
+    asyncio.run(go())

@@ -1,15 +1,22 @@
 """Revoked token ids (RFC 7009) and disabled clients, held in memory and kept current from the store's change feed.
 
-The `jwt` stage asks `jti in revoked` on every request for issuers that honour revocation: a set lookup. The set
-is filled once from the store, then every `revoked_token` change (from this or any worker, the CLI or the admin
+The `jwt` stage asks `allows(jti, client_id)` on every request for issuers that honour revocation: set lookups. The
+list is filled once from the store, then every `revoked_token` change (from this or any worker, the CLI or the admin
 API) is added as it arrives on the feed, well within a second. A feed silent for longer than MAX_STALE is not
 trusted: the stage then catches up before accepting a token.
 
-A `client` change names a client without saying what changed, so the client is re-read. From the moment the change
-arrives until a re-read succeeds, the client counts as disabled (fail closed): a re-read that fails (a database
-restart breaks pooled connections) is retried on the watcher's cadence with a back-off of at most MAX_STALE, and
-logged once when reads start failing and once when they work again. A truncated feed (changes were missed) makes
-the list untrusted until a reload succeeds, retried the same way.
+A `client` change names a client without saying what changed, so the client is re-read, each client on its own (one
+whose record cannot be read holds up no other). From the moment the change arrives until a re-read succeeds, the
+client's tokens are not accepted on trust (fail closed): a request with one waits for that read, which every such
+request shares (the pipeline timeout bounds the wait); it is refused if the client turns out disabled or deleted,
+and answered 503 if the read fails, since the client may be fine. A client last read as disabled is refused at once.
+A failed re-read is retried on the watcher's cadence with a back-off of at most MAX_BACKOFF, and logged, naming the
+client, once when its reads start failing and once when they work again.
+
+A truncated feed (changes were missed) makes the list untrusted until a load begun after it succeeds. One load runs
+at a time, shared by the requests waiting for it, the catch-up and the hourly reload, so an older snapshot is never
+applied over a newer one; what the feed delivers during a load is kept (`_arrived`, `_clients_seen`), and a
+truncated batch that arrives during one makes another follow it.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from stockade.errors import StorageError
 from stockade.identity.watch import RetryBackoff
 from stockade.storage.base import NotFoundError
 
@@ -38,6 +46,24 @@ RELOAD_INTERVAL = 3600.0  # drop entries whose tokens expired by reloading the l
 MAX_BACKOFF = MAX_STALE
 
 
+class RevocationNotCurrent(StorageError):
+    """The list or a client a change named could not be read (the store failed): 503, as the outage is."""
+
+    code = "oauth2.revocation_not_current"
+
+
+class _Unsure:
+    """A client a change named that no re-read has answered for yet."""
+
+    __slots__ = ("backoff", "error", "seq", "task")
+
+    def __init__(self, seq: int, backoff: RetryBackoff) -> None:
+        self.seq = seq  # the newest change naming it: a read begun before it arrived does not answer it
+        self.backoff = backoff
+        self.error = ""
+        self.task: asyncio.Task[None] | None = None
+
+
 class RevokedJtis:
     """A set of revoked jtis with the freshness of the feed that feeds it."""
 
@@ -46,21 +72,22 @@ class RevokedJtis:
         self.watcher = watcher
         self.clock = clock
         self._jtis: set[str] = set()
-        self.disabled_clients: set[str] = set()  # tokens of a revoked (disabled) client stop verifying too
+        self.disabled_clients: set[str] = set()  # as last read: their tokens are refused at once
         self.loaded = False
-        # Clients a change named that no re-read has answered for yet (each with the change's seq): all of them
-        # are in disabled_clients meanwhile.
-        self._unsure: dict[str, int] = {}
-        self._reload_due = False  # a truncated feed: reload before trusting the list again
-        self._catch_up_task: asyncio.Task[None] | None = None
-        self._backoff = RetryBackoff(clock, watcher.interval, MAX_BACKOFF)
+        self._unsure: dict[str, _Unsure] = {}
+        # Loads: one at a time. Each truncated batch is a generation; a load covers every one reached when it began.
+        self._generation = 0
+        self._reload_due = 0  # the generation of a truncated batch no load covers yet (0: none)
+        self._load_task: asyncio.Task[bool] | None = None
+        self._load_backoff = RetryBackoff(clock, watcher.interval, MAX_BACKOFF)
+        self._load_error = ""
         self._closed = False
         # While a load awaits the store, what the feed brings meanwhile is noted here too, so the load's older
         # snapshot does not overwrite it (a revocation would otherwise be lost until the next reload).
         self._arrived: set[str] | None = None
         self._clients_seen: set[str] | None = None
         watcher.subscribe(self._on_changes)
-        watcher.every(RELOAD_INTERVAL, self.load)
+        watcher.every(RELOAD_INTERVAL, self._reload)
         watcher.every(watcher.interval, self.retry)
 
     def __contains__(self, jti: object) -> bool:
@@ -69,15 +96,76 @@ class RevokedJtis:
     def fresh(self) -> bool:
         return self.loaded and self.watcher.fresh(MAX_STALE)
 
-    async def ensure_fresh(self) -> None:
-        """Load the set on first use and catch the feed up if it fell silent. Raises StorageError."""
+    def allows(self, jti: str, client_id: str | None) -> bool:
+        """A token with this jti (of this client) may be accepted without waiting for any read."""
+        return (
+            jti not in self._jtis
+            and client_id not in self.disabled_clients
+            and client_id not in self._unsure
+            and self.fresh()
+        )
+
+    async def ensure_fresh(self, client_id: str | None = None) -> None:
+        """Load the list on first use or after a truncated feed, catch the feed up if it fell silent, and wait for
+        the re-read of `client_id` if a change named it. Raises StorageError (the stage answers 503)."""
         self.watcher.ensure_running()
         if not self.loaded:
-            await self.load()
+            await self._join_load(force=False)
         if not self.watcher.fresh(MAX_STALE):
             await self.watcher.poll()
+        if client_id is not None:
+            await self._client_read(client_id)
+
+    # -- loading -----------------------------------------------------------------------------------------------
 
     async def load(self) -> None:
+        """Read the list and the clients' states, or join the load under way. Raises StorageError if it fails."""
+        await self._join_load(force=True)
+
+    async def _reload(self) -> None:
+        """The hourly job: its failure is logged by the load (and the list it had stays trusted)."""
+        if self._load_under_way() is None:
+            self._start_load()
+
+    def _load_under_way(self) -> asyncio.Task[bool] | None:
+        task = self._load_task
+        return task if task is not None and not task.done() else None
+
+    def _start_load(self) -> None:
+        if not self._closed and self._load_under_way() is None:
+            self._load_task = asyncio.get_running_loop().create_task(self._load_until_current())
+
+    async def _join_load(self, *, force: bool) -> None:
+        """Join the load under way or start one (during a failure's back-off only if `force`)."""
+        if self._load_under_way() is None and (force or self._load_backoff.due()):
+            self._start_load()
+        task = self._load_under_way()
+        if task is None or not await asyncio.shield(task):  # a request that gives up cancels nobody's load
+            raise RevocationNotCurrent(f"revocation list not loaded: {self._load_error or 'closing'}")
+
+    async def _load_until_current(self) -> bool:
+        """Load until a load covers every truncated batch. Never raises: a failure leaves the list as it was (and
+        untrusted after a truncated feed) and sets when to try again. True if it succeeded."""
+        try:
+            await self._load_once()
+            while self._reload_due:  # a truncated batch arrived during the load: its snapshot may miss changes
+                await self._load_once()
+        except Exception as exc:  # the store is down, or answered something unreadable: stay closed, try later
+            self._load_error = f"{type(exc).__name__}: {exc}"
+            if self._load_backoff.failed():
+                log.error(
+                    "cannot load the revoked tokens and OAuth clients (%s)%s",
+                    self._load_error,
+                    "" if self.loaded else ": tokens of issuers that honour revocation get 503 until a load succeeds",
+                    extra={"store": self.store.url},
+                )
+            return False
+        if self._load_backoff.succeeded():
+            log.warning("revoked tokens and OAuth clients loaded again", extra={"store": self.store.url})
+        return True
+
+    async def _load_once(self) -> None:
+        covers = self._generation
         await self.watcher.ensure_baseline()  # changes after this point reach _on_changes: none can be missed
         arrived = self._arrived = set()
         seen = self._clients_seen = set()
@@ -85,8 +173,7 @@ class RevokedJtis:
             records = await self.store.list_revoked_tokens(self.clock.time())
             clients = await self.store.list_clients()
         finally:
-            if self._arrived is arrived:
-                self._arrived = self._clients_seen = None
+            self._arrived = self._clients_seen = None
         self._jtis = {r.jti for r in records} | arrived | (self._jtis if not self.loaded else set())
         disabled = {c.client_id for c in clients if c.disabled_at is not None}
         for client_id in seen:  # re-read after the snapshot began: their own answer is the newer one
@@ -94,8 +181,10 @@ class RevokedJtis:
                 disabled.add(client_id)
             else:
                 disabled.discard(client_id)
-        self.disabled_clients = disabled | self._unsure.keys()
-        self.loaded = True
+        self.disabled_clients = disabled
+        if self._reload_due <= covers:
+            self._reload_due = 0
+            self.loaded = True
 
     def add(self, jti: str) -> None:
         """Effective at once in this process (the feed brings it to the others)."""
@@ -103,85 +192,107 @@ class RevokedJtis:
         if self._arrived is not None:
             self._arrived.add(jti)
 
+    # -- following the feed ------------------------------------------------------------------------------------
+
     def _on_changes(self, batch: ChangeBatch) -> None:
         for change in batch.changes:
             if change.kind == "revoked_token":
                 self.add(change.ref)
             elif change.kind == "client":
-                self.disabled_clients.add(change.ref)  # it may have been disabled: refused until a re-read says not
-                self._unsure[change.ref] = change.seq
+                self._client_changed(change.ref, change.seq)
         if batch.truncated:
             self.loaded = False  # changes were missed: not fresh, and the next load keeps what is known
-            self._reload_due = True
-        if self._unsure or self._reload_due:
-            self._backoff.now()  # the feed just answered: try at once
-            self._start_catch_up()
+            self._generation += 1
+            self._reload_due = self._generation
+            self._load_backoff.now()  # the feed just answered: try at once
+            self._start_load()
+
+    def _client_changed(self, client_id: str, seq: int) -> None:
+        entry = self._unsure.get(client_id)
+        if entry is None:
+            entry = self._unsure[client_id] = _Unsure(seq, RetryBackoff(self.clock, self.watcher.interval, MAX_BACKOFF))
+        entry.seq = seq  # a read under way when it arrived reads again
+        entry.backoff.now()  # the feed just answered: try at once
+        self._start_reread(client_id, entry)
 
     async def retry(self) -> None:
-        """The watcher's job, on its cadence: start a catch-up that a failure left pending once its back-off is over."""
-        if (self._unsure or self._reload_due) and self._backoff.due():
-            self._start_catch_up()
+        """The watcher's job, on its cadence: start each read that a failure left pending once its back-off is over."""
+        if self._reload_due and self._load_under_way() is None and self._load_backoff.due():
+            self._start_load()
+        for client_id, entry in list(self._unsure.items()):
+            if entry.backoff.due():
+                self._start_reread(client_id, entry)
 
-    def _start_catch_up(self) -> None:
-        task = self._catch_up_task
-        if not self._closed and (task is None or task.done()):
-            self._catch_up_task = asyncio.get_running_loop().create_task(self._catch_up())
+    def _start_reread(self, client_id: str, entry: _Unsure) -> None:
+        if not self._closed and (entry.task is None or entry.task.done()):
+            entry.task = asyncio.get_running_loop().create_task(self._reread(client_id, entry))
 
-    async def _catch_up(self) -> None:
-        """Reload if the feed was truncated, then re-read every client a change named. Never raises: a failure
-        leaves those clients disabled (and the list untrusted) and sets when to try again."""
-        try:
-            if self._reload_due:
-                self._reload_due = False
-                try:
-                    await self.load()
-                except BaseException:
-                    self._reload_due = True
-                    raise
-            while self._unsure:
-                for client_id, seq in list(self._unsure.items()):
-                    await self._reread(client_id, seq)
-        except Exception as exc:  # the store is down, or answered something unreadable: stay closed, try later
-            if self._backoff.failed():
-                log.error(
-                    "cannot re-read OAuth clients or revocations after a change (%s: %s): clients %s are refused "
-                    "until a re-read succeeds",
-                    type(exc).__name__,
-                    exc,
-                    ", ".join(sorted(self._unsure)) or "(none)",
-                    extra={"store": self.store.url},
-                )
-            return
-        if self._backoff.succeeded():
-            log.warning("OAuth clients and revocations re-read again", extra={"store": self.store.url})
+    async def _reread(self, client_id: str, entry: _Unsure) -> None:
+        """Read the client until a read begun after its newest change answers. Never raises: a failure leaves its
+        tokens unaccepted and sets when to try again."""
+        while self._unsure.get(client_id) is entry:
+            seq = entry.seq
+            try:
+                client = await self.store.get_client(client_id)
+            except NotFoundError:
+                client = None  # deleted: its tokens must not outlive it
+            except Exception as exc:  # the store is down, or the record unreadable: stay closed, try later
+                entry.error = f"{type(exc).__name__}: {exc}"
+                if entry.backoff.failed():
+                    log.error(
+                        "cannot re-read OAuth client %s after a change (%s): its tokens get 503 until a re-read "
+                        "succeeds",
+                        client_id,
+                        entry.error,
+                        extra={"store": self.store.url},
+                    )
+                return
+            if entry.seq != seq:
+                continue  # a newer change arrived during the read: read it again
+            del self._unsure[client_id]
+            if entry.backoff.succeeded():
+                log.warning("OAuth client %s re-read again", client_id, extra={"store": self.store.url})
+            if client is None or client.disabled_at is not None:
+                self.disabled_clients.add(client_id)
+            else:
+                self.disabled_clients.discard(client_id)
+            if self._clients_seen is not None:
+                self._clients_seen.add(client_id)
 
-    async def _reread(self, client_id: str, seq: int) -> None:
-        try:
-            client = await self.store.get_client(client_id)
-        except NotFoundError:
-            client = None  # deleted: its tokens must not outlive it
-        if self._unsure.get(client_id) != seq:
-            return  # a newer change arrived during the read: read it again
-        del self._unsure[client_id]
-        if client is None or client.disabled_at is not None:
-            self.disabled_clients.add(client_id)
-        else:
-            self.disabled_clients.discard(client_id)
-        if self._clients_seen is not None:
-            self._clients_seen.add(client_id)
+    async def _client_read(self, client_id: str) -> None:
+        """Wait until no change naming the client is left unread (a client last read as disabled: no wait, it is
+        refused anyway). Joins the read under way; starts one only once a failure's back-off is over, so a client
+        that cannot be read costs no read per request. Raises RevocationNotCurrent while it cannot be read."""
+        while (entry := self._unsure.get(client_id)) is not None and client_id not in self.disabled_clients:
+            if entry.task is None or entry.task.done():
+                if not entry.backoff.due() or self._closed:
+                    raise RevocationNotCurrent(f"client {client_id!r} changed and cannot be re-read: {entry.error}")
+                self._start_reread(client_id, entry)
+            assert entry.task is not None  # noqa: S101 - started just above
+            await asyncio.shield(entry.task)  # a request that gives up cancels nobody's read
+            if self._unsure.get(client_id) is entry:  # the read ended and failed
+                raise RevocationNotCurrent(f"client {client_id!r} changed and cannot be re-read: {entry.error}")
+
+    # -- tests and shutdown ------------------------------------------------------------------------------------
+
+    def _tasks(self) -> list[asyncio.Task[None] | asyncio.Task[bool]]:
+        tasks: list[asyncio.Task[None] | asyncio.Task[bool]] = [e.task for e in self._unsure.values() if e.task]
+        if self._load_task is not None:
+            tasks.append(self._load_task)
+        return [t for t in tasks if not t.done()]
 
     async def settle(self) -> None:
-        """Wait for the catch-up the change feed has triggered (clients re-read, a reload) to finish, or fail."""
-        while (task := self._catch_up_task) is not None and not task.done():
-            await asyncio.gather(task, return_exceptions=True)
+        """Wait for the reads the change feed has triggered (clients re-read, a load) to finish, or fail."""
+        while tasks := self._tasks():
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def aclose(self) -> None:
-        """Stop catching up (Services.close())."""
+        """Stop reading (Services.close())."""
         self._closed = True
-        task, self._catch_up_task = self._catch_up_task, None
-        if task is not None and not task.done():
+        tasks = self._tasks()
+        for task in tasks:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def revoked_jtis(services: Services) -> RevokedJtis:

@@ -113,9 +113,7 @@ class JwtAuthenticator:
 
     def _not_revoked(self, jti: str, client_id: str | None) -> bool:
         revoked = self._revoked
-        return (
-            revoked is not None and jti not in revoked and client_id not in revoked.disabled_clients and revoked.fresh()
-        )
+        return revoked is not None and revoked.allows(jti, client_id)
 
     async def _verify(self, ctx: RequestContext, value: str) -> Continue | Skip | Deny:
         token = bearer_token(value)
@@ -154,10 +152,11 @@ class JwtAuthenticator:
                 jose.verify_signature(parsed, alg, keys.find)
             exp = jose.check_claims(parsed.claims, issuer.policy, now)
             if issuer.revocation and self._revoked is not None:
-                try:
-                    await self._revoked.ensure_fresh()
-                except StorageError:  # a revocation list we cannot trust fails closed
-                    return Deny(503, "auth.unavailable", detail="revocation list unavailable")
+                client_id = parsed.claims.get("client_id")
+                try:  # waits for the re-read of a client a change has just named (a new one, too), if any
+                    await self._revoked.ensure_fresh(client_id if isinstance(client_id, str) else None)
+                except StorageError as exc:  # a revocation list we cannot trust fails closed; the token may be good
+                    return Deny(503, "auth.unavailable", detail=f"revocation list unavailable: {exc}")
             entry = self._accept(ctx, parsed.claims, issuer, keys, exp)
         except jose.JoseError as exc:
             return Deny(401, "auth.invalid_token", headers=self._invalid, detail=_detail(exc, iss, kid))
