@@ -33,17 +33,26 @@ def upper_hook(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 class Apps:
     """`/slow` sends half its body and waits for `go`; `/small` sends its whole body at once; `/boom` raises
-    after half its body."""
+    after half its body; `/background` sends its whole body, then works on (a Starlette BackgroundTask) until `go`;
+    `/big` sends more than the budget, then works on until `go`."""
 
     def __init__(self) -> None:
         self.go = asyncio.Event()
         self.halfway = asyncio.Event()
+        self.sent = asyncio.Event()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         path = scope["path"]
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
         if path == "/small":
             await send({"type": "http.response.body", "body": PART})
+            return
+        if path in ("/background", "/big"):
+            await send({"type": "http.response.body", "body": PART, "more_body": path == "/big"})
+            if path == "/big":
+                await send({"type": "http.response.body", "body": PART})  # refused: over the budget
+            self.sent.set()
+            await self.go.wait()
             return
         await send({"type": "http.response.body", "body": PART, "more_body": True})
         self.halfway.set()
@@ -99,5 +108,22 @@ def test_an_app_that_fails_mid_body_gives_its_buffer_back() -> None:
         status, _ = await call(mw, "/boom")
         assert status == 0  # nothing was sent: the hook never saw a whole body, the server answers 500
         assert mw.buffered == 0
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("path", ["/background", "/big"], ids=["body-sent", "body-refused"])
+def test_a_buffer_is_given_back_when_its_response_is_answered_not_when_the_app_returns(path: str) -> None:
+    apps = Apps()
+    mw = StockadeMiddleware(apps, config_text=CONFIG)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(call(mw, path))
+        await apps.sent.wait()
+        assert mw.buffered == 0  # the response went out; the app's background work holds nothing
+        assert (await call(mw, "/small"))[0] == 200  # so no other request is refused as busy meanwhile
+        apps.go.set()
+        await task
+        assert mw.buffered == 0  # and nothing is given back twice
 
     asyncio.run(scenario())

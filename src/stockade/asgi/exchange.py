@@ -56,8 +56,7 @@ class HttpExchange(Exchange):
         except ClientDisconnectedError:
             self.client_gone()
         finally:
-            self.mw.buffered -= self.collected_size  # given back once, however the exchange ended
-            self.collected_size = 0
+            self._release()  # if the app stopped or failed mid-body
             if not self.recorded:
                 self._settle()
 
@@ -262,10 +261,14 @@ class HttpExchange(Exchange):
         self.collected = None
         hooked = await self._hook(held, b"".join(collected))
         if hooked is None:
+            self._release()
             return
         start, body = hooked
         await self._start(start)
         await self.send({"type": "http.response.body", "body": body or b"", "more_body": self.trailers})
+        # Given back now, not when the app returns: Starlette's BackgroundTasks run inside the app call, long after
+        # the body left, and would hold the budget (false 503 gateway.busy for everyone else) until they finish.
+        self._release()
         self.bytes_sent += len(body or b"")
         if not self.trailers:
             self.record()
@@ -279,8 +282,14 @@ class HttpExchange(Exchange):
         ctx.stage = "app"
         ctx.detail = detail
         self.collected = None
+        self._release()  # the app may go on sending (and working) for long after: its body is dropped
         self.error = reason
         await self._answer(problem(status, reason, ctx.request_id))
+
+    def _release(self) -> None:
+        """Give the buffered bytes back to the process budget; once, whichever path gets here first."""
+        self.mw.buffered -= self.collected_size
+        self.collected_size = 0
 
     async def _hook(self, start: Message, body: bytes | None) -> tuple[Message, bytes | None] | None:
         """Run response hooks on the app's response head (and buffered body); None if a hook failed and the
