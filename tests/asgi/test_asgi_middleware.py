@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
+from fastapi import FastAPI
 
 from stockade.asgi import StockadeMiddleware
 from stockade.clock import FakeClock
@@ -139,6 +140,31 @@ async def _raises_at_once(scope: Any, receive: Any, send: Any) -> None:
     raise ValueError("Django can only handle ASGI/HTTP connections, not lifespan.")
 
 
+async def _router_refuses(scope: Any, receive: Any, send: Any) -> None:
+    raise ValueError("No application configured for scope type 'lifespan'")  # Channels' ProtocolTypeRouter
+
+
+async def _fails_before_taking_part(scope: Any, receive: Any, send: Any) -> None:
+    raise RuntimeError("database unreachable")  # Starlette builds its middleware stack before the first receive
+
+
+class _NeedsKey:
+    """A middleware whose constructor fails: Starlette builds it when the first scope (lifespan) arrives."""
+
+    def __init__(self, app: Any, key: str | None = None) -> None:
+        raise RuntimeError("database unreachable: no key configured")
+
+
+def _fastapi_whose_middleware_fails() -> Any:
+    api = FastAPI()
+    api.add_middleware(_NeedsKey)
+    return api
+
+
+async def _other_value_error_before_taking_part(scope: Any, receive: Any, send: Any) -> None:
+    raise ValueError("database unreachable: bad DSN")
+
+
 async def _returns_at_once(scope: Any, receive: Any, send: Any) -> None:
     return
 
@@ -173,7 +199,12 @@ COMPLETE = [("lifespan.startup.complete", 0), ("lifespan.shutdown.complete", 1)]
 @pytest.mark.parametrize(
     ("app", "outcome"),
     [
-        pytest.param(_raises_at_once, COMPLETE, id="raises-before-taking-part"),  # Django: answered for it
+        pytest.param(_raises_at_once, COMPLETE, id="django-refuses-the-scope"),  # answered for it
+        pytest.param(_router_refuses, COMPLETE, id="channels-router-refuses-the-scope"),
+        # Only a recognised refusal of the scope is answered for the app: any other error is a startup failure.
+        pytest.param(_fails_before_taking_part, RuntimeError, id="fails-before-taking-part"),
+        pytest.param(_fastapi_whose_middleware_fails(), RuntimeError, id="fastapi-middleware-fails-to-build"),
+        pytest.param(_other_value_error_before_taking_part, ValueError, id="other-value-error-before-taking-part"),
         pytest.param(_returns_at_once, COMPLETE, id="returns-before-taking-part"),
         pytest.param(_speaks_lifespan, COMPLETE, id="speaks-lifespan"),
         # An app that took part fails as it would without the middleware: a real startup failure stops the server.
@@ -189,8 +220,8 @@ def test_lifespan_by_how_the_app_takes_part(tmp_path: Path, app: Any, outcome: A
     call_direct(mw, direct_scope("http", "/items"))  # one line, buffered (its flush timer died with its loop)
     assert log_path.read_bytes() == b""
     mw.app = app
-    if outcome is RuntimeError:
-        with pytest.raises(RuntimeError, match="database unreachable"):
+    if outcome in (RuntimeError, ValueError):
+        with pytest.raises(outcome, match="database unreachable"):
             _lifespan(mw, log_path)
     else:
         assert _lifespan(mw, log_path) == outcome

@@ -26,6 +26,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("stockade.asgi")
 
+# What apps that do not speak lifespan raise on its scope, word for word: Django's ASGIHandler, Channels'
+# ProtocolTypeRouter. Anything else an app raises there is its own failure and stops the server.
+_LIFESPAN_REFUSALS = frozenset(
+    {
+        "Django can only handle ASGI/HTTP connections, not lifespan.",
+        "No application configured for scope type 'lifespan'",
+    }
+)
 SWEEP_INTERVAL = 0.25  # as the proxy: deadlines and decision-log flushes are checked four times a second
 
 
@@ -161,11 +169,12 @@ class StockadeMiddleware:
 
         try:
             await self.app(scope, app_receive, app_send)
-        except Exception:
-            if took_part:
-                raise  # a real startup or shutdown failure: it stops the server as it would without us
-            # Django's ASGI handler refuses the scope (others return at once); uvicorn then never sends shutdown,
-            # and lines from the last quarter second were lost.
+        except ValueError as exc:
+            # Django's ASGI handler and Channels' router refuse the scope (others return at once); uvicorn then never
+            # sends shutdown, and lines from the last quarter second were lost. Any other error, even one raised
+            # before the app read a message (Starlette builds its middleware stack then), is a startup failure.
+            if took_part or str(exc) not in _LIFESPAN_REFUSALS:
+                raise
             log.debug("the app does not support lifespan; StockadeMiddleware answers it", exc_info=True)
         if took_part:
             return
