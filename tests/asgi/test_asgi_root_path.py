@@ -8,14 +8,17 @@ must not choose it.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from fastapi import FastAPI
+from starlette._utils import get_route_path
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
@@ -130,7 +133,7 @@ def test_routes_match_the_path_the_app_routes_on(
         pytest.param("", "/api", "/admin/x", None, id="server-root-the-middleware-was-not-told"),
         pytest.param("", "/api", "/api/admin/x", None, id="server-root-in-path-not-told"),
         pytest.param("/api", "", "/api/admin/x", None, id="configured-root-the-server-does-not-send"),
-        pytest.param("/api", "/api/", "/api/admin/x", None, id="trailing-slash"),
+        pytest.param("/api", "/api//", "/api//admin/x", None, id="two-trailing-slashes"),
         pytest.param("/api", "/API", "/API/admin/x", None, id="other-case"),
         pytest.param("/api", "/api/v1", "/api/v1/admin/x", None, id="longer"),
         pytest.param("/api", "/ap", "/ap/admin/x", None, id="shorter"),
@@ -159,6 +162,65 @@ def test_a_path_that_climbs_out_of_the_root_is_400(path: str, raw: str | None) -
     sent = call_direct(middleware(root_path="/api"), scope_for(path, "/api", raw))
     assert sent.status == 400
     assert problem(sent.body)["reason"] == "http.bad_path"
+
+
+# A root path with a trailing '/': `uvicorn --root-path /` or `/api/` (path '//docs', '/api//docs'), or one configured
+# so. Starlette strips a root only when a '/' follows it (get_route_path), so '/api/' routes '/api/docs' in full but
+# '/api//docs' as '/docs': the middleware hands the app the root without its trailing '/' and judges what follows.
+@pytest.mark.parametrize(
+    ("root", "scope_root", "path", "status"),
+    [
+        pytest.param("", "/", "//docs/x", 200, id="uvicorn-root-slash"),
+        pytest.param("", "/", "/docs/x", 200, id="hypercorn-root-slash"),
+        pytest.param("", "/", "//admin/x", 403, id="uvicorn-root-slash-admin"),
+        pytest.param("", "/", "/admin/x", 403, id="hypercorn-root-slash-admin"),
+        pytest.param("/", "/", "//admin/x", 403, id="configured-slash"),
+        pytest.param("/", "", "/admin/x", 403, id="configured-slash-no-scope-root"),
+        pytest.param("/api", "/api/", "/api//docs/x", 200, id="uvicorn-trailing-slash"),
+        pytest.param("/api", "/api/", "/docs/x", 200, id="hypercorn-trailing-slash"),
+        pytest.param("/api", "/api/", "/api/docs/x", 200, id="root-sent-once-with-trailing-slash"),
+        pytest.param("/api", "/api/", "/api//admin/x", 403, id="uvicorn-trailing-slash-admin"),
+        pytest.param("/api", "/api/", "/admin/x", 403, id="hypercorn-trailing-slash-admin"),
+        pytest.param("/api", "/api/", "/api/admin/x", 403, id="root-sent-once-with-trailing-slash-admin"),
+        pytest.param("/api/", "/api", "/api/admin/x", 403, id="configured-trailing-slash-admin"),
+        pytest.param("/api/", "/api/", "/api/docs/x", 200, id="both-trailing-slash"),
+    ],
+)
+def test_a_root_path_with_a_trailing_slash_is_judged_as_starlette_routes_it(
+    tmp_path: Path, root: str, scope_root: str, path: str, status: int
+) -> None:
+    log_path = tmp_path / "decisions.log"
+    log = DecisionLog(str(log_path), FakeClock())
+    sent = call_direct(middleware(root_path=root, log=log), scope_for(path, scope_root))
+    log.close()
+    judged = orjson.loads(log_path.read_bytes())["path"]
+    assert sent.status == status
+    if status == 403:
+        assert judged.startswith("/admin/")
+        return
+    seen = orjson.loads(sent.body)
+    assert seen["root_path"] == root.rstrip("/")  # '/' is no root
+    assert (get_route_path({"path": seen["path"], "root_path": seen["root_path"]}) or "/") == judged
+
+
+@pytest.mark.parametrize(
+    ("root", "client_root", "target", "status"),
+    [
+        pytest.param("", "/", "/admin/x", 403, id="slash"),
+        pytest.param("/api", "/api/", "/admin/x", 403, id="trailing-slash"),
+        pytest.param("/api", "/api/", "/docs", 200, id="trailing-slash-site"),
+    ],
+)
+def test_a_root_path_with_a_trailing_slash_through_httpx(root: str, client_root: str, target: str, status: int) -> None:
+    async def fetch() -> httpx.Response:
+        transport = httpx.ASGITransport(app=middleware(root_path=root), root_path=client_root)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            return await client.get(target)
+
+    got = asyncio.run(fetch())
+    assert got.status_code == status
+    if status == 200:
+        assert got.json()["reached"] == "site"
 
 
 def test_unexpected_root_detail_tells_the_operator(tmp_path: Path) -> None:
@@ -256,6 +318,10 @@ def made_in(package: str, **attributes: str) -> Any:
         pytest.param(lambda: rooted_fastapi("/api"), "/v2", r"root_path='/api'", id="fastapi-another-root"),
         pytest.param(lambda: rooted_fastapi("/api"), "/api", None, id="fastapi-same-root"),
         pytest.param(lambda: rooted_fastapi(""), "", None, id="fastapi-no-root"),
+        pytest.param(lambda: rooted_fastapi("/"), "", None, id="fastapi-root-slash-is-none"),
+        # Starlette keeps a root of '/api/' on '/api/docs' (normalised, so the app gets no '//'): it would route the
+        # whole path where the middleware judges what follows the root.
+        pytest.param(lambda: rooted_fastapi("/api/"), "/api", r"must not end in '/'", id="fastapi-trailing-slash"),
         # Django routes on `path` minus FORCE_SCRIPT_NAME, whatever root path the server sent.
         pytest.param(lambda: made_in("django"), "", r"FORCE_SCRIPT_NAME='/api'", id="django-force-script-name"),
         pytest.param(lambda: made_in("django"), "/api", None, id="django-same-root"),
@@ -293,7 +359,7 @@ def test_an_app_that_sets_the_same_root_path(scope_root: str, path: str, status:
     assert sent.status == status
 
 
-@pytest.mark.parametrize("root", ["api", "/api/", "/", "/a//b", "/a/./b", "/a/../b", "/a\x00b", "/a?b", "/a#b"])
+@pytest.mark.parametrize("root", ["api", "//", "/api//", "/a//b", "/a/./b", "/a/../b", "/a\x00b", "/a?b", "/a#b"])
 def test_a_root_path_that_no_normalised_path_can_start_with_is_a_config_error(root: str) -> None:
     with pytest.raises(ValueError, match="root_path"):
         middleware(root_path=root)

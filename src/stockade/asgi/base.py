@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from stockade.asgi.root import trimmed
 from stockade.asgi.scope import (
     INVALID_LENGTH,
     HeadFields,
@@ -128,6 +129,9 @@ class Exchange:
         unexpected = root.check(scope)
         if unexpected is not None:
             return ctx, Pipeline.deny(ctx, "http", unexpected)
+        sent_root = scope.get("root_path") or ""
+        if sent_root.endswith("/"):
+            self.scope = {**scope, "root_path": trimmed(sent_root)}  # so the app takes off what the routes did not see
         if root.path:
             mount = root.take_off(scope, ctx)
             if mount is None:

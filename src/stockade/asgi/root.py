@@ -27,12 +27,18 @@ class RootPath:
     __slots__ = ("_depth", "_under", "accepted", "path")
 
     def __init__(self, path: str, app: object) -> None:
+        path = trimmed(path)
         check_root_path(path)
         if path and _made_by(app, "quart"):
             # Quart routes on what follows the root path's first occurrence anywhere in `path` (`/x/api/admin` under
             # `/api` is its `/admin`): no route table can follow that.
             raise ValueError("StockadeMiddleware: Quart does not take a root path off as a prefix; serve it with none")
         own, setting = app_root_path(app)
+        if own != "/" and own != trimmed(own):
+            # The app sets it on every scope after us, and Starlette keeps '/api/' on '/api/docs': it would route
+            # the whole path where the middleware judged what follows '/api'.
+            raise ValueError(f"StockadeMiddleware: the app's own root path ({setting}={own!r}) must not end in '/'")
+        own = trimmed(own)  # '/': none (Starlette keeps it on every normalised path)
         if own and own != path:
             raise ValueError(
                 f"StockadeMiddleware: the app routes under its own root path ({setting}={own!r}), so the middleware"
@@ -45,7 +51,7 @@ class RootPath:
 
     def check(self, scope: Scope) -> Deny | None:
         """A 400 for a scope whose root path is not the configured one (fail closed: it re-roots the app)."""
-        root = scope.get("root_path") or ""
+        root = trimmed(scope.get("root_path") or "")
         if root in self.accepted:
             return None
         detail = f"unexpected root path {root!r} (StockadeMiddleware root_path={self.path!r})"
@@ -72,6 +78,13 @@ class RootPath:
         return _NO_MOUNT
 
 
+def trimmed(root: str) -> str:
+    """A root path without its trailing '/' ('/' is none): how the app is handed it, so that Starlette, which takes a
+    root off only when a '/' follows it, routes on what follows `/api` for `/api/` too (`uvicorn --root-path /api/`
+    sends '/api//docs', routed as '/docs'; a path normalised to '/api/docs' would be routed whole under '/api/')."""
+    return root[:-1] if root.endswith("/") and not root.endswith("//") else root
+
+
 def _segments_end(raw: str, depth: int) -> int:
     """Where the first `depth` segments of an encoded path end (its segments are the decoded path's, one for one:
     an encoded '/' never gets this far)."""
@@ -92,7 +105,7 @@ def check_root_path(path: str) -> None:
         or any(c in path for c in "?#\\")
         or not path.isprintable()
     ):
-        raise ValueError(f"StockadeMiddleware: root_path {path!r} must be '' or like '/api' (no trailing '/')")
+        raise ValueError(f"StockadeMiddleware: root_path {path!r} must be '' or like '/api' (no empty or dot segments)")
 
 
 def app_root_path(app: object) -> tuple[str, str]:

@@ -114,8 +114,8 @@ def app_scope(
 
     The app routes by `path`, so it must see the normalised path the routes matched, never the client's raw one
     (`/public/..%2e/admin` must not reach a handler the gateway did not check), behind the `mount` point the
-    routes did not see if the server sent it in `path`; `root_path` is left as the server sent it. Forwarding headers
-    (X-Forwarded-*, Forwarded, X-Real-IP) reach it only from a trusted proxy, as on the proxy front.
+    routes did not see if the server sent it in `path`; `root_path` is the server's, less a trailing `/`. Forwarding
+    headers (X-Forwarded-*, Forwarded, X-Real-IP) reach it only from a trusted proxy, as on the proxy front.
     """
     out = dict(scope)
     out["path"] = mount[0] + ctx.path
