@@ -20,6 +20,7 @@ import pytest
 from fastapi import FastAPI
 from starlette._utils import get_route_path
 from starlette.applications import Starlette
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Mount, Route, WebSocketRoute
@@ -341,6 +342,74 @@ def test_an_app_that_roots_requests_itself_at_construction(
     else:
         with pytest.raises(ValueError, match=refused):
             middleware(app(), root_path=root)
+
+
+class _Wraps:
+    """An ASGI wrapper that keeps the app it wraps under `attribute` (Starlette middleware: `app`)."""
+
+    def __init__(self, attribute: str, inner: Any) -> None:
+        setattr(self, attribute, inner)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("not called")
+
+
+def _channels_router(http: Any) -> Any:
+    router = made_in("channels")
+    router.application_mapping = {"http": http, "websocket": made_in("other")}
+    return router
+
+
+def _nested(depth: int, inner: Any) -> Any:
+    for _ in range(depth):
+        inner = _Wraps("app", inner)
+    return inner
+
+
+# The app's own root is looked for behind wrappers too: `FastAPI(root_path="/api")` in a CORSMiddleware still sets
+# it on every scope, and routes on what follows it. Best effort, a few levels: root_path= is the configuration.
+@pytest.mark.parametrize(
+    ("app", "found"),
+    [
+        pytest.param(lambda: CORSMiddleware(rooted_fastapi("/api"), allow_origins=["*"]), True, id="starlette-app"),
+        pytest.param(lambda: _Wraps("application", made_in("django")), True, id="application"),
+        pytest.param(lambda: _Wraps("http", made_in("django")), True, id="http"),
+        pytest.param(lambda: _Wraps("default", made_in("django")), True, id="default"),
+        pytest.param(lambda: _channels_router(made_in("django")), True, id="channels-router"),
+        pytest.param(lambda: _nested(4, _channels_router(_Wraps("app", made_in("django")))), True, id="nested"),
+        pytest.param(lambda: _nested(12, made_in("django")), False, id="beyond-the-levels-followed"),
+    ],
+)
+def test_an_own_root_behind_wrappers_is_found(monkeypatch: pytest.MonkeyPatch, app: Any, found: bool) -> None:
+    monkeypatch.setitem(sys.modules, "django.conf", SimpleNamespace(settings=SimpleNamespace(FORCE_SCRIPT_NAME="/api")))
+    if found:
+        with pytest.raises(ValueError, match=r"own root path .*pass root_path='/api'"):
+            middleware(app(), root_path="")
+    else:
+        middleware(app(), root_path="")  # documented: configure root_path=, detection is best effort
+    middleware(app(), root_path="/api")
+
+
+def test_wrapped_apps_with_different_own_roots_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "django.conf", SimpleNamespace(settings=SimpleNamespace(FORCE_SCRIPT_NAME="/dj")))
+    router = _channels_router(made_in("django"))
+    router.application_mapping["websocket"] = rooted_fastapi("/api")
+    with pytest.raises(ValueError, match="different root paths"):
+        middleware(router, root_path="/api")
+
+
+@pytest.mark.parametrize(
+    ("target", "status"),
+    [
+        pytest.param("/api/admin/x", 403, id="root-in-path"),
+        pytest.param("/admin/x", 403, id="root-not-in-path"),
+        pytest.param("/api/docs", 200, id="site"),
+    ],
+)
+def test_a_wrapped_app_with_its_own_root_is_judged_after_it(target: str, status: int) -> None:
+    mw = middleware(CORSMiddleware(rooted_fastapi("/api"), allow_origins=["*"]), root_path="/api")
+    sent = call_direct(mw, scope_for(target, ""))
+    assert sent.status == status and b'"admin"' not in sent.body
 
 
 @pytest.mark.parametrize(

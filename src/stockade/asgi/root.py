@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from stockade.pipeline.context import RequestContext
 
 _NO_MOUNT = ("", "")
+_WRAP_ATTRIBUTES = ("app", "application", "http", "default")
+_WRAP_DEPTH = 8  # wrappers followed inward from the app passed in
+_WRAP_COUNT = 32
 
 
 class RootPath:
@@ -29,11 +32,12 @@ class RootPath:
     def __init__(self, path: str, app: object) -> None:
         path = trimmed(path)
         check_root_path(path)
-        if path and _made_by(app, "quart"):
+        layers = wrapped_apps(app)
+        if path and any(_made_by(layer, "quart") for layer in layers):
             # Quart routes on what follows the root path's first occurrence anywhere in `path` (`/x/api/admin` under
             # `/api` is its `/admin`): no route table can follow that.
             raise ValueError("StockadeMiddleware: Quart does not take a root path off as a prefix; serve it with none")
-        own, setting = app_root_path(app)
+        own, setting = _own_root(layers)
         if own != "/" and own != trimmed(own):
             # The app sets it on every scope after us, and Starlette keeps '/api/' on '/api/docs': it would route
             # the whole path where the middleware judged what follows '/api'.
@@ -106,6 +110,47 @@ def check_root_path(path: str) -> None:
         or not path.isprintable()
     ):
         raise ValueError(f"StockadeMiddleware: root_path {path!r} must be '' or like '/api' (no empty or dot segments)")
+
+
+def wrapped_apps(app: object) -> list[object]:
+    """The app and the apps it wraps, as far as plain attributes tell (`.app` of Starlette-style middleware,
+    `.application`, `.http`, `.default`, the values of Channels' `application_mapping`): a few levels, read from
+    instance dictionaries only, so no property or `__getattr__` of the app's runs. Best effort: an app wrapped
+    another way is not seen, which is why `root_path=` is configuration."""
+    found: list[object] = []
+    seen: set[int] = set()
+    level = [app]
+    for _ in range(_WRAP_DEPTH):
+        below: list[object] = []
+        for layer in level:
+            if id(layer) in seen or len(found) >= _WRAP_COUNT:
+                continue
+            seen.add(id(layer))
+            found.append(layer)
+            attributes = _instance_dict(layer)
+            below.extend(v for name in _WRAP_ATTRIBUTES if (v := attributes.get(name)) is not None)
+            mapping = attributes.get("application_mapping")
+            if isinstance(mapping, dict):
+                below.extend(mapping.values())
+        level = below
+    return found
+
+
+def _instance_dict(obj: object) -> dict[str, object]:
+    try:
+        attributes = object.__getattribute__(obj, "__dict__")
+    except AttributeError:
+        return {}
+    return attributes if isinstance(attributes, dict) else {}
+
+
+def _own_root(layers: list[object]) -> tuple[str, str]:
+    """The own root path the wrapped apps set, if any; two different ones are refused (which would route?)."""
+    roots = {found for layer in layers if (found := app_root_path(layer))[0]}
+    if len(roots) > 1:
+        named = ", ".join(f"{setting}={own!r}" for own, setting in sorted(roots))
+        raise ValueError(f"StockadeMiddleware: the wrapped apps set different root paths of their own ({named})")
+    return roots.pop() if roots else ("", "")
 
 
 def app_root_path(app: object) -> tuple[str, str]:
