@@ -28,6 +28,7 @@ from starlette.websockets import WebSocket
 
 from stockade.asgi import StockadeMiddleware
 from stockade.clock import FakeClock
+from stockade.config.loader import load_config_text
 from stockade.observability.decision_log import DecisionLog
 from tests.asgi.asgi_support import call_direct, direct_scope, problem, raw_request, serving
 
@@ -232,6 +233,50 @@ def test_unexpected_root_detail_tells_the_operator(tmp_path: Path) -> None:
     line = orjson.loads(log_path.read_bytes())
     assert (line["status"], line["reason"], line["stage"]) == (400, "http.bad_path", "http")
     assert "unexpected root path '/public'" in line["detail"]
+    assert "routes match the path after the root" in line["detail"]  # an old config's /public/** routes will not
+
+
+def _routes(*paths: str, fold: bool = False) -> str:
+    routes = "".join(
+        f"  - {{id: r{i}, match: {{path: '{p}'}}, stages: [{{use: anonymous}}]}}\n" for i, p in enumerate(paths)
+    )
+    return f"limits: {{case_insensitive_routing: {str(fold).lower()}}}\nroutes:\n{routes}"
+
+
+# A config written for earlier versions under Mount('/api') guards '/api/admin/**'. With root_path='/api' routes
+# match what follows the root, so that guard would never match and its requests would fall to '/**': refused.
+@pytest.mark.parametrize(
+    ("root", "paths", "fold", "refused"),
+    [
+        pytest.param("/api", ("/api/admin/**", "/**"), False, "'r0' (/api/admin/**)", id="old-mount-config"),
+        pytest.param("/api", ("/api",), False, "'r0' (/api)", id="the-root-itself"),
+        pytest.param("/api", ("/API/admin/**",), True, "'r0'", id="case-insensitive"),
+        pytest.param("/api/", ("/api/admin/**",), False, "'r0'", id="configured-with-trailing-slash"),
+        pytest.param("/api", ("/API/admin/**",), False, None, id="other-case-case-sensitive"),
+        pytest.param("/api", ("/apiary/**", "/admin/**"), False, None, id="not-a-whole-segment"),
+        pytest.param("", ("/api/admin/**",), False, None, id="no-root"),
+    ],
+)
+def test_routes_written_with_the_root_in_front_are_refused(
+    root: str, paths: tuple[str, ...], fold: bool, refused: str | None
+) -> None:
+    def build() -> StockadeMiddleware:
+        return StockadeMiddleware(app(), config_text=_routes(*paths, fold=fold), root_path=root)
+
+    if refused is None:
+        build()
+        return
+    with pytest.raises(ValueError, match="never match") as err:
+        build()
+    assert refused in str(err.value)
+
+
+def test_a_reload_with_routes_under_the_root_is_refused_and_keeps_the_old_config() -> None:
+    mw = StockadeMiddleware(app(), config_text=_routes("/admin/**"), root_path="/api")
+    before = mw.runtime
+    with pytest.raises(ValueError, match="never match"):
+        mw.reload(load_config_text(_routes("/api/admin/**"), require_upstreams=False))
+    assert mw.runtime is before
 
 
 @pytest.mark.parametrize(

@@ -75,6 +75,7 @@ class StockadeMiddleware:
             assert config_text is not None  # noqa: S101 - narrowed by the check above
             loaded = load_config_text(config_text, require_upstreams=False)
         self.root = RootPath(root_path, app)  # checked before the runtime and the decision log file are set up
+        self.root.check_routes(loaded.config)
         self.app = app
         self.clock = clock
         self.services = Services(clock=clock, metrics=metrics or Metrics())  # stages count events here too
@@ -104,6 +105,7 @@ class StockadeMiddleware:
 
     def reload(self, config: LoadedConfig) -> None:
         """Swap in a new config atomically (it was validated when loaded); requests under way keep the old one."""
+        self.root.check_routes(config.config)
         self.runtime = build_runtime(config, self.services)
 
     # -- deadlines and the decision log -----------------------------------------------------------------------

@@ -15,6 +15,7 @@ from stockade.pipeline.verdict import Deny
 
 if TYPE_CHECKING:
     from stockade.asgi.scope import Scope
+    from stockade.config.models import GatewayConfig
     from stockade.pipeline.context import RequestContext
 
 _NO_MOUNT = ("", "")
@@ -53,12 +54,35 @@ class RootPath:
         self._under = path + "/"
         self._depth = path.count("/")
 
+    def check_routes(self, config: GatewayConfig) -> None:
+        """Refuse routes written with the root in front (`/api/admin/**` under `/api`): routes match what follows
+        the root, so such a guard never matches and its requests fall to another route. Configs written for
+        earlier versions, which matched the whole path under a `Mount`, look like that."""
+        root = self.path
+        if not root:
+            return
+        fold = config.limits.case_insensitive_routing
+        under = [
+            (route.id, route.match.path)
+            for route in config.routes
+            if _starts_with_root(route.match.path.lower() if fold else route.match.path, root.lower() if fold else root)
+        ]
+        if under:
+            named = ", ".join(f"{rid!r} ({template})" for rid, template in under)
+            raise ValueError(
+                f"StockadeMiddleware: with root_path={root!r} routes match the path after the root, so route(s)"
+                f" {named} would never match; drop the {root!r} prefix from their paths (see docs/asgi.md)"
+            )
+
     def check(self, scope: Scope) -> Deny | None:
         """A 400 for a scope whose root path is not the configured one (fail closed: it re-roots the app)."""
         root = trimmed(scope.get("root_path") or "")
         if root in self.accepted:
             return None
-        detail = f"unexpected root path {root!r} (StockadeMiddleware root_path={self.path!r})"
+        detail = (
+            f"unexpected root path {root!r} (StockadeMiddleware root_path={self.path!r});"
+            " routes match the path after the root"
+        )
         return Deny(400, "http.bad_path", detail=detail)
 
     def take_off(self, scope: Scope, ctx: RequestContext) -> tuple[str, str] | None:
@@ -80,6 +104,10 @@ class RootPath:
         if sent == root or sent.startswith(self._under):
             return None
         return _NO_MOUNT
+
+
+def _starts_with_root(template: str, root: str) -> bool:
+    return template == root or template.startswith(root + "/")
 
 
 def trimmed(root: str) -> str:
