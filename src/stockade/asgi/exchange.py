@@ -31,6 +31,10 @@ _DISCONNECT: Message = {"type": "http.disconnect"}
 _BODY_BYPASS = frozenset({"http.response.pathsend", "http.response.zerocopy"})  # a file the server sends itself
 
 
+def _without_length(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    return [(n, v) for n, v in headers if n.lower() not in (b"content-length", b"transfer-encoding")]
+
+
 class HttpExchange(Exchange):
     """One `http` scope. `answered` means the gateway has taken over the response: the app's output is dropped."""
 
@@ -197,7 +201,12 @@ class HttpExchange(Exchange):
             self.times.t_head = self.clock.monotonic()
             status = self.app_status = int(message["status"])
             self.trailers = bool(message.get("trailers", False))
-            self.bodiless = self.head_request or status < 200 or status == 204 or status == 304
+            no_body = status < 200 or status == 204 or status == 304
+            self.bodiless = self.head_request or no_body
+            if no_body:
+                # The body is dropped below, so no length may be announced for it: uvicorn-httptools fails a response
+                # "shorter than Content-Length" and drops the connection. A HEAD keeps it: GET's length, RFC 9110 9.3.2.
+                message = {**message, "headers": _without_length(message.get("headers", []))}
             if self.collected is not None:
                 self.held = message
                 return
