@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
+import gc
 import os
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -251,6 +254,20 @@ def test_decision_lines_written_when_the_process_exits(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     subprocess.run([sys.executable, "-c", EXIT_SCRIPT, str(log_path)], env=env, check=True, timeout=60)
     assert [orjson.loads(line)["route"] for line in log_path.read_bytes().splitlines()] == ["items"]
+
+
+def test_middlewares_share_one_exit_hook_and_are_not_kept_alive_by_it() -> None:
+    """Apps built per test or per tenant made one atexit entry each, never removed."""
+    StockadeMiddleware(starlette_app(), config_text=NO_UPSTREAM, decision_log=DecisionLog("off", FakeClock()))
+    before = atexit._ncallbacks()  # type: ignore[attr-defined]  # CPython's count of registered callbacks
+    made = [
+        StockadeMiddleware(starlette_app(), config_text=NO_UPSTREAM, decision_log=DecisionLog("off", FakeClock()))
+        for _ in range(20)
+    ]
+    assert atexit._ncallbacks() == before  # type: ignore[attr-defined]
+    gone = weakref.ref(made.pop())
+    gc.collect()
+    assert gone() is None
 
 
 def test_reload_swaps_routes_atomically() -> None:

@@ -37,10 +37,20 @@ _LIFESPAN_REFUSALS = frozenset(
 SWEEP_INTERVAL = 0.25  # as the proxy: deadlines and decision-log flushes are checked four times a second
 
 
-def _flush_at_exit(ref: weakref.ref[StockadeMiddleware]) -> None:
-    mw = ref()
-    if mw is not None:
-        mw.flush()
+# Every middleware alive when the interpreter exits is flushed by one hook: one registration per instance grew
+# without bound where apps are built per test or per tenant. Weak, so it keeps none of them alive.
+_LIVE: weakref.WeakSet[StockadeMiddleware] = weakref.WeakSet()
+
+
+def _flush_at_exit() -> None:
+    for mw in list(_LIVE):
+        try:
+            mw.flush()
+        except Exception:  # one log that cannot be written must not cost the others their lines
+            log.exception("decision log flush at exit failed")
+
+
+atexit.register(_flush_at_exit)
 
 
 class StockadeMiddleware:
@@ -88,8 +98,8 @@ class StockadeMiddleware:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_loop: asyncio.AbstractEventLoop | None = None
         # Servers without lifespan (daphne) never say they are stopping: lines the timer has not written yet are
-        # written when the interpreter exits. A weak reference: the registration does not keep the middleware alive.
-        atexit.register(_flush_at_exit, weakref.ref(self))
+        # written when the interpreter exits normally (not on a fatal signal: see docs/asgi.md).
+        _LIVE.add(self)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
