@@ -12,7 +12,7 @@ from typing import cast
 
 from stockade.config.loader import LoadedConfig, StagePlan
 from stockade.config.models import GatewayConfig, Upstream
-from stockade.errors import ConfigError
+from stockade.errors import ConfigError, StorageError
 from stockade.handlers.base import Handler
 from stockade.pipeline.routing import Router, RouteSpec
 from stockade.pipeline.runner import Pipeline, StageSlot
@@ -74,7 +74,7 @@ def build_runtime(loaded: LoadedConfig, services: Services) -> Runtime:
         try:
             env = StageEnv(route_id=route_id, base_dir=base_dir, services=services, fail_open=plan.entry.fail_open)
             stage = factory(plan.config, env)
-        except (ValueError, OSError) as exc:
+        except (ValueError, OSError, StorageError) as exc:  # StorageError: a store URL made but unusable
             problems.append(f"{plan.at or loaded.source}: {plan.where}: {exc}")
             return None
         instances[key] = stage
@@ -96,7 +96,7 @@ def build_runtime(loaded: LoadedConfig, services: Services) -> Runtime:
             make = cast(Callable[[StageConfig, StageEnv], Handler], hplan.cls)
             try:
                 handler = make(hplan.config, StageEnv(route_id=route.id, base_dir=loaded.base_dir, services=services))
-            except (ValueError, OSError) as exc:
+            except (ValueError, OSError, StorageError) as exc:
                 problems.append(f"{hplan.at or loaded.source}: {hplan.where}: {exc}")
             else:
                 pipeline.cap_body(getattr(handler, "max_body_bytes", None), handler.id)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,3 +66,55 @@ def test_a_storage_url_that_cannot_be_used_exits_2(tmp_path: Path, group: str) -
 def test_the_exit_codes_are_in_the_help() -> None:
     text = CliRunner().invoke(cli, ["--help"]).output
     assert "Exit codes" in text and "3  the store" in text
+
+
+SERVED = """
+listen: {{host: 127.0.0.1, port: 30417}}
+admin: {{host: 127.0.0.1, port: 30418}}
+{head}
+routes:
+  - id: api
+    match: {{path: "/api/**"}}
+    upstream: http://127.0.0.1:9
+    stages:
+      - use: api_key
+"""
+START_UP_PROBLEMS = {
+    "secrets-missing": (
+        "storage: sqlite:///s.db\nsecrets: {pepper_file: state/pepper, kek_file: state/kek, generate: false}",
+        "state/pepper does not exist",
+    ),
+    "libpq-refuses-the-url": (
+        "storage: postgresql://u:hunter2@127.0.0.1:1/db?schema=s7&bogus_param=1",
+        'invalid URI query parameter: "bogus_param"',
+    ),
+}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("problem", START_UP_PROBLEMS)
+def test_serve_reports_a_start_up_config_problem_and_exits_2(tmp_path: Path, problem: str, workers: int) -> None:
+    """With several workers a missing secret file was a traceback (exit 1), and a storage URL libpq cannot read was
+    one with any number: the supervisor loads the secrets and makes the store outside the single process's path."""
+    head, message = START_UP_PROBLEMS[problem]
+    config = tmp_path / "gw.yaml"
+    config.write_text(SERVED.format(head=head))
+    result = subprocess.run(
+        [sys.executable, "-m", "stockade", "serve", "--config", str(config), "--workers", str(workers)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, "Traceback" in result.stderr) == (2, False), result.stderr
+    assert message in result.stderr and "hunter2" not in result.stderr
+
+
+def test_config_check_reads_the_storage_url_as_libpq_will(tmp_path: Path) -> None:
+    """It said OK for a URL serve then could not use."""
+    head, message = START_UP_PROBLEMS["libpq-refuses-the-url"]
+    config = tmp_path / "gw.yaml"
+    config.write_text(SERVED.format(head=head))
+    result = CliRunner().invoke(cli, ["config", "check", str(config)])
+    assert result.exit_code == 2, result.output
+    assert "field 'storage'" in result.stderr and message in result.stderr and "hunter2" not in result.stderr

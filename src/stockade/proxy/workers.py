@@ -27,7 +27,7 @@ from stockade.admin.app import AdminState, admin_app
 from stockade.admin.server import AdminServer
 from stockade.clock import SYSTEM_CLOCK
 from stockade.config.loader import LoadedConfig, load_config_text
-from stockade.errors import ConfigError
+from stockade.errors import ConfigError, StorageError
 from stockade.observability.metrics import Snapshot, merge
 from stockade.pipeline.stage import Services
 from stockade.proxy.process import load_for_reload, restart_only_changes, try_reload
@@ -174,7 +174,10 @@ class Supervisor:
         probe = Services(clock=SYSTEM_CLOCK, workers=self.n, dry_run=True)
         self.needs = build_runtime(self.loaded, probe).needs
         if STORE_KEY in probe.shared:
-            shared_store(self.services)
+            try:
+                shared_store(self.services)
+            except StorageError as exc:  # made, not reached: the URL itself is unusable
+                raise ConfigError([f"storage: {exc}"]) from None
             await verify_store_secrets(self.services)
         if (busy := _listen_port_taken(cfg.listen.host, cfg.listen.port)) is not None:
             # Workers bind with SO_REUSEPORT, which would let them join another gateway's port silently and

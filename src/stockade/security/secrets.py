@@ -232,7 +232,12 @@ async def verify_store_secrets(services: Services) -> None:
 
     if services.dry_run or STORE_KEY not in services.shared:
         return
-    material, store, now = shared_secrets(services), shared_store(services), services.clock.time()
+    try:  # the secrets may be loaded here first (a supervisor's): a missing file is a config error, not a trace
+        material, store, now = shared_secrets(services), shared_store(services), services.clock.time()
+    except SecretsError as exc:
+        raise ConfigError([f"secrets: {exc}"]) from None
+    except StorageError as exc:  # made, not reached: the URL itself is unusable
+        raise ConfigError([f"storage: {exc}"]) from None
     try:
         await verify_with_store(material, store, now)
         check_loaded(await live_envelopes(store, now), material.keyring)

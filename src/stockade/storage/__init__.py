@@ -70,6 +70,21 @@ def check_url(url: str) -> str | None:
         return f"unsupported storage URL {mask_url(url)!r}; use one of {known}"
     if scheme == "sqlite" and not url.lower().startswith("sqlite:///"):
         return "sqlite URLs look like sqlite:///relative/path.db or sqlite:////absolute/path.db"
+    if scheme in ("postgresql", "postgres"):
+        return _libpq_problem(url)
+    return None
+
+
+def _libpq_problem(url: str) -> str | None:
+    """What libpq would refuse in the URL, read as the store will hand it over (without connecting)."""
+    try:
+        from stockade.storage.postgres import check_conninfo, split_schema
+    except ImportError:  # no driver: making the store says so
+        return None
+    try:
+        check_conninfo(url, split_schema(url)[0])
+    except StorageError as exc:
+        return str(exc)
     return None
 
 
