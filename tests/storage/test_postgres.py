@@ -53,11 +53,37 @@ def test_split_schema_leaves_the_url_as_libpq_reads_it(url: str, where: str) -> 
     assert schema == (None if where == "none" else "tenant_a")
 
 
-def test_split_schema_finds_the_query_after_a_password_with_a_question_mark() -> None:
-    url = "postgresql://u:pa?ss@h/db?sslmode=require&schema=tenant_a"
+# An `@` in a query value, written as people write it, and the same URL as libpq needs it (`%40`): libpq reads
+# everything up to the first `@` before any `/` as user info, query or not.
+AT_IN_QUERY = [
+    ("postgresql://127.0.0.1?user=svc@tenant&password=pw", "postgresql://127.0.0.1?user=svc%40tenant&password=pw"),
+    ("postgresql://127.0.0.1?user=svc@tenant", "postgresql://127.0.0.1?user=svc%40tenant"),
+    ("postgresql://127.0.0.1?password=pw&user=svc@tenant", "postgresql://127.0.0.1?password=pw&user=svc%40tenant"),
+    ("postgresql://h:5433?user=svc@tenant&sslmode=require", "postgresql://h:5433?user=svc%40tenant&sslmode=require"),
+    ("postgresql://[::1]:5433?user=svc@tenant", "postgresql://[::1]:5433?user=svc%40tenant"),
+    # read right before too (a path or user info comes first): they guard the rule that finds the query
+    ("postgresql://h/db?user=svc@tenant&password=pw", "postgresql://h/db?user=svc%40tenant&password=pw"),
+    ("postgresql:///db?host=/tmp&user=svc@tenant", "postgresql:///db?host=/tmp&user=svc%40tenant"),
+    ("postgresql://u:pw@h?application_name=a@b", "postgresql://u:pw@h?application_name=a%40b"),
+]
+
+
+@pytest.mark.parametrize("where", ["none", "first", "last"])
+@pytest.mark.parametrize(("url", "meant"), AT_IN_QUERY, ids=[u for u, _ in AT_IN_QUERY])
+def test_split_schema_hands_libpq_an_at_sign_in_a_query_value_encoded(url: str, meant: str, where: str) -> None:
+    """`postgresql://h?user=svc@tenant&password=...` went to libpq as written: it connected to a host named
+    `tenant&password=...` and its error message quoted the password."""
+    conninfo, schema = split_schema(with_schema(url, where))
+    assert conninfo_to_dict(conninfo) == conninfo_to_dict(meant)
+    assert schema == (None if where == "none" else "tenant_a")
+
+
+@pytest.mark.parametrize("password", ["pa?ss", "p?sslmode=x"])  # the second reads like a query, but for its host
+def test_split_schema_finds_the_query_after_a_password_with_a_question_mark(password: str) -> None:
+    url = f"postgresql://u:{password}@h/db?sslmode=require&schema=tenant_a"
     conninfo, schema = split_schema(url)
     assert schema == "tenant_a"
-    assert conninfo_to_dict(conninfo) == {"user": "u", "password": "pa?ss", "host": "h", "dbname": "db"} | {
+    assert conninfo_to_dict(conninfo) == {"user": "u", "password": password, "host": "h", "dbname": "db"} | {
         "sslmode": "require"
     }
 
@@ -77,6 +103,23 @@ def test_a_url_libpq_refuses_is_a_storage_error_without_the_password(url: str, m
     """libpq's own message quotes the token it could not read, which may be the password."""
     with pytest.raises(StorageError, match=message) as caught:
         PostgresStore(url)
+    assert "SECRET" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://127.0.0.1:1?user=svc@tenant&password=SECRET&connect_timeout=1",
+        "postgresql://u:SECRET@host-SECRET.invalid/db?connect_timeout=1",  # libpq quotes the host it could not find
+    ],
+    ids=["at-in-query", "quoted-host"],
+)
+def test_a_connection_error_never_shows_the_password(url: str) -> None:
+    """Only the URL check masked libpq's message; a failed connection's went to the log as libpq wrote it."""
+    store = PostgresStore(url)
+    with pytest.raises(StorageError) as caught:
+        asyncio.run(store.ping())
+    asyncio.run(store.close())
     assert "SECRET" not in str(caught.value)
 
 

@@ -132,6 +132,16 @@ def test_storage_from_url_rejects(url: str, message: str) -> None:
         ("postgresql://u:pa/SECRET@h/db", "postgresql://u:***@h/db"),
         ("postgresql://u:pa@SECRET@h/db", "postgresql://u:***@h/db"),
         ("postgresql://u:pa?SECRET@h/db?x=1", "postgresql://u:***@h/db?x=1"),  # libpq reads `?` there as password
+        # an `@` in a query value is no end of user info
+        (
+            "postgresql://127.0.0.1:5432/db?user=svc@tenant&password=SECRET",
+            "postgresql://127.0.0.1:5432/db?user=svc@tenant&password=***",
+        ),
+        (
+            "postgresql://127.0.0.1?user=svc@tenant&password=SECRET&schema=s7",
+            "postgresql://127.0.0.1?user=svc@tenant&password=***&schema=s7",
+        ),
+        ("postgresql://u:p?sslmode=SECRET@h/db", "postgresql://u:***@h/db"),
         ("redis://:SECRET@h:6379/0", "redis://:***@h:6379/0"),
         ("sqlite:///.stockade/stockade.db", "sqlite:///.stockade/stockade.db"),
     ],

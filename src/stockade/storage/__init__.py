@@ -21,6 +21,7 @@ __all__ = [
     "mask_url",
     "shared_store",
     "storage_from_url",
+    "userinfo_at",
 ]
 
 # Explicit registry: a backend's driver is imported only when a URL names it.
@@ -43,15 +44,12 @@ def scheme_of(url: str) -> str:
 
 
 def mask_url(url: str) -> str:
-    """The URL with any password replaced, for logs and messages: the one in the userinfo (found by the last
-    `@` before the query, since libpq takes `#`, `/` or `@` unencoded in a password where urlsplit would not; the
-    query starts after the first `@`, as libpq takes `?` there too) and a `password=` query parameter (libpq's
-    documented alternative)."""
+    """The URL with any password replaced, for logs and messages: the one in the user info (`userinfo_at`) and a
+    `password=` query parameter (libpq's documented alternative)."""
     head, sep, rest = url.partition("://")
     if not sep:
         return url
-    query_at = rest.find("?", rest.find("@") + 1)
-    cut = rest.rfind("@", 0, query_at if query_at >= 0 else len(rest))
+    cut, _ = userinfo_at(rest)
     if cut >= 0:
         user, colon, _ = rest[:cut].partition(":")
         if colon:
@@ -59,7 +57,26 @@ def mask_url(url: str) -> str:
     return head + sep + _PASSWORD_PARAM.sub(r"\1***", rest)
 
 
+def userinfo_at(rest: str) -> tuple[int, int]:
+    """Where, in the part of a URL after `://`, the user info ends (its `@`) and the query starts (its `?`); -1 for
+    none. libpq takes `#`, `/`, `?` and `@` unencoded in a password where urlsplit would not, so the user info ends
+    at the last `@` before the first `?` that follows an `@` - unless what comes before that `@` reads as a query
+    (`?name=`) and it cannot be user info: a path came first (`h/db?user=a@b`), what follows the `@` is no host
+    (`h?user=a@b&password=...`), or there is no password before the `?` (`h?user=a@b`, `h:5432?user=a@b`). Then
+    the `@` belongs to a query value (and the query starts at that `?`)."""
+    query_at = rest.find("?", rest.find("@") + 1)
+    cut = rest.rfind("@", 0, query_at if query_at >= 0 else len(rest))
+    if cut >= 0 and (named := _QUERY_NAME.search(rest, 0, cut)) is not None:
+        before = rest[: named.start()]
+        after = re.split(r"[/?]", rest[cut + 1 :], maxsplit=1)[0]
+        bare = re.sub(r"\[[^\]]*\]", "", before)  # an IPv6 literal's colons are no password separator
+        if "/" in before or re.search("[&=]", after) or ":" not in bare or bare.rpartition(":")[2].isdigit():
+            cut = rest.rfind("@", 0, named.start())
+    return cut, rest.find("?", cut + 1)
+
+
 _PASSWORD_PARAM = re.compile(r"(?i)([?&](?:password|sslpassword)=)[^&]*")
+_QUERY_NAME = re.compile(r"\?[A-Za-z_][A-Za-z0-9_]*=")
 
 
 def check_url(url: str) -> str | None:

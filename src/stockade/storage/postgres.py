@@ -11,7 +11,7 @@ from psycopg import errors as pgerrors
 from psycopg.conninfo import conninfo_to_dict
 
 from stockade.errors import StorageError
-from stockade.storage import mask_url
+from stockade.storage import mask_url, userinfo_at
 from stockade.storage.sql import Connection, Dialect, SqlEngine, broken, conflict, missing
 from stockade.storage.sqlstore import SqlStore
 
@@ -39,20 +39,20 @@ DIALECT = Dialect("postgresql", "%s", None, f"SELECT pg_advisory_xact_lock({_LOC
 def split_schema(url: str) -> tuple[str, str | None]:
     """The libpq URI without our `schema` parameter, and the schema (validated).
 
-    Only that parameter is cut out; the rest goes to libpq byte for byte. Taking the URL apart and putting it back
-    together with urllib lost an empty host (`postgresql:///db?host=/run/postgresql` became `postgresql:/db?...`),
-    turned `%20` into `+` (libpq decodes only `%`), and read a `#` in a password as the start of a fragment.
+    Only that parameter is cut out, and an `@` in the query encoded; the rest goes to libpq byte for byte. Taking the
+    URL apart and putting it back together with urllib lost an empty host (`postgresql:///db?host=/run/postgresql`
+    became `postgresql:/db?...`), turned `%20` into `+` (libpq decodes only `%`), and read a `#` in a password as
+    the start of a fragment. libpq itself reads everything up to the first `@` before any `/` as user info, even in
+    the query: `postgresql://h?user=svc@tenant&password=...` went to a host named after the rest of the URL - and
+    the error message quoted the password.
     """
     _, sep, rest = url.partition("://")
     if not sep:
         raise StorageError(f"storage URL {mask_url(url)!r} is not a postgresql:// URI")
-    # libpq reads user info up to the first `@` before any `/`; a password may hold `?`, so the query starts at the
-    # first `?` after that.
-    userinfo = _USERINFO.match(rest)
-    query_at = rest.find("?", userinfo.end() if userinfo else 0)
+    _, query_at = userinfo_at(rest)
     base, params = (rest, []) if query_at < 0 else (rest[:query_at], rest[query_at + 1 :].split("&"))
     found = [unquote(p.partition("=")[2]) for p in params if unquote(p.partition("=")[0]) == "schema"]
-    kept = [p for p in params if unquote(p.partition("=")[0]) != "schema"]
+    kept = [p.replace("@", "%40") for p in params if unquote(p.partition("=")[0]) != "schema"]
     if len(found) > 1:
         raise StorageError("the schema parameter is given more than once")
     schema = found[0] if found else None
@@ -61,19 +61,21 @@ def split_schema(url: str) -> tuple[str, str | None]:
     return "postgresql://" + base + ("?" + "&".join(kept) if kept else ""), schema
 
 
-_USERINFO = re.compile(r"[^@/]*@")
-
-
 def check_conninfo(url: str, conninfo: str) -> None:
     """Let libpq read the URI now (it does not connect), so a malformed one is an error at start-up. libpq quotes
     the token it could not read, which may be the password: any password in the URL is masked in the message."""
     try:
         conninfo_to_dict(conninfo)
     except psycopg.Error as exc:
-        message = str(exc).strip()
-        for secret in _passwords(url):
-            message = message.replace(secret, "***")
-        raise StorageError(f"storage URL {mask_url(url)!r}: {message}") from None
+        raise StorageError(f"storage URL {mask_url(url)!r}: {masked(str(exc).strip(), url)}") from None
+
+
+def masked(message: str, url: str) -> str:
+    """libpq's message with every string of `url` that may be a password replaced (it may quote a token it could not
+    read, or a host or user name it took from the wrong part of the URL)."""
+    for secret in _passwords(url):
+        message = message.replace(secret, "***")
+    return message
 
 
 def _passwords(url: str) -> list[str]:
@@ -97,7 +99,10 @@ class PostgresStore(SqlStore):
         self.schema = schema
 
         def connect() -> Connection:
-            conn = psycopg.connect(conninfo, autocommit=False, connect_timeout=CONNECT_TIMEOUT)
+            try:
+                conn = psycopg.connect(conninfo, autocommit=False, connect_timeout=CONNECT_TIMEOUT)
+            except psycopg.Error as exc:  # its message may name what libpq took for a host or user: the password
+                raise type(exc)(masked(str(exc), url)) from None
             if schema is not None:
                 try:
                     conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
