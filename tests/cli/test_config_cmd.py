@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from stockade.cli import cli
@@ -179,3 +180,43 @@ def test_check_warns_where_a_host_route_hides_an_any_host_route(tmp_path: Path) 
     assert (
         "route 'admin' owns /admin on api.example.com for GET: POST there get 405, not route 'admin-any'"
     ) in result.output
+
+
+LOGIN_ROUTE = """
+{head}
+routes:
+  - id: login
+    match: {{path: /login, methods: [POST]}}
+    upstream: http://127.0.0.1:9
+    stages:
+      - use: anonymous
+      - use: brute_force
+        config: {{login: {{username_field: username}}}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("head", "warned"),
+    [
+        ('limits_storage: "redis://127.0.0.1:6379/0"\nsecrets: {generate: false}', True),
+        ('limits_storage: "redis://127.0.0.1:6379/0"\nsecrets: {pepper_file: nowhere/pepper}', True),
+        ('limits_storage: "redis://127.0.0.1:6379/0"\nsecrets: {generate: false, pepper_file: pepper}', False),
+        ('limits_storage: "redis://127.0.0.1:6379/0"', False),  # generated at start, next to the config
+        ("secrets: {generate: false}", False),  # memory://: the process's own key, no pepper needed
+    ],
+    ids=["no-pepper", "named-missing", "named-present", "generated", "memory"],
+)
+def test_check_warns_when_serve_would_find_no_pepper(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, head: str, warned: bool
+) -> None:
+    """It said OK, and serve then exited 2: a login route on Redis counts usernames keyed with the pepper. The
+    check still reads no secret file: it goes by names and permissions."""
+    monkeypatch.delenv("STOCKADE_PEPPER", raising=False)
+    (tmp_path / "pepper").write_text("not read by a check")
+    path = tmp_path / "gw.yaml"
+    path.write_text(LOGIN_ROUTE.format(head=head))
+    result = CliRunner().invoke(cli, ["config", "check", str(path)])
+    assert result.exit_code == 0, result.output
+    warning = "serve would refuse to start: route 'login': stage brute_force needs the pepper"
+    assert (warning in result.stderr) is warned, result.stderr
+    assert not (tmp_path / ".stockade").exists()

@@ -26,10 +26,19 @@ def check(ctx: click.Context, file: str | None, config_path: str | None, asgi: b
     """Validate FILE (default: --config, $STOCKADE_CONFIG, else ./stockade.yaml). Exit 0 if valid (warnings,
     such as an expiring certificate, go to stderr); else exit 2, naming the file, line, route id, stage and
     field."""
+    from stockade.security.secrets import PEPPER_USERS, pepper_problem
+
     path = resolve_config_path(ctx, file or config_path)
     loaded = load_or_exit(path, require_upstreams=not asgi, require_routes=not asgi)
     runtime = build_or_exit(loaded)  # also loads every file the runtime needs (TLS keys, specs), without side effects
-    for warning in (*loaded.warnings, *runtime.tls.warnings):  # valid, but worth a word (an expiring certificate)
+    warnings = [*loaded.warnings, *runtime.tls.warnings]  # valid, but worth a word (an expiring certificate)
+    if users := runtime.services.shared.get(PEPPER_USERS):
+        # Serve loads the pepper at start (generating it if allowed); a check reads no secret file, but can tell
+        # from names and permissions alone when serve will not find one.
+        problem = pepper_problem(loaded.config.secrets, loaded.base_dir)
+        if problem is not None:
+            warnings.append(f"serve would refuse to start: {', '.join(users)} needs the pepper, and {problem}")
+    for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
     cfg = loaded.config
     stages = sum(len(p) for p in loaded.route_stages.values())

@@ -136,7 +136,14 @@ def _material(env_value: str | None, file: str | None, default: str, base_dir: P
     if not path.exists():
         if file or not generate:
             raise SecretsError(f"{path} does not exist")
-        if _create_exclusive(path, make):
+        try:
+            made = _create_exclusive(path, make)
+        except OSError as exc:  # a read-only config directory: say what to give instead
+            raise SecretsError(
+                f"cannot generate {path}: {exc.strerror or type(exc).__name__}; give it with "
+                f"{PEPPER_ENV if default == 'pepper' else KEK_ENV} or secrets.{default}_file"
+            ) from None
+        if made:
             log.warning(
                 "generated %s at %s (mode 0600); back it up and keep it secret: losing it invalidates %s",
                 default,
@@ -149,33 +156,69 @@ def _material(env_value: str | None, file: str | None, default: str, base_dir: P
 def load_secrets(config: SecretsConfig, base_dir: Path, env: Mapping[str, str] | None = None) -> Secrets:
     """Resolve the pepper and KEKs (generating the default files if allowed). Raises SecretsError."""
     env = os.environ if env is None else env
-    pepper_text = _material(
-        env.get(PEPPER_ENV),
-        config.pepper_file,
-        "pepper",
-        base_dir,
-        config.generate,
-        new_material("pepper"),
-    )
-    kek_text = _material(
-        env.get(KEK_ENV),
-        config.kek_file,
-        "kek",
-        base_dir,
-        config.generate,
-        new_material("kek"),
-    )
-    pepper_where = PEPPER_ENV if env.get(PEPPER_ENV) else "the pepper file"
-    kek_where = KEK_ENV if env.get(KEK_ENV) else "the KEK file"
-    return Secrets(parse_pepper(pepper_text, pepper_where), parse_keks(kek_text, kek_where))
+    return Secrets(_load_pepper(config, base_dir, env, config.generate), _load_keks(config, base_dir, env))
+
+
+def _load_pepper(config: SecretsConfig, base_dir: Path, env: Mapping[str, str], generate: bool) -> bytes:
+    text = _material(env.get(PEPPER_ENV), config.pepper_file, "pepper", base_dir, generate, new_material("pepper"))
+    return parse_pepper(text, PEPPER_ENV if env.get(PEPPER_ENV) else "the pepper file")
+
+
+def _load_keks(config: SecretsConfig, base_dir: Path, env: Mapping[str, str]) -> Keyring:
+    text = _material(env.get(KEK_ENV), config.kek_file, "kek", base_dir, config.generate, new_material("kek"))
+    return parse_keks(text, KEK_ENV if env.get(KEK_ENV) else "the KEK file")
 
 
 def load_pepper(config: SecretsConfig, base_dir: Path, env: Mapping[str, str] | None = None) -> bytes:
     """The pepper alone, never generated: for tools that must find what a gateway already keyed with it (a new
     pepper would match nothing). Raises SecretsError."""
+    return _load_pepper(config, base_dir, os.environ if env is None else env, False)
+
+
+def pepper_problem(config: SecretsConfig, base_dir: Path, env: Mapping[str, str] | None = None) -> str | None:
+    """Why loading the pepper would fail, as far as can be told without reading or writing a secret file (for
+    `config check`, which must not touch them): a named or required file that does not exist, or a default one
+    that cannot be generated in a directory that is not writable. None: it may well load."""
     env = os.environ if env is None else env
-    text = _material(env.get(PEPPER_ENV), config.pepper_file, "pepper", base_dir, False, "")
-    return parse_pepper(text, PEPPER_ENV if env.get(PEPPER_ENV) else "the pepper file")
+    if env.get(PEPPER_ENV):
+        return None
+    path = Path(config.pepper_file) if config.pepper_file else Path(DEFAULT_DIR) / "pepper"
+    path = path if path.is_absolute() else base_dir / path
+    if path.exists():
+        return None
+    if config.pepper_file or not config.generate:
+        why = "secrets.pepper_file names it" if config.pepper_file else "secrets.generate is false"
+        return f"{path} does not exist ({why}); set {PEPPER_ENV} or create the file"
+    existing = next((p for p in (path.parent, *path.parents) if p.exists()), None)
+    if existing is None or not os.access(existing, os.W_OK):
+        return f"{path} would be generated, but {existing or path.parent} is not writable; set {PEPPER_ENV}"
+    return None
+
+
+PEPPER_KEY = "secrets.pepper"  # Services.shared: the pepper, when it was loaded alone
+PEPPER_USERS = "secrets.pepper_users"  # Services.shared, dry run: what would need the pepper at start
+
+
+def shared_pepper(services: Services, user: str) -> bytes:
+    """The process's pepper without its KEKs: what keys login usernames needs no KEK, so a gateway whose only use
+    of secrets is a brute_force login route neither reads nor generates one. The same pepper `shared_secrets`
+    hands out later. `user` names who needs it (`config check` reports it)."""
+    found = services.shared.get(SHARED_KEY)
+    if isinstance(found, Secrets):
+        return found.pepper
+    pepper = services.shared.get(PEPPER_KEY)
+    if isinstance(pepper, bytes):
+        return pepper
+    if services.config is None:
+        raise SecretsError("no configuration: cannot locate the pepper")
+    if services.dry_run:
+        services.shared.setdefault(PEPPER_USERS, []).append(user)
+        pepper = secrets.token_bytes(MIN_PEPPER_BYTES)
+    else:
+        config = services.config.secrets
+        pepper = _load_pepper(config, services.base_dir or Path.cwd(), os.environ, config.generate)
+    services.shared[PEPPER_KEY] = pepper
+    return pepper
 
 
 def shared_secrets(services: Services) -> Secrets:
@@ -185,10 +228,11 @@ def shared_secrets(services: Services) -> Secrets:
         return found
     if services.config is None:
         raise SecretsError("no configuration: cannot locate the secrets")
+    pepper = shared_pepper(services, "the store's keys")  # one pepper per process, whoever loaded it first
     if services.dry_run:  # `config check`: throwaway material, no files generated or read
-        loaded = Secrets(secrets.token_bytes(MIN_PEPPER_BYTES), Keyring({"check": secrets.token_bytes(32)}, "check"))
+        loaded = Secrets(pepper, Keyring({"check": secrets.token_bytes(32)}, "check"))
     else:
-        loaded = load_secrets(services.config.secrets, services.base_dir or Path.cwd())
+        loaded = Secrets(pepper, _load_keks(services.config.secrets, services.base_dir or Path.cwd(), os.environ))
     services.shared[SHARED_KEY] = loaded
     return loaded
 

@@ -16,11 +16,12 @@ from stockade.clock import FakeClock
 from stockade.config.loader import load_config_text
 from stockade.errors import ConfigError
 from stockade.pipeline.stage import Services
-from stockade.ratelimit.backend import SHARED_KEY, LimiterBackend
+from stockade.ratelimit.backend import SHARED_KEY, LimiterBackend, Lockout
 from stockade.runtime import build_runtime
 from stockade.security.keys import username_key
-from stockade.security.secrets import shared_secrets
 from stockade.stages.ratelimit.brute_force import UnreadableLoginError, hash_username, username
+from stockade.stages.ratelimit.username_key import SHARED_KEY as USERNAME_KEY
+from stockade.stages.ratelimit.username_key import UsernameKey
 from stockade.testing import Reply, TestGateway, gateway_with_upstream
 from tests.ratelimit.redisutil import fresh_redis_url
 
@@ -53,8 +54,10 @@ def backend(gw: TestGateway) -> LimiterBackend:
 
 
 def user_subject(gw: TestGateway, name: str) -> str:
-    """The lockout subject `name` is counted under by this gateway (keyed with its pepper)."""
-    return f"user:{hash_username(username_key(shared_secrets(gw.services).pepper), name)}"
+    """The lockout subject `name` is counted under by this gateway (keyed with its username key)."""
+    found = gw.services.shared[USERNAME_KEY]
+    assert isinstance(found, UsernameKey)
+    return f"user:{hash_username(found.key, name)}"
 
 
 def test_identity_backs_off_then_locks_and_answers_the_same_for_right_and_wrong() -> None:
@@ -159,26 +162,49 @@ def test_login_route_403_counts_and_success_resets() -> None:
         assert login(gw, "carol@example.com")[0] == 403
 
 
-def test_login_subjects_are_keyed_with_the_gateways_pepper(tmp_path: Path) -> None:
+@pytest.mark.parametrize("limits", ["memory", "redis"])
+def test_login_subjects_are_keyed(tmp_path: Path, limits: str) -> None:
     """They were SHA-256 of the folded username: anyone who could list lockouts (a viewer admin token, Redis read
-    access) confirmed guessed usernames offline."""
+    access) confirmed guessed usernames offline. With Redis the key derives from the pepper (every node must count
+    alike); with memory:// it is the process's own."""
     subjects = []
     for name in ("one", "two"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "pepper").write_text(base64.b64encode(name.encode() * 16).decode())
-        text = "secrets: {pepper_file: pepper}\n" + LOGIN
+        head = f'limits_storage: "{fresh_redis_url()}"\n' if limits == "redis" else ""
+        text = head + "secrets: {pepper_file: pepper}\n" + LOGIN
         with gateway_with_upstream(text, base_dir=tmp_path / name) as (gw, up):
             up.reply("/login", Reply(401))
-            assert [login(gw, "ceo@example.com")[0] for _ in range(3)] == [401, 401, 429]
-            [lockout] = asyncio.run(backend(gw).lockouts())
+            assert [login(gw, "ceo@example.com")[0] for _ in range(2)] == [401, 401]
+            [lockout] = asyncio.run(_lockouts(gw))  # backing off
             assert lockout.subject == user_subject(gw, "CEO@example.com ")
+            if limits == "redis":
+                key = username_key(base64.b64decode(base64.b64encode(name.encode() * 16)))
+                assert lockout.subject == f"user:{hash_username(key, 'ceo@example.com')}"
             subjects.append(lockout.subject)
     unkeyed = hashlib.sha256(b"stockade-login:ceo@example.com").hexdigest()[:32]
     assert subjects[0] != subjects[1] and unkeyed not in subjects[0] and unkeyed not in subjects[1]
 
 
-def test_a_login_route_needs_the_pepper_and_config_check_reads_none(tmp_path: Path) -> None:
-    text = LOGIN.replace("{upstream}", "http://127.0.0.1:9") + "secrets: {generate: false}\n"
+async def _lockouts(gw: TestGateway) -> list[Lockout]:
+    from stockade.ratelimit.redis import RedisBackend
+
+    url = gw.services.config.limits_storage  # type: ignore[union-attr]
+    if not url.startswith("redis"):
+        return await backend(gw).lockouts()
+    other = RedisBackend(url, gw.clock)  # a client on this loop, as the CLI would have
+    try:
+        async with asyncio.timeout(10):
+            while not (found := await other.lockouts()):  # failures are recorded after the answer
+                await asyncio.sleep(0.01)
+            return found
+    finally:
+        await other.aclose()
+
+
+def test_a_redis_login_route_needs_the_pepper_and_config_check_reads_none(tmp_path: Path) -> None:
+    head = 'limits_storage: "redis://127.0.0.1:6379/0"\nsecrets: {generate: false}\n'
+    text = head + LOGIN.replace("{upstream}", "http://127.0.0.1:9")
     loaded = load_config_text(text, base_dir=tmp_path, env={})
     with pytest.raises(ConfigError) as info:  # at load, not on the first login: the pepper file does not exist
         build_runtime(loaded, Services(clock=FakeClock()))
@@ -186,6 +212,36 @@ def test_a_login_route_needs_the_pepper_and_config_check_reads_none(tmp_path: Pa
     assert "route 'login'" in problem and "brute_force" in problem and "pepper does not exist" in problem
     build_runtime(loaded, Services(clock=FakeClock(), dry_run=True))  # `config check`: throwaway material
     assert not (tmp_path / ".stockade").exists()
+
+
+@pytest.mark.parametrize(
+    ("secrets", "made"),
+    [
+        ("{}", ["pepper"]),  # generated: the pepper alone
+        ("{pepper_file: own/pepper, kek_file: own/kek, generate: false}", []),  # no KEK file: none needed
+    ],
+    ids=["generated", "named-without-kek"],
+)
+def test_a_redis_login_route_loads_the_pepper_and_no_kek(tmp_path: Path, secrets: str, made: list[str]) -> None:
+    """It loaded (and generated) a KEK too, which nothing on a login route uses: a config naming no KEK file, or
+    one whose KEK lives elsewhere, was refused."""
+    (tmp_path / "own").mkdir()
+    (tmp_path / "own" / "pepper").write_text(base64.b64encode(b"p" * 32).decode())
+    head = f'limits_storage: "redis://127.0.0.1:6379/0"\nsecrets: {secrets}\n'
+    loaded = load_config_text(head + LOGIN.replace("{upstream}", "http://127.0.0.1:9"), base_dir=tmp_path, env={})
+    build_runtime(loaded, Services(clock=FakeClock()))
+    found = sorted(p.name for p in (tmp_path / ".stockade").iterdir()) if (tmp_path / ".stockade").exists() else []
+    assert found == made
+
+
+def test_a_pepper_that_cannot_be_generated_says_what_to_give(tmp_path: Path) -> None:
+    (tmp_path / ".stockade").write_text("a file where the secrets directory would go (as read-only: nothing made)")
+    head = 'limits_storage: "redis://127.0.0.1:6379/0"\n'
+    loaded = load_config_text(head + LOGIN.replace("{upstream}", "http://127.0.0.1:9"), base_dir=tmp_path, env={})
+    with pytest.raises(ConfigError) as info:
+        build_runtime(loaded, Services(clock=FakeClock()))
+    [problem] = info.value.problems
+    assert "route 'login'" in problem and "cannot generate" in problem and "STOCKADE_PEPPER" in problem
 
 
 BAD = UnreadableLoginError  # the expected "result" of a body the gateway must refuse (400 brute_force.bad_login)
