@@ -17,6 +17,7 @@ from stockade.pipeline.stage import Services
 from stockade.proxy.server import ProxyServer
 from stockade.runtime import build_runtime
 from stockade.security.secrets import verify_store_secrets
+from stockade.stages.ratelimit.username_key import verify_username_key
 
 log = logging.getLogger("stockade")
 
@@ -80,6 +81,7 @@ async def serve_single(path: str, loaded: LoadedConfig, env: Mapping[str, str] |
     services = Services(clock=SYSTEM_CLOCK, workers=1)
     server = ProxyServer(build_runtime(loaded, services))
     await verify_store_secrets(services)
+    await verify_username_key(services)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     current = [loaded]

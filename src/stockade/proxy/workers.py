@@ -33,7 +33,9 @@ from stockade.pipeline.stage import Services
 from stockade.proxy.process import load_for_reload, restart_only_changes, try_reload
 from stockade.proxy.server import ProxyServer
 from stockade.runtime import build_runtime
-from stockade.security.secrets import verify_store_secrets
+from stockade.security.secrets import SecretsError, verify_store_secrets
+from stockade.stages.ratelimit.username_key import SHARED_KEY as USERNAME_KEY
+from stockade.stages.ratelimit.username_key import username_key, verify_username_key
 from stockade.storage import SHARED_KEY as STORE_KEY
 from stockade.storage import shared_store
 
@@ -80,6 +82,7 @@ async def serve_worker(
     services = Services(clock=SYSTEM_CLOCK, workers=workers)
     server = ProxyServer(build_runtime(loaded, services))
     await verify_store_secrets(services)
+    await verify_username_key(services)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -179,6 +182,12 @@ class Supervisor:
             except StorageError as exc:  # made, not reached: the URL itself is unusable
                 raise ConfigError([f"storage: {exc}"]) from None
             await verify_store_secrets(self.services)
+        if USERNAME_KEY in probe.shared:  # the same refusal for a pepper other than the limits backend's
+            try:
+                username_key(self.services, "login routes")
+            except SecretsError as exc:
+                raise ConfigError([f"secrets: {exc}"]) from None
+            await verify_username_key(self.services)
         if (busy := _listen_port_taken(cfg.listen.host, cfg.listen.port)) is not None:
             # Workers bind with SO_REUSEPORT, which would let them join another gateway's port silently and
             # answer half its connections under this config: refuse to start, as a single process does.

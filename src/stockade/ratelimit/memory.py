@@ -223,6 +223,9 @@ class MemoryBackend:
                 if held is not None and token in held:  # released or expired slots stay gone
                     held[token] = now + lease
 
+    async def agree(self, name: str, value: str) -> str | None:
+        return None  # one process: nobody to disagree with
+
     async def ping(self) -> None:
         return None
 

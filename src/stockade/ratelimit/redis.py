@@ -47,6 +47,7 @@ LIMITS = _script("limits.lua")
 LOCKOUTS = _script("lockouts.lua")
 RENEW = _script("renew.lua")
 LOCK_TAG = "{bf}:"  # lockouts share one slot: they are few, and listing them is one SCAN
+CHECK_TAG = "{bf}."  # `agree` values: the lockouts' slot, outside the lockouts' SCAN pattern
 
 
 class RedisBackend:
@@ -216,6 +217,19 @@ class RedisBackend:
         for key in keys:
             removed += int(await self._call_on(key, "DEL", key))
         return removed
+
+    async def agree(self, name: str, value: str) -> str | None:
+        """Record `value` under `name` unless a value is recorded already; that value if it is another, else None.
+        What lets processes that share this backend find out they would count the same subject under different
+        keys (brute_force: each node keying usernames with a pepper of its own). Kept without expiry: it is
+        deleted by hand when every node's pepper changes (docs/rate-limiting.md)."""
+        key = f"{self.prefix}{CHECK_TAG}{name}"
+        await self._call_on(key, "SET", key, value, "NX")
+        recorded = await self._call_on(key, "GET", key)
+        if recorded is None:  # deleted in between: record ours again next time
+            return None
+        found = recorded.decode() if isinstance(recorded, bytes) else str(recorded)
+        return None if found == value else found
 
     async def _renew(self, batch: list[Renewal]) -> None:
         for token, slots in batch:  # one script per request: its keys share a hash tag, other requests' may not

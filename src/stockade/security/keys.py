@@ -150,6 +150,13 @@ def username_hash(key: bytes, username: str) -> str:
     return hmac.digest(key, username.encode("utf-8"), "sha256")[:16].hex()
 
 
+def username_key_check(key: bytes) -> str:
+    """A value that tells whether two nodes count login usernames under the same `username_key`, and nothing of
+    it or of the pepper: recorded in a shared limits backend, so nodes with different peppers are refused rather
+    than each giving a guesser its own allowance."""
+    return hmac.digest(key, b"stockade:username-key-check", "sha256")[:16].hex()
+
+
 def fingerprint(secret: bytes) -> bytes:
     """BLAKE2s-256 of a presented secret (as received): the key of in-memory caches only, never stored.
 
