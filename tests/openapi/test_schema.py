@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -298,3 +299,24 @@ def test_spec_patterns_run_on_a_linear_time_engine(tmp_path: Path) -> None:
     hostile = "a" * 100_000 + "!"  # exponential for a backtracking engine, one linear pass for an automaton
     assert _rules(check, hostile) == ["pattern"]
     assert check.validator.is_valid({"body": "a" * 100_000})
+
+
+@pytest.mark.parametrize("version", ["3.0.3", "3.1.0"])
+def test_case_variant_rule_of_a_referenced_object_compiled_once_however_often_used(
+    tmp_path: Path, version: str
+) -> None:
+    """Each `$ref` use site points at one shared "Base as an instance" definition: the rule is in the compiled
+    document once, not once per use (a wide type referenced often would multiply load time and memory)."""
+    uses = ", ".join(f"p{i}: {{$ref: '#/components/schemas/Base'}}" for i in range(12))
+    body = f"{{properties: {{{uses}, items: {{type: array, items: {{$ref: '#/components/schemas/Base'}}}}}}}}"
+    components = """\
+    components:
+      schemas:
+        Base: {properties: {isAdmin: {type: boolean}, role: {type: string}}}
+    """
+    check = _body_check(tmp_path, version, body, components)
+    compiled = json.dumps(check.schema)
+    assert compiled.count('"caseVariant"') == 2  # the body's own rule, and Base's
+    assert compiled.count("isAdmin") == 3  # Base's property, and its rule's enum and pattern
+    assert _rules(check, {"p3": {"IsAdmin": True}, "items": [{"ROLE": "x"}]}) == ["caseVariant", "caseVariant"]
+    assert check.validator.is_valid({"body": {"p3": {"isAdmin": True}, "items": [{"role": "x"}]}})

@@ -72,6 +72,7 @@ class SchemaSet:
         self.legacy = legacy  # OpenAPI 3.0: nullable, boolean exclusive bounds, $ref siblings ignored
         self.defs: dict[Variant, dict[str, Any]] = {}
         self._names: dict[tuple[Variant, str, str], str] = {}
+        self._instances: dict[tuple[Variant, str, str, tuple[str, ...]], str] = {}
         self._taken: set[tuple[Variant, str]] = set()
         self._declared = DeclaredNames(docs, legacy=legacy)
 
@@ -82,7 +83,7 @@ class SchemaSet:
         value, an item): closed there if the variant is; in requests, case variants of its names are refused."""
         out = self._convert(at, variant, close, ())
         if variant.startswith("request"):
-            self._refuse_case_variants(at, out, ())
+            self._refuse_case_variants(at, variant, out, ())
         return out
 
     def validator(
@@ -171,17 +172,18 @@ class SchemaSet:
         key = (variant, str(target.file), target.pointer)
         name = self._names.get(key)
         if name is None:
-            base = target.pointer.rsplit("/", 1)[-1] or target.file.stem
-            name = base = "".join(c if c.isalnum() or c in "_-." else "_" for c in base) or "schema"
-            n = 1
-            while (variant, name) in self._taken:
-                n += 1
-                name = f"{base}_{n}"
-            self._taken.add((variant, name))
-            self._names[key] = name
+            name = self._names[key] = self._fresh(variant, _base_name(target))
             defs = self.defs.setdefault(variant, {})
             defs[name] = True  # placeholder: a recursive schema refers to itself while being converted
             defs[name] = self._convert(target, variant, False, ())
+        return name
+
+    def _fresh(self, variant: Variant, base: str) -> str:
+        name, n = base, 1
+        while (variant, name) in self._taken:
+            n += 1
+            name = f"{base}_{n}"
+        self._taken.add((variant, name))
         return name
 
     def _keywords(self, at: Located, variant: Variant, around: tuple[str, ...], skip: str = "") -> dict[str, Any]:
@@ -250,7 +252,7 @@ class SchemaSet:
         apply checks its own names for case variants; under `not` a check could only make more instances pass."""
         out = self._convert(at, variant, False, around)
         if keyword in _CONDITIONAL and variant.startswith("request"):
-            self._refuse_case_variants(at, out, around)
+            self._refuse_case_variants(at, variant, out, around)
         return out
 
     def _properties(self, at: Located, variant: Variant) -> dict[str, Any]:
@@ -326,12 +328,14 @@ class SchemaSet:
         for value, target in sorted(targets.items()):
             branch_ref = {"$ref": "#/$defs/" + self._define(target, variant)}
             if variant.startswith("request"):
-                self._refuse_case_variants(target, branch_ref, around)
+                self._refuse_case_variants(target, variant, branch_ref, around, target)
             cases.append({"if": {"properties": {prop: {"const": value}}, "required": [prop]}, "then": branch_ref})
         del out[kind]
         out["allOf"] = [*out.get("allOf", ()), *cases]
 
-    def _refuse_case_variants(self, at: Located, out: Any, around: tuple[str, ...]) -> None:
+    def _refuse_case_variants(
+        self, at: Located, variant: Variant, out: Any, around: tuple[str, ...], target: Located | None = None
+    ) -> None:
         """Refuse case variants of the names the schema at `at` declares (see `case_variants`).
 
         Added where an instance starts and on each subschema that may not apply to it (an anyOf/oneOf branch,
@@ -341,15 +345,35 @@ class SchemaSet:
         elsewhere. A branch accepts the names declared `around` it, but the enclosing check cannot tell which
         branch applies and accepts none of theirs: a branch name that varies an outside one is refused even where
         the branch applies. `around` stops at a `$ref` (a shared definition does not know where it is used), so
-        a branch in one refuses more, never less."""
-        check = name_check(self._declared(at), around)
+        a branch in one refuses more, never less.
+
+        Where `out` refers to a definition that declares all of the instance's names, it refers instead to one
+        shared "that definition as an instance" holding the rule: the rule is compiled once, not at each use."""
+        names = self._declared(at)
+        check = name_check(names, around)
         if check is None or not isinstance(out, dict):
             return
         rule = {**check, RULE: "caseVariant"}
+        if target is None and isinstance(at.node, dict) and "$ref" in at.node:
+            target = self.docs.resolve(at.node["$ref"], at)
+        if target is not None and out.get("$ref") == "#/$defs/" + self._define(target, variant):
+            if self._declared(target) == names:  # no `$ref` sibling declares more (3.1)
+                out["$ref"] = "#/$defs/" + self._instance(target, variant, rule)
+                return
         if "propertyNames" in out:
             out["allOf"] = [*out.get("allOf", ()), {"propertyNames": rule}]
         else:
             out["propertyNames"] = rule
+
+    def _instance(self, target: Located, variant: Variant, rule: dict[str, Any]) -> str:
+        """The name of the definition "`target` as an instance, with `rule`" (made once per target and rule)."""
+        key = (variant, str(target.file), target.pointer, tuple(rule["anyOf"][0]["enum"]))
+        name = self._instances.get(key)
+        if name is None:
+            ref = "#/$defs/" + self._define(target, variant)
+            name = self._instances[key] = self._fresh(variant, _base_name(target) + ".instance")
+            self.defs[variant][name] = {"$ref": ref, "propertyNames": rule}
+        return name
 
     def _reachable(self, root: Any, variant: Variant) -> dict[str, Any]:
         defs = self.defs.get(variant, {})
@@ -368,6 +392,11 @@ class SchemaSet:
             elif isinstance(node, list):
                 stack.extend(v for v in node if isinstance(v, dict | list))
         return found
+
+
+def _base_name(target: Located) -> str:
+    base = target.pointer.rsplit("/", 1)[-1] or target.file.stem
+    return "".join(c if c.isalnum() or c in "_-." else "_" for c in base) or "schema"
 
 
 def _open(node: dict[str, Any]) -> bool:
