@@ -57,6 +57,17 @@ def test_declared_names_are_the_objects_whole(tmp_path: Path, legacy: bool, name
         (["isAdmin"], ["IsAdmin"], "ISADMIN", False),
         (["a.b"], [], "A.B", False),
         (["a.b"], [], "AxB", True),  # punctuation is literal, never a metacharacter
+        # factored on common prefixes, the pattern still matches each name whole and nothing else
+        (["baseId", "baseName", "id"], [], "BASENAME", False),
+        (["baseId", "baseName", "id"], [], "BASE", True),
+        (["baseId", "baseName", "id"], [], "BaseIdName", True),
+        (["ab", "a", "abc", "b"], [], "AB", False),
+        (["ab", "a", "abc", "b"], [], "A", False),
+        (["ab", "a", "abc", "b"], [], "ABCD", True),
+        (["ab", "a", "abc", "b"], [], "AC", True),
+        (["a.b", "a"], [], "A", False),
+        (["a.b", "a"], [], "A.", True),
+        (["ab", "Ab"], [], "AB", False),  # two spellings of one name branch apart
     ],
 )
 def test_name_check_refuses_undeclared_case_variants(

@@ -73,6 +73,7 @@ class SchemaSet:
         self.defs: dict[Variant, dict[str, Any]] = {}
         self._names: dict[tuple[Variant, str, str], str] = {}
         self._instances: dict[tuple[Variant, str, str, tuple[str, ...]], str] = {}
+        self._rules: dict[tuple[tuple[str, ...], tuple[str, ...]], dict[str, Any] | None] = {}
         self._taken: set[tuple[Variant, str]] = set()
         self._declared = DeclaredNames(docs, legacy=legacy)
 
@@ -350,10 +351,13 @@ class SchemaSet:
         Where `out` refers to a definition that declares all of the instance's names, it refers instead to one
         shared "that definition as an instance" holding the rule: the rule is compiled once, not at each use."""
         names = self._declared(at)
-        check = name_check(names, around)
-        if check is None or not isinstance(out, dict):
+        key = (tuple(names), around)
+        if key not in self._rules:  # the same object comes up in every operation that uses it
+            check = name_check(names, around)
+            self._rules[key] = None if check is None else {**check, RULE: "caseVariant"}
+        rule = self._rules[key]
+        if rule is None or not isinstance(out, dict):
             return
-        rule = {**check, RULE: "caseVariant"}
         if target is None and isinstance(at.node, dict) and "$ref" in at.node:
             target = self.docs.resolve(at.node["$ref"], at)
         if target is not None and out.get("$ref") == "#/$defs/" + self._define(target, variant):
