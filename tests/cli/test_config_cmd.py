@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from stockade.cli import cli
+from stockade.config.loader import load_config
 from tests.config.test_loader import GOOD
 
 
@@ -162,6 +163,32 @@ def test_check_warns_where_a_route_takes_methods_from_a_broader_one(tmp_path: Pa
     assert "warning:" in result.output
     assert "route 'login' owns /login for POST: DELETE, GET, OPTIONS, PATCH, PUT, TRACE there get 405" in result.output
     assert "not route 'site'" in result.output
+
+
+def test_check_lists_every_shadow_a_load_only_counts(tmp_path: Path) -> None:
+    """A load (every worker, every reload) logs a screenful of shadow warnings and points here; `config check`
+    lists every route each 405 hides."""
+    sites = [
+        f"  - {{id: site{h}, match: {{path: /**, methods: [GET], host: t{h}.example.com}}, upstream: 'http://a',"
+        " stages: [{use: anonymous}]}"
+        for h in range(30)
+    ]
+    apis = [
+        f"  - {{id: api{i}, match: {{path: '/api/r{i}/{{id}}', methods: [POST]}}, upstream: 'http://a',"
+        " stages: [{use: anonymous}]}"
+        for i in range(10)
+    ]
+    path = tmp_path / "gw.yaml"
+    path.write_text("\n".join(["routes:", *sites, *apis]) + "\n")
+    loaded = load_config(path)
+    assert len(loaded.warnings) == 21
+    assert loaded.warnings[-1].endswith("... and 10 more routes whose 405s hide other routes: `stockade config "
+                                        "check` lists them all")  # fmt: skip
+    result = CliRunner().invoke(cli, ["config", "check", str(path)])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 30
+    assert all(w.count("get 405, not route 'api") == 10 for w in warnings)
 
 
 def test_check_warns_where_a_host_route_hides_an_any_host_route(tmp_path: Path) -> None:

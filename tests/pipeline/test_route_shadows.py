@@ -9,6 +9,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from stockade.pipeline import route_shadows
 from stockade.pipeline.route_shadows import shadowed
 from stockade.pipeline.routing import NoRoute, Router, RouteSpec
 
@@ -83,9 +84,9 @@ SHADOWS = [
             RouteSpec("user-put", "/users/{id}", frozenset({"PUT"})),
             RouteSpec("user-delete", "/users/{id}", frozenset({"DELETE"})),
         ],
-        [
-            "route 'me' owns /users/me for GET: DELETE there get 405, not route 'user-delete'",
-            "route 'me' owns /users/me for GET: PUT there get 405, not route 'user-put'",
+        [  # one line per owner: what it takes from each
+            "route 'me' owns paths for GET only: DELETE on /users/me get 405, not route 'user-delete'; "
+            "PUT on /users/me get 405, not route 'user-put'"
         ],
         [("a", "DELETE", "/users/me", "me", "user-delete"), ("a", "PUT", "/users/me", "me", "user-put")],
     ),
@@ -207,7 +208,22 @@ SHADOWS = [
         [],
     ),
 ]
-_NAMED = re.compile(r"route '([^']+)' owns .* not route '([^']+)'$")
+_ONE = re.compile(r"route '([^']+)' owns \S+(?: on (\S+(?:, \S+)*))? for .+: (.+) there get 405, not route '([^']+)'$")
+_MANY = re.compile(r"route '([^']+)'(?: on (\S+(?:, \S+)*))? owns paths for .+ only: (.+?)(; and more \(.*\))?$")
+_ENTRY = re.compile(r"(.+) on \S+ get 405, not route '([^']+)'$")
+
+
+def _named(warning: str) -> list[tuple[str, str | None, str, str]]:
+    """(owner, hosts, methods lost, other route) for each route a warning names."""
+    if one := _ONE.match(warning):
+        owner, hosts, lost, other = one.groups()
+        return [(owner, hosts, lost, other)]
+    many = _MANY.match(warning)
+    assert many is not None, warning
+    owner, hosts, listed, _ = many.groups()
+    entries = [_ENTRY.match(e) for e in listed.split("; ")]
+    assert all(entries), warning
+    return [(owner, hosts, *e.groups()) for e in entries if e]
 
 
 @pytest.mark.parametrize(("routes", "warnings", "probes"), [c[1:] for c in SHADOWS], ids=[c[0] for c in SHADOWS])
@@ -215,7 +231,7 @@ def test_shadowed_names_each_405_that_hides_the_next_route(
     routes: list[RouteSpec], warnings: list[str], probes: list[tuple[str, str, str, str, str]]
 ) -> None:
     assert shadowed(Router(routes)) == warnings
-    named = [m.groups() for m in map(_NAMED.match, warnings) if m]
+    named = [(owner, other) for w in warnings for owner, _, _, other in _named(w)]
     assert sorted(set(named)) == sorted({(owner, other) for *_, owner, other in probes})  # each one is shown
     for host, method, path, owner, other in probes:
         found = Router(routes).match(host, path, method)
@@ -238,7 +254,6 @@ _HOSTS = [None, ("h.x.com",), ("*.x.com",)]
 # Every path over the tables' literals and one other segment, one segment deeper than any template: beyond that,
 # only `/**` routes match, as they do one segment shorter.
 _PATHS = ["/" + "/".join(p) for n in range(5) for p in itertools.product(["a", "b", "z"], repeat=n)]
-_PARTS = re.compile(r"route '([^']+)' owns \S+(?: on (.+))? for .+: (.+) there get 405, not route '([^']+)'$")
 
 
 @st.composite
@@ -263,10 +278,7 @@ def test_shadowed_names_exactly_what_the_router_does(routes: list[RouteSpec]) ->
     request with M is 405 and, were X not configured, would reach Y."""
     router = Router(routes)
     named: set[tuple[str, str, str, str | None]] = set()
-    for warning in shadowed(router):
-        parts = _PARTS.match(warning)
-        assert parts is not None, warning
-        owner, hosts, lost, other = parts.groups()
+    for owner, hosts, lost, other in (n for warning in shadowed(router) for n in _named(warning)):
         for method, host in itertools.product(lost.split(", "), hosts.split(", ") if hosts else [None]):
             named.add((owner, method, other, host))
     taken: set[tuple[str, str, str, str | None]] = set()
@@ -279,3 +291,35 @@ def test_shadowed_names_exactly_what_the_router_does(routes: list[RouteSpec]) ->
                 if not isinstance(instead, NoRoute):
                     taken.add((x.id, method, instead[0], x.hosts[0] if x.hosts else None))
     assert {n for n in named if n[1] in ("GET", "POST", "PATCH")} == taken
+
+
+def _tenants(hosts: int, routes: int) -> list[RouteSpec]:
+    """Tenant hosts serving a GET-only site, before many any-host API routes: each site takes every route's POST."""
+    sites = [RouteSpec(f"site{h}", "/**", GET, (f"t{h}.example.com",)) for h in range(hosts)]
+    return [*sites, *(RouteSpec(f"api{i}", f"/api/res{i}/{{id}}", frozenset({"POST"})) for i in range(routes))]
+
+
+def test_shadowed_at_load_bounded_in_lines_and_routes_named() -> None:
+    """At load (every worker, every reload) the warnings stay a screenful however many pairs there are."""
+    router = Router(_tenants(40, 200))
+    brief = shadowed(router, complete=False)
+    assert len(brief) == route_shadows.LINES + 1
+    assert brief[-1] == ("... and 20 more routes whose 405s hide other routes: `stockade config check` lists them all")
+    assert all(len(_named(w)) == route_shadows.LISTED and w.endswith("lists them all)") for w in brief[:-1])
+    assert brief[0].startswith("route 'site0' on t0.example.com owns paths for GET only: POST on /api/res")
+    full = shadowed(router)
+    assert len(full) == 40  # one line per owner and its hosts
+    assert sum(len(_named(w)) for w in full) == 40 * 200  # and every route it takes from, once
+    assert {n for w in brief[:-1] for n in _named(w)} <= {n for w in full for n in _named(w)}
+
+
+def test_shadowed_at_load_stops_looking_once_enough_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The search itself is bounded: each owner's candidates are checked until LISTED + 1 are found, not all."""
+    checked = []
+    check = route_shadows._next_in_line
+    monkeypatch.setattr(route_shadows, "_next_in_line", lambda *a: checked.append(a) or check(*a))
+    shadowed(Router(_tenants(2, 5000)), complete=False)
+    assert len(checked) == 2 * (route_shadows.LISTED + 1)
+    checked.clear()
+    shadowed(Router(_tenants(2, 50)))
+    assert len(checked) == 2 * 50

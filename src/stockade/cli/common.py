@@ -36,13 +36,20 @@ def resolve_config_path(ctx: click.Context, local: str | None) -> str:
 
 
 def load_or_exit(
-    path: str, env: dict[str, str] | None = None, *, require_upstreams: bool = True, require_routes: bool = False
+    path: str,
+    env: dict[str, str] | None = None,
+    *,
+    require_upstreams: bool = True,
+    require_routes: bool = False,
+    all_shadows: bool = False,
 ) -> LoadedConfig:
     if not Path(path).exists():  # not "configuration invalid": there is none, and the user needs to say where
         click.echo(f"no config file {path!r}: give one with --config FILE (or $STOCKADE_CONFIG)", err=True)
         sys.exit(2)
     try:
-        return load_config(path, env=env, require_upstreams=require_upstreams, require_routes=require_routes)
+        return load_config(
+            path, env=env, require_upstreams=require_upstreams, require_routes=require_routes, all_shadows=all_shadows
+        )
     except ConfigError as exc:
         report_config_error(exc)
         sys.exit(2)

@@ -29,7 +29,7 @@ def check(ctx: click.Context, file: str | None, config_path: str | None, asgi: b
     from stockade.security.secrets import PEPPER_USERS, pepper_problem
 
     path = resolve_config_path(ctx, file or config_path)
-    loaded = load_or_exit(path, require_upstreams=not asgi, require_routes=not asgi)
+    loaded = load_or_exit(path, require_upstreams=not asgi, require_routes=not asgi, all_shadows=True)
     runtime = build_or_exit(loaded)  # also loads every file the runtime needs (TLS keys, specs), without side effects
     warnings = [*loaded.warnings, *runtime.tls.warnings]  # valid, but worth a word (an expiring certificate)
     if users := runtime.services.shared.get(PEPPER_USERS):

@@ -96,9 +96,11 @@ def load_config_text(
     env: Mapping[str, str] | None = None,
     require_upstreams: bool = True,
     require_routes: bool = False,
+    all_shadows: bool = False,
 ) -> LoadedConfig:
     """Validate config text. `env` defaults to os.environ; pass {} to ignore STOCKADE_* overrides.
-    `require_routes`: a file to serve must say `routes:` (the CLI's store-only configs need not)."""
+    `require_routes`: a file to serve must say `routes:` (the CLI's store-only configs need not).
+    `all_shadows`: warn of every route shadowed by another's 405 (`config check`), not the first few (a load)."""
     try:
         raw = _load_yaml(text) if text.strip() else {}
     except yaml.YAMLError as exc:
@@ -165,7 +167,7 @@ def load_config_text(
                 [RouteSpec(r.id, r.match.path, _methods(r.match.methods), r.match.hosts()) for r in config.routes],
                 fold_case=config.limits.case_insensitive_routing,
             )
-            warnings += [f"{source}: {w}" for w in shadowed(router)]
+            warnings += [f"{source}: {w}" for w in shadowed(router, complete=all_shadows)]
     except RouteTemplateError as exc:
         ctx.add(("routes",), str(exc))
     if ctx.problems:

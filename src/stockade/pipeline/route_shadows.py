@@ -2,52 +2,83 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from stockade.pipeline.routing import ALL_METHODS, Router, _Endpoint, _Node
 
 # A template as segments: literal text (as the trie stores it), "{}" (a parameter or `*`), or "**" last. No literal
 # can hold braces, so "{}" is also the segment a witness path puts where only parameters and `/**` may match.
 _Template = tuple[str, ...]
-# owners, path shown, the owners' methods, the methods lost, the route that would have had them
-_Taken = tuple[str, str, str, str, str]
+# a path shown, the methods lost there, the route that would have had them
+_Entry = tuple[str, str, str]
+# owners, the owners' methods, what they take from the routes next in line, whether the listing stopped early
+_Taken = tuple[str, str, tuple[_Entry, ...], bool]
+
+LISTED = 3  # other routes one warning names at load, before "and more"
+LINES = 20  # warnings at load (every worker, every reload), before the pointer to `stockade config check`
 
 
-def shadowed(router: Router) -> list[str]:
+def shadowed(router: Router, *, complete: bool = True) -> list[str]:
     """Each route that owns a path for some methods only, where the route next in line for that path would have
     served others: those get 405 (the route that owns a path owns all its methods). Worth a warning at load:
-    Kong and Envoy would have tried the next route. Sorted, one line per owners, path and other route."""
+    Kong and Envoy would have tried the next route. Sorted, one line per owners, their hosts and what they take.
+
+    Not `complete` (at load): at most LINES lines naming at most LISTED other routes each, and the search for an
+    owner's victims stops there, so a host-specific `/**` before thousands of any-host routes costs no more than
+    a few. `stockade config check` shows them all."""
     groups = router.host_groups()
     deepest = max((len(t) for _, roots in groups for _, t, _ in _endpoints(roots[0], (), (roots[0],))), default=0)
     hosts: dict[_Taken, set[str]] = {}
     for host, roots in groups:
-        for taken in _taken(roots, deepest + 1):
+        for taken in _taken(roots, deepest + 1, None if complete else LISTED):
             hosts.setdefault(taken, set()).update(() if host is None else (host,))
-    out = []
-    for (owners, shown, mine, lost, other), on in hosts.items():
-        where = f" on {', '.join(sorted(on))}" if on else ""
-        out.append(f"route {owners} owns {shown}{where} for {mine}: {lost} there get 405, not route {other!r}")
-    return sorted(out)
+    out = sorted(_line(taken, on) for taken, on in hosts.items())
+    if complete or len(out) <= LINES:
+        return out
+    return [
+        *out[:LINES],
+        f"... and {len(out) - LINES} more routes whose 405s hide other routes: `stockade config check` lists them all",
+    ]
 
 
-def _taken(roots: list[_Node], depth: int) -> Iterator[_Taken]:
-    """What the group's own routes (its first trie's) take from the endpoint next in line after them."""
+def _line(taken: _Taken, on: set[str]) -> str:
+    owners, mine, entries, more = taken
+    where = f" on {', '.join(sorted(on))}" if on else ""
+    if len(entries) == 1 and not more:
+        (shown, lost, other), *_ = entries
+        return f"route {owners} owns {shown}{where} for {mine}: {lost} there get 405, not route {other!r}"
+    listed = "; ".join(f"{lost} on {shown} get 405, not route {other!r}" for shown, lost, other in entries)
+    tail = "; and more (`stockade config check` lists them all)" if more else ""
+    return f"route {owners}{where} owns paths for {mine} only: {listed}{tail}"
+
+
+def _taken(roots: list[_Node], depth: int, listed: int | None) -> Iterator[_Taken]:
+    """What the group's own routes (its first trie's) take from the endpoints next in line after them; for each
+    owner, the first `listed` of them if not None."""
     for owner, template, nodes in _endpoints(roots[0], (), (roots[0],)):
         if owner.any is not None:
             continue
         mine = {m for m in owner.by_method if m not in owner.implicit}  # HEAD only if a route claims it
         owners = ", ".join(map(repr, sorted({route_id for route_id, _ in owner.by_method.values()})))
+        entries: dict[_Entry, None] = {}
         for other, other_template in _after(owner, template, nodes, roots[1:]):
             serves = ({m: other.any for m in ALL_METHODS} if other.any else {}) | other.by_method
             lost: dict[str, set[str]] = {}
             for method, (route_id, _) in serves.items():
                 if method not in mine and method != "HEAD":  # HEAD follows GET: listing GET hands both on
                     lost.setdefault(route_id, set()).add(method)
+            if not lost:
+                continue
             shared = _overlap(template, other_template)
-            if lost and _next_in_line(roots, owner, other, shared, depth):
+            if _next_in_line(roots, owner, other, shared, depth):
                 shown = "/" + "/".join(shared)
-                for route_id, methods in lost.items():
-                    yield owners, shown, ", ".join(sorted(mine)), ", ".join(sorted(methods)), route_id
+                entries.update(dict.fromkeys((shown, ", ".join(sorted(m)), r) for r, m in lost.items()))
+                if listed is not None and len(entries) > listed:
+                    break
+        if entries:
+            found = sorted(entries)
+            more = listed is not None and len(found) > listed
+            yield owners, ", ".join(sorted(mine)), tuple(found[:listed] if more else found), more
 
 
 def _endpoints(
@@ -91,8 +122,9 @@ def _meeting(node: _Node, rest: _Template, at: _Template) -> Iterator[tuple[_End
             return
     seg = rest[0]
     after = rest if seg == "**" else rest[1:]
-    if seg in ("{}", "**"):
-        children = [(key, child) for key, child in node.static.items() if key or seg == "**"]  # `{}` is never empty
+    children: Iterable[tuple[str, _Node]]
+    if seg in ("{}", "**"):  # lazily: a caller listing the first few need not walk thousands of siblings
+        children = ((key, child) for key, child in node.static.items() if key or seg == "**")  # `{}` is never empty
     else:
         children = [(seg, node.static[seg])] if seg in node.static else []
     for key, child in children:
