@@ -27,6 +27,7 @@ log = logging.getLogger("stockade.ratelimit")
 SLOTS = 16384
 SLOT_MASK = SLOTS - 1
 MAX_REDIRECTS = 2  # a stale map's MOVED may lead to a node that is migrating the slot on (ASK): both are followed
+MIN_RELOAD = 0.1  # seconds between two map reads a MOVED asks for: a MOVED loop must not become a CLUSTER SLOTS storm
 Send = Callable[[RedisClient, bool], Awaitable[Any]]  # (node, after ASKING) -> reply
 
 
@@ -70,8 +71,8 @@ def _name(node: RedisClient) -> str:
 
 class ClusterClient:
     """Commands routed by slot to one pipelined connection per master. The slot map is read at first use, again
-    at once when a MOVED says it is stale, and at most once per `retry` seconds when a node cannot be reached or
-    says the cluster is down (it may have been failed over to a replica)."""
+    when a MOVED says it is stale (at most once per MIN_RELOAD), and at most once per `retry` seconds when a node
+    cannot be reached or says the cluster is down (it may have been failed over to a replica)."""
 
     def __init__(self, url: RedisUrl, clock: Clock, metrics: Metrics | None = None) -> None:
         self.url = url
@@ -82,6 +83,7 @@ class ClusterClient:
         self._nodes: dict[tuple[str, int], RedisClient] = {}  # every node seen (seeds, masters, ASK targets)
         self._loading: asyncio.Task[None] | None = None
         self._load_at = 0.0  # an unforced reload waits until then
+        self._forced_at = 0.0  # a forced one (MOVED) until then
 
     async def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         slot = key_slot(keys[0]) if keys else 0
@@ -171,14 +173,15 @@ class ClusterClient:
     def _start_load(self, *, forced: bool) -> asyncio.Task[None] | None:
         """The map's reload under way, starting one if there is none (one at a time, in a task of its own so a
         request that gives up waiting does not cancel it)."""
-        if self._loading is None and (forced or self.clock.monotonic() >= self._load_at):
+        if self._loading is None and self.clock.monotonic() >= (self._forced_at if forced else self._load_at):
             self._loading = asyncio.get_running_loop().create_task(self._load())
             self._loading.add_done_callback(self._loaded)
         return self._loading
 
     def _loaded(self, task: asyncio.Task[None]) -> None:
         self._loading = None
-        self._load_at = self.clock.monotonic() + self.url.retry
+        now = self.clock.monotonic()
+        self._load_at, self._forced_at = now + self.url.retry, now + MIN_RELOAD
         if not task.cancelled() and task.exception() is not None:  # retrieved: a reload in the background
             log.debug("Redis Cluster slot map not reloaded: %s", task.exception())
 
