@@ -1,9 +1,11 @@
-"""The cluster client against fake nodes (a few lines of RESP each): a MOVED loop reads the map at a bounded
-rate."""
+"""The cluster client against fake nodes (a few lines of RESP each): a redirection is followed only to a master the
+cluster's own map names, a MOVED loop reads the map at a bounded rate, and masters that left the map are
+dropped."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -15,7 +17,7 @@ import pytest
 
 from stockade.clock import SYSTEM_CLOCK
 from stockade.ratelimit.cluster import ClusterClient
-from stockade.ratelimit.resp import RedisReplyError, RedisUrl, Script
+from stockade.ratelimit.resp import RedisReplyError, RedisUnavailableError, RedisUrl, Script
 
 SCRIPT = Script("return 1")
 KEY = "p:{203.0.113.9}:g"
@@ -84,13 +86,56 @@ class FakeNode:
 
 
 @asynccontextmanager
-async def client_of(*seeds: FakeNode, timeout: float = 0.5) -> AsyncIterator[ClusterClient]:
+async def client_of(*seeds: FakeNode, timeout: float = 0.5, auth: bool = True) -> AsyncIterator[ClusterClient]:
     hosts = ",".join(f"127.0.0.1:{n.port}" for n in seeds)
-    client = ClusterClient(RedisUrl.parse(f"redis+cluster://:s3cret@{hosts}?timeout={timeout}"), SYSTEM_CLOCK)
+    password = ":s3cret@" if auth else ""  # without AUTH to hang in, a silent node costs a reply timeout
+    client = ClusterClient(RedisUrl.parse(f"redis+cluster://{password}{hosts}?timeout={timeout}"), SYSTEM_CLOCK)
     try:
         yield client
     finally:
         await client.close()
+
+
+async def reread(client: ClusterClient) -> None:
+    """The map read again now, as a MOVED would have it (past the pause between two such reads)."""
+    await asyncio.sleep(0.12)
+    task = client._start_load(forced=True)
+    if task is not None:
+        with contextlib.suppress(RedisUnavailableError):
+            await task
+
+
+@pytest.mark.parametrize("kind", ["MOVED", "ASK"])
+def test_a_redirection_to_a_node_the_map_does_not_name_is_never_followed(kind: str) -> None:
+    async def body() -> None:
+        recorder = await FakeNode().start()  # an address of the liar's choosing: it must learn nothing
+        liar = await FakeNode(lambda _: b"-%s 1 127.0.0.1:%d\r\n" % (kind.encode(), recorder.port)).start()
+        async with client_of(liar) as client:
+            for _ in range(3):
+                with pytest.raises(RedisUnavailableError, match=f"127.0.0.1:{recorder.port}.* not name"):
+                    await client.evalsha(SCRIPT, [KEY], [])
+            assert recorder.connections == 0 and not recorder.seen  # no AUTH, no EVALSHA, not even a connect
+            assert ("127.0.0.1", recorder.port) not in client._nodes
+            assert liar.seen["CLUSTER SLOTS"] >= 2  # it looked at the map again before refusing
+        await liar.stop()
+        await recorder.stop()
+
+    asyncio.run(body())
+
+
+def test_a_moved_to_a_node_that_joined_the_map_is_followed() -> None:
+    async def body() -> None:
+        new = await FakeNode().start()
+        old = await FakeNode(lambda _: b"-MOVED 1 127.0.0.1:%d\r\n" % new.port).start()
+        async with client_of(old) as client:
+            await client.ping()  # the map: every slot on `old`
+            old.owner = new.port  # resharded since
+            assert await client.evalsha(SCRIPT, [KEY], []) == 1  # MOVED to a node the map names once read again
+            assert new.seen["EVALSHA"] == 1 and old.seen["CLUSTER SLOTS"] == 2
+        await old.stop()
+        await new.stop()
+
+    asyncio.run(body())
 
 
 def test_a_moved_loop_reads_the_map_at_a_bounded_rate() -> None:
@@ -105,5 +150,26 @@ def test_a_moved_loop_reads_the_map_at_a_bounded_rate() -> None:
             elapsed = time.monotonic() - start
             assert node.seen["CLUSTER SLOTS"] <= 2 + elapsed / 0.1  # at most one forced read per 100 ms
         await node.stop()
+
+    asyncio.run(body())
+
+
+def test_a_master_that_left_the_map_is_dropped_and_disconnected() -> None:
+    async def body() -> None:
+        first = await FakeNode().start()
+        second = await FakeNode().start()
+        seed = await FakeNode().start()
+        seed.owner = first.port
+        async with client_of(seed, timeout=0.1) as client:
+            await client.evalsha(SCRIPT, [KEY], [])
+            assert first.seen["EVALSHA"] == 1 and len(first.open) == 1
+            first.owner = seed.owner = second.port  # the slots moved on; `first` is no longer a master
+            await reread(client)
+            assert ("127.0.0.1", first.port) not in client._nodes
+            assert await client.evalsha(SCRIPT, [KEY], []) == 1 and second.seen["EVALSHA"] == 1
+            await asyncio.sleep(0.3)  # closed once a reply already under way could have come
+            assert not first.open
+        for node in (first, second, seed):
+            await node.stop()
 
     asyncio.run(body())

@@ -10,6 +10,7 @@ each script runs whole on one node. Replicas are never read (no READONLY): a lim
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from binascii import crc_hqx
 from collections.abc import Awaitable, Callable, Sequence
@@ -28,6 +29,7 @@ SLOTS = 16384
 SLOT_MASK = SLOTS - 1
 MAX_REDIRECTS = 2  # a stale map's MOVED may lead to a node that is migrating the slot on (ASK): both are followed
 MIN_RELOAD = 0.1  # seconds between two map reads a MOVED asks for: a MOVED loop must not become a CLUSTER SLOTS storm
+Address = tuple[str, int]
 Send = Callable[[RedisClient, bool], Awaitable[Any]]  # (node, after ASKING) -> reply
 
 
@@ -72,7 +74,8 @@ def _name(node: RedisClient) -> str:
 class ClusterClient:
     """Commands routed by slot to one pipelined connection per master. The slot map is read at first use, again
     when a MOVED says it is stale (at most once per MIN_RELOAD), and at most once per `retry` seconds when a node
-    cannot be reached or says the cluster is down (it may have been failed over to a replica)."""
+    cannot be reached or says the cluster is down (it may have been failed over to a replica). Only the masters the
+    map names and the seeds are ever connected to: a redirection elsewhere is refused, not followed."""
 
     def __init__(self, url: RedisUrl, clock: Clock, metrics: Metrics | None = None) -> None:
         self.url = url
@@ -80,10 +83,11 @@ class ClusterClient:
         self.metrics = metrics
         self._slots: list[RedisClient | None] = [None] * SLOTS
         self._masters: list[RedisClient] = []
-        self._nodes: dict[tuple[str, int], RedisClient] = {}  # every node seen (seeds, masters, ASK targets)
+        self._nodes: dict[Address, RedisClient] = {}  # the map's masters and the seeds
         self._loading: asyncio.Task[None] | None = None
         self._load_at = 0.0  # an unforced reload waits until then
         self._forced_at = 0.0  # a forced one (MOVED) until then
+        self._retired: set[RedisClient] = set()  # masters that left the map, disconnected soon
 
     async def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         slot = key_slot(keys[0]) if keys else 0
@@ -122,11 +126,9 @@ class ClusterClient:
             if redirect is None:
                 raise self._refused(node, exc) from None
             moved, slot, host, port = redirect
-            target = self._node(host or node.url.host, port)  # no host: the node that answered
+            target = await self._master(host or node.url.host, port)  # no host: the node that answered
             if moved:
                 self._slots[slot] = target
-                if target not in self._masters:
-                    self._masters.append(target)
                 self._event("moved")
                 self._start_load(forced=True)  # a slot seldom moves alone: resharding moves many
             else:
@@ -140,6 +142,18 @@ class ClusterClient:
             except RedisUnavailableError as down:
                 raise self._unreachable(node, down) from None
         raise RedisReplyError(f"node {_name(node)}: too many redirections ({exc})")
+
+    async def _master(self, host: str, port: int) -> RedisClient:
+        """A redirection's target, if the map names it a master (read again first if it does not). Anything a node
+        says is not proof: followed blindly, a MOVED would have us send the password and the counts to an address
+        of a liar's choosing, and take its answer as the decision."""
+        node = self._nodes.get((host, port))
+        if node is None or node not in self._masters:
+            await self._reload()
+            node = self._nodes.get((host, port))
+            if node is None or node not in self._masters:
+                raise RedisUnavailableError(f"redirected to {host}:{port}, which the cluster's slot map does not name")
+        return node
 
     def _refused(self, node: RedisClient, exc: RedisReplyError) -> RedisReplyError:
         message = str(exc)
@@ -169,6 +183,17 @@ class ClusterClient:
         if node is None:
             raise RedisUnavailableError(f"no node of the Redis Cluster serves slot {slot}")
         return node
+
+    async def _reload(self) -> None:
+        """A fresh map (a read that starts now, or the one under way), waiting out MIN_RELOAD if one was just read.
+        Whether it could be read is for the caller to see in it."""
+        delay = self._forced_at - self.clock.monotonic()
+        if self._loading is None and delay > 0:
+            await asyncio.sleep(delay)
+        task = self._start_load(forced=True)
+        if task is not None:
+            with contextlib.suppress(RedisUnavailableError):
+                await asyncio.shield(task)
 
     def _start_load(self, *, forced: bool) -> asyncio.Task[None] | None:
         """The map's reload under way, starting one if there is none (one at a time, in a task of its own so a
@@ -213,6 +238,12 @@ class ClusterClient:
             served[node] = served.get(node, 0) + end - start + 1
         first = not self._masters
         self._slots, self._masters = slots, list(served)
+        for address, node in list(self._nodes.items()):
+            if node not in served and address not in self.url.seeds:  # no longer a master (failed over, emptied)
+                del self._nodes[address]
+                # Closed once a reply already under way would have come (or timed out), not under it.
+                self._retired.add(node)
+                asyncio.get_running_loop().call_later(self.url.timeout, self._retire, node)
         self._event("map")
         (log.info if first else log.debug)(
             "Redis Cluster slot map: %s", ", ".join(f"{_name(n)} ({count} slots)" for n, count in served.items())
@@ -223,6 +254,10 @@ class ClusterClient:
         if node is None:
             node = self._nodes[(host, port)] = RedisClient(replace(self.url, host=host, port=port), self.clock)
         return node
+
+    def _retire(self, node: RedisClient) -> None:
+        self._retired.discard(node)
+        node.disconnect()
 
     # -- control plane ----------------------------------------------------------------------------------------
 
@@ -253,7 +288,7 @@ class ClusterClient:
     async def close(self) -> None:
         if self._loading is not None:
             self._loading.cancel()
-        for node in list(self._nodes.values()):
+        for node in [*self._nodes.values(), *self._retired]:
             await node.close()
 
 

@@ -315,6 +315,9 @@ class RedisClient:
             self._conn = None
 
     async def close(self) -> None:
+        self.disconnect()
+
+    def disconnect(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None and conn.transport is not None and not conn.closed:
             conn.transport.close()
