@@ -1,6 +1,6 @@
 """The cluster client against fake nodes (a few lines of RESP each): a redirection is followed only to a master the
-cluster's own map names, a MOVED loop reads the map at a bounded rate, and masters that left the map are
-dropped."""
+cluster's own map names, a MOVED loop reads the map at a bounded rate, the map is asked of its masters before the
+seeds, and masters that left the map are dropped."""
 
 from __future__ import annotations
 
@@ -150,6 +150,26 @@ def test_a_moved_loop_reads_the_map_at_a_bounded_rate() -> None:
             elapsed = time.monotonic() - start
             assert node.seen["CLUSTER SLOTS"] <= 2 + elapsed / 0.1  # at most one forced read per 100 ms
         await node.stop()
+
+    asyncio.run(body())
+
+
+def test_the_map_is_read_from_its_masters_before_the_seeds_and_a_silent_seed_is_asked_last() -> None:
+    async def body() -> None:
+        master = await FakeNode().start()
+        silent = await FakeNode(hang=True).start()
+        seed = await FakeNode().start()
+        seed.owner = master.port
+        async with client_of(silent, seed, timeout=0.2, auth=False) as client:
+            await client.evalsha(SCRIPT, [KEY], [])  # the silent seed's timeout, then the other seed's map
+            assert (silent.connections, seed.seen["CLUSTER SLOTS"]) == (1, 1)
+            await reread(client)
+            assert master.seen["CLUSTER SLOTS"] == 1 and seed.seen["CLUSTER SLOTS"] == 1  # the master answered
+            await master.stop()
+            await reread(client)  # the master is gone; the seed that answered is asked before the silent one
+            assert (silent.connections, seed.seen["CLUSTER SLOTS"]) == (1, 2)
+        await silent.stop()
+        await seed.stop()
 
     asyncio.run(body())
 

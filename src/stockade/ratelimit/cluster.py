@@ -87,6 +87,7 @@ class ClusterClient:
         self._loading: asyncio.Task[None] | None = None
         self._load_at = 0.0  # an unforced reload waits until then
         self._forced_at = 0.0  # a forced one (MOVED) until then
+        self._asked_last: dict[Address, float] = {}  # nodes that did not answer CLUSTER SLOTS: last in line until then
         self._retired: set[RedisClient] = set()  # masters that left the map, disconnected soon
 
     async def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any:
@@ -211,16 +212,22 @@ class ClusterClient:
             log.debug("Redis Cluster slot map not reloaded: %s", task.exception())
 
     async def _load(self) -> None:
-        """The map from the first node that answers CLUSTER SLOTS: the nodes already known, then the seeds."""
+        """The map from the first node that answers CLUSTER SLOTS: the current masters, then the seeds. One that did
+        not answer is asked last for `retry` seconds: a node that accepts but never answers costs `timeout` (and
+        starts no reconnect pause), which every reload would pay again."""
+        now = self.clock.monotonic()
+        known = dict.fromkeys([*((n.url.host, n.url.port) for n in self._masters), *self.url.seeds])
         errors = []
-        for address in dict.fromkeys([*self._nodes, *self.url.seeds]):
+        for address in sorted(known, key=lambda a: self._asked_last.get(a, 0.0) > now):
             node = self._node(*address)
             try:
                 reply = await node.call("CLUSTER", "SLOTS")
             except (RedisUnavailableError, RedisReplyError) as exc:
+                self._asked_last[address] = self.clock.monotonic() + self.url.retry
                 errors.append(f"{_name(node)}: {exc}")
                 continue
             if reply:
+                self._asked_last.pop(address, None)
                 self._install(reply, node)
                 return
             errors.append(f"{_name(node)}: no slots assigned")
@@ -241,6 +248,7 @@ class ClusterClient:
         for address, node in list(self._nodes.items()):
             if node not in served and address not in self.url.seeds:  # no longer a master (failed over, emptied)
                 del self._nodes[address]
+                self._asked_last.pop(address, None)
                 # Closed once a reply already under way would have come (or timed out), not under it.
                 self._retired.add(node)
                 asyncio.get_running_loop().call_later(self.url.timeout, self._retire, node)
