@@ -1,6 +1,6 @@
 """The cluster client against fake nodes (a few lines of RESP each): a redirection is followed only to a master the
 cluster's own map names, a MOVED loop reads the map at a bounded rate, the map is asked of its masters before the
-seeds, and masters that left the map are dropped."""
+seeds, masters that left the map are dropped, and a failover does not fail the readiness probe."""
 
 from __future__ import annotations
 
@@ -191,5 +191,24 @@ def test_a_master_that_left_the_map_is_dropped_and_disconnected() -> None:
             assert not first.open
         for node in (first, second, seed):
             await node.stop()
+
+    asyncio.run(body())
+
+
+def test_ping_after_a_failover_probes_the_new_masters() -> None:
+    async def body() -> None:
+        old = await FakeNode().start()
+        new = await FakeNode().start()
+        seed = await FakeNode().start()
+        seed.owner = old.port
+        async with client_of(seed) as client:
+            await client.ping()
+            await old.stop()  # failed over: the seed now names the promoted replica
+            seed.owner = new.port
+            await asyncio.sleep(0.05)
+            await client.ping()
+            assert new.seen["CLUSTER INFO"] == 1
+        await new.stop()
+        await seed.stop()
 
     asyncio.run(body())

@@ -274,7 +274,9 @@ class ClusterClient:
         return list(self._masters)
 
     async def ping(self) -> None:
-        """Every master answers and says its cluster is up (a plain PING passes on a node whose cluster is down)."""
+        """Every master answers and says its cluster is up (a plain PING passes on a node whose cluster is down).
+        A master that cannot be reached may have been failed over: the map is read again and, if its masters
+        changed, they are asked once more."""
         if not self._masters:
             task = self._start_load(forced=False)
             if task is not None:
@@ -282,6 +284,15 @@ class ClusterClient:
         masters = self.masters()
         if not masters:
             raise RedisUnavailableError("no Redis Cluster slot map yet")
+        try:
+            await self._probe(masters)
+        except RedisUnavailableError:
+            await self._reload()
+            if not self._masters or set(self._masters) == set(masters):
+                raise
+            await self._probe(self.masters())
+
+    async def _probe(self, masters: list[RedisClient]) -> None:
         replies = await asyncio.gather(*(n.call("CLUSTER", "INFO") for n in masters), return_exceptions=True)
         for node, reply in zip(masters, replies, strict=True):
             if isinstance(reply, RedisUnavailableError):
