@@ -78,7 +78,7 @@ def test_split_schema_hands_libpq_an_at_sign_in_a_query_value_encoded(url: str, 
     assert schema == (None if where == "none" else "tenant_a")
 
 
-@pytest.mark.parametrize("password", ["pa?ss", "p?sslmode=x"])  # the second reads like a query, but for its host
+@pytest.mark.parametrize("password", ["pa?ss", "p?sslmode=x", "1234?ab=9", "12?x=y"])  # some read like a query
 def test_split_schema_finds_the_query_after_a_password_with_a_question_mark(password: str) -> None:
     url = f"postgresql://u:{password}@h/db?sslmode=require&schema=tenant_a"
     conninfo, schema = split_schema(url)

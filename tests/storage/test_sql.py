@@ -142,6 +142,8 @@ def test_storage_from_url_rejects(url: str, message: str) -> None:
             "postgresql://127.0.0.1?user=svc@tenant&password=***&schema=s7",
         ),
         ("postgresql://u:p?sslmode=SECRET@h/db", "postgresql://u:***@h/db"),
+        # a password whose `?name=` names no libpq parameter, after digits that read like a port
+        ("postgresql://svc:1234?SECRET=9@127.0.0.1:5432/db", "postgresql://svc:***@127.0.0.1:5432/db"),
         ("redis://:SECRET@h:6379/0", "redis://:***@h:6379/0"),
         ("sqlite:///.stockade/stockade.db", "sqlite:///.stockade/stockade.db"),
     ],

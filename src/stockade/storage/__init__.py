@@ -62,21 +62,33 @@ def userinfo_at(rest: str) -> tuple[int, int]:
     none. libpq takes `#`, `/`, `?` and `@` unencoded in a password where urlsplit would not, so the user info ends
     at the last `@` before the first `?` that follows an `@` - unless what comes before that `@` reads as a query
     (`?name=`) and it cannot be user info: a path came first (`h/db?user=a@b`), what follows the `@` is no host
-    (`h?user=a@b&password=...`), or there is no password before the `?` (`h?user=a@b`, `h:5432?user=a@b`). Then
-    the `@` belongs to a query value (and the query starts at that `?`)."""
+    (`h?user=a@b&password=...`), or `name` is a libpq parameter and no password comes before the `?` (`h?user=a@b`,
+    `h:5432?user=a@b`). Then the `@` belongs to a query value (and the query starts at that `?`). Any other shape
+    is read as libpq reads it (`svc:1234?ab=9@h` is user `svc` with password `1234?ab=9`: `ab` is no parameter)."""
     query_at = rest.find("?", rest.find("@") + 1)
     cut = rest.rfind("@", 0, query_at if query_at >= 0 else len(rest))
     if cut >= 0 and (named := _QUERY_NAME.search(rest, 0, cut)) is not None:
         before = rest[: named.start()]
         after = re.split(r"[/?]", rest[cut + 1 :], maxsplit=1)[0]
         bare = re.sub(r"\[[^\]]*\]", "", before)  # an IPv6 literal's colons are no password separator
-        if "/" in before or re.search("[&=]", after) or ":" not in bare or bare.rpartition(":")[2].isdigit():
+        no_password = ":" not in bare or bare.rpartition(":")[2].isdigit()
+        if "/" in before or re.search("[&=]", after) or (named.group()[1:-1] in _LIBPQ_PARAMS and no_password):
             cut = rest.rfind("@", 0, named.start())
     return cut, rest.find("?", cut + 1)
 
 
 _PASSWORD_PARAM = re.compile(r"(?i)([?&](?:password|sslpassword)=)[^&]*")
 _QUERY_NAME = re.compile(r"\?[A-Za-z_][A-Za-z0-9_]*=")
+# The names libpq reads in a URL's query (libpq 17, PQconndefaults), and the store's own `schema`.
+_LIBPQ_PARAMS = frozenset(
+    """application_name channel_binding client_encoding connect_timeout dbname fallback_application_name
+    gssdelegation gssencmode gsslib host hostaddr keepalives keepalives_count keepalives_idle keepalives_interval
+    krbsrvname load_balance_hosts max_protocol_version min_protocol_version oauth_client_id oauth_client_secret
+    oauth_issuer oauth_scope options passfile password port replication require_auth requirepeer scram_client_key
+    scram_server_key service ssl_max_protocol_version ssl_min_protocol_version sslcert sslcertmode sslcompression
+    sslcrl sslcrldir sslkey sslkeylogfile sslmode sslnegotiation sslpassword sslrootcert sslsni target_session_attrs
+    tcp_user_timeout user schema""".split()
+)
 
 
 def check_url(url: str) -> str | None:
