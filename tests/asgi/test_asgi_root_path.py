@@ -244,7 +244,8 @@ def _routes(*paths: str, fold: bool = False) -> str:
 
 
 # A config written for earlier versions under Mount('/api') guards '/api/admin/**'. With root_path='/api' routes
-# match what follows the root, so that guard would never match and its requests would fall to '/**': refused.
+# match what follows the root, so that guard matches only '/api/api/admin/...' and the requests it was written for
+# fall to '/**': refused, unless the app's own paths really start with the root (root_prefixed_routes).
 @pytest.mark.parametrize(
     ("root", "paths", "fold", "refused"),
     [
@@ -266,15 +267,16 @@ def test_routes_written_with_the_root_in_front_are_refused(
     if refused is None:
         build()
         return
-    with pytest.raises(ValueError, match="never match") as err:
+    with pytest.raises(ValueError, match="match only requests that repeat it") as err:
         build()
-    assert refused in str(err.value)
+    assert refused in str(err.value) and "root_prefixed_routes=True" in str(err.value)
+    StockadeMiddleware(app(), config_text=_routes(*paths, fold=fold), root_path=root, root_prefixed_routes=True)
 
 
 def test_a_reload_with_routes_under_the_root_is_refused_and_keeps_the_old_config() -> None:
     mw = StockadeMiddleware(app(), config_text=_routes("/admin/**"), root_path="/api")
     before = mw.runtime
-    with pytest.raises(ValueError, match="never match"):
+    with pytest.raises(ValueError, match="match only requests that repeat it"):
         mw.reload(load_config_text(_routes("/api/admin/**"), require_upstreams=False))
     assert mw.runtime is before
 

@@ -61,7 +61,8 @@ class StockadeMiddleware:
     log goes where `log.decisions` says unless `decision_log` is given; `metrics` collects request counters
     (expose them with `stockade.observability.metrics.SnapshotCollector(metrics.snapshot)`). `root_path` is where the
     server or an outer app mounts this one ('' for none): a scope with another is refused, and routes match the path
-    after it, as the app routes (see docs/asgi.md).
+    after it, as the app routes (see docs/asgi.md); a route whose path starts with the root is refused unless
+    `root_prefixed_routes` says the app's own paths do.
     """
 
     def __init__(
@@ -74,6 +75,7 @@ class StockadeMiddleware:
         decision_log: DecisionLog | None = None,
         metrics: Metrics | None = None,
         root_path: str = "",
+        root_prefixed_routes: bool = False,
     ) -> None:
         if (config is None) == (config_text is None):
             raise TypeError("StockadeMiddleware needs exactly one of config= (a path or LoadedConfig) or config_text=")
@@ -85,7 +87,8 @@ class StockadeMiddleware:
             assert config_text is not None  # noqa: S101 - narrowed by the check above
             loaded = load_config_text(config_text, require_upstreams=False)
         self.root = RootPath(root_path, app)  # checked before the runtime and the decision log file are set up
-        self.root.check_routes(loaded.config)
+        self.root_prefixed_routes = root_prefixed_routes
+        self.root.check_routes(loaded.config, allowed=root_prefixed_routes)
         self.app = app
         self.clock = clock
         self.services = Services(clock=clock, metrics=metrics or Metrics())  # stages count events here too
@@ -115,7 +118,7 @@ class StockadeMiddleware:
 
     def reload(self, config: LoadedConfig) -> None:
         """Swap in a new config atomically (it was validated when loaded); requests under way keep the old one."""
-        self.root.check_routes(config.config)
+        self.root.check_routes(config.config, allowed=self.root_prefixed_routes)
         self.runtime = build_runtime(config, self.services)
 
     # -- deadlines and the decision log -----------------------------------------------------------------------

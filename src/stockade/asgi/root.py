@@ -54,12 +54,13 @@ class RootPath:
         self._under = path + "/"
         self._depth = path.count("/")
 
-    def check_routes(self, config: GatewayConfig) -> None:
+    def check_routes(self, config: GatewayConfig, *, allowed: bool = False) -> None:
         """Refuse routes written with the root in front (`/api/admin/**` under `/api`): routes match what follows
-        the root, so such a guard never matches and its requests fall to another route. Configs written for
-        earlier versions, which matched the whole path under a `Mount`, look like that."""
+        the root, so such a guard matches only paths that repeat the root, and the requests it was written for
+        fall to another route. Configs written for earlier versions, which matched the whole path under a `Mount`,
+        look like that. `allowed`: the app's own paths do start with the root (`/api/api/status`)."""
         root = self.path
-        if not root:
+        if not root or allowed:
             return
         fold = config.limits.case_insensitive_routing
         under = [
@@ -71,7 +72,9 @@ class RootPath:
             named = ", ".join(f"{rid!r} ({template})" for rid, template in under)
             raise ValueError(
                 f"StockadeMiddleware: with root_path={root!r} routes match the path after the root, so route(s)"
-                f" {named} would never match; drop the {root!r} prefix from their paths (see docs/asgi.md)"
+                f" {named} match only requests that repeat it ({root}{root}/...); drop the {root!r} prefix from"
+                " their paths, or pass root_prefixed_routes=True if the app's own paths start with it"
+                " (see docs/asgi.md)"
             )
 
     def check(self, scope: Scope) -> Deny | None:
