@@ -229,13 +229,29 @@ def test_command_options_are_not_read_from_undocumented_variables(config: Path, 
 @pytest.mark.parametrize(
     ("env", "args", "refused"),
     [
-        ({"STOCKADE_SERVE_WORKERS": "4"}, ["serve", "--help"], "STOCKADE_SERVE_WORKERS (pass --workers)"),
-        ({"STOCKADE_CONFIG_CHECK_ASGI": "1"}, ["config", "check", "--help"], "STOCKADE_CONFIG_CHECK_ASGI"),
+        (
+            {"STOCKADE_SERVE_WORKERS": "4"},
+            ["serve", "--config", "nowhere.yaml"],
+            "STOCKADE_SERVE_WORKERS (pass --workers)",
+        ),
+        ({"STOCKADE_CONFIG_CHECK_ASGI": "1"}, ["config", "check", "x.yaml"], "STOCKADE_CONFIG_CHECK_ASGI"),
+        ({"STOCKADE_SERVE_WORKERS": "4"}, ["serve", "--help"], None),  # help is always there
+        ({"STOCKADE_SERVE_WORKERS": ""}, ["serve", "--help"], None),
+        ({"STOCKADE_CONSUMERS_LIST_AS_JSON": ""}, ["consumers", "list", "--help"], None),  # cleared: ignored then too
         ({"STOCKADE_KEYS_CREATE_TTL": "1h"}, ["keys", "list", "--help"], None),  # another command's
         ({"STOCKADE_LIMITS__MAX_HEADERS": "50", "STOCKADE_ADMIN__PORT": "9"}, ["serve", "--help"], None),
         ({"STOCKADE_CONFIG": "x.yaml"}, ["keys", "list", "--help"], None),
     ],
-    ids=["serve-workers", "config-check", "other-command", "config-overrides", "documented"],
+    ids=[
+        "serve-workers",
+        "config-check",
+        "help",
+        "empty",
+        "empty-flag",
+        "other-command",
+        "config-overrides",
+        "documented",
+    ],
 )
 def test_former_option_variables_are_refused_for_their_own_command(
     env: dict[str, str], args: list[str], refused: str | None
@@ -257,3 +273,13 @@ def test_keys_create_checks_the_key_before_it_creates_the_consumer(config: Path,
     result = invoke("--config", str(config), "keys", "create", "--consumer", "newcomer", *option)
     assert result.exit_code == 1 and "created consumer" not in result.stderr
     assert "newcomer" not in invoke("--config", str(config), "consumers", "list").stdout
+
+
+def test_a_cleared_former_option_variable_is_no_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """click ignored an empty value too: a unit that clears one (`Environment=STOCKADE_SERVE_WORKERS=`) runs."""
+    from stockade.cli import _former_option_variables
+
+    monkeypatch.setenv("STOCKADE_SERVE_WORKERS", "")
+    assert _former_option_variables(cli, ["serve", "--config", "x.yaml"]) == []
+    monkeypatch.setenv("STOCKADE_SERVE_WORKERS", "2")
+    assert _former_option_variables(cli, ["serve", "--config", "x.yaml"]) == [("STOCKADE_SERVE_WORKERS", "--workers")]

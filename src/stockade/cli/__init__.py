@@ -23,7 +23,8 @@ class _Root(click.Group):
     """The top group: refuses option variables earlier versions read (see `_former_option_variables`)."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if former := _former_option_variables(self, args):
+        asks_help = any(arg in ("-h", "--help") for arg in args)
+        if not asks_help and (former := _former_option_variables(self, args)):
             shown = "; ".join(f"{name} (pass {option})" for name, option in former)
             raise click.UsageError(
                 f"no longer read from the environment: {shown}. Only STOCKADE_CONFIG and the "
@@ -51,7 +52,7 @@ def _former_option_variables(root: click.Group, args: list[str]) -> list[tuple[s
         for param in cmd.params:
             if isinstance(param, click.Option) and param.expose_value and param.name and param.envvar is None:
                 name = f"{at}_{param.name.upper()}"
-                if name in os.environ:
+                if os.environ.get(name):  # empty was ignored then too (`Environment=NAME=` in a unit clears it)
                     found.append((name, max(param.opts, key=len)))
     return found
 
