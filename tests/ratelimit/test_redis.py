@@ -193,3 +193,41 @@ def test_wrong_type_key_is_an_outage_not_a_crash() -> None:
 
     asyncio.run(body())
     assert make_context() is not None
+
+
+def test_a_server_that_stops_answering_starts_the_retry_pause() -> None:
+    """A Redis that accepts and never answers cost every request the whole reply timeout: the docs say a failed
+    call starts a `retry` pause, but only a failed connect did. Now a reply timeout does too: calls fail at once
+    until the pause is over, then one connects again."""
+    from stockade.clock import FakeClock
+    from stockade.ratelimit.resp import RedisClient, RedisUnavailableError, RedisUrl
+
+    async def scenario() -> None:
+        accepted = 0
+
+        async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal accepted
+            accepted += 1
+            await reader.read()  # reads everything, answers nothing
+            writer.close()
+
+        server = await asyncio.start_server(mute, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        clock = FakeClock()
+        client = RedisClient(RedisUrl.parse(f"redis://127.0.0.1:{port}/0?timeout=0.05&retry=2"), clock)
+        try:
+            with pytest.raises(RedisUnavailableError, match="no reply within"):
+                await client.call("PING")
+            with pytest.raises(RedisUnavailableError, match="waiting before the next attempt"):
+                await client.call("PING")  # at once, without another connection or another wait
+            assert accepted == 1
+            clock.advance(2.1)
+            with pytest.raises(RedisUnavailableError, match="no reply within"):
+                await client.call("PING")
+            assert accepted == 2
+        finally:
+            await client.close()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(scenario())

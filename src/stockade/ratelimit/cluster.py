@@ -213,8 +213,8 @@ class ClusterClient:
 
     async def _load(self) -> None:
         """The map from the first node that answers CLUSTER SLOTS: the current masters, then the seeds. One that did
-        not answer is asked last for `retry` seconds: a node that accepts but never answers costs `timeout` (and
-        starts no reconnect pause), which every reload would pay again."""
+        not answer is asked last for `retry` seconds: a node that accepts but never answers costs `timeout` before
+        its client pauses, which every reload would pay again."""
         now = self.clock.monotonic()
         known = dict.fromkeys([*((n.url.host, n.url.port) for n in self._masters), *self.url.seeds])
         errors = []

@@ -55,7 +55,7 @@ class RedisUrl:
     prefix: str = "stockade:"
     timeout: float = 0.5  # a reply later than this is an outage (the request must not hang on Redis)
     connect_timeout: float = 1.0
-    retry: float = 1.0  # after a failed connect, calls fail at once for this long before the next attempt
+    retry: float = 1.0  # after a failed connect or a reply timeout, calls fail at once this long, then try again
     cluster: bool = False
     seeds: tuple[tuple[str, int], ...] = ()  # (host, port) of every node named; standalone: the one
 
@@ -200,6 +200,7 @@ class _Connection(asyncio.Protocol):
         due = self.waiters[0][1] + self.client.url.timeout
         now = self.loop.time()
         if due <= now:
+            self.client.pause()  # as after a failed connect: the next calls fail at once, not after a timeout each
             self.abort(f"no reply within {self.client.url.timeout}s")
         else:
             self.timer = self.loop.call_later(due - now, self._check_timeout)
@@ -281,7 +282,7 @@ class RedisClient:
         try:
             conn = await asyncio.wait_for(self._open(), self.url.connect_timeout)
         except (OSError, TimeoutError, RedisReplyError, RedisUnavailableError) as exc:
-            self._retry_at = self.clock.monotonic() + self.url.retry
+            self.pause()
             err = RedisUnavailableError(f"cannot connect to {self.url.host}:{self.url.port}: {exc or 'timeout'}")
             fut.set_exception(err)
             fut.exception()  # retrieved: nobody else may be waiting
@@ -309,6 +310,11 @@ class RedisClient:
             conn.abort("setup failed")
             raise
         return conn
+
+    def pause(self) -> None:
+        """No new connection for `retry` seconds: calls fail at once meanwhile (a failed connect, or a server that
+        stopped answering)."""
+        self._retry_at = self.clock.monotonic() + self.url.retry
 
     def _lost(self, conn: _Connection) -> None:
         if self._conn is conn:
