@@ -30,10 +30,13 @@ ROOT = HERE.parents[1]
 CONFIG = HERE / "stockade.yaml"
 CONFIG_UPSTREAM = "http://127.0.0.1:9000"  # the upstream URL written in stockade.yaml
 CONFIG_SPEC = "spec: openapi.yaml"  # how stockade.yaml names the contract (relative to itself)
+CONFIG_STORAGE = "storage: sqlite:///.stockade/stockade.db"  # how stockade.yaml names the store (next to itself)
 CONFIG_ISSUER = "http://127.0.0.1:8080"  # the token issuer written in stockade.yaml: the gateway's own URL
 READY_TIMEOUT = 60.0  # seconds; a cold start on a busy 2-core machine takes a few
 CLI_TIMEOUT = 60.0  # seconds for one `stockade keys ...` or `stockade clients ...` command
 DECISIONS = "decisions.log"
+STORE = "stockade.db"
+DEFAULT_STATE = HERE / ".stockade"
 STOP_TIMEOUT = 10.0  # seconds between TERM and KILL (the gateway drains for at most 5)
 KEY_NAME = "make-demo"  # marks the keys run.py makes, so the next start can revoke them
 
@@ -85,7 +88,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--state-dir",
         type=Path,
-        default=HERE / ".stockade",
+        default=DEFAULT_STATE,
         help="the store (consumers, API keys) and the decision log (default examples/demo/.stockade)",
     )
     args = parser.parse_args(argv)
@@ -117,22 +120,27 @@ def busy_port(ports: Ports) -> str | None:
 
 
 def gateway_setup(ports: Ports, state: Path) -> tuple[Path, dict[str, str]]:
-    """The config file to serve and the environment that points the gateway (and the CLI) at these ports and files."""
+    """The config file to serve and the environment that points the gateway at these ports and files."""
     config = CONFIG
-    if ports.upstream != Ports.upstream or ports.gateway != Ports.gateway:
+    if ports.upstream != Ports.upstream or ports.gateway != Ports.gateway or state != DEFAULT_STATE:
         # Routes are not overridable from the environment, so the upstream URL and the token issuer (the
         # gateway's own URL, also named in routes) are changed in a copy. The copy lives elsewhere, so it names
-        # the spec by its absolute path (json.dumps: a quoted YAML scalar).
+        # the spec by its absolute path (json.dumps: a quoted YAML scalar), and names the state directory's store
+        # and secrets itself: the banner gives the copy as the policy, and `stockade --config COPY keys create`
+        # run without this script's environment must reach the store the gateway serves, not a new one.
         config = state / "demo-stockade.yaml"
         urls = {CONFIG_UPSTREAM: f"http://{HOST}:{ports.upstream}", CONFIG_ISSUER: f"http://{HOST}:{ports.gateway}"}
         # One pass, so a new upstream URL that happens to equal the old issuer (or the reverse) is not rewritten again.
         pattern = "|".join(re.escape(url) for url in urls)
         text = re.sub(pattern, lambda m: urls[m.group(0)], CONFIG.read_text(encoding="utf-8"))
         text = text.replace(CONFIG_SPEC, f"spec: {json.dumps(str(HERE / 'openapi.yaml'))}")
+        text = text.replace(CONFIG_STORAGE, f"storage: {json.dumps(f'sqlite:///{state / STORE}')}")
+        secrets = {"pepper_file": str(state / "pepper"), "kek_file": str(state / "kek")}
+        text += f"\n# Written by run.py: the state directory's secrets.\nsecrets: {json.dumps(secrets)}\n"
         config.write_text(text, encoding="utf-8")
     env = dict(os.environ)
     env |= {"STOCKADE_LISTEN__PORT": str(ports.gateway), "STOCKADE_ADMIN__PORT": str(ports.admin)}
-    env |= {"STOCKADE_STORAGE": f"sqlite:///{state / 'stockade.db'}", "STOCKADE_LOG__DECISIONS": str(state / DECISIONS)}
+    env |= {"STOCKADE_STORAGE": f"sqlite:///{state / STORE}", "STOCKADE_LOG__DECISIONS": str(state / DECISIONS)}
     # The pepper (API keys are stored under it) and the KEK (it seals the token signing keys) belong with the store
     # they protect, whichever config file is served: a copy would otherwise get new ones next to it, and the store's
     # keys and signing keys would stop working.

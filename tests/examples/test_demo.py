@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from .demo_support import DEMO, ROOT, Demo, call, children_of, free_ports, run, start_demo, stop_demo, tour
+from .demo_support import DEMO, ROOT, Demo, call, children_of, free_ports, run, start_demo, stop_demo, tour, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -183,6 +183,30 @@ def test_demo_keeps_its_store_log_secrets_and_config_copy_in_the_state_dir(demo:
     assert copy.count(f"spec: {json.dumps(str(DEMO / 'openapi.yaml'))}") == (DEMO / "stockade.yaml").read_text().count(
         "spec: openapi.yaml"
     )
+
+
+def test_the_config_copy_alone_points_the_cli_at_the_demos_store(demo: Demo) -> None:
+    """The banner names the copy as the policy: `stockade --config COPY ...`, without run.py's environment, must
+    reach the store the gateway serves (not a new, empty one next to the copy) and use the same pepper."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKADE_")}
+    copy = demo.state / "demo-stockade.yaml"
+    result = subprocess.run(
+        [str(STOCKADE), "--config", str(copy), "keys", "create", "--consumer", "carol", "--scopes", "books:write"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd="/",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "generated" not in result.stderr  # no new pepper or KEK
+    staff = result.stdout.strip().splitlines()[-1]
+    wait_for(
+        lambda: call(demo.ports.gateway, "GET", "/me", None, [("X-API-Key", staff)])[0] == 200,
+        15,
+        "the gateway to accept the key the CLI made through the copy",
+    )
+    assert not (demo.state / ".stockade").exists()
 
 
 def test_a_restart_makes_a_new_key_and_revokes_the_previous_one(tmp_path: Path) -> None:
