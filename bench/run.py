@@ -33,7 +33,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=int, help="seconds per measured run (default 10; --quick: 1)")
     p.add_argument("--warmup", type=int, help="seconds of unmeasured load before every run (default 3; --quick: 1)")
     p.add_argument("--runs", type=int, help="measured runs per profile; medians are reported (default 3; --quick: 1)")
-    p.add_argument("--connections", default="50", help="keep-alive connections, a comma-separated list (50,200)")
+    p.add_argument(
+        "--connections", default="50", help="keep-alive connections, a comma-separated list (default 50; e.g. 50,200)"
+    )
     p.add_argument("--profiles", help="comma-separated subset (nginx is always added: ratios need it)")
     p.add_argument("--json", type=Path, help="where to write the results (default bench/results/<UTC time>.json)")
     p.add_argument("--quick", action="store_true", help="short runs for a smoke test; the numbers mean little")
