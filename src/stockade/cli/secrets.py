@@ -63,7 +63,6 @@ def reseal_cmd(ctx: click.Context, config_path: str | None) -> None:
 def forget_kek_cmd(ctx: click.Context, kek: str, yes: bool, config_path: str | None) -> None:
     """Give up what is sealed under KEK, a key-encryption key that is lost for good.
 
-    
     Start-up refuses while a live envelope is sealed under a KEK that is not loaded. When that KEK cannot be
     found again, this retires each signing key sealed under it: it signs nothing more, tokens it signed verify
     until they expire, and the next rotation check makes a new key. Each change is in the admin change log.
