@@ -63,6 +63,17 @@ def test_keys_revoke_by_key_and_by_id(config: Path) -> None:
     assert statuses.count('"status":"revoked"') == 2 and k2 not in statuses
 
 
+def test_revoking_a_revoked_key_says_so_and_keeps_the_first_revocation(config: Path) -> None:
+    key = last_line(invoke("--config", str(config), "keys", "create", "--consumer", "alice"))
+    first = invoke("--config", str(config), "keys", "revoke", key)
+    assert first.exit_code == 0 and first.stdout.startswith("revoked API key key_")
+    again = invoke("--config", str(config), "keys", "revoke", key)
+    assert again.exit_code == 0, again.stderr  # idempotent: the key is revoked, as asked
+    key_id = first.stdout.split()[3]
+    assert again.stdout.startswith(f"API key {key_id} was already revoked at "), again.stdout
+    assert key not in again.stdout
+
+
 @pytest.mark.parametrize(
     ("given", "revoked"),
     [
