@@ -1,5 +1,5 @@
 """API key format (`stk_<env>_<random><checksum>`), public ids, and the keyed hashes (stored secrets, identities,
-login usernames).
+login usernames, brute-force subjects).
 
 A key is `stk_`, an environment label, `_`, 43 base62 characters of randomness (256 bits from `secrets`) and
 6 base62 characters of CRC32 over everything before them. The fixed prefix lets secret scanners find leaked
@@ -155,6 +155,23 @@ def username_key_check(key: bytes) -> str:
     it or of the pepper: recorded in a shared limits backend, so nodes with different peppers are refused rather
     than each giving a guesser its own allowance."""
     return hmac.digest(key, b"stockade:username-key-check", "sha256")[:16].hex()
+
+
+IDENTITY_KEY_PURPOSE = b"stockade:auth-identity"
+
+
+def identity_key(pepper: bytes) -> bytes:
+    """The key brute_force counts presented identities (`id:` subjects) under, derived from the pepper apart from
+    `username_key`, so a hash of one kind never stands for the other. Derive it once, not per request."""
+    return hmac.digest(pepper, IDENTITY_KEY_PURPOSE, "sha256")
+
+
+def identity_subject(key: bytes, identity: str) -> str:
+    """128 bits of HMAC-SHA256(`identity_key(pepper)`, identity): what a presented identity (the digest an
+    authenticator recorded under AUTH_IDENTITY) is counted under. Keyed here whatever the authenticator recorded:
+    jwt, introspection and mtls record an unkeyed digest of issuer + sub or of a certificate's name, which whoever
+    can list lockouts could otherwise confirm a guessed name against offline."""
+    return hmac.digest(key, identity.encode("utf-8", "surrogatepass"), "sha256")[:16].hex()
 
 
 def fingerprint(secret: bytes) -> bytes:
