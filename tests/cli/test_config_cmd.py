@@ -222,6 +222,22 @@ routes:
 """
 
 
+IDENTITY_ROUTE = """
+{head}
+routes:
+  - id: api
+    match: {{path: /api}}
+    upstream: http://127.0.0.1:9
+    stages:
+      - use: brute_force
+      - use: jwt
+        config: {{issuers: [{{issuer: "https://idp.example", audiences: [api], jwks_url: "https://idp.example/jwks"}}]}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("route", "route_id"), [(LOGIN_ROUTE, "login"), (IDENTITY_ROUTE, "api")], ids=["login", "identity"]
+)
 @pytest.mark.parametrize(
     ("head", "warned"),
     [
@@ -234,16 +250,17 @@ routes:
     ids=["no-pepper", "named-missing", "named-present", "generated", "memory"],
 )
 def test_check_warns_when_serve_would_find_no_pepper(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, head: str, warned: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, route: str, route_id: str, head: str, warned: bool
 ) -> None:
-    """It said OK, and serve then exited 2: a login route on Redis counts usernames keyed with the pepper. The
-    check still reads no secret file: it goes by names and permissions."""
+    """It said OK, and serve then exited 2: a login route on Redis counts usernames keyed with the pepper, and any
+    brute_force route with per_identity (the default) identities. The check still reads no secret file: it goes by
+    names and permissions."""
     monkeypatch.delenv("STOCKADE_PEPPER", raising=False)
     (tmp_path / "pepper").write_text("not read by a check")
     path = tmp_path / "gw.yaml"
-    path.write_text(LOGIN_ROUTE.format(head=head))
+    path.write_text(route.format(head=head))
     result = CliRunner().invoke(cli, ["config", "check", str(path)])
     assert result.exit_code == 0, result.output
-    warning = "serve would refuse to start: route 'login': stage brute_force needs the pepper"
+    warning = f"serve would refuse to start: route '{route_id}': stage brute_force needs the pepper"
     assert (warning in result.stderr) is warned, result.stderr
     assert not (tmp_path / ".stockade").exists()

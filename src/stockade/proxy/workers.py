@@ -184,7 +184,7 @@ class Supervisor:
             await verify_store_secrets(self.services)
         if USERNAME_KEY in probe.shared:  # the same refusal for a pepper other than the limits backend's
             try:
-                username_key(self.services, "login routes")
+                username_key(self.services, "brute_force routes")
             except SecretsError as exc:
                 raise ConfigError([f"secrets: {exc}"]) from None
             await verify_username_key(self.services)
