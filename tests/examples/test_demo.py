@@ -303,7 +303,13 @@ def test_the_stores_secrets_stay_with_the_store_whatever_config_is_served(ports:
     """Served as is or as a copy, the gateway and the CLI use the pepper and KEK of the state directory, so a
     change of ports between runs leaves the stored keys and token signing keys readable."""
     config, env = run.gateway_setup(ports, tmp_path)
-    assert (config == DEMO / "stockade.yaml") == (ports == tour.Ports())
+    assert config == tmp_path / "demo-stockade.yaml"  # another state directory: a copy, even on the default ports
+    text = config.read_text()
+    store = tmp_path / "stockade.db"
+    assert f"storage: {json.dumps(f'sqlite:///{store}')}" in text
+    assert "storage: sqlite:///.stockade/stockade.db" not in text
+    secrets = {"pepper_file": str(tmp_path / "pepper"), "kek_file": str(tmp_path / "kek")}
+    assert f"secrets: {json.dumps(secrets)}" in text
     assert env["STOCKADE_SECRETS__PEPPER_FILE"] == str(tmp_path / "pepper")
     assert env["STOCKADE_SECRETS__KEK_FILE"] == str(tmp_path / "kek")
     assert env["STOCKADE_STORAGE"] == f"sqlite:///{tmp_path / 'stockade.db'}"
