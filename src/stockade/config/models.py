@@ -197,7 +197,7 @@ def _host_pattern(text: str) -> str:
 class Match(Strict):
     path: str
     methods: list[str] | None = None
-    host: Annotated[list[str] | None, BeforeValidator(_listify)] = None
+    host: Annotated[list[str] | None, BeforeValidator(_listify, json_schema_input_type=str | list[str] | None)] = None
 
     @field_validator("methods")
     @classmethod
@@ -226,7 +226,9 @@ class Match(Strict):
 class Route(Strict):
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
     match: Match
-    upstream: Annotated[Upstream | None, BeforeValidator(_upstream_from_url)] = None  # a URL or a mapping
+    upstream: Annotated[
+        Upstream | None, BeforeValidator(_upstream_from_url, json_schema_input_type=str | Upstream | None)
+    ] = None  # a URL or a mapping
     handler: HandlerEntry | None = None  # answered by the gateway itself (instead of `upstream`)
     stages: list[StageEntry] = Field(default_factory=list)
     websocket: bool = False  # allow WebSocket upgrades once the pipeline has allowed the request
@@ -247,7 +249,7 @@ class Log(Strict):
     decisions: str = "stdout"  # stdout | stderr | off | a file path
     level: Literal["debug", "info", "warning", "error"] = "info"
 
-    @field_validator("decisions", mode="before")
+    @field_validator("decisions", mode="before", json_schema_input_type=str | Literal[False])
     @classmethod
     def _off(cls, v: Any) -> Any:
         return "off" if v is False else v  # YAML 1.1 reads an unquoted `off` as false

@@ -21,6 +21,7 @@ def _listify(v: object) -> object:
 
 
 Cost = int | dict[str, int]
+KeyParts = Annotated[tuple[str, ...], Field(min_length=1, max_length=4)]
 
 
 def check_cost(v: Cost | None) -> Cost | None:
@@ -52,7 +53,7 @@ def cost_table(cost: Cost) -> tuple[int, dict[str, int]]:
 class LimitConfig(StageConfig):
     """One limit: exactly one of `rate` (GCRA or sliding window), `quota` (calendar) or `concurrency`."""
 
-    key: Annotated[tuple[str, ...], BeforeValidator(_listify), Field(min_length=1, max_length=4)]
+    key: Annotated[KeyParts, BeforeValidator(_listify, json_schema_input_type=str | KeyParts)]  # one part or a list
     name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,48}$")
     rate: str | None = None  # "N/second|minute|hour|day", optionally "N/15 minutes"
     burst: int | None = Field(default=None, ge=1, le=MAX_COUNT)  # GCRA only; default: the rate's N
