@@ -65,6 +65,20 @@ REQUEST_HOP_BY_HOP = [
     ("alb", {"X-Amzn-Mtls-Clientcert": "MIIB"}, "x-amzn-mtls-clientcert"),
     ("traefik", {"X-Forwarded-Tls-Client-Cert": "MIIB"}, "x-forwarded-tls-client-cert"),
     ("cert-underscore", {"X_SSL_Client_Verify": "SUCCESS"}, "x_ssl_client_verify"),
+    # Cloudflare's mTLS headers, and the names nginx/HAProxy/Apache snippets set by hand
+    ("cloudflare-sha256", {"Cf-Client-Cert-Sha256": "ab12"}, "cf-client-cert-sha256"),
+    ("cloudflare-der", {"Cf-Client-Cert-Der-Base64": "MIIB"}, "cf-client-cert-der-base64"),
+    ("x-ssl", {"X-SSL": "1"}, "x-ssl"),
+    ("x-ssl-issuer", {"X-SSL-Issuer": "CN=ca"}, "x-ssl-issuer"),
+    ("x-ssl-subject", {"X-SSL-Subject": "CN=admin"}, "x-ssl-subject"),
+    ("x-ssl-verified", {"X-SSL-Verified": "SUCCESS"}, "x-ssl-verified"),
+    ("x-ssl-cn", {"X-SSL-CN": "admin"}, "x-ssl-cn"),
+    ("x-client-cn", {"X-Client-CN": "admin"}, "x-client-cn"),
+    ("x-client-s-dn", {"X-Client-S-DN": "CN=admin"}, "x-client-s-dn"),
+    ("x-client-subject", {"X-Client-Subject": "CN=admin"}, "x-client-subject"),
+    ("x-tls-client-cert", {"X-Tls-Client-Cert": "MIIB"}, "x-tls-client-cert"),
+    ("x-mtls", {"X-Mtls-Client-Cert": "MIIB"}, "x-mtls-client-cert"),
+    ("x-ssl-cn-underscore", {"X_SSL_CN": "admin"}, "x_ssl_cn"),
     ("expect", {"Expect": "100-continue"}, "expect"),
 ]
 

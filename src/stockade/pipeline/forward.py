@@ -54,26 +54,39 @@ FORWARDING_HEADERS = frozenset(
 )
 
 # Client-certificate headers (Envoy's X-Forwarded-Client-Cert, RFC 9440's Client-Cert, nginx's and HAProxy's
-# X-SSL-Client-*, IIS's X-ARR-ClientCert, AWS's X-Amzn-Mtls-*, Traefik's X-Forwarded-Tls-Client-Cert): what a
+# X-SSL-Client-*, IIS's X-ARR-ClientCert, AWS's X-Amzn-Mtls-*, Traefik's X-Forwarded-Tls-Client-Cert,
+# Cloudflare's Cf-Client-Cert-*, and the names nginx/HAProxy/Apache configurations commonly set by hand): what a
 # TLS terminator says the client proved. Applications moved from such a setup trust them, so like the other
 # forwarding metadata they are kept only from a trusted proxy (Envoy's default drops them from anyone).
 CLIENT_CERT_PREFIXES = (
     b"x-forwarded-client-cert",
     b"x-forwarded-tls-client-cert",
     b"client-cert",
+    b"cf-client-cert",
     b"x-client-cert",
     b"x-client-verify",
     b"x-client-dn",
+    b"x-client-s-dn",
+    b"x-client-cn",
+    b"x-client-subject",
     b"x-ssl-client",
     b"x-ssl-cert",
+    b"x-ssl-issuer",
+    b"x-ssl-subject",
+    b"x-ssl-verified",
+    b"x-ssl-cn",
+    b"x-tls-client-cert",
+    b"x-mtls-",
     b"ssl-client",
     b"x-arr-clientcert",
     b"x-amzn-mtls-",
 )
+# Exact names: a prefix `x-ssl` would also take X-SSL-Protocol and the like, which say nothing about the client.
+CLIENT_CERT_NAMES = frozenset({b"x-ssl"})
 
 
 def is_client_cert_header(lower_name: bytes) -> bool:
-    return lower_name.startswith(CLIENT_CERT_PREFIXES)
+    return lower_name.startswith(CLIENT_CERT_PREFIXES) or lower_name in CLIENT_CERT_NAMES
 
 
 # Request headers the gateway itself sets or rebuilds (besides the identity headers).
