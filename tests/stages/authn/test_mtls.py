@@ -12,6 +12,7 @@ import orjson
 import pytest
 from cryptography import x509
 
+from stockade.pipeline.verdict import Continue
 from stockade.testing import BackgroundLoop, TestGateway, TestUpstream, http_request
 from tests.oauth2.flow import basic, create_client
 from tests.stages.authn.certs import Pki
@@ -170,3 +171,171 @@ def test_san_identities_are_normalised(tmp_path: Path, principal_from: str, clie
             assert status == 401
         else:
             assert status == 200 and up.received[-1].header("x-stockade-principal") == expected
+
+
+@pytest.mark.parametrize(
+    ("principal_from", "sans"),
+    [
+        ("san_dns", [x509.DNSName("bob.example"), x509.DNSName("alice.example")]),
+        ("san_uri", [x509.UniformResourceIdentifier("spiffe://td/a"), x509.UniformResourceIdentifier("spiffe://td/b")]),
+        ("san_email", [x509.RFC822Name("a@example.com"), x509.RFC822Name("b@example.com")]),
+    ],
+    ids=["dns", "uri", "email"],
+)
+def test_several_sans_of_the_chosen_type_are_not_an_identity(
+    tmp_path: Path, principal_from: str, sans: list[x509.GeneralName]
+) -> None:
+    """Like several CNs: the first silently won, and a CA approving `bob.example` may have added `alice.example`."""
+    for client, up, _ in start(tmp_path, principal_from):
+        client.pki.issue("multi", sans=sans)
+        status, _, body = client.request("GET", "/svc", "multi")
+        assert (status, orjson.loads(body)["reason"]) == (401, "auth.invalid_certificate")
+        assert up.received == []
+
+
+TWO_CAS = """
+listen:
+  tls: {cert: DIR/root/server.pem, key: DIR/root/server.key, client_ca: DIR/bundle.pem, client_auth: required}
+routes:
+  - id: svc
+    match: {path: /svc}
+    upstream: "{upstream}"
+    stages:
+      - use: mtls
+        config: {allowed: [admin], STAGE}
+"""
+
+
+class TwoCas:
+    """A gateway trusting two CAs (ours and a partner's), each of which issued a `CN=admin` certificate."""
+
+    def __init__(self, gw: TestGateway, root: Pki, partner: Pki) -> None:
+        self.gw = gw
+        self.pkis = {"root": root, "partner": partner}
+
+    def request(self, ca: str) -> tuple[int, dict[str, str], bytes]:
+        pki = self.pkis[ca]
+        ctx = ssl.create_default_context(cafile=str(self.pkis["root"].ca_file))
+        ctx.load_cert_chain(pki.dir / "admin.pem", pki.dir / "admin.key")
+        raw = b"GET /svc HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", self.gw.port), timeout=10) as plain:
+            with ctx.wrap_socket(plain, server_hostname="localhost") as sock:
+                return http_request(sock, raw)[0]
+
+
+def two_cas(tmp_path: Path, stage: str) -> Iterator[tuple[TwoCas, TestUpstream]]:
+    (tmp_path / "root").mkdir()
+    (tmp_path / "partner").mkdir()
+    root, partner = Pki(tmp_path / "root", "Root CA"), Pki(tmp_path / "partner", "Partner CA")
+    root.issue("server", server=True)
+    root.issue("admin")
+    partner.issue("admin")
+    (tmp_path / "bundle.pem").write_bytes(root.ca_file.read_bytes() + partner.ca_file.read_bytes())
+    bg = BackgroundLoop()
+    try:
+        with TestUpstream(bg) as up:
+            text = TWO_CAS.replace("{upstream}", up.url).replace("STAGE", stage).replace("DIR", str(tmp_path))
+            with TestGateway(text, loop=bg, base_dir=tmp_path) as gw:
+                yield TwoCas(gw, root, partner), up
+    finally:
+        bg.stop()
+
+
+@pytest.mark.parametrize(
+    ("stage", "ca", "status"),
+    [
+        ("principal_from: subject_cn", "root", 200),
+        ("principal_from: subject_cn", "partner", 200),  # no restriction: every CA of client_ca
+        ("issuers: [partner/ca.pem]", "partner", 200),
+        ("issuers: [partner/ca.pem]", "root", 401),  # trusted by the listener, not by this route
+        ("issuers: [root/ca.pem, partner/ca.pem]", "root", 200),
+        ("issuers: [root/ca.pem, partner/ca.pem]", "partner", 200),
+    ],
+    ids=["any-root", "any-partner", "partner-only-partner", "partner-only-root", "both-root", "both-partner"],
+)
+def test_mtls_issuers_restrict_which_ca_may_authenticate(tmp_path: Path, stage: str, ca: str, status: int) -> None:
+    """A `CN=admin` from any CA of `client_ca` passed `allowed: [admin]`: one partner could be another's admin."""
+    for client, up in two_cas(tmp_path, stage):
+        got, _, body = client.request(ca)
+        assert got == status, body
+        if status == 401:
+            assert orjson.loads(body)["reason"] == "auth.invalid_certificate"
+            assert up.received == []
+
+
+@pytest.mark.parametrize("stage", ["principal_from: subject_cn", "issuers: [root/ca.pem, partner/ca.pem]"])
+def test_mtls_issuer_is_part_of_the_identity(tmp_path: Path, stage: str) -> None:
+    """`admin` of one CA is not `admin` of another: the upstream is told which CA vouches for the name."""
+    for client, up in two_cas(tmp_path, stage):
+        assert client.request("root")[0] == 200
+        assert client.request("partner")[0] == 200
+        root, partner = up.received
+        assert root.header("x-stockade-principal") == partner.header("x-stockade-principal") == "admin"
+        assert (root.header("x-stockade-issuer"), partner.header("x-stockade-issuer")) == (
+            "CN=Root CA",
+            "CN=Partner CA",
+        )
+
+
+def test_mtls_issuer_separates_lockout_and_rate_limit_keys(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    from stockade.clock import SYSTEM_CLOCK
+    from stockade.pipeline.context import AUTH_IDENTITY
+    from stockade.pipeline.stage import Services, StageEnv
+    from stockade.ratelimit.keys import extractor
+    from stockade.stages.authn.mtls import MtlsAuthenticator, MtlsConfig
+    from stockade.testing import make_context, run_stage
+
+    env = StageEnv(route_id="r", base_dir=tmp_path, services=Services(clock=SYSTEM_CLOCK))
+    stage = MtlsAuthenticator(MtlsConfig(), env)
+    principal_key = extractor("principal")
+    seen = []
+    for name in ("Root CA", "Partner CA"):
+        (tmp_path / name).mkdir()
+        pki = Pki(tmp_path / name, name)
+        cert_path, _ = pki.issue("admin")
+        der = x509.load_pem_x509_certificate(cert_path.read_bytes()).public_bytes(serialization.Encoding.DER)
+        ctx = make_context()
+        ctx.peer_cert = ssl._ssl._test_decode_cert(str(cert_path))  # type: ignore[attr-defined]
+        ctx.peer_cert_der = der
+        verdict = run_stage(stage, ctx)
+        assert isinstance(verdict, Continue) and verdict.principal is not None
+        assert verdict.principal.id == "admin"
+        ctx.principal = verdict.principal
+        seen.append((ctx.state[AUTH_IDENTITY], principal_key(ctx)))
+    assert seen[0][0] != seen[1][0] and seen[0][1] != seen[1][1]
+
+
+@pytest.mark.parametrize(
+    ("issuers", "expected"),
+    [
+        ("[nope.pem]", r"issuers\[0\].*no such file"),
+        ("[root/admin.pem]", r"issuers\[0\].*not a CA certificate"),
+        ("[garbage.pem]", r"issuers\[0\].*no PEM certificate"),
+        ("[root/ca.pem, again/ca.pem]", r"issuers\[1\].*same subject as one in .*\(CN=Root CA\)"),
+    ],
+    ids=["missing", "not-a-ca", "not-pem", "same-subject"],
+)
+def test_mtls_issuers_are_checked_at_load(tmp_path: Path, issuers: str, expected: str) -> None:
+    from stockade.clock import SYSTEM_CLOCK
+    from stockade.config.loader import load_config_text
+    from stockade.errors import ConfigError
+    from stockade.pipeline.stage import Services
+    from stockade.runtime import build_runtime
+
+    for d in ("root", "again"):
+        (tmp_path / d).mkdir()
+    root = Pki(tmp_path / "root", "Root CA")
+    Pki(tmp_path / "again", "Root CA")  # another key, the same name: the upstream could not tell them apart
+    root.issue("server", server=True)
+    root.issue("admin")
+    (tmp_path / "garbage.pem").write_text("not a certificate\n")
+    text = (
+        TWO_CAS.replace("{upstream}", "http://127.0.0.1:1")
+        .replace("STAGE", f"issuers: {issuers}")
+        .replace("DIR/bundle.pem", "DIR/root/ca.pem")
+        .replace("DIR", str(tmp_path))
+    )
+    with pytest.raises(ConfigError, match=expected):
+        build_runtime(load_config_text(text, base_dir=tmp_path, env={}), Services(clock=SYSTEM_CLOCK, dry_run=True))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import math
 import ssl
-from typing import Any, ClassVar, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple
 
 from pydantic import Field
 
@@ -17,12 +18,18 @@ from stockade.pipeline.stage import Stage, StageConfig, StageEnv
 from stockade.pipeline.verdict import Continue, Deny, Skip
 from stockade.security.jwk import thumbprint_sha256
 
+if TYPE_CHECKING:
+    from cryptography import x509
+
 _NO_CERT = Skip("no verified client certificate")
 _SAN_TYPES = {"san_dns": "DNS", "san_uri": "URI", "san_email": "email"}
 
 
 class MtlsConfig(StageConfig):
     principal_from: Literal["subject_cn", "san_dns", "san_uri", "san_email"] = "subject_cn"
+    # CA certificate files (PEM): if set, only a certificate one of them issued directly is accepted here, not
+    # every CA of `listen.tls.client_ca` (Kong's mtls-auth `ca_certificates`, per route).
+    issuers: tuple[str, ...] = ()
     allowed: tuple[str, ...] = ()  # if set, only these identities are accepted
     scopes: tuple[str, ...] = ()  # granted to every certificate this stage accepts
     roles: tuple[str, ...] = ()
@@ -43,7 +50,8 @@ class MtlsAuthenticator:
         self._scopes = frozenset(config.scopes)
         self._roles = frozenset(config.roles)
         self.challenge = f'Mutual realm="{config.realm}"'
-        self._periods: dict[bytes, tuple[float, float]] = {}  # notBefore/notAfter by certificate (DER)
+        self._issuers = _load_issuers(config.issuers, env.base_dir)
+        self._seen: dict[bytes, _Seen] = {}  # what each certificate (DER) was found to be, worked out once
 
     @classmethod
     def check_deployment(cls, config: MtlsConfig, gateway: GatewayConfig) -> list[str]:
@@ -60,10 +68,15 @@ class MtlsAuthenticator:
         # The handshake checked the validity period, but a resumed TLS session (up to two hours later) and a
         # long keep-alive connection do not repeat it: without revocation checking, expiry is the only end a
         # certificate has, so it is checked on every request.
-        not_before, not_after = self._validity(der, cert)
+        seen = self._seen.get(der)
+        if seen is None:
+            seen = self._examine(der, cert)
         now = ctx.clock.time()
-        if not not_before <= now <= not_after:
+        if not seen.not_before <= now <= seen.not_after:
             return Deny(401, "auth.invalid_certificate", detail="client certificate expired or not yet valid")
+        if seen.issuer is None:
+            detail = f"certificate issued by {seen.dn!r}, not by one of this stage's issuers"
+            return Deny(401, "auth.invalid_certificate", detail=detail)
         try:
             identity = self._identity(cert)
         except ValueError as exc:
@@ -72,28 +85,46 @@ class MtlsAuthenticator:
             return Deny(401, "auth.invalid_certificate", detail=f"certificate has no {self._from}")
         if self._allowed and identity not in self._allowed:
             return Deny(401, "auth.invalid_certificate", detail=f"{self._from} {identity!r} is not allowed")
-        # Per field: `CN=spiffe://td/alice` on a subject_cn route is not the workload with that SAN URI.
-        ctx.state[AUTH_IDENTITY] = hashlib.sha256(f"mtls\x00{self._from}\x00{identity}".encode()).hexdigest()[:32]
+        # Per issuer: `admin` of a partner's CA is not our `admin`. Per field: `CN=spiffe://td/alice` on a
+        # subject_cn route is not the workload with that SAN URI.
+        key = f"mtls\x00{seen.issuer}\x00{self._from}\x00{identity}"
+        ctx.state[AUTH_IDENTITY] = hashlib.sha256(key.encode()).hexdigest()[:32]
         principal = Principal(
             id=identity,
             kind="mtls",
             scopes=self._scopes,
             roles=self._roles,
-            credential_id=thumbprint_sha256(der),
+            credential_id=seen.thumbprint,
+            issuer=seen.dn,
         )
         return Continue(principal=principal)
 
-    def _validity(self, der: bytes, cert: dict[str, Any]) -> tuple[float, float]:
-        hit = self._periods.get(der)
-        if hit is None:
-            try:
-                hit = (ssl.cert_time_to_seconds(cert["notBefore"]), ssl.cert_time_to_seconds(cert["notAfter"]))
-            except (KeyError, ValueError):
-                hit = (math.inf, -math.inf)  # an unreadable period is never valid
-            if len(self._periods) >= 4096:
-                self._periods.clear()
-            self._periods[der] = hit
-        return hit
+    def _examine(self, der: bytes, cert: dict[str, Any]) -> _Seen:
+        """The certificate's validity period, its issuer's name, and (with `issuers`) which of them issued it."""
+        from cryptography import x509
+
+        period: tuple[float, float]
+        try:
+            period = (ssl.cert_time_to_seconds(cert["notBefore"]), ssl.cert_time_to_seconds(cert["notAfter"]))
+        except (KeyError, ValueError):
+            period = (math.inf, -math.inf)  # an unreadable period is never valid
+        try:
+            leaf = x509.load_der_x509_certificate(der)
+            dn = leaf.issuer.rfc4514_string()
+        except ValueError:
+            dn, leaf = "", None
+        issuer = dn if leaf is not None else None  # a certificate cryptography cannot read is nobody's
+        if self._issuers:
+            issuer = None
+            for fingerprint, ca in self._issuers:
+                if leaf is not None and _issued_by(leaf, ca):
+                    issuer = fingerprint  # the CA itself, not only its name
+                    break
+        seen = _Seen(period[0], period[1], dn, issuer, thumbprint_sha256(der))
+        if len(self._seen) >= 4096:
+            self._seen.clear()
+        self._seen[der] = seen
+        return seen
 
     def _identity(self, cert: dict[str, Any]) -> str | None:
         """The identity named by `principal_from`, normalised as the name type compares (DNS names and email
@@ -105,10 +136,67 @@ class MtlsAuthenticator:
                 raise ValueError("certificate has several subject CNs")
             return names[0] if names and names[0] else None
         kind = _SAN_TYPES[self._from]
-        for san_type, value in cert.get("subjectAltName", ()):
-            if san_type == kind and isinstance(value, str) and value:
-                return _normalised(kind, value)
-        return None
+        values = [v for t, v in cert.get("subjectAltName", ()) if t == kind and isinstance(v, str) and v]
+        if len(values) > 1:
+            # As with CNs: which one counts is a guess, and a CA approving one name may not have meant the other.
+            raise ValueError(f"certificate has several {kind} SANs")
+        return _normalised(kind, values[0]) if values else None
+
+
+class _Seen(NamedTuple):
+    not_before: float
+    not_after: float
+    dn: str  # the issuer's name (RFC 4514): what the upstream is told (x-stockade-issuer)
+    issuer: str | None  # what identities are qualified by; None: not issued by one of the stage's `issuers`
+    thumbprint: str
+
+
+def _issued_by(leaf: x509.Certificate, ca: x509.Certificate) -> bool:
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        leaf.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _load_issuers(files: tuple[str, ...], base_dir: Path) -> tuple[tuple[str, x509.Certificate], ...]:
+    """(SHA-256 fingerprint, certificate) of every CA the files hold, read once at load. ValueError names the
+    entry: a missing file, one without CA certificates, or two CAs with the same name (the upstream, told the
+    name, could not tell them apart)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    out: list[tuple[str, x509.Certificate]] = []
+    names: dict[x509.Name, tuple[str, Path]] = {}
+    for i, name in enumerate(files):
+        path = base_dir / Path(name).expanduser()
+        where = f"field 'config.issuers[{i}]'"
+        if not path.is_file():
+            raise ValueError(f"{where}: no such file: {path}")
+        try:
+            certs = x509.load_pem_x509_certificates(path.read_bytes())
+        except OSError as exc:
+            raise ValueError(f"{where}: cannot read {path}: {exc.strerror or exc}") from None
+        except ValueError:
+            raise ValueError(f"{where}: no PEM certificate in {path}") from None
+        for cert in certs:
+            try:
+                ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+            except x509.ExtensionNotFound:
+                ca = False
+            if not ca:
+                raise ValueError(f"{where}: {path} holds {cert.subject.rfc4514_string()!r}, not a CA certificate")
+            fingerprint = cert.fingerprint(hashes.SHA256()).hex()
+            known = names.get(cert.subject)
+            if known is not None and known[0] != fingerprint:
+                dn = cert.subject.rfc4514_string()
+                raise ValueError(f"{where}: {path} names a CA with the same subject as one in {known[1]} ({dn})")
+            if known is None:
+                names[cert.subject] = (fingerprint, path)
+                out.append((fingerprint, cert))
+    return tuple(out)
 
 
 def _normalised(kind: str, value: str) -> str:
