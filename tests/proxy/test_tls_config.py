@@ -243,3 +243,74 @@ def test_a_client_ca_without_a_root_is_warned_about(pki: Pki) -> None:
         listen(pki.rsa.cert, pki.rsa.key, f", client_ca: '{pki.ca.pem}', client_auth: optional"), env={}
     )
     assert not build_runtime(good, Services(clock=FakeClock(start=SYSTEM_CLOCK.time()))).tls.warnings
+
+
+def _bundle(tmp_path: Path, roots: int) -> Path:
+    from tests.stages.authn.certs import Pki as EcPki  # EC keys: a dozen CAs in milliseconds
+
+    parts = []
+    for i in range(roots):
+        (tmp_path / f"ca{i}").mkdir()
+        parts.append(EcPki(tmp_path / f"ca{i}", f"Root {i}").ca_file.read_bytes())
+    path = tmp_path / f"bundle{roots}.pem"
+    path.write_bytes(b"".join(parts))
+    return path
+
+
+MTLS_ROUTE = """
+routes:
+  - id: partners
+    match: {path: /**}
+    handler: {use: static}
+    stages: [{use: mtls, config: STAGE}]
+"""
+
+
+@pytest.mark.parametrize(
+    ("roots", "stage", "warned"),
+    [
+        (11, "{}", True),
+        (11, "{issuers: [ca0/ca.pem]}", False),  # the stage says which CA it means
+        (10, "{}", False),  # a few private roots is a choice, not a bundle
+    ],
+    ids=["bundle-unrestricted", "bundle-with-issuers", "few-roots"],
+)
+def test_a_broad_client_ca_with_unrestricted_mtls_is_warned_about(
+    pki: Pki, tmp_path: Path, roots: int, stage: str, warned: bool
+) -> None:
+    """With the system bundle as client_ca, any public CA's customer has a verified certificate, and its CN passes
+    `allowed: [admin]` on an mtls route that does not name its CAs."""
+    ca = _bundle(tmp_path, roots)
+    text = (
+        f"listen:\n  tls: {{cert: '{pki.rsa.cert}', key: '{pki.rsa.key}', client_ca: '{ca}', client_auth: optional}}\n"
+        + MTLS_ROUTE.replace("STAGE", stage)
+    )
+    runtime = build_runtime(
+        load_config_text(text, base_dir=tmp_path, env={}), Services(clock=FakeClock(start=SYSTEM_CLOCK.time()))
+    )
+    found = [w for w in runtime.tls.warnings if "root CAs" in w]
+    assert bool(found) is warned, runtime.tls.warnings
+    if warned:
+        assert "field 'listen.tls.client_ca'" in found[0] and f"holds {roots} root CAs" in found[0]
+        assert "route 'partners'" in found[0] and "issuers" in found[0]
+
+
+@pytest.mark.skipif(not ssl.get_default_verify_paths().cafile, reason="no system CA bundle file on this machine")
+def test_config_check_with_the_system_bundle_warns_once_and_prints_no_deprecation_noise(
+    pki: Pki, tmp_path: Path
+) -> None:
+    bundle = ssl.get_default_verify_paths().cafile
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        f"listen:\n  tls: {{cert: '{pki.rsa.cert}', key: '{pki.rsa.key}', client_ca: '{bundle}', "
+        "client_auth: optional}\n" + MTLS_ROUTE.replace("STAGE", "{}")
+    )
+    result = subprocess.run(
+        [sys.executable, "-W", "default", "-m", "stockade", "config", "check", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("root CAs (a system bundle?)") == 1, result.stderr
+    assert "Warning:" not in result.stderr, result.stderr  # Python warnings (CryptographyDeprecationWarning, ...)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import warnings as _warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ INTERMEDIATE_GROUPS = "X25519:P-256:P-384"
 CERT_CURVES = frozenset({"secp256r1", "secp384r1"})  # the certificate curves the profile allows
 MIN_RSA_BITS = 2048
 EXPIRY_WARNING = 30 * 86400  # a listener certificate this close to its end gets a warning at every load
+BROAD_CLIENT_CA = 10  # a client_ca with more roots than this is a bundle of public CAs, not a chosen few
 
 
 class _Problem(Exception):
@@ -89,14 +91,21 @@ def _check_leaf(cert: Path) -> x509.Certificate:
     return leaf
 
 
-def _has_root(ca: Path) -> bool:
+def _roots(ca: Path) -> int | None:
+    """How many self-signed (root) certificates `ca` holds; None if it is not PEM certificates (OpenSSL has said
+    what is wrong, or read them anyway)."""
     from cryptography import x509
+    from cryptography.utils import CryptographyDeprecationWarning
 
-    try:
-        certs = x509.load_pem_x509_certificates(ca.read_bytes())
-    except ValueError:
-        return True  # not PEM certificates: load_verify_locations has said what is wrong, or read them anyway
-    return any(c.subject == c.issuer for c in certs)
+    with _warnings.catch_warnings():
+        # System bundles hold a root or two with a non-positive serial number, which cryptography warns about on
+        # every load; OpenSSL accepts them, and the operator can do nothing about it.
+        _warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        try:
+            certs = x509.load_pem_x509_certificates(ca.read_bytes())
+        except ValueError:
+            return None
+    return sum(c.subject == c.issuer for c in certs)
 
 
 def listener_warnings(leaf: x509.Certificate, cert: Path, key: Path, now: float) -> list[tuple[str, str]]:
@@ -154,7 +163,7 @@ def _listener(cfg: TlsListen, base_dir: Path, now: float | None) -> tuple[ssl.SS
         except ssl.SSLError as exc:
             raise _Problem("client_ca", f"no usable CA certificates in {ca}: {exc.reason or exc}") from None
         ctx.verify_mode = ssl.CERT_REQUIRED if cfg.client_auth == "required" else ssl.CERT_OPTIONAL
-        if not _has_root(ca):
+        if _roots(ca) == 0:
             # OpenSSL needs a chain to a self-signed root: an intermediate alone verifies no client, and the
             # config loads fine, so every client would be refused without a word.
             warnings.append(("client_ca", f"{ca} holds no self-signed (root) certificate: no client will verify"))
@@ -208,6 +217,35 @@ class ListenerContext(ssl.SSLContext):
         return self.current.wrap_bio(incoming, outgoing, server_side, server_hostname, session)
 
 
+def _unrestricted_mtls(config: GatewayConfig) -> list[str]:
+    """Where an `mtls` stage without `issuers` is used: `stages` (global) or route ids."""
+    out = ["stages" for e in config.stages if e.use == "mtls" and not e.config.get("issuers")]
+    for route in config.routes:
+        if any(e.use == "mtls" and not e.config.get("issuers") for e in route.stages):
+            out.append(f"route {route.id!r}")
+    return out
+
+
+def broad_client_ca_warning(config: GatewayConfig, base_dir: Path) -> str | None:
+    """A `client_ca` with many roots (a system bundle: any public CA's customer gets a verified certificate) and
+    an `mtls` stage that accepts whichever of them issued a certificate: its `allowed` names and identities are
+    then anyone's to claim. Said at load; the file still serves (some setups trust many private roots)."""
+    tls = config.listen.tls
+    if tls is None or not tls.client_ca or tls.client_auth == "none":
+        return None
+    users = _unrestricted_mtls(config)
+    if not users:
+        return None
+    path = base_dir / Path(tls.client_ca).expanduser()
+    roots = _roots(path) if path.is_file() else None
+    if roots is None or roots <= BROAD_CLIENT_CA:
+        return None
+    return (
+        f"{path} holds {roots} root CAs (a system bundle?), and `mtls` accepts a certificate from any of them on "
+        f"{', '.join(users[:3])}{' and more' if len(users) > 3 else ''}: name the CAs you mean in its `issuers`"
+    )
+
+
 @dataclass(frozen=True)
 class TlsContexts:
     """A config's TLS, ready to use: the listener context, and one upstream context per `ca_file` as written
@@ -237,6 +275,9 @@ def build_tls(
             warnings += [f"{at(('listen', 'tls', name))}: field 'listen.tls.{name}': {m}" for name, m in found]
         except _Problem as p:
             problems.append(f"{at(('listen', 'tls', p.field))}: field 'listen.tls.{p.field}': {p.message}")
+        broad = broad_client_ca_warning(config, base_dir)
+        if broad is not None:
+            warnings.append(f"{at(('listen', 'tls', 'client_ca'))}: field 'listen.tls.client_ca': {broad}")
     upstreams: dict[str | None, ssl.SSLContext] = {}
     for i, route in enumerate(config.routes):
         up = route.upstream
