@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 from stockade.errors import ConfigError
 from stockade.testing import TestGateway, gateway_with_upstream, read_responses
+from tests.proxy.helpers import wait_for
 from tests.tlsutil import Pki, client_context, https_get, listener_yaml, make_pki, tls_connect, try_get
 
 V = ssl.TLSVersion
@@ -62,7 +64,89 @@ def test_reload_applies_client_auth_to_new_handshakes(pki: Pki) -> None:
             gw.reload(listener_yaml(pki.rsa, tls_extra=f"client_ca: '{pki.ca.pem}', client_auth: required"))
             assert try_get(gw.port, anonymous) is None
             assert try_get(gw.port, client_context(pki.ca.pem, cert=pki.client)) == 200
-            assert https_get(kept, close=True)[0] == 200  # authenticated by the rules it connected under
+            assert closed(kept)  # it was let in by rules that no longer hold (below)
+
+
+def closed(sock: ssl.SSLSocket, wait: float = 5.0) -> bool:
+    """Whether the gateway has closed `sock` (waiting up to `wait` seconds for it to)."""
+    sock.settimeout(wait)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except (ssl.SSLError, ConnectionResetError):
+        return True
+
+
+def mtls(pki: Pki, ca: Path, auth: str = "required") -> str:
+    return listener_yaml(pki.rsa, tls_extra=f"client_ca: '{ca}', client_auth: {auth}", routes=UPSTREAM_ROUTE)
+
+
+@pytest.mark.parametrize(
+    ("change", "retired"),
+    [
+        ("other-ca", True),  # the operator stops trusting a CA
+        ("same-file-rewritten", True),  # the same path, other contents
+        ("optional", True),  # required -> optional
+        ("certificate-only", False),  # rotation: nothing about client certificates changed
+    ],
+)
+@pytest.mark.parametrize("state", ["idle", "in-flight", "no-request-yet"])
+def test_reload_that_changes_client_verification_ends_connections_it_let_in(
+    pki: Pki, tmp_path: Path, change: str, retired: bool, state: str
+) -> None:
+    """A connection verified under the old client CA kept serving for up to keepalive_requests x
+    keepalive_timeout (about 20 hours by default) after the operator stopped trusting that CA. Idle ones are
+    closed at once; a request in flight is answered, with `Connection: close`; a connection that has sent
+    nothing yet gets that on its first response."""
+    ca = tmp_path / "clients.pem"
+    ca.write_bytes(pki.ca.pem.read_bytes())
+    client = client_context(pki.ca.pem, cert=pki.client)
+    with gateway_with_upstream(mtls(pki, ca)) as (gw, up):
+        after = {
+            "other-ca": mtls(pki, pki.other_ca.pem),
+            "same-file-rewritten": mtls(pki, ca),
+            "optional": mtls(pki, ca, "optional"),
+            "certificate-only": listener_yaml(
+                pki.ec, tls_extra=f"client_ca: '{ca}', client_auth: required", routes=UPSTREAM_ROUTE
+            ),
+        }[change].replace("{upstream}", up.url)
+        with tls_connect(gw.port, client) as kept:
+            if state != "no-request-yet":
+                assert https_get(kept, "/before")[0] == 200
+            if state == "in-flight":
+                up.stall()
+                kept.sendall(b"GET /in-flight HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                wait_for(lambda: len(up.received) == 2)
+            if change == "same-file-rewritten":
+                ca.write_bytes(pki.ca.pem.read_bytes() + pki.other_ca.pem.read_bytes())
+            gw.reload(after)
+            if state == "in-flight":
+                up.release()
+                status, headers, _ = read_responses(kept, 1)[0]
+                assert status == 200  # what was under way is answered
+                assert (headers.get("connection") == "close") is retired
+                assert closed(kept, 5 if retired else 0.3) is retired
+            elif state == "idle":
+                assert closed(kept, 5 if retired else 0.3) is retired
+            else:
+                status, headers, _ = https_get(kept, "/first")
+                assert status == 200 and (headers.get("connection") == "close") is retired
+                assert closed(kept, 5 if retired else 0.3) is retired
+
+
+def test_a_handshake_begun_before_the_reload_is_retired_too(pki: Pki, tmp_path: Path) -> None:
+    """A connection accepted before the reload completes its handshake under the old context afterwards: its
+    first response is its last."""
+    with gateway_with_upstream(mtls(pki, pki.ca.pem)) as (gw, up):
+        raw = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+        wait_for(lambda: gw.bg.call(lambda: len(gw.server.tls.handshakes)) >= 1)
+        gw.reload(mtls(pki, pki.other_ca.pem).replace("{upstream}", up.url))
+        with client_context(pki.ca.pem, cert=pki.client).wrap_socket(raw, server_hostname="localhost") as late:
+            wait_for(lambda: gw.bg.call(lambda: len(gw.server.connections)) == 1)
+            gw.bg.call(gw.server.sweep)
+            status, headers, _ = https_get(late, "/late")
+            assert status == 200 and headers.get("connection") == "close"
 
 
 def test_reload_new_client_ca_is_not_bypassed_by_session_resumption(pki: Pki) -> None:

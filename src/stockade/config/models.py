@@ -90,6 +90,11 @@ class Limits(Strict):
     # read them (the `openapi` response checks) at once; a response that would take it further is 503
     # gateway.busy instead of growing the worker without bound.
     response_buffer_total_bytes: Annotated[int, Field(ge=64 * KIB)] = 256 * MIB
+    # Client connections one process holds at once, TLS handshakes in progress included (nginx's
+    # worker_connections); one accepted beyond it is closed at once. A pending handshake costs ~60 kB.
+    max_client_connections: Annotated[int, Field(ge=1)] = 10000
+    # How long a client gets to complete the TLS handshake; unset: header_timeout (as before it existed).
+    tls_handshake_timeout: Seconds | None = None
 
 
 class Upstream(Strict):

@@ -38,6 +38,8 @@ class HotLimits:
     spool_bytes: int
     spool_total_bytes: int
     response_buffer_total_bytes: int
+    max_client_connections: int  # read by the server as each connection is accepted
+    tls_handshake_timeout: float | None  # read once, when the listener starts
     path_parameters: bool  # read from the Runtime by both fronts (intake.route_request); kept for completeness
     case_insensitive_routing: bool  # compiled into the Runtime's router; kept for completeness
 

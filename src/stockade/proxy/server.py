@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import socket
+import ssl
+import weakref
 from typing import TYPE_CHECKING
 
 from stockade.clock import SYSTEM_CLOCK, Clock
@@ -13,7 +16,7 @@ from stockade.errors import ConfigError
 from stockade.observability.decision_log import DecisionLog
 from stockade.pipeline.intake import RequestIds
 from stockade.proxy.client import ClientConnection
-from stockade.proxy.common import HotLimits
+from stockade.proxy.common import INF, HotLimits
 from stockade.proxy.http import DateCache
 from stockade.proxy.tls import ListenerContext
 from stockade.proxy.upstream import PoolManager
@@ -50,6 +53,9 @@ class ProxyServer:
         self.draining = False
         self.ready = False
         self.tls: ListenerContext | None = None  # set when listening with TLS; reload swaps its context
+        self._pruned_at = -INF  # when the handshakes counted were last checked for ones since established
+        # Handshakes begun under client-certificate rules a reload has since changed (see reload).
+        self._stale_handshakes: weakref.WeakSet[ssl.SSLObject] = weakref.WeakSet()
         self._servers: list[asyncio.Server] = []
         self._tick_handle: asyncio.TimerHandle | None = None
         self.request_ids = RequestIds()
@@ -65,18 +71,19 @@ class ProxyServer:
         cfg = self.runtime.config
         if self.runtime.tls.listener is not None:
             self.tls = ListenerContext(self.runtime.tls.listener)
+            self.tls.admit = functools.partial(self._admit_tls, self.tls)
         ssl_ctx = self.tls
-        timeout = cfg.limits.header_timeout
+        timeout = cfg.limits.tls_handshake_timeout or cfg.limits.header_timeout
         if sock is not None:
             server = await loop.create_server(
-                lambda: ClientConnection(self),
+                self._accept,
                 sock=sock,
                 ssl=ssl_ctx,
                 ssl_handshake_timeout=timeout if ssl_ctx else None,
             )
         else:
             server = await loop.create_server(
-                lambda: ClientConnection(self),
+                self._accept,
                 cfg.listen.host,
                 cfg.listen.port,
                 ssl=ssl_ctx,
@@ -91,6 +98,34 @@ class ProxyServer:
         gc.collect()
         gc.freeze()
         self.ready = True
+
+    def _accept(self) -> asyncio.Protocol:
+        """The protocol for a connection just accepted. Over TLS, the listener context admits it (below), before
+        the handshake that would cost the memory the cap is there to bound."""
+        if self.tls is None and len(self.connections) >= self.limits.max_client_connections:
+            self.metrics.event("client_connections", "refused")
+            return _Refused()
+        return ClientConnection(self)
+
+    def _admit_tls(self, tls: ListenerContext) -> bool:
+        """Whether one more TLS connection may open: established ones and handshakes in progress count."""
+        if len(self.connections) + len(tls.handshakes) < self.limits.max_client_connections:
+            return True
+        now = self.clock.monotonic()
+        if now - self._pruned_at >= SWEEP_INTERVAL:  # at most once a sweep interval, however many are refused
+            self._prune_handshakes(tls, now)
+            if len(self.connections) + len(tls.handshakes) < self.limits.max_client_connections:
+                return True
+        self.metrics.event("client_connections", "refused")
+        return False
+
+    def _prune_handshakes(self, tls: ListenerContext, now: float) -> None:
+        """Forget the handshakes that have completed: their connections are counted as connections."""
+        self._pruned_at = now
+        handshakes = tls.handshakes
+        for obj in list(handshakes):
+            if obj.version() is not None:  # None until the handshake completes
+                handshakes.discard(obj)
 
     @property
     def ports(self) -> list[int]:
@@ -114,6 +149,10 @@ class ProxyServer:
         for conn in list(self.connections):
             conn.check_deadlines(now)
         self.pools.sweep(now)
+        if self.tls is not None:
+            if self._stale_handshakes:
+                self._retire_stale_handshakes()
+            self._prune_handshakes(self.tls, now)
 
     def reload(self, runtime: Runtime) -> None:
         """Swap in a new runtime: requests already under way finish on the one they started with. All or
@@ -130,6 +169,8 @@ class ProxyServer:
                 raise ConfigError([f"log.decisions: cannot open {runtime.decision_log!r}: {exc.strerror}"]) from None
         if self.tls is not None and runtime.tls.listener is not None:
             self.tls.current = runtime.tls.listener  # new handshakes only; TLS on/off needs a restart
+            if runtime.tls.client_trust != self.runtime.tls.client_trust:
+                self._retire_verified(self.tls)
         self.runtime = runtime
         self.limits = HotLimits.of(cfg.limits)
         self.pools.retain([r.upstream for r in cfg.routes if r.upstream is not None], runtime.tls.upstreams)
@@ -138,6 +179,23 @@ class ProxyServer:
             self.decision_log = new_log
             self._log_target = runtime.decision_log
             old.close()
+
+    def _retire_verified(self, tls: ListenerContext) -> None:
+        """The client CA or client_auth changed: connections let in under the old rules must not serve on for
+        keepalive_requests x keepalive_timeout. Idle ones close now; the others answer what they were sent, that
+        answer saying `Connection: close`; so do connections whose handshake the old context is still doing
+        (the sweep finds them once established). Open WebSocket tunnels carry on. Costs nothing per request."""
+        self._stale_handshakes = weakref.WeakSet(tls.handshakes)
+        for conn in list(self.connections):
+            _retire(conn)
+
+    def _retire_stale_handshakes(self) -> None:
+        stale = self._stale_handshakes
+        for conn in list(self.connections):
+            obj = conn.transport.get_extra_info("ssl_object") if conn.transport is not None else None
+            if obj is not None and obj in stale:
+                stale.discard(obj)
+                _retire(conn)
 
     async def drain(self, timeout: float | None = None) -> None:
         """Graceful stop: close listeners, close idle connections, let in-flight requests finish (up to
@@ -174,3 +232,19 @@ class ProxyServer:
         out = self.pools.gauges()
         out.append(("stockade_client_connections", {}, len(self.connections)))
         return out
+
+
+def _retire(conn: ClientConnection) -> None:
+    """Make `conn`'s next response its last (`should_close_after` compares `requests` with keepalive_requests);
+    close it now if it is idle between requests."""
+    idle = conn.requests and not conn.queue and conn.head is None and conn.parsing is None and conn.tunnel is None
+    conn.requests = max(conn.requests, conn.limits.keepalive_requests)
+    if idle:
+        conn.close()
+
+
+class _Refused(asyncio.Protocol):
+    """A plain-HTTP connection over limits.max_client_connections: closed as soon as it is made."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.abort()  # type: ignore[attr-defined]

@@ -3,9 +3,11 @@ built and checked when a config is loaded, so a bad certificate path is a config
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import ssl
 import warnings as _warnings
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,10 +199,19 @@ class ListenerContext(ssl.SSLContext):
     """
 
     current: ssl.SSLContext
+    # Decides, as each connection is accepted (before any handshake work), whether it may open: False closes it
+    # at once (limits.max_client_connections). None: all may.
+    admit: Callable[[], bool] | None
+    # The SSL objects of connections accepted and not yet known to be established (ProxyServer prunes it): with
+    # the established connections, what counts against max_client_connections. Weak: a failed handshake's
+    # object goes when its transport does.
+    handshakes: weakref.WeakSet[ssl.SSLObject]
 
     def __new__(cls, current: ssl.SSLContext) -> ListenerContext:
         self = super().__new__(cls, ssl.PROTOCOL_TLS_SERVER)
         self.current = current
+        self.admit = None
+        self.handshakes = weakref.WeakSet()
         return self
 
     def __init__(self, current: ssl.SSLContext) -> None:
@@ -214,7 +225,12 @@ class ListenerContext(ssl.SSLContext):
         server_hostname: str | bytes | None = None,
         session: ssl.SSLSession | None = None,
     ) -> ssl.SSLObject:
-        return self.current.wrap_bio(incoming, outgoing, server_side, server_hostname, session)
+        if self.admit is not None and not self.admit():
+            # The event loop closes the connection (no alert: nothing has been read) and carries on accepting.
+            raise ConnectionRefusedError("limits.max_client_connections reached")
+        obj = self.current.wrap_bio(incoming, outgoing, server_side, server_hostname, session)
+        self.handshakes.add(obj)
+        return obj
 
 
 def _unrestricted_mtls(config: GatewayConfig) -> list[str]:
@@ -254,6 +270,9 @@ class TlsContexts:
     listener: ssl.SSLContext | None = None
     upstreams: Mapping[str | None, ssl.SSLContext] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # logged at every (re)load (runtime.py); `config check` prints
+    # What client certificates the listener accepts (client_auth and the client_ca file's bytes, hashed): a
+    # reload that changes it retires connections verified under the old rules (ProxyServer.reload).
+    client_trust: bytes = b""
 
 
 def build_tls(
@@ -300,4 +319,11 @@ def build_tls(
             problems.append(f"{where}.ca_file': no usable CA certificates: {exc.reason or exc}")
     if problems:
         raise ConfigError(problems)
-    return TlsContexts(listener, upstreams, warnings)
+    return TlsContexts(listener, upstreams, warnings, _client_trust(tls, base_dir) if tls is not None else b"")
+
+
+def _client_trust(tls: TlsListen, base_dir: Path) -> bytes:
+    trust = hashlib.sha256(tls.client_auth.encode())
+    if tls.client_auth != "none" and tls.client_ca:
+        trust.update(b"\x00" + (base_dir / Path(tls.client_ca).expanduser()).read_bytes())
+    return trust.digest()
