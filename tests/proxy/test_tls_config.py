@@ -314,3 +314,37 @@ def test_config_check_with_the_system_bundle_warns_once_and_prints_no_deprecatio
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("root CAs (a system bundle?)") == 1, result.stderr
     assert "Warning:" not in result.stderr, result.stderr  # Python warnings (CryptographyDeprecationWarning, ...)
+
+
+@pytest.mark.parametrize(
+    ("admin", "warned"),
+    [
+        ("{host: 0.0.0.0}", True),
+        ("{host: '::'}", True),
+        ("{host: 10.0.0.5}", True),
+        ("{host: admin.internal}", True),
+        ("{host: 127.0.0.1}", False),
+        ("{host: 127.0.0.2}", False),
+        ("{host: '::1'}", False),
+        ("{host: localhost}", False),
+        ("{enabled: false, host: 0.0.0.0}", False),
+    ],
+    ids=["any-v4", "any-v6", "private", "name", "loopback", "loopback-other", "loopback-v6", "localhost", "off"],
+)
+def test_an_admin_listener_off_loopback_is_warned_about(admin: str, warned: bool) -> None:
+    """The admin listener has no TLS: bound beyond loopback, its bearer tokens cross the network in clear."""
+    runtime = build(f"admin: {admin}\n{ROUTE}")
+    found = [w for w in runtime.tls.warnings if "field 'admin.host'" in w]
+    assert bool(found) is warned, runtime.tls.warnings
+    if warned:
+        assert "no TLS" in found[0] and "in clear" in found[0]
+
+
+def test_config_check_prints_the_admin_warning(tmp_path: Path) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text("admin: {host: 0.0.0.0}\n" + ROUTE)
+    result = subprocess.run(
+        [sys.executable, "-m", "stockade", "config", "check", str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("field 'admin.host'") == 1, result.stderr

@@ -4,6 +4,7 @@ built and checked when a config is loaded, so a bad certificate path is a config
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import ssl
 import warnings as _warnings
@@ -262,6 +263,24 @@ def broad_client_ca_warning(config: GatewayConfig, base_dir: Path) -> str | None
     )
 
 
+def admin_warning(config: GatewayConfig) -> str | None:
+    """The admin listener speaks plain HTTP: bound beyond loopback, the bearer tokens its API takes cross the
+    network in clear. Said at every load (and by `config check`); it still serves (a private network may be
+    what the operator means)."""
+    admin = config.admin
+    if not admin.enabled or admin.host == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(admin.host.strip("[]")).is_loopback:
+            return None
+    except ValueError:
+        pass  # a host name: it may resolve to anything
+    return (
+        f"the admin listener has no TLS, and {admin.host} is not a loopback address: admin tokens would cross the "
+        "network in clear; bind 127.0.0.1 and reach it through SSH or a TLS-terminating proxy"
+    )
+
+
 @dataclass(frozen=True)
 class TlsContexts:
     """A config's TLS, ready to use: the listener context, and one upstream context per `ca_file` as written
@@ -297,6 +316,9 @@ def build_tls(
         broad = broad_client_ca_warning(config, base_dir)
         if broad is not None:
             warnings.append(f"{at(('listen', 'tls', 'client_ca'))}: field 'listen.tls.client_ca': {broad}")
+    admin = admin_warning(config)
+    if admin is not None:
+        warnings.append(f"{at(('admin', 'host'))}: field 'admin.host': {admin}")
     upstreams: dict[str | None, ssl.SSLContext] = {}
     for i, route in enumerate(config.routes):
         up = route.upstream
