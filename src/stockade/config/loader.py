@@ -22,6 +22,7 @@ from stockade.pipeline.phase import Phase
 from stockade.pipeline.route_shadows import shadowed
 from stockade.pipeline.routing import Router, RouteSpec, RouteTemplateError, parse_template
 from stockade.pipeline.stage import Stage, StageConfig
+from stockade.scalars import quote_hint
 
 if TYPE_CHECKING:
     from stockade.handlers.base import Handler
@@ -301,6 +302,8 @@ def _message(err: Mapping[str, Any]) -> str:
         return "should be a list (YAML `[a, b]` or `- a` lines)"  # not pydantic's "a valid tuple"
     if err.get("type") in ("too_short", "too_long"):  # pydantic's "Tuple should have...": the user wrote a list
         return msg.replace("Tuple should", "should").replace("List should", "should")
+    if err.get("type") == "string_type":  # `methods: [GET, NO]`, `id: 2024-01-01`: YAML read it as another type
+        return msg + quote_hint(err.get("input"))
     return msg.removeprefix("Value error, ")
 
 
@@ -346,6 +349,7 @@ class _Reporter:
                 item = items[nxt] if isinstance(items, list) and 0 <= nxt < len(items) else None
                 label = "id" if key == "routes" else "use"
                 name = item.get(label) if isinstance(item, dict) else None
+                name = name if isinstance(name, str) else None  # `id: 2024-01-01` is a date: not a name to show
                 kind = "route" if key == "routes" else ("stage" if parts else "global stage")
                 parts.append(f"{kind} {name!r} ({key}[{nxt}])" if name else f"{key}[{nxt}]")
                 node = item

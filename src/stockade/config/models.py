@@ -7,9 +7,19 @@ import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from stockade.config.oauth2 import OAuth2Server, expand_oauth2_routes
+from stockade.scalars import no_bool_for_number
 from stockade.security.netaddr import check_networks
 
 KIB = 1024
@@ -19,9 +29,39 @@ MIB = 1024 * KIB
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, v: Any, info: ValidationInfo) -> Any:
+        return no_bool_for_number(cls, v, info)
+
 
 Port = Annotated[int, Field(ge=0, le=65535)]
 Seconds = Annotated[float, Field(gt=0, le=86400)]
+_BIND_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?", re.IGNORECASE)
+
+
+def _bind_host(v: str) -> str:
+    """An address to listen on: an IP literal or a host name (not resolved here). Checked at load, as `serve` would
+    otherwise pass `config check` and die at bind with socket.gaierror."""
+    try:
+        ipaddress.ip_address(v)
+    except ValueError:
+        labels = v.removesuffix(".").split(".")
+        if len(v) > 253 or not all(_BIND_LABEL.fullmatch(label) for label in labels):
+            raise ValueError(
+                f"host {v!r}: not an IP address (no brackets) or a host name (letters, digits, '-', '_')"
+            ) from None
+    return v
+
+
+def _wildcard(host: str) -> bool:
+    return host in ("0.0.0.0", "::")  # noqa: S104 - compared, not bound
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Whether listeners on hosts `a` and `b` would want the same socket on one port (`localhost` is loopback)."""
+    a, b = (("127.0.0.1" if h.lower() == "localhost" else h.lower()) for h in (a, b))
+    return a == b or _wildcard(a) or _wildcard(b)
 
 
 class TlsListen(Strict):
@@ -41,7 +81,7 @@ class TlsListen(Strict):
 
 
 class Listen(Strict):
-    host: str = "127.0.0.1"
+    host: Annotated[str, AfterValidator(_bind_host)] = "127.0.0.1"
     port: Port = 8080
     backlog: Annotated[int, Field(ge=1, le=65535)] = 1024
     tls: TlsListen | None = None
@@ -51,7 +91,7 @@ class Admin(Strict):
     """The control-plane listener: loopback by default."""
 
     enabled: bool = True
-    host: str = "127.0.0.1"
+    host: Annotated[str, AfterValidator(_bind_host)] = "127.0.0.1"
     port: Port = 8081
     # Host names the listener answers besides IP literals and localhost (DNS rebinding: a web page whose name
     # resolves to 127.0.0.1 must not reach /metrics or the API with the browser's help).
@@ -115,12 +155,18 @@ class Upstream(Strict):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
+        # Checked as written: urlsplit drops CR, LF and tab, and the URL goes on the wire as written (a request line
+        # with `\r\nX-Injected: 1` in it; a non-ASCII path made every request a 500).
+        if not v.isascii() or any(c.isspace() or not c.isprintable() for c in v):
+            raise ValueError(
+                "upstream url must be ASCII without spaces or control characters (percent-encode them: %C3%A1)"
+            )
         parts = urlsplit(v)
         if parts.scheme not in ("http", "https"):
             raise ValueError("upstream url must be http:// or https://")
         if not parts.hostname:
             raise ValueError("upstream url has no host")
-        if parts.query or parts.fragment or parts.username or parts.password:
+        if parts.query or parts.fragment or "@" in parts.netloc:  # `http://@host` too: an empty user info
             raise ValueError("upstream url must not carry a query, fragment or credentials")
         try:
             _ = parts.port
@@ -222,6 +268,8 @@ class Match(Strict):
     @field_validator("host")
     @classmethod
     def _hosts(cls, v: list[str] | None) -> list[str] | None:
+        if v == []:  # it matched every host, as an omitted one does: say which is meant
+            raise ValueError("host must not be empty (omit it to match every host)")
         return None if v is None else [_host_pattern(h) for h in v]
 
     def hosts(self) -> tuple[str, ...] | None:
@@ -311,3 +359,15 @@ class GatewayConfig(Strict):
     def _cidrs(cls, v: list[str]) -> list[str]:
         check_networks(v)
         return v
+
+    @model_validator(mode="after")
+    def _admin_port_is_not_listen_port(self) -> GatewayConfig:
+        a, listen = self.admin, self.listen
+        if a.enabled and a.port == listen.port != 0 and _overlap(a.host, listen.host):
+            # One of the two would fail to bind at start, after `config check` said OK (or, with SO_REUSEPORT
+            # between workers, the two would share connections).
+            raise ValueError(
+                f"admin.port and listen.port are both {a.port} on overlapping hosts "
+                f"({a.host!r}, {listen.host!r}): give the admin listener another port"
+            )
+        return self

@@ -6,7 +6,9 @@ import ipaddress
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from stockade.scalars import no_bool_for_number
 
 SigningAlg = Literal["ES256", "ES384", "EdDSA", "RS256", "PS256"]
 
@@ -23,6 +25,11 @@ class OAuth2Server(BaseModel):
     """Issues RFC 9068 access tokens to machine clients (client_credentials) and publishes its keys."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, v: Any, info: ValidationInfo) -> Any:
+        return no_bool_for_number(cls, v, info)
 
     issuer: str  # `iss` of issued tokens; endpoint URLs in the metadata are built on it
     audiences: Annotated[tuple[str, ...], Field(min_length=1)]  # `aud` of issued tokens
