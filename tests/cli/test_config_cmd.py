@@ -264,3 +264,14 @@ def test_check_warns_when_serve_would_find_no_pepper(
     warning = f"serve would refuse to start: route '{route_id}': stage brute_force needs the pepper"
     assert (warning in result.stderr) is warned, result.stderr
     assert not (tmp_path / ".stockade").exists()
+
+
+def test_check_names_the_overrides_it_applied_but_not_their_values(tmp_path: Path) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(GOOD)
+    env = {"STOCKADE_LISTEN__PORT": "9123", "STOCKADE_STORAGE": "sqlite:///secret-name.db"}
+    result = CliRunner().invoke(cli, ["config", "check", str(path)], env=env)
+    assert result.exit_code == 0, result.output
+    assert "environment overrides: STOCKADE_LISTEN__PORT, STOCKADE_STORAGE" in result.output
+    assert "9123" not in result.output and "secret-name" not in result.output
+

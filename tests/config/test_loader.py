@@ -286,11 +286,6 @@ def test_empty_or_null_environment_override_is_refused(name: str, value: str) ->
     assert "unset the variable" in problem
 
 
-def test_routes_are_not_overridable_from_the_environment() -> None:
-    loaded = load_config_text(GOOD, env={"STOCKADE_ROUTES": "[]"})
-    assert len(loaded.config.routes) == 1
-
-
 def test_global_stages_apply_to_every_route_and_route_stages_override_them() -> None:
     text = """\
 stages:

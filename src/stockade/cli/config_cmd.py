@@ -24,8 +24,8 @@ def config_group() -> None:
 @click.pass_context
 def check(ctx: click.Context, file: str | None, config_path: str | None, asgi: bool) -> None:
     """Validate FILE (default: --config, $STOCKADE_CONFIG, else ./stockade.yaml). Exit 0 if valid (warnings,
-    such as an expiring certificate, go to stderr); else exit 2, naming the file, line, route id, stage and
-    field."""
+    such as an expiring certificate, and the names of the STOCKADE_* overrides applied go to stderr); else exit 2,
+    naming the file, line, route id, stage and field."""
     from stockade.security.secrets import PEPPER_USERS, pepper_problem
 
     path = resolve_config_path(ctx, file or config_path)
@@ -40,6 +40,8 @@ def check(ctx: click.Context, file: str | None, config_path: str | None, asgi: b
             warnings.append(f"serve would refuse to start: {', '.join(users)} needs the pepper, and {problem}")
     for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
+    if loaded.overrides:  # names only: a value may be a secret (a storage URL's password)
+        click.echo(f"environment overrides: {', '.join(loaded.overrides)}", err=True)
     cfg = loaded.config
     stages = sum(len(p) for p in loaded.route_stages.values())
     click.echo(

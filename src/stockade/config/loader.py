@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import ValidationError
 
+from stockade.config.env import apply_env
 from stockade.config.models import GatewayConfig, HandlerEntry, StageEntry
 from stockade.errors import ConfigError
 from stockade.handlers import BUILTIN_HANDLERS, UnknownHandlerError, load_handler_class
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
     from stockade.handlers.base import Handler
 from stockade.stages import BUILTIN_STAGES, UnknownStageError, load_stage_class
 
-ENV_PREFIX = "STOCKADE_"
 _Loc = tuple[str | int, ...]
 
 
@@ -66,6 +66,7 @@ class LoadedConfig:
     route_handlers: dict[str, HandlerPlan] = field(default_factory=dict)
     lines: Mapping[tuple[str | int, ...], int] = field(default_factory=dict)  # YAML path -> line, for messages
     warnings: tuple[str, ...] = ()  # valid, but worth a word (logged at every load, printed by `config check`)
+    overrides: tuple[str, ...] = ()  # the STOCKADE_* variables applied (names only: values may be secrets)
 
     def at(self, loc: Sequence[str | int]) -> str:
         """`file:line` of a location (of its nearest located parent; the file alone if none), for problems found
@@ -120,7 +121,7 @@ def load_config_text(
         raise ConfigError([f"{source}: the top level must be a mapping, not {type(raw).__name__}"])
 
     lines = _line_map(text)
-    overrides = _apply_env(raw, os.environ if env is None else env, source)
+    overrides = apply_env(raw, os.environ if env is None else env, source)
     ctx = _Reporter(source, raw, lines, overrides)
     try:
         config = GatewayConfig.model_validate(raw)
@@ -183,6 +184,7 @@ def load_config_text(
         route_handlers=handler_plans,
         lines=lines,
         warnings=tuple(warnings),
+        overrides=tuple(sorted(overrides.values())),
     )
 
 
@@ -444,50 +446,3 @@ def _line_map(text: str) -> dict[_Loc, int]:
     if root is not None:
         walk(root, ())
     return out
-
-
-_ENV_SECTIONS = frozenset(GatewayConfig.model_fields) - {"routes", "stages"}
-
-
-def _apply_env(raw: dict[str, Any], env: Mapping[str, str], source: str) -> dict[_Loc, str]:
-    """Apply STOCKADE_<SECTION>[__<FIELD>...]=value overrides (values parsed as YAML scalars).
-
-    Only names whose first part is a top-level setting are overrides; other STOCKADE_* variables (secrets,
-    the CLI's STOCKADE_CONFIG) are left alone. Routes are not overridable: they belong in the file.
-    An empty or null value is refused: it would silently remove what the file sets (`STOCKADE_LISTEN__TLS=`
-    from a missing secret would turn TLS off), and the gateway fails closed.
-    """
-    applied: dict[_Loc, str] = {}
-    empty: list[str] = []  # problems: empty values, and override-shaped names that name no setting
-    for name in sorted(env):
-        if not name.startswith(ENV_PREFIX):
-            continue
-        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
-        if parts[0] not in _ENV_SECTIONS or not all(parts):
-            if len(parts) > 1 and parts[0] not in _ENV_SECTIONS:  # shaped as an override: a typo must not pass
-                close = difflib.get_close_matches(parts[0], sorted(_ENV_SECTIONS), n=1)
-                hint = f" (did you mean STOCKADE_{close[0].upper()}__...?)" if close else ""
-                empty.append(f"{source}: environment variable {name}: '{parts[0]}' is not a setting{hint}")
-            continue
-        try:
-            value = yaml.safe_load(env[name])
-        except yaml.YAMLError:
-            value = env[name]
-        if value is None:
-            empty.append(
-                f"{source}: environment variable {name} is empty or null, which would remove"
-                f" '{'.'.join(parts)}'; unset the variable to keep the file's value, or give one"
-            )
-            continue
-        node = raw
-        for part in parts[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = {}
-                node[part] = child
-            node = child
-        node[parts[-1]] = value
-        applied[tuple(parts)] = name
-    if empty:
-        raise ConfigError(empty)
-    return applied
