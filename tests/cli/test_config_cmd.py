@@ -275,3 +275,25 @@ def test_check_names_the_overrides_it_applied_but_not_their_values(tmp_path: Pat
     assert "environment overrides: STOCKADE_LISTEN__PORT, STOCKADE_STORAGE" in result.output
     assert "9123" not in result.output and "secret-name" not in result.output
 
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("x: " + "1" * 5000 + "\n", "integer too long"),
+        ("x: &a [*a]\n", "recursive alias"),
+        (GOOD.replace("host: 127.0.0.1, port: 8080", "host: 'not a host!', port: 8080"), "field 'listen.host'"),
+        (GOOD.replace("port: 8081", "port: 8080"), "admin.port"),
+    ],
+    ids=["long-int", "recursive-alias", "listen-host", "port-clash"],
+)
+def test_check_reports_what_used_to_crash_or_pass_with_exit_2(tmp_path: Path, text: str, fragment: str) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(text)
+    result = CliRunner().invoke(cli, ["config", "check", str(path)])
+    assert result.exit_code == 2, result.output
+    assert fragment in result.output and str(path) in result.output and "Traceback" not in result.output
+
+
+def test_check_refuses_a_device_file() -> None:
+    result = CliRunner().invoke(cli, ["config", "check", "/dev/zero"])
+    assert result.exit_code == 2 and "/dev/zero: not a regular file" in result.output, result.output

@@ -408,3 +408,44 @@ def test_a_file_caught_mid_write_is_refused_where_it_would_be_served(text: str, 
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config_text(text, source="gw.yaml", env={}, require_routes=True)
     assert load_config_text("routes: []\n", env={}, require_routes=True).config.routes == []  # said on purpose
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("x: " + "1" * 5000 + "\n", "gw.yaml:1:4: YAML error: integer too long"),  # int() refuses > 4300 digits
+        ("x: &a [*a]\n", "gw.yaml:1:4: YAML error: recursive alias"),
+        ("routes: &r\n  - *r\n", "gw.yaml:1:9: YAML error: recursive alias"),
+        ("x: !!binary aGVsbG8=\n", "gw.yaml:1:4: YAML error: the !!binary tag"),  # was accepted as a string
+        ("routes: []\nx: a\0b\n", "gw.yaml:2:5: YAML syntax error: unacceptable character #x0000"),
+    ],
+    ids=["long-int", "recursive-alias", "recursive-routes", "binary", "nul"],
+)
+def test_yaml_the_loader_cannot_use_is_a_config_error_with_its_line(text: str, fragment: str) -> None:
+    """Each of these was a traceback (exit 1), or a message without a line."""
+    (problem,) = problems(text)
+    assert problem.startswith(fragment), problem
+
+
+@pytest.mark.parametrize("name", ["/dev/zero", "."], ids=["device", "directory"])
+def test_only_a_regular_file_is_read(name: str) -> None:
+    """`config check /dev/zero` read until the process was killed."""
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_config(name, env={})
+
+
+def test_a_file_over_the_size_cap_is_refused_unread(tmp_path: Path) -> None:
+    from stockade.config.yamldoc import MAX_FILE_BYTES
+
+    path = tmp_path / "gw.yaml"
+    path.write_text(GOOD + "#" * MAX_FILE_BYTES)
+    with pytest.raises(ConfigError, match="larger than 16 MiB"):
+        load_config(path, env={})
+
+
+def test_a_limits_storage_url_urlsplit_refuses_is_a_config_error() -> None:
+    text = 'limits_storage: "rediss://user:pw@[::1"\n' + GOOD.replace(
+        "use: security_headers", "{use: rate_limit, config: {limits: [{rate: 5/minute, key: ip}]}}"
+    )
+    (problem,) = problems(text)
+    assert "limits_storage 'rediss://user:***@[::1'" in problem and ":pw@" not in problem, problem

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
 from pydantic import ValidationError
 
 from stockade.config.env import apply_env
 from stockade.config.models import GatewayConfig, HandlerEntry, StageEntry
+from stockade.config.yamldoc import line_map, parse, read_text
 from stockade.errors import ConfigError
 from stockade.handlers import BUILTIN_HANDLERS, UnknownHandlerError, load_handler_class
 from stockade.pipeline.phase import Phase
@@ -81,12 +81,7 @@ class LoadedConfig:
 def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None, **kw: Any) -> LoadedConfig:
     """Read and validate a config file. Raises ConfigError listing every problem."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{p}: cannot read config: {exc.strerror or exc}"]) from None
-    except UnicodeDecodeError:
-        raise ConfigError([f"{p}: config is not UTF-8 text"]) from None
+    text = read_text(p)
     return load_config_text(text, source=str(p), base_dir=p.resolve().parent, env=env, **kw)
 
 
@@ -103,24 +98,14 @@ def load_config_text(
     """Validate config text. `env` defaults to os.environ; pass {} to ignore STOCKADE_* overrides.
     `require_routes`: a file to serve must say `routes:` (the CLI's store-only configs need not).
     `all_shadows`: warn of every route shadowed by another's 405 (`config check`), not the first few (a load)."""
-    try:
-        raw = _load_yaml(text) if text.strip() else {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([f"{where}: YAML syntax error: {problem}"]) from None
-    except RecursionError:
-        raise ConfigError([f"{source}: YAML nested too deeply"]) from None
-    except _TooLarge as exc:
-        raise ConfigError([f"{source}: {exc}"]) from None
+    raw = parse(text, source) if text.strip() else {}
     if raw is None or raw == {}:
         # Most often a file caught mid-write (a shell `>` truncates first): applied, it would drop every route.
         raise ConfigError([f"{source}: the file is empty (write `routes: []` for a gateway with no routes)"])
     if not isinstance(raw, dict):
         raise ConfigError([f"{source}: the top level must be a mapping, not {type(raw).__name__}"])
 
-    lines = _line_map(text)
+    lines = line_map(text)
     overrides = apply_env(raw, os.environ if env is None else env, source)
     ctx = _Reporter(source, raw, lines, overrides)
     try:
@@ -364,85 +349,3 @@ class _Reporter:
         if rest:
             parts.append("field '" + ".".join(rest).replace(".[", "[") + "'")
         return " > ".join(parts) if parts else "top level"
-
-
-MAX_NODES = 100_000  # a config, with every alias expanded, is far smaller; a "billion laughs" file is not
-
-
-class _TooLarge(ValueError):
-    pass
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a repeated mapping key (YAML keeps the last silently: a second `stages:` in a
-    route would drop the first list's security stages without a word)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # `<<: *anchor` merges; explicit keys may override what it brings
-            key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, list | dict):
-                continue  # unhashable: the constructor below reports it
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping", node.start_mark, f"repeated key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _load_yaml(text: str) -> Any:
-    """The document, refusing repeated keys and aliases that expand beyond MAX_NODES."""
-    loader = _StrictLoader(text)
-    try:
-        root = loader.get_single_node()
-        if root is None:
-            return None
-        size = _expanded_size(root, {})
-        if size > MAX_NODES:
-            raise _TooLarge(f"the YAML expands to {size} nodes with its aliases (at most {MAX_NODES})")
-        return loader.construct_document(root)
-    finally:
-        loader.dispose()
-
-
-def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
-    """Nodes in the document with every alias expanded, computed once per node (a shared node is counted as
-    often as it is referenced, without walking it again)."""
-    found = memo.get(id(node))
-    if found is not None:
-        return found
-    memo[id(node)] = 1  # a recursive alias counts once
-    size = 1
-    if isinstance(node, yaml.MappingNode):
-        size += sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
-    elif isinstance(node, yaml.SequenceNode):
-        size += sum(_expanded_size(item, memo) for item in node.value)
-    memo[id(node)] = size
-    return size
-
-
-def _line_map(text: str) -> dict[_Loc, int]:
-    """Map each YAML path to its 1-based line, for messages. Best effort: never raises."""
-    out: dict[_Loc, int] = {}
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return out
-
-    def walk(node: yaml.Node, loc: _Loc) -> None:
-        out[loc] = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                if isinstance(k, yaml.ScalarNode):
-                    out[(*loc, k.value)] = k.start_mark.line + 1
-                    walk(v, (*loc, k.value))
-        elif isinstance(node, yaml.SequenceNode):
-            for idx, item in enumerate(node.value):
-                walk(item, (*loc, idx))
-
-    if root is not None:
-        walk(root, ())
-    return out

@@ -92,7 +92,10 @@ class LimiterBackend(Protocol):
 
 def storage_problems(url: str, workers: int) -> list[str]:
     """Config problems with a `limits_storage` URL for a deployment of `workers` processes."""
-    scheme = urlsplit(url).scheme
+    try:
+        scheme = urlsplit(url).scheme
+    except ValueError as exc:  # an unclosed `[` of an IPv6 host
+        return [f"limits_storage {mask_url(url)!r}: {exc}"]
     if scheme not in SCHEMES:
         return [
             f"limits_storage {mask_url(url)!r}: unsupported scheme {scheme!r}; use memory://, redis://host:port/db "
