@@ -449,3 +449,23 @@ def test_a_limits_storage_url_urlsplit_refuses_is_a_config_error() -> None:
     )
     (problem,) = problems(text)
     assert "limits_storage 'rediss://user:***@[::1'" in problem and ":pw@" not in problem, problem
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("trusted_proxies: [0.0.0.0/0]\n" + GOOD, "gw.yaml:1: trusted_proxies '0.0.0.0/0' trusts every address"),
+        ("trusted_proxies: ['::/0']\n" + GOOD, "trusted_proxies '::/0' trusts every address"),
+        (GOOD.replace("listen: {host: 127.0.0.1", "listen: {host: 0.0.0.0"), "gw.yaml:1: listen.host '0.0.0.0'"),
+    ],
+    ids=["any-v4", "any-v6", "plain-http-everywhere"],
+)
+def test_settings_that_open_the_gateway_are_warned_of(text: str, fragment: str) -> None:
+    warnings = load_config_text(text, source="gw.yaml", env={}).warnings
+    assert any(w.startswith(fragment) or fragment in w for w in warnings), warnings
+
+
+def test_a_plain_loopback_listener_and_narrow_proxies_are_not_warned_of() -> None:
+    assert load_config_text("trusted_proxies: [10.0.0.0/8]\n" + GOOD, env={}).warnings == ()
+    asgi = GOOD.replace("host: 127.0.0.1", "host: 0.0.0.0")  # the middleware's server listens, not `listen`
+    assert load_config_text(asgi, env={}, require_upstreams=False).warnings == ()

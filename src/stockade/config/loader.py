@@ -6,6 +6,7 @@ Every problem is collected and reported at once, each naming the file, line, rou
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -159,6 +160,7 @@ def load_config_text(
         ctx.add(("routes",), str(exc))
     if ctx.problems:
         raise ConfigError(ctx.problems)
+    warnings += _open_doors(ctx, config, proxy=require_upstreams)
     return LoadedConfig(
         config=config,
         source=source,
@@ -171,6 +173,31 @@ def load_config_text(
         warnings=tuple(warnings),
         overrides=tuple(sorted(overrides.values())),
     )
+
+
+def _open_doors(ctx: _Reporter, config: GatewayConfig, *, proxy: bool) -> list[str]:
+    """Valid settings that let any client past checks, worth a word at every load (as a route shadow is)."""
+    out = []
+    for i, cidr in enumerate(config.trusted_proxies):
+        if ipaddress.ip_network(cidr, strict=False).prefixlen == 0:
+            out.append(
+                f"{ctx.at(('trusted_proxies', i))}: trusted_proxies {cidr!r} trusts every address: any client can "
+                "set X-Forwarded-For and choose the address ip_filter and per-IP limits see; name your proxies"
+            )
+    host = config.listen.host
+    if proxy and config.listen.tls is None and not _loopback(host):  # the ASGI middleware's server listens instead
+        out.append(
+            f"{ctx.at(('listen', 'host'))}: listen.host {host!r} is not loopback and listen.tls is not set: "
+            "credentials and tokens cross the network in clear unless TLS ends in front of the gateway"
+        )
+    return out
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return host.lower() == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _methods(methods: list[str] | None) -> frozenset[str] | None:
