@@ -451,6 +451,11 @@ def test_a_limits_storage_url_urlsplit_refuses_is_a_config_error() -> None:
     assert "limits_storage 'rediss://user:***@[::1'" in problem and ":pw@" not in problem, problem
 
 
+def test_an_invalid_authenticator_is_not_also_reported_as_missing() -> None:
+    found = problems(GOOD.replace("- use: anonymous", "- {use: jwt, config: {issuer: 5}}"))
+    assert found and all("stage 'jwt'" in p for p in found), found
+
+
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [

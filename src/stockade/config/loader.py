@@ -241,6 +241,7 @@ def _plan_stages(
             close = difflib.get_close_matches(entry.use, BUILTIN_STAGES, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(sorted(BUILTIN_STAGES))}"
             ctx.add((*sloc, "use"), f"unknown stage {entry.use!r}{hint}")
+            ctx.failed_authenticators.add(loc)  # it may be the authenticator meant
             continue
         if entry.fail_open and cls.phase not in (Phase.RATE_LIMIT, Phase.DETECT):
             ctx.add(
@@ -251,6 +252,8 @@ def _plan_stages(
         except ValidationError as exc:
             for err in _errors(exc):
                 ctx.add((*sloc, "config", *err["loc"]), _message(err))
+            if cls.phase is Phase.AUTHENTICATE:
+                ctx.failed_authenticators.add(loc)
             continue
         check = getattr(cls, "check_deployment", None)
         if gateway is not None and check is not None:
@@ -281,6 +284,8 @@ def _check_raw_stages(ctx: _Reporter, raw: dict[str, Any]) -> None:
 def _check_route_stages(ctx: _Reporter, loc: _Loc, route_id: str, plans: tuple[StagePlan, ...]) -> None:
     authenticators = [p for p in plans if p.cls.phase is Phase.AUTHENTICATE]
     if not authenticators:
+        if {("stages",), (*loc, "stages")} & ctx.failed_authenticators:
+            return  # its authenticator is there, and reported as invalid: "no authenticator" would only mislead
         ctx.add(
             (*loc, "stages"),
             "route has no authenticator; add one (e.g. `use: api_key`) or say `use: anonymous` explicitly",
@@ -330,6 +335,7 @@ class _Reporter:
         self.lines = lines
         self.overrides = overrides
         self.problems: list[str] = []
+        self.failed_authenticators: set[_Loc] = set()  # stage lists with an authenticator (or unknown stage) refused
 
     def add(self, loc: Sequence[str | int], message: str) -> None:
         loc = tuple(loc)
