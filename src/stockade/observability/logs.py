@@ -24,3 +24,11 @@ def setup_logging(level: str = "info") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+
+
+def apply_level(level: str) -> None:
+    """Set the level of logging `setup_logging` configured (a reload that changes `log.level`). Logging the
+    gateway did not set up (tests, an application embedding it) is its owner's to set, and left alone."""
+    root = logging.getLogger("stockade")
+    if any(isinstance(h.formatter, _Formatter) for h in root.handlers):
+        root.setLevel(level.upper())

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from stockade.clock import SYSTEM_CLOCK, Clock
 from stockade.errors import ConfigError
 from stockade.observability.decision_log import DecisionLog
+from stockade.observability.logs import apply_level
 from stockade.pipeline.intake import RequestIds
 from stockade.proxy.client import ClientConnection
 from stockade.proxy.common import INF, HotLimits
@@ -179,6 +180,7 @@ class ProxyServer:
             self.decision_log = new_log
             self._log_target = runtime.decision_log
             old.close()
+        apply_level(cfg.log.level)
 
     def _retire_verified(self, tls: ListenerContext) -> None:
         """The client CA or client_auth changed: connections let in under the old rules must not serve on for
