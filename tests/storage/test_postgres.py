@@ -107,6 +107,26 @@ def test_a_url_libpq_refuses_is_a_storage_error_without_the_password(url: str, m
 
 
 @pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://u:p@[::1", "'postgresql://u:***@[::1'"),  # a one-letter password: not every `p` is it
+        ("postgresql://u:ql@[::1", "'postgresql://u:***@[::1'"),
+        ("postgresql://u:s%45CRET@[::1", "'postgresql://u:***@[::1'"),
+    ],
+    ids=["one-letter", "inside-a-word", "percent-encoded"],
+)
+def test_a_short_password_is_masked_where_it_stands_not_in_every_word(url: str, shown: str) -> None:
+    """The password was replaced wherever its letters appeared: `postgresql://u:p@[::1` gave
+    `***ostgresql://u:***@[::1`, and the decoded form of a percent-encoded one was not masked at all."""
+    with pytest.raises(StorageError) as caught:
+        PostgresStore(url)
+    message = str(caught.value)
+    assert message.startswith(f"storage URL {shown}: "), message
+    assert message.endswith(f'in URI: "{shown[1:-1]}"'), message  # libpq's quote of the URL, masked alike
+    assert "sECRET" not in message and "s%45CRET" not in message
+
+
+@pytest.mark.parametrize(
     "url",
     [
         "postgresql://127.0.0.1:1?user=svc@tenant&password=SECRET&connect_timeout=1",

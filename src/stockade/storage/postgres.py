@@ -73,8 +73,11 @@ def check_conninfo(url: str, conninfo: str) -> None:
 def masked(message: str, url: str) -> str:
     """libpq's message with every string of `url` that may be a password replaced (it may quote a token it could not
     read, or a host or user name it took from the wrong part of the URL)."""
+    message = message.replace(url, mask_url(url))  # libpq quoting the whole URL
     for secret in _passwords(url):
-        message = message.replace(secret, "***")
+        # Where it stands as a token, not inside a word: a short password ("p") is in most words of the message.
+        # In the URL a password is bounded by `:`/`=` and `@`/`&`, so a token libpq quotes from it is bounded too.
+        message = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", message)
     return message
 
 
@@ -85,6 +88,7 @@ def _passwords(url: str) -> list[str]:
     userinfo, at, _ = rest.rpartition("@")  # as mask_url does: the widest reading of where user info may end
     if at and ":" in userinfo:
         found.append(userinfo.partition(":")[2])
+    found += [decoded for s in found if (decoded := unquote(s)) != s]  # as libpq decodes it
     return sorted((s for s in found if s), key=len, reverse=True)
 
 
