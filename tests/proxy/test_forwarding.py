@@ -622,6 +622,28 @@ def test_waiting_for_a_held_body_is_not_counted_as_gateway_overhead(
     assert overhead.sum < 1.0  # the fake clock moved 3 s, all of it the client's
 
 
+@pytest.mark.parametrize("ending", ["body-timeout", "client-abort"])
+def test_held_body_that_never_completes_is_not_counted_as_gateway_overhead(
+    make_gateway: GatewayFactory, upstream: TestUpstream, ending: str
+) -> None:
+    """The exchange ends while the body is held (408, or the client goes): its wait is still the client's."""
+    gw = make_gateway(
+        "routes:\n  - id: r\n    match: {path: /**}\n    upstream: '{upstream}'\n    stages: [{use: anonymous}]\n"
+    )
+    with gw.connect() as sock:
+        sock.sendall(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n01234")
+        wait_for(lambda: any(c.parsing is not None and c.parsing.held for c in gw.server.connections))
+        if ending == "body-timeout":
+            gw.advance(31.0)  # past body_timeout
+            assert read_responses(sock, 1)[0][0] == 408
+        else:
+            gw.advance(20.0)
+    wait_for(lambda: "r" in gw.server.metrics.overhead)
+    overhead = gw.server.metrics.overhead["r"]
+    assert sum(overhead.counts) == 1
+    assert overhead.sum < 1.0  # the fake clock moved 20 or 31 s, all of it the client's
+
+
 @pytest.mark.parametrize(
     "connection",
     ["content-length", "Content-Length", "keep-alive, content-length", "host", "transfer-encoding", "close, host"],

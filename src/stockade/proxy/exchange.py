@@ -443,11 +443,14 @@ class Exchange:
             server.collected_total -= self.collected_size
             self.collected = None
         ctx = self.ctx or self._bare_context()
+        now = self.clock.monotonic()
+        if self.t_held:  # ended while holding the body (408, the client gone): that wait was the client's too
+            self.t_wait += now - self.t_held
         record_request(
             self.pipeline,
             ctx,
             self,
-            self.clock.monotonic(),
+            now,
             self.status,
             self.upstream_status,
             self.bytes_sent,
