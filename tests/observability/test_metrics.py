@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import urllib.request
+from bisect import bisect_left
+from pathlib import Path
 
+import orjson
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from stockade.admin.app import AdminState, admin_app
 from stockade.admin.server import AdminServer
+from stockade.config.loader import load_config_text
+from stockade.observability.metrics import OVERHEAD_BUCKETS, Metrics, Snapshot, retire
+from stockade.proxy.workers import Supervisor, _Worker
 from stockade.testing import TestUpstream
 from tests.conftest import BASIC, GatewayFactory
 
@@ -59,3 +67,40 @@ def test_readyz_is_503_while_draining(make_gateway: GatewayFactory) -> None:
             assert exc.code == 503
     finally:
         gw.bg.run(admin.stop())
+
+
+def _worker_snapshot(requests: int, connections: float) -> Snapshot:
+    m = Metrics()
+    for _ in range(requests):
+        m.request("api", "allow", "", 200, 0.001, 0.01)
+    m.event("upstream_error", "reset")
+    m.gauge_providers.append(lambda: [("stockade_client_connections", {}, connections)])
+    return m.snapshot()
+
+
+async def _died(sup: Supervisor, w: _Worker) -> None:
+    reader = asyncio.StreamReader()
+    reader.feed_eof()  # the worker's control channel closed: it died
+    await sup._watch(w, reader)
+
+
+@pytest.mark.parametrize("restarts", [1, 50])
+def test_supervisor_keeps_dead_workers_counters_but_not_their_gauges(tmp_path: Path, restarts: int) -> None:
+    """A worker that died: its counts stay in /metrics (monotonic), its open connections do not, and however often
+    it restarts the supervisor keeps one folded snapshot for it, not one per incarnation."""
+    loaded = load_config_text("routes: []\n", base_dir=tmp_path)
+    sup = Supervisor("gw.yaml", loaded, 1)
+    sup.stopping = True  # _watch must not respawn
+    w = sup.workers[0]
+    for _ in range(restarts):
+        w.snapshot = _worker_snapshot(3, 7.0)
+        asyncio.run(_died(sup, w))
+    w.snapshot = _worker_snapshot(1, 2.0)  # the incarnation alive now
+    merged = sup.snapshot()
+    assert merged["requests"] == [["api", "allow", "", 200, 3 * restarts + 1]]
+    assert ["upstream_error", "reset", restarts + 1] in merged["events"]
+    assert merged["overhead"]["api"][0][bisect_left(OVERHEAD_BUCKETS, 0.001)] == 3 * restarts + 1
+    assert sum(merged["upstream"]["api"][0]) == 3 * restarts + 1
+    gauges = {name: v for name, _, v in merged["gauges"]}
+    assert gauges["stockade_client_connections"] == 2.0  # the live worker's alone
+    assert w.retired is not None and len(orjson.dumps(w.retired)) == len(orjson.dumps(retire(None, w.retired)))

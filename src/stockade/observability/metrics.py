@@ -102,6 +102,14 @@ def merge(snapshots: Iterable[Snapshot]) -> Snapshot:
     }
 
 
+def retire(retired: Snapshot | None, last: Snapshot) -> Snapshot:
+    """A dead worker's last snapshot folded into what its earlier incarnations counted: one snapshot however
+    often it restarts. Counters and histograms only: its gauges (connections, pools) died with it."""
+    folded = merge([last] if retired is None else [retired, last])
+    folded["gauges"] = []
+    return folded
+
+
 class SnapshotCollector(Collector):
     """Exposes a snapshot source (one process, or the supervisor's merge) as Prometheus metric families."""
 

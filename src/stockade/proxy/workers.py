@@ -17,7 +17,7 @@ import socket
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from stockade.admin.server import AdminServer
 from stockade.clock import SYSTEM_CLOCK
 from stockade.config.loader import LoadedConfig, load_config_text
 from stockade.errors import ConfigError, StorageError
-from stockade.observability.metrics import Snapshot, merge
+from stockade.observability.metrics import Snapshot, merge, retire
 from stockade.pipeline.stage import Services
 from stockade.proxy.process import load_for_reload, restart_only_changes, try_reload
 from stockade.proxy.server import ProxyServer
@@ -137,7 +137,7 @@ class _Worker:
     writer: asyncio.StreamWriter | None = None
     ready: bool = False
     snapshot: Snapshot | None = None
-    retired: list[Snapshot] = field(default_factory=list)  # counters of earlier incarnations (kept monotonic)
+    retired: Snapshot | None = None  # earlier incarnations' counters and histograms, folded (kept monotonic)
 
 
 class Supervisor:
@@ -155,7 +155,7 @@ class Supervisor:
         self.services = Services(clock=SYSTEM_CLOCK, workers=workers, config=loaded.config, base_dir=loaded.base_dir)
 
     def snapshot(self) -> Snapshot:
-        snaps = [s for w in self.workers for s in (*w.retired, w.snapshot) if s is not None]
+        snaps = [s for w in self.workers for s in (w.retired, w.snapshot) if s is not None]
         merged = merge(snaps) if snaps else merge([])
         merged["gauges"].append(["stockade_workers_ready", {}, float(sum(w.ready for w in self.workers))])
         merged["events"].extend([["config_reload_supervisor", k, v] for k, v in self.reloads.items() if v])
@@ -238,7 +238,7 @@ class Supervisor:
                     log.error("worker %d refused the reload and is not ready: %s", w.index, problem)
         w.ready = False
         if w.snapshot is not None:
-            w.retired.append(w.snapshot)
+            w.retired = retire(w.retired, w.snapshot)
             w.snapshot = None
         if w.proc is not None:
             await w.proc.wait()
