@@ -58,6 +58,30 @@ def test_record_splits_gateway_and_upstream_time(
         assert metrics.upstream["r"].sum == pytest.approx(upstream)
 
 
+@pytest.mark.parametrize(
+    ("status", "reason", "upstream"),
+    [(504, "upstream.timeout", 2.5), (502, "upstream.unavailable", None), (502, "upstream.bad_response", None)],
+)
+def test_record_counts_an_upstream_timeout_in_upstream_latency(
+    tmp_path: Path, status: int, reason: str, upstream: float | None
+) -> None:
+    """A 504 has no response head, but leaving it out of the histogram would show a healthy p99 exactly while
+    the upstream times out; a 502 is a failure, not a wait, and stays out."""
+    t = Timings(10.0)
+    t.t_sent = 10.1
+    log = DecisionLog(str(tmp_path / "d.log"), FakeClock())
+    metrics = Metrics()
+    ctx = make_context()
+    ctx.route_id, ctx.decision, ctx.reason = "r", "error", reason
+    record_request(None, ctx, t, 12.6, status, 0, 10, reason, log, metrics)
+    log.close()
+    assert metrics.overhead["r"].sum == pytest.approx(0.1)
+    if upstream is None:
+        assert "r" not in metrics.upstream
+    else:
+        assert metrics.upstream["r"].sum == pytest.approx(upstream)
+
+
 class _Counter:
     id: ClassVar[str] = "counter"
     phase: ClassVar[Phase] = Phase.DETECT

@@ -98,6 +98,8 @@ def test_upstream_read_timeout_gives_504(gateway: TestGateway, upstream: TestUps
             responses = read_responses(sock, 1)
         assert [r[0] for r in responses] == [504]
         assert reason(responses[0]) == "upstream.timeout"
+        wait_for(lambda: "api" in gateway.server.metrics.upstream)
+        assert gateway.server.metrics.upstream["api"].sum == pytest.approx(61.0)  # the wait shows in its latency
     finally:
         upstream.release()
 
@@ -172,6 +174,9 @@ def test_upstream_connect_timeout_gives_504(make_gateway: GatewayFactory) -> Non
             responses = read_responses(sock, 1)
     assert [r[0] for r in responses] == [504]
     assert reason(responses[0]) == "upstream.timeout"
+    wait_for(lambda: "r" in gw.server.metrics.upstream)
+    assert gw.server.metrics.upstream["r"].sum == pytest.approx(2.5)  # the connect wait: upstream's, not overhead
+    assert gw.server.metrics.overhead["r"].sum < 1.0
 
 
 def test_upstream_refusing_connections_gives_502(make_gateway: GatewayFactory) -> None:

@@ -44,7 +44,8 @@ class Metrics:
     def request(
         self, route: str, decision: str, reason: str, status: int, overhead: float, upstream: float | None
     ) -> None:
-        """Count one request; `upstream` is the time to the upstream's response head, None if none came."""
+        """Count one request; `upstream` is the time to the upstream's response head (or to its timeout), None if
+        the upstream was not asked or failed."""
         key = (route, decision, reason, status)
         self.requests[key] = self.requests.get(key, 0) + 1
         h = self.overhead.get(route)
@@ -134,7 +135,12 @@ class SnapshotCollector(Collector):
         yield ev
         for kind, bounds, help_text in (
             ("overhead", OVERHEAD_BUCKETS, "Time spent in the gateway itself per request (excludes upstream)"),
-            ("upstream", UPSTREAM_BUCKETS, "Upstream time to first response byte"),
+            (
+                "upstream",
+                UPSTREAM_BUCKETS,
+                "Upstream time to first response byte; a timeout (504 upstream.timeout, connect included) counts the"
+                " time waited, a failure (502: refused, reset, bad response) is not observed",
+            ),
         ):
             name = "stockade_gateway_overhead_seconds" if kind == "overhead" else "stockade_upstream_latency_seconds"
             fam = HistogramMetricFamily(name, help_text, labels=["route"])

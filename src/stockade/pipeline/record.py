@@ -81,7 +81,13 @@ def record_request(
             ),
         )
     decision_log.record(ctx, status, total_us, upstream_us, error)
-    metrics.request(ctx.route_id, ctx.decision, ctx.reason, status, overhead, upstream_s if t_head else None)
+    if t_head:
+        upstream: float | None = upstream_s
+    elif t_sent and ctx.reason == "upstream.timeout":
+        upstream = now - t_sent  # no head came, but its wait is what a latency percentile must show
+    else:
+        upstream = None  # answered by the gateway, or a failure (502) rather than a wait
+    metrics.request(ctx.route_id, ctx.decision, ctx.reason, status, overhead, upstream)
 
 
 def complete_upgraded(pipeline: Pipeline | None, ctx: RequestContext, marks: Marks, now: float, sent: int) -> None:

@@ -161,7 +161,8 @@ def _connect(ex: Exchange) -> None:
     pool = ex.pool
     route = ex.route
     assert pool is not None and route is not None  # noqa: S101
-    ex._set_deadline(ex.clock.monotonic() + route.connect_timeout, "connect")
+    ex.t_sent = now = ex.clock.monotonic()  # a connect timeout is the upstream's time; _send marks it again
+    ex._set_deadline(now + route.connect_timeout, "connect")
     ex.task = task = asyncio.get_running_loop().create_task(pool.connect())
     task.add_done_callback(ex._connected)
 
