@@ -251,3 +251,43 @@ def test_a_reload_reopens_a_decision_log_file_logrotate_moved(
     rotated = (tmp_path / "decisions.log.1").read_text()
     assert "/api/one" in rotated and "/api/two" not in rotated
     assert "/api/two" in log_file.read_text()
+
+
+PARAMS = """
+limits: {path_parameters: PARAMS}
+routes:
+  - id: api
+    match: {path: "/api/**"}
+    upstream: {upstream}
+    stages:
+      - use: anonymous
+"""
+
+
+@pytest.mark.parametrize(
+    ("allowed", "target", "logged", "status"),
+    [
+        (True, "/api/account;jsessionid=SECRET", "/api/account;", 200),
+        (True, "/api/a;jsessionid=SECRET;x=1/b;v=SECRET2?q=1", "/api/a;/b;", 200),
+        (True, "/api/plain", "/api/plain", 200),
+        (False, "/api/account;jsessionid=SECRET", "/api/account;", 400),  # http.bad_path keeps the raw path
+    ],
+    ids=["one-param", "several", "none", "refused"],
+)
+def test_path_parameters_are_masked_in_the_log(
+    tmp_path: Path,
+    make_gateway: GatewayFactory,
+    upstream: TestUpstream,
+    allowed: bool,
+    target: str,
+    logged: str,
+    status: int,
+) -> None:
+    """A `;jsessionid=` travels in the path as tokens travel in the query, which the log leaves out too."""
+    log = tmp_path / "decisions.log"
+    gw = make_gateway(PARAMS.replace("PARAMS", str(allowed).lower()), log_path=log)
+    assert gw.request("GET", target)[0] == status
+    gw.flush_log()
+    (entry,) = lines(log)
+    assert entry["path"] == logged
+    assert "SECRET" not in log.read_text()

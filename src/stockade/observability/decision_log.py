@@ -41,6 +41,12 @@ def _fit(entry: dict[str, object]) -> bytes:
     return line
 
 
+def _mask_parameters(path: str) -> str:
+    """Each segment's `;` parameters cut after the `;`: a session id (`;jsessionid=`) travels there as tokens do in
+    the query string, which is never logged either. The `;` stays, so a request that carried some still shows it."""
+    return "/".join(seg[: seg.index(";") + 1] if ";" in seg else seg for seg in path.split("/"))
+
+
 class DecisionLog:
     """Appends lines to stdout, stderr or a file. `flush()` runs on a short timer and at shutdown."""
 
@@ -82,6 +88,8 @@ class DecisionLog:
         p = ctx.principal
         principal = p.id if p is not None else None
         path = ctx.path
+        if ";" in path:
+            path = _mask_parameters(path)
         detail = ctx.detail
         # Client-controlled fields, cut (rarely: one length test each on the common path).
         cut = len(path) > _MAX_FIELD or len(detail) > _MAX_FIELD
