@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from collections.abc import Iterator
@@ -135,3 +136,16 @@ def test_admin_kept_alive_connection_serves_several_requests(admin: AdminServer)
             sock.sendall(HEALTHZ)
             assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
             time.sleep(DEADLINE)  # idle between requests is the keep-alive timeout's, not the request deadline's
+
+
+@pytest.mark.parametrize(("level", "logged"), [(logging.WARNING, False), (logging.DEBUG, True)])
+def test_admin_malformed_request_is_logged_at_debug_only(
+    admin: AdminServer, caplog: pytest.LogCaptureFixture, level: int, logged: bool
+) -> None:
+    """uvicorn warns once per malformed request: a client could write the operators' log for them."""
+    caplog.set_level(level, logger="stockade.admin.http")
+    with socket.create_connection(("127.0.0.1", admin.port)) as sock:
+        sock.sendall(b"GARBAGE\r\n\r\n")
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 400 ")
+    found = [r for r in caplog.records if "Invalid HTTP request" in r.getMessage()]
+    assert [r.levelno for r in found] == ([logging.DEBUG] if logged else [])

@@ -172,6 +172,17 @@ def test_client_leaving_while_stage_reads_body_is_499(served: Served) -> None:
     assert (line["status"], line["error"], line["decision"]) == (499, "client.closed", "allow")
 
 
+def test_client_leaving_while_the_app_reads_body_is_499(served: Served) -> None:
+    """Starlette raises ClientDisconnect into the app: that is the client's doing, not a 5xx of the app's."""
+    rid = request_id_for("gone-app", served.flavor)
+    with served.server.connect() as sock:
+        sock.sendall(
+            f"POST /public/x HTTP/1.1\r\nHost: x\r\nX-Request-Id: {rid}\r\nContent-Length: 50\r\n\r\n12345".encode()
+        )
+    line = served.wait_for_decision(rid)
+    assert (line["status"], line.get("error"), line["decision"]) == (499, "client.closed", "allow")
+
+
 # -- the decision log and metrics ---------------------------------------------------------------------------------
 
 

@@ -104,9 +104,14 @@ class HttpExchange(Exchange):
                 # failure for a request that was handled.
                 log.debug("app raised after the gateway answered", exc_info=True)
                 return
-            self.error = "app.error"
-            if not self.start_sent:
-                self.status = 500  # what the server answers for an app that raised before responding
+            if self.disconnected:  # Starlette's ClientDisconnect: the client left, so no 5xx for clients to inflate
+                self.error = "client.closed"
+                if not self.start_sent:
+                    self.status = 499
+            else:
+                self.error = "app.error"
+                if not self.start_sent:
+                    self.status = 500  # what the server answers for an app that raised before responding
             self.record()
             raise
 
@@ -331,6 +336,8 @@ class HttpExchange(Exchange):
         await self.send(message)
         self.start_sent = True
         self.status = int(message["status"])
+        if self.disconnected:  # the app answered a client it had been told was gone (Starlette's 500): the proxy's 499
+            self.status, self.error = 499, "client.closed"
         self.times.t_fwd = self.clock.monotonic()
 
     async def _answer(self, reply: LocalResponse, *, close: bool = False) -> None:

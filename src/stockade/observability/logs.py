@@ -11,6 +11,12 @@ _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"mess
 class _Formatter(logging.Formatter):
     """`time level logger: message key=value ...` where the keys are the record's `extra` fields."""
 
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # One event, one line: a message quoting a backend's error text (psycopg's spans lines) is escaped, so a
+        # log reader never takes its second line for another event. Tracebacks, appended after this, stay as they are.
+        line = super().formatMessage(record)
+        return line.replace("\r", "\\r").replace("\n", "\\n") if "\n" in line or "\r" in line else line
+
     def format(self, record: logging.LogRecord) -> str:
         base = super().format(record)
         extras = " ".join(f"{k}={v!r}" for k, v in record.__dict__.items() if k not in _STANDARD)
@@ -24,6 +30,10 @@ def setup_logging(level: str = "info") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+    # The admin listener's uvicorn (admin/server.py leaves its logging alone) writes in this format, to this stream.
+    uvicorn = logging.getLogger("uvicorn")
+    uvicorn.handlers[:] = [handler]
+    uvicorn.propagate = False
 
 
 def apply_level(level: str) -> None:
