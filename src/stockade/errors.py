@@ -23,3 +23,10 @@ class StorageError(StockadeError):
     """A storage backend failed; backend exceptions are wrapped into this at the storage boundary."""
 
     code = "storage.error"
+
+
+class ListenError(StockadeError):
+    """An address in the config cannot be listened on (taken, not local, not permitted): a start-up failure the
+    CLI reports as a configuration problem. The message names the field and the address."""
+
+    code = "listen.unavailable"

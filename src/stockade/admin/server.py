@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Generator
 from typing import Any
 
@@ -154,9 +155,40 @@ class AdminServer:
         )
         self._server = _InLoopServer(config)
         self._task: asyncio.Task[None] | None = None
+        self._host, self._port = host, port
+        self._sockets: list[socket.socket] | None = None
+
+    def bind(self) -> None:
+        """Bind the listening sockets now (every address the host resolves to, as uvicorn would). Raises OSError:
+        the caller names the field, where uvicorn would log and exit with its own status."""
+        if self._sockets is not None:
+            return
+        infos = socket.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        sockets: list[socket.socket] = []
+        try:
+            for family, kind, proto, _, addr in dict.fromkeys(infos):
+                sock = socket.socket(family, kind, proto)
+                sockets.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(addr)
+                sock.listen(self._server.config.backlog)  # held from now on: a bound socket alone can be shared
+        except OSError:
+            for sock in sockets:
+                sock.close()
+            raise
+        self._sockets = sockets
+
+    def close(self) -> None:
+        """Release sockets bound but never served (start-up failed after `bind`)."""
+        for sock in self._sockets or []:
+            sock.close()
+        self._sockets = None
 
     async def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._server.serve())
+        self.bind()
+        self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=self._sockets))
         while not self._server.started:
             if self._task.done():
                 self._task.result()  # raises the bind error
@@ -171,6 +203,8 @@ class AdminServer:
         return 0
 
     async def stop(self) -> None:
+        if self._task is None:
+            self.close()
         self._server.should_exit = True
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):

@@ -80,7 +80,8 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
       0  done
       1  refused: nothing found, already exists, invalid input
       2  usage or configuration: a bad option, an invalid config or storage URL,
-         secrets that are missing or do not match the store (or the limits backend)
+         an address `serve` cannot listen on, secrets that are missing or do not
+         match the store (or the limits backend)
       3  the store (for lockouts: the limits backend) could not be reached or failed
     """
     ctx.ensure_object(dict)

@@ -9,7 +9,7 @@ import click
 
 from stockade.cli.common import config_option, load_or_exit, report_config_error, resolve_config_path
 from stockade.config.loader import LoadedConfig
-from stockade.errors import ConfigError
+from stockade.errors import ConfigError, ListenError
 
 
 @click.command()
@@ -28,8 +28,11 @@ def serve(
 ) -> None:
     """Run the gateway: the data plane on `listen`, the admin API (/metrics, /healthz, /readyz) on `admin`.
 
-    SIGHUP reloads the config atomically (a bad file changes nothing and is logged); SIGTERM or Ctrl-C
-    drains in-flight requests, then exits.
+    SIGHUP reloads the config atomically: a file that fails any check (with --workers: that any worker
+    refuses) changes nothing and is logged. The file is read once it has stopped changing; one still being
+    written after a few seconds is refused, so replace it atomically (write a temporary file, then rename it
+    into place). SIGTERM or Ctrl-C drains in-flight requests, then exits. An address that cannot be listened on
+    (admin.port, listen.port) exits 2.
     """
 
     from stockade.observability.logs import setup_logging
@@ -53,6 +56,9 @@ def serve(
         _run(path, loaded, loaded.config.workers, worker_fd, worker_index, env)
     except ConfigError as exc:  # a file the runtime loads (a TLS key, a spec) is unusable: report, do not trace
         report_config_error(exc)
+        sys.exit(2)
+    except ListenError as exc:  # a port in use, an address not on this host: the config cannot run here
+        click.echo(f"error: {exc}", err=True)
         sys.exit(2)
 
 
