@@ -337,8 +337,8 @@ def test_a_second_gateway_cannot_join_the_port_of_another(
     other = tmp_path / "other.yaml"
     other.write_text(config(upstream.url, gw.port, free_port(), workers=2))
     result = subprocess.run([STOCKADE, "serve", "--config", str(other)], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 1
-    assert f"cannot listen on 127.0.0.1:{gw.port}" in result.stderr
+    assert result.returncode == 2  # a port that cannot be bound is a configuration problem, as in one process
+    assert f"listen.port: cannot listen on 127.0.0.1:{gw.port}" in result.stderr
     assert gw.get("/api/x")[0] == 200
 
 
@@ -346,9 +346,110 @@ def test_a_reload_of_a_truncated_file_changes_nothing(serve: object) -> None:
     gw: Served = serve()  # type: ignore[operator]
     gw.path.write_text(gw.path.read_text().split("routes:")[0])  # a write caught at a line boundary
     gw.proc.send_signal(signal.SIGHUP)
-    time.sleep(0.5)  # for the running process to refuse it (a wait for a real process, not a timing assertion)
+    until(lambda: reload_errors(gw, "config_reload") == 1)
     assert gw.get("/api/x")[0] == 200
     gw.proc.send_signal(signal.SIGTERM)
     assert gw.proc.wait(20) == 0
     err = gw.proc.stderr.read().decode() if gw.proc.stderr else ""
     assert "reload refused" in err and "no `routes:` in the file" in err
+
+
+def reload_errors(gw: Served, event: str) -> float:
+    """The `event` counter's error count on /metrics (`config_reload` in a process, `config_reload_supervisor`)."""
+    total = 0.0
+    for line in gw.admin_get("/metrics")[1].decode().splitlines():
+        if line.startswith("stockade_events_total{") and f'event="{event}"' in line and 'label="error"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_reload_that_raises_is_refused_counted_and_changes_nothing(serve: object, workers: int) -> None:
+    """A port of 5,000 digits made the YAML loader raise ValueError, not ConfigError: it escaped the reload
+    ("Exception in callback", "Task exception was never retrieved") and no counter moved."""
+    gw: Served = serve(workers=workers)  # type: ignore[operator]
+    good = gw.path.read_text()
+    gw.path.write_text(good.replace(f"port: {gw.port}", "port: " + "1" * 5000))
+    gw.proc.send_signal(signal.SIGHUP)
+    event = "config_reload" if workers == 1 else "config_reload_supervisor"
+    until(lambda: reload_errors(gw, event) == 1)
+    assert gw.get("/api/x")[0] == 200
+    gw.path.write_text(good.replace("max_bytes: 1024", "max_bytes: 100"))  # and reloads still work after it
+    gw.proc.send_signal(signal.SIGHUP)
+    until(lambda: all(gw.get("/api/x", body=b"a" * 500)[0] == 413 for _ in range(6)))
+    gw.proc.send_signal(signal.SIGTERM)
+    assert gw.proc.wait(30) == 0
+    err = gw.proc.stderr.read().decode() if gw.proc.stderr else ""
+    assert "reload refused, configuration unchanged: " in err
+    assert "Traceback" not in err and "never retrieved" not in err and "Exception in callback" not in err
+
+
+def test_a_reload_every_worker_refuses_is_not_given_to_a_restarted_worker(
+    serve: object, tmp_path: Path, upstream: TestUpstream
+) -> None:
+    """The supervisor's dry-run build touches no secret file, so it passed an API-key route with no pepper; both
+    workers refused it ("(no detail)"), yet it became the config a restarted worker got: that one crash-looped."""
+    head = f"storage: sqlite:///{tmp_path}/s.db\nsecrets: {{generate: false}}"
+    gw: Served = serve(workers=2, head=head)  # type: ignore[operator]
+    keyed = f'  - id: keyed\n    match: {{path: "/keyed/**"}}\n    upstream: {upstream.url}\n'
+    gw.path.write_text(gw.path.read_text() + keyed + "    stages: [{use: api_key}]\n")
+    gw.proc.send_signal(signal.SIGHUP)
+    until(lambda: reload_errors(gw, "config_reload_supervisor") == 1)
+    assert gw.admin_get("/readyz")[0] == 200  # both kept the previous config: one policy, still ready
+    children = Path(f"/proc/{gw.proc.pid}/task/{gw.proc.pid}/children").read_text().split()
+    os.kill(int(children[0]), signal.SIGKILL)
+    until(lambda: b"stockade_workers_ready 1.0" in gw.admin_get("/metrics")[1])
+    until(lambda: b"stockade_workers_ready 2.0" in gw.admin_get("/metrics")[1], timeout=20)
+    assert all(gw.get("/api/x")[0] == 200 for _ in range(6))
+    assert gw.get("/keyed/x")[0] == 404
+    gw.proc.send_signal(signal.SIGTERM)
+    assert gw.proc.wait(30) == 0
+    err = gw.proc.stderr.read().decode() if gw.proc.stderr else ""
+    assert err.count("worker exited; restarting") == 1, err  # the killed one, once
+    assert "refused the reload" in err and "pepper" in err and "no detail" not in err
+
+
+def _held(port: int) -> socket.socket:
+    """Another process's listener on `port` (no SO_REUSEPORT: workers cannot join it)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen()
+    return sock
+
+
+BIND_FAILURES = {
+    "one-process-admin-port-taken": (1, "admin", "admin.port"),
+    "one-process-listen-port-taken": (1, "listen", "listen.port"),
+    "workers-admin-port-taken": (2, "admin", "admin.port"),
+    "workers-listen-port-taken": (2, "listen", "listen.port"),
+}
+
+
+@pytest.mark.parametrize(("workers", "taken", "field"), BIND_FAILURES.values(), ids=BIND_FAILURES.keys())
+def test_serve_on_a_port_it_cannot_bind_exits_2_naming_the_field(
+    tmp_path: Path, upstream: TestUpstream, workers: int, taken: str, field: str
+) -> None:
+    """An admin port in use exited 3 (uvicorn's start-up failure), a listen port in use was a traceback."""
+    port, admin = free_port(), free_port()
+    path = tmp_path / "gw.yaml"
+    path.write_text(config(upstream.url, port, admin, workers=workers))
+    busy = port if taken == "listen" else admin
+    with _held(busy):
+        result = subprocess.run([STOCKADE, "serve", "--config", str(path)], capture_output=True, text=True, timeout=60)
+    assert (result.returncode, "Traceback" in result.stderr) == (2, False), result.stderr
+    assert f"{field}: cannot listen on 127.0.0.1:{busy}: " in result.stderr
+    assert "restarting" not in result.stderr
+
+
+def test_workers_that_cannot_bind_the_listen_port_stop_the_supervisor(tmp_path: Path, upstream: TestUpstream) -> None:
+    """`admin.port` equal to `listen.port`: the supervisor's admin listener took the port, every worker failed to
+    bind it and was restarted every 1.5 s for ever, and the admin app answered on the data-plane port."""
+    port = free_port()
+    path = tmp_path / "gw.yaml"
+    path.write_text(config(upstream.url, port, port, workers=2))
+    result = subprocess.run([STOCKADE, "serve", "--config", str(path)], capture_output=True, text=True, timeout=60)
+    assert (result.returncode, "Traceback" in result.stderr) == (2, False), result.stderr
+    assert "restarting" not in result.stderr
+    # The config model may refuse equal ports itself; if it lets them through, the bind failure names the port.
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr or "admin.port" in result.stderr

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 
 from stockade.admin.app import AdminState, admin_app
 from stockade.admin.server import AdminServer
-from stockade.clock import SYSTEM_CLOCK
-from stockade.config.loader import LoadedConfig, load_config, load_config_text
-from stockade.errors import ConfigError
+from stockade.clock import SYSTEM_CLOCK, Clock
+from stockade.config.loader import LoadedConfig, load_config_text
+from stockade.errors import ConfigError, ListenError
 from stockade.pipeline.stage import Services
+from stockade.proxy.reload_file import read_settled
 from stockade.proxy.server import ProxyServer
 from stockade.runtime import build_runtime
 from stockade.security.secrets import verify_store_secrets
@@ -41,8 +44,9 @@ def restart_only_changes(old: LoadedConfig, new: LoadedConfig) -> list[str]:
     return out
 
 
-def try_reload(server: ProxyServer, current: LoadedConfig, new: LoadedConfig | None, problems: list[str]) -> bool:
-    """Apply `new` to `server` all-or-nothing. Returns whether it was applied; every problem is logged."""
+def try_reload(server: ProxyServer, current: LoadedConfig, new: LoadedConfig | None, problems: list[str]) -> list[str]:
+    """Apply `new` to `server` all-or-nothing. Returns why it was refused ([] if it was applied: a worker sends
+    these to its supervisor); every problem is logged and counted."""
     if new is not None:
         blocked = restart_only_changes(current, new)
         if blocked:
@@ -53,30 +57,56 @@ def try_reload(server: ProxyServer, current: LoadedConfig, new: LoadedConfig | N
                 server.reload(runtime)
             except ConfigError as exc:
                 problems = exc.problems
+            except Exception as exc:  # fail closed: whatever a new config makes go wrong, the running one stays
+                problems = [unexpected(new.source, exc)]
             else:
                 server.metrics.event("config_reload", "ok")
                 log.info("configuration reloaded", extra={"routes": len(new.config.routes)})
-                return True
+                return []
+    problems = problems or [f"{new.source if new else 'config'}: refused"]
     server.metrics.event("config_reload", "error")
     for problem in problems:
         log.error("reload refused, configuration unchanged: %s", problem)
-    return False
+    return problems
 
 
-def load_for_reload(
-    path: str, text: str | None = None, base: LoadedConfig | None = None, env: Mapping[str, str] | None = None
+def unexpected(source: str, exc: BaseException) -> str:
+    """A problem line for an exception that is not a ConfigError (a loader or stage bug an odd file reaches:
+    RecursionError, ValueError, MemoryError). The traceback goes to the debug log."""
+    log.debug("reload failed", exc_info=exc)
+    detail = str(exc)[:300]
+    return f"{source}: {type(exc).__name__}{': ' + detail if detail else ''}"
+
+
+async def load_for_reload(
+    path: str,
+    env: Mapping[str, str] | None = None,
+    *,
+    clock: Clock = SYSTEM_CLOCK,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> tuple[LoadedConfig | None, list[str]]:
-    """The config again, as the first load read it: `env` is that load's environment (with `--workers`)."""
+    """The config file again, as the first load read it (`env` is that load's environment, with `--workers`),
+    once nothing is writing it (see reload_file.py). Never raises: (None, problems) when it is refused."""
     try:
-        if text is not None and base is not None:
-            return load_config_text(text, source=base.source, base_dir=base.base_dir, env=env, require_routes=True), []
-        return load_config(path, env=env, require_routes=True), []
+        text = await read_settled(path, clock=clock, sleep=sleep)
+        p = Path(path)
+        return load_config_text(text, source=str(p), base_dir=p.resolve().parent, env=env, require_routes=True), []
     except ConfigError as exc:
         return None, exc.problems
+    except Exception as exc:
+        return None, [unexpected(path, exc)]
+
+
+def listen_error(field: str, host: str, port: int, exc: OSError) -> ListenError:
+    where = f"[{host}]" if ":" in host else host
+    # uvloop's strerror repeats the address ("error while attempting to bind on address ..."): the errno's is enough.
+    reason = os.strerror(exc.errno).lower() if exc.errno else (exc.strerror or str(exc))
+    return ListenError(f"{field}: cannot listen on {where}:{port}: {reason}")
 
 
 async def serve_single(path: str, loaded: LoadedConfig, env: Mapping[str, str] | None = None) -> None:
-    """One process: data plane and admin listener on one uvloop loop."""
+    """One process: data plane and admin listener on one uvloop loop. Raises ListenError for an address it
+    cannot bind."""
     cfg = loaded.config
     services = Services(clock=SYSTEM_CLOCK, workers=1)
     server = ProxyServer(build_runtime(loaded, services))
@@ -85,17 +115,28 @@ async def serve_single(path: str, loaded: LoadedConfig, env: Mapping[str, str] |
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     current = [loaded]
+    one_at_a_time = asyncio.Lock()
+    reloads: set[asyncio.Task[None]] = set()
 
-    def reload() -> None:
-        new, problems = load_for_reload(path, env=env)
-        if try_reload(server, current[0], new, problems) and new is not None:
-            current[0] = new
+    async def reload() -> None:
+        async with one_at_a_time:  # two quick SIGHUPs: the second reads the file after the first is applied
+            try:
+                new, problems = await load_for_reload(path, env=env)
+                if not try_reload(server, current[0], new, problems) and new is not None:
+                    current[0] = new
+            except Exception as exc:  # never an unhandled task error, never a half-applied config
+                server.metrics.event("config_reload", "error")
+                log.error("reload refused, configuration unchanged: %s", unexpected(path, exc))
+
+    def on_sighup() -> None:
+        task = loop.create_task(reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
 
     # Before anything can report ready: a SIGHUP's default action is to terminate the process.
-    loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    await server.start()
     admin = None
     if cfg.admin.enabled:
         admin = AdminServer(
@@ -105,6 +146,17 @@ async def serve_single(path: str, loaded: LoadedConfig, env: Mapping[str, str] |
             cfg.admin.host,
             cfg.admin.port,
         )
+        try:
+            admin.bind()  # before the data plane opens: nothing has been served when this fails
+        except OSError as exc:
+            raise listen_error("admin.port", cfg.admin.host, cfg.admin.port, exc) from None
+    try:
+        await server.start()
+    except OSError as exc:
+        if admin is not None:
+            admin.close()
+        raise listen_error("listen.port", cfg.listen.host, cfg.listen.port, exc) from None
+    if admin is not None:
         await admin.start()
     log.info(
         "stockade serving",
@@ -115,6 +167,8 @@ async def serve_single(path: str, loaded: LoadedConfig, env: Mapping[str, str] |
         },
     )
     await stop.wait()
+    for task in list(reloads):
+        task.cancel()  # a reload still waiting for its file to settle: the process is going away
     log.info("draining", extra={"connections": len(server.connections)})
     await server.drain()
     if admin is not None:

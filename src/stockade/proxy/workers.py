@@ -1,8 +1,10 @@
 """Several worker processes sharing the listen port with SO_REUSEPORT, under one supervisor.
 
 The supervisor validates the config, spawns workers, serves the admin listener (merging the workers'
-metrics, which each sends every second), coordinates reloads (it validates the file once and sends the
-same text to every worker, so all workers change together or none does) and restarts a worker that dies.
+metrics, which each sends every second), coordinates reloads (it validates the file once, sends the same
+text to every worker and keeps it only if every worker applied it; otherwise those that did are sent the
+previous config again, so all workers change together or none does) and restarts a worker that dies, with the
+config every worker accepted. A worker that cannot bind the listen port stops the gateway.
 Messages on each control socket are newline-delimited JSON.
 """
 
@@ -16,7 +18,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,12 +27,12 @@ import orjson
 
 from stockade.admin.app import AdminState, admin_app
 from stockade.admin.server import AdminServer
-from stockade.clock import SYSTEM_CLOCK
+from stockade.clock import SYSTEM_CLOCK, Clock
 from stockade.config.loader import LoadedConfig, load_config_text
-from stockade.errors import ConfigError, StorageError
+from stockade.errors import ConfigError, ListenError, StorageError
 from stockade.observability.metrics import Snapshot, merge, retire
 from stockade.pipeline.stage import Services
-from stockade.proxy.process import load_for_reload, restart_only_changes, try_reload
+from stockade.proxy.process import listen_error, load_for_reload, restart_only_changes, try_reload, unexpected
 from stockade.proxy.server import ProxyServer
 from stockade.runtime import build_runtime
 from stockade.security.secrets import SecretsError, verify_store_secrets
@@ -41,6 +43,7 @@ from stockade.storage import shared_store
 
 log = logging.getLogger("stockade")
 METRICS_INTERVAL = 1.0
+RELOAD_ANSWER_TIMEOUT = 30.0  # a worker that has not answered a reload by then is restarted on the common config
 
 
 async def _send(writer: asyncio.StreamWriter, msg: dict[str, Any]) -> None:
@@ -88,7 +91,15 @@ async def serve_worker(
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the supervisor coordinates reloads
-    await server.start(reuse_port=True)
+    try:
+        await server.start(reuse_port=True)
+    except OSError as exc:
+        # Not a crash to restart from: the next attempt would fail the same way. The supervisor stops the
+        # gateway and reports it (once, not once per worker).
+        cfg = loaded.config
+        problem = listen_error("listen.port", cfg.listen.host, cfg.listen.port, exc)
+        await _send(writer, {"op": "fatal", "problem": str(problem)})
+        raise SystemExit(2) from None
     await _send(writer, {"op": "ready", "index": index})
     current = [loaded]
 
@@ -108,10 +119,14 @@ async def serve_worker(
                     problems: list[str] = []
                 except ConfigError as exc:
                     new, problems = None, exc.problems
-                ok = try_reload(server, current[0], new, problems)
-                if ok and new is not None:
+                except Exception as exc:  # fail closed, and keep reading commands
+                    new, problems = None, [unexpected(msg["source"], exc)]
+                # The problems of this worker's own build too (a secret file the supervisor's dry run does not
+                # read), so the supervisor can say why.
+                problems = try_reload(server, current[0], new, problems)
+                if not problems and new is not None:
                     current[0] = new
-                await _send(writer, {"op": "reloaded", "ok": ok, "problems": problems[:5]})
+                await _send(writer, {"op": "reloaded", "ok": not problems, "problems": problems[:5]})
             elif msg["op"] == "stop":
                 break
         stop.set()  # the supervisor asked us to stop, or went away
@@ -130,7 +145,7 @@ async def serve_worker(
 # -- supervisor side ---------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)  # identity: workers key the answers of a reload round
 class _Worker:
     index: int
     proc: asyncio.subprocess.Process | None = None
@@ -138,16 +153,32 @@ class _Worker:
     ready: bool = False
     snapshot: Snapshot | None = None
     retired: Snapshot | None = None  # earlier incarnations' counters and histograms, folded (kept monotonic)
+    answer: asyncio.Future[dict[str, Any]] | None = None  # its reply to the reload under way
 
 
 class Supervisor:
-    def __init__(self, path: str, loaded: LoadedConfig, workers: int, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        loaded: LoadedConfig,
+        workers: int,
+        env: Mapping[str, str] | None = None,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
         self.path = path
         self.env = env
+        self.clock = clock
+        # The config every worker accepted (at start, or in a reload they all took): what a restarted one gets.
         self.loaded = loaded
         self.n = workers
         self.workers = [_Worker(i) for i in range(workers)]
         self.stopping = False
+        self.fatal: str | None = None  # why the gateway cannot run (a worker could not bind the listen port)
+        self._announced = False
+        self._stop = asyncio.Event()
+        self._one_at_a_time = asyncio.Lock()  # a reload round, or a spawn: a spawn never sees a config half-way
+        self._tasks: set[asyncio.Task[None]] = set()
         self.admin: AdminServer | None = None
         self.reloads: dict[str, int] = {"ok": 0, "error": 0}
         self.needs: Mapping[str, bool] = {}  # the backends the workers' config uses (Runtime.needs): /readyz
@@ -164,14 +195,20 @@ class Supervisor:
     def ready(self) -> bool:
         return not self.stopping and all(w.ready for w in self.workers)
 
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def run(self) -> None:
+        """Serve until SIGTERM/SIGINT. Raises ConfigError or ListenError (the CLI exits 2) for what stops the
+        gateway from starting, including a listen port the workers cannot bind."""
         cfg = self.loaded.config
         loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
         # Before anything can report ready: a SIGHUP's default action is to terminate the process.
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._background(self.reload()))
         # Refuse to start (not to crash-loop workers) with a pepper or KEK other than the store's: built as
         # `config check` builds it to learn whether the routes use the store at all.
         probe = Services(clock=SYSTEM_CLOCK, workers=self.n, dry_run=True)
@@ -191,33 +228,39 @@ class Supervisor:
         if (busy := _listen_port_taken(cfg.listen.host, cfg.listen.port)) is not None:
             # Workers bind with SO_REUSEPORT, which would let them join another gateway's port silently and
             # answer half its connections under this config: refuse to start, as a single process does.
-            log.error("cannot listen on %s:%d: %s", cfg.listen.host, cfg.listen.port, busy)
-            raise SystemExit(1)
-        for w in self.workers:
-            await self._spawn(w)
+            raise listen_error("listen.port", cfg.listen.host, cfg.listen.port, OSError(0, busy))
         if cfg.admin.enabled:
+            # Bound before any worker binds the listen port: an admin port that is taken (or is the listen port)
+            # fails here, once, instead of in every worker.
             state = AdminState(self.snapshot, self.ready, self.services, lambda: self.needs)
             self.admin = AdminServer(admin_app(state), cfg.admin.host, cfg.admin.port)
+            try:
+                self.admin.bind()
+            except OSError as exc:
+                raise listen_error("admin.port", cfg.admin.host, cfg.admin.port, exc) from None
+        for w in self.workers:
+            await self._spawn(w)
+        if self.admin is not None and self.fatal is None:
             await self.admin.start()
-        log.info(
-            "stockade supervisor serving", extra={"workers": self.n, "listen": f"{cfg.listen.host}:{cfg.listen.port}"}
-        )
-        await stop.wait()
+        await self._stop.wait()
         await self.stop()
+        if self.fatal is not None:
+            raise ListenError(self.fatal)
 
     async def _spawn(self, w: _Worker) -> None:
-        parent, child = socket.socketpair()
-        args = [sys.executable, "-m", "stockade", "serve", "--config", self.path, "--workers", str(self.n)]
-        args += ["--worker-fd", str(child.fileno()), "--worker-index", str(w.index)]
-        w.proc = await asyncio.create_subprocess_exec(*args, pass_fds=(child.fileno(),))
-        child.close()
-        reader, w.writer = await asyncio.open_connection(sock=parent)
-        loaded = self.loaded  # what the worker runs: see config_from_supervisor
-        await _send(
-            w.writer, {"op": "config", "text": loaded.text, "source": loaded.source, "base_dir": str(loaded.base_dir)}
-        )
-        w.ready = False
-        asyncio.get_running_loop().create_task(self._watch(w, reader))
+        async with self._one_at_a_time:  # after a reload round has settled what the workers run
+            if self.stopping:
+                return
+            parent, child = socket.socketpair()
+            args = [sys.executable, "-m", "stockade", "serve", "--config", self.path, "--workers", str(self.n)]
+            args += ["--worker-fd", str(child.fileno()), "--worker-index", str(w.index)]
+            w.proc = await asyncio.create_subprocess_exec(*args, pass_fds=(child.fileno(),))
+            child.close()
+            reader, w.writer = await asyncio.open_connection(sock=parent)
+            loaded = self.loaded  # what the worker runs: see config_from_supervisor
+            await _send(w.writer, {"op": "config", **_config_message(loaded)})
+            w.ready = False
+            self._background(self._watch(w, reader))
 
     async def _watch(self, w: _Worker, reader: asyncio.StreamReader) -> None:
         while line := await _read_line(reader):
@@ -225,18 +268,26 @@ class Supervisor:
             op = msg["op"]
             if op == "ready":
                 w.ready = True
+                if not self._announced and all(x.ready for x in self.workers):
+                    self._announced = True  # once every worker listens: one that cannot stops the gateway
+                    cfg = self.loaded.config
+                    log.info(
+                        "stockade supervisor serving",
+                        extra={"workers": self.n, "listen": f"{cfg.listen.host}:{cfg.listen.port}"},
+                    )
             elif op == "metrics":
                 w.snapshot = msg["snap"]
-            elif op == "reloaded" and msg.get("ok", True):
-                w.ready = True  # (again, if it had refused an earlier one)
             elif op == "reloaded":
-                # This worker kept the old config while the others took the new one (a file only it could not
-                # read): it must not look ready, or a load balancer would send it traffic under another policy.
-                w.ready = False
-                self.reloads["worker_error"] = self.reloads.get("worker_error", 0) + 1
-                for problem in msg.get("problems") or ["(no detail)"]:
-                    log.error("worker %d refused the reload and is not ready: %s", w.index, problem)
+                if w.answer is not None and not w.answer.done():
+                    w.answer.set_result(msg)
+            elif op == "fatal" and self.fatal is None:
+                # A listen port this worker cannot bind, the others cannot either: stop, do not restart for ever.
+                self.fatal = str(msg.get("problem") or "a worker could not start")
+                self.stopping = True
+                self._stop.set()
         w.ready = False
+        if w.answer is not None and not w.answer.done():
+            w.answer.set_result({"op": "gone"})
         if w.snapshot is not None:
             w.retired = retire(w.retired, w.snapshot)
             w.snapshot = None
@@ -251,31 +302,99 @@ class Supervisor:
                 await self._spawn(w)
 
     async def reload(self) -> None:
-        new, problems = load_for_reload(self.path, env=self.env)
+        """SIGHUP: check the file, send it to every worker, and keep it only if every worker took it. Never
+        raises: whatever goes wrong is a refused reload, logged and counted."""
+        async with self._one_at_a_time:
+            try:
+                await self._reload()
+            except Exception as exc:
+                self.reloads["error"] += 1
+                log.error("reload refused, configuration unchanged: %s", unexpected(self.path, exc))
+
+    async def _reload(self) -> None:
+        new, problems = await load_for_reload(self.path, env=self.env, clock=self.clock)
         if new is not None and (blocked := restart_only_changes(self.loaded, new)):
             problems = [f"{new.source}: reload cannot change {', '.join(blocked)}; restart instead"]
             new = None
         if new is not None:
             # Built once here as `config check` builds it (touching no store or secret file): what fails to build
-            # (a spec or key file, the decision log's target) is refused before any worker sees it - and never
-            # becomes the text a restarted worker is given.
+            # (a spec or key file, the decision log's target) is refused before any worker sees it.
             try:
                 needs = build_runtime(new, Services(clock=SYSTEM_CLOCK, workers=self.n, dry_run=True)).needs
             except ConfigError as exc:
                 problems, new = exc.problems, None
+            except Exception as exc:
+                problems, new = [unexpected(new.source, exc)], None
         if new is None:
             self.reloads["error"] += 1
             for problem in problems:
                 log.error("reload refused, configuration unchanged: %s", problem)
             return
-        self.loaded = new
-        self.needs = needs
-        self.reloads["ok"] += 1
-        for w in self.workers:
-            if w.writer is not None:
-                with contextlib.suppress(ConnectionError):
-                    await _send(w.writer, _reload_message(new))
-        log.info("configuration sent to workers", extra={"workers": self.n})
+        answers = await self._ask(self.workers, new)
+        refused = {w.index: answer for w, answer in answers.items() if answer is not None}
+        if not refused:
+            # Workers that were restarting (no answer) are spawned after this round, with this config.
+            self.loaded = new
+            self.needs = needs
+            self.reloads["ok"] += 1
+            for w in answers:
+                w.ready = True  # (again, if it had been left on another config by an earlier round)
+            log.info("configuration reloaded by every worker", extra={"workers": self.n})
+            return
+        # All workers serve one config: the ones that took the new one go back to the previous one, which the
+        # others still run (a worker's reload is all-or-nothing, so a refusal leaves it as it was).
+        self.reloads["error"] += 1
+        for index, why in sorted(refused.items()):
+            for problem in why:
+                log.error("worker %d refused the reload: %s", index, problem)
+        back = await self._ask([w for w, answer in answers.items() if answer is None], self.loaded)
+        for w in answers:
+            w.ready = w not in back or back[w] is None
+        for w, answer in back.items():
+            for problem in answer or ():
+                log.error(
+                    "worker %d took the reload, could not return to the previous configuration, and is not ready: %s",
+                    w.index,
+                    problem,
+                )
+        log.error(
+            "reload refused, configuration unchanged: %d of %d workers refused it; every worker keeps the "
+            "previous configuration",
+            len(refused),
+            self.n,
+        )
+
+    async def _ask(self, workers: list[_Worker], loaded: LoadedConfig) -> dict[_Worker, list[str] | None]:
+        """Send `loaded` to each live worker and wait for its answer: None if it applied it, else why not. A
+        worker that goes away meanwhile is left out (it is restarted, after this round, with `self.loaded`); one
+        that does not answer in time is counted as refusing, and restarted."""
+        loop = asyncio.get_running_loop()
+        asked: list[_Worker] = []
+        for w in workers:
+            if w.writer is None or (w.proc is not None and w.proc.returncode is not None):
+                continue
+            w.answer = loop.create_future()
+            try:
+                await _send(w.writer, {"op": "reload", **_config_message(loaded)})
+            except ConnectionError:
+                w.answer = None
+                continue
+            asked.append(w)
+        out: dict[_Worker, list[str] | None] = {}
+        for w in asked:
+            assert w.answer is not None  # noqa: S101  (set above; for the type checker)
+            try:
+                msg = await asyncio.wait_for(asyncio.shield(w.answer), RELOAD_ANSWER_TIMEOUT)
+            except TimeoutError:
+                msg = {"op": "reloaded", "ok": False, "problems": [f"no answer in {RELOAD_ANSWER_TIMEOUT:g} s"]}
+                if w.proc is not None and w.proc.returncode is None:
+                    w.proc.terminate()  # it may apply it later: a restart puts it on the common config
+            finally:
+                w.answer = None
+            if msg["op"] == "gone":
+                continue
+            out[w] = None if msg.get("ok") else list(msg.get("problems") or ["(the worker gave no reason)"])
+        return out
 
     async def stop(self) -> None:
         self.stopping = True
@@ -294,7 +413,8 @@ class Supervisor:
         if self.admin is not None:
             await self.admin.stop()
         await self.services.close()
-        log.info("stopped")
+        if self.fatal is None:
+            log.info("stopped")
 
 
 def _listen_port_taken(host: str, port: int) -> str | None:
@@ -315,8 +435,8 @@ def _listen_port_taken(host: str, port: int) -> str | None:
     return None
 
 
-def _reload_message(loaded: LoadedConfig) -> dict[str, Any]:
-    return {"op": "reload", "text": loaded.text, "source": loaded.source, "base_dir": str(loaded.base_dir)}
+def _config_message(loaded: LoadedConfig) -> dict[str, Any]:
+    return {"text": loaded.text, "source": loaded.source, "base_dir": str(loaded.base_dir)}
 
 
 async def _read_line(reader: asyncio.StreamReader) -> bytes:
