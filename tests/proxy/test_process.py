@@ -453,3 +453,20 @@ def test_workers_that_cannot_bind_the_listen_port_stop_the_supervisor(tmp_path: 
     assert "restarting" not in result.stderr
     # The config model may refuse equal ports itself; if it lets them through, the bind failure names the port.
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr or "admin.port" in result.stderr
+
+
+def test_a_reload_that_raises_log_level_quiets_the_supervisor_too(serve: object, upstream: TestUpstream) -> None:
+    """The workers applied a new `log.level`; the supervisor kept logging at the level it started with."""
+    gw: Served = serve(workers=2)  # type: ignore[operator]
+    text = gw.path.read_text().replace("log: {decisions: stdout}", "log: {decisions: stdout, level: warning}")
+    gw.path.write_text(text.replace("max_bytes: 1024", "max_bytes: 100"))
+    gw.proc.send_signal(signal.SIGHUP)
+    until(lambda: all(gw.get("/api/x", body=b"a" * 500)[0] == 413 for _ in range(20)))
+    gw.path.write_text(text.replace("max_bytes: 1024", "max_bytes: lots"))  # warnings and errors still show
+    gw.proc.send_signal(signal.SIGHUP)
+    until(lambda: b'config_reload_supervisor",label="error"' in gw.admin_get("/metrics")[1])
+    gw.proc.send_signal(signal.SIGTERM)
+    assert gw.proc.wait(30) == 0
+    stderr = gw.proc.stderr.read().decode() if gw.proc.stderr else ""
+    assert "reload refused, configuration unchanged" in stderr
+    assert "configuration reloaded" not in stderr, stderr

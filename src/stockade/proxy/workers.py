@@ -30,6 +30,7 @@ from stockade.admin.server import AdminServer
 from stockade.clock import SYSTEM_CLOCK, Clock
 from stockade.config.loader import LoadedConfig, load_config_text
 from stockade.errors import ConfigError, ListenError, StorageError
+from stockade.observability.logs import apply_level
 from stockade.observability.metrics import Snapshot, merge, retire
 from stockade.pipeline.stage import Services
 from stockade.proxy.process import listen_error, load_for_reload, restart_only_changes, try_reload, unexpected
@@ -337,6 +338,7 @@ class Supervisor:
             self.loaded = new
             self.needs = needs
             self.reloads["ok"] += 1
+            apply_level(new.config.log.level)  # the supervisor's own lines, as the workers' (ProxyServer.reload)
             for w in answers:
                 w.ready = True  # (again, if it had been left on another config by an earlier round)
             log.info("configuration reloaded by every worker", extra={"workers": self.n})
