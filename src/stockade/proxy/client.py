@@ -328,11 +328,16 @@ class ClientConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         ex = self.parsing
         self.parsing = None
-        if self.read_kind == "body":
+        kind = self.read_kind
+        if kind == "body":
             if self.queue:
                 self.set_read_deadline(INF, "busy")
             else:  # the response went out early (a denial); the drained body was the last thing in flight
                 self.set_read_deadline(self.server.clock.monotonic() + self.limits.keepalive_timeout, "idle")
+        elif kind == "busy" and not self.queue:
+            # Answered on the spot inside on_headers_complete (a 401, 404, a handler's reply): exchange_finished
+            # ran while this message was still being parsed and left the idle timer to us.
+            self.set_read_deadline(self.server.clock.monotonic() + self.limits.keepalive_timeout, "idle")
         if ex is not None:
             ex.request_complete()
 

@@ -1,0 +1,112 @@
+"""Every connection state has a read deadline: after an answer the gateway made itself, with a next request
+begun, after an upgrade request it refused. A connection with none is a file descriptor held for good."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from stockade.testing import TestGateway, TestUpstream, read_responses
+from tests.conftest import GatewayFactory
+from tests.proxy.helpers import closed, wait_for
+
+CONFIG = """
+storage: "memory://"
+limits: {max_body_bytes: 1000}
+routes:
+  - id: api
+    match: {path: "/api/**", methods: [GET, POST]}
+    upstream: {upstream}
+    stages: [{use: anonymous}]
+  - id: key
+    match: {path: "/key/**"}
+    upstream: {upstream}
+    stages: [{use: api_key}]
+  - id: admin
+    match: {path: "/admin/**"}
+    upstream: {upstream}
+    stages: [{use: ip_filter, config: {deny: [0.0.0.0/0]}}, {use: anonymous}]
+  - id: limited
+    match: {path: /limited}
+    upstream: {upstream}
+    stages: [{use: anonymous}, {use: rate_limit, config: {limits: [{rate: "1/hour", key: ip}]}}]
+  - id: static
+    match: {path: /static}
+    handler: {use: static, config: {body: '{"ok":true}'}}
+    stages: [{use: anonymous}]
+"""
+
+KEEPALIVE = 75.0  # limits.keepalive_timeout's default
+HEADER = 10.0  # limits.header_timeout's default
+
+
+@pytest.fixture
+def gw(make_gateway: GatewayFactory) -> TestGateway:
+    return make_gateway(CONFIG)
+
+
+def _get(path: str, extra: bytes = b"") -> bytes:
+    return b"GET %b HTTP/1.1\r\nHost: a\r\n%b\r\n" % (path.encode(), extra)
+
+
+def _open(sock: socket.socket) -> bool:
+    """True if the gateway has neither closed the connection nor sent anything more (a sync point, not timing)."""
+    sock.settimeout(0.3)
+    try:
+        sock.recv(1, socket.MSG_PEEK)
+    except TimeoutError:
+        return True
+    except ConnectionResetError:
+        pass
+    return False
+
+
+def _gone(gw: TestGateway) -> bool:
+    """True once the gateway has let go of every connection (a half-close while lingering is not enough)."""
+    wait_for(lambda: not gw.server.connections)
+    return True
+
+
+@pytest.mark.parametrize(
+    ("sends", "statuses"),
+    [
+        ([_get("/key/x")], [401]),
+        ([_get("/key/x", b"X-API-Key: sk_nope\r\n")], [401]),
+        ([_get("/admin/x")], [403]),
+        ([_get("/nope")], [404]),
+        ([b"DELETE /api/x HTTP/1.1\r\nHost: a\r\n\r\n"], [405]),
+        ([_get("/limited"), _get("/limited")], [200, 429]),
+        ([_get("/static")], [200]),
+        ([_get("/api/x"), _get("/nope")], [200, 404]),  # a local answer after a forwarded one
+        ([b"POST /nope HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"], [404]),  # control: drained body
+    ],
+    ids=["401-required", "401-invalid", "403-ip", "404", "405", "429", "handler", "after-forwarded", "drained-body"],
+)
+def test_local_answer_keeps_the_connection_only_for_keepalive_timeout(
+    gw: TestGateway, upstream: TestUpstream, sends: list[bytes], statuses: list[int]
+) -> None:
+    """A bodiless request answered on the spot finished while its parse was still under way: no deadline was set
+    after it, and a client that then said nothing held the connection for good (nginx: keepalive_timeout after
+    every response, its own 4xx included)."""
+    with gw.connect() as sock:
+        got = []
+        for raw in sends:
+            sock.sendall(raw)
+            got += [r[0] for r in read_responses(sock, 1)]
+        assert got == statuses
+        gw.advance(KEEPALIVE - 1)
+        assert _open(sock)
+        gw.advance(2.0)
+        assert closed(sock)
+
+
+def test_body_too_large_lingers_then_closes(gw: TestGateway) -> None:
+    """Control: answered before its body arrived, the request closes with a linger that has its own deadline."""
+    with gw.connect() as sock:
+        sock.sendall(b"POST /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5000\r\n\r\nxx")
+        (status, headers, _), *_ = read_responses(sock, 1)
+        assert (status, headers.get("connection")) == (413, "close")
+        gw.advance(6.0)
+        assert closed(sock)
+        assert _gone(gw)
