@@ -110,3 +110,65 @@ def test_body_too_large_lingers_then_closes(gw: TestGateway) -> None:
         gw.advance(6.0)
         assert closed(sock)
         assert _gone(gw)
+
+
+# -- a next request head begun before the previous exchange finished -------------------------------------------
+
+
+@pytest.mark.parametrize("shape", ["same-write", "during-upstream-wait"])
+def test_partial_next_head_gets_header_timeout_once_nothing_is_in_flight(
+    gw: TestGateway, upstream: TestUpstream, shape: str
+) -> None:
+    """The next head's first byte arrived while a forwarded exchange was in flight: it had no header deadline
+    then, and none once the response went out. Its header_timeout counts from when nothing is in flight (as
+    nginx's client_header_timeout counts from when it starts on the next request)."""
+    upstream.stall()
+    try:
+        with gw.connect() as sock:
+            if shape == "same-write":
+                sock.sendall(_get("/api/slow") + b"G")
+                wait_for(lambda: upstream.received)
+            else:
+                sock.sendall(_get("/api/slow"))
+                wait_for(lambda: upstream.received)
+                sock.sendall(b"GET /api/next HTTP/1.1\r\nHo")
+                wait_for(lambda: any(c.head is not None for c in gw.server.connections))
+            gw.advance(30.0)  # the upstream is slow, not the client: nothing is cut
+            upstream.release()
+            assert [r[0] for r in read_responses(sock, 1)] == [200]
+            gw.advance(HEADER - 1)
+            assert _open(sock)
+            gw.advance(2.0)
+            assert [r[0] for r in read_responses(sock, 1)] == [408]  # nothing in flight: the head is late
+            assert closed(sock)
+    finally:
+        upstream.release()
+
+
+def test_complete_pipelined_request_behind_a_slow_upstream_is_answered(gw: TestGateway, upstream: TestUpstream) -> None:
+    """A whole second request that arrived while the first waited on its upstream is served, however long the
+    upstream took (no header timer runs for a head already complete)."""
+    upstream.stall()
+    try:
+        with gw.connect() as sock:
+            sock.sendall(_get("/api/slow"))
+            wait_for(lambda: upstream.received)
+            sock.sendall(_get("/api/next"))
+            wait_for(lambda: any(len(c.queue) == 2 for c in gw.server.connections))
+            gw.advance(HEADER + 20.0)
+            upstream.release()
+            assert [r[0] for r in read_responses(sock, 2)] == [200, 200]
+            gw.advance(KEEPALIVE + 1)
+            assert closed(sock)
+    finally:
+        upstream.release()
+
+
+def test_partial_head_after_a_local_answer_in_the_same_write_gets_header_timeout(gw: TestGateway) -> None:
+    with gw.connect() as sock:
+        sock.sendall(_get("/nope") + b"GET /api/x HTTP/1.1\r\nHo")
+        assert [r[0] for r in read_responses(sock, 1)] == [404]
+        gw.advance(HEADER + 1)
+        (status, _, _), *_ = read_responses(sock, 1)
+        assert status == 408
+        assert closed(sock)

@@ -378,8 +378,15 @@ class ClientConnection(asyncio.Protocol):
         self.resume(PAUSE_PIPELINE)
         if self.queue:
             self.queue[0].start()
-        elif self.head is None and self.parsing is None:
-            self.set_read_deadline(self.server.clock.monotonic() + self.limits.keepalive_timeout, "idle")
+        elif self.parsing is None:
+            if self.head is None:
+                self.set_read_deadline(self.server.clock.monotonic() + self.limits.keepalive_timeout, "idle")
+            else:
+                # The next head began while responses were in flight (its first bytes came with or after the last
+                # request): its header_timeout counts from now, when nothing else is, as nginx's
+                # client_header_timeout counts from when it starts on the next request. A slow upstream is never
+                # the client's header time, and a head that never ends still gets its deadline.
+                self.set_read_deadline(self.server.clock.monotonic() + self.limits.header_timeout, "head")
 
     def should_close_after(self, ex: Exchange) -> bool:
         """Whether the response now starting must be the connection's last."""
