@@ -172,3 +172,48 @@ def test_partial_head_after_a_local_answer_in_the_same_write_gets_header_timeout
         (status, _, _), *_ = read_responses(sock, 1)
         assert status == 408
         assert closed(sock)
+
+
+# -- requests llhttp hands over as upgrades ---------------------------------------------------------------------
+
+UPGRADE = b"Connection: Upgrade\r\nUpgrade: foo\r\n"
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n", 405),
+        (_get("/admin/x", UPGRADE), 403),
+        (_get("/nope", UPGRADE), 404),
+        (_get("/key/x", UPGRADE), 401),
+    ],
+    ids=["connect", "denied-upgrade-403", "denied-upgrade-404", "denied-upgrade-401"],
+)
+def test_upgrade_request_answered_on_the_spot_closes(gw: TestGateway, raw: bytes, status: int) -> None:
+    """llhttp stops parsing at an upgrade request (or CONNECT), after the gateway answered it: no tunnel can follow
+    and no other request will ever be parsed, so the answer says `connection: close` and the connection closes
+    (after a linger), however silent the client is."""
+    with gw.connect() as sock:
+        sock.sendall(raw)
+        (got, headers, _), *_ = read_responses(sock, 1)
+        assert (got, headers.get("connection")) == (status, "close")
+        gw.advance(6.0)  # the linger's 5 s between reads
+        assert closed(sock)
+        assert _gone(gw)
+
+
+def test_request_after_a_denied_upgrade_is_not_swallowed(gw: TestGateway, upstream: TestUpstream) -> None:
+    """The bytes after a refused upgrade request went into the (never opened) tunnel's early data: the follow-up
+    request was never answered, and the connection never timed out."""
+    with gw.connect() as sock:
+        sock.sendall(_get("/nope", UPGRADE))
+        (status, headers, _), *_ = read_responses(sock, 1)
+        assert (status, headers.get("connection")) == (404, "close")
+        try:
+            sock.sendall(_get("/api/x"))
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        gw.advance(6.0)
+        assert closed(sock)
+        assert _gone(gw)
+    assert upstream.received == []

@@ -172,7 +172,12 @@ class ClientConnection(asyncio.Protocol):
             self.upgraded = True
             offset = exc.args[0] if exc.args else len(data)
             self.early_data = data[offset:]
-            self.set_read_deadline(INF, "upgrade")
+            if self.closing:
+                return  # answered on the spot (CONNECT's 405, a denied upgrade): the close or linger keeps its deadline
+            if self.queue or self.tunnel is not None:
+                self.set_read_deadline(INF, "upgrade")  # the exchange's own deadlines bound the wait for the tunnel
+            else:
+                self.close(linger=True)  # answered and kept alive: no tunnel and no more HTTP can follow
         except HttpParserError as exc:
             self.protocol_error(400, "http.bad_request", str(exc))
         else:
@@ -301,11 +306,15 @@ class ClientConnection(asyncio.Protocol):
             # The gateway undoes chunked itself and forwards the body re-framed: any other transfer coding would
             # reach the upstream still applied, unannounced (RFC 9112 6.1: 501).
             raise HttpRejectError(501, "http.not_implemented", "transfer codings other than chunked")
-        if head.upgrade_flag and (head.chunked or head.content_length):
-            # llhttp stops at an upgrade request's head and leaves its body unparsed: forwarded on a route that
-            # does not upgrade, the upstream would take the next request's bytes as that body. A WebSocket
-            # handshake has no body (RFC 6455 4.1), and h2c upgrades are never forwarded.
-            raise HttpRejectError(400, "http.bad_request", "an upgrade request with a body")
+        if head.upgrade_flag:
+            if head.chunked or head.content_length:
+                # llhttp stops at an upgrade request's head and leaves its body unparsed: forwarded on a route that
+                # does not upgrade, the upstream would take the next request's bytes as that body. A WebSocket
+                # handshake has no body (RFC 6455 4.1), and h2c upgrades are never forwarded.
+                raise HttpRejectError(400, "http.bad_request", "an upgrade request with a body")
+            # llhttp parses nothing after an upgrade request (or CONNECT), whatever its answer: whether refused on
+            # the spot (before `upgraded` is set) or forwarded, its response is the connection's last HTTP one.
+            head.keep_alive = False
         ex = Exchange(self, head)
         self.parsing = ex
         self.queue.append(ex)
