@@ -136,6 +136,11 @@ def test_app_scope_keeps_forwarding_headers_only_from_a_trusted_proxy(peer: str,
         ("forwarded", "for=10.1.2.3"),
         ("x-forwarded-client-cert", 'Subject="CN=admin"'),
         ("x-ssl-client-verify", "SUCCESS"),
+        ("x-forwarded-ssl", "on"),
+        ("x-forwarded-protocol", "https"),
+        ("front-end-https", "on"),
+        ("true-client-ip", "10.1.2.3"),
+        ("cf-connecting-ip", "10.1.2.3"),
         ("accept", "*/*"),
     ]
     ctx = make_context(path="/a", headers=forged, client_ip=peer, host="admin.internal")
@@ -151,6 +156,11 @@ def test_app_scope_keeps_forwarding_headers_only_from_a_trusted_proxy(peer: str,
         b"x-real-ip",
         b"x-forwarded-client-cert",
         b"x-ssl-client-verify",
+        b"x-forwarded-ssl",
+        b"x-forwarded-protocol",
+        b"front-end-https",
+        b"true-client-ip",
+        b"cf-connecting-ip",
     ):
         assert (name in names) is kept, name
     assert b"accept" in names

@@ -170,6 +170,42 @@ def test_a_trusted_proxy_cannot_name_another_host_than_the_one_routed(
     assert (got.header_all("x-forwarded-host"), got.header("forwarded")) == ([xfh], forwarded)
 
 
+# What a proxy says about the client's address, scheme, port or prefix, in the spellings applications read: gunicorn
+# takes X-Forwarded-Ssl / -Protocol from 127.0.0.1 (the gateway) as the scheme, Rack prefers X-Forwarded-Ssl: on to
+# X-Forwarded-Proto, and many frameworks take the client's address from one of the *-IP names.
+CLIENT_METADATA = [
+    ("X-Forwarded-Ssl", "on"),
+    ("X-Forwarded-Scheme", "https"),
+    ("X-Forwarded-Protocol", "https"),
+    ("X-Forwarded-Server", "admin.internal"),
+    ("X-Forwarded-Uri", "/admin/x"),
+    ("X-Forwarded-Port", "443"),
+    ("X-Forwarded-Prefix", "/evil"),
+    ("X-Forwarded-Anything-New", "1"),
+    ("x-FORWARDED-ssl", "on"),
+    ("Front-End-Https", "on"),
+    ("X-Url-Scheme", "https"),
+    ("X-Client-IP", "10.1.2.3"),
+    ("True-Client-IP", "10.1.2.3"),
+    ("CF-Connecting-IP", "10.1.2.3"),
+    ("X-Cluster-Client-IP", "10.1.2.3"),
+    ("Client-IP", "10.1.2.3"),
+    ("X-Real-IP", "10.1.2.3"),
+    ("Fastly-Client-IP", "10.1.2.3"),
+    ("X-Original-Forwarded-For", "10.1.2.3"),
+]
+
+
+@pytest.mark.parametrize("trusted", [False, True], ids=["untrusted-peer", "trusted-proxy"])
+@pytest.mark.parametrize(("name", "value"), CLIENT_METADATA, ids=[n for n, _ in CLIENT_METADATA])
+def test_client_address_and_scheme_headers_pass_only_from_a_trusted_proxy(
+    make_gateway: GatewayFactory, upstream: TestUpstream, name: str, value: str, trusted: bool
+) -> None:
+    gw = make_gateway(TRUSTED if trusted else TRUSTED.replace('trusted_proxies: ["127.0.0.0/8"]', ""))
+    assert gw.request("GET", "/api/x", headers={name: value})[0] == 200
+    assert upstream.received[-1].header(name.lower()) == (value if trusted else None)
+
+
 def test_client_certificate_headers_pass_from_a_trusted_proxy(
     make_gateway: GatewayFactory, upstream: TestUpstream
 ) -> None:

@@ -40,7 +40,12 @@ OVERRIDE_HEADERS = frozenset(
     }
 )
 
-# Forwarding metadata: kept only from a trusted proxy (the proxy rebuilds X-Forwarded-For/-Proto/-Host).
+# Forwarding metadata: what a proxy says about the client's address, the scheme, host, port or prefix it was
+# reached by. Kept only from a trusted proxy (the proxy front rebuilds X-Forwarded-For/-Proto/-Host): applications
+# take these for the word of the proxy in front of them (gunicorn reads X-Forwarded-Ssl and -Protocol from
+# 127.0.0.1, i.e. from the gateway; Rack prefers X-Forwarded-Ssl: on to X-Forwarded-Proto), so from a client they
+# would choose the scheme or the address an application sees. Every `x-forwarded-*` name is (FORWARDING_PREFIXES),
+# and these, the names frameworks, CDNs and load balancers use for the same things:
 FORWARDING_HEADERS = frozenset(
     {
         b"x-forwarded-for",
@@ -48,8 +53,20 @@ FORWARDING_HEADERS = frozenset(
         b"x-forwarded-host",
         b"x-forwarded-port",
         b"x-forwarded-prefix",
-        b"x-real-ip",
+        b"x-forwarded",
         b"forwarded",
+        b"forwarded-for",
+        b"x-real-ip",
+        b"x-client-ip",
+        b"client-ip",
+        b"true-client-ip",
+        b"cf-connecting-ip",
+        b"fastly-client-ip",
+        b"x-cluster-client-ip",
+        b"x-original-forwarded-for",
+        b"front-end-https",
+        b"x-url-scheme",
+        b"x-ssl",  # a client-certificate header set by hand (HAProxy); by name: a prefix would take X-SSL-Protocol
     }
 )
 
@@ -81,12 +98,16 @@ CLIENT_CERT_PREFIXES = (
     b"x-arr-clientcert",
     b"x-amzn-mtls-",
 )
-# Exact names: a prefix `x-ssl` would also take X-SSL-Protocol and the like, which say nothing about the client.
-CLIENT_CERT_NAMES = frozenset({b"x-ssl"})
 
 
-def is_client_cert_header(lower_name: bytes) -> bool:
-    return lower_name.startswith(CLIENT_CERT_PREFIXES) or lower_name in CLIENT_CERT_NAMES
+# Name prefixes of forwarding metadata: any X-Forwarded-* (-Ssl, -Scheme, -Protocol, -Server, -Uri and whatever a
+# framework reads next) and the client-certificate headers. One `startswith` per header name the tables do not know.
+FORWARDING_PREFIXES = (b"x-forwarded-", *CLIENT_CERT_PREFIXES)
+
+
+def is_forwarding_header(lower_name: bytes) -> bool:
+    """Whether a (lower-case) header name is forwarding metadata: kept only from a trusted proxy."""
+    return lower_name in FORWARDING_HEADERS or lower_name.startswith(FORWARDING_PREFIXES)
 
 
 # Request headers the gateway itself sets or rebuilds (besides the identity headers).
@@ -102,7 +123,7 @@ def is_underscore_alias(lower_name: bytes) -> bool:
     if b"_" not in lower_name:
         return False
     dashed = lower_name.replace(b"_", b"-")
-    return dashed in _OWNED or dashed.startswith(IDENTITY_PREFIX_BYTES) or is_client_cert_header(dashed)
+    return dashed in _OWNED or dashed.startswith(IDENTITY_PREFIX_BYTES) or dashed.startswith(FORWARDING_PREFIXES)
 
 
 _FORWARDED_HOST = re.compile(rb'(?i)(?:^|[;,\s])host=("(?:[^"\\]|\\.)*"|[^;,\s]*)')
@@ -162,9 +183,7 @@ def forwarded_headers(
         lname = name.lower()
         if is_identity_header(lname) or lname == REQUEST_ID or lname in OVERRIDE_HEADERS or is_underscore_alias(lname):
             continue
-        if lname in FORWARDING_HEADERS and (not trusted or (by_host and names_other_host(lname, value, ctx.host))):
-            continue
-        if not trusted and is_client_cert_header(lname):
+        if is_forwarding_header(lname) and (not trusted or (by_host and names_other_host(lname, value, ctx.host))):
             continue
         if lname == b"proxy-authorization":
             continue

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, cast
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
-from stockade.pipeline.forward import IDENTITY_PREFIX_BYTES, is_client_cert_header, is_underscore_alias
+from stockade.pipeline.forward import FORWARDING_PREFIXES, IDENTITY_PREFIX_BYTES, is_underscore_alias
 from stockade.pipeline.headers import parse_content_length
 from stockade.proxy.common import INF, PAUSE_PIPELINE, PAUSE_TUNNEL, PAUSE_UPSTREAM
 from stockade.proxy.exchange import Exchange
@@ -247,8 +247,8 @@ class ClientConnection(asyncio.Protocol):
         if kind is None:
             lname = name.lower()
             kind = REQUEST_HEADER_CLASS.get(lname)
-            if kind is None and is_client_cert_header(lname):
-                kind = FORWARDING  # a TLS terminator's word on the client certificate: only from a trusted proxy
+            if kind is None and lname.startswith(FORWARDING_PREFIXES):
+                kind = FORWARDING  # any X-Forwarded-*, a TLS terminator's word on the client certificate
             if kind is None:
                 if lname.startswith(IDENTITY_PREFIX_BYTES) or (b"_" in lname and is_underscore_alias(lname)):
                     return  # never forward a client's claim to be the gateway (in any spelling)
