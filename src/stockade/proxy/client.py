@@ -337,16 +337,11 @@ class ClientConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         ex = self.parsing
         self.parsing = None
-        kind = self.read_kind
-        if kind == "body":
+        if self.read_kind == "body":
             if self.queue:
                 self.set_read_deadline(INF, "busy")
             else:  # the response went out early (a denial); the drained body was the last thing in flight
                 self.set_read_deadline(self.server.clock.monotonic() + self.limits.keepalive_timeout, "idle")
-        elif kind == "busy" and not self.queue:
-            # Answered on the spot inside on_headers_complete (a 401, 404, a handler's reply): exchange_finished
-            # ran while this message was still being parsed and left the idle timer to us.
-            self.set_read_deadline(self.server.clock.monotonic() + self.limits.keepalive_timeout, "idle")
         if ex is not None:
             ex.request_complete()
 
@@ -396,6 +391,10 @@ class ClientConnection(asyncio.Protocol):
                 # client_header_timeout counts from when it starts on the next request. A slow upstream is never
                 # the client's header time, and a head that never ends still gets its deadline.
                 self.set_read_deadline(self.server.clock.monotonic() + self.limits.header_timeout, "head")
+        elif self.read_kind == "busy":
+            # A bodiless request answered on the spot (a 401, a 404, a handler's reply) finishes inside
+            # on_headers_complete, its message parsed but for on_message_complete, which re-arms only after a body.
+            self.set_read_deadline(self.server.clock.monotonic() + self.limits.keepalive_timeout, "idle")
 
     def should_close_after(self, ex: Exchange) -> bool:
         """Whether the response now starting must be the connection's last."""
