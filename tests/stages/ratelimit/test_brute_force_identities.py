@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import hashlib
 from pathlib import Path
 from typing import cast
@@ -13,6 +14,10 @@ from typing import cast
 import orjson
 import pytest
 from click.testing import CliRunner
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from stockade.cli import cli
 from stockade.clock import FakeClock
@@ -73,7 +78,7 @@ def recorded_identity(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
             "notAfter": "Jan  1 00:00:00 2040 GMT",
         }
         ctx = make_context(clock=clock)
-        ctx.peer_cert, ctx.peer_cert_der = cert, b"der of alice's certificate"
+        ctx.peer_cert, ctx.peer_cert_der = cert, alice_certificate(tmp_path)
         stage = MtlsAuthenticator(MtlsConfig(), StageEnv("r", tmp_path, Services(clock=clock)))
         assert isinstance(run_stage(stage, ctx), Continue)
     else:
@@ -86,12 +91,34 @@ def recorded_identity(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     return cast(str, ctx.state[AUTH_IDENTITY])
 
 
+CA_DN = "CN=Stockade brute-force test CA"
+
+
+def alice_certificate(directory: Path) -> bytes:
+    """A real certificate for CN=alice (the mtls stage reads its issuer, which is part of the identity)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "alice")])
+    issuer = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Stockade brute-force test CA")])
+    start = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + datetime.timedelta(days=365 * 20))
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
 def unkeyed(kind: str) -> str | None:
     """The unkeyed digest `kind` records for alice (an api_key's identity is keyed already)."""
     text = {
         "jwt": f"{test_jwt.ISS}\x00alice",
         "introspection": f"{test_introspection.ACTIVE['iss']}\x00alice",
-        "mtls": "mtls\x00subject_cn\x00alice",
+        "mtls": f"mtls\x00{CA_DN}\x00subject_cn\x00alice",
     }.get(kind)
     return hashlib.sha256(text.encode()).hexdigest()[:32] if text is not None else None
 
