@@ -90,6 +90,22 @@ def test_established_tls_connections_count_and_free_their_place(pki: Pki) -> Non
         wait_for(lambda: try_get(gw.port, ctx) == 200)
 
 
+def test_an_established_tls_connection_is_counted_once_not_also_as_a_handshake(pki: Pki) -> None:
+    """A connection stayed in the handshakes until the next sweep (250 ms) while also counted as a connection, so
+    a burst of new TLS clients was refused at about half the cap."""
+    cap = 6
+    with TestGateway(listener_yaml(pki.rsa, extra=f"limits: {{max_client_connections: {cap}}}\n")) as gw:
+        ctx = client_context(pki.ca.pem)
+        held = [tls_connect(gw.port, ctx) for _ in range(cap)]  # faster than a sweep: no prune in between
+        try:
+            assert [https_get(s)[0] for s in held] == [200] * cap
+            assert refused(gw) == 0
+            assert gw.bg.call(lambda: len(gw.server.tls.handshakes)) == 0
+        finally:
+            for s in held:
+                s.close()
+
+
 @pytest.mark.parametrize(
     ("limits", "closed_within"),
     [("{tls_handshake_timeout: 0.5}", 3.0), ("{header_timeout: 0.5}", 3.0)],

@@ -122,12 +122,14 @@ class ClientConnection(asyncio.Protocol):
         self.peer_ip = peer[0] if isinstance(peer, tuple) else "unix"
         if self.peer_ip.startswith("::ffff:"):
             self.peer_ip = canonical_ip(self.peer_ip)  # an IPv4 client on a dual-stack socket is an IPv4 client
+        server = self.server
         sslobj = transport.get_extra_info("ssl_object")
         if sslobj is not None:
             self.tls = True
             self.peer_cert = sslobj.getpeercert() or None  # only a certificate the listener verified
             self.peer_cert_der = sslobj.getpeercert(binary_form=True) if self.peer_cert else None
-        server = self.server
+            if server.tls is not None:  # established: counted as a connection from now on, not as a handshake
+                server.tls.handshakes.discard(sslobj)
         server.connections.add(self)
         if server.draining:
             self.close()
