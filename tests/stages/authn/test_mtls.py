@@ -339,3 +339,40 @@ def test_mtls_issuers_are_checked_at_load(tmp_path: Path, issuers: str, expected
     )
     with pytest.raises(ConfigError, match=expected):
         build_runtime(load_config_text(text, base_dir=tmp_path, env={}), Services(clock=SYSTEM_CLOCK, dry_run=True))
+
+
+@pytest.mark.parametrize(
+    ("issuers", "outcome"),
+    [(False, "CN=Legacy CA,O=corp_it@example"), (True, "cannot be read to check")],
+    ids=["no-issuers", "issuers"],
+)
+def test_a_certificate_openssl_verified_but_cryptography_cannot_read(
+    tmp_path: Path, issuers: bool, outcome: str
+) -> None:
+    """Older PKIs encode names in ways OpenSSL accepts and `cryptography` refuses (an `@` in a PrintableString).
+    Such a client authenticated before `issuers` existed and must still, by the name OpenSSL read; only a stage
+    that must check which CA issued it has to refuse, and says why."""
+    from stockade.clock import SYSTEM_CLOCK
+    from stockade.pipeline.stage import Services, StageEnv
+    from stockade.pipeline.verdict import Deny
+    from stockade.stages.authn.mtls import MtlsAuthenticator, MtlsConfig
+    from stockade.testing import make_context, run_stage
+
+    root = Pki(tmp_path, "Root CA")
+    config = MtlsConfig(issuers=[str(root.ca_file)]) if issuers else MtlsConfig()
+    stage = MtlsAuthenticator(config, StageEnv(route_id="r", base_dir=tmp_path, services=Services(clock=SYSTEM_CLOCK)))
+    ctx = make_context()
+    ctx.peer_cert = {  # what OpenSSL read (getpeercert)
+        "subject": ((("commonName", "dave"),),),
+        "issuer": ((("organizationName", "corp_it@example"),), (("commonName", "Legacy CA"),)),
+        "notBefore": "Jan  1 00:00:00 2020 GMT",
+        "notAfter": "Jan  1 00:00:00 2040 GMT",
+    }
+    ctx.peer_cert_der = b"0\x03\x02\x01\x00"  # DER that cryptography cannot read as a certificate
+    verdict = run_stage(stage, ctx)
+    if issuers:
+        assert isinstance(verdict, Deny) and verdict.status == 401
+        assert outcome in (verdict.detail or "")
+    else:
+        assert isinstance(verdict, Continue) and verdict.principal is not None
+        assert (verdict.principal.id, verdict.principal.issuer) == ("dave", outcome)

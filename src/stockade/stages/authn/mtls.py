@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import ssl
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple
 
@@ -75,7 +77,11 @@ class MtlsAuthenticator:
         if not seen.not_before <= now <= seen.not_after:
             return Deny(401, "auth.invalid_certificate", detail="client certificate expired or not yet valid")
         if seen.issuer is None:
-            detail = f"certificate issued by {seen.dn!r}, not by one of this stage's issuers"
+            detail = (
+                f"certificate issued by {seen.dn!r}, not by one of this stage's issuers"
+                if seen.readable
+                else f"certificate issued by {seen.dn!r} cannot be read to check it against this stage's issuers"
+            )
             return Deny(401, "auth.invalid_certificate", detail=detail)
         try:
             identity = self._identity(cert)
@@ -102,6 +108,7 @@ class MtlsAuthenticator:
     def _examine(self, der: bytes, cert: dict[str, Any]) -> _Seen:
         """The certificate's validity period, its issuer's name, and (with `issuers`) which of them issued it."""
         from cryptography import x509
+        from cryptography.utils import CryptographyDeprecationWarning
 
         period: tuple[float, float]
         try:
@@ -109,18 +116,20 @@ class MtlsAuthenticator:
         except (KeyError, ValueError):
             period = (math.inf, -math.inf)  # an unreadable period is never valid
         try:
-            leaf = x509.load_der_x509_certificate(der)
-            dn = leaf.issuer.rfc4514_string()
+            with warnings.catch_warnings():  # a negative serial number: OpenSSL accepted it, nothing to say
+                warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+                leaf: x509.Certificate | None = x509.load_der_x509_certificate(der)
         except ValueError:
-            dn, leaf = "", None
-        issuer = dn if leaf is not None else None  # a certificate cryptography cannot read is nobody's
+            leaf = None  # OpenSSL verified it, but cryptography cannot read it (a name encoding it is strict about)
+        dn = leaf.issuer.rfc4514_string() if leaf is not None else _rfc4514(cert.get("issuer", ()))
+        issuer: str | None = dn
         if self._issuers:
             issuer = None
             for fingerprint, ca in self._issuers:
                 if leaf is not None and _issued_by(leaf, ca):
                     issuer = fingerprint  # the CA itself, not only its name
                     break
-        seen = _Seen(period[0], period[1], dn, issuer, thumbprint_sha256(der))
+        seen = _Seen(period[0], period[1], dn, issuer, thumbprint_sha256(der), leaf is not None)
         if len(self._seen) >= 4096:
             self._seen.clear()
         self._seen[der] = seen
@@ -149,6 +158,38 @@ class _Seen(NamedTuple):
     dn: str  # the issuer's name (RFC 4514): what the upstream is told (x-stockade-issuer)
     issuer: str | None  # what identities are qualified by; None: not issued by one of the stage's `issuers`
     thumbprint: str
+    readable: bool  # cryptography could read it (else the names are as OpenSSL read them, and `issuers` cannot
+    # be checked)
+
+
+_RFC4514_NAMES = {
+    "commonName": "CN",
+    "organizationName": "O",
+    "organizationalUnitName": "OU",
+    "countryName": "C",
+    "localityName": "L",
+    "stateOrProvinceName": "ST",
+    "streetAddress": "STREET",
+    "domainComponent": "DC",
+    "userId": "UID",
+}
+
+
+def _rfc4514(rdns: Any) -> str:
+    """A name as `getpeercert()` gives it (RDNs in certificate order), as RFC 4514 writes it (reversed, escaped),
+    for a certificate cryptography cannot read."""
+    out = []
+    for rdn in reversed(tuple(rdns)):
+        parts = []
+        for name, value in rdn:
+            text = re.sub(r'([,+"\\<>;=])', r"\\\1", str(value))
+            if text[:1] in ("#", " "):
+                text = "\\" + text
+            if text.endswith(" "):
+                text = text[:-1] + "\\ "
+            parts.append(f"{_RFC4514_NAMES.get(name, name)}={text}")
+        out.append("+".join(parts))
+    return ",".join(out)
 
 
 def _issued_by(leaf: x509.Certificate, ca: x509.Certificate) -> bool:
