@@ -100,6 +100,20 @@ def test_hop_by_hop_and_spoofed_headers_are_not_forwarded(
         assert "x-stockade-roles" not in got
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["X-Client-CNAME", "X-Client-Certificate-Pinned", "X-Client-Dns-Cache", "Client-Certificate-Type", "X-SSL-Protocol"],
+)
+def test_names_that_only_begin_like_a_client_certificate_header_are_forwarded(
+    gateway: TestGateway, upstream: TestUpstream, name: str
+) -> None:
+    """Client-certificate names are matched whole or before a `-`: `x-client-cn` took X-Client-CNAME too."""
+    status, _, _ = gateway.request("GET", "/api/x", headers={name: "v"})
+    assert status == 200
+    got = {k.lower(): v for k, v in upstream.received[0].headers}
+    assert got.get(name.lower()) == "v"
+
+
 def test_underscore_names_the_gateway_does_not_own_are_forwarded(gateway: TestGateway, upstream: TestUpstream) -> None:
     status, _, _ = gateway.request("GET", "/api/x", headers={"X_Tenant_Id": "t1"})
     assert status == 200

@@ -40,12 +40,46 @@ OVERRIDE_HEADERS = frozenset(
     }
 )
 
+# Client-certificate headers (Envoy's X-Forwarded-Client-Cert, RFC 9440's Client-Cert, nginx's and HAProxy's
+# X-SSL-Client-*, IIS's X-ARR-ClientCert, AWS's X-Amzn-Mtls-*, Traefik's X-Forwarded-Tls-Client-Cert,
+# Cloudflare's Cf-Client-Cert-*, and the names nginx/HAProxy/Apache configurations commonly set by hand): what a
+# TLS terminator says the client proved. Applications moved from such a setup trust them, so like the other
+# forwarding metadata they are kept only from a trusted proxy (Envoy's default drops them from anyone). Each name
+# is matched whole or before a `-` (Client-Cert-Chain, X-SSL-Client-Verify), never as a bare prefix: `x-client-cn`
+# must not take X-Client-CNAME, nor `x-ssl` X-SSL-Protocol.
+CLIENT_CERT_NAMES = (
+    b"x-forwarded-client-cert",
+    b"x-forwarded-tls-client-cert",
+    b"client-cert",
+    b"cf-client-cert",
+    b"x-client-cert",
+    b"x-client-verify",
+    b"x-client-dn",
+    b"x-client-s-dn",
+    b"x-client-cn",
+    b"x-client-subject",
+    b"x-ssl",
+    b"x-ssl-client",
+    b"x-ssl-cert",
+    b"x-ssl-issuer",
+    b"x-ssl-subject",
+    b"x-ssl-verified",
+    b"x-ssl-cn",
+    b"x-tls-client-cert",
+    b"x-mtls",
+    b"ssl-client",
+    b"x-arr-clientcert",
+    b"x-amzn-mtls",
+)
+# x-ssl's own family (X-SSL-Protocol, X-SSL-Cipher) says nothing about the client: its listed members are.
+CLIENT_CERT_PREFIXES = tuple(name + b"-" for name in CLIENT_CERT_NAMES if name != b"x-ssl")
+
 # Forwarding metadata: what a proxy says about the client's address, the scheme, host, port or prefix it was
 # reached by. Kept only from a trusted proxy (the proxy front rebuilds X-Forwarded-For/-Proto/-Host): applications
 # take these for the word of the proxy in front of them (gunicorn reads X-Forwarded-Ssl and -Protocol from
 # 127.0.0.1, i.e. from the gateway; Rack prefers X-Forwarded-Ssl: on to X-Forwarded-Proto), so from a client they
 # would choose the scheme or the address an application sees. Every `x-forwarded-*` name is (FORWARDING_PREFIXES),
-# and these, the names frameworks, CDNs and load balancers use for the same things:
+# and these, the names frameworks, CDNs and load balancers use for the same things, and the certificate names:
 FORWARDING_HEADERS = frozenset(
     {
         b"x-forwarded-for",
@@ -66,42 +100,12 @@ FORWARDING_HEADERS = frozenset(
         b"x-original-forwarded-for",
         b"front-end-https",
         b"x-url-scheme",
-        b"x-ssl",  # a client-certificate header set by hand (HAProxy); by name: a prefix would take X-SSL-Protocol
+        *CLIENT_CERT_NAMES,
     }
 )
 
-# Client-certificate headers (Envoy's X-Forwarded-Client-Cert, RFC 9440's Client-Cert, nginx's and HAProxy's
-# X-SSL-Client-*, IIS's X-ARR-ClientCert, AWS's X-Amzn-Mtls-*, Traefik's X-Forwarded-Tls-Client-Cert,
-# Cloudflare's Cf-Client-Cert-*, and the names nginx/HAProxy/Apache configurations commonly set by hand): what a
-# TLS terminator says the client proved. Applications moved from such a setup trust them, so like the other
-# forwarding metadata they are kept only from a trusted proxy (Envoy's default drops them from anyone).
-CLIENT_CERT_PREFIXES = (
-    b"x-forwarded-client-cert",
-    b"x-forwarded-tls-client-cert",
-    b"client-cert",
-    b"cf-client-cert",
-    b"x-client-cert",
-    b"x-client-verify",
-    b"x-client-dn",
-    b"x-client-s-dn",
-    b"x-client-cn",
-    b"x-client-subject",
-    b"x-ssl-client",
-    b"x-ssl-cert",
-    b"x-ssl-issuer",
-    b"x-ssl-subject",
-    b"x-ssl-verified",
-    b"x-ssl-cn",
-    b"x-tls-client-cert",
-    b"x-mtls-",
-    b"ssl-client",
-    b"x-arr-clientcert",
-    b"x-amzn-mtls-",
-)
-
-
 # Name prefixes of forwarding metadata: any X-Forwarded-* (-Ssl, -Scheme, -Protocol, -Server, -Uri and whatever a
-# framework reads next) and the client-certificate headers. One `startswith` per header name the tables do not know.
+# framework reads next) and the client-certificate families. One `startswith` per header name the tables do not know.
 FORWARDING_PREFIXES = (b"x-forwarded-", *CLIENT_CERT_PREFIXES)
 
 
