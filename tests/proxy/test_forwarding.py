@@ -102,7 +102,13 @@ def test_hop_by_hop_and_spoofed_headers_are_not_forwarded(
 
 @pytest.mark.parametrize(
     "name",
-    ["X-Client-CNAME", "X-Client-Certificate-Pinned", "X-Client-Dns-Cache", "Client-Certificate-Type", "X-SSL-Protocol"],
+    [
+        "X-Client-CNAME",
+        "X-Client-Certificate-Pinned",
+        "X-Client-Dns-Cache",
+        "Client-Certificate-Type",
+        "X-SSL-Protocol",
+    ],
 )
 def test_names_that_only_begin_like_a_client_certificate_header_are_forwarded(
     gateway: TestGateway, upstream: TestUpstream, name: str
