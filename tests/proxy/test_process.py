@@ -470,3 +470,34 @@ def test_a_reload_that_raises_log_level_quiets_the_supervisor_too(serve: object,
     stderr = gw.proc.stderr.read().decode() if gw.proc.stderr else ""
     assert "reload refused, configuration unchanged" in stderr
     assert "configuration reloaded" not in stderr, stderr
+
+
+@pytest.mark.parametrize(
+    ("scheme", "host", "port", "url"),
+    [
+        ("http", "127.0.0.1", 8081, "http://127.0.0.1:8081"),
+        ("http", "::1", 8081, "http://[::1]:8081"),  # was http://::1:8081
+        ("https", "::", 443, "https://[::]:443"),
+        ("http", "localhost", 40001, "http://localhost:40001"),
+    ],
+)
+def test_the_start_up_line_names_listeners_as_urls(scheme: str, host: str, port: int, url: str) -> None:
+    from stockade.proxy.process import listener_url
+
+    assert listener_url(scheme, host, port) == url
+
+
+def test_the_start_up_line_names_the_admin_port_bound_not_port_0(tmp_path: Path, upstream: TestUpstream) -> None:
+    port = free_port()
+    path = tmp_path / "gw.yaml"
+    path.write_text(config(upstream.url, port, 0))
+    proc = subprocess.Popen([STOCKADE, "serve", "--config", str(path)], stderr=subprocess.PIPE, text=True)
+    try:
+        line = ""
+        while "stockade serving" not in line:
+            line = proc.stderr.readline() if proc.stderr else ""
+            assert line or proc.poll() is None, "the gateway exited"
+        assert "admin='http://127.0.0.1:0'" not in line and "admin='http://127.0.0.1:" in line, line
+    finally:
+        proc.terminate()
+        proc.wait(20)

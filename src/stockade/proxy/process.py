@@ -104,6 +104,12 @@ def listen_error(field: str, host: str, port: int, exc: OSError) -> ListenError:
     return ListenError(f"{field}: cannot listen on {where}:{port}: {reason}")
 
 
+def listener_url(scheme: str, host: str, port: int) -> str:
+    """The URL a listener is reached at, for the start-up line: an IPv6 host in brackets, the port it bound (a
+    configured port 0 is the kernel's choice)."""
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
 async def serve_single(path: str, loaded: LoadedConfig, env: Mapping[str, str] | None = None) -> None:
     """One process: data plane and admin listener on one uvloop loop. Raises ListenError for an address it
     cannot bind."""
@@ -161,8 +167,8 @@ async def serve_single(path: str, loaded: LoadedConfig, env: Mapping[str, str] |
     log.info(
         "stockade serving",
         extra={
-            "listen": f"{'https' if cfg.listen.tls else 'http'}://{cfg.listen.host}:{server.ports[0]}",
-            "admin": f"http://{cfg.admin.host}:{cfg.admin.port}" if admin else "off",
+            "listen": listener_url("https" if cfg.listen.tls else "http", cfg.listen.host, server.ports[0]),
+            "admin": listener_url("http", cfg.admin.host, admin.port) if admin else "off",
             "routes": len(cfg.routes),
         },
     )
