@@ -17,6 +17,7 @@ from stockade.cli.lockouts import lockouts_group
 from stockade.cli.openapi import openapi_group
 from stockade.cli.secrets import secrets_group
 from stockade.cli.serve import serve
+from stockade.config.service_links import is_service_link
 
 
 class _Root(click.Group):
@@ -52,7 +53,10 @@ def _former_option_variables(root: click.Group, args: list[str]) -> list[tuple[s
         for param in cmd.params:
             if isinstance(param, click.Option) and param.expose_value and param.name and param.envvar is None:
                 name = f"{at}_{param.name.upper()}"
-                if os.environ.get(name):  # empty was ignored then too (`Environment=NAME=` in a unit clears it)
+                value = os.environ.get(name)
+                # Empty was ignored then too (`Environment=NAME=` in a unit clears it); `..._NAME=/gw/alias` is
+                # Docker's link to a container named so, not `--name`.
+                if value and not is_service_link(name, value):
                     found.append((name, max(param.opts, key=len)))
     return found
 

@@ -1,9 +1,12 @@
-"""STOCKADE_<SECTION>__<FIELD> environment overrides: one setting per variable, and no STOCKADE_ name ignored.
+"""STOCKADE_<SECTION>__<FIELD> environment overrides: one setting per variable, and no STOCKADE_ name ignored
+but the project's other variables and service links (service_links.py).
 
 An override sets one leaf: a section (`STOCKADE_LISTEN='{port: 1}'`) would replace the file's whole section and
 drop what the variable does not repeat (its `tls`). A text setting takes the value as written (`0x7f000001` is a
-host, not a number); a number or switch is read as a YAML scalar; a list as a YAML flow list (`[a, b]`). Routes,
-global stages and `oauth2_server` (which makes routes) are not overridable: they belong in the file.
+host, not a number; `#` starts no comment), less surrounding spaces and one pair of matching quotes around it; a
+number or switch is read as a YAML scalar; a list as `[a, b]`, its items split at commas and taken as written
+(`[::1/128]`), each optionally quoted. Routes, global stages and `oauth2_server` (which makes routes) are not
+overridable: they belong in the file.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import yaml
 from pydantic import BaseModel
 
 from stockade.config.models import GatewayConfig
+from stockade.config.service_links import is_service_link
 from stockade.errors import ConfigError
 from stockade.security.secrets import KEK_ENV, PEPPER_ENV
 
@@ -89,6 +93,11 @@ def env_name(path: tuple[str, ...]) -> str:
     return ENV_PREFIX + "__".join(path).upper()
 
 
+def parts_of(name: str) -> tuple[str, ...]:
+    """The setting path a STOCKADE_ name would set (`STOCKADE_LISTEN__PORT` -> ("listen", "port"))."""
+    return tuple(p.lower() for p in name[len(ENV_PREFIX) :].split("__"))
+
+
 def apply_env(raw: dict[str, Any], env: Mapping[str, str], source: str) -> dict[_Loc, str]:
     """Apply the overrides in `env` to `raw` (the parsed file). Returns each path set, with the variable that set
     it. Raises ConfigError naming every variable refused: a name that sets nothing (`STOCKADE_LISTEN_PORT`, one
@@ -99,7 +108,9 @@ def apply_env(raw: dict[str, Any], env: Mapping[str, str], source: str) -> dict[
     for name in sorted(env):
         if not name.startswith(ENV_PREFIX) or name in OTHER_VARIABLES or name.startswith(OTHER_PREFIXES):
             continue
-        parts = tuple(p.lower() for p in name[len(ENV_PREFIX) :].split("__"))
+        if (parts_of(name) not in SETTINGS) and is_service_link(name, env[name]):
+            continue  # a Kubernetes Service or Docker link named stockade*: not ours to read or refuse
+        parts = parts_of(name)
         setting = SETTINGS.get(parts)
         if setting is None:
             problems.append(f"{source}: environment variable {name}{_unknown(parts)}")
@@ -133,11 +144,20 @@ def _unknown(parts: tuple[str, ...]) -> str:
     return " is not a setting" + (f" (did you mean {ENV_PREFIX}{close[0].upper()}?)" if close else "")
 
 
+_NULLS = ("", "~", "null", "Null", "NULL")  # YAML's spellings of null, and nothing: a text cannot be them unquoted
+
+
 def _value(kind: Kind, text: str, name: str, parts: tuple[str, ...]) -> Any:
-    try:
-        value = yaml.safe_load(text)
-    except (yaml.YAMLError, ValueError):  # ValueError: an integer of more than 4300 digits
-        value = text.strip()
+    value: Any
+    if kind == "text":
+        value = None if text.strip() in _NULLS else _unquote(text.strip())
+    elif kind == "list":
+        value = _flow_list(text, name)
+    else:
+        try:
+            value = yaml.safe_load(text)
+        except (yaml.YAMLError, ValueError):  # ValueError: an integer of more than 4300 digits
+            value = text.strip()
     if value is None or value == "":
         raise ValueError(
             f"the value is empty or null, which would remove '{'.'.join(parts)}'; unset the variable to keep the file's"
@@ -149,12 +169,31 @@ def _value(kind: Kind, text: str, name: str, parts: tuple[str, ...]) -> Any:
             f"'{'.'.join(parts)}' is a section: set its fields one variable each (e.g. {example}), so that what the"
             " file sets and the variable does not repeat is kept"
         )
-    if kind == "text":
-        return value if isinstance(value, str) else text.strip()  # `0x7f000001`, `1.3`, `off` as written
-    if kind == "list":
-        if not isinstance(value, list) or any(isinstance(item, list | dict) for item in value):
-            raise ValueError(f"give a YAML list of values: {name}='[a, b]'")
-        return value
-    if isinstance(value, list | dict):
+    if kind == "value" and isinstance(value, list | dict):
         raise ValueError(f"'{'.'.join(parts)}' takes one value, not a list or mapping")
     return value
+
+
+def _unquote(text: str) -> str:
+    """`text` less one pair of matching quotes around it; nothing inside is interpreted (no escapes)."""
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
+
+
+def _flow_list(text: str, name: str) -> list[str]:
+    """`[a, b]` as its items, split at commas: not YAML, which reads `[::1/128]` as a mapping and `a #1` as `a`.
+    No item of a list setting (an address, a network, a host name) contains a comma, a quote or a bracket."""
+    shape = f"give a list of values in brackets, separated by commas, each optionally quoted: {name}='[a, b]'"
+    body = text.strip()
+    if not (body.startswith("[") and body.endswith("]")):
+        raise ValueError(shape)
+    body = body[1:-1].strip()
+    if not body:
+        return []
+    items = [_unquote(item.strip()) for item in body.split(",")]
+    if any(not item for item in items):
+        raise ValueError(f"an empty item (two commas, or a comma at an end): {shape}")
+    if any(set(item) & set("[]{}'\"") for item in items):
+        raise ValueError(shape)
+    return items
