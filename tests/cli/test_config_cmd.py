@@ -294,6 +294,28 @@ def test_check_reports_what_used_to_crash_or_pass_with_exit_2(tmp_path: Path, te
     assert fragment in result.output and str(path) in result.output and "Traceback" not in result.output
 
 
-def test_check_refuses_a_device_file() -> None:
+def test_check_refuses_an_endless_device_as_too_large() -> None:
+    """`config check /dev/zero` read until the process was killed."""
     result = CliRunner().invoke(cli, ["config", "check", "/dev/zero"])
-    assert result.exit_code == 2 and "/dev/zero: not a regular file" in result.output, result.output
+    assert result.exit_code == 2 and "/dev/zero: larger than 16 MiB" in result.output, result.output
+
+
+PIPED = {
+    "stdin": ("cat {f} | {stockade} config check /dev/stdin", "/dev/stdin: OK"),
+    "process-substitution": ("{stockade} config check <(cat {f})", ": OK"),
+}
+
+
+@pytest.mark.parametrize(("command", "said"), PIPED.values(), ids=PIPED.keys())
+def test_check_reads_a_config_given_as_a_pipe(tmp_path: Path, command: str, said: str) -> None:
+    """Both worked before configs had to be regular files."""
+    import shlex
+    import subprocess
+    import sys
+
+    path = tmp_path / "gw.yaml"
+    path.write_text(GOOD)
+    line = command.format(f=shlex.quote(str(path)), stockade=f"{shlex.quote(sys.executable)} -m stockade")
+    result = subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert said in result.stdout, result.stdout

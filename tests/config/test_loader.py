@@ -427,13 +427,6 @@ def test_yaml_the_loader_cannot_use_is_a_config_error_with_its_line(text: str, f
     assert problem.startswith(fragment), problem
 
 
-@pytest.mark.parametrize("name", ["/dev/zero", "."], ids=["device", "directory"])
-def test_only_a_regular_file_is_read(name: str) -> None:
-    """`config check /dev/zero` read until the process was killed."""
-    with pytest.raises(ConfigError, match="not a regular file"):
-        load_config(name, env={})
-
-
 def test_a_file_over_the_size_cap_is_refused_unread(tmp_path: Path) -> None:
     from stockade.config.yamldoc import MAX_FILE_BYTES
 

@@ -133,3 +133,39 @@ def test_read_settled_unreadable_file_is_a_config_error(
     make(path)
     with pytest.raises(ConfigError, match=message):
         _read(path, clock)
+
+
+def _fifo(p: Path) -> None:
+    os.mkfifo(p)
+
+
+def _zero(p: Path) -> None:
+    p.symlink_to("/dev/zero")
+
+
+def _huge(p: Path) -> None:
+    from stockade.config.yamldoc import MAX_FILE_BYTES
+
+    with p.open("wb") as f:
+        f.truncate(MAX_FILE_BYTES + 1)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (_fifo, "not a regular file.*re-read on SIGHUP"),
+        (_zero, "not a regular file"),
+        (lambda p: p.mkdir(), "not a regular file"),
+        (_huge, "larger than 16 MiB"),
+    ],
+    ids=["fifo", "link-to-dev-zero", "directory", "over-the-cap"],
+)
+def test_read_settled_refuses_what_is_not_a_bounded_regular_file_at_once(
+    tmp_path: Path, make: Callable[[Path], object], message: str
+) -> None:
+    """A FIFO at the config path froze the data plane and /readyz on SIGHUP (a blocking open in the event loop);
+    a symlink to /dev/zero read until MemoryError."""
+    path, clock = tmp_path / "gw.yaml", FakeClock()
+    make(path)
+    with pytest.raises(ConfigError, match=message):
+        _read(path, clock)

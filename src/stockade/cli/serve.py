@@ -31,8 +31,9 @@ def serve(
     SIGHUP reloads the config atomically: a file that fails any check (with --workers: that any worker
     refuses) changes nothing and is logged. The file is read once it has stopped changing; one still being
     written after a few seconds is refused, so replace it atomically (write a temporary file, then rename it
-    into place). SIGTERM or Ctrl-C drains in-flight requests, then exits. An address that cannot be listened on
-    (admin.port, listen.port) exits 2.
+    into place); a config given as a pipe (/dev/stdin) serves, but cannot be reloaded. SIGTERM or Ctrl-C
+    drains in-flight requests, then exits. An address that cannot be listened on (admin.port, listen.port)
+    exits 2.
     """
 
     from stockade.observability.logs import setup_logging

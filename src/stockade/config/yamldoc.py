@@ -1,4 +1,4 @@
-"""Read a config document: a regular file of bounded size, strict YAML, and the line of each path for messages.
+"""Read a config document: a file (or, once, a pipe) of bounded size, strict YAML, and each path's line.
 
 Everything here that can go wrong is a ConfigError naming the file (and the line where there is one), never a
 traceback: the file is the operator's, and `config check` must say what is wrong with it.
@@ -22,19 +22,53 @@ _Loc = tuple[str | int, ...]
 
 
 def read_text(path: Path) -> str:
-    """The file's text: a regular file (not a device, FIFO or directory) of at most MAX_FILE_BYTES, in UTF-8."""
-    not_a_file = ConfigError([f"{path}: not a regular file (a config is a file of YAML text)"])
+    """The text of a config to load once: a regular file, or a pipe or character device (`config check
+    /dev/stdin`, `<(...)`), of at most MAX_FILE_BYTES, in UTF-8."""
+    data, _ = read_bounded(path, pipes=True)
+    return decode(data, path)
+
+
+def read_bounded(path: str | os.PathLike[str], *, pipes: bool) -> tuple[bytes, os.stat_result]:
+    """At most MAX_FILE_BYTES of the file at `path`, and its status as opened. A regular file; with `pipes`, a FIFO
+    or character device too (read once, up to the cap: /dev/zero is refused as too large). Opened without waiting
+    (a FIFO's open would wait for a writer) and its type checked on what was opened, not on the path."""
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):  # before opening: a FIFO's open waits for a writer
-            raise not_a_file
-        with path.open("rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # replaced since
-                raise not_a_file
-            data = f.read(MAX_FILE_BYTES + 1)  # it may have grown since
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read config: {exc.strerror or exc}"]) from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode):
+            if not pipes:
+                raise ConfigError(
+                    [
+                        f"{path}: not a regular file: a config that is re-read on SIGHUP must be a file (a pipe or "
+                        "device can be read once, at start)"
+                    ]
+                )
+            os.set_blocking(fd, True)  # wait for what the writer has yet to write; EOF when it closes
+        elif not stat.S_ISREG(st.st_mode):
+            raise ConfigError([f"{path}: not a regular file (a config is a file of YAML text)"])
+        data = _read_at_most(fd, MAX_FILE_BYTES + 1)  # a regular file may have grown since fstat
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read config: {exc.strerror or exc}"]) from None
+    finally:
+        os.close(fd)
     if len(data) > MAX_FILE_BYTES:
         raise ConfigError([f"{path}: {_TOO_LARGE}"])
+    return data, st
+
+
+def _read_at_most(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    left = limit
+    while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):  # a pipe gives what it holds, not `left`
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def decode(data: bytes, path: str | os.PathLike[str]) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

@@ -14,6 +14,7 @@ import os
 from collections.abc import Awaitable, Callable
 
 from stockade.clock import SYSTEM_CLOCK, Clock
+from stockade.config.yamldoc import decode, read_bounded
 from stockade.errors import ConfigError
 
 SETTLE_SECONDS = 0.5  # a file modified more recently than this may still be being written
@@ -38,9 +39,9 @@ async def read_settled(
     for _ in range(attempts):
         try:
             before = os.stat(path)
-            with open(path, "rb") as f:
-                data = f.read()
-                read = os.fstat(f.fileno())
+            # A regular file only, of at most the cap: a FIFO would block the event loop (and /readyz) in open, a
+            # link to /dev/zero read until MemoryError. A small file is read synchronously.
+            data, read = read_bounded(path, pipes=False)
             after = os.stat(path)
         except OSError as exc:
             raise ConfigError([f"{path}: cannot read config: {exc.strerror or exc}"]) from None
@@ -48,10 +49,7 @@ async def read_settled(
         same = _identity(before) == _identity(read) == _identity(after) and len(data) == after.st_size
         # A modification time in the future (a clock set wrong, `touch -d`) would otherwise refuse every reload.
         if same and not 0 <= age < settle:
-            try:
-                return data.decode("utf-8")
-            except UnicodeDecodeError:
-                raise ConfigError([f"{path}: config is not UTF-8 text"]) from None
+            return decode(data, path)
         await sleep((settle - age if same else settle) + TIMER_SLACK)
     raise ConfigError(
         [
