@@ -111,7 +111,7 @@ def build_runtime(loaded: LoadedConfig, services: Services) -> Runtime:
         )
     tls = TlsContexts()
     try:
-        tls = build_tls(config, loaded.base_dir, loaded.at, services.clock.time())
+        tls = build_tls(config, loaded.base_dir, loaded.at, services.clock.time(), asgi=loaded.asgi)
         if not services.dry_run:  # `config check` prints them itself
             for warning in tls.warnings:
                 log.warning("TLS: %s", warning)

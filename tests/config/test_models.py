@@ -59,6 +59,20 @@ def test_a_listener_host_may_be_an_address_or_a_name(host: str) -> None:
         ("localhost", "127.0.0.1", True),
         ("127.0.0.1", "127.0.0.2", False),
         ("10.0.0.1", "127.0.0.1", False),
+        # A wildcard covers its own family: 0.0.0.0 is every IPv4 address, :: (dual-stack) every address.
+        ("0.0.0.0", "::1", False),
+        ("0.0.0.0", "fd00::1", False),
+        ("::1", "0.0.0.0", False),
+        ("0.0.0.0", "::", True),
+        ("::", "10.0.0.1", True),
+        ("fd00::1", "::", True),
+        ("0.0.0.0", "gw.internal", True),  # a name may resolve to an IPv4 address
+        # localhost is both loopbacks
+        ("localhost", "::1", True),
+        ("::1", "LOCALHOST", True),
+        ("localhost", "127.0.0.2", False),
+        ("0.0.0.0", "localhost", True),
+        ("gw.internal", "10.0.0.1", False),
     ],
 )
 def test_admin_and_listen_on_one_port_and_host_are_refused(listen: str, admin: str, clash: bool) -> None:
@@ -69,6 +83,22 @@ def test_admin_and_listen_on_one_port_and_host_are_refused(listen: str, admin: s
         return
     (problem,) = problems(text)
     assert "admin.port" in problem and "listen.port" in problem, problem
+
+
+@pytest.mark.parametrize(("listen", "admin"), [("0.0.0.0", "0.0.0.0"), ("::", "127.0.0.1"), ("127.0.0.1", "127.0.0.1")])
+def test_an_asgi_config_has_no_listeners_to_clash(listen: str, admin: str) -> None:
+    """docs/asgi.md: `listen` and `admin` are ignored under the middleware (its server listens), so neither the
+    port rule nor the warnings about them apply."""
+    routes = GOOD.split("\n", 2)[2].replace("    upstream: http://127.0.0.1:9000\n", "")
+    text = f"listen: {{host: '{listen}', port: 8080}}\nadmin: {{host: '{admin}', port: 8080}}\n{routes}"
+    loaded = load_config_text(text, env={}, require_upstreams=False)
+    assert loaded.asgi and loaded.warnings == ()
+
+
+def test_an_empty_listener_host_names_the_wildcards() -> None:
+    """asyncio reads host '' as every interface; written here it is more likely a variable that was not set."""
+    (problem,) = problems(GOOD.replace("listen: {host: 127.0.0.1", "listen: {host: ''"))
+    assert "field 'listen.host'" in problem and "0.0.0.0" in problem and "'::'" in problem, problem
 
 
 def test_admin_disabled_or_on_port_zero_may_share_the_number() -> None:

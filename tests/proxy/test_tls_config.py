@@ -340,6 +340,13 @@ def test_an_admin_listener_off_loopback_is_warned_about(admin: str, warned: bool
         assert "no TLS" in found[0] and "in clear" in found[0]
 
 
+def test_an_asgi_config_is_not_warned_about_its_admin_listener() -> None:
+    """Under the middleware there is no admin listener (docs/asgi.md): nothing to warn about."""
+    loaded = load_config_text(f"admin: {{host: 0.0.0.0}}\n{ROUTE}", env={}, require_upstreams=False)
+    runtime = build_runtime(loaded, Services(clock=FakeClock()))
+    assert not [w for w in runtime.tls.warnings if "admin.host" in w], runtime.tls.warnings
+
+
 def test_config_check_prints_the_admin_warning(tmp_path: Path) -> None:
     path = tmp_path / "gw.yaml"
     path.write_text("admin: {host: 0.0.0.0}\n" + ROUTE)

@@ -68,6 +68,7 @@ class LoadedConfig:
     lines: Mapping[tuple[str | int, ...], int] = field(default_factory=dict)  # YAML path -> line, for messages
     warnings: tuple[str, ...] = ()  # valid, but worth a word (logged at every load, printed by `config check`)
     overrides: tuple[str, ...] = ()  # the STOCKADE_* variables applied (names only: values may be secrets)
+    asgi: bool = False  # loaded for the ASGI middleware: `listen`, `admin` and `workers` are not used
 
     def at(self, loc: Sequence[str | int]) -> str:
         """`file:line` of a location (of its nearest located parent; the file alone if none), for problems found
@@ -110,7 +111,8 @@ def load_config_text(
     overrides = apply_env(raw, os.environ if env is None else env, source)
     ctx = _Reporter(source, raw, lines, overrides)
     try:
-        config = GatewayConfig.model_validate(raw)
+        # require_upstreams=False is a config for the ASGI middleware, which opens no listener of its own.
+        config = GatewayConfig.model_validate(raw, context={"asgi": not require_upstreams})
     except ValidationError as exc:
         for err in _errors(exc):
             ctx.add(err["loc"], _message(err))
@@ -172,6 +174,7 @@ def load_config_text(
         lines=lines,
         warnings=tuple(warnings),
         overrides=tuple(sorted(overrides.values())),
+        asgi=not require_upstreams,
     )
 
 

@@ -43,6 +43,8 @@ _BIND_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?", re.IGNORECA
 def _bind_host(v: str) -> str:
     """An address to listen on: an IP literal or a host name (not resolved here). Checked at load, as `serve` would
     otherwise pass `config check` and die at bind with socket.gaierror."""
+    if not v:  # asyncio reads '' as every interface; here it is more likely a template variable left empty
+        raise ValueError("host '' (empty): for every interface write '0.0.0.0' (IPv4) or '::' (IPv6 and IPv4)")
     try:
         ipaddress.ip_address(v)
     except ValueError:
@@ -54,14 +56,26 @@ def _bind_host(v: str) -> str:
     return v
 
 
-def _wildcard(host: str) -> bool:
-    return host in ("0.0.0.0", "::")  # noqa: S104 - compared, not bound
+def _family(host: str) -> int | None:
+    """4 or 6 for an IP literal; None for a name, which may resolve to either."""
+    try:
+        return ipaddress.ip_address(host).version
+    except ValueError:
+        return None
 
 
 def _overlap(a: str, b: str) -> bool:
-    """Whether listeners on hosts `a` and `b` would want the same socket on one port (`localhost` is loopback)."""
-    a, b = (("127.0.0.1" if h.lower() == "localhost" else h.lower()) for h in (a, b))
-    return a == b or _wildcard(a) or _wildcard(b)
+    """Whether listeners on hosts `a` and `b` would want the same socket on one port. `::` is every address of
+    both families (dual-stack), `0.0.0.0` every IPv4 one (and a name may be IPv4); `localhost` is both loopbacks."""
+    a, b = a.lower(), b.lower()
+    if a == b:
+        return True
+    for x, y in ((a, b), (b, a)):
+        if x == "::" or (x == "0.0.0.0" and _family(y) != 6):  # noqa: S104 - compared, not bound
+            return True
+        if x == "localhost" and y in ("127.0.0.1", "::1"):
+            return True
+    return False
 
 
 class TlsListen(Strict):
@@ -361,8 +375,10 @@ class GatewayConfig(Strict):
         return v
 
     @model_validator(mode="after")
-    def _admin_port_is_not_listen_port(self) -> GatewayConfig:
+    def _admin_port_is_not_listen_port(self, info: ValidationInfo) -> GatewayConfig:
         a, listen = self.admin, self.listen
+        if (info.context or {}).get("asgi"):
+            return self  # the ASGI middleware opens neither listener: its server listens (docs/asgi.md)
         if a.enabled and a.port == listen.port != 0 and _overlap(a.host, listen.host):
             # One of the two would fail to bind at start, after `config check` said OK (or, with SO_REUSEPORT
             # between workers, the two would share connections).

@@ -296,10 +296,10 @@ class TlsContexts:
 
 
 def build_tls(
-    config: GatewayConfig, base_dir: Path, at: Callable[[Sequence[str | int]], str], now: float
+    config: GatewayConfig, base_dir: Path, at: Callable[[Sequence[str | int]], str], now: float, *, asgi: bool = False
 ) -> TlsContexts:
     """Load every certificate, key and CA file the config names. Raises ConfigError listing each problem, each
-    at its `file:line` (`at`, LoadedConfig.at)."""
+    at its `file:line` (`at`, LoadedConfig.at). `asgi`: for the middleware, which has no admin listener."""
     problems: list[str] = []
     warnings: list[str] = []
     listener = None
@@ -317,7 +317,7 @@ def build_tls(
         broad = broad_client_ca_warning(config, base_dir)
         if broad is not None:
             warnings.append(f"{at(('listen', 'tls', 'client_ca'))}: field 'listen.tls.client_ca': {broad}")
-    admin = admin_warning(config)
+    admin = None if asgi else admin_warning(config)
     if admin is not None:
         warnings.append(f"{at(('admin', 'host'))}: field 'admin.host': {admin}")
     upstreams: dict[str | None, ssl.SSLContext] = {}
