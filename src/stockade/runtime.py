@@ -112,11 +112,6 @@ def build_runtime(loaded: LoadedConfig, services: Services) -> Runtime:
     tls = TlsContexts()
     try:
         tls = build_tls(config, loaded.base_dir, loaded.at, services.clock.time(), asgi=loaded.asgi)
-        if not services.dry_run:  # `config check` prints them itself
-            for warning in tls.warnings:
-                log.warning("TLS: %s", warning)
-            for warning in loaded.warnings:
-                logging.getLogger("stockade.config").warning("%s", warning)
     except ConfigError as exc:
         problems.extend(exc.problems)
     log_target = _decision_log_target(loaded, problems)
@@ -140,6 +135,15 @@ def build_runtime(loaded: LoadedConfig, services: Services) -> Runtime:
         path_parameters=config.limits.path_parameters,
         needs=MappingProxyType(dict(services.needs)),
     )
+
+
+def log_load_warnings(runtime: Runtime) -> None:
+    """Log what is valid but worth a word (an expiring certificate, trusted_proxies of /0), once per load: by the
+    process that reads the file (the supervisor with workers, which say nothing), not by each build of it."""
+    for warning in runtime.tls.warnings:
+        log.warning("TLS: %s", warning)
+    for warning in runtime.loaded.warnings:
+        logging.getLogger("stockade.config").warning("%s", warning)
 
 
 def _decision_log_target(loaded: LoadedConfig, problems: list[str]) -> str:

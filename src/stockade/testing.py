@@ -28,7 +28,7 @@ from stockade.pipeline.context import RequestContext
 from stockade.pipeline.headers import Headers
 from stockade.pipeline.stage import Services, Stage
 from stockade.pipeline.verdict import Continue, Deny, Skip
-from stockade.runtime import build_runtime
+from stockade.runtime import build_runtime, log_load_warnings
 
 __all__ = [
     "BackgroundLoop",
@@ -358,6 +358,7 @@ class TestGateway:
         loaded = load_config_text(config_text, base_dir=base_dir, env={})
         self.services = Services(clock=self.clock)
         runtime = build_runtime(loaded, self.services)
+        log_load_warnings(runtime)  # as `serve` with one process does
         target = str(log_path) if log_path is not None else "off"
         self.server = ProxyServer(runtime, clock=self.clock, decision_log=DecisionLog(target, self.clock))
         self.port = 0
@@ -394,6 +395,7 @@ class TestGateway:
     def reload(self, config_text: str, base_dir: Path | None = None) -> None:
         loaded = load_config_text(config_text, base_dir=base_dir, env={})
         runtime = build_runtime(loaded, self.services)
+        log_load_warnings(runtime)
         self.bg.call(self.server.reload, runtime)
 
     def flush_log(self) -> None:

@@ -501,3 +501,33 @@ def test_the_start_up_line_names_the_admin_port_bound_not_port_0(tmp_path: Path,
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+WARNED = "trusted_proxies: [0.0.0.0/0]\n"  # valid, and warned of at every load
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_load_warnings_are_logged_once_per_load(serve: object, workers: int) -> None:
+    """With --workers 2 every warning appeared twice at start and at each reload (once per worker), and the
+    supervisor, which reads the file, said nothing."""
+    gw: Served = serve(workers=workers, head=WARNED)  # type: ignore[operator]
+    gw.path.write_text(gw.path.read_text().replace("max_bytes: 1024", "max_bytes: 100"))
+    os.utime(gw.path, ns=(0, 0))
+    gw.proc.send_signal(signal.SIGHUP)
+    until(lambda: gw.get("/api/x", body=b"a" * 500)[0] == 413)
+    gw.proc.send_signal(signal.SIGTERM)
+    assert gw.proc.wait(30) == 0
+    err = gw.proc.stderr.read().decode() if gw.proc.stderr else ""
+    assert err.count("trusts every address") == 2, err  # start, reload
+
+
+def test_load_warnings_are_logged_by_a_supervisor_that_stops_before_its_workers(
+    tmp_path: Path, upstream: TestUpstream
+) -> None:
+    port, admin = free_port(), free_port()
+    path = tmp_path / "gw.yaml"
+    path.write_text(config(upstream.url, port, admin, workers=2, head=WARNED))
+    with _held(port):
+        result = subprocess.run([STOCKADE, "serve", "--config", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("trusts every address") == 1, result.stderr

@@ -19,7 +19,7 @@ from stockade.observability.decision_log import DecisionLog
 from stockade.observability.metrics import Metrics
 from stockade.pipeline.intake import RequestIds
 from stockade.pipeline.stage import Services
-from stockade.runtime import Runtime, build_runtime
+from stockade.runtime import Runtime, build_runtime, log_load_warnings
 
 if TYPE_CHECKING:
     from stockade.asgi.base import Exchange
@@ -93,6 +93,7 @@ class StockadeMiddleware:
         self.clock = clock
         self.services = Services(clock=clock, metrics=metrics or Metrics())  # stages count events here too
         self.runtime: Runtime = build_runtime(loaded, self.services)
+        log_load_warnings(self.runtime)
         self.decision_log = decision_log or DecisionLog(self.runtime.decision_log, clock, self.services.metrics)
         self.metrics = self.services.metrics
         self.request_ids = RequestIds()
@@ -120,6 +121,7 @@ class StockadeMiddleware:
         """Swap in a new config atomically (it was validated when loaded); requests under way keep the old one."""
         self.root.check_routes(config.config, allowed=self.root_prefixed_routes)
         self.runtime = build_runtime(config, self.services)
+        log_load_warnings(self.runtime)
 
     # -- deadlines and the decision log -----------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from stockade.errors import ConfigError, ListenError
 from stockade.pipeline.stage import Services
 from stockade.proxy.reload_file import read_settled
 from stockade.proxy.server import ProxyServer
-from stockade.runtime import build_runtime
+from stockade.runtime import build_runtime, log_load_warnings
 from stockade.security.secrets import verify_store_secrets
 from stockade.stages.ratelimit.username_key import verify_username_key
 
@@ -44,9 +44,12 @@ def restart_only_changes(old: LoadedConfig, new: LoadedConfig) -> list[str]:
     return out
 
 
-def try_reload(server: ProxyServer, current: LoadedConfig, new: LoadedConfig | None, problems: list[str]) -> list[str]:
+def try_reload(
+    server: ProxyServer, current: LoadedConfig, new: LoadedConfig | None, problems: list[str], *, announce: bool = True
+) -> list[str]:
     """Apply `new` to `server` all-or-nothing. Returns why it was refused ([] if it was applied: a worker sends
-    these to its supervisor); every problem is logged and counted."""
+    these to its supervisor); every problem is logged and counted. `announce`: log the load warnings (a worker
+    does not: its supervisor has)."""
     if new is not None:
         blocked = restart_only_changes(current, new)
         if blocked:
@@ -54,6 +57,8 @@ def try_reload(server: ProxyServer, current: LoadedConfig, new: LoadedConfig | N
         else:
             try:
                 runtime = build_runtime(new, server.runtime.services)
+                if announce:
+                    log_load_warnings(runtime)
                 server.reload(runtime)
             except ConfigError as exc:
                 problems = exc.problems
@@ -115,7 +120,9 @@ async def serve_single(path: str, loaded: LoadedConfig, env: Mapping[str, str] |
     cannot bind."""
     cfg = loaded.config
     services = Services(clock=SYSTEM_CLOCK, workers=1)
-    server = ProxyServer(build_runtime(loaded, services))
+    runtime = build_runtime(loaded, services)
+    log_load_warnings(runtime)
+    server = ProxyServer(runtime)
     await verify_store_secrets(services)
     await verify_username_key(services)
     loop = asyncio.get_running_loop()

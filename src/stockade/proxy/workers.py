@@ -35,7 +35,7 @@ from stockade.observability.metrics import Snapshot, merge, retire
 from stockade.pipeline.stage import Services
 from stockade.proxy.process import listen_error, load_for_reload, restart_only_changes, try_reload, unexpected
 from stockade.proxy.server import ProxyServer
-from stockade.runtime import build_runtime
+from stockade.runtime import build_runtime, log_load_warnings
 from stockade.security.secrets import SecretsError, verify_store_secrets
 from stockade.stages.ratelimit.username_key import SHARED_KEY as USERNAME_KEY
 from stockade.stages.ratelimit.username_key import username_key, verify_username_key
@@ -124,7 +124,7 @@ async def serve_worker(
                     new, problems = None, [unexpected(msg["source"], exc)]
                 # The problems of this worker's own build too (a secret file the supervisor's dry run does not
                 # read), so the supervisor can say why.
-                problems = try_reload(server, current[0], new, problems)
+                problems = try_reload(server, current[0], new, problems, announce=False)
                 if not problems and new is not None:
                     current[0] = new
                 await _send(writer, {"op": "reloaded", "ok": not problems, "problems": problems[:5]})
@@ -213,7 +213,9 @@ class Supervisor:
         # Refuse to start (not to crash-loop workers) with a pepper or KEK other than the store's: built as
         # `config check` builds it to learn whether the routes use the store at all.
         probe = Services(clock=SYSTEM_CLOCK, workers=self.n, dry_run=True)
-        self.needs = build_runtime(self.loaded, probe).needs
+        built = build_runtime(self.loaded, probe)
+        log_load_warnings(built)  # here, once: the workers say nothing of them
+        self.needs = built.needs
         if STORE_KEY in probe.shared:
             try:
                 shared_store(self.services)
@@ -321,7 +323,9 @@ class Supervisor:
             # Built once here as `config check` builds it (touching no store or secret file): what fails to build
             # (a spec or key file, the decision log's target) is refused before any worker sees it.
             try:
-                needs = build_runtime(new, Services(clock=SYSTEM_CLOCK, workers=self.n, dry_run=True)).needs
+                built = build_runtime(new, Services(clock=SYSTEM_CLOCK, workers=self.n, dry_run=True))
+                log_load_warnings(built)
+                needs = built.needs
             except ConfigError as exc:
                 problems, new = exc.problems, None
             except Exception as exc:
