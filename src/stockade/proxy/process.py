@@ -20,6 +20,7 @@ from stockade.proxy.reload_file import read_settled
 from stockade.proxy.server import ProxyServer
 from stockade.runtime import build_runtime, log_load_warnings
 from stockade.security.secrets import verify_store_secrets
+from stockade.stages.ratelimit.identity_key import fetch_identity_key
 from stockade.stages.ratelimit.username_key import verify_username_key
 
 log = logging.getLogger("stockade")
@@ -125,6 +126,7 @@ async def serve_single(path: str, loaded: LoadedConfig, env: Mapping[str, str] |
     server = ProxyServer(runtime)
     await verify_store_secrets(services)
     await verify_username_key(services)
+    await fetch_identity_key(services)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     current = [loaded]

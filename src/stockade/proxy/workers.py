@@ -37,6 +37,7 @@ from stockade.proxy.process import listen_error, load_for_reload, restart_only_c
 from stockade.proxy.server import ProxyServer
 from stockade.runtime import build_runtime, log_load_warnings
 from stockade.security.secrets import SecretsError, verify_store_secrets
+from stockade.stages.ratelimit.identity_key import fetch_identity_key
 from stockade.stages.ratelimit.username_key import SHARED_KEY as USERNAME_KEY
 from stockade.stages.ratelimit.username_key import username_key, verify_username_key
 from stockade.storage import SHARED_KEY as STORE_KEY
@@ -87,6 +88,7 @@ async def serve_worker(
     server = ProxyServer(build_runtime(loaded, services))
     await verify_store_secrets(services)
     await verify_username_key(services)
+    await fetch_identity_key(services)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -224,7 +226,7 @@ class Supervisor:
             await verify_store_secrets(self.services)
         if USERNAME_KEY in probe.shared:  # the same refusal for a pepper other than the limits backend's
             try:
-                username_key(self.services, "brute_force routes")
+                username_key(self.services, "login routes")
             except SecretsError as exc:
                 raise ConfigError([f"secrets: {exc}"]) from None
             await verify_username_key(self.services)

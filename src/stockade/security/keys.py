@@ -157,20 +157,12 @@ def username_key_check(key: bytes) -> str:
     return hmac.digest(key, b"stockade:username-key-check", "sha256")[:16].hex()
 
 
-IDENTITY_KEY_PURPOSE = b"stockade:auth-identity"
-
-
-def identity_key(pepper: bytes) -> bytes:
-    """The key brute_force counts presented identities (`id:` subjects) under, derived from the pepper apart from
-    `username_key`, so a hash of one kind never stands for the other. Derive it once, not per request."""
-    return hmac.digest(pepper, IDENTITY_KEY_PURPOSE, "sha256")
-
-
 def identity_subject(key: bytes, identity: str) -> str:
-    """128 bits of HMAC-SHA256(`identity_key(pepper)`, identity): what a presented identity (the digest an
-    authenticator recorded under AUTH_IDENTITY) is counted under. Keyed here whatever the authenticator recorded:
-    jwt, introspection and mtls record an unkeyed digest of issuer + sub or of a certificate's name, which whoever
-    can list lockouts could otherwise confirm a guessed name against offline."""
+    """128 bits of HMAC-SHA256(key, identity), `key` brute_force's identity key (random, shared through the limits
+    backend: stages/ratelimit/identity_key.py): what a presented identity (the digest an authenticator recorded
+    under AUTH_IDENTITY) is counted under. Keyed whatever the authenticator recorded: jwt, introspection and mtls
+    record an unkeyed digest of issuer + sub or of a certificate's name, which whoever can list lockouts could
+    otherwise confirm a guessed name against offline."""
     return hmac.digest(key, identity.encode("utf-8", "surrogatepass"), "sha256")[:16].hex()
 
 
