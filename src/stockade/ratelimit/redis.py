@@ -221,8 +221,9 @@ class RedisBackend:
     async def agree(self, name: str, value: str) -> str | None:
         """Record `value` under `name` unless a value is recorded already; that value if it is another, else None.
         What lets processes that share this backend find out they would count the same subject under different
-        keys (brute_force: each node keying usernames with a pepper of its own). Kept without expiry: it is
-        deleted by hand when every node's pepper changes (docs/rate-limiting.md)."""
+        keys (brute_force: each node keying usernames with a pepper of its own), or share one (brute_force's
+        identity key: the first process's random one). Kept without expiry: deleted by hand, to change the pepper
+        of every node or to re-key identities (docs/rate-limiting.md)."""
         key = f"{self.prefix}{CHECK_TAG}{name}"
         await self._call_on(key, "SET", key, value, "NX")
         recorded = await self._call_on(key, "GET", key)
