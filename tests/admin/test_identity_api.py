@@ -129,6 +129,17 @@ def test_admin_key_lifecycle_and_change_log_names_the_token(admin: Admin) -> Non
     assert created["key"] not in orjson.dumps(changes).decode()
 
 
+def test_admin_revoking_a_revoked_key_answers_it_again_and_logs_no_change(admin: Admin) -> None:
+    op = admin.tokens["operator"]
+    created = admin.call("POST", "/keys", op, {"consumer": "alice"})[1]
+    status, first, _ = admin.call("POST", f"/keys/{created['id']}/revoke", op)
+    assert status == 200 and first["status"] == "revoked"
+    assert admin.call("POST", f"/keys/{created['id']}/revoke", op)[:2] == (200, first)  # as it was: same time
+    assert admin.call("POST", "/keys/revoke", op, {"key": created["key"]})[:2] == (200, first)
+    changes = admin.call("GET", "/admin/changes?limit=10", admin.tokens["viewer"])[1]["changes"]
+    assert [c["action"] for c in changes if c["target"] == created["id"]] == ["api_key.revoke", "api_key.create"]
+
+
 @pytest.mark.parametrize(
     ("given", "status"),
     [(" {key}", 200), ("{key}\n", 200), ("{key}x", 404), ('"{key}"', 404)],

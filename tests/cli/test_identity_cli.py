@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import orjson
 import pytest
 from click.testing import CliRunner, Result
 
@@ -72,6 +73,11 @@ def test_revoking_a_revoked_key_says_so_and_keeps_the_first_revocation(config: P
     key_id = first.stdout.split()[3]
     assert again.stdout.startswith(f"API key {key_id} was already revoked at "), again.stdout
     assert key not in again.stdout
+    third = invoke("--config", str(config), "keys", "revoke", key_id)  # by id, the same
+    assert third.stdout.startswith(f"API key {key_id} was already revoked at "), third.stdout
+    changes = invoke("--config", str(config), "admin", "changes", "--json").stdout.splitlines()
+    revokes = [c for c in map(orjson.loads, changes) if c["action"] == "api_key.revoke"]
+    assert [c["target"] for c in revokes] == [key_id]  # one revocation, one entry: the others changed nothing
 
 
 @pytest.mark.parametrize(

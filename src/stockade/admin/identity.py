@@ -185,7 +185,8 @@ async def revoke_key(request: Request, s: IdentityService) -> Response:
         ref = _opt_str(doc, "key") or _opt_str(doc, "id")
         if ref is None:
             raise InvalidInput("give `key` (the key itself) or `id`")
-    return JSONResponse(key_doc(await s.revoke_key(ref), s.clock.time()))
+    key, _ = await s.revoke_key(ref)  # an already revoked key answers as it is (200), nothing written
+    return JSONResponse(key_doc(key, s.clock.time()))
 
 
 @_errors

@@ -110,14 +110,13 @@ def revoke(ctx: click.Context, config_path: str | None, key_or_id: str) -> None:
     """Revoke a key, given the key itself or its id. Every worker refuses it within a second."""
 
     async def work(s: IdentityService) -> tuple[ApiKey, bool]:
-        already = (await s.find_key(key_or_id)).revoked_at is not None
-        return await s.revoke_key(key_or_id), already
+        return await s.revoke_key(key_or_id)
 
-    key, already = with_service(ctx, config_path, work)
-    if already and key.revoked_at is not None:  # idempotent: the first revocation's time stands
-        click.echo(f"API key {key.id} was already revoked at {when(key.revoked_at)}")
-    else:
+    key, revoked = with_service(ctx, config_path, work)
+    if revoked or key.revoked_at is None:
         click.echo(f"revoked API key {key.id}")
+    else:  # idempotent: the first revocation's time stands
+        click.echo(f"API key {key.id} was already revoked at {when(key.revoked_at)}")
 
 
 @keys_group.command("rotate")

@@ -167,9 +167,13 @@ class IdentityService:
         consumer_id = (await self.store.get_consumer(consumer)).id if consumer else None
         return await self.store.list_api_keys(consumer_id)
 
-    async def revoke_key(self, key_or_id: str) -> ApiKey:
+    async def revoke_key(self, key_or_id: str) -> tuple[ApiKey, bool]:
+        """The key, revoked, and whether this call revoked it. An already revoked key is returned as it is, the
+        first revocation's time standing: nothing changed, so nothing is written to the admin change log."""
         key = await self.find_key(key_or_id)
-        return await self.store.revoke_api_key(key.id, actor=self.actor, at=self.clock.time())
+        if key.revoked_at is not None:
+            return key, False
+        return await self.store.revoke_api_key(key.id, actor=self.actor, at=self.clock.time()), True
 
     async def rotate_key(self, key_or_id: str, *, overlap: float = 86400.0) -> Issued:
         """A new key with the old one's consumer, scopes and env; the old one stays valid for `overlap` seconds."""
