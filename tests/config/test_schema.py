@@ -88,11 +88,17 @@ def test_schema_every_model_is_closed() -> None:
     assert [name for name, d in SCHEMA["$defs"].items() if d.get("additionalProperties") is not False] == []
 
 
-@pytest.mark.parametrize("text", list(documented_configs()))
+LOADABLE = [p for p in documented_configs() if not loader_problems(p.values[0])]  # fragments are refused by both
+
+
+def test_schema_documented_configs_are_mostly_whole_ones() -> None:
+    """The corpus must not go quiet: fragments (a stage shown without its listener, a route without its
+    authenticator) are left out, whole configs are checked."""
+    assert len(LOADABLE) >= 10, [p.id for p in LOADABLE]
+
+
+@pytest.mark.parametrize("text", [p.values[0] for p in LOADABLE], ids=[str(p.id) for p in LOADABLE])
 def test_schema_documented_config_the_loader_accepts_is_accepted(text: str) -> None:
-    problems = loader_problems(text)
-    if problems:
-        pytest.skip(f"a fragment, which the loader rejects too: {problems[0]}")
     assert schema_errors(yaml.safe_load(text)) == []
 
 
