@@ -229,7 +229,8 @@ class RedisBackend:
         recorded = await self._call_on(key, "GET", key)
         if recorded is None:  # deleted in between: record ours again next time
             return None
-        found = recorded.decode() if isinstance(recorded, bytes) else str(recorded)
+        # Bytes that are not UTF-8 are another process's value as much as any other (a mismatch, never a crash).
+        found = recorded.decode("utf-8", "replace") if isinstance(recorded, bytes) else str(recorded)
         return None if found == value else found
 
     async def _renew(self, batch: list[Renewal]) -> None:

@@ -301,6 +301,27 @@ def test_a_lost_identity_key_is_recorded_again_and_every_node_switches_within_th
     asyncio.run(go())
 
 
+@pytest.mark.parametrize("value", [b"\xff\xfe", b"not a key"], ids=["not-utf8", "not-hex"])
+def test_a_corrupt_identity_key_in_redis_is_503_naming_it_not_a_crash(tmp_path: Path, value: bytes) -> None:
+    """Bytes that are not UTF-8 under the key raised UnicodeDecodeError: a 500 on every authenticated request, and
+    a traceback at start-up."""
+    url = fresh_redis_url()
+    alice = hashlib.sha256(b"alice").hexdigest()[:32]
+
+    async def go() -> None:
+        await _redis(url, "SET", value)  # type: ignore[arg-type]
+        n = Node(*node(tmp_path, "a", url))
+        try:
+            await n.start()
+            refused = await n.present(alice)
+            assert refused is not None and (refused.status, refused.reason) == (503, "brute_force.unavailable")
+            assert KEY in (refused.detail or "")
+        finally:
+            await n.close()
+
+    asyncio.run(go())
+
+
 def test_redis_down_at_start_starts_with_a_warning_and_answers_503_until_it_is_back(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
