@@ -137,8 +137,23 @@ def test_api_key_revoke_is_idempotent_and_keeps_first_time(store: Store) -> None
     assert run(store.revoke_api_key("key_1", actor=ACTOR, at=T0 + 5)).revoked_at == T0 + 5
     assert run(store.revoke_api_key("key_1", actor=ACTOR, at=T0 + 9)).revoked_at == T0 + 5
     assert run(store.get_api_key("key_1")).status(T0 + 10) == "revoked"
+    # Only the revocation that changed the key is a change: two operators revoking at once log one.
+    assert [c.action for c in run(store.list_admin_changes())].count("api_key.revoke") == 1
     with pytest.raises(NotFoundError):
         run(store.revoke_api_key("key_missing", actor=ACTOR, at=T0))
+
+
+def test_api_key_revokes_at_once_log_one_change(store: Store) -> None:
+    """Each call saw the key active and wrote its own `api_key.revoke`: the log claimed three changes."""
+    run(store.create_consumer(consumer("alice"), actor=ACTOR, at=T0))
+    run(store.create_api_key(api_key("key_1"), actor=ACTOR, at=T0))
+
+    async def at_once() -> list[ApiKey]:
+        return list(await asyncio.gather(*(store.revoke_api_key("key_1", actor=ACTOR, at=T0 + i) for i in (1, 2, 3))))
+
+    revoked = run(at_once())
+    assert len({k.revoked_at for k in revoked}) == 1
+    assert [c.action for c in run(store.list_admin_changes())].count("api_key.revoke") == 1
 
 
 @pytest.mark.parametrize(

@@ -173,7 +173,9 @@ class IdentityService:
         key = await self.find_key(key_or_id)
         if key.revoked_at is not None:
             return key, False
-        return await self.store.revoke_api_key(key.id, actor=self.actor, at=self.clock.time()), True
+        now = self.clock.time()
+        key = await self.store.revoke_api_key(key.id, actor=self.actor, at=now)
+        return key, key.revoked_at == now  # another call may have revoked it in between (the store logs that one)
 
     async def rotate_key(self, key_or_id: str, *, overlap: float = 86400.0) -> Issued:
         """A new key with the old one's consumer, scopes and env; the old one stays valid for `overlap` seconds."""

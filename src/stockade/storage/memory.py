@@ -130,10 +130,10 @@ class MemoryStore:
             key = self._keys.get(key_id)
             if key is None:
                 raise NotFoundError(f"no API key {key_id!r}")
-            if key.revoked_at is None:
+            if key.revoked_at is None:  # revoked already: nothing changed, nothing logged
                 key = dataclasses.replace(key, revoked_at=at)
                 self._keys[key_id] = key
-            self._record(audit.api_key_revoked(key_id, key.consumer_id), actor, at)
+                self._record(audit.api_key_revoked(key_id, key.consumer_id), actor, at)
             return key
 
     async def rotate_api_key(self, old_id: str, new: ApiKey, *, old_expires_at: float, actor: str, at: float) -> None:

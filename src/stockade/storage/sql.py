@@ -41,6 +41,8 @@ class Cursor(Protocol):
     def fetchone(self) -> Any: ...
     def fetchall(self) -> Any: ...
 
+    rowcount: int
+
 
 class Connection(Protocol):
     def cursor(self) -> Any: ...
@@ -67,12 +69,14 @@ class Tx:
         self._cur = cursor
         self._dialect = dialect
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement; the rows it changed (an UPDATE whose WHERE no longer matches changed none)."""
         if _has_nul(params):
             raise StorageError("a value holds a NUL character")  # inputs are checked before they are stored
         if self._dialect.placeholder != "?":
             sql = sql.replace("?", self._dialect.placeholder)
         self._cur.execute(sql, tuple(params))
+        return int(self._cur.rowcount)
 
     # A lookup by a value with NUL finds nothing, on every backend: PostgreSQL cannot even hold NUL in text (it
     # would raise), and nothing stored holds one. So a client_id of "cl\x00x" is "not found", not an error.

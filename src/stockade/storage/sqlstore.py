@@ -155,9 +155,10 @@ class SqlStore(SqlAuthMixin):
     async def revoke_api_key(self, key_id: str, *, actor: str, at: float) -> ApiKey:
         def run(tx: Tx) -> ApiKey:
             must(tx.one("SELECT 1 FROM api_keys WHERE id = ?", (key_id,)), f"API key {key_id!r}")
-            tx.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (at, key_id))
+            changed = tx.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (at, key_id))
             key = _key(must(tx.one(f"SELECT {_KEY} FROM api_keys WHERE id = ?", (key_id,)), key_id))
-            record(tx, audit.api_key_revoked(key_id, key.consumer_id), actor, at)
+            if changed:  # revoked already (by an earlier call, or one racing this): nothing changed, nothing logged
+                record(tx, audit.api_key_revoked(key_id, key.consumer_id), actor, at)
             return key
 
         return await self.engine.write(run)
