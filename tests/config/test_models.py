@@ -54,18 +54,23 @@ def test_a_listener_host_may_be_an_address_or_a_name(host: str) -> None:
     [
         ("127.0.0.1", "127.0.0.1", True),
         ("0.0.0.0", "127.0.0.1", True),
-        ("127.0.0.1", "::", True),
         ("::", "::", True),
         ("localhost", "127.0.0.1", True),
         ("127.0.0.1", "127.0.0.2", False),
         ("10.0.0.1", "127.0.0.1", False),
-        # A wildcard covers its own family: 0.0.0.0 is every IPv4 address, :: (dual-stack) every address.
+        # A wildcard covers its own family: both listeners bind IPv6 sockets IPv6-only, so 0.0.0.0 is every IPv4
+        # address and :: every IPv6 one (both bind one port: checked with a real gateway, one worker and two).
         ("0.0.0.0", "::1", False),
         ("0.0.0.0", "fd00::1", False),
         ("::1", "0.0.0.0", False),
-        ("0.0.0.0", "::", True),
-        ("::", "10.0.0.1", True),
+        ("0.0.0.0", "::", False),
+        ("::", "10.0.0.1", False),
+        ("127.0.0.1", "::", False),
         ("fd00::1", "::", True),
+        ("::", "gw.internal", True),  # a name may resolve to an IPv6 address
+        # addresses compare as addresses
+        ("0::1", "::1", True),
+        ("0:0:0:0:0:0:0:0", "::", True),
         ("0.0.0.0", "gw.internal", True),  # a name may resolve to an IPv4 address
         # localhost is both loopbacks
         ("localhost", "::1", True),

@@ -64,14 +64,22 @@ def _family(host: str) -> int | None:
         return None
 
 
+def _canonical(host: str) -> str:
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host.lower()
+
+
 def _overlap(a: str, b: str) -> bool:
-    """Whether listeners on hosts `a` and `b` would want the same socket on one port. `::` is every address of
-    both families (dual-stack), `0.0.0.0` every IPv4 one (and a name may be IPv4); `localhost` is both loopbacks."""
-    a, b = a.lower(), b.lower()
+    """Whether listeners on hosts `a` and `b` would want the same socket on one port. Both listeners bind IPv6
+    sockets IPv6-only, so `::` is every IPv6 address and `0.0.0.0` every IPv4 one (a name may be either);
+    `localhost` is both loopbacks. Addresses compare as addresses (`0::1` is `::1`)."""
+    a, b = _canonical(a), _canonical(b)
     if a == b:
         return True
     for x, y in ((a, b), (b, a)):
-        if x == "::" or (x == "0.0.0.0" and _family(y) != 6):  # noqa: S104 - compared, not bound
+        if (x == "::" and _family(y) != 4) or (x == "0.0.0.0" and _family(y) != 6):  # noqa: S104 - compared
             return True
         if x == "localhost" and y in ("127.0.0.1", "::1"):
             return True
