@@ -376,3 +376,18 @@ def test_a_certificate_openssl_verified_but_cryptography_cannot_read(
     else:
         assert isinstance(verdict, Continue) and verdict.principal is not None
         assert (verdict.principal.id, verdict.principal.issuer) == ("dave", outcome)
+
+
+@pytest.mark.parametrize("value", ["Legacy CA", "a=b", "A, Inc.", 'q"uote', "t\x00z", "semi;colon", "#lead", "trail "])
+def test_a_name_openssl_read_is_written_as_cryptography_writes_it(value: str) -> None:
+    """The fallback for certificates cryptography cannot read spells the issuer as it would have: an upstream
+    matching `x-stockade-issuer` sees one spelling whichever library read the certificate."""
+    from cryptography.x509.oid import NameOID
+
+    from stockade.stages.authn.mtls import _rfc4514
+
+    name = x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Org"), x509.NameAttribute(NameOID.COMMON_NAME, value)]
+    )
+    as_openssl_reads_it = ((("organizationName", "Org"),), (("commonName", value),))
+    assert _rfc4514(as_openssl_reads_it) == name.rfc4514_string()

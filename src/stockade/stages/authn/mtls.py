@@ -182,7 +182,7 @@ def _rfc4514(rdns: Any) -> str:
     for rdn in reversed(tuple(rdns)):
         parts = []
         for name, value in rdn:
-            text = re.sub(r'([,+"\\<>;=])', r"\\\1", str(value))
+            text = re.sub(r'([,+"\\<>;])', r"\\\1", str(value)).replace("\x00", "\\00")
             if text[:1] in ("#", " "):
                 text = "\\" + text
             if text.endswith(" "):
