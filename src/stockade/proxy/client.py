@@ -128,9 +128,9 @@ class ClientConnection(asyncio.Protocol):
             self.tls = True
             self.peer_cert = sslobj.getpeercert() or None  # only a certificate the listener verified
             self.peer_cert_der = sslobj.getpeercert(binary_form=True) if self.peer_cert else None
-            if server.tls is not None:  # established: counted as a connection from now on, not as a handshake
-                server.tls.handshakes.discard(sslobj)
         server.connections.add(self)
+        if sslobj is not None and server.tls is not None:
+            server.tls_established(self, sslobj)
         if server.draining:
             self.close()
             return

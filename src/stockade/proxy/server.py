@@ -17,7 +17,7 @@ from stockade.observability.decision_log import DecisionLog
 from stockade.observability.logs import apply_level
 from stockade.pipeline.intake import RequestIds
 from stockade.proxy.client import ClientConnection
-from stockade.proxy.common import INF, HotLimits
+from stockade.proxy.common import HotLimits
 from stockade.proxy.http import DateCache
 from stockade.proxy.tls import ListenerContext
 from stockade.proxy.upstream import PoolManager
@@ -54,7 +54,6 @@ class ProxyServer:
         self.draining = False
         self.ready = False
         self.tls: ListenerContext | None = None  # set when listening with TLS; reload swaps its context
-        self._pruned_at = -INF  # when the handshakes counted were last checked for ones since established
         # Handshakes begun under client-certificate rules a reload has since changed (see reload).
         self._stale_handshakes: weakref.WeakSet[ssl.SSLObject] = weakref.WeakSet()
         self._servers: list[asyncio.Server] = []
@@ -112,21 +111,17 @@ class ProxyServer:
         """Whether one more TLS connection may open: established ones and handshakes in progress count."""
         if len(self.connections) + len(tls.handshakes) < self.limits.max_client_connections:
             return True
-        now = self.clock.monotonic()
-        if now - self._pruned_at >= SWEEP_INTERVAL:  # at most once a sweep interval, however many are refused
-            self._prune_handshakes(tls, now)
-            if len(self.connections) + len(tls.handshakes) < self.limits.max_client_connections:
-                return True
         self.metrics.event("client_connections", "refused")
         return False
 
-    def _prune_handshakes(self, tls: ListenerContext, now: float) -> None:
-        """Forget the handshakes that have completed: their connections are counted as connections."""
-        self._pruned_at = now
-        handshakes = tls.handshakes
-        for obj in list(handshakes):
-            if obj.version() is not None:  # None until the handshake completes
-                handshakes.discard(obj)
+    def tls_established(self, conn: ClientConnection, obj: ssl.SSLObject) -> None:
+        """A TLS connection's handshake completed (its connection_made): counted as a connection from now on, not
+        as a handshake; one begun under client-certificate rules a reload has since changed serves one request."""
+        assert self.tls is not None  # noqa: S101 - only a TLS listener's connections have an SSL object
+        self.tls.handshakes.discard(obj)
+        if obj in self._stale_handshakes:
+            self._stale_handshakes.discard(obj)
+            _retire(conn)
 
     @property
     def ports(self) -> list[int]:
@@ -150,10 +145,6 @@ class ProxyServer:
         for conn in list(self.connections):
             conn.check_deadlines(now)
         self.pools.sweep(now)
-        if self.tls is not None:
-            if self._stale_handshakes:
-                self._retire_stale_handshakes()
-            self._prune_handshakes(self.tls, now)
 
     def reload(self, runtime: Runtime) -> None:
         """Swap in a new runtime: requests already under way finish on the one they started with. All or
@@ -186,18 +177,10 @@ class ProxyServer:
         """The client CA or client_auth changed: connections let in under the old rules must not serve on for
         keepalive_requests x keepalive_timeout. Idle ones close now; the others answer what they were sent, that
         answer saying `Connection: close`; so do connections whose handshake the old context is still doing
-        (the sweep finds them once established). Open WebSocket tunnels carry on. Costs nothing per request."""
+        (`tls_established`). Open WebSocket tunnels carry on. Costs nothing per request."""
         self._stale_handshakes = weakref.WeakSet(tls.handshakes)
         for conn in list(self.connections):
             _retire(conn)
-
-    def _retire_stale_handshakes(self) -> None:
-        stale = self._stale_handshakes
-        for conn in list(self.connections):
-            obj = conn.transport.get_extra_info("ssl_object") if conn.transport is not None else None
-            if obj is not None and obj in stale:
-                stale.discard(obj)
-                _retire(conn)
 
     async def drain(self, timeout: float | None = None) -> None:
         """Graceful stop: close listeners, close idle connections, let in-flight requests finish (up to

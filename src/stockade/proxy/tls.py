@@ -203,8 +203,8 @@ class ListenerContext(ssl.SSLContext):
     # Decides, as each connection is accepted (before any handshake work), whether it may open: False closes it
     # at once (limits.max_client_connections). None: all may.
     admit: Callable[[], bool] | None
-    # The SSL objects of connections accepted and not yet established (ClientConnection.connection_made removes
-    # each as its handshake completes; ProxyServer's sweep prunes any left): with
+    # The SSL objects of connections accepted and not yet established (ProxyServer.tls_established removes each
+    # as its handshake completes): with
     # the established connections, what counts against max_client_connections. Weak: a failed handshake's
     # object goes when its transport does.
     handshakes: weakref.WeakSet[ssl.SSLObject]
