@@ -108,10 +108,10 @@ def apply_env(raw: dict[str, Any], env: Mapping[str, str], source: str) -> dict[
     for name in sorted(env):
         if not name.startswith(ENV_PREFIX) or name in OTHER_VARIABLES or name.startswith(OTHER_PREFIXES):
             continue
-        if (parts_of(name) not in SETTINGS) and is_service_link(name, env[name]):
-            continue  # a Kubernetes Service or Docker link named stockade*: not ours to read or refuse
         parts = parts_of(name)
         setting = SETTINGS.get(parts)
+        if setting is None and is_service_link(name, env[name]):
+            continue  # a Kubernetes Service or Docker link named stockade*: not ours to read or refuse
         if setting is None:
             problems.append(f"{source}: environment variable {name}{_unknown(parts)}")
             continue
