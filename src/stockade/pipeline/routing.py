@@ -138,7 +138,7 @@ class _Trie:
         allow: list[tuple[str, ...]] = []
         values: list[str] = []
         found = _walk(self.root, segs, [seg.lower() for seg in segs] if self.fold else segs, 0, values, method, allow)
-        if found is _OWNED:
+        if found == _OWNED:  # by value: route ids are never empty (and compiled code does not keep tuple identity)
             return NoRoute(405, allow[0])
         if found is not None:
             route_id, names = found
