@@ -126,11 +126,10 @@ def test_a_reload_whose_decision_log_cannot_be_opened_changes_nothing(
     gw = make_gateway(BASIC)
     before = gw.server.runtime
 
-    class Unopenable(decision_log.DecisionLog):
-        def __init__(self, target: str, clock: object, metrics: object = None) -> None:
-            raise PermissionError(13, "Permission denied")
+    def unopenable(target: str, clock: object, metrics: object = None) -> decision_log.DecisionLog:
+        raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("stockade.proxy.server.DecisionLog", Unopenable)
+    monkeypatch.setattr("stockade.proxy.server.DecisionLog", unopenable)
     stricter = BASIC.replace("{upstream}", upstream.url) + f"log: {{decisions: '{tmp_path / 'new.log'}'}}\n"
     with pytest.raises(ConfigError, match=r"log\.decisions: cannot open"):
         gw.reload(stricter)

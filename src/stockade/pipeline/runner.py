@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 from stockade.pipeline.context import BodyTooLargeError
 from stockade.pipeline.phase import Phase
+from stockade.pipeline.stage import Stage
 from stockade.pipeline.verdict import CONTINUE, Continue, Deny, Skip
 
 if TYPE_CHECKING:
     from stockade.pipeline.context import RequestContext
     from stockade.pipeline.principal import Principal
     from stockade.pipeline.response import Outcome, Response
-    from stockade.pipeline.stage import Stage
 
 AUTHENTICATED_BY = "auth.winner"  # ctx.state: the StageSlot whose authenticator set the principal
 

@@ -22,6 +22,7 @@ from stockade.proxy.common import INF, PAUSE_BUFFER, PAUSE_UPSTREAM
 from stockade.proxy.request_head import RequestHead
 
 if TYPE_CHECKING:
+    from stockade.handlers.base import Handler, LocalResponse
     from stockade.proxy.client import ClientConnection
     from stockade.proxy.http import ResponseFraming
     from stockade.proxy.spool import Spool
@@ -330,41 +331,115 @@ class Exchange:
 
     # -- forwarding to the upstream: proxy/forwarding.py --------------------------------------------------------
 
-    _forward = forwarding._forward
-    _to_upstream = forwarding._to_upstream
-    _connect = forwarding._connect
-    _connected = forwarding._connected
-    _send = forwarding._send
-    _buffer_full = forwarding._buffer_full
-    _spool_more = forwarding._spool_more
-    _pump = forwarding._pump
-    _body_from_client = forwarding._body_from_client
+    def _forward(self) -> None:
+        return forwarding._forward(self)
+
+    def _to_upstream(self) -> None:
+        return forwarding._to_upstream(self)
+
+    def _connect(self) -> None:
+        return forwarding._connect(self)
+
+    def _connected(self, task: asyncio.Future[Any]) -> None:
+        return forwarding._connected(self, task)
+
+    def _send(self, up: UpstreamConnection) -> None:
+        return forwarding._send(self, up)
+
+    def _buffer_full(self) -> None:
+        return forwarding._buffer_full(self)
+
+    def _spool_more(self, chunk: bytes) -> None:
+        return forwarding._spool_more(self, chunk)
+
+    def _pump(self) -> None:
+        return forwarding._pump(self)
+
+    def _body_from_client(self) -> None:
+        return forwarding._body_from_client(self)
 
     # -- response side (called by the upstream connection): proxy/response_side.py -----------------------------
 
-    upstream_head = response_side.upstream_head
-    _write_head = response_side._write_head
-    upstream_body = response_side.upstream_body
-    upstream_done = response_side.upstream_done
-    _flush_collected = response_side._flush_collected
-    upstream_closed = response_side.upstream_closed
-    upstream_failed = response_side.upstream_failed
-    _upstream_broken = response_side._upstream_broken
-    upstream_pause = response_side.upstream_pause
-    client_pause = response_side.client_pause
-    tunnel_from_client = response_side.tunnel_from_client
+    def upstream_head(self, head: bytes, status: int, first: bytes, framing: ResponseFraming) -> None:
+        return response_side.upstream_head(self, head, status, first, framing)
+
+    def _write_head(
+        self,
+        head: bytes,
+        status: int,
+        framing: ResponseFraming,
+        body: bytes | None,
+        extra: bytes | None,
+        first: bytes = b"",
+    ) -> bytes | None:
+        return response_side._write_head(self, head, status, framing, body, extra, first)
+
+    def upstream_body(self, data: bytes) -> None:
+        return response_side.upstream_body(self, data)
+
+    def upstream_done(self) -> None:
+        return response_side.upstream_done(self)
+
+    def _flush_collected(self) -> None:
+        return response_side._flush_collected(self)
+
+    def upstream_closed(self, conn: UpstreamConnection) -> None:
+        return response_side.upstream_closed(self, conn)
+
+    def upstream_failed(self, reason: str, detail: str) -> None:
+        return response_side.upstream_failed(self, reason, detail)
+
+    def _upstream_broken(self, reason: str, detail: str) -> None:
+        return response_side._upstream_broken(self, reason, detail)
+
+    def upstream_pause(self, paused: bool) -> None:
+        return response_side.upstream_pause(self, paused)
+
+    def client_pause(self, paused: bool) -> None:
+        return response_side.client_pause(self, paused)
+
+    def tunnel_from_client(self, data: bytes) -> None:
+        return response_side.tunnel_from_client(self, data)
 
     # -- the gateway's own answers and built-in handlers: proxy/local_replies.py --------------------------------
 
-    _run_handler = local_replies._run_handler
-    _handler_done = local_replies._handler_done
-    _handler_failed = local_replies._handler_failed
-    _handler_reply = local_replies._handler_reply
-    _deny_local = local_replies._deny_local
-    _error_local = local_replies._error_local
-    _respond_local = local_replies._respond_local
-    _write_local = local_replies._write_local
-    _bare_context = local_replies._bare_context
+    def _run_handler(self, handler: Handler) -> None:
+        return local_replies._run_handler(self, handler)
+
+    def _handler_done(self, task: asyncio.Future[Any]) -> None:
+        return local_replies._handler_done(self, task)
+
+    def _handler_failed(self, exc: BaseException) -> None:
+        return local_replies._handler_failed(self, exc)
+
+    def _handler_reply(self, reply: LocalResponse) -> None:
+        return local_replies._handler_reply(self, reply)
+
+    def _deny_local(
+        self,
+        status: int,
+        reason: str,
+        stage: str,
+        detail: str,
+        *,
+        close: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        return local_replies._deny_local(self, status, reason, stage, detail, close=close, headers=headers)
+
+    def _error_local(self, status: int, reason: str, detail: str, *, keep_decision: bool = False) -> None:
+        return local_replies._error_local(self, status, reason, detail, keep_decision=keep_decision)
+
+    def _respond_local(self, status: int, reason: str, headers: Any, *, close: bool = False, extra: Any = None) -> None:
+        return local_replies._respond_local(self, status, reason, headers, close=close, extra=extra)
+
+    def _write_local(
+        self, status: int, headers: list[tuple[str, str]], body: bytes, *, close: bool, framed: bool = False
+    ) -> None:
+        return local_replies._write_local(self, status, headers, body, close=close, framed=framed)
+
+    def _bare_context(self) -> RequestContext:
+        return local_replies._bare_context(self)
 
     # -- the end of the exchange ---------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from email.utils import formatdate
 from http import HTTPStatus
+from typing import ClassVar
 
 from stockade.pipeline.forward import FORWARDING_HEADERS, OVERRIDE_HEADERS
 from stockade.pipeline.headers import parse_content_length
@@ -152,7 +153,7 @@ class ResponseFraming:
         "status_ok",
     )
 
-    _cache: dict[bytes, ResponseFraming] = {}  # noqa: RUF012 - a deliberate process-wide cache
+    _cache: ClassVar[dict[bytes, ResponseFraming]] = {}  # a deliberate process-wide cache
 
     def __init__(self, head: bytes) -> None:
         self.chunked = False
