@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from stockade.config.models import GatewayConfig
 from stockade.config.service_links import is_service_link
 from stockade.errors import ConfigError
+from stockade.native import NATIVE_ENV
 from stockade.security.secrets import KEK_ENV, PEPPER_ENV
 
 ENV_PREFIX = "STOCKADE_"
@@ -29,7 +30,7 @@ NOT_OVERRIDABLE = ("routes", "stages", "oauth2_server")
 # STOCKADE_ variables the project reads other than overrides: the secrets, the CLI's --config, the test suite's
 # servers, and the CLI options earlier versions read (STOCKADE_<GROUP>_<COMMAND>_<OPTION>), which the CLI refuses
 # with its own message. `admin` and `secrets` are also sections, so those groups are named with their commands.
-OTHER_VARIABLES = frozenset({PEPPER_ENV, KEK_ENV, "STOCKADE_CONFIG"})
+OTHER_VARIABLES = frozenset({PEPPER_ENV, KEK_ENV, NATIVE_ENV, "STOCKADE_CONFIG"})
 OTHER_PREFIXES = tuple(
     f"{ENV_PREFIX}{p}_"
     for p in (

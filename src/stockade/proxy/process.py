@@ -10,6 +10,7 @@ import signal
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
+from stockade import native
 from stockade.admin.app import AdminState, admin_app
 from stockade.admin.server import AdminServer
 from stockade.clock import SYSTEM_CLOCK, Clock
@@ -179,6 +180,7 @@ async def serve_single(path: str, loaded: LoadedConfig, env: Mapping[str, str] |
             "listen": listener_url("https" if cfg.listen.tls else "http", cfg.listen.host, server.ports[0]),
             "admin": listener_url("http", cfg.admin.host, admin.port) if admin else "off",
             "routes": len(cfg.routes),
+            "data_plane": native.status,
         },
     )
     await stop.wait()

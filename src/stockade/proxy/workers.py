@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from stockade import native
 from stockade.admin.app import AdminState, admin_app
 from stockade.admin.server import AdminServer
 from stockade.clock import SYSTEM_CLOCK, Clock
@@ -278,7 +279,11 @@ class Supervisor:
                     cfg = self.loaded.config
                     log.info(
                         "stockade supervisor serving",
-                        extra={"workers": self.n, "listen": f"{cfg.listen.host}:{cfg.listen.port}"},
+                        extra={
+                            "workers": self.n,
+                            "listen": f"{cfg.listen.host}:{cfg.listen.port}",
+                            "data_plane": native.status,
+                        },
                     )
             elif op == "metrics":
                 w.snapshot = msg["snap"]
