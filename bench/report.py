@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from bench.servers import ROOT
+from stockade import native
 
 REFERENCE = "nginx"
 
@@ -261,6 +262,8 @@ def machine_info() -> dict[str, Any]:
             "httptools": _version("httptools"),
             "stockade": _version("stockade"),
         },
+        # What `stockade serve` runs here (the gateways are started from this tree with this interpreter).
+        "stockade_data_plane": native.status,
         "git": {
             "commit": _run(["git", "rev-parse", "HEAD"]),
             "dirty": bool(subprocess.run(["git", "status", "--porcelain"], capture_output=True, cwd=ROOT).stdout),

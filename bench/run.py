@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     for name, why in skipped.items():
         print(f"{name}: skipped ({why})")
+    print(f"stockade data plane: {machine['stockade_data_plane']}")
     path = args.json or RESULTS / f"{doc['started_utc'].replace(':', '').replace('-', '')}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2) + "\n")

@@ -19,6 +19,7 @@ import yaml
 from bench import procfs
 from bench.profiles import Profile, SetupEnv
 from bench.upstream import BODY
+from stockade import native
 
 ROOT = Path(__file__).resolve().parent.parent
 PATH = "/api/items/42"
@@ -61,7 +62,8 @@ def pinned(cpus: set[int] | None) -> Callable[[], None] | None:
 
 def spawn(name: str, cmd: Sequence[str], workdir: Path, cpus: set[int] | None, port: int) -> Server:
     workdir.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKADE_")}  # the bench config is the config
+    # The bench config is the config; STOCKADE_NATIVE=off still reaches the gateway, to measure the pure modules.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKADE_") or k == native.NATIVE_ENV}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     with open(workdir / "output.log", "wb") as out:
         proc = subprocess.Popen(
