@@ -28,6 +28,9 @@ class RaisingStage:
         raise RuntimeError("stage bug with a secret=hunter2 in the message")
 
 
+BODY_READ_STARTED = threading.Event()
+
+
 class BodyReaderStage:
     """Reads the whole body (as a validator would) and tells the app how much it saw."""
 
@@ -39,6 +42,7 @@ class BodyReaderStage:
         pass
 
     async def check(self, ctx: RequestContext) -> Continue:
+        BODY_READ_STARTED.set()
         body = await ctx.read_body()
         return Continue(set_headers={"x-test-body-len": str(len(body))}, remove_headers=["x-remove-me"])
 

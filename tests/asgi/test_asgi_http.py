@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from stockade.testing import read_responses
+from tests.asgi.asgi_stages import BODY_READ_STARTED
 from tests.asgi.asgi_support import Served, app_saw, problem, request_id_for
 
 # -- allowed requests ---------------------------------------------------------------------------------------------
@@ -44,6 +46,30 @@ def test_stage_header_edits_and_buffered_body_reach_app(served: Served) -> None:
     assert seen["body_len"] == 10  # the stage read the body; the app still got all of it
     assert seen["headers"]["x-test-body-len"] == "10"  # the stage's value replaced the client's
     assert "x-remove-me" not in seen["headers"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        pytest.param("X-Role", "admin", id="claim"),
+        pytest.param("X-API-Key", "stk_live_" + "A" * 53, id="credential"),
+        pytest.param("X-Remove-Me", "secret", id="header-a-stage-removes"),
+    ],
+)
+def test_trailer_sent_while_a_stage_reads_the_body_never_reaches_app(served: Served, name: str, value: str) -> None:
+    # uvicorn's httptools parser appends trailer fields to the scope's own header list as the body is read, after
+    # the pipeline judged the headers: the app must get the headers the pipeline judged, not that list.
+    BODY_READ_STARTED.clear()
+    head = b"POST /inspect HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with served.server.connect() as sock:
+        sock.sendall(head + b"5\r\nhello\r\n")
+        assert BODY_READ_STARTED.wait(10)
+        sock.sendall(b"0\r\n%s: %s\r\n\r\n" % (name.encode(), value.encode()))
+        [(status, _, body)] = read_responses(sock, 1)
+    assert status == 200
+    seen = app_saw(body)
+    assert seen["body_len"] == 5
+    assert name.lower() not in seen["headers"]
 
 
 @pytest.mark.parametrize(

@@ -59,9 +59,13 @@ class HeadFields:
 
 
 def scope_headers(scope: Scope) -> RawHeaders:
-    """The request headers as a list (ASGI allows any iterable; they are read more than once)."""
-    headers = scope.get("headers") or []
-    return headers if isinstance(headers, list) else list(headers)
+    """A snapshot of the request headers, taken at intake: what the pipeline judges and the app receives.
+
+    Always a copy: uvicorn's httptools parser appends chunked trailer fields to the scope's own list while the
+    body is read, after the pipeline judged the head, so the server's list would hand the app headers (an
+    `X-API-Key`, an `X-Role`) that no stage saw.
+    """
+    return list(scope.get("headers") or ())
 
 
 def request_target(scope: Scope) -> bytes:
