@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 
+import pytest
+
 from stockade.testing import TestGateway, TestUpstream, read_responses
 from tests.conftest import GatewayFactory
 
@@ -50,15 +52,24 @@ def test_upgrade_is_tunnelled(make_gateway: GatewayFactory, upstream: TestUpstre
     assert forwarded.header("sec-websocket-key") == "dGhlIHNhbXBsZSBub25jZQ=="
 
 
-def test_upgrade_on_route_without_websocket_is_a_plain_request(
-    make_gateway: GatewayFactory, upstream: TestUpstream
+@pytest.mark.parametrize(
+    ("target", "version"),
+    [
+        pytest.param(b"/api/ws", b"1.1", id="route-without-websocket"),
+        pytest.param(b"/ws", b"1.0", id="http-1.0"),  # RFC 9110 7.8: Upgrade in an HTTP/1.0 request is ignored
+    ],
+)
+def test_upgrade_that_cannot_be_honoured_is_a_plain_request(
+    make_gateway: GatewayFactory, upstream: TestUpstream, target: bytes, version: bytes
 ) -> None:
     gw = make_gateway(CONFIG)
     with gw.connect() as sock:
-        sock.sendall(UPGRADE % b"/api/ws")
+        sock.sendall((UPGRADE % target).replace(b"HTTP/1.1", b"HTTP/" + version, 1))
         responses = read_responses(sock, 1)
     assert responses[0][0] == 200
-    assert upstream.received[0].header("upgrade") is None
+    forwarded = upstream.received[0]
+    assert forwarded.header("upgrade") is None
+    assert forwarded.header("connection") != "upgrade"
 
 
 def test_h2c_upgrade_is_never_forwarded(make_gateway: GatewayFactory, upstream: TestUpstream) -> None:

@@ -178,8 +178,13 @@ class Exchange:
         if self.too_large or h.content_length > self.body_limit or self.body_size > self.body_limit:
             self._body_too_large()
             return
+        # RFC 9110 7.8: Upgrade in an HTTP/1.0 request is ignored; it goes on as a plain request (upgrade dropped).
         self.upgrade_ok = (
-            h.upgrade_flag and route.websocket and h.upgrade is not None and h.upgrade.lower() == b"websocket"
+            h.upgrade_flag
+            and route.websocket
+            and h.version == "1.1"
+            and h.upgrade is not None
+            and h.upgrade.lower() == b"websocket"
         )
         ctx.attach_body_reader(self._read_body)
         result = pipeline.run(ctx)
