@@ -166,10 +166,17 @@ class _UpstreamProtocol(asyncio.Protocol):
         self.transport = transport
         self.owner.connections += 1
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self in self.owner.tunnels:
+            self.owner.tunnels.remove(self)
+
     def data_received(self, data: bytes) -> None:
         if self.tunnel:
-            assert self.transport is not None  # noqa: S101
-            self.transport.write(b"echo:" + data)
+            owner = self.owner
+            owner.tunnel_received += data
+            if owner.tunnel_echo:
+                assert self.transport is not None  # noqa: S101
+                self.transport.write(b"echo:" + data)
             return
         try:
             self.parser.feed_data(data)
@@ -219,6 +226,7 @@ class _UpstreamProtocol(asyncio.Protocol):
                     b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
                 )
                 self.tunnel = True
+                self.owner.tunnels.append(self)
                 return
             reply = _dynamic_reply(rec, path)
         if reply.raw is not None:
@@ -268,7 +276,8 @@ class TestUpstream:
     """A real HTTP/1.1 upstream on 127.0.0.1 that records what it receives.
 
     Paths: `/status/N`, `/bytes/N`, `/chunked/N`, `/headers?Name=value` (reflected as response headers),
-    `/fixed`, `/ws` (answers an upgrade with 101 then echoes); anything else echoes the request as JSON.
+    `/fixed`, `/ws` (answers an upgrade with 101 then echoes, unless `tunnel_echo` is off; `push` sends unasked);
+    anything else echoes the request as JSON.
     `reply(path, Reply(...))` overrides a path; `hold()`/`release()` stall every response.
     """
 
@@ -281,6 +290,9 @@ class TestUpstream:
         self.replies: dict[str, Reply] = {}
         self.hold: asyncio.Event | None = None
         self.connections = 0
+        self.tunnels: list[_UpstreamProtocol] = []  # open WebSocket tunnels
+        self.tunnel_received = b""  # everything the tunnels received
+        self.tunnel_echo = True
         self._ssl = ssl_context
         self._server: asyncio.AbstractServer | None = None
         self.port = 0
@@ -311,6 +323,16 @@ class TestUpstream:
 
     def reply(self, path: str, reply: Reply) -> None:
         self.replies[path] = reply
+
+    def push(self, data: bytes) -> None:
+        """Send `data` down every open WebSocket tunnel, unasked (a server pushing a message)."""
+
+        async def write() -> None:
+            for proto in self.tunnels:
+                if proto.transport is not None:
+                    proto.transport.write(data)
+
+        self.bg.run(write())
 
     def stall(self) -> None:
         """Hold every response until `release()`."""

@@ -8,6 +8,7 @@ import pytest
 
 from stockade.testing import TestGateway, TestUpstream, read_responses
 from tests.conftest import GatewayFactory
+from tests.proxy.helpers import closed, wait_for
 
 CONFIG = """
 routes:
@@ -110,7 +111,6 @@ def test_a_websocket_holds_its_concurrency_slot_until_it_closes(
     make_gateway: GatewayFactory, upstream: TestUpstream
 ) -> None:
     """The slot was released at the 101: any number of WebSockets passed a concurrency limit of one."""
-    from tests.proxy.helpers import wait_for
 
     gw = make_gateway(
         "routes:\n  - id: limited\n    match: {path: /ws}\n    upstream: {upstream}\n    websocket: true\n"
@@ -144,3 +144,101 @@ def test_a_refused_upgrade_does_not_return_its_connection_to_the_pool(
     assert (status, body) == (403, b"refused")
     assert gw.request("GET", "/api/next")[0] == 200
     assert upstream.connections == 2
+
+
+# -- idle tunnels -------------------------------------------------------------------------------------------------
+
+IDLE = 5.0
+IDLE_CONFIG = CONFIG + f"limits: {{tunnel_idle_timeout: {IDLE}}}\n"
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    got = b""
+    while len(got) < size:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+def _still_open(sock: socket.socket) -> bool:
+    """True if the gateway has neither closed the tunnel nor sent anything (a sync point, not timing)."""
+    sock.settimeout(0.3)
+    try:
+        sock.recv(1, socket.MSG_PEEK)
+    except TimeoutError:
+        return True
+    except ConnectionResetError:
+        pass
+    return False
+
+
+def _traffic(upstream: TestUpstream, sock: socket.socket, direction: str) -> None:
+    """One message through the tunnel in one direction only, waited for at its far end."""
+    if direction == "client":
+        before = len(upstream.tunnel_received)
+        sock.sendall(b"ping")
+        wait_for(lambda: len(upstream.tunnel_received) == before + 4)
+    else:
+        upstream.push(b"news")
+        assert _read_exactly(sock, 4) == b"news"
+
+
+@pytest.mark.parametrize("direction", ["client", "upstream"])
+def test_traffic_either_way_defers_the_tunnel_idle_timeout(
+    make_gateway: GatewayFactory, upstream: TestUpstream, direction: str
+) -> None:
+    upstream.tunnel_echo = False  # so each message goes one way only
+    gw = make_gateway(IDLE_CONFIG)
+    sock, head = _open_ws(gw)
+    with sock:
+        assert head.startswith(b"HTTP/1.1 101")
+        for _ in range(3):  # longer in all than the timeout, never idle as long
+            gw.advance(IDLE - 1)
+            _traffic(upstream, sock, direction)
+        gw.advance(IDLE - 1)
+        assert _still_open(sock)
+        gw.advance(2.0)
+        assert closed(sock)
+
+
+def test_idle_tunnel_is_closed_on_both_sides_and_its_end_recorded(
+    make_gateway: GatewayFactory, upstream: TestUpstream
+) -> None:
+    """nginx closes an idle upgraded connection after proxy_read_timeout; a tunnel had no deadline at all."""
+    gw = make_gateway(
+        f"limits: {{tunnel_idle_timeout: {IDLE}}}\n"
+        "routes:\n  - id: limited\n    match: {path: /ws}\n"
+        "    upstream: {upstream}\n    websocket: true\n"
+        "    stages:\n      - use: anonymous\n      - use: rate_limit\n"
+        "        config: {limits: [{concurrency: 1, key: ip}]}\n"
+    )
+    sock, head = _open_ws(gw)
+    with sock:
+        assert head.startswith(b"HTTP/1.1 101")
+        wait_for(lambda: upstream.tunnels)
+        gw.advance(IDLE - 1)
+        assert _still_open(sock)
+        gw.advance(2.0)
+        assert closed(sock)
+    wait_for(lambda: not upstream.tunnels)  # the upstream side was closed too
+    wait_for(lambda: not gw.server.connections)
+    assert gw.server.metrics.events[("tunnel_idle_timeout", "limited")] == 1
+    again, head = _open_ws(gw)  # its completion hooks ran: the concurrency slot is free
+    with again:
+        assert head.startswith(b"HTTP/1.1 101")
+
+
+def test_reload_applies_the_new_tunnel_idle_timeout_to_open_tunnels(
+    make_gateway: GatewayFactory, upstream: TestUpstream
+) -> None:
+    upstream.tunnel_echo = False
+    gw = make_gateway(CONFIG + "limits: {tunnel_idle_timeout: 60}\n")
+    sock, head = _open_ws(gw)
+    with sock:
+        assert head.startswith(b"HTTP/1.1 101")
+        gw.reload((CONFIG + f"limits: {{tunnel_idle_timeout: {IDLE}}}\n").replace("{upstream}", upstream.url))
+        _traffic(upstream, sock, "upstream")  # the next message re-arms the timer with the new value
+        gw.advance(IDLE + 1)
+        assert closed(sock)

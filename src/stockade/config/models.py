@@ -132,6 +132,10 @@ class Limits(Strict):
     keepalive_requests: Annotated[int, Field(ge=1)] = 1000
     max_pipelined: Annotated[int, Field(ge=1, le=1024)] = 16
     send_timeout: Seconds = 60.0  # longest a response may wait for a client that does not read
+    # An upgraded connection (WebSocket) with no bytes either way for this long is closed on both sides (nginx's
+    # proxy_read_timeout/proxy_send_timeout, 60 s there). 300 s, Envoy's stream_idle_timeout: applications that
+    # ping every 20-60 s keep their tunnels (a 60 s heartbeat races nginx's default).
+    tunnel_idle_timeout: Seconds = 300.0
     drain_timeout: Seconds = 30.0  # on SIGTERM, how long in-flight requests get to finish
     pipeline_timeout: Seconds = 10.0  # a stage awaiting I/O longer than this denies with 503
     # ';' in a request path (RFC 3986 path parameters). Off, such a path is 400 http.bad_path, as Spring's

@@ -90,8 +90,11 @@ def record_request(
     metrics.request(ctx.route_id, ctx.decision, ctx.reason, status, overhead, upstream)
 
 
-def complete_upgraded(pipeline: Pipeline | None, ctx: RequestContext, marks: Marks, now: float, sent: int) -> None:
-    """The completion hooks of an upgraded connection, once it has closed (see `record_request`)."""
+def complete_upgraded(
+    pipeline: Pipeline | None, ctx: RequestContext, marks: Marks, now: float, sent: int, error: str = ""
+) -> None:
+    """The completion hooks of an upgraded connection, once it has closed (see `record_request`); `error` says why
+    the gateway closed it (`tunnel.idle_timeout`), '' if either side did."""
     if pipeline is not None and pipeline.completion_hooks:
         upstream_us = int((marks.t_head - marks.t_sent) * 1e6) if marks.t_head and marks.t_sent else 0
         pipeline.complete(
@@ -102,6 +105,6 @@ def complete_upgraded(pipeline: Pipeline | None, ctx: RequestContext, marks: Mar
                 upstream_us=upstream_us,
                 total_us=int((now - marks.t0) * 1e6),
                 bytes_sent=sent,
-                error="",
+                error=error,
             ),
         )

@@ -153,6 +153,10 @@ class ClientConnection(asyncio.Protocol):
                 self.read_deadline = min(self.server.clock.monotonic() + LINGER_IDLE, self.linger_until)
             return
         if self.tunnel is not None:
+            # Traffic either way re-arms the tunnel's idle deadline (upstream_body does the other way); the sweep
+            # enforces it, so a message costs a clock read, never a timer.
+            server = self.server
+            self.read_deadline = server.clock.monotonic() + server.limits.tunnel_idle_timeout
             self.tunnel.tunnel_from_client(data)
             return
         if self.upgraded:
@@ -413,7 +417,8 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel = ex
         if self.queue and self.queue[0] is ex:
             self.queue.popleft()
-        self.set_read_deadline(INF, "tunnel")
+        server = self.server
+        self.set_read_deadline(server.clock.monotonic() + server.limits.tunnel_idle_timeout, "tunnel")
         early, self.early_data = self.early_data, b""
         self.resume(PAUSE_TUNNEL)
         if early:
@@ -479,6 +484,12 @@ class ClientConnection(asyncio.Protocol):
         self.read_deadline = INF
         if kind in ("idle", "linger"):
             self.abort() if kind == "linger" else self.close()
+        elif kind == "tunnel":
+            ex = self.tunnel
+            self.tunnel = None
+            if ex is not None:
+                ex.tunnel_idle()
+            self.close()
         elif kind == "head":
             if self.queue:
                 self.close()  # responses in flight: just stop; nothing to answer for a head never finished

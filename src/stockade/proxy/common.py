@@ -32,6 +32,7 @@ class HotLimits:
     keepalive_requests: int
     max_pipelined: int
     send_timeout: float
+    tunnel_idle_timeout: float  # read from the server's current limits, so a reload reaches open tunnels
     drain_timeout: float
     pipeline_timeout: float
     buffer_bytes: int

@@ -541,13 +541,23 @@ class Exchange:
         )
         ctx.attach_body_reader(None)
 
-    def _tunnel_done(self) -> None:
+    def tunnel_idle(self) -> None:
+        """Nothing passed either way for `limits.tunnel_idle_timeout`: close the upstream side (the client
+        connection closes its own) and end the tunnel as a close would, its outcome saying why."""
+        if not self.tunnel_open:
+            return
+        route = self.route
+        self.server.metrics.event("tunnel_idle_timeout", route.id if route is not None else "")
+        self._tunnel_done("tunnel.idle_timeout")
+        self._drop_upstream(reusable=False)
+
+    def _tunnel_done(self, error: str = "") -> None:
         """The upgraded connection closed (either side): now its completion hooks run (a concurrency slot held
         for the WebSocket's lifetime is released here)."""
         self.tunnel_open = False
         ctx = self.ctx
         if ctx is not None:
-            complete_upgraded(self.pipeline, ctx, self, self.clock.monotonic(), self.bytes_sent)
+            complete_upgraded(self.pipeline, ctx, self, self.clock.monotonic(), self.bytes_sent, error)
 
     def _set_deadline(self, when: float, kind: str) -> None:
         self.deadline = when

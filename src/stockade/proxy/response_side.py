@@ -166,7 +166,10 @@ def _write_head(
 
 def upstream_body(ex: Exchange, data: bytes) -> None:
     if ex.tunnel_open:
-        ex.conn.write(data)
+        conn = ex.conn
+        conn.write(data)
+        server = ex.server
+        conn.read_deadline = server.clock.monotonic() + server.limits.tunnel_idle_timeout  # see data_received
         return
     collected = ex.collected
     if collected is not None:
