@@ -260,6 +260,32 @@ def test_a_restarted_worker_runs_what_the_supervisor_validated_not_the_file(
     assert gw.proc.wait(30) == 0
 
 
+def _children(gw: Served) -> list[int]:
+    return [int(pid) for pid in Path(f"/proc/{gw.proc.pid}/task/{gw.proc.pid}/children").read_text().split()]
+
+
+def test_a_hung_worker_is_not_ready_and_is_killed_and_restarted(serve: object, upstream: TestUpstream) -> None:
+    """A SIGSTOPped worker kept its share of the listen port and its ready flag: /readyz said 200 and
+    stockade_workers_ready 2 while half of the new connections hung, and it was never restarted."""
+    gw: Served = serve(workers=2)  # type: ignore[operator]
+    until(lambda: b"stockade_workers_ready 2.0" in gw.admin_get("/metrics")[1])
+    hung = _children(gw)[0]
+    os.kill(hung, signal.SIGSTOP)
+    try:
+        until(lambda: gw.admin_get("/readyz")[0] == 503, timeout=20)  # its heartbeats stopped
+        until(lambda: hung not in _children(gw), timeout=20)  # killed (SIGTERM does nothing to a stopped process)
+        until(lambda: b"stockade_workers_ready 2.0" in gw.admin_get("/metrics")[1], timeout=20)
+    finally:
+        if hung in _children(gw):
+            os.kill(hung, signal.SIGCONT)
+    assert gw.admin_get("/readyz")[0] == 200
+    assert all(gw.get("/api/x")[0] == 200 for _ in range(20))
+    gw.proc.send_signal(signal.SIGTERM)
+    assert gw.proc.wait(30) == 0
+    err = gw.proc.stderr.read().decode() if gw.proc.stderr else ""
+    assert "sent nothing for" in err and err.count("worker exited; restarting") == 1, err
+
+
 def test_the_supervisor_refuses_a_reload_that_does_not_build(serve: object, upstream: TestUpstream) -> None:
     """It validated the model only, counted the reload as ok and adopted it although every worker refused it."""
     gw: Served = serve(workers=2)  # type: ignore[operator]

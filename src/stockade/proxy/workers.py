@@ -4,7 +4,8 @@ The supervisor validates the config, spawns workers, serves the admin listener (
 metrics, which each sends every second), coordinates reloads (it validates the file once, sends the same
 text to every worker and keeps it only if every worker applied it; otherwise those that did are sent the
 previous config again, so all workers change together or none does) and restarts a worker that dies, with the
-config every worker accepted. A worker that cannot bind the listen port stops the gateway.
+config every worker accepted. A worker that stops sending (hung, or SIGSTOPped) is killed, and so restarted. A
+worker that cannot bind the listen port stops the gateway.
 Messages on each control socket are newline-delimited JSON.
 """
 
@@ -47,6 +48,9 @@ from stockade.storage import shared_store
 log = logging.getLogger("stockade")
 METRICS_INTERVAL = 1.0
 RELOAD_ANSWER_TIMEOUT = 30.0  # a worker that has not answered a reload by then is restarted on the common config
+# A ready worker that has sent nothing for this long (it sends metrics every METRICS_INTERVAL) is hung: it still
+# holds its share of the listen port, so the kernel keeps queueing connections nobody accepts. It is killed.
+HEARTBEAT_TIMEOUT = 5.0
 
 
 async def _send(writer: asyncio.StreamWriter, msg: dict[str, Any]) -> None:
@@ -155,6 +159,8 @@ class _Worker:
     proc: asyncio.subprocess.Process | None = None
     writer: asyncio.StreamWriter | None = None
     ready: bool = False
+    heard: float | None = None  # when its last message came (monotonic), from its first on; None once it is gone
+    killed: bool = False  # by the supervisor, as hung: not ready until it is restarted
     snapshot: Snapshot | None = None
     retired: Snapshot | None = None  # earlier incarnations' counters and histograms, folded (kept monotonic)
     answer: asyncio.Future[dict[str, Any]] | None = None  # its reply to the reload under way
@@ -169,10 +175,12 @@ class Supervisor:
         env: Mapping[str, str] | None = None,
         *,
         clock: Clock = SYSTEM_CLOCK,
+        heartbeat_timeout: float = HEARTBEAT_TIMEOUT,
     ) -> None:
         self.path = path
         self.env = env
         self.clock = clock
+        self.heartbeat_timeout = heartbeat_timeout
         # The config every worker accepted (at start, or in a reload they all took): what a restarted one gets.
         self.loaded = loaded
         self.n = workers
@@ -246,6 +254,7 @@ class Supervisor:
                 raise listen_error("admin.port", cfg.admin.host, cfg.admin.port, exc) from None
         for w in self.workers:
             await self._spawn(w)
+        self._background(self._heartbeats())
         if self.admin is not None and self.fatal is None:
             await self.admin.start()
         await self._stop.wait()
@@ -265,13 +274,15 @@ class Supervisor:
             reader, w.writer = await asyncio.open_connection(sock=parent)
             loaded = self.loaded  # what the worker runs: see config_from_supervisor
             await _send(w.writer, {"op": "config", **_config_message(loaded)})
-            w.ready = False
+            w.ready = w.killed = False
+            w.heard = None
             self._background(self._watch(w, reader))
 
     async def _watch(self, w: _Worker, reader: asyncio.StreamReader) -> None:
         while line := await _read_line(reader):
             msg = orjson.loads(line)
             op = msg["op"]
+            w.heard = self.clock.monotonic()
             if op == "ready":
                 w.ready = True
                 if not self._announced and all(x.ready for x in self.workers):
@@ -296,6 +307,7 @@ class Supervisor:
                 self.stopping = True
                 self._stop.set()
         w.ready = False
+        w.heard = None
         if w.answer is not None and not w.answer.done():
             w.answer.set_result({"op": "gone"})
         if w.snapshot is not None:
@@ -310,6 +322,33 @@ class Supervisor:
             await asyncio.sleep(1.0)
             if not self.stopping:
                 await self._spawn(w)
+
+    async def _heartbeats(self) -> None:
+        """Kill a worker that has sent nothing for `heartbeat_timeout`: a hung or stopped one answers no connection
+        the kernel gives it, no reload and no stop. Its control socket then closes and _watch restarts it. A worker
+        asked to reload is left to that round's own timeout (a large config can take its loop a while to build)."""
+        last = self.clock.monotonic()
+        while not self.stopping:
+            await asyncio.sleep(METRICS_INTERVAL)
+            now = self.clock.monotonic()
+            held_up = now - last > 2 * METRICS_INTERVAL  # this loop itself was (a long dry-run build): nothing read
+            last = now
+            for w in self.workers:
+                if w.heard is None or w.answer is not None:
+                    continue
+                if held_up:
+                    w.heard = now
+                elif now - w.heard > self.heartbeat_timeout:
+                    self._kill(w, f"sent nothing for {now - w.heard:.0f} s (hung or stopped)")
+
+    def _kill(self, w: _Worker, why: str) -> None:
+        """SIGKILL, the one signal a stopped process acts on; not ready from now on. _watch restarts it."""
+        w.ready = False
+        w.killed = True
+        w.heard = None
+        if w.proc is not None and w.proc.returncode is None:
+            log.error("worker %d %s; killing it", w.index, why)
+            w.proc.kill()
 
     async def reload(self) -> None:
         """SIGHUP: check the file, send it to every worker, and keep it only if every worker took it. Never
@@ -351,7 +390,7 @@ class Supervisor:
             self.reloads["ok"] += 1
             apply_level(new.config.log.level)  # the supervisor's own lines, as the workers' (ProxyServer.reload)
             for w in answers:
-                w.ready = True  # (again, if it had been left on another config by an earlier round)
+                w.ready = not w.killed  # (again, if it had been left on another config by an earlier round)
             log.info("configuration reloaded by every worker", extra={"workers": self.n})
             return
         # All workers serve one config: the ones that took the new one go back to the previous one, which the
@@ -362,7 +401,7 @@ class Supervisor:
                 log.error("worker %d refused the reload: %s", index, problem)
         back = await self._ask([w for w, answer in answers.items() if answer is None], self.loaded)
         for w in answers:
-            w.ready = w not in back or back[w] is None
+            w.ready = not w.killed and (w not in back or back[w] is None)
         for w, answer in back.items():
             for problem in answer or ():
                 log.error(
@@ -380,7 +419,7 @@ class Supervisor:
     async def _ask(self, workers: list[_Worker], loaded: LoadedConfig) -> dict[_Worker, list[str] | None]:
         """Send `loaded` to each live worker and wait for its answer: None if it applied it, else why not. A
         worker that goes away meanwhile is left out (it is restarted, after this round, with `self.loaded`); one
-        that does not answer in time is counted as refusing, and restarted."""
+        that does not answer in time is counted as refusing, and killed (so restarted, on `self.loaded`)."""
         loop = asyncio.get_running_loop()
         asked: list[_Worker] = []
         for w in workers:
@@ -400,8 +439,9 @@ class Supervisor:
                 msg = await asyncio.wait_for(asyncio.shield(w.answer), RELOAD_ANSWER_TIMEOUT)
             except TimeoutError:
                 msg = {"op": "reloaded", "ok": False, "problems": [f"no answer in {RELOAD_ANSWER_TIMEOUT:g} s"]}
-                if w.proc is not None and w.proc.returncode is None:
-                    w.proc.terminate()  # it may apply it later: a restart puts it on the common config
+                # It may apply it later, or be hung (a stopped process ignores SIGTERM): a restart puts it on the
+                # common config either way.
+                self._kill(w, f"did not answer the reload in {RELOAD_ANSWER_TIMEOUT:g} s")
             finally:
                 w.answer = None
             if msg["op"] == "gone":
