@@ -30,13 +30,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def config(upstream: str, port: int, admin: int, max_bytes: int = 1024, workers: int = 1, head: str = "") -> str:
+def config(
+    upstream: str, port: int, admin: int, max_bytes: int = 1024, workers: int = 1, head: str = "", drain: float = 20
+) -> str:
     return f"""{head}
 listen: {{host: 127.0.0.1, port: {port}}}
 admin: {{host: 127.0.0.1, port: {admin}}}
 workers: {workers}
 log: {{decisions: stdout}}
-limits: {{drain_timeout: 20}}
+limits: {{drain_timeout: {drain:g}}}
 routes:
   - id: api
     match: {{path: "/api/**"}}
@@ -85,11 +87,16 @@ def serve(tmp_path: Path, upstream: TestUpstream) -> Iterator[object]:
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(
-        workers: int = 1, max_bytes: int = 1024, wait: bool = True, cli_workers: int | None = None, head: str = ""
+        workers: int = 1,
+        max_bytes: int = 1024,
+        wait: bool = True,
+        cli_workers: int | None = None,
+        head: str = "",
+        drain: float = 20,
     ) -> Served:
         port, admin = free_port(), free_port()
         path = tmp_path / "gw.yaml"
-        path.write_text(config(upstream.url, port, admin, max_bytes, workers, head))
+        path.write_text(config(upstream.url, port, admin, max_bytes, workers, head, drain))
         extra = ["--workers", str(cli_workers)] if cli_workers is not None else []
         proc = subprocess.Popen(
             [STOCKADE, "serve", "--config", str(path), *extra],
@@ -171,6 +178,36 @@ def test_sigterm_drains_in_flight_requests(serve: object, upstream: TestUpstream
     assert gw.proc.wait(20) == 0
     out = gw.proc.stdout.read().decode() if gw.proc.stdout else ""
     assert json.loads(out.strip().splitlines()[-1])["status"] == 200  # the decision log was flushed on exit
+
+
+def _in_flight(gw: Served, upstream: TestUpstream) -> socket.socket:
+    """A request the upstream holds (until `upstream.release()`)."""
+    upstream.stall()
+    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+    sock.sendall(b"GET /api/slow HTTP/1.1\r\nHost: a\r\n\r\n")
+    until(lambda: upstream.received)
+    return sock
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_requests_cut_at_drain_timeout_are_logged_as_the_gateways_doing(
+    serve: object, upstream: TestUpstream, workers: int
+) -> None:
+    """They were logged 499 client.closed, the client's fault, and nothing said the drain had cut anything."""
+    gw: Served = serve(workers=workers, drain=1)  # type: ignore[operator]
+    sock = _in_flight(gw, upstream)
+    try:
+        gw.proc.send_signal(signal.SIGTERM)
+        assert gw.proc.wait(30) == 0
+    finally:
+        upstream.release()
+        sock.close()
+    out = gw.proc.stdout.read().decode() if gw.proc.stdout else ""
+    err = gw.proc.stderr.read().decode() if gw.proc.stderr else ""
+    assert out.strip(), err
+    line = json.loads(out.strip().splitlines()[-1])
+    assert (line["status"], line["error"]) == (503, "gateway.draining"), line
+    assert "connections cut at the end of the drain connections=1 requests=1 cause='drain_timeout'" in err, err
 
 
 def test_readyz_of_the_supervisor_checks_the_backends_of_the_config(serve: object, tmp_path: Path) -> None:

@@ -197,9 +197,31 @@ class ProxyServer:
         end = loop.time() + limit
         while self.connections and loop.time() < end:
             await asyncio.sleep(0.02)
-        for conn in list(self.connections):
-            conn.abort()
+        self._cut("drain_timeout")
+        for _ in range(100):  # connection_lost comes on a later turn of the loop: let it log the cut requests
+            if not self.connections:
+                break
+            await asyncio.sleep(0)
         await self.close()
+
+    def _cut(self, cause: str) -> None:
+        """Abort the connections the drain leaves. Their requests are logged as the gateway's doing (503
+        `gateway.draining`; a response already begun keeps its status), not as the client's 499 `client.closed`."""
+        conns = list(self.connections)
+        requests = 0
+        for conn in conns:
+            for ex in conn.queue:
+                if not ex.finished and not ex.tunnel_open:
+                    requests += 1
+                    ex.error = "gateway.draining"  # read by client_lost, which the abort below calls
+                    if not ex.status:
+                        ex.status = 503
+            conn.abort()
+        if conns:
+            log.warning(
+                "connections cut at the end of the drain",
+                extra={"connections": len(conns), "requests": requests, "cause": cause},
+            )
 
     async def close(self) -> None:
         self.ready = False
