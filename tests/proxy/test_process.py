@@ -210,6 +210,36 @@ def test_requests_cut_at_drain_timeout_are_logged_as_the_gateways_doing(
     assert "connections cut at the end of the drain connections=1 requests=1 cause='drain_timeout'" in err, err
 
 
+SECOND_SIGNALS = {
+    "one-process-sigint": (1, signal.SIGINT),
+    "one-process-sigterm": (1, signal.SIGTERM),
+    "workers-sigint": (2, signal.SIGINT),
+    "workers-sigterm": (2, signal.SIGTERM),
+}
+
+
+@pytest.mark.parametrize(("workers", "second"), SECOND_SIGNALS.values(), ids=SECOND_SIGNALS.keys())
+def test_a_second_stop_signal_cuts_the_drain_short(
+    serve: object, upstream: TestUpstream, workers: int, second: signal.Signals
+) -> None:
+    """A second Ctrl-C or SIGTERM during the drain did nothing: the process waited out drain_timeout."""
+    gw: Served = serve(workers=workers, drain=60)  # type: ignore[operator]
+    sock = _in_flight(gw, upstream)
+    try:
+        gw.proc.send_signal(signal.SIGTERM)
+        until(lambda: gw.admin_get("/readyz")[0] != 200)  # draining
+        gw.proc.send_signal(second)
+        assert gw.proc.wait(30) == 0  # well before drain_timeout
+    finally:
+        upstream.release()
+        sock.close()
+    out = gw.proc.stdout.read().decode() if gw.proc.stdout else ""
+    line = json.loads(out.strip().splitlines()[-1])
+    assert (line["status"], line["error"]) == (503, "gateway.draining"), line
+    err = gw.proc.stderr.read().decode() if gw.proc.stderr else ""
+    assert "cause='second signal'" in err, err
+
+
 def test_readyz_of_the_supervisor_checks_the_backends_of_the_config(serve: object, tmp_path: Path) -> None:
     with private_redis(tmp_path) as redis:
         gw: Served = serve(workers=2, head=f'limits_storage: "{redis.url}"')  # type: ignore[operator]

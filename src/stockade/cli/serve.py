@@ -32,8 +32,8 @@ def serve(
     refuses) changes nothing and is logged. The file is read once it has stopped changing; one still being
     written after a few seconds is refused, so replace it atomically (write a temporary file, then rename it
     into place); a config given as a pipe (/dev/stdin) serves, but cannot be reloaded. SIGTERM or Ctrl-C
-    drains in-flight requests, then exits. An address that cannot be listened on (admin.port, listen.port)
-    exits 2.
+    drains in-flight requests (up to limits.drain_timeout), then exits; a second one cuts the drain short. An
+    address that cannot be listened on (admin.port, listen.port) exits 2.
     """
 
     from stockade.observability.logs import setup_logging

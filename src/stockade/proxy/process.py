@@ -1,5 +1,5 @@
 """Running the gateway as a process: the data plane plus (for one worker) the admin listener, signals,
-atomic reload on SIGHUP and graceful drain on SIGTERM/SIGINT."""
+atomic reload on SIGHUP and graceful drain on SIGTERM/SIGINT (a second one cuts the drain short)."""
 
 from __future__ import annotations
 
@@ -149,10 +149,15 @@ async def serve_single(path: str, loaded: LoadedConfig, env: Mapping[str, str] |
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
+    def on_stop_signal() -> None:
+        if stop.is_set():  # a second SIGTERM or Ctrl-C: do not wait out drain_timeout
+            server.cut_drain()
+        stop.set()
+
     # Before anything can report ready: a SIGHUP's default action is to terminate the process.
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, on_stop_signal)
+    loop.add_signal_handler(signal.SIGINT, on_stop_signal)
     admin = None
     if cfg.admin.enabled:
         admin = AdminServer(

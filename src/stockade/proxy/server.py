@@ -52,6 +52,7 @@ class ProxyServer:
         self.pools = PoolManager(clock, runtime.tls.upstreams)
         self.dates = DateCache()
         self.draining = False
+        self.cut_short = False  # a second stop signal: the drain ends now (cut_drain)
         self.ready = False
         self.tls: ListenerContext | None = None  # set when listening with TLS; reload swaps its context
         # Handshakes begun under client-certificate rules a reload has since changed (see reload).
@@ -182,9 +183,13 @@ class ProxyServer:
         for conn in list(self.connections):
             _retire(conn)
 
+    def cut_drain(self) -> None:
+        """A second SIGTERM/SIGINT: the drain under way (or the next one) cuts what is left at once."""
+        self.cut_short = True
+
     async def drain(self, timeout: float | None = None) -> None:
         """Graceful stop: close listeners, close idle connections, let in-flight requests finish (up to
-        `limits.drain_timeout`), then cut what is left."""
+        `limits.drain_timeout`, or until `cut_drain`), then cut what is left."""
         self.draining = True
         self.ready = False
         for server in self._servers:
@@ -195,9 +200,9 @@ class ProxyServer:
         limit = self.runtime.config.limits.drain_timeout if timeout is None else timeout
         loop = asyncio.get_running_loop()
         end = loop.time() + limit
-        while self.connections and loop.time() < end:
+        while self.connections and loop.time() < end and not self.cut_short:
             await asyncio.sleep(0.02)
-        self._cut("drain_timeout")
+        self._cut("second signal" if self.cut_short else "drain_timeout")
         for _ in range(100):  # connection_lost comes on a later turn of the loop: let it log the cut requests
             if not self.connections:
                 break
@@ -213,7 +218,7 @@ class ProxyServer:
             for ex in conn.queue:
                 if not ex.finished and not ex.tunnel_open:
                     requests += 1
-                    ex.error = "gateway.draining"  # read by client_lost, which the abort below calls
+                    ex.error = "gateway.draining"  # read by client_lost, when the abort's connection_lost comes
                     if not ex.status:
                         ex.status = 503
             conn.abort()

@@ -96,8 +96,18 @@ async def serve_worker(
     await fetch_identity_key(services)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
+    signals = [0]
+
+    def on_stop_signal() -> None:
+        # Counted apart from the supervisor's `stop`: a Ctrl-C reaches the whole process group, this worker and its
+        # supervisor (which then sends `stop`) alike, and only a second Ctrl-C cuts the drain short.
+        signals[0] += 1
+        if signals[0] > 1:
+            server.cut_drain()
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGTERM, on_stop_signal)
+    loop.add_signal_handler(signal.SIGINT, on_stop_signal)
     loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the supervisor coordinates reloads
     try:
         await server.start(reuse_port=True)
@@ -136,8 +146,11 @@ async def serve_worker(
                     current[0] = new
                 await _send(writer, {"op": "reloaded", "ok": not problems, "problems": problems[:5]})
             elif msg["op"] == "stop":
-                break
-        stop.set()  # the supervisor asked us to stop, or went away
+                stop.set()  # and read on: a `cut` may follow
+            elif msg["op"] == "cut":  # the supervisor got a second stop signal
+                server.cut_drain()
+                stop.set()
+        stop.set()  # the supervisor went away
 
     tasks = [loop.create_task(push_metrics()), loop.create_task(commands())]
     await stop.wait()
@@ -218,8 +231,8 @@ class Supervisor:
         cfg = self.loaded.config
         loop = asyncio.get_running_loop()
         # Before anything can report ready: a SIGHUP's default action is to terminate the process.
-        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
-        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGTERM, self._on_stop_signal)
+        loop.add_signal_handler(signal.SIGINT, self._on_stop_signal)
         loop.add_signal_handler(signal.SIGHUP, lambda: self._background(self.reload()))
         # Refuse to start (not to crash-loop workers) with a pepper or KEK other than the store's: built as
         # `config check` builds it to learn whether the routes use the store at all.
@@ -261,6 +274,16 @@ class Supervisor:
         await self.stop()
         if self.fatal is not None:
             raise ListenError(self.fatal)
+
+    def _on_stop_signal(self) -> None:
+        """SIGTERM/SIGINT: drain. A second one: every worker cuts its drain short (`cut`)."""
+        if not self._stop.is_set():
+            self._stop.set()
+            return
+        log.warning("second stop signal: the workers cut their drain short")
+        for w in self.workers:
+            if w.writer is not None and not w.writer.is_closing():
+                w.writer.write(orjson.dumps({"op": "cut"}) + b"\n")
 
     async def _spawn(self, w: _Worker) -> None:
         async with self._one_at_a_time:  # after a reload round has settled what the workers run
