@@ -40,6 +40,11 @@ BROKEN = [
     ("unknown-top-level", "routez: []\n", ["gw.yaml:1:", "field 'routez'", "unknown field"]),
     ("bad-port", GOOD.replace("port: 8080", "port: 99999"), ["gw.yaml:1:", "field 'listen.port'", "65535"]),
     ("port-not-int", GOOD.replace("port: 8080", "port: eighty"), ["field 'listen.port'", "integer"]),
+    (  # each worker would bind a port of its own: two unrelated listeners, and no one port to name
+        "port-0-with-workers",
+        GOOD.replace("port: 8080", "port: 0").replace("admin: {", "workers: 2\nadmin: {"),
+        ["listen.port is 0", "2 workers"],
+    ),
     (
         "unknown-stage",
         GOOD.replace("use: security_headers", "use: security_header"),

@@ -596,6 +596,30 @@ def test_the_start_up_line_names_the_admin_port_bound_not_port_0(tmp_path: Path,
         proc.wait(20)
 
 
+@pytest.mark.parametrize(("host", "shown"), [("127.0.0.1", "127.0.0.1"), ("::1", "[::1]")])
+def test_the_supervisor_start_up_line_names_listeners_as_urls(
+    tmp_path: Path, upstream: TestUpstream, host: str, shown: str
+) -> None:
+    """Under --workers it read listen='::1:8080': no brackets, no scheme, no admin URL, and no `draining` line."""
+    port, admin = free_port(), free_port()
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        config(upstream.url, port, admin, workers=2).replace("listen: {host: 127.0.0.1", f"listen: {{host: '{host}'")
+    )
+    proc = subprocess.Popen([STOCKADE, "serve", "--config", str(path)], stderr=subprocess.PIPE, text=True)
+    try:
+        line = ""
+        while "serving" not in line:
+            line = proc.stderr.readline() if proc.stderr else ""
+            assert line or proc.poll() is None, "the gateway exited"
+        assert f"listen='http://{shown}:{port}' admin='http://127.0.0.1:{admin}' routes=1" in line, line
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
+    rest = proc.stderr.read() if proc.stderr else ""
+    assert "draining workers=2" in rest, rest
+
+
 WARNED = "trusted_proxies: [0.0.0.0/0]\n"  # valid, and warned of at every load
 
 

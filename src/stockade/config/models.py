@@ -398,4 +398,11 @@ class GatewayConfig(Strict):
                 f"admin.port and listen.port are both {a.port} on overlapping hosts "
                 f"({a.host!r}, {listen.host!r}): give the admin listener another port"
             )
+        if listen.port == 0 and self.workers > 1:
+            # Each worker binds the port itself (SO_REUSEPORT): with 0 each would get its own from the kernel, and
+            # the gateway would be several unrelated listeners with no one port to name.
+            raise ValueError(
+                f"listen.port is 0 (a port the kernel picks), which {self.workers} workers cannot share: "
+                "name a port, or run one worker"
+            )
         return self

@@ -35,7 +35,14 @@ from stockade.errors import ConfigError, ListenError, StorageError
 from stockade.observability.logs import apply_level
 from stockade.observability.metrics import Snapshot, merge, retire
 from stockade.pipeline.stage import Services
-from stockade.proxy.process import listen_error, load_for_reload, restart_only_changes, try_reload, unexpected
+from stockade.proxy.process import (
+    listen_error,
+    listener_url,
+    load_for_reload,
+    restart_only_changes,
+    try_reload,
+    unexpected,
+)
 from stockade.proxy.server import ProxyServer
 from stockade.runtime import build_runtime, log_load_warnings
 from stockade.security.secrets import SecretsError, verify_store_secrets
@@ -118,7 +125,7 @@ async def serve_worker(
         problem = listen_error("listen.port", cfg.listen.host, cfg.listen.port, exc)
         await _send(writer, {"op": "fatal", "problem": str(problem)})
         raise SystemExit(2) from None
-    await _send(writer, {"op": "ready", "index": index})
+    await _send(writer, {"op": "ready", "index": index, "port": server.ports[0]})
     current = [loaded]
 
     async def push_metrics() -> None:
@@ -217,6 +224,15 @@ class Supervisor:
         merged["events"].extend([["config_reload_supervisor", k, v] for k, v in self.reloads.items() if v])
         return merged
 
+    def _connections(self) -> int:
+        """Client connections open in the workers, as of their last snapshots."""
+        total = 0.0
+        for w in self.workers:
+            for name, _, value in (w.snapshot or {}).get("gauges", ()):
+                if name == "stockade_client_connections":
+                    total += value
+        return int(total)
+
     def ready(self) -> bool:
         return not self.stopping and all(w.ready for w in self.workers)
 
@@ -271,9 +287,26 @@ class Supervisor:
         if self.admin is not None and self.fatal is None:
             await self.admin.start()
         await self._stop.wait()
+        if self.fatal is None:
+            log.info("draining", extra={"workers": self.n, "connections": self._connections()})
         await self.stop()
         if self.fatal is not None:
             raise ListenError(self.fatal)
+
+    def _announce(self, port: int) -> None:
+        """The start-up line, as a single process writes it (`port`: the one the workers bound)."""
+        cfg = self.loaded.config
+        admin = self.admin
+        log.info(
+            "stockade supervisor serving",
+            extra={
+                "workers": self.n,
+                "listen": listener_url("https" if cfg.listen.tls else "http", cfg.listen.host, port),
+                "admin": listener_url("http", cfg.admin.host, admin.port) if admin is not None else "off",
+                "routes": len(cfg.routes),
+                "data_plane": native.status,
+            },
+        )
 
     def _on_stop_signal(self) -> None:
         """SIGTERM/SIGINT: drain. A second one: every worker cuts its drain short (`cut`)."""
@@ -310,15 +343,7 @@ class Supervisor:
                 w.ready = True
                 if not self._announced and all(x.ready for x in self.workers):
                     self._announced = True  # once every worker listens: one that cannot stops the gateway
-                    cfg = self.loaded.config
-                    log.info(
-                        "stockade supervisor serving",
-                        extra={
-                            "workers": self.n,
-                            "listen": f"{cfg.listen.host}:{cfg.listen.port}",
-                            "data_plane": native.status,
-                        },
-                    )
+                    self._announce(int(msg.get("port") or self.loaded.config.listen.port))
             elif op == "metrics":
                 w.snapshot = msg["snap"]
             elif op == "reloaded":
