@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -618,6 +619,51 @@ def test_the_supervisor_start_up_line_names_listeners_as_urls(
         assert proc.wait(30) == 0
     rest = proc.stderr.read() if proc.stderr else ""
     assert "draining workers=2" in rest, rest
+
+
+FD_LIMITS = {
+    # 2 x max_client_connections (a client and an upstream connection each) + 128 do not fit in 256.
+    "one-process-short": (1, (256, 256), 1000, 256),
+    "workers-short": (2, (256, 256), 1000, 256),  # said once, by the supervisor
+    # A soft limit below the hard one is raised to it, as nginx's worker_rlimit_nofile or Go's runtime do.
+    "one-process-raised": (1, (256, 4096), 1000, 4096),
+    "workers-raised": (2, (256, 4096), 1000, 4096),
+}
+
+
+@pytest.mark.parametrize(("workers", "limit", "conns", "soft"), FD_LIMITS.values(), ids=FD_LIMITS.keys())
+def test_a_file_descriptor_limit_below_max_client_connections_is_raised_or_warned_of(
+    tmp_path: Path, upstream: TestUpstream, workers: int, limit: tuple[int, int], conns: int, soft: int
+) -> None:
+    """Under `ulimit -n 128` the connections beyond the limit were accepted and closed at once, silently (libuv
+    does that on EMFILE and tells no one), with nothing at start to say the limit was short."""
+    port, admin = free_port(), free_port()
+    path = tmp_path / "gw.yaml"
+    path.write_text(config(upstream.url, port, admin, workers=workers))
+    env = {**os.environ, "STOCKADE_LIMITS__MAX_CLIENT_CONNECTIONS": str(conns)}
+    proc = subprocess.Popen(
+        [STOCKADE, "serve", "--config", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, limit),
+    )
+    gw = Served(proc, port, admin, path)
+    try:
+        gw.wait_ready()
+        assert gw.get("/api/x")[0] == 200
+        pids = [proc.pid] + (_children(gw) if workers > 1 else [])
+        for pid in pids:
+            line = next(x for x in Path(f"/proc/{pid}/limits").read_text().splitlines() if "open files" in x)
+            assert line.split()[3] == str(soft), line
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    expected = 1 if soft < 2 * conns + 128 else 0
+    assert err.count("file descriptors") == expected, err
+    if expected:
+        assert "limit is 256" in err and "limits.max_client_connections 1000 needs 2128" in err, err
 
 
 WARNED = "trusted_proxies: [0.0.0.0/0]\n"  # valid, and warned of at every load

@@ -17,6 +17,7 @@ from stockade.clock import SYSTEM_CLOCK, Clock
 from stockade.config.loader import LoadedConfig, load_config_text
 from stockade.errors import ConfigError, ListenError
 from stockade.pipeline.stage import Services
+from stockade.proxy import fd_limit
 from stockade.proxy.reload_file import read_settled
 from stockade.proxy.server import ProxyServer
 from stockade.runtime import build_runtime, log_load_warnings
@@ -61,6 +62,7 @@ def try_reload(
                 runtime = build_runtime(new, server.runtime.services)
                 if announce:
                     log_load_warnings(runtime)
+                    fd_limit.warn_if_short(new.config.limits.max_client_connections)
                 server.reload(runtime)
             except ConfigError as exc:
                 problems = exc.problems
@@ -121,9 +123,11 @@ async def serve_single(path: str, loaded: LoadedConfig, env: Mapping[str, str] |
     """One process: data plane and admin listener on one uvloop loop. Raises ListenError for an address it
     cannot bind."""
     cfg = loaded.config
+    fd_limit.raise_soft_limit()
     services = Services(clock=SYSTEM_CLOCK, workers=1)
     runtime = build_runtime(loaded, services)
     log_load_warnings(runtime)
+    fd_limit.warn_if_short(cfg.limits.max_client_connections)
     server = ProxyServer(runtime)
     await verify_store_secrets(services)
     await verify_username_key(services)

@@ -35,6 +35,7 @@ from stockade.errors import ConfigError, ListenError, StorageError
 from stockade.observability.logs import apply_level
 from stockade.observability.metrics import Snapshot, merge, retire
 from stockade.pipeline.stage import Services
+from stockade.proxy import fd_limit
 from stockade.proxy.process import (
     listen_error,
     listener_url,
@@ -255,6 +256,8 @@ class Supervisor:
         probe = Services(clock=SYSTEM_CLOCK, workers=self.n, dry_run=True)
         built = build_runtime(self.loaded, probe)
         log_load_warnings(built)  # here, once: the workers say nothing of them
+        fd_limit.raise_soft_limit()  # the workers inherit it
+        fd_limit.warn_if_short(cfg.limits.max_client_connections)  # per worker: each holds its own connections
         self.needs = built.needs
         if STORE_KEY in probe.shared:
             try:
@@ -419,6 +422,7 @@ class Supervisor:
             try:
                 built = build_runtime(new, Services(clock=SYSTEM_CLOCK, workers=self.n, dry_run=True))
                 log_load_warnings(built)
+                fd_limit.warn_if_short(new.config.limits.max_client_connections)
                 needs = built.needs
             except ConfigError as exc:
                 problems, new = exc.problems, None
