@@ -290,11 +290,11 @@ def upstream_pause(ex: Exchange, paused: bool) -> None:
 
 def client_pause(ex: Exchange, paused: bool) -> None:
     up = ex.upstream
-    if up is not None and up.transport is not None and not up.closed:
+    if up is not None:
         if paused:
-            up.transport.pause_reading()
+            up.pause_reading()
         else:
-            up.transport.resume_reading()
+            up.resume_reading()
 
 
 def tunnel_from_client(ex: Exchange, data: bytes) -> None:

@@ -117,6 +117,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.tunnel = False
         self.reused = False
+        self.read_paused = False  # by the exchange, for a client that does not take the response as fast
         self.idle_since = 0.0
         self.received_any = False
         self.decode = False
@@ -347,6 +348,17 @@ class UpstreamConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.write(data)
 
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.read_paused:
+            self.read_paused = False
+            if self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+
     @property
     def keep_alive(self) -> bool:
         return self.reusable and self.status != 101
@@ -427,6 +439,10 @@ class UpstreamPool:
         ):
             conn.close()
             return
+        if conn.read_paused:
+            # Paused for the client of the exchange it served (the read that ended the response also backed that
+            # client up): an idle connection must read, or the next exchange on it would never get its response.
+            conn.resume_reading()
         conn.idle_since = self.clock.monotonic()
         self.idle.append(conn)
 
