@@ -3,10 +3,12 @@ and the upstream connections paused for it."""
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 
 from stockade.proxy.client import ClientConnection
+from stockade.proxy.common import INF
 from stockade.testing import Reply, TestGateway, TestUpstream, read_responses
 from tests.conftest import GatewayFactory
 from tests.proxy.helpers import wait_for
@@ -31,6 +33,34 @@ def wait_until_quiet(value: Callable[[], int], quiet: float = 0.3, timeout: floa
 
 
 # -- a client that does not read --------------------------------------------------------------------------------
+
+
+def test_a_response_that_starts_while_the_client_is_backed_up_is_paused_too(
+    make_gateway: GatewayFactory, upstream: TestUpstream
+) -> None:
+    """pause_writing paused only the exchange at the head of the queue at that moment. Small responses, each read
+    whole, finish even so, and the next exchange started on a client already backed up: its upstream was never
+    paused, and the gateway read a 20 MB response into memory for a client that reads nothing."""
+    gw = make_gateway(ROUTE)
+    big, small = 20_000_000, 200
+    upstream.reply("/small", Reply(200, [], b"s" * 1000))  # one read each: the exchange that backs the client up ends
+    upstream.reply("/big", Reply(200, [], b"b" * big))
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", gw.port))
+    with sock:
+        conn = only_connection(gw)
+        transport = conn.transport
+        assert transport is not None
+        # Small socket buffers, so that the client backs up within a few of the small responses.
+        gw.bg.call(transport.get_extra_info("socket").setsockopt, socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        sock.sendall(b"GET /small HTTP/1.1\r\nHost: a\r\n\r\n" * small + b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+        wait_for(lambda: conn.write_paused_at < INF)
+        wait_until_quiet(lambda: int(gw.bg.call(transport.get_write_buffer_size)))
+        assert gw.bg.call(transport.get_write_buffer_size) < 1_000_000  # not the 20 MB response
+        sock.settimeout(10)
+        responses = read_responses(sock, small + 1)
+    assert [len(r[2]) for r in responses] == [1000] * small + [big]
 
 
 def test_an_upstream_connection_paused_for_a_client_is_pooled_reading(
