@@ -7,11 +7,13 @@ import socket
 import time
 from collections.abc import Callable
 
+import pytest
+
 from stockade.proxy.client import ClientConnection
-from stockade.proxy.common import INF
+from stockade.proxy.common import INF, PAUSE_PIPELINE
 from stockade.testing import Reply, TestGateway, TestUpstream, read_responses
 from tests.conftest import GatewayFactory
-from tests.proxy.helpers import wait_for
+from tests.proxy.helpers import echo, wait_for
 
 ROUTE = "routes:\n  - id: r\n    match: {path: /**}\n    upstream: {upstream}\n    stages: [{use: anonymous}]\n"
 
@@ -30,6 +32,51 @@ def wait_until_quiet(value: Callable[[], int], quiet: float = 0.3, timeout: floa
         time.sleep(0.02)
         if (now := value()) != last:
             last, since = now, time.monotonic()
+
+
+# -- pipelined requests -------------------------------------------------------------------------------------------
+
+# kind: (one request, the body the upstream gets)
+PIPELINED: dict[str, tuple[Callable[[int], bytes], bytes]] = {
+    "bodiless": (lambda i: b"GET /p/%d HTTP/1.1\r\nHost: a\r\n\r\n" % i, b""),
+    "blank lines between": (lambda i: b"\r\n\r\nGET /p/%d HTTP/1.1\r\nHost: a\r\n\r\n" % i, b""),
+    # A body that holds blank lines (as a multipart body does) must not be taken for the end of a head.
+    "length body": (
+        lambda i: b"POST /p/%d HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\n\r\n\r\nab" % i,
+        b"\r\n\r\nab",
+    ),
+    "chunked body": (
+        lambda i: b"POST /p/%d HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n\r\n\r\n\r\n0\r\n\r\n" % i,
+        b"\r\n\r\n",
+    ),
+}
+
+
+@pytest.mark.parametrize("limit", [1, 4])
+@pytest.mark.parametrize("kind", PIPELINED, ids=list(PIPELINED))
+def test_pipelined_requests_are_queued_up_to_max_pipelined_only(
+    make_gateway: GatewayFactory, upstream: TestUpstream, kind: str, limit: int
+) -> None:
+    """Each finished exchange resumed reading however long the queue was, and llhttp parsed every request of a
+    read: a client pipelining without pause grew the gateway by a whole read of requests at a time, without
+    bound. At most `max_pipelined` exchanges are queued; the rest of a read waits unparsed."""
+    gw = make_gateway(f"limits: {{max_pipelined: {limit}}}\n" + ROUTE)
+    n = 200
+    upstream.stall()
+    try:
+        with gw.connect() as sock:
+            request, body = PIPELINED[kind]
+            sock.sendall(b"".join(request(i) for i in range(n)))  # one read's worth
+            conn = only_connection(gw)
+            wait_for(lambda: conn.pause_mask & PAUSE_PIPELINE)
+            wait_for(lambda: upstream.received)
+            assert gw.bg.call(lambda: len(conn.queue)) <= limit
+            upstream.release()
+            responses = read_responses(sock, n)
+    finally:
+        upstream.release()
+    assert [echo(r)["target"] for r in responses] == [f"/p/{i}" for i in range(n)]  # all, in order
+    assert {r.body for r in upstream.received} == {body}
 
 
 # -- a client that does not read --------------------------------------------------------------------------------

@@ -47,6 +47,11 @@ _OWS = (b" ", b"\t")
 LINGER_IDLE = 5.0
 LINGER_MAX = 30.0
 
+# Every request head ends with an empty line (llhttp wants CRLF line ends), and none is shorter than
+# "GET / HTTP/1.1\r\n\r\n": what bounds how many requests one read can complete (ClientConnection._parse).
+_HEAD_END = b"\r\n\r\n"
+_MIN_REQUEST = 18
+
 
 class HttpRejectError(Exception):
     """Raised inside a parser callback to stop parsing and answer with a protocol-level error."""
@@ -106,6 +111,9 @@ class ClientConnection(asyncio.Protocol):
         self.upgraded = False  # llhttp stopped at an Upgrade/CONNECT; no more HTTP on this connection
         self.tunnel: Exchange | None = None
         self.early_data = b""  # bytes after an upgrade request, held until the tunnel opens
+        self.unparsed = b""  # requests read but not parsed while max_pipelined exchanges were queued
+        self.feeding = False  # inside _parse (exchanges can finish within a parser callback)
+        self.body_left = 0  # of the Content-Length body being parsed
         self.pause_mask = 0
         self.trailer_bytes = 0
         self.head_began = False
@@ -164,9 +172,43 @@ class ClientConnection(asyncio.Protocol):
             if len(self.early_data) > self.limits.buffer_bytes:
                 self.pause(PAUSE_TUNNEL)
             return
+        if self.unparsed:  # after the requests left unparsed while the queue was full
+            self.unparsed += data
+            return
+        self._parse(data)
+
+    def _parse(self, data: bytes) -> None:
+        """Feed `data` to llhttp, which parses every request in what it is given: so once `max_pipelined` exchanges
+        are queued, the rest stays unparsed (and reads paused) until the queue has room (exchange_finished)."""
         self.head_began = False
+        n = len(data)
+        room = self.limits.max_pipelined - len(self.queue)
+        skip = self.body_left  # body bytes: no head ends in them
+        pos = 0
+        end = n
+        self.feeding = True
         try:
-            self.parser.feed_data(data)
+            # One feed when `data` cannot complete `room` heads more (each ends at an empty line of its own; one
+            # begun in an earlier read may end in this one): the common case, decided without a scan for a
+            # short read, or one that is all body.
+            if n < room * _MIN_REQUEST or n <= skip or data.count(_HEAD_END, skip) < room:
+                self.parser.feed_data(data)
+            else:
+                # Up to one head's end, or one body's, at a time, so that parsing can stop between requests.
+                view = memoryview(data)
+                while pos < n:
+                    if self.parsing is None and len(self.queue) >= self.limits.max_pipelined:
+                        self.unparsed = data[pos:]
+                        self.pause(PAUSE_PIPELINE)
+                        break
+                    left = self.body_left
+                    if left:
+                        end = min(pos + left, n)
+                    else:
+                        end = data.find(_HEAD_END, pos)
+                        end = n if end < 0 else end + 4
+                    self.parser.feed_data(view[pos:end])
+                    pos = end
         except HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, HttpRejectError):
@@ -176,7 +218,7 @@ class ClientConnection(asyncio.Protocol):
                 self.protocol_error(500, "gateway.error", repr(cause))
         except HttpParserUpgrade as exc:
             self.upgraded = True
-            offset = exc.args[0] if exc.args else len(data)
+            offset = pos + exc.args[0] if exc.args else end
             self.early_data = data[offset:]
             if self.closing:
                 return  # answered on the spot (CONNECT's 405, a denied upgrade): the close or linger keeps its deadline
@@ -191,9 +233,11 @@ class ClientConnection(asyncio.Protocol):
             if head is not None:
                 # Still inside a request head. llhttp holds an unfinished header value until it ends, so count
                 # raw bytes too: a header that never ends must not grow past the limit by more than one read.
-                head.wire_bytes = head.size if self.head_began else head.wire_bytes + len(data)
+                head.wire_bytes = head.size if self.head_began else head.wire_bytes + n
                 if head.wire_bytes > self.max_header_bytes:
                     self.protocol_error(431, "http.headers_too_large", "request head exceeds the limit")
+        finally:
+            self.feeding = False
 
     def eof_received(self) -> bool | None:
         if self.lingering:
@@ -324,16 +368,19 @@ class ClientConnection(asyncio.Protocol):
         ex = Exchange(self, head)
         self.parsing = ex
         self.queue.append(ex)
+        self.body_left = 0 if head.chunked else head.content_length
         if head.chunked or head.content_length:
             self.set_read_deadline(self.server.clock.monotonic() + self.limits.body_timeout, "body")
         else:
             self.set_read_deadline(INF, "busy")
         if len(self.queue) == 1:
             ex.start()
-        elif len(self.queue) > self.limits.max_pipelined:
+        elif len(self.queue) >= self.limits.max_pipelined:
             self.pause(PAUSE_PIPELINE)
 
     def on_body(self, body: bytes) -> None:
+        if self.body_left:
+            self.body_left -= len(body)
         ex = self.parsing
         if ex is not None:
             if self.read_kind == "body":
@@ -343,6 +390,7 @@ class ClientConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         ex = self.parsing
         self.parsing = None
+        self.body_left = 0
         if self.read_kind == "body":
             if self.queue:
                 self.set_read_deadline(INF, "busy")
@@ -385,7 +433,6 @@ class ClientConnection(asyncio.Protocol):
         if close or self.closing or self.upgraded or self.server.draining:
             self.close(linger=not ex.request_done)
             return
-        self.resume(PAUSE_PIPELINE)
         if self.queue:
             self.queue[0].start()
         elif self.parsing is None:
@@ -401,6 +448,12 @@ class ClientConnection(asyncio.Protocol):
             # A bodiless request answered on the spot (a 401, a 404, a handler's reply) finishes inside
             # on_headers_complete, its message parsed but for on_message_complete, which re-arms only after a body.
             self.set_read_deadline(self.server.clock.monotonic() + self.limits.keepalive_timeout, "idle")
+        if len(self.queue) < self.limits.max_pipelined:
+            if self.unparsed and not self.feeding:  # (while feeding, _parse itself goes on once there is room)
+                data, self.unparsed = self.unparsed, b""
+                self._parse(data)
+            if not self.unparsed and len(self.queue) < self.limits.max_pipelined:
+                self.resume(PAUSE_PIPELINE)
 
     def should_close_after(self, ex: Exchange) -> bool:
         """Whether the response now starting must be the connection's last."""
@@ -427,6 +480,7 @@ class ClientConnection(asyncio.Protocol):
     def protocol_error(self, status: int, reason: str, detail: str) -> None:
         """The request stream is broken: answer once every earlier response is out, then close."""
         self.head = None
+        self.body_left = 0
         ex = self.parsing
         self.parsing = None
         if ex is not None and ex.started:
