@@ -138,3 +138,28 @@ def test_an_upstream_connection_paused_for_a_client_is_pooled_reading(
         responses = read_responses(other, 1)
     assert [r[0] for r in responses] == [200]
     assert upstream.connections == 1  # on the pooled connection
+
+
+def test_a_client_that_pauses_longer_than_the_read_timeout_gets_its_whole_response(
+    make_gateway: GatewayFactory, upstream: TestUpstream
+) -> None:
+    """The upstream's read deadline ran while the gateway itself had paused the upstream for the client: a client
+    that stopped reading for longer than the route's read_timeout (well within send_timeout) had its response cut,
+    and the upstream was blamed (upstream.timeout)."""
+    gw = make_gateway(ROUTE.replace("upstream: {upstream}", "upstream: {url: '{upstream}', read_timeout: 5}"))
+    size = 20_000_000
+    upstream.reply("/big", Reply(200, [], b"x" * size))
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", gw.port))
+    with sock:
+        sock.sendall(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+        conn = only_connection(gw)
+        wait_for(lambda: conn.write_paused_at < INF)
+        ex = conn.queue[0]
+        gw.advance(10.0)  # the client has not read for twice the read timeout, a sixth of send_timeout
+        gw.advance(10.0)
+        sock.settimeout(10)
+        responses = read_responses(sock, 1)
+    assert len(responses[0][2]) == size
+    assert ex.error == ""

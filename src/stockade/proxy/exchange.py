@@ -496,6 +496,12 @@ class Exchange:
             else:
                 self._error_local(504, "upstream.timeout", "send timeout")
         elif kind == "upstream":
+            up = self.upstream
+            if up is not None and up.read_paused:
+                # Paused by the gateway for a client that does not take the response as fast: not the upstream's
+                # time (send_timeout bounds the client's). client_pause gives the upstream its read_timeout again.
+                self.deadline_kind = kind
+                return
             if self.resp_started:
                 self._upstream_broken("upstream.timeout", "read timeout mid-response")
             else:

@@ -289,12 +289,17 @@ def upstream_pause(ex: Exchange, paused: bool) -> None:
 
 
 def client_pause(ex: Exchange, paused: bool) -> None:
+    """The client stopped (or resumed) taking what the gateway writes: so does the upstream's response. While it
+    is paused, its read deadline waits (Exchange.check_deadline); it starts again from here."""
     up = ex.upstream
     if up is not None:
         if paused:
             up.pause_reading()
-        else:
-            up.resume_reading()
+            return
+        up.resume_reading()
+        route = ex.route
+        if ex.deadline_kind == "upstream" and not ex.finished and not ex.tunnel_open and route is not None:
+            ex._set_deadline(ex.clock.monotonic() + route.read_timeout, "upstream")
 
 
 def tunnel_from_client(ex: Exchange, data: bytes) -> None:
