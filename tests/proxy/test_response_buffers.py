@@ -112,3 +112,22 @@ def test_a_buffered_response_without_a_body_announces_none(
     assert b"content-length" not in head and b"transfer-encoding" not in head
     assert rest.startswith(b"HTTP/1.1 200 ")  # the next response follows the head at once
     assert rest.endswith(b"\r\n\r\nSMALL!")
+
+
+def test_a_buffered_body_gets_the_read_timeout_between_reads_not_in_all(
+    make_gateway: GatewayFactory, upstream: TestUpstream
+) -> None:
+    """A body buffered for a hook refreshed no deadline as it came: read_timeout bounded the whole body, so an
+    upstream streaming steadily (a piece every 4 s, read_timeout 5 s) was cut, where a plain route forwards it."""
+    gw = make_gateway(CONFIG.replace("upstream: {upstream}", "upstream: {url: '{upstream}', read_timeout: 5}"))
+    upstream.reply("/drip", Reply(raw=b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123"))
+    with gw.connect() as sock:
+        sock.sendall(b"GET /drip HTTP/1.1\r\nHost: a\r\n\r\n")
+        wait_for(lambda: held(gw) == 4)
+        up = next(iter(gw.server.connections)).queue[0].upstream
+        assert up is not None
+        for piece in (b"456", b"789"):
+            gw.advance(4.0)  # 4 s since the last read: under the read timeout, however long the body takes
+            gw.bg.call(up.data_received, piece)
+        responses = read_responses(sock, 1)
+    assert (responses[0][0], responses[0][2]) == (200, b"0123456789!")

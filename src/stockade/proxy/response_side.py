@@ -182,6 +182,8 @@ def upstream_body(ex: Exchange, data: bytes) -> None:
         elif server.collected_total > server.limits.response_buffer_total_bytes:
             ex._drop_upstream(reusable=False)
             ex._error_local(503, "gateway.busy", "response buffers of this worker are full")
+        elif ex.route is not None:
+            ex.deadline = ex.clock.monotonic() + ex.route.read_timeout  # between reads, as when streamed
         return
     ex.conn.write(data)
     ex.bytes_sent += len(data)
