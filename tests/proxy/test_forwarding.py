@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import socket
+import struct
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -492,7 +495,89 @@ def test_upstream_close_delimited_response_closes_client(gateway: TestGateway, u
             data += chunk
     assert data.startswith(b"HTTP/1.1 200")
     assert b"connection: close" in data.lower()
-    assert data.endswith(b"until close")
+    assert data.endswith(b"\r\n\r\nb\r\nuntil close\r\n0\r\n\r\n")  # re-framed: the end is plain to see
+
+
+class _CloseDelimited:
+    """A raw upstream that answers one request with a body delimited by its close, then ends it: with a close
+    (the whole body), a reset, or by stalling until the gateway's read timeout."""
+
+    def __init__(self, end: str) -> None:
+        self.end = end
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(1)
+        self.port = self.server.getsockname()[1]
+        self.done = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        conn, _ = self.server.accept()
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil close")
+        if self.end == "stall":
+            self.done.wait(10)
+        elif self.end == "reset":
+            time.sleep(0.1)  # the body bytes go on first
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+        self.server.close()
+
+
+def _read_to_close(sock: socket.socket) -> tuple[bytes, str]:
+    data = b""
+    sock.settimeout(10)
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        return data, "reset"
+    return data, "close"
+
+
+@pytest.mark.parametrize(
+    ("version", "end", "client_sees"),
+    [
+        ("1.1", "close", "last chunk"),
+        ("1.1", "reset", "no last chunk"),
+        ("1.1", "stall", "no last chunk"),
+        ("1.0", "close", "close"),
+        ("1.0", "reset", "reset"),
+        ("1.0", "stall", "reset"),
+    ],
+)
+def test_a_close_delimited_body_cut_by_the_upstream_is_not_passed_off_as_whole(
+    make_gateway: GatewayFactory, version: str, end: str, client_sees: str
+) -> None:
+    """A body without Content-Length or chunked ends when the upstream closes. A reset or a read timeout looked
+    like that end to the client (connection: close, the body so far, FIN). An HTTP/1.1 client now gets it
+    re-framed as chunked, as nginx does, with the last chunk only after a clean close; an HTTP/1.0 client (which
+    can only read to the close) gets a reset for a cut."""
+    up = _CloseDelimited(end)
+    gw = make_gateway(
+        f"routes:\n  - id: r\n    match: {{path: /**}}\n    upstream: 'http://127.0.0.1:{up.port}'\n"
+        "    stages: [{use: anonymous}]\n"
+    )
+    with gw.connect() as sock:
+        sock.sendall(b"GET /eof HTTP/%b\r\nHost: a\r\n\r\n" % version.encode())
+        if end == "stall":
+            wait_for(lambda: any(c.queue and c.queue[0].resp_started for c in gw.server.connections))
+            gw.advance(61.0)
+        data, how = _read_to_close(sock)
+        up.done.set()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"connection: close" in head.lower()
+    if version == "1.1":
+        assert b"transfer-encoding: chunked" in head.lower()
+        assert body.startswith(b"b\r\nuntil close\r\n")
+        assert body.endswith(b"\r\n0\r\n\r\n") == (client_sees == "last chunk")
+    else:
+        assert b"transfer-encoding" not in head.lower()
+        assert how == client_sees
+        if how == "close":
+            assert body == b"until close"
 
 
 def test_denied_request_with_small_body_keeps_connection(gateway: TestGateway, upstream: TestUpstream) -> None:

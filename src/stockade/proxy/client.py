@@ -8,7 +8,10 @@ bound: a full body buffer, too many pipelined requests, or an upstream that does
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
+import struct
 from collections import deque
 from typing import TYPE_CHECKING, cast
 
@@ -49,6 +52,7 @@ LINGER_MAX = 30.0
 
 # Every request head ends with an empty line (llhttp wants CRLF line ends), and none is shorter than
 # "GET / HTTP/1.1\r\n\r\n": what bounds how many requests one read can complete (ClientConnection._parse).
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
 _HEAD_END = b"\r\n\r\n"
 _MIN_REQUEST = 18
 
@@ -524,6 +528,17 @@ class ClientConnection(asyncio.Protocol):
         self.closing = True
         if self.transport is not None:
             self.transport.abort()
+
+    def reset(self) -> None:
+        """Abort with a reset (RST), not a FIN: the way to tell a client that reads to the close that what it got
+        is not all (a transport's abort closes the socket, which sends a FIN when nothing is left unread)."""
+        transport = self.transport
+        if transport is not None and not self.closing:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        self.abort()
 
     def check_deadlines(self, now: float) -> None:
         """Called by the server's sweep: enforce client read/write timeouts and each exchange's deadline."""

@@ -42,6 +42,7 @@ class Exchange:
         "body_waiter",
         "buffer_cap",
         "bytes_sent",
+        "chunk_to_close",
         "clock",
         "close_after",
         "collected",
@@ -115,7 +116,7 @@ class Exchange:
         self.t_sent = self.t_head = self.t_fwd = self.t_wait = self.t_held = 0.0
         self.started = self.finished = self.request_done = self.too_large = self.timed_out = False
         self.retried = self.resp_started = self.close_after = self.expect_continue = self.continue_sent = False
-        self.streaming = self.upgrade_ok = self.tunnel_open = self.trusted = self.held = False
+        self.streaming = self.upgrade_ok = self.tunnel_open = self.trusted = self.held = self.chunk_to_close = False
         self.ctx = self.route = self.pipeline = self.pool = self.upstream = None
         self.task = self.body_waiter = self.pending_failure = self.framing = self.collected = self.spool = None
         self.body = ()

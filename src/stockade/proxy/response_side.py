@@ -94,11 +94,18 @@ def _write_head(
         conn.should_close_after(ex)
         or not ex.request_done
         or dechunk
-        or (framing.delimited_by_close and status not in (204, 304) and h.method != b"HEAD" and status >= 200)
+        or (framing.delimited_by_close and _has_body(status, h.method))
     )
     ex.close_after = close
     if extra is None:
         extra = b"connection: close\r\n" if close else (b"connection: keep-alive\r\n" if h.version == "1.0" else b"")
+        if body is None and h.version == "1.1" and framing.delimited_by_close and _has_body(status, h.method):
+            # The body ends when the upstream closes: re-framed as chunked (as nginx does), so that a client can
+            # tell a cut (a reset, a read timeout: no last chunk) from the end.
+            ex.chunk_to_close = True
+            extra += b"transfer-encoding: chunked\r\n"
+            if first:
+                first = b"%x\r\n%b\r\n" % (len(first), first)
     plan = None
     edits = pipeline.head_edits
     if edits is not None and not (framing.needs_rebuild or dechunk or body is not None):
@@ -164,6 +171,10 @@ def _write_head(
     return body
 
 
+def _has_body(status: int, method: bytes) -> bool:
+    return status >= 200 and status != 204 and status != 304 and method != b"HEAD"
+
+
 def upstream_body(ex: Exchange, data: bytes) -> None:
     if ex.tunnel_open:
         conn = ex.conn
@@ -185,6 +196,8 @@ def upstream_body(ex: Exchange, data: bytes) -> None:
         elif ex.route is not None:
             ex.deadline = ex.clock.monotonic() + ex.route.read_timeout  # between reads, as when streamed
         return
+    if ex.chunk_to_close:
+        data = b"%x\r\n%b\r\n" % (len(data), data)
     ex.conn.write(data)
     ex.bytes_sent += len(data)
     route = ex.route
@@ -245,8 +258,14 @@ def upstream_closed(ex: Exchange, conn: UpstreamConnection) -> None:
         return
     framing = ex.framing
     if framing is not None and framing.delimited_by_close:
+        if conn.reset:  # not the end of the body: a cut
+            ex._upstream_broken("upstream.truncated", "upstream reset the connection mid-response")
+            return
         if ex.collected is not None:
             ex._flush_collected()
+        elif ex.chunk_to_close and not ex.finished:
+            ex.conn.write(b"0\r\n\r\n")
+            ex.bytes_sent += 5
         ex._finish(close=True)
         return
     ex._upstream_broken("upstream.truncated", "upstream closed mid-response")
@@ -263,7 +282,11 @@ def _upstream_broken(ex: Exchange, reason: str, detail: str) -> None:
     if ex.resp_started:
         ex.error = reason
         log.warning("upstream failed mid-response: %s", detail)
-        ex.conn.abort()
+        framing = ex.framing
+        if framing is not None and framing.delimited_by_close and not ex.chunk_to_close:
+            ex.conn.reset()  # an HTTP/1.0 client reads to the close: only a reset tells it the body is cut
+        else:
+            ex.conn.abort()
         ex._finish(close=True)
     else:
         ex._error_local(502, "upstream.bad_response" if reason != "upstream.unavailable" else reason, detail)

@@ -117,6 +117,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.tunnel = False
         self.reused = False
+        self.reset = False  # the upstream reset the connection (not a clean close)
         self.read_paused = False  # by the exchange, for a client that does not take the response as fast
         self.idle_since = 0.0
         self.received_any = False
@@ -143,6 +144,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.reset = exc is not None
         self.pool.forget(self)
         user = self.user
         if user is not None:
