@@ -1,13 +1,13 @@
 """Compile the request path's modules (stockade.native.COMPILED) with mypyc into src/stockade/_native/.
 
-    .venv/bin/python tools/build_native.py          # make install runs it when a compiled module's source changed
+    .venv/bin/python tools/build_native.py              # build
+    .venv/bin/python tools/build_native.py --if-stale   # nothing to do when the build matches the sources
 
 The build goes to a temporary directory next to the target and replaces the old one only when it is complete,
-with a manifest of the sources' SHA-256 taken before compiling: a source edited during the build makes the
-manifest disagree, so that build is never used (stockade.native.activate() checks it at every start).
-Exit status 0 when the build is in place, 1 when it failed (the gateway then runs the pure-Python modules).
-
-    .venv/bin/python tools/build_native.py --if-stale   # nothing to do when the build matches the sources
+with a manifest of the SHA-256 of every source file of the package, taken before compiling and checked again
+after: a file that changed during the build fails it, and one edited later makes the manifest disagree, so that
+build is not used (stockade.native.activate() checks it at every start). `make install` runs it with
+--if-stale. Exit status 0 when the build is in place, 1 when it failed (the gateway then runs pure Python).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def main(argv: list[str]) -> int:
 
     if "--if-stale" in argv and native.stale() is None:
         return 0
-    sources = native.fingerprint(native.COMPILED)
+    sources = native.fingerprint()
     paths = [str(native.source_path(m).relative_to(SRC)) for m in native.COMPILED]
     target = native.BUILD_DIR
     work = Path(tempfile.mkdtemp(prefix=".native-", dir=target.parent))
@@ -52,6 +52,8 @@ def main(argv: list[str]) -> int:
             script_args=["--quiet", "build_ext", "--build-lib", str(work / "lib"), "--build-temp", str(work / "tmp")],
         )
         lib = work / "lib"
+        if native.fingerprint() != sources:  # compiled from files that changed under it (a branch switched, a save)
+            raise RuntimeError("sources changed during the build; run it again")
         (lib / native.MANIFEST).write_text(
             json.dumps({"interpreter": native.interpreter(), "sources": sources}, indent=1) + "\n"
         )

@@ -1,11 +1,12 @@
 """The compiled data plane: the request path's modules built with mypyc, used only while they match the sources.
 
 `make install` compiles the modules in COMPILED (tools/build_native.py) into `_native/` beside this file, with a
-manifest of the source bytes each was built from. At `import stockade`, `activate()` checks the manifest against
-the sources as they are now and, if every one matches (and the interpreter is the one they were built for), puts
-a finder in front of the import system that loads those modules from `_native/`. Anything else (no build, a
-source edited since, another Python, `STOCKADE_NATIVE=off`) leaves the pure-Python modules in charge: the same
-source, so the same behaviour, only slower. A stale build can so never run in place of the code beside it.
+manifest of the SHA-256 of every source file of the package as it was built. At `import stockade`, `activate()`
+checks the manifest against the sources as they are now and, if every one matches (and the interpreter is the
+one they were built for), puts a finder in front of the import system that loads the compiled modules from
+`_native/`. Anything else (no build, a source edited since, another Python, `STOCKADE_NATIVE=off`) leaves the
+pure-Python modules in charge: the same source, so the same behaviour, only slower. A stale build can so never
+run in place of the code beside it.
 
 This module itself is never compiled; it imports nothing of the project's.
 """
@@ -67,9 +68,15 @@ def source_path(module: str) -> Path:
     return PACKAGE_DIR.joinpath(*module.split(".")[1:]).with_suffix(".py")
 
 
-def fingerprint(modules: Sequence[str]) -> dict[str, str]:
-    """SHA-256 of each module's source, as the build records it and activate() compares it."""
-    return {m: hashlib.sha256(source_path(m).read_bytes()).hexdigest() for m in modules}
+def fingerprint() -> dict[str, str]:
+    """SHA-256 of every source file of the package, by path, as the build records it and activate() compares it.
+
+    Every file, not only the compiled ones: mypyc builds in what it knows of the modules they import (a config
+    model's field types, a class's attributes), so a build is stale once any of them changes. About 7 ms."""
+    files = sorted(
+        p for p in PACKAGE_DIR.rglob("*.py") if not p.relative_to(PACKAGE_DIR).parts[0].startswith(("_native", "."))
+    )
+    return {p.relative_to(PACKAGE_DIR).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 def interpreter() -> str:
@@ -111,8 +118,12 @@ def _check() -> dict[str, Path] | str:
         return f"unreadable build manifest ({exc})"
     if not isinstance(manifest, dict) or manifest.get("interpreter") != interpreter():
         return "built for another Python (make install rebuilds it)"
-    if manifest.get("sources") != fingerprint(COMPILED):
-        return "sources changed since the build (make install rebuilds it)"
+    built = manifest.get("sources")
+    now = fingerprint()
+    if built != now:
+        built = built if isinstance(built, dict) else {}
+        changed = sorted(set(built) ^ set(now) | {f for f in now if built.get(f) != now[f]})
+        return f"sources changed since the build (stockade/{changed[0]}; make install rebuilds it)"
     files: dict[str, Path] = {}
     for name in (*COMPILED, f"{GROUP}__mypyc"):
         file = _extension(name)

@@ -57,3 +57,27 @@ def test_methods_as_the_proxys_parser_takes_them(method: str, status: int) -> No
         assert orjson.loads(sent.body)["reason"] == "http.method_not_allowed"
     elif method != "HEAD":
         assert sent.body == b"app:" + method.encode()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param([(b"host", b"localhost"), (b"x-a", b"1")], id="tuples"),
+        pytest.param([[b"host", b"localhost"], [b"x-a", b"1"]], id="lists"),  # ASGI: Iterable[[bytes, bytes]]
+        pytest.param(((b"host", b"localhost"), (b"x-a", b"1")), id="tuple-of-pairs"),
+        pytest.param([(b"host", bytearray(b"localhost")), (bytearray(b"x-a"), b"1")], id="bytearrays"),
+    ],
+)
+def test_any_shape_of_header_pairs_the_asgi_spec_allows(headers: Any) -> None:
+    """The compiled pipeline takes exactly `list[tuple[bytes, bytes]]`: a server's `[name, value]` lists were a
+    TypeError there (a 500) while the pure-Python modules served them. The middleware's snapshot normalises."""
+    seen: list[Any] = []
+
+    async def recording_app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["headers"])
+        await app(scope, receive, send)
+
+    gateway = StockadeMiddleware(recording_app, config_text=CONFIG, decision_log=DecisionLog("off", FakeClock()))
+    sent = call_direct(gateway, direct_scope("http", "/items", headers=headers))
+    assert sent.status == 200 and sent.body == b"app:GET"
+    assert (b"x-a", b"1") in seen[0]

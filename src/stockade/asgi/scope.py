@@ -63,9 +63,11 @@ def scope_headers(scope: Scope) -> RawHeaders:
 
     Always a copy: uvicorn's httptools parser appends chunked trailer fields to the scope's own list while the
     body is read, after the pipeline judged the head, so the server's list would hand the app headers (an
-    `X-API-Key`, an `X-Role`) that no stage saw.
+    `X-API-Key`, an `X-Role`) that no stage saw. Each pair is made a `(bytes, bytes)` tuple: ASGI allows any
+    iterable of byte strings (`[name, value]` lists, `bytearray`), and the compiled pipeline takes exactly what its
+    annotations say.
     """
-    return list(scope.get("headers") or ())
+    return [(bytes(name), bytes(value)) for name, value in scope.get("headers") or ()]
 
 
 def request_target(scope: Scope) -> bytes:
