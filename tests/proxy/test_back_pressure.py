@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from stockade.proxy.client import ClientConnection
+from stockade.proxy.client import _MAX_PIECES, ClientConnection, piece_end
 from stockade.proxy.common import INF, PAUSE_PIPELINE
 from stockade.testing import Reply, TestGateway, TestUpstream, read_responses
 from tests.conftest import GatewayFactory
@@ -77,6 +77,59 @@ def test_pipelined_requests_are_queued_up_to_max_pipelined_only(
         upstream.release()
     assert [echo(r)["target"] for r in responses] == [f"/p/{i}" for i in range(n)]  # all, in order
     assert {r.body for r in upstream.received} == {body}
+
+
+@pytest.mark.parametrize(
+    ("data", "pos", "room", "body_left", "pieces", "end"),
+    [
+        pytest.param(b"GET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n", 0, 1, 0, 0, 18, id="first-head"),
+        pytest.param(b"GET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n", 0, 2, 0, 0, 36, id="room-for-two"),
+        pytest.param(b"GET / HTTP/1.1\r\n\r\nGET / HTT", 0, 2, 0, 0, 27, id="fewer-ends-than-room"),
+        pytest.param(b"GET / HTTP/1.1\r\n\r\nGET / HTT", 18, 0, 0, 0, 27, id="no-room-still-one-end"),
+        pytest.param(b"abcdefGET / HTTP/1.1\r\n\r\n", 0, 1, 6, 0, 6, id="length-body-first"),
+        pytest.param(b"\r\n\r\n" * 10, 0, 1, 0, _MAX_PIECES, 40, id="capped"),
+    ],
+)
+def test_piece_end(data: bytes, pos: int, room: int, body_left: int, pieces: int, end: int) -> None:
+    assert piece_end(data, pos, room, body_left, pieces) == end
+
+
+@pytest.mark.parametrize("room", [1, 15, 1024])
+def test_a_read_of_empty_lines_is_fed_in_a_bounded_number_of_pieces(room: int) -> None:
+    """A chunked body of `\r\n\r\n` (or blank lines between requests) cut a read into one feed per empty line:
+    8 MiB of them cost seconds of CPU, and every other client of the worker waited. At most _MAX_PIECES + 1."""
+    data = b"\r\n\r\n" * 65536  # one 256 KiB read
+    pos = pieces = 0
+    while pos < len(data):
+        pos = piece_end(data, pos, room, 0, pieces)
+        pieces += 1
+    assert pieces <= _MAX_PIECES + 1
+
+
+def test_the_body_of_the_request_that_fills_the_queue_is_read(
+    make_gateway: GatewayFactory, upstream: TestUpstream
+) -> None:
+    """Reading stopped as soon as the max_pipelined-th head was queued, before its body, and the body timer ran on
+    while the gateway itself was not reading: the client lost every response after body_timeout. Reading now stops
+    between requests, once that request's body is in."""
+    gw = make_gateway("limits: {max_pipelined: 2, body_timeout: 5}\n" + ROUTE)
+    upstream.stall()
+    try:
+        with gw.connect() as sock:
+            sock.sendall(
+                b"GET /p/0 HTTP/1.1\r\nHost: a\r\n\r\nPOST /p/1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n"
+            )
+            conn = only_connection(gw)
+            wait_for(lambda: gw.bg.call(lambda: len(conn.queue)) == 2)
+            sock.sendall(b"hello")  # a later read
+            wait_for(lambda: gw.bg.call(lambda: conn.parsing is None))
+            gw.advance(10.0)  # twice body_timeout: the body is in, nothing is the client's to time out
+            upstream.release()
+            responses = read_responses(sock, 2)
+    finally:
+        upstream.release()
+    assert [r[0] for r in responses] == [200, 200]
+    assert [echo(r)["target"] for r in responses] == ["/p/0", "/p/1"]
 
 
 # -- a client that does not read --------------------------------------------------------------------------------

@@ -55,6 +55,25 @@ LINGER_MAX = 30.0
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
 _HEAD_END = b"\r\n\r\n"
 _MIN_REQUEST = 18
+_MAX_PIECES = 32  # feeds per read at most, whatever the read holds (ClientConnection._parse)
+
+
+def piece_end(data: bytes, pos: int, room: int, body_left: int, pieces: int) -> int:
+    """Where the next piece of `data` fed to llhttp ends (ClientConnection._parse): at the end of a Content-Length
+    body being read, else after the `room`-th empty line (at least one), else at the end; past _MAX_PIECES pieces of
+    one read, at the end whatever it holds."""
+    n = len(data)
+    if pieces >= _MAX_PIECES:
+        return n
+    if body_left:
+        return min(pos + body_left, n)
+    end = pos
+    for _ in range(max(room, 1)):
+        found = data.find(_HEAD_END, end)
+        if found < 0:
+            return n
+        end = found + 4
+    return end
 
 
 class HttpRejectError(Exception):
@@ -115,7 +134,8 @@ class ClientConnection(asyncio.Protocol):
         self.upgraded = False  # llhttp stopped at an Upgrade/CONNECT; no more HTTP on this connection
         self.tunnel: Exchange | None = None
         self.early_data = b""  # bytes after an upgrade request, held until the tunnel opens
-        self.unparsed = b""  # requests read but not parsed while max_pipelined exchanges were queued
+        self.unparsed = b""  # requests read but not parsed while max_pipelined exchanges were queued (from unparsed_at)
+        self.unparsed_at = 0
         self.feeding = False  # inside _parse (exchanges can finish within a parser callback)
         self.body_left = 0  # of the Content-Length body being parsed
         self.pause_mask = 0
@@ -177,42 +197,47 @@ class ClientConnection(asyncio.Protocol):
                 self.pause(PAUSE_TUNNEL)
             return
         if self.unparsed:  # after the requests left unparsed while the queue was full
-            self.unparsed += data
+            self.unparsed = self.unparsed[self.unparsed_at :] + data
+            self.unparsed_at = 0
             return
         self._parse(data)
 
-    def _parse(self, data: bytes) -> None:
-        """Feed `data` to llhttp, which parses every request in what it is given: so once `max_pipelined` exchanges
-        are queued, the rest stays unparsed (and reads paused) until the queue has room (exchange_finished)."""
+    def _parse(self, data: bytes, start: int = 0) -> None:
+        """Feed `data[start:]` to llhttp, which parses every request in what it is given: so once `max_pipelined`
+        exchanges are queued, the rest stays unparsed (and reads paused) until the queue has room (exchange_finished).
+        """
         self.head_began = False
         n = len(data)
         room = self.limits.max_pipelined - len(self.queue)
         skip = self.body_left  # body bytes: no head ends in them
-        pos = 0
+        pos = start
         end = n
         self.feeding = True
         try:
-            # One feed when `data` cannot complete `room` heads more (each ends at an empty line of its own; one
-            # begun in an earlier read may end in this one): the common case, decided without a scan for a
-            # short read, or one that is all body.
-            if n < room * _MIN_REQUEST or n <= skip or data.count(_HEAD_END, skip) < room:
-                self.parser.feed_data(data)
+            # One feed when the bytes cannot complete `room` heads more (each ends at an empty line of its own; one
+            # begun in an earlier read may end in this one): the common case, decided without a scan for a short
+            # read, or one that is all body; else by looking for the room-th empty line only (the rest of a long
+            # read left unparsed is not counted through again as each queued request finishes).
+            if n - pos < room * _MIN_REQUEST or n - pos <= skip or piece_end(data, pos + skip, room, 0, 0) == n:
+                self.parser.feed_data(data if pos == 0 else memoryview(data)[pos:])
             else:
-                # Up to one head's end, or one body's, at a time, so that parsing can stop between requests.
+                # Pieces that can each complete at most the room the queue has: one ends at the room-th empty line
+                # (or at the end of a Content-Length body). An empty line inside a chunked body looks the same, so
+                # the pieces per read are capped: past the cap the rest goes in one feed, and the queue may pass the
+                # limit by what that holds (reads then stay paused until it drains), rather than spend a feed on
+                # every few bytes of a body made of empty lines.
                 view = memoryview(data)
+                pieces = 0
                 while pos < n:
-                    if self.parsing is None and len(self.queue) >= self.limits.max_pipelined:
-                        self.unparsed = data[pos:]
+                    room = self.limits.max_pipelined - len(self.queue)
+                    if self.parsing is None and room <= 0:
+                        self.unparsed, self.unparsed_at = data, pos
                         self.pause(PAUSE_PIPELINE)
                         break
-                    left = self.body_left
-                    if left:
-                        end = min(pos + left, n)
-                    else:
-                        end = data.find(_HEAD_END, pos)
-                        end = n if end < 0 else end + 4
+                    end = piece_end(data, pos, room, self.body_left, pieces)
                     self.parser.feed_data(view[pos:end])
                     pos = end
+                    pieces += 1
         except HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, HttpRejectError):
@@ -237,7 +262,7 @@ class ClientConnection(asyncio.Protocol):
             if head is not None:
                 # Still inside a request head. llhttp holds an unfinished header value until it ends, so count
                 # raw bytes too: a header that never ends must not grow past the limit by more than one read.
-                head.wire_bytes = head.size if self.head_began else head.wire_bytes + n
+                head.wire_bytes = head.size if self.head_began else head.wire_bytes + n - start
                 if head.wire_bytes > self.max_header_bytes:
                     self.protocol_error(431, "http.headers_too_large", "request head exceeds the limit")
         finally:
@@ -379,7 +404,9 @@ class ClientConnection(asyncio.Protocol):
             self.set_read_deadline(INF, "busy")
         if len(self.queue) == 1:
             ex.start()
-        elif len(self.queue) >= self.limits.max_pipelined:
+        elif len(self.queue) > self.limits.max_pipelined:
+            # Past the limit only after _parse's cap on feeds per read. At the limit, reading goes on until this
+            # request's body is in (its body timer runs only while the gateway reads); _parse stops before the next.
             self.pause(PAUSE_PIPELINE)
 
     def on_body(self, body: bytes) -> None:
@@ -454,8 +481,9 @@ class ClientConnection(asyncio.Protocol):
             self.set_read_deadline(self.server.clock.monotonic() + self.limits.keepalive_timeout, "idle")
         if len(self.queue) < self.limits.max_pipelined:
             if self.unparsed and not self.feeding:  # (while feeding, _parse itself goes on once there is room)
-                data, self.unparsed = self.unparsed, b""
-                self._parse(data)
+                data, at = self.unparsed, self.unparsed_at
+                self.unparsed, self.unparsed_at = b"", 0
+                self._parse(data, at)
             if not self.unparsed and len(self.queue) < self.limits.max_pipelined:
                 self.resume(PAUSE_PIPELINE)
 
@@ -575,6 +603,11 @@ class ClientConnection(asyncio.Protocol):
                 # The gateway stopped reading because the upstream does not take the streamed body: the client is
                 # not stalling, the upstream has its own (send) deadline, and `resume` restarts this timer. Any
                 # other pause keeps the body timer, so no connection can stay open without a deadline.
+                self.read_deadline = INF
+                return
+            if self.pause_mask & PAUSE_PIPELINE and self.queue and self.queue[0] is not ex:
+                # Reading stopped for the queue, whose head has deadlines of its own: not the client's stall.
+                # `resume` restarts this timer.
                 self.read_deadline = INF
                 return
             if ex is not None and ex.started:
