@@ -121,7 +121,9 @@ def test_reseal_refuses_before_writing_when_a_kek_is_missing() -> None:
 def test_reseal_names_a_tampered_envelope() -> None:
     store = store_with(key("sig_a", "k1", "active"))
     [k] = run(store.list_signing_keys())
-    store._signing["sig_a"] = SigningKey("sig_a", "ES256", {}, k.private_key[:-1] + b"\x00", "active", T0)
+    store._signing["sig_a"] = SigningKey(
+        "sig_a", "ES256", {}, k.private_key[:-1] + bytes([k.private_key[-1] ^ 1]), "active", T0
+    )
     with pytest.raises(CryptoError, match="signing_key sig_a: envelope failed authentication"):
         run(reseal(store, ring("k2", "k1"), actor=ACTOR, clock=FakeClock(T0)))
 
