@@ -40,6 +40,29 @@ def closed(sock: socket.socket, timeout: float = 5.0) -> bool:
         return False
 
 
+def still_open(sock: socket.socket) -> bool:
+    """True if the gateway has neither closed the connection nor sent anything more (a sync point, not timing)."""
+    sock.settimeout(0.3)
+    try:
+        sock.recv(1, socket.MSG_PEEK)
+    except TimeoutError:
+        return True
+    except ConnectionResetError:
+        pass
+    return False
+
+
+def wait_until_quiet(value: Callable[[], int], quiet: float = 0.3, timeout: float = 20.0) -> None:
+    """Until `value()` has not changed for `quiet` seconds (bytes in flight have landed; a sync point only)."""
+    end = time.monotonic() + timeout
+    last, since = value(), time.monotonic()
+    while time.monotonic() - since < quiet:
+        assert time.monotonic() < end, "never quiet"
+        time.sleep(0.02)
+        if (now := value()) != last:
+            last, since = now, time.monotonic()
+
+
 def reason(response: Response) -> str:
     body = json.loads(response[2])
     return str(body["reason"])

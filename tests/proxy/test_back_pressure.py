@@ -4,7 +4,6 @@ and the upstream connections paused for it."""
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Callable
 
 import pytest
@@ -13,7 +12,7 @@ from stockade.proxy.client import _MAX_PIECES, ClientConnection, piece_end
 from stockade.proxy.common import INF, PAUSE_PIPELINE
 from stockade.testing import Reply, TestGateway, TestUpstream, read_responses
 from tests.conftest import GatewayFactory
-from tests.proxy.helpers import echo, wait_for
+from tests.proxy.helpers import echo, wait_for, wait_until_quiet
 
 ROUTE = "routes:\n  - id: r\n    match: {path: /**}\n    upstream: {upstream}\n    stages: [{use: anonymous}]\n"
 
@@ -21,17 +20,6 @@ ROUTE = "routes:\n  - id: r\n    match: {path: /**}\n    upstream: {upstream}\n 
 def only_connection(gw: TestGateway) -> ClientConnection:
     wait_for(lambda: len(gw.server.connections) == 1)
     return next(iter(gw.server.connections))
-
-
-def wait_until_quiet(value: Callable[[], int], quiet: float = 0.3, timeout: float = 20.0) -> None:
-    """Until `value()` has not changed for `quiet` seconds (bytes in flight have landed; a sync point only)."""
-    end = time.monotonic() + timeout
-    last, since = value(), time.monotonic()
-    while time.monotonic() - since < quiet:
-        assert time.monotonic() < end, "never quiet"
-        time.sleep(0.02)
-        if (now := value()) != last:
-            last, since = now, time.monotonic()
 
 
 # -- pipelined requests -------------------------------------------------------------------------------------------

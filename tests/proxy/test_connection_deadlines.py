@@ -3,13 +3,11 @@ begun, after an upgrade request it refused. A connection with none is a file des
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 from stockade.testing import TestGateway, TestUpstream, read_responses
 from tests.conftest import GatewayFactory
-from tests.proxy.helpers import closed, wait_for
+from tests.proxy.helpers import closed, still_open, wait_for
 
 CONFIG = """
 storage: "memory://"
@@ -50,18 +48,6 @@ def _get(path: str, extra: bytes = b"") -> bytes:
     return b"GET %b HTTP/1.1\r\nHost: a\r\n%b\r\n" % (path.encode(), extra)
 
 
-def _open(sock: socket.socket) -> bool:
-    """True if the gateway has neither closed the connection nor sent anything more (a sync point, not timing)."""
-    sock.settimeout(0.3)
-    try:
-        sock.recv(1, socket.MSG_PEEK)
-    except TimeoutError:
-        return True
-    except ConnectionResetError:
-        pass
-    return False
-
-
 def _gone(gw: TestGateway) -> bool:
     """True once the gateway has let go of every connection (a half-close while lingering is not enough)."""
     wait_for(lambda: not gw.server.connections)
@@ -96,7 +82,7 @@ def test_local_answer_keeps_the_connection_only_for_keepalive_timeout(
             got += [r[0] for r in read_responses(sock, 1)]
         assert got == statuses
         gw.advance(KEEPALIVE - 1)
-        assert _open(sock)
+        assert still_open(sock)
         gw.advance(2.0)
         assert closed(sock)
 
@@ -137,7 +123,7 @@ def test_partial_next_head_gets_header_timeout_once_nothing_is_in_flight(
             upstream.release()
             assert [r[0] for r in read_responses(sock, 1)] == [200]
             gw.advance(HEADER - 1)
-            assert _open(sock)
+            assert still_open(sock)
             gw.advance(2.0)
             assert [r[0] for r in read_responses(sock, 1)] == [408]  # nothing in flight: the head is late
             assert closed(sock)

@@ -7,7 +7,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import ClassVar
 
 import pytest
@@ -21,7 +21,7 @@ from stockade.proxy.exchange import Exchange
 from stockade.stages import BUILTIN_STAGES
 from stockade.testing import Reply, TestGateway, TestUpstream, read_responses
 from tests.conftest import GatewayFactory
-from tests.proxy.helpers import closed, reason, wait_for
+from tests.proxy.helpers import closed, reason, wait_for, wait_until_quiet
 
 
 def test_slowloris_head_gets_408_after_header_timeout(gateway: TestGateway, upstream: TestUpstream) -> None:
@@ -584,17 +584,6 @@ def test_a_spooled_body_reaches_a_slow_upstream_whole(make_gateway: GatewayFacto
         deaf.close()
 
 
-def _wait_until_quiet(value: Callable[[], int], quiet: float = 0.3, timeout: float = 20.0) -> None:
-    """Until `value()` has not changed for `quiet` seconds (bytes in flight have landed; a sync point only)."""
-    end = time.monotonic() + timeout
-    last, since = value(), time.monotonic()
-    while time.monotonic() - since < quiet:
-        assert time.monotonic() < end, "never quiet"
-        time.sleep(0.02)
-        if (now := value()) != last:
-            last, since = now, time.monotonic()
-
-
 class _EarlyAnswerThenStall:
     """Answers the first bytes of a response as soon as the request head arrives, stops reading for a moment (so
     the gateway's spool pump pauses), then reads the whole request body but never sends the rest."""
@@ -661,7 +650,7 @@ def test_an_upstream_stalled_mid_response_keeps_its_read_deadline_while_the_clie
             gw.bg.call(lambda: None)  # and the loop finished what it does when it does
             assert ex.deadline < INF  # the upstream's read deadline is back
             sender.join(20)
-            _wait_until_quiet(lambda: stall.received)
+            wait_until_quiet(lambda: stall.received)
             assert ex.deadline < INF
             for _ in range(2):  # a chunk every 29 s: the client keeps its own body timer alive
                 gw.advance(29.0)

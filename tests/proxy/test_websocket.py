@@ -8,7 +8,7 @@ import pytest
 
 from stockade.testing import TestGateway, TestUpstream, read_responses
 from tests.conftest import GatewayFactory
-from tests.proxy.helpers import closed, wait_for
+from tests.proxy.helpers import closed, still_open, wait_for
 
 CONFIG = """
 routes:
@@ -162,18 +162,6 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes:
     return got
 
 
-def _still_open(sock: socket.socket) -> bool:
-    """True if the gateway has neither closed the tunnel nor sent anything (a sync point, not timing)."""
-    sock.settimeout(0.3)
-    try:
-        sock.recv(1, socket.MSG_PEEK)
-    except TimeoutError:
-        return True
-    except ConnectionResetError:
-        pass
-    return False
-
-
 def _traffic(upstream: TestUpstream, sock: socket.socket, direction: str) -> None:
     """One message through the tunnel in one direction only, waited for at its far end."""
     if direction == "client":
@@ -198,7 +186,7 @@ def test_traffic_either_way_defers_the_tunnel_idle_timeout(
             gw.advance(IDLE - 1)
             _traffic(upstream, sock, direction)
         gw.advance(IDLE - 1)
-        assert _still_open(sock)
+        assert still_open(sock)
         gw.advance(2.0)
         assert closed(sock)
 
@@ -219,7 +207,7 @@ def test_idle_tunnel_is_closed_on_both_sides_and_its_end_recorded(
         assert head.startswith(b"HTTP/1.1 101")
         wait_for(lambda: upstream.tunnels)
         gw.advance(IDLE - 1)
-        assert _still_open(sock)
+        assert still_open(sock)
         gw.advance(2.0)
         assert closed(sock)
     wait_for(lambda: not upstream.tunnels)  # the upstream side was closed too
