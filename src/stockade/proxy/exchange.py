@@ -22,7 +22,6 @@ from stockade.proxy.common import INF, PAUSE_BUFFER, PAUSE_UPSTREAM
 from stockade.proxy.request_head import RequestHead
 
 if TYPE_CHECKING:
-    from stockade.handlers.base import Handler, LocalResponse
     from stockade.proxy.client import ClientConnection
     from stockade.proxy.http import ResponseFraming
     from stockade.proxy.spool import Spool
@@ -134,12 +133,12 @@ class Exchange:
         self.started = True
         if self.pending_failure is not None:
             status, reason, detail = self.pending_failure
-            self._deny_local(status, reason, "http", detail, close=True)
+            local_replies._deny_local(self, status, reason, "http", detail, close=True)
             return
         h = self.head
         conn = self.conn
         if h.version != "1.1" and h.version != "1.0":
-            self._deny_local(505, "http.version_not_supported", "http", f"HTTP/{h.version}", close=True)
+            local_replies._deny_local(self, 505, "http.version_not_supported", "http", f"HTTP/{h.version}", close=True)
             return
         peer = conn.peer_ip
         rt = self.runtime
@@ -164,14 +163,14 @@ class Exchange:
             conn.peer_cert_der,
         )
         if isinstance(made, Deny):
-            self._deny_local(made.status, made.reason, "http", made.detail, close=True)
+            local_replies._deny_local(self, made.status, made.reason, "http", made.detail, close=True)
             return
         ctx = self.ctx = made
         if h.expect is not None:
             self.expect_continue = h.chunked or h.content_length > 0
         route = route_request(rt, ctx)
         if isinstance(route, Deny):
-            self._respond_local(route.status, route.reason, route.headers)
+            local_replies._respond_local(self, route.status, route.reason, route.headers)
             return
         self.route = route
         self.pipeline = pipeline = route.pipeline
@@ -190,9 +189,9 @@ class Exchange:
         ctx.attach_body_reader(self._read_body)
         result = pipeline.run(ctx)
         if result is None:
-            self._forward()
+            forwarding._forward(self)
         elif type(result) is Deny:
-            self._respond_local(result.status, result.reason, result.headers, extra=result.extra)
+            local_replies._respond_local(self, result.status, result.reason, result.headers, extra=result.extra)
         else:
             self.task = task = asyncio.get_running_loop().create_task(result)  # type: ignore[arg-type]
             task.add_done_callback(self._pipeline_done)
@@ -209,18 +208,18 @@ class Exchange:
         if task.cancelled():
             if self.timed_out:
                 deny = pipeline_timed_out(ctx)
-                self._respond_local(deny.status, deny.reason, None)
+                local_replies._respond_local(self, deny.status, deny.reason, None)
             return
         exc = task.exception()
         if exc is not None:
             deny = pipeline_failed(ctx, exc)
-            self._respond_local(deny.status, deny.reason, None)
+            local_replies._respond_local(self, deny.status, deny.reason, None)
             return
         result = task.result()
         if result is None:
-            self._forward()
+            forwarding._forward(self)
         else:
-            self._respond_local(result.status, result.reason, result.headers, extra=result.extra)
+            local_replies._respond_local(self, result.status, result.reason, result.headers, extra=result.extra)
 
     async def _read_body(self) -> bytes:
         """The body reader handed to stages that need the whole body (bounded by the route's limit)."""
@@ -252,7 +251,7 @@ class Exchange:
                 self._body_too_large()
             return
         if self.spool is not None:
-            self._spool_more(chunk)
+            forwarding._spool_more(self, chunk)
             return
         if self.streaming:
             up = self.upstream
@@ -266,7 +265,7 @@ class Exchange:
             self.body = [chunk]
         if size > self.buffer_cap:
             if self.held:  # more than the buffer holds: to the spool, or the upstream takes the rest as it comes
-                self._buffer_full()
+                forwarding._buffer_full(self)
             else:
                 self.conn.pause(PAUSE_BUFFER)
 
@@ -277,7 +276,7 @@ class Exchange:
         if self.spool is not None:
             if self.held:  # the whole body is in the spool: now the upstream
                 self.held = False
-                self._to_upstream()
+                forwarding._to_upstream(self)
             return  # else the spool is being sent, and `_pump` ends the body
         if self.streaming:
             self.streaming = False
@@ -287,7 +286,7 @@ class Exchange:
                 self._set_deadline(self.clock.monotonic() + self.route.read_timeout, "upstream")
         if self.held:
             self.held = False
-            self._to_upstream()
+            forwarding._to_upstream(self)
         waiter = self.body_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -304,7 +303,7 @@ class Exchange:
             self.conn.abort()
             self._finish(close=True)
             return
-        self._deny_local(status, reason, "http", detail, close=True)
+        local_replies._deny_local(self, status, reason, "http", detail, close=True)
 
     def fail_on_start(self, status: int, reason: str, detail: str) -> None:
         self.pending_failure = (status, reason, detail)
@@ -325,60 +324,29 @@ class Exchange:
         pipeline = self.pipeline
         if ctx is not None and pipeline is not None:
             deny = body_too_large(pipeline, ctx)
-            self._respond_local(deny.status, deny.reason, None, close=True)
+            local_replies._respond_local(self, deny.status, deny.reason, None, close=True)
         else:
             detail = f"body exceeds {self.body_limit} bytes"
-            self._deny_local(413, "request.body_too_large", "limits", detail, close=True)
+            local_replies._deny_local(self, 413, "request.body_too_large", "limits", detail, close=True)
 
     def _send_continue(self) -> None:
         if self.expect_continue and not self.continue_sent and not self.request_done:
             self.continue_sent = True
             self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
+    # The halves in proxy/forwarding.py, response_side.py and local_replies.py are module functions taking the
+    # exchange, called as such within them; methods remain only where the upstream connection, the client
+    # connection or a done-callback needs a bound one.
+
     # -- forwarding to the upstream: proxy/forwarding.py --------------------------------------------------------
-
-    def _forward(self) -> None:
-        return forwarding._forward(self)
-
-    def _to_upstream(self) -> None:
-        return forwarding._to_upstream(self)
-
-    def _connect(self) -> None:
-        return forwarding._connect(self)
 
     def _connected(self, task: asyncio.Future[Any]) -> None:
         return forwarding._connected(self, task)
-
-    def _send(self, up: UpstreamConnection) -> None:
-        return forwarding._send(self, up)
-
-    def _buffer_full(self) -> None:
-        return forwarding._buffer_full(self)
-
-    def _spool_more(self, chunk: bytes) -> None:
-        return forwarding._spool_more(self, chunk)
-
-    def _pump(self) -> None:
-        return forwarding._pump(self)
-
-    def _body_from_client(self) -> None:
-        return forwarding._body_from_client(self)
 
     # -- response side (called by the upstream connection): proxy/response_side.py -----------------------------
 
     def upstream_head(self, head: bytes, status: int, first: bytes, framing: ResponseFraming) -> None:
         return response_side.upstream_head(self, head, status, first, framing)
-
-    def _write_head(
-        self,
-        head: bytes,
-        status: int,
-        framing: ResponseFraming,
-        body: bytes | None,
-        extra: bytes | None,
-        first: bytes = b"",
-    ) -> bytes | None:
-        return response_side._write_head(self, head, status, framing, body, extra, first)
 
     def upstream_body(self, data: bytes) -> None:
         return response_side.upstream_body(self, data)
@@ -386,17 +354,11 @@ class Exchange:
     def upstream_done(self) -> None:
         return response_side.upstream_done(self)
 
-    def _flush_collected(self) -> None:
-        return response_side._flush_collected(self)
-
     def upstream_closed(self, conn: UpstreamConnection) -> None:
         return response_side.upstream_closed(self, conn)
 
     def upstream_failed(self, reason: str, detail: str) -> None:
         return response_side.upstream_failed(self, reason, detail)
-
-    def _upstream_broken(self, reason: str, detail: str) -> None:
-        return response_side._upstream_broken(self, reason, detail)
 
     def upstream_pause(self, paused: bool) -> None:
         return response_side.upstream_pause(self, paused)
@@ -409,43 +371,8 @@ class Exchange:
 
     # -- the gateway's own answers and built-in handlers: proxy/local_replies.py --------------------------------
 
-    def _run_handler(self, handler: Handler) -> None:
-        return local_replies._run_handler(self, handler)
-
     def _handler_done(self, task: asyncio.Future[Any]) -> None:
         return local_replies._handler_done(self, task)
-
-    def _handler_failed(self, exc: BaseException) -> None:
-        return local_replies._handler_failed(self, exc)
-
-    def _handler_reply(self, reply: LocalResponse) -> None:
-        return local_replies._handler_reply(self, reply)
-
-    def _deny_local(
-        self,
-        status: int,
-        reason: str,
-        stage: str,
-        detail: str,
-        *,
-        close: bool = False,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        return local_replies._deny_local(self, status, reason, stage, detail, close=close, headers=headers)
-
-    def _error_local(self, status: int, reason: str, detail: str, *, keep_decision: bool = False) -> None:
-        return local_replies._error_local(self, status, reason, detail, keep_decision=keep_decision)
-
-    def _respond_local(self, status: int, reason: str, headers: Any, *, close: bool = False, extra: Any = None) -> None:
-        return local_replies._respond_local(self, status, reason, headers, close=close, extra=extra)
-
-    def _write_local(
-        self, status: int, headers: list[tuple[str, str]], body: bytes, *, close: bool, framed: bool = False
-    ) -> None:
-        return local_replies._write_local(self, status, headers, body, close=close, framed=framed)
-
-    def _bare_context(self) -> RequestContext:
-        return local_replies._bare_context(self)
 
     # -- the end of the exchange ---------------------------------------------------------------------------------
 
@@ -487,15 +414,17 @@ class Exchange:
             assert ctx is not None  # noqa: S101
             reply = handler_timed_out(ctx)
             self.error = "handler.timeout"
-            self._write_local(reply.status, reply.headers, reply.body, close=not self.request_done, framed=True)
+            local_replies._write_local(
+                self, reply.status, reply.headers, reply.body, close=not self.request_done, framed=True
+            )
         elif kind == "connect":
             self._cancel_task()
-            self._error_local(504, "upstream.timeout", "connect timeout")
+            local_replies._error_local(self, 504, "upstream.timeout", "connect timeout")
         elif kind == "send":  # the upstream stopped taking a streamed request body
             if self.resp_started:
-                self._upstream_broken("upstream.timeout", "send timeout mid-response")
+                response_side._upstream_broken(self, "upstream.timeout", "send timeout mid-response")
             else:
-                self._error_local(504, "upstream.timeout", "send timeout")
+                local_replies._error_local(self, 504, "upstream.timeout", "send timeout")
         elif kind == "upstream":
             up = self.upstream
             if up is not None and up.read_paused:
@@ -504,9 +433,9 @@ class Exchange:
                 self.deadline_kind = kind
                 return
             if self.resp_started:
-                self._upstream_broken("upstream.timeout", "read timeout mid-response")
+                response_side._upstream_broken(self, "upstream.timeout", "read timeout mid-response")
             else:
-                self._error_local(504, "upstream.timeout", "read timeout")
+                local_replies._error_local(self, 504, "upstream.timeout", "read timeout")
 
     def _finish(self, *, close: bool) -> None:
         if self.finished:
@@ -529,7 +458,7 @@ class Exchange:
         if self.collected_size:
             server.collected_total -= self.collected_size
             self.collected = None
-        ctx = self.ctx or self._bare_context()
+        ctx = self.ctx or local_replies._bare_context(self)
         now = self.clock.monotonic()
         if self.t_held:  # ended while holding the body (408, the client gone): that wait was the client's too
             self.t_wait += now - self.t_held

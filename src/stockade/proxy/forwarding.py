@@ -10,6 +10,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from stockade.pipeline.forward import names_other_host, replaced_headers
+from stockade.proxy import local_replies
 from stockade.proxy.common import IDEMPOTENT, INF, PAUSE_BUFFER, PAUSE_UPSTREAM
 from stockade.proxy.http import CRLF, connection_tokens
 from stockade.proxy.spool import Spool
@@ -37,10 +38,10 @@ def _forward(ex: Exchange) -> None:
     route = ex.route
     assert route is not None  # noqa: S101 - only called after routing
     if route.handler is not None:
-        ex._run_handler(route.handler)
+        local_replies._run_handler(ex, route.handler)
         return
     if route.upstream is None:
-        ex._error_local(502, "upstream.unavailable", "route has no upstream")
+        local_replies._error_local(ex, 502, "upstream.unavailable", "route has no upstream")
         return
     h = ex.head
     if (
@@ -57,7 +58,7 @@ def _forward(ex: Exchange) -> None:
         ex.conn.resume(PAUSE_BUFFER)  # paused if the body had filled the buffer: the spool takes it now
         ex._send_continue()
         return
-    ex._to_upstream()
+    _to_upstream(ex)
 
 
 def _spool(ex: Exchange) -> bool:
@@ -80,7 +81,7 @@ def _buffer_full(ex: Exchange) -> None:
     """The held body outgrew the memory buffer: on into a spool, or the upstream takes the rest as it comes."""
     if not _spool(ex):
         ex.held = False
-        ex._to_upstream()
+        _to_upstream(ex)
 
 
 def _spool_more(ex: Exchange, chunk: bytes) -> None:
@@ -96,7 +97,7 @@ def _spool_more(ex: Exchange, chunk: bytes) -> None:
         # client waits meanwhile (paused as by the upstream: its body timer waits while the upstream is slow).
         ex.held = False
         ex.conn.pause(PAUSE_UPSTREAM)
-        ex._to_upstream()
+        _to_upstream(ex)
 
 
 def _pump(ex: Exchange) -> None:
@@ -125,7 +126,7 @@ def _pump(ex: Exchange) -> None:
             up.write(b"0\r\n\r\n")
         ex._set_deadline(ex.clock.monotonic() + route.read_timeout, "upstream")
     else:
-        ex._body_from_client()
+        _body_from_client(ex)
     ex.conn.resume(PAUSE_UPSTREAM)
 
 
@@ -152,9 +153,9 @@ def _to_upstream(ex: Exchange) -> None:
     ex.pool = pool = ex.server.pools.get(route.upstream)
     up = pool.acquire()
     if up is not None:
-        ex._send(up)
+        _send(ex, up)
     else:
-        ex._connect()
+        _connect(ex)
 
 
 def _connect(ex: Exchange) -> None:
@@ -179,9 +180,9 @@ def _connected(ex: Exchange, task: asyncio.Future[Any]) -> None:
         return
     ex.deadline = INF
     if exc is not None:
-        ex._error_local(502, "upstream.unavailable", f"connect failed: {exc!r}")
+        local_replies._error_local(ex, 502, "upstream.unavailable", f"connect failed: {exc!r}")
         return
-    ex._send(task.result())
+    _send(ex, task.result())
 
 
 def _send(ex: Exchange, up: UpstreamConnection) -> None:
@@ -220,7 +221,7 @@ def _send(ex: Exchange, up: UpstreamConnection) -> None:
     now = ex.clock.monotonic()
     ex.t_sent = now
     if spool is not None:
-        ex._pump()
+        _pump(ex)
         return
     ex.conn.resume(PAUSE_BUFFER)
     if ex.request_done:

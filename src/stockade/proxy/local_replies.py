@@ -28,10 +28,10 @@ def _run_handler(ex: Exchange, handler: Handler) -> None:
     try:
         done, value = step_eagerly(handler.handle(ctx))
     except Exception as exc:
-        ex._handler_failed(exc)
+        _handler_failed(ex, exc)
         return
     if done:
-        ex._handler_reply(value)
+        _handler_reply(ex, value)
         return
     ex.task = task = asyncio.get_running_loop().create_task(value)
     task.add_done_callback(ex._handler_done)
@@ -45,16 +45,16 @@ def _handler_done(ex: Exchange, task: asyncio.Future[Any]) -> None:
         return
     exc = task.exception()
     if exc is not None:
-        ex._handler_failed(exc)
+        _handler_failed(ex, exc)
     else:
-        ex._handler_reply(task.result())
+        _handler_reply(ex, task.result())
 
 
 def _handler_failed(ex: Exchange, exc: BaseException) -> None:
     ctx = ex.ctx
     assert ctx is not None  # noqa: S101
     reply = handler_failed(ctx, exc)
-    ex._write_local(reply.status, reply.headers, reply.body, close=False, framed=True)
+    _write_local(ex, reply.status, reply.headers, reply.body, close=False, framed=True)
 
 
 def _handler_reply(ex: Exchange, reply: LocalResponse) -> None:
@@ -63,7 +63,7 @@ def _handler_reply(ex: Exchange, reply: LocalResponse) -> None:
     assert ctx is not None and pipeline is not None  # noqa: S101
     ex.deadline = INF
     out = handler_reply(pipeline, ctx, reply)
-    ex._write_local(out.status, out.headers, out.body, close=False, framed=True)
+    _write_local(ex, out.status, out.headers, out.body, close=False, framed=True)
 
 
 def _deny_local(
@@ -76,14 +76,14 @@ def _deny_local(
     close: bool = False,
     headers: dict[str, str] | None = None,
 ) -> None:
-    ctx = ex.ctx or ex._bare_context()
+    ctx = ex.ctx or _bare_context(ex)
     Pipeline.deny(ctx, stage, Deny(status, reason, detail=detail))
-    ex._respond_local(status, reason, headers, close=close)
+    _respond_local(ex, status, reason, headers, close=close)
 
 
 def _error_local(ex: Exchange, status: int, reason: str, detail: str, *, keep_decision: bool = False) -> None:
     """A failure that is not a security decision (upstream down, timeout): decision `error`."""
-    ctx = ex.ctx or ex._bare_context()
+    ctx = ex.ctx or _bare_context(ex)
     if not keep_decision:
         ctx.decision = "error"
         ctx.reason = reason
@@ -96,7 +96,7 @@ def _error_local(ex: Exchange, status: int, reason: str, detail: str, *, keep_de
         ex.conn.abort()
         ex._finish(close=True)
     else:
-        ex._respond_local(status, reason, None, close=not ex.request_done)
+        _respond_local(ex, status, reason, None, close=not ex.request_done)
 
 
 def _respond_local(
@@ -105,9 +105,9 @@ def _respond_local(
     """Render a gateway-generated problem (RFC 9457 problem+json) and finish the exchange."""
     if ex.finished:
         return
-    ctx = ex.ctx or ex._bare_context()
+    ctx = ex.ctx or _bare_context(ex)
     reply = problem(status, reason, ctx.request_id, headers, extra)
-    ex._write_local(status, reply.headers, reply.body, close=close, framed=True)
+    _write_local(ex, status, reply.headers, reply.body, close=close, framed=True)
 
 
 def _write_local(

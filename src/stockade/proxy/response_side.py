@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from stockade.pipeline.local import run_response_hooks
 from stockade.pipeline.response import Response, head_fields
 from stockade.pipeline.runner import MAX_RESPONSE_BYTES
+from stockade.proxy import forwarding, local_replies
 from stockade.proxy.common import IDEMPOTENT, INF, PAUSE_UPSTREAM
 from stockade.proxy.http import (
     ResponseFraming,
@@ -42,7 +43,7 @@ def upstream_head(ex: Exchange, head: bytes, status: int, first: bytes, framing:
     assert route is not None  # noqa: S101
     ex._set_deadline(now + route.read_timeout, "upstream")
     if not 100 <= status <= 599:
-        ex._upstream_broken("upstream.bad_response", f"status {status}")
+        _upstream_broken(ex, "upstream.bad_response", f"status {status}")
         return
     if not framing.status_ok:
         # RTSP/1.0, HTTP/2.0 or a reason phrase with control bytes: llhttp took it, the client may not. The
@@ -50,13 +51,13 @@ def upstream_head(ex: Exchange, head: bytes, status: int, first: bytes, framing:
         head = status_line(status) + head[head.index(b"\r\n") + 2 :]
         framing = ResponseFraming.of(head)
     if framing.bad_coding:
-        ex._upstream_broken("upstream.bad_response", "a transfer coding other than chunked")
+        _upstream_broken(ex, "upstream.bad_response", "a transfer coding other than chunked")
         return
     if status == 101:
         if not ex.upgrade_ok:
-            ex._upstream_broken("upstream.bad_response", "101 without an upgrade request")
+            _upstream_broken(ex, "upstream.bad_response", "101 without an upgrade request")
             return
-        ex._write_head(head, status, framing, None, b"connection: upgrade\r\nupgrade: websocket\r\n")
+        _write_head(ex, head, status, framing, None, b"connection: upgrade\r\nupgrade: websocket\r\n")
         if ex.finished:  # a response hook refused the 101: answered and recorded already, no tunnel
             return
         ex.tunnel_open = True
@@ -70,7 +71,7 @@ def upstream_head(ex: Exchange, head: bytes, status: int, first: bytes, framing:
         if first:
             ex.upstream_body(first)
         return
-    ex._write_head(head, status, framing, None, None, first)
+    _write_head(ex, head, status, framing, None, None, first)
 
 
 def _write_head(
@@ -128,7 +129,7 @@ def _write_head(
             resp = Response(status, raw_head=head, body=body)
         failed = run_response_hooks(pipeline, ctx, resp)
         if failed is not None:
-            ex._error_local(failed.status, failed.reason, failed.detail, keep_decision=True)
+            local_replies._error_local(ex, failed.status, failed.reason, failed.detail, keep_decision=True)
             return None
         length = None
         if body is not None:
@@ -189,10 +190,10 @@ def upstream_body(ex: Exchange, data: bytes) -> None:
         server = ex.server
         server.collected_total += len(data)  # given back once, when the exchange is recorded (Exchange._record)
         if ex.collected_size > MAX_RESPONSE_BYTES:
-            ex._upstream_broken("upstream.response_too_large", "response body exceeds the buffer for hooks")
+            _upstream_broken(ex, "upstream.response_too_large", "response body exceeds the buffer for hooks")
         elif server.collected_total > server.limits.response_buffer_total_bytes:
             ex._drop_upstream(reusable=False)
-            ex._error_local(503, "gateway.busy", "response buffers of this worker are full")
+            local_replies._error_local(ex, 503, "gateway.busy", "response buffers of this worker are full")
         elif ex.route is not None:
             ex.deadline = ex.clock.monotonic() + ex.route.read_timeout  # between reads, as when streamed
         return
@@ -223,7 +224,7 @@ def upstream_done(ex: Exchange) -> None:
             reusable = framing is None or not framing.announces_body
         ex._drop_upstream(reusable=reusable)
     if ex.collected is not None:
-        ex._flush_collected()
+        _flush_collected(ex)
         if ex.finished:
             return
     ex._finish(close=ex.close_after)
@@ -233,7 +234,7 @@ def _flush_collected(ex: Exchange) -> None:
     collected = ex.collected
     assert collected is not None and ex.framing is not None  # noqa: S101
     ex.collected = None
-    body = ex._write_head(ex.resp_head, ex.upstream_status, ex.framing, b"".join(collected), None)
+    body = _write_head(ex, ex.resp_head, ex.upstream_status, ex.framing, b"".join(collected), None)
     if body is not None and not ex.finished:
         ex.conn.write(body)
         ex.bytes_sent += len(body)
@@ -252,27 +253,27 @@ def upstream_closed(ex: Exchange, conn: UpstreamConnection) -> None:
         h = ex.head
         if not conn.received_any and conn.reused and not ex.retried and ex.request_done and h.method in IDEMPOTENT:
             ex.retried = True  # a pooled connection the upstream had already closed: try a fresh one
-            ex._connect()
+            forwarding._connect(ex)
             return
-        ex._error_local(502, "upstream.unavailable", "upstream closed the connection")
+        local_replies._error_local(ex, 502, "upstream.unavailable", "upstream closed the connection")
         return
     framing = ex.framing
     if framing is not None and framing.delimited_by_close:
         if conn.reset:  # not the end of the body: a cut
-            ex._upstream_broken("upstream.truncated", "upstream reset the connection mid-response")
+            _upstream_broken(ex, "upstream.truncated", "upstream reset the connection mid-response")
             return
         if ex.collected is not None:
-            ex._flush_collected()
+            _flush_collected(ex)
         elif ex.chunk_to_close and not ex.finished:
             ex.conn.write(b"0\r\n\r\n")
             ex.bytes_sent += 5
         ex._finish(close=True)
         return
-    ex._upstream_broken("upstream.truncated", "upstream closed mid-response")
+    _upstream_broken(ex, "upstream.truncated", "upstream closed mid-response")
 
 
 def upstream_failed(ex: Exchange, reason: str, detail: str) -> None:
-    ex._upstream_broken(reason, detail)
+    _upstream_broken(ex, reason, detail)
 
 
 def _upstream_broken(ex: Exchange, reason: str, detail: str) -> None:
@@ -289,7 +290,9 @@ def _upstream_broken(ex: Exchange, reason: str, detail: str) -> None:
             ex.conn.abort()
         ex._finish(close=True)
     else:
-        ex._error_local(502, "upstream.bad_response" if reason != "upstream.unavailable" else reason, detail)
+        local_replies._error_local(
+            ex, 502, "upstream.bad_response" if reason != "upstream.unavailable" else reason, detail
+        )
 
 
 def upstream_pause(ex: Exchange, paused: bool) -> None:
@@ -305,10 +308,10 @@ def upstream_pause(ex: Exchange, paused: bool) -> None:
             ex._set_deadline(ex.clock.monotonic() + ex.route.read_timeout, "send")
         return
     if ex.streaming and ex.deadline_kind == "send":
-        ex._body_from_client()
+        forwarding._body_from_client(ex)
     if spool is not None and not ex.held and ex.upstream is not None:
         spool.paused = False
-        ex._pump()  # it resumes the client once the spool is sent
+        forwarding._pump(ex)  # it resumes the client once the spool is sent
         return
     ex.conn.resume(PAUSE_UPSTREAM)
 
