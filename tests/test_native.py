@@ -3,6 +3,7 @@ the sources beside it, and the compiled and the pure-Python gateway answer the s
 
 from __future__ import annotations
 
+import ast
 import importlib
 import json
 import os
@@ -104,6 +105,71 @@ def test_stockade_native_off_runs_the_pure_python_modules() -> None:
     assert status.startswith("pure Python: STOCKADE_NATIVE=off ") and status.endswith("client.py")
     if COMPILED:
         assert _run(PROBE, STOCKADE_NATIVE="").startswith("compiled (mypyc) ")
+
+
+_BUILTIN_TYPES = {"dict", "list", "tuple", "set", "frozenset", "str", "bytes", "int", "float", "bool", "object"}
+
+
+def _names_a_type(value: ast.expr) -> bool:
+    """`A | B`, `dict[str, Any]`: unions and subscripts of CamelCase or builtin type names (not `FLAG_A | FLAG_B`)."""
+    if not isinstance(value, (ast.BinOp, ast.Subscript)):
+        return False
+    for node in ast.walk(value):
+        if isinstance(node, ast.Name):
+            if not (node.id in _BUILTIN_TYPES or (node.id[:1].isupper() and not node.id.isupper())):
+                return False
+        elif isinstance(node, ast.BinOp):
+            if not isinstance(node.op, ast.BitOr):
+                return False
+        elif isinstance(node, ast.Constant):
+            if node.value is not None and node.value is not Ellipsis:
+                return False
+        elif not isinstance(node, (ast.Subscript, ast.Tuple, ast.Attribute, ast.Load, ast.BitOr)):
+            return False
+    return True
+
+
+def _module_globals_not_final(source: str) -> list[str]:
+    """Module-level names of `source` bound by an assignment that is neither `Final` nor a type alias."""
+    found = []
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign):
+            targets, value, annotation = node.targets, node.value, None
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            targets, value, annotation = [node.target], node.value, node.annotation
+        else:
+            continue
+        if annotation is not None and ast.unparse(annotation).split("[")[0] in {"Final", "typing.Final"}:
+            continue
+        if annotation is None and _names_a_type(value):
+            continue  # `X = A | B` or `X = dict[str, Any]`: a type alias, which compiled code never reads
+        found += [ast.unparse(t) for t in targets]
+    return found
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("X: Final = 1\nY: Final[dict[str, int]] = {}\nZ: typing.Final = 2\n", []),
+        ("Verdict = Continue | Deny\nSnapshot = dict[str, Any]\n", []),
+        ("X = 1\n", ["X"]),
+        ("X: int = 1\n", ["X"]),
+        ("log = logging.getLogger('x')\n", ["log"]),
+        ("X = 64 * 1024\n", ["X"]),
+        ("X = A | 2\n", ["X"]),
+        ("PAUSE_ALL = PAUSE_A | PAUSE_B\n", ["PAUSE_ALL"]),
+        ("X = frozenset[bytes]()\n", ["X"]),
+        ("def f() -> None:\n    x = 1\n", []),
+    ],
+)
+def test_the_final_check_finds_plain_module_globals(source: str, expected: list[str]) -> None:
+    assert _module_globals_not_final(source) == expected
+
+
+@pytest.mark.parametrize("module", native.COMPILED)
+def test_compiled_modules_keep_their_constants_final(module: str) -> None:
+    # Compiled code looks a plain module global up in the module's dict at every read; a Final one is a C static.
+    assert _module_globals_not_final(native.source_path(module).read_text()) == []
 
 
 # -- the two gateways answer alike ------------------------------------------------------------------------------

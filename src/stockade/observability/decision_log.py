@@ -6,7 +6,7 @@ import os
 import select
 import stat
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import orjson
 
@@ -15,14 +15,15 @@ if TYPE_CHECKING:
     from stockade.observability.metrics import Metrics
     from stockade.pipeline.context import RequestContext
 
-_FLUSH_AT = 64 * 1024
-_PIPE_BUF = 4096  # writes up to this size are atomic on a pipe, so workers sharing stdout never interleave
-_MAX_PENDING = 8 * 1024 * 1024  # lines kept while a pipe's reader does not keep up; beyond, new lines are dropped
+_FLUSH_AT: Final = 64 * 1024
+_PIPE_BUF: Final = 4096  # writes up to this size are atomic on a pipe, so workers sharing stdout never interleave
+# Lines kept while a pipe's reader does not keep up; beyond, new lines are dropped.
+_MAX_PENDING: Final = 8 * 1024 * 1024
 # Client-controlled fields are cut to this many characters (the line says `"truncated": true`), and a line is never
 # longer than _PIPE_BUF: written after a poll says the pipe has room, a longer line could still block the event
 # loop (a pipe reports room for one page), and it would not be atomic between workers sharing stdout.
-_MAX_FIELD = 1024
-_MAX_PRINCIPAL = 256
+_MAX_FIELD: Final = 1024
+_MAX_PRINCIPAL: Final = 256
 
 
 def _fit(entry: dict[str, object]) -> bytes:

@@ -7,13 +7,19 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Final
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-OVERHEAD_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.5, 1.0)
-UPSTREAM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# fmt: off
+OVERHEAD_BUCKETS: Final[tuple[float, ...]] = (
+    1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.5, 1.0
+)
+UPSTREAM_BUCKETS: Final[tuple[float, ...]] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0
+)
+# fmt: on
 
 Snapshot = dict[str, Any]
 
@@ -160,7 +166,7 @@ class SnapshotCollector(Collector):
         yield from by_name.values()
 
 
-_GAUGE_HELP = {
+_GAUGE_HELP: Final = {
     "stockade_upstream_connections": "Upstream pool connections by upstream and state (idle, active)",
     "stockade_client_connections": "Open client connections",
     "stockade_workers_ready": "Workers serving traffic",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs
 
 from stockade.pipeline.headers import Headers
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 # Authenticators that parse a credential record a keyed hash of the identifier presented (key id, JWT `sub`,
 # client id - never the secret) under this `ctx.state` key, so failures can be counted per identity.
-AUTH_IDENTITY = "auth.identity"
+AUTH_IDENTITY: Final = "auth.identity"
 
 
 class BodyTooLargeError(Exception):

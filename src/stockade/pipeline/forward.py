@@ -8,7 +8,7 @@ log uses; then the runner's identity headers and the stages' `set_headers` are a
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from stockade.pipeline.runner import IDENTITY_PREFIX
 
@@ -16,8 +16,8 @@ if TYPE_CHECKING:
     from stockade.pipeline.context import RequestContext
     from stockade.pipeline.runner import Pipeline
 
-IDENTITY_PREFIX_BYTES = IDENTITY_PREFIX.encode("ascii")
-REQUEST_ID = b"x-request-id"
+IDENTITY_PREFIX_BYTES: Final = IDENTITY_PREFIX.encode("ascii")
+REQUEST_ID: Final = b"x-request-id"
 
 
 def is_identity_header(lower_name: bytes) -> bool:
@@ -29,7 +29,7 @@ def is_identity_header(lower_name: bytes) -> bool:
 # (X-Original-URL: /admin on a GET /public, which older Symfony/Zend and IIS URL Rewrite route by). Routes and
 # policies are chosen by the request's own method and path, so a request an application runs as another would
 # pass as the one it claims. Never forwarded, on either front.
-OVERRIDE_HEADERS = frozenset(
+OVERRIDE_HEADERS: Final = frozenset(
     {
         b"x-http-method-override",
         b"x-http-method",
@@ -47,7 +47,7 @@ OVERRIDE_HEADERS = frozenset(
 # forwarding metadata they are kept only from a trusted proxy (Envoy's default drops them from anyone). Each name
 # is matched whole or before a `-` (Client-Cert-Chain, X-SSL-Client-Verify), never as a bare prefix: `x-client-cn`
 # must not take X-Client-CNAME, nor `x-ssl` X-SSL-Protocol.
-CLIENT_CERT_NAMES = (
+CLIENT_CERT_NAMES: Final[tuple[bytes, ...]] = (
     b"x-forwarded-client-cert",
     b"x-forwarded-tls-client-cert",
     b"client-cert",
@@ -77,7 +77,7 @@ CLIENT_CERT_NAMES = (
     b"x-amzn-mtls",
 )
 # x-ssl's own family (X-SSL-Protocol, X-SSL-Cipher) says nothing about the client: its listed members are.
-CLIENT_CERT_PREFIXES = tuple(name + b"-" for name in CLIENT_CERT_NAMES if name != b"x-ssl")
+CLIENT_CERT_PREFIXES: Final = tuple(name + b"-" for name in CLIENT_CERT_NAMES if name != b"x-ssl")
 
 # Forwarding metadata: what a proxy says about the client's address, the scheme, host, port or prefix it was
 # reached by. Kept only from a trusted proxy (the proxy front rebuilds X-Forwarded-For/-Proto/-Host): applications
@@ -85,7 +85,7 @@ CLIENT_CERT_PREFIXES = tuple(name + b"-" for name in CLIENT_CERT_NAMES if name !
 # 127.0.0.1, i.e. from the gateway; Rack prefers X-Forwarded-Ssl: on to X-Forwarded-Proto), so from a client they
 # would choose the scheme or the address an application sees. Every `x-forwarded-*` name is (FORWARDING_PREFIXES),
 # and these, the names frameworks, CDNs and load balancers use for the same things, and the certificate names:
-FORWARDING_HEADERS = frozenset(
+FORWARDING_HEADERS: Final = frozenset(
     {
         b"x-forwarded-for",
         b"x-forwarded-proto",
@@ -111,7 +111,7 @@ FORWARDING_HEADERS = frozenset(
 
 # Name prefixes of forwarding metadata: any X-Forwarded-* (-Ssl, -Scheme, -Protocol, -Server, -Uri and whatever a
 # framework reads next) and the client-certificate families. One `startswith` per header name the tables do not know.
-FORWARDING_PREFIXES = (b"x-forwarded-", *CLIENT_CERT_PREFIXES)
+FORWARDING_PREFIXES: Final[tuple[bytes, ...]] = (b"x-forwarded-", *CLIENT_CERT_PREFIXES)
 
 
 def is_forwarding_header(lower_name: bytes) -> bool:
@@ -120,7 +120,7 @@ def is_forwarding_header(lower_name: bytes) -> bool:
 
 
 # Request headers the gateway itself sets or rebuilds (besides the identity headers).
-_OWNED = frozenset(
+_OWNED: Final = frozenset(
     {b"host", b"content-length", b"transfer-encoding", REQUEST_ID, *FORWARDING_HEADERS, *OVERRIDE_HEADERS}
 )
 
@@ -135,7 +135,7 @@ def is_underscore_alias(lower_name: bytes) -> bool:
     return dashed in _OWNED or dashed.startswith(IDENTITY_PREFIX_BYTES) or dashed.startswith(FORWARDING_PREFIXES)
 
 
-_FORWARDED_HOST = re.compile(rb'(?i)(?:^|[;,\s])host=("(?:[^"\\]|\\.)*"|[^;,\s]*)')
+_FORWARDED_HOST: Final = re.compile(rb'(?i)(?:^|[;,\s])host=("(?:[^"\\]|\\.)*"|[^;,\s]*)')
 
 
 def names_other_host(lower_name: bytes, value: bytes, host: str) -> bool:

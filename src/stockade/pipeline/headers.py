@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Final
 
-MAX_LENGTH_DIGITS = 19  # more than any real body (10^19 bytes); a longer Content-Length is malformed
+MAX_LENGTH_DIGITS: Final = 19  # more than any real body (10^19 bytes); a longer Content-Length is malformed
 
 
 def parse_content_length(value: bytes) -> int | None:
@@ -95,7 +96,7 @@ class Headers:
         return f"Headers({len(self.raw)} fields)"
 
 
-_keys: dict[str, bytes] = {}
+_keys: Final[dict[str, bytes]] = {}
 
 
 def _key(name: str) -> bytes:

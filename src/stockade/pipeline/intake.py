@@ -11,7 +11,7 @@ import itertools
 import re
 import secrets
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from stockade.pipeline.context import RequestContext
 from stockade.pipeline.headers import Headers
@@ -28,10 +28,10 @@ if TYPE_CHECKING:
 
 # Labels separated by single dots, one trailing dot allowed: `.admin.example.com` or `a..b` would otherwise
 # miss a host route written for the same name and reach another.
-_HOST = re.compile(rb"^(?:\[([0-9A-Fa-f:.]+)\]|((?:[A-Za-z0-9_-]+\.)*[A-Za-z0-9_-]+\.?|))(?::([0-9]{1,5}))?$")
-_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
-_HOST_CACHE_MAX = 4096
-_host_cache: dict[bytes, str | None] = {}
+_HOST: Final = re.compile(rb"^(?:\[([0-9A-Fa-f:.]+)\]|((?:[A-Za-z0-9_-]+\.)*[A-Za-z0-9_-]+\.?|))(?::([0-9]{1,5}))?$")
+_REQUEST_ID: Final = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+_HOST_CACHE_MAX: Final = 4096
+_host_cache: Final[dict[bytes, str | None]] = {}
 
 
 def parse_host(value: bytes) -> str | None:

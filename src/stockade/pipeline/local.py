@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from stockade.handlers.base import LocalResponse
 from stockade.pipeline.render import problem_body, problem_headers
@@ -20,10 +20,10 @@ if TYPE_CHECKING:
     from stockade.handlers.base import Handler
     from stockade.pipeline.context import RequestContext
 
-log = logging.getLogger("stockade.pipeline")
+log: Final = logging.getLogger("stockade.pipeline")
 
 # Framing belongs to the front: a handler or hook cannot set it (a wrong Content-Length would desync the client).
-_FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})
+_FRAMING: Final = frozenset({"content-length", "transfer-encoding", "connection"})
 
 
 def problem(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Final
 
 
 def _no_claims() -> Mapping[str, Any]:
@@ -30,4 +30,4 @@ class Principal:
     claims: Mapping[str, Any] = field(default_factory=_no_claims)
 
 
-ANONYMOUS = Principal(id="anonymous", kind="anonymous", anonymous=True)
+ANONYMOUS: Final = Principal(id="anonymous", kind="anonymous", anonymous=True)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Final
 
-_LOOKUPS: dict[str, re.Pattern[bytes]] = {}
+_LOOKUPS: Final[dict[str, re.Pattern[bytes]]] = {}
 
 
 def _lookup_pattern(name: str) -> re.Pattern[bytes]:

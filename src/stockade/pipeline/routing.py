@@ -5,13 +5,14 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Final
 
-_PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
-ALL_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
+_PARAM: Final = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+ALL_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
 
 
-_TAIL_ONLY = ("_tail",)
-_CACHE_MAX = 8192
+_TAIL_ONLY: Final[tuple[str, ...]] = ("_tail",)
+_CACHE_MAX: Final = 8192
 
 
 class RouteTemplateError(ValueError):
@@ -153,7 +154,7 @@ class _Trie:
 # The first endpoint (in precedence order) whose template matches the path owns it: a method it does not allow is
 # 405, never handed to a broader route. Otherwise `PATCH /admin/x` went to a `/**` route that allows PATCH while
 # `/admin/**` (GET only) meant to guard every method of it - the guard held only if its method list was complete.
-_OWNED = ("", ())  # the walk's answer when the owner refused the method (its Allow is in `allow`)
+_OWNED: Final = ("", ())  # the walk's answer when the owner refused the method (its Allow is in `allow`)
 
 
 def _take(endpoint: _Endpoint, method: str, allow: list[tuple[str, ...]]) -> tuple[str, tuple[str, ...]]:
@@ -322,7 +323,7 @@ class Router:
         return _NOT_FOUND
 
 
-_NOT_FOUND = NoRoute(404)
+_NOT_FOUND: Final = NoRoute(404)
 
 
 def _route_id(found: tuple[str, dict[str, str]] | NoRoute) -> str | None:

@@ -6,7 +6,7 @@ import logging
 import re
 from collections.abc import Callable, Coroutine, Generator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from stockade.pipeline.context import BodyTooLargeError
 from stockade.pipeline.phase import Phase
@@ -18,18 +18,18 @@ if TYPE_CHECKING:
     from stockade.pipeline.principal import Principal
     from stockade.pipeline.response import Outcome, Response
 
-AUTHENTICATED_BY = "auth.winner"  # ctx.state: the StageSlot whose authenticator set the principal
+AUTHENTICATED_BY: Final = "auth.winner"  # ctx.state: the StageSlot whose authenticator set the principal
 
-log = logging.getLogger("stockade.pipeline")
+log: Final = logging.getLogger("stockade.pipeline")
 
-IDENTITY_PREFIX = "x-stockade-"
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-_UNSAFE_VALUE = re.compile(r"[^\x20-\x7e]")
+IDENTITY_PREFIX: Final = "x-stockade-"
+_TOKEN: Final = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_UNSAFE_VALUE: Final = re.compile(r"[^\x20-\x7e]")
 # Identity header values are percent-encoded (UTF-8) reversibly: `%` itself too, so `bob%0D%0Ax` and `bob\r\nx`
 # stay two principals; in the space-separated scope and role lists, a space or comma inside one item too
 # (`["user admin"]` is one role, never `user` and `admin` to an upstream that splits the header).
-_UNSAFE_IDENTITY = re.compile(r"[^\x20-\x7e]|%")
-_UNSAFE_ITEM = re.compile(r"[^\x21-\x7e]|[%,]")
+_UNSAFE_IDENTITY: Final = re.compile(r"[^\x20-\x7e]|%")
+_UNSAFE_ITEM: Final = re.compile(r"[^\x21-\x7e]|[%,]")
 
 PipelineResult = Deny | None
 
@@ -92,7 +92,8 @@ async def _finish(coro: Coroutine[Any, Any, Any], yielded: Any) -> Any:
     return await _Resume(coro, yielded)
 
 
-MAX_RESPONSE_BYTES = 16 * 1024 * 1024  # a response body buffered for hooks is cut off (502) beyond this, both fronts
+# A response body buffered for hooks is cut off (502) beyond this, on both fronts.
+MAX_RESPONSE_BYTES: Final = 16 * 1024 * 1024
 
 
 def header_safe(value: str, unsafe: re.Pattern[str] = _UNSAFE_VALUE) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from stockade.pipeline.principal import Principal
@@ -87,4 +87,4 @@ class Deny:
 
 Verdict = Continue | Skip | Deny
 
-CONTINUE = Continue()
+CONTINUE: Final = Continue()

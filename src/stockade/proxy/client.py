@@ -13,7 +13,7 @@ import logging
 import socket
 import struct
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
@@ -41,21 +41,21 @@ from stockade.security.netaddr import canonical_ip
 if TYPE_CHECKING:
     from stockade.proxy.server import ProxyServer
 
-log = logging.getLogger("stockade.proxy")
-_OWS = (b" ", b"\t")
+log: Final = logging.getLogger("stockade.proxy")
+_OWS: Final[tuple[bytes, ...]] = (b" ", b"\t")
 
 # After answering a request whose body is still arriving, keep reading (and discarding) for a while before
 # closing, or the close would reset the connection and could destroy the answer in the client's buffer
 # (nginx: lingering_timeout 5 s between reads, lingering_time 30 s in all).
-LINGER_IDLE = 5.0
-LINGER_MAX = 30.0
+LINGER_IDLE: Final = 5.0
+LINGER_MAX: Final = 30.0
 
 # Every request head ends with an empty line (llhttp wants CRLF line ends), and none is shorter than
 # "GET / HTTP/1.1\r\n\r\n": what bounds how many requests one read can complete (ClientConnection._parse).
-_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
-_HEAD_END = b"\r\n\r\n"
-_MIN_REQUEST = 18
-_MAX_PIECES = 32  # feeds per read at most, whatever the read holds (ClientConnection._parse)
+_LINGER_RESET: Final = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
+_HEAD_END: Final = b"\r\n\r\n"
+_MIN_REQUEST: Final = 18
+_MAX_PIECES: Final = 32  # feeds per read at most, whatever the read holds (ClientConnection._parse)
 
 
 def piece_end(data: bytes, pos: int, room: int, body_left: int, pieces: int) -> int:

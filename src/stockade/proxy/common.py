@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from stockade.config.models import Limits
 
-INF = float("inf")
+INF: Final = float("inf")
 # Why client reads are paused (a bitmask: one reason ending must not resume reads another still needs paused).
-PAUSE_BUFFER = 1
-PAUSE_PIPELINE = 2
-PAUSE_UPSTREAM = 4
-PAUSE_TUNNEL = 8
-MAX_DISCARD = 64 * 1024  # a denied request's unread body up to this size is drained to keep the connection
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+PAUSE_BUFFER: Final = 1
+PAUSE_PIPELINE: Final = 2
+PAUSE_UPSTREAM: Final = 4
+PAUSE_TUNNEL: Final = 8
+MAX_DISCARD: Final = 64 * 1024  # a denied request's unread body up to this size is drained to keep the connection
+IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 
 
 @dataclass(frozen=True, slots=True)

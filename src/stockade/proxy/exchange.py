@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from stockade.pipeline.context import BodyTooLargeError, RequestContext
 from stockade.pipeline.intake import body_too_large, request_context, route_request
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from stockade.proxy.upstream import UpstreamConnection, UpstreamPool
     from stockade.runtime import CompiledRoute, Runtime
 
-log = logging.getLogger("stockade.proxy")
+log: Final = logging.getLogger("stockade.proxy")
 
 
 class Exchange:

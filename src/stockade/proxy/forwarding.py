@@ -7,7 +7,7 @@ object, so they use its state directly.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from stockade.pipeline.forward import names_other_host, replaced_headers
 from stockade.proxy import local_replies
@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     from stockade.proxy.exchange import Exchange
     from stockade.proxy.upstream import UpstreamConnection
 
-_XF_REBUILT = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
-_drop_cache: dict[frozenset[str], frozenset[bytes]] = {}
+_XF_REBUILT: Final = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+_drop_cache: Final[dict[frozenset[str], frozenset[bytes]]] = {}
 
 
 def _drop_bytes(names: frozenset[str]) -> frozenset[bytes]:

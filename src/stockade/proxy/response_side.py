@@ -7,7 +7,7 @@ object, so they use its state directly.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from stockade.pipeline.local import run_response_hooks
 from stockade.pipeline.response import Response, head_fields
@@ -28,9 +28,9 @@ if TYPE_CHECKING:
     from stockade.proxy.exchange import Exchange
     from stockade.proxy.upstream import UpstreamConnection
 
-log = logging.getLogger("stockade.proxy")
+log: Final = logging.getLogger("stockade.proxy")
 
-_FRAMING_NAMES = frozenset({"content-length", "transfer-encoding"})
+_FRAMING_NAMES: Final = frozenset({"content-length", "transfer-encoding"})
 
 
 def upstream_head(ex: Exchange, head: bytes, status: int, first: bytes, framing: ResponseFraming) -> None:

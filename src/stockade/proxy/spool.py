@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from stockade.proxy.server import ProxyServer
 
-CHUNK = 64 * 1024  # read back and written upstream this much at a time (the transport's high-water mark)
+CHUNK: Final = 64 * 1024  # read back and written upstream this much at a time (the transport's high-water mark)
 
 
 class Spool:

@@ -12,7 +12,7 @@ import asyncio
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Final, Protocol, cast
 from urllib.parse import urlsplit
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from stockade.clock import Clock
     from stockade.config.models import Upstream
 
-MAX_RESPONSE_HEAD = 64 * 1024
+MAX_RESPONSE_HEAD: Final = 64 * 1024
 
 
 class UpstreamUser(Protocol):
@@ -93,10 +93,10 @@ def _framed(pieces: list[bytes], last: bool) -> bytes:
 
 
 # What the re-framing parser is started with: it then reads the upstream's body bytes as a chunked body.
-_CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-_LAST_CHUNK = b"0\r\n\r\n"
-_CRLF_BYTES = b"\r\n"
-_CRLF_LAST_CHUNK = _CRLF_BYTES + _LAST_CHUNK
+_CHUNKED_HEAD: Final = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+_LAST_CHUNK: Final = b"0\r\n\r\n"
+_CRLF_BYTES: Final = b"\r\n"
+_CRLF_LAST_CHUNK: Final = _CRLF_BYTES + _LAST_CHUNK
 
 
 def _past_blank_lines(buf: bytes, pos: int) -> int:

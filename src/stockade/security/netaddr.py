@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from typing import Final
 
-_CACHE_MAX = 65536
+_CACHE_MAX: Final = 65536
 
 
 def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -38,7 +39,7 @@ def canonical_ip(text: str) -> str:
     return str(addr) if addr is not None else text
 
 
-_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+_MAPPED: Final = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
 def _unmapped(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> ipaddress.IPv4Network | ipaddress.IPv6Network:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import re
+from typing import Final
 from urllib.parse import quote
 
 # RFC 3986 pchar without '%': unreserved, sub-delims, ':' and '@'. '/' separates segments.
-_SEGMENT_SAFE = "-._~!$&'()*+,;=:@"
-_HEX = frozenset(b"0123456789abcdefABCDEF")
+_SEGMENT_SAFE: Final = "-._~!$&'()*+,;=:@"
+_HEX: Final = frozenset(b"0123456789abcdefABCDEF")
 # Decoded bytes that must never appear in a path: they mean something else to someone downstream.
-_FORBIDDEN_DECODED = frozenset(range(0x20)) | {0x7F, ord("/"), ord("\\")}
-_RAW_CONTROL = re.compile(rb"[\x00-\x20\x7f]")
+_FORBIDDEN_DECODED: Final = frozenset(range(0x20)) | {0x7F, ord("/"), ord("\\")}
+_RAW_CONTROL: Final = re.compile(rb"[\x00-\x20\x7f]")
 
 
 class BadPathError(ValueError):
@@ -21,8 +22,8 @@ class BadPathError(ValueError):
         self.reason = reason
 
 
-_CACHE_MAX = 8192
-_cache: dict[bytes, tuple[str, str, str]] = {}
+_CACHE_MAX: Final = 8192
+_cache: Final[dict[bytes, tuple[str, str, str]]] = {}
 
 
 def normalize_target(target: bytes) -> tuple[str, str, str]:
