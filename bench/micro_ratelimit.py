@@ -22,6 +22,7 @@ if __package__ in (None, ""):
 from stockade.clock import SYSTEM_CLOCK
 from stockade.config.loader import load_config_text
 from stockade.pipeline.stage import Services
+from stockade.pipeline.verdict import Continue, Deny, Skip
 from stockade.ratelimit.backend import GCRA, US
 from stockade.ratelimit.memory import MemoryBackend
 from stockade.runtime import build_runtime
@@ -60,9 +61,11 @@ def stage_check(url: str) -> tuple[float, object]:
 
     def once() -> None:
         ctx.state = {}
-        coro = stage.check(ctx)
+        result = stage.check(ctx)
+        if isinstance(result, (Continue, Skip, Deny)):
+            return
         try:
-            coro.send(None)
+            result.send(None)
         except StopIteration:
             return
         raise RuntimeError("the memory limiter awaited")

@@ -82,8 +82,10 @@ def make_context(
 
 def run_stage(stage: Stage, ctx: RequestContext) -> Continue | Skip | Deny:
     """Run one stage's check to completion (on a private loop if it awaits)."""
-    coro = stage.check(ctx)
-    return asyncio.run(_await(coro))
+    result = stage.check(ctx)
+    if isinstance(result, (Continue, Skip, Deny)):
+        return result
+    return asyncio.run(_await(result))
 
 
 async def _await(coro: Coroutine[Any, Any, T]) -> T:

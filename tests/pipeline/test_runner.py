@@ -50,6 +50,22 @@ class Probe:
         return self.verdict
 
 
+class SyncProbe(Probe):
+    """The same as a plain `def check`: the verdict itself, or (`awaits`) a coroutine only when it must wait."""
+
+    def check(self, ctx: RequestContext) -> Any:  # type: ignore[override]
+        if self.awaits:
+            return Probe.check(self, ctx)
+        self.log.append(self.name)
+        if isinstance(self.verdict, BaseException):
+            raise self.verdict
+        return self.verdict
+
+
+STYLES = [Probe, SyncProbe]
+STYLE_IDS = ["async-def", "plain-def"]
+
+
 def slot(stage: Probe, phase: Phase, *, fail_open: bool = False, name: str | None = None) -> StageSlot:
     return StageSlot(stage, name or stage.name, phase, fail_open)  # type: ignore[arg-type]
 
@@ -66,18 +82,20 @@ ALICE = Principal(id="alice", kind="test")
 BOB = Principal(id="bob", kind="test")
 
 
+@pytest.mark.parametrize("style", STYLES, ids=STYLE_IDS)
 @pytest.mark.parametrize("awaits", [False, True], ids=["eager", "suspending"])
-def test_stages_run_in_phase_order_whatever_the_declaration_order(awaits: bool) -> None:
+def test_stages_run_in_phase_order_whatever_the_declaration_order(awaits: bool, style: type[Probe]) -> None:
     log: list[str] = []
     slots = [
-        slot(Probe(CONTINUE, log=log, name="detect", awaits=awaits), Phase.DETECT),
-        slot(Probe(Continue(principal=ALICE), log=log, name="authn"), Phase.AUTHENTICATE),
-        slot(Probe(CONTINUE, log=log, name="pre"), Phase.PRE_AUTH),
-        slot(Probe(CONTINUE, log=log, name="validate", awaits=awaits), Phase.VALIDATE),
+        slot(style(CONTINUE, log=log, name="detect", awaits=awaits), Phase.DETECT),
+        slot(style(Continue(principal=ALICE), log=log, name="authn"), Phase.AUTHENTICATE),
+        slot(style(CONTINUE, log=log, name="pre"), Phase.PRE_AUTH),
+        slot(style(CONTINUE, log=log, name="validate", awaits=awaits), Phase.VALIDATE),
+        slot(SyncProbe(CONTINUE, log=log, name="rate"), Phase.RATE_LIMIT),  # a plain def after a suspended stage
     ]
     ctx = make_context()
     assert run(Pipeline("r", slots, body_limit=10), ctx) is None
-    assert log == ["pre", "authn", "validate", "detect"]
+    assert log == ["pre", "authn", "validate", "rate", "detect"]
     assert ctx.principal == ALICE
     assert ctx.decision == "allow"
 
@@ -137,12 +155,13 @@ DENIALS = [
 ]
 
 
+@pytest.mark.parametrize("style", STYLES, ids=STYLE_IDS)
 @pytest.mark.parametrize(("verdict", "awaits", "status", "code"), [c[1:] for c in DENIALS], ids=[c[0] for c in DENIALS])
-def test_failures_deny(verdict: object, awaits: bool, status: int, code: str) -> None:
+def test_failures_deny(verdict: object, awaits: bool, status: int, code: str, style: type[Probe]) -> None:
     log: list[str] = []
     slots = [
         slot(Probe(Continue(principal=ALICE)), Phase.AUTHENTICATE),
-        slot(Probe(verdict, awaits=awaits, log=log, name="bad"), Phase.AUTHORIZE),
+        slot(style(verdict, awaits=awaits, log=log, name="bad"), Phase.AUTHORIZE),
         slot(Probe(CONTINUE, log=log, name="never"), Phase.VALIDATE),
     ]
     ctx = make_context()
@@ -153,11 +172,12 @@ def test_failures_deny(verdict: object, awaits: bool, status: int, code: str) ->
     assert ctx.stage == "bad"
 
 
+@pytest.mark.parametrize("style", STYLES, ids=STYLE_IDS)
 @pytest.mark.parametrize("awaits", [False, True])
-def test_fail_open_is_explicit_and_recorded(awaits: bool) -> None:
+def test_fail_open_is_explicit_and_recorded(awaits: bool, style: type[Probe]) -> None:
     slots = [
-        slot(Probe(Continue(principal=ALICE)), Phase.AUTHENTICATE),
-        slot(Probe(ConnectionError("redis down"), awaits=awaits, name="rate_limit"), Phase.RATE_LIMIT, fail_open=True),
+        slot(style(Continue(principal=ALICE)), Phase.AUTHENTICATE),
+        slot(style(ConnectionError("redis down"), awaits=awaits, name="rate_limit"), Phase.RATE_LIMIT, fail_open=True),
     ]
     ctx = make_context()
     assert run(Pipeline("r", slots, body_limit=10), ctx) is None

@@ -6,12 +6,12 @@ import logging
 import re
 from collections.abc import Callable, Coroutine, Generator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from stockade.pipeline.context import BodyTooLargeError
 from stockade.pipeline.phase import Phase
 from stockade.pipeline.stage import Stage
-from stockade.pipeline.verdict import CONTINUE, Continue, Deny, Skip
+from stockade.pipeline.verdict import CONTINUE, Continue, Deny, Skip, Verdict
 
 if TYPE_CHECKING:
     from stockade.pipeline.context import RequestContext
@@ -181,15 +181,21 @@ class Pipeline:
                     return deny
                 continue
             ctx.stage = slot.id
-            coro = slot.stage.check(ctx)
             try:
-                yielded = coro.send(None)
-            except StopIteration as stop:
-                verdict = stop.value
+                result = slot.stage.check(ctx)
+                kind = type(result)
+                if kind is Continue or kind is Deny or kind is Skip:
+                    verdict: object = result  # a plain `def check`: no coroutine, no StopIteration
+                else:
+                    coro = cast("Coroutine[Any, Any, Verdict]", result)  # not a coroutine: its AttributeError denies
+                    try:
+                        yielded = coro.send(None)
+                    except StopIteration as stop:
+                        verdict = stop.value
+                    else:
+                        return self._continue(ctx, i, coro, yielded)
             except Exception as exc:
                 verdict = self._failed(ctx, slot, exc)
-            else:
-                return self._continue(ctx, i, coro, yielded)
             if self.auth_guards and slot.phase is Phase.AUTHENTICATE and type(verdict) is not Skip:
                 guarded: PipelineResult | Coroutine[Any, Any, PipelineResult]
                 _, guarded = step_eagerly(self._guarded(ctx, i, verdict))  # the result, or what finishes it
@@ -240,7 +246,12 @@ class Pipeline:
                 continue
             ctx.stage = slot.id
             try:
-                verdict = await slot.stage.check(ctx)
+                result = slot.stage.check(ctx)
+                kind = type(result)
+                if kind is Continue or kind is Deny or kind is Skip:
+                    verdict = result
+                else:
+                    verdict = await cast("Coroutine[Any, Any, Verdict]", result)
             except Exception as exc:
                 verdict = self._failed(ctx, slot, exc)
             if self.auth_guards and slot.phase is Phase.AUTHENTICATE and type(verdict) is not Skip:

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 from stockade.scalars import no_bool_for_number
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Coroutine
 
     from stockade.clock import Clock
     from stockade.config.models import GatewayConfig
@@ -52,7 +52,11 @@ class Stage(Protocol):
     phase: ClassVar[Phase]
     Config: ClassVar[type[StageConfig]]
 
-    async def check(self, ctx: RequestContext) -> Continue | Skip | Deny: ...
+    def check(self, ctx: RequestContext) -> Continue | Skip | Deny | Coroutine[Any, Any, Continue | Skip | Deny]:
+        """The verdict on this request. A check that never waits for I/O is a plain `def` returning it; one that
+        may is an `async def` (or a `def` that returns a coroutine only when it has to wait, e.g. on a cache miss).
+        The runner drives a coroutine eagerly, but a finished one still costs a coroutine and a StopIteration."""
+        ...
 
 
 class ResponseHook(Protocol):

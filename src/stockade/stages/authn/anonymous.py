@@ -27,7 +27,7 @@ class AnonymousAuthenticator:
     def __init__(self, config: AnonymousConfig, env: StageEnv) -> None:
         self._verdict = Continue(principal=Principal(id=config.id, kind="anonymous", anonymous=True))
 
-    async def check(self, ctx: RequestContext) -> Continue:
+    def check(self, ctx: RequestContext) -> Continue:
         return self._verdict
 
 
