@@ -82,14 +82,16 @@ def make_context(
 
 def run_stage(stage: Stage, ctx: RequestContext) -> Continue | Skip | Deny:
     """Run one stage's check to completion (on a private loop if it awaits)."""
-    result = stage.check(ctx)
+    return asyncio.run(checked(stage.check(ctx)))
+
+
+async def checked(
+    result: Continue | Skip | Deny | Coroutine[Any, Any, Continue | Skip | Deny],
+) -> Continue | Skip | Deny:
+    """`await checked(stage.check(ctx))`: the verdict, whether `check` returned it or a coroutine for it."""
     if isinstance(result, (Continue, Skip, Deny)):
         return result
-    return asyncio.run(_await(result))
-
-
-async def _await(coro: Coroutine[Any, Any, T]) -> T:
-    return await coro
+    return await result
 
 
 class BackgroundLoop:

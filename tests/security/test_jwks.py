@@ -15,7 +15,7 @@ from stockade.pipeline.stage import Services, StageEnv
 from stockade.pipeline.verdict import Continue, Deny, Skip
 from stockade.stages.authn.jwt import JwtAuthenticator
 from stockade.stages.authn.jwt_config import JwtConfig
-from stockade.testing import Reply, TestUpstream, make_context
+from stockade.testing import Reply, TestUpstream, checked, make_context
 from tests.security.issuer import AUD, ISS, TestIssuer
 
 
@@ -43,7 +43,7 @@ def check(stage: JwtAuthenticator, token: str, clock: FakeClock) -> Continue | D
     """One request; a refresh it started in the background also finishes on its (private) loop."""
 
     async def run() -> Continue | Skip | Deny:
-        verdict = await stage.check(make_context(headers={"Authorization": f"Bearer {token}"}, clock=clock))
+        verdict = await checked(stage.check(make_context(headers={"Authorization": f"Bearer {token}"}, clock=clock)))
         for issuer in stage._issuers.values():
             pending = getattr(issuer.source, "_inflight", None)
             if pending is not None:
@@ -154,7 +154,7 @@ def test_requests_do_not_wait_for_a_hanging_idp_while_a_set_is_usable(idp: TestU
     source = stage._issuers[ISS].source
 
     async def request() -> tuple[object, bool]:
-        verdict = await stage.check(make_context(headers={"Authorization": f"Bearer {token}"}, clock=clock))
+        verdict = await checked(stage.check(make_context(headers={"Authorization": f"Bearer {token}"}, clock=clock)))
         return verdict, source._inflight is not None and not source._inflight.done()
 
     try:
@@ -182,7 +182,7 @@ def test_jwks_concurrent_requests_share_one_fetch(idp: TestUpstream) -> None:
 
     async def all_at_once() -> list[object]:
         ctxs = [make_context(headers={"Authorization": f"Bearer {t}"}, clock=clock) for t in tokens]
-        return list(await asyncio.gather(*(stage.check(c) for c in ctxs)))
+        return list(await asyncio.gather(*(checked(stage.check(c)) for c in ctxs)))
 
     results = asyncio.run(all_at_once())
     assert all(isinstance(r, Continue) for r in results)

@@ -8,7 +8,8 @@ log's `detail` says which. The credential is removed before the request goes ups
 from __future__ import annotations
 
 import logging
-from typing import ClassVar, cast
+from collections.abc import Coroutine
+from typing import Any, ClassVar, cast
 from urllib.parse import unquote_plus
 
 from pydantic import Field, field_validator
@@ -89,7 +90,8 @@ class ApiKeyAuthenticator:
             return f"query:{self._query}"
         return None
 
-    async def check(self, ctx: RequestContext) -> Continue | Skip | Deny:
+    def check(self, ctx: RequestContext) -> Continue | Skip | Deny | Coroutine[Any, Any, Continue | Deny]:
+        """A cached key's verdict at once (no coroutine); a miss returns a coroutine that asks the store."""
         # In bytes until a miss: a cache hit decodes nothing (the key is hashed as received).
         headers = ctx.headers
         try:
@@ -123,11 +125,21 @@ class ApiKeyAuthenticator:
             if now >= entry.stale_at or now - self._watcher.last_ok > MAX_STALE:
                 entry = None
         if entry is None:
-            loaded = await self._miss(value.decode("latin-1"), fp)
-            if type(loaded) is Deny:
-                return loaded
-            entry = cast(KeyEntry, loaded)
-        # The verdict, inline: this is the cache-hit path of every API-key request.
+            return self._check_loaded(ctx, value, fp, strip, query)
+        return self._verdict(ctx, entry, strip, query)
+
+    async def _check_loaded(
+        self, ctx: RequestContext, value: bytes, fp: bytes, strip: tuple[str, ...], query: str | None
+    ) -> Continue | Deny:
+        loaded = await self._miss(value.decode("latin-1"), fp)
+        if type(loaded) is Deny:
+            return loaded
+        return self._verdict(ctx, cast(KeyEntry, loaded), strip, query)
+
+    def _verdict(
+        self, ctx: RequestContext, entry: KeyEntry, strip: tuple[str, ...], query: str | None
+    ) -> Continue | Deny:
+        """The verdict on a known key: the cache-hit path of every API-key request."""
         ctx.state[AUTH_IDENTITY] = entry.identity
         if entry.principal is None:
             return Deny(401, INVALID, detail=entry.problem)

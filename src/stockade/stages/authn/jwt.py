@@ -6,7 +6,7 @@ import dataclasses
 import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -88,7 +88,8 @@ class JwtAuthenticator:
 
     credential = staticmethod(bearer_credential)
 
-    async def check(self, ctx: RequestContext) -> Continue | Skip | Deny:
+    def check(self, ctx: RequestContext) -> Continue | Skip | Deny | Coroutine[Any, Any, Continue | Skip | Deny]:
+        """The cached verdict of a token seen before (no coroutine), else a coroutine that verifies it."""
         if (refused := query_token(ctx)) is not None:
             return refused
         value = authorization(ctx)
@@ -109,7 +110,7 @@ class JwtAuthenticator:
                 ctx.state[AUTH_IDENTITY] = entry.identity
                 return entry.verdict
             del self._cache[value]
-        return await self._verify(ctx, value)
+        return self._verify(ctx, value)
 
     def _not_revoked(self, jti: str, client_id: str | None) -> bool:
         revoked = self._revoked

@@ -62,7 +62,7 @@ class MtlsAuthenticator:
             return ["mtls needs `listen.tls` with `client_ca` and `client_auth: optional|required`"]
         return []
 
-    async def check(self, ctx: RequestContext) -> Continue | Skip | Deny:
+    def check(self, ctx: RequestContext) -> Continue | Skip | Deny:
         cert = ctx.peer_cert
         der = ctx.peer_cert_der
         if cert is None or der is None:

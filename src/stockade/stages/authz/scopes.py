@@ -52,7 +52,7 @@ class ScopesAuthorizer:
         self._by_kind: dict[str, dict[str, str] | None] = {"api_key": {"www-authenticate": f"ApiKey {params}"}}
         self._by_kind["mtls"] = None
 
-    async def check(self, ctx: RequestContext) -> Continue | Deny:
+    def check(self, ctx: RequestContext) -> Continue | Deny:
         p = ctx.principal
         if p is None or p.anonymous:
             return self._deny("anonymous principal", "")

@@ -44,7 +44,7 @@ class IpFilter:
         self._allow = NetSet(config.allow) if config.allow else None
         self._deny = NetSet(config.deny)
 
-    async def check(self, ctx: RequestContext) -> Continue | Deny:
+    def check(self, ctx: RequestContext) -> Continue | Deny:
         ip = ctx.client_ip
         if ip in self._deny:
             return Deny(403, "ip.denied", detail=f"{ip} is in the deny list")

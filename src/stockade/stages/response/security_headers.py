@@ -71,7 +71,7 @@ class SecurityHeaders:
         self._probe = tuple(name for name, _ in self._if_absent)
         self._plans: dict[tuple[bool, ...], tuple[frozenset[str], tuple[tuple[str, str], ...]]] = {}
 
-    async def check(self, ctx: RequestContext) -> Continue:
+    def check(self, ctx: RequestContext) -> Continue:
         return CONTINUE
 
     def head_edits(self, ctx: RequestContext, raw_head: bytes) -> tuple[frozenset[str], tuple[tuple[str, str], ...]]:

@@ -27,7 +27,7 @@ class RequestSize:
     def __init__(self, config: RequestSizeConfig, env: StageEnv) -> None:
         self.max_body_bytes = config.max_bytes
 
-    async def check(self, ctx: RequestContext) -> Continue | Deny:
+    def check(self, ctx: RequestContext) -> Continue | Deny:
         declared = ctx.headers.get("content-length")
         if declared is not None:
             try:
