@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+import math
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -10,7 +12,8 @@ import pytest
 
 from stockade.clock import FakeClock
 from stockade.observability.decision_log import DecisionLog
-from stockade.observability.metrics import Metrics
+from stockade.observability.metrics import Histogram, Metrics
+from stockade.pipeline.context import RequestContext
 from stockade.pipeline.phase import Phase
 from stockade.pipeline.record import Timings, record_request
 from stockade.pipeline.response import Outcome
@@ -18,6 +21,11 @@ from stockade.pipeline.runner import Pipeline, StageSlot
 from stockade.pipeline.stage import StageConfig
 from stockade.pipeline.verdict import CONTINUE, Continue
 from stockade.testing import make_context
+
+
+def _record(pipeline: Pipeline | None, ctx: RequestContext, t: Timings, *rest: Any) -> None:
+    """record_request with the marks of a Timings, as the ASGI front passes them."""
+    record_request(pipeline, ctx, t.t0, t.t_sent, t.t_head, t.t_fwd, t.t_wait, *rest)
 
 
 @pytest.mark.parametrize(
@@ -46,7 +54,7 @@ def test_record_splits_gateway_and_upstream_time(
     metrics = Metrics()
     ctx = make_context()
     ctx.route_id = "r"
-    record_request(None, ctx, t, now, 200, 200, 10, "", log, metrics)
+    _record(None, ctx, t, now, 200, 200, 10, "", log, metrics)
     log.close()
     line = orjson.loads((tmp_path / "d.log").read_bytes())
     assert line["latency_us"] == int((now - 10.0) * 1e6)
@@ -73,7 +81,7 @@ def test_record_counts_an_upstream_timeout_in_upstream_latency(
     metrics = Metrics()
     ctx = make_context()
     ctx.route_id, ctx.decision, ctx.reason = "r", "error", reason
-    record_request(None, ctx, t, 12.6, status, 0, 10, reason, log, metrics)
+    _record(None, ctx, t, 12.6, status, 0, 10, reason, log, metrics)
     log.close()
     assert metrics.overhead["r"].sum == pytest.approx(0.1)
     if upstream is None:
@@ -106,10 +114,26 @@ def test_record_runs_hooks_writes_one_line_and_counts(tmp_path: Path) -> None:
     ctx.route_id = "r"
     pipeline = Pipeline("r", [StageSlot(counter, "counter", Phase.DETECT)], body_limit=1)
     marks = Timings(clock.monotonic())
-    record_request(pipeline, ctx, marks, clock.monotonic(), 204, 0, 0, "", log, metrics)
-    record_request(None, ctx, marks, clock.monotonic(), 400, 0, 0, "", log, metrics)
+    _record(pipeline, ctx, marks, clock.monotonic(), 204, 0, 0, "", log, metrics)
+    _record(None, ctx, marks, clock.monotonic(), 400, 0, 0, "", log, metrics)
     log.close()
     assert counter.seen == [204]  # no pipeline (rejected before routing): no completion hooks
     lines = [orjson.loads(x) for x in (tmp_path / "d.log").read_bytes().splitlines()]
     assert [(x["route"], x["status"]) for x in lines] == [("r", 204), ("r", 400)]
     assert metrics.requests == {("r", "allow", "", 204): 1, ("r", "allow", "", 400): 1}
+
+
+BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [0.0, -1.0, 0.0005, 0.001, 0.0010001, 0.0025, 0.004, 0.005, 0.025, 0.0250001, 30.0, math.inf, -math.inf, math.nan],
+)
+def test_histogram_buckets_as_bisect_left(value: float) -> None:
+    """The compiled observe() bisects by hand: a value on a bound counts in that bound's bucket (le=)."""
+    h = Histogram(BOUNDS)
+    h.observe(value)
+    expected = [0] * (len(BOUNDS) + 1)
+    expected[bisect.bisect_left(BOUNDS, value)] = 1
+    assert h.counts == expected

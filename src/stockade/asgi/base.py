@@ -208,10 +208,15 @@ class Exchange:
         now = self.clock.monotonic()
         ctx = self.ctx or self._bare(b"")
         mw = self.mw
+        times = self.times
         record_request(
             self.pipeline,
             ctx,
-            self.times,
+            times.t0,
+            times.t_sent,
+            times.t_head,
+            times.t_fwd,
+            times.t_wait,
             now,
             self.status,
             self.app_status,

@@ -24,6 +24,7 @@ _MAX_PENDING: Final = 8 * 1024 * 1024
 # loop (a pipe reports room for one page), and it would not be atomic between workers sharing stdout.
 _MAX_FIELD: Final = 1024
 _MAX_PRINCIPAL: Final = 256
+_dumps: Final = orjson.dumps  # compiled code reads a module's attribute by a lookup at every call
 
 
 def _fit(entry: dict[str, object]) -> bytes:
@@ -122,7 +123,7 @@ class DecisionLog:
             entry["findings"] = [f.rule for f in ctx.findings]
         if "failed_open" in ctx.state:
             entry["failed_open"] = ctx.state["failed_open"]
-        line = orjson.dumps(entry) + b"\n"
+        line = _dumps(entry) + b"\n"
         if len(line) > _PIPE_BUF:
             line = _fit(entry)
         if self._size > _MAX_PENDING:

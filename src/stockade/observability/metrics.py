@@ -5,7 +5,6 @@ Workers keep their own counters; with several workers the supervisor merges snap
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
 
@@ -33,7 +32,17 @@ class Histogram:
         self.sum = 0.0
 
     def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
+        # bisect_left by hand: compiled, four comparisons cost less than one call into the bisect module
+        bounds = self.bounds
+        lo = 0
+        hi = len(bounds)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if bounds[mid] < value:
+                lo = mid + 1
+            else:
+                hi = mid
+        self.counts[lo] += 1
         self.sum += value
 
 

@@ -40,7 +40,11 @@ class Marks(Protocol):
 def record_request(
     pipeline: Pipeline | None,
     ctx: RequestContext,
-    marks: Marks,
+    t0: float,
+    t_sent: float,
+    t_head: float,
+    t_fwd: float,
+    t_wait: float,
     now: float,
     status: int,
     upstream_status: int,
@@ -55,18 +59,17 @@ def record_request(
     `pipeline` is None for requests rejected before routing (they have no route, so no completion hooks).
     `hooks=False` for an upgraded connection (WebSocket): its decision is logged at the 101, but its completion
     hooks run when it closes (`complete_upgraded`), so what they hold (a concurrency slot) lasts as long.
-    Positional on purpose: this runs for every request on every front.
+    Positional on purpose: this runs for every request on every front. The marks are those of `Marks`, passed
+    as floats: read through the protocol, each would be a generic attribute lookup in compiled code.
     """
-    t_head = marks.t_head
-    t_sent = marks.t_sent
     upstream_s = (t_head - t_sent) if t_head else 0.0
     if t_sent:
         # Time before the request went on, plus from the response head to the end of the exchange (for streamed
         # bodies, to the first write after the head): the gateway's own time.
-        overhead = (t_sent - marks.t0 - marks.t_wait) + max(0.0, (marks.t_fwd or now) - (t_head or now))
+        overhead = (t_sent - t0 - t_wait) + max(0.0, (t_fwd or now) - (t_head or now))
     else:
-        overhead = now - marks.t0 - marks.t_wait  # answered by the gateway: less any wait for the client's body
-    total_us = int((now - marks.t0) * 1e6)
+        overhead = now - t0 - t_wait  # answered by the gateway: less any wait for the client's body
+    total_us = int((now - t0) * 1e6)
     upstream_us = int(upstream_s * 1e6)
     if hooks and pipeline is not None and pipeline.completion_hooks:
         pipeline.complete(

@@ -465,7 +465,11 @@ class Exchange:
         record_request(
             self.pipeline,
             ctx,
-            self,
+            self.t0,
+            self.t_sent,
+            self.t_head,
+            self.t_fwd,
+            self.t_wait,
             now,
             self.status,
             self.upstream_status,
