@@ -6,6 +6,7 @@ import os
 import select
 import stat
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 import orjson
@@ -54,6 +55,7 @@ class DecisionLog:
 
     def __init__(self, target: str, clock: Clock, metrics: Metrics | None = None) -> None:
         self.clock = clock
+        self.time: Callable[[], float] = clock.time  # the bound function: one C call per line
         self.metrics = metrics  # counts dropped lines (stockade_events{event="decision_log",label="dropped"})
         self._buf: list[bytes] = []
         self._size = 0
@@ -99,7 +101,7 @@ class DecisionLog:
             principal = principal[:_MAX_PRINCIPAL]
             cut = True
         entry = {
-            "ts": int(self.clock.time() * 1000) / 1000,
+            "ts": int(self.time() * 1000) / 1000,
             "request_id": ctx.request_id,
             "route": ctx.route_id,
             "method": ctx.method[:32],

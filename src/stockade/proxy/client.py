@@ -13,6 +13,7 @@ import logging
 import socket
 import struct
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, cast
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
@@ -39,6 +40,7 @@ from stockade.proxy.request_head import RequestHead
 from stockade.security.netaddr import canonical_ip
 
 if TYPE_CHECKING:
+    from stockade.clock import Clock
     from stockade.proxy.server import ProxyServer
 
 log: Final = logging.getLogger("stockade.proxy")
@@ -114,6 +116,13 @@ class ClientConnection(asyncio.Protocol):
 
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
+        # The clock's bound functions, held natively: a read is then one C call, not a lookup of `server.clock` (an
+        # interpreted object) and of its method first. Exchanges take theirs from here. Read at construction, so a
+        # clock is injected by what the server is given (tests: FakeClock, whose methods read its live state).
+        clock = server.clock
+        self.clock: Clock = clock
+        self.monotonic: Callable[[], float] = clock.monotonic
+        self.time: Callable[[], float] = clock.time
         limits = server.limits
         self.limits = limits
         self.max_header_bytes = limits.max_header_bytes
@@ -167,7 +176,7 @@ class ClientConnection(asyncio.Protocol):
             self.close()
             return
         # A new connection gets header_timeout for its first request (as nginx's client_header_timeout).
-        self.set_read_deadline(server.clock.monotonic() + self.limits.header_timeout, "head")
+        self.set_read_deadline(self.monotonic() + self.limits.header_timeout, "head")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -182,13 +191,13 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             if self.lingering:  # read and discard until the client is done, quiet, or out of time
-                self.read_deadline = min(self.server.clock.monotonic() + LINGER_IDLE, self.linger_until)
+                self.read_deadline = min(self.monotonic() + LINGER_IDLE, self.linger_until)
             return
         if self.tunnel is not None:
             # Traffic either way re-arms the tunnel's idle deadline (upstream_body does the other way); the sweep
             # enforces it, so a message costs a clock read, never a timer.
             server = self.server
-            self.read_deadline = server.clock.monotonic() + server.limits.tunnel_idle_timeout
+            self.read_deadline = self.monotonic() + server.limits.tunnel_idle_timeout
             self.tunnel.tunnel_from_client(data)
             return
         if self.upgraded:
@@ -274,7 +283,7 @@ class ClientConnection(asyncio.Protocol):
         return None  # close the transport: a half-closed client gets its pending responses, then we close
 
     def pause_writing(self) -> None:
-        self.write_paused_at = self.server.clock.monotonic()
+        self.write_paused_at = self.monotonic()
         if self.queue:
             self.queue[0].client_pause(True)
         elif self.tunnel is not None:
@@ -296,7 +305,7 @@ class ClientConnection(asyncio.Protocol):
         self.head_began = True
         self.trailer_bytes = 0
         if self.read_kind == "idle":
-            self.set_read_deadline(self.server.clock.monotonic() + self.limits.header_timeout, "head")
+            self.set_read_deadline(self.monotonic() + self.limits.header_timeout, "head")
 
     def on_url(self, url: bytes) -> None:
         head = self.head
@@ -399,7 +408,7 @@ class ClientConnection(asyncio.Protocol):
         self.queue.append(ex)
         self.body_left = 0 if head.chunked else head.content_length
         if head.chunked or head.content_length:
-            self.set_read_deadline(self.server.clock.monotonic() + self.limits.body_timeout, "body")
+            self.set_read_deadline(self.monotonic() + self.limits.body_timeout, "body")
         else:
             self.set_read_deadline(INF, "busy")
         if len(self.queue) == 1:
@@ -415,7 +424,7 @@ class ClientConnection(asyncio.Protocol):
         ex = self.parsing
         if ex is not None:
             if self.read_kind == "body":
-                self.read_deadline = self.server.clock.monotonic() + self.limits.body_timeout
+                self.read_deadline = self.monotonic() + self.limits.body_timeout
             ex.request_body(body)
 
     def on_message_complete(self) -> None:
@@ -426,7 +435,7 @@ class ClientConnection(asyncio.Protocol):
             if self.queue:
                 self.set_read_deadline(INF, "busy")
             else:  # the response went out early (a denial); the drained body was the last thing in flight
-                self.set_read_deadline(self.server.clock.monotonic() + self.limits.keepalive_timeout, "idle")
+                self.set_read_deadline(self.monotonic() + self.limits.keepalive_timeout, "idle")
         if ex is not None:
             ex.request_complete()
 
@@ -448,7 +457,7 @@ class ClientConnection(asyncio.Protocol):
             if not self.pause_mask and self.transport is not None and not self.closing:
                 self.transport.resume_reading()
                 if self.read_kind == "body":  # the body timer starts again (see check_deadlines)
-                    self.read_deadline = self.server.clock.monotonic() + self.limits.body_timeout
+                    self.read_deadline = self.monotonic() + self.limits.body_timeout
 
     def set_read_deadline(self, deadline: float, kind: str) -> None:
         self.read_deadline = deadline
@@ -468,17 +477,17 @@ class ClientConnection(asyncio.Protocol):
             self.queue[0].start()
         elif self.parsing is None:
             if self.head is None:
-                self.set_read_deadline(self.server.clock.monotonic() + self.limits.keepalive_timeout, "idle")
+                self.set_read_deadline(self.monotonic() + self.limits.keepalive_timeout, "idle")
             else:
                 # The next head began while responses were in flight (its first bytes came with or after the last
                 # request): its header_timeout counts from now, when nothing else is, as nginx's
                 # client_header_timeout counts from when it starts on the next request. A slow upstream is never
                 # the client's header time, and a head that never ends still gets its deadline.
-                self.set_read_deadline(self.server.clock.monotonic() + self.limits.header_timeout, "head")
+                self.set_read_deadline(self.monotonic() + self.limits.header_timeout, "head")
         elif self.read_kind == "busy":
             # A bodiless request answered on the spot (a 401, a 404, a handler's reply) finishes inside
             # on_headers_complete, its message parsed but for on_message_complete, which re-arms only after a body.
-            self.set_read_deadline(self.server.clock.monotonic() + self.limits.keepalive_timeout, "idle")
+            self.set_read_deadline(self.monotonic() + self.limits.keepalive_timeout, "idle")
         if len(self.queue) < self.limits.max_pipelined:
             if self.unparsed and not self.feeding:  # (while feeding, _parse itself goes on once there is room)
                 data, at = self.unparsed, self.unparsed_at
@@ -503,7 +512,7 @@ class ClientConnection(asyncio.Protocol):
         if self.queue and self.queue[0] is ex:
             self.queue.popleft()
         server = self.server
-        self.set_read_deadline(server.clock.monotonic() + server.limits.tunnel_idle_timeout, "tunnel")
+        self.set_read_deadline(self.monotonic() + server.limits.tunnel_idle_timeout, "tunnel")
         early, self.early_data = self.early_data, b""
         self.resume(PAUSE_TUNNEL)
         if early:
@@ -546,7 +555,7 @@ class ClientConnection(asyncio.Protocol):
             if self.pause_mask:
                 self.pause_mask = 0
                 transport.resume_reading()
-            now = self.server.clock.monotonic()
+            now = self.monotonic()
             self.linger_until = now + LINGER_MAX
             self.set_read_deadline(now + LINGER_IDLE, "linger")
         else:

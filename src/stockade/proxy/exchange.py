@@ -57,6 +57,7 @@ class Exchange:
         "framing",
         "head",
         "held",
+        "monotonic",
         "pending_failure",
         "pipeline",
         "pool",
@@ -107,8 +108,10 @@ class Exchange:
         server = conn.server
         self.server = server
         self.runtime: Runtime = server.runtime
-        self.clock = clock = server.clock
-        self.t0 = clock.monotonic()
+        # The connection's clock and its bound monotonic(), read natively: a call is one C call (client.py).
+        self.clock = conn.clock
+        self.monotonic = monotonic = conn.monotonic
+        self.t0 = monotonic()
         limits = conn.limits
         self.body_limit = limits.max_body_bytes
         self.buffer_cap = limits.buffer_bytes
@@ -195,7 +198,7 @@ class Exchange:
         else:
             self.task = task = asyncio.get_running_loop().create_task(result)  # type: ignore[arg-type]
             task.add_done_callback(self._pipeline_done)
-            self._set_deadline(self.clock.monotonic() + self.conn.limits.pipeline_timeout, "pipeline")
+            self._set_deadline(self.monotonic() + self.conn.limits.pipeline_timeout, "pipeline")
 
     def _pipeline_done(self, task: asyncio.Future[Any]) -> None:
         if self.task is task:
@@ -230,11 +233,11 @@ class Exchange:
             self.conn.resume(PAUSE_BUFFER)
             self._send_continue()
             waiter = self.body_waiter = asyncio.get_running_loop().create_future()
-            since = self.clock.monotonic()
+            since = self.monotonic()
             try:
                 await waiter
             finally:
-                now = self.clock.monotonic()
+                now = self.monotonic()
                 self.t_wait += now - since  # the client's time, not the gateway's
                 if self.deadline_kind == "pipeline" and not self.finished:  # the stages' own time starts now
                     self._set_deadline(now + self.conn.limits.pipeline_timeout, "pipeline")
@@ -283,7 +286,7 @@ class Exchange:
             if self.head.chunked and self.upstream is not None:
                 self.upstream.write(b"0\r\n\r\n")
             if self.pool is not None and self.route is not None:
-                self._set_deadline(self.clock.monotonic() + self.route.read_timeout, "upstream")
+                self._set_deadline(self.monotonic() + self.route.read_timeout, "upstream")
         if self.held:
             self.held = False
             forwarding._to_upstream(self)
@@ -459,7 +462,7 @@ class Exchange:
             server.collected_total -= self.collected_size
             self.collected = None
         ctx = self.ctx or local_replies._bare_context(self)
-        now = self.clock.monotonic()
+        now = self.monotonic()
         if self.t_held:  # ended while holding the body (408, the client gone): that wait was the client's too
             self.t_wait += now - self.t_held
         record_request(
@@ -497,7 +500,7 @@ class Exchange:
         self.tunnel_open = False
         ctx = self.ctx
         if ctx is not None:
-            complete_upgraded(self.pipeline, ctx, self, self.clock.monotonic(), self.bytes_sent, error)
+            complete_upgraded(self.pipeline, ctx, self, self.monotonic(), self.bytes_sent, error)
 
     def _set_deadline(self, when: float, kind: str) -> None:
         self.deadline = when

@@ -54,7 +54,7 @@ def _forward(ex: Exchange) -> None:
         # client that drips its body costs a gateway connection, never an upstream worker. request_body /
         # request_complete go on with _to_upstream; the client's body timer runs meanwhile.
         ex.held = True
-        ex.t_held = ex.clock.monotonic()  # until _to_upstream: the client's time, not the gateway's
+        ex.t_held = ex.monotonic()  # until _to_upstream: the client's time, not the gateway's
         ex.conn.resume(PAUSE_BUFFER)  # paused if the body had filled the buffer: the spool takes it now
         ex._send_continue()
         return
@@ -124,7 +124,7 @@ def _pump(ex: Exchange) -> None:
         ex.streaming = False
         if chunked:
             up.write(b"0\r\n\r\n")
-        ex._set_deadline(ex.clock.monotonic() + route.read_timeout, "upstream")
+        ex._set_deadline(ex.monotonic() + route.read_timeout, "upstream")
     else:
         _body_from_client(ex)
     ex.conn.resume(PAUSE_UPSTREAM)
@@ -135,7 +135,7 @@ def _body_from_client(ex: Exchange) -> None:
     body timer). No send deadline then, but an upstream response already under way keeps its read deadline."""
     route = ex.route
     if ex.resp_started and route is not None:
-        ex._set_deadline(ex.clock.monotonic() + route.read_timeout, "upstream")
+        ex._set_deadline(ex.monotonic() + route.read_timeout, "upstream")
     else:
         ex.deadline = INF
 
@@ -148,7 +148,7 @@ def _to_upstream(ex: Exchange) -> None:
     route = ex.route
     assert route is not None and route.upstream is not None  # noqa: S101 - _forward checked
     if ex.t_held:
-        ex.t_wait += ex.clock.monotonic() - ex.t_held
+        ex.t_wait += ex.monotonic() - ex.t_held
         ex.t_held = 0.0
     ex.pool = pool = ex.server.pools.get(route.upstream)
     up = pool.acquire()
@@ -162,7 +162,7 @@ def _connect(ex: Exchange) -> None:
     pool = ex.pool
     route = ex.route
     assert pool is not None and route is not None  # noqa: S101
-    ex.t_sent = now = ex.clock.monotonic()  # a connect timeout is the upstream's time; _send marks it again
+    ex.t_sent = now = ex.monotonic()  # a connect timeout is the upstream's time; _send marks it again
     ex._set_deadline(now + route.connect_timeout, "connect")
     ex.task = task = asyncio.get_running_loop().create_task(pool.connect())
     task.add_done_callback(ex._connected)
@@ -218,7 +218,7 @@ def _send(ex: Exchange, up: UpstreamConnection) -> None:
     if spool is not None:
         spool.paused = False
     up.write(data)
-    now = ex.clock.monotonic()
+    now = ex.monotonic()
     ex.t_sent = now
     if spool is not None:
         _pump(ex)

@@ -35,7 +35,7 @@ def _run_handler(ex: Exchange, handler: Handler) -> None:
         return
     ex.task = task = asyncio.get_running_loop().create_task(value)
     task.add_done_callback(ex._handler_done)
-    ex._set_deadline(ex.clock.monotonic() + ex.conn.limits.pipeline_timeout, "handler")
+    ex._set_deadline(ex.monotonic() + ex.conn.limits.pipeline_timeout, "handler")
 
 
 def _handler_done(ex: Exchange, task: asyncio.Future[Any]) -> None:
@@ -132,7 +132,7 @@ def _write_local(
         lines.append(b"%b: %b\r\n" % (name.encode("latin-1"), header_safe(value).encode("latin-1")))
     if not framed:
         lines.append(b"content-length: %d\r\n" % len(body))
-    lines.append(b"date: " + ex.server.dates.get(ex.clock.time()) + CRLF)
+    lines.append(b"date: " + ex.server.dates.get(ex.conn.time()) + CRLF)
     if close:
         lines.append(b"connection: close\r\n")
     elif h.version == "1.0":
@@ -145,7 +145,7 @@ def _write_local(
     ex.resp_started = True
     ex.status = status
     ex.bytes_sent += len(data)
-    ex.t_fwd = ex.clock.monotonic()
+    ex.t_fwd = ex.monotonic()
     ex._finish(close=close)
 
 

@@ -36,7 +36,7 @@ _FRAMING_NAMES: Final = frozenset({"content-length", "transfer-encoding"})
 def upstream_head(ex: Exchange, head: bytes, status: int, first: bytes, framing: ResponseFraming) -> None:
     """The upstream's response head arrived, with `first`: the body bytes that came in the same read (re-framed,
     if chunked), and its `framing`."""
-    now = ex.clock.monotonic()
+    now = ex.monotonic()
     ex.t_head = now
     ex.upstream_status = status
     route = ex.route
@@ -181,7 +181,7 @@ def upstream_body(ex: Exchange, data: bytes) -> None:
         conn = ex.conn
         conn.write(data)
         server = ex.server
-        conn.read_deadline = server.clock.monotonic() + server.limits.tunnel_idle_timeout  # see data_received
+        conn.read_deadline = ex.monotonic() + server.limits.tunnel_idle_timeout  # see data_received
         return
     collected = ex.collected
     if collected is not None:
@@ -195,7 +195,7 @@ def upstream_body(ex: Exchange, data: bytes) -> None:
             ex._drop_upstream(reusable=False)
             local_replies._error_local(ex, 503, "gateway.busy", "response buffers of this worker are full")
         elif ex.route is not None:
-            ex.deadline = ex.clock.monotonic() + ex.route.read_timeout  # between reads, as when streamed
+            ex.deadline = ex.monotonic() + ex.route.read_timeout  # between reads, as when streamed
         return
     if ex.chunk_to_close:
         data = b"%x\r\n%b\r\n" % (len(data), data)
@@ -203,7 +203,7 @@ def upstream_body(ex: Exchange, data: bytes) -> None:
     ex.bytes_sent += len(data)
     route = ex.route
     if ex.pool is not None and route is not None:
-        now = ex.clock.monotonic()
+        now = ex.monotonic()
         if not ex.t_fwd:
             ex.t_fwd = now
         ex.deadline = now + route.read_timeout
@@ -305,7 +305,7 @@ def upstream_pause(ex: Exchange, paused: bool) -> None:
         if spool is not None:
             spool.paused = True
         if ex.streaming and ex.route is not None:
-            ex._set_deadline(ex.clock.monotonic() + ex.route.read_timeout, "send")
+            ex._set_deadline(ex.monotonic() + ex.route.read_timeout, "send")
         return
     if ex.streaming and ex.deadline_kind == "send":
         forwarding._body_from_client(ex)
@@ -327,7 +327,7 @@ def client_pause(ex: Exchange, paused: bool) -> None:
         up.resume_reading()
         route = ex.route
         if ex.deadline_kind == "upstream" and not ex.finished and not ex.tunnel_open and route is not None:
-            ex._set_deadline(ex.clock.monotonic() + route.read_timeout, "upstream")
+            ex._set_deadline(ex.monotonic() + route.read_timeout, "upstream")
 
 
 def tunnel_from_client(ex: Exchange, data: bytes) -> None:

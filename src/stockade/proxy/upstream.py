@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol, cast
 from urllib.parse import urlsplit
@@ -387,6 +387,7 @@ class UpstreamPool:
         self.spec = spec
         self.max_idle = spec.max_idle  # read on every release: copied off the pydantic model
         self.clock = clock
+        self.monotonic: Callable[[], float] = clock.monotonic  # called natively on every release
         self.name = f"{parts.scheme}://{parts.netloc}"
         self.tls = parts.scheme == "https"
         self.host = parts.hostname or ""
@@ -445,7 +446,7 @@ class UpstreamPool:
             # Paused for the client of the exchange it served (the read that ended the response also backed that
             # client up): an idle connection must read, or the next exchange on it would never get its response.
             conn.resume_reading()
-        conn.idle_since = self.clock.monotonic()
+        conn.idle_since = self.monotonic()
         self.idle.append(conn)
 
     def discard(self, conn: UpstreamConnection) -> None:
