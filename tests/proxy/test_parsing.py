@@ -107,6 +107,25 @@ REJECTED = [
     ),
     ("http-0.9", b"GET /api/x\r\n\r\n", 505, "http.version_not_supported"),
     ("http-2.0-line", b"GET /api/x HTTP/2.0\r\n" + H + b"\r\n", 505, "http.version_not_supported"),
+    # the version is read from llhttp unless keep-alive without a Connection header says 1.1: these must not
+    (
+        "http-0.9-keep-alive",
+        b"GET /api/x HTTP/0.9\r\nConnection: keep-alive\r\n\r\n",
+        505,
+        "http.version_not_supported",
+    ),
+    (
+        "http-2.0-keep-alive",
+        b"GET /api/x HTTP/2.0\r\n" + H + b"Connection: keep-alive\r\n\r\n",
+        505,
+        "http.version_not_supported",
+    ),
+    (
+        "http-2.0-close",
+        b"GET /api/x HTTP/2.0\r\n" + H + b"Connection: close\r\n\r\n",
+        505,
+        "http.version_not_supported",
+    ),
     ("http-1.2", b"GET /api/x HTTP/1.2\r\n" + H + b"\r\n", 400, "http.bad_request"),
     ("h2-preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400, "http.bad_request"),
     ("unknown-method", b"FOO /api/x HTTP/1.1\r\n" + H + b"\r\n", 400, "http.bad_request"),

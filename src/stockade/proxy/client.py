@@ -387,8 +387,11 @@ class ClientConnection(asyncio.Protocol):
         self.head = None
         parser = self.parser
         head.method = parser.get_method()
-        head.version = parser.get_http_version()
-        head.keep_alive = parser.should_keep_alive()
+        head.keep_alive = keep_alive = parser.should_keep_alive()
+        # llhttp parses only HTTP/0.9, 1.0, 1.1 and 2.0, and keeps a connection alive without a Connection header
+        # only for 1.1 (1.0 and 0.9 need `keep-alive`, 2.0 never does): that common case is "1.1" without a call
+        # to get_http_version, which formats a string (~2,400 instructions, 4% of the bare route).
+        head.version = "1.1" if keep_alive and not head.connection else parser.get_http_version()
         head.upgrade_flag = parser.should_upgrade()
         if head.chunked and not _only_chunked(head.raw):
             # The gateway undoes chunked itself and forwards the body re-framed: any other transfer coding would
