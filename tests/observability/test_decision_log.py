@@ -290,3 +290,40 @@ def test_path_parameters_are_masked_in_the_log(
     (entry,) = lines(log)
     assert entry["path"] == logged
     assert "SECRET" not in log.read_text()
+
+
+def test_lines_with_and_without_extras_in_turn_keep_their_own_fields() -> None:
+    """A line without extras reuses one dict: a detail, error, finding or fail-open of the line before must not
+    show up in it, and every line holds exactly its own fields, in the documented order."""
+    from stockade.clock import FakeClock
+    from stockade.pipeline.principal import Principal
+    from stockade.pipeline.verdict import Finding
+    from stockade.testing import make_context
+
+    base = ["ts", "request_id", "route", "method", "path", "principal", "decision", "reason", "stage", "status"]
+    base += ["latency_us", "upstream_us", "client_ip"]
+    log = DecisionLog("off", FakeClock())
+    log._fd = 1  # recording only: the lines are taken from the buffer below, never written
+    turns: list[tuple[dict[str, object], str, list[str]]] = [
+        ({}, "", []),
+        ({"detail": "revoked key"}, "", ["detail"]),
+        ({}, "", []),
+        ({}, "upstream.reset", ["error"]),
+        ({"findings": [Finding(rule="sqli.union", detail="x")]}, "", ["findings"]),
+        ({"state": {"failed_open": ["rate_limit"]}}, "", ["failed_open"]),
+        ({"path": "/" + "a" * 2000}, "", ["truncated"]),
+        ({}, "", []),
+    ]
+    for i, (fields, error, extras) in enumerate(turns):
+        ctx = make_context(path=str(fields.get("path", f"/api/{i}")))
+        ctx.principal = Principal(id=f"p{i}", kind="test")
+        ctx.detail = str(fields.get("detail", ""))
+        ctx.findings = list(fields.get("findings", []))  # type: ignore[call-overload]
+        ctx.state = dict(fields.get("state", {}))  # type: ignore[call-overload]
+        log.record(ctx, 200 + i, 10 + i, 5, error)
+        line = log._buf.pop()
+        doc = json.loads(line)
+        assert line.endswith(b"}\n") and line.count(b"\n") == 1
+        assert list(doc) == base + extras, i
+        assert (doc["principal"], doc["status"], doc["latency_us"]) == (f"p{i}", 200 + i, 10 + i)
+    log._fd = -1
