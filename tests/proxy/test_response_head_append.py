@@ -97,10 +97,10 @@ def test_replacing_an_upstream_header_cuts_its_line_and_keeps_the_rest_verbatim(
 def test_framing_cache_keeps_only_small_heads() -> None:
     """Cached by exact bytes, 1024 heads of up to 64 KiB each (and their rewritten copies) pinned about 120 MB when
     an upstream reflected a value into every head."""
-    from stockade.proxy.http import MAX_CACHED_HEAD, ResponseFraming
+    from stockade.proxy.http import _FRAMINGS, MAX_CACHED_HEAD, ResponseFraming
 
     small = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
     big = b"HTTP/1.1 200 OK\r\nX-Echo: " + b"a" * MAX_CACHED_HEAD + b"\r\nContent-Length: 0\r\n\r\n"
     assert ResponseFraming.of(small) is ResponseFraming.of(small)
     assert ResponseFraming.of(big) is not ResponseFraming.of(big)
-    assert big not in ResponseFraming._cache
+    assert big not in _FRAMINGS and small in _FRAMINGS

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 AUTHENTICATED_BY: Final = "auth.winner"  # ctx.state: the StageSlot whose authenticator set the principal
 
 log: Final = logging.getLogger("stockade.pipeline")
+# A C static when compiled: `Phase.AUTHENTICATE` is a global lookup and an attribute read on every request.
+_AUTHENTICATE: Final = Phase.AUTHENTICATE
 
 IDENTITY_PREFIX: Final = "x-stockade-"
 _TOKEN: Final = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -175,7 +177,7 @@ class Pipeline:
             if i == auth_end and ctx.principal is None:
                 return self._unauthenticated(ctx)
             slot = slots[i]
-            if ctx.principal is not None and slot.phase is Phase.AUTHENTICATE:
+            if ctx.principal is not None and slot.phase is _AUTHENTICATE:
                 # First authenticator that recognised a credential wins; this one's must not be there too.
                 if (presented := self.credentials[i]) is not None and (deny := self._ambiguous(ctx, i, presented)):
                     return deny
@@ -196,7 +198,7 @@ class Pipeline:
                         return self._continue(ctx, i, coro, yielded)
             except Exception as exc:
                 verdict = self._failed(ctx, slot, exc)
-            if self.auth_guards and slot.phase is Phase.AUTHENTICATE and type(verdict) is not Skip:
+            if self.auth_guards and slot.phase is _AUTHENTICATE and type(verdict) is not Skip:
                 guarded: PipelineResult | Coroutine[Any, Any, PipelineResult]
                 _, guarded = step_eagerly(self._guarded(ctx, i, verdict))  # the result, or what finishes it
                 return guarded
@@ -215,7 +217,7 @@ class Pipeline:
             verdict = await _Resume(coro, yielded)
         except Exception as exc:
             verdict = self._failed(ctx, slot, exc)
-        if self.auth_guards and slot.phase is Phase.AUTHENTICATE and type(verdict) is not Skip:
+        if self.auth_guards and slot.phase is _AUTHENTICATE and type(verdict) is not Skip:
             return await self._guarded(ctx, i, verdict)
         return await self._rest(ctx, i, verdict)
 
@@ -240,7 +242,7 @@ class Pipeline:
             if j == self.auth_end and ctx.principal is None:
                 return self._unauthenticated(ctx)
             slot = slots[j]
-            if ctx.principal is not None and slot.phase is Phase.AUTHENTICATE:
+            if ctx.principal is not None and slot.phase is _AUTHENTICATE:
                 if (presented := self.credentials[j]) is not None and (deny := self._ambiguous(ctx, j, presented)):
                     return deny
                 continue
@@ -254,7 +256,7 @@ class Pipeline:
                     verdict = await cast("Coroutine[Any, Any, Verdict]", result)
             except Exception as exc:
                 verdict = self._failed(ctx, slot, exc)
-            if self.auth_guards and slot.phase is Phase.AUTHENTICATE and type(verdict) is not Skip:
+            if self.auth_guards and slot.phase is _AUTHENTICATE and type(verdict) is not Skip:
                 return await self._guarded(ctx, j, verdict)
             if (deny := self._apply(ctx, slot, verdict)) is not None:
                 return deny
@@ -286,7 +288,7 @@ class Pipeline:
 
     def _edit(self, ctx: RequestContext, slot: StageSlot, verdict: Continue) -> Deny | None:
         if verdict.principal is not None:
-            if slot.phase is not Phase.AUTHENTICATE:
+            if slot.phase is not _AUTHENTICATE:
                 return self.deny(ctx, slot.id, Deny(500, "stage.error", detail="only authenticators set principals"))
             ctx.principal = verdict.principal
             if self.credentials_later:

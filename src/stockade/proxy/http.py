@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import ClassVar, Final
+from typing import Final
 
 from stockade.pipeline.forward import FORWARDING_HEADERS, OVERRIDE_HEADERS
 from stockade.pipeline.headers import parse_content_length
@@ -153,8 +153,6 @@ class ResponseFraming:
         "status_ok",
     )
 
-    _cache: ClassVar[dict[bytes, ResponseFraming]] = {}  # a deliberate process-wide cache
-
     def __init__(self, head: bytes) -> None:
         self.chunked = False
         self.content_length = False
@@ -196,13 +194,14 @@ class ResponseFraming:
 
     @classmethod
     def of(cls, head: bytes) -> ResponseFraming:
-        framing = cls._cache.get(head)
+        cache = _FRAMINGS
+        framing = cache.get(head)
         if framing is None:
             framing = cls(head)
             if len(head) <= MAX_CACHED_HEAD:  # a head that changes per response must not pin megabytes
-                if len(cls._cache) >= 1024:
-                    cls._cache.clear()
-                cls._cache[head] = framing
+                if len(cache) >= 1024:
+                    cache.clear()
+                cache[head] = framing
         return framing
 
     @property
@@ -213,6 +212,10 @@ class ResponseFraming:
     def announces_body(self) -> bool:
         """Whether the head says a body follows (a HEAD, 204 or 304 response must not have one sent after it)."""
         return self.chunked or bool(self.length)
+
+
+# A deliberate process-wide cache, by the exact head bytes (a module global: a class attribute is looked up).
+_FRAMINGS: Final[dict[bytes, ResponseFraming]] = {}
 
 
 def connection_tokens(values: list[bytes]) -> set[bytes]:
