@@ -43,6 +43,7 @@ COMPILED: tuple[str, ...] = (
     "stockade.pipeline.principal",
     "stockade.pipeline.record",
     "stockade.pipeline.response",
+    "stockade.pipeline.route",
     "stockade.pipeline.routing",
     "stockade.pipeline.runner",
     "stockade.pipeline.verdict",

@@ -11,9 +11,10 @@ from types import MappingProxyType
 from typing import cast
 
 from stockade.config.loader import LoadedConfig, StagePlan
-from stockade.config.models import GatewayConfig, Upstream
+from stockade.config.models import GatewayConfig
 from stockade.errors import ConfigError, StorageError
 from stockade.handlers.base import Handler
+from stockade.pipeline.route import CompiledRoute
 from stockade.pipeline.routing import Router, RouteSpec
 from stockade.pipeline.runner import Pipeline, StageSlot
 from stockade.pipeline.stage import Services, Stage, StageConfig, StageEnv
@@ -21,21 +22,6 @@ from stockade.proxy.tls import TlsContexts, build_tls
 from stockade.security.netaddr import NetSet
 
 log = logging.getLogger("stockade.tls")
-
-
-@dataclass(frozen=True, slots=True)
-class CompiledRoute:
-    id: str
-    pipeline: Pipeline
-    upstream: Upstream | None
-    websocket: bool
-    handler: Handler | None = None
-    # The route's upstream timeouts and Host policy, copied off the pydantic model for the request path. They
-    # belong to the route: routes with the same upstream URL share one connection pool, not these settings.
-    connect_timeout: float = 5.0
-    read_timeout: float = 60.0
-    preserve_host: bool = False
-    request_buffering: bool = True
 
 
 @dataclass(frozen=True)

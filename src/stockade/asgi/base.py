@@ -28,7 +28,8 @@ from stockade.pipeline.verdict import Deny
 if TYPE_CHECKING:
     from stockade.asgi.middleware import StockadeMiddleware
     from stockade.pipeline.context import RequestContext
-    from stockade.runtime import CompiledRoute, Runtime
+    from stockade.pipeline.route import CompiledRoute
+    from stockade.runtime import Runtime
 
 T = TypeVar("T")
 INF = float("inf")
