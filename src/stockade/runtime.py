@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from types import MappingProxyType
 from typing import cast
 
 from stockade.config.loader import LoadedConfig, StagePlan
-from stockade.config.models import GatewayConfig
 from stockade.errors import ConfigError, StorageError
 from stockade.handlers.base import Handler
-from stockade.pipeline.route import CompiledRoute
+from stockade.pipeline.route import CompiledRoute, Runtime
 from stockade.pipeline.routing import Router, RouteSpec
 from stockade.pipeline.runner import Pipeline, StageSlot
 from stockade.pipeline.stage import Services, Stage, StageConfig, StageEnv
@@ -22,25 +20,6 @@ from stockade.proxy.tls import TlsContexts, build_tls
 from stockade.security.netaddr import NetSet
 
 log = logging.getLogger("stockade.tls")
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """Everything the request path needs, built once per (re)load. Requests hold the one they started with."""
-
-    loaded: LoadedConfig
-    router: Router
-    routes: dict[str, CompiledRoute]
-    trusted_proxies: NetSet
-    services: Services
-    decision_log: str = "stdout"  # stdout | stderr | off | an absolute path (resolved against the config's dir)
-    tls: TlsContexts = field(default_factory=TlsContexts)  # listener and upstream contexts, loaded with the config
-    path_parameters: bool = False  # limits.path_parameters: ';' allowed in request paths
-    needs: Mapping[str, bool] = field(default_factory=dict)  # backends this config uses (Services.needs): /readyz
-
-    @property
-    def config(self) -> GatewayConfig:
-        return self.loaded.config
 
 
 def build_runtime(loaded: LoadedConfig, services: Services) -> Runtime:

@@ -15,9 +15,10 @@ from stockade.clock import SYSTEM_CLOCK
 from stockade.config.loader import load_config_text
 from stockade.config.models import TlsListen
 from stockade.errors import ConfigError
+from stockade.pipeline.route import Runtime
 from stockade.pipeline.stage import Services
 from stockade.proxy.tls import listener_context
-from stockade.runtime import Runtime, build_runtime
+from stockade.runtime import build_runtime
 from stockade.testing import FakeClock, TestGateway
 from tests.tlsutil import Pki, client_context, make_pki, try_get
 

@@ -28,8 +28,7 @@ from stockade.pipeline.verdict import Deny
 if TYPE_CHECKING:
     from stockade.asgi.middleware import StockadeMiddleware
     from stockade.pipeline.context import RequestContext
-    from stockade.pipeline.route import CompiledRoute
-    from stockade.runtime import Runtime
+    from stockade.pipeline.route import CompiledRoute, Runtime
 
 T = TypeVar("T")
 INF = float("inf")

@@ -18,8 +18,9 @@ from stockade.config.loader import LoadedConfig, load_config, load_config_text
 from stockade.observability.decision_log import DecisionLog
 from stockade.observability.metrics import Metrics
 from stockade.pipeline.intake import RequestIds
+from stockade.pipeline.route import Runtime
 from stockade.pipeline.stage import Services
-from stockade.runtime import Runtime, build_runtime, log_load_warnings
+from stockade.runtime import build_runtime, log_load_warnings
 
 if TYPE_CHECKING:
     from stockade.asgi.base import Exchange

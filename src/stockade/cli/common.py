@@ -12,7 +12,7 @@ from stockade.config.loader import LoadedConfig, load_config
 from stockade.errors import ConfigError
 
 if TYPE_CHECKING:
-    from stockade.runtime import Runtime
+    from stockade.pipeline.route import Runtime
 
 CONFIG_OPTION_HELP = (
     "Config file (default: $STOCKADE_CONFIG, else ./stockade.yaml). Commands that read it also take it after the "

@@ -22,8 +22,7 @@ from stockade.security.paths import BadPathError, normalize_target
 
 if TYPE_CHECKING:
     from stockade.clock import Clock
-    from stockade.pipeline.route import CompiledRoute
-    from stockade.runtime import Runtime
+    from stockade.pipeline.route import CompiledRoute, Runtime
     from stockade.security.netaddr import NetSet
 
 # Labels separated by single dots, one trailing dot allowed: `.admin.example.com` or `a..b` would otherwise

@@ -22,12 +22,11 @@ from stockade.proxy.common import INF, PAUSE_BUFFER, PAUSE_UPSTREAM
 from stockade.proxy.request_head import RequestHead
 
 if TYPE_CHECKING:
-    from stockade.pipeline.route import CompiledRoute
+    from stockade.pipeline.route import CompiledRoute, Runtime
     from stockade.proxy.client import ClientConnection
     from stockade.proxy.http import ResponseFraming
     from stockade.proxy.spool import Spool
     from stockade.proxy.upstream import UpstreamConnection, UpstreamPool
-    from stockade.runtime import Runtime
 
 log: Final = logging.getLogger("stockade.proxy")
 

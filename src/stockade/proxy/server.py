@@ -24,7 +24,7 @@ from stockade.proxy.upstream import PoolManager
 
 if TYPE_CHECKING:
     from stockade.observability.metrics import Metrics
-    from stockade.runtime import Runtime
+    from stockade.pipeline.route import Runtime
 
 log = logging.getLogger("stockade.proxy")
 
