@@ -134,6 +134,9 @@ class ClientConnection(asyncio.Protocol):
         self.head: RequestHead | None = None  # the request head being received
         self.peer_ip = ""
         self.tls = False
+        # The X-Forwarded-For and -Proto lines and the X-Forwarded-Host name this connection's requests send
+        # upstream unless a trusted proxy forwarded them (forwarding.encode_request_head): built once, here.
+        self.forwarded_lines = b""
         self.peer_cert: dict[str, object] | None = None
         self.peer_cert_der: bytes | None = None
         self.requests = 0
@@ -169,6 +172,12 @@ class ClientConnection(asyncio.Protocol):
             self.tls = True
             self.peer_cert = sslobj.getpeercert() or None  # only a certificate the listener verified
             self.peer_cert_der = sslobj.getpeercert(binary_form=True) if self.peer_cert else None
+        self.forwarded_lines = (
+            b"x-forwarded-for: "
+            + self.peer_ip.encode("ascii")
+            + (b"\r\nx-forwarded-proto: https" if self.tls else b"\r\nx-forwarded-proto: http")
+            + b"\r\nx-forwarded-host: "
+        )
         server.connections.add(self)
         if sslobj is not None and server.tls is not None:
             server.tls_established(self, sslobj)

@@ -259,9 +259,9 @@ def encode_request_head(ex: Exchange) -> bytes:
     else:
         parts += h.fwd
     conn = ex.conn
-    proto = b"https" if conn.tls else b"http"
     fhost = h.hosts[0] if h.hosts else pool.host_header
     if ex.trusted and h.forwarding:
+        proto = b"https" if conn.tls else b"http"
         xff_values = []
         by_host = ex.runtime.router.by_host
         for lname, name, value in h.forwarding:
@@ -277,10 +277,10 @@ def encode_request_head(ex: Exchange) -> bytes:
             if lname not in _XF_REBUILT:
                 parts.extend((name, b": ", value, CRLF))
         xff = forwarded_for(conn.peer_ip, xff_values, ex.runtime.trusted_proxies).encode("latin-1")
+        parts.extend((b"x-forwarded-for: ", xff, b"\r\nx-forwarded-proto: ", proto, b"\r\nx-forwarded-host: "))
     else:
-        xff = conn.peer_ip.encode("ascii")
-    parts.extend((b"x-forwarded-for: ", xff, b"\r\nx-forwarded-proto: ", proto, b"\r\nx-forwarded-host: ", fhost))
-    parts.extend((b"\r\nx-request-id: ", ctx.request_id.encode("ascii"), CRLF))
+        parts.append(conn.forwarded_lines)  # the same lines for the peer itself, built once per connection
+    parts.extend((fhost, b"\r\nx-request-id: ", ctx.request_id.encode("ascii"), CRLF))
     if h.chunked:
         parts.append(b"transfer-encoding: chunked\r\n")
     if ex.upgrade_ok:
