@@ -184,6 +184,27 @@ def test_fail_open_is_explicit_and_recorded(awaits: bool, style: type[Probe]) ->
     assert ctx.state["failed_open"] == ["rate_limit"]
 
 
+@pytest.mark.parametrize("style", STYLES, ids=STYLE_IDS)
+@pytest.mark.parametrize("awaits", [False, True], ids=["eager", "suspending"])
+@pytest.mark.parametrize("after_suspended", [False, True], ids=["first", "after-a-suspended-stage"])
+@pytest.mark.parametrize("returned", [None, "not a verdict"], ids=["none", "garbage"])
+def test_a_fail_open_stage_that_returns_no_verdict_still_denies(
+    style: type[Probe], awaits: bool, after_suspended: bool, returned: object
+) -> None:
+    """fail_open covers a stage that fails (raises), not one that answers nonsense: that is a bug, denied 500
+    whether the check is a plain def or a coroutine, compiled or not (compiled code once raised TypeError on the
+    awaited value, which fail_open then allowed)."""
+    slots = [
+        slot(Probe(Continue(principal=ALICE), awaits=after_suspended, name="authn"), Phase.AUTHENTICATE),
+        slot(style(returned, awaits=awaits, name="limit"), Phase.RATE_LIMIT, fail_open=True),
+    ]
+    ctx = make_context()
+    deny = run(Pipeline("r", slots, body_limit=10), ctx)
+    assert isinstance(deny, Deny)
+    assert (deny.status, deny.reason) == (500, "stage.error")
+    assert "failed_open" not in ctx.state
+
+
 def test_edits_and_findings_accumulate() -> None:
     slots = [
         slot(Probe(Continue(principal=ALICE, set_headers={"X-A": "1"})), Phase.AUTHENTICATE),

@@ -420,13 +420,25 @@ def test_chunked_upstream_response(gateway: TestGateway, upstream: TestUpstream)
     assert headers["transfer-encoding"] == "chunked"
 
 
-def test_http10_client_gets_chunked_response_decoded(gateway: TestGateway, upstream: TestUpstream) -> None:
+@pytest.mark.parametrize(
+    "extra",
+    [
+        b"",
+        # llhttp keeps an HTTP/1.0 request alive on Proxy-Connection as on Connection: still a 1.0 client
+        b"Proxy-Connection: keep-alive\r\n",
+        b"PROXY-CONNECTION: Keep-Alive\r\n",
+    ],
+    ids=["plain", "proxy-connection", "proxy-connection-upper"],
+)
+def test_http10_client_gets_chunked_response_decoded(
+    gateway: TestGateway, upstream: TestUpstream, extra: bytes
+) -> None:
     upstream.reply(
         "/api/chunks",
         Reply(raw=b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"),
     )
     with gateway.connect() as sock:
-        sock.sendall(b"GET /api/chunks HTTP/1.0\r\n\r\n")
+        sock.sendall(b"GET /api/chunks HTTP/1.0\r\n" + extra + b"\r\n")
         data = b""
         while chunk := sock.recv(65536):
             data += chunk

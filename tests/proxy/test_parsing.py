@@ -126,6 +126,18 @@ REJECTED = [
         505,
         "http.version_not_supported",
     ),
+    (
+        "http-0.9-proxy-keep-alive",
+        b"GET /api/x HTTP/0.9\r\nProxy-Connection: keep-alive\r\n\r\n",
+        505,
+        "http.version_not_supported",
+    ),
+    (
+        "http-2.0-proxy-keep-alive",
+        b"GET /api/x HTTP/2.0\r\n" + H + b"Proxy-Connection: keep-alive\r\n\r\n",
+        505,
+        "http.version_not_supported",
+    ),
     ("http-1.2", b"GET /api/x HTTP/1.2\r\n" + H + b"\r\n", 400, "http.bad_request"),
     ("h2-preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400, "http.bad_request"),
     ("unknown-method", b"FOO /api/x HTTP/1.1\r\n" + H + b"\r\n", 400, "http.bad_request"),

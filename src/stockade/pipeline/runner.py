@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import types
 from collections.abc import Callable, Coroutine, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, cast
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 from stockade.pipeline.context import BodyTooLargeError
 from stockade.pipeline.phase import Phase
 from stockade.pipeline.stage import Stage
-from stockade.pipeline.verdict import CONTINUE, Continue, Deny, Skip, Verdict
+from stockade.pipeline.verdict import CONTINUE, Continue, Deny, Skip
 
 if TYPE_CHECKING:
     from stockade.pipeline.context import RequestContext
@@ -23,6 +24,7 @@ AUTHENTICATED_BY: Final = "auth.winner"  # ctx.state: the StageSlot whose authen
 log: Final = logging.getLogger("stockade.pipeline")
 # A C static when compiled: `Phase.AUTHENTICATE` is a global lookup and an attribute read on every request.
 _AUTHENTICATE: Final = Phase.AUTHENTICATE
+_COROUTINE: Final = types.CoroutineType  # what an `async def check` returns; other awaitables by isinstance
 
 IDENTITY_PREFIX: Final = "x-stockade-"
 _TOKEN: Final = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -78,6 +80,14 @@ class _Resume:
                 value = coro.send(sent)
             except StopIteration as stop:
                 return stop.value
+
+
+def _check(slot: StageSlot, ctx: RequestContext) -> object:
+    """A stage's `check(ctx)`, its answer untyped: compiled code would otherwise check it against the declared
+    return type and raise TypeError on a wrong one, which a fail_open stage would turn into an allow. The runner
+    sorts what came back itself (a verdict, a coroutine, or anything else: denied 500)."""
+    stage: Any = slot.stage
+    return stage.check(ctx)
 
 
 def step_eagerly(coro: Coroutine[Any, Any, Any]) -> tuple[bool, Any]:
@@ -184,18 +194,20 @@ class Pipeline:
                 continue
             ctx.stage = slot.id
             try:
-                result = slot.stage.check(ctx)
+                result = _check(slot, ctx)
                 kind = type(result)
                 if kind is Continue or kind is Deny or kind is Skip:
                     verdict: object = result  # a plain `def check`: no coroutine, no StopIteration
-                else:
-                    coro = cast("Coroutine[Any, Any, Verdict]", result)  # not a coroutine: its AttributeError denies
+                elif kind is _COROUTINE or isinstance(result, Coroutine):
+                    coro = cast("Coroutine[Any, Any, object]", result)
                     try:
                         yielded = coro.send(None)
                     except StopIteration as stop:
                         verdict = stop.value
                     else:
                         return self._continue(ctx, i, coro, yielded)
+                else:
+                    verdict = result  # neither: _apply denies it (500), fail_open or not, as for an async def
             except Exception as exc:
                 verdict = self._failed(ctx, slot, exc)
             if self.auth_guards and slot.phase is _AUTHENTICATE and type(verdict) is not Skip:
@@ -248,12 +260,16 @@ class Pipeline:
                 continue
             ctx.stage = slot.id
             try:
-                result = slot.stage.check(ctx)
+                result = _check(slot, ctx)
                 kind = type(result)
                 if kind is Continue or kind is Deny or kind is Skip:
                     verdict = result
+                elif kind is _COROUTINE or isinstance(result, Coroutine):
+                    # typed object: compiled code would otherwise check the awaited value's type and raise
+                    # TypeError on a wrong one, which a fail_open stage would turn into an allow
+                    verdict = await cast("Coroutine[Any, Any, object]", result)
                 else:
-                    verdict = await cast("Coroutine[Any, Any, Verdict]", result)
+                    verdict = result
             except Exception as exc:
                 verdict = self._failed(ctx, slot, exc)
             if self.auth_guards and slot.phase is _AUTHENTICATE and type(verdict) is not Skip:

@@ -23,10 +23,11 @@ CONNECTION: Final = 5
 REQUEST_ID: Final = 6
 UPGRADE: Final = 7
 TRANSFER_ENCODING: Final = 10
+PROXY_CONNECTION: Final = 11  # dropped, but llhttp reads keep-alive from it as from Connection
 REQUEST_HEADER_CLASS: Final[dict[bytes, int]] = {
     b"connection": CONNECTION,
     b"keep-alive": DROP,
-    b"proxy-connection": DROP,
+    b"proxy-connection": PROXY_CONNECTION,
     b"proxy-authorization": DROP,
     b"te": DROP,
     b"trailer": DROP,

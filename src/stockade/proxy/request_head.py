@@ -17,6 +17,7 @@ class RequestHead:
         "hosts",
         "keep_alive",
         "method",
+        "proxy_connection",
         "raw",
         "request_id",
         "size",
@@ -37,6 +38,7 @@ class RequestHead:
         self.hosts: list[bytes] = []
         self.forwarding: list[tuple[bytes, bytes, bytes]] | tuple[()] = ()  # created when one arrives (rare)
         self.connection: list[bytes] | tuple[()] = ()
+        self.proxy_connection = False  # llhttp reads keep-alive from Proxy-Connection too (it is never forwarded)
         self.expect: bytes | None = None
         self.request_id: bytes | None = None
         self.upgrade: bytes | None = None
