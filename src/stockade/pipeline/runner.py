@@ -85,9 +85,21 @@ class _Resume:
 def _check(slot: StageSlot, ctx: RequestContext) -> object:
     """A stage's `check(ctx)`, its answer untyped: compiled code would otherwise check it against the declared
     return type and raise TypeError on a wrong one, which a fail_open stage would turn into an allow. The runner
-    sorts what came back itself (a verdict, a coroutine, or anything else: denied 500)."""
+    sorts what came back itself (`_pending`)."""
     stage: Any = slot.stage
     return stage.check(ctx)
+
+
+def _pending(answer: object) -> Coroutine[Any, Any, object] | None:
+    """The coroutine a check returned, still to be driven; None when it answered at once: a verdict (a plain
+    `def check`), or anything else, which _apply denies (500) whether the stage fails open or not. Typed object
+    for the same reason as `_check`: what the coroutine finally returns is sorted by _apply too."""
+    kind = type(answer)
+    if kind is Continue or kind is Deny or kind is Skip:
+        return None
+    if kind is _COROUTINE or isinstance(answer, Coroutine):
+        return cast("Coroutine[Any, Any, object]", answer)
+    return None
 
 
 def step_eagerly(coro: Coroutine[Any, Any, Any]) -> tuple[bool, Any]:
@@ -194,20 +206,15 @@ class Pipeline:
                 continue
             ctx.stage = slot.id
             try:
-                result = _check(slot, ctx)
-                kind = type(result)
-                if kind is Continue or kind is Deny or kind is Skip:
-                    verdict: object = result  # a plain `def check`: no coroutine, no StopIteration
-                elif kind is _COROUTINE or isinstance(result, Coroutine):
-                    coro = cast("Coroutine[Any, Any, object]", result)
+                verdict: object = _check(slot, ctx)
+                coro = _pending(verdict)
+                if coro is not None:
                     try:
                         yielded = coro.send(None)
                     except StopIteration as stop:
                         verdict = stop.value
                     else:
                         return self._continue(ctx, i, coro, yielded)
-                else:
-                    verdict = result  # neither: _apply denies it (500), fail_open or not, as for an async def
             except Exception as exc:
                 verdict = self._failed(ctx, slot, exc)
             if self.auth_guards and slot.phase is _AUTHENTICATE and type(verdict) is not Skip:
@@ -260,16 +267,10 @@ class Pipeline:
                 continue
             ctx.stage = slot.id
             try:
-                result = _check(slot, ctx)
-                kind = type(result)
-                if kind is Continue or kind is Deny or kind is Skip:
-                    verdict = result
-                elif kind is _COROUTINE or isinstance(result, Coroutine):
-                    # typed object: compiled code would otherwise check the awaited value's type and raise
-                    # TypeError on a wrong one, which a fail_open stage would turn into an allow
-                    verdict = await cast("Coroutine[Any, Any, object]", result)
-                else:
-                    verdict = result
+                verdict = _check(slot, ctx)
+                coro = _pending(verdict)
+                if coro is not None:
+                    verdict = await coro
             except Exception as exc:
                 verdict = self._failed(ctx, slot, exc)
             if self.auth_guards and slot.phase is _AUTHENTICATE and type(verdict) is not Skip:

@@ -53,9 +53,10 @@ _OWS: Final[tuple[bytes, ...]] = (b" ", b"\t")
 LINGER_IDLE: Final = 5.0
 LINGER_MAX: Final = 30.0
 
+_LINGER_RESET: Final = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
+
 # Every request head ends with an empty line (llhttp wants CRLF line ends), and none is shorter than
 # "GET / HTTP/1.1\r\n\r\n": what bounds how many requests one read can complete (ClientConnection._parse).
-_LINGER_RESET: Final = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
 _HEAD_END: Final = b"\r\n\r\n"
 _MIN_REQUEST: Final = 18
 _MAX_PIECES: Final = 32  # feeds per read at most, whatever the read holds (ClientConnection._parse)
