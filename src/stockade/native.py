@@ -55,6 +55,7 @@ COMPILED: tuple[str, ...] = (
     "stockade.proxy.local_replies",
     "stockade.proxy.request_head",
     "stockade.proxy.response_side",
+    "stockade.proxy.server",
     "stockade.proxy.spool",
     "stockade.proxy.upstream",
     "stockade.security.netaddr",

@@ -120,17 +120,21 @@ def test_a_reload_whose_decision_log_cannot_be_opened_changes_nothing(
     """The new runtime was swapped in before the new log file was opened: a failure left the new policy live
     and the reload unrecorded. Now the open comes first, and its failure refuses the reload whole."""
     from stockade.errors import ConfigError
-    from stockade.observability import decision_log
     from stockade.testing import http_request
 
     gw = make_gateway(BASIC)
     before = gw.server.runtime
+    target = str(tmp_path / "new.log")
+    real_open = os.open
 
-    def unopenable(target: str, clock: object, metrics: object = None) -> decision_log.DecisionLog:
-        raise PermissionError(13, "Permission denied")
+    def unopenable(path: str, flags: int, mode: int = 0o777) -> int:
+        # Root opens any file whatever its mode: the open of this one path fails as it would for another user.
+        if str(path) == target:
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, mode)
 
-    monkeypatch.setattr("stockade.proxy.server.DecisionLog", unopenable)
-    stricter = BASIC.replace("{upstream}", upstream.url) + f"log: {{decisions: '{tmp_path / 'new.log'}'}}\n"
+    monkeypatch.setattr(os, "open", unopenable)
+    stricter = BASIC.replace("{upstream}", upstream.url) + f"log: {{decisions: '{target}'}}\n"
     with pytest.raises(ConfigError, match=r"log\.decisions: cannot open"):
         gw.reload(stricter)
     monkeypatch.undo()

@@ -9,7 +9,8 @@ import logging
 import socket
 import ssl
 import weakref
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Final
 
 from stockade.clock import SYSTEM_CLOCK, Clock
 from stockade.errors import ConfigError
@@ -26,9 +27,9 @@ if TYPE_CHECKING:
     from stockade.observability.metrics import Metrics
     from stockade.pipeline.route import Runtime
 
-log = logging.getLogger("stockade.proxy")
+log: Final = logging.getLogger("stockade.proxy")
 
-SWEEP_INTERVAL = 0.25
+SWEEP_INTERVAL: Final = 0.25
 
 
 class ProxyServer:
@@ -128,7 +129,10 @@ class ProxyServer:
     def ports(self) -> list[int]:
         out = []
         for server in self._servers:
-            for s in server.sockets:
+            # Iterated generically: uvloop's servers give a list where typeshed says tuple, and compiled code
+            # would check the declared type.
+            sockets: Iterable[socket.socket] = getattr(server, "sockets")  # noqa: B009
+            for s in sockets:
                 out.append(s.getsockname()[1])
         return out
 
