@@ -13,6 +13,7 @@ from stockade.pipeline.intake import (
     RequestIds,
     bare_context,
     body_too_large,
+    method_name,
     parse_host,
     request_context,
     route_request,
@@ -89,6 +90,23 @@ def test_context_built(overrides: dict[str, Any], host: str, path: str, raw_path
     assert isinstance(ctx, RequestContext)
     assert (ctx.host, ctx.path, ctx.raw_path, ctx.query) == (host, path, raw_path, query)
     assert ctx.started == 5.0
+
+
+@pytest.mark.parametrize(
+    ("method", "name"),
+    [
+        *[(m.encode(), m) for m in ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS")],
+        (b"PROPFIND", "PROPFIND"),
+        (b"get", "get"),  # llhttp refuses it; the name is the bytes as they are, never another method's
+        (b"GETX", "GETX"),
+        (b"", ""),
+        (b"G\xffT", "G\ufffdT"),
+    ],
+)
+def test_method_name(method: bytes, name: str) -> None:
+    assert method_name(method) == name
+    ctx = _context(method=method)
+    assert isinstance(ctx, RequestContext) and ctx.method == name
 
 
 @pytest.mark.parametrize(

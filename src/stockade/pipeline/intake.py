@@ -51,6 +51,26 @@ def valid_request_id(value: bytes) -> bool:
     return _REQUEST_ID.match(value) is not None
 
 
+def method_name(method: bytes) -> str:
+    """The request method as text. The common ones are constants: no decode per request, and the same object
+    every time (the decision log skips a field whose value is the object it wrote last)."""
+    if method == b"GET":
+        return "GET"
+    if method == b"POST":
+        return "POST"
+    if method == b"PUT":
+        return "PUT"
+    if method == b"DELETE":
+        return "DELETE"
+    if method == b"PATCH":
+        return "PATCH"
+    if method == b"HEAD":
+        return "HEAD"
+    if method == b"OPTIONS":
+        return "OPTIONS"
+    return method.decode("ascii", "replace")
+
+
 class RequestIds:
     """Ids for requests that did not bring a valid one: a random per-process prefix and a counter."""
 
@@ -116,7 +136,7 @@ def request_context(
     # Positional: this runs for every request (keyword arguments cost more to bind).
     return RequestContext(
         rid,
-        method.decode("ascii", "replace"),
+        method_name(method),
         path,
         canonical,
         query,
@@ -150,7 +170,7 @@ def bare_context(
     """
     return RequestContext(
         request_id=new_id(),
-        method=method.decode("ascii", "replace"),
+        method=method_name(method),
         path="",
         raw_path="",
         query="",
