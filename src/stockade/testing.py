@@ -72,12 +72,18 @@ def make_context(
         clock=clock or FakeClock(),
     )
     if body is not None:
-
-        async def reader() -> bytes:
-            return body
-
-        ctx.attach_body_reader(reader)
+        ctx.attach_body_source(_FixedBody(body))
     return ctx
+
+
+class _FixedBody:
+    """The body of a test request, read as a front's exchange would give it."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    async def read_request_body(self) -> bytes:
+        return self.body
 
 
 def run_stage(stage: Stage, ctx: RequestContext) -> Continue | Skip | Deny:

@@ -75,7 +75,7 @@ class Exchange:
         self.deadline = INF
         self.task: asyncio.Task[Any] | None = None
         self.expired = False
-        self.reading_body = False  # a stage is waiting for the client's body (the front's _read_body)
+        self.reading_body = False  # a stage is waiting for the client's body (the front's read_request_body)
         self.expired_in_body = False
 
     def _bare(self, method: bytes) -> RequestContext:

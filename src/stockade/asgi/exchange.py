@@ -74,7 +74,7 @@ class HttpExchange(Exchange):
             return
         pipeline = route.pipeline
         self.body_limit = pipeline.body_limit
-        ctx.attach_body_reader(self._read_body)
+        ctx.attach_body_source(self)
         deny = await self.run_pipeline(ctx, pipeline)
         if deny is not None:
             await self._answer(denial(ctx, deny), close=deny.status == 413 and not self.body_done)
@@ -135,7 +135,7 @@ class HttpExchange(Exchange):
 
     # -- the request body -------------------------------------------------------------------------------------
 
-    async def _read_body(self) -> bytes:
+    async def read_request_body(self) -> bytes:
         """The body reader handed to stages (`await ctx.read_body()`): buffered, bounded, replayed to the app."""
         chunks: list[bytes] = []
         since = self.clock.monotonic()

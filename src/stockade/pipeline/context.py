@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 from urllib.parse import parse_qs
 
 from stockade.pipeline.headers import Headers
@@ -23,12 +22,18 @@ class BodyTooLargeError(Exception):
     """The request body exceeded the route's limit while it was being read."""
 
 
+class BodySource(Protocol):
+    """What a front gives the context to read the request body with (its exchange)."""
+
+    async def read_request_body(self) -> bytes: ...
+
+
 class RequestContext:
     """One request as the pipeline sees it. Stages read it; only the runner writes the decision fields."""
 
     __slots__ = (
         "_body",
-        "_body_reader",
+        "_body_source",
         "_query_params",
         "client_ip",
         "clock",
@@ -106,7 +111,7 @@ class RequestContext:
         self.status = 0
         self._query_params: dict[str, list[str]] | None = None
         self._body: bytes | None = None
-        self._body_reader: Callable[[], Awaitable[bytes]] | None = None
+        self._body_source: BodySource | None = None
 
     @property
     def query_params(self) -> dict[str, list[str]]:
@@ -127,16 +132,17 @@ class RequestContext:
         """The buffered request body if it has been read, else None."""
         return self._body
 
-    def attach_body_reader(self, reader: Callable[[], Awaitable[bytes]] | None) -> None:
-        """Set by the front; cleared when the exchange ends, which breaks the context <-> front reference cycle
-        (otherwise every request would wait for the cyclic garbage collector)."""
-        self._body_reader = reader
+    def attach_body_source(self, source: BodySource | None) -> None:
+        """Set by the front (its exchange, not a bound method of it: one attribute store, no object made per
+        request); cleared when the exchange ends, which breaks the context <-> front reference cycle (otherwise
+        every request would wait for the cyclic garbage collector)."""
+        self._body_source = source
 
     async def read_body(self) -> bytes:
         """Wait for the whole request body (bounded by the route's limit); raises BodyTooLargeError."""
         if self._body is None:
-            reader = self._body_reader
-            self._body = await reader() if reader is not None else b""
+            source = self._body_source
+            self._body = await source.read_request_body() if source is not None else b""
         return self._body
 
     def __repr__(self) -> str:

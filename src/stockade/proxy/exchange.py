@@ -189,7 +189,7 @@ class Exchange:
             and h.upgrade is not None
             and h.upgrade.lower() == b"websocket"
         )
-        ctx.attach_body_reader(self._read_body)
+        ctx.attach_body_source(self)
         result = pipeline.run(ctx)
         if result is None:
             forwarding._forward(self)
@@ -224,7 +224,7 @@ class Exchange:
         else:
             local_replies._respond_local(self, result.status, result.reason, result.headers, extra=result.extra)
 
-    async def _read_body(self) -> bytes:
+    async def read_request_body(self) -> bytes:
         """The body reader handed to stages that need the whole body (bounded by the route's limit)."""
         if self.too_large:
             raise BodyTooLargeError
@@ -482,7 +482,7 @@ class Exchange:
             server.metrics,
             hooks,
         )
-        ctx.attach_body_reader(None)
+        ctx.attach_body_source(None)
 
     def tunnel_idle(self) -> None:
         """Nothing passed either way for `limits.tunnel_idle_timeout`: close the upstream side (the client
