@@ -32,6 +32,22 @@ def test_request_reaches_upstream_with_forwarding_headers(gateway: TestGateway, 
     assert got.header("x-request-id")
 
 
+@pytest.mark.parametrize(
+    "hosts",
+    [["a.example", "a.example", "b.example", "a.example"], ["x", "x:8080", "X", "x"]],
+    ids=["switch-back", "port-and-case"],
+)
+def test_each_request_on_a_connection_forwards_its_own_host(
+    gateway: TestGateway, upstream: TestUpstream, hosts: list[str]
+) -> None:
+    """The connection keeps the X-Forwarded-Host lines of the last Host value: another value must not reuse them."""
+    with gateway.connect() as sock:
+        for host in hosts:
+            sock.sendall(f"GET /api/h HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            assert read_responses(sock, 1)[0][0] == 200
+    assert [r.header("x-forwarded-host") for r in upstream.received] == hosts
+
+
 REQUEST_HOP_BY_HOP = [
     ("connection-named", {"Connection": "X-Secret, keep-alive", "X-Secret": "s"}, "x-secret"),
     ("keep-alive", {"Keep-Alive": "timeout=5"}, "keep-alive"),

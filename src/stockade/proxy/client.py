@@ -139,6 +139,10 @@ class ClientConnection(asyncio.Protocol):
         # The X-Forwarded-For and -Proto lines and the X-Forwarded-Host name this connection's requests send
         # upstream unless a trusted proxy forwarded them (forwarding.encode_request_head): built once, here.
         self.forwarded_lines = b""
+        # forwarded_lines, the X-Forwarded-Host value and the X-Request-Id name, for the last value: a connection's
+        # requests usually name the same host, and the head is then built from fewer pieces.
+        self.forwarded_block = b""
+        self.forwarded_block_host = b"\0"  # no Host value (llhttp refuses NUL in one): never matches at first
         self.peer_cert: dict[str, object] | None = None
         self.peer_cert_der: bytes | None = None
         self.requests = 0

@@ -230,6 +230,10 @@ def _send(ex: Exchange, up: UpstreamConnection) -> None:
         ex._send_continue()
 
 
+_RID: Final = b"\r\nx-request-id: "
+_END_LAST_LINE: Final = b"\r\n\r\n"
+
+
 def encode_request_head(ex: Exchange) -> bytes:
     """The request head sent upstream, rebuilt from parsed parts only (never the client's raw bytes)."""
     h = ex.head
@@ -238,11 +242,16 @@ def encode_request_head(ex: Exchange) -> bytes:
     pipeline = ex.pipeline
     route = ex.route
     assert ctx is not None and pool is not None and pipeline is not None and route is not None  # noqa: S101
-    target = pool.base_path + ctx.raw_path.encode("latin-1")
+    target = ctx.raw_path.encode("latin-1")
+    if pool.base_path:
+        target = pool.base_path + target
     if ctx.query:
         target += b"?" + ctx.query.encode("latin-1")
-    host = h.hosts[0] if route.preserve_host and h.hosts else pool.host_header
-    parts = [h.method, b" ", target, b" HTTP/1.1\r\nhost: ", host, CRLF]
+    if route.preserve_host and h.hosts:
+        host_line = b" HTTP/1.1\r\nhost: " + h.hosts[0] + CRLF
+    else:
+        host_line = pool.host_line
+    parts = [h.method, b" ", target, host_line]
     removed = ctx.remove_headers
     if h.connection or removed or ctx.set_headers:
         if ctx.set_headers:
@@ -277,15 +286,26 @@ def encode_request_head(ex: Exchange) -> bytes:
             if lname not in _XF_REBUILT:
                 parts.extend((name, b": ", value, CRLF))
         xff = forwarded_for(conn.peer_ip, xff_values, ex.runtime.trusted_proxies).encode("latin-1")
-        parts.extend((b"x-forwarded-for: ", xff, b"\r\nx-forwarded-proto: ", proto, b"\r\nx-forwarded-host: "))
+        parts.extend(
+            (b"x-forwarded-for: ", xff, b"\r\nx-forwarded-proto: ", proto, b"\r\nx-forwarded-host: ", fhost, _RID)
+        )
     else:
-        parts.append(conn.forwarded_lines)  # the same lines for the peer itself, built once per connection
-    parts.extend((fhost, b"\r\nx-request-id: ", ctx.request_id.encode("ascii"), CRLF))
+        # The same lines for the peer itself, built once per connection (and per X-Forwarded-Host value).
+        if fhost != conn.forwarded_block_host:
+            conn.forwarded_block = conn.forwarded_lines + fhost + _RID
+            conn.forwarded_block_host = fhost
+        parts.append(conn.forwarded_block)
+    parts.append(ctx.request_id.encode("ascii"))
+    identity = pipeline.identity_header_bytes(ctx)
+    if not (h.chunked or ex.upgrade_ok or identity or ctx.set_headers):
+        parts.append(_END_LAST_LINE)  # the usual request: nothing after X-Request-Id
+        return b"".join(parts)
+    parts.append(CRLF)
     if h.chunked:
         parts.append(b"transfer-encoding: chunked\r\n")
     if ex.upgrade_ok:
         parts.append(b"connection: upgrade\r\nupgrade: websocket\r\n")
-    parts.append(pipeline.identity_header_bytes(ctx))
+    parts.append(identity)
     if ctx.set_headers:
         for sname, svalue in ctx.set_headers.items():
             parts.extend((sname.encode("latin-1"), b": ", svalue.encode("latin-1"), CRLF))

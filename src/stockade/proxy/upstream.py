@@ -398,6 +398,8 @@ class UpstreamPool:
             self.host_header = b"[" + self.host.encode("ascii") + b"]"
         if self.port != default_port:
             self.host_header += b":%d" % self.port
+        # The end of the request line and the Host line, for routes that do not preserve the client's Host.
+        self.host_line = b" HTTP/1.1\r\nhost: " + self.host_header + b"\r\n"
         self.base_path = parts.path.rstrip("/").encode("ascii")
         if self.tls and ssl_ctx is None:  # normally built at config load (relative to the config file)
             ssl_ctx = upstream_context(Path(spec.ca_file) if spec.ca_file else None)

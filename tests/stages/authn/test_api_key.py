@@ -49,6 +49,16 @@ def test_api_key_accepted_and_stripped(tmp_path: Path, headers: dict[str, str], 
         assert seen.header("x-stockade-roles") == "reader"
 
 
+@pytest.mark.parametrize("order", [["alice", "bob", "alice", "alice", "bob"], ["bob", "bob", "alice"]])
+def test_identity_headers_follow_each_request_principal(tmp_path: Path, order: list[str]) -> None:
+    """The pipeline remembers the last principal's identity lines: a different principal next must get its own."""
+    with keyed_gateway(tmp_path) as env:
+        keys = {name: env.issue(consumer=name).secret for name in set(order)}
+        for name in order:
+            assert env.get(**{"X-API-Key": keys[name]})[0] == 200
+        assert [r.header("x-stockade-principal") for r in env.up.received[-len(order) :]] == order
+
+
 def test_api_key_other_authorization_scheme_is_left_for_other_authenticators(tmp_path: Path) -> None:
     with keyed_gateway(tmp_path) as env:
         status, headers, body = env.get(Authorization="Bearer abc")
