@@ -482,22 +482,28 @@ class PoolManager:
         self.tls = tls or {}  # HTTPS client contexts by `ca_file`, built at config load
         self.pools: dict[tuple[object, ...], UpstreamPool] = {}
         self._by_spec: dict[int, tuple[Upstream, UpstreamPool]] = {}  # per config object: no key built per request
+        self._last: tuple[Upstream, UpstreamPool] | None = None  # the last one asked for: an identity test
 
     def get(self, spec: Upstream) -> UpstreamPool:
+        hit = self._last
+        if hit is not None and hit[0] is spec and not hit[1].closed:
+            return hit[1]
         hit = self._by_spec.get(id(spec))
         if hit is not None and hit[0] is spec and not hit[1].closed:
+            self._last = hit
             return hit[1]
         key = (spec.url, spec.ca_file, spec.server_name, spec.max_idle, spec.idle_timeout)
         pool = self.pools.get(key)
         if pool is None:
             pool = self.pools[key] = UpstreamPool(spec, self.clock, self.tls.get(spec.ca_file))
-        self._by_spec[id(spec)] = (spec, pool)  # holding `spec` keeps its id from being reused
+        self._by_spec[id(spec)] = self._last = (spec, pool)  # holding `spec` keeps its id from being reused
         return pool
 
     def retain(self, specs: list[Upstream], tls: Mapping[str | None, ssl.SSLContext] | None = None) -> None:
         """After a reload: close pools no route uses any more; new connections of the others verify with the
         reloaded CA files (idle connections, already verified, stay)."""
         self._by_spec.clear()
+        self._last = None
         if tls is not None:
             self.tls = tls
             for pool in self.pools.values():
