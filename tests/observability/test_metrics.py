@@ -9,12 +9,13 @@ from pathlib import Path
 
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from stockade.admin.app import AdminState, admin_app
 from stockade.admin.server import AdminServer
 from stockade.config.loader import load_config_text
-from stockade.observability.metrics import OVERHEAD_BUCKETS, Metrics, Snapshot, retire
+from stockade.observability.metrics import OVERHEAD_BUCKETS, Metrics, Snapshot, SnapshotCollector, merge, retire
 from stockade.proxy.workers import Supervisor, _Worker
 from stockade.testing import TestUpstream
 from tests.conftest import BASIC, GatewayFactory
@@ -104,3 +105,55 @@ def test_supervisor_keeps_dead_workers_counters_but_not_their_gauges(tmp_path: P
     gauges = {name: v for name, _, v in merged["gauges"]}
     assert gauges["stockade_client_connections"] == 2.0  # the live worker's alone
     assert w.retired is not None and len(orjson.dumps(w.retired)) == len(orjson.dumps(retire(None, w.retired)))
+
+
+def _counts(**at: int) -> list[int]:
+    counts = [0] * 16
+    for index, n in at.items():
+        counts[int(index.removeprefix("i"))] = n
+    return counts
+
+
+def test_snapshot_merge_and_exposition_of_a_known_sequence() -> None:
+    m = Metrics()
+    m.request("api", "allow", "", 200, 3e-5, 0.002)  # overhead le=5e-05 (index 2), upstream le=0.0025 (1)
+    m.request("api", "deny", "auth.missing", 401, 1e-5, None)  # on a bound: its bucket (le=1e-05, index 0)
+    m.request("api", "allow", "", 200, 2.0, 0.001)  # over the last bound: +Inf (15); upstream le=0.001 (0)
+    m.request("", "deny", "route.not_found", 404, 5e-5, None)
+    m.event("reload")
+    snap = m.snapshot()
+    assert snap == {
+        "requests": [
+            ["api", "allow", "", 200, 2],
+            ["api", "deny", "auth.missing", 401, 1],
+            ["", "deny", "route.not_found", 404, 1],
+        ],
+        "overhead": {"api": [_counts(i0=1, i2=1, i15=1), 0.0 + 3e-5 + 1e-5 + 2.0], "": [_counts(i2=1), 5e-5]},
+        "upstream": {"api": [_counts(i0=1, i1=1), 0.0 + 0.002 + 0.001]},
+        "events": [["reload", "", 1]],
+        "gauges": [],
+    }
+    assert orjson.loads(orjson.dumps(snap)) == snap
+    m.request("api", "allow", "", 200, 3e-5, 0.002)
+    assert snap["requests"][0][-1] == 2 and sum(snap["overhead"]["api"][0]) == 3  # a copy, not the live counters
+    merged = merge([snap, m.snapshot()])
+    assert merged["requests"][0] == ["api", "allow", "", 200, 5]
+    assert merged["overhead"]["api"][0] == _counts(i0=2, i2=3, i15=2)
+    assert merged["upstream"]["api"][0] == _counts(i0=2, i1=3)
+    registry = CollectorRegistry()
+    registry.register(SnapshotCollector(lambda: snap))
+    text = generate_latest(registry).decode()
+    for line in [
+        'stockade_requests_total{decision="allow",reason="",route="api",status="200"} 2.0',
+        'stockade_requests_total{decision="deny",reason="route.not_found",route="",status="404"} 1.0',
+        'stockade_gateway_overhead_seconds_bucket{le="1e-05",route="api"} 1.0',
+        'stockade_gateway_overhead_seconds_bucket{le="5e-05",route="api"} 2.0',
+        'stockade_gateway_overhead_seconds_bucket{le="1.0",route="api"} 2.0',
+        'stockade_gateway_overhead_seconds_bucket{le="+Inf",route="api"} 3.0',
+        'stockade_gateway_overhead_seconds_count{route="api"} 3.0',
+        'stockade_upstream_latency_seconds_bucket{le="0.0025",route="api"} 2.0',
+        'stockade_upstream_latency_seconds_count{route="api"} 2.0',
+        'stockade_events_total{event="reload",label=""} 1.0',
+    ]:
+        assert line in text.splitlines()
+    assert 'stockade_upstream_latency_seconds_count{route=""}' not in text

@@ -5,6 +5,7 @@ Workers keep their own counters; with several workers the supervisor merges snap
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
 
@@ -23,26 +24,37 @@ UPSTREAM_BUCKETS: Final[tuple[float, ...]] = (
 Snapshot = dict[str, Any]
 
 
+class _Bucket:
+    """One histogram bucket: its upper bound as a C double and its count as a C field (no int objects made)."""
+
+    __slots__ = ("le", "n")
+
+    def __init__(self, le: float) -> None:
+        self.le = le
+        self.n = 0
+
+
 class Histogram:
-    __slots__ = ("bounds", "counts", "sum")
+    __slots__ = ("bounds", "buckets", "sum")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)
+        # the last bucket is +Inf: `inf < value` is never true, so observe() always finds a bucket
+        self.buckets = [_Bucket(b) for b in bounds] + [_Bucket(math.inf)]
         self.sum = 0.0
 
+    @property
+    def counts(self) -> list[int]:
+        """The count of each bucket (the last one is +Inf), a new list."""
+        return [b.n for b in self.buckets]
+
     def observe(self, value: float) -> None:
-        # bisect_left by hand: compiled, four comparisons cost less than one call into the bisect module
-        bounds = self.bounds
-        lo = 0
-        hi = len(bounds)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if bounds[mid] < value:
-                lo = mid + 1
-            else:
-                hi = mid
-        self.counts[lo] += 1
+        # bisect_left as a scan: the first bucket whose bound is not below the value (NaN lands in the first, as
+        # with bisect_left). Compiled, a step reads a C double; request times mostly fall in the first few buckets.
+        for b in self.buckets:
+            if not b.le < value:
+                b.n += 1
+                break
         self.sum += value
 
 
