@@ -107,6 +107,82 @@ def test_supervisor_keeps_dead_workers_counters_but_not_their_gauges(tmp_path: P
     assert w.retired is not None and len(orjson.dumps(w.retired)) == len(orjson.dumps(retire(None, w.retired)))
 
 
+# -- Metrics.request: the per-route cell and its last-series cache ---------------------------------------------
+
+
+def _other(s: str) -> str:
+    """An equal string that is another object (literals are interned, so a cache could match them by identity)."""
+    copy = "".join(list(s))
+    assert copy == s and copy is not s
+    return copy
+
+
+@pytest.mark.parametrize("field", ["route", "decision", "reason", "all"])
+def test_equal_strings_that_are_other_objects_count_in_one_series(field: str) -> None:
+    route, decision, reason = "api", "deny", "auth.missing"
+    copied = (
+        _other(route) if field in ("route", "all") else route,
+        _other(decision) if field in ("decision", "all") else decision,
+        _other(reason) if field in ("reason", "all") else reason,
+    )
+    m = Metrics()
+    m.request(route, decision, reason, 401, 1e-5, None)
+    m.request(*copied, 401, 1e-5, 0.001)
+    m.request(route, decision, reason, 401, 1e-5, None)
+    m.request(*copied, 401, 1e-5, None)
+    assert m.requests == {("api", "deny", "auth.missing", 401): 4}
+    assert list(m.overhead) == ["api"] and sum(m.overhead["api"].counts) == 4
+    assert list(m.upstream) == ["api"] and sum(m.upstream["api"].counts) == 1
+
+
+# (route, decision, reason, status, upstream seconds or None)
+Call = tuple[str, str, str, int, float | None]
+OK: Call = ("api", "allow", "", 200, 0.002)
+NOT_FOUND: Call = ("api", "allow", "", 404, 0.002)
+DENIED: Call = ("api", "deny", "auth.missing", 401, None)
+REJECTED: Call = ("api", "deny", "auth.invalid", 401, None)
+ERROR: Call = ("api", "error", "", 200, None)
+OTHER: Call = ("web", "allow", "", 200, 0.002)
+UNROUTED: Call = ("", "deny", "route.not_found", 404, None)
+TIMEOUT: Call = ("slow", "error", "upstream.timeout", 504, 30.0)
+
+
+@pytest.mark.parametrize(
+    "calls",
+    [
+        pytest.param([OK] * 3, id="one-series"),
+        pytest.param([OK, NOT_FOUND] * 3, id="statuses-alternate"),
+        pytest.param([DENIED, REJECTED] * 3, id="reasons-alternate"),
+        pytest.param([OK, ERROR, OK, ERROR], id="decisions-alternate"),
+        pytest.param([OK, OTHER] * 3, id="routes-alternate"),
+        pytest.param([OK, OTHER, OK, NOT_FOUND, OTHER, NOT_FOUND], id="routes-and-series-alternate"),
+        pytest.param([OK, DENIED, REJECTED, ERROR, NOT_FOUND, OK, DENIED], id="back-to-earlier-series"),
+        pytest.param([DENIED, DENIED, OK], id="upstream-first-seen-later"),
+        pytest.param([UNROUTED, OK, UNROUTED, TIMEOUT, OTHER, UNROUTED], id="three-routes-and-the-unrouted"),
+    ],
+)
+def test_request_counts_every_series_and_route_whatever_the_order(calls: list[Call]) -> None:
+    m = Metrics()
+    expected: dict[tuple[str, str, str, int], int] = {}
+    per_route: dict[str, int] = {}
+    upstream: dict[str, list[float]] = {}
+    for i, (route, decision, reason, status, up) in enumerate(calls):
+        m.request(route, decision, reason, status, 1e-5 * (i + 1), up)
+        key = (route, decision, reason, status)
+        expected[key] = expected.get(key, 0) + 1
+        per_route[route] = per_route.get(route, 0) + 1
+        if up is not None:
+            upstream.setdefault(route, []).append(up)
+        # after every call, not only at the end: a cache that counted into the wrong series would show here
+        assert list(m.requests.items()) == list(expected.items())  # and in the order they were first seen
+    assert {r: sum(h.counts) for r, h in m.overhead.items()} == per_route
+    assert list(m.overhead) == list(per_route)
+    assert {r: (sum(h.counts), h.sum) for r, h in m.upstream.items()} == {
+        r: (len(v), pytest.approx(sum(v))) for r, v in upstream.items()
+    }
+    assert list(m.upstream) == list(upstream)  # a route never asked upstream has no upstream histogram
+
+
 def _counts(**at: int) -> list[int]:
     counts = [0] * 16
     for index, n in at.items():

@@ -58,32 +58,79 @@ class Histogram:
         self.sum += value
 
 
+class _Series:
+    """The count of one (route, decision, reason, status) series, as a C field."""
+
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 0
+
+
+class _RouteCell:
+    """What `Metrics.request` keeps per route: its histograms, and the series it counted last.
+
+    A route's requests mostly repeat one series (allow, '', 200), so the last one is kept here and compared field by
+    field: an int compare and two string compares (pointer compares when the strings are the same objects, as the
+    request path's constants are), where the 4-tuple key cost building, hashing and comparing a tuple twice."""
+
+    __slots__ = ("decision", "overhead", "reason", "series", "status", "upstream")
+
+    def __init__(self, overhead: Histogram, decision: str, reason: str, status: int, series: _Series) -> None:
+        self.overhead = overhead
+        self.upstream: Histogram | None = None  # created at the first upstream observation, as `Metrics.upstream`
+        self.decision = decision
+        self.reason = reason
+        self.status = status
+        self.series = series
+
+
 class Metrics:
     """Counters for one process. Gauges (pools, connections) are read from providers at scrape time."""
 
     def __init__(self) -> None:
-        self.requests: dict[tuple[str, str, str, int], int] = {}
+        self._series: dict[tuple[str, str, str, int], _Series] = {}
         self.overhead: dict[str, Histogram] = {}
         self.upstream: dict[str, Histogram] = {}
+        self._routes: dict[str, _RouteCell] = {}  # the same histograms as `overhead` and `upstream`, and a cache
         self.events: dict[tuple[str, str], int] = {}  # (event, label): reloads, stage failures, upstream errors
         self.gauge_providers: list[Callable[[], Iterable[tuple[str, dict[str, str], float]]]] = []
+
+    @property
+    def requests(self) -> dict[tuple[str, str, str, int], int]:
+        """Requests by (route, decision, reason, status), a new dict."""
+        return {k: s.n for k, s in self._series.items()}
 
     def request(
         self, route: str, decision: str, reason: str, status: int, overhead: float, upstream: float | None
     ) -> None:
         """Count one request; `upstream` is the time to the upstream's response head (or to its timeout), None if
         the upstream was not asked or failed."""
-        key = (route, decision, reason, status)
-        self.requests[key] = self.requests.get(key, 0) + 1
-        h = self.overhead.get(route)
-        if h is None:
-            h = self.overhead[route] = Histogram(OVERHEAD_BUCKETS)
-        h.observe(overhead)
+        cell = self._routes.get(route)
+        # `==` on two str is a pointer compare first in compiled code; equal strings of other objects still match
+        if cell is None or status != cell.status or decision != cell.decision or reason != cell.reason:
+            cell = self._switch(route, decision, reason, status)
+        cell.series.n += 1
+        cell.overhead.observe(overhead)
         if upstream is not None:
-            u = self.upstream.get(route)
+            u = cell.upstream
             if u is None:
-                u = self.upstream[route] = Histogram(UPSTREAM_BUCKETS)
+                u = cell.upstream = self.upstream[route] = Histogram(UPSTREAM_BUCKETS)
             u.observe(upstream)
+
+    def _switch(self, route: str, decision: str, reason: str, status: int) -> _RouteCell:
+        """The route's cell, its cached series now (route, decision, reason, status), created on first use."""
+        key = (route, decision, reason, status)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = _Series()
+        cell = self._routes.get(route)
+        if cell is None:
+            h = self.overhead[route] = Histogram(OVERHEAD_BUCKETS)
+            cell = self._routes[route] = _RouteCell(h, decision, reason, status, series)
+        else:
+            cell.decision, cell.reason, cell.status, cell.series = decision, reason, status, series
+        return cell
 
     def event(self, name: str, label: str = "") -> None:
         key = (name, label)
@@ -92,7 +139,7 @@ class Metrics:
     def snapshot(self) -> Snapshot:
         """A JSON-able copy (workers send these to the supervisor)."""
         return {
-            "requests": [[*k, v] for k, v in self.requests.items()],
+            "requests": [[*k, s.n] for k, s in self._series.items()],
             "overhead": {r: [h.counts, h.sum] for r, h in self.overhead.items()},
             "upstream": {r: [h.counts, h.sum] for r, h in self.upstream.items()},
             "events": [[*k, v] for k, v in self.events.items()],
