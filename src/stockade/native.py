@@ -59,6 +59,7 @@ COMPILED: tuple[str, ...] = (
     "stockade.proxy.spool",
     "stockade.proxy.upstream",
     "stockade.security.netaddr",
+    "stockade.stages.authn.anonymous",
     "stockade.security.paths",
 )
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar, Final
 
 from pydantic import Field
 
@@ -14,7 +14,8 @@ from stockade.pipeline.verdict import Continue
 
 
 class AnonymousConfig(StageConfig):
-    id: str = Field(default="anonymous", pattern=r"^[A-Za-z0-9_.:@-]{1,64}$")
+    # Annotated, not `= Field(default=...)`: this module is compiled, and mypyc checks a str field's default is a str
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:@-]{1,64}$")] = "anonymous"
 
 
 class AnonymousAuthenticator:
@@ -31,4 +32,4 @@ class AnonymousAuthenticator:
         return self._verdict
 
 
-_: type[Stage] = AnonymousAuthenticator
+_: Final[type[Stage]] = AnonymousAuthenticator
