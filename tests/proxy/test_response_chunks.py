@@ -56,6 +56,9 @@ class _Transport:
     def write(self, data: bytes) -> None:
         pass
 
+    def is_closing(self) -> bool:
+        return self.closed
+
     def close(self) -> None:
         self.closed = True
 

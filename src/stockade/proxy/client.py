@@ -20,7 +20,7 @@ from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrad
 
 from stockade.pipeline.forward import FORWARDING_PREFIXES, IDENTITY_PREFIX_BYTES, is_underscore_alias
 from stockade.pipeline.headers import parse_content_length
-from stockade.proxy.common import INF, PAUSE_PIPELINE, PAUSE_TUNNEL, PAUSE_UPSTREAM
+from stockade.proxy.common import INF, PAUSE_PIPELINE, PAUSE_TUNNEL, PAUSE_UPSTREAM, not_connected, transport_closed
 from stockade.proxy.exchange import Exchange
 from stockade.proxy.http import (
     COMMON_SPELLINGS,
@@ -130,7 +130,12 @@ class ClientConnection(asyncio.Protocol):
         self.max_header_bytes = limits.max_header_bytes
         self.max_headers = limits.max_headers
         self.transport: asyncio.Transport | None = None
+        # The transport's and the parser's methods used on every request, bound once: called from compiled code,
+        # a bound method is one call where `obj.method(...)` is a method lookup first.
+        self.transport_write: Callable[[bytes], object] = not_connected
+        self.transport_closing: Callable[[], bool] = transport_closed
         self.parser = HttpRequestParser(self)
+        self.feed: Callable[[bytes | memoryview], None] = self.parser.feed_data
         self.queue: deque[Exchange] = deque()
         self.parsing: Exchange | None = None  # the exchange whose body is being received
         self.head: RequestHead | None = None  # the request head being received
@@ -168,6 +173,8 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop transports do not subclass asyncio.Transport
         self.transport = transport
+        self.transport_write = transport.write
+        self.transport_closing = transport.is_closing
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if isinstance(peer, tuple) else "unix"
         if self.peer_ip.startswith("::ffff:"):
@@ -243,7 +250,7 @@ class ClientConnection(asyncio.Protocol):
             # read, or one that is all body; else by looking for the room-th empty line only (the rest of a long
             # read left unparsed is not counted through again as each queued request finishes).
             if n - pos < room * _MIN_REQUEST or n - pos <= skip or piece_end(data, pos + skip, room, 0, 0) == n:
-                self.parser.feed_data(data if pos == 0 else memoryview(data)[pos:])
+                self.feed(data if pos == 0 else memoryview(data)[pos:])
             else:
                 # Pieces that can each complete at most the room the queue has: one ends at the room-th empty line
                 # (or at the end of a Content-Length body). An empty line inside a chunked body looks the same, so
@@ -259,7 +266,7 @@ class ClientConnection(asyncio.Protocol):
                         self.pause(PAUSE_PIPELINE)
                         break
                     end = piece_end(data, pos, room, self.body_left, pieces)
-                    self.parser.feed_data(view[pos:end])
+                    self.feed(view[pos:end])
                     pos = end
                     pieces += 1
         except HttpParserCallbackError as exc:
@@ -465,9 +472,8 @@ class ClientConnection(asyncio.Protocol):
     # -- used by exchanges ------------------------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        transport = self.transport
-        if transport is not None and not transport.is_closing():
-            transport.write(data)
+        if self.transport is not None and not self.transport_closing():
+            self.transport_write(data)
 
     def pause(self, reason: int) -> None:
         if not self.pause_mask and self.transport is not None:

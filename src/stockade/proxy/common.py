@@ -47,3 +47,13 @@ class HotLimits:
     @classmethod
     def of(cls, limits: Limits) -> HotLimits:
         return cls(**{f.name: getattr(limits, f.name) for f in fields(cls)})
+
+
+def not_connected(data: bytes) -> None:
+    """A connection's bound `transport.write` before it has a transport (its write() checks for one first)."""
+    raise AssertionError("no transport yet")
+
+
+def transport_closed() -> bool:
+    """A connection's bound `transport.is_closing` before it has a transport."""
+    return True

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
+from stockade.proxy.common import not_connected, transport_closed
 from stockade.proxy.http import ResponseFraming
 from stockade.proxy.tls import upstream_context
 
@@ -112,6 +113,9 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
+        # Bound once (see ClientConnection): one call each where `transport.write(...)` is a lookup and a call.
+        self.transport_write: Callable[[bytes], object] = not_connected
+        self.transport_closing: Callable[[], bool] = transport_closed
         self.user: UpstreamUser | None = None
         self.parser: HttpResponseParser | None = None
         self.closed = False
@@ -141,6 +145,8 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop transports do not subclass asyncio.Transport
         self.transport = transport
+        self.transport_write = transport.write
+        self.transport_closing = transport.is_closing
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -348,7 +354,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         if self.transport is not None:
-            self.transport.write(data)
+            self.transport_write(data)
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closed:
@@ -413,7 +419,7 @@ class UpstreamPool:
         idle = self.idle
         while idle:
             conn = idle.pop()
-            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+            if not conn.closed and conn.transport is not None and not conn.transport_closing():
                 conn.reused = True
                 self.active += 1
                 return conn
@@ -440,7 +446,7 @@ class UpstreamPool:
             or conn.closed
             or len(self.idle) >= self.max_idle
             or conn.transport is None
-            or conn.transport.is_closing()
+            or conn.transport_closing()
         ):
             conn.close()
             return
