@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
+import orjson
 import pytest
 
+from stockade.clock import FakeClock
 from stockade.observability.decision_log import DecisionLog
-from stockade.testing import TestUpstream
+from stockade.pipeline.context import RequestContext
+from stockade.pipeline.principal import Principal
+from stockade.pipeline.verdict import Finding
+from stockade.testing import TestUpstream, make_context
 from tests.conftest import BASIC, GatewayFactory
 
 FIELDS = {"request_id", "route", "principal", "decision", "reason", "stage", "status", "latency_us", "client_ip"}
+T = TypeVar("T")
 SECRETS = ["Bearer eyJhbGciOiJIUzI1NiJ9.c2VjcmV0.c2ln", "stk_live_9f8e7d6c5b4a", "hunter2-password"]
 
 
@@ -330,4 +339,180 @@ def test_lines_with_and_without_extras_in_turn_keep_their_own_fields() -> None:
         assert line.endswith(b"}\n") and line.count(b"\n") == 1
         assert list(doc) == base + extras, i
         assert (doc["principal"], doc["status"], doc["latency_us"]) == (f"p{i}", 200 + i, 10 + i)
+    log._fd = -1
+
+
+# The line of a request as the plain recipe builds it: a fresh dict every time, dumped. The common line's reused dict
+# sets only the fields that changed; it must give exactly these bytes whatever came before.
+def _expected(ctx: RequestContext, now: float, status: int, total_us: int, upstream_us: int, error: str) -> bytes:
+    entry: dict[str, object] = {
+        "ts": int(now * 1000) / 1000,
+        "request_id": ctx.request_id,
+        "route": ctx.route_id,
+        "method": ctx.method[:32],
+        "path": re.sub(r";[^/]*", ";", ctx.path),
+        "principal": ctx.principal.id if ctx.principal is not None else None,
+        "decision": ctx.decision,
+        "reason": ctx.reason,
+        "stage": ctx.stage,
+        "status": status,
+        "latency_us": total_us,
+        "upstream_us": upstream_us,
+        "client_ip": ctx.client_ip,
+    }
+    if ctx.detail:
+        entry["detail"] = ctx.detail
+    if error:
+        entry["error"] = error
+    if ctx.findings:
+        entry["findings"] = [f.rule for f in ctx.findings]
+    if "failed_open" in ctx.state:
+        entry["failed_open"] = ctx.state["failed_open"]
+    return orjson.dumps(entry) + b"\n"
+
+
+def _taken(log: DecisionLog) -> bytes:
+    """The line just recorded, taken from the buffer (so that no flush ever writes it)."""
+    log._size = 0
+    return log._buf.pop()
+
+
+def _copy(s: str) -> str:
+    """An equal string that is another object."""
+    return "".join(list(s)) if len(s) > 1 else s
+
+
+ALICE = Principal(id="alice", kind="api_key")
+BOB = Principal(id="bob", kind="api_key")
+
+# One step: the context's fields to set (the rest stay as the step before left them), then the call's arguments
+# (status, latency, upstream time, error) and how far the clock moves first. Each step's line must be the plain
+# recipe's: never a value of an earlier line.
+BASE: dict[str, object] = {"status": 200, "total_us": 100, "upstream_us": 50, "error": "", "advance": 0.0}
+_FIELDS: list[tuple[str, object, object]] = [
+    ("request_id", "rid-1", "rid-2"),
+    ("route_id", "api", "admin"),
+    ("method", "GET", "POST"),
+    ("path", "/api/items/42", "/api/items/43"),
+    ("principal", ALICE, BOB),
+    ("decision", "allow", "deny"),
+    ("reason", "", "auth.required"),
+    ("stage", "", "api_key"),
+    ("client_ip", "127.0.0.1", "127.0.0.2"),
+    ("status", 200, 404),
+    ("total_us", 100, 101),
+    ("upstream_us", 50, 0),
+]
+STEPS: dict[str, list[dict[str, object]]] = {
+    # every field changes alone, then back, then to an equal value again
+    **{f"{name}-alone": [{name: a}, {name: b}, {name: a}, {name: a}, {name: b}] for name, a, b in _FIELDS},
+    "principal-none-and-back": [{"principal": ALICE}, {"principal": None}, {"principal": None}, {"principal": BOB}],
+    "all-at-once": [dict((name, a) for name, a, _ in _FIELDS), dict((name, b) for name, _, b in _FIELDS)],
+    "ts-within-and-across-milliseconds": [{}, {"advance": 0.0002}, {"advance": 0.0002}, {"advance": 0.001}, {}],
+    "equal-strings-other-objects": [
+        {"request_id": "rid", "route_id": "api", "method": "GET", "path": "/api/x", "client_ip": "10.0.0.1"},
+        {"request_id": _copy("rid"), "route_id": _copy("api"), "method": _copy("GET"), "path": _copy("/api/x")},
+        {"principal": Principal(id=_copy("alice"), kind="api_key"), "client_ip": _copy("10.0.0.1")},
+        {"decision": _copy("allow"), "reason": _copy(""), "stage": _copy("")},
+        {"status": 404, "total_us": 2**40, "upstream_us": 2**40},
+        {"status": int("404"), "total_us": int(str(2**40)), "upstream_us": int(str(2**40))},  # equal, other objects
+    ],
+    # a line with extras builds its own dict: the common line's dict and what it was set from stay as they were
+    "extras-between-common-lines": [
+        {"route_id": "api", "reason": "", "principal": ALICE},
+        {"route_id": "admin", "reason": "x", "principal": BOB, "detail": "why", "status": 403},
+        {"detail": ""},  # the same values as the extras line, now in the reused dict
+        {"route_id": "api", "reason": "", "principal": ALICE, "status": 200},
+        {"route_id": "admin", "error": "upstream.reset"},
+        {"route_id": "api"},
+        {"findings": [Finding(rule="sqli.union", detail="x")], "path": "/api/other"},
+        {"findings": []},
+        {"state": {"failed_open": ["rate_limit"]}, "method": "PUT"},
+        {"state": {"auth.identity": "h"}},
+        {"state": {}, "method": "GET"},
+    ],
+    "path-parameters-masked-each-time": [
+        {"path": "/api/a;jsessionid=S1/b;v=1"},
+        {"path": "/api/a;jsessionid=S2/b;v=2"},  # another raw path, the same masked one
+        {"path": "/api/a;jsessionid=S2/b;v=2"},
+        {"path": "/api/a"},
+        {"path": "/api/a;x", "detail": "d"},
+        {"path": "/api/a;x", "detail": ""},
+    ],
+    # the values the reused dict starts with
+    "to-empty-values-and-back": [
+        {name: ("" if isinstance(a, str) else None if isinstance(a, Principal) else 0) for name, a, _ in _FIELDS},
+        dict((name, a) for name, a, _ in _FIELDS),
+        {name: ("" if isinstance(a, str) else None if isinstance(a, Principal) else 0) for name, a, _ in _FIELDS},
+    ],
+    "method-cut": [{"method": "M" * 40}, {"method": "M" * 32}, {"method": "M" * 41}, {"method": "GET"}],
+}
+
+
+@pytest.mark.parametrize("steps", STEPS.values(), ids=STEPS.keys())
+def test_the_common_line_holds_each_requests_own_values(steps: list[dict[str, object]]) -> None:
+    clock = FakeClock(1_700_000_000.0)
+    log = DecisionLog("off", clock)
+    log._fd = 1  # recording only: the lines are taken from the buffer below, never written
+    ctx = make_context()
+    call = dict(BASE)
+    for i, step in enumerate([{}, *steps, {}]):  # the defaults first: a field at its default is a change too
+        call["advance"] = 0.0
+        for name, value in step.items():
+            if name in call:
+                call[name] = value
+            else:
+                setattr(ctx, name, value)
+        clock.advance(float(call["advance"]))  # type: ignore[arg-type]
+        args = (int(call["status"]), int(call["total_us"]), int(call["upstream_us"]), str(call["error"]))  # type: ignore[call-overload]
+        log.record(ctx, *args)
+        assert _taken(log) == _expected(ctx, clock.time(), *args), (i, step)
+        call["error"] = ""
+    log._fd = -1
+
+
+class _Picks:
+    """Reproducible picks (a linear congruential generator; the `random` module is banned from the code base)."""
+
+    def __init__(self, seed: int) -> None:
+        self.x = seed
+
+    def random(self) -> float:
+        self.x = (self.x * 6364136223846793005 + 1442695040888963407) % 2**64
+        return (self.x >> 11) / 2**53
+
+    def choice(self, values: Sequence[T]) -> T:
+        return values[int(self.random() * len(values))]
+
+
+def test_lines_match_the_plain_recipe_over_a_random_run() -> None:
+    """Thousands of requests whose fields change at random, often to equal strings that are other objects."""
+    rng = _Picks(7)
+    clock = FakeClock(1_700_000_000.0)
+    log = DecisionLog("off", clock)
+    log._fd = 1
+    choices: dict[str, list[object]] = {
+        "request_id": ["a", "b", "test-request"],
+        "route_id": ["", "api", "admin"],
+        "method": ["GET", "POST", "X" * 33],
+        "path": ["/", "/api/x", "/api/x;s=1", "/api/y;", "/\u00e9\u2603"],
+        "principal": [None, ALICE, BOB, Principal(id='\x00"\\', kind="k")],
+        "decision": ["allow", "deny", "monitor"],
+        "reason": ["", "auth.required"],
+        "stage": ["", "api_key"],
+        "client_ip": ["127.0.0.1", "::1"],
+        "detail": ["", "", "", "why"],
+        "findings": [[], [], [], [Finding(rule="sqli.union", detail="x")]],
+        "state": [{}, {}, {"auth.identity": "h"}, {"failed_open": ["rate_limit"]}],
+    }
+    ctx = make_context()
+    for i in range(5000):
+        for name, values in choices.items():
+            if rng.random() < 0.3:
+                value = rng.choice(values)
+                setattr(ctx, name, _copy(value) if isinstance(value, str) and rng.random() < 0.5 else value)
+        clock.advance(rng.choice([0.0, 0.0003, 0.001, 1.0]))
+        args = (rng.choice([200, 404, 2**40]), rng.choice([0, 7, 2**40]), rng.choice([0, 3]), rng.choice(["", "", "e"]))
+        log.record(ctx, *args)
+        assert _taken(log) == _expected(ctx, clock.time(), *args), i
     log._fd = -1

@@ -80,7 +80,41 @@ class DecisionLog:
         if streamed:
             self._poll = select.poll()
             self._poll.register(self._fd, select.POLLOUT)
-        self._entry: dict[str, object] = {}  # the fields of a line without extras, refilled for each
+        # A line without extras reuses one dict (orjson copies it out at once), and sets only the fields whose value
+        # changed: most (route, method, decision, ...) repeat from request to request, and a set-item costs more
+        # than comparing. Beside it, what each field was last set from, kept so that the dict always holds exactly
+        # what those values give; a line with extras builds its own dict and leaves both alone.
+        self._ms = 0  # the timestamp in milliseconds
+        self._request_id = ""
+        self._route = ""
+        self._method = ""  # as the context has it: the dict holds it cut
+        self._path = ""  # masked
+        self._principal: str | None = None
+        self._decision = ""
+        self._reason = ""
+        self._stage = ""
+        self._status = 0
+        self._latency_us = 0
+        self._upstream_us = 0
+        self._client_ip = ""
+        self._entry: dict[str, object] = {
+            "ts": 0.0,
+            "request_id": "",
+            "route": "",
+            "method": "",
+            "path": "",
+            "principal": None,
+            "decision": "",
+            "reason": "",
+            "stage": "",
+            "status": 0,
+            "latency_us": 0,
+            "upstream_us": 0,
+            "client_ip": "",
+        }
+        # The last path seen and its masked form: most requests repeat one (normalised paths are cached objects).
+        self._seen_path = ""
+        self._seen_masked = ""
         self.dropped = 0  # lines dropped while the reader did not keep up
         self._behind = False  # the last flush left lines behind: retry on the timer, not on every request
 
@@ -94,41 +128,77 @@ class DecisionLog:
         p = ctx.principal
         principal = p.id if p is not None else None
         path = ctx.path
-        if ";" in path:
-            path = _mask_parameters(path)
+        if path == self._seen_path:
+            path = self._seen_masked
+        else:
+            self._seen_path = path
+            if ";" in path:
+                path = _mask_parameters(path)
+            self._seen_masked = path
         detail = ctx.detail
         # Client-controlled fields, cut (rarely: one length test each on the common path).
         cut = len(path) > _MAX_FIELD or len(detail) > _MAX_FIELD
         if principal is not None and len(principal) > _MAX_PRINCIPAL:
             principal = principal[:_MAX_PRINCIPAL]
             cut = True
-        extras = bool(detail) or cut or bool(error) or bool(ctx.findings) or "failed_open" in ctx.state
-        # The common line reuses one dict (orjson copies it out at once): same keys, same order, no new dict.
-        entry = self._entry if not extras else {}
-        entry["ts"] = int(self.time() * 1000) / 1000
-        entry["request_id"] = ctx.request_id
-        entry["route"] = ctx.route_id
-        entry["method"] = ctx.method[:32]
-        entry["path"] = path[:_MAX_FIELD] if cut else path
-        entry["principal"] = principal
-        entry["decision"] = ctx.decision
-        entry["reason"] = ctx.reason
-        entry["stage"] = ctx.stage
-        entry["status"] = status
-        entry["latency_us"] = total_us
-        entry["upstream_us"] = upstream_us
-        entry["client_ip"] = ctx.client_ip
-        if extras:
-            if detail:
-                entry["detail"] = detail[:_MAX_FIELD] if cut else detail
-            if cut:
-                entry["truncated"] = True
-            if error:
-                entry["error"] = error
-            if ctx.findings:
-                entry["findings"] = [f.rule for f in ctx.findings]
-            if "failed_open" in ctx.state:
-                entry["failed_open"] = ctx.state["failed_open"]
+        state = ctx.state
+        ms = int(self.time() * 1000)
+        if detail or cut or error or ctx.findings or (state and "failed_open" in state):
+            entry = self._extras_entry(ctx, ms, path, principal, status, total_us, upstream_us, detail, cut, error)
+        else:
+            # The common line: only what changed is set (`==` on two str objects compares pointers first).
+            entry = self._entry
+            if ms != self._ms:
+                entry["ts"] = ms / 1000
+                self._ms = ms
+            s = ctx.request_id
+            if s != self._request_id:
+                entry["request_id"] = s
+                self._request_id = s
+            s = ctx.route_id
+            if s != self._route:
+                entry["route"] = s
+                self._route = s
+            s = ctx.method
+            if s != self._method:
+                entry["method"] = s[:32]
+                self._method = s
+            if path != self._path:
+                entry["path"] = path
+                self._path = path
+            last = self._principal
+            if principal is None:
+                if last is not None:
+                    entry["principal"] = None
+                    self._principal = None
+            elif last is None or principal != last:
+                entry["principal"] = principal
+                self._principal = principal
+            s = ctx.decision
+            if s != self._decision:
+                entry["decision"] = s
+                self._decision = s
+            s = ctx.reason
+            if s != self._reason:
+                entry["reason"] = s
+                self._reason = s
+            s = ctx.stage
+            if s != self._stage:
+                entry["stage"] = s
+                self._stage = s
+            if status != self._status:
+                entry["status"] = status
+                self._status = status
+            if total_us != self._latency_us:
+                entry["latency_us"] = total_us
+                self._latency_us = total_us
+            if upstream_us != self._upstream_us:
+                entry["upstream_us"] = upstream_us
+                self._upstream_us = upstream_us
+            s = ctx.client_ip
+            if s != self._client_ip:
+                entry["client_ip"] = s
+                self._client_ip = s
         line = _dumps(entry, option=_NEWLINE)
         if len(line) > _PIPE_BUF:
             line = _fit(dict(entry))
@@ -141,6 +211,48 @@ class DecisionLog:
         self._size += len(line)
         if self._size >= _FLUSH_AT and not self._behind:
             self.flush()
+
+    @staticmethod
+    def _extras_entry(
+        ctx: RequestContext,
+        ms: int,
+        path: str,
+        principal: str | None,
+        status: int,
+        total_us: int,
+        upstream_us: int,
+        detail: str,
+        cut: bool,
+        error: str,
+    ) -> dict[str, object]:
+        """The fields of a line with extras (a detail, a cut, an error, findings or a fail-open), in a dict of its
+        own: the common line's dict keeps exactly its thirteen fields, in their order."""
+        entry: dict[str, object] = {
+            "ts": ms / 1000,
+            "request_id": ctx.request_id,
+            "route": ctx.route_id,
+            "method": ctx.method[:32],
+            "path": path[:_MAX_FIELD] if cut else path,
+            "principal": principal,
+            "decision": ctx.decision,
+            "reason": ctx.reason,
+            "stage": ctx.stage,
+            "status": status,
+            "latency_us": total_us,
+            "upstream_us": upstream_us,
+            "client_ip": ctx.client_ip,
+        }
+        if detail:
+            entry["detail"] = detail[:_MAX_FIELD] if cut else detail
+        if cut:
+            entry["truncated"] = True
+        if error:
+            entry["error"] = error
+        if ctx.findings:
+            entry["findings"] = [f.rule for f in ctx.findings]
+        if "failed_open" in ctx.state:
+            entry["failed_open"] = ctx.state["failed_open"]
+        return entry
 
     def flush(self) -> None:
         if not self._buf or self._fd < 0:
