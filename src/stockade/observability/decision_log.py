@@ -269,7 +269,8 @@ class DecisionLog:
                 cut = len(data) if len(data) <= chunk else data.rfind(b"\n", 0, chunk) + 1
                 if cut <= 0:
                     cut = data.find(b"\n") + 1 or len(data)
-                written = os.write(self._fd, data[:cut])
+                # A file takes the whole buffer at once: slicing it would copy it all first.
+                written = os.write(self._fd, data if cut == len(data) else data[:cut])
                 data = data[written:]
         except OSError:
             data = b""  # a closed stdout must not take the data plane down; metrics still count the requests
