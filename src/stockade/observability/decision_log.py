@@ -7,7 +7,7 @@ import select
 import stat
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
@@ -26,7 +26,8 @@ _MAX_PENDING: Final = 8 * 1024 * 1024
 _MAX_FIELD: Final = 1024
 _MAX_PRINCIPAL: Final = 256
 _dumps: Final = orjson.dumps  # compiled code reads a module's attribute by a lookup at every call
-_NEWLINE: Final = orjson.OPT_APPEND_NEWLINE
+# Kept boxed: a Final int is a C integer that compiled code boxes again (a new int object) at every call.
+_NEWLINE: Final[Any] = orjson.OPT_APPEND_NEWLINE
 
 
 def _fit(entry: dict[str, object]) -> bytes:
