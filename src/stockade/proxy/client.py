@@ -136,6 +136,9 @@ class ClientConnection(asyncio.Protocol):
         self.transport_closing: Callable[[], bool] = transport_closed
         self.parser = HttpRequestParser(self)
         self.feed: Callable[[bytes | memoryview], None] = self.parser.feed_data
+        self.parsed_method: Callable[[], bytes] = self.parser.get_method
+        self.parsed_keep_alive: Callable[[], bool] = self.parser.should_keep_alive
+        self.parsed_upgrade: Callable[[], bool] = self.parser.should_upgrade
         self.queue: deque[Exchange] = deque()
         self.parsing: Exchange | None = None  # the exchange whose body is being received
         self.head: RequestHead | None = None  # the request head being received
@@ -409,17 +412,16 @@ class ClientConnection(asyncio.Protocol):
         if len(head.raw) > self.max_headers:
             raise HttpRejectError(431, "http.headers_too_large", "too many header fields")
         self.head = None
-        parser = self.parser
-        head.method = parser.get_method()
-        head.keep_alive = keep_alive = parser.should_keep_alive()
+        head.method = self.parsed_method()
+        head.keep_alive = keep_alive = self.parsed_keep_alive()
         # llhttp parses only HTTP/0.9, 1.0, 1.1 and 2.0, and keeps a connection alive without a Connection or
         # Proxy-Connection header (the two it reads `keep-alive` from) only for 1.1: that common case is "1.1"
         # without a call to get_http_version, which formats a string (~2,400 instructions, 4% of the bare route).
         if keep_alive and not head.connection and not head.proxy_connection:
             head.version = "1.1"
         else:
-            head.version = parser.get_http_version()
-        head.upgrade_flag = parser.should_upgrade()
+            head.version = self.parser.get_http_version()
+        head.upgrade_flag = self.parsed_upgrade()
         if head.chunked and not _only_chunked(head.raw):
             # The gateway undoes chunked itself and forwards the body re-framed: any other transfer coding would
             # reach the upstream still applied, unannounced (RFC 9112 6.1: 501).

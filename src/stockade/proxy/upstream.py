@@ -12,7 +12,7 @@ import asyncio
 import ssl
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Protocol, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 from urllib.parse import urlsplit
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
@@ -107,6 +107,10 @@ def _past_blank_lines(buf: bytes, pos: int) -> int:
     return pos
 
 
+def _no_parser(*args: object) -> Any:
+    raise AssertionError("no parser yet")  # begin() gives the connection one before it reads
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection to an upstream. Serves one exchange at a time; idle ones wait in the pool."""
 
@@ -118,6 +122,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport_closing: Callable[[], bool] = transport_closed
         self.user: UpstreamUser | None = None
         self.parser: HttpResponseParser | None = None
+        # The parser's methods used on every response, bound whenever the parser changes (_use_parser).
+        self.feed: Callable[[bytes], None] = _no_parser
+        self.parsed_status: Callable[[], int] = _no_parser
+        self.parsed_keep_alive: Callable[[], bool] = _no_parser
         self.closed = False
         self.tunnel = False
         self.reused = False
@@ -175,11 +183,9 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         self.received_any = True
-        parser = self.parser
-        assert parser is not None  # noqa: S101 - begin() always sets it
         upgraded = False
         try:
-            parser.feed_data(data)
+            self.feed(data)  # the parser's, bound (begin() always sets one)
         except HttpParserUpgrade:
             upgraded = True
         except HttpParserError as exc:
@@ -294,7 +300,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.done = False
         self.reframing = True
         self.decoded = []
-        parser = self.parser = HttpResponseParser(_Reframer(self))
+        parser = self._use_parser(HttpResponseParser(_Reframer(self)))
         parser.feed_data(_CHUNKED_HEAD)
         if rest:
             parser.feed_data(rest)
@@ -309,8 +315,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.extra = True
 
     def on_headers_complete(self) -> None:
-        assert self.parser is not None  # noqa: S101
-        status = self.parser.get_status_code()
+        status = self.parsed_status()
         if 100 <= status < 200 and status != 101:
             self.interim += 1
             self.skip_complete += 1
@@ -330,11 +335,17 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if not self.done:
             # llhttp resets its flags once feed_data returns, so keep-alive must be read here.
-            assert self.parser is not None  # noqa: S101
-            self.reusable = self.parser.should_keep_alive()
+            self.reusable = self.parsed_keep_alive()
         self.done = True
 
     # -- used by the exchange ---------------------------------------------------------------------------------
+
+    def _use_parser(self, parser: HttpResponseParser) -> HttpResponseParser:
+        self.parser = parser
+        self.feed = parser.feed_data
+        self.parsed_status = parser.get_status_code
+        self.parsed_keep_alive = parser.should_keep_alive
+        return parser
 
     def begin(self, user: UpstreamUser, *, decode: bool, head_only: bool) -> None:
         """Start serving one exchange: a fresh parser, in the body mode it needs."""
@@ -342,7 +353,7 @@ class UpstreamConnection(asyncio.Protocol):
         # llhttp resets itself after a complete keep-alive message, so the parser is reused unless the body mode
         # changes (a connection that served a HEAD, whose parser stopped mid-message, is never reused).
         if self.parser is None or decode != self.decode or self.reframing:
-            self.parser = HttpResponseParser(_Decoder(self) if decode else self)
+            self._use_parser(HttpResponseParser(_Decoder(self) if decode else self))
         self.decode = decode
         self.reframing = False
         self.head_only = head_only
