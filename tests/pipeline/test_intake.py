@@ -222,3 +222,18 @@ def test_body_too_large_names_the_stage_that_set_the_limit(runtime: Any, route_i
     deny = body_too_large(runtime.routes[route_id].pipeline, ctx)
     assert (deny.status, deny.reason) == (413, "request.body_too_large")
     assert (ctx.decision, ctx.stage, ctx.detail) == ("deny", stage, f"body exceeds {limit} bytes")
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        [b"a.example", b"a.example", b"B.example:80", b"a..b", b"a.example", b"a..b", b"a..b"],
+        [b"x", b"", b"x", b"[::1]", b"X.", b"x"],
+    ],
+    ids=["switch-and-malformed", "empty-ipv6-case"],
+)
+def test_parse_host_answers_each_value_whatever_came_before(order: list[bytes]) -> None:
+    """The last value parsed is remembered: the next, if different, must get its own answer."""
+    expected = {b"a.example": "a.example", b"B.example:80": "b.example", b"a..b": None, b"x": "x", b"": ""}
+    expected |= {b"[::1]": "::1", b"X.": "x"}
+    assert [parse_host(bytes(v)) for v in order] == [expected[v] for v in order]
