@@ -194,7 +194,7 @@ def _send(ex: Exchange, up: UpstreamConnection) -> None:
     head_only = h.method == b"HEAD"
     buffer_response = pipeline.needs_response_body and not head_only
     ex.collected = [] if buffer_response else None
-    up.begin(ex, decode=buffer_response or h.version == "1.0", head_only=head_only)
+    up.begin(ex, decode=buffer_response or h.version == "1.0", head_only=head_only, exchange=ex)
     if ex.conn.write_paused_at < INF:
         # The client is backed up already (by an earlier response on its connection): this response waits for it
         # too, as the one that was sending when it backed up did. resume_writing resumes whichever is sending.

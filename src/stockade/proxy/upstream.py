@@ -24,6 +24,7 @@ from stockade.proxy.tls import upstream_context
 if TYPE_CHECKING:
     from stockade.clock import Clock
     from stockade.config.models import Upstream
+    from stockade.proxy.exchange import Exchange
 
 MAX_RESPONSE_HEAD: Final = 64 * 1024
 
@@ -121,6 +122,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport_write: Callable[[bytes], object] = not_connected
         self.transport_closing: Callable[[], bool] = transport_closed
         self.user: UpstreamUser | None = None
+        # The same object as `user` when that is a proxy exchange (always, but in tests of this class alone), typed
+        # as one: its calls are direct C calls, where a call through the UpstreamUser protocol is a method lookup.
+        self.exchange: Exchange | None = None
         self.parser: HttpResponseParser | None = None
         # The parser's methods used on every response, bound whenever the parser changes (_use_parser).
         self.feed: Callable[[bytes], None] = _no_parser
@@ -162,7 +166,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool.forget(self)
         user = self.user
         if user is not None:
-            self.user = None
+            self.forget_user()
             user.upstream_closed(self)
 
     def pause_writing(self) -> None:
@@ -252,7 +256,11 @@ class UpstreamConnection(asyncio.Protocol):
                 elif len(rest) != length:  # not simply the whole body (the common case)
                     first = self._length_delimited(rest, length)
             # The head and the body bytes that came with it go to the client in one write (one syscall).
-            user.upstream_head(head, self.status, first, framing)
+            ex = self.exchange
+            if ex is not None and ex is user:
+                ex.upstream_head(head, self.status, first, framing)
+            else:
+                user.upstream_head(head, self.status, first, framing)
         elif self.reframing:
             if self.decoded or self.done:
                 chunks = self.decoded
@@ -271,8 +279,12 @@ class UpstreamConnection(asyncio.Protocol):
             if data:
                 user.upstream_body(data)
         if self.done and self.user is not None:
-            self.user = None
-            user.upstream_done()
+            ex = self.exchange
+            self.forget_user()
+            if ex is not None and ex is user:
+                ex.upstream_done()
+            else:
+                user.upstream_done()
 
     def _length_delimited(self, rest: bytes, length: int) -> bytes:
         """The part of `rest` that is the body of a Content-Length response. llhttp skips CR and LF between
@@ -287,7 +299,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _fail(self, user: UpstreamUser, detail: str) -> None:
         """The upstream broke HTTP: the connection is dropped and the exchange told."""
-        self.user = None
+        self.forget_user()
         self.close()
         user.upstream_failed("upstream.bad_response", detail)
 
@@ -347,9 +359,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.parsed_keep_alive = parser.should_keep_alive
         return parser
 
-    def begin(self, user: UpstreamUser, *, decode: bool, head_only: bool) -> None:
-        """Start serving one exchange: a fresh parser, in the body mode it needs."""
+    def begin(self, user: UpstreamUser, *, decode: bool, head_only: bool, exchange: Exchange | None = None) -> None:
+        """Start serving one exchange: a fresh parser, in the body mode it needs. `exchange` is `user` again, when
+        it is a proxy exchange."""
         self.user = user
+        self.exchange = exchange
         # llhttp resets itself after a complete keep-alive message, so the parser is reused unless the body mode
         # changes (a connection that served a HEAD, whose parser stopped mid-message, is never reused).
         if self.parser is None or decode != self.decode or self.reframing:
@@ -382,16 +396,20 @@ class UpstreamConnection(asyncio.Protocol):
     def keep_alive(self) -> bool:
         return self.reusable and self.status != 101
 
-    def detach(self) -> None:
+    def forget_user(self) -> None:
         self.user = None
+        self.exchange = None
+
+    def detach(self) -> None:
+        self.forget_user()
 
     def close(self) -> None:
-        self.user = None
+        self.forget_user()
         if self.transport is not None and not self.closed:
             self.transport.close()
 
     def abort(self) -> None:
-        self.user = None
+        self.forget_user()
         if self.transport is not None and not self.closed:
             self.transport.abort()
 
@@ -451,7 +469,7 @@ class UpstreamPool:
     def release(self, conn: UpstreamConnection) -> None:
         """Return a connection after a complete exchange; keep it if it is healthy and there is room."""
         self.active -= 1
-        conn.user = None
+        conn.forget_user()
         if (
             self.closed
             or conn.closed
