@@ -48,6 +48,22 @@ def test_each_request_on_a_connection_forwards_its_own_host(
     assert [r.header("x-forwarded-host") for r in upstream.received] == hosts
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(b"v", "v"), (b"v ", "v"), (b"v\t", "v"), (b"v \t \t", "v"), (b"a b ", "a b"), (b"a\tb\t", "a\tb"), (b" \t", "")],
+    ids=["none", "space", "tab", "mixed", "inner-space-kept", "inner-tab-kept", "only-whitespace"],
+)
+def test_trailing_whitespace_of_a_header_value_is_not_forwarded(
+    gateway: TestGateway, upstream: TestUpstream, value: bytes, expected: str
+) -> None:
+    """llhttp hands trailing SP/HTAB on (RFC 9110 5.5: not part of the value): the gateway cuts it, Host's too."""
+    with gateway.connect() as sock:
+        sock.sendall(b"GET /api/ows HTTP/1.1\r\nHost: localhost \t\r\nX-Custom: " + value + b"\r\n\r\n")
+        assert read_responses(sock, 1)[0][0] == 200
+    got = upstream.received[-1]
+    assert (got.header("x-custom"), got.header("x-forwarded-host")) == (expected, "localhost")
+
+
 REQUEST_HOP_BY_HOP = [
     ("connection-named", {"Connection": "X-Secret, keep-alive", "X-Secret": "s"}, "x-secret"),
     ("keep-alive", {"Keep-Alive": "timeout=5"}, "keep-alive"),

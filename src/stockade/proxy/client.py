@@ -45,7 +45,6 @@ if TYPE_CHECKING:
     from stockade.proxy.server import ProxyServer
 
 log: Final = logging.getLogger("stockade.proxy")
-_OWS: Final[tuple[bytes, ...]] = (b" ", b"\t")
 
 # After answering a request whose body is still arriving, keep reading (and discarding) for a while before
 # closing, or the close would reset the connection and could destroy the answer in the client's buffer
@@ -349,10 +348,11 @@ class ClientConnection(asyncio.Protocol):
         head.size += len(name) + len(value) + 4
         if head.size > self.max_header_bytes:
             raise HttpRejectError(431, "http.headers_too_large")
-        if value[-1:] in _OWS:
+        if value and (value[-1] == 32 or value[-1] == 9):  # SP or HTAB: compared as ints, natively
             value = value.rstrip(b" \t")
         head.raw.append((name, value))
-        kind = COMMON_SPELLINGS.get(name)  # the usual spellings skip the lower-casing
+        # The usual spellings skip the lower-casing; the one every request has, without hashing its name.
+        kind = HOST if name == b"Host" else COMMON_SPELLINGS.get(name)
         if kind == PLAIN:
             head.fwd.append(name + b": " + value + CRLF)
             head.fwd_names.append(name)
