@@ -112,6 +112,22 @@ class _StopParsingError(Exception):
     """Raised inside a parser callback when the connection is already closing."""
 
 
+
+def _common_method(method: bytes) -> bytes:
+    """The method as one constant object when it is a common one: httptools makes a new bytes object each time,
+    which every set or dict lookup (IDEMPOTENT) would hash again; a constant's hash is kept."""
+    if method == b"GET":
+        return b"GET"
+    if method == b"POST":
+        return b"POST"
+    if method == b"HEAD":
+        return b"HEAD"
+    if method == b"PUT":
+        return b"PUT"
+    if method == b"DELETE":
+        return b"DELETE"
+    return method
+
 class ClientConnection(asyncio.Protocol):
     """One client connection: parse, queue, serve in order, keep alive, time out, close."""
 
@@ -334,7 +350,7 @@ class ClientConnection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         head = self.head
         assert head is not None  # noqa: S101 - llhttp calls on_message_begin first
-        head.url += url
+        head.url = head.url + url if head.url else url  # usually one piece: no concatenation (two buffer views)
         head.size += len(url)
         if head.size > self.max_header_bytes:
             raise HttpRejectError(414 if len(head.url) > self.max_header_bytes // 2 else 431, "http.headers_too_large")
@@ -412,7 +428,7 @@ class ClientConnection(asyncio.Protocol):
         if len(head.raw) > self.max_headers:
             raise HttpRejectError(431, "http.headers_too_large", "too many header fields")
         self.head = None
-        head.method = self.parsed_method()
+        head.method = _common_method(self.parsed_method())
         head.keep_alive = keep_alive = self.parsed_keep_alive()
         # llhttp parses only HTTP/0.9, 1.0, 1.1 and 2.0, and keeps a connection alive without a Connection or
         # Proxy-Connection header (the two it reads `keep-alive` from) only for 1.1: that common case is "1.1"
