@@ -59,7 +59,6 @@ COMPILED: tuple[str, ...] = (
     "stockade.proxy.spool",
     "stockade.proxy.upstream",
     "stockade.security.netaddr",
-    "stockade.stages.authn.anonymous",
     "stockade.security.paths",
 )
 

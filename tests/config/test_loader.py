@@ -120,6 +120,14 @@ BROKEN = [
         ]
     ),
     ("bad-route-id", GOOD.replace("id: items", "id: 'has space'"), ["routes[0]", "field 'id'"]),
+    *(
+        (
+            f"anonymous-id-{name}",
+            GOOD.replace("- use: anonymous", f"- {{use: anonymous, config: {{id: {value}}}}}"),
+            ["stage 'anonymous'", "field 'config.id'"],
+        )
+        for name, value in [("space", "'bad id'"), ("empty", "''"), ("long", "a" * 65), ("newline", '"a\\nb"')]
+    ),
     (
         "fail-open-on-authn",
         GOOD.replace("- use: anonymous", "- {use: anonymous, fail_open: true}"),

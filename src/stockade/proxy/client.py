@@ -112,7 +112,6 @@ class _StopParsingError(Exception):
     """Raised inside a parser callback when the connection is already closing."""
 
 
-
 def _common_method(method: bytes) -> bytes:
     """The method as one constant object when it is a common one: httptools makes a new bytes object each time,
     which every set or dict lookup (IDEMPOTENT) would hash again; a constant's hash is kept."""
@@ -127,6 +126,7 @@ def _common_method(method: bytes) -> bytes:
     if method == b"DELETE":
         return b"DELETE"
     return method
+
 
 class ClientConnection(asyncio.Protocol):
     """One client connection: parse, queue, serve in order, keep alive, time out, close."""

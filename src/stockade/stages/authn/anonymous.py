@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Final
+from typing import ClassVar
 
 from pydantic import Field
 
@@ -14,8 +14,7 @@ from stockade.pipeline.verdict import Continue
 
 
 class AnonymousConfig(StageConfig):
-    # Annotated, not `= Field(default=...)`: this module is compiled, and mypyc checks a str field's default is a str
-    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:@-]{1,64}$")] = "anonymous"
+    id: str = Field(default="anonymous", pattern=r"^[A-Za-z0-9_.:@-]{1,64}$")
 
 
 class AnonymousAuthenticator:
@@ -32,4 +31,4 @@ class AnonymousAuthenticator:
         return self._verdict
 
 
-_: Final[type[Stage]] = AnonymousAuthenticator
+_: type[Stage] = AnonymousAuthenticator
