@@ -35,13 +35,13 @@ _host_cache: Final[dict[bytes, str | None]] = {}
 
 class _LastHost:
     """The Host value parsed last and its answer: a gateway's requests mostly name one host, and comparing the
-    bytes costs a fraction of hashing them for the cache."""
+    bytes costs a fraction of hashing them for the cache. One pair, stored at once: gateways in other threads of
+    the process (tests, an application's own loops) share it, and must never see one's value with another's host."""
 
-    __slots__ = ("host", "value")
+    __slots__ = ("pair",)
 
     def __init__(self) -> None:
-        self.value = b"\0"  # no Host value (llhttp refuses NUL in one): never matches at first
-        self.host: str | None = None
+        self.pair: tuple[bytes, str | None] = (b"\0", None)  # no Host value has NUL (llhttp refuses it)
 
 
 _last_host: Final = _LastHost()
@@ -49,9 +49,9 @@ _last_host: Final = _LastHost()
 
 def parse_host(value: bytes) -> str | None:
     """The host name (lower-case, no port, no trailing dot) from a Host header, or None if malformed."""
-    last = _last_host
-    if value == last.value:
-        return last.host
+    last = _last_host.pair
+    if value == last[0]:
+        return last[1]
     hit = _host_cache.get(value, False)
     if hit is not False:
         host: str | None = hit  # type: ignore[assignment]
@@ -61,8 +61,7 @@ def parse_host(value: bytes) -> str | None:
         if len(_host_cache) > _HOST_CACHE_MAX:
             _host_cache.clear()
         _host_cache[value] = host
-    last.value = value
-    last.host = host
+    _last_host.pair = (value, host)
     return host
 
 
