@@ -10,9 +10,11 @@ from stockade.clock import FakeClock
 from stockade.config.loader import load_config_text
 from stockade.pipeline.context import RequestContext
 from stockade.pipeline.intake import (
+    COMMON_METHODS,
     RequestIds,
     bare_context,
     body_too_large,
+    common_method,
     method_name,
     parse_host,
     request_context,
@@ -105,6 +107,9 @@ def test_context_built(overrides: dict[str, Any], host: str, path: str, raw_path
 )
 def test_method_name(method: bytes, name: str) -> None:
     assert method_name(method) == name
+    assert common_method(bytes(method)) == method
+    if method in {raw for raw, _ in COMMON_METHODS}:  # one object, whichever request's bytes it came from
+        assert common_method(bytes(method)) is common_method(bytes(method))
     ctx = _context(method=method)
     assert isinstance(ctx, RequestContext) and ctx.method == name
 

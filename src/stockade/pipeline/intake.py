@@ -70,23 +70,33 @@ def valid_request_id(value: bytes) -> bool:
     return _REQUEST_ID.match(value) is not None
 
 
+# The methods most requests use, as constant objects: the bytes a parser gives (each request's a new object, which
+# every set or dict lookup would hash again; a constant keeps its hash) and the text the context holds (no decode per
+# request, and the same object each time, which the decision log and the metrics compare by pointer first).
+COMMON_METHODS: Final[tuple[tuple[bytes, str], ...]] = (
+    (b"GET", "GET"),
+    (b"POST", "POST"),
+    (b"PUT", "PUT"),
+    (b"DELETE", "DELETE"),
+    (b"PATCH", "PATCH"),
+    (b"HEAD", "HEAD"),
+    (b"OPTIONS", "OPTIONS"),
+)
+
+
+def common_method(method: bytes) -> bytes:
+    """`method`, as the constant object of COMMON_METHODS when it is one of them."""
+    for raw, _ in COMMON_METHODS:
+        if method == raw:
+            return raw
+    return method
+
+
 def method_name(method: bytes) -> str:
-    """The request method as text. The common ones are constants: no decode per request, and the same object
-    every time (the decision log skips a field whose value is the object it wrote last)."""
-    if method == b"GET":
-        return "GET"
-    if method == b"POST":
-        return "POST"
-    if method == b"PUT":
-        return "PUT"
-    if method == b"DELETE":
-        return "DELETE"
-    if method == b"PATCH":
-        return "PATCH"
-    if method == b"HEAD":
-        return "HEAD"
-    if method == b"OPTIONS":
-        return "OPTIONS"
+    """The request method as text: the constant of COMMON_METHODS when it is one of them."""
+    for raw, name in COMMON_METHODS:
+        if method == raw:
+            return name
     return method.decode("ascii", "replace")
 
 

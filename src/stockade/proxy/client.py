@@ -20,6 +20,7 @@ from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrad
 
 from stockade.pipeline.forward import FORWARDING_PREFIXES, IDENTITY_PREFIX_BYTES, is_underscore_alias
 from stockade.pipeline.headers import parse_content_length
+from stockade.pipeline.intake import common_method
 from stockade.proxy.common import INF, PAUSE_PIPELINE, PAUSE_TUNNEL, PAUSE_UPSTREAM, not_connected, transport_closed
 from stockade.proxy.exchange import Exchange
 from stockade.proxy.http import (
@@ -110,22 +111,6 @@ def _content_length(value: bytes) -> int:
 
 class _StopParsingError(Exception):
     """Raised inside a parser callback when the connection is already closing."""
-
-
-def _common_method(method: bytes) -> bytes:
-    """The method as one constant object when it is a common one: httptools makes a new bytes object each time,
-    which every set or dict lookup (IDEMPOTENT) would hash again; a constant's hash is kept."""
-    if method == b"GET":
-        return b"GET"
-    if method == b"POST":
-        return b"POST"
-    if method == b"HEAD":
-        return b"HEAD"
-    if method == b"PUT":
-        return b"PUT"
-    if method == b"DELETE":
-        return b"DELETE"
-    return method
 
 
 class ClientConnection(asyncio.Protocol):
@@ -428,7 +413,7 @@ class ClientConnection(asyncio.Protocol):
         if len(head.raw) > self.max_headers:
             raise HttpRejectError(431, "http.headers_too_large", "too many header fields")
         self.head = None
-        head.method = _common_method(self.parsed_method())
+        head.method = common_method(self.parsed_method())  # IDEMPOTENT then tests a kept hash
         head.keep_alive = keep_alive = self.parsed_keep_alive()
         # llhttp parses only HTTP/0.9, 1.0, 1.1 and 2.0, and keeps a connection alive without a Connection or
         # Proxy-Connection header (the two it reads `keep-alive` from) only for 1.1: that common case is "1.1"
