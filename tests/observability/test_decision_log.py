@@ -445,6 +445,18 @@ STEPS: dict[str, list[dict[str, object]]] = {
         dict((name, a) for name, a, _ in _FIELDS),
         {name: ("" if isinstance(a, str) else None if isinstance(a, Principal) else 0) for name, a, _ in _FIELDS},
     ],
+    # intake lets only [A-Za-z0-9._:-] through, but a context built elsewhere must not forge fields with its id
+    "request-id-escaped": [
+        {"request_id": 'x","route":"forged'},
+        {"request_id": "back\\slash"},
+        {"request_id": "ctl\n\x00\x1f"},
+        {"request_id": "del\x7f"},
+        {"request_id": "caf\u00e9"},
+        {"request_id": ""},
+        {"request_id": "A-z0.9_:-"},
+        {"request_id": "9f3a11c042"},
+        {"request_id": "\u00e9\u0663\u4e00"},  # letters and digits of other scripts go in raw, as orjson writes them
+    ],
     "method-cut": [{"method": "M" * 40}, {"method": "M" * 32}, {"method": "M" * 41}, {"method": "GET"}],
 }
 
@@ -492,7 +504,7 @@ def test_lines_match_the_plain_recipe_over_a_random_run() -> None:
     log = DecisionLog("off", clock)
     log._fd = 1
     choices: dict[str, list[object]] = {
-        "request_id": ["a", "b", "test-request"],
+        "request_id": ["a", "b", "test-request", 'r"id', "r\\id", "r\x01", "r\x7f", "\u00e9"],
         "route_id": ["", "api", "admin"],
         "method": ["GET", "POST", "X" * 33],
         "path": ["/", "/api/x", "/api/x;s=1", "/api/y;", "/\u00e9\u2603"],

@@ -155,6 +155,7 @@ def test_generated_request_ids_are_unique_and_valid() -> None:
     made = {ids() for _ in range(1000)}
     assert len(made) == 1000
     assert all(valid_request_id(i.encode()) for i in made)
+    assert all(i.isascii() and i.isalnum() for i in made)  # the decision log's fast path
 
 
 def test_bare_context_never_trusts_the_client_request_id() -> None:

@@ -81,38 +81,31 @@ class DecisionLog:
         if streamed:
             self._poll = select.poll()
             self._poll.register(self._fd, select.POLLOUT)
-        # A line without extras reuses one dict (orjson copies it out at once), and sets only the fields whose value
-        # changed: most (route, method, decision, ...) repeat from request to request, and a set-item costs more
-        # than comparing. Beside it, what each field was last set from, kept so that the dict always holds exactly
-        # what those values give; a line with extras builds its own dict and leaves both alone.
-        self._ms = 0  # the timestamp in milliseconds
-        self._request_id = ""
+        # The common line (no extras) is one bytes format of cached JSON fragments (compiled: one copy of each piece
+        # into the new bytes object). A field's fragment is remade only when its value changes, and most (route,
+        # method, decision, ...) repeat from request to request. `_head` holds the timestamp, `_mid` the fields from
+        # route to status, `_tail` the client address; beside each fragment, the values it was made from.
+        # `_expected` in the tests checks that the bytes are orjson's.
+        self._ms = -1  # the timestamp in milliseconds (-1: no line yet)
+        self._head = b""
         self._route = ""
-        self._method = ""  # as the context has it: the dict holds it cut
+        self._route_j = b'""'
+        self._method = ""  # as the context has it: the fragment holds it cut
+        self._method_j = b'""'
         self._path = ""  # masked
+        self._path_j = b'""'
         self._principal: str | None = None
+        self._principal_j = b"null"
         self._decision = ""
+        self._decision_j = b'""'
         self._reason = ""
+        self._reason_j = b'""'
         self._stage = ""
-        self._status = 0
-        self._latency_us = 0
-        self._upstream_us = 0
+        self._stage_j = b'""'
+        self._status = -1  # no line yet: the first one makes `_mid`
+        self._mid = b""
         self._client_ip = ""
-        self._entry: dict[str, object] = {
-            "ts": 0.0,
-            "request_id": "",
-            "route": "",
-            "method": "",
-            "path": "",
-            "principal": None,
-            "decision": "",
-            "reason": "",
-            "stage": "",
-            "status": 0,
-            "latency_us": 0,
-            "upstream_us": 0,
-            "client_ip": "",
-        }
+        self._tail = b',"client_ip":""}\n'
         # The last path seen and its masked form: most requests repeat one (normalised paths are cached objects).
         self._seen_path = ""
         self._seen_masked = ""
@@ -146,63 +139,11 @@ class DecisionLog:
         ms = int(self.time() * 1000)
         if detail or cut or error or ctx.findings or (state and "failed_open" in state):
             entry = self._extras_entry(ctx, ms, path, principal, status, total_us, upstream_us, detail, cut, error)
+            line = _dumps(entry, option=_NEWLINE)
         else:
-            # The common line: only what changed is set (`==` on two str objects compares pointers first).
-            entry = self._entry
-            if ms != self._ms:
-                entry["ts"] = ms / 1000
-                self._ms = ms
-            s = ctx.request_id
-            if s != self._request_id:
-                entry["request_id"] = s
-                self._request_id = s
-            s = ctx.route_id
-            if s != self._route:
-                entry["route"] = s
-                self._route = s
-            s = ctx.method
-            if s != self._method:
-                entry["method"] = s[:32]
-                self._method = s
-            if path != self._path:
-                entry["path"] = path
-                self._path = path
-            last = self._principal
-            if principal is None:
-                if last is not None:
-                    entry["principal"] = None
-                    self._principal = None
-            elif last is None or principal != last:
-                entry["principal"] = principal
-                self._principal = principal
-            s = ctx.decision
-            if s != self._decision:
-                entry["decision"] = s
-                self._decision = s
-            s = ctx.reason
-            if s != self._reason:
-                entry["reason"] = s
-                self._reason = s
-            s = ctx.stage
-            if s != self._stage:
-                entry["stage"] = s
-                self._stage = s
-            if status != self._status:
-                entry["status"] = status
-                self._status = status
-            if total_us != self._latency_us:
-                entry["latency_us"] = total_us
-                self._latency_us = total_us
-            if upstream_us != self._upstream_us:
-                entry["upstream_us"] = upstream_us
-                self._upstream_us = upstream_us
-            s = ctx.client_ip
-            if s != self._client_ip:
-                entry["client_ip"] = s
-                self._client_ip = s
-        line = _dumps(entry, option=_NEWLINE)
-        if len(line) > _PIPE_BUF:
-            line = _fit(dict(entry))
+            line = self._common_line(ctx, ms, path, principal, status, total_us, upstream_us)
+        if len(line) > _PIPE_BUF:  # wide characters or escapes: the entry again, cut to fit
+            line = _fit(self._extras_entry(ctx, ms, path, principal, status, total_us, upstream_us, detail, cut, error))
         if self._size > _MAX_PENDING:
             self.dropped += 1
             if self.metrics is not None:
@@ -212,6 +153,91 @@ class DecisionLog:
         self._size += len(line)
         if self._size >= _FLUSH_AT and not self._behind:
             self.flush()
+
+    def _common_line(
+        self,
+        ctx: RequestContext,
+        ms: int,
+        path: str,
+        principal: str | None,
+        status: int,
+        total_us: int,
+        upstream_us: int,
+    ) -> bytes:
+        """The line without extras: what `_extras_entry` would hold, as orjson writes it, from cached fragments.
+        `==` on two str objects compares pointers first, so an unchanged field costs one compare."""
+        if ms != self._ms:
+            self._head = b'{"ts":%b,"request_id":"' % _dumps(ms / 1000)
+            self._ms = ms
+        rid = ctx.request_id
+        # Intake makes its own ids of letters and digits, or lets through a client's of [A-Za-z0-9._:-]: those go in as
+        # they are. Anything else (a context built elsewhere) is escaped, never trusted: a quote or a line end in it
+        # would forge fields. (A letter or digit is never one JSON escapes, whatever the script.)
+        if not rid.isalnum() and not (rid.isprintable() and '"' not in rid and "\\" not in rid):
+            rid_b = _dumps(rid)[1:-1]
+        else:
+            rid_b = rid.encode()
+        changed = status != self._status
+        s = ctx.route_id
+        if s != self._route:
+            self._route_j = _dumps(s)
+            self._route = s
+            changed = True
+        s = ctx.method
+        if s != self._method:
+            self._method_j = _dumps(s[:32])
+            self._method = s
+            changed = True
+        if path != self._path:
+            self._path_j = _dumps(path)
+            self._path = path
+            changed = True
+        last = self._principal
+        if principal is None:
+            if last is not None:
+                self._principal_j = b"null"
+                self._principal = None
+                changed = True
+        elif last is None or principal != last:
+            self._principal_j = _dumps(principal)
+            self._principal = principal
+            changed = True
+        s = ctx.decision
+        if s != self._decision:
+            self._decision_j = _dumps(s)
+            self._decision = s
+            changed = True
+        s = ctx.reason
+        if s != self._reason:
+            self._reason_j = _dumps(s)
+            self._reason = s
+            changed = True
+        s = ctx.stage
+        if s != self._stage:
+            self._stage_j = _dumps(s)
+            self._stage = s
+            changed = True
+        if changed:
+            self._status = status
+            self._mid = (
+                b'"route":%b,"method":%b,"path":%b,"principal":%b,'
+                b'"decision":%b,"reason":%b,"stage":%b,"status":%d,"latency_us":'
+                % (
+                    self._route_j,
+                    self._method_j,
+                    self._path_j,
+                    self._principal_j,
+                    self._decision_j,
+                    self._reason_j,
+                    self._stage_j,
+                    status,
+                )
+            )
+        s = ctx.client_ip
+        if s != self._client_ip:
+            self._tail = b',"client_ip":%b}\n' % _dumps(s)
+            self._client_ip = s
+        return b'%b%b",%b%d,"upstream_us":%d%b' % (self._head, rid_b, self._mid, total_us, upstream_us, self._tail)
 
     @staticmethod
     def _extras_entry(
