@@ -38,6 +38,31 @@ def test_slowloris_head_gets_408_after_header_timeout(gateway: TestGateway, upst
     assert upstream.received == []
 
 
+@pytest.mark.parametrize("pieces", [1, 2], ids=["one-read", "two-reads"])
+def test_a_request_is_timed_from_its_complete_head_not_the_clients_first_byte(
+    gateway: TestGateway, upstream: TestUpstream, pieces: int
+) -> None:
+    """A head that began in an earlier read took the client's time to arrive: neither the gateway's overhead nor
+    the request's latency counts it. The second request on the connection (its head in one read) is timed from the
+    clock reading its first byte took, which the client had no part in."""
+    head = b"GET /api/x HTTP/1.1\r\nHost: a\r\n\r\n"
+    with gateway.connect() as sock:
+        for _ in range(2):
+            if pieces == 2:
+                sock.sendall(head[:20])
+                wait_for(lambda: any(c.head is not None for c in gateway.server.connections))
+                gateway.advance(5.0)
+                sock.sendall(head[20:])
+            else:
+                sock.sendall(head)
+            assert [r[0] for r in read_responses(sock, 1)] == [200]
+            gateway.advance(5.0)  # idle between requests: no request's time either
+    wait_for(lambda: sum(gateway.server.metrics.overhead["api"].counts) == 2)
+    assert gateway.server.metrics.overhead["api"].sum < 1.0
+    assert gateway.server.metrics.upstream["api"].sum < 1.0
+    assert upstream.received and len(upstream.received) == 2
+
+
 def test_silent_connection_is_closed_after_header_timeout(gateway: TestGateway) -> None:
     with gateway.connect() as sock:
         wait_for(lambda: gateway.server.connections)

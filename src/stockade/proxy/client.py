@@ -167,6 +167,7 @@ class ClientConnection(asyncio.Protocol):
         self.pause_mask = 0
         self.trailer_bytes = 0
         self.head_began = False
+        self.head_t = 0.0  # when the head being parsed began, if the clock was read then (on_message_begin)
         self.write_paused_at = INF
         self.read_deadline = INF
         self.read_kind = "idle"
@@ -330,7 +331,11 @@ class ClientConnection(asyncio.Protocol):
         self.head_began = True
         self.trailer_bytes = 0
         if self.read_kind == "idle":
-            self.set_read_deadline(self.monotonic() + self.limits.header_timeout, "head")
+            now = self.monotonic()
+            self.head_t = now  # the exchange's arrival too, if the head ends in this read (on_headers_complete)
+            self.set_read_deadline(now + self.limits.header_timeout, "head")
+        else:
+            self.head_t = 0.0
 
     def on_url(self, url: bytes) -> None:
         head = self.head
@@ -436,7 +441,9 @@ class ClientConnection(asyncio.Protocol):
             # llhttp parses nothing after an upgrade request (or CONNECT), whatever its answer: whether refused on
             # the spot (before `upgraded` is set) or forwarded, its response is the connection's last HTTP one.
             head.keep_alive = False
-        ex = Exchange(self, head)
+        # Begun in this read, the head's clock reading at on_message_begin is its arrival (the parse since is the
+        # gateway's time); begun in an earlier one, the client took its time sending it: the clock is read now.
+        ex = Exchange(self, head, self.head_t if self.head_began else 0.0)
         self.parsing = ex
         self.queue.append(ex)
         self.body_left = 0 if head.chunked else head.content_length
@@ -509,7 +516,8 @@ class ClientConnection(asyncio.Protocol):
             self.queue[0].start()
         elif self.parsing is None:
             if self.head is None:
-                self.set_read_deadline(self.monotonic() + self.limits.keepalive_timeout, "idle")
+                # From the end of the exchange (its log line's clock reading, Exchange._record): microseconds ago.
+                self.set_read_deadline(ex.t_end + self.limits.keepalive_timeout, "idle")
             else:
                 # The next head began while responses were in flight (its first bytes came with or after the last
                 # request): its header_timeout counts from now, when nothing else is, as nginx's

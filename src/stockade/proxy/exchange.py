@@ -73,6 +73,7 @@ class Exchange:
         "status",
         "streaming",
         "t0",
+        "t_end",
         "t_fwd",
         "t_head",
         "t_held",
@@ -102,7 +103,8 @@ class Exchange:
     collected: list[bytes] | None
     spool: Spool | None
 
-    def __init__(self, conn: ClientConnection, head: RequestHead) -> None:
+    def __init__(self, conn: ClientConnection, head: RequestHead, t0: float = 0.0) -> None:
+        """`t0`: when the request arrived, if the connection read the clock for it already (0: read it here)."""
         self.conn = conn
         self.head = head
         server = conn.server
@@ -111,11 +113,11 @@ class Exchange:
         # The connection's clock and its bound monotonic(), read natively: a call is one C call (client.py).
         self.clock = conn.clock
         self.monotonic = monotonic = conn.monotonic
-        self.t0 = monotonic()
+        self.t0 = t0 if t0 else monotonic()
         limits = conn.limits
         self.body_limit = limits.max_body_bytes
         self.buffer_cap = limits.buffer_bytes
-        self.t_sent = self.t_head = self.t_fwd = self.t_wait = self.t_held = 0.0
+        self.t_sent = self.t_head = self.t_fwd = self.t_wait = self.t_held = self.t_end = 0.0
         self.started = self.finished = self.request_done = self.too_large = self.timed_out = False
         self.retried = self.resp_started = self.close_after = self.expect_continue = self.continue_sent = False
         self.streaming = self.upgrade_ok = self.tunnel_open = self.trusted = self.held = self.chunk_to_close = False
@@ -286,7 +288,10 @@ class Exchange:
             if self.head.chunked and self.upstream is not None:
                 self.upstream.write(b"0\r\n\r\n")
             if self.pool is not None and self.route is not None:
-                self._set_deadline(self.monotonic() + self.route.read_timeout, "upstream")
+                # Without a body, the message ended in the parse that sent its head (_send read the clock then).
+                h = self.head
+                now = self.t_sent if not (h.chunked or h.content_length) else self.monotonic()
+                self._set_deadline(now + self.route.read_timeout, "upstream")
         if self.held:
             self.held = False
             forwarding._to_upstream(self)
@@ -462,7 +467,9 @@ class Exchange:
             server.collected_total -= self.collected_size
             self.collected = None
         ctx = self.ctx or local_replies._bare_context(self)
-        now = self.monotonic()
+        # Read when the response ended (upstream_done, which released the upstream with it), else now.
+        now = self.t_end if self.t_end else self.monotonic()
+        self.t_end = now
         if self.t_held:  # ended while holding the body (408, the client gone): that wait was the client's too
             self.t_wait += now - self.t_held
         record_request(
@@ -512,7 +519,8 @@ class Exchange:
             self.task = None
             task.cancel()
 
-    def _drop_upstream(self, *, reusable: bool) -> None:
+    def _drop_upstream(self, *, reusable: bool, now: float = 0.0) -> None:
+        """`now`: a clock reading of the caller's, for the pool's idle timer (0: the pool reads the clock)."""
         # Its back-pressure ends with it (no resume_writing will come), and so does a pause taken on its behalf
         # before it was even connected (a chunked body that outgrew its spool, then a failed connect).
         self.conn.resume(PAUSE_UPSTREAM)
@@ -524,7 +532,7 @@ class Exchange:
         if pool is None:
             up.abort()
         elif reusable:
-            pool.release(up)
+            pool.release(up, now)
         else:
             up.detach()
             pool.discard(up)

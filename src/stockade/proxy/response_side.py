@@ -222,7 +222,11 @@ def upstream_done(ex: Exchange) -> None:
         if reusable and ex.upstream_status in (204, 304):
             framing = ex.framing
             reusable = framing is None or not framing.announces_body
-        ex._drop_upstream(reusable=reusable)
+        now = 0.0
+        if ex.collected is None:  # (a buffered response still has its hooks and writes to go: _record reads later)
+            # One clock reading for the end of the exchange: the pool's idle timer, the log line, the keep-alive.
+            now = ex.t_end = ex.monotonic()
+        ex._drop_upstream(reusable=reusable, now=now)
     if ex.collected is not None:
         _flush_collected(ex)
         if ex.finished:

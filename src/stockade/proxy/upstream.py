@@ -466,8 +466,9 @@ class UpstreamPool:
         self.active += 1
         return conn
 
-    def release(self, conn: UpstreamConnection) -> None:
-        """Return a connection after a complete exchange; keep it if it is healthy and there is room."""
+    def release(self, conn: UpstreamConnection, now: float = 0.0) -> None:
+        """Return a connection after a complete exchange; keep it if it is healthy and there is room. `now`: the
+        caller's clock reading (0: read here), from when its idle timer runs."""
         self.active -= 1
         conn.forget_user()
         if (
@@ -483,7 +484,7 @@ class UpstreamPool:
             # Paused for the client of the exchange it served (the read that ended the response also backed that
             # client up): an idle connection must read, or the next exchange on it would never get its response.
             conn.resume_reading()
-        conn.idle_since = self.monotonic()
+        conn.idle_since = now if now else self.monotonic()
         self.idle.append(conn)
 
     def discard(self, conn: UpstreamConnection) -> None:
