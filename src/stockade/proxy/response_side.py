@@ -164,7 +164,7 @@ def _write_head(
     else:
         out = rewrite_response_head(head, framing, extra)
     if first:
-        out += first
+        out = b"%b%b" % (out, first)  # compiled: one native copy of each (`+=` on bytes is a generic call)
     conn.write(out)
     ex.resp_started = True
     ex.status = status
