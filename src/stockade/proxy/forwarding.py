@@ -246,12 +246,11 @@ def encode_request_head(ex: Exchange) -> bytes:
     if pool.base_path:
         target = pool.base_path + target
     if ctx.query:
-        target += b"?" + ctx.query.encode("latin-1")
+        target = b"%b?%b" % (target, ctx.query.encode("latin-1"))
     if route.preserve_host and h.hosts:
-        host_line = b" HTTP/1.1\r\nhost: " + h.hosts[0] + CRLF
+        host_line = b" HTTP/1.1\r\nhost: %b\r\n" % h.hosts[0]
     else:
         host_line = pool.host_line
-    parts = [h.method, b" ", target, host_line]
     removed = ctx.remove_headers
     if h.connection or removed or ctx.set_headers:
         if ctx.set_headers:
@@ -262,17 +261,20 @@ def encode_request_head(ex: Exchange) -> bytes:
             drop |= connection_tokens(h.connection)
         # A plain loop: cheaper than a comprehension (3.11 builds a function per comprehension) for the few lines
         # a request has; zip without strict= because on_header appends both lists in lockstep.
+        kept = []
         for name, line in zip(h.fwd_names, h.fwd):  # noqa: B905
             if name.lower() not in drop:
-                parts.append(line)
+                kept.append(line)
+        fwd = b"".join(kept)
     else:
-        parts += h.fwd
+        fwd = b"".join(h.fwd) if h.fwd else b""
     conn = ex.conn
     fhost = h.hosts[0] if h.hosts else pool.host_header
     if ex.trusted and h.forwarding:
         proto = b"https" if conn.tls else b"http"
         xff_values = []
         by_host = ex.runtime.router.by_host
+        lines: list[bytes] = []
         for lname, name, value in h.forwarding:
             if lname == b"x-forwarded-for":
                 xff_values.append(value.decode("latin-1"))
@@ -284,30 +286,40 @@ def encode_request_head(ex: Exchange) -> bytes:
             elif lname == b"forwarded" and by_host and names_other_host(lname, value, ctx.host):
                 continue
             if lname not in _XF_REBUILT:
-                parts.extend((name, b": ", value, CRLF))
+                lines.extend((name, b": ", value, CRLF))
         xff = forwarded_for(conn.peer_ip, xff_values, ex.runtime.trusted_proxies).encode("latin-1")
-        parts.extend(
+        lines.extend(
             (b"x-forwarded-for: ", xff, b"\r\nx-forwarded-proto: ", proto, b"\r\nx-forwarded-host: ", fhost, _RID)
         )
+        forwarded = b"".join(lines)
     else:
         # The same lines for the peer itself, built once per connection (and per X-Forwarded-Host value).
         if fhost != conn.forwarded_block_host:
             conn.forwarded_block = conn.forwarded_lines + fhost + _RID
             conn.forwarded_block_host = fhost
-        parts.append(conn.forwarded_block)
-    parts.append(ctx.request_id.encode("ascii"))
+        forwarded = conn.forwarded_block
+    rid = ctx.request_id.encode("ascii")
     identity = pipeline.identity_header_bytes(ctx)
+    # Compiled, each of these is one native copy of every piece into the new bytes object.
     if not (h.chunked or ex.upgrade_ok or identity or ctx.set_headers):
-        parts.append(_END_LAST_LINE)  # the usual request: nothing after X-Request-Id
-        return b"".join(parts)
-    parts.append(CRLF)
-    if h.chunked:
-        parts.append(b"transfer-encoding: chunked\r\n")
-    if ex.upgrade_ok:
-        parts.append(b"connection: upgrade\r\nupgrade: websocket\r\n")
-    parts.append(identity)
-    if ctx.set_headers:
-        for sname, svalue in ctx.set_headers.items():
-            parts.extend((sname.encode("latin-1"), b": ", svalue.encode("latin-1"), CRLF))
-    parts.append(CRLF)
-    return b"".join(parts)
+        return b"%b %b%b%b%b%b\r\n\r\n" % (h.method, target, host_line, fwd, forwarded, rid)  # the usual request
+    return b"%b %b%b%b%b%b\r\n%b%b%b%b\r\n" % (
+        h.method,
+        target,
+        host_line,
+        fwd,
+        forwarded,
+        rid,
+        b"transfer-encoding: chunked\r\n" if h.chunked else b"",
+        b"connection: upgrade\r\nupgrade: websocket\r\n" if ex.upgrade_ok else b"",
+        identity,
+        _set_lines(ctx.set_headers) if ctx.set_headers else b"",
+    )
+
+
+def _set_lines(headers: dict[str, str]) -> bytes:
+    """The header lines a stage set (`Continue(set_headers=...)`, values made safe by the runner)."""
+    lines: list[bytes] = []
+    for name, value in headers.items():
+        lines.extend((name.encode("latin-1"), b": ", value.encode("latin-1"), CRLF))
+    return b"".join(lines)
