@@ -152,7 +152,7 @@ def test_request_id_kept_only_when_valid(sent: bytes, kept: bool) -> None:
 
 def test_generated_request_ids_are_unique_and_valid() -> None:
     ids = RequestIds()
-    made = {ids() for _ in range(1000)}
+    made = {ids.make() for _ in range(1000)}
     assert len(made) == 1000
     assert all(valid_request_id(i.encode()) for i in made)
     assert all(i.isascii() and i.isalnum() for i in made)  # the decision log's fast path

@@ -112,7 +112,8 @@ class RequestIds:
         self._last = 0  # a native int when compiled: cheaper than next() on an itertools counter
         self._prefix = secrets.token_hex(4)
 
-    def __call__(self) -> str:
+    def make(self) -> str:
+        """The next id. (A method, not __call__: compiled code calls a method natively, an instance generically.)"""
         self._last += 1
         return self._prefix + str(self._last)
 
@@ -164,7 +165,7 @@ def request_context(
         cip = client_ip(peer_ip, [v.decode("latin-1") for v in forwarded_for], trusted_proxies)
     else:
         cip = peer_ip
-    rid = request_id.decode("ascii") if request_id is not None and valid_request_id(request_id) else new_id()
+    rid = request_id.decode("ascii") if request_id is not None and valid_request_id(request_id) else new_id.make()
     # Positional: this runs for every request (keyword arguments cost more to bind).
     return RequestContext(
         rid,
@@ -201,7 +202,7 @@ def bare_context(
     The client's request id is not trusted here (the head was not accepted), so a fresh one is made.
     """
     return RequestContext(
-        request_id=new_id(),
+        request_id=new_id.make(),
         method=method_name(method),
         path="",
         raw_path="",
