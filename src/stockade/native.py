@@ -60,6 +60,7 @@ COMPILED: tuple[str, ...] = (
     "stockade.proxy.upstream",
     "stockade.security.netaddr",
     "stockade.security.paths",
+    "stockade.stages.authn.anonymous",
 )
 
 status = "pure Python: not activated"  # what activate() found, for the start-up line and the bench record

@@ -1,20 +1,16 @@
-"""`anonymous`: the explicit opt-in to unauthenticated access on a route."""
+"""`anonymous`: the explicit opt-in to unauthenticated access on a route. Compiled (stockade.native.COMPILED): its
+configuration lives in anonymous_config.py, as a pydantic model must not be compiled."""
 
 from __future__ import annotations
 
-from typing import ClassVar
-
-from pydantic import Field
+from typing import ClassVar, Final
 
 from stockade.pipeline.context import RequestContext
 from stockade.pipeline.phase import Phase
 from stockade.pipeline.principal import Principal
 from stockade.pipeline.stage import Stage, StageConfig, StageEnv
 from stockade.pipeline.verdict import Continue
-
-
-class AnonymousConfig(StageConfig):
-    id: str = Field(default="anonymous", pattern=r"^[A-Za-z0-9_.:@-]{1,64}$")
+from stockade.stages.authn.anonymous_config import AnonymousConfig
 
 
 class AnonymousAuthenticator:
@@ -25,10 +21,10 @@ class AnonymousAuthenticator:
     Config: ClassVar[type[StageConfig]] = AnonymousConfig
 
     def __init__(self, config: AnonymousConfig, env: StageEnv) -> None:
-        self._verdict = Continue(principal=Principal(id=config.id, kind="anonymous", anonymous=True))
+        self._verdict: Continue = Continue(principal=Principal(id=config.id, kind="anonymous", anonymous=True))
 
     def check(self, ctx: RequestContext) -> Continue:
         return self._verdict
 
 
-_: type[Stage] = AnonymousAuthenticator
+_: Final[type[Stage]] = AnonymousAuthenticator  # checked against the protocol by mypy
