@@ -210,7 +210,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.head_buf = b""
             # llhttp skips empty lines before a status line: so must the search for the head, or `\r\n\r\n` ahead
             # of it would pass for a head, and the real one for body bytes (verbatim, hop-by-hop headers and all).
-            pos = _past_blank_lines(buf, 0) if buf[0] in _CRLF_BYTES else 0
+            first_byte = buf[0]  # compared as an int: natively (`in` a bytes constant is a generic call)
+            pos = _past_blank_lines(buf, 0) if first_byte == 13 or first_byte == 10 else 0
             for _ in range(self.interim):  # 1xx interim responses (100, 103) are not forwarded
                 interim_end = buf.index(b"\r\n\r\n", pos) + 4
                 interim = ResponseFraming.of(buf[pos:interim_end])
@@ -220,7 +221,7 @@ class UpstreamConnection(asyncio.Protocol):
                     self._fail(user, "an interim (1xx) response with a body")
                     return
                 pos = _past_blank_lines(buf, interim_end)
-            end = buf.index(b"\r\n\r\n", pos) + 4
+            end = (buf.index(b"\r\n\r\n", pos) if pos else buf.index(b"\r\n\r\n")) + 4
             head = buf[pos:end]
             rest = buf[end:]
             self.head_sent = True
