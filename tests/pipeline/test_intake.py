@@ -48,7 +48,8 @@ def _context(**overrides: Any) -> RequestContext | Deny:
         "new_id": IDS,
     }
     kw.update(overrides)
-    return request_context(**kw)
+    hosts = kw.pop("hosts")  # the table says the Host values; the function takes the first and their count
+    return request_context(**kw, host_value=hosts[0] if hosts else None, host_count=len(hosts))
 
 
 @pytest.mark.parametrize(

@@ -123,7 +123,8 @@ def request_context(
     target: bytes,
     version: str,
     headers: list[tuple[bytes, bytes]],
-    hosts: Sequence[bytes],
+    host_value: bytes | None,
+    host_count: int,
     expect: bytes | None,
     request_id: bytes | None,
     forwarded_for: Sequence[bytes],
@@ -138,17 +139,18 @@ def request_context(
 ) -> RequestContext | Deny:
     """Check the head and build the context, or say why not (a Deny with `detail`, for stage "http").
 
-    Arguments may be passed positionally (the proxy does, on its hot path). `hosts` are the Host header values,
-    `expect` the Expect value, `request_id` the first X-Request-Id value and
+    Arguments may be passed positionally (the proxy does, on its hot path). `host_value` is the first Host header
+    value and `host_count` how many there were (a front keeps no list of them: there is one), `expect` the Expect
+    value, `request_id` the first X-Request-Id value and
     `forwarded_for` the X-Forwarded-For values (read only when the peer is a trusted proxy). A Deny here comes
     before any context exists: the front logs it against `bare_context(...)`.
     """
     if method == b"CONNECT":
         return Deny(405, "http.method_not_allowed", detail="CONNECT")
-    if len(hosts) > 1:
+    if host_count > 1:
         return Deny(400, "http.bad_host", detail="more than one Host header")
-    if hosts:
-        host = parse_host(hosts[0])
+    if host_value is not None:
+        host = parse_host(host_value)
         if host is None:
             return Deny(400, "http.bad_host", detail="malformed Host header")
     elif version == "1.1":

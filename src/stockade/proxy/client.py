@@ -362,7 +362,6 @@ class ClientConnection(asyncio.Protocol):
         kind = HOST if name == b"Host" else COMMON_SPELLINGS.get(name)
         if kind == PLAIN:
             head.fwd.append(name + b": " + value + CRLF)
-            head.fwd_names.append(name)
             return
         if kind is None:
             lname = name.lower()
@@ -375,14 +374,14 @@ class ClientConnection(asyncio.Protocol):
                 if lname == b"content-length":
                     head.content_length = _content_length(value)
                 head.fwd.append(name + b": " + value + CRLF)
-                head.fwd_names.append(name)
                 return
         if kind == HOST:
-            head.hosts.append(value)
+            if head.host is None:
+                head.host = value
+            head.host_count += 1
         elif kind == CONTENT_LENGTH:
             head.content_length = _content_length(value)
             head.fwd.append(name + b": " + value + CRLF)
-            head.fwd_names.append(name)
         elif kind == FORWARDING:
             forwarding = head.forwarding
             if forwarding:

@@ -247,8 +247,8 @@ def encode_request_head(ex: Exchange) -> bytes:
         target = pool.base_path + target
     if ctx.query:
         target = b"%b?%b" % (target, ctx.query.encode("latin-1"))
-    if route.preserve_host and h.hosts:
-        host_line = b" HTTP/1.1\r\nhost: %b\r\n" % h.hosts[0]
+    if route.preserve_host and h.host is not None:
+        host_line = b" HTTP/1.1\r\nhost: %b\r\n" % h.host
     else:
         host_line = pool.host_line
     removed = ctx.remove_headers
@@ -260,16 +260,16 @@ def encode_request_head(ex: Exchange) -> bytes:
         if h.connection:
             drop |= connection_tokens(h.connection)
         # A plain loop: cheaper than a comprehension (3.11 builds a function per comprehension) for the few lines
-        # a request has; zip without strict= because on_header appends both lists in lockstep.
+        # a request has. Each line is "name: value\r\n" as on_header made it (a field name never holds a colon).
         kept = []
-        for name, line in zip(h.fwd_names, h.fwd):  # noqa: B905
-            if name.lower() not in drop:
+        for line in h.fwd:
+            if line[: line.index(b":")].lower() not in drop:
                 kept.append(line)
         fwd = b"".join(kept)
     else:
         fwd = b"".join(h.fwd) if h.fwd else b""
     conn = ex.conn
-    fhost = h.hosts[0] if h.hosts else pool.host_header
+    fhost = h.host if h.host is not None else pool.host_header
     if ex.trusted and h.forwarding:
         proto = b"https" if conn.tls else b"http"
         xff_values = []

@@ -13,8 +13,8 @@ class RequestHead:
         "expect",
         "forwarding",
         "fwd",
-        "fwd_names",
-        "hosts",
+        "host",
+        "host_count",
         "keep_alive",
         "method",
         "proxy_connection",
@@ -34,8 +34,8 @@ class RequestHead:
         self.wire_bytes = 0
         self.raw: list[tuple[bytes, bytes]] = []
         self.fwd: list[bytes] = []  # the forwarded headers, each a whole "name: value\r\n" line
-        self.fwd_names: list[bytes] = []  # their names as received (same order)
-        self.hosts: list[bytes] = []
+        self.host: bytes | None = None  # the first Host value (no list: there is one, or the request is refused)
+        self.host_count = 0
         self.forwarding: list[tuple[bytes, bytes, bytes]] | tuple[()] = ()  # created when one arrives (rare)
         self.connection: list[bytes] | tuple[()] = ()
         self.proxy_connection = False  # llhttp reads keep-alive from Proxy-Connection too (it is never forwarded)
