@@ -274,3 +274,47 @@ def test_path_parameters_are_refused_unless_allowed(
         assert b"http.bad_path" in body
     lenient = make_gateway("limits: {path_parameters: true}\n" + routes)
     assert lenient.request("GET", target)[0] == 200
+
+
+# (head, what llhttp answers to should_upgrade())
+UPGRADE_HEADS: dict[str, tuple[bytes, bool]] = {
+    "plain": (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", False),
+    "websocket": (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", True),
+    "upgrade-lower-case": (b"GET / HTTP/1.1\r\nHost: a\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n", True),
+    "upgrade-without-connection": (b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n", False),
+    "connection-without-upgrade": (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\n\r\n", False),
+    "upgrade-twice": (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: a\r\nUPGRADE: b\r\n\r\n", True),
+    "h2c": (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\r\n", True),
+    "upgrade-http10": (b"GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n", True),
+    "connect": (b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", True),
+    "post-upgrade-with-body": (
+        b"POST / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: x\r\nContent-Length: 1\r\n\r\nx",
+        True,
+    ),
+}
+
+
+@pytest.mark.parametrize(("head", "upgrades"), UPGRADE_HEADS.values(), ids=UPGRADE_HEADS.keys())
+def test_llhttp_upgrades_only_with_an_upgrade_header_or_connect(head: bytes, upgrades: bool) -> None:
+    """ClientConnection.on_headers_complete asks llhttp whether a request upgrades only when an Upgrade header came
+    or the method is CONNECT; otherwise it takes the answer as no. This holds that rule against llhttp itself."""
+    import httptools
+
+    seen: dict[str, object] = {}
+
+    class Callbacks:
+        def on_header(self, name: bytes, value: bytes) -> None:
+            if name.lower() == b"upgrade":
+                seen["upgrade"] = value
+
+        def on_headers_complete(self) -> None:
+            seen["llhttp"] = parser.should_upgrade()
+
+    parser = httptools.HttpRequestParser(Callbacks())
+    try:
+        parser.feed_data(head)
+    except httptools.HttpParserUpgrade:
+        pass
+    assert seen["llhttp"] is upgrades
+    if upgrades:  # never without what the shortcut looks for
+        assert "upgrade" in seen or head.startswith(b"CONNECT ")
