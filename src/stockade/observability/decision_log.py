@@ -135,9 +135,9 @@ class DecisionLog:
         if principal is not None and len(principal) > _MAX_PRINCIPAL:
             principal = principal[:_MAX_PRINCIPAL]
             cut = True
-        state = ctx.state
+        state = ctx.existing_state()
         ms = int(self.time() * 1000)
-        if detail or cut or error or ctx.findings or (state and "failed_open" in state):
+        if detail or cut or error or ctx.existing_findings() or (state and "failed_open" in state):
             entry = self._extras_entry(ctx, ms, path, principal, status, total_us, upstream_us, detail, cut, error)
             line = _dumps(entry, option=_NEWLINE)
         else:

@@ -34,18 +34,20 @@ class RequestContext:
     __slots__ = (
         "_body",
         "_body_source",
+        "_findings",
+        "_headers",
+        "_path_params",
         "_query_params",
+        "_raw_headers",
+        "_state",
         "client_ip",
         "clock",
         "decision",
         "detail",
-        "findings",
-        "headers",
         "host",
         "http_version",
         "method",
         "path",
-        "path_params",
         "peer_cert",
         "peer_cert_der",
         "peer_ip",
@@ -60,7 +62,6 @@ class RequestContext:
         "set_headers",
         "stage",
         "started",
-        "state",
         "status",
     )
 
@@ -71,7 +72,7 @@ class RequestContext:
         path: str,
         raw_path: str,
         query: str,
-        headers: Headers,
+        headers: Headers | list[tuple[bytes, bytes]],
         client_ip: str,
         peer_ip: str,
         host: str,
@@ -87,7 +88,14 @@ class RequestContext:
         self.path = path  # percent-decoded and normalised: what routing and stages see
         self.raw_path = raw_path  # canonical encoded form: what goes upstream
         self.query = query  # raw query string, without '?'
-        self.headers = headers
+        # The fronts pass the raw pairs: the Headers view is made when a stage first reads it (a route whose
+        # stages read no header never makes one). The same for the containers below: made on first use.
+        if isinstance(headers, Headers):
+            self._headers: Headers | None = headers
+            self._raw_headers = headers.raw
+        else:
+            self._headers = None
+            self._raw_headers = headers
         self.client_ip = client_ip
         self.peer_ip = peer_ip
         self.host = host
@@ -98,10 +106,10 @@ class RequestContext:
         self.peer_cert = peer_cert  # the verified client certificate (mTLS), as ssl.getpeercert() returns it
         self.peer_cert_der = peer_cert_der  # the same certificate, DER-encoded (for thumbprints, RFC 8705)
         self.route_id = ""
-        self.path_params: dict[str, str] = {}
+        self._path_params: dict[str, str] | None = None
         self.principal: Principal | None = None
-        self.findings: list[Finding] = []
-        self.state: dict[str, Any] = {}
+        self._findings: list[Finding] | None = None
+        self._state: dict[str, Any] | None = None
         self.set_headers: dict[str, str] | None = None
         self.remove_headers: frozenset[str] | None = None  # lower-case names (the runner merges the stages')
         self.decision = "allow"
@@ -112,6 +120,58 @@ class RequestContext:
         self._query_params: dict[str, list[str]] | None = None
         self._body: bytes | None = None
         self._body_source: BodySource | None = None
+
+    @property
+    def headers(self) -> Headers:
+        """The request's headers as received (case-insensitive lookup)."""
+        h = self._headers
+        if h is None:
+            h = self._headers = Headers(self._raw_headers)
+        return h
+
+    @property
+    def path_params(self) -> dict[str, str]:
+        """The route template's parameters (`/books/{id}`), by name."""
+        p = self._path_params
+        if p is None:
+            p = self._path_params = {}
+        return p
+
+    @path_params.setter
+    def path_params(self, value: dict[str, str]) -> None:
+        self._path_params = value
+
+    @property
+    def findings(self) -> list[Finding]:
+        """What detection stages found (logged by rule; a monitor-mode stage adds here instead of denying)."""
+        f = self._findings
+        if f is None:
+            f = self._findings = []
+        return f
+
+    @findings.setter
+    def findings(self, value: list[Finding]) -> None:
+        self._findings = value
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """Per-request notes stages leave for later stages and hooks (`AUTH_IDENTITY`, "failed_open", ...)."""
+        s = self._state
+        if s is None:
+            s = self._state = {}
+        return s
+
+    @state.setter
+    def state(self, value: dict[str, Any]) -> None:
+        self._state = value
+
+    def existing_findings(self) -> list[Finding] | None:
+        """The findings list if one was made (reading `findings` makes it): for the log line's quick test."""
+        return self._findings
+
+    def existing_state(self) -> dict[str, Any] | None:
+        """The state dict if one was made (reading `state` makes it): for the log line's quick test."""
+        return self._state
 
     @property
     def query_params(self) -> dict[str, list[str]]:

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from stockade.pipeline.context import RequestContext
-from stockade.pipeline.headers import Headers
 from stockade.pipeline.routing import NoRoute
 from stockade.pipeline.runner import Pipeline
 from stockade.pipeline.verdict import Deny
@@ -175,7 +174,7 @@ def request_context(
         path,
         canonical,
         query,
-        Headers(headers),
+        headers,
         cip,
         peer_ip,
         host,
@@ -209,7 +208,7 @@ def bare_context(
         path="",
         raw_path="",
         query="",
-        headers=Headers(headers),
+        headers=headers,
         client_ip=peer_ip,
         peer_ip=peer_ip,
         host="",
