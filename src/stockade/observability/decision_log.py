@@ -176,7 +176,7 @@ class DecisionLog:
         if not rid.isalnum() and not (rid.isprintable() and '"' not in rid and "\\" not in rid):
             rid_b = _dumps(rid)[1:-1]
         else:
-            rid_b = rid.encode()
+            rid_b = ctx.request_id_bytes()  # encoded once, shared with the upstream head
         changed = status != self._status
         s = ctx.route_id
         if s != self._route:

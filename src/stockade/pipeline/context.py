@@ -39,6 +39,8 @@ class RequestContext:
         "_path_params",
         "_query_params",
         "_raw_headers",
+        "_rid_bytes",
+        "_rid_of",
         "_state",
         "client_ip",
         "clock",
@@ -118,6 +120,8 @@ class RequestContext:
         self.detail = ""
         self.status = 0
         self._query_params: dict[str, list[str]] | None = None
+        self._rid_bytes = b""  # request_id encoded, and the id it was encoded from (request_id_bytes)
+        self._rid_of = ""
         self._body: bytes | None = None
         self._body_source: BodySource | None = None
 
@@ -164,6 +168,14 @@ class RequestContext:
     @state.setter
     def state(self, value: dict[str, Any]) -> None:
         self._state = value
+
+    def request_id_bytes(self) -> bytes:
+        """`request_id` encoded (UTF-8; intake's ids are ASCII), once for the upstream head and the log line."""
+        rid = self.request_id
+        if rid != self._rid_of or not self._rid_bytes:
+            self._rid_bytes = rid.encode()
+            self._rid_of = rid
+        return self._rid_bytes
 
     def existing_findings(self) -> list[Finding] | None:
         """The findings list if one was made (reading `findings` makes it): for the log line's quick test."""

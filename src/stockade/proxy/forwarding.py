@@ -298,7 +298,7 @@ def encode_request_head(ex: Exchange) -> bytes:
             conn.forwarded_block = conn.forwarded_lines + fhost + _RID
             conn.forwarded_block_host = fhost
         forwarded = conn.forwarded_block
-    rid = ctx.request_id.encode("ascii")
+    rid = ctx.request_id_bytes()
     identity = pipeline.identity_header_bytes(ctx)
     # Compiled, each of these is one native copy of every piece into the new bytes object.
     if not (h.chunked or ex.upgrade_ok or identity or ctx.set_headers):

@@ -376,7 +376,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_sent = self.head_done = self.done = self.received_any = self.reusable = self.extra = False
         self.remaining = -1
         self.status = self.interim = self.skip_complete = 0
-        self.decoded = []
+        if self.decoded:  # (an empty one is kept: every reader swaps it for a new list before using what it holds)
+            self.decoded = []
 
     def write(self, data: bytes) -> None:
         if self.transport is not None:
