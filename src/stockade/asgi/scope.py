@@ -128,7 +128,7 @@ def app_scope(
     out["raw_path"] = (mount[1] + ctx.raw_path).encode("latin-1")
     out["query_string"] = ctx.query.encode("latin-1")  # a stage may have removed a credential from it
     trusted = bool(trusted_proxies) and ctx.peer_ip in trusted_proxies
-    out["headers"] = forwarded_headers(ctx.headers.raw, pipeline, ctx, trusted=trusted, by_host=by_host)
+    out["headers"] = forwarded_headers(ctx.header_pairs, pipeline, ctx, trusted=trusted, by_host=by_host)
     if hide_body_bypass:
         extensions = scope.get("extensions")
         if extensions and any(e in extensions for e in _BODY_BYPASS_EXTENSIONS):

@@ -275,10 +275,12 @@ class DecisionLog:
             entry["truncated"] = True
         if error:
             entry["error"] = error
-        if ctx.findings:
-            entry["findings"] = [f.rule for f in ctx.findings]
-        if "failed_open" in ctx.state:
-            entry["failed_open"] = ctx.state["failed_open"]
+        findings = ctx.existing_findings()
+        if findings:
+            entry["findings"] = [f.rule for f in findings]
+        state = ctx.existing_state()
+        if state and "failed_open" in state:
+            entry["failed_open"] = state["failed_open"]
         return entry
 
     def flush(self) -> None:

@@ -177,6 +177,11 @@ class RequestContext:
             self._rid_of = rid
         return self._rid_bytes
 
+    @property
+    def header_pairs(self) -> list[tuple[bytes, bytes]]:
+        """The raw `(name, value)` pairs as received, without making the `headers` view."""
+        return self._raw_headers
+
     def existing_findings(self) -> list[Finding] | None:
         """The findings list if one was made (reading `findings` makes it): for the log line's quick test."""
         return self._findings

@@ -149,9 +149,13 @@ class ExchangeQueue:
         return self.first is not None
 
     def __getitem__(self, i: int) -> Exchange:
-        first = self.first
-        if first is None:
+        n = self.size()
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
             raise IndexError(i)
+        first = self.first
+        assert first is not None  # noqa: S101 - n > 0
         return first if i == 0 else self._rest[i - 1]
 
     def __iter__(self) -> Iterator[Exchange]:
