@@ -20,7 +20,8 @@ from stockade.pipeline.runner import Pipeline, StageSlot
 from stockade.pipeline.stage import Services, StageEnv
 from stockade.security import jose
 from stockade.security.jwk import public_jwk
-from stockade.stages.authn.anonymous import AnonymousAuthenticator, AnonymousConfig
+from stockade.stages.authn.anonymous import AnonymousAuthenticator
+from stockade.stages.authn.anonymous_config import AnonymousConfig
 from stockade.stages.authn.jwt import JwtAuthenticator
 from stockade.stages.authn.jwt_config import JwtConfig
 from stockade.stages.authz.scopes import ScopesAuthorizer, ScopesConfig

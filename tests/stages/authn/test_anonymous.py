@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from stockade.pipeline.verdict import Continue
-from stockade.stages.authn.anonymous import AnonymousAuthenticator, AnonymousConfig
+from stockade.stages.authn.anonymous import AnonymousAuthenticator
+from stockade.stages.authn.anonymous_config import AnonymousConfig
 from stockade.testing import make_context, run_stage
 
 
