@@ -414,6 +414,7 @@ class ClientConnection(asyncio.Protocol):
         kind = HOST if name == b"Host" else COMMON_SPELLINGS.get(name)
         if kind == PLAIN:
             head.fwd.append(name + b": " + value + CRLF)
+            head.fwd_names.append(name)
             return
         if kind is None:
             lname = name.lower()
@@ -426,6 +427,7 @@ class ClientConnection(asyncio.Protocol):
                 if lname == b"content-length":
                     head.content_length = _content_length(value)
                 head.fwd.append(name + b": " + value + CRLF)
+                head.fwd_names.append(name)
                 return
         if kind == HOST:
             if head.host is None:
@@ -434,6 +436,7 @@ class ClientConnection(asyncio.Protocol):
         elif kind == CONTENT_LENGTH:
             head.content_length = _content_length(value)
             head.fwd.append(name + b": " + value + CRLF)
+            head.fwd_names.append(name)
         elif kind == FORWARDING:
             forwarding = head.forwarding
             if forwarding:

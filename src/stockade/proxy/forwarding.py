@@ -260,10 +260,11 @@ def encode_request_head(ex: Exchange) -> bytes:
         if h.connection:
             drop |= connection_tokens(h.connection)
         # A plain loop: cheaper than a comprehension (3.11 builds a function per comprehension) for the few lines
-        # a request has. Each line is "name: value\r\n" as on_header made it (a field name never holds a colon).
+        # a request has; zip without strict= because on_header appends both lists in lockstep. (The names are
+        # kept apart: taken from each line, a bytes.index per header is a generic call with argument parsing.)
         kept = []
-        for line in h.fwd:
-            if line[: line.index(b":")].lower() not in drop:
+        for name, line in zip(h.fwd_names, h.fwd):  # noqa: B905
+            if name.lower() not in drop:
                 kept.append(line)
         fwd = b"".join(kept)
     else:

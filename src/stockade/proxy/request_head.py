@@ -13,6 +13,7 @@ class RequestHead:
         "expect",
         "forwarding",
         "fwd",
+        "fwd_names",
         "host",
         "host_count",
         "keep_alive",
@@ -34,6 +35,7 @@ class RequestHead:
         self.wire_bytes = 0
         self.raw: list[tuple[bytes, bytes]] = []
         self.fwd: list[bytes] = []  # the forwarded headers, each a whole "name: value\r\n" line
+        self.fwd_names: list[bytes] = []  # their names as received (same order), for a route that drops some
         self.host: bytes | None = None  # the first Host value (no list: there is one, or the request is refused)
         self.host_count = 0
         self.forwarding: list[tuple[bytes, bytes, bytes]] | tuple[()] = ()  # created when one arrives (rare)
