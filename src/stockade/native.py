@@ -61,6 +61,7 @@ COMPILED: tuple[str, ...] = (
     "stockade.security.netaddr",
     "stockade.security.paths",
     "stockade.stages.authn.anonymous",
+    "stockade.stages.authn.jwt",
 )
 
 status = "pure Python: not activated"  # what activate() found, for the start-up line and the bench record

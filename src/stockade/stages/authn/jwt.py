@@ -9,7 +9,7 @@ from collections import OrderedDict
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol
 
 from stockade.errors import StorageError
 from stockade.pipeline.context import AUTH_IDENTITY, RequestContext
@@ -26,7 +26,7 @@ from stockade.stages.authn.jwt_config import IssuerConfig, JwtConfig
 if TYPE_CHECKING:
     from stockade.oauth2.revocation import RevokedJtis
 
-log = logging.getLogger("stockade.jwt")
+log: Final = logging.getLogger("stockade.jwt")
 
 
 class KeySource(Protocol):
@@ -260,4 +260,4 @@ def _short(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-_: type[Stage] = JwtAuthenticator
+_: Final[type[Stage]] = JwtAuthenticator  # checked against the protocol by mypy
