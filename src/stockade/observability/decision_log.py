@@ -30,6 +30,25 @@ _dumps: Final = orjson.dumps  # compiled code reads a module's attribute by a lo
 _NEWLINE: Final[Any] = orjson.OPT_APPEND_NEWLINE
 
 
+class _Fragment:
+    """One str field of the common line: its last value and that value as JSON (cut to `cut` characters if set)."""
+
+    __slots__ = ("cut", "json", "value")
+
+    def __init__(self, cut: int = 0) -> None:
+        self.cut = cut
+        self.value = ""
+        self.json = b'""'
+
+    def update(self, value: str) -> bool:
+        """Take `value`; True if it differs from the last one (`==` on str compares pointers first)."""
+        if value == self.value:
+            return False
+        self.json = _dumps(value[: self.cut] if self.cut else value)
+        self.value = value
+        return True
+
+
 def _fit(entry: dict[str, object]) -> bytes:
     """The line cut to one pipe page (wide characters or escapes made it longer): the detail, then the path are
     shortened (a prefix of each is kept), then the findings go; who and what was decided always stay."""
@@ -88,20 +107,14 @@ class DecisionLog:
         # `_expected` in the tests checks that the bytes are orjson's.
         self._ms = -1  # the timestamp in milliseconds (-1: no line yet)
         self._head = b""
-        self._route = ""
-        self._route_j = b'""'
-        self._method = ""  # as the context has it: the fragment holds it cut
-        self._method_j = b'""'
-        self._path = ""  # masked
-        self._path_j = b'""'
+        self._route = _Fragment()
+        self._method = _Fragment(32)  # the value as the context has it, the fragment cut
+        self._path = _Fragment()  # masked
         self._principal: str | None = None
         self._principal_j = b"null"
-        self._decision = ""
-        self._decision_j = b'""'
-        self._reason = ""
-        self._reason_j = b'""'
-        self._stage = ""
-        self._stage_j = b'""'
+        self._decision = _Fragment()
+        self._reason = _Fragment()
+        self._stage = _Fragment()
         self._status = -1  # no line yet: the first one makes `_mid`
         self._mid = b""
         self._client_ip = ""
@@ -177,21 +190,14 @@ class DecisionLog:
             rid_b = _dumps(rid)[1:-1]
         else:
             rid_b = ctx.request_id_bytes()  # encoded once, shared with the upstream head
+        # `|`, not `or`: every fragment is brought up to date, whatever changed before it.
         changed = status != self._status
-        s = ctx.route_id
-        if s != self._route:
-            self._route_j = _dumps(s)
-            self._route = s
-            changed = True
-        s = ctx.method
-        if s != self._method:
-            self._method_j = _dumps(s[:32])
-            self._method = s
-            changed = True
-        if path != self._path:
-            self._path_j = _dumps(path)
-            self._path = path
-            changed = True
+        changed = self._route.update(ctx.route_id) | changed
+        changed = self._method.update(ctx.method) | changed
+        changed = self._path.update(path) | changed
+        changed = self._decision.update(ctx.decision) | changed
+        changed = self._reason.update(ctx.reason) | changed
+        changed = self._stage.update(ctx.stage) | changed
         last = self._principal
         if principal is None:
             if last is not None:
@@ -202,34 +208,19 @@ class DecisionLog:
             self._principal_j = _dumps(principal)
             self._principal = principal
             changed = True
-        s = ctx.decision
-        if s != self._decision:
-            self._decision_j = _dumps(s)
-            self._decision = s
-            changed = True
-        s = ctx.reason
-        if s != self._reason:
-            self._reason_j = _dumps(s)
-            self._reason = s
-            changed = True
-        s = ctx.stage
-        if s != self._stage:
-            self._stage_j = _dumps(s)
-            self._stage = s
-            changed = True
         if changed:
             self._status = status
             self._mid = (
                 b'"route":%b,"method":%b,"path":%b,"principal":%b,'
                 b'"decision":%b,"reason":%b,"stage":%b,"status":%d,"latency_us":'
                 % (
-                    self._route_j,
-                    self._method_j,
-                    self._path_j,
+                    self._route.json,
+                    self._method.json,
+                    self._path.json,
                     self._principal_j,
-                    self._decision_j,
-                    self._reason_j,
-                    self._stage_j,
+                    self._decision.json,
+                    self._reason.json,
+                    self._stage.json,
                     status,
                 )
             )
