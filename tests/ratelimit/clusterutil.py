@@ -202,9 +202,39 @@ class LocalCluster:
         return len(keys)
 
     def finish_migration(self, slot: int, target: Node) -> None:
-        """The slot is the target's: told to the target first, then every other node (the documented order)."""
+        """The slot is the target's: told to the target first, then every other node (the documented order), and
+        then until every node agrees.
+
+        The target claims the slot with a new config epoch only if its own is not already the highest it knows of
+        (Redis' clusterBumpConfigEpochWithoutConsensus). Right after an earlier move the last owner's bumped epoch
+        may not have reached it by gossip yet: the target would keep its old, lower epoch, and the last owner's
+        next ping, still claiming the slot, would take it back (each then sends MOVED to the other). So the target
+        must know the cluster's highest epoch first."""
+        self._await_epoch(target)
         for node in [target, *(n for n in self.nodes if n is not target)]:
             command(node.port, "CLUSTER", "SETSLOT", slot, "NODE", target.id)
+        self.wait_ok()
+
+    def _await_epoch(self, target: Node, timeout: float = 30) -> None:
+        """Until `target`'s current epoch is at least every running node's own config epoch."""
+        deadline = time.monotonic() + timeout
+        while True:  # waiting for gossip between real processes, not timing the code under test
+            running = [n for n in self.nodes if n.proc is not None]
+            highest = max(_info_int(n.port, "cluster_my_epoch") for n in running)
+            if _info_int(target.port, "cluster_current_epoch") >= highest:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"node {target.port} did not learn of config epoch {highest}")
+            time.sleep(0.02)
+
+
+def _info_int(port: int, field: str) -> int:
+    """One integer field of a node's CLUSTER INFO."""
+    for line in command(port, "CLUSTER", "INFO").decode().splitlines():
+        name, _, value = line.partition(":")
+        if name == field:
+            return int(value)
+    raise LookupError(f"node {port}: no {field} in CLUSTER INFO")
 
 
 @contextlib.contextmanager
