@@ -61,6 +61,7 @@ COMPILED: tuple[str, ...] = (
     "stockade.security.netaddr",
     "stockade.security.paths",
     "stockade.stages.authn.anonymous",
+    "stockade.stages.authn.api_key",
     "stockade.stages.authn.jwt",
 )
 

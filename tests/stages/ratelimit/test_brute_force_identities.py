@@ -32,7 +32,8 @@ from stockade.ratelimit.backend import limits_backend
 from stockade.ratelimit.redis import RedisBackend
 from stockade.runtime import build_runtime
 from stockade.security import keys
-from stockade.stages.authn.api_key import ApiKeyAuthenticator, ApiKeyConfig
+from stockade.stages.authn.api_key import ApiKeyAuthenticator
+from stockade.stages.authn.api_key_config import ApiKeyConfig
 from stockade.stages.authn.mtls import MtlsAuthenticator, MtlsConfig
 from stockade.stages.ratelimit.brute_force import BruteForce
 from stockade.stages.ratelimit.identity_key import fetch_identity_key

@@ -3,16 +3,17 @@
 A cache hit costs one hash (`keys.fingerprint`) and one dict lookup: no I/O, no HMAC, nothing decoded.
 Unknown, revoked, expired and malformed keys all get the same 401 `auth.invalid_credentials`; the decision
 log's `detail` says which. The credential is removed before the request goes upstream.
+
+Compiled (stockade.native.COMPILED): every request of a key-protected route runs `check`; its configuration lives
+in api_key_config.py, as a pydantic model must not be compiled.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Coroutine
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, Final, cast
 from urllib.parse import unquote_plus
-
-from pydantic import Field, field_validator
 
 from stockade.errors import StorageError
 from stockade.identity.key_cache import MAX_STALE, KeyEntry, shared_key_cache
@@ -22,29 +23,13 @@ from stockade.pipeline.phase import Phase
 from stockade.pipeline.stage import Stage, StageConfig, StageEnv
 from stockade.pipeline.verdict import Continue, Deny, Skip
 from stockade.security import keys
+from stockade.stages.authn.api_key_config import ApiKeyConfig
 
-log = logging.getLogger("stockade.stages.api_key")
+log: Final = logging.getLogger("stockade.stages.api_key")
 
-INVALID = "auth.invalid_credentials"
-_NO_KEY = Skip("no API key")
-_fingerprint = keys.fingerprint
-
-
-class ApiKeyConfig(StageConfig):
-    header: str = Field(default="X-API-Key", pattern=r"^[A-Za-z0-9-]{1,64}$")
-    authorization: bool = True  # also accept `Authorization: ApiKey <key>`
-    query_param: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # off unless named
-    env: str | None = None  # accept only keys of this environment (stk_<env>_...)
-    realm: str = Field(default="stockade", pattern=r"^[\x20-\x21\x23-\x5b\x5d-\x7e]{1,64}$")
-
-    @field_validator("env")
-    @classmethod
-    def _env(cls, v: str | None) -> str | None:
-        if v is not None:
-            keys.check_env(v)
-            if v in keys.RESERVED_ENVS:
-                raise ValueError(f"{v!r} is reserved (admin tokens / client secrets are not API keys)")
-        return v
+INVALID: Final = "auth.invalid_credentials"
+_NO_KEY: Final = Skip("no API key")
+_fingerprint: Final = keys.fingerprint
 
 
 class ApiKeyAuthenticator:
@@ -171,4 +156,4 @@ class ApiKeyAuthenticator:
         return "&".join(p for p in query.split("&") if unquote_plus(p.partition("=")[0]) != name)
 
 
-_: type[Stage] = ApiKeyAuthenticator
+_: Final[type[Stage]] = ApiKeyAuthenticator  # checked against the protocol by mypy
