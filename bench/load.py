@@ -77,17 +77,18 @@ def run_wrk(
     for name, value in headers.items():
         cmd += ["-H", f"{name}: {value}"]
     cmd.append(f"http://127.0.0.1:{port}{PATH}")
-    before = {name: procfs.cpu_seconds(pids) for name, pids in groups.items()}
+    before = {name: procfs.cpu_split(pids) for name, pids in groups.items()}
     wrk_before = _children_cpu()
     done = subprocess.run(
         cmd, capture_output=True, text=True, check=False, timeout=seconds + 60, preexec_fn=pinned(cpus)
     )
-    cpu = {name: procfs.cpu_seconds(pids) - before[name] for name, pids in groups.items()}
+    cpu, kernel = procfs.cpu_spent(groups, before)
     cpu["loadgen"] = _children_cpu() - wrk_before  # wrk is the only child reaped in between
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
     result = parse_wrk(done.stdout)
     result["cpu_seconds"] = cpu
+    result["kernel_cpu_seconds"] = kernel
     return result
 
 

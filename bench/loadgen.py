@@ -19,7 +19,7 @@ from typing import cast
 import httptools
 import uvloop
 
-from bench.procfs import cpu_seconds
+from bench.procfs import cpu_spent, cpu_split
 
 
 class Generator:
@@ -107,7 +107,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     for _ in range(args.connections):
         _, proto = await asyncio.get_running_loop().create_connection(lambda: Connection(gen), args.host, args.port)
         conns.append(proto)
-    cpu0 = {name: cpu_seconds(pids) for name, pids in groups.items()}
+    cpu0 = {name: cpu_split(pids) for name, pids in groups.items()}
     self0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     gen.measuring = True
@@ -116,13 +116,12 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     await asyncio.sleep(args.duration)
     gen.measuring = False
     seconds = time.perf_counter() - t0
-    cpu1 = {name: cpu_seconds(pids) for name, pids in groups.items()}
+    cpu, kernel = cpu_spent(groups, cpu0)
     self1 = resource.getrusage(resource.RUSAGE_SELF)
     gen.stopped = True
     for conn in conns:
         conn.transport.close()
     lat = sorted(gen.latencies_ns)
-    cpu = {name: cpu1[name] - cpu0[name] for name in groups}
     cpu["loadgen"] = (self1.ru_utime + self1.ru_stime) - (self0.ru_utime + self0.ru_stime)
     return {
         "tool": "builtin",
@@ -133,6 +132,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "p99_us": percentile_us(lat, 0.99),
         "errors": {"status": gen.bad_status, "socket": gen.socket_errors},
         "cpu_seconds": cpu,
+        "kernel_cpu_seconds": kernel,
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
@@ -37,12 +38,30 @@ def tree_pids(root: int) -> list[int]:
 
 def cpu_seconds(pids: list[int]) -> float:
     """utime + stime of every thread of these processes, in seconds (clock-tick resolution)."""
-    ticks = 0
+    user, kernel = cpu_split(pids)
+    return user + kernel
+
+
+def cpu_split(pids: list[int]) -> tuple[float, float]:
+    """(utime, stime) of every thread of these processes, in seconds. The kernel's split is sampled at each clock
+    tick, so it is an estimate; over a run of seconds it is close enough to tell the two apart."""
+    user = kernel = 0
     for pid in pids:
         fields = _stat_fields(pid)
         if fields is not None:
-            ticks += int(fields[11]) + int(fields[12])  # stat fields 14 and 15: utime, stime
-    return ticks / TICKS_PER_SECOND
+            user += int(fields[11])  # stat fields 14 and 15: utime, stime
+            kernel += int(fields[12])
+    return user / TICKS_PER_SECOND, kernel / TICKS_PER_SECOND
+
+
+def cpu_spent(
+    groups: Mapping[str, list[int]], before: Mapping[str, tuple[float, float]]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """CPU seconds each group used since `before` (its cpu_split then): in all, and of that in the kernel."""
+    now = {name: cpu_split(pids) for name, pids in groups.items()}
+    total = {name: sum(now[name]) - sum(before[name]) for name in groups}
+    kernel = {name: now[name][1] - before[name][1] for name in groups}
+    return total, kernel
 
 
 def rss_bytes(pids: list[int]) -> int:

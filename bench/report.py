@@ -26,6 +26,8 @@ def derive(raw: dict[str, Any]) -> dict[str, Any]:
     out = dict(raw)
     for name in ("proxy", "upstream", "loadgen"):
         out[f"{name}_cpu_us_per_req"] = cpu[name] * 1e6 / n if name in cpu and n else None
+    kernel = raw.get("kernel_cpu_seconds", {})  # results written before it was recorded have none
+    out["proxy_kernel_us_per_req"] = kernel["proxy"] * 1e6 / n if "proxy" in kernel and n else None
     out["proxy_cores"] = cpu["proxy"] / seconds if "proxy" in cpu else None
     out["load_cores"] = (cpu["upstream"] + cpu["loadgen"]) / seconds
     out["valid"] = n > 0 and raw["errors"]["status"] == 0 and raw["errors"]["socket"] == 0
@@ -63,6 +65,7 @@ def summarise(runs: list[dict[str, Any]], profiles: Sequence[str], connections: 
             row: dict[str, Any] = {"profile": name, "connections": conns, "runs": len(every), "valid_runs": len(mine)}
             for key in ("rps", "p50_us", "p99_us", "proxy_cpu_us_per_req", "upstream_cpu_us_per_req"):
                 row[key] = stats([r[key] for r in mine])
+            row["proxy_kernel_us_per_req"] = stats([r.get("proxy_kernel_us_per_req") for r in mine])
             for key in ("proxy_cores", "load_cores", "proxy_rss_bytes"):
                 row[key] = stats([r.get(key) for r in mine])
             row["vs_nginx"] = {
@@ -89,6 +92,7 @@ COLUMNS = (
     ("p50 ms", 6),
     ("p99 ms", 6),
     ("proxy µs/req", 12),
+    ("of it kernel", 12),
     ("ups µs/req", 10),
     ("RSS MB", 6),
     ("req/s vs nginx", 19),
@@ -113,6 +117,7 @@ def table(summary: list[dict[str, Any]]) -> str:
             _med(row["p50_us"], 1e-3, "{:.2f}"),
             _med(row["p99_us"], 1e-3, "{:.2f}"),
             _med(row["proxy_cpu_us_per_req"]),
+            _med(row.get("proxy_kernel_us_per_req")),
             _med(row["upstream_cpu_us_per_req"]),
             _med(row["proxy_rss_bytes"], 1 / 2**20),
             _ratio(row["vs_nginx"]["rps_ratio"]),
@@ -161,37 +166,47 @@ def budgets(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     most, so drift cancels), summarised; with the verdict where there is a budget. Pairs missing a side are left out."""
     out = []
     for budget in BUDGETS:
-        base = {
-            r["round"]: r["proxy_cpu_us_per_req"]
-            for r in runs
-            if r["profile"] == budget["over"] and r["connections"] == budget["connections"] and r["valid"]
-        }
-        extra = stats(
-            [
-                r["proxy_cpu_us_per_req"] - base[r["round"]]
-                for r in runs
-                if r["profile"] == budget["profile"]
-                and r["connections"] == budget["connections"]
-                and r["valid"]
-                and base.get(r["round"]) is not None
-                and r["proxy_cpu_us_per_req"] is not None
-            ]
-        )
+        extra = _paired_extra(runs, budget, "proxy_cpu_us_per_req")
         if extra is None:
             continue
-        del extra["spread_pct"]  # relative to a difference near zero, it means nothing
         limit = budget["max_extra_us"]
         met = None if limit is None else extra["median"] <= limit
-        out.append({**budget, "extra_us": extra, "met": met})
+        kernel = _paired_extra(runs, budget, "proxy_kernel_us_per_req")
+        out.append({**budget, "extra_us": extra, "kernel_extra_us": kernel, "met": met})
     return out
+
+
+def _paired_extra(runs: list[dict[str, Any]], budget: Budget, key: str) -> dict[str, float] | None:
+    """`key` of the budget's profile minus its base's, paired by round, summarised (None if no pair has both)."""
+    base = {
+        r["round"]: r.get(key)
+        for r in runs
+        if r["profile"] == budget["over"] and r["connections"] == budget["connections"] and r["valid"]
+    }
+    extra = stats(
+        [
+            r[key] - base[r["round"]]
+            for r in runs
+            if r["profile"] == budget["profile"]
+            and r["connections"] == budget["connections"]
+            and r["valid"]
+            and base.get(r["round"]) is not None
+            and r.get(key) is not None
+        ]
+    )
+    if extra is not None:
+        del extra["spread_pct"]  # relative to a difference near zero, it means nothing
+    return extra
 
 
 def _budget_line(b: dict[str, Any]) -> str:
     extra = b["extra_us"]
     line = (
         f"{b['profile']} adds {extra['median']:.1f} µs CPU/req over {b['over']} at {b['connections']} connections "
-        f"(paired by round: {extra['min']:.1f} to {extra['max']:.1f})"
+        f"(paired by round: {extra['min']:.1f} to {extra['max']:.1f}"
     )
+    kernel = b.get("kernel_extra_us")
+    line += f"; of it in the kernel {kernel['median']:.1f})" if kernel else ")"
     if b["met"] is None:
         return "cost: " + line
     return f"budget: {line}; limit {b['max_extra_us']:.0f} µs: {'met' if b['met'] else 'NOT met'}"

@@ -8,9 +8,9 @@ import pytest
 from bench.report import budgets, derive, goal, notes, stats, summarise, table
 
 
-def raw(requests: int, proxy: float | None, rps: float, errors: int = 0) -> dict[str, Any]:
+def raw(requests: int, proxy: float | None, rps: float, errors: int = 0, kernel: float | None = None) -> dict[str, Any]:
     cpu = {"upstream": 1.0, "loadgen": 0.5} | ({"proxy": proxy} if proxy is not None else {})
-    return {
+    out = {
         "requests": requests,
         "seconds": 2.0,
         "rps": rps,
@@ -19,6 +19,9 @@ def raw(requests: int, proxy: float | None, rps: float, errors: int = 0) -> dict
         "errors": {"status": errors, "socket": 0},
         "cpu_seconds": cpu,
     }
+    if kernel is not None:  # results written before the split was recorded have no such field
+        out["kernel_cpu_seconds"] = {"proxy": kernel, "upstream": 0.4}
+    return out
 
 
 def run(profile: str, rnd: int, requests: int, proxy: float | None, rps: float, errors: int = 0) -> dict[str, Any]:
@@ -148,3 +151,31 @@ def test_budgets_leave_out_a_profile_whose_base_was_not_measured() -> None:
     assert [b["profile"] for b in budgets(cpu_runs("api-key", [30.0]) + cpu_runs("stockade-bare", [26.0]))] == [
         "api-key"
     ]
+
+
+def test_the_kernels_share_of_the_proxy_cpu_and_of_a_budgets_extra() -> None:
+    """Where a path's extra CPU goes: its own code, or the kernel (the same syscalls run slower beside more code)."""
+    assert derive(raw(100_000, 1.9, 50_000.0, kernel=1.2))["proxy_kernel_us_per_req"] == pytest.approx(12.0)
+    assert derive(raw(100_000, 1.9, 50_000.0))["proxy_kernel_us_per_req"] is None
+
+    def runs(profile: str, per_round: list[tuple[float, float]]) -> list[dict[str, Any]]:
+        return [
+            derive(raw(100_000, total / 10, 30_000.0, kernel=kernel / 10))
+            | {"profile": profile, "connections": 50, "round": rnd}
+            for rnd, (total, kernel) in enumerate(per_round)
+        ]
+
+    measured = runs("python-floor", [(10.0, 7.5), (10.2, 7.5)]) + runs("stockade-bare", [(12.6, 8.2), (12.4, 8.4)])
+    [cost] = budgets(measured)
+    assert cost["extra_us"]["median"] == pytest.approx(2.4)
+    assert cost["kernel_extra_us"]["median"] == pytest.approx(0.8)
+    assert notes([], {"start": [0.0] * 3}, [cost])[0] == (
+        "cost: stockade-bare adds 2.4 µs CPU/req over python-floor at 50 connections (paired by round: 2.2 to 2.6; "
+        "of it in the kernel 0.8)"
+    )
+    rows = summarise(measured, ["python-floor", "stockade-bare"], [50])
+    assert [r["proxy_kernel_us_per_req"]["median"] for r in rows] == [pytest.approx(7.5), pytest.approx(8.3)]
+    header, floor, bare = (line.split() for line in table(rows).splitlines())
+    assert "kernel" in header
+    assert (floor[0], floor[6], floor[7]) == ("python-floor", "10.1", "7.5")  # proxy µs/req, then its kernel part
+    assert (bare[0], bare[6], bare[7]) == ("stockade-bare", "12.5", "8.3")
