@@ -52,8 +52,10 @@ class ApiKeyAuthenticator:
         self._watcher = self._cache.watcher
         self._used = self._cache.used  # the same set for the cache's lifetime (flush_usage empties it in place)
         self._clock = env.services.clock
-        self._strip_header = (self._header,)
-        self._strip_authorization = ("authorization",)
+        # Variable-length tuple types: compiled, a fixed-length one is stored unboxed and boxed again at every read,
+        # a new tuple per request to hash in `entry.verdicts`.
+        self._strip_header: tuple[str, ...] = (self._header,)
+        self._strip_authorization: tuple[str, ...] = ("authorization",)
         if self._query:
             log.warning(
                 "api_key on route %r accepts keys in the query parameter %r: URLs end up in logs and caches; "
