@@ -66,6 +66,8 @@ def test_smoke_runs_are_error_free_and_recorded_raw(result: dict[str, Any]) -> N
         assert run["errors"] == {"status": 0, "socket": 0}, run["profile"]
         assert run["requests"] > 0
         assert run["cpu_seconds"]["loadgen"] > 0
+        for side in run["cpu_seconds"].keys() - {"loadgen"}:  # the kernel part of what the processes used
+            assert 0 <= run["kernel_cpu_seconds"][side] <= run["cpu_seconds"][side], (run["profile"], side)
 
 
 def test_smoke_ratios_are_relative_to_nginx(result: dict[str, Any]) -> None:
