@@ -218,11 +218,15 @@ class LocalCluster:
     def _await_epoch(self, target: Node, timeout: float = 30) -> None:
         """Until `target`'s current epoch is at least every running node's own config epoch."""
         deadline = time.monotonic() + timeout
+        highest = None
         while True:  # waiting for gossip between real processes, not timing the code under test
-            running = [n for n in self.nodes if n.proc is not None]
-            highest = max(_info_int(n.port, "cluster_my_epoch") for n in running)
-            if _info_int(target.port, "cluster_current_epoch") >= highest:
-                return
+            try:
+                running = [n for n in self.nodes if n.proc is not None]
+                highest = max(_info_int(n.port, "cluster_my_epoch") for n in running)
+                if _info_int(target.port, "cluster_current_epoch") >= highest:
+                    return
+            except (OSError, ClusterCommandError):
+                pass  # a node busy or restarting: asked again, as wait_ok does
             if time.monotonic() > deadline:
                 raise TimeoutError(f"node {target.port} did not learn of config epoch {highest}")
             time.sleep(0.02)
