@@ -154,7 +154,7 @@ def test_budgets_leave_out_a_profile_whose_base_was_not_measured() -> None:
 
 
 def test_the_kernels_share_of_the_proxy_cpu_and_of_a_budgets_extra() -> None:
-    """Where a path's extra CPU goes: its own code, or the kernel (the same syscalls run slower beside more code)."""
+    """Where a path's extra CPU goes: its own code, or the kernel (the same syscalls, dearer for a slower proxy)."""
     assert derive(raw(100_000, 1.9, 50_000.0, kernel=1.2))["proxy_kernel_us_per_req"] == pytest.approx(12.0)
     assert derive(raw(100_000, 1.9, 50_000.0))["proxy_kernel_us_per_req"] is None
 
