@@ -90,6 +90,14 @@ REQUEST_HOP_BY_HOP = [
     ("url-override-rewrite", {"X-Rewrite-URL": "/admin/x"}, "x-rewrite-url"),
     ("url-override-uri", {"X-Original-URI": "/admin/x"}, "x-original-uri"),
     ("url-override-underscore", {"X_Original_URL": "/admin/x"}, "x_original_url"),
+    # gunicorn cuts a trusted forwarder's SCRIPT_NAME off the path (GET /x/admin + SCRIPT_NAME: /x runs /admin),
+    # and takes PATH_INFO the same way; Flask's ReverseProxied recipe reads X-Script-Name
+    ("script-name-gunicorn", {"SCRIPT_NAME": "/x"}, "script_name"),
+    ("script-name-case", {"Script_Name": "/x"}, "script_name"),
+    ("path-info-gunicorn", {"PATH_INFO": "/admin/x"}, "path_info"),
+    ("script-name-dashed", {"Script-Name": "/x"}, "script-name"),
+    ("x-script-name", {"X-Script-Name": "/x"}, "x-script-name"),
+    ("x-script-name-underscore", {"X_Script_Name": "/x"}, "x_script_name"),
     # what a TLS terminator says the client proved: only the gateway knows, so only a trusted proxy may say it
     ("xfcc", {"X-Forwarded-Client-Cert": 'Subject="CN=admin"'}, "x-forwarded-client-cert"),
     ("rfc9440-cert", {"Client-Cert": ":MIIB:"}, "client-cert"),
@@ -940,3 +948,12 @@ def test_a_204_announcing_a_body_leaves_its_upstream_connection_unused(
     assert gateway.request("GET", "/api/nocontent")[0] == 204
     assert gateway.request("GET", "/api/next")[2] == b"fine"
     assert upstream.connections == 2  # the 204's connection was not reused
+
+
+def test_a_method_override_parameter_never_reaches_the_upstream(gateway: TestGateway, upstream: TestUpstream) -> None:
+    """Express's methodOverride('_method') would run this POST as the DELETE a route may refuse (paths.py)."""
+    status, _, _ = gateway.request("POST", "/api/items/1?a=1&_method=DELETE&b=2", body=b"x")
+    assert status == 200
+    assert (upstream.received[0].method, upstream.received[0].target) == ("POST", "/api/items/1?a=1&b=2")
+    status, _, _ = gateway.request("POST", "/api/items/1?_method=DELETE", body=b"x")
+    assert (upstream.received[1].method, upstream.received[1].target) == ("POST", "/api/items/1")

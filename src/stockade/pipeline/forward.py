@@ -28,7 +28,11 @@ def is_identity_header(lower_name: bytes) -> bool:
 # Overrides of what the request is: method overrides (X-HTTP-Method-Override: DELETE on a GET) and URL overrides
 # (X-Original-URL: /admin on a GET /public, which older Symfony/Zend and IIS URL Rewrite route by). Routes and
 # policies are chosen by the request's own method and path, so a request an application runs as another would
-# pass as the one it claims. Never forwarded, on either front.
+# pass as the one it claims. Never forwarded, on either front. The path prefixes count too: gunicorn takes
+# SCRIPT_NAME and PATH_INFO from a trusted forwarder's headers (its `forwarder_headers`; the gateway on the same
+# host is one) and cuts the path by them, so `GET /x/admin` with `SCRIPT_NAME: /x` would run as /admin; Flask's
+# well-known ReverseProxied recipe does the same with X-Script-Name. Listed dashed: is_underscore_alias drops the
+# underscore spellings (the ones gunicorn reads) of every name here.
 OVERRIDE_HEADERS: Final = frozenset(
     {
         b"x-http-method-override",
@@ -37,6 +41,9 @@ OVERRIDE_HEADERS: Final = frozenset(
         b"x-original-url",
         b"x-rewrite-url",
         b"x-original-uri",
+        b"script-name",
+        b"path-info",
+        b"x-script-name",
     }
 )
 
