@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
 import tempfile
@@ -395,6 +396,64 @@ def test_expect_100_continue_denied_without_interim(gateway: TestGateway, upstre
     assert [r[0] for r in responses] == [413]
     assert was_closed
     assert upstream.received == []
+
+
+def test_an_http10_clients_100_continue_is_ignored(gateway: TestGateway, upstream: TestUpstream) -> None:
+    """RFC 9110 10.1.1 and 15.2: never a 1xx to an HTTP/1.0 client, which would take it for the final response
+    (and, with no length in it, read to the close): three status lines for two requests."""
+    raw = (
+        b"POST /api/x HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\nContent-Length: 5\r\n"
+        b"Expect: 100-continue\r\n\r\nhello"
+        b"GET /api/second HTTP/1.0\r\nHost: a\r\n\r\n"
+    )
+    with gateway.connect() as sock:
+        sock.sendall(raw)
+        wire = b""
+        while chunk := sock.recv(65536):  # the second request is HTTP/1.0 without keep-alive: it ends the connection
+            wire += chunk
+    assert re.findall(rb"HTTP/1\.[01] (\d{3}) ", wire) == [b"200", b"200"]  # (bodies end without a line break)
+    assert [r.target for r in upstream.received] == ["/api/x", "/api/second"]
+    assert upstream.received[0].body == b"hello"
+
+
+def test_transfer_encoding_in_an_http10_request_closes_the_connection_after_it(
+    gateway: TestGateway, upstream: TestUpstream
+) -> None:
+    """RFC 9112 6.1: faulty framing, closed after: an HTTP/1.0 hop in front, which knows no chunked, would have
+    framed these bytes otherwise, so nothing after them is read as a request."""
+    raw = (
+        b"POST /api/x HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n0\r\n\r\n"
+        b"GET /api/second HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n"
+    )
+    responses, was_closed = exchange(gateway, raw)
+    assert [r[0] for r in responses] == [200]
+    assert responses[0][1]["connection"] == "close"
+    assert was_closed
+    assert [(r.target, r.body) for r in upstream.received] == [("/api/x", b"abc")]
+
+
+@pytest.mark.parametrize(
+    ("version", "pooled"), [(b"HTTP/1.1", True), (b"HTTP/1.0", False)], ids=["http11-pooled", "http10-not-pooled"]
+)
+def test_an_http10_response_with_transfer_encoding_ends_its_upstream_connection(
+    gateway: TestGateway, upstream: TestUpstream, version: bytes, pooled: bool
+) -> None:
+    """RFC 9112 6.1 on the response side: the body is delivered (re-framed), but the connection is not pooled."""
+    upstream.reply(
+        "/api/old",
+        Reply(
+            raw=version
+            + b" 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        ),
+    )
+    with gateway.connect() as sock:
+        sock.sendall(b"GET /api/old HTTP/1.1\r\nHost: a\r\n\r\n")
+        first = read_responses(sock, 1)
+        sock.sendall(b"GET /api/after HTTP/1.1\r\nHost: a\r\n\r\n")
+        second = read_responses(sock, 1)
+    assert (first[0][0], first[0][2], second[0][0]) == (200, b"abc", 200)
+    assert upstream.connections == (1 if pooled else 2)
 
 
 def test_head_response_has_no_body_and_the_client_connection_is_reused(

@@ -485,10 +485,15 @@ class ClientConnection(asyncio.Protocol):
         # llhttp's upgrade needs an Upgrade header (any spelling: on_header kept its value) or CONNECT: without
         # either, its answer is known and not asked for (tests/proxy/test_parsing.py checks the rule against it).
         head.upgrade_flag = (head.upgrade is not None and self.parsed_upgrade()) or head.method == b"CONNECT"
-        if head.chunked and not _only_chunked(head.raw):
-            # The gateway undoes chunked itself and forwards the body re-framed: any other transfer coding would
-            # reach the upstream still applied, unannounced (RFC 9112 6.1: 501).
-            raise HttpRejectError(501, "http.not_implemented", "transfer codings other than chunked")
+        if head.chunked:
+            if not _only_chunked(head.raw):
+                # The gateway undoes chunked itself and forwards the body re-framed: any other transfer coding
+                # would reach the upstream still applied, unannounced (RFC 9112 6.1: 501).
+                raise HttpRejectError(501, "http.not_implemented", "transfer codings other than chunked")
+            if head.version != "1.1":
+                # RFC 9112 6.1: Transfer-Encoding in an HTTP/1.0 message means faulty framing; the connection is
+                # closed after it (an HTTP/1.0 hop in front, which knows no chunked, framed these bytes otherwise).
+                head.keep_alive = False
         if head.upgrade_flag:
             if head.chunked or head.content_length:
                 # llhttp stops at an upgrade request's head and leaves its body unparsed: forwarded on a route that

@@ -172,7 +172,7 @@ class Exchange:
             local_replies._deny_local(self, made.status, made.reason, "http", made.detail, close=True)
             return
         ctx = self.ctx = made
-        if h.expect is not None:
+        if h.expect is not None and h.version == "1.1":  # RFC 9110 10.1.1 and 15.2: never a 1xx to HTTP/1.0
             self.expect_continue = h.chunked or h.content_length > 0
         route = route_request(rt, ctx)
         if isinstance(route, Deny):

@@ -150,6 +150,7 @@ class ResponseFraming:
         "cut",
         "length",
         "needs_rebuild",
+        "reusable",
         "rewritten",
         "status_ok",
     )
@@ -192,6 +193,11 @@ class ResponseFraming:
         status = _ANY_STATUS_LINE.match(head)
         bodiless = status is not None and status.group(1) in (b"204", b"304")
         self.body_length: int | None = 0 if bodiless else self.length
+        # Whether the upstream connection may serve another request after this response. Not after a 204 or 304
+        # whose head announces a body: llhttp reads none, and an upstream that sends it anyway, later, would answer
+        # the next client's request with it. Nor after Transfer-Encoding in an HTTP/1.0 response: RFC 9112 6.1
+        # calls that faulty framing, to be closed after (a 1.0 hop between would have framed it otherwise).
+        self.reusable = not (bodiless and self.announces_body) and not (self.chunked and head.startswith(b"HTTP/1.0"))
 
     @classmethod
     def of(cls, head: bytes) -> ResponseFraming:

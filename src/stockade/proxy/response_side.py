@@ -213,15 +213,15 @@ def upstream_done(ex: Exchange) -> None:
     up = ex.upstream
     if up is not None:
         # Not reusable while part of the request body is still unsent (received whole, but the spool not yet sent),
-        # nor after a 204 or 304 whose head announces a body: llhttp reads none, and an upstream that sends it
-        # anyway, later, would answer the next client's request with it (after HEAD, which llhttp cannot know,
-        # the connection is never pooled: UpstreamConnection.on_headers_complete). Nor after an upgrade request
-        # the upstream refused: a server that handed the socket to its upgrade handler (Node's 'upgrade' event)
-        # no longer reads HTTP on it, and the next client's request, credentials and all, would go there.
+        # nor after a response whose head says so (ResponseFraming.reusable: a 204 or 304 announcing a body, an
+        # HTTP/1.0 response with Transfer-Encoding; after HEAD, which llhttp cannot know, the connection is never
+        # pooled: UpstreamConnection.on_headers_complete). Nor after an upgrade request the upstream refused: a
+        # server that handed the socket to its upgrade handler (Node's 'upgrade' event) no longer reads HTTP on
+        # it, and the next client's request, credentials and all, would go there.
         reusable = up.keep_alive and ex.request_done and ex.spool is None and not up.decoded and not ex.upgrade_ok
-        if reusable and ex.upstream_status in (204, 304):
+        if reusable:
             framing = ex.framing
-            reusable = framing is None or not framing.announces_body
+            reusable = framing is None or framing.reusable
         now = 0.0
         if ex.collected is None:  # (a buffered response still has its hooks and writes to go: _record reads later)
             # One clock reading for the end of the exchange: the pool's idle timer, the log line, the keep-alive.
