@@ -357,7 +357,11 @@ class ClientConnection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         if self.lingering:
             self.abort()
-        return None  # close the transport: a half-closed client gets its pending responses, then we close
+        # A FIN is taken as the client leaving, as nginx does (its 499): what it had in flight is abandoned and
+        # gives back its buffers and upstream connection. A half-close (shutdown(SHUT_WR), `nc -N`) cannot be told
+        # from a client that is gone until a write fails, and abandoned requests must not keep holding what they
+        # took. So a client that half-closes before its response gets none (tests/proxy/test_half_close.py).
+        return None
 
     def pause_writing(self) -> None:
         self.write_paused_at = self.monotonic()
