@@ -965,6 +965,25 @@ HOSTILE_RESPONSES = [
     # a final coding other than chunked means "until close": forwarded as Transfer-Encoding, a client reads chunked
     ("coding-after-chunked", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\nabc", 502, None),
     ("coding-only-gzip", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabc", 502, None),
+    # a coding before the chunked would reach the client still applied, announced as chunked alone
+    (
+        "chunked-twice",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n8\r\n3\r\nabc\r\n\r\n0\r\n\r\n",
+        502,
+        None,
+    ),
+    (
+        "chunked-in-two-fields",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        502,
+        None,
+    ),
+    (
+        "coding-before-chunked",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        502,
+        None,
+    ),
     # status lines llhttp takes but a client may not: the gateway writes its own
     ("rtsp-status-line", b"RTSP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", 200, b"ok"),
     ("http-2-status-line", b"HTTP/2.0 200 OK\r\nContent-Length: 2\r\n\r\nok", 200, b"ok"),

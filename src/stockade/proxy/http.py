@@ -186,8 +186,10 @@ class ResponseFraming:
                 cut.append(m.span())
         self.cut = tuple(cut)
         # A final coding other than chunked means "read until close" (RFC 9112 6.3): refused (502), as nginx does,
-        # rather than forwarded under a Transfer-Encoding the client would read as chunked.
-        self.bad_coding = bool(codings) and codings[-1] != b"chunked"
+        # rather than forwarded under a Transfer-Encoding the client would read as chunked. So is any coding
+        # before the chunked (`gzip, chunked`; `chunked, chunked`, which RFC 9112 7 forbids): the gateway undoes
+        # the chunked alone and re-frames the body, and the client would get the other coding unannounced.
+        self.bad_coding = bool(codings) and codings != [b"chunked"]
         # The body bytes that follow this head, where a length says so: none after a 204 or 304 (llhttp reads none
         # whatever the head announces), else the Content-Length; None for chunked, read-to-close or unreadable.
         status = _ANY_STATUS_LINE.match(head)
