@@ -148,6 +148,13 @@ CASE_CASES = [
     ("upper-template", "/API/v1/x", "GET", ("legacy", {}), ("legacy", {})),
     ("upper-template-folded", "/api/v1/x", "GET", NoRoute(404), ("legacy", {})),
     ("same-route-either-way", "/Docs/Intro", "GET", ("public", {}), ("public", {})),
+    # .NET's OrdinalIgnoreCase and Java's equalsIgnoreCase map each character to upper case: U+0131 and U+0130
+    # are I, the long s (U+017F) is S
+    ("dotless-i", "/adm\u0131n/x", "GET", NoRoute(404), ("admin", {})),
+    ("dotted-capital-i", "/ADM\u0130N/x", "GET", NoRoute(404), ("admin", {})),
+    ("long-s", "/u\u017fers/7", "GET", NoRoute(404), ("user", {"id": "7"})),
+    ("kelvin-sign", "/API/v1/\u212a", "GET", ("legacy", {}), ("legacy", {})),
+    ("non-ascii-elsewhere", "/caf\u00e9/x", "GET", ("public", {}), ("public", {})),
 ]
 
 

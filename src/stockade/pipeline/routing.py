@@ -87,12 +87,23 @@ def parse_template(template: str) -> list[tuple[str, str]]:
     return out
 
 
+def fold(text: str) -> str:
+    """A path segment as a case-insensitive router compares it. ASCII is lower-cased. Beyond ASCII the text is
+    Unicode case-folded, and the dotless and dotted i (U+0131, U+0130) become `i`: .NET's OrdinalIgnoreCase and
+    Java's equalsIgnoreCase map characters one by one to upper case, so ASP.NET and IIS route `/adm\u0131n` as
+    `/admin`, and the long s (U+017F) as `s`. Folding more than a given upstream does only refuses (404) or merges
+    more spellings; folding less would let a spelling pass by a guard."""
+    if text.isascii():
+        return text.lower()
+    return text.casefold().replace("\u0131", "i").replace("i\u0307", "i")
+
+
 class _Trie:
     __slots__ = ("fold", "root")
 
     def __init__(self, fold: bool = False) -> None:
         self.root = _Node()
-        self.fold = fold  # literal segments are stored and looked up lower-cased (parameter values keep their case)
+        self.fold = fold  # literal segments are stored and looked up folded (`fold`; parameter values keep their case)
 
     def add(self, spec: RouteSpec) -> None:
         node = self.root
@@ -100,7 +111,7 @@ class _Trie:
         endpoint_is_tail = False
         for kind, value in parse_template(spec.path):
             if kind == "lit":
-                node = node.static.setdefault(value.lower() if self.fold else value, _Node())
+                node = node.static.setdefault(fold(value) if self.fold else value, _Node())
             elif kind in ("param", "star"):
                 if node.param is None:
                     node.param = _Node()
@@ -138,7 +149,7 @@ class _Trie:
         """A `(route_id, params)` match, a 405 NoRoute (path matched, method did not), or None."""
         allow: list[tuple[str, ...]] = []
         values: list[str] = []
-        found = _walk(self.root, segs, [seg.lower() for seg in segs] if self.fold else segs, 0, values, method, allow)
+        found = _walk(self.root, segs, [fold(seg) for seg in segs] if self.fold else segs, 0, values, method, allow)
         if found == _OWNED:  # by value: route ids are never empty (and compiled code does not keep tuple identity)
             return NoRoute(405, allow[0])
         if found is not None:
@@ -246,7 +257,7 @@ class Router:
                     trie.add(spec)
                 except RouteTemplateError as exc:
                     if _tolerant:  # the case check's router: these templates differ only in case
-                        case_only.add(spec.path.lower())
+                        case_only.add(fold(spec.path))
                         continue
                     if fold_case and "both match" in str(exc):
                         raise RouteTemplateError(
@@ -262,17 +273,17 @@ class Router:
         literals = {v for spec in routes for kind, v in parse_template(spec.path) if kind == "lit"}
         spellings: dict[str, int] = {}
         for v in literals:
-            spellings[v.lower()] = spellings.get(v.lower(), 0) + 1
+            spellings[fold(v)] = spellings.get(fold(v), 0) + 1
         self._folded_literals = frozenset(spellings)
         # A segment spelled exactly as a literal is safe unless another literal differs from it only in case.
-        self._literals = frozenset(v for v in literals if spellings[v.lower()] == 1)
+        self._literals = frozenset(v for v in literals if spellings[fold(v)] == 1)
         self._case_only = frozenset(case_only)
         self._case_routes: frozenset[str] = frozenset()
         if _check_case and not fold_case:
             self._folded = folded = Router(routes, fold_case=True, _check_case=False, _tolerant=True)
             # Routes whose templates differ from another's only in case: the config means case to matter there,
             # so a request they match exactly is theirs (a path they match only ignoring case is still refused).
-            self._case_routes = frozenset(r.id for r in routes if r.path.lower() in folded._case_only)
+            self._case_routes = frozenset(r.id for r in routes if fold(r.path) in folded._case_only)
 
     def host_groups(self) -> list[tuple[str | None, list[_Node]]]:
         """Each host group (an exact host, `*.suffix`, or None for any host) with the roots of the tries that a
@@ -308,7 +319,7 @@ class Router:
     def _case_matters(self, path: str) -> bool:
         literals = self._literals
         folded = self._folded_literals
-        return any(seg not in literals and seg.lower() in folded for seg in path.split("/"))
+        return any(seg not in literals and fold(seg) in folded for seg in path.split("/"))
 
     def _match_exact(self, host: str, path: str, method: str) -> tuple[str, dict[str, str]] | NoRoute:
         segs = path.split("/")[1:]
