@@ -88,6 +88,8 @@ METHOD_PARAM = [
     ("php-leading-space-not-underscore", "+method=DELETE&a=1", "+method=DELETE&a=1"),  # PHP reads `method`
     ("php-leading-space", "%20_method=DELETE", ""),
     ("php-array", "_method[]=DELETE&a=1", "a=1"),
+    ("php-nul", "_method%00=DELETE&a=1", "a=1"),  # PHP cuts a name at a NUL
+    ("php-nul-suffix", "_method%00x=DELETE&a=1", "a=1"),
     ("semicolon-separated", "a=1;_method=DELETE;b=2", "a=1;b=2"),
     ("separators-kept", "a=1;b=2&c=3", "a=1;b=2&c=3"),
     (

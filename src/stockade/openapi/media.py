@@ -8,7 +8,7 @@ from urllib.parse import parse_qsl
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from stockade.openapi.params import Malformed, bracket_alias
+from stockade.openapi.params import Malformed, name_alias
 from stockade.openapi.shapes import ANY, Shape, coerce
 from stockade.security import jsonscan
 
@@ -74,6 +74,10 @@ def decode_multipart(body: bytes, content_type: str, shape: Shape, max_parsed: i
     """multipart/form-data into an object: text parts typed by the schema, JSON parts parsed, files as
     placeholders (a `format: binary` property is validated for presence, never buffered twice). The parts
     that are parsed may hold `max_parsed` bytes together (PartsTooLarge): files only the body's limit."""
+    if content_type.lower().count("boundary") != 1:
+        # `boundary=AAA; boundary=BBB` or `xboundary=AAA; boundary=BBB`: python-multipart takes BBB, PHP the first
+        # `boundary` it finds (AAA), and one body then holds two different sets of fields.
+        raise Malformed("/body", "multipart")
     _, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
     if not boundary or len(boundary) > 200:
@@ -154,7 +158,7 @@ def decode_multipart(body: bytes, content_type: str, shape: Shape, max_parsed: i
 
 
 def _typed(grouped: dict[str, list[Any]], shape: Shape) -> dict[str, Any]:
-    alias = bracket_alias(grouped, shape.props, shape.props)
+    alias = name_alias(grouped, shape.props, shape.props)
     if alias is not None:  # `role[]=admin` is `role` to PHP, Rails and Express, whatever `strict` says
         raise Malformed(f"/body/{alias.replace('~', '~0').replace('/', '~1')}", "alias")
     out: dict[str, Any] = {}

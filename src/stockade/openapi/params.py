@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from stockade.openapi.shapes import ANY, Shape, coerce, coerce_assignments, coerce_items, coerce_pairs
+from stockade.security.readings import php_name
 
 DEFAULT_STYLE = {"path": "simple", "query": "form", "header": "simple", "cookie": "form"}
 STYLES = {
@@ -140,12 +141,14 @@ def query_names(params: tuple[Param, ...]) -> frozenset[str]:
     return frozenset(out)
 
 
-def bracket_alias(keys: Iterable[str], names: Container[str], used: Container[str] = ()) -> str | None:
-    """The first of `names` that a key spells with brackets (`role[]=admin` for `role`), or None."""
+def name_alias(keys: Iterable[str], names: Container[str], used: Container[str] = ()) -> str | None:
+    """The first of `names` that a key spells another way an upstream reads as it, or None: with brackets
+    (`role[]=admin` for `role`), or as PHP names keys (`limit%00`, ` limit`, `page.size` for `page_size`;
+    readings.php_name)."""
     for key in keys:
-        if "[" in key and key not in used:
-            base = key.partition("[")[0]
-            if base in names:
+        if key not in used:
+            base = php_name(key)
+            if base != key and base in names:
                 return base
     return None
 

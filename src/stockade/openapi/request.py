@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from stockade.openapi.errors import Problem, pointer
 from stockade.openapi.media import decode_form, decode_multipart, essence, media_kind
-from stockade.openapi.params import Malformed, bracket_alias, header_value, parse_cookies, path_value, query_value
+from stockade.openapi.params import Malformed, header_value, name_alias, parse_cookies, path_value, query_value
 from stockade.security.jsonscan import PARSED_KEY, Limits, Violation, parse
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ def parameters(
             if present:
                 values[p.name] = value
         if declared:
-            alias = bracket_alias(query, op.query_names, used)
+            alias = name_alias(query, op.query_names, used)
             if alias is not None:  # refused whatever `strict` says: the upstream may read it as the parameter
                 raise Malformed(pointer(["query", alias]), "alias")
             out["query"] = values

@@ -6,6 +6,8 @@ import re
 from typing import Final
 from urllib.parse import quote, unquote_plus
 
+from stockade.security.readings import php_name
+
 # RFC 3986 pchar without '%': unreserved, sub-delims, ':' and '@'. '/' separates segments.
 _SEGMENT_SAFE: Final = "-._~!$&'()*+,;=:@"
 _HEX: Final = frozenset(b"0123456789abcdefABCDEF")
@@ -67,7 +69,7 @@ def _normalize(target: bytes) -> tuple[str, str, str]:
     return _normalize_slow(raw_path, query)
 
 
-_QUERY_SEPARATOR: Final = re.compile(r"([&;])")
+_QUERY_SEPARATOR: Final = re.compile(r"([&;])")  # readings.QUERY_SEPARATOR, keeping the separators
 
 
 def without_method_param(query: str) -> str:
@@ -77,8 +79,8 @@ def without_method_param(query: str) -> str:
     (with their override on) take `_method` from the query of a POST too. Routes and policies are chosen by the
     request's own method, so, like the override headers (pipeline/forward.py), the parameter never reaches the
     application: a DELETE that a route refuses must not pass as the POST another route allows. A name counts
-    as `_method` the way those frameworks read it: percent-decoded, PHP's spaces and dots as underscores (and its
-    leading spaces dropped), a `[...]` suffix ignored, in any case. Parameters are split at `&` and at `;`
+    as `_method` the way those frameworks read it (percent-decoded, then `readings.php_name`: `_method%00` is
+    `_method` to PHP), in any case. Parameters are split at `&` and at `;`
     (older Rack). A `_method` field in a form body stays (the gateway does not rewrite bodies); an openapi stage
     whose schema admits no undeclared properties refuses it.
     """
@@ -96,8 +98,7 @@ def without_method_param(query: str) -> str:
 
 
 def _names_method(param: str) -> bool:
-    name = unquote_plus(param.partition("=")[0]).lstrip(" ").partition("[")[0]
-    return name.replace(" ", "_").replace(".", "_").lower() == "_method"
+    return php_name(unquote_plus(param.partition("=")[0])).lower() == "_method"
 
 
 def _normalize_slow(raw_path: bytes, query: str) -> tuple[str, str, str]:

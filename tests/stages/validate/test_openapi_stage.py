@@ -317,6 +317,79 @@ PETSTORE_CASES |= {
     ),
 }
 
+# PHP cuts a key at a NUL, drops its leading spaces and reads spaces and dots as underscores: `limit%00`, `%20limit`
+# and `li.mit`-style spellings are the declared name to `$_GET` and `$_POST` (security/readings.py)
+PETSTORE_CASES |= {
+    "query-nul-alias": Case("GET", "/v1/pets?limit%00=5000", 400, BAD_PARAM, (("/query/limit", "alias"),)),
+    "query-nul-suffix-alias": Case("GET", "/v1/pets?limit%00x=5000", 400, BAD_PARAM, (("/query/limit", "alias"),)),
+    "query-leading-space-alias": Case("GET", "/v1/pets?%20limit=5000", 400, BAD_PARAM, (("/query/limit", "alias"),)),
+    "query-plus-space-alias": Case("GET", "/v1/pets?+limit=5000", 400, BAD_PARAM, (("/query/limit", "alias"),)),
+    "form-nul-alias": Case(
+        "POST", "/v1/pets", 400, MALFORMED, (("/body/status", "alias"),), b"name=Rex&status%00=lost", FORM
+    ),
+    "query-undeclared-dotted-key-passes": Case("GET", "/v1/pets?limit=5&page.size=9", 200),
+}
+
+# Django decodes the body and the query string in the request's charset, and DRF's JSON parser too: in UTF-7,
+# `+ACIALAAi-role+ACIAOgAi-admin` inside one JSON string is a second key, `role`, that a UTF-8 reading never sees
+PETSTORE_CASES |= {
+    "json-utf7-refused": Case(
+        "POST",
+        "/v1/pets",
+        415,
+        MEDIA,
+        body=b'{"name":"Rex+ACIALAAi-weight+ACIAOgAi-0"}',
+        headers={"Content-Type": "application/json; charset=utf-7"},
+    ),
+    "query-with-a-utf7-content-type-refused": Case(
+        "GET", "/v1/pets?tags=x+ACY-limit+AD0-5000", 415, MEDIA, headers={"Content-Type": "text/plain; charset=utf-7"}
+    ),
+    "form-latin1-refused": Case(
+        "POST",
+        "/v1/pets",
+        415,
+        MEDIA,
+        body=b"name=Rex",
+        headers={"Content-Type": "application/x-www-form-urlencoded; charset=iso-8859-1"},
+    ),
+    "two-charsets-refused": Case(
+        "POST",
+        "/v1/pets",
+        415,
+        MEDIA,
+        body=b'{"name":"Rex"}',
+        headers={"Content-Type": "application/json; charset=utf-8; charset=utf-7"},
+    ),
+    "utf8-charset-quoted-upper-ok": Case(
+        "POST", "/v1/pets", 200, body=b'{"name":"Rex"}', headers={"Content-Type": 'application/json; Charset="UTF-8"'}
+    ),
+    "ascii-charset-ok": Case(
+        "POST", "/v1/pets", 200, body=b'{"name":"Rex"}', headers={"Content-Type": "application/json;charset=us-ascii"}
+    ),
+}
+
+# python-multipart takes the last `boundary` parameter, PHP the first `boundary` it finds: one body, two readings
+PETSTORE_CASES |= {
+    "multipart-two-boundaries": Case(
+        "POST",
+        "/v1/pets/3/photo",
+        400,
+        MALFORMED,
+        (("/body", "multipart"),),
+        _multipart(("file", *FILE), ("caption", "", b"x")),
+        {"Content-Type": "multipart/form-data; boundary=AAA; boundary=XyZ"},
+    ),
+    "multipart-boundary-look-alike": Case(
+        "POST",
+        "/v1/pets/3/photo",
+        400,
+        MALFORMED,
+        (("/body", "multipart"),),
+        _multipart(("file", *FILE), ("caption", "", b"x")),
+        {"Content-Type": "multipart/form-data; xboundary=AAA; boundary=XyZ"},
+    ),
+}
+
 # Go's encoding/json and ASP.NET Core bind keys case-insensitively: `ID` is `id` (readOnly) and `\u017ftatus`
 # (long s) is `status` (an enum) to them, and the last one wins
 PETSTORE_CASES |= {

@@ -20,6 +20,7 @@ from stockade.pipeline.phase import Phase
 from stockade.pipeline.response import Response
 from stockade.pipeline.stage import Stage, StageConfig, StageEnv
 from stockade.pipeline.verdict import CONTINUE, Continue, Deny, Finding
+from stockade.security.readings import foreign_charset
 
 OPERATION_KEY = "openapi.operation"  # ctx.state: the matched Operation, for the response hook and later stages
 
@@ -107,6 +108,11 @@ class OpenApiStage:
                 ctx.findings.append(Finding("openapi.deprecated_operation", "low", detail))
             else:
                 return Deny(404, "openapi.unknown_operation", detail=detail)
+        charset = foreign_charset(ctx.headers.get("content-type"))
+        if charset is not None:
+            # Checked on every request, with a body or not: Django decodes the query string in it too.
+            detail = f"{op.operation_id}: charset {charset}: requests are validated as UTF-8 only"
+            return self._deny(Deny(415, "openapi.unsupported_media_type", detail=detail))
         extra: list[Problem] = []
         try:
             instance = parameters(op, ctx, path_values, self.strict, extra)
