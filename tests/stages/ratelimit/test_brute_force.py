@@ -274,6 +274,16 @@ BAD = UnreadableLoginError  # the expected "result" of a body the gateway must r
         (b'{"username": "ann"}', "text/plain", "username", None),
         (b'{"username": "' + b"a" * 600 + b'"}', "application/json", "username", BAD),
         (b'{"username": "' + b" " * 600 + b'ann"}', "application/json", "username", "ann"),  # trimmed, then measured
+        # Django decodes the body in the request's charset: in UTF-7 this is `username=d1&username=alice`
+        (b"username=d1+ACY-username+AD0-alice", "application/x-www-form-urlencoded; charset=utf-7", "username", BAD),
+        (b'{"username": "ann"}', "application/json; charset=utf-16", "username", BAD),
+        (b'{"username": "ann"}', 'application/json; charset="UTF-8"', "username", "ann"),
+        (b'{"username": "ann"}', "text/plain; charset=utf-7", "username", None),  # not a login body at all
+        # PHP's $_POST: ` username`, `username%00` and `user.name` are `username`, `username` and `user_name`
+        (b"%20username=alice&password=x", "application/x-www-form-urlencoded", "username", BAD),
+        (b"username%00=alice&username=d1", "application/x-www-form-urlencoded", "username", BAD),
+        (b"user.name=alice", "application/x-www-form-urlencoded", "user_name", BAD),
+        (b"user.name=alice&user_name=ann", "application/x-www-form-urlencoded", "user.name", "alice"),
     ],
     ids=[
         "json",
@@ -300,6 +310,14 @@ BAD = UnreadableLoginError  # the expected "result" of a body the gateway must r
         "other-type",
         "too-long",
         "padded",
+        "form-utf7",
+        "json-utf16-charset",
+        "json-utf8-charset-quoted",
+        "other-type-utf7",
+        "form-php-leading-space",
+        "form-php-nul",
+        "form-php-dot",
+        "form-dotted-field-itself",
     ],
 )
 def test_username_extraction(body: bytes, ctype: str, field: str, expected: str | type[Exception] | None) -> None:
@@ -355,8 +373,15 @@ def test_different_usernames_stay_different() -> None:
             415,
             "unsupported_body",
         ),
+        (
+            {"Content-Type": "application/x-www-form-urlencoded; charset=utf-7"},
+            b"user.email=d1+ACY-user.email+AD0-ann+AEA-x",
+            "",
+            400,
+            "bad_login",
+        ),
     ],
-    ids=["form-repeated", "utf-16", "bom", "not-a-string", "in-the-query", "compressed"],
+    ids=["form-repeated", "utf-16", "bom", "not-a-string", "in-the-query", "compressed", "utf-7"],
 )
 def test_login_requests_the_gateway_cannot_read_a_username_from_are_refused(
     headers: dict[str, str], body: bytes, query: str, status: int, reason: str

@@ -22,6 +22,7 @@ from stockade.ratelimit.backend import LimiterUnavailableError, LockoutRule, lim
 from stockade.ratelimit.keys import IpGrouper
 from stockade.ratelimit.limitset import seconds_up
 from stockade.security import jsonscan, keys
+from stockade.security.readings import foreign_charset, php_name
 from stockade.stages.ratelimit.identity_key import IdentityKey, identity_key
 from stockade.stages.ratelimit.username_key import KeyMismatchError, UsernameKey, username_key
 
@@ -306,6 +307,9 @@ def username(body: bytes, content_type: str | None, field: str) -> str | None:
     (a BOM, UTF-16), a repeated form field (Django takes the last, others the first), a form that is not
     UTF-8, a username that is not a string or is over MAX_USERNAME characters."""
     kind = _login_format(content_type)
+    charset = foreign_charset(content_type) if kind is not None else None
+    if charset is not None:  # Django decodes the body in it: `+ACY-username+AD0-alice` in UTF-7 is a second field
+        raise UnreadableLoginError(f"login body in charset {charset}")
     value: object = None
     if kind == "form":
         # Latin-1 maps every byte, so a legacy page's other fields (a password in ISO-8859-1) parse; only the
@@ -314,6 +318,8 @@ def username(body: bytes, content_type: str | None, field: str) -> str | None:
         values = fields.get(field)
         if values is not None and len(values) > 1:
             raise UnreadableLoginError(f"{field} repeated in the login form")
+        if any(key != field and php_name(key) == field for key in fields):  # ` username`, `user.name`: PHP's
+            raise UnreadableLoginError(f"{field} spelled another way in the login form")
         try:
             value = values[0].encode("latin-1").decode("utf-8") if values else None
         except UnicodeDecodeError:
