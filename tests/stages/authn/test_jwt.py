@@ -441,6 +441,17 @@ routes:
         ("a=1&access_token=x.y.z", "valid", 400),  # which one an upstream reads first is its own choice
         ("not_access_token_but=1", None, None),
         ("q=access_token", None, None),
+        # every spelling an application reads as `access_token` (security/readings.py)
+        ("access%5Ftoken=x.y.z", None, 400),  # Werkzeug, Starlette, Django, Express, Go: percent-decoded
+        ("%61ccess_token=x.y.z", None, 400),
+        ("a=1;access_token=x.y.z", None, 400),  # older Rack and parse_qs split at `;`
+        ("access.token=x.y.z", None, 400),  # PHP's $_GET: dots and spaces as underscores
+        ("access+token=x.y.z", None, 400),
+        ("access_token[]=x.y.z", None, 400),
+        ("access_token%00=x.y.z", None, 400),
+        ("ACCESS_TOKEN=x.y.z", None, 400),  # not read so by the usual resolvers; refused rather than guessed
+        ("access_tokens=x.y.z&q=%61", None, None),
+        ("q=%61ccess_token", None, None),
     ],
 )
 def test_a_bearer_token_in_the_query_is_refused(query: str, header: str | None, status: int | None) -> None:
@@ -465,5 +476,7 @@ def test_a_query_token_beside_a_winning_api_key_is_ambiguous(tmp_path: Path) -> 
         key = env.issue().secret
         assert env.get("/books", X_API_Key=key)[0] == 200
         status, _, raw = env.get("/books?access_token=abc.def.ghi", X_API_Key=key)
+        assert (status, json.loads(raw)["reason"]) == (400, "auth.ambiguous_credentials")
+        status, _, raw = env.get("/books?access%5Ftoken=abc.def.ghi", X_API_Key=key)
         assert (status, json.loads(raw)["reason"]) == (400, "auth.ambiguous_credentials")
         assert [r.target for r in env.up.received] == ["/books"]

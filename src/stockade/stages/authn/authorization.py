@@ -5,6 +5,7 @@ from __future__ import annotations
 from stockade.pipeline.context import RequestContext
 from stockade.pipeline.headers import DuplicateHeaderError
 from stockade.pipeline.verdict import Deny, Skip
+from stockade.security.readings import query_names
 
 NO_CREDENTIAL = Skip("no Authorization header")
 DUPLICATE = Deny(400, "http.duplicate_header", detail="Authorization header repeated")
@@ -26,8 +27,13 @@ def bearer_token(value: str) -> str | None:
 
 
 def _has_query_token(ctx: RequestContext) -> bool:
-    """An RFC 6750 §2.3 bearer token in the query (`access_token`), which the bearer authenticators do not read."""
-    return bool(ctx.query) and "access_token" in ctx.query and "access_token" in ctx.query_params
+    """An RFC 6750 §2.3 bearer token in the query (`access_token`), which the bearer authenticators do not read,
+    in any spelling an application reads as that name (`access%5Ftoken`, `;access_token`, PHP's `access.token`:
+    readings.query_names)."""
+    query = ctx.query
+    if not query or ("access" not in query.lower() and "%" not in query):  # nearly every query: one scan
+        return False
+    return "access_token" in query_names(query)
 
 
 def bearer_credential(ctx: RequestContext) -> str | None:
