@@ -154,3 +154,13 @@ def test_header_spellings_cgi_servers_read_alike(
     declared: str, raw: list[tuple[bytes, bytes]], alias: str | None
 ) -> None:
     assert HeaderSpellings.of((_p("header", "simple", False, INT, declared),)).alias(raw) == alias
+
+
+def test_folded_names_leave_out_names_the_spec_tells_apart_by_case() -> None:
+    from stockade.openapi.params import folded_names, name_alias
+
+    folded = folded_names(["limit", "Page", "page", "sort"])
+    assert folded == {"limit": "limit", "sort": "sort"}
+    assert name_alias(["LIMIT"], {"limit", "Page", "page", "sort"}, (), folded) == "limit"
+    assert name_alias(["PAGE"], {"limit", "Page", "page", "sort"}, (), folded) is None  # which one? the spec's call
+    assert name_alias(["Page", "page"], {"limit", "Page", "page", "sort"}, (), folded) is None  # each declared

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from stockade.openapi.loader import Documents, Located
 from stockade.openapi.media import essence, is_json, media_kind
-from stockade.openapi.params import DEFAULT_STYLE, STYLES, HeaderSpellings, Param, query_names
+from stockade.openapi.params import DEFAULT_STYLE, STYLES, HeaderSpellings, Param, folded_names, query_names
 from stockade.openapi.shapes import ANY, Shape, shape_of
 
 if TYPE_CHECKING:
@@ -71,6 +71,7 @@ class Operation:
     params: dict[str, tuple[Param, ...]]  # by location: path, query, header, cookie
     check: Compiled  # parameters only (no body, or a body without a schema)
     query_names: frozenset[str] = frozenset()  # query keys declared parameters own: no bracket aliases of them
+    query_folded: dict[str, str] = field(default_factory=dict)  # params.folded_names(query_names): no case variants
     cookie_names: frozenset[str] = frozenset()
     header_spellings: HeaderSpellings | None = None  # with header parameters
     bodies: dict[str, BodyRule] = field(default_factory=dict)
@@ -143,7 +144,8 @@ def build_operation(
         deprecated=op.get("deprecated") is True,
         params=params,
         check=_compile(schemas, base, variant, at),
-        query_names=query_names(params.get("query", ())),
+        query_names=(names := query_names(params.get("query", ()))),
+        query_folded=folded_names(names),
         cookie_names=frozenset(p.name for p in params.get("cookie", ())),
         header_spellings=HeaderSpellings.of(params["header"]) if "header" in params else None,
     )

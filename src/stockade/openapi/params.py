@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from stockade.openapi.shapes import ANY, Shape, coerce, coerce_assignments, coerce_items, coerce_pairs
-from stockade.security.readings import php_name
+from stockade.security.readings import fold, php_name
 
 DEFAULT_STYLE = {"path": "simple", "query": "form", "header": "simple", "cookie": "form"}
 STYLES = {
@@ -141,16 +141,37 @@ def query_names(params: tuple[Param, ...]) -> frozenset[str]:
     return frozenset(out)
 
 
-def name_alias(keys: Iterable[str], names: Container[str], used: Container[str] = ()) -> str | None:
+def name_alias(
+    keys: Iterable[str], names: Container[str], used: Container[str] = (), folded: Mapping[str, str] | None = None
+) -> str | None:
     """The first of `names` that a key spells another way an upstream reads as it, or None: with brackets
     (`role[]=admin` for `role`), or as PHP names keys (`limit%00`, ` limit`, `page.size` for `page_size`;
-    readings.php_name)."""
+    readings.php_name), or, given `folded` (fold(name) -> name), in another case (`LIMIT`: ASP.NET Core binds
+    query keys ignoring case)."""
     for key in keys:
         if key not in used:
             base = php_name(key)
-            if base != key and base in names:
-                return base
+            if base in names:
+                if base != key:
+                    return base
+            elif folded is not None:
+                declared = folded.get(fold(base))
+                if declared is not None:
+                    return declared
     return None
+
+
+def folded_names(names: Iterable[str]) -> dict[str, str]:
+    """fold(name) -> name for `name_alias`; names that fold alike are left out (the spec itself tells them apart
+    by case, so case is not an alias there)."""
+    out: dict[str, str] = {}
+    clashes: set[str] = set()
+    for name in names:
+        key = fold(name)
+        if key in out and out[key] != name:
+            clashes.add(key)
+        out[key] = name
+    return {k: v for k, v in out.items() if k not in clashes}
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,7 @@ def parameters(
             if present:
                 values[p.name] = value
         if declared:
-            alias = name_alias(query, op.query_names, used)
+            alias = name_alias(query, op.query_names, used, op.query_folded)
             if alias is not None:  # refused whatever `strict` says: the upstream may read it as the parameter
                 raise Malformed(pointer(["query", alias]), "alias")
             out["query"] = values

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from stockade.security.readings import fold
+
 _PARAM: Final = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 ALL_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
 
@@ -85,17 +87,6 @@ def parse_template(template: str) -> list[tuple[str, str]]:
         else:
             out.append(("lit", seg))
     return out
-
-
-def fold(text: str) -> str:
-    """A path segment as a case-insensitive router compares it. ASCII is lower-cased. Beyond ASCII the text is
-    Unicode case-folded, and the dotless and dotted i (U+0131, U+0130) become `i`: .NET's OrdinalIgnoreCase and
-    Java's equalsIgnoreCase map characters one by one to upper case, so ASP.NET and IIS route `/adm\u0131n` as
-    `/admin`, and the long s (U+017F) as `s`. Folding more than a given upstream does only refuses (404) or merges
-    more spellings; folding less would let a spelling pass by a guard."""
-    if text.isascii():
-        return text.lower()
-    return text.casefold().replace("\u0131", "i").replace("i\u0307", "i")
 
 
 class _Trie:

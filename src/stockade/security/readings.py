@@ -23,6 +23,18 @@ def php_name(key: str) -> str:
     return name.replace(" ", "_").replace(".", "_")
 
 
+def fold(text: str) -> str:
+    """A name (a path segment, a query key) as a case-insensitive router or binder compares it. ASCII is
+    lower-cased. Beyond ASCII the text is Unicode case-folded, and the dotless and dotted i (U+0131, U+0130)
+    become `i`: .NET's OrdinalIgnoreCase and Java's equalsIgnoreCase map characters one by one to upper case, so
+    ASP.NET and IIS route `/adm\u0131n` as `/admin`, and the long s (U+017F) as `s`. Folding more than a given
+    upstream does only refuses (404) or merges more spellings; folding less would let a spelling pass by a guard.
+    """
+    if text.isascii():
+        return text.lower()
+    return text.casefold().replace("\u0131", "i").replace("i\u0307", "i")
+
+
 # Query parameters are split at `&`, and at `;` by older Rack and Python's parse_qs before 3.10.
 QUERY_SEPARATOR: Final = re.compile(r"[&;]")
 

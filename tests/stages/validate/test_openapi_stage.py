@@ -328,6 +328,15 @@ PETSTORE_CASES |= {
         "POST", "/v1/pets", 400, MALFORMED, (("/body/status", "alias"),), b"name=Rex&status%00=lost", FORM
     ),
     "query-undeclared-dotted-key-passes": Case("GET", "/v1/pets?limit=5&page.size=9", 200),
+    # ASP.NET Core binds query keys ignoring case (the last one wins): `LIMIT` is `limit` to it
+    "query-case-variant-alias": Case("GET", "/v1/pets?LIMIT=5000", 400, BAD_PARAM, (("/query/limit", "alias"),)),
+    "query-case-variant-beside-the-name": Case(
+        "GET", "/v1/pets?limit=5&Limit=5000", 400, BAD_PARAM, (("/query/limit", "alias"),)
+    ),
+    "query-dotless-i-variant-alias": Case(
+        "GET", "/v1/pets?L%C4%B0M%C4%B0T=5000", 400, BAD_PARAM, (("/query/limit", "alias"),)
+    ),
+    "query-undeclared-upper-key-passes": Case("GET", "/v1/pets?limit=5&PAGE=2", 200),
 }
 
 # Django decodes the body and the query string in the request's charset, and DRF's JSON parser too: in UTF-7,
