@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 from typing import Final
-from urllib.parse import quote, unquote_plus
+from urllib.parse import quote
 
-from stockade.security.readings import php_name
+from stockade.security.readings import QUERY_SEPARATOR, param_name, php_name
 
 # RFC 3986 pchar without '%': unreserved, sub-delims, ':' and '@'. '/' separates segments.
 _SEGMENT_SAFE: Final = "-._~!$&'()*+,;=:@"
@@ -69,7 +69,7 @@ def _normalize(target: bytes) -> tuple[str, str, str]:
     return _normalize_slow(raw_path, query)
 
 
-_QUERY_SEPARATOR: Final = re.compile(r"([&;])")  # readings.QUERY_SEPARATOR, keeping the separators
+_QUERY_SEPARATOR: Final = re.compile(f"({QUERY_SEPARATOR.pattern})")  # the same split, keeping the separators
 
 
 def without_method_param(query: str) -> str:
@@ -98,7 +98,7 @@ def without_method_param(query: str) -> str:
 
 
 def _names_method(param: str) -> bool:
-    return php_name(unquote_plus(param.partition("=")[0])).lower() == "_method"
+    return php_name(param_name(param)) == "_method"
 
 
 def _normalize_slow(raw_path: bytes, query: str) -> tuple[str, str, str]:

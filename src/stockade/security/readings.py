@@ -39,12 +39,17 @@ def fold(text: str) -> str:
 QUERY_SEPARATOR: Final = re.compile(r"[&;]")
 
 
+def param_name(param: str) -> str:
+    """The name of one raw `name=value` piece of a query or form, percent-decoded and lower-cased."""
+    return unquote_plus(param.partition("=")[0]).lower()
+
+
 def query_names(query: str) -> set[str]:
     """Every name a raw query's parameters have to some application, lower-cased: each percent-decoded, and as PHP
     reads it. `access%5Ftoken`, `a=1;access_token` and `access.token` all name `access_token` to someone."""
     names: set[str] = set()
     for param in QUERY_SEPARATOR.split(query):
-        name = unquote_plus(param.partition("=")[0]).lower()
+        name = param_name(param)
         names.add(name)
         names.add(php_name(name))
     return names
